@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs every Debian package the build, the tests and the default training run need, then
+# writes the default corpus to data/kjv.txt. Idempotent: safe to run again.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+packages=(
+  build-essential cmake pkg-config
+  libopenblas-openmp-dev libopenblas0-openmp   # GEMM; the OpenMP build shares our kernel thread pool
+  libopenmpi-dev openmpi-bin                   # collectives and mpirun
+  libgtest-dev googletest                      # tests
+  libcli11-dev nlohmann-json3-dev              # command line, JSON
+  bible-kjv                                    # the default corpus
+)
+
+missing=()
+for p in "${packages[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "setup: installing ${missing[*]}"
+  SUDO=""
+  [ "$(id -u)" -ne 0 ] && SUDO="sudo"
+  $SUDO apt-get update -q
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -q --no-install-recommends "${missing[@]}"
+else
+  echo "setup: all packages present"
+fi
+
+mkdir -p data
+if [ ! -s data/kjv.txt ]; then
+  echo "setup: writing the King James Bible to data/kjv.txt"
+  bible "Gen1:1-Rev22:21" > data/kjv.txt.tmp
+  mv data/kjv.txt.tmp data/kjv.txt
+fi
+echo "setup: data/kjv.txt has $(wc -c < data/kjv.txt) bytes"

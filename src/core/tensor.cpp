@@ -1,0 +1,201 @@
+#include "core/tensor.h"
+
+#include <cstdlib>
+#include <cstring>
+#include <numeric>
+
+namespace ampipe {
+
+const char* dtype_name(DType dtype) {
+  switch (dtype) {
+    case DType::F32: return "float32";
+    case DType::I32: return "int32";
+  }
+  return "?";
+}
+
+size_t dtype_size(DType dtype) { return dtype == DType::F32 ? sizeof(float) : sizeof(int32_t); }
+
+std::string shape_string(const Shape& shape) {
+  std::string s = "[";
+  for (size_t i = 0; i < shape.size(); ++i) s += (i ? ", " : "") + std::to_string(shape[i]);
+  return s + "]";
+}
+
+static Shape contiguous_strides(const Shape& shape) {
+  Shape strides(shape.size(), 1);
+  for (int i = static_cast<int>(shape.size()) - 2; i >= 0; --i) strides[i] = strides[i + 1] * shape[i + 1];
+  return strides;
+}
+
+Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
+  AMPIPE_CHECK(device == Device::CPU) << "this build has only the CPU backend";
+  int64_t n = 1;
+  for (int64_t d : shape) {
+    AMPIPE_CHECK(d >= 0) << "negative dimension in shape " << shape_string(shape);
+    n *= d;
+  }
+  size_t bytes = static_cast<size_t>(n) * dtype_size(dtype);
+  bytes = (bytes + 63) / 64 * 64;
+  if (bytes == 0) bytes = 64;
+  void* p = std::aligned_alloc(64, bytes);
+  AMPIPE_CHECK(p != nullptr) << "out of memory allocating " << bytes << " bytes for tensor "
+                             << shape_string(shape);
+  Tensor t;
+  t.storage_ = std::shared_ptr<std::byte>(static_cast<std::byte*>(p), [](std::byte* q) { std::free(q); });
+  t.shape_ = shape;
+  t.strides_ = contiguous_strides(shape);
+  t.dtype_ = dtype;
+  t.device_ = device;
+  return t;
+}
+
+Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
+  Tensor t = empty(shape, dtype, device);
+  std::memset(t.raw(), 0, static_cast<size_t>(t.numel()) * dtype_size(dtype));
+  return t;
+}
+
+Tensor Tensor::from(const Shape& shape, const std::vector<float>& values) {
+  Tensor t = empty(shape);
+  AMPIPE_CHECK(static_cast<int64_t>(values.size()) == t.numel())
+      << "Tensor::from: " << values.size() << " values for shape " << shape_string(shape);
+  std::memcpy(t.raw(), values.data(), values.size() * sizeof(float));
+  return t;
+}
+
+Tensor Tensor::from_ints(const Shape& shape, const std::vector<int32_t>& values) {
+  Tensor t = empty(shape, DType::I32);
+  AMPIPE_CHECK(static_cast<int64_t>(values.size()) == t.numel())
+      << "Tensor::from_ints: " << values.size() << " values for shape " << shape_string(shape);
+  std::memcpy(t.raw(), values.data(), values.size() * sizeof(int32_t));
+  return t;
+}
+
+int64_t Tensor::dim(int i) const {
+  AMPIPE_CHECK(i >= 0 && i < ndim()) << "dimension " << i << " out of range for shape " << shape_string(shape_);
+  return shape_[i];
+}
+
+int64_t Tensor::numel() const {
+  return std::accumulate(shape_.begin(), shape_.end(), int64_t{1}, std::multiplies<int64_t>());
+}
+
+int64_t Tensor::stride(int i) const {
+  AMPIPE_CHECK(i >= 0 && i < ndim()) << "dimension " << i << " out of range for shape " << shape_string(shape_);
+  return strides_[i];
+}
+
+bool Tensor::is_contiguous() const { return strides_ == contiguous_strides(shape_); }
+
+void* Tensor::raw() const {
+  AMPIPE_CHECK(defined()) << "use of an undefined tensor";
+  return storage_.get() + offset_ * static_cast<int64_t>(dtype_size(dtype_));
+}
+
+template <>
+float* Tensor::data<float>() const {
+  AMPIPE_CHECK(dtype_ == DType::F32) << "tensor is " << dtype_name(dtype_) << ", expected float32";
+  AMPIPE_CHECK(device_ == Device::CPU) << "host access to a device tensor";
+  return static_cast<float*>(raw());
+}
+
+template <>
+int32_t* Tensor::data<int32_t>() const {
+  AMPIPE_CHECK(dtype_ == DType::I32) << "tensor is " << dtype_name(dtype_) << ", expected int32";
+  AMPIPE_CHECK(device_ == Device::CPU) << "host access to a device tensor";
+  return static_cast<int32_t*>(raw());
+}
+
+Tensor Tensor::rows(int64_t begin, int64_t end) const {
+  AMPIPE_CHECK(ndim() >= 1 && 0 <= begin && begin <= end && end <= shape_[0])
+      << "rows [" << begin << ", " << end << ") out of range for shape " << shape_string(shape_);
+  Tensor t = *this;
+  t.offset_ += begin * strides_[0];
+  t.shape_[0] = end - begin;
+  return t;
+}
+
+Tensor Tensor::cols(int64_t begin, int64_t end) const {
+  AMPIPE_CHECK(ndim() == 2 && 0 <= begin && begin <= end && end <= shape_[1])
+      << "cols [" << begin << ", " << end << ") out of range for shape " << shape_string(shape_);
+  Tensor t = *this;
+  t.offset_ += begin;
+  t.shape_[1] = end - begin;
+  return t;
+}
+
+Tensor Tensor::reshape(const Shape& shape) const {
+  AMPIPE_CHECK(is_contiguous()) << "reshape of a non-contiguous tensor " << shape_string(shape_);
+  Tensor t = *this;
+  t.shape_ = shape;
+  t.strides_ = contiguous_strides(shape);
+  AMPIPE_CHECK(t.numel() == numel()) << "reshape " << shape_string(shape_) << " -> " << shape_string(shape);
+  return t;
+}
+
+// Calls fn(row_pointer_offset_in_elements) for each contiguous innermost row.
+template <class Fn>
+static void for_each_row(const Shape& shape, const Shape& strides, Fn fn) {
+  if (shape.empty()) {
+    fn(int64_t{0});
+    return;
+  }
+  int64_t outer = 1;
+  for (size_t i = 0; i + 1 < shape.size(); ++i) outer *= shape[i];
+  std::vector<int64_t> idx(shape.size(), 0);
+  for (int64_t r = 0; r < outer; ++r) {
+    int64_t off = 0;
+    int64_t rem = r;
+    for (int i = static_cast<int>(shape.size()) - 2; i >= 0; --i) {
+      idx[i] = rem % shape[i];
+      rem /= shape[i];
+      off += idx[i] * strides[i];
+    }
+    fn(off);
+  }
+}
+
+void Tensor::copy_from(const Tensor& src) {
+  AMPIPE_CHECK(src.shape_ == shape_ && src.dtype_ == dtype_)
+      << "copy_from: shape/dtype mismatch " << shape_string(src.shape_) << " -> " << shape_string(shape_);
+  const size_t es = dtype_size(dtype_);
+  const int64_t width = shape_.empty() ? 1 : shape_.back();
+  std::vector<int64_t> dst_offsets;
+  for_each_row(shape_, strides_, [&](int64_t off) { dst_offsets.push_back(off); });
+  size_t i = 0;
+  auto* dst = static_cast<std::byte*>(raw());
+  const auto* s = static_cast<const std::byte*>(src.raw());
+  for_each_row(src.shape_, src.strides_, [&](int64_t off) {
+    std::memmove(dst + dst_offsets[i++] * es, s + off * es, static_cast<size_t>(width) * es);
+  });
+}
+
+Tensor Tensor::clone() const {
+  Tensor t = empty(shape_, dtype_, device_);
+  t.copy_from(*this);
+  return t;
+}
+
+void Tensor::fill(float value) {
+  float* p = data<float>();
+  const int64_t width = shape_.empty() ? 1 : shape_.back();
+  for_each_row(shape_, strides_, [&](int64_t off) {
+    for (int64_t j = 0; j < width; ++j) p[off + j] = value;
+  });
+}
+
+void Tensor::zero() {
+  const size_t es = dtype_size(dtype_);
+  const int64_t width = shape_.empty() ? 1 : shape_.back();
+  auto* p = static_cast<std::byte*>(raw());
+  for_each_row(shape_, strides_, [&](int64_t off) { std::memset(p + off * es, 0, static_cast<size_t>(width) * es); });
+}
+
+std::vector<float> Tensor::to_vector() const {
+  Tensor c = is_contiguous() ? *this : clone();
+  const float* p = c.data<float>();
+  return std::vector<float>(p, p + numel());
+}
+
+}  // namespace ampipe

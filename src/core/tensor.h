@@ -1,0 +1,89 @@
+// Tensor: a typed, shaped view of a reference-counted buffer on one device.
+//
+// A Tensor is cheap to copy: copies share storage (like a shared_ptr). Views (`rows`, `cols`,
+// `reshape`) share storage too; `clone` makes an independent copy. Shapes are row-major; the last
+// dimension is always contiguous (stride 1) and a 2-D tensor may have a row stride larger than its
+// width (a column slice, e.g. Q out of a fused QKV buffer). Kernels read `stride(0)`.
+//
+// Storage is 64-byte aligned host memory for Device::CPU. Device::CUDA is reserved for the GPU
+// backend: the type and its views carry no assumption that memory is host-addressable, but `data()`
+// on a CPU build checks the device so host code never dereferences device memory by accident.
+// Thread-safety: a Tensor object is not synchronised; distinct threads may write disjoint elements.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+#include <vector>
+
+#include "core/error.h"
+
+namespace ampipe {
+
+enum class DType { F32, I32 };
+enum class Device { CPU, CUDA };
+
+const char* dtype_name(DType dtype);
+size_t dtype_size(DType dtype);
+
+using Shape = std::vector<int64_t>;
+std::string shape_string(const Shape& shape);
+
+class Tensor {
+ public:
+  Tensor() = default;
+
+  // Uninitialised / zero-filled tensors that own fresh storage.
+  static Tensor empty(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
+  static Tensor zeros(const Shape& shape, DType dtype = DType::F32, Device device = Device::CPU);
+  // A float tensor holding a copy of `values` (numel must match the shape).
+  static Tensor from(const Shape& shape, const std::vector<float>& values);
+  static Tensor from_ints(const Shape& shape, const std::vector<int32_t>& values);
+
+  bool defined() const { return storage_ != nullptr; }
+  const Shape& shape() const { return shape_; }
+  int ndim() const { return static_cast<int>(shape_.size()); }
+  int64_t dim(int i) const;
+  int64_t numel() const;
+  int64_t stride(int i) const;
+  bool is_contiguous() const;
+  DType dtype() const { return dtype_; }
+  Device device() const { return device_; }
+
+  // Typed element pointer (checks dtype and host residency).
+  template <class T>
+  T* data() const;
+
+  // View of rows [begin, end) along the first dimension.
+  Tensor rows(int64_t begin, int64_t end) const;
+  // View of columns [begin, end) of a 2-D tensor (keeps the row stride).
+  Tensor cols(int64_t begin, int64_t end) const;
+  // Same elements, new shape; requires a contiguous tensor.
+  Tensor reshape(const Shape& shape) const;
+  // Independent contiguous copy.
+  Tensor clone() const;
+  // Copies the elements of `src` (same shape and dtype) into this tensor.
+  void copy_from(const Tensor& src);
+  void fill(float value);
+  void zero();
+
+  // Flattened contiguous copy of the values, for tests and I/O.
+  std::vector<float> to_vector() const;
+
+ private:
+  std::shared_ptr<std::byte> storage_;
+  int64_t offset_ = 0;  // in elements
+  Shape shape_;
+  Shape strides_;
+  DType dtype_ = DType::F32;
+  Device device_ = Device::CPU;
+
+  void* raw() const;
+};
+
+template <>
+float* Tensor::data<float>() const;
+template <>
+int32_t* Tensor::data<int32_t>() const;
+
+}  // namespace ampipe

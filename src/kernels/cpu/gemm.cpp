@@ -1,0 +1,42 @@
+#include "kernels/gemm.h"
+
+#include <cblas.h>
+
+#include "core/parallel.h"
+
+namespace ampipe::kernels {
+
+void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor c, float alpha,
+          float beta) {
+  AMPIPE_CHECK(a.ndim() == 2 && b.ndim() == 2 && c.ndim() == 2)
+      << "gemm takes 2-D tensors, got " << shape_string(a.shape()) << ", " << shape_string(b.shape())
+      << ", " << shape_string(c.shape());
+  const int64_t m = transpose_a ? a.dim(1) : a.dim(0);
+  const int64_t ka = transpose_a ? a.dim(0) : a.dim(1);
+  const int64_t kb = transpose_b ? b.dim(1) : b.dim(0);
+  const int64_t n = transpose_b ? b.dim(0) : b.dim(1);
+  AMPIPE_CHECK(ka == kb && c.dim(0) == m && c.dim(1) == n)
+      << "gemm shape mismatch: op(a) [" << m << ", " << ka << "] @ op(b) [" << kb << ", " << n
+      << "] -> c " << shape_string(c.shape());
+  if (m == 0 || n == 0) return;
+  if (ka == 0) {
+    if (beta == 0.0f) c.zero();
+    else if (beta != 1.0f) {
+      for (int64_t i = 0; i < m; ++i)
+        for (int64_t j = 0; j < n; ++j) c.data<float>()[i * c.stride(0) + j] *= beta;
+    }
+    return;
+  }
+  cblas_sgemm(CblasRowMajor, transpose_a ? CblasTrans : CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans,
+              static_cast<blasint>(m), static_cast<blasint>(n), static_cast<blasint>(ka), alpha, a.data<float>(),
+              static_cast<blasint>(std::max<int64_t>(a.stride(0), 1)), b.data<float>(),
+              static_cast<blasint>(std::max<int64_t>(b.stride(0), 1)), beta, c.data<float>(),
+              static_cast<blasint>(std::max<int64_t>(c.stride(0), 1)));
+}
+
+void set_kernel_threads(int n) {
+  set_num_threads(n);
+  openblas_set_num_threads(n);
+}
+
+}  // namespace ampipe::kernels

@@ -1,0 +1,30 @@
+// Row-wise and element-wise kernels on float tensors shaped [rows, cols].
+#pragma once
+
+#include "core/tensor.h"
+
+namespace ampipe::kernels {
+
+// y[r, :] += bias[:] for every row. y [R, C], bias [C].
+void add_bias(Tensor y, const Tensor& bias);
+// dbias[:] += sum over rows of dy[r, :] (accumulated; deterministic order). dy [R, C], dbias [C].
+void bias_backward(const Tensor& dy, Tensor dbias);
+// y += x (same shape).
+void add_inplace(Tensor y, const Tensor& x);
+// x *= s.
+void scale_inplace(Tensor x, float s);
+
+// y = gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). x, y [R, C]; y written.
+void gelu_forward(const Tensor& x, Tensor y);
+// dx = dy * gelu_tanh'(x) (written). x, dy, dx [R, C].
+void gelu_backward(const Tensor& x, const Tensor& dy, Tensor dx);
+
+// Row softmax: y[r, :] = softmax(x[r, :]) (written). x, y [R, C].
+void softmax_rows(const Tensor& x, Tensor y);
+// Backward of softmax_rows given its output y: dx = y * (dy - sum(dy * y)) per row (written).
+void softmax_rows_backward(const Tensor& y, const Tensor& dy, Tensor dx);
+
+// Sum of squares of all elements, accumulated in double (for global-norm gradient clipping).
+double sum_of_squares(const Tensor& x);
+
+}  // namespace ampipe::kernels

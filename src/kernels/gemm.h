@@ -1,0 +1,22 @@
+// Dense matrix multiply on 2-D float tensors (OpenBLAS on the CPU).
+//
+// Conventions for every kernel header: inputs are `const Tensor&`; outputs are `Tensor` handles
+// passed by value (a Tensor is a shared handle, so a view such as `out.rows(a, b)` can be passed
+// and is written in place). Each function states whether an output is overwritten ("written") or
+// added to ("accumulated"). Shapes are checked and a mismatch throws ampipe::Error.
+#pragma once
+
+#include "core/tensor.h"
+
+namespace ampipe::kernels {
+
+// c = alpha * op(a) @ op(b) + beta * c, where op(x) is x or x^T.
+// op(a) is [M, K], op(b) is [K, N], c is [M, N]. Row strides are honoured (column-slice views
+// allowed); beta == 0 overwrites c without reading it.
+void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor c,
+          float alpha = 1.0f, float beta = 0.0f);
+
+// Sets the compute thread count for our kernels (core/parallel.h) and for BLAS together.
+void set_kernel_threads(int n);
+
+}  // namespace ampipe::kernels
