@@ -1,1 +1,199 @@
-int main() { return 0; }
+// ampipe: one binary, subcommands train / eval / sample.
+//
+// Errors inside the engine are ampipe::Error exceptions; this file is the edge that turns them into
+// one line on stderr ("ampipe: error: ...") and exit status 1. Bad flags exit with CLI11's status.
+#include <CLI/CLI.hpp>
+
+#include <cstdio>
+#include <iostream>
+#include <nlohmann/json.hpp>
+
+#include "core/parallel.h"
+#include "kernels/gemm.h"
+#include "train/checkpoint.h"
+#include "train/data.h"
+#include "train/evaluate.h"
+#include "train/trainer.h"
+
+namespace {
+
+using namespace ampipe;
+
+// Model flags, shared by the subcommands that build a model. Megatron-LM names.
+void add_model_flags(CLI::App& cmd, ModelConfig& m) {
+  cmd.add_option("--num-layers", m.num_layers, "Transformer blocks (L)")->capture_default_str();
+  cmd.add_option("--hidden-size", m.hidden_size, "Hidden size d; must be divisible by the heads")
+      ->capture_default_str();
+  cmd.add_option("--num-attention-heads", m.num_attention_heads, "Attention heads h")->capture_default_str();
+  cmd.add_option("--ffn-hidden-size", m.ffn_hidden_size, "Expert FFN hidden size f")->capture_default_str();
+  cmd.add_option("--seq-length", m.max_seq_len, "Sequence length N (also the model's max_seq_len)")
+      ->capture_default_str();
+  cmd.add_option("--moe-num-experts", m.num_experts, "Experts per MoE layer (E)")->capture_default_str();
+  cmd.add_option("--moe-top-k", m.top_k, "Experts per token (k, 1 <= k <= E)")->capture_default_str();
+  cmd.add_option("--moe-capacity-factor", m.capacity_factor,
+                 "Expert capacity factor; 0 = dropless. With cf > 0 each expert keeps at most "
+                 "ceil(cf*T*k/E) (token, choice) pairs per routing group, earlier tokens first")
+      ->capture_default_str();
+  cmd.add_option("--moe-aux-loss-coeff", m.aux_loss_weight, "Weight of the load-balancing loss")
+      ->capture_default_str();
+}
+
+const char* kModelFlags[] = {"--num-layers",      "--hidden-size", "--num-attention-heads",
+                             "--ffn-hidden-size", "--seq-length",  "--moe-num-experts",
+                             "--moe-top-k",       "--moe-capacity-factor", "--moe-aux-loss-coeff"};
+
+void set_threads(int threads) {
+  AMPIPE_CHECK(threads >= 1) << "--threads must be at least 1, got " << threads;
+  kernels::set_kernel_threads(threads);
+}
+
+int run_train(TrainOptions& o, CLI::App& cmd, int threads) {
+  set_threads(threads);
+  if (!o.load.empty()) {
+    // Flags not given on the command line take the checkpoint's values; given ones must match.
+    ModelConfig stored = read_checkpoint_config(o.load);
+    ModelConfig flags = o.model;
+    o.model = stored;
+    bool any_given = false;
+    for (const char* f : kModelFlags) any_given |= cmd.count(f) > 0;
+    if (any_given) {
+      ModelConfig merged = stored;
+      if (cmd.count("--num-layers")) merged.num_layers = flags.num_layers;
+      if (cmd.count("--hidden-size")) merged.hidden_size = flags.hidden_size;
+      if (cmd.count("--num-attention-heads")) merged.num_attention_heads = flags.num_attention_heads;
+      if (cmd.count("--ffn-hidden-size")) merged.ffn_hidden_size = flags.ffn_hidden_size;
+      if (cmd.count("--seq-length")) merged.max_seq_len = flags.max_seq_len;
+      if (cmd.count("--moe-num-experts")) merged.num_experts = flags.num_experts;
+      if (cmd.count("--moe-top-k")) merged.top_k = flags.top_k;
+      if (cmd.count("--moe-capacity-factor")) merged.capacity_factor = flags.capacity_factor;
+      if (cmd.count("--moe-aux-loss-coeff")) merged.aux_loss_weight = flags.aux_loss_weight;
+      const std::string diff = stored.differences(merged);
+      AMPIPE_CHECK(diff.empty()) << "--load " << o.load << ": the checkpoint's model config does not match the flags ("
+                                 << "checkpoint vs flags: " << diff << ")";
+    }
+  }
+  std::printf("ampipe train: %d threads\n", threads);
+  TrainResult r = run_training(o, [](const std::string& line) {
+    std::printf("%s\n", line.c_str());
+    std::fflush(stdout);
+  });
+  std::printf("done: %lld iterations, final loss %.4f, validation loss %.4f, %.0f tokens/s, %.1f s\n",
+              static_cast<long long>(r.iterations), r.final_loss, r.final_val_loss, r.tokens_per_sec, r.seconds);
+  return 0;
+}
+
+int run_eval(const std::string& load, const std::string& data_path, int64_t seq_length, int64_t batch,
+             int threads) {
+  set_threads(threads);
+  AMPIPE_CHECK(!load.empty()) << "eval needs --load DIR (a checkpoint written by train --save)";
+  AMPIPE_CHECK(batch >= 1) << "--micro-batch-size must be at least 1, got " << batch;
+  ModelConfig config = read_checkpoint_config(load);
+  const int64_t N = seq_length > 0 ? seq_length : config.max_seq_len;
+  AMPIPE_CHECK(N <= config.max_seq_len) << "--seq-length " << N << " exceeds the checkpoint's max_seq_len "
+                                        << config.max_seq_len;
+  GptMoe model(config);
+  load_model_weights(load, model);
+  std::vector<int32_t> tokens = load_tokens(data_path);
+  std::vector<int64_t> offsets = consecutive_windows(static_cast<int64_t>(tokens.size()), N);
+  AMPIPE_CHECK(!offsets.empty()) << "data file '" << data_path << "' has " << tokens.size()
+                                 << " tokens, shorter than one window of seq-length + 1 = " << N + 1;
+  EvalResult r = evaluate_windows(model, tokens, offsets, N, batch);
+  nlohmann::json j = {{"loss", r.loss}, {"tokens", r.tokens}};
+  std::printf("%s\n", j.dump().c_str());
+  return 0;
+}
+
+int run_sample(const std::string& load, const std::string& prompt, int64_t count, double temperature,
+               uint64_t seed, int threads) {
+  set_threads(threads);
+  AMPIPE_CHECK(!load.empty()) << "sample needs --load DIR (a checkpoint written by train --save)";
+  AMPIPE_CHECK(count >= 0) << "--tokens must be >= 0, got " << count;
+  GptMoe model(read_checkpoint_config(load));
+  load_model_weights(load, model);
+  std::vector<int32_t> out = generate(model, byte_encode(prompt), count, temperature, seed);
+  std::printf("%s%s\n", prompt.c_str(), byte_decode(out).c_str());
+  return 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  CLI::App app{"ampipe: train Mixture-of-Experts GPT models with intra-block pipelining"};
+  app.require_subcommand(1);
+  const int default_threads = ampipe::available_cores();
+
+  // train
+  TrainOptions t;
+  int train_threads = default_threads;
+  CLI::App* train = app.add_subcommand("train", "Train a GPT-MoE model on a text file");
+  add_model_flags(*train, t.model);
+  train->add_option("--micro-batch-size", t.micro_batch_size, "Sequences per iteration")->capture_default_str();
+  train->add_option("--lr", t.lr.lr, "Peak learning rate")->capture_default_str();
+  train->add_option("--min-lr", t.lr.min_lr, "Learning rate at the end of the cosine decay")->capture_default_str();
+  train->add_option("--lr-warmup-iters", t.lr.warmup_iters, "Iterations of linear warm-up from 0")
+      ->capture_default_str();
+  train->add_option("--weight-decay", t.adamw.weight_decay, "AdamW decoupled weight decay (matrices only)")
+      ->capture_default_str();
+  train->add_option("--adam-beta1", t.adamw.beta1, "AdamW beta1")->capture_default_str();
+  train->add_option("--adam-beta2", t.adamw.beta2, "AdamW beta2")->capture_default_str();
+  train->add_option("--clip-grad", t.adamw.clip_grad, "Clip gradients to this global L2 norm; 0 disables")
+      ->capture_default_str();
+  train->add_option("--train-iters", t.train_iters, "Total training iterations")->capture_default_str();
+  train->add_option("--eval-interval", t.eval_interval,
+                    "Evaluate validation loss every N iterations (and at the end); 0 = only at the end")
+      ->capture_default_str();
+  train->add_option("--eval-iters", t.eval_iters, "Validation batches per evaluation")->capture_default_str();
+  train->add_option("--log-interval", t.log_interval, "Print a progress line every N iterations")
+      ->capture_default_str();
+  train->add_option("--save", t.save, "Checkpoint directory to write (model.safetensors + optimizer state)");
+  train->add_option("--save-interval", t.save_interval, "Save every N iterations (and at the end); 0 = end only")
+      ->capture_default_str();
+  train->add_option("--load", t.load, "Resume training from this checkpoint directory");
+  train->add_option("--seed", t.seed, "Seed of the initialisation and the data order")->capture_default_str();
+  train->add_option("--data-path", t.data_path, "Training text file (byte-level tokens; last 10% is validation)")
+      ->capture_default_str();
+  train->add_option("--threads", train_threads, "Compute threads (kernels and BLAS)")->capture_default_str();
+  train->add_option("--metrics-file", t.metrics_file,
+                    "Write one JSON object per logged iteration (iter, loss, lr, tokens_per_sec, val_loss)");
+
+  // eval
+  std::string eval_load, eval_data = "data/kjv.txt";
+  int64_t eval_seq = 0, eval_batch = 8;
+  int eval_threads = default_threads;
+  CLI::App* eval = app.add_subcommand(
+      "eval", "Evaluate a checkpoint's mean loss per token over a whole text file; prints one JSON line");
+  eval->add_option("--load", eval_load, "Checkpoint directory")->required();
+  eval->add_option("--data-path", eval_data, "Text file to evaluate (all of it)")->capture_default_str();
+  eval->add_option("--seq-length", eval_seq,
+                   "Window length (default: the checkpoint's max_seq_len); windows of seq-length + 1 "
+                   "tokens, consecutive and non-overlapping");
+  eval->add_option("--micro-batch-size", eval_batch, "Windows per forward pass")->capture_default_str();
+  eval->add_option("--threads", eval_threads, "Compute threads")->capture_default_str();
+
+  // sample
+  std::string sample_load, prompt = "\n";
+  int64_t sample_tokens = 200;
+  double temperature = 0.8;
+  uint64_t sample_seed = 1;
+  int sample_threads = default_threads;
+  CLI::App* sample = app.add_subcommand("sample", "Continue a prompt with a trained checkpoint");
+  sample->add_option("--load", sample_load, "Checkpoint directory")->required();
+  sample->add_option("--prompt", prompt, "Text to continue");
+  sample->add_option("--tokens", sample_tokens, "Tokens (bytes) to generate")->capture_default_str();
+  sample->add_option("--temperature", temperature, "Sampling temperature; 0 = greedy")->capture_default_str();
+  sample->add_option("--seed", sample_seed, "Sampling seed")->capture_default_str();
+  sample->add_option("--threads", sample_threads, "Compute threads")->capture_default_str();
+
+  CLI11_PARSE(app, argc, argv);
+  try {
+    if (train->parsed()) return run_train(t, *train, train_threads);
+    if (eval->parsed()) return run_eval(eval_load, eval_data, eval_seq, eval_batch, eval_threads);
+    if (sample->parsed())
+      return run_sample(sample_load, prompt, sample_tokens, temperature, sample_seed, sample_threads);
+  } catch (const std::exception& e) {
+    std::fflush(stdout);
+    std::fprintf(stderr, "ampipe: error: %s\n", e.what());
+    return 1;
+  }
+  return 0;
+}

@@ -1,0 +1,31 @@
+// Whole-file writes that never leave a half-written file behind, and whole-file reads.
+//
+// write_file_atomically writes into `path + ".tmp.<pid>"` in the same directory, flushes and
+// fsyncs it, renames it over `path` and fsyncs the directory. A reader of `path` therefore sees
+// either the old contents or the complete new ones, also after a crash or power loss. On any
+// failure (an exception from `write`, an I/O error, a full disk) the temporary file is removed, the
+// old `path` is left untouched, and an ampipe::Error naming the path and the OS error is thrown
+// (an exception thrown by `write` itself is rethrown unchanged). Only if the final fsync of the
+// directory fails is the new file already in place when the Error is thrown.
+// Thread-safety: two threads of one process must not write the same path at the same time (they
+// would share the temporary name); distinct paths are fine.
+#pragma once
+
+#include <functional>
+#include <ostream>
+#include <string>
+#include <string_view>
+
+namespace ampipe {
+
+// Calls write(stream) and commits what it wrote to `path` atomically. Setting the stream's badbit
+// or failbit (e.g. a failed write) counts as a failure.
+void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& write);
+// Same, for contents already in memory.
+void write_file_atomically(const std::string& path, std::string_view bytes);
+
+// The whole contents of `path`; throws ampipe::Error naming the path and the OS error if it is
+// missing or unreadable.
+std::string read_file(const std::string& path);
+
+}  // namespace ampipe

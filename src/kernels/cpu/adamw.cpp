@@ -1,0 +1,87 @@
+// CPU AdamW (kernels/adamw.h): one fused element-wise pass over param, grad, m and v.
+#include "kernels/adamw.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/parallel.h"
+
+namespace ampipe::kernels {
+namespace {
+
+constexpr int64_t kGrainElements = 16384;
+
+// Rows of the last dimension; only 2-D tensors can have a row stride (column slices).
+struct Matrix {
+  float* data;
+  int64_t rows;
+  int64_t cols;
+  int64_t stride;
+  bool contiguous;
+  float* row(int64_t r) const { return data + r * stride; }
+};
+
+Matrix as_matrix(const Tensor& t) {
+  if (t.ndim() == 2) return {t.data<float>(), t.dim(0), t.dim(1), t.stride(0), t.is_contiguous()};
+  const int64_t cols = t.ndim() == 0 ? 1 : t.dim(t.ndim() - 1);
+  const int64_t rows = cols == 0 ? 0 : t.numel() / cols;
+  return {t.data<float>(), rows, cols, cols, true};
+}
+
+void check_same_shape(const Tensor& param, const Tensor& other, const char* name) {
+  AMPIPE_CHECK(other.shape() == param.shape()) << "adamw_update: " << name << " " << shape_string(other.shape())
+                                               << " must match param " << shape_string(param.shape());
+}
+
+}  // namespace
+
+void adamw_update(Tensor param, const Tensor& grad, Tensor m, Tensor v, const AdamWStep& hp) {
+  check_same_shape(param, grad, "grad");
+  check_same_shape(param, m, "m");
+  check_same_shape(param, v, "v");
+  AMPIPE_CHECK(hp.step >= 1) << "adamw_update: step " << hp.step << " must be >= 1 (it is 1-based)";
+  AMPIPE_CHECK(hp.beta1 >= 0.0f && hp.beta1 < 1.0f) << "adamw_update: beta1 " << hp.beta1 << " must be in [0, 1)";
+  AMPIPE_CHECK(hp.beta2 >= 0.0f && hp.beta2 < 1.0f) << "adamw_update: beta2 " << hp.beta2 << " must be in [0, 1)";
+  AMPIPE_CHECK(hp.eps >= 0.0f) << "adamw_update: eps " << hp.eps << " must be >= 0";
+
+  const float b1 = hp.beta1;
+  const float b2 = hp.beta2;
+  const float one_minus_b1 = 1.0f - b1;
+  const float one_minus_b2 = 1.0f - b2;
+  // Bias corrections in double: b^t underflows gracefully and 1 - b^t keeps its digits.
+  const double t = static_cast<double>(hp.step);
+  const float correction1 = static_cast<float>(1.0 - std::pow(static_cast<double>(b1), t));
+  const float correction2 = static_cast<float>(1.0 - std::pow(static_cast<double>(b2), t));
+  const float lr = hp.lr;
+  const float eps = hp.eps;
+  const float wd = hp.weight_decay;
+
+  const Matrix pm = as_matrix(param);
+  const Matrix gm = as_matrix(grad);
+  const Matrix mm = as_matrix(m);
+  const Matrix vm = as_matrix(v);
+  auto update = [&](float* p, const float* g, float* mp, float* vp, int64_t n) {
+    for (int64_t j = 0; j < n; ++j) {
+      const float gj = g[j];
+      const float mj = b1 * mp[j] + one_minus_b1 * gj;
+      const float vj = b2 * vp[j] + one_minus_b2 * gj * gj;
+      mp[j] = mj;
+      vp[j] = vj;
+      const float mhat = mj / correction1;
+      const float vhat = vj / correction2;
+      p[j] -= lr * (mhat / (std::sqrt(vhat) + eps) + wd * p[j]);
+    }
+  };
+  if (pm.contiguous && gm.contiguous && mm.contiguous && vm.contiguous) {
+    parallel_for(pm.rows * pm.cols, kGrainElements, [&](int64_t begin, int64_t end) {
+      update(pm.data + begin, gm.data + begin, mm.data + begin, vm.data + begin, end - begin);
+    });
+  } else {
+    parallel_for(pm.rows, std::max<int64_t>(1, kGrainElements / std::max<int64_t>(pm.cols, 1)),
+                 [&](int64_t begin, int64_t end) {
+                   for (int64_t r = begin; r < end; ++r) update(pm.row(r), gm.row(r), mm.row(r), vm.row(r), pm.cols);
+                 });
+  }
+}
+
+}  // namespace ampipe::kernels

@@ -1,0 +1,467 @@
+// Causal attention on the CPU: FlashAttention-2 style tiles with an online softmax.
+//
+// Forward: for each (sequence, head, query tile) the key tiles are swept left to right; a tile's
+// scores S = Q K^T come from one small sgemm, the running row max / row sum are updated and the
+// output accumulator is rescaled, then O += P V (second sgemm). Scores are kept in base 2
+// (the sgemm's alpha is scale * log2(e)), so the softmax needs only exp2.
+// Backward: per (sequence, head), key tiles outside and query tiles inside; P is recomputed from
+// the saved log-sum-exp, and dV, dK accumulate straight into the caller's tensors.
+//
+// Only tiles that cross the causal diagonal are masked; tiles wholly above it are never computed,
+// and diagonal tiles are cut into row blocks whose key range stops at the block's last query, so
+// little of the masked triangle is computed. Scratch is per task and O(tile), never O(N^2).
+// Every task owns disjoint output elements and sums in a fixed order, so results do not depend on
+// the thread count or the partition.
+#include <cblas.h>
+
+#include <algorithm>
+#include <cmath>
+#include <cstdlib>
+#include <memory>
+
+#include "core/parallel.h"
+#include "kernels/attention.h"
+#include "kernels/cpu/fast_math.h"
+
+namespace ampipe::kernels {
+namespace {
+
+using fast_math::kLn2;
+using fast_math::kLog2e;
+
+// Tile sizes (rows of queries x rows of keys per sgemm). Chosen by bench/bench_attention on the
+// reference machine: big enough for the sgemms to run near their peak, small enough that S, P and
+// the Q/K/V tiles stay in L2.
+constexpr int64_t kQueryTile = 64;
+constexpr int64_t kKeyTile = 128;
+// Rows per block when a forward query tile crosses the diagonal.
+constexpr int64_t kDiagonalRows = 32;
+
+// ---------------------------------------------------------------------------------------------
+// Scratch
+
+struct FreeDeleter {
+  void operator()(float* p) const { std::free(p); }
+};
+
+// Uninitialised 64-byte aligned floats.
+std::unique_ptr<float[], FreeDeleter> aligned_floats(int64_t count) {
+  const size_t bytes = (static_cast<size_t>(std::max<int64_t>(count, 1)) * sizeof(float) + 63) / 64 * 64;
+  auto* p = static_cast<float*>(std::aligned_alloc(64, bytes));
+  AMPIPE_CHECK(p != nullptr) << "attention: out of memory allocating " << bytes << " bytes of scratch";
+  return std::unique_ptr<float[], FreeDeleter>(p);
+}
+
+// Row-major sgemm on raw pointers: c = alpha * op(a) @ op(b) + beta * c, op(a) [m, k], op(b) [k, n].
+inline void sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha,
+                  const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+  cblas_sgemm(CblasRowMajor, transpose_a ? CblasTrans : CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans,
+              static_cast<blasint>(m), static_cast<blasint>(n), static_cast<blasint>(k), alpha, a,
+              static_cast<blasint>(lda), b, static_cast<blasint>(ldb), beta, c, static_cast<blasint>(ldc));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Row kernels (AVX2 with a scalar fallback). Each sums in a fixed order.
+
+#if AMPIPE_HAVE_AVX2_FMA
+// Lanes [0, count) set, for 0 <= count <= 8.
+inline __m256i lane_mask(int64_t count) {
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+}
+
+inline float horizontal_sum(__m256 v) {
+  __m128 s = _mm_add_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_add_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_add_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+
+inline float horizontal_max(__m256 v) {
+  __m128 s = _mm_max_ps(_mm256_castps256_ps128(v), _mm256_extractf128_ps(v, 1));
+  s = _mm_max_ps(s, _mm_movehl_ps(s, s));
+  s = _mm_max_ss(s, _mm_movehdup_ps(s));
+  return _mm_cvtss_f32(s);
+}
+#endif
+
+// max of x[0..n), n >= 1.
+inline float row_max(const float* x, int64_t n) {
+#if AMPIPE_HAVE_AVX2_FMA
+  __m256 m0 = _mm256_set1_ps(-INFINITY), m1 = m0, m2 = m0, m3 = m0;
+  int64_t i = 0;
+  for (; i + 32 <= n; i += 32) {
+    m0 = _mm256_max_ps(m0, _mm256_loadu_ps(x + i));
+    m1 = _mm256_max_ps(m1, _mm256_loadu_ps(x + i + 8));
+    m2 = _mm256_max_ps(m2, _mm256_loadu_ps(x + i + 16));
+    m3 = _mm256_max_ps(m3, _mm256_loadu_ps(x + i + 24));
+  }
+  for (; i + 8 <= n; i += 8) m0 = _mm256_max_ps(m0, _mm256_loadu_ps(x + i));
+  if (i < n) {
+    const __m256i mask = lane_mask(n - i);
+    const __m256 tail = _mm256_maskload_ps(x + i, mask);
+    m1 = _mm256_max_ps(m1, _mm256_blendv_ps(_mm256_set1_ps(-INFINITY), tail, _mm256_castsi256_ps(mask)));
+  }
+  return horizontal_max(_mm256_max_ps(_mm256_max_ps(m0, m1), _mm256_max_ps(m2, m3)));
+#else
+  float m = x[0];
+  for (int64_t i = 1; i < n; ++i) m = std::max(m, x[i]);
+  return m;
+#endif
+}
+
+// x[i] = 2^(x[i] - shift) for i < n; returns the sum of the new values.
+inline float exp2_shift_sum(float* x, int64_t n, float shift) {
+#if AMPIPE_HAVE_AVX2_FMA
+  const __m256 s = _mm256_set1_ps(shift);
+  __m256 acc0 = _mm256_setzero_ps(), acc1 = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 16 <= n; i += 16) {
+    const __m256 e0 = fast_math::fast_exp2_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), s));
+    const __m256 e1 = fast_math::fast_exp2_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i + 8), s));
+    _mm256_storeu_ps(x + i, e0);
+    _mm256_storeu_ps(x + i + 8, e1);
+    acc0 = _mm256_add_ps(acc0, e0);
+    acc1 = _mm256_add_ps(acc1, e1);
+  }
+  for (; i + 8 <= n; i += 8) {
+    const __m256 e = fast_math::fast_exp2_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), s));
+    _mm256_storeu_ps(x + i, e);
+    acc0 = _mm256_add_ps(acc0, e);
+  }
+  if (i < n) {
+    const __m256i mask = lane_mask(n - i);
+    const __m256 e = _mm256_and_ps(fast_math::fast_exp2_avx2(_mm256_sub_ps(_mm256_maskload_ps(x + i, mask), s)),
+                                   _mm256_castsi256_ps(mask));
+    _mm256_maskstore_ps(x + i, mask, e);
+    acc1 = _mm256_add_ps(acc1, e);
+  }
+  return horizontal_sum(_mm256_add_ps(acc0, acc1));
+#else
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) {
+    x[i] = fast_math::fast_exp2(x[i] - shift);
+    sum += x[i];
+  }
+  return sum;
+#endif
+}
+
+// x[i] = 2^(x[i] - shift) for i < n.
+inline void exp2_shift(float* x, int64_t n, float shift) {
+#if AMPIPE_HAVE_AVX2_FMA
+  const __m256 s = _mm256_set1_ps(shift);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(x + i, fast_math::fast_exp2_avx2(_mm256_sub_ps(_mm256_loadu_ps(x + i), s)));
+  if (i < n) {
+    const __m256i mask = lane_mask(n - i);
+    _mm256_maskstore_ps(x + i, mask,
+                        fast_math::fast_exp2_avx2(_mm256_sub_ps(_mm256_maskload_ps(x + i, mask), s)));
+  }
+#else
+  for (int64_t i = 0; i < n; ++i) x[i] = fast_math::fast_exp2(x[i] - shift);
+#endif
+}
+
+// dp[i] = p[i] * (dp[i] - d) for i < n: the softmax backward for one row.
+inline void softmax_backward_row(const float* p, float* dp, int64_t n, float d) {
+#if AMPIPE_HAVE_AVX2_FMA
+  const __m256 dv = _mm256_set1_ps(d);
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8)
+    _mm256_storeu_ps(dp + i, _mm256_mul_ps(_mm256_loadu_ps(p + i), _mm256_sub_ps(_mm256_loadu_ps(dp + i), dv)));
+  for (; i < n; ++i) dp[i] = p[i] * (dp[i] - d);
+#else
+  for (int64_t i = 0; i < n; ++i) dp[i] = p[i] * (dp[i] - d);
+#endif
+}
+
+inline void scale_row(float* x, int64_t n, float a) {
+  for (int64_t i = 0; i < n; ++i) x[i] *= a;
+}
+
+inline float dot(const float* a, const float* b, int64_t n) {
+#if AMPIPE_HAVE_AVX2_FMA
+  __m256 acc = _mm256_setzero_ps();
+  int64_t i = 0;
+  for (; i + 8 <= n; i += 8) acc = _mm256_fmadd_ps(_mm256_loadu_ps(a + i), _mm256_loadu_ps(b + i), acc);
+  float sum = horizontal_sum(acc);
+  for (; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+#else
+  float sum = 0.0f;
+  for (int64_t i = 0; i < n; ++i) sum += a[i] * b[i];
+  return sum;
+#endif
+}
+
+// ---------------------------------------------------------------------------------------------
+// Shapes
+
+struct Dims {
+  int64_t batch, heads, head_dim, q_begin, q_len, kv_len;
+  int64_t kv_used() const { return q_begin + q_len; }
+};
+
+// One head of one sequence: pointers to its first row and column, and row strides.
+struct HeadRows {
+  const float* data;
+  int64_t ld;
+  const float* row(int64_t i) const { return data + i * ld; }
+};
+struct MutableHeadRows {
+  float* data;
+  int64_t ld;
+  float* row(int64_t i) const { return data + i * ld; }
+};
+
+HeadRows head_rows(const Tensor& t, int64_t rows_per_seq, const Dims& dims, int64_t b, int64_t h) {
+  return {t.data<float>() + b * rows_per_seq * t.stride(0) + h * dims.head_dim, t.stride(0)};
+}
+MutableHeadRows mutable_head_rows(const Tensor& t, int64_t rows_per_seq, const Dims& dims, int64_t b,
+                                  int64_t h) {
+  return {t.data<float>() + b * rows_per_seq * t.stride(0) + h * dims.head_dim, t.stride(0)};
+}
+
+void check_matrix(const Tensor& t, const char* name, int64_t rows, int64_t cols, const AttentionShape& shape) {
+  AMPIPE_CHECK(t.defined() && t.dtype() == DType::F32 && t.ndim() == 2 && t.dim(0) == rows && t.dim(1) == cols)
+      << "attention: " << name << " must be a float tensor [" << rows << ", " << cols << "] for batch "
+      << shape.batch << ", q_begin " << shape.q_begin << ", q_len " << shape.q_len << ", kv_len " << shape.kv_len
+      << ", got " << (t.defined() ? shape_string(t.shape()) : std::string("an undefined tensor"));
+}
+
+Dims check_shapes(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& shape) {
+  AMPIPE_CHECK(shape.batch >= 0 && shape.q_begin >= 0 && shape.q_len >= 0)
+      << "attention: batch " << shape.batch << ", q_begin " << shape.q_begin << ", q_len " << shape.q_len
+      << " must all be >= 0";
+  AMPIPE_CHECK(shape.num_heads >= 1) << "attention: num_heads must be >= 1, got " << shape.num_heads;
+  AMPIPE_CHECK(shape.kv_len >= shape.q_begin + shape.q_len)
+      << "attention: kv_len " << shape.kv_len << " is shorter than the keys the queries see, q_begin "
+      << shape.q_begin << " + q_len " << shape.q_len << " = " << shape.q_begin + shape.q_len;
+  AMPIPE_CHECK(q.defined() && q.ndim() == 2)
+      << "attention: q must be a 2-D tensor [batch * q_len, d], got "
+      << (q.defined() ? shape_string(q.shape()) : std::string("an undefined tensor"));
+  const int64_t d = q.dim(1);
+  AMPIPE_CHECK(d % shape.num_heads == 0 && d > 0)
+      << "attention: hidden size " << d << " is not a positive multiple of num_heads " << shape.num_heads;
+  check_matrix(q, "q", shape.batch * shape.q_len, d, shape);
+  check_matrix(k, "k", shape.batch * shape.kv_len, d, shape);
+  check_matrix(v, "v", shape.batch * shape.kv_len, d, shape);
+  return {shape.batch, shape.num_heads, d / shape.num_heads, shape.q_begin, shape.q_len, shape.kv_len};
+}
+
+void check_lse(const Tensor& lse, const AttentionShape& shape) {
+  const Shape expected{shape.batch, shape.num_heads, shape.q_len};
+  AMPIPE_CHECK(lse.defined() && lse.dtype() == DType::F32 && lse.shape() == expected && lse.is_contiguous())
+      << "attention: lse must be a contiguous float tensor " << shape_string(expected) << ", got "
+      << (lse.defined() ? shape_string(lse.shape()) : std::string("an undefined tensor"));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Forward
+
+struct ForwardScratch {
+  std::unique_ptr<float[], FreeDeleter> scores;  // [kQueryTile, kKeyTile]: S, then P
+  std::unique_ptr<float[], FreeDeleter> acc;     // [kQueryTile, head_dim]: unnormalised output
+  float row_max[kQueryTile];                     // running max of the base-2 scores
+  float row_sum[kQueryTile];                     // running sum of 2^(s - row_max)
+};
+
+struct ForwardHead {
+  HeadRows q, k, v;
+  MutableHeadRows out;
+  float* lse;  // [q_len] for this (sequence, head)
+};
+
+// Folds keys [key_begin, key_end) into query rows [r0, r1) of the tile whose row 0 is query
+// position tile_pos. `masked`: some keys lie after some queries (key j is seen by position p iff
+// j <= p).
+void forward_block(const ForwardHead& head, const Dims& dims, ForwardScratch& scratch, int64_t tile_row,
+                   int64_t tile_pos, int64_t r0, int64_t r1, int64_t key_begin, int64_t key_end, bool masked) {
+  const int64_t rows = r1 - r0, keys = key_end - key_begin, hd = dims.head_dim;
+  float* s = scratch.scores.get();
+  float* acc = scratch.acc.get();
+  const float score_scale = kLog2e / std::sqrt(static_cast<float>(hd));
+  sgemm(false, true, rows, keys, hd, score_scale, head.q.row(tile_row + r0), head.q.ld, head.k.row(key_begin),
+        head.k.ld, 0.0f, s, kKeyTile);
+  for (int64_t r = 0; r < rows; ++r) {
+    float* srow = s + r * kKeyTile;
+    int64_t valid = keys;
+    if (masked) valid = std::clamp<int64_t>(tile_pos + r0 + r - key_begin + 1, 0, keys);
+    std::fill(srow + valid, srow + keys, 0.0f);
+    if (valid == 0) continue;
+    const int64_t tr = r0 + r;
+    const float old_max = scratch.row_max[tr];
+    const float new_max = std::max(old_max, row_max(srow, valid));
+    const float rescale = fast_math::fast_exp2(old_max - new_max);  // 0 when old_max is -inf
+    const float sum = exp2_shift_sum(srow, valid, new_max);
+    scratch.row_max[tr] = new_max;
+    scratch.row_sum[tr] = scratch.row_sum[tr] * rescale + sum;
+    if (rescale != 1.0f) scale_row(acc + tr * hd, hd, rescale);
+  }
+  sgemm(false, false, rows, hd, keys, 1.0f, s, kKeyTile, head.v.row(key_begin), head.v.ld, 1.0f, acc + r0 * hd, hd);
+}
+
+// Query rows [row_begin, row_end) of one (sequence, head).
+void forward_query_tile(const ForwardHead& head, const Dims& dims, ForwardScratch& scratch, int64_t row_begin,
+                        int64_t row_end) {
+  const int64_t rows = row_end - row_begin, hd = dims.head_dim;
+  const int64_t tile_pos = dims.q_begin + row_begin;  // position of the tile's first query
+  const int64_t keys_end = tile_pos + rows;           // the last query sees keys < keys_end
+  std::fill(scratch.row_max, scratch.row_max + rows, -INFINITY);
+  std::fill(scratch.row_sum, scratch.row_sum + rows, 0.0f);
+  std::fill(scratch.acc.get(), scratch.acc.get() + rows * hd, 0.0f);
+  for (int64_t key_begin = 0; key_begin < keys_end; key_begin += kKeyTile) {
+    const int64_t key_end = std::min(key_begin + kKeyTile, keys_end);
+    if (key_end - 1 <= tile_pos) {  // every query of the tile sees every key
+      forward_block(head, dims, scratch, row_begin, tile_pos, 0, rows, key_begin, key_end, false);
+      continue;
+    }
+    for (int64_t r0 = 0; r0 < rows; r0 += kDiagonalRows) {
+      const int64_t r1 = std::min(r0 + kDiagonalRows, rows);
+      const int64_t block_key_end = std::min(key_end, tile_pos + r1);
+      if (block_key_end <= key_begin) continue;
+      forward_block(head, dims, scratch, row_begin, tile_pos, r0, r1, key_begin, block_key_end, true);
+    }
+  }
+  for (int64_t r = 0; r < rows; ++r) {
+    const float sum = scratch.row_sum[r];
+    const float inv = 1.0f / sum;
+    const float* a = scratch.acc.get() + r * hd;
+    float* o = head.out.row(row_begin + r);
+    for (int64_t c = 0; c < hd; ++c) o[c] = a[c] * inv;
+    head.lse[row_begin + r] = (scratch.row_max[r] + std::log2(sum)) * kLn2;
+  }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Backward
+
+struct BackwardHead {
+  HeadRows q, k, v, out, dout;
+  MutableHeadRows dq, dk, dv;
+  const float* lse;  // [q_len]
+};
+
+struct BackwardScratch {
+  std::unique_ptr<float[], FreeDeleter> probs;       // [kQueryTile, kKeyTile]: P
+  std::unique_ptr<float[], FreeDeleter> grad;        // [kQueryTile, kKeyTile]: dP, then dS
+  std::unique_ptr<float[], FreeDeleter> lse2;        // [q_len]: lse in base 2
+  std::unique_ptr<float[], FreeDeleter> dout_dot_o;  // [q_len]: D_i = dO_i . O_i
+};
+
+// Query rows [i0, i1) against keys [key_begin, key_end).
+void backward_block(const BackwardHead& head, const Dims& dims, BackwardScratch& scratch, int64_t i0, int64_t i1,
+                    int64_t key_begin, int64_t key_end, bool masked) {
+  const int64_t rows = i1 - i0, keys = key_end - key_begin, hd = dims.head_dim;
+  const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
+  float* p = scratch.probs.get();
+  float* g = scratch.grad.get();
+  sgemm(false, true, rows, keys, hd, scale * kLog2e, head.q.row(i0), head.q.ld, head.k.row(key_begin), head.k.ld,
+        0.0f, p, kKeyTile);
+  for (int64_t r = 0; r < rows; ++r) {
+    float* prow = p + r * kKeyTile;
+    int64_t valid = keys;
+    if (masked) valid = std::clamp<int64_t>(dims.q_begin + i0 + r - key_begin + 1, 0, keys);
+    exp2_shift(prow, valid, scratch.lse2[i0 + r]);
+    std::fill(prow + valid, prow + keys, 0.0f);
+  }
+  // dV += P^T dO
+  sgemm(true, false, keys, hd, rows, 1.0f, p, kKeyTile, head.dout.row(i0), head.dout.ld, 1.0f,
+        head.dv.row(key_begin), head.dv.ld);
+  // dP = dO V^T, then dS = P * (dP - D) in place
+  sgemm(false, true, rows, keys, hd, 1.0f, head.dout.row(i0), head.dout.ld, head.v.row(key_begin), head.v.ld, 0.0f,
+        g, kKeyTile);
+  for (int64_t r = 0; r < rows; ++r)
+    softmax_backward_row(p + r * kKeyTile, g + r * kKeyTile, keys, scratch.dout_dot_o[i0 + r]);
+  // dQ += scale * dS K, dK += scale * dS^T Q
+  sgemm(false, false, rows, hd, keys, scale, g, kKeyTile, head.k.row(key_begin), head.k.ld, 1.0f, head.dq.row(i0),
+        head.dq.ld);
+  sgemm(true, false, keys, hd, rows, scale, g, kKeyTile, head.q.row(i0), head.q.ld, 1.0f, head.dk.row(key_begin),
+        head.dk.ld);
+}
+
+void backward_head(const BackwardHead& head, const Dims& dims, BackwardScratch& scratch) {
+  const int64_t hd = dims.head_dim;
+  for (int64_t i = 0; i < dims.q_len; ++i) {
+    std::fill(head.dq.row(i), head.dq.row(i) + hd, 0.0f);
+    scratch.lse2[i] = head.lse[i] * kLog2e;
+    scratch.dout_dot_o[i] = dot(head.dout.row(i), head.out.row(i), hd);
+  }
+  for (int64_t key_begin = 0; key_begin < dims.kv_used(); key_begin += kKeyTile) {
+    const int64_t key_end = std::min(key_begin + kKeyTile, dims.kv_used());
+    // Queries at positions >= key_begin see this tile; row blocks start there, so the first blocks
+    // cover the diagonal and their key range is cut at their last query.
+    for (int64_t i0 = std::max<int64_t>(0, key_begin - dims.q_begin); i0 < dims.q_len; i0 += kQueryTile) {
+      const int64_t i1 = std::min(i0 + kQueryTile, dims.q_len);
+      const int64_t block_key_end = std::min(key_end, dims.q_begin + i1);
+      const bool masked = block_key_end - 1 > dims.q_begin + i0;
+      backward_block(head, dims, scratch, i0, i1, key_begin, block_key_end, masked);
+    }
+  }
+}
+
+}  // namespace
+
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& shape, Tensor out,
+                       Tensor lse) {
+  const Dims dims = check_shapes(q, k, v, shape);
+  check_matrix(out, "out", shape.batch * shape.q_len, q.dim(1), shape);
+  check_lse(lse, shape);
+  if (dims.batch == 0 || dims.q_len == 0) return;
+
+  // Tasks pair query tile t with tile (tiles - 1 - t): causal cost grows with the tile index, so
+  // every pair costs about the same and the static partition stays balanced.
+  const int64_t tiles = (dims.q_len + kQueryTile - 1) / kQueryTile;
+  const int64_t pairs = (tiles + 1) / 2;
+  parallel_for(dims.batch * dims.heads * pairs, 1, [&](int64_t task_begin, int64_t task_end) {
+    ForwardScratch scratch{aligned_floats(kQueryTile * kKeyTile), aligned_floats(kQueryTile * dims.head_dim), {}, {}};
+    for (int64_t task = task_begin; task < task_end; ++task) {
+      const int64_t pair = task % pairs;
+      const int64_t bh = task / pairs;
+      const int64_t b = bh / dims.heads, h = bh % dims.heads;
+      const ForwardHead head{head_rows(q, dims.q_len, dims, b, h), head_rows(k, dims.kv_len, dims, b, h),
+                             head_rows(v, dims.kv_len, dims, b, h), mutable_head_rows(out, dims.q_len, dims, b, h),
+                             lse.data<float>() + bh * dims.q_len};
+      for (const int64_t tile : {pair, tiles - 1 - pair}) {
+        const int64_t row_begin = tile * kQueryTile;
+        forward_query_tile(head, dims, scratch, row_begin, std::min(row_begin + kQueryTile, dims.q_len));
+        if (tile == tiles - 1 - pair) break;  // odd tile count: the middle tile pairs with itself
+      }
+    }
+  });
+}
+
+void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
+                        const Tensor& dout, const AttentionShape& shape, Tensor dq, Tensor dk, Tensor dv) {
+  const Dims dims = check_shapes(q, k, v, shape);
+  const int64_t d = q.dim(1);
+  check_matrix(out, "out", shape.batch * shape.q_len, d, shape);
+  check_matrix(dout, "dout", shape.batch * shape.q_len, d, shape);
+  check_matrix(dq, "dq", shape.batch * shape.q_len, d, shape);
+  check_matrix(dk, "dk", shape.batch * shape.kv_len, d, shape);
+  check_matrix(dv, "dv", shape.batch * shape.kv_len, d, shape);
+  check_lse(lse, shape);
+  if (dims.batch == 0 || dims.q_len == 0) return;
+
+  // One task per (sequence, head): it owns that head's columns of dq, dk and dv.
+  parallel_for(dims.batch * dims.heads, 1, [&](int64_t task_begin, int64_t task_end) {
+    BackwardScratch scratch{aligned_floats(kQueryTile * kKeyTile), aligned_floats(kQueryTile * kKeyTile),
+                            aligned_floats(dims.q_len), aligned_floats(dims.q_len)};
+    for (int64_t bh = task_begin; bh < task_end; ++bh) {
+      const int64_t b = bh / dims.heads, h = bh % dims.heads;
+      const BackwardHead head{head_rows(q, dims.q_len, dims, b, h),
+                              head_rows(k, dims.kv_len, dims, b, h),
+                              head_rows(v, dims.kv_len, dims, b, h),
+                              head_rows(out, dims.q_len, dims, b, h),
+                              head_rows(dout, dims.q_len, dims, b, h),
+                              mutable_head_rows(dq, dims.q_len, dims, b, h),
+                              mutable_head_rows(dk, dims.kv_len, dims, b, h),
+                              mutable_head_rows(dv, dims.kv_len, dims, b, h),
+                              lse.data<float>() + bh * dims.q_len};
+      backward_head(head, dims, scratch);
+    }
+  });
+}
+
+}  // namespace ampipe::kernels

@@ -1,0 +1,112 @@
+// CPU softmax cross-entropy (kernels/cross_entropy.h).
+//
+// Per row: the maximum is subtracted before exponentiating (no overflow for any finite logits) and
+// the sum of exponentials is accumulated in double. Rows are split across threads; each row is
+// computed by one thread in a fixed order.
+#include "kernels/cross_entropy.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/parallel.h"
+#include "kernels/cpu/fast_math.h"
+
+namespace ampipe::kernels {
+namespace {
+
+constexpr int64_t kGrainElements = 16384;
+
+int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(cols, 1)); }
+
+float row_max(const float* x, int64_t n) {
+  float lane[8];
+  for (int l = 0; l < 8; ++l) lane[l] = -INFINITY;
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; ++l) lane[l] = std::max(lane[l], x[j + l]);
+  float m = -INFINITY;
+  for (; j < n; ++j) m = std::max(m, x[j]);
+  for (int l = 0; l < 8; ++l) m = std::max(m, lane[l]);
+  return m;
+}
+
+// The row maximum and sum_j exp(x[j] - max) (in double): logsumexp = max + log(sum).
+struct RowExpSum {
+  float max;
+  double sum;
+};
+
+RowExpSum row_exp_sum(const float* x, int64_t n) {
+  const float mx = row_max(x, n);
+  double lane[8] = {};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; ++l) lane[l] += fast_math::fast_exp(x[j + l] - mx);
+  double s = 0;
+  for (; j < n; ++j) s += fast_math::fast_exp(x[j] - mx);
+  for (int l = 0; l < 8; ++l) s += lane[l];
+  return {mx, s};
+}
+
+// Checks shapes and that every target is a valid class; returns the target pointer.
+const int32_t* check_targets(const Tensor& logits, const Tensor& targets, const char* op) {
+  AMPIPE_CHECK(logits.ndim() == 2 && logits.dim(1) >= 1)
+      << op << ": logits must be 2-D [tokens, vocab >= 1], got " << shape_string(logits.shape());
+  AMPIPE_CHECK(targets.dtype() == DType::I32 && targets.ndim() == 1 && targets.dim(0) == logits.dim(0))
+      << op << ": targets must be int32 [" << logits.dim(0) << "], got " << dtype_name(targets.dtype()) << " "
+      << shape_string(targets.shape());
+  const int32_t* tp = targets.data<int32_t>();
+  const int64_t vocab = logits.dim(1);
+  for (int64_t t = 0; t < targets.dim(0); ++t)
+    AMPIPE_CHECK(tp[t] >= 0 && tp[t] < vocab)
+        << op << ": target " << tp[t] << " of token " << t << " is outside the vocabulary [0, " << vocab << ")";
+  return tp;
+}
+
+}  // namespace
+
+void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor losses) {
+  const int32_t* tp = check_targets(logits, targets, "cross_entropy_forward");
+  const int64_t rows = logits.dim(0);
+  const int64_t vocab = logits.dim(1);
+  AMPIPE_CHECK(losses.ndim() == 1 && losses.dim(0) == rows)
+      << "cross_entropy_forward: losses " << shape_string(losses.shape()) << " must be [" << rows << "]";
+  const float* lp = logits.data<float>();
+  const int64_t ls = logits.stride(0);
+  float* out = losses.data<float>();
+  parallel_for(rows, row_grain(vocab), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* row = lp + t * ls;
+      const RowExpSum es = row_exp_sum(row, vocab);
+      // (max - target logit) first: both are large for large logits, their difference is not.
+      out[t] = static_cast<float>((static_cast<double>(es.max) - row[tp[t]]) + std::log(es.sum));
+    }
+  });
+}
+
+void cross_entropy_backward(const Tensor& logits, const Tensor& targets, float scale, Tensor dlogits) {
+  const int32_t* tp = check_targets(logits, targets, "cross_entropy_backward");
+  const int64_t rows = logits.dim(0);
+  const int64_t vocab = logits.dim(1);
+  AMPIPE_CHECK(dlogits.shape() == logits.shape())
+      << "cross_entropy_backward: dlogits " << shape_string(dlogits.shape()) << " must match logits "
+      << shape_string(logits.shape());
+  const float* lp = logits.data<float>();
+  const int64_t ls = logits.stride(0);
+  float* dp = dlogits.data<float>();
+  const int64_t ds = dlogits.stride(0);
+  parallel_for(rows, row_grain(vocab), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* row = lp + t * ls;
+      float* drow = dp + t * ds;
+      const RowExpSum es = row_exp_sum(row, vocab);
+      const float mx = es.max;
+      const float coeff = static_cast<float>(static_cast<double>(scale) / es.sum);
+      // Element j is read before it is written, so dlogits may alias logits.
+      for (int64_t j = 0; j < vocab; ++j) drow[j] = coeff * fast_math::fast_exp(row[j] - mx);
+      drow[tp[t]] -= scale;
+    }
+  });
+}
+
+}  // namespace ampipe::kernels

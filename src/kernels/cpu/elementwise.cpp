@@ -1,0 +1,276 @@
+// CPU element-wise and row-wise kernels (kernels/elementwise.h).
+//
+// Every loop is split by rows (or, when all operands are contiguous, by flat element ranges) with
+// parallel_for's static partition. Each output element is computed by one thread in a fixed order,
+// and reductions across rows sum fixed-size row blocks whose partials are combined in block order,
+// so results do not depend on the thread count at all.
+#include "kernels/elementwise.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/parallel.h"
+#include "kernels/cpu/fast_math.h"
+
+namespace ampipe::kernels {
+namespace {
+
+// A parallel part gets at least this many elements: starting a part costs about a microsecond.
+constexpr int64_t kGrainElements = 16384;
+// Rows per block in cross-row reductions (bias_backward): partial sums cost 1/kReduceRows extra traffic.
+constexpr int64_t kReduceRows = 64;
+
+constexpr float kSqrt2OverPi = 0.7978845608028654f;
+constexpr float kGeluCubic = 0.044715f;
+
+// gelu_tanh(x) = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), evaluated through the
+// identity 0.5 (1 + tanh(u)) = sigmoid(2u) = 1 / (1 + e^{-2u}). It is the same function, but it
+// avoids the cancellation in 1 + tanh(u) for negative x (where tanh(u) rounds to -1 in float), and
+// the branch-free fast_exp lets GCC vectorise the loops.
+inline float gelu_tanh(float x) {
+  const float two_u = 2.0f * kSqrt2OverPi * (x + kGeluCubic * x * x * x);
+  return x / (1.0f + fast_math::fast_exp(-two_u));
+}
+
+// d/dx x * s(2u) = s + x * s (1 - s) * 2 du/dx with s = 1 / (1 + e), 1 - s = e s, e = e^{-2u}.
+// fast_exp saturates near FLT_MAX instead of returning inf, so e * s * s stays finite (and ~0).
+inline float gelu_tanh_derivative(float x) {
+  const float x2 = x * x;
+  const float two_u = 2.0f * kSqrt2OverPi * (x + kGeluCubic * x2 * x);
+  const float two_du = 2.0f * kSqrt2OverPi * (1.0f + 3.0f * kGeluCubic * x2);
+  const float e = fast_math::fast_exp(-two_u);
+  const float s = 1.0f / (1.0f + e);
+  return s + x * two_du * (e * s) * s;
+}
+
+// A float tensor seen as rows of its last dimension (only 2-D tensors can have a row stride).
+struct Matrix {
+  float* data;
+  int64_t rows;
+  int64_t cols;
+  int64_t stride;
+  bool contiguous;
+  float* row(int64_t r) const { return data + r * stride; }
+};
+
+Matrix as_matrix(const Tensor& t) {
+  if (t.ndim() == 2) return {t.data<float>(), t.dim(0), t.dim(1), t.stride(0), t.is_contiguous()};
+  const int64_t cols = t.ndim() == 0 ? 1 : t.dim(t.ndim() - 1);
+  const int64_t rows = cols == 0 ? 0 : t.numel() / cols;
+  return {t.data<float>(), rows, cols, cols, true};
+}
+
+int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(cols, 1)); }
+
+// Calls fn(row, col_begin, col_end) over every element of a rows x cols job, in parallel. When all
+// operands are contiguous the job is one flat span (row 0, columns past `cols` included), so even a
+// single long row is split across threads.
+template <class Fn>
+void for_each_span(int64_t rows, int64_t cols, bool contiguous, const Fn& fn) {
+  if (contiguous) {
+    parallel_for(rows * cols, kGrainElements, [&](int64_t begin, int64_t end) { fn(0, begin, end); });
+  } else {
+    parallel_for(rows, row_grain(cols), [&](int64_t begin, int64_t end) {
+      for (int64_t r = begin; r < end; ++r) fn(r, 0, cols);
+    });
+  }
+}
+
+void check_same_shape(const Tensor& a, const Tensor& b, const char* op, const char* a_name, const char* b_name) {
+  AMPIPE_CHECK(a.shape() == b.shape()) << op << ": " << a_name << " " << shape_string(a.shape()) << " and "
+                                       << b_name << " " << shape_string(b.shape()) << " must have the same shape";
+}
+
+void check_2d(const Tensor& t, const char* op, const char* name) {
+  AMPIPE_CHECK(t.ndim() == 2) << op << ": " << name << " must be 2-D [rows, cols], got "
+                              << shape_string(t.shape());
+}
+
+// Row reductions with 8 independent lanes: GCC vectorises them, and the summation order is fixed
+// by the code, not by the instruction set.
+float row_max(const float* x, int64_t n) {
+  float lane[8];
+  for (int l = 0; l < 8; ++l) lane[l] = -INFINITY;
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; ++l) lane[l] = std::max(lane[l], x[j + l]);
+  float m = -INFINITY;
+  for (; j < n; ++j) m = std::max(m, x[j]);
+  for (int l = 0; l < 8; ++l) m = std::max(m, lane[l]);
+  return m;
+}
+
+double row_sum(const float* x, int64_t n) {
+  double lane[8] = {};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; ++l) lane[l] += x[j + l];
+  double s = 0;
+  for (; j < n; ++j) s += x[j];
+  for (int l = 0; l < 8; ++l) s += lane[l];
+  return s;
+}
+
+double row_dot(const float* a, const float* b, int64_t n) {
+  double lane[8] = {};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; ++l) lane[l] += static_cast<double>(a[j + l]) * b[j + l];
+  double s = 0;
+  for (; j < n; ++j) s += static_cast<double>(a[j]) * b[j];
+  for (int l = 0; l < 8; ++l) s += lane[l];
+  return s;
+}
+
+}  // namespace
+
+void add_bias(Tensor y, const Tensor& bias) {
+  check_2d(y, "add_bias", "y");
+  AMPIPE_CHECK(bias.ndim() == 1 && bias.dim(0) == y.dim(1))
+      << "add_bias: bias " << shape_string(bias.shape()) << " must be [" << y.dim(1) << "] for y "
+      << shape_string(y.shape());
+  const Matrix ym = as_matrix(y);
+  const float* b = bias.data<float>();
+  parallel_for(ym.rows, row_grain(ym.cols), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      float* yr = ym.row(r);
+      for (int64_t j = 0; j < ym.cols; ++j) yr[j] += b[j];
+    }
+  });
+}
+
+void bias_backward(const Tensor& dy, Tensor dbias) {
+  check_2d(dy, "bias_backward", "dy");
+  AMPIPE_CHECK(dbias.ndim() == 1 && dbias.dim(0) == dy.dim(1))
+      << "bias_backward: dbias " << shape_string(dbias.shape()) << " must be [" << dy.dim(1) << "] for dy "
+      << shape_string(dy.shape());
+  const Matrix g = as_matrix(dy);
+  const int64_t cols = g.cols;
+  if (g.rows == 0 || cols == 0) return;
+  // Blocks of kReduceRows rows are summed in row order, then the block partials in block order.
+  const int64_t blocks = (g.rows + kReduceRows - 1) / kReduceRows;
+  std::vector<float> partial(static_cast<size_t>(blocks * cols), 0.0f);
+  parallel_for(blocks, std::max<int64_t>(1, kGrainElements / (kReduceRows * cols)), [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      float* acc = partial.data() + blk * cols;
+      const int64_t r_end = std::min(g.rows, (blk + 1) * kReduceRows);
+      for (int64_t r = blk * kReduceRows; r < r_end; ++r) {
+        const float* gr = g.row(r);
+        for (int64_t j = 0; j < cols; ++j) acc[j] += gr[j];
+      }
+    }
+  });
+  float* db = dbias.data<float>();
+  parallel_for(cols, kGrainElements / 4, [&](int64_t begin, int64_t end) {
+    std::vector<double> total(static_cast<size_t>(end - begin), 0.0);
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const float* p = partial.data() + blk * cols + begin;
+      for (int64_t j = 0; j < end - begin; ++j) total[j] += p[j];
+    }
+    for (int64_t j = begin; j < end; ++j) db[j] += static_cast<float>(total[j - begin]);
+  });
+}
+
+void add_inplace(Tensor y, const Tensor& x) {
+  check_same_shape(y, x, "add_inplace", "y", "x");
+  const Matrix ym = as_matrix(y);
+  const Matrix xm = as_matrix(x);
+  for_each_span(ym.rows, ym.cols, ym.contiguous && xm.contiguous, [&](int64_t r, int64_t c0, int64_t c1) {
+    float* yr = ym.row(r);
+    const float* xr = xm.row(r);
+    for (int64_t j = c0; j < c1; ++j) yr[j] += xr[j];
+  });
+}
+
+void scale_inplace(Tensor x, float s) {
+  const Matrix xm = as_matrix(x);
+  for_each_span(xm.rows, xm.cols, xm.contiguous, [&](int64_t r, int64_t c0, int64_t c1) {
+    float* xr = xm.row(r);
+    for (int64_t j = c0; j < c1; ++j) xr[j] *= s;
+  });
+}
+
+void gelu_forward(const Tensor& x, Tensor y) {
+  check_same_shape(x, y, "gelu_forward", "x", "y");
+  const Matrix xm = as_matrix(x);
+  const Matrix ym = as_matrix(y);
+  for_each_span(xm.rows, xm.cols, xm.contiguous && ym.contiguous, [&](int64_t r, int64_t c0, int64_t c1) {
+    const float* xr = xm.row(r);
+    float* yr = ym.row(r);
+    for (int64_t j = c0; j < c1; ++j) yr[j] = gelu_tanh(xr[j]);
+  });
+}
+
+void gelu_backward(const Tensor& x, const Tensor& dy, Tensor dx) {
+  check_same_shape(x, dy, "gelu_backward", "x", "dy");
+  check_same_shape(x, dx, "gelu_backward", "x", "dx");
+  const Matrix xm = as_matrix(x);
+  const Matrix gm = as_matrix(dy);
+  const Matrix dm = as_matrix(dx);
+  const bool contiguous = xm.contiguous && gm.contiguous && dm.contiguous;
+  for_each_span(xm.rows, xm.cols, contiguous, [&](int64_t r, int64_t c0, int64_t c1) {
+    const float* xr = xm.row(r);
+    const float* gr = gm.row(r);
+    float* dr = dm.row(r);
+    for (int64_t j = c0; j < c1; ++j) dr[j] = gr[j] * gelu_tanh_derivative(xr[j]);
+  });
+}
+
+void softmax_rows(const Tensor& x, Tensor y) {
+  check_2d(x, "softmax_rows", "x");
+  check_same_shape(x, y, "softmax_rows", "x", "y");
+  const Matrix xm = as_matrix(x);
+  const Matrix ym = as_matrix(y);
+  parallel_for(xm.rows, row_grain(xm.cols), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* xr = xm.row(r);
+      float* yr = ym.row(r);
+      const float mx = row_max(xr, xm.cols);
+      for (int64_t j = 0; j < xm.cols; ++j) yr[j] = fast_math::fast_exp(xr[j] - mx);
+      const float inv = static_cast<float>(1.0 / row_sum(yr, xm.cols));
+      for (int64_t j = 0; j < xm.cols; ++j) yr[j] *= inv;
+    }
+  });
+}
+
+void softmax_rows_backward(const Tensor& y, const Tensor& dy, Tensor dx) {
+  check_2d(y, "softmax_rows_backward", "y");
+  check_same_shape(y, dy, "softmax_rows_backward", "y", "dy");
+  check_same_shape(y, dx, "softmax_rows_backward", "y", "dx");
+  const Matrix ym = as_matrix(y);
+  const Matrix gm = as_matrix(dy);
+  const Matrix dm = as_matrix(dx);
+  parallel_for(ym.rows, row_grain(ym.cols), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* yr = ym.row(r);
+      const float* gr = gm.row(r);
+      float* dr = dm.row(r);
+      const float dot = static_cast<float>(row_dot(gr, yr, ym.cols));
+      for (int64_t j = 0; j < ym.cols; ++j) dr[j] = yr[j] * (gr[j] - dot);
+    }
+  });
+}
+
+double sum_of_squares(const Tensor& x) {
+  const Matrix xm = as_matrix(x);
+  if (xm.rows == 0 || xm.cols == 0) return 0.0;
+  // Fixed spans (flat blocks of a contiguous tensor, else rows), each summed by one thread, then
+  // the span partials in order.
+  const int64_t span = xm.contiguous ? kGrainElements : xm.cols;
+  const int64_t total = xm.rows * xm.cols;
+  const int64_t spans = xm.contiguous ? (total + span - 1) / span : xm.rows;
+  std::vector<double> partial(static_cast<size_t>(spans), 0.0);
+  parallel_for(spans, xm.contiguous ? 1 : row_grain(xm.cols), [&](int64_t begin, int64_t end) {
+    for (int64_t s = begin; s < end; ++s) {
+      const float* p = xm.contiguous ? xm.data + s * span : xm.row(s);
+      const int64_t n = xm.contiguous ? std::min(span, total - s * span) : xm.cols;
+      partial[s] = row_dot(p, p, n);
+    }
+  });
+  double sum = 0.0;
+  for (double p : partial) sum += p;
+  return sum;
+}
+
+}  // namespace ampipe::kernels

@@ -1,0 +1,194 @@
+// CPU LayerNorm (kernels/layernorm.h).
+//
+// Row statistics are accumulated in double (two passes: mean, then centred squares). The backward
+// pass computes dx row by row and reduces dweight / dbias over fixed blocks of rows whose partials
+// are combined in block order, so the result does not depend on the thread count.
+#include "kernels/layernorm.h"
+
+#include <algorithm>
+#include <cmath>
+#include <vector>
+
+#include "core/parallel.h"
+
+namespace ampipe::kernels {
+namespace {
+
+constexpr int64_t kGrainElements = 16384;
+constexpr int64_t kReduceRows = 64;
+
+int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(cols, 1)); }
+
+// Sum and centred sum of squares with 8 independent lanes (vectorised; fixed order).
+double row_sum(const float* x, int64_t n) {
+  double lane[8] = {};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; ++l) lane[l] += x[j + l];
+  double s = 0;
+  for (; j < n; ++j) s += x[j];
+  for (int l = 0; l < 8; ++l) s += lane[l];
+  return s;
+}
+
+double row_centered_squares(const float* x, int64_t n, double mean) {
+  double lane[8] = {};
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8)
+    for (int l = 0; l < 8; ++l) {
+      const double c = x[j + l] - mean;
+      lane[l] += c * c;
+    }
+  double s = 0;
+  for (; j < n; ++j) {
+    const double c = x[j] - mean;
+    s += c * c;
+  }
+  for (int l = 0; l < 8; ++l) s += lane[l];
+  return s;
+}
+
+void check_matrix(const Tensor& t, int64_t rows, int64_t cols, const char* op, const char* name) {
+  AMPIPE_CHECK(t.ndim() == 2 && t.dim(0) == rows && t.dim(1) == cols)
+      << op << ": " << name << " " << shape_string(t.shape()) << " must be [" << rows << ", " << cols << "]";
+}
+
+void check_vector(const Tensor& t, int64_t n, const char* op, const char* name) {
+  AMPIPE_CHECK(t.ndim() == 1 && t.dim(0) == n)
+      << op << ": " << name << " " << shape_string(t.shape()) << " must be [" << n << "]";
+}
+
+}  // namespace
+
+void layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor y, Tensor mean,
+                       Tensor rstd) {
+  AMPIPE_CHECK(x.ndim() == 2 && x.dim(1) >= 1)
+      << "layernorm_forward: x must be 2-D [rows, cols >= 1], got " << shape_string(x.shape());
+  const int64_t rows = x.dim(0);
+  const int64_t cols = x.dim(1);
+  check_matrix(y, rows, cols, "layernorm_forward", "y");
+  check_vector(weight, cols, "layernorm_forward", "weight");
+  check_vector(bias, cols, "layernorm_forward", "bias");
+  check_vector(mean, rows, "layernorm_forward", "mean");
+  check_vector(rstd, rows, "layernorm_forward", "rstd");
+  const float* xp = x.data<float>();
+  float* yp = y.data<float>();
+  const float* w = weight.data<float>();
+  const float* b = bias.data<float>();
+  float* mp = mean.data<float>();
+  float* rp = rstd.data<float>();
+  const int64_t xs = x.stride(0);
+  const int64_t ys = y.stride(0);
+  parallel_for(rows, row_grain(cols), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* xr = xp + r * xs;
+      float* yr = yp + r * ys;
+      const double mu = row_sum(xr, cols) / static_cast<double>(cols);
+      const double var = row_centered_squares(xr, cols, mu) / static_cast<double>(cols);
+      const float m = static_cast<float>(mu);
+      const float rs = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(kLayerNormEps)));
+      mp[r] = m;
+      rp[r] = rs;
+      for (int64_t j = 0; j < cols; ++j) yr[j] = (xr[j] - m) * rs * w[j] + b[j];
+    }
+  });
+}
+
+void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
+                        const Tensor& rstd, Tensor dx, Tensor dweight, Tensor dbias) {
+  AMPIPE_CHECK(x.ndim() == 2 && x.dim(1) >= 1)
+      << "layernorm_backward: x must be 2-D [rows, cols >= 1], got " << shape_string(x.shape());
+  const int64_t rows = x.dim(0);
+  const int64_t cols = x.dim(1);
+  check_matrix(dy, rows, cols, "layernorm_backward", "dy");
+  check_matrix(dx, rows, cols, "layernorm_backward", "dx");
+  check_vector(weight, cols, "layernorm_backward", "weight");
+  check_vector(mean, rows, "layernorm_backward", "mean");
+  check_vector(rstd, rows, "layernorm_backward", "rstd");
+  check_vector(dweight, cols, "layernorm_backward", "dweight");
+  check_vector(dbias, cols, "layernorm_backward", "dbias");
+  if (rows == 0) return;
+  const float* gp = dy.data<float>();
+  const float* xp = x.data<float>();
+  const float* w = weight.data<float>();
+  const float* mp = mean.data<float>();
+  const float* rp = rstd.data<float>();
+  float* dxp = dx.data<float>();
+  const int64_t gs = dy.stride(0);
+  const int64_t xs = x.stride(0);
+  const int64_t dxs = dx.stride(0);
+  const double inv_cols = 1.0 / static_cast<double>(cols);
+
+  // Per block of rows: partial dweight at [2*blk], partial dbias at [2*blk + 1].
+  const int64_t blocks = (rows + kReduceRows - 1) / kReduceRows;
+  std::vector<float> partial(static_cast<size_t>(2 * blocks * cols), 0.0f);
+  parallel_for(blocks, std::max<int64_t>(1, kGrainElements / (kReduceRows * cols)), [&](int64_t begin, int64_t end) {
+    for (int64_t blk = begin; blk < end; ++blk) {
+      float* pw = partial.data() + 2 * blk * cols;
+      float* pb = pw + cols;
+      const int64_t r_end = std::min(rows, (blk + 1) * kReduceRows);
+      for (int64_t r = blk * kReduceRows; r < r_end; ++r) {
+        const float* gr = gp + r * gs;
+        const float* xr = xp + r * xs;
+        float* dr = dxp + r * dxs;
+        const float m = mp[r];
+        const float rs = rp[r];
+        // dxhat = dy * w; dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)).
+        double lane_g[8] = {};
+        double lane_gx[8] = {};
+        int64_t j = 0;
+        for (; j + 8 <= cols; j += 8)
+          for (int l = 0; l < 8; ++l) {
+            const float g = gr[j + l] * w[j + l];
+            const float xh = (xr[j + l] - m) * rs;
+            lane_g[l] += g;
+            lane_gx[l] += static_cast<double>(g) * xh;
+          }
+        double sum_g = 0;
+        double sum_gx = 0;
+        for (; j < cols; ++j) {
+          const float g = gr[j] * w[j];
+          const float xh = (xr[j] - m) * rs;
+          sum_g += g;
+          sum_gx += static_cast<double>(g) * xh;
+        }
+        for (int l = 0; l < 8; ++l) {
+          sum_g += lane_g[l];
+          sum_gx += lane_gx[l];
+        }
+        const float mean_g = static_cast<float>(sum_g * inv_cols);
+        const float mean_gx = static_cast<float>(sum_gx * inv_cols);
+        // Reads dy[j] and x[j] before writing dx[j], so dx may alias dy.
+        for (j = 0; j < cols; ++j) {
+          const float g = gr[j];
+          const float xh = (xr[j] - m) * rs;
+          pw[j] += g * xh;
+          pb[j] += g;
+          dr[j] = rs * (g * w[j] - mean_g - xh * mean_gx);
+        }
+      }
+    }
+  });
+
+  float* dw = dweight.data<float>();
+  float* db = dbias.data<float>();
+  parallel_for(cols, kGrainElements / 4, [&](int64_t begin, int64_t end) {
+    const int64_t n = end - begin;
+    std::vector<double> total_w(static_cast<size_t>(n), 0.0);
+    std::vector<double> total_b(static_cast<size_t>(n), 0.0);
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const float* pw = partial.data() + 2 * blk * cols + begin;
+      const float* pb = pw + cols;
+      for (int64_t j = 0; j < n; ++j) {
+        total_w[j] += pw[j];
+        total_b[j] += pb[j];
+      }
+    }
+    for (int64_t j = 0; j < n; ++j) {
+      dw[begin + j] += static_cast<float>(total_w[j]);
+      db[begin + j] += static_cast<float>(total_b[j]);
+    }
+  });
+}
+
+}  // namespace ampipe::kernels

@@ -1,0 +1,230 @@
+// CPU dispatch plan and token permutation (kernels/permute.h).
+//
+// The plan is built serially (O(T k), tiny next to the data it moves). The copies are split across
+// threads by destination row: every permuted row has exactly one source pair and every token owns
+// its own choices, so no two threads write one row and sums run in choice order.
+#include "kernels/permute.h"
+
+#include <algorithm>
+#include <numeric>
+
+#include "core/parallel.h"
+
+namespace ampipe::kernels {
+namespace {
+
+constexpr int64_t kGrainElements = 16384;
+
+int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(cols, 1)); }
+
+void check_plan(const DispatchPlan& plan, const char* op) {
+  AMPIPE_CHECK(plan.token_slot.defined() && plan.slot_token.defined() && plan.token_slot.ndim() == 2)
+      << op << ": the dispatch plan is empty (build it with make_dispatch_plan)";
+}
+
+void check_rows(const Tensor& t, int64_t rows, int64_t width, const char* op, const char* name) {
+  AMPIPE_CHECK(t.ndim() == 2 && t.dim(0) == rows && (width < 0 || t.dim(1) == width))
+      << op << ": " << name << " " << shape_string(t.shape()) << " must be [" << rows << ", "
+      << (width < 0 ? std::string("d") : std::to_string(width)) << "]";
+}
+
+void check_gate(const Tensor& gate, const DispatchPlan& plan, const char* op, const char* name) {
+  AMPIPE_CHECK(gate.shape() == plan.token_slot.shape())
+      << op << ": " << name << " " << shape_string(gate.shape()) << " must be "
+      << shape_string(plan.token_slot.shape()) << " like the plan's [tokens, k]";
+}
+
+}  // namespace
+
+int64_t DispatchPlan::num_slots() const {
+  return std::accumulate(expert_counts.begin(), expert_counts.end(), int64_t{0});
+}
+
+DispatchPlan make_dispatch_plan(const Tensor& expert_index, int num_experts, int64_t capacity) {
+  AMPIPE_CHECK(num_experts >= 1) << "make_dispatch_plan: num_experts must be at least 1, got " << num_experts;
+  AMPIPE_CHECK(expert_index.dtype() == DType::I32 && expert_index.ndim() == 2)
+      << "make_dispatch_plan: expert_index must be int32 [tokens, k], got " << dtype_name(expert_index.dtype())
+      << " " << shape_string(expert_index.shape());
+  const int64_t tokens = expert_index.dim(0);
+  const int64_t k = expert_index.dim(1);
+  const int32_t* ip = expert_index.data<int32_t>();
+  const int64_t is = expert_index.stride(0);
+
+  DispatchPlan plan;
+  plan.num_experts = num_experts;
+  plan.routed_counts.assign(static_cast<size_t>(num_experts), 0);
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t j = 0; j < k; ++j) {
+      const int32_t e = ip[t * is + j];
+      AMPIPE_CHECK(e >= 0 && e < num_experts) << "make_dispatch_plan: expert index " << e << " of token " << t
+                                              << " choice " << j << " is outside [0, " << num_experts << ")";
+      ++plan.routed_counts[e];
+    }
+
+  plan.expert_counts.resize(static_cast<size_t>(num_experts));
+  std::vector<int64_t> next_slot(static_cast<size_t>(num_experts));  // running slot of each expert
+  std::vector<int64_t> end_slot(static_cast<size_t>(num_experts));   // one past its last kept slot
+  int64_t offset = 0;
+  for (int e = 0; e < num_experts; ++e) {
+    const int64_t kept = capacity < 0 ? plan.routed_counts[e] : std::min(plan.routed_counts[e], capacity);
+    plan.expert_counts[e] = kept;
+    next_slot[e] = offset;
+    offset += kept;
+    end_slot[e] = offset;
+  }
+
+  // Visiting pairs in (token, choice) order gives each expert its earliest tokens first, and the
+  // pairs past its capacity are the latest ones.
+  plan.token_slot = Tensor::empty({tokens, k}, DType::I32);
+  plan.slot_token = Tensor::empty({offset}, DType::I32);
+  int32_t* ts = plan.token_slot.data<int32_t>();
+  int32_t* st = plan.slot_token.data<int32_t>();
+  for (int64_t t = 0; t < tokens; ++t)
+    for (int64_t j = 0; j < k; ++j) {
+      const int32_t e = ip[t * is + j];
+      if (next_slot[e] < end_slot[e]) {
+        const int64_t slot = next_slot[e]++;
+        ts[t * k + j] = static_cast<int32_t>(slot);
+        st[slot] = static_cast<int32_t>(t);
+      } else {
+        ts[t * k + j] = -1;
+      }
+    }
+  return plan;
+}
+
+void permute_forward(const Tensor& x, const DispatchPlan& plan, Tensor out) {
+  check_plan(plan, "permute_forward");
+  const int64_t tokens = plan.token_slot.dim(0);
+  const int64_t slots = plan.slot_token.dim(0);
+  check_rows(x, tokens, -1, "permute_forward", "x");
+  const int64_t width = x.dim(1);
+  check_rows(out, slots, width, "permute_forward", "out");
+  const float* xp = x.data<float>();
+  float* op = out.data<float>();
+  const int32_t* st = plan.slot_token.data<int32_t>();
+  const int64_t xs = x.stride(0);
+  const int64_t os = out.stride(0);
+  parallel_for(slots, row_grain(width), [&](int64_t begin, int64_t end) {
+    for (int64_t p = begin; p < end; ++p) {
+      const float* src = xp + st[p] * xs;
+      float* dst = op + p * os;
+      for (int64_t j = 0; j < width; ++j) dst[j] = src[j];
+    }
+  });
+}
+
+void permute_backward(const Tensor& dout, const DispatchPlan& plan, Tensor dx) {
+  check_plan(plan, "permute_backward");
+  const int64_t tokens = plan.token_slot.dim(0);
+  const int64_t k = plan.token_slot.dim(1);
+  const int64_t slots = plan.slot_token.dim(0);
+  check_rows(dout, slots, -1, "permute_backward", "dout");
+  const int64_t width = dout.dim(1);
+  check_rows(dx, tokens, width, "permute_backward", "dx");
+  const float* gp = dout.data<float>();
+  float* dp = dx.data<float>();
+  const int32_t* ts = plan.token_slot.data<int32_t>();
+  const int64_t gs = dout.stride(0);
+  const int64_t ds = dx.stride(0);
+  parallel_for(tokens, row_grain(width * k), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      float* dst = dp + t * ds;
+      std::fill(dst, dst + width, 0.0f);
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t slot = ts[t * k + j];
+        if (slot < 0) continue;
+        const float* src = gp + slot * gs;
+        for (int64_t c = 0; c < width; ++c) dst[c] += src[c];
+      }
+    }
+  });
+}
+
+void unpermute_forward(const Tensor& y, const DispatchPlan& plan, const Tensor& gate, Tensor out) {
+  check_plan(plan, "unpermute_forward");
+  const int64_t tokens = plan.token_slot.dim(0);
+  const int64_t k = plan.token_slot.dim(1);
+  const int64_t slots = plan.slot_token.dim(0);
+  check_rows(y, slots, -1, "unpermute_forward", "y");
+  const int64_t width = y.dim(1);
+  check_rows(out, tokens, width, "unpermute_forward", "out");
+  check_gate(gate, plan, "unpermute_forward", "gate");
+  const float* yp = y.data<float>();
+  const float* gp = gate.data<float>();
+  float* op = out.data<float>();
+  const int32_t* ts = plan.token_slot.data<int32_t>();
+  const int64_t ys = y.stride(0);
+  const int64_t gs = gate.stride(0);
+  const int64_t os = out.stride(0);
+  parallel_for(tokens, row_grain(width * k), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      float* dst = op + t * os;
+      std::fill(dst, dst + width, 0.0f);
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t slot = ts[t * k + j];
+        if (slot < 0) continue;
+        const float g = gp[t * gs + j];
+        const float* src = yp + slot * ys;
+        for (int64_t c = 0; c < width; ++c) dst[c] += g * src[c];
+      }
+    }
+  });
+}
+
+void unpermute_backward(const Tensor& dout, const Tensor& y, const DispatchPlan& plan, const Tensor& gate,
+                        Tensor dy, Tensor dgate) {
+  check_plan(plan, "unpermute_backward");
+  const int64_t tokens = plan.token_slot.dim(0);
+  const int64_t k = plan.token_slot.dim(1);
+  const int64_t slots = plan.slot_token.dim(0);
+  check_rows(dout, tokens, -1, "unpermute_backward", "dout");
+  const int64_t width = dout.dim(1);
+  check_rows(y, slots, width, "unpermute_backward", "y");
+  check_rows(dy, slots, width, "unpermute_backward", "dy");
+  check_gate(gate, plan, "unpermute_backward", "gate");
+  check_gate(dgate, plan, "unpermute_backward", "dgate");
+  const float* gop = dout.data<float>();
+  const float* yp = y.data<float>();
+  const float* gp = gate.data<float>();
+  float* dyp = dy.data<float>();
+  float* dgp = dgate.data<float>();
+  const int32_t* ts = plan.token_slot.data<int32_t>();
+  const int64_t gos = dout.stride(0);
+  const int64_t ys = y.stride(0);
+  const int64_t gs = gate.stride(0);
+  const int64_t dys = dy.stride(0);
+  const int64_t dgs = dgate.stride(0);
+  // Each kept pair owns one slot, so parts split by token write disjoint rows of dy.
+  parallel_for(tokens, row_grain(width * k), [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const float* g_out = gop + t * gos;
+      for (int64_t j = 0; j < k; ++j) {
+        const int64_t slot = ts[t * k + j];
+        if (slot < 0) {
+          dgp[t * dgs + j] = 0.0f;
+          continue;
+        }
+        const float g = gp[t * gs + j];
+        const float* yr = yp + slot * ys;
+        float* dyr = dyp + slot * dys;
+        double lane[8] = {};
+        int64_t c = 0;
+        for (; c + 8 <= width; c += 8)
+          for (int l = 0; l < 8; ++l) {
+            lane[l] += static_cast<double>(g_out[c + l]) * yr[c + l];
+            dyr[c + l] = g * g_out[c + l];
+          }
+        double dot = 0;
+        for (; c < width; ++c) {
+          dot += static_cast<double>(g_out[c]) * yr[c];
+          dyr[c] = g * g_out[c];
+        }
+        for (int l = 0; l < 8; ++l) dot += lane[l];
+        dgp[t * dgs + j] = static_cast<float>(dot);
+      }
+    }
+  });
+}
+
+}  // namespace ampipe::kernels

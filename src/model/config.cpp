@@ -1,0 +1,114 @@
+#include "model/config.h"
+
+#include <sstream>
+
+#include "core/error.h"
+
+namespace ampipe {
+
+void ModelConfig::validate() const {
+  AMPIPE_CHECK(vocab_size >= 2) << "vocab_size must be at least 2, got " << vocab_size;
+  AMPIPE_CHECK(max_seq_len >= 1) << "--seq-length must be at least 1, got " << max_seq_len;
+  AMPIPE_CHECK(hidden_size >= 1) << "--hidden-size must be at least 1, got " << hidden_size;
+  AMPIPE_CHECK(num_attention_heads >= 1)
+      << "--num-attention-heads must be at least 1, got " << num_attention_heads;
+  AMPIPE_CHECK(hidden_size % num_attention_heads == 0)
+      << "--hidden-size " << hidden_size << " is not divisible by --num-attention-heads "
+      << num_attention_heads << "; each head needs hidden-size / heads columns";
+  AMPIPE_CHECK(num_layers >= 1) << "--num-layers must be at least 1, got " << num_layers;
+  AMPIPE_CHECK(num_experts >= 1) << "--moe-num-experts must be at least 1, got " << num_experts;
+  AMPIPE_CHECK(ffn_hidden_size >= 1) << "--ffn-hidden-size must be at least 1, got " << ffn_hidden_size;
+  AMPIPE_CHECK(top_k >= 1 && top_k <= num_experts)
+      << "--moe-top-k " << top_k << " is not in [1, --moe-num-experts " << num_experts << "]";
+  AMPIPE_CHECK(capacity_factor >= 0.0)
+      << "--moe-capacity-factor must be >= 0 (0 = dropless), got " << capacity_factor;
+  AMPIPE_CHECK(aux_loss_weight >= 0.0) << "--moe-aux-loss-coeff must be >= 0, got " << aux_loss_weight;
+  AMPIPE_CHECK(tokenizer == "byte") << "tokenizer '" << tokenizer << "' is not supported; allowed: byte";
+}
+
+std::map<std::string, std::string> ModelConfig::to_metadata() const {
+  auto num = [](double v) {
+    std::ostringstream s;
+    s.precision(17);
+    s << v;
+    return s.str();
+  };
+  return {{"vocab_size", std::to_string(vocab_size)},
+          {"max_seq_len", std::to_string(max_seq_len)},
+          {"hidden_size", std::to_string(hidden_size)},
+          {"num_attention_heads", std::to_string(num_attention_heads)},
+          {"num_layers", std::to_string(num_layers)},
+          {"num_experts", std::to_string(num_experts)},
+          {"ffn_hidden_size", std::to_string(ffn_hidden_size)},
+          {"top_k", std::to_string(top_k)},
+          {"capacity_factor", num(capacity_factor)},
+          {"aux_loss_weight", num(aux_loss_weight)},
+          {"tokenizer", tokenizer}};
+}
+
+ModelConfig ModelConfig::from_metadata(const std::map<std::string, std::string>& metadata) {
+  auto get = [&](const char* key) -> const std::string& {
+    auto it = metadata.find(key);
+    AMPIPE_CHECK(it != metadata.end()) << "checkpoint metadata lacks the key '" << key << "'";
+    return it->second;
+  };
+  auto get_int = [&](const char* key) -> int64_t {
+    const std::string& s = get(key);
+    try {
+      size_t used = 0;
+      long long v = std::stoll(s, &used);
+      AMPIPE_CHECK(used == s.size()) << "trailing characters";
+      return v;
+    } catch (const std::exception&) {
+      AMPIPE_CHECK(false) << "checkpoint metadata '" << key << "' is not an integer: '" << s << "'";
+    }
+    return 0;
+  };
+  auto get_double = [&](const char* key) -> double {
+    const std::string& s = get(key);
+    try {
+      size_t used = 0;
+      double v = std::stod(s, &used);
+      AMPIPE_CHECK(used == s.size()) << "trailing characters";
+      return v;
+    } catch (const std::exception&) {
+      AMPIPE_CHECK(false) << "checkpoint metadata '" << key << "' is not a number: '" << s << "'";
+    }
+    return 0;
+  };
+  ModelConfig c;
+  c.vocab_size = get_int("vocab_size");
+  c.max_seq_len = get_int("max_seq_len");
+  c.hidden_size = get_int("hidden_size");
+  c.num_attention_heads = get_int("num_attention_heads");
+  c.num_layers = get_int("num_layers");
+  c.num_experts = get_int("num_experts");
+  c.ffn_hidden_size = get_int("ffn_hidden_size");
+  c.top_k = get_int("top_k");
+  c.capacity_factor = get_double("capacity_factor");
+  c.aux_loss_weight = get_double("aux_loss_weight");
+  c.tokenizer = get("tokenizer");
+  c.validate();
+  return c;
+}
+
+std::string ModelConfig::differences(const ModelConfig& o) const {
+  std::ostringstream s;
+  auto diff = [&](const char* name, auto a, auto b) {
+    if (a != b) s << (s.tellp() > 0 ? "; " : "") << name << ": " << a << " vs " << b;
+  };
+  diff("vocab_size", vocab_size, o.vocab_size);
+  diff("max_seq_len", max_seq_len, o.max_seq_len);
+  diff("hidden_size", hidden_size, o.hidden_size);
+  diff("num_attention_heads", num_attention_heads, o.num_attention_heads);
+  diff("num_layers", num_layers, o.num_layers);
+  diff("num_experts", num_experts, o.num_experts);
+  diff("ffn_hidden_size", ffn_hidden_size, o.ffn_hidden_size);
+  diff("top_k", top_k, o.top_k);
+  diff("capacity_factor", capacity_factor, o.capacity_factor);
+  diff("aux_loss_weight", aux_loss_weight, o.aux_loss_weight);
+  diff("tokenizer", tokenizer, o.tokenizer);
+  return s.str();
+}
+
+}  // namespace ampipe

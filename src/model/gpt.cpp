@@ -1,0 +1,146 @@
+#include "model/gpt.h"
+
+#include <cmath>
+#include <functional>
+#include <string>
+
+#include "core/random.h"
+#include "kernels/cross_entropy.h"
+#include "kernels/embedding.h"
+#include "kernels/gemm.h"
+#include "kernels/layernorm.h"
+
+namespace ampipe {
+
+GptMoe::GptMoe(const ModelConfig& config) : config_(config) {
+  config_.validate();
+  const int64_t d = config_.hidden_size;
+  token_emb_ = &params_.add("embed.token.weight", {config_.vocab_size, d}, true);
+  pos_emb_ = &params_.add("embed.position.weight", {config_.max_seq_len, d}, true);
+  attention_.reserve(config_.num_layers);
+  moe_.reserve(config_.num_layers);
+  for (int64_t l = 0; l < config_.num_layers; ++l) {
+    const std::string prefix = "blocks." + std::to_string(l) + ".";
+    attention_.emplace_back(config_, params_, prefix);
+    moe_.emplace_back(config_, params_, prefix);
+  }
+  final_ln_w_ = &params_.add("final_ln.weight", {d}, false);
+  final_ln_b_ = &params_.add("final_ln.bias", {d}, false);
+}
+
+static uint64_t stream_seed(uint64_t seed, const std::string& name, int64_t part) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a of the name, mixed with seed and part
+  for (unsigned char c : name) h = (h ^ c) * 1099511628211ull;
+  Rng mix(seed ^ (h + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(part + 1)));
+  return mix.next_u64();
+}
+
+void GptMoe::initialize(uint64_t seed) {
+  const double std_default = 0.02;
+  const double std_residual = 0.02 / std::sqrt(2.0 * static_cast<double>(config_.num_layers));
+  auto ends_with = [](const std::string& s, const std::string& suffix) {
+    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  for (Parameter& p : params_.all()) {
+    p.grad.zero();
+    if (ends_with(p.name, ".bias")) {
+      p.value.zero();
+      continue;
+    }
+    if (ends_with(p.name, "ln1.weight") || ends_with(p.name, "ln2.weight") || p.name == "final_ln.weight") {
+      p.value.fill(1.0f);
+      continue;
+    }
+    const bool residual = ends_with(p.name, "attn.proj.weight") || ends_with(p.name, "moe.fc2.weight");
+    const double std = residual ? std_residual : std_default;
+    // Expert tensors [E, ...] draw one stream per expert slice.
+    const bool per_expert = p.name.find(".moe.fc") != std::string::npos;
+    const int64_t parts = per_expert ? p.value.dim(0) : 1;
+    const int64_t part_size = p.value.numel() / parts;
+    float* v = p.value.data<float>();
+    for (int64_t part = 0; part < parts; ++part) {
+      Rng rng(stream_seed(seed, p.name, part));
+      for (int64_t i = 0; i < part_size; ++i) v[part * part_size + i] = static_cast<float>(rng.normal() * std);
+    }
+  }
+}
+
+void GptMoe::run_blocks(ForwardState& state, Tensor& x) const {
+  const int64_t L = config_.num_layers;
+  state.attention.assign(L, AttentionContext{});
+  state.moe.assign(L, MoeContext{});
+  state.routing.assign(L, RoutingStats{});
+  for (int64_t l = 0; l < L; ++l) {
+    state.routing[l].reset(config_.num_experts);
+    x = attention_[l].forward(state.attention[l], x, state.batch, state.seq_len);
+    x = moe_[l].forward(state.moe[l], x, state.routing[l]);
+  }
+}
+
+LossParts GptMoe::forward(ForwardState& state, const Tensor& tokens, const Tensor& targets, int64_t batch) const {
+  AMPIPE_CHECK(batch >= 1 && tokens.numel() % batch == 0)
+      << "token count " << tokens.numel() << " is not a multiple of the batch " << batch;
+  const int64_t T = tokens.numel();
+  const int64_t N = T / batch;
+  AMPIPE_CHECK(N <= config_.max_seq_len)
+      << "sequence length " << N << " exceeds the model's max_seq_len " << config_.max_seq_len;
+  AMPIPE_CHECK(targets.numel() == T) << "targets " << targets.numel() << " != tokens " << T;
+  const int64_t d = config_.hidden_size;
+  state.batch = batch;
+  state.seq_len = N;
+  state.tokens = tokens;
+  state.targets = targets;
+
+  Tensor x = Tensor::empty({T, d});
+  kernels::embedding_forward(tokens, token_emb_->value, pos_emb_->value, N, x);
+  run_blocks(state, x);
+
+  state.x_final = x;
+  state.ln_mean = Tensor::empty({T});
+  state.ln_rstd = Tensor::empty({T});
+  state.y = Tensor::empty({T, d});
+  kernels::layernorm_forward(x, final_ln_w_->value, final_ln_b_->value, state.y, state.ln_mean, state.ln_rstd);
+  state.logits = Tensor::empty({T, config_.vocab_size});
+  kernels::gemm(state.y, false, token_emb_->value, true, state.logits);
+
+  Tensor losses = Tensor::empty({T});
+  kernels::cross_entropy_forward(state.logits, targets, losses);
+  LossParts parts;
+  double sum = 0;
+  const float* lp = losses.data<float>();
+  for (int64_t t = 0; t < T; ++t) sum += lp[t];
+  parts.lm_loss = sum / static_cast<double>(T);
+  for (int64_t l = 0; l < config_.num_layers; ++l) parts.aux_loss += moe_[l].router().aux_loss(state.routing[l]);
+  parts.total = parts.lm_loss + config_.aux_loss_weight * parts.aux_loss;
+  return parts;
+}
+
+void GptMoe::backward(ForwardState& state, double loss_scale) const {
+  const int64_t T = state.tokens.numel();
+  const int64_t d = config_.hidden_size;
+  Tensor dlogits = state.logits;  // reuse the logits buffer for their gradient
+  kernels::cross_entropy_backward(state.logits, state.targets, static_cast<float>(loss_scale / T), dlogits);
+  kernels::gemm(dlogits, true, state.y, false, token_emb_->grad, 1.0f, 1.0f);
+  Tensor dy = Tensor::empty({T, d});
+  kernels::gemm(dlogits, false, token_emb_->value, false, dy);
+  state.logits = Tensor();
+  Tensor dx = Tensor::empty({T, d});
+  kernels::layernorm_backward(dy, state.x_final, final_ln_w_->value, state.ln_mean, state.ln_rstd, dx,
+                              final_ln_w_->grad, final_ln_b_->grad);
+  const double aux_scale = loss_scale * config_.aux_loss_weight;
+  for (int64_t l = config_.num_layers - 1; l >= 0; --l) {
+    dx = moe_[l].backward(state.moe[l], dx, state.routing[l], aux_scale);
+    dx = attention_[l].backward(state.attention[l], dx);
+  }
+  kernels::embedding_backward(state.tokens, dx, state.seq_len, token_emb_->grad, pos_emb_->grad);
+  state = ForwardState{};
+}
+
+Tensor GptMoe::logits(const Tensor& tokens, int64_t batch) const {
+  ForwardState state;
+  Tensor targets = Tensor::zeros({tokens.numel()}, DType::I32);
+  forward(state, tokens, targets, batch);
+  return state.logits;
+}
+
+}  // namespace ampipe

@@ -1,0 +1,66 @@
+// The GPT-MoE model of shared/MODEL.md: embeddings, L blocks (attention half + MoE half), final
+// LayerNorm and an LM head tied to the token embedding.
+//
+// forward() computes the loss and keeps every activation backward() needs in a ForwardState owned
+// by the caller; backward() consumes the state and accumulates parameter gradients. The model holds
+// parameters only, so one model can run several states (micro-batches, chunks) in any order.
+#pragma once
+
+#include <memory>
+#include <vector>
+
+#include "model/attention_layer.h"
+#include "model/config.h"
+#include "model/moe/moe_layer.h"
+#include "model/parameters.h"
+
+namespace ampipe {
+
+struct LossParts {
+  double lm_loss = 0;   // mean cross-entropy per target token
+  double aux_loss = 0;  // sum over layers of the load-balancing loss (unweighted)
+  double total = 0;     // lm_loss + aux_loss_weight * aux_loss
+};
+
+struct ForwardState {
+  int64_t batch = 0, seq_len = 0;
+  Tensor tokens, targets;
+  std::vector<AttentionContext> attention;
+  std::vector<MoeContext> moe;
+  std::vector<RoutingStats> routing;
+  Tensor x_final, ln_mean, ln_rstd, y;  // final LayerNorm input / stats / output
+  Tensor logits;                        // [T, V]
+};
+
+class GptMoe {
+ public:
+  explicit GptMoe(const ModelConfig& config);
+
+  // GPT-2 initialisation from a seed: weights N(0, 0.02), residual projections (attn.proj, moe.fc2)
+  // N(0, 0.02 / sqrt(2 L)), biases 0, LayerNorm gains 1. Each tensor (each expert's slice of the
+  // expert tensors) draws from its own stream seeded by (seed, name), so the result does not depend
+  // on registration order or on which experts a rank holds.
+  void initialize(uint64_t seed);
+
+  const ModelConfig& config() const { return config_; }
+  ParameterRegistry& params() { return params_; }
+  const ParameterRegistry& params() const { return params_; }
+
+  // tokens, targets [B*N] int32 (B = batch sequences of N = tokens/B positions, N <= max_seq_len).
+  LossParts forward(ForwardState& state, const Tensor& tokens, const Tensor& targets, int64_t batch) const;
+  // Accumulates loss_scale * d(total)/d(params) into the gradients; releases the state.
+  void backward(ForwardState& state, double loss_scale = 1.0) const;
+  // Logits [B*N, V] for the given tokens, without keeping activations.
+  Tensor logits(const Tensor& tokens, int64_t batch) const;
+
+ private:
+  ModelConfig config_;
+  ParameterRegistry params_;
+  Parameter *token_emb_, *pos_emb_, *final_ln_w_, *final_ln_b_;
+  std::vector<AttentionLayer> attention_;
+  std::vector<MoeLayer> moe_;
+
+  void run_blocks(ForwardState& state, Tensor& x) const;
+};
+
+}  // namespace ampipe

@@ -1,0 +1,44 @@
+// The MoE half of a transformer block: x + MoE(LN2(x)), built from Router, Dispatcher and Experts.
+//
+// Parameters under `prefix`: ln2.weight/bias [d] plus the router's and the experts'. The aux loss
+// is formed from statistics accumulated over every forward() since the last begin_step(), so a
+// pipelined caller that routes a block in chunks gets the same loss as one call.
+#pragma once
+
+#include <string>
+
+#include "model/moe/dispatcher.h"
+#include "model/moe/experts.h"
+#include "model/moe/router.h"
+
+namespace ampipe {
+
+struct MoeContext {
+  Tensor x;                 // [T, d] input (residual stream)
+  Tensor ln_mean, ln_rstd;  // [T]
+  RouterContext router;
+  DispatchContext dispatch;
+  ExpertsContext experts;
+};
+
+class MoeLayer {
+ public:
+  MoeLayer(const ModelConfig& config, ParameterRegistry& params, const std::string& prefix);
+
+  // Returns x + MoE(LN2(x)); adds routing statistics to `stats`.
+  Tensor forward(MoeContext& ctx, const Tensor& x, RoutingStats& stats) const;
+  // dy: gradient of the output. aux_grad_scale: d(total loss)/d(this layer's aux loss).
+  Tensor backward(MoeContext& ctx, const Tensor& dy, const RoutingStats& stats, double aux_grad_scale) const;
+
+  const Router& router() const { return router_; }
+  const Dispatcher& dispatcher() const { return dispatcher_; }
+  const Experts& experts() const { return experts_; }
+
+ private:
+  Parameter *ln_w_, *ln_b_;
+  Router router_;
+  Dispatcher dispatcher_;
+  Experts experts_;
+};
+
+}  // namespace ampipe

@@ -1,0 +1,34 @@
+#include "model/parameters.h"
+
+namespace ampipe {
+
+Parameter& ParameterRegistry::add(const std::string& name, const Shape& shape, bool weight_decay) {
+  AMPIPE_CHECK(!contains(name)) << "parameter '" << name << "' registered twice";
+  index_[name] = params_.size();
+  params_.push_back(Parameter{name, Tensor::zeros(shape), Tensor::zeros(shape), weight_decay});
+  return params_.back();
+}
+
+Parameter& ParameterRegistry::get(const std::string& name) {
+  auto it = index_.find(name);
+  AMPIPE_CHECK(it != index_.end()) << "no parameter named '" << name << "'";
+  return params_[it->second];
+}
+
+const Parameter& ParameterRegistry::get(const std::string& name) const {
+  auto it = index_.find(name);
+  AMPIPE_CHECK(it != index_.end()) << "no parameter named '" << name << "'";
+  return params_[it->second];
+}
+
+void ParameterRegistry::zero_grad() {
+  for (Parameter& p : params_) p.grad.zero();
+}
+
+int64_t ParameterRegistry::num_elements() const {
+  int64_t n = 0;
+  for (const Parameter& p : params_) n += p.value.numel();
+  return n;
+}
+
+}  // namespace ampipe

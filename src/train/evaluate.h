@@ -1,0 +1,31 @@
+// Loss evaluation and text generation with a trained model.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "model/gpt.h"
+
+namespace ampipe {
+
+struct EvalResult {
+  double loss = 0;     // mean cross-entropy per target token (no aux term)
+  int64_t tokens = 0;  // targets counted
+};
+
+// Mean LM loss over windows of seq_len + 1 tokens of `data` starting at `offsets`, `batch` windows
+// per forward pass (the last pass may be smaller).
+EvalResult evaluate_windows(const GptMoe& model, const std::vector<int32_t>& data,
+                            const std::vector<int64_t>& offsets, int64_t seq_len, int64_t batch);
+
+// Offsets of consecutive non-overlapping windows of seq_len + 1 tokens covering `data_len` tokens
+// (a final partial window is dropped).
+std::vector<int64_t> consecutive_windows(int64_t data_len, int64_t seq_len);
+
+// Continues `prompt` by `count` tokens. temperature 0 picks the most likely token; otherwise
+// samples from softmax(logits / temperature) with a stream seeded by `seed`. The context is the
+// last max_seq_len tokens.
+std::vector<int32_t> generate(const GptMoe& model, const std::vector<int32_t>& prompt, int64_t count,
+                              double temperature, uint64_t seed);
+
+}  // namespace ampipe

@@ -1,0 +1,281 @@
+#include "train/safetensors.h"
+
+#include <fcntl.h>
+#include <sys/stat.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <bit>
+#include <cerrno>
+#include <cstdint>
+#include <limits>
+#include <nlohmann/json.hpp>
+#include <set>
+#include <system_error>
+#include <tuple>
+
+#include "core/atomic_file.h"
+
+namespace ampipe {
+
+namespace {
+
+static_assert(std::endian::native == std::endian::little,
+              "safetensors data is little-endian; this host would need byte swapping");
+
+// The reference implementation's limit; a larger header is a corrupt or hostile file.
+constexpr uint64_t kMaxHeaderBytes = 100'000'000;
+
+const char* safetensors_dtype(DType dtype) { return dtype == DType::F32 ? "F32" : "I32"; }
+
+[[noreturn]] void bad(const std::string& path, const std::string& problem) {
+  throw Error("safetensors file '" + path + "': " + problem);
+}
+
+std::string os_error(int err) { return std::error_code(err, std::generic_category()).message(); }
+
+// A read-only file descriptor, closed on scope exit.
+class InputFile {
+ public:
+  explicit InputFile(const std::string& path) : path_(path), fd_(::open(path.c_str(), O_RDONLY | O_CLOEXEC)) {
+    if (fd_ < 0) bad(path, "cannot open: " + os_error(errno));
+    struct stat st {};
+    if (::fstat(fd_, &st) != 0) {
+      int err = errno;
+      ::close(fd_);
+      bad(path, "cannot stat: " + os_error(err));
+    }
+    size_ = static_cast<uint64_t>(st.st_size);
+  }
+  ~InputFile() { ::close(fd_); }
+  InputFile(const InputFile&) = delete;
+  InputFile& operator=(const InputFile&) = delete;
+
+  uint64_t size() const { return size_; }
+
+  // Reads exactly n bytes at `offset` (within size(), already validated).
+  void read_at(uint64_t offset, void* dst, uint64_t n) const {
+    auto* p = static_cast<char*>(dst);
+    while (n > 0) {
+      ssize_t got = ::pread(fd_, p, n, static_cast<off_t>(offset));
+      if (got < 0 && errno == EINTR) continue;
+      if (got < 0) bad(path_, "read failed: " + os_error(errno));
+      if (got == 0) bad(path_, "file shrank while being read (truncated by another process?)");
+      p += got;
+      offset += static_cast<uint64_t>(got);
+      n -= static_cast<uint64_t>(got);
+    }
+  }
+
+ private:
+  std::string path_;
+  int fd_;
+  uint64_t size_ = 0;
+};
+
+// Parses the header, refusing duplicate keys in any object (nlohmann would keep the last silently).
+nlohmann::json parse_header(const std::string& path, const std::string& text) {
+  std::vector<std::set<std::string>> open_objects;
+  std::string duplicate;
+  auto check_keys = [&](int, nlohmann::json::parse_event_t event, nlohmann::json& parsed) {
+    using Event = nlohmann::json::parse_event_t;
+    if (event == Event::object_start) open_objects.emplace_back();
+    if (event == Event::object_end) open_objects.pop_back();
+    if (event == Event::key && !open_objects.back().insert(parsed.get<std::string>()).second &&
+        duplicate.empty())
+      duplicate = parsed.get<std::string>();
+    return true;
+  };
+  nlohmann::json header;
+  try {
+    header = nlohmann::json::parse(text, check_keys);
+  } catch (const nlohmann::json::exception& e) {
+    bad(path, std::string("header is not valid JSON: ") + e.what());
+  }
+  if (!duplicate.empty()) bad(path, "header has the key '" + duplicate + "' twice");
+  if (!header.is_object()) bad(path, "header is not a JSON object");
+  return header;
+}
+
+struct Entry {
+  std::string name;
+  DType dtype;
+  Shape shape;
+  uint64_t begin, end;
+};
+
+// Validates one tensor entry of the header against a data buffer of `buffer_size` bytes.
+Entry parse_entry(const std::string& path, const std::string& name, const nlohmann::json& entry,
+                  uint64_t buffer_size) {
+  const std::string what = "tensor '" + name + "'";
+  if (!entry.is_object()) bad(path, what + ": entry is not a JSON object");
+  auto field = [&](const char* key) -> const nlohmann::json& {
+    auto it = entry.find(key);
+    if (it == entry.end()) bad(path, what + ": missing \"" + key + "\"");
+    return *it;
+  };
+  Entry e{name, DType::F32, {}, 0, 0};
+
+  const nlohmann::json& dtype = field("dtype");
+  if (!dtype.is_string()) bad(path, what + ": \"dtype\" is not a string");
+  const std::string dtype_text = dtype.get<std::string>();
+  if (dtype_text == "F32") {
+    e.dtype = DType::F32;
+  } else if (dtype_text == "I32") {
+    e.dtype = DType::I32;
+  } else {
+    bad(path, what + ": unsupported dtype '" + dtype_text + "' (supported: F32, I32)");
+  }
+
+  const nlohmann::json& shape = field("shape");
+  if (!shape.is_array()) bad(path, what + ": \"shape\" is not an array");
+  int64_t numel = 1;
+  for (const nlohmann::json& d : shape) {
+    if (!d.is_number_integer()) bad(path, what + ": \"shape\" holds a non-integer " + d.dump());
+    if (d.is_number_unsigned() &&
+        d.get<uint64_t>() > static_cast<uint64_t>(std::numeric_limits<int64_t>::max()))
+      bad(path, what + ": shape dimension " + d.dump() + " overflows");
+    const int64_t dim = d.get<int64_t>();
+    if (dim < 0)
+      bad(path, what + ": negative dimension " + std::to_string(dim) + " in shape " + shape.dump());
+    if (__builtin_mul_overflow(numel, dim, &numel))
+      bad(path, what + ": shape " + shape.dump() + " overflows");
+    e.shape.push_back(dim);
+  }
+  uint64_t bytes = 0;
+  if (__builtin_mul_overflow(static_cast<uint64_t>(numel), dtype_size(e.dtype), &bytes))
+    bad(path, what + ": shape " + shape.dump() + " overflows");
+
+  const nlohmann::json& offsets = field("data_offsets");
+  if (!offsets.is_array() || offsets.size() != 2 || !offsets[0].is_number_unsigned() ||
+      !offsets[1].is_number_unsigned())
+    bad(path,
+        what + ": \"data_offsets\" " + offsets.dump() + " is not [begin, end] of non-negative integers");
+  e.begin = offsets[0].get<uint64_t>();
+  e.end = offsets[1].get<uint64_t>();
+  if (e.begin > e.end) bad(path, what + ": data_offsets " + offsets.dump() + " has begin > end");
+  if (e.end > buffer_size)
+    bad(path, what + ": data_offsets " + offsets.dump() + " end beyond the data buffer of " +
+                  std::to_string(buffer_size) + " bytes (file truncated?)");
+  if (e.end - e.begin != bytes)
+    bad(path, what + ": data_offsets " + offsets.dump() + " span " + std::to_string(e.end - e.begin) +
+                  " bytes but dtype " + dtype_text + " and shape " + shape.dump() + " need " +
+                  std::to_string(bytes) + " (wrong length)");
+  return e;
+}
+
+}  // namespace
+
+void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
+                       const std::map<std::string, std::string>& metadata) {
+  nlohmann::ordered_json header = nlohmann::ordered_json::object();
+  if (!metadata.empty()) header["__metadata__"] = metadata;
+  uint64_t offset = 0;
+  for (const auto& [name, t] : tensors) {
+    AMPIPE_CHECK(name != "__metadata__") << "write_safetensors '" << path << "': '__metadata__' is reserved";
+    AMPIPE_CHECK(!header.contains(name))
+        << "write_safetensors '" << path << "': duplicate tensor name '" << name << "'";
+    AMPIPE_CHECK(t.defined()) << "write_safetensors '" << path << "': tensor '" << name << "' is undefined";
+    AMPIPE_CHECK(t.device() == Device::CPU)
+        << "write_safetensors '" << path << "': tensor '" << name << "' is not in host memory";
+    const uint64_t bytes = static_cast<uint64_t>(t.numel()) * dtype_size(t.dtype());
+    header[name] = {{"dtype", safetensors_dtype(t.dtype())},
+                    {"shape", t.shape()},
+                    {"data_offsets", nlohmann::ordered_json::array({offset, offset + bytes})}};
+    offset += bytes;
+  }
+  std::string header_text;
+  try {
+    header_text = header.dump();
+  } catch (const nlohmann::json::exception& e) {  // e.g. a name or value that is not valid UTF-8
+    throw Error("write_safetensors '" + path + "': " + e.what());
+  }
+  header_text.append((8 - header_text.size() % 8) % 8, ' ');
+
+  write_file_atomically(path, [&](std::ostream& out) {
+    char prefix[8];
+    for (int i = 0; i < 8; ++i) prefix[i] = static_cast<char>((header_text.size() >> (8 * i)) & 0xff);
+    out.write(prefix, 8);
+    out.write(header_text.data(), static_cast<std::streamsize>(header_text.size()));
+    for (const auto& [name, t] : tensors) {
+      const Tensor c = t.is_contiguous() ? t : t.clone();
+      const void* data = c.dtype() == DType::F32 ? static_cast<const void*>(c.data<float>())
+                                                 : static_cast<const void*>(c.data<int32_t>());
+      out.write(static_cast<const char*>(data),
+                static_cast<std::streamsize>(c.numel() * dtype_size(c.dtype())));
+    }
+  });
+}
+
+SafetensorsFile read_safetensors(const std::string& path) {
+  InputFile file(path);
+  if (file.size() < 8)
+    bad(path, "file is " + std::to_string(file.size()) + " bytes, shorter than the 8-byte header length");
+  unsigned char prefix[8];
+  file.read_at(0, prefix, 8);
+  uint64_t header_size = 0;
+  for (int i = 0; i < 8; ++i) header_size |= static_cast<uint64_t>(prefix[i]) << (8 * i);
+  if (header_size > kMaxHeaderBytes)
+    bad(path, "header length " + std::to_string(header_size) + " is absurd (limit " +
+                  std::to_string(kMaxHeaderBytes) + " bytes)");
+  if (header_size > file.size() - 8)
+    bad(path, "header length " + std::to_string(header_size) + " is larger than the file (" +
+                  std::to_string(file.size()) + " bytes; truncated?)");
+  std::string header_text(header_size, '\0');
+  file.read_at(8, header_text.data(), header_size);
+  // JSON text cannot hold a raw NUL; one here means the length prefix is off (nlohmann would stop at it).
+  if (header_text.find('\0') != std::string::npos)
+    bad(path, "header contains a NUL byte (wrong header length?)");
+  const nlohmann::json header = parse_header(path, header_text);
+
+  const uint64_t buffer_begin = 8 + header_size;
+  const uint64_t buffer_size = file.size() - buffer_begin;
+  SafetensorsFile result;
+  std::vector<Entry> entries;
+  for (const auto& [name, entry] : header.items()) {
+    if (name == "__metadata__") {
+      if (!entry.is_object()) bad(path, "\"__metadata__\" is not a JSON object");
+      for (const auto& [key, value] : entry.items()) {
+        if (!value.is_string())
+          bad(path, "metadata value for '" + key + "' is not a string: " + value.dump());
+        result.metadata[key] = value.get<std::string>();
+      }
+      continue;
+    }
+    entries.push_back(parse_entry(path, name, entry, buffer_size));
+  }
+
+  // The tensors must tile the buffer exactly, as the format requires: no overlaps, no gaps.
+  std::vector<const Entry*> by_offset;
+  for (const Entry& e : entries) by_offset.push_back(&e);
+  std::sort(by_offset.begin(), by_offset.end(), [](const Entry* a, const Entry* b) {
+    return std::tie(a->begin, a->end) < std::tie(b->begin, b->end);
+  });
+  uint64_t covered = 0;
+  const Entry* previous = nullptr;
+  for (const Entry* e : by_offset) {
+    if (e->begin < covered)
+      bad(path, "tensor '" + e->name + "' bytes [" + std::to_string(e->begin) + ", " +
+                    std::to_string(e->end) + ") overlap tensor '" + previous->name + "' bytes [" +
+                    std::to_string(previous->begin) + ", " + std::to_string(previous->end) + ")");
+    if (e->begin > covered)
+      bad(path, "data buffer bytes [" + std::to_string(covered) + ", " + std::to_string(e->begin) +
+                    ") belong to no tensor (gap)");
+    covered = e->end;
+    previous = e;
+  }
+  if (covered != buffer_size)
+    bad(path, "data buffer has " + std::to_string(buffer_size - covered) +
+                  " trailing bytes that belong to no tensor");
+
+  for (const Entry& e : entries) {
+    Tensor t = Tensor::empty(e.shape, e.dtype);
+    void* data =
+        e.dtype == DType::F32 ? static_cast<void*>(t.data<float>()) : static_cast<void*>(t.data<int32_t>());
+    file.read_at(buffer_begin + e.begin, data, e.end - e.begin);
+    result.tensors.emplace(e.name, std::move(t));
+  }
+  return result;
+}
+
+}  // namespace ampipe

@@ -1,0 +1,384 @@
+// Causal attention (kernels/attention.h) against a naive float64 reference: forward, log-sum-exp,
+// backward, query chunks with an offset, accumulation of dK/dV over chunks, determinism.
+#include "kernels/attention.h"
+
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/error.h"
+#include "core/parallel.h"
+#include "test_util.h"
+
+namespace ampipe::kernels {
+namespace {
+
+using ampipe::testing::expect_close;
+using ampipe::testing::random_tensor;
+using ampipe::testing::to_double;
+
+// ---------------------------------------------------------------------------------------------
+// Float64 reference. q [B*Nq, d], k and v [B*Nk, d], dense row-major.
+
+struct ReferenceForward {
+  std::vector<double> out;  // [B*Nq, d]
+  std::vector<double> lse;  // [B, h, Nq]
+};
+
+struct ReferenceGradients {
+  std::vector<double> dq, dk, dv;
+};
+
+// Scaled causal scores of query row i (local) of sequence b, head h, against keys [0, q_begin + i].
+std::vector<double> reference_scores(const std::vector<double>& q, const std::vector<double>& k,
+                                     const AttentionShape& s, int64_t d, int64_t b, int64_t h, int64_t i) {
+  const int64_t hd = d / s.num_heads;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  const int64_t pos = s.q_begin + i;
+  std::vector<double> scores(pos + 1);
+  for (int64_t j = 0; j <= pos; ++j) {
+    double dotp = 0;
+    for (int64_t c = 0; c < hd; ++c) dotp += q[(b * s.q_len + i) * d + h * hd + c] * k[(b * s.kv_len + j) * d + h * hd + c];
+    scores[j] = dotp * scale;
+  }
+  return scores;
+}
+
+// Softmax of the scores; returns the log-sum-exp.
+double softmax_in_place(std::vector<double>& x) {
+  double mx = -INFINITY;
+  for (double value : x) mx = std::max(mx, value);
+  double sum = 0;
+  for (double& value : x) sum += (value = std::exp(value - mx));
+  for (double& value : x) value /= sum;
+  return mx + std::log(sum);
+}
+
+ReferenceForward reference_forward(const std::vector<double>& q, const std::vector<double>& k,
+                                   const std::vector<double>& v, const AttentionShape& s, int64_t d) {
+  const int64_t hd = d / s.num_heads;
+  ReferenceForward r{std::vector<double>(s.batch * s.q_len * d, 0.0),
+                     std::vector<double>(s.batch * s.num_heads * s.q_len, 0.0)};
+  for (int64_t b = 0; b < s.batch; ++b)
+    for (int64_t h = 0; h < s.num_heads; ++h)
+      for (int64_t i = 0; i < s.q_len; ++i) {
+        std::vector<double> p = reference_scores(q, k, s, d, b, h, i);
+        r.lse[(b * s.num_heads + h) * s.q_len + i] = softmax_in_place(p);
+        for (int64_t j = 0; j < static_cast<int64_t>(p.size()); ++j)
+          for (int64_t c = 0; c < hd; ++c)
+            r.out[(b * s.q_len + i) * d + h * hd + c] += p[j] * v[(b * s.kv_len + j) * d + h * hd + c];
+      }
+  return r;
+}
+
+// Gradients of sum(out * dout) with respect to q, k, v (dk, dv not accumulated onto anything).
+ReferenceGradients reference_backward(const std::vector<double>& q, const std::vector<double>& k,
+                                      const std::vector<double>& v, const std::vector<double>& dout,
+                                      const AttentionShape& s, int64_t d) {
+  const int64_t hd = d / s.num_heads;
+  const double scale = 1.0 / std::sqrt(static_cast<double>(hd));
+  ReferenceGradients g{std::vector<double>(q.size(), 0.0), std::vector<double>(k.size(), 0.0),
+                       std::vector<double>(v.size(), 0.0)};
+  for (int64_t b = 0; b < s.batch; ++b)
+    for (int64_t h = 0; h < s.num_heads; ++h)
+      for (int64_t i = 0; i < s.q_len; ++i) {
+        std::vector<double> p = reference_scores(q, k, s, d, b, h, i);
+        softmax_in_place(p);
+        const int64_t qrow = (b * s.q_len + i) * d + h * hd;
+        const int64_t keys = static_cast<int64_t>(p.size());
+        std::vector<double> dp(keys, 0.0);
+        double weighted = 0;  // sum_j p_j dp_j
+        for (int64_t j = 0; j < keys; ++j) {
+          const int64_t krow = (b * s.kv_len + j) * d + h * hd;
+          for (int64_t c = 0; c < hd; ++c) {
+            dp[j] += dout[qrow + c] * v[krow + c];
+            g.dv[krow + c] += p[j] * dout[qrow + c];
+          }
+          weighted += p[j] * dp[j];
+        }
+        for (int64_t j = 0; j < keys; ++j) {
+          const double ds = p[j] * (dp[j] - weighted) * scale;
+          const int64_t krow = (b * s.kv_len + j) * d + h * hd;
+          for (int64_t c = 0; c < hd; ++c) {
+            g.dq[qrow + c] += ds * k[krow + c];
+            g.dk[krow + c] += ds * q[qrow + c];
+          }
+        }
+      }
+  return g;
+}
+
+// ---------------------------------------------------------------------------------------------
+// Inputs shaped like the model's: q, k, v are column slices of one fused [B*N, 3d] tensor.
+
+struct FusedQkv {
+  Tensor fused, q, k, v;
+};
+
+FusedQkv fused_qkv(int64_t rows, int64_t d, uint64_t seed, float scale = 1.0f) {
+  Tensor fused = random_tensor({rows, 3 * d}, seed, scale);
+  return {fused, fused.cols(0, d), fused.cols(d, 2 * d), fused.cols(2 * d, 3 * d)};
+}
+
+// Rows [begin, end) of each of `batch` sequences of `seq_len` rows, stacked: [batch*(end-begin), cols].
+Tensor sequence_rows(const Tensor& t, int64_t batch, int64_t seq_len, int64_t begin, int64_t end) {
+  Tensor out = Tensor::empty({batch * (end - begin), t.dim(1)});
+  for (int64_t b = 0; b < batch; ++b)
+    out.rows(b * (end - begin), (b + 1) * (end - begin)).copy_from(t.rows(b * seq_len + begin, b * seq_len + end));
+  return out;
+}
+
+std::vector<double> sequence_rows(const std::vector<double>& x, int64_t cols, int64_t batch, int64_t seq_len,
+                                  int64_t begin, int64_t end) {
+  std::vector<double> out;
+  for (int64_t b = 0; b < batch; ++b)
+    out.insert(out.end(), x.begin() + (b * seq_len + begin) * cols, x.begin() + (b * seq_len + end) * cols);
+  return out;
+}
+
+// lse [B, h, N] restricted to positions [begin, end).
+std::vector<double> lse_rows(const std::vector<double>& lse, int64_t groups, int64_t seq_len, int64_t begin,
+                             int64_t end) {
+  return sequence_rows(lse, 1, groups, seq_len, begin, end);
+}
+
+struct Case {
+  int64_t batch, heads, head_dim, seq_len;
+};
+
+// Shapes around the kernel's tile sizes (64 queries x 128 keys), head sizes with and without a
+// multiple-of-8 width.
+const std::vector<Case> kCases = {
+    {1, 1, 8, 1},   {2, 2, 4, 7},   {1, 4, 16, 65}, {2, 1, 64, 130},
+    {1, 2, 12, 300}, {2, 4, 8, 129}, {1, 1, 64, 257},
+};
+
+constexpr double kOutAtol = 2e-5, kOutRtol = 1e-4;
+constexpr double kGradAtol = 1e-4, kGradRtol = 1e-3;
+
+std::string case_name(const Case& c) {
+  return "B=" + std::to_string(c.batch) + " h=" + std::to_string(c.heads) + " hd=" + std::to_string(c.head_dim) +
+         " N=" + std::to_string(c.seq_len);
+}
+
+TEST(Attention, ForwardMatchesReferenceOnFusedQkvViews) {
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(case_name(c));
+    const int64_t d = c.heads * c.head_dim;
+    FusedQkv x = fused_qkv(c.batch * c.seq_len, d, 11 + c.seq_len);
+    const AttentionShape shape{c.batch, c.heads, 0, c.seq_len, c.seq_len};
+    Tensor out = Tensor::empty({c.batch * c.seq_len, d});
+    Tensor lse = Tensor::empty({c.batch, c.heads, c.seq_len});
+    attention_forward(x.q, x.k, x.v, shape, out, lse);
+    ReferenceForward ref = reference_forward(to_double(x.q), to_double(x.k), to_double(x.v), shape, d);
+    expect_close(out, ref.out, kOutAtol, kOutRtol, "out");
+  }
+}
+
+TEST(Attention, LogSumExpMatchesReference) {
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(case_name(c));
+    const int64_t d = c.heads * c.head_dim;
+    FusedQkv x = fused_qkv(c.batch * c.seq_len, d, 21 + c.seq_len);
+    const AttentionShape shape{c.batch, c.heads, 0, c.seq_len, c.seq_len};
+    Tensor out = Tensor::empty({c.batch * c.seq_len, d});
+    Tensor lse = Tensor::empty({c.batch, c.heads, c.seq_len});
+    attention_forward(x.q, x.k, x.v, shape, out, lse);
+    ReferenceForward ref = reference_forward(to_double(x.q), to_double(x.k), to_double(x.v), shape, d);
+    expect_close(lse, ref.lse, kOutAtol, kOutRtol, "lse");
+  }
+}
+
+// Scores of magnitude ~100: the softmax is nearly one-hot and most exponentials underflow to 0.
+TEST(Attention, LargeScoresMatchReference) {
+  const Case c{1, 2, 16, 200};
+  const int64_t d = c.heads * c.head_dim;
+  FusedQkv x = fused_qkv(c.seq_len, d, 5, 3.0f);
+  const AttentionShape shape{1, c.heads, 0, c.seq_len, c.seq_len};
+  Tensor out = Tensor::empty({c.seq_len, d});
+  Tensor lse = Tensor::empty({1, c.heads, c.seq_len});
+  attention_forward(x.q, x.k, x.v, shape, out, lse);
+  ReferenceForward ref = reference_forward(to_double(x.q), to_double(x.k), to_double(x.v), shape, d);
+  expect_close(out, ref.out, 1e-4, 1e-4, "out");
+  expect_close(lse, ref.lse, 1e-4, 1e-5, "lse");
+}
+
+TEST(Attention, BackwardMatchesReferenceAndAccumulatesDkDv) {
+  for (const Case& c : kCases) {
+    SCOPED_TRACE(case_name(c));
+    const int64_t d = c.heads * c.head_dim, rows = c.batch * c.seq_len;
+    FusedQkv x = fused_qkv(rows, d, 31 + c.seq_len);
+    const AttentionShape shape{c.batch, c.heads, 0, c.seq_len, c.seq_len};
+    Tensor out = Tensor::empty({rows, d});
+    Tensor lse = Tensor::empty({c.batch, c.heads, c.seq_len});
+    attention_forward(x.q, x.k, x.v, shape, out, lse);
+    Tensor dout = random_tensor({rows, d}, 41 + c.seq_len);
+    // Gradients land in column slices of a fused buffer, like the QKV projection's input gradient;
+    // dq is overwritten (start from garbage), dk and dv are added to what is there.
+    Tensor dfused = random_tensor({rows, 3 * d}, 51 + c.seq_len);
+    Tensor dq = dfused.cols(0, d), dk = dfused.cols(d, 2 * d), dv = dfused.cols(2 * d, 3 * d);
+    std::vector<double> dk_before = to_double(dk), dv_before = to_double(dv);
+    attention_backward(x.q, x.k, x.v, out, lse, dout, shape, dq, dk, dv);
+
+    ReferenceGradients ref =
+        reference_backward(to_double(x.q), to_double(x.k), to_double(x.v), to_double(dout), shape, d);
+    for (size_t i = 0; i < ref.dk.size(); ++i) {
+      ref.dk[i] += dk_before[i];
+      ref.dv[i] += dv_before[i];
+    }
+    expect_close(dq, ref.dq, kGradAtol, kGradRtol, "dq");
+    expect_close(dk, ref.dk, kGradAtol, kGradRtol, "dk");
+    expect_close(dv, ref.dv, kGradAtol, kGradRtol, "dv");
+  }
+}
+
+// The float64 reference backward is itself checked against central differences of the float64
+// forward, at a query offset with an unused trailing key row (its gradient must be 0).
+TEST(Attention, ReferenceBackwardMatchesFiniteDifferences) {
+  const int64_t d = 6;
+  const AttentionShape shape{2, 2, 2, 3, 6};  // B=2, h=2 (hd=3), queries at positions 2..4, 6 key rows
+  std::vector<double> q = to_double(random_tensor({shape.batch * shape.q_len, d}, 61));
+  std::vector<double> k = to_double(random_tensor({shape.batch * shape.kv_len, d}, 62));
+  std::vector<double> v = to_double(random_tensor({shape.batch * shape.kv_len, d}, 63));
+  std::vector<double> w = to_double(random_tensor({shape.batch * shape.q_len, d}, 64));
+  auto loss = [&] {
+    std::vector<double> out = reference_forward(q, k, v, shape, d).out;
+    double sum = 0;
+    for (size_t i = 0; i < out.size(); ++i) sum += out[i] * w[i];
+    return sum;
+  };
+  ReferenceGradients g = reference_backward(q, k, v, w, shape, d);
+  expect_close(g.dq, ampipe::testing::finite_difference(q, loss), 1e-7, 1e-6, "dq");
+  expect_close(g.dk, ampipe::testing::finite_difference(k, loss), 1e-7, 1e-6, "dk");
+  expect_close(g.dv, ampipe::testing::finite_difference(v, loss), 1e-7, 1e-6, "dv");
+  for (int64_t b = 0; b < shape.batch; ++b)
+    for (int64_t c = 0; c < d; ++c) EXPECT_EQ(g.dk[(b * shape.kv_len + 5) * d + c], 0.0) << "unused key row";
+}
+
+// ---------------------------------------------------------------------------------------------
+// Chunks: the pipeline runs a sequence as query chunks [c0, c1) against keys [0, c1).
+
+struct FullSequence {
+  int64_t batch, heads, d, seq_len;
+  FusedQkv x;
+  Tensor out, lse, dout, dq, dk, dv;
+};
+
+FullSequence full_sequence(int64_t batch, int64_t heads, int64_t head_dim, int64_t seq_len, uint64_t seed) {
+  const int64_t d = heads * head_dim, rows = batch * seq_len;
+  FullSequence f{batch, heads, d, seq_len, fused_qkv(rows, d, seed), Tensor::empty({rows, d}),
+                 Tensor::empty({batch, heads, seq_len}), random_tensor({rows, d}, seed + 1), Tensor::empty({rows, d}),
+                 Tensor::zeros({rows, d}), Tensor::zeros({rows, d})};
+  const AttentionShape shape{batch, heads, 0, seq_len, seq_len};
+  attention_forward(f.x.q, f.x.k, f.x.v, shape, f.out, f.lse);
+  attention_backward(f.x.q, f.x.k, f.x.v, f.out, f.lse, f.dout, shape, f.dq, f.dk, f.dv);
+  return f;
+}
+
+TEST(Attention, ChunkWithOffsetEqualsFullSequenceRows) {
+  const FullSequence f = full_sequence(2, 2, 64, 300, 71);
+  const std::vector<double> full_out = to_double(f.out), full_lse = to_double(f.lse), full_dq = to_double(f.dq);
+  // Chunk boundaries on and off the tile grid; keys are the whole sequence (kv_len = N).
+  for (const auto& [c0, c1] : std::vector<std::pair<int64_t, int64_t>>{{0, 64}, {64, 192}, {100, 101}, {130, 300}}) {
+    SCOPED_TRACE("chunk [" + std::to_string(c0) + ", " + std::to_string(c1) + ")");
+    const AttentionShape shape{f.batch, f.heads, c0, c1 - c0, f.seq_len};
+    Tensor q = sequence_rows(f.x.q, f.batch, f.seq_len, c0, c1);
+    Tensor out = Tensor::empty({f.batch * (c1 - c0), f.d});
+    Tensor lse = Tensor::empty({f.batch, f.heads, c1 - c0});
+    attention_forward(q, f.x.k, f.x.v, shape, out, lse);
+    expect_close(out, sequence_rows(full_out, f.d, f.batch, f.seq_len, c0, c1), 1e-6, 1e-5, "out");
+    expect_close(lse, lse_rows(full_lse, f.batch * f.heads, f.seq_len, c0, c1), 1e-6, 1e-6, "lse");
+
+    Tensor dout = sequence_rows(f.dout, f.batch, f.seq_len, c0, c1);
+    Tensor dq = Tensor::empty({f.batch * (c1 - c0), f.d});
+    Tensor dk = Tensor::zeros({f.batch * f.seq_len, f.d}), dv = Tensor::zeros({f.batch * f.seq_len, f.d});
+    attention_backward(q, f.x.k, f.x.v, out, lse, dout, shape, dq, dk, dv);
+    expect_close(dq, sequence_rows(full_dq, f.d, f.batch, f.seq_len, c0, c1), 1e-5, 1e-4, "dq");
+  }
+}
+
+// kv_len may be exactly q_begin + q_len: k and v need not hold keys past the chunk.
+TEST(Attention, ChunkWithExactKeyRangeEqualsFullSequenceRows) {
+  const FullSequence f = full_sequence(1, 4, 16, 200, 81);
+  const int64_t c0 = 77, c1 = 150;
+  const AttentionShape shape{1, f.heads, c0, c1 - c0, c1};
+  Tensor out = Tensor::empty({c1 - c0, f.d});
+  Tensor lse = Tensor::empty({1, f.heads, c1 - c0});
+  attention_forward(f.x.q.rows(c0, c1), f.x.k.rows(0, c1), f.x.v.rows(0, c1), shape, out, lse);
+  expect_close(out, to_double(f.out.rows(c0, c1)), 1e-6, 1e-5, "out");
+  expect_close(lse, lse_rows(to_double(f.lse), f.heads, f.seq_len, c0, c1), 1e-6, 1e-6, "lse");
+}
+
+// dK and dV summed over the chunks of a sequence (uneven boundaries) equal the full-sequence ones,
+// each chunk's dq equals the full dq rows, and rows at or past a chunk's end are never touched.
+TEST(Attention, ChunkGradientsSumToFullSequenceGradients) {
+  const FullSequence f = full_sequence(2, 2, 32, 300, 91);
+  const std::vector<int64_t> bounds = {0, 37, 150, 151, 256, 300};
+  Tensor dk = Tensor::zeros({f.batch * f.seq_len, f.d}), dv = Tensor::zeros({f.batch * f.seq_len, f.d});
+  Tensor dq = Tensor::empty({f.batch * f.seq_len, f.d});
+  for (size_t c = 0; c + 1 < bounds.size(); ++c) {
+    const int64_t c0 = bounds[c], c1 = bounds[c + 1], len = c1 - c0;
+    SCOPED_TRACE("chunk [" + std::to_string(c0) + ", " + std::to_string(c1) + ")");
+    const AttentionShape shape{f.batch, f.heads, c0, len, f.seq_len};
+    Tensor q = sequence_rows(f.x.q, f.batch, f.seq_len, c0, c1);
+    Tensor out = Tensor::empty({f.batch * len, f.d});
+    Tensor lse = Tensor::empty({f.batch, f.heads, len});
+    attention_forward(q, f.x.k, f.x.v, shape, out, lse);
+    Tensor dout = sequence_rows(f.dout, f.batch, f.seq_len, c0, c1);
+    Tensor dq_chunk = Tensor::empty({f.batch * len, f.d});
+    std::vector<float> dk_before = dk.to_vector();
+    attention_backward(q, f.x.k, f.x.v, out, lse, dout, shape, dq_chunk, dk, dv);
+    std::vector<float> dk_after = dk.to_vector();
+    for (int64_t b = 0; b < f.batch; ++b) {
+      for (int64_t i = (b * f.seq_len + c1) * f.d; i < (b + 1) * f.seq_len * f.d; ++i)
+        ASSERT_EQ(dk_after[i], dk_before[i]) << "dk row past the chunk's keys was touched, element " << i;
+      dq.rows(b * f.seq_len + c0, b * f.seq_len + c1).copy_from(dq_chunk.rows(b * len, (b + 1) * len));
+    }
+  }
+  expect_close(dk, to_double(f.dk), 1e-5, 1e-4, "dk");
+  expect_close(dv, to_double(f.dv), 1e-5, 1e-4, "dv");
+  expect_close(dq, to_double(f.dq), 1e-5, 1e-4, "dq");
+}
+
+TEST(Attention, RepeatedRunsAreBitwiseIdentical) {
+  auto run = [] {
+    const FullSequence f = full_sequence(2, 4, 32, 333, 101);
+    std::vector<float> all;
+    for (const Tensor* t : {&f.out, &f.lse, &f.dq, &f.dk, &f.dv}) {
+      std::vector<float> values = t->to_vector();
+      all.insert(all.end(), values.begin(), values.end());
+    }
+    return all;
+  };
+  const std::vector<float> first = run();
+  for (int repeat = 0; repeat < 3; ++repeat) {
+    const std::vector<float> again = run();
+    ASSERT_EQ(first.size(), again.size());
+    EXPECT_EQ(std::memcmp(first.data(), again.data(), first.size() * sizeof(float)), 0)
+        << "repeat " << repeat << " at " << num_threads() << " threads";
+  }
+}
+
+TEST(Attention, RejectsInconsistentShapes) {
+  FusedQkv x = fused_qkv(10, 8, 1);
+  Tensor out = Tensor::empty({10, 8});
+  Tensor lse = Tensor::empty({1, 2, 10});
+  // Keys shorter than q_begin + q_len.
+  EXPECT_THROW(attention_forward(x.q, x.k, x.v, AttentionShape{1, 2, 5, 10, 10}, out, lse), Error);
+  // Hidden size not divisible by the head count.
+  EXPECT_THROW(attention_forward(x.q, x.k, x.v, AttentionShape{1, 3, 0, 10, 10}, out, lse), Error);
+  // lse of the wrong shape.
+  EXPECT_THROW(attention_forward(x.q, x.k, x.v, AttentionShape{1, 2, 0, 10, 10}, out, Tensor::empty({2, 10})), Error);
+  // q rows not batch * q_len.
+  EXPECT_THROW(attention_forward(x.q, x.k, x.v, AttentionShape{2, 2, 0, 10, 10}, out, lse), Error);
+  try {
+    attention_forward(x.q, x.k, x.v, AttentionShape{1, 2, 5, 10, 10}, out, lse);
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("kv_len 10"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace ampipe::kernels

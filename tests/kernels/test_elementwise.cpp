@@ -1,0 +1,318 @@
+// Element-wise and row-wise kernels against float64 references and finite differences.
+#include "kernels/elementwise.h"
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/parallel.h"
+#include "test_util.h"
+
+namespace ampipe::kernels {
+namespace {
+
+using ampipe::testing::expect_close;
+using ampipe::testing::finite_difference;
+using ampipe::testing::random_tensor;
+using ampipe::testing::to_double;
+
+struct RC {
+  int64_t rows, cols;
+};
+const RC kShapes[] = {{1, 1}, {1, 17}, {3, 17}, {17, 3}, {130, 5}, {300, 130}, {7, 1031}};
+
+void expect_bitwise_equal(const Tensor& a, const Tensor& b) {
+  const std::vector<float> va = a.to_vector();
+  const std::vector<float> vb = b.to_vector();
+  ASSERT_EQ(va.size(), vb.size());
+  EXPECT_EQ(0, std::memcmp(va.data(), vb.data(), va.size() * sizeof(float)));
+}
+
+double gelu_ref(double x) {
+  const double k = std::sqrt(2.0 / M_PI);
+  return 0.5 * x * (1.0 + std::tanh(k * (x + 0.044715 * x * x * x)));
+}
+
+std::vector<double> softmax_ref(const std::vector<double>& x, int64_t rows, int64_t cols) {
+  std::vector<double> y(x.size());
+  for (int64_t r = 0; r < rows; ++r) {
+    double mx = -INFINITY;
+    for (int64_t j = 0; j < cols; ++j) mx = std::max(mx, x[r * cols + j]);
+    double s = 0;
+    for (int64_t j = 0; j < cols; ++j) s += std::exp(x[r * cols + j] - mx);
+    for (int64_t j = 0; j < cols; ++j) y[r * cols + j] = std::exp(x[r * cols + j] - mx) / s;
+  }
+  return y;
+}
+
+double weighted_sum(const std::vector<double>& y, const std::vector<double>& w) {
+  double s = 0;
+  for (size_t i = 0; i < y.size(); ++i) s += y[i] * w[i];
+  return s;
+}
+
+TEST(AddBias, MatchesReferenceIncludingColumnSlice) {
+  uint64_t seed = 1;
+  for (const RC& s : kShapes) {
+    SCOPED_TRACE(::testing::Message() << s.rows << "x" << s.cols);
+    Tensor y = random_tensor({s.rows, s.cols}, ++seed);
+    Tensor bias = random_tensor({s.cols}, ++seed);
+    std::vector<double> expected = to_double(y);
+    const std::vector<double> b = to_double(bias);
+    for (int64_t r = 0; r < s.rows; ++r)
+      for (int64_t j = 0; j < s.cols; ++j) expected[r * s.cols + j] += b[j];
+    add_bias(y, bias);
+    expect_close(y, expected, 1e-6, 1e-6, "y");
+
+    Tensor buf = random_tensor({s.rows, s.cols + 5}, ++seed);
+    Tensor view = buf.cols(2, 2 + s.cols);
+    std::vector<double> expected_view = to_double(view);
+    for (int64_t r = 0; r < s.rows; ++r)
+      for (int64_t j = 0; j < s.cols; ++j) expected_view[r * s.cols + j] += b[j];
+    add_bias(view, bias);
+    expect_close(view, expected_view, 1e-6, 1e-6, "view");
+  }
+}
+
+TEST(BiasBackward, AccumulatesColumnSumsMatchingReference) {
+  uint64_t seed = 10;
+  for (const RC& s : kShapes) {
+    SCOPED_TRACE(::testing::Message() << s.rows << "x" << s.cols);
+    Tensor buf = random_tensor({s.rows, s.cols + 3}, ++seed);
+    Tensor dy = buf.cols(1, 1 + s.cols);
+    Tensor dbias = random_tensor({s.cols}, ++seed);
+    std::vector<double> expected = to_double(dbias);
+    const std::vector<double> g = to_double(dy);
+    for (int64_t r = 0; r < s.rows; ++r)
+      for (int64_t j = 0; j < s.cols; ++j) expected[j] += g[r * s.cols + j];
+    bias_backward(dy, dbias);
+    expect_close(dbias, expected, 1e-5, 1e-5, "dbias");
+  }
+}
+
+TEST(BiasBackward, MatchesFiniteDifferencesOfAddBias) {
+  const int64_t rows = 5, cols = 7;
+  std::vector<double> x = to_double(random_tensor({rows, cols}, 1));
+  std::vector<double> b = to_double(random_tensor({cols}, 2));
+  Tensor g = random_tensor({rows, cols}, 3);
+  const std::vector<double> gv = to_double(g);
+  auto loss = [&] {
+    double s = 0;
+    for (int64_t r = 0; r < rows; ++r)
+      for (int64_t j = 0; j < cols; ++j) s += (x[r * cols + j] + b[j]) * gv[r * cols + j];
+    return s;
+  };
+  const std::vector<double> fd = finite_difference(b, loss);
+  Tensor dbias = Tensor::zeros({cols});
+  bias_backward(g, dbias);
+  expect_close(dbias, fd, 1e-6, 1e-5, "dbias vs finite differences");
+}
+
+TEST(AddInplaceAndScale, MatchReferenceForContiguousStridedAndThreeD) {
+  Tensor y3 = random_tensor({3, 5, 7}, 1);
+  Tensor x3 = random_tensor({3, 5, 7}, 2);
+  std::vector<double> expected = to_double(y3);
+  const std::vector<double> xv = to_double(x3);
+  for (size_t i = 0; i < expected.size(); ++i) expected[i] = (expected[i] + xv[i]) * -0.5;
+  add_inplace(y3, x3);
+  scale_inplace(y3, -0.5f);
+  expect_close(y3, expected, 1e-6, 1e-6, "3-D");
+
+  // A long contiguous tensor (split into flat spans) and a strided view (split by rows).
+  Tensor big = random_tensor({100003}, 3);
+  Tensor big_x = random_tensor({100003}, 4);
+  std::vector<double> expected_big = to_double(big);
+  const std::vector<double> bx = to_double(big_x);
+  for (size_t i = 0; i < expected_big.size(); ++i) expected_big[i] = (expected_big[i] + bx[i]) * 3.0;
+  add_inplace(big, big_x);
+  scale_inplace(big, 3.0f);
+  expect_close(big, expected_big, 1e-6, 1e-6, "1-D long");
+
+  Tensor buf = random_tensor({130, 40}, 5);
+  Tensor view = buf.cols(3, 20);
+  Tensor xv2 = random_tensor({130, 17}, 6);
+  std::vector<double> expected_view = to_double(view);
+  const std::vector<double> x2 = to_double(xv2);
+  for (size_t i = 0; i < expected_view.size(); ++i) expected_view[i] = (expected_view[i] + x2[i]) * 0.25;
+  const std::vector<float> before = buf.to_vector();
+  add_inplace(view, xv2);
+  scale_inplace(view, 0.25f);
+  expect_close(view, expected_view, 1e-6, 1e-6, "view");
+  const std::vector<float> after = buf.to_vector();
+  for (int64_t r = 0; r < 130; ++r)
+    for (int64_t j = 0; j < 40; ++j)
+      if (j < 3 || j >= 20) {
+        ASSERT_EQ(after[r * 40 + j], before[r * 40 + j]);
+      }
+}
+
+TEST(AddInplace, ShapeMismatchThrows) {
+  Tensor y = Tensor::zeros({3, 4});
+  EXPECT_THROW(add_inplace(y, Tensor::zeros({4, 3})), Error);
+  EXPECT_THROW(add_bias(y, Tensor::zeros({3})), Error);
+  EXPECT_THROW(bias_backward(y, Tensor::zeros({5})), Error);
+}
+
+TEST(Gelu, ForwardMatchesExactTanhFormula) {
+  uint64_t seed = 20;
+  for (const RC& s : kShapes) {
+    SCOPED_TRACE(::testing::Message() << s.rows << "x" << s.cols);
+    Tensor x = random_tensor({s.rows, s.cols}, ++seed, 3.0f);
+    Tensor y = Tensor::empty({s.rows, s.cols});
+    std::vector<double> expected = to_double(x);
+    for (double& v : expected) v = gelu_ref(v);
+    gelu_forward(x, y);
+    expect_close(y, expected, 1e-6, 1e-5, "y");
+  }
+  // Far tails: gelu(x) -> x for large x, -> 0 for very negative x.
+  Tensor x = Tensor::from({1, 4}, {-30.0f, -8.0f, 8.0f, 30.0f});
+  Tensor y = Tensor::empty({1, 4});
+  gelu_forward(x, y);
+  expect_close(y, {gelu_ref(-30), gelu_ref(-8), gelu_ref(8), gelu_ref(30)}, 1e-7, 1e-6, "tails");
+}
+
+TEST(Gelu, BackwardMatchesReferenceAndFiniteDifferences) {
+  uint64_t seed = 30;
+  for (const RC& s : kShapes) {
+    SCOPED_TRACE(::testing::Message() << s.rows << "x" << s.cols);
+    Tensor x = random_tensor({s.rows, s.cols}, ++seed, 2.0f);
+    Tensor dy = random_tensor({s.rows, s.cols}, ++seed);
+    Tensor dx = Tensor::empty({s.rows, s.cols});
+    gelu_backward(x, dy, dx);
+    const std::vector<double> xv = to_double(x);
+    const std::vector<double> gv = to_double(dy);
+    std::vector<double> expected(xv.size());
+    const double k = std::sqrt(2.0 / M_PI);
+    for (size_t i = 0; i < xv.size(); ++i) {
+      const double v = xv[i];
+      const double t = std::tanh(k * (v + 0.044715 * v * v * v));
+      expected[i] = gv[i] * (0.5 * (1 + t) + 0.5 * v * (1 - t * t) * k * (1 + 3 * 0.044715 * v * v));
+    }
+    expect_close(dx, expected, 1e-6, 1e-5, "dx vs analytic");
+    if (s.rows * s.cols <= 64) {
+      std::vector<double> xs = xv;
+      auto loss = [&] {
+        double sum = 0;
+        for (size_t i = 0; i < xs.size(); ++i) sum += gelu_ref(xs[i]) * gv[i];
+        return sum;
+      };
+      expect_close(dx, finite_difference(xs, loss), 1e-6, 1e-5, "dx vs finite differences");
+    }
+  }
+}
+
+TEST(Gelu, WorksOnColumnSliceViews) {
+  Tensor buf = random_tensor({17, 30}, 1);
+  Tensor x = buf.cols(5, 22);
+  Tensor out_buf = Tensor::zeros({17, 40});
+  Tensor y = out_buf.cols(10, 27);
+  gelu_forward(x, y);
+  std::vector<double> expected = to_double(x);
+  for (double& v : expected) v = gelu_ref(v);
+  expect_close(y, expected, 1e-6, 1e-5, "y view");
+  EXPECT_EQ(out_buf.to_vector()[9], 0.0f);
+  EXPECT_EQ(out_buf.to_vector()[27], 0.0f);
+}
+
+TEST(Softmax, RowsMatchReference) {
+  uint64_t seed = 40;
+  for (const RC& s : kShapes) {
+    SCOPED_TRACE(::testing::Message() << s.rows << "x" << s.cols);
+    Tensor x = random_tensor({s.rows, s.cols}, ++seed, 2.0f);
+    Tensor y = Tensor::empty({s.rows, s.cols});
+    softmax_rows(x, y);
+    expect_close(y, softmax_ref(to_double(x), s.rows, s.cols), 1e-7, 1e-5, "y");
+  }
+}
+
+TEST(Softmax, StableForLargeLogits) {
+  // exp(1000) overflows float and double; the max is subtracted first.
+  Tensor x = random_tensor({17, 130}, 1, 50.0f);
+  float* p = x.data<float>();
+  for (int64_t i = 0; i < x.numel(); ++i) p[i] += (i % 2 ? 1000.0f : -1000.0f);
+  Tensor y = Tensor::empty({17, 130});
+  softmax_rows(x, y);
+  expect_close(y, softmax_ref(to_double(x), 17, 130), 1e-7, 1e-5, "y");
+}
+
+TEST(Softmax, InPlaceGivesSameResult) {
+  Tensor x = random_tensor({13, 33}, 2);
+  Tensor y = Tensor::empty({13, 33});
+  softmax_rows(x, y);
+  softmax_rows(x, x);
+  const std::vector<float> a = x.to_vector();
+  const std::vector<float> b = y.to_vector();
+  EXPECT_EQ(a, b);
+}
+
+TEST(Softmax, BackwardMatchesReferenceAndFiniteDifferences) {
+  uint64_t seed = 50;
+  for (const RC& s : kShapes) {
+    SCOPED_TRACE(::testing::Message() << s.rows << "x" << s.cols);
+    Tensor x = random_tensor({s.rows, s.cols}, ++seed);
+    Tensor dy = random_tensor({s.rows, s.cols}, ++seed);
+    Tensor y = Tensor::empty({s.rows, s.cols});
+    Tensor dx = Tensor::empty({s.rows, s.cols});
+    softmax_rows(x, y);
+    softmax_rows_backward(y, dy, dx);
+    std::vector<double> xv = to_double(x);
+    const std::vector<double> gv = to_double(dy);
+    const std::vector<double> yv = softmax_ref(xv, s.rows, s.cols);
+    std::vector<double> expected(xv.size());
+    for (int64_t r = 0; r < s.rows; ++r) {
+      double dot = 0;
+      for (int64_t j = 0; j < s.cols; ++j) dot += gv[r * s.cols + j] * yv[r * s.cols + j];
+      for (int64_t j = 0; j < s.cols; ++j) expected[r * s.cols + j] = yv[r * s.cols + j] * (gv[r * s.cols + j] - dot);
+    }
+    expect_close(dx, expected, 1e-6, 1e-4, "dx vs analytic");
+    if (s.rows * s.cols <= 64) {
+      auto loss = [&] { return weighted_sum(softmax_ref(xv, s.rows, s.cols), gv); };
+      expect_close(dx, finite_difference(xv, loss), 1e-6, 1e-4, "dx vs finite differences");
+    }
+  }
+}
+
+TEST(SumOfSquares, MatchesDoubleReference) {
+  const Shape shapes[] = {{1}, {17}, {3, 5, 7}, {130, 257}, {100003}};
+  uint64_t seed = 60;
+  for (const Shape& shape : shapes) {
+    SCOPED_TRACE(shape_string(shape));
+    Tensor x = random_tensor(shape, ++seed);
+    double expected = 0;
+    for (double v : to_double(x)) expected += v * v;
+    EXPECT_NEAR(sum_of_squares(x), expected, 1e-12 * expected);
+  }
+  Tensor buf = random_tensor({130, 50}, 99);
+  Tensor view = buf.cols(7, 40);
+  double expected = 0;
+  for (double v : to_double(view)) expected += v * v;
+  EXPECT_NEAR(sum_of_squares(view), expected, 1e-12 * expected);
+  EXPECT_EQ(sum_of_squares(Tensor::zeros({0, 4})), 0.0);
+}
+
+TEST(Elementwise, RepeatedRunsAreBitwiseIdenticalWithTwoThreads) {
+  set_num_threads(2);
+  Tensor x = random_tensor({1000, 130}, 1);
+  Tensor dy = random_tensor({1000, 130}, 2);
+  Tensor db1 = Tensor::zeros({130}), db2 = Tensor::zeros({130});
+  bias_backward(dy, db1);
+  bias_backward(dy, db2);
+  expect_bitwise_equal(db1, db2);
+  Tensor y1 = Tensor::empty({1000, 130}), y2 = Tensor::empty({1000, 130});
+  softmax_rows(x, y1);
+  softmax_rows(x, y2);
+  expect_bitwise_equal(y1, y2);
+  Tensor d1 = Tensor::empty({1000, 130}), d2 = Tensor::empty({1000, 130});
+  softmax_rows_backward(y1, dy, d1);
+  softmax_rows_backward(y1, dy, d2);
+  expect_bitwise_equal(d1, d2);
+  gelu_backward(x, dy, d1);
+  gelu_backward(x, dy, d2);
+  expect_bitwise_equal(d1, d2);
+  const double s1 = sum_of_squares(x);
+  const double s2 = sum_of_squares(x);
+  EXPECT_EQ(0, std::memcmp(&s1, &s2, sizeof(double)));
+}
+
+}  // namespace
+}  // namespace ampipe::kernels
