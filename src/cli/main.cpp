@@ -120,6 +120,8 @@ int run_sample(const std::string& load, const std::string& prompt, int64_t count
 int main(int argc, char** argv) {
   CLI::App app{"ampipe: train Mixture-of-Experts GPT models with intra-block pipelining"};
   app.require_subcommand(1);
+  // A flag given twice takes its last value, so a script's defaults can be overridden by appending.
+  app.option_defaults()->multi_option_policy(CLI::MultiOptionPolicy::TakeLast);
   const int default_threads = ampipe::available_cores();
 
   // train
@@ -149,6 +151,9 @@ int main(int argc, char** argv) {
   train->add_option("--save-interval", t.save_interval, "Save every N iterations (and at the end); 0 = end only")
       ->capture_default_str();
   train->add_option("--load", t.load, "Resume training from this checkpoint directory");
+  train->add_option("--exit-interval", t.exit_interval,
+                    "Stop after an iteration divisible by N, saving a checkpoint first if --save is set; 0 = never")
+      ->capture_default_str();
   train->add_option("--seed", t.seed, "Seed of the initialisation and the data order")->capture_default_str();
   train->add_option("--data-path", t.data_path, "Training text file (byte-level tokens; last 10% is validation)")
       ->capture_default_str();

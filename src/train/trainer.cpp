@@ -29,6 +29,7 @@ static void validate(const TrainOptions& o) {
   AMPIPE_CHECK(o.eval_interval >= 0) << "--eval-interval must be >= 0, got " << o.eval_interval;
   AMPIPE_CHECK(o.eval_iters >= 1) << "--eval-iters must be at least 1, got " << o.eval_iters;
   AMPIPE_CHECK(o.log_interval >= 1) << "--log-interval must be at least 1, got " << o.log_interval;
+  AMPIPE_CHECK(o.exit_interval >= 0) << "--exit-interval must be >= 0, got " << o.exit_interval;
   AMPIPE_CHECK(o.save_interval >= 0) << "--save-interval must be >= 0, got " << o.save_interval;
   AMPIPE_CHECK(o.lr.lr > 0) << "--lr must be positive, got " << o.lr.lr;
   AMPIPE_CHECK(o.lr.min_lr >= 0 && o.lr.min_lr <= o.lr.lr)
@@ -133,9 +134,17 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
       window_tokens = 0;
     }
     if (eval_now) result.final_val_loss = val;
-    if (!o.save.empty() && (last || (o.save_interval > 0 && done % o.save_interval == 0))) {
+    const bool exit_now = !last && o.exit_interval > 0 && done % o.exit_interval == 0;
+    if (!o.save.empty() && (last || exit_now || (o.save_interval > 0 && done % o.save_interval == 0))) {
       save_checkpoint(o.save, model, optimizer, TrainingProgress{done, o.seed});
       log("saved checkpoint to " + o.save + " at iteration " + std::to_string(done));
+    }
+    if (exit_now) {
+      log("exiting at iteration " + std::to_string(done) + " (--exit-interval " + std::to_string(o.exit_interval) + ")");
+      result.iterations = done;
+      result.seconds = std::chrono::duration<double>(clock::now() - run_start).count();
+      result.tokens_per_sec = static_cast<double>((done - start) * B * N) / std::max(result.seconds, 1e-9);
+      return result;
     }
   }
   if (start == o.train_iters) result.final_val_loss = validation_loss();

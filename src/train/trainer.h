@@ -23,6 +23,7 @@ struct TrainOptions {
   std::string save;             // checkpoint directory ("" = none)
   int64_t save_interval = 0;    // 0: save only at the end
   std::string load;             // resume from this checkpoint ("" = fresh start)
+  int64_t exit_interval = 0;    // stop (after saving) when the iteration is a multiple; 0 = never
   uint64_t seed = 1234;
   std::string data_path = "data/kjv.txt";
   std::string metrics_file;     // JSON Lines, one object per logged iteration ("" = none)

@@ -195,6 +195,59 @@ inline float dot(const float* a, const float* b, int64_t n) {
 #endif
 }
 
+// Key-major rows -> feature-major tiles: for key j in tile t = j / kKeyTile and feature c < cols,
+// dst[t * cols * kKeyTile + c * kKeyTile + j % kKeyTile] = src[j * ld_src + c]. With K (or V) packed
+// this way, S = Q K^T is a plain (not transposed) sgemm on one contiguous block per key tile,
+// which OpenBLAS runs through its small-matrix path without packing.
+#if AMPIPE_HAVE_AVX2_FMA
+// dst[c * ld_dst + j] = src[j * ld_src + c] for an 8 x 8 block.
+inline void transpose_8x8(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
+  __m256 r[8], t[8];
+  for (int i = 0; i < 8; ++i) r[i] = _mm256_loadu_ps(src + i * ld_src);
+  for (int i = 0; i < 8; i += 2) {
+    t[i] = _mm256_unpacklo_ps(r[i], r[i + 1]);
+    t[i + 1] = _mm256_unpackhi_ps(r[i], r[i + 1]);
+  }
+  for (int i = 0; i < 8; i += 4) {
+    r[i] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 1] = _mm256_shuffle_ps(t[i], t[i + 2], _MM_SHUFFLE(3, 2, 3, 2));
+    r[i + 2] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(1, 0, 1, 0));
+    r[i + 3] = _mm256_shuffle_ps(t[i + 1], t[i + 3], _MM_SHUFFLE(3, 2, 3, 2));
+  }
+  for (int i = 0; i < 4; ++i) {
+    _mm256_storeu_ps(dst + i * ld_dst, _mm256_permute2f128_ps(r[i], r[i + 4], 0x20));
+    _mm256_storeu_ps(dst + (i + 4) * ld_dst, _mm256_permute2f128_ps(r[i], r[i + 4], 0x31));
+  }
+}
+#endif
+
+void pack_key_tiles(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst) {
+  for (int64_t tile_begin = 0; tile_begin < rows; tile_begin += kKeyTile) {
+    float* tile = dst + tile_begin * cols;
+    const int64_t tile_rows = std::min(kKeyTile, rows - tile_begin);
+    const float* tile_src = src + tile_begin * ld_src;
+    int64_t j0 = 0;
+#if AMPIPE_HAVE_AVX2_FMA
+    for (; j0 + 8 <= tile_rows; j0 += 8) {
+      int64_t c = 0;
+      for (; c + 8 <= cols; c += 8) transpose_8x8(tile_src + j0 * ld_src + c, ld_src, tile + c * kKeyTile + j0, kKeyTile);
+      for (; c < cols; ++c)
+        for (int64_t j = j0; j < j0 + 8; ++j) tile[c * kKeyTile + j] = tile_src[j * ld_src + c];
+    }
+#endif
+    for (; j0 < tile_rows; j0 += 16) {
+      const int64_t j1 = std::min<int64_t>(j0 + 16, tile_rows);
+      for (int64_t c = 0; c < cols; ++c)
+        for (int64_t j = j0; j < j1; ++j) tile[c * kKeyTile + j] = tile_src[j * ld_src + c];
+    }
+  }
+}
+
+// Floats pack_key_tiles writes for `rows` keys.
+int64_t packed_key_tiles_size(int64_t rows, int64_t cols) {
+  return (rows + kKeyTile - 1) / kKeyTile * kKeyTile * cols;
+}
+
 // ---------------------------------------------------------------------------------------------
 // Shapes
 
@@ -268,7 +321,8 @@ struct ForwardScratch {
 };
 
 struct ForwardHead {
-  HeadRows q, k, v;
+  HeadRows q, v;
+  const float* key_tiles;  // K packed by pack_key_tiles
   MutableHeadRows out;
   float* lse;  // [q_len] for this (sequence, head)
 };
@@ -282,8 +336,8 @@ void forward_block(const ForwardHead& head, const Dims& dims, ForwardScratch& sc
   float* s = scratch.scores.get();
   float* acc = scratch.acc.get();
   const float score_scale = kLog2e / std::sqrt(static_cast<float>(hd));
-  sgemm(false, true, rows, keys, hd, score_scale, head.q.row(tile_row + r0), head.q.ld, head.k.row(key_begin),
-        head.k.ld, 0.0f, s, kKeyTile);
+  sgemm(false, false, rows, keys, hd, score_scale, head.q.row(tile_row + r0), head.q.ld,
+        head.key_tiles + key_begin * hd, kKeyTile, 0.0f, s, kKeyTile);
   for (int64_t r = 0; r < rows; ++r) {
     float* srow = s + r * kKeyTile;
     int64_t valid = keys;
@@ -338,7 +392,7 @@ void forward_query_tile(const ForwardHead& head, const Dims& dims, ForwardScratc
 // Backward
 
 struct BackwardHead {
-  HeadRows q, k, v, out, dout;
+  HeadRows q, k, out, dout;
   MutableHeadRows dq, dk, dv;
   const float* lse;  // [q_len]
 };
@@ -348,6 +402,8 @@ struct BackwardScratch {
   std::unique_ptr<float[], FreeDeleter> grad;        // [kQueryTile, kKeyTile]: dP, then dS
   std::unique_ptr<float[], FreeDeleter> lse2;        // [q_len]: lse in base 2
   std::unique_ptr<float[], FreeDeleter> dout_dot_o;  // [q_len]: D_i = dO_i . O_i
+  std::unique_ptr<float[], FreeDeleter> key_tiles;   // K of this head, packed by pack_key_tiles
+  std::unique_ptr<float[], FreeDeleter> value_tiles;  // V of this head, packed likewise
 };
 
 // Query rows [i0, i1) against keys [key_begin, key_end).
@@ -357,8 +413,8 @@ void backward_block(const BackwardHead& head, const Dims& dims, BackwardScratch&
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   float* p = scratch.probs.get();
   float* g = scratch.grad.get();
-  sgemm(false, true, rows, keys, hd, scale * kLog2e, head.q.row(i0), head.q.ld, head.k.row(key_begin), head.k.ld,
-        0.0f, p, kKeyTile);
+  sgemm(false, false, rows, keys, hd, scale * kLog2e, head.q.row(i0), head.q.ld,
+        scratch.key_tiles.get() + key_begin * hd, kKeyTile, 0.0f, p, kKeyTile);
   for (int64_t r = 0; r < rows; ++r) {
     float* prow = p + r * kKeyTile;
     int64_t valid = keys;
@@ -370,8 +426,8 @@ void backward_block(const BackwardHead& head, const Dims& dims, BackwardScratch&
   sgemm(true, false, keys, hd, rows, 1.0f, p, kKeyTile, head.dout.row(i0), head.dout.ld, 1.0f,
         head.dv.row(key_begin), head.dv.ld);
   // dP = dO V^T, then dS = P * (dP - D) in place
-  sgemm(false, true, rows, keys, hd, 1.0f, head.dout.row(i0), head.dout.ld, head.v.row(key_begin), head.v.ld, 0.0f,
-        g, kKeyTile);
+  sgemm(false, false, rows, keys, hd, 1.0f, head.dout.row(i0), head.dout.ld,
+        scratch.value_tiles.get() + key_begin * hd, kKeyTile, 0.0f, g, kKeyTile);
   for (int64_t r = 0; r < rows; ++r)
     softmax_backward_row(p + r * kKeyTile, g + r * kKeyTile, keys, scratch.dout_dot_o[i0 + r]);
   // dQ += scale * dS K, dK += scale * dS^T Q
@@ -410,6 +466,16 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
   check_lse(lse, shape);
   if (dims.batch == 0 || dims.q_len == 0) return;
 
+  // K of every (sequence, head), packed once for all the query tiles that read it: O(tokens * d).
+  const int64_t keys = dims.kv_used(), packed_size = packed_key_tiles_size(keys, dims.head_dim);
+  const auto key_tiles = aligned_floats(dims.batch * dims.heads * packed_size);
+  parallel_for(dims.batch * dims.heads, 1, [&](int64_t task_begin, int64_t task_end) {
+    for (int64_t bh = task_begin; bh < task_end; ++bh) {
+      const HeadRows k_head = head_rows(k, dims.kv_len, dims, bh / dims.heads, bh % dims.heads);
+      pack_key_tiles(k_head.data, k_head.ld, keys, dims.head_dim, key_tiles.get() + bh * packed_size);
+    }
+  });
+
   // Tasks pair query tile t with tile (tiles - 1 - t): causal cost grows with the tile index, so
   // every pair costs about the same and the static partition stays balanced.
   const int64_t tiles = (dims.q_len + kQueryTile - 1) / kQueryTile;
@@ -420,8 +486,8 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
       const int64_t pair = task % pairs;
       const int64_t bh = task / pairs;
       const int64_t b = bh / dims.heads, h = bh % dims.heads;
-      const ForwardHead head{head_rows(q, dims.q_len, dims, b, h), head_rows(k, dims.kv_len, dims, b, h),
-                             head_rows(v, dims.kv_len, dims, b, h), mutable_head_rows(out, dims.q_len, dims, b, h),
+      const ForwardHead head{head_rows(q, dims.q_len, dims, b, h), head_rows(v, dims.kv_len, dims, b, h),
+                             key_tiles.get() + bh * packed_size, mutable_head_rows(out, dims.q_len, dims, b, h),
                              lse.data<float>() + bh * dims.q_len};
       for (const int64_t tile : {pair, tiles - 1 - pair}) {
         const int64_t row_begin = tile * kQueryTile;
@@ -446,13 +512,18 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
 
   // One task per (sequence, head): it owns that head's columns of dq, dk and dv.
   parallel_for(dims.batch * dims.heads, 1, [&](int64_t task_begin, int64_t task_end) {
+    const int64_t keys = dims.kv_used(), packed_size = packed_key_tiles_size(keys, dims.head_dim);
     BackwardScratch scratch{aligned_floats(kQueryTile * kKeyTile), aligned_floats(kQueryTile * kKeyTile),
-                            aligned_floats(dims.q_len), aligned_floats(dims.q_len)};
+                            aligned_floats(dims.q_len),           aligned_floats(dims.q_len),
+                            aligned_floats(packed_size),          aligned_floats(packed_size)};
     for (int64_t bh = task_begin; bh < task_end; ++bh) {
       const int64_t b = bh / dims.heads, h = bh % dims.heads;
+      const HeadRows k_head = head_rows(k, dims.kv_len, dims, b, h);
+      const HeadRows v_head = head_rows(v, dims.kv_len, dims, b, h);
+      pack_key_tiles(k_head.data, k_head.ld, keys, dims.head_dim, scratch.key_tiles.get());
+      pack_key_tiles(v_head.data, v_head.ld, keys, dims.head_dim, scratch.value_tiles.get());
       const BackwardHead head{head_rows(q, dims.q_len, dims, b, h),
-                              head_rows(k, dims.kv_len, dims, b, h),
-                              head_rows(v, dims.kv_len, dims, b, h),
+                              k_head,
                               head_rows(out, dims.q_len, dims, b, h),
                               head_rows(dout, dims.q_len, dims, b, h),
                               mutable_head_rows(dq, dims.q_len, dims, b, h),

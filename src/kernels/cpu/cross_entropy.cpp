@@ -18,32 +18,60 @@ constexpr int64_t kGrainElements = 16384;
 
 int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(cols, 1)); }
 
+// GCC does not vectorise float max or fast_exp's clamps under the default -ftrapping-math, hence
+// the AVX2 intrinsics (with a portable scalar fallback).
 float row_max(const float* x, int64_t n) {
-  float lane[8];
-  for (int l = 0; l < 8; ++l) lane[l] = -INFINITY;
   int64_t j = 0;
-  for (; j + 8 <= n; j += 8)
-    for (int l = 0; l < 8; ++l) lane[l] = std::max(lane[l], x[j + l]);
   float m = -INFINITY;
-  for (; j < n; ++j) m = std::max(m, x[j]);
+#if AMPIPE_HAVE_AVX2_FMA
+  __m256 lanes = _mm256_set1_ps(-INFINITY);
+  for (; j + 8 <= n; j += 8) lanes = _mm256_max_ps(lanes, _mm256_loadu_ps(x + j));
+  alignas(32) float lane[8];
+  _mm256_store_ps(lane, lanes);
   for (int l = 0; l < 8; ++l) m = std::max(m, lane[l]);
+#endif
+  for (; j < n; ++j) m = std::max(m, x[j]);
   return m;
 }
 
-// The row maximum and sum_j exp(x[j] - max) (in double): logsumexp = max + log(sum).
+// v[j] = e^{v[j]} for j < n (fast_math::fast_exp, ~1-2 ulp). The tail runs through the same
+// 8-lane code on a padded copy, so an element's result does not depend on its position.
+void exp_inplace(float* v, int64_t n) {
+#if AMPIPE_HAVE_AVX2_FMA
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) _mm256_storeu_ps(v + j, fast_math::fast_exp_avx2(_mm256_loadu_ps(v + j)));
+  if (j < n) {
+    alignas(32) float tail[8] = {};
+    std::copy(v + j, v + n, tail);
+    _mm256_store_ps(tail, fast_math::fast_exp_avx2(_mm256_load_ps(tail)));
+    std::copy(tail, tail + (n - j), v + j);
+  }
+#else
+  for (int64_t j = 0; j < n; ++j) v[j] = fast_math::fast_exp(v[j]);
+#endif
+}
+
+// The row maximum and sum_j exp(x[j] - max) (in double, 8 lanes): logsumexp = max + log(sum).
 struct RowExpSum {
   float max;
   double sum;
 };
 
+constexpr int64_t kExpBlock = 256;
+
 RowExpSum row_exp_sum(const float* x, int64_t n) {
   const float mx = row_max(x, n);
+  alignas(32) float e[kExpBlock];
   double lane[8] = {};
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8)
-    for (int l = 0; l < 8; ++l) lane[l] += fast_math::fast_exp(x[j + l] - mx);
+  for (int64_t b = 0; b < n; b += kExpBlock) {
+    const int64_t m = std::min(kExpBlock, n - b);
+    for (int64_t j = 0; j < m; ++j) e[j] = x[b + j] - mx;
+    exp_inplace(e, m);
+    for (int64_t j = m; j < (m + 7) / 8 * 8; ++j) e[j] = 0.0f;  // pad to whole lanes
+    for (int64_t j = 0; j < m; j += 8)
+      for (int l = 0; l < 8; ++l) lane[l] += e[j + l];
+  }
   double s = 0;
-  for (; j < n; ++j) s += fast_math::fast_exp(x[j] - mx);
   for (int l = 0; l < 8; ++l) s += lane[l];
   return {mx, s};
 }
@@ -103,7 +131,9 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& targets, float s
       const float mx = es.max;
       const float coeff = static_cast<float>(static_cast<double>(scale) / es.sum);
       // Element j is read before it is written, so dlogits may alias logits.
-      for (int64_t j = 0; j < vocab; ++j) drow[j] = coeff * fast_math::fast_exp(row[j] - mx);
+      for (int64_t j = 0; j < vocab; ++j) drow[j] = row[j] - mx;
+      exp_inplace(drow, vocab);
+      for (int64_t j = 0; j < vocab; ++j) drow[j] *= coeff;
       drow[tp[t]] -= scale;
     }
   });

@@ -24,26 +24,6 @@ constexpr int64_t kReduceRows = 64;
 constexpr float kSqrt2OverPi = 0.7978845608028654f;
 constexpr float kGeluCubic = 0.044715f;
 
-// gelu_tanh(x) = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), evaluated through the
-// identity 0.5 (1 + tanh(u)) = sigmoid(2u) = 1 / (1 + e^{-2u}). It is the same function, but it
-// avoids the cancellation in 1 + tanh(u) for negative x (where tanh(u) rounds to -1 in float), and
-// the branch-free fast_exp lets GCC vectorise the loops.
-inline float gelu_tanh(float x) {
-  const float two_u = 2.0f * kSqrt2OverPi * (x + kGeluCubic * x * x * x);
-  return x / (1.0f + fast_math::fast_exp(-two_u));
-}
-
-// d/dx x * s(2u) = s + x * s (1 - s) * 2 du/dx with s = 1 / (1 + e), 1 - s = e s, e = e^{-2u}.
-// fast_exp saturates near FLT_MAX instead of returning inf, so e * s * s stays finite (and ~0).
-inline float gelu_tanh_derivative(float x) {
-  const float x2 = x * x;
-  const float two_u = 2.0f * kSqrt2OverPi * (x + kGeluCubic * x2 * x);
-  const float two_du = 2.0f * kSqrt2OverPi * (1.0f + 3.0f * kGeluCubic * x2);
-  const float e = fast_math::fast_exp(-two_u);
-  const float s = 1.0f / (1.0f + e);
-  return s + x * two_du * (e * s) * s;
-}
-
 // A float tensor seen as rows of its last dimension (only 2-D tensors can have a row stride).
 struct Matrix {
   float* data;
@@ -87,18 +67,38 @@ void check_2d(const Tensor& t, const char* op, const char* name) {
                               << shape_string(t.shape());
 }
 
-// Row reductions with 8 independent lanes: GCC vectorises them, and the summation order is fixed
-// by the code, not by the instruction set.
+// Row reductions with 8 independent lanes: they vectorise, and the summation order is fixed by
+// the code, not by the instruction set. (GCC does not vectorise float min/max or the clamps in
+// fast_exp under the default -ftrapping-math, hence the AVX2 intrinsics.)
 float row_max(const float* x, int64_t n) {
-  float lane[8];
-  for (int l = 0; l < 8; ++l) lane[l] = -INFINITY;
   int64_t j = 0;
-  for (; j + 8 <= n; j += 8)
-    for (int l = 0; l < 8; ++l) lane[l] = std::max(lane[l], x[j + l]);
   float m = -INFINITY;
-  for (; j < n; ++j) m = std::max(m, x[j]);
+#if AMPIPE_HAVE_AVX2_FMA
+  __m256 lanes = _mm256_set1_ps(-INFINITY);
+  for (; j + 8 <= n; j += 8) lanes = _mm256_max_ps(lanes, _mm256_loadu_ps(x + j));
+  alignas(32) float lane[8];
+  _mm256_store_ps(lane, lanes);
   for (int l = 0; l < 8; ++l) m = std::max(m, lane[l]);
+#endif
+  for (; j < n; ++j) m = std::max(m, x[j]);
   return m;
+}
+
+// v[j] = e^{v[j]} for j < n (fast_math::fast_exp, ~1-2 ulp). The tail runs through the same
+// 8-lane code on a padded copy, so an element's result does not depend on its position.
+void exp_inplace(float* v, int64_t n) {
+#if AMPIPE_HAVE_AVX2_FMA
+  int64_t j = 0;
+  for (; j + 8 <= n; j += 8) _mm256_storeu_ps(v + j, fast_math::fast_exp_avx2(_mm256_loadu_ps(v + j)));
+  if (j < n) {
+    alignas(32) float tail[8] = {};
+    std::copy(v + j, v + n, tail);
+    _mm256_store_ps(tail, fast_math::fast_exp_avx2(_mm256_load_ps(tail)));
+    std::copy(tail, tail + (n - j), v + j);
+  }
+#else
+  for (int64_t j = 0; j < n; ++j) v[j] = fast_math::fast_exp(v[j]);
+#endif
 }
 
 double row_sum(const float* x, int64_t n) {
@@ -121,6 +121,41 @@ double row_dot(const float* a, const float* b, int64_t n) {
   for (; j < n; ++j) s += static_cast<double>(a[j]) * b[j];
   for (int l = 0; l < 8; ++l) s += lane[l];
   return s;
+}
+
+// gelu_tanh(x) = 0.5 x (1 + tanh(u)), u = sqrt(2/pi) (x + 0.044715 x^3), is evaluated through the
+// identity 0.5 (1 + tanh(u)) = sigmoid(2u) = 1 / (1 + e^{-2u}): the same function, without the
+// cancellation in 1 + tanh(u) where tanh(u) rounds to -1 (negative x), and with a vectorised exp.
+// Spans are processed in blocks of kGeluBlock through a stack buffer holding e^{-2u}.
+constexpr int64_t kGeluBlock = 256;
+
+void gelu_span(const float* x, float* y, int64_t n) {
+  alignas(32) float e[kGeluBlock];
+  for (int64_t b = 0; b < n; b += kGeluBlock) {
+    const int64_t m = std::min(kGeluBlock, n - b);
+    const float* xb = x + b;
+    for (int64_t j = 0; j < m; ++j) e[j] = -2.0f * kSqrt2OverPi * (xb[j] + kGeluCubic * xb[j] * xb[j] * xb[j]);
+    exp_inplace(e, m);
+    for (int64_t j = 0; j < m; ++j) y[b + j] = xb[j] / (1.0f + e[j]);
+  }
+}
+
+// dx = dy * d/dx [x s(2u)] = dy * (s + x s (1 - s) 2 du/dx), s = 1 / (1 + e), 1 - s = e s.
+// fast_exp saturates near FLT_MAX instead of returning inf, so e * s stays finite.
+void gelu_backward_span(const float* x, const float* dy, float* dx, int64_t n) {
+  alignas(32) float e[kGeluBlock];
+  for (int64_t b = 0; b < n; b += kGeluBlock) {
+    const int64_t m = std::min(kGeluBlock, n - b);
+    const float* xb = x + b;
+    for (int64_t j = 0; j < m; ++j) e[j] = -2.0f * kSqrt2OverPi * (xb[j] + kGeluCubic * xb[j] * xb[j] * xb[j]);
+    exp_inplace(e, m);
+    for (int64_t j = 0; j < m; ++j) {
+      const float v = xb[j];
+      const float two_du = 2.0f * kSqrt2OverPi * (1.0f + 3.0f * kGeluCubic * v * v);
+      const float s = 1.0f / (1.0f + e[j]);
+      dx[b + j] = dy[b + j] * (s + v * two_du * (e[j] * s) * s);
+    }
+  }
 }
 
 }  // namespace
@@ -196,9 +231,7 @@ void gelu_forward(const Tensor& x, Tensor y) {
   const Matrix xm = as_matrix(x);
   const Matrix ym = as_matrix(y);
   for_each_span(xm.rows, xm.cols, xm.contiguous && ym.contiguous, [&](int64_t r, int64_t c0, int64_t c1) {
-    const float* xr = xm.row(r);
-    float* yr = ym.row(r);
-    for (int64_t j = c0; j < c1; ++j) yr[j] = gelu_tanh(xr[j]);
+    gelu_span(xm.row(r) + c0, ym.row(r) + c0, c1 - c0);
   });
 }
 
@@ -210,10 +243,7 @@ void gelu_backward(const Tensor& x, const Tensor& dy, Tensor dx) {
   const Matrix dm = as_matrix(dx);
   const bool contiguous = xm.contiguous && gm.contiguous && dm.contiguous;
   for_each_span(xm.rows, xm.cols, contiguous, [&](int64_t r, int64_t c0, int64_t c1) {
-    const float* xr = xm.row(r);
-    const float* gr = gm.row(r);
-    float* dr = dm.row(r);
-    for (int64_t j = c0; j < c1; ++j) dr[j] = gr[j] * gelu_tanh_derivative(xr[j]);
+    gelu_backward_span(xm.row(r) + c0, gm.row(r) + c0, dm.row(r) + c0, c1 - c0);
   });
 }
 
@@ -227,7 +257,8 @@ void softmax_rows(const Tensor& x, Tensor y) {
       const float* xr = xm.row(r);
       float* yr = ym.row(r);
       const float mx = row_max(xr, xm.cols);
-      for (int64_t j = 0; j < xm.cols; ++j) yr[j] = fast_math::fast_exp(xr[j] - mx);
+      for (int64_t j = 0; j < xm.cols; ++j) yr[j] = xr[j] - mx;
+      exp_inplace(yr, xm.cols);
       const float inv = static_cast<float>(1.0 / row_sum(yr, xm.cols));
       for (int64_t j = 0; j < xm.cols; ++j) yr[j] *= inv;
     }

@@ -1,0 +1,235 @@
+// LayerNorm forward/backward against a float64 reference and finite differences.
+#include "kernels/layernorm.h"
+
+#include <cmath>
+#include <cstring>
+#include <vector>
+
+#include "core/parallel.h"
+#include "test_util.h"
+
+namespace ampipe::kernels {
+namespace {
+
+using ampipe::testing::expect_close;
+using ampipe::testing::finite_difference;
+using ampipe::testing::random_tensor;
+using ampipe::testing::to_double;
+
+struct RC {
+  int64_t rows, cols;
+};
+const RC kShapes[] = {{1, 1}, {1, 17}, {3, 17}, {17, 3}, {130, 64}, {300, 130}, {5, 1031}};
+
+struct Reference {
+  std::vector<double> y, mean, rstd;
+};
+
+Reference layernorm_ref(const std::vector<double>& x, const std::vector<double>& w, const std::vector<double>& b,
+                        int64_t rows, int64_t cols) {
+  Reference r{std::vector<double>(x.size()), std::vector<double>(rows), std::vector<double>(rows)};
+  for (int64_t i = 0; i < rows; ++i) {
+    double mu = 0;
+    for (int64_t j = 0; j < cols; ++j) mu += x[i * cols + j];
+    mu /= cols;
+    double var = 0;
+    for (int64_t j = 0; j < cols; ++j) var += (x[i * cols + j] - mu) * (x[i * cols + j] - mu);
+    var /= cols;
+    const double rs = 1.0 / std::sqrt(var + 1e-5);
+    r.mean[i] = mu;
+    r.rstd[i] = rs;
+    for (int64_t j = 0; j < cols; ++j) r.y[i * cols + j] = (x[i * cols + j] - mu) * rs * w[j] + b[j];
+  }
+  return r;
+}
+
+struct Grads {
+  std::vector<double> dx, dw, db;
+};
+
+// Analytic gradients of sum(dy * layernorm(x)) in double.
+Grads layernorm_backward_ref(const std::vector<double>& dy, const std::vector<double>& x,
+                             const std::vector<double>& w, int64_t rows, int64_t cols) {
+  Grads g{std::vector<double>(x.size()), std::vector<double>(cols, 0.0), std::vector<double>(cols, 0.0)};
+  const Reference r = layernorm_ref(x, w, std::vector<double>(cols, 0.0), rows, cols);
+  for (int64_t i = 0; i < rows; ++i) {
+    double mean_g = 0, mean_gx = 0;
+    for (int64_t j = 0; j < cols; ++j) {
+      const double xh = (x[i * cols + j] - r.mean[i]) * r.rstd[i];
+      const double gj = dy[i * cols + j] * w[j];
+      mean_g += gj;
+      mean_gx += gj * xh;
+      g.dw[j] += dy[i * cols + j] * xh;
+      g.db[j] += dy[i * cols + j];
+    }
+    mean_g /= cols;
+    mean_gx /= cols;
+    for (int64_t j = 0; j < cols; ++j) {
+      const double xh = (x[i * cols + j] - r.mean[i]) * r.rstd[i];
+      g.dx[i * cols + j] = r.rstd[i] * (dy[i * cols + j] * w[j] - mean_g - xh * mean_gx);
+    }
+  }
+  return g;
+}
+
+std::vector<double> plus(const std::vector<double>& a, const std::vector<double>& b) {
+  std::vector<double> c(a.size());
+  for (size_t i = 0; i < a.size(); ++i) c[i] = a[i] + b[i];
+  return c;
+}
+
+TEST(LayerNorm, ForwardMatchesReference) {
+  uint64_t seed = 1;
+  for (const RC& s : kShapes) {
+    SCOPED_TRACE(::testing::Message() << s.rows << "x" << s.cols);
+    Tensor x = random_tensor({s.rows, s.cols}, ++seed, 2.0f);
+    Tensor w = random_tensor({s.cols}, ++seed);
+    Tensor b = random_tensor({s.cols}, ++seed);
+    Tensor y = Tensor::empty({s.rows, s.cols});
+    Tensor mean = Tensor::empty({s.rows});
+    Tensor rstd = Tensor::empty({s.rows});
+    layernorm_forward(x, w, b, y, mean, rstd);
+    const Reference r = layernorm_ref(to_double(x), to_double(w), to_double(b), s.rows, s.cols);
+    expect_close(y, r.y, 1e-5, 1e-4, "y");
+    expect_close(mean, r.mean, 1e-6, 1e-5, "mean");
+    // A row of one element has variance 0: rstd = 1/sqrt(eps) ~ 316.
+    expect_close(rstd, r.rstd, 1e-6, 1e-5, "rstd");
+  }
+}
+
+TEST(LayerNorm, ForwardAccurateForLargeMeanSmallVariance) {
+  // One-pass E[x^2] - E[x]^2 in float would lose the variance entirely here.
+  Tensor x = random_tensor({17, 130}, 5, 0.01f);
+  float* p = x.data<float>();
+  for (int64_t i = 0; i < x.numel(); ++i) p[i] += 300.0f;
+  Tensor w = random_tensor({130}, 6);
+  Tensor b = random_tensor({130}, 7);
+  Tensor y = Tensor::empty({17, 130});
+  Tensor mean = Tensor::empty({17});
+  Tensor rstd = Tensor::empty({17});
+  layernorm_forward(x, w, b, y, mean, rstd);
+  const Reference r = layernorm_ref(to_double(x), to_double(w), to_double(b), 17, 130);
+  expect_close(rstd, r.rstd, 1e-6, 1e-5, "rstd");
+  // x - mean in float carries the rounding of the float mean (ulp(300) ~ 3e-5 against std 0.01).
+  expect_close(y, r.y, 1e-2, 1e-2, "y");
+}
+
+TEST(LayerNorm, ForwardHonoursColumnSliceViews) {
+  Tensor xbuf = random_tensor({13, 60}, 1);
+  Tensor x = xbuf.cols(10, 27);
+  Tensor ybuf = Tensor::zeros({13, 40});
+  Tensor y = ybuf.cols(20, 37);
+  Tensor w = random_tensor({17}, 2);
+  Tensor b = random_tensor({17}, 3);
+  Tensor mean = Tensor::empty({13});
+  Tensor rstd = Tensor::empty({13});
+  layernorm_forward(x, w, b, y, mean, rstd);
+  const Reference r = layernorm_ref(to_double(x), to_double(w), to_double(b), 13, 17);
+  expect_close(y, r.y, 1e-5, 1e-4, "y");
+  const std::vector<float> all = ybuf.to_vector();
+  for (int64_t i = 0; i < 13; ++i) {
+    EXPECT_EQ(all[i * 40 + 19], 0.0f);
+    EXPECT_EQ(all[i * 40 + 37], 0.0f);
+  }
+}
+
+TEST(LayerNorm, BackwardMatchesReferenceAndAccumulatesParameterGradients) {
+  uint64_t seed = 100;
+  for (const RC& s : kShapes) {
+    SCOPED_TRACE(::testing::Message() << s.rows << "x" << s.cols);
+    Tensor x = random_tensor({s.rows, s.cols}, ++seed, 2.0f);
+    Tensor w = random_tensor({s.cols}, ++seed);
+    Tensor b = random_tensor({s.cols}, ++seed);
+    Tensor dy = random_tensor({s.rows, s.cols}, ++seed);
+    Tensor y = Tensor::empty({s.rows, s.cols});
+    Tensor mean = Tensor::empty({s.rows});
+    Tensor rstd = Tensor::empty({s.rows});
+    layernorm_forward(x, w, b, y, mean, rstd);
+    Tensor dx = Tensor::empty({s.rows, s.cols});
+    Tensor dw = random_tensor({s.cols}, ++seed);  // accumulated into
+    Tensor db = random_tensor({s.cols}, ++seed);
+    const std::vector<double> dw0 = to_double(dw);
+    const std::vector<double> db0 = to_double(db);
+    layernorm_backward(dy, x, w, mean, rstd, dx, dw, db);
+    const Grads g = layernorm_backward_ref(to_double(dy), to_double(x), to_double(w), s.rows, s.cols);
+    // A one-column row has rstd ~ 316 and a zero gradient up to float rounding.
+    expect_close(dx, g.dx, s.cols == 1 ? 1e-3 : 1e-5, 1e-4, "dx");
+    expect_close(dw, plus(dw0, g.dw), 1e-5, 1e-4, "dweight");
+    expect_close(db, plus(db0, g.db), 1e-5, 1e-4, "dbias");
+  }
+}
+
+TEST(LayerNorm, BackwardMatchesFiniteDifferences) {
+  const RC shapes[] = {{1, 2}, {3, 5}, {4, 17}};
+  uint64_t seed = 200;
+  for (const RC& s : shapes) {
+    SCOPED_TRACE(::testing::Message() << s.rows << "x" << s.cols);
+    Tensor x = random_tensor({s.rows, s.cols}, ++seed);
+    Tensor w = random_tensor({s.cols}, ++seed);
+    Tensor b = random_tensor({s.cols}, ++seed);
+    Tensor dy = random_tensor({s.rows, s.cols}, ++seed);
+    Tensor y = Tensor::empty({s.rows, s.cols});
+    Tensor mean = Tensor::empty({s.rows});
+    Tensor rstd = Tensor::empty({s.rows});
+    layernorm_forward(x, w, b, y, mean, rstd);
+    Tensor dx = Tensor::empty({s.rows, s.cols});
+    Tensor dw = Tensor::zeros({s.cols});
+    Tensor db = Tensor::zeros({s.cols});
+    layernorm_backward(dy, x, w, mean, rstd, dx, dw, db);
+
+    std::vector<double> xv = to_double(x), wv = to_double(w), bv = to_double(b);
+    const std::vector<double> gv = to_double(dy);
+    auto loss = [&] {
+      const Reference r = layernorm_ref(xv, wv, bv, s.rows, s.cols);
+      double sum = 0;
+      for (size_t i = 0; i < r.y.size(); ++i) sum += r.y[i] * gv[i];
+      return sum;
+    };
+    expect_close(dx, finite_difference(xv, loss), 1e-5, 1e-4, "dx vs finite differences");
+    expect_close(dw, finite_difference(wv, loss), 1e-5, 1e-4, "dweight vs finite differences");
+    expect_close(db, finite_difference(bv, loss), 1e-5, 1e-4, "dbias vs finite differences");
+  }
+}
+
+TEST(LayerNorm, ShapeMismatchThrows) {
+  Tensor x = Tensor::zeros({3, 4});
+  Tensor y = Tensor::zeros({3, 4});
+  Tensor mean = Tensor::zeros({3});
+  Tensor rstd = Tensor::zeros({3});
+  EXPECT_THROW(layernorm_forward(x, Tensor::zeros({5}), Tensor::zeros({4}), y, mean, rstd), Error);
+  EXPECT_THROW(layernorm_forward(x, Tensor::zeros({4}), Tensor::zeros({4}), y, Tensor::zeros({2}), rstd), Error);
+  EXPECT_THROW(layernorm_backward(y, x, Tensor::zeros({4}), mean, rstd, Tensor::zeros({3, 5}), Tensor::zeros({4}),
+                                  Tensor::zeros({4})),
+               Error);
+}
+
+TEST(LayerNorm, RepeatedRunsAreBitwiseIdenticalWithTwoThreads) {
+  set_num_threads(2);
+  const int64_t rows = 1000, cols = 130;
+  Tensor x = random_tensor({rows, cols}, 1);
+  Tensor w = random_tensor({cols}, 2);
+  Tensor b = random_tensor({cols}, 3);
+  Tensor dy = random_tensor({rows, cols}, 4);
+  Tensor mean = Tensor::empty({rows});
+  Tensor rstd = Tensor::empty({rows});
+  std::vector<std::vector<float>> runs;
+  for (int run = 0; run < 2; ++run) {
+    Tensor y = Tensor::empty({rows, cols});
+    layernorm_forward(x, w, b, y, mean, rstd);
+    Tensor dx = Tensor::empty({rows, cols});
+    Tensor dw = Tensor::zeros({cols});
+    Tensor db = Tensor::zeros({cols});
+    layernorm_backward(dy, x, w, mean, rstd, dx, dw, db);
+    std::vector<float> all = y.to_vector();
+    for (const Tensor& t : {dx, dw, db}) {
+      const std::vector<float> v = t.to_vector();
+      all.insert(all.end(), v.begin(), v.end());
+    }
+    runs.push_back(all);
+  }
+  ASSERT_EQ(runs[0].size(), runs[1].size());
+  EXPECT_EQ(0, std::memcmp(runs[0].data(), runs[1].data(), runs[0].size() * sizeof(float)));
+}
+
+}  // namespace
+}  // namespace ampipe::kernels
