@@ -1,11 +1,10 @@
 // AdamW against a float64 transcription of the documented update.
-#include "kernels/adamw.h"
-
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "core/parallel.h"
+#include "kernels/adamw.h"
 #include "test_util.h"
 
 namespace ampipe::kernels {

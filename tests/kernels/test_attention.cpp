@@ -1,15 +1,18 @@
 // Causal attention (kernels/attention.h) against a naive float64 reference: forward, log-sum-exp,
 // backward, query chunks with an offset, accumulation of dK/dV over chunks, determinism.
-#include "kernels/attention.h"
-
 #include <gtest/gtest.h>
 
+#include <algorithm>
 #include <cmath>
 #include <cstring>
+#include <string>
+#include <utility>
 #include <vector>
 
 #include "core/error.h"
 #include "core/parallel.h"
+#include "kernels/attention.h"
+#include "kernels/cpu/fast_math.h"
 #include "test_util.h"
 
 namespace ampipe::kernels {
@@ -40,7 +43,8 @@ std::vector<double> reference_scores(const std::vector<double>& q, const std::ve
   std::vector<double> scores(pos + 1);
   for (int64_t j = 0; j <= pos; ++j) {
     double dotp = 0;
-    for (int64_t c = 0; c < hd; ++c) dotp += q[(b * s.q_len + i) * d + h * hd + c] * k[(b * s.kv_len + j) * d + h * hd + c];
+    for (int64_t c = 0; c < hd; ++c)
+      dotp += q[(b * s.q_len + i) * d + h * hd + c] * k[(b * s.kv_len + j) * d + h * hd + c];
     scores[j] = dotp * scale;
   }
   return scores;
@@ -126,7 +130,8 @@ FusedQkv fused_qkv(int64_t rows, int64_t d, uint64_t seed, float scale = 1.0f) {
 Tensor sequence_rows(const Tensor& t, int64_t batch, int64_t seq_len, int64_t begin, int64_t end) {
   Tensor out = Tensor::empty({batch * (end - begin), t.dim(1)});
   for (int64_t b = 0; b < batch; ++b)
-    out.rows(b * (end - begin), (b + 1) * (end - begin)).copy_from(t.rows(b * seq_len + begin, b * seq_len + end));
+    out.rows(b * (end - begin), (b + 1) * (end - begin))
+        .copy_from(t.rows(b * seq_len + begin, b * seq_len + end));
   return out;
 }
 
@@ -151,7 +156,7 @@ struct Case {
 // Shapes around the kernel's tile sizes (64 queries x 128 keys), head sizes with and without a
 // multiple-of-8 width.
 const std::vector<Case> kCases = {
-    {1, 1, 8, 1},   {2, 2, 4, 7},   {1, 4, 16, 65}, {2, 1, 64, 130},
+    {1, 1, 8, 1},    {2, 2, 4, 7},   {1, 4, 16, 65},  {2, 1, 64, 130},
     {1, 2, 12, 300}, {2, 4, 8, 129}, {1, 1, 64, 257},
 };
 
@@ -159,8 +164,8 @@ constexpr double kOutAtol = 2e-5, kOutRtol = 1e-4;
 constexpr double kGradAtol = 1e-4, kGradRtol = 1e-3;
 
 std::string case_name(const Case& c) {
-  return "B=" + std::to_string(c.batch) + " h=" + std::to_string(c.heads) + " hd=" + std::to_string(c.head_dim) +
-         " N=" + std::to_string(c.seq_len);
+  return "B=" + std::to_string(c.batch) + " h=" + std::to_string(c.heads) +
+         " hd=" + std::to_string(c.head_dim) + " N=" + std::to_string(c.seq_len);
 }
 
 TEST(Attention, ForwardMatchesReferenceOnFusedQkvViews) {
@@ -268,9 +273,17 @@ struct FullSequence {
 
 FullSequence full_sequence(int64_t batch, int64_t heads, int64_t head_dim, int64_t seq_len, uint64_t seed) {
   const int64_t d = heads * head_dim, rows = batch * seq_len;
-  FullSequence f{batch, heads, d, seq_len, fused_qkv(rows, d, seed), Tensor::empty({rows, d}),
-                 Tensor::empty({batch, heads, seq_len}), random_tensor({rows, d}, seed + 1), Tensor::empty({rows, d}),
-                 Tensor::zeros({rows, d}), Tensor::zeros({rows, d})};
+  FullSequence f{batch,
+                 heads,
+                 d,
+                 seq_len,
+                 fused_qkv(rows, d, seed),
+                 Tensor::empty({rows, d}),
+                 Tensor::empty({batch, heads, seq_len}),
+                 random_tensor({rows, d}, seed + 1),
+                 Tensor::empty({rows, d}),
+                 Tensor::zeros({rows, d}),
+                 Tensor::zeros({rows, d})};
   const AttentionShape shape{batch, heads, 0, seq_len, seq_len};
   attention_forward(f.x.q, f.x.k, f.x.v, shape, f.out, f.lse);
   attention_backward(f.x.q, f.x.k, f.x.v, f.out, f.lse, f.dout, shape, f.dq, f.dk, f.dv);
@@ -279,9 +292,11 @@ FullSequence full_sequence(int64_t batch, int64_t heads, int64_t head_dim, int64
 
 TEST(Attention, ChunkWithOffsetEqualsFullSequenceRows) {
   const FullSequence f = full_sequence(2, 2, 64, 300, 71);
-  const std::vector<double> full_out = to_double(f.out), full_lse = to_double(f.lse), full_dq = to_double(f.dq);
+  const std::vector<double> full_out = to_double(f.out), full_lse = to_double(f.lse),
+                            full_dq = to_double(f.dq);
   // Chunk boundaries on and off the tile grid; keys are the whole sequence (kv_len = N).
-  for (const auto& [c0, c1] : std::vector<std::pair<int64_t, int64_t>>{{0, 64}, {64, 192}, {100, 101}, {130, 300}}) {
+  for (const auto& [c0, c1] :
+       std::vector<std::pair<int64_t, int64_t>>{{0, 64}, {64, 192}, {100, 101}, {130, 300}}) {
     SCOPED_TRACE("chunk [" + std::to_string(c0) + ", " + std::to_string(c1) + ")");
     const AttentionShape shape{f.batch, f.heads, c0, c1 - c0, f.seq_len};
     Tensor q = sequence_rows(f.x.q, f.batch, f.seq_len, c0, c1);
@@ -361,6 +376,36 @@ TEST(Attention, RepeatedRunsAreBitwiseIdentical) {
   }
 }
 
+// The softmax's exponential: within 2 ulp of exp2 / exp over the float range, exactly 0 far below
+// it (the masked and underflowing scores), +inf above it, NaN kept.
+TEST(Attention, FastExpIsAccurateAndSaturates) {
+  namespace fm = fast_math;
+  double worst2 = 0, worst_e = 0;
+  for (float x = -126.0f; x < 127.0f; x += 0.00731f) {
+    const double exact2 = std::exp2(static_cast<double>(x));
+    worst2 = std::max(worst2, std::abs(fm::fast_exp2(x) - exact2) / exact2);
+    const float xe = x * 0.69f;  // e^xe stays in the normal float range
+    const double exact_e = std::exp(static_cast<double>(xe));
+    worst_e = std::max(worst_e, std::abs(fm::fast_exp(xe) - exact_e) / exact_e);
+#if AMPIPE_HAVE_AVX2_FMA
+    EXPECT_EQ(_mm256_cvtss_f32(fm::fast_exp2_avx2(_mm256_set1_ps(x))), fm::fast_exp2(x)) << x;
+    EXPECT_EQ(_mm256_cvtss_f32(fm::fast_exp_avx2(_mm256_set1_ps(xe))), fm::fast_exp(xe)) << xe;
+#endif
+  }
+  EXPECT_LT(worst2, 2 * 1.2e-7);
+  EXPECT_LT(worst_e, 2 * 1.2e-7);
+  for (const float tiny : {-127.0f, -1000.0f, -1e30f, -INFINITY}) {
+    EXPECT_EQ(fm::fast_exp2(tiny), 0.0f) << tiny;
+    EXPECT_EQ(fm::fast_exp(tiny), 0.0f) << tiny;
+  }
+  for (const float huge : {128.0f, 1e30f, INFINITY}) {
+    EXPECT_EQ(fm::fast_exp2(huge), INFINITY) << huge;
+    EXPECT_EQ(fm::fast_exp(huge), INFINITY) << huge;
+  }
+  EXPECT_TRUE(std::isnan(fm::fast_exp2(NAN)));
+  EXPECT_TRUE(std::isnan(fm::fast_exp(NAN)));
+}
+
 TEST(Attention, RejectsInconsistentShapes) {
   FusedQkv x = fused_qkv(10, 8, 1);
   Tensor out = Tensor::empty({10, 8});
@@ -370,7 +415,8 @@ TEST(Attention, RejectsInconsistentShapes) {
   // Hidden size not divisible by the head count.
   EXPECT_THROW(attention_forward(x.q, x.k, x.v, AttentionShape{1, 3, 0, 10, 10}, out, lse), Error);
   // lse of the wrong shape.
-  EXPECT_THROW(attention_forward(x.q, x.k, x.v, AttentionShape{1, 2, 0, 10, 10}, out, Tensor::empty({2, 10})), Error);
+  EXPECT_THROW(attention_forward(x.q, x.k, x.v, AttentionShape{1, 2, 0, 10, 10}, out, Tensor::empty({2, 10})),
+               Error);
   // q rows not batch * q_len.
   EXPECT_THROW(attention_forward(x.q, x.k, x.v, AttentionShape{2, 2, 0, 10, 10}, out, lse), Error);
   try {

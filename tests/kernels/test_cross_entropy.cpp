@@ -1,12 +1,12 @@
 // Softmax cross-entropy against a float64 reference and finite differences; large-logit stability.
-#include "kernels/cross_entropy.h"
-
 #include <cmath>
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "core/parallel.h"
 #include "core/random.h"
+#include "kernels/cross_entropy.h"
 #include "test_util.h"
 
 namespace ampipe::kernels {

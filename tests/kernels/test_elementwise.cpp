@@ -1,11 +1,11 @@
 // Element-wise and row-wise kernels against float64 references and finite differences.
-#include "kernels/elementwise.h"
-
 #include <cmath>
 #include <cstring>
+#include <numbers>
 #include <vector>
 
 #include "core/parallel.h"
+#include "kernels/elementwise.h"
 #include "test_util.h"
 
 namespace ampipe::kernels {
@@ -29,7 +29,7 @@ void expect_bitwise_equal(const Tensor& a, const Tensor& b) {
 }
 
 double gelu_ref(double x) {
-  const double k = std::sqrt(2.0 / M_PI);
+  const double k = std::sqrt(2.0 / std::numbers::pi);
   return 0.5 * x * (1.0 + std::tanh(k * (x + 0.044715 * x * x * x)));
 }
 
@@ -182,7 +182,7 @@ TEST(Gelu, BackwardMatchesReferenceAndFiniteDifferences) {
     const std::vector<double> xv = to_double(x);
     const std::vector<double> gv = to_double(dy);
     std::vector<double> expected(xv.size());
-    const double k = std::sqrt(2.0 / M_PI);
+    const double k = std::sqrt(2.0 / std::numbers::pi);
     for (size_t i = 0; i < xv.size(); ++i) {
       const double v = xv[i];
       const double t = std::tanh(k * (v + 0.044715 * v * v * v));
@@ -262,7 +262,8 @@ TEST(Softmax, BackwardMatchesReferenceAndFiniteDifferences) {
     for (int64_t r = 0; r < s.rows; ++r) {
       double dot = 0;
       for (int64_t j = 0; j < s.cols; ++j) dot += gv[r * s.cols + j] * yv[r * s.cols + j];
-      for (int64_t j = 0; j < s.cols; ++j) expected[r * s.cols + j] = yv[r * s.cols + j] * (gv[r * s.cols + j] - dot);
+      for (int64_t j = 0; j < s.cols; ++j)
+        expected[r * s.cols + j] = yv[r * s.cols + j] * (gv[r * s.cols + j] - dot);
     }
     expect_close(dx, expected, 1e-6, 1e-4, "dx vs analytic");
     if (s.rows * s.cols <= 64) {

@@ -1,11 +1,11 @@
 // Token + position embedding against a float64 reference and finite differences.
-#include "kernels/embedding.h"
-
 #include <cstring>
+#include <string>
 #include <vector>
 
 #include "core/parallel.h"
 #include "core/random.h"
+#include "kernels/embedding.h"
 #include "test_util.h"
 
 namespace ampipe::kernels {
@@ -19,7 +19,8 @@ using ampipe::testing::to_double;
 struct Case {
   int64_t batch, seq_len, max_seq, vocab, width;
 };
-const Case kCases[] = {{1, 1, 1, 1, 1}, {1, 3, 5, 17, 3}, {3, 5, 7, 17, 130}, {2, 17, 17, 3, 33}, {4, 64, 80, 130, 65}};
+const Case kCases[] = {
+    {1, 1, 1, 1, 1}, {1, 3, 5, 17, 3}, {3, 5, 7, 17, 130}, {2, 17, 17, 3, 33}, {4, 64, 80, 130, 65}};
 
 // Ids drawn from a small range so that rows repeat (the accumulation case).
 Tensor random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
@@ -29,27 +30,29 @@ Tensor random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
   return Tensor::from_ints({n}, t);
 }
 
-std::vector<double> embedding_ref(const Tensor& tokens, const std::vector<double>& tok, const std::vector<double>& pos,
-                                  int64_t seq_len, int64_t width) {
+std::vector<double> embedding_ref(const Tensor& tokens, const std::vector<double>& tok,
+                                  const std::vector<double>& pos, int64_t seq_len, int64_t width) {
   const int32_t* tp = tokens.data<int32_t>();
   const int64_t n = tokens.dim(0);
   std::vector<double> x(static_cast<size_t>(n * width));
   for (int64_t t = 0; t < n; ++t)
-    for (int64_t j = 0; j < width; ++j) x[t * width + j] = tok[tp[t] * width + j] + pos[(t % seq_len) * width + j];
+    for (int64_t j = 0; j < width; ++j)
+      x[t * width + j] = tok[tp[t] * width + j] + pos[(t % seq_len) * width + j];
   return x;
 }
 
 TEST(Embedding, ForwardMatchesReference) {
   uint64_t seed = 1;
   for (const Case& c : kCases) {
-    SCOPED_TRACE(::testing::Message() << "B=" << c.batch << " N=" << c.seq_len << " V=" << c.vocab
-                                      << " d=" << c.width);
+    SCOPED_TRACE(::testing::Message()
+                 << "B=" << c.batch << " N=" << c.seq_len << " V=" << c.vocab << " d=" << c.width);
     Tensor tokens = random_tokens(c.batch * c.seq_len, c.vocab, ++seed);
     Tensor tok = random_tensor({c.vocab, c.width}, ++seed);
     Tensor pos = random_tensor({c.max_seq, c.width}, ++seed);
     Tensor x = Tensor::empty({c.batch * c.seq_len, c.width});
     embedding_forward(tokens, tok, pos, c.seq_len, x);
-    expect_close(x, embedding_ref(tokens, to_double(tok), to_double(pos), c.seq_len, c.width), 1e-7, 1e-6, "x");
+    expect_close(x, embedding_ref(tokens, to_double(tok), to_double(pos), c.seq_len, c.width), 1e-7, 1e-6,
+                 "x");
   }
 }
 
@@ -69,8 +72,8 @@ TEST(Embedding, ForwardHonoursColumnSliceViews) {
 TEST(Embedding, BackwardAccumulatesRepeatedTokensAndPositions) {
   uint64_t seed = 100;
   for (const Case& c : kCases) {
-    SCOPED_TRACE(::testing::Message() << "B=" << c.batch << " N=" << c.seq_len << " V=" << c.vocab
-                                      << " d=" << c.width);
+    SCOPED_TRACE(::testing::Message()
+                 << "B=" << c.batch << " N=" << c.seq_len << " V=" << c.vocab << " d=" << c.width);
     const int64_t n = c.batch * c.seq_len;
     Tensor tokens = random_tokens(n, c.vocab, ++seed);
     Tensor dx = random_tensor({n, c.width}, ++seed);

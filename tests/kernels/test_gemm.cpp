@@ -1,11 +1,10 @@
 // gemm against a naive float64 reference: all transpose combinations, alpha/beta, column slices.
-#include "kernels/gemm.h"
-
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "core/parallel.h"
+#include "kernels/gemm.h"
 #include "test_util.h"
 
 namespace ampipe::kernels {
@@ -16,8 +15,8 @@ using ampipe::testing::random_tensor;
 using ampipe::testing::to_double;
 
 // c_ref = alpha * op(a) @ op(b) + beta * c0, all in double on the tensors' logical values.
-std::vector<double> reference_gemm(const Tensor& a, bool ta, const Tensor& b, bool tb, const std::vector<double>& c0,
-                                   double alpha, double beta) {
+std::vector<double> reference_gemm(const Tensor& a, bool ta, const Tensor& b, bool tb,
+                                   const std::vector<double>& c0, double alpha, double beta) {
   const std::vector<double> av = to_double(a);
   const std::vector<double> bv = to_double(b);
   const int64_t m = ta ? a.dim(1) : a.dim(0);
@@ -51,8 +50,8 @@ TEST(Gemm, AllTransposeCombinationsMatchReference) {
   for (const Dims& d : kDims)
     for (bool ta : {false, true})
       for (bool tb : {false, true}) {
-        SCOPED_TRACE(::testing::Message() << "m=" << d.m << " k=" << d.k << " n=" << d.n << " ta=" << ta
-                                          << " tb=" << tb);
+        SCOPED_TRACE(::testing::Message()
+                     << "m=" << d.m << " k=" << d.k << " n=" << d.n << " ta=" << ta << " tb=" << tb);
         Tensor a = random_tensor(op_shape(d.m, d.k, ta), ++seed);
         Tensor b = random_tensor(op_shape(d.k, d.n, tb), ++seed);
         Tensor c = random_tensor({d.m, d.n}, ++seed);
@@ -67,8 +66,8 @@ TEST(Gemm, AlphaScalesAndBetaAccumulates) {
   for (const Dims& d : kDims)
     for (bool ta : {false, true})
       for (bool tb : {false, true}) {
-        SCOPED_TRACE(::testing::Message() << "m=" << d.m << " k=" << d.k << " n=" << d.n << " ta=" << ta
-                                          << " tb=" << tb);
+        SCOPED_TRACE(::testing::Message()
+                     << "m=" << d.m << " k=" << d.k << " n=" << d.n << " ta=" << ta << " tb=" << tb);
         Tensor a = random_tensor(op_shape(d.m, d.k, ta), ++seed);
         Tensor b = random_tensor(op_shape(d.k, d.n, tb), ++seed);
         Tensor c = random_tensor({d.m, d.n}, ++seed);

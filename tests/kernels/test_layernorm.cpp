@@ -1,11 +1,10 @@
 // LayerNorm forward/backward against a float64 reference and finite differences.
-#include "kernels/layernorm.h"
-
 #include <cmath>
 #include <cstring>
 #include <vector>
 
 #include "core/parallel.h"
+#include "kernels/layernorm.h"
 #include "test_util.h"
 
 namespace ampipe::kernels {
@@ -25,8 +24,8 @@ struct Reference {
   std::vector<double> y, mean, rstd;
 };
 
-Reference layernorm_ref(const std::vector<double>& x, const std::vector<double>& w, const std::vector<double>& b,
-                        int64_t rows, int64_t cols) {
+Reference layernorm_ref(const std::vector<double>& x, const std::vector<double>& w,
+                        const std::vector<double>& b, int64_t rows, int64_t cols) {
   Reference r{std::vector<double>(x.size()), std::vector<double>(rows), std::vector<double>(rows)};
   for (int64_t i = 0; i < rows; ++i) {
     double mu = 0;
@@ -197,9 +196,10 @@ TEST(LayerNorm, ShapeMismatchThrows) {
   Tensor mean = Tensor::zeros({3});
   Tensor rstd = Tensor::zeros({3});
   EXPECT_THROW(layernorm_forward(x, Tensor::zeros({5}), Tensor::zeros({4}), y, mean, rstd), Error);
-  EXPECT_THROW(layernorm_forward(x, Tensor::zeros({4}), Tensor::zeros({4}), y, Tensor::zeros({2}), rstd), Error);
-  EXPECT_THROW(layernorm_backward(y, x, Tensor::zeros({4}), mean, rstd, Tensor::zeros({3, 5}), Tensor::zeros({4}),
-                                  Tensor::zeros({4})),
+  EXPECT_THROW(layernorm_forward(x, Tensor::zeros({4}), Tensor::zeros({4}), y, Tensor::zeros({2}), rstd),
+               Error);
+  EXPECT_THROW(layernorm_backward(y, x, Tensor::zeros({4}), mean, rstd, Tensor::zeros({3, 5}),
+                                  Tensor::zeros({4}), Tensor::zeros({4})),
                Error);
 }
 

@@ -1,6 +1,4 @@
 // Dispatch plans (ordering, capacity dropping) and permute / unpermute against float64 references.
-#include "kernels/permute.h"
-
 #include <algorithm>
 #include <cstring>
 #include <string>
@@ -8,6 +6,7 @@
 
 #include "core/parallel.h"
 #include "core/random.h"
+#include "kernels/permute.h"
 #include "test_util.h"
 
 namespace ampipe::kernels {
@@ -146,8 +145,8 @@ TEST(DispatchPlan, RandomPlansMatchReference) {
     for (int k : {1, 2})
       for (int experts : {2, 3, 8})
         for (int64_t capacity : {int64_t{-1}, int64_t{0}, int64_t{1}, int64_t{5}, tokens * k / experts}) {
-          SCOPED_TRACE(::testing::Message() << "T=" << tokens << " k=" << k << " E=" << experts
-                                            << " capacity=" << capacity);
+          SCOPED_TRACE(::testing::Message()
+                       << "T=" << tokens << " k=" << k << " E=" << experts << " capacity=" << capacity);
           Tensor index = random_expert_index(tokens, k, experts, ++seed);
           expect_plan_equals_reference(make_dispatch_plan(index, experts, capacity),
                                        plan_ref(index, experts, capacity));
@@ -178,8 +177,8 @@ std::vector<double> permute_ref(const std::vector<double>& x, const PlanRef& r, 
   return out;
 }
 
-std::vector<double> unpermute_ref(const std::vector<double>& y, const std::vector<double>& gate, const PlanRef& r,
-                                  int64_t tokens, int64_t k, int64_t width) {
+std::vector<double> unpermute_ref(const std::vector<double>& y, const std::vector<double>& gate,
+                                  const PlanRef& r, int64_t tokens, int64_t k, int64_t width) {
   std::vector<double> out(static_cast<size_t>(tokens * width), 0.0);
   for (int64_t t = 0; t < tokens; ++t)
     for (int64_t j = 0; j < k; ++j) {
@@ -203,7 +202,7 @@ struct PermuteCase {
   int64_t capacity;
   int64_t width;
 };
-const PermuteCase kCases[] = {{1, 1, 1, -1, 1},  {3, 1, 2, -1, 17}, {17, 2, 4, -1, 3},  {17, 2, 4, 3, 130},
+const PermuteCase kCases[] = {{1, 1, 1, -1, 1},    {3, 1, 2, -1, 17},   {17, 2, 4, -1, 3}, {17, 2, 4, 3, 130},
                               {130, 1, 8, 10, 33}, {130, 2, 3, 40, 65}, {130, 2, 8, 0, 5}};
 
 TEST(Permute, ForwardAndBackwardMatchReference) {
@@ -352,7 +351,8 @@ TEST(Permute, ShapeMismatchThrows) {
   EXPECT_THROW(permute_forward(Tensor::zeros({4, 5}), plan, Tensor::empty({3, 5})), Error);
   EXPECT_THROW(permute_forward(Tensor::zeros({3, 5}), plan, Tensor::empty({3, 4})), Error);
   EXPECT_THROW(permute_backward(Tensor::zeros({2, 5}), plan, Tensor::empty({3, 5})), Error);
-  EXPECT_THROW(unpermute_forward(Tensor::zeros({3, 5}), plan, Tensor::zeros({3, 2}), Tensor::empty({3, 5})), Error);
+  EXPECT_THROW(unpermute_forward(Tensor::zeros({3, 5}), plan, Tensor::zeros({3, 2}), Tensor::empty({3, 5})),
+               Error);
   EXPECT_THROW(permute_forward(Tensor::zeros({3, 5}), DispatchPlan{}, Tensor::empty({3, 5})), Error);
 }
 

@@ -1,12 +1,11 @@
 // Top-k routing: selection order, ties, gates, and the gate Jacobian against float64 references.
-#include "kernels/router.h"
-
 #include <algorithm>
 #include <cmath>
 #include <numeric>
 #include <vector>
 
 #include "core/parallel.h"
+#include "kernels/router.h"
 #include "test_util.h"
 
 namespace ampipe::kernels {
@@ -24,7 +23,8 @@ Tensor random_probs(int64_t tokens, int64_t experts, uint64_t seed) {
   for (int64_t t = 0; t < tokens; ++t) {
     double s = 0;
     for (int64_t e = 0; e < experts; ++e) s += std::exp(d[t * experts + e]);
-    for (int64_t e = 0; e < experts; ++e) d[t * experts + e] = static_cast<float>(std::exp(d[t * experts + e]) / s);
+    for (int64_t e = 0; e < experts; ++e)
+      d[t * experts + e] = static_cast<float>(std::exp(d[t * experts + e]) / s);
   }
   return p;
 }
@@ -48,7 +48,8 @@ std::vector<double> gate_ref(const std::vector<double>& p, const std::vector<int
   for (int64_t t = 0; t < tokens; ++t) {
     double s = 0;
     for (int j = 0; j < k; ++j) s += p[t * experts + idx[t * k + j]];
-    for (int j = 0; j < k; ++j) g[t * k + j] = k == 1 ? p[t * experts + idx[t * k + j]] : p[t * experts + idx[t * k + j]] / s;
+    for (int j = 0; j < k; ++j)
+      g[t * k + j] = k == 1 ? p[t * experts + idx[t * k + j]] : p[t * experts + idx[t * k + j]] / s;
   }
   return g;
 }
@@ -126,7 +127,8 @@ TEST(RouterTopK, InvalidKOrShapesThrow) {
   Tensor gate = Tensor::empty({3, 5});
   EXPECT_THROW(router_topk(probs, 5, index, gate), Error);
   EXPECT_THROW(router_topk(probs, 0, Tensor::empty({3, 0}, DType::I32), Tensor::empty({3, 0})), Error);
-  EXPECT_THROW(router_topk(probs, 2, Tensor::empty({3, 2}), Tensor::empty({3, 2})), Error);  // index not int32
+  EXPECT_THROW(router_topk(probs, 2, Tensor::empty({3, 2}), Tensor::empty({3, 2})),
+               Error);  // index not int32
   EXPECT_THROW(router_topk(probs, 2, Tensor::empty({3, 2}, DType::I32), Tensor::empty({2, 2})), Error);
 }
 

@@ -33,8 +33,9 @@ Matrix as_matrix(const Tensor& t) {
 }
 
 void check_same_shape(const Tensor& param, const Tensor& other, const char* name) {
-  AMPIPE_CHECK(other.shape() == param.shape()) << "adamw_update: " << name << " " << shape_string(other.shape())
-                                               << " must match param " << shape_string(param.shape());
+  AMPIPE_CHECK(other.shape() == param.shape())
+      << "adamw_update: " << name << " " << shape_string(other.shape()) << " must match param "
+      << shape_string(param.shape());
 }
 
 }  // namespace
@@ -44,8 +45,10 @@ void adamw_update(Tensor param, const Tensor& grad, Tensor m, Tensor v, const Ad
   check_same_shape(param, m, "m");
   check_same_shape(param, v, "v");
   AMPIPE_CHECK(hp.step >= 1) << "adamw_update: step " << hp.step << " must be >= 1 (it is 1-based)";
-  AMPIPE_CHECK(hp.beta1 >= 0.0f && hp.beta1 < 1.0f) << "adamw_update: beta1 " << hp.beta1 << " must be in [0, 1)";
-  AMPIPE_CHECK(hp.beta2 >= 0.0f && hp.beta2 < 1.0f) << "adamw_update: beta2 " << hp.beta2 << " must be in [0, 1)";
+  AMPIPE_CHECK(hp.beta1 >= 0.0f && hp.beta1 < 1.0f)
+      << "adamw_update: beta1 " << hp.beta1 << " must be in [0, 1)";
+  AMPIPE_CHECK(hp.beta2 >= 0.0f && hp.beta2 < 1.0f)
+      << "adamw_update: beta2 " << hp.beta2 << " must be in [0, 1)";
   AMPIPE_CHECK(hp.eps >= 0.0f) << "adamw_update: eps " << hp.eps << " must be >= 0";
 
   const float b1 = hp.beta1;
@@ -75,7 +78,8 @@ void adamw_update(Tensor param, const Tensor& grad, Tensor m, Tensor v, const Ad
     const __m256 lrv = _mm256_set1_ps(lr), epsv = _mm256_set1_ps(eps), wdv = _mm256_set1_ps(wd);
     for (; j + 8 <= n; j += 8) {
       const __m256 gj = _mm256_loadu_ps(g + j);
-      const __m256 mj = _mm256_add_ps(_mm256_mul_ps(b1v, _mm256_loadu_ps(mp + j)), _mm256_mul_ps(one_minus_b1v, gj));
+      const __m256 mj =
+          _mm256_add_ps(_mm256_mul_ps(b1v, _mm256_loadu_ps(mp + j)), _mm256_mul_ps(one_minus_b1v, gj));
       const __m256 vj = _mm256_add_ps(_mm256_mul_ps(b2v, _mm256_loadu_ps(vp + j)),
                                       _mm256_mul_ps(_mm256_mul_ps(one_minus_b2v, gj), gj));
       _mm256_storeu_ps(mp + j, mj);
@@ -106,7 +110,8 @@ void adamw_update(Tensor param, const Tensor& grad, Tensor m, Tensor v, const Ad
   } else {
     parallel_for(pm.rows, std::max<int64_t>(1, kGrainElements / std::max<int64_t>(pm.cols, 1)),
                  [&](int64_t begin, int64_t end) {
-                   for (int64_t r = begin; r < end; ++r) update(pm.row(r), gm.row(r), mm.row(r), vm.row(r), pm.cols);
+                   for (int64_t r = begin; r < end; ++r)
+                     update(pm.row(r), gm.row(r), mm.row(r), vm.row(r), pm.cols);
                  });
   }
 }

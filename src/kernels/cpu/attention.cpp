@@ -12,6 +12,8 @@
 // little of the masked triangle is computed. Scratch is per task and O(tile), never O(N^2).
 // Every task owns disjoint output elements and sums in a fixed order, so results do not depend on
 // the thread count or the partition.
+#include "kernels/attention.h"
+
 #include <cblas.h>
 
 #include <algorithm>
@@ -20,7 +22,6 @@
 #include <memory>
 
 #include "core/parallel.h"
-#include "kernels/attention.h"
 #include "kernels/cpu/fast_math.h"
 
 namespace ampipe::kernels {
@@ -34,8 +35,9 @@ using fast_math::kLog2e;
 // the Q/K/V tiles stay in L2.
 constexpr int64_t kQueryTile = 64;
 constexpr int64_t kKeyTile = 128;
-// Rows per block when a forward query tile crosses the diagonal.
-constexpr int64_t kDiagonalRows = 32;
+// Rows per block where a query tile crosses the causal diagonal (smaller blocks compute less of
+// the masked triangle).
+constexpr int64_t kDiagonalRows = 16;
 
 // ---------------------------------------------------------------------------------------------
 // Scratch
@@ -54,7 +56,8 @@ std::unique_ptr<float[], FreeDeleter> aligned_floats(int64_t count) {
 
 // Row-major sgemm on raw pointers: c = alpha * op(a) @ op(b) + beta * c, op(a) [m, k], op(b) [k, n].
 inline void sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int64_t k, float alpha,
-                  const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c, int64_t ldc) {
+                  const float* a, int64_t lda, const float* b, int64_t ldb, float beta, float* c,
+                  int64_t ldc) {
   cblas_sgemm(CblasRowMajor, transpose_a ? CblasTrans : CblasNoTrans, transpose_b ? CblasTrans : CblasNoTrans,
               static_cast<blasint>(m), static_cast<blasint>(n), static_cast<blasint>(k), alpha, a,
               static_cast<blasint>(lda), b, static_cast<blasint>(ldb), beta, c, static_cast<blasint>(ldc));
@@ -66,7 +69,8 @@ inline void sgemm(bool transpose_a, bool transpose_b, int64_t m, int64_t n, int6
 #if AMPIPE_HAVE_AVX2_FMA
 // Lanes [0, count) set, for 0 <= count <= 8.
 inline __m256i lane_mask(int64_t count) {
-  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)), _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
+  return _mm256_cmpgt_epi32(_mm256_set1_epi32(static_cast<int>(count)),
+                            _mm256_setr_epi32(0, 1, 2, 3, 4, 5, 6, 7));
 }
 
 inline float horizontal_sum(__m256 v) {
@@ -130,8 +134,9 @@ inline float exp2_shift_sum(float* x, int64_t n, float shift) {
   }
   if (i < n) {
     const __m256i mask = lane_mask(n - i);
-    const __m256 e = _mm256_and_ps(fast_math::fast_exp2_avx2(_mm256_sub_ps(_mm256_maskload_ps(x + i, mask), s)),
-                                   _mm256_castsi256_ps(mask));
+    const __m256 e =
+        _mm256_and_ps(fast_math::fast_exp2_avx2(_mm256_sub_ps(_mm256_maskload_ps(x + i, mask), s)),
+                      _mm256_castsi256_ps(mask));
     _mm256_maskstore_ps(x + i, mask, e);
     acc1 = _mm256_add_ps(acc1, e);
   }
@@ -169,7 +174,8 @@ inline void softmax_backward_row(const float* p, float* dp, int64_t n, float d) 
   const __m256 dv = _mm256_set1_ps(d);
   int64_t i = 0;
   for (; i + 8 <= n; i += 8)
-    _mm256_storeu_ps(dp + i, _mm256_mul_ps(_mm256_loadu_ps(p + i), _mm256_sub_ps(_mm256_loadu_ps(dp + i), dv)));
+    _mm256_storeu_ps(dp + i,
+                     _mm256_mul_ps(_mm256_loadu_ps(p + i), _mm256_sub_ps(_mm256_loadu_ps(dp + i), dv)));
   for (; i < n; ++i) dp[i] = p[i] * (dp[i] - d);
 #else
   for (int64_t i = 0; i < n; ++i) dp[i] = p[i] * (dp[i] - d);
@@ -195,10 +201,6 @@ inline float dot(const float* a, const float* b, int64_t n) {
 #endif
 }
 
-// Key-major rows -> feature-major tiles: for key j in tile t = j / kKeyTile and feature c < cols,
-// dst[t * cols * kKeyTile + c * kKeyTile + j % kKeyTile] = src[j * ld_src + c]. With K (or V) packed
-// this way, S = Q K^T is a plain (not transposed) sgemm on one contiguous block per key tile,
-// which OpenBLAS runs through its small-matrix path without packing.
 #if AMPIPE_HAVE_AVX2_FMA
 // dst[c * ld_dst + j] = src[j * ld_src + c] for an 8 x 8 block.
 inline void transpose_8x8(const float* src, int64_t ld_src, float* dst, int64_t ld_dst) {
@@ -221,6 +223,10 @@ inline void transpose_8x8(const float* src, int64_t ld_src, float* dst, int64_t 
 }
 #endif
 
+// Key-major rows -> feature-major tiles: for key j in tile t = j / kKeyTile and feature c < cols,
+// dst[t * cols * kKeyTile + c * kKeyTile + j % kKeyTile] = src[j * ld_src + c]. With K (or V) packed
+// this way, S = Q K^T is a plain (not transposed) sgemm on one contiguous block per key tile,
+// which OpenBLAS runs through its small-matrix path without packing.
 void pack_key_tiles(const float* src, int64_t ld_src, int64_t rows, int64_t cols, float* dst) {
   for (int64_t tile_begin = 0; tile_begin < rows; tile_begin += kKeyTile) {
     float* tile = dst + tile_begin * cols;
@@ -230,7 +236,8 @@ void pack_key_tiles(const float* src, int64_t ld_src, int64_t rows, int64_t cols
 #if AMPIPE_HAVE_AVX2_FMA
     for (; j0 + 8 <= tile_rows; j0 += 8) {
       int64_t c = 0;
-      for (; c + 8 <= cols; c += 8) transpose_8x8(tile_src + j0 * ld_src + c, ld_src, tile + c * kKeyTile + j0, kKeyTile);
+      for (; c + 8 <= cols; c += 8)
+        transpose_8x8(tile_src + j0 * ld_src + c, ld_src, tile + c * kKeyTile + j0, kKeyTile);
       for (; c < cols; ++c)
         for (int64_t j = j0; j < j0 + 8; ++j) tile[c * kKeyTile + j] = tile_src[j * ld_src + c];
     }
@@ -276,11 +283,14 @@ MutableHeadRows mutable_head_rows(const Tensor& t, int64_t rows_per_seq, const D
   return {t.data<float>() + b * rows_per_seq * t.stride(0) + h * dims.head_dim, t.stride(0)};
 }
 
-void check_matrix(const Tensor& t, const char* name, int64_t rows, int64_t cols, const AttentionShape& shape) {
-  AMPIPE_CHECK(t.defined() && t.dtype() == DType::F32 && t.ndim() == 2 && t.dim(0) == rows && t.dim(1) == cols)
+void check_matrix(const Tensor& t, const char* name, int64_t rows, int64_t cols,
+                  const AttentionShape& shape) {
+  AMPIPE_CHECK(t.defined() && t.dtype() == DType::F32 && t.ndim() == 2 && t.dim(0) == rows &&
+               t.dim(1) == cols)
       << "attention: " << name << " must be a float tensor [" << rows << ", " << cols << "] for batch "
-      << shape.batch << ", q_begin " << shape.q_begin << ", q_len " << shape.q_len << ", kv_len " << shape.kv_len
-      << ", got " << (t.defined() ? shape_string(t.shape()) : std::string("an undefined tensor"));
+      << shape.batch << ", q_begin " << shape.q_begin << ", q_len " << shape.q_len << ", kv_len "
+      << shape.kv_len << ", got "
+      << (t.defined() ? shape_string(t.shape()) : std::string("an undefined tensor"));
 }
 
 Dims check_shapes(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& shape) {
@@ -331,7 +341,8 @@ struct ForwardHead {
 // position tile_pos. `masked`: some keys lie after some queries (key j is seen by position p iff
 // j <= p).
 void forward_block(const ForwardHead& head, const Dims& dims, ForwardScratch& scratch, int64_t tile_row,
-                   int64_t tile_pos, int64_t r0, int64_t r1, int64_t key_begin, int64_t key_end, bool masked) {
+                   int64_t tile_pos, int64_t r0, int64_t r1, int64_t key_begin, int64_t key_end,
+                   bool masked) {
   const int64_t rows = r1 - r0, keys = key_end - key_begin, hd = dims.head_dim;
   float* s = scratch.scores.get();
   float* acc = scratch.acc.get();
@@ -353,7 +364,8 @@ void forward_block(const ForwardHead& head, const Dims& dims, ForwardScratch& sc
     scratch.row_sum[tr] = scratch.row_sum[tr] * rescale + sum;
     if (rescale != 1.0f) scale_row(acc + tr * hd, hd, rescale);
   }
-  sgemm(false, false, rows, hd, keys, 1.0f, s, kKeyTile, head.v.row(key_begin), head.v.ld, 1.0f, acc + r0 * hd, hd);
+  sgemm(false, false, rows, hd, keys, 1.0f, s, kKeyTile, head.v.row(key_begin), head.v.ld, 1.0f,
+        acc + r0 * hd, hd);
 }
 
 // Query rows [row_begin, row_end) of one (sequence, head).
@@ -398,17 +410,17 @@ struct BackwardHead {
 };
 
 struct BackwardScratch {
-  std::unique_ptr<float[], FreeDeleter> probs;       // [kQueryTile, kKeyTile]: P
-  std::unique_ptr<float[], FreeDeleter> grad;        // [kQueryTile, kKeyTile]: dP, then dS
-  std::unique_ptr<float[], FreeDeleter> lse2;        // [q_len]: lse in base 2
-  std::unique_ptr<float[], FreeDeleter> dout_dot_o;  // [q_len]: D_i = dO_i . O_i
-  std::unique_ptr<float[], FreeDeleter> key_tiles;   // K of this head, packed by pack_key_tiles
+  std::unique_ptr<float[], FreeDeleter> probs;        // [kQueryTile, kKeyTile]: P
+  std::unique_ptr<float[], FreeDeleter> grad;         // [kQueryTile, kKeyTile]: dP, then dS
+  std::unique_ptr<float[], FreeDeleter> lse2;         // [q_len]: lse in base 2
+  std::unique_ptr<float[], FreeDeleter> dout_dot_o;   // [q_len]: D_i = dO_i . O_i
+  std::unique_ptr<float[], FreeDeleter> key_tiles;    // K of this head, packed by pack_key_tiles
   std::unique_ptr<float[], FreeDeleter> value_tiles;  // V of this head, packed likewise
 };
 
 // Query rows [i0, i1) against keys [key_begin, key_end).
-void backward_block(const BackwardHead& head, const Dims& dims, BackwardScratch& scratch, int64_t i0, int64_t i1,
-                    int64_t key_begin, int64_t key_end, bool masked) {
+void backward_block(const BackwardHead& head, const Dims& dims, BackwardScratch& scratch, int64_t i0,
+                    int64_t i1, int64_t key_begin, int64_t key_end, bool masked) {
   const int64_t rows = i1 - i0, keys = key_end - key_begin, hd = dims.head_dim;
   const float scale = 1.0f / std::sqrt(static_cast<float>(hd));
   float* p = scratch.probs.get();
@@ -431,10 +443,10 @@ void backward_block(const BackwardHead& head, const Dims& dims, BackwardScratch&
   for (int64_t r = 0; r < rows; ++r)
     softmax_backward_row(p + r * kKeyTile, g + r * kKeyTile, keys, scratch.dout_dot_o[i0 + r]);
   // dQ += scale * dS K, dK += scale * dS^T Q
-  sgemm(false, false, rows, hd, keys, scale, g, kKeyTile, head.k.row(key_begin), head.k.ld, 1.0f, head.dq.row(i0),
-        head.dq.ld);
-  sgemm(true, false, keys, hd, rows, scale, g, kKeyTile, head.q.row(i0), head.q.ld, 1.0f, head.dk.row(key_begin),
-        head.dk.ld);
+  sgemm(false, false, rows, hd, keys, scale, g, kKeyTile, head.k.row(key_begin), head.k.ld, 1.0f,
+        head.dq.row(i0), head.dq.ld);
+  sgemm(true, false, keys, hd, rows, scale, g, kKeyTile, head.q.row(i0), head.q.ld, 1.0f,
+        head.dk.row(key_begin), head.dk.ld);
 }
 
 void backward_head(const BackwardHead& head, const Dims& dims, BackwardScratch& scratch) {
@@ -447,20 +459,22 @@ void backward_head(const BackwardHead& head, const Dims& dims, BackwardScratch& 
   for (int64_t key_begin = 0; key_begin < dims.kv_used(); key_begin += kKeyTile) {
     const int64_t key_end = std::min(key_begin + kKeyTile, dims.kv_used());
     // Queries at positions >= key_begin see this tile; row blocks start there, so the first blocks
-    // cover the diagonal and their key range is cut at their last query.
-    for (int64_t i0 = std::max<int64_t>(0, key_begin - dims.q_begin); i0 < dims.q_len; i0 += kQueryTile) {
-      const int64_t i1 = std::min(i0 + kQueryTile, dims.q_len);
+    // cover the diagonal. Those are short and their key range is cut at their last query.
+    for (int64_t i0 = std::max<int64_t>(0, key_begin - dims.q_begin); i0 < dims.q_len;) {
+      const bool diagonal = dims.q_begin + i0 < key_end - 1;
+      const int64_t i1 = std::min(i0 + (diagonal ? kDiagonalRows : kQueryTile), dims.q_len);
       const int64_t block_key_end = std::min(key_end, dims.q_begin + i1);
       const bool masked = block_key_end - 1 > dims.q_begin + i0;
       backward_block(head, dims, scratch, i0, i1, key_begin, block_key_end, masked);
+      i0 = i1;
     }
   }
 }
 
 }  // namespace
 
-void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& shape, Tensor out,
-                       Tensor lse) {
+void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& shape,
+                       Tensor out, Tensor lse) {
   const Dims dims = check_shapes(q, k, v, shape);
   check_matrix(out, "out", shape.batch * shape.q_len, q.dim(1), shape);
   check_lse(lse, shape);
@@ -481,13 +495,15 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
   const int64_t tiles = (dims.q_len + kQueryTile - 1) / kQueryTile;
   const int64_t pairs = (tiles + 1) / 2;
   parallel_for(dims.batch * dims.heads * pairs, 1, [&](int64_t task_begin, int64_t task_end) {
-    ForwardScratch scratch{aligned_floats(kQueryTile * kKeyTile), aligned_floats(kQueryTile * dims.head_dim), {}, {}};
+    ForwardScratch scratch{
+        aligned_floats(kQueryTile * kKeyTile), aligned_floats(kQueryTile * dims.head_dim), {}, {}};
     for (int64_t task = task_begin; task < task_end; ++task) {
       const int64_t pair = task % pairs;
       const int64_t bh = task / pairs;
       const int64_t b = bh / dims.heads, h = bh % dims.heads;
       const ForwardHead head{head_rows(q, dims.q_len, dims, b, h), head_rows(v, dims.kv_len, dims, b, h),
-                             key_tiles.get() + bh * packed_size, mutable_head_rows(out, dims.q_len, dims, b, h),
+                             key_tiles.get() + bh * packed_size,
+                             mutable_head_rows(out, dims.q_len, dims, b, h),
                              lse.data<float>() + bh * dims.q_len};
       for (const int64_t tile : {pair, tiles - 1 - pair}) {
         const int64_t row_begin = tile * kQueryTile;
@@ -498,8 +514,9 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
   });
 }
 
-void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
-                        const Tensor& dout, const AttentionShape& shape, Tensor dq, Tensor dk, Tensor dv) {
+void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out,
+                        const Tensor& lse, const Tensor& dout, const AttentionShape& shape, Tensor dq,
+                        Tensor dk, Tensor dv) {
   const Dims dims = check_shapes(q, k, v, shape);
   const int64_t d = q.dim(1);
   check_matrix(out, "out", shape.batch * shape.q_len, d, shape);
@@ -513,23 +530,23 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
   // One task per (sequence, head): it owns that head's columns of dq, dk and dv.
   parallel_for(dims.batch * dims.heads, 1, [&](int64_t task_begin, int64_t task_end) {
     const int64_t keys = dims.kv_used(), packed_size = packed_key_tiles_size(keys, dims.head_dim);
-    BackwardScratch scratch{aligned_floats(kQueryTile * kKeyTile), aligned_floats(kQueryTile * kKeyTile),
-                            aligned_floats(dims.q_len),           aligned_floats(dims.q_len),
-                            aligned_floats(packed_size),          aligned_floats(packed_size)};
+    BackwardScratch scratch{aligned_floats(kQueryTile * kKeyTile),
+                            aligned_floats(kQueryTile * kKeyTile),
+                            aligned_floats(dims.q_len),
+                            aligned_floats(dims.q_len),
+                            aligned_floats(packed_size),
+                            aligned_floats(packed_size)};
     for (int64_t bh = task_begin; bh < task_end; ++bh) {
       const int64_t b = bh / dims.heads, h = bh % dims.heads;
       const HeadRows k_head = head_rows(k, dims.kv_len, dims, b, h);
       const HeadRows v_head = head_rows(v, dims.kv_len, dims, b, h);
       pack_key_tiles(k_head.data, k_head.ld, keys, dims.head_dim, scratch.key_tiles.get());
       pack_key_tiles(v_head.data, v_head.ld, keys, dims.head_dim, scratch.value_tiles.get());
-      const BackwardHead head{head_rows(q, dims.q_len, dims, b, h),
-                              k_head,
-                              head_rows(out, dims.q_len, dims, b, h),
-                              head_rows(dout, dims.q_len, dims, b, h),
-                              mutable_head_rows(dq, dims.q_len, dims, b, h),
-                              mutable_head_rows(dk, dims.kv_len, dims, b, h),
-                              mutable_head_rows(dv, dims.kv_len, dims, b, h),
-                              lse.data<float>() + bh * dims.q_len};
+      const BackwardHead head{
+          head_rows(q, dims.q_len, dims, b, h),           k_head,
+          head_rows(out, dims.q_len, dims, b, h),         head_rows(dout, dims.q_len, dims, b, h),
+          mutable_head_rows(dq, dims.q_len, dims, b, h),  mutable_head_rows(dk, dims.kv_len, dims, b, h),
+          mutable_head_rows(dv, dims.kv_len, dims, b, h), lse.data<float>() + bh * dims.q_len};
       backward_head(head, dims, scratch);
     }
   });

@@ -51,7 +51,8 @@ void exp_inplace(float* v, int64_t n) {
 #endif
 }
 
-// The row maximum and sum_j exp(x[j] - max) (in double, 8 lanes): logsumexp = max + log(sum).
+// The row maximum and sum_j exp(x[j] - max) (in double): logsumexp = max + log(sum). The
+// exponentials go through a stack block; `omp simd reduction` lets GCC vectorise the double sum.
 struct RowExpSum {
   float max;
   double sum;
@@ -62,17 +63,14 @@ constexpr int64_t kExpBlock = 256;
 RowExpSum row_exp_sum(const float* x, int64_t n) {
   const float mx = row_max(x, n);
   alignas(32) float e[kExpBlock];
-  double lane[8] = {};
+  double s = 0;
   for (int64_t b = 0; b < n; b += kExpBlock) {
     const int64_t m = std::min(kExpBlock, n - b);
     for (int64_t j = 0; j < m; ++j) e[j] = x[b + j] - mx;
     exp_inplace(e, m);
-    for (int64_t j = m; j < (m + 7) / 8 * 8; ++j) e[j] = 0.0f;  // pad to whole lanes
-    for (int64_t j = 0; j < m; j += 8)
-      for (int l = 0; l < 8; ++l) lane[l] += e[j + l];
+#pragma omp simd reduction(+ : s)
+    for (int64_t j = 0; j < m; ++j) s += e[j];
   }
-  double s = 0;
-  for (int l = 0; l < 8; ++l) s += lane[l];
   return {mx, s};
 }
 
@@ -86,8 +84,8 @@ const int32_t* check_targets(const Tensor& logits, const Tensor& targets, const 
   const int32_t* tp = targets.data<int32_t>();
   const int64_t vocab = logits.dim(1);
   for (int64_t t = 0; t < targets.dim(0); ++t)
-    AMPIPE_CHECK(tp[t] >= 0 && tp[t] < vocab)
-        << op << ": target " << tp[t] << " of token " << t << " is outside the vocabulary [0, " << vocab << ")";
+    AMPIPE_CHECK(tp[t] >= 0 && tp[t] < vocab) << op << ": target " << tp[t] << " of token " << t
+                                              << " is outside the vocabulary [0, " << vocab << ")";
   return tp;
 }
 
@@ -130,10 +128,15 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& targets, float s
       const RowExpSum es = row_exp_sum(row, vocab);
       const float mx = es.max;
       const float coeff = static_cast<float>(static_cast<double>(scale) / es.sum);
-      // Element j is read before it is written, so dlogits may alias logits.
-      for (int64_t j = 0; j < vocab; ++j) drow[j] = row[j] - mx;
-      exp_inplace(drow, vocab);
-      for (int64_t j = 0; j < vocab; ++j) drow[j] *= coeff;
+      // Blocks of logits are read before the same block of dlogits is written, so dlogits may
+      // alias logits.
+      alignas(32) float e[kExpBlock];
+      for (int64_t b = 0; b < vocab; b += kExpBlock) {
+        const int64_t m = std::min(kExpBlock, vocab - b);
+        for (int64_t j = 0; j < m; ++j) e[j] = row[b + j] - mx;
+        exp_inplace(e, m);
+        for (int64_t j = 0; j < m; ++j) drow[b + j] = coeff * e[j];
+      }
       drow[tp[t]] -= scale;
     }
   });

@@ -1,9 +1,9 @@
 // CPU element-wise and row-wise kernels (kernels/elementwise.h).
 //
 // Every loop is split by rows (or, when all operands are contiguous, by flat element ranges) with
-// parallel_for's static partition. Each output element is computed by one thread in a fixed order,
-// and reductions across rows sum fixed-size row blocks whose partials are combined in block order,
-// so results do not depend on the thread count at all.
+// parallel_for's static partition, so each output element is written by exactly one thread.
+// Reductions (bias_backward, sum_of_squares) sum fixed-size blocks, each by one thread, and combine
+// the block partials in block order: the summation order does not depend on the thread count.
 #include "kernels/elementwise.h"
 
 #include <algorithm>
@@ -57,9 +57,11 @@ void for_each_span(int64_t rows, int64_t cols, bool contiguous, const Fn& fn) {
   }
 }
 
-void check_same_shape(const Tensor& a, const Tensor& b, const char* op, const char* a_name, const char* b_name) {
-  AMPIPE_CHECK(a.shape() == b.shape()) << op << ": " << a_name << " " << shape_string(a.shape()) << " and "
-                                       << b_name << " " << shape_string(b.shape()) << " must have the same shape";
+void check_same_shape(const Tensor& a, const Tensor& b, const char* op, const char* a_name,
+                      const char* b_name) {
+  AMPIPE_CHECK(a.shape() == b.shape())
+      << op << ": " << a_name << " " << shape_string(a.shape()) << " and " << b_name << " "
+      << shape_string(b.shape()) << " must have the same shape";
 }
 
 void check_2d(const Tensor& t, const char* op, const char* name) {
@@ -67,9 +69,8 @@ void check_2d(const Tensor& t, const char* op, const char* name) {
                               << shape_string(t.shape());
 }
 
-// Row reductions with 8 independent lanes: they vectorise, and the summation order is fixed by
-// the code, not by the instruction set. (GCC does not vectorise float min/max or the clamps in
-// fast_exp under the default -ftrapping-math, hence the AVX2 intrinsics.)
+// GCC does not vectorise std::max on floats or the clamps in fast_exp under the default
+// -ftrapping-math, hence the AVX2 intrinsics (with a portable scalar fallback).
 float row_max(const float* x, int64_t n) {
   int64_t j = 0;
   float m = -INFINITY;
@@ -101,25 +102,20 @@ void exp_inplace(float* v, int64_t n) {
 #endif
 }
 
+// Row sums in double. `omp simd reduction` lets GCC vectorise them (it may not reassociate a plain
+// loop); the lane layout is fixed at compile time and GCC does not peel for alignment on AVX2, so
+// the result depends only on the data and the row length.
 double row_sum(const float* x, int64_t n) {
-  double lane[8] = {};
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8)
-    for (int l = 0; l < 8; ++l) lane[l] += x[j + l];
   double s = 0;
-  for (; j < n; ++j) s += x[j];
-  for (int l = 0; l < 8; ++l) s += lane[l];
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < n; ++j) s += x[j];
   return s;
 }
 
 double row_dot(const float* a, const float* b, int64_t n) {
-  double lane[8] = {};
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8)
-    for (int l = 0; l < 8; ++l) lane[l] += static_cast<double>(a[j + l]) * b[j + l];
   double s = 0;
-  for (; j < n; ++j) s += static_cast<double>(a[j]) * b[j];
-  for (int l = 0; l < 8; ++l) s += lane[l];
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < n; ++j) s += static_cast<double>(a[j]) * b[j];
   return s;
 }
 
@@ -134,7 +130,8 @@ void gelu_span(const float* x, float* y, int64_t n) {
   for (int64_t b = 0; b < n; b += kGeluBlock) {
     const int64_t m = std::min(kGeluBlock, n - b);
     const float* xb = x + b;
-    for (int64_t j = 0; j < m; ++j) e[j] = -2.0f * kSqrt2OverPi * (xb[j] + kGeluCubic * xb[j] * xb[j] * xb[j]);
+    for (int64_t j = 0; j < m; ++j)
+      e[j] = -2.0f * kSqrt2OverPi * (xb[j] + kGeluCubic * xb[j] * xb[j] * xb[j]);
     exp_inplace(e, m);
     for (int64_t j = 0; j < m; ++j) y[b + j] = xb[j] / (1.0f + e[j]);
   }
@@ -147,7 +144,8 @@ void gelu_backward_span(const float* x, const float* dy, float* dx, int64_t n) {
   for (int64_t b = 0; b < n; b += kGeluBlock) {
     const int64_t m = std::min(kGeluBlock, n - b);
     const float* xb = x + b;
-    for (int64_t j = 0; j < m; ++j) e[j] = -2.0f * kSqrt2OverPi * (xb[j] + kGeluCubic * xb[j] * xb[j] * xb[j]);
+    for (int64_t j = 0; j < m; ++j)
+      e[j] = -2.0f * kSqrt2OverPi * (xb[j] + kGeluCubic * xb[j] * xb[j] * xb[j]);
     exp_inplace(e, m);
     for (int64_t j = 0; j < m; ++j) {
       const float v = xb[j];
@@ -186,16 +184,17 @@ void bias_backward(const Tensor& dy, Tensor dbias) {
   // Blocks of kReduceRows rows are summed in row order, then the block partials in block order.
   const int64_t blocks = (g.rows + kReduceRows - 1) / kReduceRows;
   std::vector<float> partial(static_cast<size_t>(blocks * cols), 0.0f);
-  parallel_for(blocks, std::max<int64_t>(1, kGrainElements / (kReduceRows * cols)), [&](int64_t begin, int64_t end) {
-    for (int64_t blk = begin; blk < end; ++blk) {
-      float* acc = partial.data() + blk * cols;
-      const int64_t r_end = std::min(g.rows, (blk + 1) * kReduceRows);
-      for (int64_t r = blk * kReduceRows; r < r_end; ++r) {
-        const float* gr = g.row(r);
-        for (int64_t j = 0; j < cols; ++j) acc[j] += gr[j];
-      }
-    }
-  });
+  parallel_for(blocks, std::max<int64_t>(1, kGrainElements / (kReduceRows * cols)),
+               [&](int64_t begin, int64_t end) {
+                 for (int64_t blk = begin; blk < end; ++blk) {
+                   float* acc = partial.data() + blk * cols;
+                   const int64_t r_end = std::min(g.rows, (blk + 1) * kReduceRows);
+                   for (int64_t r = blk * kReduceRows; r < r_end; ++r) {
+                     const float* gr = g.row(r);
+                     for (int64_t j = 0; j < cols; ++j) acc[j] += gr[j];
+                   }
+                 }
+               });
   float* db = dbias.data<float>();
   parallel_for(cols, kGrainElements / 4, [&](int64_t begin, int64_t end) {
     std::vector<double> total(static_cast<size_t>(end - begin), 0.0);

@@ -27,23 +27,23 @@ const int32_t* check_tokens(const Tensor& tokens, int64_t num_rows, int64_t voca
       << op << ": " << num_rows << " tokens are not a whole number of sequences of length " << seq_len;
   const int32_t* tp = tokens.data<int32_t>();
   for (int64_t t = 0; t < num_rows; ++t)
-    AMPIPE_CHECK(tp[t] >= 0 && tp[t] < vocab)
-        << op << ": token id " << tp[t] << " at position " << t << " is outside the vocabulary [0, " << vocab
-        << ")";
+    AMPIPE_CHECK(tp[t] >= 0 && tp[t] < vocab) << op << ": token id " << tp[t] << " at position " << t
+                                              << " is outside the vocabulary [0, " << vocab << ")";
   return tp;
 }
 
 void check_table(const Tensor& table, int64_t min_rows, int64_t width, const char* op, const char* name) {
   AMPIPE_CHECK(table.ndim() == 2 && table.dim(0) >= min_rows && table.dim(1) == width)
-      << op << ": " << name << " " << shape_string(table.shape()) << " must be [>= " << min_rows << ", " << width
-      << "]";
+      << op << ": " << name << " " << shape_string(table.shape()) << " must be [>= " << min_rows << ", "
+      << width << "]";
 }
 
 }  // namespace
 
 void embedding_forward(const Tensor& tokens, const Tensor& token_table, const Tensor& position_table,
                        int64_t seq_len, Tensor x) {
-  AMPIPE_CHECK(x.ndim() == 2) << "embedding_forward: x must be 2-D [tokens, d], got " << shape_string(x.shape());
+  AMPIPE_CHECK(x.ndim() == 2) << "embedding_forward: x must be 2-D [tokens, d], got "
+                              << shape_string(x.shape());
   const int64_t rows = x.dim(0);
   const int64_t width = x.dim(1);
   check_table(token_table, 0, width, "embedding_forward", "token_table");

@@ -19,33 +19,53 @@ constexpr int64_t kReduceRows = 64;
 
 int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(cols, 1)); }
 
-// Sum and centred sum of squares with 8 independent lanes (vectorised; fixed order).
+// Row sums in double. `omp simd reduction` lets GCC vectorise them (it may not reassociate a plain
+// loop); the lane layout is fixed at compile time and GCC does not peel for alignment on AVX2, so
+// the result depends only on the data and the row length.
 double row_sum(const float* x, int64_t n) {
-  double lane[8] = {};
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8)
-    for (int l = 0; l < 8; ++l) lane[l] += x[j + l];
   double s = 0;
-  for (; j < n; ++j) s += x[j];
-  for (int l = 0; l < 8; ++l) s += lane[l];
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < n; ++j) s += x[j];
   return s;
 }
 
 double row_centered_squares(const float* x, int64_t n, double mean) {
-  double lane[8] = {};
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8)
-    for (int l = 0; l < 8; ++l) {
-      const double c = x[j + l] - mean;
-      lane[l] += c * c;
-    }
   double s = 0;
-  for (; j < n; ++j) {
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < n; ++j) {
     const double c = x[j] - mean;
     s += c * c;
   }
-  for (int l = 0; l < 8; ++l) s += lane[l];
   return s;
+}
+
+// One row of the backward pass: dx written, the block's dweight / dbias partials accumulated.
+// dxhat = dy * w; dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)). (A function of
+// its own so the pointers are locals: GCC does not vectorise an omp simd reduction that reads
+// through a lambda's by-reference captures.)
+void backward_row(const float* dy, const float* x, const float* w, float mean, float rstd, int64_t cols,
+                  float* dx, float* dweight_partial, float* dbias_partial) {
+  double sum_g = 0;
+  double sum_gx = 0;
+#pragma omp simd reduction(+ : sum_g, sum_gx)
+  for (int64_t j = 0; j < cols; ++j) {
+    const float g = dy[j] * w[j];
+    const float xh = (x[j] - mean) * rstd;
+    sum_g += g;
+    sum_gx += static_cast<double>(g) * xh;
+  }
+  const float mean_g = static_cast<float>(sum_g / static_cast<double>(cols));
+  const float mean_gx = static_cast<float>(sum_gx / static_cast<double>(cols));
+  // Parameter partials first: they read dy, so dx may even share its storage.
+  for (int64_t j = 0; j < cols; ++j) {
+    const float xh = (x[j] - mean) * rstd;
+    dweight_partial[j] += dy[j] * xh;
+    dbias_partial[j] += dy[j];
+  }
+  for (int64_t j = 0; j < cols; ++j) {
+    const float xh = (x[j] - mean) * rstd;
+    dx[j] = rstd * (dy[j] * w[j] - mean_g - xh * mean_gx);
+  }
 }
 
 void check_matrix(const Tensor& t, int64_t rows, int64_t cols, const char* op, const char* name) {
@@ -117,61 +137,21 @@ void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
   const int64_t gs = dy.stride(0);
   const int64_t xs = x.stride(0);
   const int64_t dxs = dx.stride(0);
-  const double inv_cols = 1.0 / static_cast<double>(cols);
 
   // Per block of rows: partial dweight at [2*blk], partial dbias at [2*blk + 1].
   const int64_t blocks = (rows + kReduceRows - 1) / kReduceRows;
   std::vector<float> partial(static_cast<size_t>(2 * blocks * cols), 0.0f);
-  parallel_for(blocks, std::max<int64_t>(1, kGrainElements / (kReduceRows * cols)), [&](int64_t begin, int64_t end) {
-    for (int64_t blk = begin; blk < end; ++blk) {
-      float* pw = partial.data() + 2 * blk * cols;
-      float* pb = pw + cols;
-      const int64_t r_end = std::min(rows, (blk + 1) * kReduceRows);
-      for (int64_t r = blk * kReduceRows; r < r_end; ++r) {
-        const float* gr = gp + r * gs;
-        const float* xr = xp + r * xs;
-        float* dr = dxp + r * dxs;
-        const float m = mp[r];
-        const float rs = rp[r];
-        // dxhat = dy * w; dx = rstd * (dxhat - mean(dxhat) - xhat * mean(dxhat * xhat)). The two row
-        // sums use 8 float lanes (GCC vectorises float lanes, not float -> double ones) combined in
-        // double; each lane adds cols / 8 terms.
-        float lane_g[8] = {};
-        float lane_gx[8] = {};
-        int64_t j = 0;
-        for (; j + 8 <= cols; j += 8)
-          for (int l = 0; l < 8; ++l) {
-            const float g = gr[j + l] * w[j + l];
-            const float xh = (xr[j + l] - m) * rs;
-            lane_g[l] += g;
-            lane_gx[l] += g * xh;
-          }
-        double sum_g = 0;
-        double sum_gx = 0;
-        for (; j < cols; ++j) {
-          const float g = gr[j] * w[j];
-          const float xh = (xr[j] - m) * rs;
-          sum_g += g;
-          sum_gx += static_cast<double>(g) * xh;
-        }
-        for (int l = 0; l < 8; ++l) {
-          sum_g += lane_g[l];
-          sum_gx += lane_gx[l];
-        }
-        const float mean_g = static_cast<float>(sum_g * inv_cols);
-        const float mean_gx = static_cast<float>(sum_gx * inv_cols);
-        for (j = 0; j < cols; ++j) {
-          const float xh = (xr[j] - m) * rs;
-          pw[j] += gr[j] * xh;
-          pb[j] += gr[j];
-        }
-        for (j = 0; j < cols; ++j) {
-          const float xh = (xr[j] - m) * rs;
-          dr[j] = rs * (gr[j] * w[j] - mean_g - xh * mean_gx);
-        }
-      }
-    }
-  });
+  parallel_for(blocks, std::max<int64_t>(1, kGrainElements / (kReduceRows * cols)),
+               [&](int64_t begin, int64_t end) {
+                 for (int64_t blk = begin; blk < end; ++blk) {
+                   float* pw = partial.data() + 2 * blk * cols;
+                   float* pb = pw + cols;
+                   const int64_t r_end = std::min(rows, (blk + 1) * kReduceRows);
+                   for (int64_t r = blk * kReduceRows; r < r_end; ++r) {
+                     backward_row(gp + r * gs, xp + r * xs, w, mp[r], rp[r], cols, dxp + r * dxs, pw, pb);
+                   }
+                 }
+               });
 
   float* dw = dweight.data<float>();
   float* db = dbias.data<float>();

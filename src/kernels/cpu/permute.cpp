@@ -43,8 +43,8 @@ int64_t DispatchPlan::num_slots() const {
 DispatchPlan make_dispatch_plan(const Tensor& expert_index, int num_experts, int64_t capacity) {
   AMPIPE_CHECK(num_experts >= 1) << "make_dispatch_plan: num_experts must be at least 1, got " << num_experts;
   AMPIPE_CHECK(expert_index.dtype() == DType::I32 && expert_index.ndim() == 2)
-      << "make_dispatch_plan: expert_index must be int32 [tokens, k], got " << dtype_name(expert_index.dtype())
-      << " " << shape_string(expert_index.shape());
+      << "make_dispatch_plan: expert_index must be int32 [tokens, k], got "
+      << dtype_name(expert_index.dtype()) << " " << shape_string(expert_index.shape());
   const int64_t tokens = expert_index.dim(0);
   const int64_t k = expert_index.dim(1);
   const int32_t* ip = expert_index.data<int32_t>();
@@ -208,19 +208,10 @@ void unpermute_backward(const Tensor& dout, const Tensor& y, const DispatchPlan&
         const float g = gp[t * gs + j];
         const float* yr = yp + slot * ys;
         float* dyr = dyp + slot * dys;
-        double lane[8] = {};
-        int64_t c = 0;
-        for (; c + 8 <= width; c += 8)
-          for (int l = 0; l < 8; ++l) {
-            lane[l] += static_cast<double>(g_out[c + l]) * yr[c + l];
-            dyr[c + l] = g * g_out[c + l];
-          }
         double dot = 0;
-        for (; c < width; ++c) {
-          dot += static_cast<double>(g_out[c]) * yr[c];
-          dyr[c] = g * g_out[c];
-        }
-        for (int l = 0; l < 8; ++l) dot += lane[l];
+#pragma omp simd reduction(+ : dot)
+        for (int64_t c = 0; c < width; ++c) dot += static_cast<double>(g_out[c]) * yr[c];
+        for (int64_t c = 0; c < width; ++c) dyr[c] = g * g_out[c];
         dgp[t * dgs + j] = static_cast<float>(dot);
       }
     }

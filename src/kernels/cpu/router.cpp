@@ -36,8 +36,8 @@ void router_topk(const Tensor& probs, int k, Tensor expert_index, Tensor gate) {
                                   << shape_string(probs.shape());
   const int64_t tokens = probs.dim(0);
   const int64_t experts = probs.dim(1);
-  AMPIPE_CHECK(k >= 1 && k <= experts) << "router_topk: top-k " << k << " must be in [1, experts = " << experts
-                                       << "]";
+  AMPIPE_CHECK(k >= 1 && k <= experts)
+      << "router_topk: top-k " << k << " must be in [1, experts = " << experts << "]";
   check_choice_tensor(expert_index, DType::I32, tokens, k, "router_topk", "expert_index");
   check_choice_tensor(gate, DType::F32, tokens, k, "router_topk", "gate");
   const float* pp = probs.data<float>();
@@ -81,8 +81,8 @@ void router_topk_backward(const Tensor& probs, const Tensor& expert_index, const
   AMPIPE_CHECK(expert_index.ndim() == 2) << "router_topk_backward: expert_index must be 2-D [tokens, k], got "
                                          << shape_string(expert_index.shape());
   const int64_t k = expert_index.dim(1);
-  AMPIPE_CHECK(k >= 1 && k <= experts) << "router_topk_backward: top-k " << k << " must be in [1, experts = "
-                                       << experts << "]";
+  AMPIPE_CHECK(k >= 1 && k <= experts)
+      << "router_topk_backward: top-k " << k << " must be in [1, experts = " << experts << "]";
   check_choice_tensor(expert_index, DType::I32, tokens, k, "router_topk_backward", "expert_index");
   check_choice_tensor(gate, DType::F32, tokens, k, "router_topk_backward", "gate");
   check_choice_tensor(dgate, DType::F32, tokens, k, "router_topk_backward", "dgate");
