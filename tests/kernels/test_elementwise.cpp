@@ -201,6 +201,18 @@ TEST(Gelu, BackwardMatchesReferenceAndFiniteDifferences) {
   }
 }
 
+// Far tails, where e^{-2u} overflows float: the derivative is 0 (x << 0) or 1 (x >> 0), never NaN.
+TEST(Gelu, BackwardIsFiniteInTheFarTails) {
+  Tensor x = Tensor::from({1, 6}, {-1e4f, -100.0f, -30.0f, -11.5f, 30.0f, 1e4f});
+  Tensor dy = Tensor::from({1, 6}, {1, 1, 1, 1, 1, 1});
+  Tensor dx = Tensor::empty({1, 6});
+  gelu_backward(x, dy, dx);
+  expect_close(dx, {0, 0, 0, 0, 1, 1}, 1e-6, 0, "tail derivative");
+  Tensor y = Tensor::empty({1, 6});
+  gelu_forward(x, y);
+  expect_close(y, {0, 0, 0, 0, 30, 1e4}, 1e-6, 1e-6, "tail value");
+}
+
 TEST(Gelu, WorksOnColumnSliceViews) {
   Tensor buf = random_tensor({17, 30}, 1);
   Tensor x = buf.cols(5, 22);

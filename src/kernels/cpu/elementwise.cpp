@@ -124,6 +124,9 @@ double row_dot(const float* a, const float* b, int64_t n) {
 // cancellation in 1 + tanh(u) where tanh(u) rounds to -1 (negative x), and with a vectorised exp.
 // Spans are processed in blocks of kGeluBlock through a stack buffer holding e^{-2u}.
 constexpr int64_t kGeluBlock = 256;
+// e^80 ~ 5.5e34: finite, and 1 / (1 + e) still a normal float; beyond it gelu(x) and its
+// derivative are 0 to float precision anyway.
+constexpr float kGeluMaxExponent = 80.0f;
 
 void gelu_span(const float* x, float* y, int64_t n) {
   alignas(32) float e[kGeluBlock];
@@ -131,21 +134,22 @@ void gelu_span(const float* x, float* y, int64_t n) {
     const int64_t m = std::min(kGeluBlock, n - b);
     const float* xb = x + b;
     for (int64_t j = 0; j < m; ++j)
-      e[j] = -2.0f * kSqrt2OverPi * (xb[j] + kGeluCubic * xb[j] * xb[j] * xb[j]);
+      e[j] = std::min(kGeluMaxExponent, -2.0f * kSqrt2OverPi * (xb[j] + kGeluCubic * xb[j] * xb[j] * xb[j]));
     exp_inplace(e, m);
     for (int64_t j = 0; j < m; ++j) y[b + j] = xb[j] / (1.0f + e[j]);
   }
 }
 
 // dx = dy * d/dx [x s(2u)] = dy * (s + x s (1 - s) 2 du/dx), s = 1 / (1 + e), 1 - s = e s.
-// fast_exp saturates near FLT_MAX instead of returning inf, so e * s stays finite.
+// The exponent is capped (kGeluMaxExponent) so e stays finite: an infinite e would make e * s = NaN
+// for x below about -11, where the true derivative is ~0.
 void gelu_backward_span(const float* x, const float* dy, float* dx, int64_t n) {
   alignas(32) float e[kGeluBlock];
   for (int64_t b = 0; b < n; b += kGeluBlock) {
     const int64_t m = std::min(kGeluBlock, n - b);
     const float* xb = x + b;
     for (int64_t j = 0; j < m; ++j)
-      e[j] = -2.0f * kSqrt2OverPi * (xb[j] + kGeluCubic * xb[j] * xb[j] * xb[j]);
+      e[j] = std::min(kGeluMaxExponent, -2.0f * kSqrt2OverPi * (xb[j] + kGeluCubic * xb[j] * xb[j] * xb[j]));
     exp_inplace(e, m);
     for (int64_t j = 0; j < m; ++j) {
       const float v = xb[j];
