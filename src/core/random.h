@@ -7,6 +7,19 @@
 
 namespace ampipe {
 
+// A well-mixed 64-bit value from several inputs: nearby inputs give unrelated outputs, so it can
+// seed independent streams (Rng(seed + i) would not: splitmix64 streams seeded a multiple of its
+// increment apart are the same stream shifted).
+inline uint64_t mix_seed(uint64_t a, uint64_t b) {
+  auto splitmix = [](uint64_t z) {
+    z += 0x9E3779B97F4A7C15ull;
+    z = (z ^ (z >> 30)) * 0xBF58476D1CE4E5B9ull;
+    z = (z ^ (z >> 27)) * 0x94D049BB133111EBull;
+    return z ^ (z >> 31);
+  };
+  return splitmix(splitmix(a) ^ (b * 0xD1B54A32D192ED03ull + 0x8CB92BA72F3D8DD7ull));
+}
+
 class Rng {
  public:
   explicit Rng(uint64_t seed) : state_(seed) {}

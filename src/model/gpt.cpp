@@ -29,10 +29,9 @@ GptMoe::GptMoe(const ModelConfig& config) : config_(config) {
 }
 
 static uint64_t stream_seed(uint64_t seed, const std::string& name, int64_t part) {
-  uint64_t h = 1469598103934665603ull;  // FNV-1a of the name, mixed with seed and part
+  uint64_t h = 1469598103934665603ull;  // FNV-1a of the name
   for (unsigned char c : name) h = (h ^ c) * 1099511628211ull;
-  Rng mix(seed ^ (h + 0x9E3779B97F4A7C15ull * static_cast<uint64_t>(part + 1)));
-  return mix.next_u64();
+  return mix_seed(mix_seed(seed, h), static_cast<uint64_t>(part));
 }
 
 void GptMoe::initialize(uint64_t seed) {

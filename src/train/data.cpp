@@ -68,7 +68,7 @@ std::vector<int64_t> training_offsets(uint64_t seed, int64_t iteration, int64_t 
                                       int64_t seq_len) {
   const int64_t starts = data_len - seq_len;  // valid offsets: [0, data_len - seq_len - 1]
   AMPIPE_CHECK(starts >= 1) << "training data of " << data_len << " tokens is shorter than one window";
-  Rng rng(seed * 0x2545F4914F6CDD1Dull + static_cast<uint64_t>(iteration) * 0x9E3779B97F4A7C15ull + 1);
+  Rng rng(mix_seed(seed, static_cast<uint64_t>(iteration)));
   std::vector<int64_t> offsets(global_batch);
   for (int64_t& o : offsets) o = static_cast<int64_t>(rng.below(static_cast<uint64_t>(starts)));
   return offsets;

@@ -175,6 +175,20 @@ TEST(Data, TrainingOffsetsDependOnlyOnSeedAndIteration) {
   }
 }
 
+// Batches of nearby iterations are independent draws: no window repeats between them beyond the
+// chance of two uniform draws colliding.
+TEST(Data, ConsecutiveIterationsDrawIndependentWindows) {
+  const int64_t len = 4000000, batch = 16;
+  int64_t shared = 0;
+  for (int64_t it = 0; it < 50; ++it) {
+    std::vector<int64_t> a = training_offsets(1234, it, batch, len, 128);
+    std::vector<int64_t> b = training_offsets(1234, it + 1, batch, len, 128);
+    for (int64_t x : a)
+      for (int64_t y : b) shared += x == y;
+  }
+  EXPECT_EQ(shared, 0);
+}
+
 TEST(Evaluate, ConsecutiveWindowsCoverTheFileAndDropThePartialOne) {
   EXPECT_EQ(consecutive_windows(35, 16), (std::vector<int64_t>{0, 17}));
   EXPECT_EQ(consecutive_windows(34, 16), (std::vector<int64_t>{0, 17}));
