@@ -9,7 +9,7 @@ namespace ampipe {
 
 struct ModelConfig {
   int64_t vocab_size = 256;
-  int64_t max_seq_len = 256;
+  int64_t max_seq_len = 128;
   int64_t hidden_size = 128;
   int64_t num_attention_heads = 4;
   int64_t num_layers = 4;

@@ -14,12 +14,12 @@ namespace ampipe {
 struct TrainOptions {
   ModelConfig model;
   int64_t micro_batch_size = 16;
-  LrSchedule lr;            // decay_iters is set from train_iters
+  LrSchedule lr{3e-3, 3e-4, 200, 1};  // decay_iters is set from train_iters
   AdamWConfig adamw;
-  int64_t train_iters = 1000;
-  int64_t eval_interval = 250;  // 0: evaluate only at the end
+  int64_t train_iters = 3000;
+  int64_t eval_interval = 500;  // 0: evaluate only at the end
   int64_t eval_iters = 20;      // validation batches per evaluation
-  int64_t log_interval = 10;
+  int64_t log_interval = 50;
   std::string save;             // checkpoint directory ("" = none)
   int64_t save_interval = 0;    // 0: save only at the end
   std::string load;             // resume from this checkpoint ("" = fresh start)

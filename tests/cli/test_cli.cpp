@@ -52,7 +52,7 @@ class Cli : public ::testing::Test {
   // A tiny model: flags shared by the tests that train.
   std::string tiny() const {
     return "--num-layers 1 --hidden-size 16 --num-attention-heads 2 --ffn-hidden-size 32 --seq-length 16 "
-           "--moe-num-experts 2 --micro-batch-size 2 --eval-iters 1 --threads 1 --data-path " +
+           "--moe-num-experts 2 --micro-batch-size 2 --eval-iters 1 --lr-warmup-iters 0 --threads 1 --data-path " +
            path("corpus.txt");
   }
   void expect_refused(const std::string& args, const std::string& message_part) {

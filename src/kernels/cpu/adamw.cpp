@@ -9,28 +9,14 @@
 #endif
 
 #include "core/parallel.h"
+#include "kernels/cpu/cpu_common.h"
 
 namespace ampipe::kernels {
 namespace {
 
-constexpr int64_t kGrainElements = 16384;
-
-// Rows of the last dimension; only 2-D tensors can have a row stride (column slices).
-struct Matrix {
-  float* data;
-  int64_t rows;
-  int64_t cols;
-  int64_t stride;
-  bool contiguous;
-  float* row(int64_t r) const { return data + r * stride; }
-};
-
-Matrix as_matrix(const Tensor& t) {
-  if (t.ndim() == 2) return {t.data<float>(), t.dim(0), t.dim(1), t.stride(0), t.is_contiguous()};
-  const int64_t cols = t.ndim() == 0 ? 1 : t.dim(t.ndim() - 1);
-  const int64_t rows = cols == 0 ? 0 : t.numel() / cols;
-  return {t.data<float>(), rows, cols, cols, true};
-}
+using cpu::as_matrix;
+using cpu::kGrainElements;
+using cpu::Matrix;
 
 void check_same_shape(const Tensor& param, const Tensor& other, const char* name) {
   AMPIPE_CHECK(other.shape() == param.shape())

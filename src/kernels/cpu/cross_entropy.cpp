@@ -9,47 +9,14 @@
 #include <cmath>
 
 #include "core/parallel.h"
-#include "kernels/cpu/fast_math.h"
+#include "kernels/cpu/cpu_common.h"
 
 namespace ampipe::kernels {
 namespace {
 
-constexpr int64_t kGrainElements = 16384;
-
-int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(cols, 1)); }
-
-// GCC does not vectorise float max or fast_exp's clamps under the default -ftrapping-math, hence
-// the AVX2 intrinsics (with a portable scalar fallback).
-float row_max(const float* x, int64_t n) {
-  int64_t j = 0;
-  float m = -INFINITY;
-#if AMPIPE_HAVE_AVX2_FMA
-  __m256 lanes = _mm256_set1_ps(-INFINITY);
-  for (; j + 8 <= n; j += 8) lanes = _mm256_max_ps(lanes, _mm256_loadu_ps(x + j));
-  alignas(32) float lane[8];
-  _mm256_store_ps(lane, lanes);
-  for (int l = 0; l < 8; ++l) m = std::max(m, lane[l]);
-#endif
-  for (; j < n; ++j) m = std::max(m, x[j]);
-  return m;
-}
-
-// v[j] = e^{v[j]} for j < n (fast_math::fast_exp, ~1-2 ulp). The tail runs through the same
-// 8-lane code on a padded copy, so an element's result does not depend on its position.
-void exp_inplace(float* v, int64_t n) {
-#if AMPIPE_HAVE_AVX2_FMA
-  int64_t j = 0;
-  for (; j + 8 <= n; j += 8) _mm256_storeu_ps(v + j, fast_math::fast_exp_avx2(_mm256_loadu_ps(v + j)));
-  if (j < n) {
-    alignas(32) float tail[8] = {};
-    std::copy(v + j, v + n, tail);
-    _mm256_store_ps(tail, fast_math::fast_exp_avx2(_mm256_load_ps(tail)));
-    std::copy(tail, tail + (n - j), v + j);
-  }
-#else
-  for (int64_t j = 0; j < n; ++j) v[j] = fast_math::fast_exp(v[j]);
-#endif
-}
+using cpu::exp_inplace;
+using cpu::row_grain;
+using cpu::row_max;
 
 // The row maximum and sum_j exp(x[j] - max) (in double): logsumexp = max + log(sum). The
 // exponentials go through a stack block; `omp simd reduction` lets GCC vectorise the double sum.
