@@ -8,10 +8,12 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "comm/world.h"
 #include "core/parallel.h"
 #include "kernels/gemm.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
+#include "train/distributed.h"
 #include "train/evaluate.h"
 #include "train/trainer.h"
 
@@ -47,7 +49,14 @@ void set_threads(int threads) {
   kernels::set_kernel_threads(threads);
 }
 
-int run_train(TrainOptions& o, CLI::App& cmd, int threads) {
+// Prints on world rank 0 only.
+void print_line(Communicator& world, const std::string& line) {
+  if (world.rank() != 0) return;
+  std::printf("%s\n", line.c_str());
+  std::fflush(stdout);
+}
+
+int run_train(TrainOptions& o, CLI::App& cmd, int threads, Communicator& world) {
   set_threads(threads);
   if (!o.load.empty()) {
     // Flags not given on the command line take the checkpoint's values; given ones must match.
@@ -72,18 +81,18 @@ int run_train(TrainOptions& o, CLI::App& cmd, int threads) {
                                  << "checkpoint vs flags: " << diff << ")";
     }
   }
-  std::printf("ampipe train: %d threads\n", threads);
-  TrainResult r = run_training(o, [](const std::string& line) {
-    std::printf("%s\n", line.c_str());
-    std::fflush(stdout);
-  });
-  std::printf("done: %lld iterations, final loss %.4f, validation loss %.4f, %.0f tokens/s, %.1f s\n",
-              static_cast<long long>(r.iterations), r.final_loss, r.final_val_loss, r.tokens_per_sec, r.seconds);
+  print_line(world, "ampipe train: " + std::to_string(world.size()) + " rank(s), " + std::to_string(threads) +
+                        " threads per rank");
+  TrainResult r = run_training(o, [&](const std::string& line) { print_line(world, line); }, &world);
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "done: %lld iterations, final loss %.4f, validation loss %.4f, %.0f tokens/s, %.1f s",
+                static_cast<long long>(r.iterations), r.final_loss, r.final_val_loss, r.tokens_per_sec, r.seconds);
+  print_line(world, buf);
   return 0;
 }
 
 int run_eval(const std::string& load, const std::string& data_path, int64_t seq_length, int64_t batch,
-             int threads) {
+             int threads, Communicator& world) {
   set_threads(threads);
   AMPIPE_CHECK(!load.empty()) << "eval needs --load DIR (a checkpoint written by train --save)";
   AMPIPE_CHECK(batch >= 1) << "--micro-batch-size must be at least 1, got " << batch;
@@ -91,27 +100,31 @@ int run_eval(const std::string& load, const std::string& data_path, int64_t seq_
   const int64_t N = seq_length > 0 ? seq_length : config.max_seq_len;
   AMPIPE_CHECK(N <= config.max_seq_len) << "--seq-length " << N << " exceeds the checkpoint's max_seq_len "
                                         << config.max_seq_len;
-  GptMoe model(config);
+  TrainingGroups groups = make_training_groups(world, 0, config.num_experts);
+  GptMoe model(config, groups.model_parallel());
   load_model_weights(load, model);
   std::vector<int32_t> tokens = load_tokens(data_path);
   std::vector<int64_t> offsets = consecutive_windows(static_cast<int64_t>(tokens.size()), N);
   AMPIPE_CHECK(!offsets.empty()) << "data file '" << data_path << "' has " << tokens.size()
                                  << " tokens, shorter than one window of seq-length + 1 = " << N + 1;
-  EvalResult r = evaluate_windows(model, tokens, offsets, N, batch);
+  EvalResult r = evaluate_windows(model, tokens, offsets, N, batch, &world);
   nlohmann::json j = {{"loss", r.loss}, {"tokens", r.tokens}};
-  std::printf("%s\n", j.dump().c_str());
+  print_line(world, j.dump());
   return 0;
 }
 
 int run_sample(const std::string& load, const std::string& prompt, int64_t count, double temperature,
-               uint64_t seed, int threads) {
+               uint64_t seed, int threads, Communicator& world) {
   set_threads(threads);
   AMPIPE_CHECK(!load.empty()) << "sample needs --load DIR (a checkpoint written by train --save)";
   AMPIPE_CHECK(count >= 0) << "--tokens must be >= 0, got " << count;
-  GptMoe model(read_checkpoint_config(load));
+  // Every rank generates the same text (the same seed), so their expert all-to-alls match.
+  ModelConfig config = read_checkpoint_config(load);
+  TrainingGroups groups = make_training_groups(world, 0, config.num_experts);
+  GptMoe model(config, groups.model_parallel());
   load_model_weights(load, model);
   std::vector<int32_t> out = generate(model, byte_encode(prompt), count, temperature, seed);
-  std::printf("%s%s\n", prompt.c_str(), byte_decode(out).c_str());
+  print_line(world, prompt + byte_decode(out));
   return 0;
 }
 
@@ -158,6 +171,12 @@ int main(int argc, char** argv) {
   train->add_option("--data-path", t.data_path, "Training text file (byte-level tokens; last 10% is validation)")
       ->capture_default_str();
   train->add_option("--threads", train_threads, "Compute threads (kernels and BLAS)")->capture_default_str();
+  train->add_option("--expert-model-parallel-size", t.expert_parallel_size,
+                    "Ranks that share the experts of each MoE layer (EP; each holds E/EP experts); must divide "
+                    "the world size and --moe-num-experts. Default 0: the largest such divisor")
+      ->capture_default_str();
+  train->add_flag("--abort-on-nan", t.abort_on_nan,
+                  "End the whole job on a non-finite loss (default: skip that update and go on)");
   train->add_option("--metrics-file", t.metrics_file,
                     "Write one JSON object per logged iteration (iter, loss, lr, tokens_per_sec, val_loss)");
 
@@ -190,13 +209,19 @@ int main(int argc, char** argv) {
   sample->add_option("--threads", sample_threads, "Compute threads")->capture_default_str();
 
   CLI11_PARSE(app, argc, argv);
+  std::unique_ptr<Communicator> world;
   try {
-    if (train->parsed()) return run_train(t, *train, train_threads);
-    if (eval->parsed()) return run_eval(eval_load, eval_data, eval_seq, eval_batch, eval_threads);
+    // Under mpirun / srun this is the MPI world; otherwise this process alone.
+    world = make_world_communicator();
+    if (train->parsed()) return run_train(t, *train, train_threads, *world);
+    if (eval->parsed()) return run_eval(eval_load, eval_data, eval_seq, eval_batch, eval_threads, *world);
     if (sample->parsed())
-      return run_sample(sample_load, prompt, sample_tokens, temperature, sample_seed, sample_threads);
+      return run_sample(sample_load, prompt, sample_tokens, temperature, sample_seed, sample_threads, *world);
   } catch (const std::exception& e) {
     std::fflush(stdout);
+    // In a parallel job one rank's error must end every rank (the others may be waiting in a
+    // collective): abort() prints "ampipe: rank R: ..." and ends the whole job.
+    if (world != nullptr && world->size() > 1) world->abort(1, std::string("error: ") + e.what());
     std::fprintf(stderr, "ampipe: error: %s\n", e.what());
     return 1;
   }

@@ -38,4 +38,10 @@ void unpermute_forward(const Tensor& y, const DispatchPlan& plan, const Tensor& 
 void unpermute_backward(const Tensor& dout, const Tensor& y, const DispatchPlan& plan, const Tensor& gate,
                         Tensor dy, Tensor dgate);
 
+// Row moves by an index (regrouping received tokens by expert and back).
+// gather_rows: dst[i, :] = src[index[i], :]; scatter_rows: dst[index[i], :] = src[i, :] (both
+// written). index [n] int32 with entries in range (checked); rows of width src.dim(1).
+void gather_rows(const Tensor& src, const Tensor& index, Tensor dst);
+void scatter_rows(const Tensor& src, const Tensor& index, Tensor dst);
+
 }  // namespace ampipe::kernels

@@ -12,7 +12,7 @@
 
 namespace ampipe {
 
-GptMoe::GptMoe(const ModelConfig& config) : config_(config) {
+GptMoe::GptMoe(const ModelConfig& config, const ModelParallel& parallel) : config_(config), parallel_(parallel) {
   config_.validate();
   const int64_t d = config_.hidden_size;
   token_emb_ = &params_.add("embed.token.weight", {config_.vocab_size, d}, true);
@@ -22,7 +22,7 @@ GptMoe::GptMoe(const ModelConfig& config) : config_(config) {
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     const std::string prefix = "blocks." + std::to_string(l) + ".";
     attention_.emplace_back(config_, params_, prefix);
-    moe_.emplace_back(config_, params_, prefix);
+    moe_.emplace_back(config_, params_, prefix, parallel_);
   }
   final_ln_w_ = &params_.add("final_ln.weight", {d}, false);
   final_ln_b_ = &params_.add("final_ln.bias", {d}, false);
@@ -58,7 +58,7 @@ void GptMoe::initialize(uint64_t seed) {
     const int64_t part_size = p.value.numel() / parts;
     float* v = p.value.data<float>();
     for (int64_t part = 0; part < parts; ++part) {
-      Rng rng(stream_seed(seed, p.name, part));
+      Rng rng(stream_seed(seed, p.name, part + p.expert_offset));  // global expert index
       for (int64_t i = 0; i < part_size; ++i) v[part * part_size + i] = static_cast<float>(rng.normal() * std);
     }
   }
@@ -109,6 +109,7 @@ LossParts GptMoe::forward(ForwardState& state, const Tensor& tokens, const Tenso
   const float* lp = losses.data<float>();
   for (int64_t t = 0; t < T; ++t) sum += lp[t];
   parts.lm_loss = sum / static_cast<double>(T);
+  reduce_routing_stats(state);
   for (int64_t l = 0; l < config_.num_layers; ++l) parts.aux_loss += moe_[l].router().aux_loss(state.routing[l]);
   parts.total = parts.lm_loss + config_.aux_loss_weight * parts.aux_loss;
   return parts;
@@ -126,13 +127,41 @@ void GptMoe::backward(ForwardState& state, double loss_scale) const {
   Tensor dx = Tensor::empty({T, d});
   kernels::layernorm_backward(dy, state.x_final, final_ln_w_->value, state.ln_mean, state.ln_rstd, dx,
                               final_ln_w_->grad, final_ln_b_->grad);
-  const double aux_scale = loss_scale * config_.aux_loss_weight;
+  const double aux_scale = loss_scale * config_.aux_loss_weight * parallel_.data_size();
   for (int64_t l = config_.num_layers - 1; l >= 0; --l) {
     dx = moe_[l].backward(state.moe[l], dx, state.routing[l], aux_scale);
     dx = attention_[l].backward(state.attention[l], dx);
   }
   kernels::embedding_backward(state.tokens, dx, state.seq_len, token_emb_->grad, pos_emb_->grad);
   state = ForwardState{};
+}
+
+void GptMoe::reduce_routing_stats(ForwardState& state) const {
+  if (parallel_.data_size() <= 1) return;
+  // One buffer for every layer: counts and token totals exactly (int32), probability sums float32.
+  const int64_t L = config_.num_layers, E = config_.num_experts;
+  Tensor counts = Tensor::empty({L * (E + 1)}, DType::I32);
+  Tensor probs = Tensor::empty({L * E});
+  int32_t* c = counts.data<int32_t>();
+  float* p = probs.data<float>();
+  for (int64_t l = 0; l < L; ++l) {
+    const RoutingStats& s = state.routing[l];
+    for (int64_t e = 0; e < E; ++e) {
+      c[l * (E + 1) + e] = static_cast<int32_t>(s.routed_counts[e]);
+      p[l * E + e] = static_cast<float>(s.prob_sums[e]);
+    }
+    c[l * (E + 1) + E] = static_cast<int32_t>(s.tokens);
+  }
+  parallel_.data_group->all_reduce_sum(counts);
+  parallel_.data_group->all_reduce_sum(probs);
+  for (int64_t l = 0; l < L; ++l) {
+    RoutingStats& s = state.routing[l];
+    for (int64_t e = 0; e < E; ++e) {
+      s.routed_counts[e] = c[l * (E + 1) + e];
+      s.prob_sums[e] = p[l * E + e];
+    }
+    s.tokens = c[l * (E + 1) + E];
+  }
 }
 
 Tensor GptMoe::logits(const Tensor& tokens, int64_t batch) const {

@@ -12,6 +12,7 @@
 #include "model/attention_layer.h"
 #include "model/config.h"
 #include "model/moe/moe_layer.h"
+#include "model/parallel.h"
 #include "model/parameters.h"
 
 namespace ampipe {
@@ -34,7 +35,8 @@ struct ForwardState {
 
 class GptMoe {
  public:
-  explicit GptMoe(const ModelConfig& config);
+  // `parallel` (borrowed) lays the model out over ranks; the default is one rank holding all.
+  explicit GptMoe(const ModelConfig& config, const ModelParallel& parallel = {});
 
   // GPT-2 initialisation from a seed: weights N(0, 0.02), residual projections (attn.proj, moe.fc2)
   // N(0, 0.02 / sqrt(2 L)), biases 0, LayerNorm gains 1. Each tensor (each expert's slice of the
@@ -47,20 +49,28 @@ class GptMoe {
   const ParameterRegistry& params() const { return params_; }
 
   // tokens, targets [B*N] int32 (B = batch sequences of N = tokens/B positions, N <= max_seq_len).
+  // lm_loss is this rank's mean; the aux loss uses routing statistics summed over the data group
+  // (one global load-balancing loss). Collective over the expert and data groups.
   LossParts forward(ForwardState& state, const Tensor& tokens, const Tensor& targets, int64_t batch) const;
-  // Accumulates loss_scale * d(total)/d(params) into the gradients; releases the state.
+  // Accumulates loss_scale * the gradient of (lm_loss + aux_loss_weight * data_size * aux_loss)
+  // with respect to this rank's tokens into the gradients, so that the average of the gradients
+  // over the data group is the gradient of the global loss (mean of lm_loss + weight * aux).
+  // Releases the state. Collective over the expert group.
   void backward(ForwardState& state, double loss_scale = 1.0) const;
   // Logits [B*N, V] for the given tokens, without keeping activations.
   Tensor logits(const Tensor& tokens, int64_t batch) const;
 
  private:
   ModelConfig config_;
+  ModelParallel parallel_;
   ParameterRegistry params_;
   Parameter *token_emb_, *pos_emb_, *final_ln_w_, *final_ln_b_;
   std::vector<AttentionLayer> attention_;
   std::vector<MoeLayer> moe_;
 
   void run_blocks(ForwardState& state, Tensor& x) const;
+  // Sums every layer's routing statistics over the data group (the aux loss is global).
+  void reduce_routing_stats(ForwardState& state) const;
 };
 
 }  // namespace ampipe

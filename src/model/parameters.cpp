@@ -5,8 +5,16 @@ namespace ampipe {
 Parameter& ParameterRegistry::add(const std::string& name, const Shape& shape, bool weight_decay) {
   AMPIPE_CHECK(!contains(name)) << "parameter '" << name << "' registered twice";
   index_[name] = params_.size();
-  params_.push_back(Parameter{name, Tensor::zeros(shape), Tensor::zeros(shape), weight_decay});
+  params_.push_back(Parameter{name, Tensor::zeros(shape), Tensor::zeros(shape), weight_decay, false, 0});
   return params_.back();
+}
+
+Parameter& ParameterRegistry::add_expert(const std::string& name, const Shape& shape, bool weight_decay,
+                                         int64_t expert_offset) {
+  Parameter& p = add(name, shape, weight_decay);
+  p.is_expert = true;
+  p.expert_offset = expert_offset;
+  return p;
 }
 
 Parameter& ParameterRegistry::get(const std::string& name) {

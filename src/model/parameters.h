@@ -19,12 +19,18 @@ struct Parameter {
   Tensor value;
   Tensor grad;         // same shape; accumulated by backward passes, cleared by zero_grad
   bool weight_decay;   // AdamW decays matrices, not biases or LayerNorm gains
+  // Expert tensors [E_local, ...] hold experts [expert_offset, expert_offset + E_local) of the
+  // layer's E; under expert parallelism each rank holds a different slice. Others are replicas.
+  bool is_expert = false;
+  int64_t expert_offset = 0;
 };
 
 class ParameterRegistry {
  public:
   // Adds a zero-initialised parameter (and zero gradient). Names must be unique.
   Parameter& add(const std::string& name, const Shape& shape, bool weight_decay);
+  // An expert tensor holding experts [expert_offset, expert_offset + shape[0]).
+  Parameter& add_expert(const std::string& name, const Shape& shape, bool weight_decay, int64_t expert_offset);
   Parameter& get(const std::string& name);
   const Parameter& get(const std::string& name) const;
   bool contains(const std::string& name) const { return index_.count(name) != 0; }

@@ -14,24 +14,57 @@ static std::string optimizer_path(const std::string& dir) {
   return (fs::path(dir) / "optimizer.safetensors").string();
 }
 
+// The whole [E, ...] tensor of an expert parameter (gathered over the expert group), else `local`.
+static Tensor gathered(const Parameter& p, const Tensor& local, const TrainingGroups* groups, int64_t experts) {
+  if (!p.is_expert || groups == nullptr || groups->expert_parallel_size <= 1) return local;
+  Shape full = local.shape();
+  full[0] = experts;
+  Tensor out = Tensor::empty(full);
+  groups->expert_group->all_gather(local.is_contiguous() ? local : local.clone(), out);
+  return out;
+}
+
+// This rank's slice of a whole expert tensor from a file.
+static Tensor local_slice(const Parameter& p, const Tensor& whole) {
+  if (!p.is_expert) return whole;
+  return whole.rows(p.expert_offset, p.expert_offset + p.value.dim(0));
+}
+
+static Shape whole_shape(const Parameter& p, int64_t experts) {
+  Shape s = p.value.shape();
+  if (p.is_expert) s[0] = experts;
+  return s;
+}
+
 void save_checkpoint(const std::string& dir, const GptMoe& model, const AdamW& optimizer,
-                     const TrainingProgress& progress) {
-  std::error_code ec;
-  fs::create_directories(dir, ec);
-  AMPIPE_CHECK(!ec) << "cannot create checkpoint directory '" << dir << "': " << ec.message();
+                     const TrainingProgress& progress, const TrainingGroups* groups) {
+  const int64_t E = model.config().num_experts;
+  const bool writer = groups == nullptr || groups->rank() == 0;
   const std::string iteration = std::to_string(progress.iteration);
 
-  std::map<std::string, std::string> opt_meta = {{"iteration", iteration},
-                                                 {"optimizer_steps", std::to_string(optimizer.steps_taken())},
-                                                 {"seed", std::to_string(progress.seed)},
-                                                 {"format", "ampipe-optimizer-v1"}};
-  write_safetensors(optimizer_path(dir), optimizer.state_tensors(), opt_meta);
-
-  std::vector<std::pair<std::string, Tensor>> weights;
-  for (const Parameter& p : model.params().all()) weights.emplace_back(p.name, p.value);
-  std::map<std::string, std::string> meta = model.config().to_metadata();
-  meta["iteration"] = iteration;
-  write_safetensors(model_path(dir), weights, meta);
+  std::vector<std::pair<std::string, Tensor>> weights, moments;
+  const auto state = optimizer.state_tensors();  // two per parameter, in parameter order
+  size_t i = 0;
+  for (const Parameter& p : model.params().all()) {
+    weights.emplace_back(p.name, gathered(p, p.value, groups, E));
+    moments.emplace_back(state[2 * i].first, gathered(p, state[2 * i].second, groups, E));
+    moments.emplace_back(state[2 * i + 1].first, gathered(p, state[2 * i + 1].second, groups, E));
+    ++i;
+  }
+  if (writer) {
+    std::error_code ec;
+    fs::create_directories(dir, ec);
+    AMPIPE_CHECK(!ec) << "cannot create checkpoint directory '" << dir << "': " << ec.message();
+    std::map<std::string, std::string> opt_meta = {{"iteration", iteration},
+                                                   {"optimizer_steps", std::to_string(optimizer.steps_taken())},
+                                                   {"seed", std::to_string(progress.seed)},
+                                                   {"format", "ampipe-optimizer-v1"}};
+    write_safetensors(optimizer_path(dir), moments, opt_meta);
+    std::map<std::string, std::string> meta = model.config().to_metadata();
+    meta["iteration"] = iteration;
+    write_safetensors(model_path(dir), weights, meta);
+  }
+  if (groups != nullptr) groups->world->barrier();  // the files exist for every rank from here on
 }
 
 ModelConfig read_checkpoint_config(const std::string& dir) {
@@ -54,16 +87,17 @@ void load_model_weights(const std::string& dir, GptMoe& model) {
   for (Parameter& p : model.params().all()) {
     auto it = file.tensors.find(p.name);
     AMPIPE_CHECK(it != file.tensors.end()) << "checkpoint " << path << " lacks tensor '" << p.name << "'";
-    AMPIPE_CHECK(it->second.dtype() == DType::F32 && it->second.shape() == p.value.shape())
+    const Shape expected = whole_shape(p, stored.num_experts);
+    AMPIPE_CHECK(it->second.dtype() == DType::F32 && it->second.shape() == expected)
         << "checkpoint tensor '" << p.name << "' is " << dtype_name(it->second.dtype()) << " "
-        << shape_string(it->second.shape()) << ", the model needs float32 " << shape_string(p.value.shape());
-    p.value.copy_from(it->second);
+        << shape_string(it->second.shape()) << ", the model needs float32 " << shape_string(expected);
+    p.value.copy_from(local_slice(p, it->second));
     unused.erase(p.name);
   }
   AMPIPE_CHECK(unused.empty()) << "checkpoint " << path << " has unexpected tensor '" << *unused.begin() << "'";
 }
 
-TrainingProgress load_training_state(const std::string& dir, AdamW& optimizer) {
+TrainingProgress load_training_state(const std::string& dir, const GptMoe& model, AdamW& optimizer) {
   SafetensorsFile model_file = read_safetensors(model_path(dir));
   const std::string path = optimizer_path(dir);
   AMPIPE_CHECK(fs::exists(path)) << "checkpoint '" << dir << "' has no optimizer state (" << path
@@ -84,7 +118,18 @@ TrainingProgress load_training_state(const std::string& dir, AdamW& optimizer) {
     progress.iteration = std::stoll(opt_iter);
     progress.seed = std::stoull(get(file, path, "seed"));
     const int64_t steps = std::stoll(get(file, path, "optimizer_steps"));
-    std::vector<std::pair<std::string, Tensor>> tensors(file.tensors.begin(), file.tensors.end());
+    std::vector<std::pair<std::string, Tensor>> tensors;
+    for (const Parameter& p : model.params().all()) {
+      for (const char* suffix : {".exp_avg", ".exp_avg_sq"}) {
+        auto it = file.tensors.find(p.name + suffix);
+        AMPIPE_CHECK(it != file.tensors.end()) << path << " lacks '" << p.name << suffix << "'";
+        const Shape expected = whole_shape(p, model.config().num_experts);
+        AMPIPE_CHECK(it->second.shape() == expected) << path << ": '" << p.name << suffix << "' has shape "
+                                                     << shape_string(it->second.shape()) << ", expected "
+                                                     << shape_string(expected);
+        tensors.emplace_back(p.name + suffix, local_slice(p, it->second));
+      }
+    }
     optimizer.load_state(tensors, steps);
   } catch (const std::invalid_argument&) {
     AMPIPE_CHECK(false) << path << " has malformed metadata";

@@ -11,6 +11,7 @@
 #include <string>
 
 #include "model/gpt.h"
+#include "train/distributed.h"
 #include "train/optimizer.h"
 
 namespace ampipe {
@@ -20,15 +21,17 @@ struct TrainingProgress {
   uint64_t seed = 0;      // data-order seed
 };
 
+// With `groups` (a parallel run) expert tensors are gathered over the expert group, so the file
+// holds all experts, and world rank 0 writes; collective over the world. Any layout can load it.
 void save_checkpoint(const std::string& dir, const GptMoe& model, const AdamW& optimizer,
-                     const TrainingProgress& progress);
+                     const TrainingProgress& progress, const TrainingGroups* groups = nullptr);
 
 // The model config stored in DIR/model.safetensors (validated).
 ModelConfig read_checkpoint_config(const std::string& dir);
-// Copies DIR's weights into the model; refuses a config that differs from the model's, missing or
-// extra tensors, and shape mismatches, naming each.
+// Copies DIR's weights into the model (each rank its own experts' slice); refuses a config that
+// differs from the model's, missing or extra tensors, and shape mismatches, naming each.
 void load_model_weights(const std::string& dir, GptMoe& model);
-// Restores the optimizer state and returns the progress to resume from.
-TrainingProgress load_training_state(const std::string& dir, AdamW& optimizer);
+// Restores the optimizer state (sliced like the weights) and returns the progress to resume from.
+TrainingProgress load_training_state(const std::string& dir, const GptMoe& model, AdamW& optimizer);
 
 }  // namespace ampipe

@@ -4,26 +4,51 @@
 #include <cmath>
 
 #include "core/random.h"
+#include "kernels/cross_entropy.h"
 #include "train/data.h"
 
 namespace ampipe {
 
 EvalResult evaluate_windows(const GptMoe& model, const std::vector<int32_t>& data,
-                            const std::vector<int64_t>& offsets, int64_t seq_len, int64_t batch) {
-  EvalResult result;
+                            const std::vector<int64_t>& offsets, int64_t seq_len, int64_t batch,
+                            Communicator* world) {
+  const int64_t R = world ? world->size() : 1;
+  const int64_t rank = world ? world->rank() : 0;
+  const int64_t n = static_cast<int64_t>(offsets.size());
+  const int64_t per_rank = (n + R - 1) / R;
+  // This rank's windows; padding (to keep forward passes matched across ranks) is not counted.
+  std::vector<int64_t> mine;
+  std::vector<bool> counted;
+  for (int64_t j = 0; j < per_rank; ++j) {
+    const int64_t i = rank + j * R;
+    mine.push_back(i < n ? offsets[i] : offsets.empty() ? 0 : offsets[0]);
+    counted.push_back(i < n);
+  }
   double sum = 0;
-  for (size_t first = 0; first < offsets.size(); first += static_cast<size_t>(batch)) {
-    const size_t last = std::min(offsets.size(), first + static_cast<size_t>(batch));
-    std::vector<int64_t> part(offsets.begin() + static_cast<std::ptrdiff_t>(first),
-                              offsets.begin() + static_cast<std::ptrdiff_t>(last));
+  int64_t tokens = 0;
+  for (size_t first = 0; first < mine.size(); first += static_cast<size_t>(batch)) {
+    const size_t last = std::min(mine.size(), first + static_cast<size_t>(batch));
+    std::vector<int64_t> part(mine.begin() + static_cast<std::ptrdiff_t>(first),
+                              mine.begin() + static_cast<std::ptrdiff_t>(last));
     Batch b = make_batch(data, part, seq_len);
     ForwardState state;
-    LossParts loss = model.forward(state, b.tokens, b.targets, b.batch);
-    const int64_t n = b.batch * seq_len;
-    sum += loss.lm_loss * static_cast<double>(n);
-    result.tokens += n;
+    model.forward(state, b.tokens, b.targets, b.batch);
+    Tensor losses = Tensor::empty({b.batch * seq_len});
+    kernels::cross_entropy_forward(state.logits, b.targets, losses);
+    const float* lp = losses.data<float>();
+    for (int64_t w = 0; w < b.batch; ++w) {
+      if (!counted[first + static_cast<size_t>(w)]) continue;
+      for (int64_t t = 0; t < seq_len; ++t) sum += lp[w * seq_len + t];
+      tokens += seq_len;
+    }
   }
-  result.loss = result.tokens > 0 ? sum / static_cast<double>(result.tokens) : 0.0;
+  if (world != nullptr && R > 1) {
+    world->all_reduce_sum(sum);
+    world->all_reduce_sum(tokens);
+  }
+  EvalResult result;
+  result.tokens = tokens;
+  result.loss = tokens > 0 ? sum / static_cast<double>(tokens) : 0.0;
   return result;
 }
 

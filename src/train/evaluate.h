@@ -4,6 +4,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "comm/communicator.h"
 #include "model/gpt.h"
 
 namespace ampipe {
@@ -14,9 +15,12 @@ struct EvalResult {
 };
 
 // Mean LM loss over windows of seq_len + 1 tokens of `data` starting at `offsets`, `batch` windows
-// per forward pass (the last pass may be smaller).
+// per forward pass (the last pass may be smaller). With a world of R ranks (collective), rank r
+// evaluates windows r, r + R, ...; every rank runs the same number of forward passes (padding with
+// uncounted windows) and the result is the global mean over all windows.
 EvalResult evaluate_windows(const GptMoe& model, const std::vector<int32_t>& data,
-                            const std::vector<int64_t>& offsets, int64_t seq_len, int64_t batch);
+                            const std::vector<int64_t>& offsets, int64_t seq_len, int64_t batch,
+                            Communicator* world = nullptr);
 
 // Offsets of consecutive non-overlapping windows of seq_len + 1 tokens covering `data_len` tokens
 // (a final partial window is dropped).

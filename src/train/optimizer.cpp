@@ -17,7 +17,8 @@ double learning_rate(const LrSchedule& s, int64_t iteration) {
   return s.min_lr + 0.5 * (s.lr - s.min_lr) * (1.0 + std::cos(std::numbers::pi * progress));
 }
 
-AdamW::AdamW(ParameterRegistry& params, const AdamWConfig& config) : params_(params), config_(config) {
+AdamW::AdamW(ParameterRegistry& params, const AdamWConfig& config, Communicator* expert_group)
+    : params_(params), config_(config), expert_group_(expert_group) {
   for (const Parameter& p : params_.all()) {
     exp_avg_.push_back(Tensor::zeros(p.value.shape()));
     exp_avg_sq_.push_back(Tensor::zeros(p.value.shape()));
@@ -25,9 +26,10 @@ AdamW::AdamW(ParameterRegistry& params, const AdamWConfig& config) : params_(par
 }
 
 double AdamW::step(double lr) {
-  double sum_sq = 0;
-  for (const Parameter& p : params_.all()) sum_sq += kernels::sum_of_squares(p.grad);
-  const double norm = std::sqrt(sum_sq);
+  double dense_sq = 0, expert_sq = 0;
+  for (const Parameter& p : params_.all()) (p.is_expert ? expert_sq : dense_sq) += kernels::sum_of_squares(p.grad);
+  if (expert_group_ != nullptr && expert_group_->size() > 1) expert_group_->all_reduce_sum(expert_sq);
+  const double norm = std::sqrt(dense_sq + expert_sq);
   if (config_.clip_grad > 0 && norm > config_.clip_grad) {
     const float scale = static_cast<float>(config_.clip_grad / (norm + 1e-6));
     for (Parameter& p : params_.all()) kernels::scale_inplace(p.grad, scale);

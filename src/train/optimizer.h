@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <vector>
 
+#include "comm/communicator.h"
 #include "model/parameters.h"
 
 namespace ampipe {
@@ -27,9 +28,12 @@ struct AdamWConfig {
 
 class AdamW {
  public:
-  AdamW(ParameterRegistry& params, const AdamWConfig& config);
+  // expert_group (borrowed; nullptr = one rank): the ranks whose expert tensors together make the
+  // whole model, so the clipping norm counts every expert once.
+  AdamW(ParameterRegistry& params, const AdamWConfig& config, Communicator* expert_group = nullptr);
 
-  // Clips gradients by global norm, then updates every parameter. Returns the norm before clipping.
+  // Clips gradients by the global norm over the whole model (collective over the expert group),
+  // then updates every parameter. Returns the norm before clipping.
   double step(double lr);
   int64_t steps_taken() const { return step_; }
 
@@ -41,6 +45,7 @@ class AdamW {
  private:
   ParameterRegistry& params_;
   AdamWConfig config_;
+  Communicator* expert_group_;
   std::vector<Tensor> exp_avg_, exp_avg_sq_;
   int64_t step_ = 0;
 };

@@ -3,13 +3,18 @@
 #include <chrono>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <fstream>
+#include <sstream>
 
 #include <nlohmann/json.hpp>
 
+#include "comm/self_communicator.h"
+#include "comm/timed_communicator.h"
 #include "model/gpt.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
+#include "train/distributed.h"
 #include "train/evaluate.h"
 
 namespace ampipe {
@@ -39,20 +44,55 @@ static void validate(const TrainOptions& o) {
   AMPIPE_CHECK(o.adamw.clip_grad >= 0) << "--clip-grad must be >= 0 (0 disables), got " << o.adamw.clip_grad;
 }
 
-TrainResult run_training(TrainOptions o, const std::function<void(const std::string&)>& log) {
+// One "key=value" line per option that must agree across ranks.
+static std::string describe(const TrainOptions& o) {
+  std::ostringstream s;
+  for (const auto& [k, v] : o.model.to_metadata()) s << k << "=" << v << "\n";
+  s << "micro_batch_size=" << o.micro_batch_size << "\nlr=" << o.lr.lr << "\nmin_lr=" << o.lr.min_lr
+    << "\nwarmup=" << o.lr.warmup_iters << "\nweight_decay=" << o.adamw.weight_decay
+    << "\nclip_grad=" << o.adamw.clip_grad << "\ntrain_iters=" << o.train_iters << "\nseed=" << o.seed
+    << "\ndata_path=" << o.data_path << "\nload=" << o.load << "\nsave=" << o.save
+    << "\nexpert_parallel_size=" << o.expert_parallel_size << "\neval_interval=" << o.eval_interval
+    << "\neval_iters=" << o.eval_iters << "\nexit_interval=" << o.exit_interval << "\n";
+  return s.str();
+}
+
+// A test hook: AMPIPE_INJECT_FAILURE="RANK:ITERATION" makes that rank fail at that iteration, so
+// tests can check that one failing rank ends the whole job.
+static void maybe_inject_failure(int rank, int64_t iteration) {
+  const char* spec = std::getenv("AMPIPE_INJECT_FAILURE");
+  if (spec == nullptr) return;
+  int fail_rank = -1;
+  long long fail_iter = -1;
+  const bool now = std::sscanf(spec, "%d:%lld", &fail_rank, &fail_iter) == 2 && fail_rank == rank && fail_iter == iteration;
+  AMPIPE_CHECK(!now) << "injected failure at iteration " << iteration << " (AMPIPE_INJECT_FAILURE)";
+}
+
+TrainResult run_training(TrainOptions o, const std::function<void(const std::string&)>& log_line,
+                         Communicator* world_in) {
   validate(o);
+  SelfCommunicator self;
+  // Every collective goes through the timer, so progress lines can show the communication share.
+  TimedCommunicator world(world_in != nullptr ? *world_in : static_cast<Communicator&>(self));
+  check_same_configuration(world, describe(o));
+  const int rank = world.rank();
+  const int64_t R = world.size();
+  auto log = [&](const std::string& line) {
+    if (rank == 0) log_line(line);
+  };
+  TrainingGroups groups = make_training_groups(world, o.expert_parallel_size, o.model.num_experts);
   o.lr.decay_iters = o.train_iters;
   const int64_t N = o.model.max_seq_len;
   const int64_t B = o.micro_batch_size;
 
   TextSplit data = split_train_validation(load_tokens(o.data_path), N, o.data_path);
-  GptMoe model(o.model);
+  GptMoe model(o.model, groups.model_parallel());
   model.initialize(o.seed);
-  AdamW optimizer(model.params(), o.adamw);
+  AdamW optimizer(model.params(), o.adamw, groups.expert_group.get());
   int64_t start = 0;
   if (!o.load.empty()) {
     load_model_weights(o.load, model);
-    TrainingProgress progress = load_training_state(o.load, optimizer);
+    TrainingProgress progress = load_training_state(o.load, model, optimizer);
     AMPIPE_CHECK(progress.seed == o.seed) << "checkpoint '" << o.load << "' was trained with --seed "
                                           << progress.seed << ", flags say " << o.seed
                                           << "; resume with the same seed to continue its data order";
@@ -63,15 +103,15 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   }
 
   std::ofstream metrics;
-  if (!o.metrics_file.empty()) {
+  if (!o.metrics_file.empty() && rank == 0) {
     metrics.open(o.metrics_file, start > 0 ? std::ios::app : std::ios::trunc);
     AMPIPE_CHECK(metrics.good()) << "cannot open --metrics-file '" << o.metrics_file << "' for writing";
   }
   {
     char buf[256];
     std::snprintf(buf, sizeof buf,
-                  "model: %lld parameters, %lld layers, d=%lld, heads=%lld, experts=%lld (top-%lld), seq %lld; "
-                  "data: %zu train / %zu validation tokens",
+                  "model: %lld parameters on this rank, %lld layers, d=%lld, heads=%lld, experts=%lld (top-%lld), "
+                  "seq %lld; data: %zu train / %zu validation tokens",
                   static_cast<long long>(model.params().num_elements()), static_cast<long long>(o.model.num_layers),
                   static_cast<long long>(o.model.hidden_size), static_cast<long long>(o.model.num_attention_heads),
                   static_cast<long long>(o.model.num_experts), static_cast<long long>(o.model.top_k),
@@ -79,28 +119,49 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
     log(buf);
   }
 
+  if (R > 1)
+    log("parallel: " + std::to_string(R) + " ranks, expert-parallel size " + std::to_string(groups.expert_parallel_size) +
+        " (" + std::to_string(o.model.num_experts / groups.expert_parallel_size) + " experts per rank), global batch " +
+        std::to_string(B * R) + " sequences, transport " + world.backend());
   const std::vector<int64_t> val_offsets =
-      evaluation_offsets(o.eval_iters * B, static_cast<int64_t>(data.validation.size()), N);
-  auto validation_loss = [&]() { return evaluate_windows(model, data.validation, val_offsets, N, B).loss; };
+      evaluation_offsets(o.eval_iters * B * R, static_cast<int64_t>(data.validation.size()), N);
+  auto validation_loss = [&]() { return evaluate_windows(model, data.validation, val_offsets, N, B, &world).loss; };
 
   using clock = std::chrono::steady_clock;
   const auto run_start = clock::now();
   auto window_start = run_start;
   int64_t window_tokens = 0;
+  double window_comm_start = world.seconds();
   TrainResult result;
   for (int64_t it = start; it < o.train_iters; ++it) {
-    Batch batch = make_batch(data.train,
-                             training_offsets(o.seed, it, B, static_cast<int64_t>(data.train.size()), N), N);
+    maybe_inject_failure(rank, it + 1);
+    // The global batch of this iteration; this rank takes its B consecutive windows.
+    const std::vector<int64_t> global =
+        training_offsets(o.seed, it, B * R, static_cast<int64_t>(data.train.size()), N);
+    Batch batch = make_batch(data.train, std::vector<int64_t>(global.begin() + rank * B, global.begin() + (rank + 1) * B), N);
     model.params().zero_grad();
     ForwardState state;
     LossParts loss = model.forward(state, batch.tokens, batch.targets, B);
-    AMPIPE_CHECK(std::isfinite(loss.total)) << "loss became " << loss.total << " at iteration " << it + 1
-                                            << "; try a lower --lr or --clip-grad";
-    model.backward(state);
+    if (R > 1) {
+      world.all_reduce_sum(loss.lm_loss);
+      loss.lm_loss /= static_cast<double>(R);
+      loss.total = loss.lm_loss + o.model.aux_loss_weight * loss.aux_loss;
+    }
     const double lr = learning_rate(o.lr, it);
-    const double grad_norm = optimizer.step(lr);
-    window_tokens += B * N;
+    double grad_norm = NAN;
+    if (std::isfinite(loss.total)) {
+      model.backward(state);
+      average_gradients(model.params(), groups);
+      grad_norm = optimizer.step(lr);
+    } else {
+      AMPIPE_CHECK(!o.abort_on_nan) << "loss became " << loss.total << " at iteration " << it + 1
+                                    << " (--abort-on-nan); try a lower --lr or --clip-grad";
+      log("warning: loss is " + std::to_string(loss.total) + " at iteration " + std::to_string(it + 1) +
+          "; skipping this update (--abort-on-nan ends the run instead)");
+    }
+    window_tokens += B * N * R;
     const auto step_end = clock::now();
+    const double comm_at_step_end = world.seconds();
     result.final_loss = loss.lm_loss;
 
     const int64_t done = it + 1;
@@ -112,6 +173,7 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
     if (log_now) {
       const double secs = std::chrono::duration<double>(step_end - window_start).count();
       const double tps = secs > 0 ? static_cast<double>(window_tokens) / secs : 0.0;
+      const double comm_share = secs > 0 ? (comm_at_step_end - window_comm_start) / secs : 0.0;
       const double elapsed = std::chrono::duration<double>(step_end - run_start).count();
       const double eta = elapsed / static_cast<double>(done - start) * static_cast<double>(o.train_iters - done);
       char buf[256];
@@ -119,6 +181,10 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
                     static_cast<long long>(done), static_cast<long long>(o.train_iters), loss.lm_loss,
                     loss.aux_loss, lr, grad_norm, tps, format_duration(eta).c_str());
       std::string line = buf;
+      if (R > 1) {
+        std::snprintf(buf, sizeof buf, " | comm %.0f%%", 100.0 * comm_share);
+        line += buf;
+      }
       if (eval_now) {
         std::snprintf(buf, sizeof buf, " | val loss %.4f", val);
         line += buf;
@@ -126,24 +192,26 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
       log(line);
       if (metrics.is_open()) {
         nlohmann::json j = {{"iter", done}, {"loss", loss.lm_loss}, {"aux_loss", loss.aux_loss},
-                            {"lr", lr}, {"grad_norm", grad_norm}, {"tokens_per_sec", tps}};
+                            {"lr", lr}, {"grad_norm", grad_norm}, {"tokens_per_sec", tps},
+                            {"comm_fraction", comm_share}};
         if (eval_now) j["val_loss"] = val;
         metrics << j.dump() << "\n" << std::flush;
       }
       window_start = clock::now();
       window_tokens = 0;
+      window_comm_start = world.seconds();
     }
     if (eval_now) result.final_val_loss = val;
     const bool exit_now = !last && o.exit_interval > 0 && done % o.exit_interval == 0;
     if (!o.save.empty() && (last || exit_now || (o.save_interval > 0 && done % o.save_interval == 0))) {
-      save_checkpoint(o.save, model, optimizer, TrainingProgress{done, o.seed});
+      save_checkpoint(o.save, model, optimizer, TrainingProgress{done, o.seed}, &groups);
       log("saved checkpoint to " + o.save + " at iteration " + std::to_string(done));
     }
     if (exit_now) {
       log("exiting at iteration " + std::to_string(done) + " (--exit-interval " + std::to_string(o.exit_interval) + ")");
       result.iterations = done;
       result.seconds = std::chrono::duration<double>(clock::now() - run_start).count();
-      result.tokens_per_sec = static_cast<double>((done - start) * B * N) / std::max(result.seconds, 1e-9);
+      result.tokens_per_sec = static_cast<double>((done - start) * B * N * R) / std::max(result.seconds, 1e-9);
       return result;
     }
   }
@@ -151,7 +219,7 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   result.iterations = o.train_iters;
   result.seconds = std::chrono::duration<double>(clock::now() - run_start).count();
   result.tokens_per_sec =
-      result.seconds > 0 ? static_cast<double>((o.train_iters - start) * B * N) / result.seconds : 0.0;
+      result.seconds > 0 ? static_cast<double>((o.train_iters - start) * B * N * R) / result.seconds : 0.0;
   return result;
 }
 

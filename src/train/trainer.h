@@ -6,6 +6,7 @@
 #include <functional>
 #include <string>
 
+#include "comm/communicator.h"
 #include "model/config.h"
 #include "train/optimizer.h"
 
@@ -27,6 +28,8 @@ struct TrainOptions {
   uint64_t seed = 1234;
   std::string data_path = "data/kjv.txt";
   std::string metrics_file;     // JSON Lines, one object per logged iteration ("" = none)
+  int64_t expert_parallel_size = 0;  // EP; 0 = the largest divisor of the world size and E
+  bool abort_on_nan = false;    // a non-finite loss ends the job; otherwise the step is skipped
 };
 
 struct TrainResult {
@@ -37,8 +40,11 @@ struct TrainResult {
   double seconds = 0;              // wall time of this run
 };
 
-// Runs training; progress lines go to `log` (one string per line). Throws ampipe::Error on bad
-// configuration or data.
-TrainResult run_training(TrainOptions options, const std::function<void(const std::string&)>& log);
+// Runs training; progress lines go to `log` (one string per line; called on world rank 0 only).
+// Throws ampipe::Error on bad configuration or data. `world` (borrowed; nullptr = this process
+// alone): every rank trains on its own micro-batch of the global batch (micro-batch x world size),
+// with expert parallelism inside groups of --expert-model-parallel-size ranks; collective.
+TrainResult run_training(TrainOptions options, const std::function<void(const std::string&)>& log,
+                         Communicator* world = nullptr);
 
 }  // namespace ampipe

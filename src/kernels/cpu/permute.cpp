@@ -219,3 +219,46 @@ void unpermute_backward(const Tensor& dout, const Tensor& y, const DispatchPlan&
 }
 
 }  // namespace ampipe::kernels
+
+namespace ampipe::kernels {
+
+static void check_row_move(const Tensor& src, const Tensor& index, const Tensor& dst, int64_t index_limit,
+                           const char* op) {
+  AMPIPE_CHECK(src.ndim() == 2 && dst.ndim() == 2 && src.dim(1) == dst.dim(1))
+      << op << ": src " << shape_string(src.shape()) << " and dst " << shape_string(dst.shape())
+      << " must be 2-D with equal widths";
+  AMPIPE_CHECK(index.dtype() == DType::I32 && index.ndim() == 1)
+      << op << ": index must be 1-D int32, got " << dtype_name(index.dtype()) << " " << shape_string(index.shape());
+  const int32_t* ix = index.data<int32_t>();
+  for (int64_t i = 0; i < index.numel(); ++i)
+    AMPIPE_CHECK(ix[i] >= 0 && ix[i] < index_limit)
+        << op << ": index[" << i << "] = " << ix[i] << " is outside [0, " << index_limit << ")";
+}
+
+void gather_rows(const Tensor& src, const Tensor& index, Tensor dst) {
+  check_row_move(src, index, dst, src.dim(0), "gather_rows");
+  AMPIPE_CHECK(dst.dim(0) == index.numel()) << "gather_rows: dst has " << dst.dim(0) << " rows for "
+                                            << index.numel() << " indices";
+  const int32_t* ix = index.data<int32_t>();
+  const float* s = src.data<float>();
+  float* d = dst.data<float>();
+  const int64_t w = src.dim(1), ss = src.stride(0), ds = dst.stride(0);
+  parallel_for(dst.dim(0), 64, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) std::copy(s + ix[i] * ss, s + ix[i] * ss + w, d + i * ds);
+  });
+}
+
+void scatter_rows(const Tensor& src, const Tensor& index, Tensor dst) {
+  check_row_move(src, index, dst, dst.dim(0), "scatter_rows");
+  AMPIPE_CHECK(src.dim(0) == index.numel()) << "scatter_rows: src has " << src.dim(0) << " rows for "
+                                            << index.numel() << " indices";
+  const int32_t* ix = index.data<int32_t>();
+  const float* s = src.data<float>();
+  float* d = dst.data<float>();
+  const int64_t w = src.dim(1), ss = src.stride(0), ds = dst.stride(0);
+  parallel_for(src.dim(0), 64, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) std::copy(s + i * ss, s + i * ss + w, d + ix[i] * ds);
+  });
+}
+
+}  // namespace ampipe::kernels

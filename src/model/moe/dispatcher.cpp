@@ -4,8 +4,16 @@
 
 namespace ampipe {
 
-Dispatcher::Dispatcher(const ModelConfig& config)
-    : experts_(config.num_experts), top_k_(config.top_k), capacity_factor_(config.capacity_factor) {}
+Dispatcher::Dispatcher(const ModelConfig& config, const ModelParallel& parallel)
+    : experts_(config.num_experts),
+      local_experts_(config.num_experts / parallel.ep_size()),
+      top_k_(config.top_k),
+      capacity_factor_(config.capacity_factor),
+      group_(parallel.expert_group) {
+  AMPIPE_CHECK(config.num_experts % parallel.ep_size() == 0)
+      << "--moe-num-experts " << config.num_experts << " is not divisible by the expert-parallel size "
+      << parallel.ep_size();
+}
 
 int64_t Dispatcher::capacity(int64_t tokens) const {
   if (capacity_factor_ <= 0.0) return -1;
@@ -13,31 +21,99 @@ int64_t Dispatcher::capacity(int64_t tokens) const {
                                         static_cast<double>(experts_)));
 }
 
+Tensor Dispatcher::exchange(const Tensor& rows, const std::vector<int64_t>& send_rows,
+                            const std::vector<int64_t>& recv_rows) const {
+  const int64_t d = rows.dim(1);
+  int64_t total = 0;
+  for (int64_t r : recv_rows) total += r;
+  Tensor out = Tensor::empty({total, d});
+  std::vector<int64_t> send_counts(send_rows.size()), recv_counts(recv_rows.size());
+  for (size_t i = 0; i < send_rows.size(); ++i) send_counts[i] = send_rows[i] * d;
+  for (size_t i = 0; i < recv_rows.size(); ++i) recv_counts[i] = recv_rows[i] * d;
+  group_->all_to_all_v(rows.is_contiguous() ? rows : rows.clone(), send_counts, out, recv_counts);
+  return out;
+}
+
 Tensor Dispatcher::dispatch(DispatchContext& ctx, const Tensor& m, const Tensor& expert_index,
                             const Tensor& gate) const {
   ctx.plan = kernels::make_dispatch_plan(expert_index, static_cast<int>(experts_), capacity(m.dim(0)));
   ctx.gate = gate;
-  Tensor out = Tensor::empty({ctx.plan.num_slots(), m.dim(1)});
-  kernels::permute_forward(m, ctx.plan, out);
-  return out;
+  Tensor permuted = Tensor::empty({ctx.plan.num_slots(), m.dim(1)});
+  kernels::permute_forward(m, ctx.plan, permuted);
+  if (!distributed()) {
+    ctx.local_counts = ctx.plan.expert_counts;
+    return permuted;
+  }
+  // Rows per (destination rank, its local expert), then exchange them: counts[src][e_local].
+  const int ep = group_->size();
+  Tensor send_counts = Tensor::empty({experts_}, DType::I32);
+  for (int64_t e = 0; e < experts_; ++e) send_counts.data<int32_t>()[e] = static_cast<int32_t>(ctx.plan.expert_counts[e]);
+  Tensor recv_counts = Tensor::empty({experts_}, DType::I32);
+  group_->all_to_all_v(send_counts, std::vector<int64_t>(ep, local_experts_), recv_counts,
+                       std::vector<int64_t>(ep, local_experts_));
+  const int32_t* rc = recv_counts.data<int32_t>();
+  ctx.send_rows.assign(ep, 0);
+  ctx.recv_rows.assign(ep, 0);
+  ctx.local_counts.assign(local_experts_, 0);
+  for (int r = 0; r < ep; ++r)
+    for (int64_t e = 0; e < local_experts_; ++e) {
+      ctx.send_rows[r] += ctx.plan.expert_counts[r * local_experts_ + e];
+      ctx.recv_rows[r] += rc[r * local_experts_ + e];
+      ctx.local_counts[e] += rc[r * local_experts_ + e];
+    }
+  Tensor received = exchange(permuted, ctx.send_rows, ctx.recv_rows);
+  // Received rows are (source rank, local expert)-major; experts want (local expert, source rank).
+  std::vector<int64_t> block_start(ep * local_experts_);
+  int64_t row = 0;
+  for (int r = 0; r < ep; ++r)
+    for (int64_t e = 0; e < local_experts_; ++e) {
+      block_start[r * local_experts_ + e] = row;
+      row += rc[r * local_experts_ + e];
+    }
+  ctx.regroup = Tensor::empty({row}, DType::I32);
+  int32_t* regroup = ctx.regroup.data<int32_t>();
+  int64_t out_row = 0;
+  for (int64_t e = 0; e < local_experts_; ++e)
+    for (int r = 0; r < ep; ++r)
+      for (int64_t i = 0; i < rc[r * local_experts_ + e]; ++i)
+        regroup[out_row++] = static_cast<int32_t>(block_start[r * local_experts_ + e] + i);
+  Tensor expert_input = Tensor::empty({row, m.dim(1)});
+  kernels::gather_rows(received, ctx.regroup, expert_input);
+  return expert_input;
 }
 
 Tensor Dispatcher::combine(DispatchContext& ctx, const Tensor& expert_output) const {
-  ctx.expert_output = expert_output;
+  if (distributed()) {
+    Tensor received_order = Tensor::empty(expert_output.shape());
+    kernels::scatter_rows(expert_output, ctx.regroup, received_order);
+    ctx.expert_output_permuted = exchange(received_order, ctx.recv_rows, ctx.send_rows);
+  } else {
+    ctx.expert_output_permuted = expert_output;
+  }
   Tensor out = Tensor::empty({ctx.plan.token_slot.dim(0), expert_output.dim(1)});
-  kernels::unpermute_forward(expert_output, ctx.plan, ctx.gate, out);
+  kernels::unpermute_forward(ctx.expert_output_permuted, ctx.plan, ctx.gate, out);
   return out;
 }
 
 Tensor Dispatcher::combine_backward(const DispatchContext& ctx, const Tensor& dout, Tensor dgate) const {
-  Tensor dy = Tensor::empty(ctx.expert_output.shape());
-  kernels::unpermute_backward(dout, ctx.expert_output, ctx.plan, ctx.gate, dy, dgate);
-  return dy;
+  Tensor dy = Tensor::empty(ctx.expert_output_permuted.shape());
+  kernels::unpermute_backward(dout, ctx.expert_output_permuted, ctx.plan, ctx.gate, dy, dgate);
+  if (!distributed()) return dy;
+  Tensor received = exchange(dy, ctx.send_rows, ctx.recv_rows);
+  Tensor dexpert_output = Tensor::empty({ctx.regroup.numel(), dout.dim(1)});
+  kernels::gather_rows(received, ctx.regroup, dexpert_output);
+  return dexpert_output;
 }
 
 Tensor Dispatcher::dispatch_backward(const DispatchContext& ctx, const Tensor& dexpert_input) const {
+  Tensor dpermuted = dexpert_input;
+  if (distributed()) {
+    Tensor received_order = Tensor::empty(dexpert_input.shape());
+    kernels::scatter_rows(dexpert_input, ctx.regroup, received_order);
+    dpermuted = exchange(received_order, ctx.recv_rows, ctx.send_rows);
+  }
   Tensor dm = Tensor::empty({ctx.plan.token_slot.dim(0), dexpert_input.dim(1)});
-  kernels::permute_backward(dexpert_input, ctx.plan, dm);
+  kernels::permute_backward(dpermuted, ctx.plan, dm);
   return dm;
 }
 

@@ -1,47 +1,62 @@
 // MoE token dispatcher: moves each (token, choice) pair to its expert and the results back.
 //
 // Two halves, separately callable (pipelined schedules interleave them with other work):
-//   dispatch: permute tokens into expert-major order (and, with expert parallelism, send them to
-//             the rank holding the expert) -> expert input [P, d] grouped by local expert;
-//   combine:  bring expert outputs back and sum them per token weighted by the gates.
-// Each half has its backward mirror. This single-rank dispatcher holds all experts locally.
+//   dispatch: permute tokens into expert-major order, send each expert's rows to the rank of the
+//             expert group that holds it (all_to_all_v), and group the received rows by local
+//             expert -> expert input [P_local, d];
+//   combine:  the mirror image: expert outputs go back to the ranks their tokens came from and are
+//             summed per token weighted by the gates.
+// Each half has its backward mirror. Without an expert group (or a group of one) the all-to-all
+// and the regrouping are skipped. Every rank of the group must call the halves in the same order
+// (they are collectives).
 #pragma once
 
 #include <vector>
 
 #include "kernels/permute.h"
 #include "model/config.h"
+#include "model/parallel.h"
 
 namespace ampipe {
 
 struct DispatchContext {
-  kernels::DispatchPlan plan;
-  Tensor gate;           // [T, k]
-  Tensor expert_output;  // [P, d] saved by combine for its backward
+  kernels::DispatchPlan plan;           // local (token, choice) -> row of the expert-major buffer
+  Tensor gate;                          // [T, k]
+  std::vector<int64_t> send_rows;       // [EP] rows sent to each rank (expert-major buffer order)
+  std::vector<int64_t> recv_rows;       // [EP] rows received from each rank
+  std::vector<int64_t> local_counts;    // [E_local] rows per local expert after regrouping
+  Tensor regroup;                       // [P_local] int32: received row of each expert-input row
+  Tensor expert_output_permuted;        // [P, d] combine's result before unpermute (for its backward)
 };
 
 class Dispatcher {
  public:
-  explicit Dispatcher(const ModelConfig& config);
+  Dispatcher(const ModelConfig& config, const ModelParallel& parallel);
 
   // Capacity per expert for a routing group of `tokens` tokens (-1: dropless); shared/MODEL.md.
   int64_t capacity(int64_t tokens) const;
 
-  // m [T, d], expert_index [T, k] -> expert input [P, d]; rows of local expert e are
-  // [offset_e, offset_e + counts[e]) with counts = local_expert_counts(ctx).
+  // m [T, d], expert_index [T, k] (global expert ids), gate [T, k] -> expert input [P_local, d],
+  // rows of local expert e being [offset_e, offset_e + local_expert_counts(ctx)[e]).
   Tensor dispatch(DispatchContext& ctx, const Tensor& m, const Tensor& expert_index, const Tensor& gate) const;
-  const std::vector<int64_t>& local_expert_counts(const DispatchContext& ctx) const { return ctx.plan.expert_counts; }
-  // expert_output [P, d] -> per-token weighted sum [T, d].
+  const std::vector<int64_t>& local_expert_counts(const DispatchContext& ctx) const { return ctx.local_counts; }
+  // expert_output [P_local, d] -> per-token weighted sum [T, d].
   Tensor combine(DispatchContext& ctx, const Tensor& expert_output) const;
 
-  // Backward of combine: dout [T, d] -> d expert_output [P, d]; writes dgate [T, k].
+  // Backward of combine: dout [T, d] -> d expert_output [P_local, d]; writes dgate [T, k].
   Tensor combine_backward(const DispatchContext& ctx, const Tensor& dout, Tensor dgate) const;
-  // Backward of dispatch: d expert_input [P, d] -> dm [T, d].
+  // Backward of dispatch: d expert_input [P_local, d] -> dm [T, d].
   Tensor dispatch_backward(const DispatchContext& ctx, const Tensor& dexpert_input) const;
 
  private:
-  int64_t experts_, top_k_;
+  int64_t experts_, local_experts_, top_k_;
   double capacity_factor_;
+  Communicator* group_;  // nullptr: all experts local
+
+  bool distributed() const { return group_ != nullptr && group_->size() > 1; }
+  // Sends rows [sum send, d] rank-major and returns the received rows (or the reverse direction).
+  Tensor exchange(const Tensor& rows, const std::vector<int64_t>& send_rows,
+                  const std::vector<int64_t>& recv_rows) const;
 };
 
 }  // namespace ampipe

@@ -5,12 +5,17 @@
 
 namespace ampipe {
 
-Experts::Experts(const ModelConfig& config, ParameterRegistry& params, const std::string& prefix)
-    : experts_(config.num_experts), hidden_(config.hidden_size), ffn_(config.ffn_hidden_size) {
-  fc1_w_ = &params.add(prefix + "moe.fc1.weight", {experts_, ffn_, hidden_}, true);
-  fc1_b_ = &params.add(prefix + "moe.fc1.bias", {experts_, ffn_}, false);
-  fc2_w_ = &params.add(prefix + "moe.fc2.weight", {experts_, hidden_, ffn_}, true);
-  fc2_b_ = &params.add(prefix + "moe.fc2.bias", {experts_, hidden_}, false);
+Experts::Experts(const ModelConfig& config, ParameterRegistry& params, const std::string& prefix,
+                 const ModelParallel& parallel)
+    : experts_(config.num_experts / parallel.ep_size()), hidden_(config.hidden_size), ffn_(config.ffn_hidden_size) {
+  AMPIPE_CHECK(config.num_experts % parallel.ep_size() == 0)
+      << "--moe-num-experts " << config.num_experts << " is not divisible by the expert-parallel size "
+      << parallel.ep_size();
+  const int64_t offset = parallel.ep_rank() * experts_;
+  fc1_w_ = &params.add_expert(prefix + "moe.fc1.weight", {experts_, ffn_, hidden_}, true, offset);
+  fc1_b_ = &params.add_expert(prefix + "moe.fc1.bias", {experts_, ffn_}, false, offset);
+  fc2_w_ = &params.add_expert(prefix + "moe.fc2.weight", {experts_, hidden_, ffn_}, true, offset);
+  fc2_b_ = &params.add_expert(prefix + "moe.fc2.bias", {experts_, hidden_}, false, offset);
 }
 
 Tensor Experts::slice(const Tensor& t, int64_t e) const {

@@ -9,12 +9,13 @@ static Parameter& add_ln(ParameterRegistry& params, const std::string& name, int
   return params.add(name, {d}, false);
 }
 
-MoeLayer::MoeLayer(const ModelConfig& config, ParameterRegistry& params, const std::string& prefix)
+MoeLayer::MoeLayer(const ModelConfig& config, ParameterRegistry& params, const std::string& prefix,
+                   const ModelParallel& parallel)
     : ln_w_(&add_ln(params, prefix + "ln2.weight", config.hidden_size)),
       ln_b_(&add_ln(params, prefix + "ln2.bias", config.hidden_size)),
       router_(config, params, prefix),
-      dispatcher_(config),
-      experts_(config, params, prefix) {}
+      dispatcher_(config, parallel),
+      experts_(config, params, prefix, parallel) {}
 
 Tensor MoeLayer::forward(MoeContext& ctx, const Tensor& x, RoutingStats& stats) const {
   const int64_t T = x.dim(0);

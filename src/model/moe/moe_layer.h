@@ -23,7 +23,8 @@ struct MoeContext {
 
 class MoeLayer {
  public:
-  MoeLayer(const ModelConfig& config, ParameterRegistry& params, const std::string& prefix);
+  MoeLayer(const ModelConfig& config, ParameterRegistry& params, const std::string& prefix,
+           const ModelParallel& parallel = {});
 
   // Returns x + MoE(LN2(x)); adds routing statistics to `stats`.
   Tensor forward(MoeContext& ctx, const Tensor& x, RoutingStats& stats) const;

@@ -1,0 +1,97 @@
+// MpiCommunicator: the Communicator over MPI (CPU tensors), and the process-wide MPI runtime.
+//
+// Runtime: MpiRuntime::init() initialises MPI once per process with MPI_Init_thread asking for
+// MPI_THREAD_SERIALIZED (calls may come from any one thread at a time: the engine makes them all
+// from its communication thread) and registers MPI_Finalize to run at exit. MPI_COMM_WORLD gets the
+// MPI_ERRORS_RETURN error handler, inherited by every communicator made from it, and MPI error codes
+// become ampipe::Error with MPI_Error_string's text. MPI can be initialised only once per process:
+// after finalize() it cannot come back.
+//
+// Agreement: every collective starts with one small MPI_Allreduce (five 64-bit words) in which the
+// ranks share whether their arguments passed the local checks, a hash of what must be equal on every
+// rank (the call itself, dtype, element count, root, chunk size), and for all_to_all_v a hash that
+// sums to zero exactly when send_counts[j] on rank i == recv_counts[i] on rank j for every pair.
+// So bad arguments on any rank, collectives called in a different order, and counts that disagree
+// across ranks all throw ampipe::Error on every rank of the group, before any data moves, and the
+// communicator stays usable. The cost is one latency-bound allreduce per call (see
+// bench/bench_all_to_all.cpp); a hash collision could hide a disagreement with probability ~2^-64.
+//
+// Large counts: one MPI call takes at most INT_MAX elements (and all_to_all_v's displacements must
+// fit an int). Beyond that the backend splits: all_reduce_sum / broadcast / broadcast_bytes loop over
+// pieces of at most `max_elements_per_call` elements, all_gather gathers piece by piece with a resized
+// datatype, and all_to_all_v (when any count or displacement on any rank exceeds the limit) switches
+// from MPI_Alltoallv to nonblocking point-to-point messages of at most that many elements.
+// `max_elements_per_call` exists so tests can exercise these paths with small buffers.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+
+#include "comm/communicator.h"
+
+namespace ampipe {
+
+class MpiRuntime {
+ public:
+  // Initialises MPI if nobody has yet (idempotent, thread-safe); throws ampipe::Error if MPI was
+  // already finalized or cannot give MPI_THREAD_SERIALIZED. If something else initialised MPI
+  // first, it is left to that code to finalize.
+  static void init();
+  // True between init() and finalize.
+  static bool active();
+  // Finalizes MPI now if this runtime initialised it (otherwise at exit). Every rank must call it;
+  // communicators still alive become unusable (their destructors are then no-ops).
+  static void finalize();
+  // Rank and size in MPI_COMM_WORLD (init() first).
+  static int world_rank();
+  static int world_size();
+};
+
+class MpiCommunicator final : public Communicator {
+ public:
+  struct Options {
+    // Largest element count of a single MPI call, in [1, INT_MAX]. Must be the same on every rank
+    // (checked). Only tests set it lower.
+    int64_t max_elements_per_call = 2147483647;
+  };
+
+  // A communicator over every process of the job (a duplicate of MPI_COMM_WORLD, so its messages
+  // never mix with other code's). Initialises the runtime. Collective over the world.
+  static std::unique_ptr<MpiCommunicator> world();
+  static std::unique_ptr<MpiCommunicator> world(const Options& options);
+  ~MpiCommunicator() override;
+
+  // Children made by split() inherit the options.
+  const Options& options() const;
+  void set_options(const Options& options);
+
+  int rank() const override;
+  int size() const override;
+  std::string backend() const override { return "mpi"; }
+  std::unique_ptr<Communicator> split(int color, int key) const override;
+
+  void all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_counts, Tensor recv,
+                    const std::vector<int64_t>& recv_counts) override;
+  void all_to_all(const std::vector<int64_t>& send, std::vector<int64_t>& recv) override;
+
+  void all_reduce_sum(Tensor buffer) override;
+  void all_reduce_sum(double& value) override;
+  void all_reduce_sum(int64_t& value) override;
+  void all_reduce_max(double& value) override;
+  void all_reduce_max(int64_t& value) override;
+
+  void broadcast(Tensor buffer, int root) override;
+  void broadcast_bytes(std::string& bytes, int root) override;
+  void all_gather(const Tensor& send, Tensor recv) override;
+
+  void barrier() override;
+  [[noreturn]] void abort(int code, const std::string& message) override;
+
+  struct Impl;  // holds the MPI_Comm; defined in the .cpp so no MPI header leaks out of comm/
+
+ private:
+  explicit MpiCommunicator(std::unique_ptr<Impl> impl);
+  std::unique_ptr<Impl> impl_;
+};
+
+}  // namespace ampipe

@@ -1,0 +1,23 @@
+// How one model is laid out over ranks (shared/ARCHITECTURE.md, "Parallel layout").
+//
+// expert_group: the EP ranks that together hold all E experts of every MoE layer; rank i of the
+// group holds experts [i * E/EP, (i+1) * E/EP). Tokens travel to their experts inside this group.
+// data_group: every rank that trains on its own tokens (the world); routing statistics are summed
+// over it so the load-balancing loss is one global loss, the same as one rank seeing all tokens.
+// nullptr for either means "this rank alone". The communicators are borrowed, not owned.
+#pragma once
+
+#include "comm/communicator.h"
+
+namespace ampipe {
+
+struct ModelParallel {
+  Communicator* expert_group = nullptr;
+  Communicator* data_group = nullptr;
+
+  int ep_size() const { return expert_group ? expert_group->size() : 1; }
+  int ep_rank() const { return expert_group ? expert_group->rank() : 0; }
+  int data_size() const { return data_group ? data_group->size() : 1; }
+};
+
+}  // namespace ampipe

@@ -1,0 +1,46 @@
+// Expert and data parallelism for training (shared/ARCHITECTURE.md, "Parallel layout").
+//
+// World = R ranks, every one training on its own micro-batch (data parallel). Expert parallelism
+// of size EP cuts the world into R/EP expert groups of consecutive ranks {g*EP, ..., g*EP+EP-1};
+// rank i of a group holds experts [i*E/EP, (i+1)*E/EP). Ranks holding the same experts (same
+// position in their expert groups) form an expert-data group of R/EP ranks.
+// Gradients: dense ones are summed over the world, expert ones over the expert-data group, and
+// both divided by R, which gives the gradient of the global mean loss (see GptMoe::backward).
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "comm/communicator.h"
+#include "model/parallel.h"
+#include "model/parameters.h"
+
+namespace ampipe {
+
+struct TrainingGroups {
+  Communicator* world = nullptr;                    // borrowed
+  std::unique_ptr<Communicator> expert_group;       // EP ranks that hold all experts together
+  std::unique_ptr<Communicator> expert_data_group;  // ranks that hold the same experts
+  int expert_parallel_size = 1;
+
+  ModelParallel model_parallel() const { return ModelParallel{expert_group.get(), world}; }
+  int rank() const { return world->rank(); }
+  int size() const { return world->size(); }
+};
+
+// The default EP: the largest divisor of the world size that also divides the expert count.
+int64_t default_expert_parallel_size(int64_t world_size, int64_t num_experts);
+
+// Splits the world (collective). requested_ep 0 = default; otherwise it must divide both the
+// world size and the expert count (refused with a message naming the values).
+TrainingGroups make_training_groups(Communicator& world, int64_t requested_ep, int64_t num_experts);
+
+// Averages gradients as described above (collective over the world). No-op on one rank.
+void average_gradients(ParameterRegistry& params, const TrainingGroups& groups);
+
+// Refuses (on every rank, with the differing lines named) a configuration that is not the same on
+// every rank. `description`: one "key=value" per line. Collective over the world.
+void check_same_configuration(Communicator& world, const std::string& description);
+
+}  // namespace ampipe

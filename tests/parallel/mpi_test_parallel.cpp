@@ -1,0 +1,250 @@
+// Expert and data parallelism under mpirun (2 and 4 ranks): expert-parallel MoE equals one rank
+// holding all experts; R ranks with micro-batch B train exactly like one rank with R*B; a
+// checkpoint written by R ranks holds every expert. Run by CTest as `mpirun -np R`.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <cstdio>
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+
+#include "comm/world.h"
+#include "model/gpt.h"
+#include "model/moe/moe_layer.h"
+#include "test_util.h"
+#include "train/checkpoint.h"
+#include "train/distributed.h"
+#include "train/safetensors.h"
+#include "train/trainer.h"
+
+namespace ampipe {
+namespace {
+
+std::unique_ptr<Communicator> g_world;
+
+using testing::expect_close;
+using testing::random_tensor;
+
+struct MoeCase {
+  int64_t k;
+  double capacity_factor;
+};
+
+ModelConfig moe_config(const MoeCase& c) {
+  ModelConfig m;
+  m.hidden_size = 8;
+  m.num_attention_heads = 1;
+  m.num_experts = 4;
+  m.ffn_hidden_size = 6;
+  m.top_k = c.k;
+  m.capacity_factor = c.capacity_factor;
+  return m;
+}
+
+// Full [E, ...] parameter values from a seed; each layout copies its slice.
+void set_parameters(ParameterRegistry& params, int64_t experts) {
+  uint64_t seed = 40;
+  for (Parameter& p : params.all()) {
+    Shape full = p.value.shape();
+    if (p.is_expert) full[0] = experts;
+    Tensor whole = random_tensor(full, seed++, 0.5f);
+    p.value.copy_from(p.is_expert ? whole.rows(p.expert_offset, p.expert_offset + p.value.dim(0)) : whole);
+  }
+}
+
+class ExpertParallel : public ::testing::TestWithParam<MoeCase> {};
+
+TEST_P(ExpertParallel, ForwardAndBackwardEqualOneRankHoldingAllExperts) {
+  const MoeCase c = GetParam();
+  const int R = g_world->size(), rank = g_world->rank();
+  ModelConfig config = moe_config(c);
+  TrainingGroups groups = make_training_groups(*g_world, 0, config.num_experts);
+  ASSERT_EQ(groups.expert_parallel_size, std::min(R, 4));
+
+  ParameterRegistry ep_params;
+  MoeLayer ep_layer(config, ep_params, "", ModelParallel{groups.expert_group.get(), nullptr});
+  set_parameters(ep_params, config.num_experts);
+  ParameterRegistry ref_params;
+  MoeLayer ref_layer(config, ref_params, "");
+  set_parameters(ref_params, config.num_experts);
+
+  // Rank s's tokens: uneven counts per rank, so experts receive different numbers from each.
+  auto tokens_of = [&](int s) { return random_tensor({9 + 3 * s, 8}, 100 + s); };
+  auto grad_of = [&](int s) { return random_tensor({9 + 3 * s, 8}, 200 + s); };
+  const double aux_scale = 0.05;
+
+  MoeContext ctx;
+  RoutingStats stats;
+  Tensor y = ep_layer.forward(ctx, tokens_of(rank), stats);
+  Tensor dx = ep_layer.backward(ctx, grad_of(rank), stats, aux_scale);
+
+  // The reference runs every rank of this rank's expert group on all experts; expert gradients
+  // sum over those ranks' tokens (they all reach this rank's experts), dense ones are this rank's.
+  const int group_first = rank - groups.expert_group->rank();
+  for (int s = group_first; s < group_first + groups.expert_parallel_size; ++s) {
+    Tensor dense_before;
+    MoeContext rctx;
+    RoutingStats rstats;
+    Tensor ry = ref_layer.forward(rctx, tokens_of(s), rstats);
+    if (s == rank) {
+      for (Parameter& p : ref_params.all())
+        if (!p.is_expert) p.grad.zero();
+      Tensor rdx = ref_layer.backward(rctx, grad_of(s), rstats, aux_scale);
+      expect_close(y, testing::to_double(ry), 1e-5, 1e-5, "output");
+      expect_close(dx, testing::to_double(rdx), 1e-5, 1e-4, "input gradient");
+      for (const Parameter& p : ep_params.all())
+        if (!p.is_expert)
+          expect_close(p.grad, testing::to_double(ref_params.get(p.name).grad), 1e-5, 1e-4, p.name.c_str());
+    } else {
+      std::vector<std::vector<float>> saved;
+      for (Parameter& p : ref_params.all()) saved.push_back(p.is_expert ? std::vector<float>() : p.grad.to_vector());
+      ref_layer.backward(rctx, grad_of(s), rstats, aux_scale);
+      size_t i = 0;
+      for (Parameter& p : ref_params.all()) {  // keep only this rank's dense gradients
+        if (!p.is_expert) p.grad.copy_from(Tensor::from(p.grad.shape(), saved[i]));
+        ++i;
+      }
+    }
+  }
+  for (const Parameter& p : ep_params.all()) {
+    if (!p.is_expert) continue;
+    Tensor whole = ref_params.get(p.name).grad;
+    expect_close(p.grad, testing::to_double(whole.rows(p.expert_offset, p.expert_offset + p.value.dim(0))), 1e-5,
+                 1e-4, p.name.c_str());
+  }
+}
+
+INSTANTIATE_TEST_SUITE_P(Routing, ExpertParallel,
+                         ::testing::Values(MoeCase{1, 0.0}, MoeCase{2, 0.0}, MoeCase{1, 1.0}, MoeCase{2, 0.75}));
+
+std::string shared_dir(const std::string& name) {
+  // Rank 0 chooses the directory; every rank uses it.
+  std::string dir = (std::filesystem::path(::testing::TempDir()) /
+                     ("ampipe_parallel_" + name + "_" + std::to_string(::getpid())))
+                        .string();
+  g_world->broadcast_bytes(dir, 0);
+  if (g_world->rank() == 0) {
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    std::string text;
+    for (int i = 0; i < 200; ++i) text += "And the LORD spake unto Moses, saying, Speak unto the children of Israel. ";
+    std::ofstream(dir + "/corpus.txt") << text;
+  }
+  g_world->barrier();
+  return dir;
+}
+
+TrainOptions small_options(const std::string& dir) {
+  TrainOptions o;
+  o.model.max_seq_len = 16;
+  o.model.hidden_size = 16;
+  o.model.num_attention_heads = 2;
+  o.model.num_layers = 2;
+  o.model.num_experts = 4;
+  o.model.ffn_hidden_size = 24;
+  o.model.top_k = 2;
+  o.lr = LrSchedule{3e-3, 3e-4, 2, 1};
+  o.train_iters = 12;
+  o.eval_interval = 6;
+  o.eval_iters = 1;
+  o.log_interval = 1;
+  o.data_path = dir + "/corpus.txt";
+  return o;
+}
+
+std::vector<double> losses(const std::string& metrics) {
+  std::vector<double> out;
+  std::ifstream in(metrics);
+  std::string line;
+  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line)["loss"].get<double>());
+  return out;
+}
+
+TEST(DataParallel, RRanksWithMicroBatchBTrainLikeOneRankWithRTimesB) {
+  const int R = g_world->size();
+  const std::string dir = shared_dir("dp");
+  TrainOptions parallel = small_options(dir);
+  parallel.micro_batch_size = 2;
+  parallel.save = dir + "/parallel";
+  parallel.metrics_file = dir + "/parallel.jsonl";
+  TrainResult rp = run_training(parallel, [](const std::string&) {}, g_world.get());
+
+  if (g_world->rank() == 0) {  // the single-rank reference, on rank 0 alone
+    TrainOptions single = small_options(dir);
+    single.micro_batch_size = 2 * R;
+    single.save = dir + "/single";
+    single.metrics_file = dir + "/single.jsonl";
+    TrainResult rs = run_training(single, [](const std::string&) {});
+    std::vector<double> a = losses(parallel.metrics_file), b = losses(single.metrics_file);
+    ASSERT_EQ(a.size(), 12u);
+    ASSERT_EQ(b.size(), 12u);
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 2e-5 * (1 + std::abs(b[i]))) << "iteration " << i + 1;
+    EXPECT_NEAR(rp.final_val_loss, rs.final_val_loss, 2e-5);
+    // Same parameters at the end, every expert included (the parallel checkpoint is gathered).
+    SafetensorsFile fp = read_safetensors(parallel.save + "/model.safetensors");
+    SafetensorsFile fs1 = read_safetensors(single.save + "/model.safetensors");
+    ASSERT_EQ(fp.tensors.size(), fs1.tensors.size());
+    for (const auto& [name, t] : fs1.tensors) {
+      ASSERT_TRUE(fp.tensors.count(name)) << name;
+      ASSERT_EQ(fp.tensors.at(name).shape(), t.shape()) << name;
+      expect_close(fp.tensors.at(name), testing::to_double(t), 2e-5, 1e-3, name.c_str());
+    }
+  }
+  g_world->barrier();
+}
+
+TEST(DataParallel, ParallelResumeReproducesTheUninterruptedRun) {
+  const std::string dir = shared_dir("resume");
+  TrainOptions full = small_options(dir);
+  full.micro_batch_size = 2;
+  full.metrics_file = dir + "/full.jsonl";
+  run_training(full, [](const std::string&) {}, g_world.get());
+  TrainOptions first = full;
+  first.metrics_file = dir + "/resumed.jsonl";
+  first.save = dir + "/ckpt";
+  first.exit_interval = 5;
+  run_training(first, [](const std::string&) {}, g_world.get());
+  TrainOptions second = full;
+  second.metrics_file = dir + "/resumed.jsonl";
+  second.load = dir + "/ckpt";
+  run_training(second, [](const std::string&) {}, g_world.get());
+  if (g_world->rank() == 0) {
+    EXPECT_EQ(losses(full.metrics_file), losses(dir + "/resumed.jsonl"));
+  }
+  g_world->barrier();
+}
+
+TEST(DataParallel, MismatchedConfigurationIsRefusedOnEveryRank) {
+  const std::string dir = shared_dir("mismatch");
+  TrainOptions o = small_options(dir);
+  o.micro_batch_size = 2;
+  if (g_world->rank() == 1) o.model.hidden_size = 32;
+  try {
+    run_training(o, [](const std::string&) {}, g_world.get());
+    ADD_FAILURE() << "a mismatched configuration was accepted on rank " << g_world->rank();
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("different configuration"), std::string::npos) << e.what();
+  }
+}
+
+}  // namespace
+}  // namespace ampipe
+
+int main(int argc, char** argv) {
+  ::testing::InitGoogleTest(&argc, argv);
+  ampipe::g_world = ampipe::make_world_communicator();
+  const int rank = ampipe::g_world->rank();
+  if (rank != 0) {  // rank 0 prints the usual report; the others only their failures
+    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
+    delete listeners.Release(listeners.default_result_printer());
+  }
+  const int result = RUN_ALL_TESTS();
+  int64_t failed = result != 0 ? 1 : 0;
+  ampipe::g_world->all_reduce_sum(failed);
+  if (rank == 0)
+    std::printf("mpi_test_parallel: %d ranks, %s\n", ampipe::g_world->size(),
+                failed ? "FAILED on at least one rank" : "all tests passed on every rank");
+  ampipe::g_world.reset();
+  return failed > 0 ? 1 : 0;
+}
