@@ -15,6 +15,7 @@
 #include "train/data.h"
 #include "train/distributed.h"
 #include "train/evaluate.h"
+#include "pipeline/schedule.h"
 #include "train/trainer.h"
 
 namespace {
@@ -139,6 +140,7 @@ int main(int argc, char** argv) {
 
   // train
   TrainOptions t;
+  std::string schedule_name_flag = "sequential", chunk_boundaries_flag;
   int train_threads = default_threads;
   CLI::App* train = app.add_subcommand("train", "Train a GPT-MoE model on a text file");
   add_model_flags(*train, t.model);
@@ -175,6 +177,14 @@ int main(int argc, char** argv) {
                     "Ranks that share the experts of each MoE layer (EP; each holds E/EP experts); must divide "
                     "the world size and --moe-num-experts. Default 0: the largest such divisor")
       ->capture_default_str();
+  train->add_option("--schedule", schedule_name_flag,
+                    "How each transformer block runs: sequential (one piece), moe-pipe (the MoE layer's tokens in "
+                    "P chunks), ampipe (the sequence in P chunks: attention, all-to-all and experts per chunk)")
+      ->capture_default_str();
+  train->add_option("--pipe-degree", t.schedule.pipe_degree, "Chunks per block (P) for moe-pipe and ampipe")
+      ->capture_default_str();
+  train->add_option("--chunk-boundaries", chunk_boundaries_flag,
+                    "Explicit ampipe chunk boundaries as positions, e.g. 0,48,96,128 (overrides --pipe-degree)");
   train->add_flag("--abort-on-nan", t.abort_on_nan,
                   "End the whole job on a non-finite loss (default: skip that update and go on)");
   train->add_option("--metrics-file", t.metrics_file,
@@ -213,7 +223,12 @@ int main(int argc, char** argv) {
   try {
     // Under mpirun / srun this is the MPI world; otherwise this process alone.
     world = make_world_communicator();
-    if (train->parsed()) return run_train(t, *train, train_threads, *world);
+    if (train->parsed()) {
+      t.schedule.kind = parse_schedule(schedule_name_flag);
+      if (!chunk_boundaries_flag.empty()) t.schedule.chunk_boundaries = parse_chunk_boundaries(chunk_boundaries_flag);
+      t.schedule.validate();
+      return run_train(t, *train, train_threads, *world);
+    }
     if (eval->parsed()) return run_eval(eval_load, eval_data, eval_seq, eval_batch, eval_threads, *world);
     if (sample->parsed())
       return run_sample(sample_load, prompt, sample_tokens, temperature, sample_seed, sample_threads, *world);

@@ -66,13 +66,12 @@ void GptMoe::initialize(uint64_t seed) {
 
 void GptMoe::run_blocks(ForwardState& state, Tensor& x) const {
   const int64_t L = config_.num_layers;
-  state.attention.assign(L, AttentionContext{});
-  state.moe.assign(L, MoeContext{});
+  state.blocks.assign(L, BlockContext{});
   state.routing.assign(L, RoutingStats{});
   for (int64_t l = 0; l < L; ++l) {
     state.routing[l].reset(config_.num_experts);
-    x = attention_[l].forward(state.attention[l], x, state.batch, state.seq_len);
-    x = moe_[l].forward(state.moe[l], x, state.routing[l]);
+    x = executor_->forward(Block{attention_[l], moe_[l]}, state.blocks[l], x, state.batch, state.seq_len,
+                           state.routing[l]);
   }
 }
 
@@ -129,8 +128,7 @@ void GptMoe::backward(ForwardState& state, double loss_scale) const {
                               final_ln_w_->grad, final_ln_b_->grad);
   const double aux_scale = loss_scale * config_.aux_loss_weight * parallel_.data_size();
   for (int64_t l = config_.num_layers - 1; l >= 0; --l) {
-    dx = moe_[l].backward(state.moe[l], dx, state.routing[l], aux_scale);
-    dx = attention_[l].backward(state.attention[l], dx);
+    dx = executor_->backward(Block{attention_[l], moe_[l]}, state.blocks[l], dx, state.routing[l], aux_scale);
   }
   kernels::embedding_backward(state.tokens, dx, state.seq_len, token_emb_->grad, pos_emb_->grad);
   state = ForwardState{};

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "model/attention_layer.h"
+#include "model/block.h"
 #include "model/config.h"
 #include "model/moe/moe_layer.h"
 #include "model/parallel.h"
@@ -26,8 +27,7 @@ struct LossParts {
 struct ForwardState {
   int64_t batch = 0, seq_len = 0;
   Tensor tokens, targets;
-  std::vector<AttentionContext> attention;
-  std::vector<MoeContext> moe;
+  std::vector<BlockContext> blocks;
   std::vector<RoutingStats> routing;
   Tensor x_final, ln_mean, ln_rstd, y;  // final LayerNorm input / stats / output
   Tensor logits;                        // [T, V]
@@ -45,6 +45,9 @@ class GptMoe {
   void initialize(uint64_t seed);
 
   const ModelConfig& config() const { return config_; }
+  // How every block is run (borrowed; default: SequentialBlock). Any executor computes the same
+  // function; pipeline/ provides the chunked schedules.
+  void set_block_executor(const BlockExecutor* executor) { executor_ = executor ? executor : &sequential_; }
   ParameterRegistry& params() { return params_; }
   const ParameterRegistry& params() const { return params_; }
 
@@ -67,6 +70,8 @@ class GptMoe {
   Parameter *token_emb_, *pos_emb_, *final_ln_w_, *final_ln_b_;
   std::vector<AttentionLayer> attention_;
   std::vector<MoeLayer> moe_;
+  SequentialBlock sequential_;
+  const BlockExecutor* executor_ = &sequential_;
 
   void run_blocks(ForwardState& state, Tensor& x) const;
   // Sums every layer's routing statistics over the data group (the aux loss is global).

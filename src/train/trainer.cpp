@@ -12,6 +12,7 @@
 #include "comm/self_communicator.h"
 #include "comm/timed_communicator.h"
 #include "model/gpt.h"
+#include "pipeline/chunked_block.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/distributed.h"
@@ -53,7 +54,8 @@ static std::string describe(const TrainOptions& o) {
     << "\nclip_grad=" << o.adamw.clip_grad << "\ntrain_iters=" << o.train_iters << "\nseed=" << o.seed
     << "\ndata_path=" << o.data_path << "\nload=" << o.load << "\nsave=" << o.save
     << "\nexpert_parallel_size=" << o.expert_parallel_size << "\neval_interval=" << o.eval_interval
-    << "\neval_iters=" << o.eval_iters << "\nexit_interval=" << o.exit_interval << "\n";
+    << "\neval_iters=" << o.eval_iters << "\nexit_interval=" << o.exit_interval
+    << "\nschedule=" << schedule_name(o.schedule.kind) << "\npipe_degree=" << o.schedule.pipe_degree << "\n";
   return s.str();
 }
 
@@ -88,6 +90,9 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   TextSplit data = split_train_validation(load_tokens(o.data_path), N, o.data_path);
   GptMoe model(o.model, groups.model_parallel());
   model.initialize(o.seed);
+  o.schedule.boundaries(N);  // refuse boundaries that do not fit the sequence before training
+  ChunkedBlock block_executor(o.schedule);
+  model.set_block_executor(&block_executor);
   AdamW optimizer(model.params(), o.adamw, groups.expert_group.get());
   int64_t start = 0;
   if (!o.load.empty()) {

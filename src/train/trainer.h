@@ -8,6 +8,7 @@
 
 #include "comm/communicator.h"
 #include "model/config.h"
+#include "pipeline/schedule.h"
 #include "train/optimizer.h"
 
 namespace ampipe {
@@ -29,6 +30,7 @@ struct TrainOptions {
   std::string data_path = "data/kjv.txt";
   std::string metrics_file;     // JSON Lines, one object per logged iteration ("" = none)
   int64_t expert_parallel_size = 0;  // EP; 0 = the largest divisor of the world size and E
+  BlockSchedule schedule;           // how each block is cut (--schedule, --pipe-degree, --chunk-boundaries)
   bool abort_on_nan = false;    // a non-finite loss ends the job; otherwise the step is skipped
 };
 

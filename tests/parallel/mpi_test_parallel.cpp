@@ -215,6 +215,27 @@ TEST(DataParallel, ParallelResumeReproducesTheUninterruptedRun) {
   g_world->barrier();
 }
 
+// AMPipe chunks (each with its own all-to-all across the expert group) train like the sequential
+// block on the same ranks.
+TEST(DataParallel, AmPipeOnSeveralRanksFollowsSequential) {
+  const std::string dir = shared_dir("ampipe");
+  TrainOptions seq = small_options(dir);
+  seq.micro_batch_size = 2;
+  seq.metrics_file = dir + "/seq.jsonl";
+  run_training(seq, [](const std::string&) {}, g_world.get());
+  TrainOptions pipe = seq;
+  pipe.schedule.kind = ScheduleKind::AmPipe;
+  pipe.schedule.chunk_boundaries = {0, 3, 10, 16};
+  pipe.metrics_file = dir + "/pipe.jsonl";
+  run_training(pipe, [](const std::string&) {}, g_world.get());
+  if (g_world->rank() == 0) {
+    std::vector<double> a = losses(seq.metrics_file), b = losses(pipe.metrics_file);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-4) << "iteration " << i + 1;
+  }
+  g_world->barrier();
+}
+
 TEST(DataParallel, MismatchedConfigurationIsRefusedOnEveryRank) {
   const std::string dir = shared_dir("mismatch");
   TrainOptions o = small_options(dir);

@@ -116,6 +116,26 @@ TEST(Trainer, LossFallsAndMetricsHaveTheDocumentedKeys) {
   EXPECT_LT(m[3]["val_loss"].get<double>(), std::log(256.0) - 1.0);
 }
 
+TEST(Trainer, AmPipeTrainingFollowsTheSequentialLossCurve) {
+  const std::string dir = temp_dir("ampipe");
+  TrainOptions seq = tiny_options(write_corpus(dir));
+  seq.train_iters = 200;
+  seq.eval_interval = 100;
+  seq.log_interval = 10;
+  seq.metrics_file = dir + "/seq.jsonl";
+  run_training(seq, quiet);
+  TrainOptions pipe = seq;
+  pipe.schedule.kind = ScheduleKind::AmPipe;
+  pipe.schedule.pipe_degree = 4;
+  pipe.metrics_file = dir + "/pipe.jsonl";
+  run_training(pipe, quiet);
+  std::vector<nlohmann::json> a = read_metrics(seq.metrics_file), b = read_metrics(pipe.metrics_file);
+  ASSERT_EQ(a.size(), b.size());
+  for (size_t i = 0; i < a.size(); ++i)
+    EXPECT_NEAR(a[i]["loss"].get<double>(), b[i]["loss"].get<double>(), 2e-3) << "iteration " << a[i]["iter"];
+  EXPECT_NEAR(a.back()["val_loss"].get<double>(), b.back()["val_loss"].get<double>(), 2e-3);
+}
+
 TEST(Trainer, CheckpointWithAnotherConfigIsRefused) {
   const std::string dir = temp_dir("mismatch");
   TrainOptions o = tiny_options(write_corpus(dir));

@@ -1,0 +1,22 @@
+#include "model/block.h"
+
+namespace ampipe {
+
+Tensor SequentialBlock::forward(const Block& block, BlockContext& ctx, const Tensor& x, int64_t batch,
+                                int64_t seq_len, RoutingStats& stats) const {
+  ctx.batch = batch;
+  ctx.seq_len = seq_len;
+  ctx.moe.assign(1, MoeContext{});
+  Tensor h = block.attention.forward(ctx.attention, x, batch, seq_len);
+  return block.moe.forward(ctx.moe[0], h, stats);
+}
+
+Tensor SequentialBlock::backward(const Block& block, BlockContext& ctx, const Tensor& dy, const RoutingStats& stats,
+                                 double aux_grad_scale) const {
+  Tensor dh = block.moe.backward(ctx.moe[0], dy, stats, aux_grad_scale);
+  Tensor dx = block.attention.backward(ctx.attention, dh);
+  ctx = BlockContext{};
+  return dx;
+}
+
+}  // namespace ampipe

@@ -1,0 +1,53 @@
+// One transformer block (attention half + MoE half) and the seam through which a schedule runs it.
+//
+// A BlockExecutor decides how a block's stages are cut and ordered: SequentialBlock (here) runs the
+// block as one piece; pipeline/ provides the chunked schedules (MoE-only chunks, AMPipe). Every
+// executor computes the same function (shared/MODEL.md; capacity per routing group aside), and
+// keeps what its backward needs in a BlockContext owned by the caller.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "model/attention_layer.h"
+#include "model/moe/moe_layer.h"
+
+namespace ampipe {
+
+struct Block {
+  const AttentionLayer& attention;
+  const MoeLayer& moe;
+};
+
+struct BlockContext {
+  int64_t batch = 0, seq_len = 0;
+  AttentionContext attention;
+  std::vector<MoeContext> moe;            // one per MoE chunk (routing group)
+  std::vector<Tensor> moe_rows;           // per MoE chunk: int32 rows of the [B*N] buffer, or undefined
+  std::vector<int64_t> moe_first_row;     //   when contiguous (then rows [first, first + count))
+  std::vector<int64_t> moe_row_count;
+  std::vector<size_t> attention_chunk;    // per MoE chunk: the attention chunk it came from (AMPipe)
+};
+
+class BlockExecutor {
+ public:
+  virtual ~BlockExecutor() = default;
+  // x [B*N, d] -> block output [B*N, d]; routing statistics of every MoE chunk are added to stats.
+  virtual Tensor forward(const Block& block, BlockContext& ctx, const Tensor& x, int64_t batch, int64_t seq_len,
+                         RoutingStats& stats) const = 0;
+  // dy [B*N, d] -> dx [B*N, d]; accumulates parameter gradients; releases ctx. stats: the totals
+  // the aux loss was formed from; aux_grad_scale: d(loss)/d(aux) for this layer.
+  virtual Tensor backward(const Block& block, BlockContext& ctx, const Tensor& dy, const RoutingStats& stats,
+                          double aux_grad_scale) const = 0;
+};
+
+// The block as one piece: attention over the whole sequence, then the MoE layer over all tokens.
+class SequentialBlock final : public BlockExecutor {
+ public:
+  Tensor forward(const Block& block, BlockContext& ctx, const Tensor& x, int64_t batch, int64_t seq_len,
+                 RoutingStats& stats) const override;
+  Tensor backward(const Block& block, BlockContext& ctx, const Tensor& dy, const RoutingStats& stats,
+                  double aux_grad_scale) const override;
+};
+
+}  // namespace ampipe
