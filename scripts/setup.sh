@@ -10,7 +10,9 @@ packages=(
   libopenmpi-dev openmpi-bin                   # collectives and mpirun
   libgtest-dev googletest                      # tests
   libcli11-dev nlohmann-json3-dev              # command line, JSON
+  iproute2                                     # ip netns, tc: scripts/netem.sh (emulated interconnect)
   bible-kjv                                    # the default corpus
+  python3                                      # test scripts
 )
 
 missing=()

@@ -36,18 +36,45 @@ Tensor Dispatcher::exchange(const Tensor& rows, const std::vector<int64_t>& send
 
 Tensor Dispatcher::dispatch(DispatchContext& ctx, const Tensor& m, const Tensor& expert_index,
                             const Tensor& gate) const {
+  begin_dispatch(ctx, m, expert_index, gate);
+  exchange_dispatch(ctx);
+  return finish_dispatch(ctx);
+}
+
+Tensor Dispatcher::combine(DispatchContext& ctx, const Tensor& expert_output) const {
+  begin_combine(ctx, expert_output);
+  exchange_combine(ctx);
+  return finish_combine(ctx);
+}
+
+Tensor Dispatcher::combine_backward(DispatchContext& ctx, const Tensor& dout, Tensor dgate) const {
+  begin_combine_backward(ctx, dout, dgate);
+  exchange_combine_backward(ctx);
+  return finish_combine_backward(ctx);
+}
+
+Tensor Dispatcher::dispatch_backward(DispatchContext& ctx, const Tensor& dexpert_input) const {
+  begin_dispatch_backward(ctx, dexpert_input);
+  exchange_dispatch_backward(ctx);
+  return finish_dispatch_backward(ctx);
+}
+
+void Dispatcher::begin_dispatch(DispatchContext& ctx, const Tensor& m, const Tensor& expert_index,
+                                const Tensor& gate) const {
   ctx.plan = kernels::make_dispatch_plan(expert_index, static_cast<int>(experts_), capacity(m.dim(0)));
   ctx.gate = gate;
-  Tensor permuted = Tensor::empty({ctx.plan.num_slots(), m.dim(1)});
-  kernels::permute_forward(m, ctx.plan, permuted);
-  if (!distributed()) {
-    ctx.local_counts = ctx.plan.expert_counts;
-    return permuted;
-  }
-  // Rows per (destination rank, its local expert), then exchange them: counts[src][e_local].
+  ctx.in_flight = Tensor::empty({ctx.plan.num_slots(), m.dim(1)});
+  kernels::permute_forward(m, ctx.plan, ctx.in_flight);
+  if (!distributed()) ctx.local_counts = ctx.plan.expert_counts;
+}
+
+void Dispatcher::exchange_dispatch(DispatchContext& ctx) const {
+  if (!distributed()) return;
+  // Rows per (destination rank, its local expert), exchanged first: counts[src][e_local].
   const int ep = group_->size();
   Tensor send_counts = Tensor::empty({experts_}, DType::I32);
-  for (int64_t e = 0; e < experts_; ++e) send_counts.data<int32_t>()[e] = static_cast<int32_t>(ctx.plan.expert_counts[e]);
+  for (int64_t e = 0; e < experts_; ++e)
+    send_counts.data<int32_t>()[e] = static_cast<int32_t>(ctx.plan.expert_counts[e]);
   Tensor recv_counts = Tensor::empty({experts_}, DType::I32);
   group_->all_to_all_v(send_counts, std::vector<int64_t>(ep, local_experts_), recv_counts,
                        std::vector<int64_t>(ep, local_experts_));
@@ -61,7 +88,6 @@ Tensor Dispatcher::dispatch(DispatchContext& ctx, const Tensor& m, const Tensor&
       ctx.recv_rows[r] += rc[r * local_experts_ + e];
       ctx.local_counts[e] += rc[r * local_experts_ + e];
     }
-  Tensor received = exchange(permuted, ctx.send_rows, ctx.recv_rows);
   // Received rows are (source rank, local expert)-major; experts want (local expert, source rank).
   std::vector<int64_t> block_start(ep * local_experts_);
   int64_t row = 0;
@@ -77,42 +103,74 @@ Tensor Dispatcher::dispatch(DispatchContext& ctx, const Tensor& m, const Tensor&
     for (int r = 0; r < ep; ++r)
       for (int64_t i = 0; i < rc[r * local_experts_ + e]; ++i)
         regroup[out_row++] = static_cast<int32_t>(block_start[r * local_experts_ + e] + i);
-  Tensor expert_input = Tensor::empty({row, m.dim(1)});
+  ctx.in_flight = exchange(ctx.in_flight, ctx.send_rows, ctx.recv_rows);
+}
+
+Tensor Dispatcher::finish_dispatch(DispatchContext& ctx) const {
+  Tensor received = std::move(ctx.in_flight);
+  ctx.in_flight = Tensor();
+  if (!distributed()) return received;
+  Tensor expert_input = Tensor::empty({ctx.regroup.numel(), received.dim(1)});
   kernels::gather_rows(received, ctx.regroup, expert_input);
   return expert_input;
 }
 
-Tensor Dispatcher::combine(DispatchContext& ctx, const Tensor& expert_output) const {
-  if (distributed()) {
-    Tensor received_order = Tensor::empty(expert_output.shape());
-    kernels::scatter_rows(expert_output, ctx.regroup, received_order);
-    ctx.expert_output_permuted = exchange(received_order, ctx.recv_rows, ctx.send_rows);
-  } else {
-    ctx.expert_output_permuted = expert_output;
+void Dispatcher::begin_combine(DispatchContext& ctx, const Tensor& expert_output) const {
+  if (!distributed()) {
+    ctx.in_flight = expert_output;
+    return;
   }
-  Tensor out = Tensor::empty({ctx.plan.token_slot.dim(0), expert_output.dim(1)});
+  ctx.in_flight = Tensor::empty(expert_output.shape());
+  kernels::scatter_rows(expert_output, ctx.regroup, ctx.in_flight);
+}
+
+void Dispatcher::exchange_combine(DispatchContext& ctx) const {
+  if (distributed()) ctx.in_flight = exchange(ctx.in_flight, ctx.recv_rows, ctx.send_rows);
+}
+
+Tensor Dispatcher::finish_combine(DispatchContext& ctx) const {
+  ctx.expert_output_permuted = std::move(ctx.in_flight);
+  ctx.in_flight = Tensor();
+  Tensor out = Tensor::empty({ctx.plan.token_slot.dim(0), ctx.expert_output_permuted.dim(1)});
   kernels::unpermute_forward(ctx.expert_output_permuted, ctx.plan, ctx.gate, out);
   return out;
 }
 
-Tensor Dispatcher::combine_backward(const DispatchContext& ctx, const Tensor& dout, Tensor dgate) const {
-  Tensor dy = Tensor::empty(ctx.expert_output_permuted.shape());
-  kernels::unpermute_backward(dout, ctx.expert_output_permuted, ctx.plan, ctx.gate, dy, dgate);
-  if (!distributed()) return dy;
-  Tensor received = exchange(dy, ctx.send_rows, ctx.recv_rows);
-  Tensor dexpert_output = Tensor::empty({ctx.regroup.numel(), dout.dim(1)});
+void Dispatcher::begin_combine_backward(DispatchContext& ctx, const Tensor& dout, Tensor dgate) const {
+  ctx.in_flight = Tensor::empty(ctx.expert_output_permuted.shape());
+  kernels::unpermute_backward(dout, ctx.expert_output_permuted, ctx.plan, ctx.gate, ctx.in_flight, dgate);
+}
+
+void Dispatcher::exchange_combine_backward(DispatchContext& ctx) const {
+  if (distributed()) ctx.in_flight = exchange(ctx.in_flight, ctx.send_rows, ctx.recv_rows);
+}
+
+Tensor Dispatcher::finish_combine_backward(DispatchContext& ctx) const {
+  Tensor received = std::move(ctx.in_flight);
+  ctx.in_flight = Tensor();
+  if (!distributed()) return received;
+  Tensor dexpert_output = Tensor::empty({ctx.regroup.numel(), received.dim(1)});
   kernels::gather_rows(received, ctx.regroup, dexpert_output);
   return dexpert_output;
 }
 
-Tensor Dispatcher::dispatch_backward(const DispatchContext& ctx, const Tensor& dexpert_input) const {
-  Tensor dpermuted = dexpert_input;
-  if (distributed()) {
-    Tensor received_order = Tensor::empty(dexpert_input.shape());
-    kernels::scatter_rows(dexpert_input, ctx.regroup, received_order);
-    dpermuted = exchange(received_order, ctx.recv_rows, ctx.send_rows);
+void Dispatcher::begin_dispatch_backward(DispatchContext& ctx, const Tensor& dexpert_input) const {
+  if (!distributed()) {
+    ctx.in_flight = dexpert_input;
+    return;
   }
-  Tensor dm = Tensor::empty({ctx.plan.token_slot.dim(0), dexpert_input.dim(1)});
+  ctx.in_flight = Tensor::empty(dexpert_input.shape());
+  kernels::scatter_rows(dexpert_input, ctx.regroup, ctx.in_flight);
+}
+
+void Dispatcher::exchange_dispatch_backward(DispatchContext& ctx) const {
+  if (distributed()) ctx.in_flight = exchange(ctx.in_flight, ctx.recv_rows, ctx.send_rows);
+}
+
+Tensor Dispatcher::finish_dispatch_backward(DispatchContext& ctx) const {
+  Tensor dpermuted = std::move(ctx.in_flight);
+  ctx.in_flight = Tensor();
+  Tensor dm = Tensor::empty({ctx.plan.token_slot.dim(0), dpermuted.dim(1)});
   kernels::permute_backward(dpermuted, ctx.plan, dm);
   return dm;
 }

@@ -21,6 +21,7 @@ namespace ampipe {
 
 struct DispatchContext {
   kernels::DispatchPlan plan;           // local (token, choice) -> row of the expert-major buffer
+  Tensor in_flight;                     // rows between a stage's compute part and its exchange
   Tensor gate;                          // [T, k]
   std::vector<int64_t> send_rows;       // [EP] rows sent to each rank (expert-major buffer order)
   std::vector<int64_t> recv_rows;       // [EP] rows received from each rank
@@ -44,9 +45,26 @@ class Dispatcher {
   Tensor combine(DispatchContext& ctx, const Tensor& expert_output) const;
 
   // Backward of combine: dout [T, d] -> d expert_output [P_local, d]; writes dgate [T, k].
-  Tensor combine_backward(const DispatchContext& ctx, const Tensor& dout, Tensor dgate) const;
+  Tensor combine_backward(DispatchContext& ctx, const Tensor& dout, Tensor dgate) const;
   // Backward of dispatch: d expert_input [P_local, d] -> dm [T, d].
-  Tensor dispatch_backward(const DispatchContext& ctx, const Tensor& dexpert_input) const;
+  Tensor dispatch_backward(DispatchContext& ctx, const Tensor& dexpert_input) const;
+
+  // The same four operations in stages, for schedules that run communication on its own stream:
+  // each is local compute (begin_*), the all-to-all (exchange_*, communication only: the only
+  // part that touches the communicator) and local compute again (finish_*). Calling the three in
+  // order equals the one-call form above.
+  void begin_dispatch(DispatchContext& ctx, const Tensor& m, const Tensor& expert_index, const Tensor& gate) const;
+  void exchange_dispatch(DispatchContext& ctx) const;
+  Tensor finish_dispatch(DispatchContext& ctx) const;
+  void begin_combine(DispatchContext& ctx, const Tensor& expert_output) const;
+  void exchange_combine(DispatchContext& ctx) const;
+  Tensor finish_combine(DispatchContext& ctx) const;
+  void begin_combine_backward(DispatchContext& ctx, const Tensor& dout, Tensor dgate) const;
+  void exchange_combine_backward(DispatchContext& ctx) const;
+  Tensor finish_combine_backward(DispatchContext& ctx) const;
+  void begin_dispatch_backward(DispatchContext& ctx, const Tensor& dexpert_input) const;
+  void exchange_dispatch_backward(DispatchContext& ctx) const;
+  Tensor finish_dispatch_backward(DispatchContext& ctx) const;
 
  private:
   int64_t experts_, local_experts_, top_k_;
