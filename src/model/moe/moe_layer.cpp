@@ -17,7 +17,7 @@ MoeLayer::MoeLayer(const ModelConfig& config, ParameterRegistry& params, const s
       dispatcher_(config, parallel),
       experts_(config, params, prefix, parallel) {}
 
-Tensor MoeLayer::forward(MoeContext& ctx, const Tensor& x, RoutingStats& stats) const {
+void MoeLayer::begin_forward(MoeContext& ctx, const Tensor& x, RoutingStats& stats) const {
   const int64_t T = x.dim(0);
   const int64_t d = x.dim(1);
   ctx.x = x;
@@ -26,27 +26,59 @@ Tensor MoeLayer::forward(MoeContext& ctx, const Tensor& x, RoutingStats& stats) 
   Tensor m = Tensor::empty({T, d});
   kernels::layernorm_forward(x, ln_w_->value, ln_b_->value, m, ctx.ln_mean, ctx.ln_rstd);
   router_.forward(ctx.router, m, stats);
-  Tensor expert_input = dispatcher_.dispatch(ctx.dispatch, m, ctx.router.expert_index, ctx.router.gate);
+  dispatcher_.begin_dispatch(ctx.dispatch, m, ctx.router.expert_index, ctx.router.gate);
+}
+
+void MoeLayer::run_experts(MoeContext& ctx) const {
+  Tensor expert_input = dispatcher_.finish_dispatch(ctx.dispatch);
   Tensor expert_output =
       experts_.forward(ctx.experts, expert_input, dispatcher_.local_expert_counts(ctx.dispatch));
-  Tensor y = dispatcher_.combine(ctx.dispatch, expert_output);
-  kernels::add_inplace(y, x);
+  dispatcher_.begin_combine(ctx.dispatch, expert_output);
+}
+
+Tensor MoeLayer::finish_forward(MoeContext& ctx) const {
+  Tensor y = dispatcher_.finish_combine(ctx.dispatch);
+  kernels::add_inplace(y, ctx.x);
   return y;
+}
+
+void MoeLayer::begin_backward(MoeContext& ctx, const Tensor& dy) const {
+  ctx.dy = dy;
+  ctx.dgate = Tensor::empty(ctx.router.gate.shape());
+  dispatcher_.begin_combine_backward(ctx.dispatch, dy, ctx.dgate);
+}
+
+void MoeLayer::run_experts_backward(MoeContext& ctx) const {
+  Tensor dexpert_output = dispatcher_.finish_combine_backward(ctx.dispatch);
+  Tensor dexpert_input = experts_.backward(ctx.experts, dexpert_output);
+  dispatcher_.begin_dispatch_backward(ctx.dispatch, dexpert_input);
+}
+
+Tensor MoeLayer::finish_backward(MoeContext& ctx, const RoutingStats& stats, double aux_grad_scale) const {
+  Tensor dm = dispatcher_.finish_dispatch_backward(ctx.dispatch);
+  router_.backward(ctx.router, ctx.dgate, stats, aux_grad_scale, dm);
+  Tensor dx = Tensor::empty(ctx.dy.shape());
+  kernels::layernorm_backward(dm, ctx.x, ln_w_->value, ctx.ln_mean, ctx.ln_rstd, dx, ln_w_->grad, ln_b_->grad);
+  kernels::add_inplace(dx, ctx.dy);
+  ctx = MoeContext{};
+  return dx;
+}
+
+Tensor MoeLayer::forward(MoeContext& ctx, const Tensor& x, RoutingStats& stats) const {
+  begin_forward(ctx, x, stats);
+  exchange_dispatch(ctx);
+  run_experts(ctx);
+  exchange_combine(ctx);
+  return finish_forward(ctx);
 }
 
 Tensor MoeLayer::backward(MoeContext& ctx, const Tensor& dy, const RoutingStats& stats,
                           double aux_grad_scale) const {
-  const int64_t T = dy.dim(0);
-  Tensor dgate = Tensor::empty(ctx.router.gate.shape());
-  Tensor dexpert_output = dispatcher_.combine_backward(ctx.dispatch, dy, dgate);
-  Tensor dexpert_input = experts_.backward(ctx.experts, dexpert_output);
-  Tensor dm = dispatcher_.dispatch_backward(ctx.dispatch, dexpert_input);
-  router_.backward(ctx.router, dgate, stats, aux_grad_scale, dm);
-  Tensor dx = Tensor::empty({T, dy.dim(1)});
-  kernels::layernorm_backward(dm, ctx.x, ln_w_->value, ctx.ln_mean, ctx.ln_rstd, dx, ln_w_->grad, ln_b_->grad);
-  kernels::add_inplace(dx, dy);
-  ctx = MoeContext{};
-  return dx;
+  begin_backward(ctx, dy);
+  exchange_combine_backward(ctx);
+  run_experts_backward(ctx);
+  exchange_dispatch_backward(ctx);
+  return finish_backward(ctx, stats, aux_grad_scale);
 }
 
 }  // namespace ampipe

@@ -15,6 +15,8 @@ namespace ampipe {
 
 struct MoeContext {
   Tensor x;                 // [T, d] input (residual stream)
+  Tensor dy;                // [T, d] output gradient, between the stages of a staged backward
+  Tensor dgate;             // [T, k]
   Tensor ln_mean, ln_rstd;  // [T]
   RouterContext router;
   DispatchContext dispatch;
@@ -30,6 +32,20 @@ class MoeLayer {
   Tensor forward(MoeContext& ctx, const Tensor& x, RoutingStats& stats) const;
   // dy: gradient of the output. aux_grad_scale: d(total loss)/d(this layer's aux loss).
   Tensor backward(MoeContext& ctx, const Tensor& dy, const RoutingStats& stats, double aux_grad_scale) const;
+
+  // The same forward and backward in stages, for schedules that run the all-to-alls on a
+  // communication stream: begin (compute), exchange (communication only), experts (compute),
+  // exchange, finish (compute). Run in this order they equal forward() / backward().
+  void begin_forward(MoeContext& ctx, const Tensor& x, RoutingStats& stats) const;
+  void exchange_dispatch(MoeContext& ctx) const { dispatcher_.exchange_dispatch(ctx.dispatch); }
+  void run_experts(MoeContext& ctx) const;
+  void exchange_combine(MoeContext& ctx) const { dispatcher_.exchange_combine(ctx.dispatch); }
+  Tensor finish_forward(MoeContext& ctx) const;
+  void begin_backward(MoeContext& ctx, const Tensor& dy) const;
+  void exchange_combine_backward(MoeContext& ctx) const { dispatcher_.exchange_combine_backward(ctx.dispatch); }
+  void run_experts_backward(MoeContext& ctx) const;
+  void exchange_dispatch_backward(MoeContext& ctx) const { dispatcher_.exchange_dispatch_backward(ctx.dispatch); }
+  Tensor finish_backward(MoeContext& ctx, const RoutingStats& stats, double aux_grad_scale) const;
 
   const Router& router() const { return router_; }
   const Dispatcher& dispatcher() const { return dispatcher_; }
