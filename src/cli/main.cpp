@@ -185,6 +185,10 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   train->add_option("--chunk-boundaries", chunk_boundaries_flag,
                     "Explicit ampipe chunk boundaries as positions, e.g. 0,48,96,128 (overrides --pipe-degree)");
+  train->add_option("--stage-order", t.stage_order,
+                    "Order in which the compute stream takes a chunked block's stages: stage-major (all attention "
+                    "chunks, then all experts) or interleaved (attention c, experts c-1, combine c-2, ...)")
+      ->capture_default_str();
   train->add_flag("--abort-on-nan", t.abort_on_nan,
                   "End the whole job on a non-finite loss (default: skip that update and go on)");
   train->add_option("--metrics-file", t.metrics_file,

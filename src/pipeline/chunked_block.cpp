@@ -1,36 +1,12 @@
 #include "pipeline/chunked_block.h"
 
 #include "kernels/elementwise.h"
-#include "kernels/permute.h"
+#include "pipeline/block_rows.h"
 
 namespace ampipe {
 
-namespace {
-
-// Rows of MoE chunk c of a [B*N, w] buffer: a view when contiguous, else a gathered copy.
-Tensor chunk_rows(const BlockContext& ctx, size_t c, const Tensor& full) {
-  if (!ctx.moe_rows[c].defined()) return full.rows(ctx.moe_first_row[c], ctx.moe_first_row[c] + ctx.moe_row_count[c]);
-  Tensor out = Tensor::empty({ctx.moe_row_count[c], full.dim(1)});
-  kernels::gather_rows(full, ctx.moe_rows[c], out);
-  return out;
-}
-
-void write_chunk_rows(const BlockContext& ctx, size_t c, const Tensor& rows, Tensor full) {
-  if (!ctx.moe_rows[c].defined()) {
-    full.rows(ctx.moe_first_row[c], ctx.moe_first_row[c] + ctx.moe_row_count[c]).copy_from(rows);
-  } else {
-    kernels::scatter_rows(rows, ctx.moe_rows[c], full);
-  }
-}
-
-void add_chunk(BlockContext& ctx, Tensor rows, int64_t first_row, int64_t count, size_t attention_chunk) {
-  ctx.moe_rows.push_back(rows);
-  ctx.moe_first_row.push_back(first_row);
-  ctx.moe_row_count.push_back(count);
-  ctx.attention_chunk.push_back(attention_chunk);
-}
-
-}  // namespace
+using pipeline_detail::chunk_rows;
+using pipeline_detail::write_chunk_rows;
 
 ChunkedBlock::ChunkedBlock(const BlockSchedule& schedule) : schedule_(schedule) { schedule_.validate(); }
 
@@ -45,14 +21,7 @@ Tensor ChunkedBlock::forward(const Block& block, BlockContext& ctx, const Tensor
 
   if (schedule_.kind == ScheduleKind::MoePipe) {
     Tensor h = block.attention.forward(ctx.attention, x, batch, seq_len);
-    const int64_t P = std::min<int64_t>(schedule_.pipe_degree, T);
-    int64_t first = 0;
-    for (int64_t c = 0; c < P; ++c) {
-      const int64_t count = T / P + (c < T % P ? 1 : 0);
-      add_chunk(ctx, Tensor(), first, count, 0);
-      first += count;
-    }
-    ctx.moe.assign(ctx.moe_row_count.size(), MoeContext{});
+    pipeline_detail::set_token_chunks(ctx, T, schedule_.pipe_degree);
     for (size_t c = 0; c < ctx.moe.size(); ++c)
       write_chunk_rows(ctx, c, block.moe.forward(ctx.moe[c], chunk_rows(ctx, c, h), stats), y);
     return y;
@@ -62,13 +31,12 @@ Tensor ChunkedBlock::forward(const Block& block, BlockContext& ctx, const Tensor
   block.attention.begin_forward(ctx.attention, x, batch, seq_len);
   const std::vector<int64_t> bounds = schedule_.boundaries(seq_len);
   std::vector<Tensor> h(bounds.size() - 1);
+  pipeline_detail::size_chunks(ctx, h.size());
   for (size_t c = 0; c + 1 < bounds.size(); ++c) {
     size_t id = 0;
     h[c] = block.attention.chunk_forward(ctx.attention, bounds[c], bounds[c + 1], &id);
-    const AttentionChunk& ac = ctx.attention.chunks[id];
-    add_chunk(ctx, ac.rows, ac.first_row, h[c].dim(0), id);
+    pipeline_detail::set_attention_chunk(ctx, c, id);
   }
-  ctx.moe.assign(h.size(), MoeContext{});
   for (size_t c = 0; c < h.size(); ++c) {
     write_chunk_rows(ctx, c, block.moe.forward(ctx.moe[c], h[c], stats), y);
     h[c] = Tensor();

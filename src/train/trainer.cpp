@@ -13,6 +13,7 @@
 #include "comm/timed_communicator.h"
 #include "model/gpt.h"
 #include "pipeline/chunked_block.h"
+#include "pipeline/streamed_block.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/distributed.h"
@@ -91,8 +92,12 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   GptMoe model(o.model, groups.model_parallel());
   model.initialize(o.seed);
   o.schedule.boundaries(N);  // refuse boundaries that do not fit the sequence before training
-  ChunkedBlock block_executor(o.schedule);
-  model.set_block_executor(&block_executor);
+  std::unique_ptr<BlockExecutor> block_executor;
+  if (o.two_streams && o.schedule.kind != ScheduleKind::Sequential)
+    block_executor = std::make_unique<StreamedBlock>(o.schedule, parse_stage_order(o.stage_order));
+  else
+    block_executor = std::make_unique<ChunkedBlock>(o.schedule);
+  model.set_block_executor(block_executor.get());
   AdamW optimizer(model.params(), o.adamw, groups.expert_group.get());
   int64_t start = 0;
   if (!o.load.empty()) {

@@ -226,12 +226,23 @@ TEST(DataParallel, AmPipeOnSeveralRanksFollowsSequential) {
   TrainOptions pipe = seq;
   pipe.schedule.kind = ScheduleKind::AmPipe;
   pipe.schedule.chunk_boundaries = {0, 3, 10, 16};
+  pipe.two_streams = false;
   pipe.metrics_file = dir + "/pipe.jsonl";
   run_training(pipe, [](const std::string&) {}, g_world.get());
+  TrainOptions streamed = pipe;
+  streamed.two_streams = true;
+  streamed.schedule.chunk_boundaries = {};
+  streamed.schedule.pipe_degree = 3;
+  streamed.metrics_file = dir + "/streamed.jsonl";
+  run_training(streamed, [](const std::string&) {}, g_world.get());
   if (g_world->rank() == 0) {
-    std::vector<double> a = losses(seq.metrics_file), b = losses(pipe.metrics_file);
+    std::vector<double> a = losses(seq.metrics_file), b = losses(pipe.metrics_file), c = losses(streamed.metrics_file);
     ASSERT_EQ(a.size(), b.size());
-    for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 1e-4) << "iteration " << i + 1;
+    ASSERT_EQ(a.size(), c.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      EXPECT_NEAR(a[i], b[i], 1e-4) << "iteration " << i + 1;
+      EXPECT_NEAR(a[i], c[i], 1e-4) << "two streams, iteration " << i + 1;
+    }
   }
   g_world->barrier();
 }

@@ -5,6 +5,7 @@
 #include "core/random.h"
 #include "model/gpt.h"
 #include "pipeline/chunked_block.h"
+#include "pipeline/streamed_block.h"
 #include "test_util.h"
 
 namespace ampipe {
@@ -83,6 +84,20 @@ TEST_P(Schedules, PipelinedEqualsSequential_Dropless) {
                     std::string(schedule_name(kind)) + " P=" + std::to_string(P) + " B=" + std::to_string(batch));
       }
     }
+    // The two-stream executor, both stage orders.
+    for (StageOrder order : {StageOrder::StageMajor, StageOrder::Interleaved}) {
+      for (ScheduleKind kind : {ScheduleKind::MoePipe, ScheduleKind::AmPipe}) {
+        for (int64_t P : {1, 3, 4}) {
+          BlockSchedule s;
+          s.kind = kind;
+          s.pipe_degree = P;
+          StreamedBlock executor(s, order);
+          expect_same(run(config, &executor, batch, N), reference,
+                      std::string("streamed ") + stage_order_name(order) + " " + schedule_name(kind) +
+                          " P=" + std::to_string(P) + " B=" + std::to_string(batch));
+        }
+      }
+    }
     // Uneven boundaries, including a one-position chunk.
     BlockSchedule uneven;
     uneven.kind = ScheduleKind::AmPipe;
@@ -93,6 +108,21 @@ TEST_P(Schedules, PipelinedEqualsSequential_Dropless) {
 }
 
 INSTANTIATE_TEST_SUITE_P(TopK, Schedules, ::testing::Values(1, 2));
+
+// A failing stage inside the two-stream executor reaches the caller instead of hanging.
+TEST(StreamedBlock, AnErrorInAStageReachesTheCaller) {
+  ModelConfig config = config_for(1);
+  GptMoe model(config);
+  model.initialize(1);
+  BlockSchedule s;
+  s.kind = ScheduleKind::AmPipe;
+  s.chunk_boundaries = {0, 5, 50};  // past the sequence of 20: refused inside the executor
+  StreamedBlock executor(s, StageOrder::StageMajor);
+  model.set_block_executor(&executor);
+  ForwardState state;
+  std::vector<int32_t> tok(20, 1);
+  EXPECT_THROW(model.forward(state, Tensor::from_ints({20}, tok), Tensor::from_ints({20}, tok), 1), Error);
+}
 
 TEST(Schedule, EqualBoundariesSpreadTheRemainder) {
   BlockSchedule s;
