@@ -189,6 +189,9 @@ int main(int argc, char** argv) {
                     "Order in which the compute stream takes a chunked block's stages: stage-major (all attention "
                     "chunks, then all experts) or interleaved (attention c, experts c-1, combine c-2, ...)")
       ->capture_default_str();
+  train->add_option("--trace", t.trace_file,
+                    "Write a Chrome trace (Perfetto / chrome://tracing) of two training iterations: one track per "
+                    "stream per rank, a slice per stage and chunk");
   train->add_flag("--abort-on-nan", t.abort_on_nan,
                   "End the whole job on a non-finite loss (default: skip that update and go on)");
   train->add_option("--metrics-file", t.metrics_file,

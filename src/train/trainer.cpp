@@ -11,6 +11,8 @@
 
 #include "comm/self_communicator.h"
 #include "comm/timed_communicator.h"
+#include "core/atomic_file.h"
+#include "core/trace.h"
 #include "model/gpt.h"
 #include "pipeline/chunked_block.h"
 #include "pipeline/streamed_block.h"
@@ -92,9 +94,21 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   GptMoe model(o.model, groups.model_parallel());
   model.initialize(o.seed);
   o.schedule.boundaries(N);  // refuse boundaries that do not fit the sequence before training
+  // A trace covers iterations start+2 and start+3 (the first is warm-up). Sequential blocks run
+  // on the streams too when tracing, so every schedule shows its stages.
+  TraceRecorder trace;
+  const bool tracing = !o.trace_file.empty();
   std::unique_ptr<BlockExecutor> block_executor;
-  if (o.two_streams && o.schedule.kind != ScheduleKind::Sequential)
-    block_executor = std::make_unique<StreamedBlock>(o.schedule, parse_stage_order(o.stage_order));
+  if (tracing || (o.two_streams && o.schedule.kind != ScheduleKind::Sequential)) {
+    BlockSchedule streamed = o.schedule;
+    if (streamed.kind == ScheduleKind::Sequential) {
+      streamed.kind = ScheduleKind::AmPipe;  // one chunk: the sequential block, stage by stage
+      streamed.pipe_degree = 1;
+      streamed.chunk_boundaries.clear();
+    }
+    block_executor = std::make_unique<StreamedBlock>(streamed, parse_stage_order(o.stage_order),
+                                                     tracing ? &trace : nullptr, rank);
+  }
   else
     block_executor = std::make_unique<ChunkedBlock>(o.schedule);
   model.set_block_executor(block_executor.get());
@@ -145,6 +159,11 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   TrainResult result;
   for (int64_t it = start; it < o.train_iters; ++it) {
     maybe_inject_failure(rank, it + 1);
+    if (tracing && it - start <= 1) trace.clear();  // keep only the traced iterations
+    if (tracing && it - start == 1) {
+      world.barrier();
+      trace.mark_origin();
+    }
     // The global batch of this iteration; this rank takes its B consecutive windows.
     const std::vector<int64_t> global =
         training_offsets(o.seed, it, B * R, static_cast<int64_t>(data.train.size()), N);
@@ -212,6 +231,21 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
       window_comm_start = world.seconds();
     }
     if (eval_now) result.final_val_loss = val;
+    if (tracing && (done - start == 3 || (last && done - start < 3))) {
+      // Rank 0 gathers every rank's slices and writes one trace; later iterations are not kept.
+      std::vector<std::string> parts;
+      for (int r = 0; r < R; ++r) {
+        std::string json = r == rank ? trace.to_json() : std::string();
+        world.broadcast_bytes(json, r);
+        parts.push_back(std::move(json));
+      }
+      if (rank == 0) {
+        write_file_atomically(o.trace_file, TraceRecorder::merge(parts));
+        log("wrote a Chrome trace of " + std::to_string(std::min<int64_t>(done - start, 2)) + " iteration(s) to " +
+            o.trace_file + " (open it in Perfetto or chrome://tracing)");
+      }
+    }
+    if (tracing && done - start >= 3) trace.clear();
     const bool exit_now = !last && o.exit_interval > 0 && done % o.exit_interval == 0;
     if (!o.save.empty() && (last || exit_now || (o.save_interval > 0 && done % o.save_interval == 0))) {
       save_checkpoint(o.save, model, optimizer, TrainingProgress{done, o.seed}, &groups);
