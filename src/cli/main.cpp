@@ -1,4 +1,4 @@
-// ampipe: one binary, subcommands train / eval / sample.
+// ampipe: one binary, subcommands train / eval / sample / bench.
 //
 // Errors inside the engine are ampipe::Error exceptions; this file is the edge that turns them into
 // one line on stderr ("ampipe: error: ...") and exit status 1. Bad flags exit with CLI11's status.
@@ -8,6 +8,7 @@
 #include <iostream>
 #include <nlohmann/json.hpp>
 
+#include "cli/bench.h"
 #include "comm/world.h"
 #include "core/parallel.h"
 #include "kernels/gemm.h"
@@ -225,6 +226,10 @@ int main(int argc, char** argv) {
   sample->add_option("--seed", sample_seed, "Sampling seed")->capture_default_str();
   sample->add_option("--threads", sample_threads, "Compute threads")->capture_default_str();
 
+  // bench
+  BenchOptions bench_options;
+  CLI::App* bench = add_bench_command(app, bench_options);
+
   CLI11_PARSE(app, argc, argv);
   std::unique_ptr<Communicator> world;
   try {
@@ -239,6 +244,7 @@ int main(int argc, char** argv) {
     if (eval->parsed()) return run_eval(eval_load, eval_data, eval_seq, eval_batch, eval_threads, *world);
     if (sample->parsed())
       return run_sample(sample_load, prompt, sample_tokens, temperature, sample_seed, sample_threads, *world);
+    if (bench->parsed()) return run_bench(bench_options, *world);
   } catch (const std::exception& e) {
     std::fflush(stdout);
     // In a parallel job one rank's error must end every rank (the others may be waiting in a

@@ -1,0 +1,435 @@
+#include "cli/bench.h"
+
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <charconv>
+#include <chrono>
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <vector>
+
+#include "comm/communicator.h"
+#include "core/atomic_file.h"
+#include "core/error.h"
+#include "core/parallel.h"
+#include "core/random.h"
+#include "core/trace.h"
+#include "kernels/gemm.h"
+#include "model/attention_layer.h"
+#include "model/block.h"
+#include "model/moe/moe_layer.h"
+#include "pipeline/schedule.h"
+#include "pipeline/streamed_block.h"
+#include "train/distributed.h"
+
+namespace ampipe {
+
+CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
+  o.threads = available_cores();
+  CLI::App* cmd = app.add_subcommand(
+      "bench",
+      "Time one transformer block (forward + backward) over a grid of cases: every schedule, pipe degree "
+      "and stage order in one run; prints a table, optionally JSON Lines and a Chrome trace");
+  cmd->add_option("--seq-length", o.seq_length, "Sequence lengths N (comma-separated list)")->capture_default_str();
+  cmd->add_option("--hidden-size", o.hidden_size, "Hidden sizes d (list)")->capture_default_str();
+  cmd->add_option("--num-attention-heads", o.num_attention_heads,
+                  "Attention heads h (list); default hidden/64 (at least 1) for each hidden size");
+  cmd->add_option("--ffn-hidden-size", o.ffn_hidden_size, "Expert FFN hidden sizes f (list); default 4 * hidden");
+  cmd->add_option("--moe-num-experts", o.num_experts, "Experts E (list); default 2 * the number of ranks");
+  cmd->add_option("--moe-top-k", o.top_k, "Experts per token k (list)")->capture_default_str();
+  cmd->add_option("--moe-capacity-factor", o.capacity_factor, "Expert capacity factor; 0 = dropless")
+      ->capture_default_str();
+  cmd->add_option("--micro-batch-size", o.micro_batch_size, "Sequences per block call (B)")->capture_default_str();
+  cmd->add_option("--schedule", o.schedules, "Schedules (list of sequential, moe-pipe, ampipe)")
+      ->capture_default_str();
+  cmd->add_option("--pipe-degree", o.pipe_degrees, "Pipe degrees P for moe-pipe and ampipe (list)")
+      ->capture_default_str();
+  cmd->add_option("--stage-order", o.stage_orders,
+                  "Compute-stream stage orders for moe-pipe and ampipe (list of stage-major, interleaved)")
+      ->capture_default_str();
+  cmd->add_option("--chunk-boundaries", o.chunk_boundaries,
+                  "Explicit ampipe chunk boundaries, e.g. 0,1024,3072,4096 (replace --pipe-degree for ampipe; the "
+                  "last must equal every --seq-length)");
+  cmd->add_option("--warmup", o.warmup, "Untimed repeats per case")->capture_default_str();
+  cmd->add_option("--repeats", o.repeats, "Timed repeats per case (the median is reported)")->capture_default_str();
+  cmd->add_option("--threads", o.threads, "Compute threads per rank")->capture_default_str();
+  cmd->add_option("--link", o.link,
+                  "Label of the link rate in the output; default $AMPIPE_LINK (set by scripts/netem.sh), else "
+                  "'unshaped'");
+  cmd->add_option("--json-out", o.json_out, "Write one JSON object per case to this file (JSON Lines; truncated)");
+  cmd->add_option("--trace", o.trace, "Write a Chrome trace of every case's last repeat to this file");
+  cmd->add_option("--seed", o.seed, "Seed of the parameters and inputs (rank r uses its own tokens)")
+      ->capture_default_str();
+  return cmd;
+}
+
+namespace {
+
+using Clock = std::chrono::steady_clock;
+
+std::vector<std::string> split_list(const std::string& text) {
+  std::vector<std::string> items;
+  size_t start = 0;
+  while (true) {
+    const size_t comma = text.find(',', start);
+    std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
+    const size_t b = item.find_first_not_of(" \t"), e = item.find_last_not_of(" \t");
+    items.push_back(b == std::string::npos ? std::string() : item.substr(b, e - b + 1));
+    if (comma == std::string::npos) break;
+    start = comma + 1;
+  }
+  return items;
+}
+
+// A comma-separated list of integers >= min_value; refuses anything else naming the flag and value.
+std::vector<int64_t> parse_int_list(const std::string& flag, const std::string& text, int64_t min_value) {
+  std::vector<int64_t> values;
+  for (const std::string& item : split_list(text)) {
+    int64_t v = 0;
+    const auto [end, ec] = std::from_chars(item.data(), item.data() + item.size(), v);
+    AMPIPE_CHECK(!item.empty() && ec == std::errc() && end == item.data() + item.size() && v >= min_value)
+        << flag << " '" << text << "': '" << item << "' is not allowed; expected a comma-separated list of integers >= "
+        << min_value;
+    if (std::find(values.begin(), values.end(), v) == values.end()) values.push_back(v);
+  }
+  return values;
+}
+
+double median(std::vector<double> v) {
+  if (v.empty()) return 0.0;
+  std::sort(v.begin(), v.end());
+  const size_t n = v.size();
+  return n % 2 ? v[n / 2] : 0.5 * (v[n / 2 - 1] + v[n / 2]);
+}
+
+void fill_normal(Tensor& t, uint64_t seed, float scale) {
+  Rng rng(seed);
+  float* p = t.data<float>();
+  for (int64_t i = 0; i < t.numel(); ++i) p[i] = static_cast<float>(rng.normal()) * scale;
+}
+
+bool ends_with(const std::string& s, const std::string& suffix) {
+  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
+}
+
+struct Shape6 {
+  int64_t N, d, heads, ffn, E, k;
+};
+
+struct Variant {
+  ScheduleKind kind;
+  int64_t pipe_degree;
+  StageOrder order;
+  std::vector<int64_t> boundaries;  // explicit (ampipe), or empty
+};
+
+struct Measured {
+  double time_ms, compute_ms, comm_ms;
+};
+
+std::string variant_label(const Variant& v) {
+  std::string s = schedule_name(v.kind);
+  if (v.kind == ScheduleKind::Sequential) return s;
+  s += " P=" + std::to_string(v.pipe_degree) + " " + stage_order_name(v.order);
+  return s;
+}
+
+std::string fmt(const char* format, double value) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, format, value);
+  return buf;
+}
+
+}  // namespace
+
+int run_bench(const BenchOptions& o, Communicator& world) {
+  // ---- Flags.
+  AMPIPE_CHECK(o.threads >= 1) << "--threads must be at least 1, got " << o.threads;
+  AMPIPE_CHECK(o.repeats >= 1) << "--repeats must be at least 1, got " << o.repeats;
+  AMPIPE_CHECK(o.warmup >= 0) << "--warmup must be >= 0, got " << o.warmup;
+  AMPIPE_CHECK(o.micro_batch_size >= 1) << "--micro-batch-size must be at least 1, got " << o.micro_batch_size;
+  AMPIPE_CHECK(o.capacity_factor >= 0 && std::isfinite(o.capacity_factor))
+      << "--moe-capacity-factor must be >= 0 (0 = dropless), got " << o.capacity_factor;
+  kernels::set_kernel_threads(o.threads);
+
+  const std::vector<int64_t> seqs = parse_int_list("--seq-length", o.seq_length, 1);
+  const std::vector<int64_t> hiddens = parse_int_list("--hidden-size", o.hidden_size, 1);
+  const std::vector<int64_t> heads_list =
+      o.num_attention_heads.empty() ? std::vector<int64_t>{} : parse_int_list("--num-attention-heads", o.num_attention_heads, 1);
+  const std::vector<int64_t> ffn_list =
+      o.ffn_hidden_size.empty() ? std::vector<int64_t>{} : parse_int_list("--ffn-hidden-size", o.ffn_hidden_size, 1);
+  const std::vector<int64_t> experts = o.num_experts.empty() ? std::vector<int64_t>{2 * int64_t{world.size()}}
+                                                             : parse_int_list("--moe-num-experts", o.num_experts, 1);
+  const std::vector<int64_t> top_ks = parse_int_list("--moe-top-k", o.top_k, 1);
+  const std::vector<int64_t> degrees = parse_int_list("--pipe-degree", o.pipe_degrees, 1);
+
+  std::vector<ScheduleKind> kinds;
+  for (const std::string& name : split_list(o.schedules)) {
+    AMPIPE_CHECK(name == "sequential" || name == "moe-pipe" || name == "moe_pipe" || name == "ampipe")
+        << "--schedule '" << o.schedules << "': '" << name << "' is not one of: sequential, moe-pipe, ampipe";
+    const ScheduleKind kind = parse_schedule(name);
+    if (std::find(kinds.begin(), kinds.end(), kind) == kinds.end()) kinds.push_back(kind);
+  }
+  // sequential first: the others' speedups refer to it.
+  std::stable_partition(kinds.begin(), kinds.end(), [](ScheduleKind k) { return k == ScheduleKind::Sequential; });
+  std::vector<StageOrder> orders;
+  for (const std::string& name : split_list(o.stage_orders)) {
+    AMPIPE_CHECK(name == "stage-major" || name == "stage_major" || name == "interleaved")
+        << "--stage-order '" << o.stage_orders << "': '" << name << "' is not one of: stage-major, interleaved";
+    const StageOrder order = parse_stage_order(name);
+    if (std::find(orders.begin(), orders.end(), order) == orders.end()) orders.push_back(order);
+  }
+  std::vector<int64_t> explicit_bounds;
+  if (!o.chunk_boundaries.empty()) {
+    explicit_bounds = parse_chunk_boundaries(o.chunk_boundaries);
+    BlockSchedule s{ScheduleKind::AmPipe, 1, explicit_bounds};
+    s.validate();
+    for (int64_t N : seqs)
+      AMPIPE_CHECK(explicit_bounds.back() == N)
+          << "--chunk-boundaries " << o.chunk_boundaries << " must end at every --seq-length, but one is " << N;
+  }
+  std::string link = o.link;
+  if (link.empty()) {
+    const char* env = std::getenv("AMPIPE_LINK");
+    link = env && *env ? env : "unshaped";
+  }
+
+  // ---- The grid.
+  std::vector<Shape6> shapes;
+  for (int64_t N : seqs)
+    for (int64_t d : hiddens) {
+      const std::vector<int64_t> hs = heads_list.empty() ? std::vector<int64_t>{std::max<int64_t>(1, d / 64)} : heads_list;
+      const std::vector<int64_t> fs = ffn_list.empty() ? std::vector<int64_t>{4 * d} : ffn_list;
+      for (int64_t h : hs)
+        for (int64_t f : fs)
+          for (int64_t E : experts)
+            for (int64_t k : top_ks) shapes.push_back({N, d, h, f, E, k});
+    }
+  std::vector<Variant> variants;
+  for (ScheduleKind kind : kinds) {
+    if (kind == ScheduleKind::Sequential) {
+      variants.push_back({kind, 1, StageOrder::StageMajor, {}});
+      continue;
+    }
+    if (kind == ScheduleKind::AmPipe && !explicit_bounds.empty()) {
+      for (StageOrder order : orders)
+        variants.push_back({kind, static_cast<int64_t>(explicit_bounds.size()) - 1, order, explicit_bounds});
+      continue;
+    }
+    for (int64_t P : degrees)
+      for (StageOrder order : orders) {
+        variants.push_back({kind, P, order, {}});
+        if (P == 1) break;  // one chunk: every stage order is the same sequence
+      }
+  }
+  // Validate every model shape before running any case.
+  for (const Shape6& s : shapes) {
+    ModelConfig c;
+    c.num_layers = 1;
+    c.max_seq_len = s.N;
+    c.hidden_size = s.d;
+    c.num_attention_heads = s.heads;
+    c.ffn_hidden_size = s.ffn;
+    c.num_experts = s.E;
+    c.top_k = s.k;
+    c.capacity_factor = o.capacity_factor;
+    c.validate();
+  }
+
+  const int rank = world.rank();
+  const bool root = rank == 0;
+  const size_t total_cases = shapes.size() * variants.size();
+  std::ofstream json;
+  if (root && !o.json_out.empty()) {
+    json.open(o.json_out, std::ios::out | std::ios::trunc);
+    AMPIPE_CHECK(json.good()) << "--json-out: cannot open '" << o.json_out << "' for writing";
+  }
+  // Collective check that every rank runs the same grid (else the collectives would not match).
+  {
+    std::string desc = "grid=" + std::to_string(shapes.size()) + "x" + std::to_string(variants.size()) +
+                       "\nrepeats=" + std::to_string(o.warmup) + "+" + std::to_string(o.repeats);
+    check_same_configuration(world, desc);
+  }
+
+  TraceRecorder trace_out;
+  trace_out.declare_track(rank, "case");
+  trace_out.declare_track(rank, "compute");
+  trace_out.declare_track(rank, "comm");
+  world.barrier();
+  trace_out.mark_origin();
+
+  auto line = [&](const std::string& text) {
+    if (!root) return;
+    std::printf("%s\n", text.c_str());
+    std::fflush(stdout);
+  };
+  char buf[512];
+  std::snprintf(buf, sizeof buf, "ampipe bench: %d rank(s), %d threads per rank, link %s, B=%lld, %lld warm-up + %lld repeats",
+                world.size(), o.threads, link.c_str(), static_cast<long long>(o.micro_batch_size),
+                static_cast<long long>(o.warmup), static_cast<long long>(o.repeats));
+  line(buf);
+  std::snprintf(buf, sizeof buf, "%-10s %2s %-11s %6s %5s %3s %2s %5s %-9s %10s %7s %9s %5s %5s", "schedule", "P",
+                "order", "N", "d", "E", "k", "ranks", "link", "time ms", "speedup", "bound ms", "eff", "comm");
+  line(buf);
+
+  size_t case_index = 0;
+  const int64_t B = o.micro_batch_size;
+  for (const Shape6& s : shapes) {
+    ModelConfig c;
+    c.num_layers = 1;
+    c.max_seq_len = s.N;
+    c.hidden_size = s.d;
+    c.num_attention_heads = s.heads;
+    c.ffn_hidden_size = s.ffn;
+    c.num_experts = s.E;
+    c.top_k = s.k;
+    c.capacity_factor = o.capacity_factor;
+    TrainingGroups groups = make_training_groups(world, 0, s.E);
+    ModelParallel parallel{groups.expert_group.get(), nullptr};
+    ParameterRegistry params;
+    AttentionLayer attention(c, params, "blocks.0.");
+    MoeLayer moe(c, params, "blocks.0.", parallel);
+    uint64_t param_index = 0;
+    for (Parameter& p : params.all()) {
+      fill_normal(p.value, mix_seed(o.seed, 1000 + param_index++), 0.02f);
+      if (p.name.find(".ln") != std::string::npos) p.value.fill(ends_with(p.name, "weight") ? 1.0f : 0.0f);
+    }
+    Tensor x = Tensor::empty({B * s.N, s.d}), dy = Tensor::empty({B * s.N, s.d});
+    fill_normal(x, mix_seed(o.seed + static_cast<uint64_t>(rank), 1), 1.0f);
+    fill_normal(dy, mix_seed(o.seed + static_cast<uint64_t>(rank), 2), 1e-3f);
+    const Block block{attention, moe};
+
+    double sequential_ms = -1.0;  // < 0: not measured (no sequential in --schedule)
+    for (const Variant& v : variants) {
+      ++case_index;
+      BlockSchedule schedule;
+      // sequential: the ampipe schedule with one chunk, so its stages run (and are timed) on the streams.
+      schedule.kind = v.kind == ScheduleKind::Sequential ? ScheduleKind::AmPipe : v.kind;
+      schedule.pipe_degree = v.pipe_degree;
+      schedule.chunk_boundaries = v.boundaries;
+      const int64_t shown_P = v.kind == ScheduleKind::Sequential
+                                  ? 1
+                                  : (v.kind == ScheduleKind::MoePipe ? std::min(v.pipe_degree, B * s.N)
+                                                                     : static_cast<int64_t>(schedule.boundaries(s.N).size()) - 1);
+      const std::string label = variant_label(v);
+      char case_name[256];
+      std::snprintf(case_name, sizeof case_name, "%s N=%lld d=%lld h=%lld f=%lld E=%lld k=%lld", label.c_str(),
+                    static_cast<long long>(s.N), static_cast<long long>(s.d), static_cast<long long>(s.heads),
+                    static_cast<long long>(s.ffn), static_cast<long long>(s.E), static_cast<long long>(s.k));
+
+      TraceRecorder rec;
+      std::vector<double> times, computes, comms;
+      {
+        StreamedBlock exec(schedule, v.order, &rec, rank);
+        const int64_t runs = o.warmup + o.repeats;
+        for (int64_t r = 0; r < runs; ++r) {
+          params.zero_grad();
+          rec.clear();
+          RoutingStats stats;
+          stats.reset(s.E);
+          BlockContext ctx;
+          world.barrier();
+          const double start_us = trace_clock_us();
+          const auto t0 = Clock::now();
+          Tensor y = exec.forward(block, ctx, x, B, s.N, stats);
+          Tensor dx = exec.backward(block, ctx, dy, stats, 0.01);
+          double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+          const double end_us = trace_clock_us();
+          double compute_ms = 0, comm_ms = 0;
+          const std::vector<TraceSlice> slices = rec.slices();
+          for (const TraceSlice& sl : slices) {
+            if (sl.track == "compute") compute_ms += sl.duration_us / 1e3;
+            if (sl.track == "comm") comm_ms += sl.duration_us / 1e3;
+          }
+          world.all_reduce_max(ms);
+          world.all_reduce_max(compute_ms);
+          world.all_reduce_max(comm_ms);
+          if (r >= o.warmup) {
+            times.push_back(ms);
+            computes.push_back(compute_ms);
+            comms.push_back(comm_ms);
+          }
+          if (r == runs - 1 && !o.trace.empty()) {
+            TraceSlice whole;
+            whole.rank = rank;
+            whole.track = "case";
+            whole.name = case_name;
+            whole.start_us = start_us;
+            whole.duration_us = end_us - start_us;
+            whole.args = {{"case", static_cast<int64_t>(case_index)}, {"time_ms", ms}};
+            trace_out.add_slice(std::move(whole));
+            for (const TraceSlice& sl : slices) trace_out.add_slice(sl);
+          }
+        }
+      }
+      const Measured m{median(times), median(computes), median(comms)};
+      if (v.kind == ScheduleKind::Sequential) sequential_ms = m.time_ms;
+      const double bound = std::max(m.compute_ms, m.comm_ms);
+      const double efficiency = m.time_ms > 0 ? bound / m.time_ms : 0.0;
+      const bool has_speedup = sequential_ms > 0 && m.time_ms > 0;
+      const double speedup = has_speedup ? sequential_ms / m.time_ms : 0.0;
+      const std::string order = v.kind == ScheduleKind::Sequential ? "-" : stage_order_name(v.order);
+
+      std::snprintf(buf, sizeof buf, "%-10s %2lld %-11s %6lld %5lld %3lld %2lld %5d %-9s %10.2f %7s %9.2f %5.2f %4.0f%%",
+                    schedule_name(v.kind), static_cast<long long>(shown_P), order.c_str(), static_cast<long long>(s.N),
+                    static_cast<long long>(s.d), static_cast<long long>(s.E), static_cast<long long>(s.k), world.size(),
+                    link.c_str(), m.time_ms, has_speedup ? fmt("%.2fx", speedup).c_str() : "-", bound, efficiency,
+                    m.time_ms > 0 ? 100.0 * m.comm_ms / m.time_ms : 0.0);
+      line(buf);
+      if (root) {
+        std::fprintf(stderr, "bench: case %zu/%zu: %s: %.2f ms\n", case_index, total_cases,
+                     case_name, m.time_ms);
+        std::fflush(stderr);
+      }
+      if (json.is_open()) {
+        nlohmann::json j = {{"schedule", schedule_name(v.kind)},
+                            {"pipe_degree", shown_P},
+                            {"stage_order", order},
+                            {"seq_length", s.N},
+                            {"hidden_size", s.d},
+                            {"heads", s.heads},
+                            {"ffn_hidden_size", s.ffn},
+                            {"num_experts", s.E},
+                            {"top_k", s.k},
+                            {"batch", B},
+                            {"capacity_factor", o.capacity_factor},
+                            {"ranks", world.size()},
+                            {"threads", o.threads},
+                            {"link", link},
+                            {"time_ms", m.time_ms},
+                            {"compute_ms", m.compute_ms},
+                            {"comm_ms", m.comm_ms},
+                            {"speedup_vs_sequential", has_speedup ? nlohmann::json(speedup) : nlohmann::json(nullptr)},
+                            {"overlap_bound_ms", bound},
+                            {"efficiency", efficiency}};
+        if (!v.boundaries.empty()) j["chunk_boundaries"] = v.boundaries;
+        json << j.dump() << "\n";
+        json.flush();
+        AMPIPE_CHECK(json.good()) << "--json-out: writing '" << o.json_out << "' failed";
+      }
+    }
+  }
+
+  if (!o.trace.empty()) {
+    // Rank 0 gathers every rank's trace: each rank in turn broadcasts its own.
+    std::vector<std::string> traces;
+    const std::string mine = trace_out.to_json();
+    for (int r = 0; r < world.size(); ++r) {
+      std::string bytes = r == rank ? mine : std::string();
+      world.broadcast_bytes(bytes, r);
+      if (root) traces.push_back(std::move(bytes));
+    }
+    if (root) {
+      write_file_atomically(o.trace, TraceRecorder::merge(traces));
+      std::fprintf(stderr, "bench: trace written to %s\n", o.trace.c_str());
+    }
+  }
+  return 0;
+}
+
+}  // namespace ampipe
