@@ -37,6 +37,9 @@ class GptMoe {
  public:
   // `parallel` (borrowed) lays the model out over ranks; the default is one rank holding all.
   explicit GptMoe(const ModelConfig& config, const ModelParallel& parallel = {});
+  // Layers point into the registry and the executor may point at a member: not copyable/movable.
+  GptMoe(const GptMoe&) = delete;
+  GptMoe& operator=(const GptMoe&) = delete;
 
   // GPT-2 initialisation from a seed: weights N(0, 0.02), residual projections (attn.proj, moe.fc2)
   // N(0, 0.02 / sqrt(2 L)), biases 0, LayerNorm gains 1. Each tensor (each expert's slice of the
