@@ -2,6 +2,8 @@
 // case, sequential rows have speedup 1, the trace holds compute and comm slices, and bad values are
 // refused naming the flag.
 #include <gtest/gtest.h>
+
+#include "cli_util.h"
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -18,28 +20,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct RunResult {
-  int status = -1;
-  std::string output;  // stdout and stderr together
-};
+using ampipe::testing::RunResult;
 
-std::string binary() {
-  const char* env = std::getenv("AMPIPE_BINARY");
-  return env ? env : "./ampipe";
-}
-
-RunResult run(const std::string& args) {
-  RunResult r;
-  std::string cmd = binary() + " " + args + " 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
-  int status = pclose(pipe);
-  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+RunResult run(const std::string& args) { return ampipe::testing::run_ampipe(args); }
 
 class Bench : public ::testing::Test {
  protected:

@@ -1,6 +1,8 @@
 // The `ampipe` binary as a user meets it: bad input is refused with a clear message and a non-zero
 // exit; train / eval / sample work end to end on a tiny model.
 #include <gtest/gtest.h>
+
+#include "cli_util.h"
 #include <sys/wait.h>
 #include <unistd.h>
 
@@ -15,28 +17,9 @@ namespace {
 
 namespace fs = std::filesystem;
 
-struct RunResult {
-  int status = -1;
-  std::string output;  // stdout and stderr together
-};
+using ampipe::testing::RunResult;
 
-std::string binary() {
-  const char* env = std::getenv("AMPIPE_BINARY");
-  return env ? env : "./ampipe";
-}
-
-RunResult run(const std::string& args) {
-  RunResult r;
-  std::string cmd = binary() + " " + args + " 2>&1";
-  FILE* pipe = popen(cmd.c_str(), "r");
-  if (!pipe) return r;
-  std::array<char, 4096> buf;
-  size_t n;
-  while ((n = fread(buf.data(), 1, buf.size(), pipe)) > 0) r.output.append(buf.data(), n);
-  int status = pclose(pipe);
-  r.status = WIFEXITED(status) ? WEXITSTATUS(status) : -1;
-  return r;
-}
+RunResult run(const std::string& args) { return ampipe::testing::run_ampipe(args); }
 
 class Cli : public ::testing::Test {
  protected:
