@@ -227,19 +227,21 @@ int run_bench(const BenchOptions& o, Communicator& world) {
         if (P == 1) break;  // one chunk: every stage order is the same sequence
       }
   }
+  // One block of a grid shape.
+  auto config_for = [&](const Shape6& s) {
+      ModelConfig c;
+      c.num_layers = 1;
+      c.max_seq_len = s.N;
+      c.hidden_size = s.d;
+      c.num_attention_heads = s.heads;
+      c.ffn_hidden_size = s.ffn;
+      c.num_experts = s.E;
+      c.top_k = s.k;
+      c.capacity_factor = o.capacity_factor;
+    return c;
+  };
   // Validate every model shape before running any case.
-  for (const Shape6& s : shapes) {
-    ModelConfig c;
-    c.num_layers = 1;
-    c.max_seq_len = s.N;
-    c.hidden_size = s.d;
-    c.num_attention_heads = s.heads;
-    c.ffn_hidden_size = s.ffn;
-    c.num_experts = s.E;
-    c.top_k = s.k;
-    c.capacity_factor = o.capacity_factor;
-    c.validate();
-  }
+  for (const Shape6& s : shapes) config_for(s).validate();
 
   const int rank = world.rank();
   const bool root = rank == 0;
@@ -280,15 +282,7 @@ int run_bench(const BenchOptions& o, Communicator& world) {
   size_t case_index = 0;
   const int64_t B = o.micro_batch_size;
   for (const Shape6& s : shapes) {
-    ModelConfig c;
-    c.num_layers = 1;
-    c.max_seq_len = s.N;
-    c.hidden_size = s.d;
-    c.num_attention_heads = s.heads;
-    c.ffn_hidden_size = s.ffn;
-    c.num_experts = s.E;
-    c.top_k = s.k;
-    c.capacity_factor = o.capacity_factor;
+    const ModelConfig c = config_for(s);
     TrainingGroups groups = make_training_groups(world, 0, s.E);
     ModelParallel parallel{groups.expert_group.get(), nullptr};
     ParameterRegistry params;

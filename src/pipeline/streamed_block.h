@@ -8,8 +8,8 @@
 //   stage-major   every chunk's attention + routing, then every chunk's experts, then every
 //                 chunk's combine (as the published AMPipe code does);
 //   interleaved   attention of chunk c, then the experts of chunk c-1, then the combine of c-2, ...
-// The host thread only issues work and waits at the end of forward() and backward(). Results equal
-// ChunkedBlock's (the same stage code in the same per-stream order).
+// The host thread only issues work and waits at the end of forward() and backward(). Each stream
+// runs its stages in program order, so results do not depend on timing.
 #pragma once
 
 #include <memory>

@@ -14,7 +14,6 @@
 #include "core/atomic_file.h"
 #include "core/trace.h"
 #include "model/gpt.h"
-#include "pipeline/chunked_block.h"
 #include "pipeline/streamed_block.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
@@ -99,7 +98,7 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   TraceRecorder trace;
   const bool tracing = !o.trace_file.empty();
   std::unique_ptr<BlockExecutor> block_executor;
-  if (tracing || (o.two_streams && o.schedule.kind != ScheduleKind::Sequential)) {
+  if (tracing || o.schedule.kind != ScheduleKind::Sequential) {
     BlockSchedule streamed = o.schedule;
     if (streamed.kind == ScheduleKind::Sequential) {
       streamed.kind = ScheduleKind::AmPipe;  // one chunk: the sequential block, stage by stage
@@ -109,9 +108,7 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
     block_executor = std::make_unique<StreamedBlock>(streamed, parse_stage_order(o.stage_order),
                                                      tracing ? &trace : nullptr, rank);
   }
-  else
-    block_executor = std::make_unique<ChunkedBlock>(o.schedule);
-  model.set_block_executor(block_executor.get());
+  model.set_block_executor(block_executor.get());  // null: the sequential block
   AdamW optimizer(model.params(), o.adamw, groups.expert_group.get());
   int64_t start = 0;
   if (!o.load.empty()) {

@@ -31,7 +31,6 @@ struct TrainOptions {
   std::string metrics_file;     // JSON Lines, one object per logged iteration ("" = none)
   int64_t expert_parallel_size = 0;  // EP; 0 = the largest divisor of the world size and E
   BlockSchedule schedule;           // how each block is cut (--schedule, --pipe-degree, --chunk-boundaries)
-  bool two_streams = true;          // run chunked schedules on compute + comm streams (overlap)
   std::string stage_order = "stage-major";  // compute-stream order: stage-major or interleaved
   std::string trace_file;           // Chrome trace of two iterations (the 2nd and 3rd of this run)
   bool abort_on_nan = false;    // a non-finite loss ends the job; otherwise the step is skipped

@@ -226,11 +226,9 @@ TEST(DataParallel, AmPipeOnSeveralRanksFollowsSequential) {
   TrainOptions pipe = seq;
   pipe.schedule.kind = ScheduleKind::AmPipe;
   pipe.schedule.chunk_boundaries = {0, 3, 10, 16};
-  pipe.two_streams = false;
   pipe.metrics_file = dir + "/pipe.jsonl";
   run_training(pipe, [](const std::string&) {}, g_world.get());
   TrainOptions streamed = pipe;
-  streamed.two_streams = true;
   streamed.schedule.chunk_boundaries = {};
   streamed.schedule.pipe_degree = 3;
   streamed.metrics_file = dir + "/streamed.jsonl";

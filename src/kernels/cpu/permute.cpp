@@ -100,18 +100,7 @@ void permute_forward(const Tensor& x, const DispatchPlan& plan, Tensor out) {
   check_rows(x, tokens, -1, "permute_forward", "x");
   const int64_t width = x.dim(1);
   check_rows(out, slots, width, "permute_forward", "out");
-  const float* xp = x.data<float>();
-  float* op = out.data<float>();
-  const int32_t* st = plan.slot_token.data<int32_t>();
-  const int64_t xs = x.stride(0);
-  const int64_t os = out.stride(0);
-  parallel_for(slots, row_grain(width), [&](int64_t begin, int64_t end) {
-    for (int64_t p = begin; p < end; ++p) {
-      const float* src = xp + st[p] * xs;
-      float* dst = op + p * os;
-      for (int64_t j = 0; j < width; ++j) dst[j] = src[j];
-    }
-  });
+  gather_rows(x, plan.slot_token, out);  // out[p] = x[slot_token[p]]
 }
 
 void permute_backward(const Tensor& dout, const DispatchPlan& plan, Tensor dx) {
