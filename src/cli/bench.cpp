@@ -302,8 +302,7 @@ int run_bench(const BenchOptions& o, Communicator& world) {
     for (const Variant& v : variants) {
       ++case_index;
       BlockSchedule schedule;
-      // sequential: the ampipe schedule with one chunk, so its stages run (and are timed) on the streams.
-      schedule.kind = v.kind == ScheduleKind::Sequential ? ScheduleKind::AmPipe : v.kind;
+      schedule.kind = v.kind;  // sequential too runs on the streams (one chunk), so its stages are timed
       schedule.pipe_degree = v.pipe_degree;
       schedule.chunk_boundaries = v.boundaries;
       const int64_t shown_P = v.kind == ScheduleKind::Sequential

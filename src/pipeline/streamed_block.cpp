@@ -25,6 +25,11 @@ StreamedBlock::StreamedBlock(const BlockSchedule& schedule, StageOrder order, Tr
       compute_(std::make_unique<Stream>("compute", trace, rank)),
       comm_(std::make_unique<Stream>("comm", trace, rank)) {
   schedule_.validate();
+  if (schedule_.kind == ScheduleKind::Sequential) {  // one ampipe chunk is the sequential block
+    schedule_.kind = ScheduleKind::AmPipe;
+    schedule_.pipe_degree = 1;
+    schedule_.chunk_boundaries.clear();
+  }
 }
 
 std::vector<std::pair<int, size_t>> StreamedBlock::stage_sequence(size_t chunks) const {
@@ -43,7 +48,6 @@ std::vector<std::pair<int, size_t>> StreamedBlock::stage_sequence(size_t chunks)
 
 Tensor StreamedBlock::forward(const Block& block, BlockContext& ctx, const Tensor& x, int64_t batch,
                               int64_t seq_len, RoutingStats& stats) const {
-  if (schedule_.kind == ScheduleKind::Sequential) return sequential_.forward(block, ctx, x, batch, seq_len, stats);
   ctx = BlockContext{};
   ctx.batch = batch;
   ctx.seq_len = seq_len;
@@ -106,7 +110,6 @@ Tensor StreamedBlock::forward(const Block& block, BlockContext& ctx, const Tenso
 
 Tensor StreamedBlock::backward(const Block& block, BlockContext& ctx, const Tensor& dy, const RoutingStats& stats,
                                double aux_grad_scale) const {
-  if (schedule_.kind == ScheduleKind::Sequential) return sequential_.backward(block, ctx, dy, stats, aux_grad_scale);
   const size_t P = ctx.moe.size();
   const bool ampipe = schedule_.kind == ScheduleKind::AmPipe;
   Tensor dx = Tensor::empty(dy.shape());  // ampipe: residual part per chunk; moe-pipe: dh

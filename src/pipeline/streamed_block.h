@@ -8,6 +8,8 @@
 //   stage-major   every chunk's attention + routing, then every chunk's experts, then every
 //                 chunk's combine (as the published AMPipe code does);
 //   interleaved   attention of chunk c, then the experts of chunk c-1, then the combine of c-2, ...
+// A sequential schedule runs as one chunk of the whole sequence (the same block, its stages still
+// on the two streams, where they can be timed and traced but cannot overlap).
 // The host thread only issues work and waits at the end of forward() and backward(). Each stream
 // runs its stages in program order, so results do not depend on timing.
 #pragma once
@@ -38,7 +40,6 @@ class StreamedBlock final : public BlockExecutor {
  private:
   BlockSchedule schedule_;
   StageOrder order_;
-  SequentialBlock sequential_;
   std::unique_ptr<Stream> compute_, comm_;
 
   // The order in which the compute stream takes the three per-chunk stages (0: attention and

@@ -93,21 +93,14 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   GptMoe model(o.model, groups.model_parallel());
   model.initialize(o.seed);
   o.schedule.boundaries(N);  // refuse boundaries that do not fit the sequence before training
-  // A trace covers iterations start+2 and start+3 (the first is warm-up). Sequential blocks run
-  // on the streams too when tracing, so every schedule shows its stages.
+  // A trace covers iterations start+2 and start+3 (the first is warm-up). A sequential block runs
+  // on the streams too when traced, so every schedule shows its stages.
   TraceRecorder trace;
   const bool tracing = !o.trace_file.empty();
   std::unique_ptr<BlockExecutor> block_executor;
-  if (tracing || o.schedule.kind != ScheduleKind::Sequential) {
-    BlockSchedule streamed = o.schedule;
-    if (streamed.kind == ScheduleKind::Sequential) {
-      streamed.kind = ScheduleKind::AmPipe;  // one chunk: the sequential block, stage by stage
-      streamed.pipe_degree = 1;
-      streamed.chunk_boundaries.clear();
-    }
-    block_executor = std::make_unique<StreamedBlock>(streamed, parse_stage_order(o.stage_order),
+  if (tracing || o.schedule.kind != ScheduleKind::Sequential)
+    block_executor = std::make_unique<StreamedBlock>(o.schedule, parse_stage_order(o.stage_order),
                                                      tracing ? &trace : nullptr, rank);
-  }
   model.set_block_executor(block_executor.get());  // null: the sequential block
   AdamW optimizer(model.params(), o.adamw, groups.expert_group.get());
   int64_t start = 0;
