@@ -1,0 +1,55 @@
+// Hardware profiles: what the planner's cost model needs to know of a machine (one rank = one GPU
+// or one CPU process), read from JSON so that users can describe clusters they do not have.
+//
+// JSON fields (all required unless marked optional; rates must be finite and > 0):
+//   name                   string
+//   source                 string: where the figures come from (datasheet citation, or
+//                          "ampipe plan --calibrate on HOST at DATE")
+//   matrix_flops           FLOP/s one rank sustains in the block's GEMMs
+//   attention_efficiency   causal attention forward FLOP rate as a fraction of matrix_flops (0, 1.5]
+//   attention_backward_efficiency  the same for attention backward (0, 1.5]
+//   memory_bandwidth       bytes/s of one rank's elementwise stages (layernorm, permute, residual)
+//   intra_node             {"bandwidth": bytes/s per rank, "latency": seconds}: all-to-all among
+//                          ranks of one node
+//   inter_node             {"bandwidth": bytes/s per rank, "latency": seconds}: across nodes
+//   ranks_per_node         integer >= 1
+//   bytes_per_element      integer >= 1: activation bytes on the wire (4 float32, 2 bf16)
+//   task_overhead          seconds >= 0 (optional, default 0): fixed cost of each stage task
+//   overlap_slowdown       >= 1 (optional, default 1): factor on compute-stage time while the
+//                          comm stream is busy (CPU ranks share cores with the network stack)
+// A bad profile is refused with a message naming the file and the field.
+#pragma once
+
+#include <cstdint>
+#include <string>
+
+namespace ampipe {
+
+struct LinkProfile {
+  double bandwidth = 0;  // bytes/s per rank, all ranks sending at once
+  double latency = 0;    // seconds per collective call
+};
+
+struct HardwareProfile {
+  std::string name, source;
+  double matrix_flops = 0;
+  double attention_efficiency = 0;
+  double attention_backward_efficiency = 0;
+  double memory_bandwidth = 0;
+  LinkProfile intra_node, inter_node;
+  int64_t ranks_per_node = 1;
+  int64_t bytes_per_element = 4;
+  double task_overhead = 0;
+  double overlap_slowdown = 1;
+
+  void validate(const std::string& where) const;  // throws ampipe::Error naming the bad field
+};
+
+// Parses and validates; `where` names the text in messages (a path).
+HardwareProfile parse_profile(const std::string& json_text, const std::string& where);
+HardwareProfile load_profile(const std::string& path);
+std::string profile_to_json(const HardwareProfile& profile);  // pretty, round-trips through parse
+// Writes atomically (core/atomic_file.h).
+void save_profile(const HardwareProfile& profile, const std::string& path);
+
+}  // namespace ampipe
