@@ -55,6 +55,14 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
   cmd->add_option("--chunk-boundaries", o.chunk_boundaries,
                   "Explicit ampipe chunk boundaries, e.g. 0,1024,3072,4096 (replace --pipe-degree for ampipe; the "
                   "last must equal every --seq-length)");
+  cmd->add_option("--chunk-policy", o.chunk_policies,
+                  "ampipe attention-side chunk policies (list of equal, balanced: chunks of equal length, or of equal "
+                  "FLOPs with causal attention's growth counted)")
+      ->capture_default_str();
+  cmd->add_option("--moe-pipe-degree", o.moe_pipe_degrees,
+                  "ampipe MoE-side pipe degrees (list): the all-to-all and experts in this many equal chunks behind a "
+                  "token buffer; 0 = the attention chunks")
+      ->capture_default_str();
   cmd->add_option("--warmup", o.warmup, "Untimed repeats per case")->capture_default_str();
   cmd->add_option("--repeats", o.repeats, "Timed repeats per case (the median is reported)")->capture_default_str();
   cmd->add_option("--threads", o.threads, "Compute threads per rank")->capture_default_str();
@@ -122,10 +130,8 @@ struct Shape6 {
 };
 
 struct Variant {
-  ScheduleKind kind;
-  int64_t pipe_degree;
+  BlockSchedule schedule;  // the balance weight is set per shape
   StageOrder order;
-  std::vector<int64_t> boundaries;  // explicit (ampipe), or empty
 };
 
 struct Measured {
@@ -133,10 +139,8 @@ struct Measured {
 };
 
 std::string variant_label(const Variant& v) {
-  std::string s = schedule_name(v.kind);
-  if (v.kind == ScheduleKind::Sequential) return s;
-  s += " P=" + std::to_string(v.pipe_degree) + " " + stage_order_name(v.order);
-  return s;
+  if (v.schedule.kind == ScheduleKind::Sequential) return v.schedule.describe();
+  return v.schedule.describe() + " " + stage_order_name(v.order);
 }
 
 std::string fmt(const char* format, double value) {
@@ -167,6 +171,14 @@ int run_bench(const BenchOptions& o, Communicator& world) {
                                                              : parse_int_list("--moe-num-experts", o.num_experts, 1);
   const std::vector<int64_t> top_ks = parse_int_list("--moe-top-k", o.top_k, 1);
   const std::vector<int64_t> degrees = parse_int_list("--pipe-degree", o.pipe_degrees, 1);
+  const std::vector<int64_t> moe_degrees = parse_int_list("--moe-pipe-degree", o.moe_pipe_degrees, 0);
+  std::vector<ChunkPolicy> policies;
+  for (const std::string& name : split_list(o.chunk_policies)) {
+    AMPIPE_CHECK(name == "equal" || name == "balanced")
+        << "--chunk-policy '" << o.chunk_policies << "': '" << name << "' is not one of: equal, balanced";
+    const ChunkPolicy policy = parse_chunk_policy(name);
+    if (std::find(policies.begin(), policies.end(), policy) == policies.end()) policies.push_back(policy);
+  }
 
   std::vector<ScheduleKind> kinds;
   for (const std::string& name : split_list(o.schedules)) {
@@ -187,7 +199,9 @@ int run_bench(const BenchOptions& o, Communicator& world) {
   std::vector<int64_t> explicit_bounds;
   if (!o.chunk_boundaries.empty()) {
     explicit_bounds = parse_chunk_boundaries(o.chunk_boundaries);
-    BlockSchedule s{ScheduleKind::AmPipe, 1, explicit_bounds};
+    BlockSchedule s;
+    s.kind = ScheduleKind::AmPipe;
+    s.chunk_boundaries = explicit_bounds;
     s.validate();
     for (int64_t N : seqs)
       AMPIPE_CHECK(explicit_bounds.back() == N)
@@ -212,20 +226,40 @@ int run_bench(const BenchOptions& o, Communicator& world) {
     }
   std::vector<Variant> variants;
   for (ScheduleKind kind : kinds) {
+    BlockSchedule base;
+    base.kind = kind;
     if (kind == ScheduleKind::Sequential) {
-      variants.push_back({kind, 1, StageOrder::StageMajor, {}});
+      variants.push_back({base, StageOrder::StageMajor});
       continue;
     }
-    if (kind == ScheduleKind::AmPipe && !explicit_bounds.empty()) {
-      for (StageOrder order : orders)
-        variants.push_back({kind, static_cast<int64_t>(explicit_bounds.size()) - 1, order, explicit_bounds});
+    if (kind == ScheduleKind::MoePipe) {
+      for (int64_t P : degrees)
+        for (StageOrder order : orders) {
+          base.pipe_degree = P;
+          variants.push_back({base, order});
+          if (P == 1) break;  // one chunk: every stage order is the same sequence
+        }
       continue;
     }
-    for (int64_t P : degrees)
-      for (StageOrder order : orders) {
-        variants.push_back({kind, P, order, {}});
-        if (P == 1) break;  // one chunk: every stage order is the same sequence
+    // ampipe: P (or explicit boundaries) x chunk policy x MoE-side pipe degree x order.
+    for (int64_t moe_p : moe_degrees) {
+      base.moe_pipe_degree = moe_p;
+      if (!explicit_bounds.empty()) {
+        base.chunk_boundaries = explicit_bounds;
+        for (StageOrder order : orders) variants.push_back({base, order});
+        continue;
       }
+      for (int64_t P : degrees)
+        for (ChunkPolicy policy : policies) {
+          if (P == 1 && policy != policies.front()) continue;  // one chunk: every policy is the same
+          base.pipe_degree = P;
+          base.chunk_policy = policy;
+          for (StageOrder order : orders) {
+            variants.push_back({base, order});
+            if (P == 1 && moe_p <= 1) break;
+          }
+        }
+    }
   }
   // One block of a grid shape.
   auto config_for = [&](const Shape6& s) {
@@ -275,8 +309,9 @@ int run_bench(const BenchOptions& o, Communicator& world) {
                 world.size(), o.threads, link.c_str(), static_cast<long long>(o.micro_batch_size),
                 static_cast<long long>(o.warmup), static_cast<long long>(o.repeats));
   line(buf);
-  std::snprintf(buf, sizeof buf, "%-10s %2s %-11s %6s %5s %3s %2s %5s %-9s %10s %7s %9s %5s %5s", "schedule", "P",
-                "order", "N", "d", "E", "k", "ranks", "link", "time ms", "speedup", "bound ms", "eff", "comm");
+  std::snprintf(buf, sizeof buf, "%-10s %2s %-11s %-8s %3s %6s %5s %3s %2s %5s %-9s %10s %7s %9s %5s %5s", "schedule",
+                "P", "order", "chunks", "moe", "N", "d", "E", "k", "ranks", "link", "time ms", "speedup", "bound ms", "eff",
+                "comm");
   line(buf);
 
   size_t case_index = 0;
@@ -301,14 +336,13 @@ int run_bench(const BenchOptions& o, Communicator& world) {
     double sequential_ms = -1.0;  // < 0: not measured (no sequential in --schedule)
     for (const Variant& v : variants) {
       ++case_index;
-      BlockSchedule schedule;
-      schedule.kind = v.kind;  // sequential too runs on the streams (one chunk), so its stages are timed
-      schedule.pipe_degree = v.pipe_degree;
-      schedule.chunk_boundaries = v.boundaries;
-      const int64_t shown_P = v.kind == ScheduleKind::Sequential
-                                  ? 1
-                                  : (v.kind == ScheduleKind::MoePipe ? std::min(v.pipe_degree, B * s.N)
-                                                                     : static_cast<int64_t>(schedule.boundaries(s.N).size()) - 1);
+      // sequential too runs on the streams (one chunk), so its stages are timed
+      BlockSchedule schedule = v.schedule;
+      if (schedule.chunk_policy == ChunkPolicy::Balanced)
+        schedule.balance_weight = balance_weight(c, schedule.moe_pipe_degree == 0);
+      const ChunkPlan plan = schedule.plan(s.N);
+      const int64_t shown_P = static_cast<int64_t>(
+          schedule.kind == ScheduleKind::MoePipe ? plan.moe.size() - 1 : plan.attention.size() - 1);
       const std::string label = variant_label(v);
       char case_name[256];
       std::snprintf(case_name, sizeof case_name, "%s N=%lld d=%lld h=%lld f=%lld E=%lld k=%lld", label.c_str(),
@@ -361,15 +395,23 @@ int run_bench(const BenchOptions& o, Communicator& world) {
         }
       }
       const Measured m{median(times), median(computes), median(comms)};
-      if (v.kind == ScheduleKind::Sequential) sequential_ms = m.time_ms;
+      if (schedule.kind == ScheduleKind::Sequential) sequential_ms = m.time_ms;
       const double bound = std::max(m.compute_ms, m.comm_ms);
       const double efficiency = m.time_ms > 0 ? bound / m.time_ms : 0.0;
       const bool has_speedup = sequential_ms > 0 && m.time_ms > 0;
       const double speedup = has_speedup ? sequential_ms / m.time_ms : 0.0;
-      const std::string order = v.kind == ScheduleKind::Sequential ? "-" : stage_order_name(v.order);
+      const std::string order = schedule.kind == ScheduleKind::Sequential ? "-" : stage_order_name(v.order);
+      const bool pipelined_ampipe = schedule.kind == ScheduleKind::AmPipe && shown_P > 1;
+      const std::string chunks = !pipelined_ampipe ? "-"
+                                 : !schedule.chunk_boundaries.empty()
+                                     ? "explicit"
+                                     : chunk_policy_name(schedule.chunk_policy);
+      const int64_t moe_P = static_cast<int64_t>(plan.moe.size()) - 1;
 
-      std::snprintf(buf, sizeof buf, "%-10s %2lld %-11s %6lld %5lld %3lld %2lld %5d %-9s %10.2f %7s %9.2f %5.2f %4.0f%%",
-                    schedule_name(v.kind), static_cast<long long>(shown_P), order.c_str(), static_cast<long long>(s.N),
+      std::snprintf(buf, sizeof buf,
+                    "%-10s %2lld %-11s %-8s %3lld %6lld %5lld %3lld %2lld %5d %-9s %10.2f %7s %9.2f %5.2f %4.0f%%",
+                    schedule_name(schedule.kind), static_cast<long long>(shown_P), order.c_str(), chunks.c_str(),
+                    static_cast<long long>(moe_P), static_cast<long long>(s.N),
                     static_cast<long long>(s.d), static_cast<long long>(s.E), static_cast<long long>(s.k), world.size(),
                     link.c_str(), m.time_ms, has_speedup ? fmt("%.2fx", speedup).c_str() : "-", bound, efficiency,
                     m.time_ms > 0 ? 100.0 * m.comm_ms / m.time_ms : 0.0);
@@ -380,9 +422,12 @@ int run_bench(const BenchOptions& o, Communicator& world) {
         std::fflush(stderr);
       }
       if (json.is_open()) {
-        nlohmann::json j = {{"schedule", schedule_name(v.kind)},
+        nlohmann::json j = {{"schedule", schedule_name(schedule.kind)},
                             {"pipe_degree", shown_P},
                             {"stage_order", order},
+                            {"chunk_policy", chunks},
+                            {"moe_pipe_degree", moe_P},
+                            {"attention_boundaries", plan.attention},
                             {"seq_length", s.N},
                             {"hidden_size", s.d},
                             {"heads", s.heads},
@@ -400,7 +445,6 @@ int run_bench(const BenchOptions& o, Communicator& world) {
                             {"speedup_vs_sequential", has_speedup ? nlohmann::json(speedup) : nlohmann::json(nullptr)},
                             {"overlap_bound_ms", bound},
                             {"efficiency", efficiency}};
-        if (!v.boundaries.empty()) j["chunk_boundaries"] = v.boundaries;
         json << j.dump() << "\n";
         json.flush();
         AMPIPE_CHECK(json.good()) << "--json-out: writing '" << o.json_out << "' failed";

@@ -39,6 +39,8 @@ struct BenchOptions {
   std::string pipe_degrees = "1,2,4,8";
   std::string stage_orders = "stage-major,interleaved";
   std::string chunk_boundaries;  // explicit ampipe boundaries (replace the P list for ampipe)
+  std::string chunk_policies = "equal";  // ampipe attention-side policies: equal, balanced
+  std::string moe_pipe_degrees = "0";    // ampipe MoE-side pipe degrees (0: the attention chunks)
   int64_t warmup = 1;
   int64_t repeats = 5;
   int threads = 1;

@@ -141,7 +141,7 @@ int main(int argc, char** argv) {
 
   // train
   TrainOptions t;
-  std::string schedule_name_flag = "sequential", chunk_boundaries_flag;
+  std::string schedule_name_flag = "sequential", chunk_boundaries_flag, chunk_policy_flag = "equal";
   int train_threads = default_threads;
   CLI::App* train = app.add_subcommand("train", "Train a GPT-MoE model on a text file");
   add_model_flags(*train, t.model);
@@ -186,6 +186,14 @@ int main(int argc, char** argv) {
       ->capture_default_str();
   train->add_option("--chunk-boundaries", chunk_boundaries_flag,
                     "Explicit ampipe chunk boundaries as positions, e.g. 0,48,96,128 (overrides --pipe-degree)");
+  train->add_option("--chunk-policy", chunk_policy_flag,
+                    "How ampipe cuts the attention side when no boundaries are given: equal (equal lengths) or "
+                    "balanced (equal FLOPs, counting causal attention's growth along the sequence)")
+      ->capture_default_str();
+  train->add_option("--moe-pipe-degree", t.schedule.moe_pipe_degree,
+                    "ampipe: cut the MoE side (all-to-all and experts) into this many equal chunks of its own, fed "
+                    "by a token buffer behind the attention chunks; 0 = the attention chunks")
+      ->capture_default_str();
   train->add_option("--stage-order", t.stage_order,
                     "Order in which the compute stream takes a chunked block's stages: stage-major (all attention "
                     "chunks, then all experts) or interleaved (attention c, experts c-1, combine c-2, ...)")
@@ -238,6 +246,7 @@ int main(int argc, char** argv) {
     if (train->parsed()) {
       t.schedule.kind = parse_schedule(schedule_name_flag);
       if (!chunk_boundaries_flag.empty()) t.schedule.chunk_boundaries = parse_chunk_boundaries(chunk_boundaries_flag);
+      t.schedule.chunk_policy = parse_chunk_policy(chunk_policy_flag);
       t.schedule.validate();
       return run_train(t, *train, train_threads, *world);
     }

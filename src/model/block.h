@@ -23,10 +23,7 @@ struct BlockContext {
   int64_t batch = 0, seq_len = 0;
   AttentionContext attention;
   std::vector<MoeContext> moe;            // one per MoE chunk (routing group)
-  std::vector<Tensor> moe_rows;           // per MoE chunk: int32 rows of the [B*N] buffer, or undefined
-  std::vector<int64_t> moe_first_row;     //   when contiguous (then rows [first, first + count))
-  std::vector<int64_t> moe_row_count;
-  std::vector<size_t> attention_chunk;    // per MoE chunk: the attention chunk it came from (AMPipe)
+  std::vector<size_t> attention_chunk;    // per attention chunk: its index in `attention.chunks`
 };
 
 class BlockExecutor {

@@ -1,23 +1,42 @@
 #include "pipeline/streamed_block.h"
 
 #include "kernels/elementwise.h"
-#include "pipeline/block_rows.h"
+#include "kernels/permute.h"
 
 namespace ampipe {
 
-using pipeline_detail::chunk_rows;
-using pipeline_detail::write_chunk_rows;
+namespace {
 
-const char* stage_order_name(StageOrder order) {
-  return order == StageOrder::StageMajor ? "stage-major" : "interleaved";
-}
+// Rows of positions [begin, end) of every sequence in a [B*N, w] buffer: a view when they are
+// contiguous (one sequence, or the whole sequence), else a gathered copy.
+struct Rows {
+  int64_t first = 0, count = 0;
+  Tensor index;  // int32 rows, or undefined when contiguous
 
-StageOrder parse_stage_order(const std::string& name) {
-  if (name == "stage-major" || name == "stage_major") return StageOrder::StageMajor;
-  if (name == "interleaved") return StageOrder::Interleaved;
-  AMPIPE_CHECK(false) << "--stage-order '" << name << "' is not one of: stage-major, interleaved";
-  return StageOrder::StageMajor;
-}
+  Rows(int64_t batch, int64_t seq_len, int64_t begin, int64_t end) : count(batch * (end - begin)) {
+    if (batch == 1 || (begin == 0 && end == seq_len)) {
+      first = batch == 1 ? begin : 0;
+    } else {
+      index = chunk_row_index(batch, seq_len, begin, end);
+    }
+  }
+  Tensor read(const Tensor& full) const {
+    if (!index.defined()) return full.rows(first, first + count);
+    Tensor out = Tensor::empty({count, full.dim(1)});
+    kernels::gather_rows(full, index, out);
+    return out;
+  }
+  void write(const Tensor& rows, Tensor full) const {
+    if (!index.defined()) {
+      Tensor dst = full.rows(first, first + count);
+      if (dst.data<float>() != rows.data<float>()) dst.copy_from(rows);
+    } else {
+      kernels::scatter_rows(rows, index, full);
+    }
+  }
+};
+
+}  // namespace
 
 StreamedBlock::StreamedBlock(const BlockSchedule& schedule, StageOrder order, TraceRecorder* trace, int rank)
     : schedule_(schedule),
@@ -25,25 +44,24 @@ StreamedBlock::StreamedBlock(const BlockSchedule& schedule, StageOrder order, Tr
       compute_(std::make_unique<Stream>("compute", trace, rank)),
       comm_(std::make_unique<Stream>("comm", trace, rank)) {
   schedule_.validate();
-  if (schedule_.kind == ScheduleKind::Sequential) {  // one ampipe chunk is the sequential block
-    schedule_.kind = ScheduleKind::AmPipe;
-    schedule_.pipe_degree = 1;
-    schedule_.chunk_boundaries.clear();
-  }
 }
 
-std::vector<std::pair<int, size_t>> StreamedBlock::stage_sequence(size_t chunks) const {
-  std::vector<std::pair<int, size_t>> seq;
-  if (order_ == StageOrder::StageMajor) {
-    for (int stage = 0; stage < 3; ++stage)
-      for (size_t c = 0; c < chunks; ++c) seq.emplace_back(stage, c);
-    return seq;
+void StreamedBlock::execute(const std::vector<StageTask>& tasks,
+                            const std::function<void(const StageTask&)>& run) const {
+  std::vector<Event> done(tasks.size());
+  std::vector<bool> waited_on(tasks.size(), false);
+  for (const StageTask& t : tasks)
+    for (int w : t.waits) waited_on[w] = true;
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    const StageTask& t = tasks[i];
+    Stream& s = t.stream() == StreamRole::Compute ? *compute_ : *comm_;
+    for (int w : t.waits) s.wait(done[w]);
+    const std::string label =
+        std::string(stage_name(t.stage)) + (t.chunk >= 0 ? " c" + std::to_string(t.chunk) : std::string());
+    s.submit(label, [&run, &t] { run(t); });
+    if (waited_on[i]) s.record(done[i]);
   }
-  // Interleaved: at step s, attention of chunk s, experts of s-1, combine of s-2.
-  for (size_t s = 0; s < chunks + 2; ++s)
-    for (int stage = 0; stage < 3; ++stage)
-      if (s >= static_cast<size_t>(stage) && s - stage < chunks) seq.emplace_back(stage, s - stage);
-  return seq;
+  synchronize_all({compute_.get(), comm_.get()});
 }
 
 Tensor StreamedBlock::forward(const Block& block, BlockContext& ctx, const Tensor& x, int64_t batch,
@@ -51,105 +69,65 @@ Tensor StreamedBlock::forward(const Block& block, BlockContext& ctx, const Tenso
   ctx = BlockContext{};
   ctx.batch = batch;
   ctx.seq_len = seq_len;
-  const int64_t T = x.dim(0);
+  plan_ = schedule_.plan(seq_len);
+  const ChunkPlan& p = plan_;
+  const size_t A = p.attention.size() - 1, M = p.moe.size() - 1;
+  ctx.moe.assign(M, MoeContext{});
+  ctx.attention_chunk.assign(A, 0);
+  std::vector<Rows> moe_rows;
+  for (size_t m = 0; m < M; ++m) moe_rows.emplace_back(batch, seq_len, p.moe[m], p.moe[m + 1]);
+  Tensor h = Tensor::empty(x.shape());  // the token buffer: the MoE layer's input
   Tensor y = Tensor::empty(x.shape());
-  Tensor h_full;
-  std::vector<int64_t> bounds;
-  if (schedule_.kind == ScheduleKind::MoePipe) {
-    pipeline_detail::set_token_chunks(ctx, T, schedule_.pipe_degree);
-  } else {
-    bounds = schedule_.boundaries(seq_len);
-    pipeline_detail::size_chunks(ctx, bounds.size() - 1);
-  }
-  const size_t P = ctx.moe.size();
-  std::vector<Tensor> h(P);
-  std::vector<Event> routed(P), dispatched(P), computed(P), combined(P);
-  Stream& cs = *compute_;
-  Stream& ms = *comm_;
-
-  if (schedule_.kind == ScheduleKind::MoePipe) {
-    cs.submit("attention", [&] { h_full = block.attention.forward(ctx.attention, x, batch, seq_len); });
-  } else {
-    cs.submit("ln1+qkv", [&] { block.attention.begin_forward(ctx.attention, x, batch, seq_len); });
-  }
-  for (auto [stage, c] : stage_sequence(P)) {
-    const std::string chunk = " c" + std::to_string(c);
-    if (stage == 0) {
-      cs.submit((schedule_.kind == ScheduleKind::AmPipe ? "attn+route" : "route") + chunk, [&, c] {
-        if (schedule_.kind == ScheduleKind::AmPipe) {
-          size_t id = 0;
-          h[c] = block.attention.chunk_forward(ctx.attention, bounds[c], bounds[c + 1], &id);
-          pipeline_detail::set_attention_chunk(ctx, c, id);
-        } else {
-          h[c] = chunk_rows(ctx, c, h_full);
-        }
-        block.moe.begin_forward(ctx.moe[c], h[c], stats);
-      });
-      cs.record(routed[c]);
-      ms.wait(routed[c]);
-      ms.submit("a2a dispatch" + chunk, [&, c] { block.moe.exchange_dispatch(ctx.moe[c]); });
-      ms.record(dispatched[c]);
-    } else if (stage == 1) {
-      cs.wait(dispatched[c]);
-      cs.submit("experts" + chunk, [&, c] { block.moe.run_experts(ctx.moe[c]); });
-      cs.record(computed[c]);
-      ms.wait(computed[c]);
-      ms.submit("a2a combine" + chunk, [&, c] { block.moe.exchange_combine(ctx.moe[c]); });
-      ms.record(combined[c]);
-    } else {
-      cs.wait(combined[c]);
-      cs.submit("combine" + chunk, [&, c] {
-        write_chunk_rows(ctx, c, block.moe.finish_forward(ctx.moe[c]), y);
-        h[c] = Tensor();
-      });
+  execute(forward_tasks(p, order_), [&](const StageTask& t) {
+    const size_t c = static_cast<size_t>(t.chunk);
+    switch (t.stage) {
+      case Stage::AttnBegin: block.attention.begin_forward(ctx.attention, x, batch, seq_len); break;
+      case Stage::AttnChunk: {
+        Tensor hc = block.attention.chunk_forward(ctx.attention, p.attention[c], p.attention[c + 1],
+                                                  &ctx.attention_chunk[c]);
+        Rows(batch, seq_len, p.attention[c], p.attention[c + 1]).write(hc, h);
+        break;
+      }
+      case Stage::Route: block.moe.begin_forward(ctx.moe[c], moe_rows[c].read(h), stats); break;
+      case Stage::Dispatch: block.moe.exchange_dispatch(ctx.moe[c]); break;
+      case Stage::Experts: block.moe.run_experts(ctx.moe[c]); break;
+      case Stage::Combine: block.moe.exchange_combine(ctx.moe[c]); break;
+      case Stage::Finish: moe_rows[c].write(block.moe.finish_forward(ctx.moe[c]), y); break;
+      default: AMPIPE_CHECK(false) << "stage " << stage_name(t.stage) << " in a forward task list";
     }
-  }
-  synchronize_all({&cs, &ms});
+  });
   return y;
 }
 
 Tensor StreamedBlock::backward(const Block& block, BlockContext& ctx, const Tensor& dy, const RoutingStats& stats,
                                double aux_grad_scale) const {
-  const size_t P = ctx.moe.size();
-  const bool ampipe = schedule_.kind == ScheduleKind::AmPipe;
-  Tensor dx = Tensor::empty(dy.shape());  // ampipe: residual part per chunk; moe-pipe: dh
-  std::vector<Event> begun(P), exchanged(P), computed(P), returned(P);
-  Stream& cs = *compute_;
-  Stream& ms = *comm_;
-  for (auto [stage, c] : stage_sequence(P)) {
-    const std::string chunk = " c" + std::to_string(c);
-    if (stage == 0) {
-      cs.submit("combine bwd" + chunk, [&, c] { block.moe.begin_backward(ctx.moe[c], chunk_rows(ctx, c, dy)); });
-      cs.record(begun[c]);
-      ms.wait(begun[c]);
-      ms.submit("a2a combine bwd" + chunk, [&, c] { block.moe.exchange_combine_backward(ctx.moe[c]); });
-      ms.record(exchanged[c]);
-    } else if (stage == 1) {
-      cs.wait(exchanged[c]);
-      cs.submit("experts bwd" + chunk, [&, c] { block.moe.run_experts_backward(ctx.moe[c]); });
-      cs.record(computed[c]);
-      ms.wait(computed[c]);
-      ms.submit("a2a dispatch bwd" + chunk, [&, c] { block.moe.exchange_dispatch_backward(ctx.moe[c]); });
-      ms.record(returned[c]);
-    } else {
-      cs.wait(returned[c]);
-      cs.submit((ampipe ? "route+attn bwd" : "route bwd") + chunk, [&, c] {
-        Tensor dh = block.moe.finish_backward(ctx.moe[c], stats, aux_grad_scale);
-        if (ampipe) block.attention.chunk_backward(ctx.attention, ctx.attention_chunk[c], dh);
-        write_chunk_rows(ctx, c, dh, dx);
-      });
-    }
-  }
-  cs.submit(ampipe ? "qkv+ln1 bwd" : "attention bwd", [&] {
-    if (ampipe) {
-      kernels::add_inplace(dx, block.attention.finish_backward(ctx.attention));
-    } else {
-      dx = block.attention.backward(ctx.attention, dx);
+  const ChunkPlan& p = plan_;
+  AMPIPE_CHECK(ctx.moe.size() + 1 == p.moe.size()) << "StreamedBlock::backward without its forward";
+  const int64_t batch = ctx.batch, seq_len = ctx.seq_len;
+  std::vector<Rows> moe_rows;
+  for (size_t m = 0; m + 1 < p.moe.size(); ++m) moe_rows.emplace_back(batch, seq_len, p.moe[m], p.moe[m + 1]);
+  Tensor dh = Tensor::empty(dy.shape());  // gradient of the token buffer (residual path included)
+  execute(backward_tasks(p, order_), [&](const StageTask& t) {
+    const size_t c = static_cast<size_t>(t.chunk);
+    switch (t.stage) {
+      case Stage::FinishBwd: block.moe.begin_backward(ctx.moe[c], moe_rows[c].read(dy)); break;
+      case Stage::CombineBwd: block.moe.exchange_combine_backward(ctx.moe[c]); break;
+      case Stage::ExpertsBwd: block.moe.run_experts_backward(ctx.moe[c]); break;
+      case Stage::DispatchBwd: block.moe.exchange_dispatch_backward(ctx.moe[c]); break;
+      case Stage::RouteBwd:
+        moe_rows[c].write(block.moe.finish_backward(ctx.moe[c], stats, aux_grad_scale), dh);
+        break;
+      case Stage::AttnChunkBwd:
+        block.attention.chunk_backward(
+            ctx.attention, ctx.attention_chunk[c],
+            Rows(batch, seq_len, p.attention[c], p.attention[c + 1]).read(dh));
+        break;
+      case Stage::AttnFinishBwd: kernels::add_inplace(dh, block.attention.finish_backward(ctx.attention)); break;
+      default: AMPIPE_CHECK(false) << "stage " << stage_name(t.stage) << " in a backward task list";
     }
   });
-  synchronize_all({&cs, &ms});
   ctx = BlockContext{};
-  return dx;
+  return dh;
 }
 
 }  // namespace ampipe

@@ -2,14 +2,14 @@
 // all-to-all of one chunk overlaps the attention or the experts of another
 // (shared/ARCHITECTURE.md, "One block under AMPipe"; core/stream.h).
 //
-// Every communicator call of the block runs on the comm stream in one program order, the same on
-// every rank, so overlapping can never reorder collectives between ranks. The compute stream takes
-// the stages in the schedule's order:
-//   stage-major   every chunk's attention + routing, then every chunk's experts, then every
-//                 chunk's combine (as the published AMPipe code does);
-//   interleaved   attention of chunk c, then the experts of chunk c-1, then the combine of c-2, ...
-// A sequential schedule runs as one chunk of the whole sequence (the same block, its stages still
-// on the two streams, where they can be timed and traced but cannot overlap).
+// It executes the task lists of pipeline/task_list.h for the schedule's chunk plan: each task on
+// its stream, in list order, waiting on events of the other stream's tasks it depends on. Every
+// communicator call of the block is a comm-stream task, so every rank issues the collectives in
+// one program order and overlapping can never reorder them. The attention side writes its chunks
+// into a token buffer that the MoE side reads in its own chunks (equal to the attention chunks
+// unless the schedule cuts the MoE side separately). A sequential schedule runs as one chunk of the
+// whole sequence: the same block, its stages still on the two streams, where they can be timed and
+// traced but cannot overlap.
 // The host thread only issues work and waits at the end of forward() and backward(). Each stream
 // runs its stages in program order, so results do not depend on timing.
 #pragma once
@@ -22,10 +22,6 @@
 
 namespace ampipe {
 
-enum class StageOrder { StageMajor, Interleaved };
-const char* stage_order_name(StageOrder order);
-StageOrder parse_stage_order(const std::string& name);
-
 class StreamedBlock final : public BlockExecutor {
  public:
   // trace (borrowed, may be null): one slice per stage and chunk on "compute" / "comm" tracks of
@@ -37,14 +33,17 @@ class StreamedBlock final : public BlockExecutor {
   Tensor backward(const Block& block, BlockContext& ctx, const Tensor& dy, const RoutingStats& stats,
                   double aux_grad_scale) const override;
 
+  const BlockSchedule& schedule() const { return schedule_; }
+  StageOrder order() const { return order_; }
+
  private:
   BlockSchedule schedule_;
   StageOrder order_;
   std::unique_ptr<Stream> compute_, comm_;
+  mutable ChunkPlan plan_;  // of the latest forward(), for its backward()
 
-  // The order in which the compute stream takes the three per-chunk stages (0: attention and
-  // routing, 1: experts, 2: combine) for P chunks.
-  std::vector<std::pair<int, size_t>> stage_sequence(size_t chunks) const;
+  // Runs `tasks` on the two streams, calling run(task) for each; waits for both streams.
+  void execute(const std::vector<StageTask>& tasks, const std::function<void(const StageTask&)>& run) const;
 };
 
 }  // namespace ampipe

@@ -57,7 +57,7 @@ static std::string describe(const TrainOptions& o) {
     << "\ndata_path=" << o.data_path << "\nload=" << o.load << "\nsave=" << o.save
     << "\nexpert_parallel_size=" << o.expert_parallel_size << "\neval_interval=" << o.eval_interval
     << "\neval_iters=" << o.eval_iters << "\nexit_interval=" << o.exit_interval
-    << "\nschedule=" << schedule_name(o.schedule.kind) << "\npipe_degree=" << o.schedule.pipe_degree << "\n";
+    << "\nschedule=" << o.schedule.describe() << "\nstage_order=" << o.stage_order << "\n";
   return s.str();
 }
 
@@ -92,7 +92,9 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   TextSplit data = split_train_validation(load_tokens(o.data_path), N, o.data_path);
   GptMoe model(o.model, groups.model_parallel());
   model.initialize(o.seed);
-  o.schedule.boundaries(N);  // refuse boundaries that do not fit the sequence before training
+  if (o.schedule.chunk_policy == ChunkPolicy::Balanced && o.schedule.balance_weight == 0)
+    o.schedule.balance_weight = balance_weight(o.model, o.schedule.moe_pipe_degree == 0);
+  o.schedule.plan(N);  // refuse boundaries that do not fit the sequence before training
   // A trace covers iterations start+2 and start+3 (the first is warm-up). A sequential block runs
   // on the streams too when traced, so every schedule shows its stages.
   TraceRecorder trace;

@@ -2,6 +2,8 @@
 // degree and chunk boundaries (dropless routing), top-1 and top-2.
 #include <gtest/gtest.h>
 
+#include <sstream>
+
 #include "core/random.h"
 #include "model/gpt.h"
 #include "pipeline/streamed_block.h"
@@ -93,6 +95,23 @@ TEST_P(Schedules, PipelinedEqualsSequential_Dropless) {
     uneven.chunk_boundaries = {0, 1, 20, 21, 37};
     StreamedBlock executor(uneven, StageOrder::Interleaved);
     expect_same(run(config, &executor, batch, N), reference, "ampipe uneven B=" + std::to_string(batch));
+    // Balanced attention chunks, and a MoE side cut on its own behind the token buffer (more,
+    // fewer, and as many chunks as the attention side, boundaries falling inside attention chunks).
+    for (StageOrder order : {StageOrder::StageMajor, StageOrder::Interleaved}) {
+      for (int64_t moe_p : {0, 1, 2, 3, 5}) {
+        for (ChunkPolicy policy : {ChunkPolicy::Equal, ChunkPolicy::Balanced}) {
+          BlockSchedule s;
+          s.kind = ScheduleKind::AmPipe;
+          s.pipe_degree = 4;
+          s.chunk_policy = policy;
+          s.balance_weight = balance_weight(config, moe_p == 0);
+          s.moe_pipe_degree = moe_p;
+          StreamedBlock split(s, order);
+          expect_same(run(config, &split, batch, N), reference,
+                      std::string(stage_order_name(order)) + " " + s.describe() + " B=" + std::to_string(batch));
+        }
+      }
+    }
   }
 }
 
@@ -138,6 +157,82 @@ TEST(Schedule, BadInputIsRefused) {
   EXPECT_THROW(s.validate(), Error);
   EXPECT_EQ(parse_chunk_boundaries("0,512,2048"), (std::vector<int64_t>{0, 512, 2048}));
   EXPECT_EQ(parse_schedule("moe_pipe"), ScheduleKind::MoePipe);
+  EXPECT_THROW(parse_chunk_policy("even"), Error);
+  EXPECT_THROW(parse_stage_order("random"), Error);
+  s.moe_pipe_degree = -1;
+  s.pipe_degree = 2;
+  EXPECT_THROW(s.validate(), Error);
+}
+
+TEST(Schedule, BalancedBoundariesEqualiseChunkCost) {
+  const double w = 100;
+  const auto b = balanced_boundaries(1000, 4, w);
+  ASSERT_EQ(b.size(), 5u);
+  EXPECT_EQ(b.front(), 0);
+  EXPECT_EQ(b.back(), 1000);
+  auto cost = [&](size_t c) { return double(b[c + 1]) * b[c + 1] - double(b[c]) * b[c] + w * (b[c + 1] - b[c]); };
+  for (size_t c = 0; c < 4; ++c) EXPECT_NEAR(cost(c) / cost(0), 1.0, 0.01) << "chunk " << c;
+  // Causal attention makes later chunks costlier: balanced chunks shrink along the sequence.
+  for (size_t c = 1; c < 4; ++c) EXPECT_LT(b[c + 1] - b[c], b[c] - b[c - 1]);
+  // A huge per-token weight gives (nearly) equal chunks; every chunk keeps at least one position.
+  EXPECT_EQ(balanced_boundaries(1000, 4, 1e12), (std::vector<int64_t>{0, 250, 500, 750, 1000}));
+  EXPECT_EQ(balanced_boundaries(3, 3, 0), (std::vector<int64_t>{0, 1, 2, 3}));
+}
+
+TEST(Schedule, PlansCutBothSides) {
+  BlockSchedule s;
+  s.kind = ScheduleKind::MoePipe;
+  s.pipe_degree = 3;
+  EXPECT_EQ(s.plan(9), (ChunkPlan{{0, 9}, {0, 3, 6, 9}}));
+  s.kind = ScheduleKind::Sequential;
+  EXPECT_EQ(s.plan(9), (ChunkPlan{{0, 9}, {0, 9}}));
+  s.kind = ScheduleKind::AmPipe;
+  EXPECT_EQ(s.plan(9), (ChunkPlan{{0, 3, 6, 9}, {0, 3, 6, 9}}));
+  s.moe_pipe_degree = 2;
+  EXPECT_EQ(s.plan(9), (ChunkPlan{{0, 3, 6, 9}, {0, 5, 9}}));
+}
+
+std::string describe(const std::vector<StageTask>& tasks) {
+  std::ostringstream out;
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    if (i) out << " | ";
+    out << stage_name(tasks[i].stage);
+    if (tasks[i].chunk >= 0) out << tasks[i].chunk;
+    for (int w : tasks[i].waits) out << "<" << w;
+  }
+  return out.str();
+}
+
+TEST(TaskList, AmPipeStageMajorAndInterleavedOrders) {
+  const ChunkPlan p{{0, 2, 4, 6}, {0, 2, 4, 6}};
+  EXPECT_EQ(describe(forward_tasks(p, StageOrder::StageMajor)),
+            "ln1+qkv | attention0 | route0 | a2a dispatch0<2 | attention1 | route1 | a2a dispatch1<5 | "
+            "attention2 | route2 | a2a dispatch2<8 | experts0<3 | a2a combine0<10 | experts1<6 | "
+            "a2a combine1<12 | experts2<9 | a2a combine2<14 | combine0<11 | combine1<13 | combine2<15");
+  EXPECT_EQ(describe(forward_tasks(p, StageOrder::Interleaved)),
+            "ln1+qkv | attention0 | route0 | a2a dispatch0<2 | attention1 | route1 | a2a dispatch1<5 | "
+            "experts0<3 | a2a combine0<7 | attention2 | route2 | a2a dispatch2<10 | experts1<6 | "
+            "a2a combine1<12 | combine0<8 | experts2<11 | a2a combine2<15 | combine1<13 | combine2<16");
+  EXPECT_EQ(describe(backward_tasks(p, StageOrder::StageMajor)),
+            "combine bwd0 | a2a combine bwd0<0 | combine bwd1 | a2a combine bwd1<2 | combine bwd2 | "
+            "a2a combine bwd2<4 | experts bwd0<1 | a2a dispatch bwd0<6 | experts bwd1<3 | a2a dispatch bwd1<8 | "
+            "experts bwd2<5 | a2a dispatch bwd2<10 | route bwd0<7 | attention bwd0 | route bwd1<9 | "
+            "attention bwd1 | route bwd2<11 | attention bwd2 | qkv+ln1 bwd");
+}
+
+TEST(TaskList, TheMoeSideRoutesOnceItsPositionsAreReady) {
+  // Attention chunks [0,2) [2,5) [5,6); MoE chunks [0,3) [3,6): MoE 0 needs attention 1, MoE 1 needs 2.
+  const ChunkPlan p{{0, 2, 5, 6}, {0, 3, 6}};
+  EXPECT_EQ(describe(forward_tasks(p, StageOrder::StageMajor)),
+            "ln1+qkv | attention0 | attention1 | route0 | a2a dispatch0<3 | attention2 | route1 | "
+            "a2a dispatch1<6 | experts0<4 | a2a combine0<8 | experts1<7 | a2a combine1<10 | combine0<9 | "
+            "combine1<11");
+  // Backward: attention 0 and 1 need MoE 0 and 1's gradients (chunk 1 spans both), attention 2 MoE 1.
+  EXPECT_EQ(describe(backward_tasks(p, StageOrder::StageMajor)),
+            "combine bwd0 | a2a combine bwd0<0 | combine bwd1 | a2a combine bwd1<2 | experts bwd0<1 | "
+            "a2a dispatch bwd0<4 | experts bwd1<3 | a2a dispatch bwd1<6 | route bwd0<5 | attention bwd0 | "
+            "route bwd1<7 | attention bwd1 | attention bwd2 | qkv+ln1 bwd");
+  EXPECT_THROW(forward_tasks(ChunkPlan{{0, 2, 6}, {0, 3, 5}}, StageOrder::StageMajor), Error);
 }
 
 }  // namespace

@@ -1,0 +1,222 @@
+#include "plan/cost_model.h"
+
+#include <algorithm>
+#include <cmath>
+
+#include "core/error.h"
+
+// Notation: B sequences, chunk [b, e) of length len = e - b, T = B * len tokens of the stage
+// (whole-sequence stages: T = B * N), d hidden, f expert FFN hidden, E experts, k top-k, R ranks,
+// rows = k * T routed rows (balanced routing: a rank receives as many rows as it sends), s bytes per
+// element. GEMM FLOPs are 2 * M * N * K. Elementwise passes count bytes read + bytes written:
+//   layernorm fwd 2Td (x in, y out)        layernorm bwd 3Td (dy, x in, dx out)
+//   bias add 2nw on [n, w]                 bias bwd nw (column sums read dy)
+//   residual add 3Td (a, b in, a out)      copy / gather / scatter of n rows 2nd
+//   gelu fwd 2 rows f, bwd 3 rows f        softmax over [T, E] fwd 2TE, bwd 3TE; top-k reads TE
+//   permute fwd 2 rows d                   permute bwd (rows + T) d (rows in, tokens out)
+//   unpermute fwd (rows + T) d             unpermute bwd (T + 2 rows) d (dout, saved output in; drows out)
+// Stage by stage (what model/attention_layer.cpp and model/moe/*.cpp do):
+//   AttnBegin      LN1 + QKV over T = BN:   gemm 6Td^2;  bytes LN 2Td + bias 6Td = 8Td
+//   AttnChunk      core fwd B*2d*len*(e+b+1) (sum over queries i in [b,e) of (i+1) keys x 4d);
+//                  proj gemm 2Td^2; bytes bias 2Td + residual 3Td, + 4Td gathers of q and x rows
+//                  when B > 1 and the chunk is not the whole sequence
+//   Route          LN2 2Td, router gemm 2TdE, softmax + top-k 3TE, permute 2 rows d,
+//                  + 2Td gather of the chunk's rows when B > 1 and the chunk is partial
+//   Dispatch       2 all-to-all calls (per-expert counts, then the rows); wire rows*d*s*remote
+//   Experts        gemm 4 rows d f; bytes bias 2 rows f + gelu 2 rows f + bias 2 rows d,
+//                  + regroup gather and scatter 4 rows d when R > 1
+//   Combine        1 all-to-all call; wire as Dispatch
+//   Finish         unpermute (rows + T) d + residual 3Td + copy into the block output 2Td
+//   FinishBwd      unpermute bwd (T + 2 rows) d, + 2Td gather of dy rows when B > 1 and partial
+//   CombineBwd     1 call; wire as Dispatch
+//   ExpertsBwd     gemm 8 rows d f (dW and dX of both GEMMs); bytes bias bwd rows (d + f) +
+//                  gelu bwd 3 rows f, + regroup 4 rows d when R > 1
+//   DispatchBwd    1 call; wire as Dispatch
+//   RouteBwd       permute bwd (rows + T) d, softmax + top-k bwd 4TE, router gemm 4TdE,
+//                  LN2 bwd 3Td, residual 3Td, copy into the token-buffer gradient 2Td
+//   AttnChunkBwd   core bwd 2.5x the forward FLOPs; proj gemm 4Td^2; bias bwd Td,
+//                  + 2Td scatter of dq when B > 1 and partial
+//   AttnFinishBwd  over T = BN: QKV gemm 12Td^2; bytes bias bwd 3Td + LN1 bwd 3Td + residual 3Td
+// Small terms (LN statistics, lse, gates, index arrays) are left out.
+
+namespace ampipe {
+
+void BlockShape::validate() const {
+  config.validate();
+  AMPIPE_CHECK(batch >= 1) << "the planner's batch (sequences per block) must be at least 1, got " << batch;
+  AMPIPE_CHECK(seq_len >= 1) << "the planner's sequence length must be at least 1, got " << seq_len;
+  AMPIPE_CHECK(ranks >= 1) << "--ranks must be at least 1, got " << ranks;
+  AMPIPE_CHECK(config.num_experts % ranks == 0)
+      << "--moe-num-experts " << config.num_experts << " is not divisible by --ranks " << ranks
+      << "; every rank holds E / R experts";
+  AMPIPE_CHECK(std::isfinite(remote_fraction) && remote_fraction <= 1)
+      << "the remote fraction of routed rows must be in [0, 1] (or < 0 for uniform routing), got " << remote_fraction;
+}
+
+double BlockShape::effective_remote_fraction() const {
+  if (remote_fraction >= 0) return remote_fraction;
+  return double(ranks - 1) / double(ranks);
+}
+
+namespace {
+
+void check_profile(const HardwareProfile& hw) {
+  auto positive = [](double v) { return std::isfinite(v) && v > 0; };
+  AMPIPE_CHECK(positive(hw.matrix_flops)) << "hardware profile '" << hw.name << "': matrix_flops must be > 0, got "
+                                          << hw.matrix_flops;
+  AMPIPE_CHECK(positive(hw.attention_efficiency) && positive(hw.attention_backward_efficiency))
+      << "hardware profile '" << hw.name << "': attention efficiencies must be > 0, got "
+      << hw.attention_efficiency << " and " << hw.attention_backward_efficiency;
+  AMPIPE_CHECK(positive(hw.memory_bandwidth))
+      << "hardware profile '" << hw.name << "': memory_bandwidth must be > 0, got " << hw.memory_bandwidth;
+  AMPIPE_CHECK(hw.ranks_per_node >= 1) << "hardware profile '" << hw.name << "': ranks_per_node must be >= 1, got "
+                                       << hw.ranks_per_node;
+  AMPIPE_CHECK(hw.bytes_per_element >= 1)
+      << "hardware profile '" << hw.name << "': bytes_per_element must be >= 1, got " << hw.bytes_per_element;
+  AMPIPE_CHECK(std::isfinite(hw.task_overhead) && hw.task_overhead >= 0)
+      << "hardware profile '" << hw.name << "': task_overhead must be >= 0, got " << hw.task_overhead;
+}
+
+double link_seconds(const LinkProfile& link, const char* which, double bytes, int calls) {
+  AMPIPE_CHECK(std::isfinite(link.bandwidth) && link.bandwidth > 0 && std::isfinite(link.latency) && link.latency >= 0)
+      << "hardware profile: " << which << " needs bandwidth > 0 and latency >= 0, got " << link.bandwidth << " and "
+      << link.latency;
+  return calls * link.latency + bytes / link.bandwidth;
+}
+
+}  // namespace
+
+StageWork stage_work(Stage stage, int64_t begin, int64_t end, const BlockShape& shape, int64_t bytes_per_element) {
+  shape.validate();
+  const bool whole_sequence = stage == Stage::AttnBegin || stage == Stage::AttnFinishBwd;
+  if (whole_sequence) {
+    begin = 0;
+    end = shape.seq_len;
+  }
+  AMPIPE_CHECK(0 <= begin && begin < end && end <= shape.seq_len)
+      << "stage '" << stage_name(stage) << "': chunk [" << begin << ", " << end << ") is not inside [0, "
+      << shape.seq_len << ")";
+  const ModelConfig& c = shape.config;
+  const double B = double(shape.batch), d = double(c.hidden_size), f = double(c.ffn_hidden_size);
+  const double E = double(c.num_experts), k = double(c.top_k), s = double(bytes_per_element);
+  const double len = double(end - begin), T = B * len, rows = k * T;
+  // Partial chunks of several sequences are gathered / scattered row by row (not a view).
+  const bool gathers = shape.batch > 1 && !(begin == 0 && end == shape.seq_len);
+  const bool distributed = shape.ranks > 1;
+  // sum_{i=b}^{e-1} (i + 1) keys x 4d FLOPs = 2d (e - b)(e + b + 1), per sequence.
+  const double attention_core = B * 2 * d * len * double(end + begin + 1);
+  const double wire = rows * d * s * shape.effective_remote_fraction();
+
+  StageWork w;
+  double elems = 0;  // bytes / s
+  switch (stage) {
+    case Stage::AttnBegin:
+      w.gemm_flops = 6 * T * d * d;
+      elems = 8 * T * d;
+      break;
+    case Stage::AttnChunk:
+      w.attention_forward_flops = attention_core;
+      w.gemm_flops = 2 * T * d * d;
+      elems = 5 * T * d + (gathers ? 4 * T * d : 0);
+      break;
+    case Stage::Route:
+      w.gemm_flops = 2 * T * d * E;
+      elems = 2 * T * d + 3 * T * E + 2 * rows * d + (gathers ? 2 * T * d : 0);
+      break;
+    case Stage::Experts:
+      w.gemm_flops = 4 * rows * d * f;
+      elems = 4 * rows * f + 2 * rows * d + (distributed ? 4 * rows * d : 0);
+      break;
+    case Stage::Finish:
+      elems = (rows + T) * d + 3 * T * d + 2 * T * d;
+      break;
+    case Stage::FinishBwd:
+      elems = (T + 2 * rows) * d + (gathers ? 2 * T * d : 0);
+      break;
+    case Stage::ExpertsBwd:
+      w.gemm_flops = 8 * rows * d * f;
+      elems = rows * (d + f) + 3 * rows * f + (distributed ? 4 * rows * d : 0);
+      break;
+    case Stage::RouteBwd:
+      w.gemm_flops = 4 * T * d * E;
+      elems = (rows + T) * d + 4 * T * E + 3 * T * d + 3 * T * d + 2 * T * d;
+      break;
+    case Stage::AttnChunkBwd:
+      w.attention_backward_flops = 2.5 * attention_core;
+      w.gemm_flops = 4 * T * d * d;
+      elems = T * d + (gathers ? 2 * T * d : 0);
+      break;
+    case Stage::AttnFinishBwd:
+      w.gemm_flops = 12 * T * d * d;
+      elems = 9 * T * d;
+      break;
+    case Stage::Dispatch:
+    case Stage::Combine:
+    case Stage::CombineBwd:
+    case Stage::DispatchBwd:
+      if (distributed) {
+        w.wire_bytes = wire;
+        // exchange_dispatch sends the per-expert counts first, then the rows; the other three
+        // exchanges reuse those counts (model/moe/dispatcher.cpp).
+        w.collective_calls = stage == Stage::Dispatch ? 2 : 1;
+      }
+      break;
+  }
+  w.memory_bytes = elems * s;
+  return w;
+}
+
+double all_to_all_seconds(double remote_bytes, int calls, int64_t ranks, const HardwareProfile& hw) {
+  if (ranks <= 1) return 0;
+  AMPIPE_CHECK(hw.ranks_per_node >= 1) << "hardware profile '" << hw.name << "': ranks_per_node must be >= 1, got "
+                                       << hw.ranks_per_node;
+  const int64_t local = std::min(ranks, hw.ranks_per_node);  // ranks of one node, this one included
+  const double peers = double(ranks - 1);
+  double seconds = 0;
+  if (local > 1)
+    seconds = std::max(seconds, link_seconds(hw.intra_node, "intra_node", remote_bytes * double(local - 1) / peers, calls));
+  if (ranks > local)
+    seconds =
+        std::max(seconds, link_seconds(hw.inter_node, "inter_node", remote_bytes * double(ranks - local) / peers, calls));
+  return seconds;
+}
+
+double work_seconds(const StageWork& w, int64_t ranks, const HardwareProfile& hw) {
+  check_profile(hw);
+  double seconds = hw.task_overhead;
+  seconds += w.gemm_flops / hw.matrix_flops;
+  seconds += w.attention_forward_flops / (hw.matrix_flops * hw.attention_efficiency);
+  seconds += w.attention_backward_flops / (hw.matrix_flops * hw.attention_backward_efficiency);
+  seconds += w.memory_bytes / hw.memory_bandwidth;
+  if (w.collective_calls > 0) seconds += all_to_all_seconds(w.wire_bytes, w.collective_calls, ranks, hw);
+  return seconds;
+}
+
+double stage_seconds(Stage stage, int64_t begin, int64_t end, const BlockShape& shape, const HardwareProfile& hw) {
+  return work_seconds(stage_work(stage, begin, end, shape, hw.bytes_per_element), shape.ranks, hw);
+}
+
+double stage_seconds(const StageTask& task, const ChunkPlan& plan, const BlockShape& shape,
+                     const HardwareProfile& hw) {
+  if (task.stage == Stage::AttnBegin || task.stage == Stage::AttnFinishBwd)
+    return stage_seconds(task.stage, 0, shape.seq_len, shape, hw);
+  const std::vector<int64_t>& bounds = is_attention_stage(task.stage) ? plan.attention : plan.moe;
+  AMPIPE_CHECK(task.chunk >= 0 && static_cast<size_t>(task.chunk) + 1 < bounds.size())
+      << "stage '" << stage_name(task.stage) << "' names chunk " << task.chunk << " of a plan with "
+      << (bounds.empty() ? 0 : bounds.size() - 1) << " chunks on that side";
+  AMPIPE_CHECK(bounds.back() == shape.seq_len)
+      << "the chunk plan ends at " << bounds.back() << " but the sequence length is " << shape.seq_len;
+  return stage_seconds(task.stage, bounds[task.chunk], bounds[task.chunk + 1], shape, hw);
+}
+
+std::vector<double> task_seconds(const std::vector<StageTask>& tasks, const ChunkPlan& plan, const BlockShape& shape,
+                                 const HardwareProfile& hw) {
+  shape.validate();
+  check_profile(hw);
+  std::vector<double> seconds;
+  seconds.reserve(tasks.size());
+  for (const StageTask& t : tasks) seconds.push_back(stage_seconds(t, plan, shape, hw));
+  return seconds;
+}
+
+}  // namespace ampipe

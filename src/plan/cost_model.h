@@ -1,0 +1,70 @@
+// Per-stage cost model: the seconds one rank spends on one stage task of a block's schedule
+// (pipeline/task_list.h), from the FLOPs and bytes of the stage (model config, batch, chunk
+// boundaries) priced by a HardwareProfile (plan/profile.h). Formulas: cost_model.cpp.
+//
+//   GEMMs                   gemm_flops / matrix_flops
+//   causal attention core   chunk [b, e) of B sequences: 4d FLOPs per (query i, key j <= i) pair,
+//                           B * 2d (e - b)(e + b + 1) forward at matrix_flops * attention_efficiency;
+//                           backward 2.5x those FLOPs at attention_backward_efficiency
+//   elementwise passes      bytes read + written / memory_bandwidth, bytes_per_element per value
+//   all-to-all              per call latency + the bytes that leave the rank / bandwidth, split into
+//                           intra- and inter-node parts that run at once (the slower one counts)
+//   every task              + task_overhead
+// Routing is assumed balanced (dropless): every rank receives as many rows as it sends, k per token.
+// Stateless; bad shapes or profiles are refused with ampipe::Error naming the value.
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "model/config.h"
+#include "pipeline/task_list.h"
+#include "plan/profile.h"
+
+namespace ampipe {
+
+// One block as one rank of an expert-parallel group sees it.
+struct BlockShape {
+  ModelConfig config;
+  int64_t batch = 1;    // B sequences per block call
+  int64_t seq_len = 0;  // N positions per sequence
+  int64_t ranks = 1;    // expert-parallel group size R (num_experts % R == 0)
+  // Share of the routed rows that leave the rank; < 0: (R-1)/R, uniform routing.
+  double remote_fraction = -1;
+
+  void validate() const;  // throws ampipe::Error naming the bad field
+  double effective_remote_fraction() const;
+};
+
+// What a stage does, before pricing (per rank).
+struct StageWork {
+  double gemm_flops = 0;
+  double attention_forward_flops = 0;   // causal attention core, forward
+  double attention_backward_flops = 0;  // causal attention core, backward
+  double memory_bytes = 0;              // elementwise passes: bytes read + written
+  double wire_bytes = 0;                // all-to-all: bytes this rank sends to other ranks
+  int collective_calls = 0;             // all-to-all calls (each pays the link latency); 0 when R == 1
+};
+
+// The work of `stage` on positions [begin, end) of each sequence (whole-sequence stages ignore
+// begin/end and use [0, N)).
+StageWork stage_work(Stage stage, int64_t begin, int64_t end, const BlockShape& shape, int64_t bytes_per_element);
+
+// Seconds of an all-to-all step of `calls` collective calls moving `remote_bytes` per rank off the
+// rank: 0 when R == 1; else the max over the intra-node part ((min(R, rpn) - 1) / (R - 1) of the
+// bytes) and the inter-node part ((R - min(R, rpn)) / (R - 1)), each calls * latency + bytes / bandwidth.
+double all_to_all_seconds(double remote_bytes, int calls, int64_t ranks, const HardwareProfile& hw);
+
+// Seconds of a priced StageWork, task_overhead included.
+double work_seconds(const StageWork& work, int64_t ranks, const HardwareProfile& hw);
+
+// The seconds one rank spends on `stage` over positions [begin, end).
+double stage_seconds(Stage stage, int64_t begin, int64_t end, const BlockShape& shape, const HardwareProfile& hw);
+// The same for a task of a list built from `plan` (its chunk indexes plan.attention or plan.moe).
+double stage_seconds(const StageTask& task, const ChunkPlan& plan, const BlockShape& shape,
+                     const HardwareProfile& hw);
+// stage_seconds of every task, in list order (the simulator's input).
+std::vector<double> task_seconds(const std::vector<StageTask>& tasks, const ChunkPlan& plan, const BlockShape& shape,
+                                 const HardwareProfile& hw);
+
+}  // namespace ampipe
