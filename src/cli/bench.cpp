@@ -9,7 +9,9 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <limits>
 #include <memory>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <vector>
 
@@ -25,6 +27,10 @@
 #include "model/moe/moe_layer.h"
 #include "pipeline/schedule.h"
 #include "pipeline/streamed_block.h"
+#include "cli/grid.h"
+#include "cli/plan.h"
+#include "plan/autotune.h"
+#include "plan/calibrate.h"
 #include "train/distributed.h"
 
 namespace ampipe {
@@ -35,18 +41,17 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
       "bench",
       "Time one transformer block (forward + backward) over a grid of cases: every schedule, pipe degree "
       "and stage order in one run; prints a table, optionally JSON Lines and a Chrome trace");
-  cmd->add_option("--seq-length", o.seq_length, "Sequence lengths N (comma-separated list)")->capture_default_str();
-  cmd->add_option("--hidden-size", o.hidden_size, "Hidden sizes d (list)")->capture_default_str();
-  cmd->add_option("--num-attention-heads", o.num_attention_heads,
-                  "Attention heads h (list); default hidden/64 (at least 1) for each hidden size");
-  cmd->add_option("--ffn-hidden-size", o.ffn_hidden_size, "Expert FFN hidden sizes f (list); default 4 * hidden");
-  cmd->add_option("--moe-num-experts", o.num_experts, "Experts E (list); default 2 * the number of ranks");
-  cmd->add_option("--moe-top-k", o.top_k, "Experts per token k (list)")->capture_default_str();
+  add_grid_flags(*cmd, o.grid, "2 * the number of ranks");
   cmd->add_option("--moe-capacity-factor", o.capacity_factor, "Expert capacity factor; 0 = dropless")
       ->capture_default_str();
   cmd->add_option("--micro-batch-size", o.micro_batch_size, "Sequences per block call (B)")->capture_default_str();
-  cmd->add_option("--schedule", o.schedules, "Schedules (list of sequential, moe-pipe, ampipe)")
+  cmd->add_option("--schedule", o.schedules,
+                  "Schedules (list of sequential, moe-pipe, ampipe, auto: the planner's choice for each case)")
       ->capture_default_str();
+  cmd->add_option("--hardware", o.hardware,
+                  "Hardware profile (JSON path, or the name of one under profiles/) for the planner: `auto` and the "
+                  "predicted time of every case; default: with `auto` in --schedule, a quick calibration of this "
+                  "machine at start-up");
   cmd->add_option("--pipe-degree", o.pipe_degrees, "Pipe degrees P for moe-pipe and ampipe (list)")
       ->capture_default_str();
   cmd->add_option("--stage-order", o.stage_orders,
@@ -80,34 +85,6 @@ namespace {
 
 using Clock = std::chrono::steady_clock;
 
-std::vector<std::string> split_list(const std::string& text) {
-  std::vector<std::string> items;
-  size_t start = 0;
-  while (true) {
-    const size_t comma = text.find(',', start);
-    std::string item = text.substr(start, comma == std::string::npos ? std::string::npos : comma - start);
-    const size_t b = item.find_first_not_of(" \t"), e = item.find_last_not_of(" \t");
-    items.push_back(b == std::string::npos ? std::string() : item.substr(b, e - b + 1));
-    if (comma == std::string::npos) break;
-    start = comma + 1;
-  }
-  return items;
-}
-
-// A comma-separated list of integers >= min_value; refuses anything else naming the flag and value.
-std::vector<int64_t> parse_int_list(const std::string& flag, const std::string& text, int64_t min_value) {
-  std::vector<int64_t> values;
-  for (const std::string& item : split_list(text)) {
-    int64_t v = 0;
-    const auto [end, ec] = std::from_chars(item.data(), item.data() + item.size(), v);
-    AMPIPE_CHECK(!item.empty() && ec == std::errc() && end == item.data() + item.size() && v >= min_value)
-        << flag << " '" << text << "': '" << item << "' is not allowed; expected a comma-separated list of integers >= "
-        << min_value;
-    if (std::find(values.begin(), values.end(), v) == values.end()) values.push_back(v);
-  }
-  return values;
-}
-
 double median(std::vector<double> v) {
   if (v.empty()) return 0.0;
   std::sort(v.begin(), v.end());
@@ -125,13 +102,10 @@ bool ends_with(const std::string& s, const std::string& suffix) {
   return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
-struct Shape6 {
-  int64_t N, d, heads, ffn, E, k;
-};
-
 struct Variant {
   BlockSchedule schedule;  // the balance weight is set per shape
   StageOrder order;
+  bool planned = false;    // `auto`: the planner's choice for each shape
 };
 
 struct Measured {
@@ -161,15 +135,8 @@ int run_bench(const BenchOptions& o, Communicator& world) {
       << "--moe-capacity-factor must be >= 0 (0 = dropless), got " << o.capacity_factor;
   kernels::set_kernel_threads(o.threads);
 
-  const std::vector<int64_t> seqs = parse_int_list("--seq-length", o.seq_length, 1);
-  const std::vector<int64_t> hiddens = parse_int_list("--hidden-size", o.hidden_size, 1);
-  const std::vector<int64_t> heads_list =
-      o.num_attention_heads.empty() ? std::vector<int64_t>{} : parse_int_list("--num-attention-heads", o.num_attention_heads, 1);
-  const std::vector<int64_t> ffn_list =
-      o.ffn_hidden_size.empty() ? std::vector<int64_t>{} : parse_int_list("--ffn-hidden-size", o.ffn_hidden_size, 1);
-  const std::vector<int64_t> experts = o.num_experts.empty() ? std::vector<int64_t>{2 * int64_t{world.size()}}
-                                                             : parse_int_list("--moe-num-experts", o.num_experts, 1);
-  const std::vector<int64_t> top_ks = parse_int_list("--moe-top-k", o.top_k, 1);
+  const std::vector<GridShape> shapes = expand_grid(o.grid, 2 * int64_t{world.size()}, o.capacity_factor);
+  const std::vector<int64_t> seqs = parse_int_list("--seq-length", o.grid.seq_length, 1);
   const std::vector<int64_t> degrees = parse_int_list("--pipe-degree", o.pipe_degrees, 1);
   const std::vector<int64_t> moe_degrees = parse_int_list("--moe-pipe-degree", o.moe_pipe_degrees, 0);
   std::vector<ChunkPolicy> policies;
@@ -181,9 +148,15 @@ int run_bench(const BenchOptions& o, Communicator& world) {
   }
 
   std::vector<ScheduleKind> kinds;
+  bool with_auto = false;
   for (const std::string& name : split_list(o.schedules)) {
-    AMPIPE_CHECK(name == "sequential" || name == "moe-pipe" || name == "moe_pipe" || name == "ampipe")
-        << "--schedule '" << o.schedules << "': '" << name << "' is not one of: sequential, moe-pipe, ampipe";
+    AMPIPE_CHECK(name == "sequential" || name == "moe-pipe" || name == "moe_pipe" || name == "ampipe" ||
+                 name == "auto")
+        << "--schedule '" << o.schedules << "': '" << name << "' is not one of: sequential, moe-pipe, ampipe, auto";
+    if (name == "auto") {
+      with_auto = true;
+      continue;
+    }
     const ScheduleKind kind = parse_schedule(name);
     if (std::find(kinds.begin(), kinds.end(), kind) == kinds.end()) kinds.push_back(kind);
   }
@@ -214,16 +187,6 @@ int run_bench(const BenchOptions& o, Communicator& world) {
   }
 
   // ---- The grid.
-  std::vector<Shape6> shapes;
-  for (int64_t N : seqs)
-    for (int64_t d : hiddens) {
-      const std::vector<int64_t> hs = heads_list.empty() ? std::vector<int64_t>{std::max<int64_t>(1, d / 64)} : heads_list;
-      const std::vector<int64_t> fs = ffn_list.empty() ? std::vector<int64_t>{4 * d} : ffn_list;
-      for (int64_t h : hs)
-        for (int64_t f : fs)
-          for (int64_t E : experts)
-            for (int64_t k : top_ks) shapes.push_back({N, d, h, f, E, k});
-    }
   std::vector<Variant> variants;
   for (ScheduleKind kind : kinds) {
     BlockSchedule base;
@@ -261,21 +224,7 @@ int run_bench(const BenchOptions& o, Communicator& world) {
         }
     }
   }
-  // One block of a grid shape.
-  auto config_for = [&](const Shape6& s) {
-      ModelConfig c;
-      c.num_layers = 1;
-      c.max_seq_len = s.N;
-      c.hidden_size = s.d;
-      c.num_attention_heads = s.heads;
-      c.ffn_hidden_size = s.ffn;
-      c.num_experts = s.E;
-      c.top_k = s.k;
-      c.capacity_factor = o.capacity_factor;
-    return c;
-  };
-  // Validate every model shape before running any case.
-  for (const Shape6& s : shapes) config_for(s).validate();
+  if (with_auto) variants.push_back({BlockSchedule{}, StageOrder::StageMajor, true});
 
   const int rank = world.rank();
   const bool root = rank == 0;
@@ -290,6 +239,19 @@ int run_bench(const BenchOptions& o, Communicator& world) {
     std::string desc = "grid=" + std::to_string(shapes.size()) + "x" + std::to_string(variants.size()) +
                        "\nrepeats=" + std::to_string(o.warmup) + "+" + std::to_string(o.repeats);
     check_same_configuration(world, desc);
+  }
+  // The planner's profile: for `auto`, and a predicted time for every case.
+  std::optional<HardwareProfile> hw;
+  if (!o.hardware.empty()) {
+    hw = load_hardware_profile(o.hardware);
+  } else if (with_auto) {
+    CalibrateOptions co;
+    co.quick = true;
+    co.threads = o.threads;
+    co.hidden_sizes = parse_int_list("--hidden-size", o.grid.hidden_size, 1);
+    co.link = link;
+    hw = calibrate(world, co);
+    kernels::set_kernel_threads(o.threads);
   }
 
   TraceRecorder trace_out;
@@ -309,15 +271,16 @@ int run_bench(const BenchOptions& o, Communicator& world) {
                 world.size(), o.threads, link.c_str(), static_cast<long long>(o.micro_batch_size),
                 static_cast<long long>(o.warmup), static_cast<long long>(o.repeats));
   line(buf);
-  std::snprintf(buf, sizeof buf, "%-10s %2s %-11s %-8s %3s %6s %5s %3s %2s %5s %-9s %10s %7s %9s %5s %5s", "schedule",
-                "P", "order", "chunks", "moe", "N", "d", "E", "k", "ranks", "link", "time ms", "speedup", "bound ms", "eff",
-                "comm");
+  if (hw) line("planner profile: " + hw->name);
+  std::snprintf(buf, sizeof buf, "%-15s %2s %-11s %-8s %3s %6s %5s %3s %2s %5s %-9s %10s %7s %9s %5s %5s %s",
+                "schedule", "P", "order", "chunks", "moe", "N", "d", "E", "k", "ranks", "link", "time ms", "speedup",
+                "bound ms", "eff", "comm", hw ? "   pred ms" : "");
   line(buf);
 
   size_t case_index = 0;
   const int64_t B = o.micro_batch_size;
-  for (const Shape6& s : shapes) {
-    const ModelConfig c = config_for(s);
+  for (const GridShape& s : shapes) {
+    const ModelConfig c = s.config(o.capacity_factor);
     TrainingGroups groups = make_training_groups(world, 0, s.E);
     ModelParallel parallel{groups.expert_group.get(), nullptr};
     ParameterRegistry params;
@@ -332,18 +295,24 @@ int run_bench(const BenchOptions& o, Communicator& world) {
     fill_normal(x, mix_seed(o.seed + static_cast<uint64_t>(rank), 1), 1.0f);
     fill_normal(dy, mix_seed(o.seed + static_cast<uint64_t>(rank), 2), 1e-3f);
     const Block block{attention, moe};
+    const BlockShape bshape{c, B, s.N, groups.expert_group->size()};
+    std::optional<PlanCandidate> planned;
+    if (with_auto) planned = choose_plan(bshape, *hw);
 
     double sequential_ms = -1.0;  // < 0: not measured (no sequential in --schedule)
     for (const Variant& v : variants) {
       ++case_index;
       // sequential too runs on the streams (one chunk), so its stages are timed
-      BlockSchedule schedule = v.schedule;
-      if (schedule.chunk_policy == ChunkPolicy::Balanced)
+      BlockSchedule schedule = v.planned ? planned->schedule : v.schedule;
+      const StageOrder stage_order = v.planned ? planned->order : v.order;
+      if (!v.planned && schedule.chunk_policy == ChunkPolicy::Balanced)
         schedule.balance_weight = balance_weight(c, schedule.moe_pipe_degree == 0);
+      const double predicted_ms =
+          hw ? predict_block(schedule, stage_order, bshape, *hw).total * 1e3 : std::numeric_limits<double>::quiet_NaN();
       const ChunkPlan plan = schedule.plan(s.N);
       const int64_t shown_P = static_cast<int64_t>(
           schedule.kind == ScheduleKind::MoePipe ? plan.moe.size() - 1 : plan.attention.size() - 1);
-      const std::string label = variant_label(v);
+      const std::string label = v.planned ? "auto: " + planned->describe() : variant_label(v);
       char case_name[256];
       std::snprintf(case_name, sizeof case_name, "%s N=%lld d=%lld h=%lld f=%lld E=%lld k=%lld", label.c_str(),
                     static_cast<long long>(s.N), static_cast<long long>(s.d), static_cast<long long>(s.heads),
@@ -352,7 +321,7 @@ int run_bench(const BenchOptions& o, Communicator& world) {
       TraceRecorder rec;
       std::vector<double> times, computes, comms;
       {
-        StreamedBlock exec(schedule, v.order, &rec, rank);
+        StreamedBlock exec(schedule, stage_order, &rec, rank);
         const int64_t runs = o.warmup + o.repeats;
         for (int64_t r = 0; r < runs; ++r) {
           params.zero_grad();
@@ -400,7 +369,9 @@ int run_bench(const BenchOptions& o, Communicator& world) {
       const double efficiency = m.time_ms > 0 ? bound / m.time_ms : 0.0;
       const bool has_speedup = sequential_ms > 0 && m.time_ms > 0;
       const double speedup = has_speedup ? sequential_ms / m.time_ms : 0.0;
-      const std::string order = schedule.kind == ScheduleKind::Sequential ? "-" : stage_order_name(v.order);
+      const std::string order = schedule.kind == ScheduleKind::Sequential ? "-" : stage_order_name(stage_order);
+      const std::string shown_schedule = v.planned ? std::string("auto:") + schedule_name(schedule.kind)
+                                                   : std::string(schedule_name(schedule.kind));
       const bool pipelined_ampipe = schedule.kind == ScheduleKind::AmPipe && shown_P > 1;
       const std::string chunks = !pipelined_ampipe ? "-"
                                  : !schedule.chunk_boundaries.empty()
@@ -409,12 +380,13 @@ int run_bench(const BenchOptions& o, Communicator& world) {
       const int64_t moe_P = static_cast<int64_t>(plan.moe.size()) - 1;
 
       std::snprintf(buf, sizeof buf,
-                    "%-10s %2lld %-11s %-8s %3lld %6lld %5lld %3lld %2lld %5d %-9s %10.2f %7s %9.2f %5.2f %4.0f%%",
-                    schedule_name(schedule.kind), static_cast<long long>(shown_P), order.c_str(), chunks.c_str(),
+                    "%-15s %2lld %-11s %-8s %3lld %6lld %5lld %3lld %2lld %5d %-9s %10.2f %7s %9.2f %5.2f %4.0f%% %s",
+                    shown_schedule.c_str(), static_cast<long long>(shown_P), order.c_str(), chunks.c_str(),
                     static_cast<long long>(moe_P), static_cast<long long>(s.N),
                     static_cast<long long>(s.d), static_cast<long long>(s.E), static_cast<long long>(s.k), world.size(),
                     link.c_str(), m.time_ms, has_speedup ? fmt("%.2fx", speedup).c_str() : "-", bound, efficiency,
-                    m.time_ms > 0 ? 100.0 * m.comm_ms / m.time_ms : 0.0);
+                    m.time_ms > 0 ? 100.0 * m.comm_ms / m.time_ms : 0.0,
+                    hw ? fmt("%10.2f", predicted_ms).c_str() : "");
       line(buf);
       if (root) {
         std::fprintf(stderr, "bench: case %zu/%zu: %s: %.2f ms\n", case_index, total_cases,
@@ -422,7 +394,8 @@ int run_bench(const BenchOptions& o, Communicator& world) {
         std::fflush(stderr);
       }
       if (json.is_open()) {
-        nlohmann::json j = {{"schedule", schedule_name(schedule.kind)},
+        nlohmann::json j = {{"schedule", v.planned ? "auto" : schedule_name(schedule.kind)},
+                            {"planned_schedule", schedule_name(schedule.kind)},
                             {"pipe_degree", shown_P},
                             {"stage_order", order},
                             {"chunk_policy", chunks},
@@ -445,6 +418,10 @@ int run_bench(const BenchOptions& o, Communicator& world) {
                             {"speedup_vs_sequential", has_speedup ? nlohmann::json(speedup) : nlohmann::json(nullptr)},
                             {"overlap_bound_ms", bound},
                             {"efficiency", efficiency}};
+        if (hw) {
+          j["predicted_ms"] = predicted_ms;
+          j["profile"] = hw->name;
+        }
         json << j.dump() << "\n";
         json.flush();
         AMPIPE_CHECK(json.good()) << "--json-out: writing '" << o.json_out << "' failed";

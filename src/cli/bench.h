@@ -17,6 +17,8 @@
 #include <cstdint>
 #include <string>
 
+#include "cli/grid.h"
+
 namespace CLI {
 class App;
 }
@@ -26,13 +28,7 @@ namespace ampipe {
 class Communicator;
 
 struct BenchOptions {
-  // Grid axes: comma-separated lists of integers.
-  std::string seq_length = "2048";
-  std::string hidden_size = "512";
-  std::string num_attention_heads;  // empty: hidden/64 (at least 1) for each hidden size
-  std::string ffn_hidden_size;      // empty: 4 * hidden for each hidden size
-  std::string num_experts;          // empty: 2 * world size
-  std::string top_k = "1";
+  GridFlags grid;  // model-shape axes (comma-separated lists)
   double capacity_factor = 0.0;
   int64_t micro_batch_size = 1;
   std::string schedules = "sequential,moe-pipe,ampipe";
@@ -45,6 +41,7 @@ struct BenchOptions {
   int64_t repeats = 5;
   int threads = 1;
   std::string link;  // empty: $AMPIPE_LINK, else "unshaped"
+  std::string hardware;  // profile for `auto` and predictions; empty: calibrate when needed
   std::string json_out;
   std::string trace;
   uint64_t seed = 1;

@@ -1,4 +1,4 @@
-// ampipe: one binary, subcommands train / eval / sample / bench.
+// ampipe: one binary, subcommands train / eval / sample / bench / plan.
 //
 // Errors inside the engine are ampipe::Error exceptions; this file is the edge that turns them into
 // one line on stderr ("ampipe: error: ...") and exit status 1. Bad flags exit with CLI11's status.
@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/bench.h"
+#include "cli/plan.h"
 #include "comm/world.h"
 #include "core/parallel.h"
 #include "kernels/gemm.h"
@@ -237,6 +238,8 @@ int main(int argc, char** argv) {
   // bench
   BenchOptions bench_options;
   CLI::App* bench = add_bench_command(app, bench_options);
+  PlanOptions plan_options;
+  CLI::App* plan = add_plan_command(app, plan_options);
 
   CLI11_PARSE(app, argc, argv);
   std::unique_ptr<Communicator> world;
@@ -254,6 +257,7 @@ int main(int argc, char** argv) {
     if (sample->parsed())
       return run_sample(sample_load, prompt, sample_tokens, temperature, sample_seed, sample_threads, *world);
     if (bench->parsed()) return run_bench(bench_options, *world);
+    if (plan->parsed()) return run_plan(plan_options, *world);
   } catch (const std::exception& e) {
     std::fflush(stdout);
     // In a parallel job one rank's error must end every rank (the others may be waiting in a

@@ -2,8 +2,9 @@
 // kernels, communicator and streams, so that the planner can price a schedule for the machine it is
 // about to run on.
 //
-// What is measured (every rank measures at the same time, so ranks that share the machine's cores
-// and memory see each other's load, as in training; rank 0's figures are kept):
+// What is measured. Every rank runs every measurement at the same time (each sample starts after a
+// barrier and counts the slowest rank's time), so ranks that share the machine's cores and memory
+// load each other as in training; rank 0's figures are kept:
 //   matrix_flops        sgemm (kernels/gemm.h) at block shapes: [T,d] x [d,4d] for every d in
 //                       hidden_sizes (full mode also [T,4d] x [4d,d], and more T); the median over
 //                       shapes of 2*M*N*K / median time.
@@ -17,9 +18,11 @@
 //                       (kernels::gather_rows, the permute); bytes = bytes read + bytes written.
 //   intra/inter_node    with more than one rank: the dispatcher's exchange (an all_to_all of one
 //                       count per rank, then all_to_all_v) at three message sizes, every rank
-//                       sending at once; a sample is the slowest rank's time; time = latency +
-//                       remote bytes per rank / bandwidth fitted by least squares (a link that the
-//                       ranks share counts once per rank). One machine: intra_node = inter_node =
+//                       sending at once; time = latency + remote bytes per rank / bandwidth, the
+//                       bandwidth from a least-squares slope (a link that the ranks share counts
+//                       once per rank), the latency from the smallest message (kept within half to
+//                       all of its time) and halved, as the profile's latency is per collective call
+//                       and an exchange makes two. One machine: intra_node = inter_node,
 //                       ranks_per_node = world size. With one rank nothing crosses a link: the
 //                       link figures are options.single_rank_link, and `source` says so.
 //   overlap_slowdown    GEMM time while another thread of this process runs back-to-back

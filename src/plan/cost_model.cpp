@@ -15,11 +15,11 @@
 //   gelu fwd 2 rows f, bwd 3 rows f        softmax over [T, E] fwd 2TE, bwd 3TE; top-k reads TE
 //   permute fwd 2 rows d                   permute bwd (rows + T) d (rows in, tokens out)
 //   unpermute fwd (rows + T) d             unpermute bwd (T + 2 rows) d (dout, saved output in; drows out)
-// Stage by stage (what model/attention_layer.cpp and model/moe/*.cpp do):
+// Stage by stage (what pipeline/streamed_block.cpp, model/attention_layer.cpp and model/moe/*.cpp do):
 //   AttnBegin      LN1 + QKV over T = BN:   gemm 6Td^2;  bytes LN 2Td + bias 6Td = 8Td
 //   AttnChunk      core fwd B*2d*len*(e+b+1) (sum over queries i in [b,e) of (i+1) keys x 4d);
-//                  proj gemm 2Td^2; bytes bias 2Td + residual 3Td, + 4Td gathers of q and x rows
-//                  when B > 1 and the chunk is not the whole sequence
+//                  proj gemm 2Td^2; bytes bias 2Td + residual 3Td + copy into the token buffer
+//                  2Td, + 4Td gathers of q and x rows when B > 1 and the chunk is partial
 //   Route          LN2 2Td, router gemm 2TdE, softmax + top-k 3TE, permute 2 rows d,
 //                  + 2Td gather of the chunk's rows when B > 1 and the chunk is partial
 //   Dispatch       2 all-to-all calls (per-expert counts, then the rows); wire rows*d*s*remote
@@ -35,7 +35,7 @@
 //   RouteBwd       permute bwd (rows + T) d, softmax + top-k bwd 4TE, router gemm 4TdE,
 //                  LN2 bwd 3Td, residual 3Td, copy into the token-buffer gradient 2Td
 //   AttnChunkBwd   core bwd 2.5x the forward FLOPs; proj gemm 4Td^2; bias bwd Td,
-//                  + 2Td scatter of dq when B > 1 and partial
+//                  + 4Td gather of dh rows and scatter of dq when B > 1 and partial
 //   AttnFinishBwd  over T = BN: QKV gemm 12Td^2; bytes bias bwd 3Td + LN1 bwd 3Td + residual 3Td
 // Small terms (LN statistics, lse, gates, index arrays) are left out.
 
@@ -50,7 +50,8 @@ void BlockShape::validate() const {
       << "--moe-num-experts " << config.num_experts << " is not divisible by --ranks " << ranks
       << "; every rank holds E / R experts";
   AMPIPE_CHECK(std::isfinite(remote_fraction) && remote_fraction <= 1)
-      << "the remote fraction of routed rows must be in [0, 1] (or < 0 for uniform routing), got " << remote_fraction;
+      << "the remote fraction of routed rows must be in [0, 1] (or < 0 for uniform routing), got "
+      << remote_fraction;
 }
 
 double BlockShape::effective_remote_fraction() const {
@@ -62,15 +63,15 @@ namespace {
 
 void check_profile(const HardwareProfile& hw) {
   auto positive = [](double v) { return std::isfinite(v) && v > 0; };
-  AMPIPE_CHECK(positive(hw.matrix_flops)) << "hardware profile '" << hw.name << "': matrix_flops must be > 0, got "
-                                          << hw.matrix_flops;
+  AMPIPE_CHECK(positive(hw.matrix_flops))
+      << "hardware profile '" << hw.name << "': matrix_flops must be > 0, got " << hw.matrix_flops;
   AMPIPE_CHECK(positive(hw.attention_efficiency) && positive(hw.attention_backward_efficiency))
       << "hardware profile '" << hw.name << "': attention efficiencies must be > 0, got "
       << hw.attention_efficiency << " and " << hw.attention_backward_efficiency;
   AMPIPE_CHECK(positive(hw.memory_bandwidth))
       << "hardware profile '" << hw.name << "': memory_bandwidth must be > 0, got " << hw.memory_bandwidth;
-  AMPIPE_CHECK(hw.ranks_per_node >= 1) << "hardware profile '" << hw.name << "': ranks_per_node must be >= 1, got "
-                                       << hw.ranks_per_node;
+  AMPIPE_CHECK(hw.ranks_per_node >= 1)
+      << "hardware profile '" << hw.name << "': ranks_per_node must be >= 1, got " << hw.ranks_per_node;
   AMPIPE_CHECK(hw.bytes_per_element >= 1)
       << "hardware profile '" << hw.name << "': bytes_per_element must be >= 1, got " << hw.bytes_per_element;
   AMPIPE_CHECK(std::isfinite(hw.task_overhead) && hw.task_overhead >= 0)
@@ -78,15 +79,17 @@ void check_profile(const HardwareProfile& hw) {
 }
 
 double link_seconds(const LinkProfile& link, const char* which, double bytes, int calls) {
-  AMPIPE_CHECK(std::isfinite(link.bandwidth) && link.bandwidth > 0 && std::isfinite(link.latency) && link.latency >= 0)
-      << "hardware profile: " << which << " needs bandwidth > 0 and latency >= 0, got " << link.bandwidth << " and "
-      << link.latency;
+  AMPIPE_CHECK(std::isfinite(link.bandwidth) && link.bandwidth > 0 && std::isfinite(link.latency) &&
+               link.latency >= 0)
+      << "hardware profile: " << which << " needs bandwidth > 0 and latency >= 0, got " << link.bandwidth
+      << " and " << link.latency;
   return calls * link.latency + bytes / link.bandwidth;
 }
 
 }  // namespace
 
-StageWork stage_work(Stage stage, int64_t begin, int64_t end, const BlockShape& shape, int64_t bytes_per_element) {
+StageWork stage_work(Stage stage, int64_t begin, int64_t end, const BlockShape& shape,
+                     int64_t bytes_per_element) {
   shape.validate();
   const bool whole_sequence = stage == Stage::AttnBegin || stage == Stage::AttnFinishBwd;
   if (whole_sequence) {
@@ -117,7 +120,7 @@ StageWork stage_work(Stage stage, int64_t begin, int64_t end, const BlockShape& 
     case Stage::AttnChunk:
       w.attention_forward_flops = attention_core;
       w.gemm_flops = 2 * T * d * d;
-      elems = 5 * T * d + (gathers ? 4 * T * d : 0);
+      elems = 7 * T * d + (gathers ? 4 * T * d : 0);
       break;
     case Stage::Route:
       w.gemm_flops = 2 * T * d * E;
@@ -144,7 +147,7 @@ StageWork stage_work(Stage stage, int64_t begin, int64_t end, const BlockShape& 
     case Stage::AttnChunkBwd:
       w.attention_backward_flops = 2.5 * attention_core;
       w.gemm_flops = 4 * T * d * d;
-      elems = T * d + (gathers ? 2 * T * d : 0);
+      elems = T * d + (gathers ? 4 * T * d : 0);
       break;
     case Stage::AttnFinishBwd:
       w.gemm_flops = 12 * T * d * d;
@@ -168,16 +171,17 @@ StageWork stage_work(Stage stage, int64_t begin, int64_t end, const BlockShape& 
 
 double all_to_all_seconds(double remote_bytes, int calls, int64_t ranks, const HardwareProfile& hw) {
   if (ranks <= 1) return 0;
-  AMPIPE_CHECK(hw.ranks_per_node >= 1) << "hardware profile '" << hw.name << "': ranks_per_node must be >= 1, got "
-                                       << hw.ranks_per_node;
+  AMPIPE_CHECK(hw.ranks_per_node >= 1)
+      << "hardware profile '" << hw.name << "': ranks_per_node must be >= 1, got " << hw.ranks_per_node;
   const int64_t local = std::min(ranks, hw.ranks_per_node);  // ranks of one node, this one included
   const double peers = double(ranks - 1);
   double seconds = 0;
   if (local > 1)
-    seconds = std::max(seconds, link_seconds(hw.intra_node, "intra_node", remote_bytes * double(local - 1) / peers, calls));
+    seconds = std::max(
+        seconds, link_seconds(hw.intra_node, "intra_node", remote_bytes * double(local - 1) / peers, calls));
   if (ranks > local)
-    seconds =
-        std::max(seconds, link_seconds(hw.inter_node, "inter_node", remote_bytes * double(ranks - local) / peers, calls));
+    seconds = std::max(seconds, link_seconds(hw.inter_node, "inter_node",
+                                             remote_bytes * double(ranks - local) / peers, calls));
   return seconds;
 }
 
@@ -192,7 +196,8 @@ double work_seconds(const StageWork& w, int64_t ranks, const HardwareProfile& hw
   return seconds;
 }
 
-double stage_seconds(Stage stage, int64_t begin, int64_t end, const BlockShape& shape, const HardwareProfile& hw) {
+double stage_seconds(Stage stage, int64_t begin, int64_t end, const BlockShape& shape,
+                     const HardwareProfile& hw) {
   return work_seconds(stage_work(stage, begin, end, shape, hw.bytes_per_element), shape.ranks, hw);
 }
 
@@ -209,8 +214,8 @@ double stage_seconds(const StageTask& task, const ChunkPlan& plan, const BlockSh
   return stage_seconds(task.stage, bounds[task.chunk], bounds[task.chunk + 1], shape, hw);
 }
 
-std::vector<double> task_seconds(const std::vector<StageTask>& tasks, const ChunkPlan& plan, const BlockShape& shape,
-                                 const HardwareProfile& hw) {
+std::vector<double> task_seconds(const std::vector<StageTask>& tasks, const ChunkPlan& plan,
+                                 const BlockShape& shape, const HardwareProfile& hw) {
   shape.validate();
   check_profile(hw);
   std::vector<double> seconds;

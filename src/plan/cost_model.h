@@ -48,7 +48,8 @@ struct StageWork {
 
 // The work of `stage` on positions [begin, end) of each sequence (whole-sequence stages ignore
 // begin/end and use [0, N)).
-StageWork stage_work(Stage stage, int64_t begin, int64_t end, const BlockShape& shape, int64_t bytes_per_element);
+StageWork stage_work(Stage stage, int64_t begin, int64_t end, const BlockShape& shape,
+                     int64_t bytes_per_element);
 
 // Seconds of an all-to-all step of `calls` collective calls moving `remote_bytes` per rank off the
 // rank: 0 when R == 1; else the max over the intra-node part ((min(R, rpn) - 1) / (R - 1) of the
@@ -59,12 +60,13 @@ double all_to_all_seconds(double remote_bytes, int calls, int64_t ranks, const H
 double work_seconds(const StageWork& work, int64_t ranks, const HardwareProfile& hw);
 
 // The seconds one rank spends on `stage` over positions [begin, end).
-double stage_seconds(Stage stage, int64_t begin, int64_t end, const BlockShape& shape, const HardwareProfile& hw);
+double stage_seconds(Stage stage, int64_t begin, int64_t end, const BlockShape& shape,
+                     const HardwareProfile& hw);
 // The same for a task of a list built from `plan` (its chunk indexes plan.attention or plan.moe).
 double stage_seconds(const StageTask& task, const ChunkPlan& plan, const BlockShape& shape,
                      const HardwareProfile& hw);
 // stage_seconds of every task, in list order (the simulator's input).
-std::vector<double> task_seconds(const std::vector<StageTask>& tasks, const ChunkPlan& plan, const BlockShape& shape,
-                                 const HardwareProfile& hw);
+std::vector<double> task_seconds(const std::vector<StageTask>& tasks, const ChunkPlan& plan,
+                                 const BlockShape& shape, const HardwareProfile& hw);
 
 }  // namespace ampipe

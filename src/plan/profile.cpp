@@ -48,7 +48,8 @@ std::string describe(const Json& value) {
 // The value checks, shared by validate() (on the struct) and parsing (on the JSON), so both give
 // the same message.
 void check_finite(const std::string& where, const std::string& field, double value) {
-  AMPIPE_CHECK(std::isfinite(value)) << where << ": field '" << field << "' must be a finite number, got " << value;
+  AMPIPE_CHECK(std::isfinite(value)) << where << ": field '" << field << "' must be a finite number, got "
+                                     << value;
 }
 
 void check_rate(const std::string& where, const std::string& field, double value) {
@@ -65,7 +66,8 @@ void check_efficiency(const std::string& where, const std::string& field, double
 
 void check_at_least(const std::string& where, const std::string& field, double value, double minimum) {
   check_finite(where, field, value);
-  AMPIPE_CHECK(value >= minimum) << where << ": field '" << field << "' must be >= " << minimum << ", got " << value;
+  AMPIPE_CHECK(value >= minimum) << where << ": field '" << field << "' must be >= " << minimum << ", got "
+                                 << value;
 }
 
 void check_count(const std::string& where, const std::string& field, int64_t value) {
@@ -98,14 +100,16 @@ const Json& require(const std::string& where, const std::string& prefix, const J
 }
 
 std::string get_string(const std::string& where, const std::string& field, const Json& value) {
-  AMPIPE_CHECK(value.is_string()) << where << ": field '" << field << "' must be a string, got " << describe(value);
+  AMPIPE_CHECK(value.is_string()) << where << ": field '" << field << "' must be a string, got "
+                                  << describe(value);
   std::string text = value.get<std::string>();
   AMPIPE_CHECK(!text.empty()) << where << ": field '" << field << "' must not be empty";
   return text;
 }
 
 double get_number(const std::string& where, const std::string& field, const Json& value) {
-  AMPIPE_CHECK(value.is_number()) << where << ": field '" << field << "' must be a number, got " << describe(value);
+  AMPIPE_CHECK(value.is_number()) << where << ": field '" << field << "' must be a number, got "
+                                  << describe(value);
   return value.get<double>();
 }
 
@@ -115,14 +119,15 @@ int64_t get_integer(const std::string& where, const std::string& field, const Js
   const bool integral_float = value.is_number_float() && std::isfinite(value.get<double>()) &&
                               std::floor(value.get<double>()) == value.get<double>() &&
                               std::abs(value.get<double>()) < 9.0e15;
-  AMPIPE_CHECK(integral_float) << where << ": field '" << field << "' must be an integer, got " << describe(value);
+  AMPIPE_CHECK(integral_float) << where << ": field '" << field << "' must be an integer, got "
+                               << describe(value);
   return static_cast<int64_t>(value.get<double>());
 }
 
 LinkProfile get_link(const std::string& where, const std::string& field, const Json& value) {
-  AMPIPE_CHECK(value.is_object()) << where << ": field '" << field
-                                  << "' must be an object {\"bandwidth\": bytes/s, \"latency\": seconds}, got "
-                                  << describe(value);
+  AMPIPE_CHECK(value.is_object())
+      << where << ": field '" << field
+      << "' must be an object {\"bandwidth\": bytes/s, \"latency\": seconds}, got " << describe(value);
   const std::string prefix = field + ".";
   refuse_unknown(where, prefix, value, kLinkFields);
   LinkProfile link;
@@ -139,7 +144,8 @@ Json parse_json(const std::string& text, const std::string& where) {
     using Event = Json::parse_event_t;
     if (event == Event::object_start) open_objects.emplace_back();
     if (event == Event::object_end) open_objects.pop_back();
-    if (event == Event::key && !open_objects.back().insert(parsed.get<std::string>()).second && duplicate.empty())
+    if (event == Event::key && !open_objects.back().insert(parsed.get<std::string>()).second &&
+        duplicate.empty())
       duplicate = parsed.get<std::string>();
     return true;
   };
@@ -150,7 +156,8 @@ Json parse_json(const std::string& text, const std::string& where) {
     AMPIPE_CHECK(false) << where << ": not a valid JSON hardware profile: " << e.what();
   }
   AMPIPE_CHECK(duplicate.empty()) << where << ": field '" << duplicate << "' appears twice";
-  AMPIPE_CHECK(root.is_object()) << where << ": a hardware profile must be a JSON object, got " << describe(root);
+  AMPIPE_CHECK(root.is_object()) << where << ": a hardware profile must be a JSON object, got "
+                                 << describe(root);
   return root;
 }
 
@@ -188,7 +195,8 @@ HardwareProfile parse_profile(const std::string& json_text, const std::string& w
   p.inter_node = get_link(where, "inter_node", field("inter_node"));
   p.ranks_per_node = get_integer(where, "ranks_per_node", field("ranks_per_node"));
   p.bytes_per_element = get_integer(where, "bytes_per_element", field("bytes_per_element"));
-  if (root.contains("task_overhead")) p.task_overhead = get_number(where, "task_overhead", root["task_overhead"]);
+  if (root.contains("task_overhead"))
+    p.task_overhead = get_number(where, "task_overhead", root["task_overhead"]);
   if (root.contains("overlap_slowdown"))
     p.overlap_slowdown = get_number(where, "overlap_slowdown", root["overlap_slowdown"]);
   p.validate(where);

@@ -1,0 +1,214 @@
+#include "cli/plan.h"
+
+#include <CLI/CLI.hpp>
+
+#include <cmath>
+#include <cstdio>
+#include <cstdlib>
+#include <filesystem>
+#include <fstream>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <sstream>
+
+#include "comm/communicator.h"
+#include "core/atomic_file.h"
+#include "core/error.h"
+#include "core/trace.h"
+#include "plan/autotune.h"
+#include "plan/calibrate.h"
+
+namespace ampipe {
+
+namespace fs = std::filesystem;
+
+CLI::App* add_plan_command(CLI::App& app, PlanOptions& o) {
+  CLI::App* cmd = app.add_subcommand(
+      "plan",
+      "Predict the block time of every schedule and pipe degree on a hardware profile and pick the best "
+      "(or, with --calibrate, measure this machine and write its profile)");
+  add_grid_flags(*cmd, o.grid, "2 * the largest --ranks");
+  cmd->add_option("--hardware", o.hardware,
+                  "Hardware profile: a JSON path, or the name of one shipped under profiles/ (e.g. "
+                  "h100-8gpu-400gbit); see src/plan/profile.h for the fields");
+  cmd->add_option("--ranks", o.ranks, "Expert-parallel group sizes R (list); E must be divisible by R")
+      ->capture_default_str();
+  cmd->add_option("--micro-batch-size", o.micro_batch_size, "Sequences per block call (B)")->capture_default_str();
+  cmd->add_option("--pipe-degree", o.pipe_degrees, "Pipe degrees P the planner considers (list)")
+      ->capture_default_str();
+  cmd->add_option("--min-gain", o.min_gain,
+                  "Choose a pipelined schedule only when it is predicted faster than sequential by more than this "
+                  "fraction")
+      ->capture_default_str();
+  cmd->add_option("--min-chunk", o.min_chunk_positions, "Fewest positions per chunk the planner considers")
+      ->capture_default_str();
+  cmd->add_flag("--summary", o.summary, "One line per shape (sequential, best moe-pipe, best ampipe, choice)");
+  cmd->add_option("--json-out", o.json_out, "Write one JSON object per shape to this file (JSON Lines)");
+  cmd->add_option("--trace", o.trace, "Write the predicted timeline of the first shape's choice (Chrome trace)");
+  cmd->add_flag("--calibrate", o.calibrate,
+                "Measure this machine with the real kernels, streams and all-to-all (run under mpirun for the "
+                "link, under scripts/netem.sh for a shaped one) and write the profile to --out");
+  cmd->add_flag("--quick", o.quick, "With --calibrate: the short start-up measurement (~2 s) instead of the full one");
+  cmd->add_option("--out", o.out, "With --calibrate: the profile file to write (atomically)");
+  cmd->add_option("--name", o.name, "With --calibrate: the profile's name")->capture_default_str();
+  cmd->add_option("--threads", o.threads, "With --calibrate: compute threads per rank")->capture_default_str();
+  return cmd;
+}
+
+HardwareProfile load_hardware_profile(const std::string& name_or_path) {
+  AMPIPE_CHECK(!name_or_path.empty()) << "--hardware: empty profile name";
+  if (fs::exists(name_or_path)) return load_profile(name_or_path);
+  std::vector<fs::path> dirs;
+  if (const char* env = std::getenv("AMPIPE_PROFILES_DIR"); env && *env) dirs.emplace_back(env);
+  std::error_code ec;
+  const fs::path exe = fs::read_symlink("/proc/self/exe", ec);
+  if (!ec) {
+    dirs.push_back(exe.parent_path().parent_path() / "profiles");
+    dirs.push_back(exe.parent_path() / "profiles");
+  }
+  dirs.emplace_back("profiles");
+  const std::string file = name_or_path.ends_with(".json") ? name_or_path : name_or_path + ".json";
+  std::string looked;
+  for (const fs::path& d : dirs) {
+    if (fs::exists(d / file)) return load_profile((d / file).string());
+    looked += (looked.empty() ? "" : ", ") + d.string();
+  }
+  AMPIPE_CHECK(false) << "--hardware '" << name_or_path << "': no such file, and no " << file << " in " << looked
+                      << " (set AMPIPE_PROFILES_DIR, or give a path)";
+  return {};
+}
+
+namespace {
+
+std::string fmt(const char* format, double value) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, format, value);
+  return buf;
+}
+
+int run_calibrate(const PlanOptions& o, Communicator& world) {
+  AMPIPE_CHECK(!o.out.empty()) << "--calibrate needs --out FILE (where to write the profile)";
+  AMPIPE_CHECK(o.threads >= 1) << "--threads must be at least 1, got " << o.threads;
+  CalibrateOptions co;
+  co.name = o.name;
+  co.threads = o.threads;
+  co.quick = o.quick;
+  co.hidden_sizes = parse_int_list("--hidden-size", o.grid.hidden_size, 1);
+  std::ostringstream log;
+  co.log = world.rank() == 0 ? &std::cerr : nullptr;
+  const HardwareProfile hw = calibrate(world, co);
+  if (world.rank() == 0) {
+    save_profile(hw, o.out);
+    std::printf("%s\nampipe plan: profile written to %s\n", profile_to_json(hw).c_str(), o.out.c_str());
+  }
+  return 0;
+}
+
+}  // namespace
+
+int run_plan(const PlanOptions& o, Communicator& world) {
+  if (o.calibrate) return run_calibrate(o, world);
+  AMPIPE_CHECK(!o.hardware.empty()) << "ampipe plan needs --hardware PROFILE (or --calibrate to make one)";
+  AMPIPE_CHECK(o.micro_batch_size >= 1) << "--micro-batch-size must be at least 1, got " << o.micro_batch_size;
+  const HardwareProfile hw = load_hardware_profile(o.hardware);
+  const std::vector<int64_t> ranks = parse_int_list("--ranks", o.ranks, 1);
+  AutotuneOptions ao;
+  ao.pipe_degrees = parse_int_list("--pipe-degree", o.pipe_degrees, 1);
+  ao.min_gain = o.min_gain;
+  ao.min_chunk_positions = o.min_chunk_positions;
+  ao.validate();
+  int64_t max_ranks = 1;
+  for (int64_t r : ranks) max_ranks = std::max(max_ranks, r);
+  const std::vector<GridShape> shapes = expand_grid(o.grid, 2 * max_ranks, 0.0);
+  if (world.rank() != 0) return 0;  // the prediction needs no other rank
+
+  std::ofstream json;
+  if (!o.json_out.empty()) {
+    json.open(o.json_out, std::ios::out | std::ios::trunc);
+    AMPIPE_CHECK(json.good()) << "--json-out: cannot open '" << o.json_out << "' for writing";
+  }
+  std::printf("ampipe plan: profile %s (its figures and their sources: the profile file)\n", hw.name.c_str());
+  if (o.summary)
+    std::printf("%6s %5s %4s %2s %4s %11s %18s %18s %-44s %7s %8s\n", "N", "d", "E", "k", "R", "seq ms",
+                "moe-pipe ms (P)", "ampipe ms (P)", "choice", "vs seq", "vs moe");
+  bool traced = false;
+  for (const GridShape& s : shapes)
+    for (int64_t R : ranks) {
+      AMPIPE_CHECK(s.E % R == 0) << "--moe-num-experts " << s.E << " is not divisible by --ranks " << R;
+      const BlockShape shape{s.config(0.0), o.micro_batch_size, s.N, R};
+      const std::vector<PlanCandidate> all = evaluate_candidates(shape, hw, ao);
+      const PlanCandidate choice = choose_plan(all, ao.min_gain);
+      // The best candidate per (schedule, P).
+      std::map<std::pair<int, int64_t>, const PlanCandidate*> best;
+      const PlanCandidate* seq = nullptr;
+      const PlanCandidate* best_moe = nullptr;
+      const PlanCandidate* best_am = nullptr;
+      for (const PlanCandidate& c : all) {
+        const auto key = std::make_pair(static_cast<int>(c.schedule.kind), c.schedule.pipe_degree);
+        auto& slot = best[key];
+        if (!slot || c.prediction.total < slot->prediction.total) slot = &c;
+        if (c.schedule.kind == ScheduleKind::Sequential) seq = &c;
+        if (c.schedule.kind == ScheduleKind::MoePipe && (!best_moe || c.prediction.total < best_moe->prediction.total))
+          best_moe = &c;
+        if (c.schedule.kind == ScheduleKind::AmPipe && (!best_am || c.prediction.total < best_am->prediction.total))
+          best_am = &c;
+      }
+      const double seq_ms = seq->prediction.total * 1e3;
+      const double choice_ms = choice.prediction.total * 1e3;
+      const double vs_moe = best_moe ? best_moe->prediction.total / choice.prediction.total : NAN;
+      if (o.summary) {
+        std::printf("%6lld %5lld %4lld %2lld %4lld %11.3f %18s %18s %-44s %6.2fx %7.2fx\n", (long long)s.N,
+                    (long long)s.d, (long long)s.E, (long long)s.k, (long long)R, seq_ms,
+                    best_moe ? (fmt("%.3f", best_moe->prediction.total * 1e3) + " (" +
+                                std::to_string(best_moe->schedule.pipe_degree) + ")")
+                                   .c_str()
+                             : "-",
+                    best_am ? (fmt("%.3f", best_am->prediction.total * 1e3) + " (" +
+                               std::to_string(best_am->schedule.pipe_degree) + ")")
+                                  .c_str()
+                            : "-",
+                    choice.describe().c_str(), seq_ms / choice_ms, vs_moe);
+      } else {
+        std::printf("\n%s, B=%lld, R=%lld ranks\n", s.describe().c_str(), (long long)o.micro_batch_size, (long long)R);
+        std::printf("  %-10s %3s %-46s %10s %8s %11s %9s\n", "schedule", "P", "best variant", "pred ms", "speedup",
+                    "compute ms", "comm ms");
+        for (const auto& [key, c] : best)
+          std::printf("  %-10s %3lld %-46s %10.3f %7.2fx %11.3f %9.3f\n", schedule_name(c->schedule.kind),
+                      (long long)key.second, c->describe().c_str(), c->prediction.total * 1e3,
+                      seq->prediction.total / c->prediction.total, c->prediction.compute_busy * 1e3,
+                      c->prediction.comm_busy * 1e3);
+        std::printf("  choice: %s: %.3f ms, %.2fx over sequential%s\n", choice.describe().c_str(), choice_ms,
+                    seq_ms / choice_ms,
+                    best_moe ? (", " + fmt("%.2f", vs_moe) + "x over the best moe-pipe (" + best_moe->describe() + ")")
+                                   .c_str()
+                             : "");
+      }
+      if (json.is_open()) {
+        nlohmann::json per_schedule = nlohmann::json::array();
+        for (const auto& [key, c] : best)
+          per_schedule.push_back({{"schedule", schedule_name(c->schedule.kind)},
+                                  {"pipe_degree", key.second},
+                                  {"variant", c->describe()},
+                                  {"predicted_ms", c->prediction.total * 1e3}});
+        nlohmann::json j = {{"profile", hw.name},        {"seq_length", s.N},      {"hidden_size", s.d},
+                            {"heads", s.heads},          {"ffn_hidden_size", s.ffn}, {"num_experts", s.E},
+                            {"top_k", s.k},              {"ranks", R},             {"batch", o.micro_batch_size},
+                            {"sequential_ms", seq_ms},   {"choice", choice.describe()}, {"choice_ms", choice_ms},
+                            {"speedup_vs_sequential", seq_ms / choice_ms},
+                            {"speedup_vs_moe_pipe", best_moe ? nlohmann::json(vs_moe) : nlohmann::json(nullptr)},
+                            {"best_ampipe_ms", best_am ? nlohmann::json(best_am->prediction.total * 1e3) : nlohmann::json(nullptr)},
+                            {"schedules", per_schedule}};
+        json << j.dump() << "\n";
+        AMPIPE_CHECK(json.good()) << "--json-out: writing '" << o.json_out << "' failed";
+      }
+      if (!o.trace.empty() && !traced) {
+        TraceRecorder trace;
+        predict_block(choice.schedule, choice.order, shape, hw, &trace, 0, 0);
+        write_file_atomically(o.trace, trace.to_json());
+        traced = true;
+      }
+    }
+  return 0;
+}
+
+}  // namespace ampipe

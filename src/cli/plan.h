@@ -1,0 +1,51 @@
+// `ampipe plan`: the planner from the command line (plan/).
+//
+//   ampipe plan --hardware PROFILE --ranks R [model flags as lists]
+//       prints, for every model shape and expert-parallel size, the predicted block time
+//       (forward + backward) of every schedule and pipe degree (each at its best chunk policy, MoE
+//       side and stage order), the planner's choice and its predicted speedup over sequential and
+//       over the best moe-pipe; --json-out writes one JSON object per shape.
+//   ampipe plan --calibrate --out FILE
+//       measures this machine (run it under mpirun, and under scripts/netem.sh for a shaped
+//       link, to measure the all-to-all) and writes a profile.
+#pragma once
+
+#include <string>
+
+#include "cli/grid.h"
+#include "plan/profile.h"
+
+namespace CLI {
+class App;
+}
+
+namespace ampipe {
+
+class Communicator;
+
+struct PlanOptions {
+  GridFlags grid;
+  std::string hardware;
+  std::string ranks = "2";  // expert-parallel group sizes (list)
+  int64_t micro_batch_size = 1;
+  std::string pipe_degrees = "2,4,8,16";
+  double min_gain = 0.03;
+  int64_t min_chunk_positions = 64;
+  bool summary = false;
+  std::string json_out;
+  std::string trace;  // predicted timeline of the choice for the first shape
+  // --calibrate
+  bool calibrate = false;
+  bool quick = false;
+  std::string out;
+  std::string name = "calibrated";
+  int threads = 1;
+};
+
+CLI::App* add_plan_command(CLI::App& app, PlanOptions& options);
+int run_plan(const PlanOptions& options, Communicator& world);
+
+// A profile by path, or by the name of one shipped under profiles/ ("h100-8gpu-400gbit").
+HardwareProfile load_hardware_profile(const std::string& name_or_path);
+
+}  // namespace ampipe

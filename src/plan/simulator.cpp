@@ -1,0 +1,135 @@
+#include "plan/simulator.h"
+
+#include <algorithm>
+#include <cmath>
+#include <limits>
+#include <string>
+
+#include "core/error.h"
+#include "core/trace.h"
+
+namespace ampipe {
+
+Simulation simulate(const std::vector<StageTask>& tasks, const std::vector<double>& seconds,
+                    double overlap_slowdown) {
+  AMPIPE_CHECK(tasks.size() == seconds.size())
+      << "simulate: " << tasks.size() << " tasks but " << seconds.size() << " task times";
+  AMPIPE_CHECK(std::isfinite(overlap_slowdown) && overlap_slowdown >= 1)
+      << "simulate: overlap_slowdown must be >= 1, got " << overlap_slowdown;
+  const size_t n = tasks.size();
+  // Per stream (0 compute, 1 comm), its tasks in list order.
+  std::vector<size_t> queue[2];
+  for (size_t i = 0; i < n; ++i) {
+    AMPIPE_CHECK(std::isfinite(seconds[i]) && seconds[i] >= 0)
+        << "simulate: task " << i << " (" << stage_name(tasks[i].stage) << ") has time " << seconds[i]
+        << "; times must be finite and >= 0";
+    for (int w : tasks[i].waits)
+      AMPIPE_CHECK(w >= 0 && static_cast<size_t>(w) < i)
+          << "simulate: task " << i << " (" << stage_name(tasks[i].stage) << ") waits for task " << w
+          << ", which is not an earlier task of the list";
+    queue[tasks[i].stream() == StreamRole::Compute ? 0 : 1].push_back(i);
+  }
+
+  // Every task waits only for earlier tasks, so the earliest unfinished task of the list can always
+  // start once the running ones end: the loop below cannot stall.
+  Simulation sim;
+  sim.start.assign(n, 0);
+  sim.end.assign(n, 0);
+  std::vector<bool> ended(n, false);
+  size_t next[2] = {0, 0};
+  long running[2] = {-1, -1};
+  double remaining[2] = {0, 0};  // compute: unslowed seconds of work left; comm: seconds left
+  double now = 0;
+  size_t done = 0;
+  auto ready = [&](size_t i) {
+    return std::all_of(tasks[i].waits.begin(), tasks[i].waits.end(), [&](int w) { return ended[w]; });
+  };
+  while (done < n) {
+    // Start what can start now; end zero-length tasks at once (they may free others).
+    bool changed = true;
+    while (changed) {
+      changed = false;
+      for (int s = 0; s < 2; ++s) {
+        if (running[s] >= 0 || next[s] == queue[s].size() || !ready(queue[s][next[s]])) continue;
+        const size_t i = queue[s][next[s]++];
+        running[s] = static_cast<long>(i);
+        remaining[s] = seconds[i];
+        sim.start[i] = now;
+        changed = true;
+      }
+      for (int s = 0; s < 2; ++s)
+        if (running[s] >= 0 && remaining[s] == 0) {
+          sim.end[running[s]] = now;
+          ended[running[s]] = true;
+          running[s] = -1;
+          ++done;
+          changed = true;
+        }
+    }
+    if (done == n) break;
+    AMPIPE_CHECK(running[0] >= 0 || running[1] >= 0) << "simulate: no task can start (internal error)";
+
+    // Advance to the next end of a running task.
+    const bool comm_busy = running[1] >= 0;
+    const double rate = comm_busy ? 1.0 / overlap_slowdown : 1.0;  // compute progress per second
+    const double inf = std::numeric_limits<double>::infinity();
+    const double to_compute_end = running[0] >= 0 ? remaining[0] / rate : inf;
+    const double to_comm_end = comm_busy ? remaining[1] : inf;
+    const double step = std::min(to_compute_end, to_comm_end);
+    if (running[0] >= 0) {
+      remaining[0] = step == to_compute_end ? 0 : std::max(0.0, remaining[0] - step * rate);
+      sim.compute_busy += step;
+    }
+    if (comm_busy) {
+      remaining[1] = step == to_comm_end ? 0 : std::max(0.0, remaining[1] - step);
+      sim.comm_busy += step;
+    }
+    now += step;
+  }
+  for (size_t i = 0; i < n; ++i) sim.makespan = std::max(sim.makespan, sim.end[i]);
+  return sim;
+}
+
+void trace_simulation(TraceRecorder& trace, const std::vector<StageTask>& tasks, const Simulation& simulation,
+                      int rank, double origin_us) {
+  AMPIPE_CHECK(simulation.start.size() == tasks.size() && simulation.end.size() == tasks.size())
+      << "trace_simulation: the simulation has " << simulation.start.size() << " tasks, the list "
+      << tasks.size();
+  trace.declare_track(rank, "compute");
+  trace.declare_track(rank, "comm");
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    TraceSlice slice;
+    slice.rank = rank;
+    slice.track = tasks[i].stream() == StreamRole::Compute ? "compute" : "comm";
+    slice.name = stage_name(tasks[i].stage);
+    if (tasks[i].chunk >= 0) slice.name += " c" + std::to_string(tasks[i].chunk);
+    slice.start_us = origin_us + simulation.start[i] * 1e6;
+    slice.duration_us = (simulation.end[i] - simulation.start[i]) * 1e6;
+    slice.args = {{"predicted_ms", (simulation.end[i] - simulation.start[i]) * 1e3}};
+    trace.add_slice(std::move(slice));
+  }
+}
+
+BlockPrediction predict_block(const BlockSchedule& schedule, StageOrder order, const BlockShape& shape,
+                              const HardwareProfile& hw, TraceRecorder* trace, int rank, double origin_us) {
+  shape.validate();
+  AMPIPE_CHECK(std::isfinite(hw.overlap_slowdown) && hw.overlap_slowdown >= 1)
+      << "hardware profile '" << hw.name << "': overlap_slowdown must be >= 1, got " << hw.overlap_slowdown;
+  const ChunkPlan plan = schedule.plan(shape.seq_len);
+  const std::vector<StageTask> fwd = forward_tasks(plan, order), bwd = backward_tasks(plan, order);
+  const Simulation f = simulate(fwd, task_seconds(fwd, plan, shape, hw), hw.overlap_slowdown);
+  const Simulation b = simulate(bwd, task_seconds(bwd, plan, shape, hw), hw.overlap_slowdown);
+  if (trace) {
+    trace_simulation(*trace, fwd, f, rank, origin_us);
+    trace_simulation(*trace, bwd, b, rank, origin_us + f.makespan * 1e6);
+  }
+  BlockPrediction p;
+  p.forward = f.makespan;
+  p.backward = b.makespan;
+  p.total = f.makespan + b.makespan;
+  p.compute_busy = f.compute_busy + b.compute_busy;
+  p.comm_busy = f.comm_busy + b.comm_busy;
+  return p;
+}
+
+}  // namespace ampipe

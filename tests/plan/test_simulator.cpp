@@ -1,0 +1,190 @@
+// The two-stream simulator on hand-built task lists with known makespans, and predict_block on the
+// real task lists of the schedules.
+#include <gtest/gtest.h>
+
+#include <numeric>
+
+#include "core/error.h"
+#include "core/trace.h"
+#include "plan/simulator.h"
+
+namespace ampipe {
+namespace {
+
+// Stage kinds only pick the stream here: Experts runs on compute, Dispatch on comm.
+StageTask compute(std::vector<int> waits = {}) { return StageTask{Stage::Experts, 0, std::move(waits)}; }
+StageTask comm(std::vector<int> waits = {}) { return StageTask{Stage::Dispatch, 0, std::move(waits)}; }
+
+TEST(Simulator, SerialChain_MakespanIsTheSum) {
+  // compute 1 -> comm 2 -> compute 3, each waiting for the one before.
+  const Simulation s = simulate({compute(), comm({0}), compute({1})}, {1, 2, 3});
+  EXPECT_DOUBLE_EQ(s.makespan, 6);
+  EXPECT_DOUBLE_EQ(s.compute_busy, 4);
+  EXPECT_DOUBLE_EQ(s.comm_busy, 2);
+  EXPECT_EQ(s.start, (std::vector<double>{0, 1, 3}));
+  EXPECT_EQ(s.end, (std::vector<double>{1, 3, 6}));
+}
+
+TEST(Simulator, IndependentStreams_OverlapPerfectly) {
+  // compute 3 then 1; comm 2 with no edges: the streams run side by side.
+  const Simulation s = simulate({compute(), comm(), compute()}, {3, 2, 1});
+  EXPECT_DOUBLE_EQ(s.makespan, 4);
+  EXPECT_DOUBLE_EQ(s.start[1], 0);
+  EXPECT_DOUBLE_EQ(s.end[1], 2);
+  EXPECT_DOUBLE_EQ(s.start[2], 3);  // in order on its stream
+}
+
+TEST(Simulator, WaitsAcrossStreams_TwoChunkPipeline) {
+  // 0 attention c0 (2), 1 a2a c0 (3) after 0, 2 attention c1 (2), 3 a2a c1 (3) after 2,
+  // 4 experts c0 (1) after 1, 5 experts c1 (1) after 3.
+  //   compute: A0 [0,2) A1 [2,4) idle E0 [5,6) idle E1 [8,9)
+  //   comm:          D0 [2,5) D1 [5,8)
+  const Simulation s =
+      simulate({compute(), comm({0}), compute(), comm({2}), compute({1}), compute({3})}, {2, 3, 2, 3, 1, 1});
+  EXPECT_EQ(s.start, (std::vector<double>{0, 2, 2, 5, 5, 8}));
+  EXPECT_EQ(s.end, (std::vector<double>{2, 5, 4, 8, 6, 9}));
+  EXPECT_DOUBLE_EQ(s.makespan, 9);
+  EXPECT_DOUBLE_EQ(s.compute_busy, 6);
+  EXPECT_DOUBLE_EQ(s.comm_busy, 6);
+}
+
+TEST(Simulator, OverlapSlowdown_SlowsComputeOnlyWhileCommRuns) {
+  // compute 4 beside comm 2, slowdown 2: half speed for 2 s (1 s of work), then 3 s at full speed.
+  Simulation s = simulate({compute(), comm()}, {4, 2}, 2.0);
+  EXPECT_DOUBLE_EQ(s.end[0], 5);
+  EXPECT_DOUBLE_EQ(s.end[1], 2);
+  EXPECT_DOUBLE_EQ(s.compute_busy, 5);
+  // comm starting mid-task: compute 1, then comm 2 (after it) beside compute 4 (no edge):
+  // the 4 s task runs slowed over [1, 3) (1 s of work) and ends at 3 + 3 = 6.
+  s = simulate({compute(), comm({0}), compute()}, {1, 2, 4}, 2.0);
+  EXPECT_DOUBLE_EQ(s.start[2], 1);
+  EXPECT_DOUBLE_EQ(s.end[2], 6);
+  EXPECT_DOUBLE_EQ(s.makespan, 6);
+  // Comm longer than compute: compute 1 beside comm 10 at slowdown 3 ends at 3.
+  s = simulate({compute(), comm()}, {1, 10}, 3.0);
+  EXPECT_DOUBLE_EQ(s.end[0], 3);
+  EXPECT_DOUBLE_EQ(s.makespan, 10);
+  // No slowdown without overlap: a serial chain keeps its sum.
+  s = simulate({compute(), comm({0}), compute({1})}, {1, 2, 3}, 4.0);
+  EXPECT_DOUBLE_EQ(s.makespan, 6);
+}
+
+TEST(Simulator, ZeroLengthTasks) {
+  const Simulation s = simulate({compute(), comm({0}), compute({1}), comm({2})}, {0, 0, 2, 0});
+  EXPECT_DOUBLE_EQ(s.makespan, 2);
+  EXPECT_DOUBLE_EQ(s.start[3], 2);
+  EXPECT_DOUBLE_EQ(simulate({}, {}).makespan, 0);
+}
+
+TEST(Simulator, RefusesBadLists) {
+  EXPECT_THROW(simulate({compute()}, {1, 2}), Error);               // sizes differ
+  EXPECT_THROW(simulate({compute(), comm({1})}, {1, 1}), Error);    // waits for itself
+  EXPECT_THROW(simulate({compute({1}), comm()}, {1, 1}), Error);    // waits for a later task
+  EXPECT_THROW(simulate({compute()}, {-1}), Error);                 // negative time
+  EXPECT_THROW(simulate({compute(), comm()}, {1, 1}, 0.5), Error);  // slowdown < 1
+}
+
+BlockShape shape_for(int64_t N, int64_t d, int64_t k) {
+  BlockShape s;
+  s.config.hidden_size = d;
+  s.config.num_attention_heads = d / 64;
+  s.config.ffn_hidden_size = 4 * d;
+  s.config.num_experts = 4;
+  s.config.top_k = k;
+  s.seq_len = N;
+  s.ranks = 2;
+  return s;
+}
+
+// One CPU core behind a 200 Mbit/s link shared by two ranks (shared/BENCHMARKS.md).
+HardwareProfile cpu_profile(double link_bytes_per_s) {
+  HardwareProfile hw;
+  hw.name = "cpu";
+  hw.matrix_flops = 100e9;
+  hw.attention_efficiency = 0.5;
+  hw.attention_backward_efficiency = 0.4;
+  hw.memory_bandwidth = 10e9;
+  hw.intra_node = {link_bytes_per_s, 200e-6};
+  hw.inter_node = hw.intra_node;
+  hw.ranks_per_node = 2;
+  hw.task_overhead = 20e-6;
+  hw.overlap_slowdown = 1.1;
+  return hw;
+}
+
+TEST(PredictBlock, Sequential_TotalIsTheSumOfItsStageTimes) {
+  const BlockShape shape = shape_for(1024, 256, 2);
+  const HardwareProfile hw = cpu_profile(12.5e6);
+  const BlockSchedule seq;
+  const ChunkPlan plan = seq.plan(shape.seq_len);
+  const auto fwd = forward_tasks(plan, StageOrder::StageMajor),
+             bwd = backward_tasks(plan, StageOrder::StageMajor);
+  const std::vector<double> tf = task_seconds(fwd, plan, shape, hw), tb = task_seconds(bwd, plan, shape, hw);
+  const double sum_f = std::accumulate(tf.begin(), tf.end(), 0.0),
+               sum_b = std::accumulate(tb.begin(), tb.end(), 0.0);
+  const BlockPrediction p = predict_block(seq, StageOrder::StageMajor, shape, hw);
+  EXPECT_NEAR(p.forward, sum_f, 1e-12);
+  EXPECT_NEAR(p.backward, sum_b, 1e-12);
+  EXPECT_NEAR(p.total, sum_f + sum_b, 1e-12);
+  EXPECT_NEAR(p.compute_busy + p.comm_busy, p.total, 1e-12);  // nothing overlaps
+  // The comm stream carries exactly the four all-to-all stages.
+  double comm = 0;
+  for (size_t i = 0; i < fwd.size(); ++i)
+    if (fwd[i].stream() == StreamRole::Comm) comm += tf[i];
+  for (size_t i = 0; i < bwd.size(); ++i)
+    if (bwd[i].stream() == StreamRole::Comm) comm += tb[i];
+  EXPECT_NEAR(p.comm_busy, comm, 1e-12);
+  EXPECT_GT(comm, 0);
+}
+
+TEST(PredictBlock, SlowLink_AmPipeBeatsSequentialAndMoePipe) {
+  const BlockShape shape = shape_for(4096, 256, 1);
+  const HardwareProfile hw = cpu_profile(12.5e6);
+  const double sequential = predict_block(BlockSchedule{}, StageOrder::StageMajor, shape, hw).total;
+  auto best_of_orders = [&](ScheduleKind kind) {
+    BlockSchedule s;
+    s.kind = kind;
+    s.pipe_degree = 4;
+    return std::min(predict_block(s, StageOrder::StageMajor, shape, hw).total,
+                    predict_block(s, StageOrder::Interleaved, shape, hw).total);
+  };
+  const double ampipe = best_of_orders(ScheduleKind::AmPipe),
+               moe_pipe = best_of_orders(ScheduleKind::MoePipe);
+  EXPECT_LT(ampipe, 0.85 * sequential) << "ampipe " << ampipe << " s, sequential " << sequential << " s";
+  EXPECT_LT(ampipe, moe_pipe) << "ampipe " << ampipe << " s, moe-pipe " << moe_pipe << " s";
+  EXPECT_LT(moe_pipe, sequential);
+  // Pipelining overlaps but never removes work: busy time >= the sequential stage sums' share.
+  BlockSchedule a;
+  a.kind = ScheduleKind::AmPipe;
+  a.pipe_degree = 4;
+  const BlockPrediction p = predict_block(a, StageOrder::StageMajor, shape, hw);
+  EXPECT_GE(p.total, std::max(p.compute_busy, p.comm_busy) - 1e-12);
+  EXPECT_LT(p.total, p.compute_busy + p.comm_busy);
+}
+
+TEST(PredictBlock, WritesAPredictedTimeline) {
+  const BlockShape shape = shape_for(1024, 256, 1);
+  const HardwareProfile hw = cpu_profile(12.5e6);
+  BlockSchedule s;
+  s.kind = ScheduleKind::AmPipe;
+  s.pipe_degree = 2;
+  TraceRecorder trace;
+  const BlockPrediction p = predict_block(s, StageOrder::Interleaved, shape, hw, &trace, 1);
+  const ChunkPlan plan = s.plan(1024);
+  const size_t tasks = forward_tasks(plan, StageOrder::Interleaved).size() +
+                       backward_tasks(plan, StageOrder::Interleaved).size();
+  const std::vector<TraceSlice> slices = trace.slices();
+  ASSERT_EQ(slices.size(), tasks);
+  double last_end = 0;
+  for (const TraceSlice& sl : slices) {
+    EXPECT_EQ(sl.rank, 1);
+    EXPECT_TRUE(sl.track == "compute" || sl.track == "comm") << sl.track;
+    last_end = std::max(last_end, sl.start_us + sl.duration_us);
+  }
+  EXPECT_NEAR(last_end, p.total * 1e6, 1e-3);
+  EXPECT_EQ(slices.front().name, "ln1+qkv");
+  EXPECT_EQ(slices[1].name, "attention c0");
+}
+
+}  // namespace
+}  // namespace ampipe
