@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/bench.h"
+#include "cli/grid.h"
 #include "cli/plan.h"
 #include "comm/world.h"
 #include "core/parallel.h"
@@ -142,7 +143,8 @@ int main(int argc, char** argv) {
 
   // train
   TrainOptions t;
-  std::string schedule_name_flag = "sequential", chunk_boundaries_flag, chunk_policy_flag = "equal";
+  std::string schedule_name_flag = "sequential", chunk_boundaries_flag, chunk_policy_flag = "equal",
+              pipe_degree_flag = "auto";
   int train_threads = default_threads;
   CLI::App* train = app.add_subcommand("train", "Train a GPT-MoE model on a text file");
   add_model_flags(*train, t.model);
@@ -183,8 +185,13 @@ int main(int argc, char** argv) {
                     "How each transformer block runs: sequential (one piece), moe-pipe (the MoE layer's tokens in "
                     "P chunks), ampipe (the sequence in P chunks: attention, all-to-all and experts per chunk)")
       ->capture_default_str();
-  train->add_option("--pipe-degree", t.schedule.pipe_degree, "Chunks per block (P) for moe-pipe and ampipe")
+  train->add_option("--pipe-degree", pipe_degree_flag,
+                    "Chunks per block (P) for moe-pipe and ampipe, or auto: the planner picks the schedule (this "
+                    "one or sequential), P, chunk boundaries and stage order from a cost model of this machine")
       ->capture_default_str();
+  train->add_option("--hardware", t.hardware,
+                    "With --pipe-degree auto: the hardware profile to plan for (JSON path or a name under "
+                    "profiles/); default: a quick calibration of this machine at start-up");
   train->add_option("--chunk-boundaries", chunk_boundaries_flag,
                     "Explicit ampipe chunk boundaries as positions, e.g. 0,48,96,128 (overrides --pipe-degree)");
   train->add_option("--chunk-policy", chunk_policy_flag,
@@ -250,6 +257,13 @@ int main(int argc, char** argv) {
       t.schedule.kind = parse_schedule(schedule_name_flag);
       if (!chunk_boundaries_flag.empty()) t.schedule.chunk_boundaries = parse_chunk_boundaries(chunk_boundaries_flag);
       t.schedule.chunk_policy = parse_chunk_policy(chunk_policy_flag);
+      if (pipe_degree_flag == "auto") {
+        t.auto_plan = true;
+      } else {
+        t.schedule.pipe_degree = parse_int_list("--pipe-degree", pipe_degree_flag, 1).at(0);
+        AMPIPE_CHECK(pipe_degree_flag.find(',') == std::string::npos)
+            << "--pipe-degree '" << pipe_degree_flag << "' must be one integer >= 1 or auto";
+      }
       t.schedule.validate();
       return run_train(t, *train, train_threads, *world);
     }

@@ -45,7 +45,4 @@ struct PlanOptions {
 CLI::App* add_plan_command(CLI::App& app, PlanOptions& options);
 int run_plan(const PlanOptions& options, Communicator& world);
 
-// A profile by path, or by the name of one shipped under profiles/ ("h100-8gpu-400gbit").
-HardwareProfile load_hardware_profile(const std::string& name_or_path);
-
 }  // namespace ampipe

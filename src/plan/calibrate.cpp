@@ -279,7 +279,7 @@ class Exchange {
 
 // Latency and bandwidth per rank, all ranks exchanging at once: time = latency + remote / bandwidth.
 LinkProfile measure_link(Communicator& world, bool quick, const Log& log) {
-  const std::vector<int64_t> sizes = quick ? std::vector<int64_t>{16 << 10, 256 << 10, 2 << 20}
+  const std::vector<int64_t> sizes = quick ? std::vector<int64_t>{16 << 10, 128 << 10, 1 << 20}
                                            : std::vector<int64_t>{16 << 10, 1 << 20, 8 << 20};
   const Sampling sampling = quick ? Sampling{3, 30, 0.08} : Sampling{5, 200, 1.0};
   std::vector<double> x, t;
@@ -329,7 +329,7 @@ double measure_overlap_slowdown(Communicator& world, bool quick, const Log& log)
   const double alone = collective_median_seconds(world, gemm, sampling);
   Exchange exchange(world.size(), quick ? (1 << 20) : (4 << 20));
   const double exchange_alone = collective_median_seconds(
-      world, [&] { exchange.run(world); }, Sampling{3, 3, 0.0});
+      world, [&] { exchange.run(world); }, quick ? Sampling{2, 2, 0.0} : Sampling{3, 3, 0.0});
   world.barrier();
 
   // The comm thread goes on until every rank's GEMMs are done (agreed by a max-reduction before

@@ -48,6 +48,9 @@ struct HardwareProfile {
 // Parses and validates; `where` names the text in messages (a path).
 HardwareProfile parse_profile(const std::string& json_text, const std::string& where);
 HardwareProfile load_profile(const std::string& path);
+// A profile by path, or by the name of one shipped under profiles/ ("h100-8gpu-400gbit"), looked up
+// in $AMPIPE_PROFILES_DIR, then next to the binary (../profiles, profiles), then ./profiles.
+HardwareProfile load_hardware_profile(const std::string& name_or_path);
 std::string profile_to_json(const HardwareProfile& profile);  // pretty, round-trips through parse
 // Writes atomically (core/atomic_file.h).
 void save_profile(const HardwareProfile& profile, const std::string& path);

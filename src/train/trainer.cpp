@@ -15,6 +15,8 @@
 #include "core/trace.h"
 #include "model/gpt.h"
 #include "pipeline/streamed_block.h"
+#include "plan/autotune.h"
+#include "plan/calibrate.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/distributed.h"
@@ -72,6 +74,29 @@ static void maybe_inject_failure(int rank, int64_t iteration) {
   AMPIPE_CHECK(!now) << "injected failure at iteration " << iteration << " (AMPIPE_INJECT_FAILURE)";
 }
 
+// --pipe-degree auto: the planner's choice for this model on this machine (every rank gets the same
+// profile, so the same choice).
+static std::pair<PlanCandidate, double> plan_block(const TrainOptions& o, int64_t batch,
+                                                   const TrainingGroups& groups, Communicator& world) {
+  HardwareProfile hw;
+  if (!o.hardware.empty()) {
+    hw = load_hardware_profile(o.hardware);
+  } else {
+    CalibrateOptions co;
+    co.quick = true;
+    co.hidden_sizes = {o.model.hidden_size};
+    hw = calibrate(world, co);
+  }
+  const BlockShape shape{o.model, batch, o.model.max_seq_len, groups.expert_group->size()};
+  AutotuneOptions ao;
+  if (o.schedule.kind == ScheduleKind::MoePipe) ao.schedules = {ScheduleKind::MoePipe};  // ampipe: both
+  const std::vector<PlanCandidate> candidates = evaluate_candidates(shape, hw, ao);
+  double sequential_seconds = 0;
+  for (const PlanCandidate& c : candidates)
+    if (c.schedule.kind == ScheduleKind::Sequential) sequential_seconds = c.prediction.total;
+  return {choose_plan(candidates, ao.min_gain), sequential_seconds};
+}
+
 TrainResult run_training(TrainOptions o, const std::function<void(const std::string&)>& log_line,
                          Communicator* world_in) {
   validate(o);
@@ -92,6 +117,15 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   TextSplit data = split_train_validation(load_tokens(o.data_path), N, o.data_path);
   GptMoe model(o.model, groups.model_parallel());
   model.initialize(o.seed);
+  if (o.auto_plan && o.schedule.kind != ScheduleKind::Sequential && o.schedule.chunk_boundaries.empty()) {
+    const auto [choice, sequential_seconds] = plan_block(o, B, groups, world);
+    o.schedule = choice.schedule;
+    o.stage_order = stage_order_name(choice.order);
+    char line[256];
+    std::snprintf(line, sizeof line, "planner: %s, predicted block %.2f ms (sequential %.2f ms)",
+                  choice.describe().c_str(), choice.prediction.total * 1e3, sequential_seconds * 1e3);
+    log(line);
+  }
   if (o.schedule.chunk_policy == ChunkPolicy::Balanced && o.schedule.balance_weight == 0)
     o.schedule.balance_weight = balance_weight(o.model, o.schedule.moe_pipe_degree == 0);
   o.schedule.plan(N);  // refuse boundaries that do not fit the sequence before training

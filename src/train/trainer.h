@@ -32,6 +32,11 @@ struct TrainOptions {
   int64_t expert_parallel_size = 0;  // EP; 0 = the largest divisor of the world size and E
   BlockSchedule schedule;           // how each block is cut (--schedule, --pipe-degree, --chunk-boundaries)
   std::string stage_order = "stage-major";  // compute-stream order: stage-major or interleaved
+  // --pipe-degree auto: the planner (plan/autotune.h) picks the schedule (sequential, or `schedule`'s
+  // kind), P, chunk policy, MoE side and stage order at start-up, from `hardware` (a profile path or
+  // shipped name) or, when empty, a quick calibration of this machine.
+  bool auto_plan = false;
+  std::string hardware;
   std::string trace_file;           // Chrome trace of two iterations (the 2nd and 3rd of this run)
   bool abort_on_nan = false;    // a non-finite loss ends the job; otherwise the step is skipped
 };
