@@ -1,0 +1,150 @@
+// `ampipe plan`, `bench --schedule auto` and `train --pipe-degree auto` as a user meets them: the
+// planner prints every schedule's prediction and a choice that follows the link (pipelined on a
+// slow one, sequential on a free one), bad profiles are refused naming the field, and `auto` runs.
+#include <gtest/gtest.h>
+
+#include <unistd.h>
+
+#include <filesystem>
+#include <fstream>
+#include <nlohmann/json.hpp>
+#include <set>
+
+#include "cli_util.h"
+
+namespace {
+
+namespace fs = std::filesystem;
+using ampipe::testing::RunResult;
+using Json = nlohmann::json;
+
+RunResult run(const std::string& args) { return ampipe::testing::run_ampipe(args); }
+
+class Plan : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    dir_ = fs::path(::testing::TempDir()) / ("ampipe_plan_" + std::to_string(::getpid()));
+    fs::remove_all(dir_);
+    fs::create_directories(dir_);
+  }
+  void TearDown() override { fs::remove_all(dir_); }
+  std::string path(const std::string& name) const { return (dir_ / name).string(); }
+
+  // A CPU-like profile whose one link has the given bandwidth (bytes/s per rank).
+  std::string profile(const std::string& name, double bandwidth) const {
+    Json j = {{"name", name},
+              {"source", "test profile"},
+              {"matrix_flops", 1e11},
+              {"attention_efficiency", 0.8},
+              {"attention_backward_efficiency", 0.9},
+              {"memory_bandwidth", 2e10},
+              {"intra_node", {{"bandwidth", bandwidth}, {"latency", 2e-5}}},
+              {"inter_node", {{"bandwidth", bandwidth}, {"latency", 2e-5}}},
+              {"ranks_per_node", 2},
+              {"bytes_per_element", 4},
+              {"task_overhead", 5e-6},
+              {"overlap_slowdown", 1.0}};
+    std::ofstream(path(name + ".json")) << j.dump(2);
+    return path(name + ".json");
+  }
+  std::vector<Json> json_lines(const std::string& file) const {
+    std::vector<Json> rows;
+    std::ifstream in(file);
+    for (std::string line; std::getline(in, line);)
+      if (!line.empty()) rows.push_back(Json::parse(line));
+    return rows;
+  }
+  fs::path dir_;
+};
+
+TEST_F(Plan, PredictsEverySchedulePerShapeAndChoosesByTheLink) {
+  const std::string shapes = " --ranks 2 --seq-length 2048,4096 --hidden-size 512 --json-out ";
+  RunResult slow = run("plan --hardware " + profile("slow", 12.5e6) + shapes + path("slow.jsonl"));
+  ASSERT_EQ(slow.status, 0) << slow.output;
+  RunResult fast = run("plan --hardware " + profile("fast", 1e12) + shapes + path("fast.jsonl"));
+  ASSERT_EQ(fast.status, 0) << fast.output;
+  const auto slow_rows = json_lines(path("slow.jsonl")), fast_rows = json_lines(path("fast.jsonl"));
+  ASSERT_EQ(slow_rows.size(), 2u) << slow.output;
+  ASSERT_EQ(fast_rows.size(), 2u) << fast.output;
+  for (const Json& j : slow_rows) {
+    std::set<std::string> kinds;
+    for (const Json& s : j["schedules"]) kinds.insert(s["schedule"].get<std::string>());
+    EXPECT_EQ(kinds, (std::set<std::string>{"sequential", "moe-pipe", "ampipe"})) << j.dump();
+    // A 100 Mbit/s-class link: half the block's time is all-to-all, and pipelining hides it.
+    EXPECT_EQ(j["choice"].get<std::string>().rfind("ampipe", 0), 0u) << j.dump();
+    EXPECT_GT(j["speedup_vs_sequential"].get<double>(), 1.2) << j.dump();
+    EXPECT_GE(j["speedup_vs_moe_pipe"].get<double>(), 1.0) << j.dump();
+  }
+  for (const Json& j : fast_rows) {  // nothing to hide: never worse than not pipelining
+    EXPECT_EQ(j["choice"], "sequential") << j.dump();
+    EXPECT_DOUBLE_EQ(j["speedup_vs_sequential"].get<double>(), 1.0) << j.dump();
+  }
+  EXPECT_NE(slow.output.find("choice: ampipe"), std::string::npos) << slow.output;
+}
+
+TEST_F(Plan, ShippedProfilesAreFoundByName) {
+  RunResult r = run("plan --hardware h100-8gpu-400gbit --ranks 8,16 --seq-length 8192 --hidden-size 2048 "
+                    "--moe-num-experts 16 --summary");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("h100-8gpu-400gbit"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("8192"), std::string::npos) << r.output;
+}
+
+TEST_F(Plan, BadProfilesAndFlagsAreRefused) {
+  const std::string good = profile("good", 1e9);
+  Json j = Json::parse(std::ifstream(good));
+  j["inter_node"]["bandwidth"] = 0;
+  std::ofstream(path("zero.json")) << j.dump();
+  RunResult r = run("plan --hardware " + path("zero.json"));
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("inter_node.bandwidth"), std::string::npos) << r.output;
+  j = Json::parse(std::ifstream(good));
+  j.erase("matrix_flops");
+  std::ofstream(path("missing.json")) << j.dump();
+  r = run("plan --hardware " + path("missing.json"));
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("matrix_flops"), std::string::npos) << r.output;
+  r = run("plan --hardware no-such-profile");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("no-such-profile"), std::string::npos) << r.output;
+  r = run("plan --seq-length 1024");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("--hardware"), std::string::npos) << r.output;
+  r = run("plan --hardware " + good + " --ranks 3 --moe-num-experts 4");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("--ranks 3"), std::string::npos) << r.output;
+}
+
+TEST_F(Plan, BenchRunsThePlannersChoiceAndPredictsEveryCase) {
+  RunResult r = run("bench --seq-length 32 --hidden-size 16 --num-attention-heads 2 --ffn-hidden-size 32 "
+                    "--moe-num-experts 2 --schedule sequential,ampipe,auto --pipe-degree 2 --stage-order stage-major "
+                    "--repeats 1 --threads 1 --hardware " + profile("fast", 1e12) + " --json-out " + path("b.jsonl"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const auto rows = json_lines(path("b.jsonl"));
+  ASSERT_EQ(rows.size(), 3u) << r.output;
+  for (const Json& row : rows) {
+    ASSERT_TRUE(row.contains("predicted_ms")) << row.dump();
+    EXPECT_GT(row["predicted_ms"].get<double>(), 0.0) << row.dump();
+  }
+  EXPECT_EQ(rows[2]["schedule"], "auto");
+  EXPECT_EQ(rows[2]["planned_schedule"], "sequential") << "one rank moves nothing: " << rows[2].dump();
+  EXPECT_NE(r.output.find("auto:sequential"), std::string::npos) << r.output;
+}
+
+TEST_F(Plan, TrainPlansItsBlockAtStartUp) {
+  std::string text;
+  for (int i = 0; i < 300; ++i) text += "In the beginning God created the heaven and the earth. ";
+  std::ofstream(path("corpus.txt")) << text;
+  const std::string tiny =
+      "train --num-layers 1 --hidden-size 16 --num-attention-heads 2 --ffn-hidden-size 32 --seq-length 16 "
+      "--moe-num-experts 2 --micro-batch-size 2 --eval-iters 1 --threads 1 --train-iters 2 --data-path " +
+      path("corpus.txt");
+  RunResult r = run(tiny + " --schedule ampipe --hardware " + profile("slow", 12.5e6));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("planner: sequential"), std::string::npos) << "one rank has no all-to-all:\n" << r.output;
+  r = run(tiny + " --schedule ampipe --pipe-degree two");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("--pipe-degree 'two'"), std::string::npos) << r.output;
+}
+
+}  // namespace
