@@ -72,13 +72,13 @@ std::vector<std::vector<int>> moe_ready_after(const ChunkPlan& p) {
   return ready;
 }
 
-// For each MoE chunk m, the attention chunks whose last position lies in it: their gradient is
-// complete once m's route backward has run.
+// Backward takes the MoE chunks last first. For each MoE chunk m, the attention chunks whose first
+// position lies in it, last first: their gradient is complete once m's route backward has run.
 std::vector<std::vector<int>> attention_done_after(const ChunkPlan& p) {
   std::vector<std::vector<int>> done(p.moe.size() - 1);
-  size_t m = 0;
-  for (size_t a = 0; a + 1 < p.attention.size(); ++a) {
-    while (p.moe[m + 1] < p.attention[a + 1]) ++m;
+  size_t m = p.moe.size() - 2;
+  for (size_t a = p.attention.size() - 1; a-- > 0;) {
+    while (p.moe[m] > p.attention[a]) --m;
     done[m].push_back(static_cast<int>(a));
   }
   return done;
@@ -139,6 +139,9 @@ std::vector<StageTask> backward_tasks(const ChunkPlan& plan, StageOrder order) {
   const auto done = attention_done_after(plan);
   Builder b;
   std::vector<int> begun(M), exchanged(M), computed(M), returned(M);
+  // The i-th MoE chunk taken is M-1-i: the last chunk of the forward comes back first, so a short
+  // last chunk (balanced chunks) shortens both the forward's tail and the backward's head.
+  auto chunk = [&](int i) { return M - 1 - i; };
   int next_experts = 0, next_route = 0;
   auto experts = [&](int m) {
     computed[m] = b.add(Stage::ExpertsBwd, m, {exchanged[m]});
@@ -148,19 +151,20 @@ std::vector<StageTask> backward_tasks(const ChunkPlan& plan, StageOrder order) {
     b.add(Stage::RouteBwd, m, {returned[m]});
     for (int a : done[m]) b.add(Stage::AttnChunkBwd, a);
   };
-  for (int m = 0; m < M; ++m) {
+  for (int i = 0; i < M; ++i) {
+    const int m = chunk(i);
     begun[m] = b.add(Stage::FinishBwd, m);
     exchanged[m] = b.add(Stage::CombineBwd, m, {begun[m]});
     if (order == StageOrder::Interleaved) {
-      if (m >= 1) experts(next_experts++);
-      if (m >= 2) route(next_route++);
+      if (i >= 1) experts(chunk(next_experts++));
+      if (i >= 2) route(chunk(next_route++));
     }
   }
   while (next_experts < M) {
-    experts(next_experts++);
-    if (order == StageOrder::Interleaved && next_experts >= 2) route(next_route++);
+    experts(chunk(next_experts++));
+    if (order == StageOrder::Interleaved && next_experts >= 2) route(chunk(next_route++));
   }
-  while (next_route < M) route(next_route++);
+  while (next_route < M) route(chunk(next_route++));
   b.add(Stage::AttnFinishBwd, -1);
   return b.tasks;
 }

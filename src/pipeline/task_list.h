@@ -69,8 +69,9 @@ struct StageTask {
 //   stage-major   every attention chunk (routing each MoE chunk as soon as its positions are
 //                 ready), then every MoE chunk's experts, then every chunk's finish;
 //   interleaved   after routing MoE chunk m, the experts of m-1 and the finish of m-2.
-// Backward mirrors it: finish-bwd, experts-bwd, route-bwd of the MoE chunks (each attention chunk's
-// backward as soon as its positions' gradients are complete), then one QKV + LN1 backward.
+// Backward mirrors it, taking the MoE chunks last first (the forward's last chunk returns first):
+// finish-bwd, experts-bwd, route-bwd of the MoE chunks (each attention chunk's backward as soon as
+// its positions' gradients are complete), then one QKV + LN1 backward.
 std::vector<StageTask> forward_tasks(const ChunkPlan& plan, StageOrder order);
 std::vector<StageTask> backward_tasks(const ChunkPlan& plan, StageOrder order);
 

@@ -27,7 +27,10 @@ const std::vector<std::string> kTopFields = {"name",
                                              "ranks_per_node",
                                              "bytes_per_element",
                                              "task_overhead",
-                                             "overlap_slowdown"};
+                                             "overlap_slowdown",
+                                             "comm_overlap_slowdown",
+                                             "cache_bytes",
+                                             "cache_bandwidth"};
 const std::vector<std::string> kLinkFields = {"bandwidth", "latency"};
 
 constexpr double kMaxEfficiency = 1.5;
@@ -176,6 +179,13 @@ void HardwareProfile::validate(const std::string& where) const {
   check_count(where, "bytes_per_element", bytes_per_element);
   check_at_least(where, "task_overhead", task_overhead, 0.0);
   check_at_least(where, "overlap_slowdown", overlap_slowdown, 1.0);
+  check_at_least(where, "comm_overlap_slowdown", comm_overlap_slowdown, 1.0);
+  check_at_least(where, "cache_bytes", cache_bytes, 0.0);
+  // 0 = not given; only meaningful (and then required) with a cache.
+  check_at_least(where, "cache_bandwidth", cache_bandwidth, 0.0);
+  AMPIPE_CHECK(cache_bytes == 0 || cache_bandwidth > 0)
+      << where << ": field 'cache_bandwidth' is required and must be > 0 when cache_bytes > 0 (the rate of elementwise "
+      << "stages whose working set fits in the cache), got " << cache_bandwidth;
 }
 
 HardwareProfile parse_profile(const std::string& json_text, const std::string& where) {
@@ -199,6 +209,13 @@ HardwareProfile parse_profile(const std::string& json_text, const std::string& w
     p.task_overhead = get_number(where, "task_overhead", root["task_overhead"]);
   if (root.contains("overlap_slowdown"))
     p.overlap_slowdown = get_number(where, "overlap_slowdown", root["overlap_slowdown"]);
+  if (root.contains("comm_overlap_slowdown"))
+    p.comm_overlap_slowdown = get_number(where, "comm_overlap_slowdown", root["comm_overlap_slowdown"]);
+  if (root.contains("cache_bytes")) p.cache_bytes = get_number(where, "cache_bytes", root["cache_bytes"]);
+  if (root.contains("cache_bandwidth")) {
+    p.cache_bandwidth = get_number(where, "cache_bandwidth", root["cache_bandwidth"]);
+    check_rate(where, "cache_bandwidth", p.cache_bandwidth);  // when written, a real rate
+  }
   p.validate(where);
   return p;
 }
@@ -227,6 +244,9 @@ std::string profile_to_json(const HardwareProfile& p) {
   j["bytes_per_element"] = p.bytes_per_element;
   j["task_overhead"] = p.task_overhead;
   j["overlap_slowdown"] = p.overlap_slowdown;
+  j["comm_overlap_slowdown"] = p.comm_overlap_slowdown;
+  j["cache_bytes"] = p.cache_bytes;
+  if (p.cache_bandwidth > 0) j["cache_bandwidth"] = p.cache_bandwidth;  // absent: no cache figure
   return j.dump(2);
 }
 

@@ -17,6 +17,15 @@
 //   task_overhead          seconds >= 0 (optional, default 0): fixed cost of each stage task
 //   overlap_slowdown       >= 1 (optional, default 1): factor on compute-stage time while the
 //                          comm stream is busy (CPU ranks share cores with the network stack)
+//   comm_overlap_slowdown  >= 1 (optional, default 1): factor on comm-stage time while the compute
+//                          stream is busy (a shared-memory transport needs CPU that the GEMMs hold:
+//                          on a CPU rank whose comm thread yields its core, large; over a
+//                          bandwidth-bound link, near 1)
+//   cache_bytes            bytes >= 0 (optional, default 0 = no cache modelled): cache one rank's
+//                          elementwise stages can keep their working set in (a shared cache's
+//                          share per rank)
+//   cache_bandwidth        bytes/s (optional; required and > 0 when cache_bytes > 0): rate of the
+//                          elementwise stages when their working set fits in cache_bytes
 // A bad profile is refused with a message naming the file and the field.
 #pragma once
 
@@ -41,6 +50,9 @@ struct HardwareProfile {
   int64_t bytes_per_element = 4;
   double task_overhead = 0;
   double overlap_slowdown = 1;
+  double comm_overlap_slowdown = 1;
+  double cache_bytes = 0;
+  double cache_bandwidth = 0;
 
   void validate(const std::string& where) const;  // throws ampipe::Error naming the bad field
 };

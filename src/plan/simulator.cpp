@@ -11,11 +11,13 @@
 namespace ampipe {
 
 Simulation simulate(const std::vector<StageTask>& tasks, const std::vector<double>& seconds,
-                    double overlap_slowdown) {
+                    double overlap_slowdown, double comm_overlap_slowdown) {
   AMPIPE_CHECK(tasks.size() == seconds.size())
       << "simulate: " << tasks.size() << " tasks but " << seconds.size() << " task times";
   AMPIPE_CHECK(std::isfinite(overlap_slowdown) && overlap_slowdown >= 1)
       << "simulate: overlap_slowdown must be >= 1, got " << overlap_slowdown;
+  AMPIPE_CHECK(std::isfinite(comm_overlap_slowdown) && comm_overlap_slowdown >= 1)
+      << "simulate: comm_overlap_slowdown must be >= 1, got " << comm_overlap_slowdown;
   const size_t n = tasks.size();
   // Per stream (0 compute, 1 comm), its tasks in list order.
   std::vector<size_t> queue[2];
@@ -38,7 +40,7 @@ Simulation simulate(const std::vector<StageTask>& tasks, const std::vector<doubl
   std::vector<bool> ended(n, false);
   size_t next[2] = {0, 0};
   long running[2] = {-1, -1};
-  double remaining[2] = {0, 0};  // compute: unslowed seconds of work left; comm: seconds left
+  double remaining[2] = {0, 0};  // per stream: unslowed seconds of work left
   double now = 0;
   size_t done = 0;
   auto ready = [&](size_t i) {
@@ -69,20 +71,19 @@ Simulation simulate(const std::vector<StageTask>& tasks, const std::vector<doubl
     if (done == n) break;
     AMPIPE_CHECK(running[0] >= 0 || running[1] >= 0) << "simulate: no task can start (internal error)";
 
-    // Advance to the next end of a running task.
-    const bool comm_busy = running[1] >= 0;
-    const double rate = comm_busy ? 1.0 / overlap_slowdown : 1.0;  // compute progress per second
+    // Advance to the next end of a running task. Each stream progresses (in seconds of unslowed
+    // work per second) at a rate set by whether the other stream is busy; both rates hold until
+    // the next end.
+    const bool busy[2] = {running[0] >= 0, running[1] >= 0};
+    const double rate[2] = {busy[1] ? 1.0 / overlap_slowdown : 1.0, busy[0] ? 1.0 / comm_overlap_slowdown : 1.0};
     const double inf = std::numeric_limits<double>::infinity();
-    const double to_compute_end = running[0] >= 0 ? remaining[0] / rate : inf;
-    const double to_comm_end = comm_busy ? remaining[1] : inf;
-    const double step = std::min(to_compute_end, to_comm_end);
-    if (running[0] >= 0) {
-      remaining[0] = step == to_compute_end ? 0 : std::max(0.0, remaining[0] - step * rate);
-      sim.compute_busy += step;
-    }
-    if (comm_busy) {
-      remaining[1] = step == to_comm_end ? 0 : std::max(0.0, remaining[1] - step);
-      sim.comm_busy += step;
+    double to_end[2];
+    for (int s = 0; s < 2; ++s) to_end[s] = busy[s] ? remaining[s] / rate[s] : inf;
+    const double step = std::min(to_end[0], to_end[1]);
+    for (int s = 0; s < 2; ++s) {
+      if (!busy[s]) continue;
+      remaining[s] = step == to_end[s] ? 0 : std::max(0.0, remaining[s] - step * rate[s]);
+      (s == 0 ? sim.compute_busy : sim.comm_busy) += step;
     }
     now += step;
   }
@@ -115,10 +116,15 @@ BlockPrediction predict_block(const BlockSchedule& schedule, StageOrder order, c
   shape.validate();
   AMPIPE_CHECK(std::isfinite(hw.overlap_slowdown) && hw.overlap_slowdown >= 1)
       << "hardware profile '" << hw.name << "': overlap_slowdown must be >= 1, got " << hw.overlap_slowdown;
+  AMPIPE_CHECK(std::isfinite(hw.comm_overlap_slowdown) && hw.comm_overlap_slowdown >= 1)
+      << "hardware profile '" << hw.name << "': comm_overlap_slowdown must be >= 1, got "
+      << hw.comm_overlap_slowdown;
   const ChunkPlan plan = schedule.plan(shape.seq_len);
   const std::vector<StageTask> fwd = forward_tasks(plan, order), bwd = backward_tasks(plan, order);
-  const Simulation f = simulate(fwd, task_seconds(fwd, plan, shape, hw), hw.overlap_slowdown);
-  const Simulation b = simulate(bwd, task_seconds(bwd, plan, shape, hw), hw.overlap_slowdown);
+  const Simulation f =
+      simulate(fwd, task_seconds(fwd, plan, shape, hw), hw.overlap_slowdown, hw.comm_overlap_slowdown);
+  const Simulation b =
+      simulate(bwd, task_seconds(bwd, plan, shape, hw), hw.overlap_slowdown, hw.comm_overlap_slowdown);
   if (trace) {
     trace_simulation(*trace, fwd, f, rank, origin_us);
     trace_simulation(*trace, bwd, b, rank, origin_us + f.makespan * 1e6);

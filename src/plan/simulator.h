@@ -4,9 +4,10 @@
 //
 // A task starts when its stream has finished every earlier task of that stream (list order) and
 // every task in its `waits` has ended. Ranks are symmetric (every all-to-all peer runs the same list
-// with the same costs), so one rank is simulated. overlap_slowdown >= 1: while the comm stream is
-// busy, compute tasks progress at 1 / overlap_slowdown of their rate (the rate changes exactly when
-// a comm task starts or ends); comm tasks are never slowed.
+// with the same costs), so one rank is simulated. Two slowdowns >= 1 model streams that share the
+// rank's cores: while the comm stream is busy, compute tasks progress at 1 / overlap_slowdown of
+// their rate; while the compute stream is busy, comm tasks progress at 1 / comm_overlap_slowdown of
+// theirs. Both rates change exactly when either stream starts or ends a task.
 #pragma once
 
 #include <string>
@@ -28,10 +29,10 @@ struct Simulation {
 };
 
 // seconds[i] is task i's time when it runs alone. Throws ampipe::Error if the sizes differ, a time
-// is negative or not finite, overlap_slowdown < 1, or a task waits for one that is not earlier in
-// the list (such a list could deadlock).
+// is negative or not finite, a slowdown is < 1 or not finite, or a task waits for one that is not
+// earlier in the list (such a list could deadlock).
 Simulation simulate(const std::vector<StageTask>& tasks, const std::vector<double>& seconds,
-                    double overlap_slowdown = 1.0);
+                    double overlap_slowdown = 1.0, double comm_overlap_slowdown = 1.0);
 
 struct BlockPrediction {
   double forward = 0, backward = 0, total = 0;  // seconds; total = forward + backward
@@ -39,7 +40,8 @@ struct BlockPrediction {
 };
 
 // The predicted forward + backward time of one block under `schedule` and `order`: the task lists
-// of schedule.plan(shape.seq_len), priced by task_seconds, simulated with hw.overlap_slowdown;
+// of schedule.plan(shape.seq_len), priced by task_seconds, simulated with hw.overlap_slowdown and
+// hw.comm_overlap_slowdown;
 // backward starts when forward has ended (the host waits between them). If `trace` is given, the
 // predicted timeline is added to it (tracks "compute" and "comm" of `rank`; forward from
 // origin_us, backward after it).

@@ -214,10 +214,15 @@ TEST(TaskList, AmPipeStageMajorAndInterleavedOrders) {
             "experts0<3 | a2a combine0<7 | attention2 | route2 | a2a dispatch2<10 | experts1<6 | "
             "a2a combine1<12 | combine0<8 | experts2<11 | a2a combine2<15 | combine1<13 | combine2<16");
   EXPECT_EQ(describe(backward_tasks(p, StageOrder::StageMajor)),
-            "combine bwd0 | a2a combine bwd0<0 | combine bwd1 | a2a combine bwd1<2 | combine bwd2 | "
-            "a2a combine bwd2<4 | experts bwd0<1 | a2a dispatch bwd0<6 | experts bwd1<3 | a2a dispatch bwd1<8 | "
-            "experts bwd2<5 | a2a dispatch bwd2<10 | route bwd0<7 | attention bwd0 | route bwd1<9 | "
-            "attention bwd1 | route bwd2<11 | attention bwd2 | qkv+ln1 bwd");
+            "combine bwd2 | a2a combine bwd2<0 | combine bwd1 | a2a combine bwd1<2 | combine bwd0 | "
+            "a2a combine bwd0<4 | experts bwd2<1 | a2a dispatch bwd2<6 | experts bwd1<3 | a2a dispatch bwd1<8 | "
+            "experts bwd0<5 | a2a dispatch bwd0<10 | route bwd2<7 | attention bwd2 | route bwd1<9 | "
+            "attention bwd1 | route bwd0<11 | attention bwd0 | qkv+ln1 bwd");
+  EXPECT_EQ(describe(backward_tasks(p, StageOrder::Interleaved)),
+            "combine bwd2 | a2a combine bwd2<0 | combine bwd1 | a2a combine bwd1<2 | experts bwd2<1 | "
+            "a2a dispatch bwd2<4 | combine bwd0 | a2a combine bwd0<6 | experts bwd1<3 | a2a dispatch bwd1<8 | "
+            "route bwd2<5 | attention bwd2 | experts bwd0<7 | a2a dispatch bwd0<12 | route bwd1<9 | "
+            "attention bwd1 | route bwd0<13 | attention bwd0 | qkv+ln1 bwd");
 }
 
 TEST(TaskList, TheMoeSideRoutesOnceItsPositionsAreReady) {
@@ -227,11 +232,12 @@ TEST(TaskList, TheMoeSideRoutesOnceItsPositionsAreReady) {
             "ln1+qkv | attention0 | attention1 | route0 | a2a dispatch0<3 | attention2 | route1 | "
             "a2a dispatch1<6 | experts0<4 | a2a combine0<8 | experts1<7 | a2a combine1<10 | combine0<9 | "
             "combine1<11");
-  // Backward: attention 0 and 1 need MoE 0 and 1's gradients (chunk 1 spans both), attention 2 MoE 1.
+  // Backward takes MoE 1 first: attention 2 needs only MoE 1's gradient, attention 1 spans both MoE
+  // chunks and attention 0 needs MoE 0.
   EXPECT_EQ(describe(backward_tasks(p, StageOrder::StageMajor)),
-            "combine bwd0 | a2a combine bwd0<0 | combine bwd1 | a2a combine bwd1<2 | experts bwd0<1 | "
-            "a2a dispatch bwd0<4 | experts bwd1<3 | a2a dispatch bwd1<6 | route bwd0<5 | attention bwd0 | "
-            "route bwd1<7 | attention bwd1 | attention bwd2 | qkv+ln1 bwd");
+            "combine bwd1 | a2a combine bwd1<0 | combine bwd0 | a2a combine bwd0<2 | experts bwd1<1 | "
+            "a2a dispatch bwd1<4 | experts bwd0<3 | a2a dispatch bwd0<6 | route bwd1<5 | attention bwd2 | "
+            "route bwd0<7 | attention bwd1 | attention bwd0 | qkv+ln1 bwd");
   EXPECT_THROW(forward_tasks(ChunkPlan{{0, 2, 6}, {0, 3, 5}}, StageOrder::StageMajor), Error);
 }
 
