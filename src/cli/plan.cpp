@@ -106,8 +106,8 @@ int run_plan(const PlanOptions& o, Communicator& world) {
   }
   std::printf("ampipe plan: profile %s (its figures and their sources: the profile file)\n", hw.name.c_str());
   if (o.summary)
-    std::printf("%6s %5s %4s %2s %4s %11s %18s %18s %-44s %7s %8s\n", "N", "d", "E", "k", "R", "seq ms",
-                "moe-pipe ms (P)", "ampipe ms (P)", "choice", "vs seq", "vs moe");
+    std::printf("%6s %5s %4s %2s %4s %11s %18s %18s %9s %9s  %s\n", "N", "d", "E", "k", "R", "seq ms",
+                "moe-pipe ms (P)", "ampipe ms (P)", "am/seq", "am/moe", "choice (speedup over sequential)");
   bool traced = false;
   for (const GridShape& s : shapes)
     for (int64_t R : ranks) {
@@ -134,17 +134,15 @@ int run_plan(const PlanOptions& o, Communicator& world) {
       const double choice_ms = choice.prediction.total * 1e3;
       const double vs_moe = best_moe ? best_moe->prediction.total / choice.prediction.total : NAN;
       if (o.summary) {
-        std::printf("%6lld %5lld %4lld %2lld %4lld %11.3f %18s %18s %-44s %6.2fx %7.2fx\n", (long long)s.N,
-                    (long long)s.d, (long long)s.E, (long long)s.k, (long long)R, seq_ms,
-                    best_moe ? (fmt("%.3f", best_moe->prediction.total * 1e3) + " (" +
-                                std::to_string(best_moe->schedule.pipe_degree) + ")")
-                                   .c_str()
-                             : "-",
-                    best_am ? (fmt("%.3f", best_am->prediction.total * 1e3) + " (" +
-                               std::to_string(best_am->schedule.pipe_degree) + ")")
-                                  .c_str()
-                            : "-",
-                    choice.describe().c_str(), seq_ms / choice_ms, vs_moe);
+        auto cell = [](const PlanCandidate* c) {
+          return c ? fmt("%.3f", c->prediction.total * 1e3) + " (" + std::to_string(c->schedule.pipe_degree) + ")"
+                   : std::string("-");
+        };
+        const double am = best_am ? best_am->prediction.total : NAN;
+        std::printf("%6lld %5lld %4lld %2lld %4lld %11.3f %18s %18s %8.2fx %8.2fx  %s (%.2fx)\n", (long long)s.N,
+                    (long long)s.d, (long long)s.E, (long long)s.k, (long long)R, seq_ms, cell(best_moe).c_str(),
+                    cell(best_am).c_str(), seq->prediction.total / am,
+                    best_moe ? best_moe->prediction.total / am : NAN, choice.describe().c_str(), seq_ms / choice_ms);
       } else {
         std::printf("\n%s, B=%lld, R=%lld ranks\n", s.describe().c_str(), (long long)o.micro_batch_size, (long long)R);
         std::printf("  %-10s %3s %-46s %10s %8s %11s %9s\n", "schedule", "P", "best variant", "pred ms", "speedup",

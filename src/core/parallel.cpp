@@ -4,6 +4,7 @@
 #include <sched.h>
 
 #include <algorithm>
+#include <atomic>
 #include <exception>
 #include <mutex>
 
@@ -18,12 +19,25 @@ int available_cores() {
   return std::max(1, omp_get_num_procs());
 }
 
+namespace {
+std::atomic<int> g_threads{0};  // 0: never set (OpenMP's default)
+}  // namespace
+
 void set_num_threads(int n) {
   AMPIPE_CHECK(n >= 1) << "thread count must be at least 1, got " << n;
+  g_threads.store(n);
   omp_set_num_threads(n);
 }
 
-int num_threads() { return omp_get_max_threads(); }
+void adopt_num_threads() {
+  const int n = g_threads.load();
+  if (n > 0 && omp_get_max_threads() != n) omp_set_num_threads(n);
+}
+
+int num_threads() {
+  const int n = g_threads.load();
+  return n > 0 ? n : omp_get_max_threads();
+}
 
 void parallel_for(int64_t n, int64_t grain, const std::function<void(int64_t, int64_t)>& fn) {
   if (n <= 0) return;

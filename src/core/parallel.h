@@ -13,8 +13,12 @@ namespace ampipe {
 
 // Cores this process may run on (its CPU affinity mask), at least 1.
 int available_cores();
-// Sets / reads the number of compute threads used by parallel_for.
+// Sets / reads the number of compute threads used by parallel_for, for the whole process. OpenMP
+// keeps the count per thread, so a thread that runs kernels but did not call set_num_threads (a
+// stream's worker) calls adopt_num_threads() first; that also reaches BLAS, whose OpenMP build
+// follows the calling thread's count.
 void set_num_threads(int n);
+void adopt_num_threads();
 int num_threads();
 
 // Calls fn(begin, end) over a static partition of [0, n) into at most num_threads() contiguous

@@ -1,5 +1,7 @@
 #include "core/stream.h"
 
+#include "core/parallel.h"
+
 #include <condition_variable>
 #include <cstdint>
 #include <cstdio>
@@ -147,6 +149,7 @@ struct Stream::Impl {
         if (!failure_so_far.empty()) return;  // skipped after a failure
         const double start_us = trace != nullptr ? trace_clock_us() : 0.0;
         try {
+          adopt_num_threads();  // kernels on this worker use the process's thread count
           op.task();
         } catch (const std::exception& e) {
           new_failure = "stream '" + name + "' task '" + op.name + "' failed: " + e.what();

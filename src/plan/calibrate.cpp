@@ -4,12 +4,14 @@
 
 #include <algorithm>
 #include <atomic>
+#include <cctype>
 #include <chrono>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <ctime>
 #include <exception>
+#include <fstream>
 #include <functional>
 #include <sstream>
 #include <thread>
@@ -192,9 +194,10 @@ AttentionRates measure_attention(Communicator& world, bool quick, const Log& log
 }
 
 // Bytes/s (read + written) of elementwise passes: the median of y += x, layernorm forward and a
-// row gather (the permute), over tensors of `rows` x 1024 floats.
-double measure_memory_bandwidth(Communicator& world, bool quick, const Log& log) {
-  const int64_t cols = 1024, rows = quick ? 8192 : 16384;  // 32 MB / 64 MB per tensor: past the caches
+// row gather (the permute), over tensors of `rows` x 1024 floats, each pass run back to back (so a
+// tensor that fits in the cache stays there).
+double measure_elementwise_rate(Communicator& world, int64_t rows, const Sampling& sampling, const Log& log) {
+  const int64_t cols = 1024;
   const double tensor_bytes = 4.0 * rows * cols;
   Tensor x = Tensor::empty({rows, cols}), y = Tensor::empty({rows, cols});
   x.fill(1e-3f);
@@ -207,7 +210,6 @@ double measure_memory_bandwidth(Communicator& world, bool quick, const Log& log)
   for (int64_t i = rows - 1; i > 0; --i) std::swap(order[i], order[rng.below(i + 1)]);
   const Tensor index = Tensor::from_ints({rows}, order);
 
-  const Sampling sampling = quick ? Sampling{3, 10, 0.03} : Sampling{5, 50, 0.3};
   struct Pass {
     const char* name;
     double bytes;
@@ -223,10 +225,80 @@ double measure_memory_bandwidth(Communicator& world, bool quick, const Log& log)
   for (const Pass& pass : passes) {
     const double seconds = collective_median_seconds(world, pass.run, sampling);
     rates.push_back(pass.bytes / seconds);
-    log.line(std::string(pass.name) + format(" over %.0f MB: %.2f ms, %.2f GB/s", tensor_bytes * 1e-6,
+    log.line(std::string(pass.name) + format(" over %.2f MB: %.3f ms, %.2f GB/s", tensor_bytes * 1e-6,
                                              seconds * 1e3, rates.back() * 1e-9));
   }
   return median(rates);
+}
+
+double measure_memory_bandwidth(Communicator& world, bool quick, const Log& log) {
+  const int64_t rows = quick ? 8192 : 16384;  // 32 MB / 64 MB per tensor: past the caches
+  return measure_elementwise_rate(world, rows, quick ? Sampling{3, 10, 0.03} : Sampling{5, 50, 0.3}, log);
+}
+
+// "32768K", "1024K", "8M", "512" (bytes) as in /sys/devices/system/cpu/cpu0/cache/index*/size; 0 if
+// unreadable.
+int64_t parse_cache_size(std::string text) {
+  while (!text.empty() && std::isspace(static_cast<unsigned char>(text.back()))) text.pop_back();
+  if (text.empty()) return 0;
+  int64_t unit = 1;
+  if (text.back() == 'K') unit = 1 << 10;
+  if (text.back() == 'M') unit = 1 << 20;
+  if (text.back() == 'G') unit = int64_t{1} << 30;
+  if (unit > 1) text.pop_back();
+  char* end = nullptr;
+  const long long value = std::strtoll(text.c_str(), &end, 10);
+  return (end && *end == '\0' && value > 0) ? static_cast<int64_t>(value) * unit : 0;
+}
+
+std::string read_small_file(const std::string& path) {
+  std::ifstream in(path);
+  std::string text;
+  std::getline(in, text);
+  return text;
+}
+
+// The cache one rank's elementwise stages can count on: the largest of each data cache level of
+// CPU 0, a level shared by several CPUs divided among the `ranks` ranks on this machine (the
+// calibration assumes they all share it). From /sys (the kernel's cpuid decoding), else sysconf;
+// 0 if neither says.
+int64_t cache_bytes_per_rank(int ranks, const Log& log) {
+  int64_t best = 0;
+  std::string described;
+  for (int index = 0; index < 8; ++index) {
+    const std::string dir = "/sys/devices/system/cpu/cpu0/cache/index" + std::to_string(index) + "/";
+    const std::string type = read_small_file(dir + "type");
+    if (type.empty()) break;
+    if (type == "Instruction") continue;
+    const int64_t size = parse_cache_size(read_small_file(dir + "size"));
+    // "0-1" or "0,2" or "0": shared when it names more than one CPU.
+    const std::string cpus = read_small_file(dir + "shared_cpu_list");
+    const bool shared = cpus.find_first_of("-,") != std::string::npos;
+    const int64_t share = shared ? size / std::max(ranks, 1) : size;
+    described += format(" L%s %lld KiB%s;", read_small_file(dir + "level").c_str(),
+                        static_cast<long long>(size >> 10), shared ? " shared" : "");
+    best = std::max(best, share);
+  }
+  if (best == 0) {
+    for (const int name : {_SC_LEVEL3_CACHE_SIZE, _SC_LEVEL2_CACHE_SIZE}) {
+      const long size = sysconf(name);
+      if (size > 0) {
+        best = name == _SC_LEVEL3_CACHE_SIZE ? size / std::max(ranks, 1) : size;
+        described = format(" sysconf L%d %ld KiB;", name == _SC_LEVEL3_CACHE_SIZE ? 3 : 2, size >> 10);
+        break;
+      }
+    }
+  }
+  log.line(format("caches:%s %lld KiB per rank (%d rank%s)",
+                  described.empty() ? " unknown;" : described.c_str(), static_cast<long long>(best >> 10),
+                  ranks, ranks == 1 ? "" : "s"));
+  return best;
+}
+
+// The elementwise passes again, over two tensors that together fill a quarter of `cache_bytes`.
+double measure_cache_bandwidth(Communicator& world, int64_t cache_bytes, bool quick, const Log& log) {
+  const int64_t rows = std::max<int64_t>(16, cache_bytes / 8 / (4 * 1024));
+  return measure_elementwise_rate(world, rows, quick ? Sampling{5, 40, 0.02} : Sampling{20, 400, 0.2}, log);
 }
 
 // Seconds from submitting an empty task to a Stream until the host has seen its Event complete.
@@ -318,8 +390,19 @@ LinkProfile measure_link(Communicator& world, bool quick, const Log& log) {
   return link;
 }
 
-// GEMM time while another thread runs back-to-back exchanges on `world`, over GEMM time alone.
-double measure_overlap_slowdown(Communicator& world, bool quick, const Log& log) {
+struct OverlapSlowdowns {
+  double compute = 1;  // GEMM time beside back-to-back exchanges / alone
+  double comm = 1;     // exchange time beside back-to-back GEMMs / alone
+};
+
+// A cap on comm_overlap_slowdown: beside GEMMs an exchange over shared memory may barely progress,
+// and a finite figure keeps the simulator's arithmetic finite.
+constexpr double kMaxCommOverlapSlowdown = 1000;
+
+// GEMM time while another thread runs back-to-back exchanges on `world`, over GEMM time alone; and
+// the exchanges' time meanwhile, over their time alone. The message is of the size of a block's
+// chunk exchange (1 MiB quick, 4 MiB full).
+OverlapSlowdowns measure_overlap_slowdown(Communicator& world, bool quick, const Log& log) {
   const int64_t tokens = quick ? 1024 : 2048, d = 512;
   const Tensor a = uniform_tensor({tokens, d}, 21), b = uniform_tensor({d, 4 * d}, 22);
   const Tensor c = Tensor::empty({tokens, 4 * d});
@@ -366,14 +449,19 @@ double measure_overlap_slowdown(Communicator& world, bool quick, const Log& log)
   if (gemm_error) std::rethrow_exception(gemm_error);
   if (comm_error) std::rethrow_exception(comm_error);
 
-  const double slowdown = std::max(1.0, overlapped / alone);
+  OverlapSlowdowns slowdown;
+  slowdown.compute = std::max(1.0, overlapped / alone);
   log.line(format("overlap: gemm %.2f ms alone, %.2f ms beside back-to-back all-to-all: slowdown %.3f",
-                  alone * 1e3, overlapped * 1e3, slowdown));
-  // Not in the profile, but worth seeing: how the exchanges fared beside the GEMMs.
-  log.line(format("overlap: %.0f-byte exchange %.3f ms alone, %.3f ms beside the GEMMs (%lld exchanges)",
-                  exchange.total_bytes(), exchange_alone * 1e3,
-                  exchanges > 0 ? comm_seconds / static_cast<double>(exchanges) * 1e3 : 0.0,
-                  static_cast<long long>(exchanges)));
+                  alone * 1e3, overlapped * 1e3, slowdown.compute));
+  // The comm thread's time per exchange (its count agreement included, which is small). With no
+  // exchange finished, one took at least the whole time: a lower bound.
+  const double beside = comm_seconds / static_cast<double>(std::max<int64_t>(exchanges, 1));
+  slowdown.comm = std::clamp(beside / std::max(exchange_alone, 1e-9), 1.0, kMaxCommOverlapSlowdown);
+  log.line(
+      format("overlap: %.0f-byte exchange %.3f ms alone, %.3f ms beside the GEMMs (%lld exchanges): comm "
+             "slowdown %.3f",
+             exchange.total_bytes(), exchange_alone * 1e3, beside * 1e3, static_cast<long long>(exchanges),
+             slowdown.comm));
   return slowdown;
 }
 
@@ -451,14 +539,23 @@ HardwareProfile calibrate(Communicator& world, const CalibrateOptions& options) 
   p.attention_efficiency = std::clamp(attention.forward / p.matrix_flops, 1e-6, 1.5);
   p.attention_backward_efficiency = std::clamp(attention.backward / p.matrix_flops, 1e-6, 1.5);
   p.memory_bandwidth = measure_memory_bandwidth(world, quick, log);
+  // Every rank reads the same /sys, so all agree whether to measure.
+  const int64_t cache_bytes = cache_bytes_per_rank(ranks, log);
+  if (cache_bytes > 0) {
+    p.cache_bytes = static_cast<double>(cache_bytes);
+    p.cache_bandwidth = measure_cache_bandwidth(world, cache_bytes, quick, log);
+  }
   world.barrier();
   p.task_overhead = measure_task_overhead(quick, log);
   if (ranks > 1) {
     p.inter_node = measure_link(world, quick, log);
-    p.overlap_slowdown = measure_overlap_slowdown(world, quick, log);
+    const OverlapSlowdowns slowdown = measure_overlap_slowdown(world, quick, log);
+    p.overlap_slowdown = slowdown.compute;
+    p.comm_overlap_slowdown = slowdown.comm;
   } else {
     p.inter_node = options.single_rank_link;
     p.overlap_slowdown = 1.0;
+    p.comm_overlap_slowdown = 1.0;
   }
   p.intra_node = p.inter_node;
   p.ranks_per_node = ranks;
@@ -480,7 +577,7 @@ HardwareProfile calibrate(Communicator& world, const CalibrateOptions& options) 
   } else {
     source << "one rank, so nothing crossed a link: intra_node = inter_node = the assumed link (bandwidth "
            << options.single_rank_link.bandwidth << " B/s, latency " << options.single_rank_link.latency
-           << " s; not measured) and overlap_slowdown = 1 (not measured)";
+           << " s; not measured) and overlap_slowdown = comm_overlap_slowdown = 1 (not measured)";
   }
   p.source = source.str();
   log.line(format("done in %.2f s", seconds_since(start)));

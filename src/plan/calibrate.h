@@ -16,6 +16,11 @@
 //   memory_bandwidth    the median over three elementwise passes over tensors of a few tens of MB:
 //                       y += x (kernels::add_inplace), layernorm forward, and a row gather
 //                       (kernels::gather_rows, the permute); bytes = bytes read + bytes written.
+//   cache_bytes         the largest data cache of CPU 0 (/sys/devices/system/cpu/cpu0/cache, else
+//                       sysconf), a cache shared by several CPUs divided by the world size (all ranks
+//                       are assumed to share this machine); 0 (no cache modelled) if unknown.
+//   cache_bandwidth     the same three passes, back to back, over two tensors that together fill a
+//                       quarter of cache_bytes (so they stay in the cache).
 //   intra/inter_node    with more than one rank: the dispatcher's exchange (an all_to_all of one
 //                       count per rank, then all_to_all_v) at three message sizes, every rank
 //                       sending at once; time = latency + remote bytes per rank / bandwidth, the
@@ -26,8 +31,11 @@
 //                       ranks_per_node = world size. With one rank nothing crosses a link: the
 //                       link figures are options.single_rank_link, and `source` says so.
 //   overlap_slowdown    GEMM time while another thread of this process runs back-to-back
-//                       exchanges (as above) on `world`, over GEMM time alone (>= 1; 1 with one
-//                       rank).
+//                       exchanges (as above; 1 MiB per rank quick, 4 MiB full, the size of a block's
+//                       chunk exchange) on `world`, over GEMM time alone (>= 1; 1 with one rank).
+//   comm_overlap_slowdown  in the same run, the exchanges' time beside the GEMMs over their time
+//                       alone (>= 1, at most 1000; 1 with one rank). Over shared memory with a comm
+//                       thread that yields its core this is large; over a rate-shaped link, small.
 //   task_overhead       submitting an empty task on a Stream (core/stream.h), recording an Event
 //                       after it and waiting for it on the host: the median round trip.
 // bytes_per_element = 4 (float32). source = "ampipe plan --calibrate on HOST at DATE, N ranks,

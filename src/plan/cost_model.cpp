@@ -76,6 +76,11 @@ void check_profile(const HardwareProfile& hw) {
       << "hardware profile '" << hw.name << "': bytes_per_element must be >= 1, got " << hw.bytes_per_element;
   AMPIPE_CHECK(std::isfinite(hw.task_overhead) && hw.task_overhead >= 0)
       << "hardware profile '" << hw.name << "': task_overhead must be >= 0, got " << hw.task_overhead;
+  AMPIPE_CHECK(std::isfinite(hw.cache_bytes) && hw.cache_bytes >= 0)
+      << "hardware profile '" << hw.name << "': cache_bytes must be >= 0, got " << hw.cache_bytes;
+  AMPIPE_CHECK(hw.cache_bytes == 0 || positive(hw.cache_bandwidth))
+      << "hardware profile '" << hw.name << "': cache_bandwidth must be > 0 when cache_bytes > 0, got "
+      << hw.cache_bandwidth;
 }
 
 double link_seconds(const LinkProfile& link, const char* which, double bytes, int calls) {
@@ -185,13 +190,21 @@ double all_to_all_seconds(double remote_bytes, int calls, int64_t ranks, const H
   return seconds;
 }
 
+double elementwise_seconds(double memory_bytes, const HardwareProfile& hw) {
+  if (memory_bytes <= 0) return 0;
+  if (hw.cache_bytes <= 0) return memory_bytes / hw.memory_bandwidth;
+  const double working_set = memory_bytes / 2;
+  const double in_cache = std::min(1.0, hw.cache_bytes / working_set);
+  return memory_bytes * (in_cache / hw.cache_bandwidth + (1 - in_cache) / hw.memory_bandwidth);
+}
+
 double work_seconds(const StageWork& w, int64_t ranks, const HardwareProfile& hw) {
   check_profile(hw);
   double seconds = hw.task_overhead;
   seconds += w.gemm_flops / hw.matrix_flops;
   seconds += w.attention_forward_flops / (hw.matrix_flops * hw.attention_efficiency);
   seconds += w.attention_backward_flops / (hw.matrix_flops * hw.attention_backward_efficiency);
-  seconds += w.memory_bytes / hw.memory_bandwidth;
+  seconds += elementwise_seconds(w.memory_bytes, hw);
   if (w.collective_calls > 0) seconds += all_to_all_seconds(w.wire_bytes, w.collective_calls, ranks, hw);
   return seconds;
 }

@@ -6,7 +6,12 @@
 //   causal attention core   chunk [b, e) of B sequences: 4d FLOPs per (query i, key j <= i) pair,
 //                           B * 2d (e - b)(e + b + 1) forward at matrix_flops * attention_efficiency;
 //                           backward 2.5x those FLOPs at attention_backward_efficiency
-//   elementwise passes      bytes read + written / memory_bandwidth, bytes_per_element per value
+//   elementwise passes      bytes read + written, bytes_per_element per value, at memory_bandwidth;
+//                           with a cache (cache_bytes > 0), the share h = min(1, cache_bytes /
+//                           working set) of them at cache_bandwidth, where the working set is half the
+//                           stage's bytes (about the distinct bytes: a stage's passes mostly write a
+//                           tensor once and read it once more): fits -> all cache, twice the cache ->
+//                           half (a smooth blend, so that the planner sees no cliff)
 //   all-to-all              per call latency + the bytes that leave the rank / bandwidth, split into
 //                           intra- and inter-node parts that run at once (the slower one counts)
 //   every task              + task_overhead
@@ -55,6 +60,9 @@ StageWork stage_work(Stage stage, int64_t begin, int64_t end, const BlockShape& 
 // rank: 0 when R == 1; else the max over the intra-node part ((min(R, rpn) - 1) / (R - 1) of the
 // bytes) and the inter-node part ((R - min(R, rpn)) / (R - 1)), each calls * latency + bytes / bandwidth.
 double all_to_all_seconds(double remote_bytes, int calls, int64_t ranks, const HardwareProfile& hw);
+
+// Seconds of `memory_bytes` of elementwise passes (the cache blend above).
+double elementwise_seconds(double memory_bytes, const HardwareProfile& hw);
 
 // Seconds of a priced StageWork, task_overhead included.
 double work_seconds(const StageWork& work, int64_t ranks, const HardwareProfile& hw);

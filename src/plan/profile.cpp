@@ -184,7 +184,9 @@ void HardwareProfile::validate(const std::string& where) const {
   // 0 = not given; only meaningful (and then required) with a cache.
   check_at_least(where, "cache_bandwidth", cache_bandwidth, 0.0);
   AMPIPE_CHECK(cache_bytes == 0 || cache_bandwidth > 0)
-      << where << ": field 'cache_bandwidth' is required and must be > 0 when cache_bytes > 0 (the rate of elementwise "
+      << where
+      << ": field 'cache_bandwidth' is required and must be > 0 when cache_bytes > 0 (the rate of "
+         "elementwise "
       << "stages whose working set fits in the cache), got " << cache_bandwidth;
 }
 

@@ -75,7 +75,8 @@ Simulation simulate(const std::vector<StageTask>& tasks, const std::vector<doubl
     // work per second) at a rate set by whether the other stream is busy; both rates hold until
     // the next end.
     const bool busy[2] = {running[0] >= 0, running[1] >= 0};
-    const double rate[2] = {busy[1] ? 1.0 / overlap_slowdown : 1.0, busy[0] ? 1.0 / comm_overlap_slowdown : 1.0};
+    const double rate[2] = {busy[1] ? 1.0 / overlap_slowdown : 1.0,
+                            busy[0] ? 1.0 / comm_overlap_slowdown : 1.0};
     const double inf = std::numeric_limits<double>::infinity();
     double to_end[2];
     for (int s = 0; s < 2; ++s) to_end[s] = busy[s] ? remaining[s] / rate[s] : inf;

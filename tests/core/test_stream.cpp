@@ -1,6 +1,9 @@
 // Stream and Event: in-order work per stream, event edges across streams, errors that reach the
 // caller instead of hanging, waits that do not spin, and one trace slice per task.
 #include <gtest/gtest.h>
+#include <omp.h>
+
+#include "core/parallel.h"
 #include <sys/resource.h>
 
 #include <atomic>
@@ -338,3 +341,17 @@ TEST(StreamTest, AttachedRecorderGetsOneSlicePerTaskOnTheStreamsTrack) {
 
 }  // namespace
 }  // namespace ampipe
+
+// A stream's worker runs kernels with the process's thread count, not OpenMP's per-thread default.
+TEST(Stream, WorkersUseTheProcessThreadCount) {
+  const int before = ampipe::num_threads();
+  for (int n : {1, 3}) {
+    ampipe::set_num_threads(n);
+    ampipe::Stream s("compute");
+    int seen = 0;
+    s.submit("probe", [&] { seen = omp_get_max_threads(); });
+    s.synchronize();
+    EXPECT_EQ(seen, n);
+  }
+  ampipe::set_num_threads(before);
+}

@@ -179,6 +179,41 @@ TEST(CostModel, StageSeconds_PricesWorkAtProfileRates) {
                        fwd.memory_bytes / 1e8);
 }
 
+TEST(CostModel, Cache_ElementwiseBytesRunAtCacheBandwidthWhenTheWorkingSetFits) {
+  HardwareProfile hw = simple_profile();  // memory_bandwidth 1e8
+  // No cache modelled: every byte at memory_bandwidth.
+  EXPECT_DOUBLE_EQ(elementwise_seconds(4000, hw), 4000 / 1e8);
+  hw.cache_bytes = 1000;
+  hw.cache_bandwidth = 1e9;
+  // Working set = half the bytes. 2000 bytes: 1000 fit, all at cache speed.
+  EXPECT_DOUBLE_EQ(elementwise_seconds(2000, hw), 2000 / 1e9);
+  EXPECT_DOUBLE_EQ(elementwise_seconds(500, hw), 500 / 1e9);
+  // 4000 bytes: working set twice the cache, half the bytes at each rate.
+  EXPECT_DOUBLE_EQ(elementwise_seconds(4000, hw), 2000 / 1e9 + 2000 / 1e8);
+  // Far past the cache: nearly all at memory speed.
+  EXPECT_NEAR(elementwise_seconds(2e6, hw), 2e6 / 1e8, 2e6 / 1e8 * 1e-3);
+  EXPECT_DOUBLE_EQ(elementwise_seconds(0, hw), 0);
+  // More bytes never cost less.
+  double previous = 0;
+  for (double bytes = 100; bytes < 1e5; bytes *= 1.5) {
+    EXPECT_GT(elementwise_seconds(bytes, hw), previous) << bytes;
+    previous = elementwise_seconds(bytes, hw);
+  }
+  // A stage: chunks small enough to fit run their elementwise passes faster per byte than the
+  // whole sequence, while GEMM time is unchanged.
+  BlockShape s = tiny_shape();
+  s.batch = 1;
+  const StageWork whole = stage_work(Stage::FinishBwd, 0, 10, s, 4),
+                  chunk = stage_work(Stage::FinishBwd, 0, 2, s, 4);
+  hw.cache_bytes = chunk.memory_bytes / 2;  // the chunk just fits, the whole sequence does not
+  EXPECT_DOUBLE_EQ(stage_seconds(Stage::FinishBwd, 0, 2, s, hw), hw.task_overhead + chunk.memory_bytes / 1e9);
+  EXPECT_GT(stage_seconds(Stage::FinishBwd, 0, 10, s, hw) - hw.task_overhead,
+            whole.memory_bytes / chunk.memory_bytes * (chunk.memory_bytes / 1e9));
+  // A cache without a bandwidth is refused.
+  hw.cache_bandwidth = 0;
+  EXPECT_THROW(stage_seconds(Stage::FinishBwd, 0, 2, s, hw), Error);
+}
+
 TEST(CostModel, TaskSeconds_IndexTheRightSideOfThePlan) {
   const BlockShape s = tiny_shape();
   const HardwareProfile hw = simple_profile();

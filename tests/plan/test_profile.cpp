@@ -48,6 +48,9 @@ HardwareProfile sample_profile() {
   p.bytes_per_element = 2;
   p.task_overhead = 1.5e-5;
   p.overlap_slowdown = 1.07;
+  p.comm_overlap_slowdown = 37.5;
+  p.cache_bytes = 16777216;
+  p.cache_bandwidth = 7.5e11;
   return p;
 }
 
@@ -78,6 +81,9 @@ void expect_same(const HardwareProfile& a, const HardwareProfile& b) {
   EXPECT_EQ(a.bytes_per_element, b.bytes_per_element);
   EXPECT_EQ(a.task_overhead, b.task_overhead);
   EXPECT_EQ(a.overlap_slowdown, b.overlap_slowdown);
+  EXPECT_EQ(a.comm_overlap_slowdown, b.comm_overlap_slowdown);
+  EXPECT_EQ(a.cache_bytes, b.cache_bytes);
+  EXPECT_EQ(a.cache_bandwidth, b.cache_bandwidth);
 }
 
 TEST(Profile, RoundTripsThroughJsonExactly) {
@@ -109,9 +115,44 @@ TEST(Profile, OptionalFieldsDefault) {
   Json j = sample_json();
   j.erase("task_overhead");
   j.erase("overlap_slowdown");
+  j.erase("comm_overlap_slowdown");
+  j.erase("cache_bytes");
+  j.erase("cache_bandwidth");
   const HardwareProfile p = parse_profile(j.dump(), "x");
   EXPECT_EQ(p.task_overhead, 0.0);
   EXPECT_EQ(p.overlap_slowdown, 1.0);
+  EXPECT_EQ(p.comm_overlap_slowdown, 1.0);
+  EXPECT_EQ(p.cache_bytes, 0.0);
+  EXPECT_EQ(p.cache_bandwidth, 0.0);
+  // Without a cache the profile is written without a cache bandwidth, and reads back the same.
+  EXPECT_EQ(Json::parse(profile_to_json(p)).count("cache_bandwidth"), 0u);
+  expect_same(parse_profile(profile_to_json(p), "again"), p);
+}
+
+TEST(Profile, NewOverlapAndCacheFieldsAreValidatedByName) {
+  Json j = sample_json();
+  j["comm_overlap_slowdown"] = 0.5;
+  EXPECT_EQ(refusal(j), "profiles/x.json: field 'comm_overlap_slowdown' must be >= 1, got 0.5");
+  j = sample_json();
+  j["comm_overlap_slowdown"] = "fast";
+  EXPECT_NE(refusal(j).find("field 'comm_overlap_slowdown' must be a number, got string"), std::string::npos);
+  j = sample_json();
+  j["cache_bytes"] = -1;
+  EXPECT_EQ(refusal(j), "profiles/x.json: field 'cache_bytes' must be >= 0, got -1");
+  j = sample_json();
+  j.erase("cache_bandwidth");  // a cache without its rate
+  EXPECT_NE(refusal(j).find("field 'cache_bandwidth' is required and must be > 0 when cache_bytes > 0"),
+            std::string::npos)
+      << refusal(j);
+  for (const double bad : {0.0, -3.0}) {
+    j = sample_json();
+    j["cache_bandwidth"] = bad;
+    EXPECT_NE(refusal(j).find("field 'cache_bandwidth' must be > 0"), std::string::npos) << refusal(j);
+  }
+  // A rate with no cache is allowed (and unused).
+  j = sample_json();
+  j["cache_bytes"] = 0;
+  EXPECT_EQ(parse_profile(j.dump(), "x").cache_bandwidth, 7.5e11);
 }
 
 TEST(Profile, IntegralFloatIsAnInteger) {
@@ -304,6 +345,12 @@ TEST(Calibrate, QuickOnOneRankGivesAPlausibleProfile) {
   EXPECT_EQ(p.ranks_per_node, 1);
   EXPECT_EQ(p.bytes_per_element, 4);
   EXPECT_EQ(p.overlap_slowdown, 1.0);
+  EXPECT_EQ(p.comm_overlap_slowdown, 1.0);
+  EXPECT_GE(p.cache_bytes, 0.0);
+  if (p.cache_bytes > 0) {
+    EXPECT_GT(p.cache_bandwidth, 1e8);
+    EXPECT_LT(p.cache_bandwidth, 1e14);
+  }
   EXPECT_GT(p.task_overhead, 0.0);
   EXPECT_LT(p.task_overhead, 0.01);
   EXPECT_EQ(p.source.rfind("ampipe plan --calibrate on ", 0), 0u) << p.source;

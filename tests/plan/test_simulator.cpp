@@ -2,6 +2,7 @@
 // real task lists of the schedules.
 #include <gtest/gtest.h>
 
+#include <cmath>
 #include <numeric>
 
 #include "core/error.h"
@@ -69,6 +70,35 @@ TEST(Simulator, OverlapSlowdown_SlowsComputeOnlyWhileCommRuns) {
   EXPECT_DOUBLE_EQ(s.makespan, 6);
 }
 
+TEST(Simulator, CommOverlapSlowdown_SlowsCommOnlyWhileComputeRuns) {
+  // comm 2 beside compute 4, comm slowdown 4: comm does 1 s of work over [0, 4), then 1 s alone.
+  Simulation s = simulate({compute(), comm()}, {4, 2}, 1.0, 4.0);
+  EXPECT_DOUBLE_EQ(s.end[0], 4);
+  EXPECT_DOUBLE_EQ(s.end[1], 5);
+  EXPECT_DOUBLE_EQ(s.makespan, 5);
+  EXPECT_DOUBLE_EQ(s.comm_busy, 5);
+  // Both slowed at once: compute 4 at slowdown 2, comm 2 at slowdown 4. Over [0, 8) comm does 2 s
+  // of work and compute 4 s: both end at 8.
+  s = simulate({compute(), comm()}, {4, 2}, 2.0, 4.0);
+  EXPECT_DOUBLE_EQ(s.end[0], 8);
+  EXPECT_DOUBLE_EQ(s.end[1], 8);
+  // Rates change when either stream starts or ends a task: compute 1, comm 3 (no edge), compute 2
+  // waiting for the comm. Over [0, 1) comm does 0.5 s (slowdown 2); then 2.5 s alone to 3.5; then
+  // the second compute task runs alone to 5.5.
+  s = simulate({compute(), comm(), compute({1})}, {1, 3, 2}, 1.0, 2.0);
+  EXPECT_DOUBLE_EQ(s.end[1], 3.5);
+  EXPECT_DOUBLE_EQ(s.start[2], 3.5);
+  EXPECT_DOUBLE_EQ(s.makespan, 5.5);
+  // A comm task that starts mid-compute: comm 1 waits for compute task 0 (1 s), then runs beside
+  // compute task 2 (2 s, no edge, [1, 3)) at slowdown 3: 2/3 s of work, then 1/3 s alone.
+  s = simulate({compute(), comm({0}), compute()}, {1, 1, 2}, 1.0, 3.0);
+  EXPECT_DOUBLE_EQ(s.end[2], 3);
+  EXPECT_NEAR(s.end[1], 3 + 1.0 / 3, 1e-12);
+  // No slowdown without overlap: a serial chain keeps its sum.
+  s = simulate({compute(), comm({0}), compute({1})}, {1, 2, 3}, 5.0, 50.0);
+  EXPECT_DOUBLE_EQ(s.makespan, 6);
+}
+
 TEST(Simulator, ZeroLengthTasks) {
   const Simulation s = simulate({compute(), comm({0}), compute({1}), comm({2})}, {0, 0, 2, 0});
   EXPECT_DOUBLE_EQ(s.makespan, 2);
@@ -77,11 +107,13 @@ TEST(Simulator, ZeroLengthTasks) {
 }
 
 TEST(Simulator, RefusesBadLists) {
-  EXPECT_THROW(simulate({compute()}, {1, 2}), Error);               // sizes differ
-  EXPECT_THROW(simulate({compute(), comm({1})}, {1, 1}), Error);    // waits for itself
-  EXPECT_THROW(simulate({compute({1}), comm()}, {1, 1}), Error);    // waits for a later task
-  EXPECT_THROW(simulate({compute()}, {-1}), Error);                 // negative time
-  EXPECT_THROW(simulate({compute(), comm()}, {1, 1}, 0.5), Error);  // slowdown < 1
+  EXPECT_THROW(simulate({compute()}, {1, 2}), Error);                         // sizes differ
+  EXPECT_THROW(simulate({compute(), comm({1})}, {1, 1}), Error);              // waits for itself
+  EXPECT_THROW(simulate({compute({1}), comm()}, {1, 1}), Error);              // waits for a later task
+  EXPECT_THROW(simulate({compute()}, {-1}), Error);                           // negative time
+  EXPECT_THROW(simulate({compute(), comm()}, {1, 1}, 0.5), Error);            // slowdown < 1
+  EXPECT_THROW(simulate({compute(), comm()}, {1, 1}, 1.0, 0.5), Error);       // comm slowdown < 1
+  EXPECT_THROW(simulate({compute(), comm()}, {1, 1}, 1.0, INFINITY), Error);  // not finite
 }
 
 BlockShape shape_for(int64_t N, int64_t d, int64_t k) {
@@ -160,6 +192,22 @@ TEST(PredictBlock, SlowLink_AmPipeBeatsSequentialAndMoePipe) {
   const BlockPrediction p = predict_block(a, StageOrder::StageMajor, shape, hw);
   EXPECT_GE(p.total, std::max(p.compute_busy, p.comm_busy) - 1e-12);
   EXPECT_LT(p.total, p.compute_busy + p.comm_busy);
+}
+
+TEST(PredictBlock, CommOverlapSlowdown_HurtsPipelinesNotSequential) {
+  const BlockShape shape = shape_for(2048, 256, 1);
+  HardwareProfile hw = cpu_profile(1e9);
+  BlockSchedule a;
+  a.kind = ScheduleKind::AmPipe;
+  a.pipe_degree = 4;
+  const double seq = predict_block(BlockSchedule{}, StageOrder::StageMajor, shape, hw).total;
+  const double pipelined = predict_block(a, StageOrder::StageMajor, shape, hw).total;
+  hw.comm_overlap_slowdown = 100;
+  // Sequential never overlaps its streams: unchanged.
+  EXPECT_NEAR(predict_block(BlockSchedule{}, StageOrder::StageMajor, shape, hw).total, seq, 1e-12);
+  EXPECT_GT(predict_block(a, StageOrder::StageMajor, shape, hw).total, pipelined);
+  hw.comm_overlap_slowdown = 0.5;
+  EXPECT_THROW(predict_block(a, StageOrder::StageMajor, shape, hw), Error);
 }
 
 TEST(PredictBlock, WritesAPredictedTimeline) {
