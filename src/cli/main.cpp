@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/bench.h"
+#include "core/memory.h"
 #include "cli/grid.h"
 #include "cli/plan.h"
 #include "comm/world.h"
@@ -135,6 +136,7 @@ int run_sample(const std::string& load, const std::string& prompt, int64_t count
 }  // namespace
 
 int main(int argc, char** argv) {
+  ampipe::retain_freed_memory();
   CLI::App app{"ampipe: train Mixture-of-Experts GPT models with intra-block pipelining"};
   app.require_subcommand(1);
   // A flag given twice takes its last value, so a script's defaults can be overridden by appending.
