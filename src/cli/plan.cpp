@@ -114,7 +114,7 @@ int run_plan(const PlanOptions& o, Communicator& world) {
       AMPIPE_CHECK(s.E % R == 0) << "--moe-num-experts " << s.E << " is not divisible by --ranks " << R;
       const BlockShape shape{s.config(0.0), o.micro_batch_size, s.N, R};
       const std::vector<PlanCandidate> all = evaluate_candidates(shape, hw, ao);
-      const PlanCandidate choice = choose_plan(all, ao.min_gain);
+      const PlanCandidate choice = choose_plan(all, ao.min_gain, ao.near_tie);
       // The best candidate per (schedule, P).
       std::map<std::pair<int, int64_t>, const PlanCandidate*> best;
       const PlanCandidate* seq = nullptr;

@@ -30,7 +30,7 @@ struct PlanOptions {
   int64_t micro_batch_size = 1;
   std::string pipe_degrees = "2,4,8,16";
   double min_gain = 0.03;
-  int64_t min_chunk_positions = 64;
+  int64_t min_chunk_positions = 128;
   bool summary = false;
   std::string json_out;
   std::string trace;  // predicted timeline of the choice for the first shape

@@ -101,9 +101,21 @@ std::vector<PlanCandidate> evaluate_candidates(const BlockShape& shape, const Ha
   return out;
 }
 
-PlanCandidate choose_plan(const std::vector<PlanCandidate>& candidates, double min_gain) {
+namespace {
+// Chunks of the larger side: what the model's error grows with.
+int64_t chunk_count(const PlanCandidate& c) {
+  if (c.schedule.kind == ScheduleKind::Sequential) return 1;
+  const int64_t p = c.schedule.chunk_boundaries.empty() ? c.schedule.pipe_degree
+                                                        : static_cast<int64_t>(c.schedule.chunk_boundaries.size()) - 1;
+  return std::max(p, c.schedule.moe_pipe_degree);
+}
+}  // namespace
+
+PlanCandidate choose_plan(const std::vector<PlanCandidate>& candidates, double min_gain, double near_tie) {
   AMPIPE_CHECK(std::isfinite(min_gain) && min_gain >= 0 && min_gain < 1)
       << "the planner's minimum gain over sequential must be in [0, 1), got " << min_gain;
+  AMPIPE_CHECK(std::isfinite(near_tie) && near_tie >= 0 && near_tie < 1)
+      << "the planner's near-tie margin must be in [0, 1), got " << near_tie;
   const auto sequential = std::find_if(candidates.begin(), candidates.end(), [](const PlanCandidate& c) {
     return c.schedule.kind == ScheduleKind::Sequential;
   });
@@ -111,13 +123,22 @@ PlanCandidate choose_plan(const std::vector<PlanCandidate>& candidates, double m
   const PlanCandidate* best = &*sequential;
   for (const PlanCandidate& c : candidates)
     if (c.prediction.total < best->prediction.total) best = &c;
+  // Among the candidates within near_tie of the fastest, the one with the fewest chunks: per-chunk
+  // costs the model does not see (routing imbalance between ranks synchronised at every exchange,
+  // small messages) grow with the chunk count, so a near tie is not worth more chunks.
+  const double fastest = best->prediction.total;
+  for (const PlanCandidate& c : candidates)
+    if (c.prediction.total <= fastest * (1 + near_tie) &&
+        (chunk_count(c) < chunk_count(*best) ||
+         (chunk_count(c) == chunk_count(*best) && c.prediction.total < best->prediction.total)))
+      best = &c;
   if (best->prediction.total < (1 - min_gain) * sequential->prediction.total) return *best;
   return *sequential;
 }
 
 PlanCandidate choose_plan(const BlockShape& shape, const HardwareProfile& hw,
                           const AutotuneOptions& options) {
-  return choose_plan(evaluate_candidates(shape, hw, options), options.min_gain);
+  return choose_plan(evaluate_candidates(shape, hw, options), options.min_gain, options.near_tie);
 }
 
 }  // namespace ampipe

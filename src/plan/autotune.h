@@ -26,9 +26,12 @@ struct AutotuneOptions {
   // Pipelined schedules to search (sequential is always a candidate: the baseline).
   std::vector<ScheduleKind> schedules = {ScheduleKind::MoePipe, ScheduleKind::AmPipe};
   std::vector<StageOrder> orders = {StageOrder::StageMajor, StageOrder::Interleaved};
-  int64_t min_chunk_positions = 64;  // >= 1
+  int64_t min_chunk_positions = 128;  // >= 1
   // A pipelined plan is chosen only if its predicted total is below (1 - min_gain) x sequential's.
   double min_gain = 0.03;
+  // Candidates predicted within this fraction of the fastest count as tied; of those the planner
+  // takes the one with the fewest chunks (the model's error grows with the chunk count).
+  double near_tie = 0.02;
   bool balanced_chunks = true;    // also try the balanced attention side
   bool separate_moe_side = true;  // also try MoE sides of P/2, P, 2P chunks
 
@@ -50,7 +53,7 @@ std::vector<PlanCandidate> evaluate_candidates(const BlockShape& shape, const Ha
 // The fastest candidate by predicted total (the earlier on ties); a pipelined one only when it
 // beats sequential's total by more than min_gain, else sequential. `candidates` must hold a
 // sequential one.
-PlanCandidate choose_plan(const std::vector<PlanCandidate>& candidates, double min_gain);
+PlanCandidate choose_plan(const std::vector<PlanCandidate>& candidates, double min_gain, double near_tie = 0.02);
 PlanCandidate choose_plan(const BlockShape& shape, const HardwareProfile& hw,
                           const AutotuneOptions& options = {});
 

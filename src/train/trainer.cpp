@@ -94,7 +94,7 @@ static std::pair<PlanCandidate, double> plan_block(const TrainOptions& o, int64_
   double sequential_seconds = 0;
   for (const PlanCandidate& c : candidates)
     if (c.schedule.kind == ScheduleKind::Sequential) sequential_seconds = c.prediction.total;
-  return {choose_plan(candidates, ao.min_gain), sequential_seconds};
+  return {choose_plan(candidates, ao.min_gain, ao.near_tie), sequential_seconds};
 }
 
 TrainResult run_training(TrainOptions o, const std::function<void(const std::string&)>& log_line,
