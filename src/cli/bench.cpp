@@ -299,70 +299,101 @@ int run_bench(const BenchOptions& o, Communicator& world) {
     std::optional<PlanCandidate> planned;
     if (with_auto) planned = choose_plan(bshape, *hw);
 
-    double sequential_ms = -1.0;  // < 0: not measured (no sequential in --schedule)
+    // Every variant of the shape runs once per round, round after round, so a slow spell of the
+    // machine falls on all of them alike instead of on whichever variant ran then.
+    struct Case {
+      const Variant* v;
+      BlockSchedule schedule;
+      StageOrder stage_order;
+      double predicted_ms;
+      ChunkPlan plan;
+      int64_t shown_P;
+      std::string case_name;
+      std::unique_ptr<TraceRecorder> rec;
+      std::unique_ptr<StreamedBlock> exec;
+      std::vector<double> times, computes, comms;
+    };
+    std::vector<Case> cases;
     for (const Variant& v : variants) {
-      ++case_index;
+      Case k;
+      k.v = &v;
       // sequential too runs on the streams (one chunk), so its stages are timed
-      BlockSchedule schedule = v.planned ? planned->schedule : v.schedule;
-      const StageOrder stage_order = v.planned ? planned->order : v.order;
-      if (!v.planned && schedule.chunk_policy == ChunkPolicy::Balanced)
-        schedule.balance_weight = balance_weight(c, schedule.moe_pipe_degree == 0);
-      const double predicted_ms =
-          hw ? predict_block(schedule, stage_order, bshape, *hw).total * 1e3 : std::numeric_limits<double>::quiet_NaN();
-      const ChunkPlan plan = schedule.plan(s.N);
-      const int64_t shown_P = static_cast<int64_t>(
-          schedule.kind == ScheduleKind::MoePipe ? plan.moe.size() - 1 : plan.attention.size() - 1);
+      k.schedule = v.planned ? planned->schedule : v.schedule;
+      k.stage_order = v.planned ? planned->order : v.order;
+      if (!v.planned && k.schedule.chunk_policy == ChunkPolicy::Balanced)
+        k.schedule.balance_weight = balance_weight(c, k.schedule.moe_pipe_degree == 0);
+      k.predicted_ms = hw ? predict_block(k.schedule, k.stage_order, bshape, *hw).total * 1e3
+                          : std::numeric_limits<double>::quiet_NaN();
+      k.plan = k.schedule.plan(s.N);
+      k.shown_P = static_cast<int64_t>(k.schedule.kind == ScheduleKind::MoePipe ? k.plan.moe.size() - 1
+                                                                                : k.plan.attention.size() - 1);
       const std::string label = v.planned ? "auto: " + planned->describe() : variant_label(v);
       char case_name[256];
       std::snprintf(case_name, sizeof case_name, "%s N=%lld d=%lld h=%lld f=%lld E=%lld k=%lld", label.c_str(),
                     static_cast<long long>(s.N), static_cast<long long>(s.d), static_cast<long long>(s.heads),
                     static_cast<long long>(s.ffn), static_cast<long long>(s.E), static_cast<long long>(s.k));
-
-      TraceRecorder rec;
-      std::vector<double> times, computes, comms;
-      {
-        StreamedBlock exec(schedule, stage_order, &rec, rank);
-        const int64_t runs = o.warmup + o.repeats;
-        for (int64_t r = 0; r < runs; ++r) {
-          params.zero_grad();
-          rec.clear();
-          RoutingStats stats;
-          stats.reset(s.E);
-          BlockContext ctx;
-          world.barrier();
-          const double start_us = trace_clock_us();
-          const auto t0 = Clock::now();
-          Tensor y = exec.forward(block, ctx, x, B, s.N, stats);
-          Tensor dx = exec.backward(block, ctx, dy, stats, 0.01);
-          double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
-          const double end_us = trace_clock_us();
-          double compute_ms = 0, comm_ms = 0;
-          const std::vector<TraceSlice> slices = rec.slices();
-          for (const TraceSlice& sl : slices) {
-            if (sl.track == "compute") compute_ms += sl.duration_us / 1e3;
-            if (sl.track == "comm") comm_ms += sl.duration_us / 1e3;
-          }
-          world.all_reduce_max(ms);
-          world.all_reduce_max(compute_ms);
-          world.all_reduce_max(comm_ms);
-          if (r >= o.warmup) {
-            times.push_back(ms);
-            computes.push_back(compute_ms);
-            comms.push_back(comm_ms);
-          }
-          if (r == runs - 1 && !o.trace.empty()) {
-            TraceSlice whole;
-            whole.rank = rank;
-            whole.track = "case";
-            whole.name = case_name;
-            whole.start_us = start_us;
-            whole.duration_us = end_us - start_us;
-            whole.args = {{"case", static_cast<int64_t>(case_index)}, {"time_ms", ms}};
-            trace_out.add_slice(std::move(whole));
-            for (const TraceSlice& sl : slices) trace_out.add_slice(sl);
-          }
+      k.case_name = case_name;
+      k.rec = std::make_unique<TraceRecorder>();
+      k.exec = std::make_unique<StreamedBlock>(k.schedule, k.stage_order, k.rec.get(), rank);
+      cases.push_back(std::move(k));
+    }
+    const int64_t runs = o.warmup + o.repeats;
+    for (int64_t r = 0; r < runs; ++r) {
+      for (size_t ci = 0; ci < cases.size(); ++ci) {
+        Case& k = cases[ci];
+        params.zero_grad();
+        k.rec->clear();
+        RoutingStats stats;
+        stats.reset(s.E);
+        BlockContext ctx;
+        world.barrier();
+        const double start_us = trace_clock_us();
+        const auto t0 = Clock::now();
+        Tensor y = k.exec->forward(block, ctx, x, B, s.N, stats);
+        Tensor dx = k.exec->backward(block, ctx, dy, stats, 0.01);
+        double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
+        const double end_us = trace_clock_us();
+        double compute_ms = 0, comm_ms = 0;
+        const std::vector<TraceSlice> slices = k.rec->slices();
+        for (const TraceSlice& sl : slices) {
+          if (sl.track == "compute") compute_ms += sl.duration_us / 1e3;
+          if (sl.track == "comm") comm_ms += sl.duration_us / 1e3;
+        }
+        world.all_reduce_max(ms);
+        world.all_reduce_max(compute_ms);
+        world.all_reduce_max(comm_ms);
+        if (r >= o.warmup) {
+          k.times.push_back(ms);
+          k.computes.push_back(compute_ms);
+          k.comms.push_back(comm_ms);
+        }
+        if (r == runs - 1 && !o.trace.empty()) {
+          TraceSlice whole;
+          whole.rank = rank;
+          whole.track = "case";
+          whole.name = k.case_name;
+          whole.start_us = start_us;
+          whole.duration_us = end_us - start_us;
+          whole.args = {{"case", static_cast<int64_t>(case_index + ci + 1)}, {"time_ms", ms}};
+          trace_out.add_slice(std::move(whole));
+          for (const TraceSlice& sl : slices) trace_out.add_slice(sl);
         }
       }
+    }
+
+    double sequential_ms = -1.0;  // < 0: not measured (no sequential in --schedule)
+    for (Case& k : cases) {
+      ++case_index;
+      const Variant& v = *k.v;
+      const BlockSchedule& schedule = k.schedule;
+      const StageOrder stage_order = k.stage_order;
+      const double predicted_ms = k.predicted_ms;
+      const ChunkPlan& plan = k.plan;
+      const int64_t shown_P = k.shown_P;
+      const char* case_name = k.case_name.c_str();
+      const std::vector<double>& times = k.times;
+      const std::vector<double>& computes = k.computes;
+      const std::vector<double>& comms = k.comms;
       const Measured m{median(times), median(computes), median(comms)};
       if (schedule.kind == ScheduleKind::Sequential) sequential_ms = m.time_ms;
       const double bound = std::max(m.compute_ms, m.comm_ms);
