@@ -117,12 +117,6 @@ std::string variant_label(const Variant& v) {
   return v.schedule.describe() + " " + stage_order_name(v.order);
 }
 
-std::string fmt(const char* format, double value) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, format, value);
-  return buf;
-}
-
 }  // namespace
 
 int run_bench(const BenchOptions& o, Communicator& world) {
@@ -415,9 +409,9 @@ int run_bench(const BenchOptions& o, Communicator& world) {
                     shown_schedule.c_str(), static_cast<long long>(shown_P), order.c_str(), chunks.c_str(),
                     static_cast<long long>(moe_P), static_cast<long long>(s.N),
                     static_cast<long long>(s.d), static_cast<long long>(s.E), static_cast<long long>(s.k), world.size(),
-                    link.c_str(), m.time_ms, has_speedup ? fmt("%.2fx", speedup).c_str() : "-", bound, efficiency,
+                    link.c_str(), m.time_ms, has_speedup ? format_number("%.2fx", speedup).c_str() : "-", bound, efficiency,
                     m.time_ms > 0 ? 100.0 * m.comm_ms / m.time_ms : 0.0,
-                    hw ? fmt("%10.2f", predicted_ms).c_str() : "");
+                    hw ? format_number("%10.2f", predicted_ms).c_str() : "");
       line(buf);
       if (root) {
         std::fprintf(stderr, "bench: case %zu/%zu: %s: %.2f ms\n", case_index, total_cases,

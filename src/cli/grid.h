@@ -16,6 +16,8 @@ namespace ampipe {
 
 // "a, b,c" -> {"a", "b", "c"} (items trimmed; empty items kept, for the caller to refuse).
 std::vector<std::string> split_list(const std::string& text);
+// printf-style formatting of one number ("%.2fx") into a string, for table cells.
+std::string format_number(const char* format, double value);
 // A comma-separated list of integers >= min_value, duplicates dropped; refuses anything else
 // naming the flag and the value.
 std::vector<int64_t> parse_int_list(const std::string& flag, const std::string& text, int64_t min_value);

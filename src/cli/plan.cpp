@@ -57,12 +57,6 @@ CLI::App* add_plan_command(CLI::App& app, PlanOptions& o) {
 
 namespace {
 
-std::string fmt(const char* format, double value) {
-  char buf[64];
-  std::snprintf(buf, sizeof buf, format, value);
-  return buf;
-}
-
 int run_calibrate(const PlanOptions& o, Communicator& world) {
   AMPIPE_CHECK(!o.out.empty()) << "--calibrate needs --out FILE (where to write the profile)";
   AMPIPE_CHECK(o.threads >= 1) << "--threads must be at least 1, got " << o.threads;
@@ -71,7 +65,6 @@ int run_calibrate(const PlanOptions& o, Communicator& world) {
   co.threads = o.threads;
   co.quick = o.quick;
   co.hidden_sizes = parse_int_list("--hidden-size", o.grid.hidden_size, 1);
-  std::ostringstream log;
   co.log = world.rank() == 0 ? &std::cerr : nullptr;
   const HardwareProfile hw = calibrate(world, co);
   if (world.rank() == 0) {
@@ -135,7 +128,7 @@ int run_plan(const PlanOptions& o, Communicator& world) {
       const double vs_moe = best_moe ? best_moe->prediction.total / choice.prediction.total : NAN;
       if (o.summary) {
         auto cell = [](const PlanCandidate* c) {
-          return c ? fmt("%.3f", c->prediction.total * 1e3) + " (" + std::to_string(c->schedule.pipe_degree) + ")"
+          return c ? format_number("%.3f", c->prediction.total * 1e3) + " (" + std::to_string(c->schedule.pipe_degree) + ")"
                    : std::string("-");
         };
         const double am = best_am ? best_am->prediction.total : NAN;
@@ -154,7 +147,7 @@ int run_plan(const PlanOptions& o, Communicator& world) {
                       c->prediction.comm_busy * 1e3);
         std::printf("  choice: %s: %.3f ms, %.2fx over sequential%s\n", choice.describe().c_str(), choice_ms,
                     seq_ms / choice_ms,
-                    best_moe ? (", " + fmt("%.2f", vs_moe) + "x over the best moe-pipe (" + best_moe->describe() + ")")
+                    best_moe ? (", " + format_number("%.2f", vs_moe) + "x over the best moe-pipe (" + best_moe->describe() + ")")
                                    .c_str()
                              : "");
       }

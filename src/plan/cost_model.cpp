@@ -61,33 +61,10 @@ double BlockShape::effective_remote_fraction() const {
 
 namespace {
 
-void check_profile(const HardwareProfile& hw) {
-  auto positive = [](double v) { return std::isfinite(v) && v > 0; };
-  AMPIPE_CHECK(positive(hw.matrix_flops))
-      << "hardware profile '" << hw.name << "': matrix_flops must be > 0, got " << hw.matrix_flops;
-  AMPIPE_CHECK(positive(hw.attention_efficiency) && positive(hw.attention_backward_efficiency))
-      << "hardware profile '" << hw.name << "': attention efficiencies must be > 0, got "
-      << hw.attention_efficiency << " and " << hw.attention_backward_efficiency;
-  AMPIPE_CHECK(positive(hw.memory_bandwidth))
-      << "hardware profile '" << hw.name << "': memory_bandwidth must be > 0, got " << hw.memory_bandwidth;
-  AMPIPE_CHECK(hw.ranks_per_node >= 1)
-      << "hardware profile '" << hw.name << "': ranks_per_node must be >= 1, got " << hw.ranks_per_node;
-  AMPIPE_CHECK(hw.bytes_per_element >= 1)
-      << "hardware profile '" << hw.name << "': bytes_per_element must be >= 1, got " << hw.bytes_per_element;
-  AMPIPE_CHECK(std::isfinite(hw.task_overhead) && hw.task_overhead >= 0)
-      << "hardware profile '" << hw.name << "': task_overhead must be >= 0, got " << hw.task_overhead;
-  AMPIPE_CHECK(std::isfinite(hw.cache_bytes) && hw.cache_bytes >= 0)
-      << "hardware profile '" << hw.name << "': cache_bytes must be >= 0, got " << hw.cache_bytes;
-  AMPIPE_CHECK(hw.cache_bytes == 0 || positive(hw.cache_bandwidth))
-      << "hardware profile '" << hw.name << "': cache_bandwidth must be > 0 when cache_bytes > 0, got "
-      << hw.cache_bandwidth;
-}
+// The profile's own check (plan/profile.h), naming the profile and the field.
+void check_profile(const HardwareProfile& hw) { hw.validate("hardware profile '" + hw.name + "'"); }
 
-double link_seconds(const LinkProfile& link, const char* which, double bytes, int calls) {
-  AMPIPE_CHECK(std::isfinite(link.bandwidth) && link.bandwidth > 0 && std::isfinite(link.latency) &&
-               link.latency >= 0)
-      << "hardware profile: " << which << " needs bandwidth > 0 and latency >= 0, got " << link.bandwidth
-      << " and " << link.latency;
+double link_seconds(const LinkProfile& link, double bytes, int calls) {
   return calls * link.latency + bytes / link.bandwidth;
 }
 
@@ -175,18 +152,16 @@ StageWork stage_work(Stage stage, int64_t begin, int64_t end, const BlockShape& 
 }
 
 double all_to_all_seconds(double remote_bytes, int calls, int64_t ranks, const HardwareProfile& hw) {
+  check_profile(hw);
   if (ranks <= 1) return 0;
-  AMPIPE_CHECK(hw.ranks_per_node >= 1)
-      << "hardware profile '" << hw.name << "': ranks_per_node must be >= 1, got " << hw.ranks_per_node;
   const int64_t local = std::min(ranks, hw.ranks_per_node);  // ranks of one node, this one included
   const double peers = double(ranks - 1);
   double seconds = 0;
   if (local > 1)
     seconds = std::max(
-        seconds, link_seconds(hw.intra_node, "intra_node", remote_bytes * double(local - 1) / peers, calls));
+        seconds, link_seconds(hw.intra_node, remote_bytes * double(local - 1) / peers, calls));
   if (ranks > local)
-    seconds = std::max(seconds, link_seconds(hw.inter_node, "inter_node",
-                                             remote_bytes * double(ranks - local) / peers, calls));
+    seconds = std::max(seconds, link_seconds(hw.inter_node, remote_bytes * double(ranks - local) / peers, calls));
   return seconds;
 }
 

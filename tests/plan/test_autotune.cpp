@@ -25,6 +25,7 @@ BlockShape shape_for(int64_t N, int64_t d, int64_t k) {
 HardwareProfile cpu_profile(LinkProfile link, double task_overhead = 20e-6) {
   HardwareProfile hw;
   hw.name = "cpu";
+  hw.source = "test";
   hw.matrix_flops = 100e9;
   hw.attention_efficiency = 0.5;
   hw.attention_backward_efficiency = 0.4;

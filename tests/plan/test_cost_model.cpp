@@ -25,6 +25,7 @@ BlockShape tiny_shape() {
 HardwareProfile simple_profile() {
   HardwareProfile hw;
   hw.name = "test";
+  hw.source = "test";
   hw.matrix_flops = 1e9;
   hw.attention_efficiency = 0.5;
   hw.attention_backward_efficiency = 0.25;

@@ -132,6 +132,7 @@ BlockShape shape_for(int64_t N, int64_t d, int64_t k) {
 HardwareProfile cpu_profile(double link_bytes_per_s) {
   HardwareProfile hw;
   hw.name = "cpu";
+  hw.source = "test";
   hw.matrix_flops = 100e9;
   hw.attention_efficiency = 0.5;
   hw.attention_backward_efficiency = 0.4;
