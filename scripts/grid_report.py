@@ -3,7 +3,9 @@
 
 Per model shape: sequential (with its comm share), the best moe-pipe and ampipe (P), ampipe's
 speedups, the planner's choice (auto) and how it compares with the best measured schedule; then the
-planner's accuracy: |predicted - measured| / measured over every measured case of the file.
+planner's accuracy: |predicted - measured| / measured over every measured case of the file; and,
+where the file has per-stage times (stage_ms, predicted_stage_ms), the cost model's error per
+compute stage (predicted / measured - 1 of each stage's sum over chunks, each task priced alone).
 """
 import json
 import statistics
@@ -74,7 +76,28 @@ def report(path):
         print(f"auto within 5% of the best measured schedule in {auto_within} of {n} shapes "
               f"({100.0 * auto_within / n:.0f}%); auto / sequential: min {min(auto_vs_seq):.2f}x, "
               f"median {statistics.median(auto_vs_seq):.2f}x.")
+    stage_report(rows)
     print()
+
+
+COMM_STAGES = {"a2a dispatch", "a2a combine", "a2a combine bwd", "a2a dispatch bwd"}
+
+
+def stage_report(rows):
+    per_stage = OrderedDict()
+    for r in rows:
+        measured, predicted = r.get("stage_ms"), r.get("predicted_stage_ms")
+        if not measured or not predicted:
+            continue
+        for name, ms in measured.items():
+            if name in COMM_STAGES or ms < 1.0 or name not in predicted:
+                continue
+            per_stage.setdefault(name, []).append(predicted[name] / ms - 1)
+    if not per_stage:
+        return
+    print("Cost model per compute stage (predicted / measured - 1, every case; median [min, max]): " +
+          "; ".join(f"{name} {100 * statistics.median(e):+.0f}% [{100 * min(e):+.0f}, {100 * max(e):+.0f}]"
+                    for name, e in per_stage.items()) + ".")
 
 
 if __name__ == "__main__":

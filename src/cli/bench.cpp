@@ -3,6 +3,7 @@
 #include <CLI/CLI.hpp>
 
 #include <algorithm>
+#include <cctype>
 #include <charconv>
 #include <chrono>
 #include <cmath>
@@ -31,6 +32,8 @@
 #include "cli/plan.h"
 #include "plan/autotune.h"
 #include "plan/calibrate.h"
+#include "plan/cost_model.h"
+#include "pipeline/task_list.h"
 #include "train/distributed.h"
 
 namespace ampipe {
@@ -111,6 +114,26 @@ struct Variant {
 struct Measured {
   double time_ms, compute_ms, comm_ms;
 };
+
+// Every stage of the task lists, in the enum's order (forward, then backward).
+constexpr Stage kStages[] = {Stage::AttnBegin,  Stage::AttnChunk,  Stage::Route,       Stage::Dispatch,
+                             Stage::Experts,    Stage::Combine,    Stage::Finish,      Stage::FinishBwd,
+                             Stage::CombineBwd, Stage::ExpertsBwd, Stage::DispatchBwd, Stage::RouteBwd,
+                             Stage::AttnChunkBwd, Stage::AttnFinishBwd};
+constexpr int kNumStages = static_cast<int>(std::size(kStages));
+
+// The stage a trace slice of StreamedBlock belongs to ("attention c2", "ln1+qkv"), or -1.
+int slice_stage(const std::string& name) {
+  for (int i = 0; i < kNumStages; ++i) {
+    const std::string stage = stage_name(kStages[i]);
+    if (name == stage) return i;
+    const std::string prefix = stage + " c";
+    if (name.size() > prefix.size() && name.compare(0, prefix.size(), prefix) == 0 &&
+        std::isdigit(static_cast<unsigned char>(name[prefix.size()])))
+      return i;
+  }
+  return -1;
+}
 
 std::string variant_label(const Variant& v) {
   if (v.schedule.kind == ScheduleKind::Sequential) return v.schedule.describe();
@@ -306,6 +329,8 @@ int run_bench(const BenchOptions& o, Communicator& world) {
       std::unique_ptr<TraceRecorder> rec;
       std::unique_ptr<StreamedBlock> exec;
       std::vector<double> times, computes, comms;
+      std::vector<std::vector<double>> stage_ms;  // per stage: the rank mean of each timed run
+      std::vector<double> predicted_stage_ms;     // per stage: the cost model's sum over its tasks
     };
     std::vector<Case> cases;
     for (const Variant& v : variants) {
@@ -319,6 +344,18 @@ int run_bench(const BenchOptions& o, Communicator& world) {
       k.predicted_ms = hw ? predict_block(k.schedule, k.stage_order, bshape, *hw).total * 1e3
                           : std::numeric_limits<double>::quiet_NaN();
       k.plan = k.schedule.plan(s.N);
+      k.stage_ms.assign(kNumStages, {});
+      if (hw) {
+        // Each task priced alone (no slowdown beside the other stream), summed per stage.
+        k.predicted_stage_ms.assign(kNumStages, 0.0);
+        for (const std::vector<StageTask>& list :
+             {forward_tasks(k.plan, k.stage_order), backward_tasks(k.plan, k.stage_order)}) {
+          const std::vector<double> secs = task_seconds(list, k.plan, bshape, *hw);
+          for (size_t t = 0; t < list.size(); ++t)
+            for (int i = 0; i < kNumStages; ++i)
+              if (kStages[i] == list[t].stage) k.predicted_stage_ms[i] += secs[t] * 1e3;
+        }
+      }
       k.shown_P = static_cast<int64_t>(k.schedule.kind == ScheduleKind::MoePipe ? k.plan.moe.size() - 1
                                                                                 : k.plan.attention.size() - 1);
       const std::string label = v.planned ? "auto: " + planned->describe() : variant_label(v);
@@ -349,10 +386,14 @@ int run_bench(const BenchOptions& o, Communicator& world) {
         const double end_us = trace_clock_us();
         double compute_ms = 0, comm_ms = 0;
         const std::vector<TraceSlice> slices = k.rec->slices();
+        Tensor per_stage = Tensor::zeros({kNumStages});
         for (const TraceSlice& sl : slices) {
           if (sl.track == "compute") compute_ms += sl.duration_us / 1e3;
           if (sl.track == "comm") comm_ms += sl.duration_us / 1e3;
+          const int i = slice_stage(sl.name);
+          if (i >= 0) per_stage.data<float>()[i] += static_cast<float>(sl.duration_us / 1e3);
         }
+        world.all_reduce_sum(per_stage);
         world.all_reduce_max(ms);
         world.all_reduce_max(compute_ms);
         world.all_reduce_max(comm_ms);
@@ -360,6 +401,8 @@ int run_bench(const BenchOptions& o, Communicator& world) {
           k.times.push_back(ms);
           k.computes.push_back(compute_ms);
           k.comms.push_back(comm_ms);
+          for (int i = 0; i < kNumStages; ++i)
+            k.stage_ms[i].push_back(per_stage.data<float>()[i] / world.size());
         }
         if (r == runs - 1 && !o.trace.empty()) {
           TraceSlice whole;
@@ -443,8 +486,18 @@ int run_bench(const BenchOptions& o, Communicator& world) {
                             {"speedup_vs_sequential", has_speedup ? nlohmann::json(speedup) : nlohmann::json(nullptr)},
                             {"overlap_bound_ms", bound},
                             {"efficiency", efficiency}};
+        // Per stage (summed over chunks): the measured time (rank mean, median over repeats) and,
+        // with a profile, the cost model's price of the same tasks, each alone.
+        nlohmann::json stages = nlohmann::json::object(), predicted_stages = nlohmann::json::object();
+        for (int i = 0; i < kNumStages; ++i) {
+          const char* name = stage_name(kStages[i]);
+          if (!k.stage_ms[i].empty()) stages[name] = median(k.stage_ms[i]);
+          if (hw) predicted_stages[name] = k.predicted_stage_ms[i];
+        }
+        j["stage_ms"] = stages;
         if (hw) {
           j["predicted_ms"] = predicted_ms;
+          j["predicted_stage_ms"] = predicted_stages;
           j["profile"] = hw->name;
         }
         json << j.dump() << "\n";

@@ -1,5 +1,7 @@
 #include "core/tensor.h"
 
+#include "core/host_cache.h"
+
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
@@ -35,14 +37,14 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
     AMPIPE_CHECK(d >= 0) << "negative dimension in shape " << shape_string(shape);
     n *= d;
   }
-  size_t bytes = static_cast<size_t>(n) * dtype_size(dtype);
-  bytes = (bytes + 63) / 64 * 64;
-  if (bytes == 0) bytes = 64;
-  void* p = std::aligned_alloc(64, bytes);
+  const size_t bytes = static_cast<size_t>(n) * dtype_size(dtype);
+  size_t capacity = 0;
+  void* p = host_allocate(bytes, &capacity);  // large blocks come from the cache (core/host_cache.h)
   AMPIPE_CHECK(p != nullptr) << "out of memory allocating " << bytes << " bytes for tensor "
                              << shape_string(shape);
   Tensor t;
-  t.storage_ = std::shared_ptr<std::byte>(static_cast<std::byte*>(p), [](std::byte* q) { std::free(q); });
+  t.storage_ = std::shared_ptr<std::byte>(static_cast<std::byte*>(p),
+                                          [capacity](std::byte* q) { host_release(q, capacity); });
   t.shape_ = shape;
   t.strides_ = contiguous_strides(shape);
   t.dtype_ = dtype;

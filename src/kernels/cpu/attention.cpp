@@ -38,6 +38,8 @@ constexpr int64_t kKeyTile = 128;
 // Rows per block where a query tile crosses the causal diagonal (smaller blocks compute less of
 // the masked triangle).
 constexpr int64_t kDiagonalRows = 16;
+// Backward: query rows per block of the outer loop (a multiple of kQueryTile).
+constexpr int64_t kBackwardQueryBlock = 512;
 
 // ---------------------------------------------------------------------------------------------
 // Scratch
@@ -456,17 +458,24 @@ void backward_head(const BackwardHead& head, const Dims& dims, BackwardScratch& 
     scratch.lse2[i] = head.lse[i] * kLog2e;
     scratch.dout_dot_o[i] = dot(head.dout.row(i), head.out.row(i), hd);
   }
-  for (int64_t key_begin = 0; key_begin < dims.kv_used(); key_begin += kKeyTile) {
-    const int64_t key_end = std::min(key_begin + kKeyTile, dims.kv_used());
-    // Queries at positions >= key_begin see this tile; row blocks start there, so the first blocks
-    // cover the diagonal. Those are short and their key range is cut at their last query.
-    for (int64_t i0 = std::max<int64_t>(0, key_begin - dims.q_begin); i0 < dims.q_len;) {
-      const bool diagonal = dims.q_begin + i0 < key_end - 1;
-      const int64_t i1 = std::min(i0 + (diagonal ? kDiagonalRows : kQueryTile), dims.q_len);
-      const int64_t block_key_end = std::min(key_end, dims.q_begin + i1);
-      const bool masked = block_key_end - 1 > dims.q_begin + i0;
-      backward_block(head, dims, scratch, i0, i1, key_begin, block_key_end, masked);
-      i0 = i1;
+  // Query blocks outermost: a key tile's pass streams the block's rows of Q, dO and dQ, which stay
+  // in the core's cache, instead of every query of the call (a whole long sequence ran ~10% slower
+  // than the same queries cut into chunks of 1-2K before this blocking).
+  for (int64_t qb = 0; qb < dims.q_len; qb += kBackwardQueryBlock) {
+    const int64_t qe = std::min(qb + kBackwardQueryBlock, dims.q_len);
+    const int64_t keys_seen = dims.q_begin + qe;  // the block's last query sees keys [0, keys_seen)
+    for (int64_t key_begin = 0; key_begin < keys_seen; key_begin += kKeyTile) {
+      const int64_t key_end = std::min(key_begin + kKeyTile, keys_seen);
+      // Queries at positions >= key_begin see this tile; row blocks start there, so the first
+      // blocks cover the diagonal. Those are short and their key range is cut at their last query.
+      for (int64_t i0 = std::max<int64_t>(qb, key_begin - dims.q_begin); i0 < qe;) {
+        const bool diagonal = dims.q_begin + i0 < key_end - 1;
+        const int64_t i1 = std::min(i0 + (diagonal ? kDiagonalRows : kQueryTile), qe);
+        const int64_t block_key_end = std::min(key_end, dims.q_begin + i1);
+        const bool masked = block_key_end - 1 > dims.q_begin + i0;
+        backward_block(head, dims, scratch, i0, i1, key_begin, block_key_end, masked);
+        i0 = i1;
+      }
     }
   }
 }
