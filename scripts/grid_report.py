@@ -6,6 +6,10 @@ speedups, the planner's choice (auto) and how it compares with the best measured
 planner's accuracy: |predicted - measured| / measured over every measured case of the file; and,
 where the file has per-stage times (stage_ms, predicted_stage_ms), the cost model's error per
 compute stage (predicted / measured - 1 of each stage's sum over chunks, each task priced alone).
+
+grid_report.py GRID.jsonl --reprice PRED.jsonl: the accuracy lines again with the predictions of
+PRED.jsonl (`ampipe bench --predict-only --json-out` over the same grid, e.g. with a profile
+calibrated again), row by row; `auto` rows count only where both files planned the same schedule.
 """
 import json
 import statistics
@@ -100,8 +104,37 @@ def stage_report(rows):
                     for name, e in per_stage.items()) + ".")
 
 
+KEY = ("seq_length", "hidden_size", "top_k", "schedule", "planned_schedule", "pipe_degree", "stage_order",
+       "chunk_policy", "moe_pipe_degree")
+
+
+def reprice(path, pred_path):
+    rows, preds = load(path), load(pred_path)
+    if len(rows) != len(preds):
+        sys.exit(f"{pred_path} has {len(preds)} rows, {path} has {len(rows)}: not the same grid")
+    errors = []
+    for r, p in zip(rows, preds):
+        if r["schedule"] != "auto" and any(r[k] != p[k] for k in KEY):
+            sys.exit(f"row mismatch: {[r[k] for k in KEY]} against {[p[k] for k in KEY]}")
+        if r["schedule"] == "auto" and any(r[k] != p[k] for k in KEY):
+            continue  # the planner chose differently with the other profile
+        errors.append((abs(p["predicted_ms"] - r["time_ms"]) / r["time_ms"], r, p))
+    e = sorted(x for x, _, _ in errors)
+    _, worst, wp = max(errors, key=lambda x: x[0])
+    print(f"Re-priced with profile {preds[0].get('profile', '?')} ({pred_path}): over {len(e)} measured cases: "
+          f"median |error| {100 * statistics.median(e):.1f}%, 90th percentile {100 * e[int(0.9 * (len(e) - 1))]:.1f}%, "
+          f"worst {100 * e[-1]:.1f}% ({worst['schedule']} P={worst['pipe_degree']} N={worst['seq_length']} "
+          f"d={worst['hidden_size']} k={worst['top_k']}: predicted {wp['predicted_ms']:.0f} ms, measured "
+          f"{worst['time_ms']:.0f} ms).")
+
+
 if __name__ == "__main__":
-    if len(sys.argv) < 2:
+    args = sys.argv[1:]
+    if not args:
         sys.exit(__doc__)
-    for p in sys.argv[1:]:
+    if "--reprice" in args:
+        i = args.index("--reprice")
+        reprice(args[0], args[i + 1])
+        sys.exit(0)
+    for p in args:
         report(p)

@@ -81,6 +81,9 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
   cmd->add_option("--trace", o.trace, "Write a Chrome trace of every case's last repeat to this file");
   cmd->add_option("--seed", o.seed, "Seed of the parameters and inputs (rank r uses its own tokens)")
       ->capture_default_str();
+  cmd->add_flag("--predict-only", o.predict_only,
+                "With --hardware: print the planner's predicted time (and per-stage prices in --json-out) of "
+                "every case, and time nothing; measured columns are empty");
   return cmd;
 }
 
@@ -150,6 +153,8 @@ int run_bench(const BenchOptions& o, Communicator& world) {
   AMPIPE_CHECK(o.micro_batch_size >= 1) << "--micro-batch-size must be at least 1, got " << o.micro_batch_size;
   AMPIPE_CHECK(o.capacity_factor >= 0 && std::isfinite(o.capacity_factor))
       << "--moe-capacity-factor must be >= 0 (0 = dropless), got " << o.capacity_factor;
+  AMPIPE_CHECK(!o.predict_only || !o.hardware.empty())
+      << "--predict-only prices the cases with a hardware profile: give --hardware PROFILE";
   kernels::set_kernel_threads(o.threads);
 
   const std::vector<GridShape> shapes = expand_grid(o.grid, 2 * int64_t{world.size()}, o.capacity_factor);
@@ -368,7 +373,7 @@ int run_bench(const BenchOptions& o, Communicator& world) {
       k.exec = std::make_unique<StreamedBlock>(k.schedule, k.stage_order, k.rec.get(), rank);
       cases.push_back(std::move(k));
     }
-    const int64_t runs = o.warmup + o.repeats;
+    const int64_t runs = o.predict_only ? 0 : o.warmup + o.repeats;
     for (int64_t r = 0; r < runs; ++r) {
       for (size_t ci = 0; ci < cases.size(); ++ci) {
         Case& k = cases[ci];
@@ -448,11 +453,11 @@ int run_bench(const BenchOptions& o, Communicator& world) {
       const int64_t moe_P = static_cast<int64_t>(plan.moe.size()) - 1;
 
       std::snprintf(buf, sizeof buf,
-                    "%-15s %2lld %-11s %-8s %3lld %6lld %5lld %3lld %2lld %5d %-9s %10.2f %7s %9.2f %5.2f %4.0f%% %s",
+                    "%-15s %2lld %-11s %-8s %3lld %6lld %5lld %3lld %2lld %5d %-9s %10s %7s %9.2f %5.2f %4.0f%% %s",
                     shown_schedule.c_str(), static_cast<long long>(shown_P), order.c_str(), chunks.c_str(),
                     static_cast<long long>(moe_P), static_cast<long long>(s.N),
                     static_cast<long long>(s.d), static_cast<long long>(s.E), static_cast<long long>(s.k), world.size(),
-                    link.c_str(), m.time_ms, has_speedup ? format_number("%.2fx", speedup).c_str() : "-", bound, efficiency,
+                    link.c_str(), o.predict_only ? "-" : format_number("%.2f", m.time_ms).c_str(), has_speedup ? format_number("%.2fx", speedup).c_str() : "-", bound, efficiency,
                     m.time_ms > 0 ? 100.0 * m.comm_ms / m.time_ms : 0.0,
                     hw ? format_number("%10.2f", predicted_ms).c_str() : "");
       line(buf);
@@ -480,7 +485,7 @@ int run_bench(const BenchOptions& o, Communicator& world) {
                             {"ranks", world.size()},
                             {"threads", o.threads},
                             {"link", link},
-                            {"time_ms", m.time_ms},
+                            {"time_ms", o.predict_only ? nlohmann::json(nullptr) : nlohmann::json(m.time_ms)},
                             {"compute_ms", m.compute_ms},
                             {"comm_ms", m.comm_ms},
                             {"speedup_vs_sequential", has_speedup ? nlohmann::json(speedup) : nlohmann::json(nullptr)},
@@ -491,7 +496,7 @@ int run_bench(const BenchOptions& o, Communicator& world) {
         nlohmann::json stages = nlohmann::json::object(), predicted_stages = nlohmann::json::object();
         for (int i = 0; i < kNumStages; ++i) {
           const char* name = stage_name(kStages[i]);
-          if (!k.stage_ms[i].empty()) stages[name] = median(k.stage_ms[i]);
+          if (!k.stage_ms[i].empty()) stages[name] = median(k.stage_ms[i]);  // empty: --predict-only
           if (hw) predicted_stages[name] = k.predicted_stage_ms[i];
         }
         j["stage_ms"] = stages;

@@ -45,6 +45,7 @@ struct BenchOptions {
   std::string json_out;
   std::string trace;
   uint64_t seed = 1;
+  bool predict_only = false;  // with `hardware`: price every case, run nothing
 };
 
 // Registers the `bench` subcommand with its flags bound to `options` (which must outlive parsing);

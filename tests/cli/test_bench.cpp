@@ -138,6 +138,29 @@ TEST_F(Bench, BadValuesAreRefusedNamingTheFlag) {
   expect_refused(tiny() + " --stage-order sideways", "--stage-order");
   expect_refused(tiny() + " --repeats 0", "--repeats");
   expect_refused(tiny() + " --hidden-size 18 --num-attention-heads 4", "--hidden-size 18");
+  expect_refused(tiny() + " --predict-only", "--hardware");
+}
+
+TEST_F(Bench, PredictOnlyPricesEveryCaseWithStagesAndTimesNothing) {
+  RunResult r = run(tiny() + " --schedule sequential,ampipe,auto --hardware h100-8gpu-400gbit --predict-only "
+                    "--json-out " + path("p.jsonl"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::ifstream in(path("p.jsonl"));
+  int rows = 0;
+  for (std::string line; std::getline(in, line);) {
+    if (line.empty()) continue;
+    const nlohmann::json j = nlohmann::json::parse(line);
+    ++rows;
+    EXPECT_TRUE(j["time_ms"].is_null()) << line;
+    EXPECT_GT(j["predicted_ms"].get<double>(), 0.0) << line;
+    double stages = 0;
+    for (const auto& [name, ms] : j["predicted_stage_ms"].items()) stages += ms.get<double>();
+    // Each task priced alone, summed: at least the makespan's share of one stream, and positive.
+    EXPECT_GT(stages, 0.0) << line;
+    EXPECT_TRUE(j["stage_ms"].empty()) << "nothing measured: " << line;
+  }
+  // Per N: sequential, ampipe at P = 1 and at P = 2 in 2 stage orders, auto.
+  EXPECT_EQ(rows, 2 * (1 + 1 + 2 + 1)) << r.output;
 }
 
 }  // namespace
