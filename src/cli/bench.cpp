@@ -118,17 +118,14 @@ struct Measured {
   double time_ms, compute_ms, comm_ms;
 };
 
-// Every stage of the task lists, in the enum's order (forward, then backward).
-constexpr Stage kStages[] = {Stage::AttnBegin,  Stage::AttnChunk,  Stage::Route,       Stage::Dispatch,
-                             Stage::Experts,    Stage::Combine,    Stage::Finish,      Stage::FinishBwd,
-                             Stage::CombineBwd, Stage::ExpertsBwd, Stage::DispatchBwd, Stage::RouteBwd,
-                             Stage::AttnChunkBwd, Stage::AttnFinishBwd};
-constexpr int kNumStages = static_cast<int>(std::size(kStages));
+// Stages are indexed by their enum value (pipeline/task_list.h: AttnBegin first, AttnFinishBwd last).
+constexpr int kNumStages = static_cast<int>(Stage::AttnFinishBwd) + 1;
 
-// The stage a trace slice of StreamedBlock belongs to ("attention c2", "ln1+qkv"), or -1.
+// The stage a trace slice of StreamedBlock belongs to, from the label it gives each task
+// ("attention c2", "ln1+qkv"), or -1.
 int slice_stage(const std::string& name) {
   for (int i = 0; i < kNumStages; ++i) {
-    const std::string stage = stage_name(kStages[i]);
+    const std::string stage = stage_name(static_cast<Stage>(i));
     if (name == stage) return i;
     const std::string prefix = stage + " c";
     if (name.size() > prefix.size() && name.compare(0, prefix.size(), prefix) == 0 &&
@@ -357,8 +354,7 @@ int run_bench(const BenchOptions& o, Communicator& world) {
              {forward_tasks(k.plan, k.stage_order), backward_tasks(k.plan, k.stage_order)}) {
           const std::vector<double> secs = task_seconds(list, k.plan, bshape, *hw);
           for (size_t t = 0; t < list.size(); ++t)
-            for (int i = 0; i < kNumStages; ++i)
-              if (kStages[i] == list[t].stage) k.predicted_stage_ms[i] += secs[t] * 1e3;
+            k.predicted_stage_ms[static_cast<int>(list[t].stage)] += secs[t] * 1e3;
         }
       }
       k.shown_P = static_cast<int64_t>(k.schedule.kind == ScheduleKind::MoePipe ? k.plan.moe.size() - 1
@@ -495,7 +491,7 @@ int run_bench(const BenchOptions& o, Communicator& world) {
         // with a profile, the cost model's price of the same tasks, each alone.
         nlohmann::json stages = nlohmann::json::object(), predicted_stages = nlohmann::json::object();
         for (int i = 0; i < kNumStages; ++i) {
-          const char* name = stage_name(kStages[i]);
+          const char* name = stage_name(static_cast<Stage>(i));
           if (!k.stage_ms[i].empty()) stages[name] = median(k.stage_ms[i]);  // empty: --predict-only
           if (hw) predicted_stages[name] = k.predicted_stage_ms[i];
         }
