@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# bench_grid.sh RATE [OUT_DIR]: the reference grid of shared/BENCHMARKS.md at one link rate, with the
+# bench_grid.sh RATE [OUT_DIR]: the reference grid of docs/BENCHMARKS.md at one link rate, with the
 # planner: calibrates this machine on that link (profiles/cpu-2rank-RATE.json), then runs `ampipe
 # bench` over N x d x k with sequential, moe-pipe and ampipe at P in {2,4,8} (stage-major) and the
 # planner's choice (auto), each case with the planner's predicted time next to the measured one.

@@ -6,7 +6,7 @@
 # MoE all-to-all between ranks is nearly free, which hides the bottleneck ampipe exists to remove. A
 # real cluster's link is slow relative to its compute: per GPU, ~400 TFLOP/s of bf16 against ~50 GB/s
 # of InfiniBand. One CPU core here does ~100 GFLOP/s, 4000x less, so a loopback of ~12.5 MB/s
-# (100-200 Mbit/s) gives the same compute-to-traffic ratio (shared/BENCHMARKS.md). Use it for
+# (100-200 Mbit/s) gives the same compute-to-traffic ratio (docs/BENCHMARKS.md). Use it for
 # benchmarks and training runs whose point is communication/compute overlap; `--rate unshaped` gives
 # the fast end of the same table (TCP loopback, still in a private namespace).
 #
@@ -31,7 +31,7 @@ Usage: scripts/netem.sh --rate RATE [--burst SIZE] [--latency TIME] [--delay TIM
 Runs COMMAND in a private network namespace whose loopback interface is rate-shaped with tc
 (tbf rate RATE burst SIZE latency TIME; plus netem delay TIME when --delay is not zero), so that
 MPI over TCP loopback sees a link as slow, relative to compute, as a real cluster's
-(shared/BENCHMARKS.md: ~100-200mbit here matches an H100 on 400 Gb/s InfiniBand). Use it to measure
+(docs/BENCHMARKS.md: ~100-200mbit here matches an H100 on 400 Gb/s InfiniBand). Use it to measure
 communication/compute overlap; on an unshaped machine the all-to-all is nearly free.
 
   --rate RATE     tc rate with a unit: bit, kbit, mbit, gbit, tbit (bits/s), bps, kbps, mbps,

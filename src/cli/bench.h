@@ -1,5 +1,5 @@
 // `ampipe bench`: one transformer block, forward + backward, timed over a grid of cases
-// (shared/BENCHMARKS.md, "What a block benchmark reports").
+// (docs/BENCHMARKS.md, "What a block benchmark reports").
 //
 // Every model flag of `train` takes a comma-separated list (a grid axis); every schedule, pipe
 // degree P and stage order runs in the same invocation, so the ratios in one table come from one

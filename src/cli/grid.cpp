@@ -44,7 +44,7 @@ std::vector<int64_t> parse_int_list(const std::string& flag, const std::string& 
 }
 
 ModelConfig GridShape::config(double capacity_factor) const {
-  ModelConfig c;
+  ModelConfig c = parts;
   c.num_layers = 1;
   c.max_seq_len = N;
   c.hidden_size = d;
@@ -58,8 +58,16 @@ ModelConfig GridShape::config(double capacity_factor) const {
 }
 
 std::string GridShape::describe() const {
-  return "N=" + std::to_string(N) + " d=" + std::to_string(d) + " h=" + std::to_string(heads) +
-         " f=" + std::to_string(ffn) + " E=" + std::to_string(E) + " k=" + std::to_string(k);
+  std::string s = "N=" + std::to_string(N) + " d=" + std::to_string(d) + " h=" + std::to_string(heads) +
+                  " f=" + std::to_string(ffn) + " E=" + std::to_string(E) + " k=" + std::to_string(k);
+  const ModelConfig gpt;
+  if (parts.num_query_groups > 0) s += " g=" + std::to_string(parts.num_query_groups);
+  if (parts.mixtral()) return s + " mixtral";
+  if (parts.normalization != gpt.normalization) s += " " + parts.normalization;
+  if (parts.position_embedding_type != gpt.position_embedding_type) s += " " + parts.position_embedding_type;
+  if (parts.swiglu) s += " swiglu";
+  if (!parts.add_bias_linear) s += " no-bias";
+  return s;
 }
 
 void add_grid_flags(CLI::App& cmd, GridFlags& f, const std::string& experts_default_text) {
@@ -70,6 +78,7 @@ void add_grid_flags(CLI::App& cmd, GridFlags& f, const std::string& experts_defa
   cmd.add_option("--ffn-hidden-size", f.ffn_hidden_size, "Expert FFN hidden sizes f (list); default 4 * hidden");
   cmd.add_option("--moe-num-experts", f.num_experts, "Experts E (list); default " + experts_default_text);
   cmd.add_option("--moe-top-k", f.top_k, "Experts per token k (list)")->capture_default_str();
+  add_family_flags(cmd, f.family);
 }
 
 std::vector<GridShape> expand_grid(const GridFlags& f, int64_t default_experts, double capacity_factor) {
@@ -83,6 +92,8 @@ std::vector<GridShape> expand_grid(const GridFlags& f, int64_t default_experts, 
   const std::vector<int64_t> experts = f.num_experts.empty() ? std::vector<int64_t>{default_experts}
                                                              : parse_int_list("--moe-num-experts", f.num_experts, 1);
   const std::vector<int64_t> top_ks = parse_int_list("--moe-top-k", f.top_k, 1);
+  ModelConfig parts;
+  if (f.family.command) apply_family_flags(f.family, parts);
   std::vector<GridShape> shapes;
   for (int64_t N : seqs)
     for (int64_t d : hiddens) {
@@ -91,7 +102,7 @@ std::vector<GridShape> expand_grid(const GridFlags& f, int64_t default_experts, 
       for (int64_t h : hs)
         for (int64_t ffn : fs)
           for (int64_t E : experts)
-            for (int64_t k : top_ks) shapes.push_back({N, d, h, ffn, E, k});
+            for (int64_t k : top_ks) shapes.push_back({N, d, h, ffn, E, k, parts});
     }
   for (const GridShape& s : shapes) s.config(capacity_factor);  // validate every shape before any work
   return shapes;

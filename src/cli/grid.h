@@ -6,6 +6,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/model_flags.h"
 #include "model/config.h"
 
 namespace CLI {
@@ -29,17 +30,22 @@ struct GridFlags {
   std::string ffn_hidden_size;      // empty: 4 * hidden for each hidden size
   std::string num_experts;          // empty: the caller's default
   std::string top_k = "1";
+  FamilyFlags family;  // one family for the whole grid (not a list)
 };
 
 struct GridShape {
   int64_t N, d, heads, ffn, E, k;
+  ModelConfig parts;  // the family and its parts (shape fields unused)
   // One transformer block of this shape (num_layers 1, max_seq_len N); validated.
   ModelConfig config(double capacity_factor) const;
-  std::string describe() const;  // "N=4096 d=512 h=8 f=2048 E=4 k=1"
+  // "N=4096 d=512 h=8 f=2048 E=4 k=1", then the family's parts that differ from the GPT defaults
+  // (" mixtral g=2", " swiglu").
+  std::string describe() const;
 };
 
 // Registers --seq-length --hidden-size --num-attention-heads --ffn-hidden-size --moe-num-experts
-// --moe-top-k on `cmd`, bound to `flags` (which must outlive parsing).
+// --moe-top-k and the model-family flags (cli/model_flags.h) on `cmd`, bound to `flags` (which must
+// outlive parsing).
 void add_grid_flags(CLI::App& cmd, GridFlags& flags, const std::string& experts_default_text);
 // The product of the axes, in flag order (N outermost); every shape validated.
 std::vector<GridShape> expand_grid(const GridFlags& flags, int64_t default_experts, double capacity_factor);

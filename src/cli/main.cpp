@@ -17,6 +17,7 @@
 #include "kernels/gemm.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
+#include "cli/model_flags.h"
 #include "train/distributed.h"
 #include "train/evaluate.h"
 #include "pipeline/schedule.h"
@@ -61,8 +62,10 @@ void print_line(Communicator& world, const std::string& line) {
   std::fflush(stdout);
 }
 
-int run_train(TrainOptions& o, CLI::App& cmd, int threads, Communicator& world) {
+int run_train(TrainOptions& o, CLI::App& cmd, const FamilyFlags& family, int threads, Communicator& world) {
   set_threads(threads);
+  apply_family_flags(family, o.model);
+  o.model.validate();
   if (!o.load.empty()) {
     // Flags not given on the command line take the checkpoint's values; given ones must match.
     ModelConfig stored = read_checkpoint_config(o.load);
@@ -70,6 +73,7 @@ int run_train(TrainOptions& o, CLI::App& cmd, int threads, Communicator& world) 
     o.model = stored;
     bool any_given = false;
     for (const char* f : kModelFlags) any_given |= cmd.count(f) > 0;
+    any_given |= any_family_flag_given(family);
     if (any_given) {
       ModelConfig merged = stored;
       if (cmd.count("--num-layers")) merged.num_layers = flags.num_layers;
@@ -81,6 +85,7 @@ int run_train(TrainOptions& o, CLI::App& cmd, int threads, Communicator& world) 
       if (cmd.count("--moe-top-k")) merged.top_k = flags.top_k;
       if (cmd.count("--moe-capacity-factor")) merged.capacity_factor = flags.capacity_factor;
       if (cmd.count("--moe-aux-loss-coeff")) merged.aux_loss_weight = flags.aux_loss_weight;
+      apply_family_flags(family, merged);
       const std::string diff = stored.differences(merged);
       AMPIPE_CHECK(diff.empty()) << "--load " << o.load << ": the checkpoint's model config does not match the flags ("
                                  << "checkpoint vs flags: " << diff << ")";
@@ -148,8 +153,10 @@ int main(int argc, char** argv) {
   std::string schedule_name_flag = "sequential", chunk_boundaries_flag, chunk_policy_flag = "equal",
               pipe_degree_flag = "auto";
   int train_threads = default_threads;
-  CLI::App* train = app.add_subcommand("train", "Train a GPT-MoE model on a text file");
+  CLI::App* train = app.add_subcommand("train", "Train an MoE language model (GPT or Mixtral family) on a text file");
   add_model_flags(*train, t.model);
+  FamilyFlags train_family;
+  add_family_flags(*train, train_family);
   train->add_option("--micro-batch-size", t.micro_batch_size, "Sequences per iteration")->capture_default_str();
   train->add_option("--lr", t.lr.lr, "Peak learning rate")->capture_default_str();
   train->add_option("--min-lr", t.lr.min_lr, "Learning rate at the end of the cosine decay")->capture_default_str();
@@ -267,7 +274,7 @@ int main(int argc, char** argv) {
             << "--pipe-degree '" << pipe_degree_flag << "' must be one integer >= 1 or auto";
       }
       t.schedule.validate();
-      return run_train(t, *train, train_threads, *world);
+      return run_train(t, *train, train_family, train_threads, *world);
     }
     if (eval->parsed()) return run_eval(eval_load, eval_data, eval_seq, eval_batch, eval_threads, *world);
     if (sample->parsed())

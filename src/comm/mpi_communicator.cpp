@@ -157,7 +157,7 @@ void MpiRuntime::init() {
   if (!mpi_initialized()) {
     // Open MPI's blocking calls busy-poll by default: a communication thread waiting in an
     // all-to-all would take a core the compute threads need. Yielding while idle keeps the overlap
-    // near ideal (shared/BENCHMARKS.md measured 0.97 of ideal against 0.76 spinning). A value the
+    // near ideal (docs/BENCHMARKS.md measured 0.97 of ideal against 0.76 spinning). A value the
     // user set (environment or mpirun --mca) wins.
     setenv("OMPI_MCA_mpi_yield_when_idle", "1", /*overwrite=*/0);
     const int rc = MPI_Init_thread(nullptr, nullptr, MPI_THREAD_SERIALIZED, &provided);

@@ -19,6 +19,13 @@ void gelu_forward(const Tensor& x, Tensor y);
 // dx = dy * gelu_tanh'(x) (written). x, dy, dx [R, C].
 void gelu_backward(const Tensor& x, const Tensor& dy, Tensor dx);
 
+// SwiGLU: out = silu(gate) * up, silu(z) = z / (1 + exp(-z)). gate, up, out [R, C] (row-strided
+// views allowed); out written (may not alias gate or up).
+void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor out);
+// dgate = dout * up * silu'(gate), dup = dout * silu(gate) (both written; may alias neither input).
+// silu'(z) = s (1 + z (1 - s)), s = sigmoid(z). All operands [R, C].
+void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor dgate, Tensor dup);
+
 // Row softmax: y[r, :] = softmax(x[r, :]) (written). x, y [R, C].
 void softmax_rows(const Tensor& x, Tensor y);
 // Backward of softmax_rows given its output y: dx = y * (dy - sum(dy * y)) per row (written).

@@ -3,7 +3,7 @@
 // A DispatchPlan maps (token, choice) pairs to rows of an expert-major "permuted" buffer: expert
 // 0's rows first, then expert 1's, ...; within an expert, earlier tokens first (and for one token,
 // earlier choices first). With a capacity, each expert keeps at most `capacity` pairs, the earliest
-// tokens first; dropped pairs have slot -1 and contribute zero (shared/MODEL.md, "Capacity").
+// tokens first; dropped pairs have slot -1 and contribute zero (docs/MODEL.md, "Capacity").
 #pragma once
 
 #include <cstdint>

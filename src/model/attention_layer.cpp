@@ -4,19 +4,37 @@
 #include "kernels/elementwise.h"
 #include "kernels/layernorm.h"
 #include "kernels/permute.h"
+#include "kernels/rope.h"
 #include "model/linear.h"
 
 namespace ampipe {
 
 AttentionLayer::AttentionLayer(const ModelConfig& config, ParameterRegistry& params, const std::string& prefix)
-    : hidden_(config.hidden_size), heads_(config.num_attention_heads) {
+    : hidden_(config.hidden_size),
+      heads_(config.num_attention_heads),
+      kv_heads_(config.kv_heads()),
+      head_dim_(config.head_dim()),
+      rope_(config.rope()),
+      rope_theta_(config.rotary_base),
+      norm_(config, params, prefix + "ln1") {
   const int64_t d = hidden_;
-  ln_w_ = &params.add(prefix + "ln1.weight", {d}, false);
-  ln_b_ = &params.add(prefix + "ln1.bias", {d}, false);
-  qkv_w_ = &params.add(prefix + "attn.qkv.weight", {3 * d, d}, true);
-  qkv_b_ = &params.add(prefix + "attn.qkv.bias", {3 * d}, false);
-  proj_w_ = &params.add(prefix + "attn.proj.weight", {d, d}, true);
-  proj_b_ = &params.add(prefix + "attn.proj.bias", {d}, false);
+  const bool bias = config.add_bias_linear;
+  auto add_input = [&](const std::string& name, int64_t begin, int64_t end) {
+    Parameter* w = &params.add(prefix + name + ".weight", {end - begin, d}, true);
+    Parameter* b = bias ? &params.add(prefix + name + ".bias", {end - begin}, false) : nullptr;
+    input_.push_back({w, b, begin, end});
+  };
+  const int64_t q = q_width(), kv = kv_width();
+  if (config.mixtral()) {
+    add_input("attn.q", 0, q);
+    add_input("attn.k", q, q + kv);
+    add_input("attn.v", q + kv, q + 2 * kv);
+  } else {
+    add_input("attn.qkv", 0, q + 2 * kv);
+  }
+  const std::string out = config.mixtral() ? "attn.o" : "attn.proj";
+  out_w_ = &params.add(prefix + out + ".weight", {d, q}, true);
+  if (bias) out_b_ = &params.add(prefix + out + ".bias", {d}, false);
 }
 
 Tensor chunk_row_index(int64_t batch, int64_t seq_len, int64_t begin, int64_t end) {
@@ -35,10 +53,12 @@ static Tensor chunk_rows_of(const Tensor& full, const AttentionChunk& c) {
   return out;
 }
 
-static kernels::AttentionShape chunk_shape(const AttentionContext& ctx, int64_t heads, const AttentionChunk& c) {
+static kernels::AttentionShape chunk_shape(const AttentionContext& ctx, int64_t heads, int64_t kv_heads,
+                                           const AttentionChunk& c) {
   kernels::AttentionShape s;
   s.batch = ctx.batch;
   s.num_heads = heads;
+  s.num_kv_heads = kv_heads;
   s.q_begin = c.begin;
   s.q_len = c.end - c.begin;
   s.kv_len = ctx.seq_len;
@@ -53,12 +73,15 @@ void AttentionLayer::begin_forward(AttentionContext& ctx, const Tensor& x, int64
   ctx.batch = batch;
   ctx.seq_len = seq_len;
   ctx.x = x;
-  ctx.ln_mean = Tensor::empty({T});
-  ctx.ln_rstd = Tensor::empty({T});
   ctx.a = Tensor::empty({T, d});
-  kernels::layernorm_forward(x, ln_w_->value, ln_b_->value, ctx.a, ctx.ln_mean, ctx.ln_rstd);
-  ctx.qkv = Tensor::empty({T, 3 * d});
-  linear_forward(ctx.a, qkv_w_->value, qkv_b_->value, ctx.qkv);
+  norm_.forward(x, ctx.a, ctx.norm);
+  ctx.qkv = Tensor::empty({T, q_width() + 2 * kv_width()});
+  for (const Projection& p : input_)
+    linear_forward(ctx.a, p.weight->value, p.bias ? p.bias->value : Tensor(), ctx.qkv.cols(p.begin, p.end));
+  if (rope_) {
+    kernels::rope_forward(q_cols(ctx.qkv), batch, heads_, 0, rope_theta_);
+    kernels::rope_forward(k_cols(ctx.qkv), batch, kv_heads_, 0, rope_theta_);
+  }
   ctx.chunks.clear();
 }
 
@@ -72,13 +95,13 @@ Tensor AttentionLayer::chunk_forward(AttentionContext& ctx, int64_t begin, int64
   const int64_t rows = ctx.batch * (end - begin);
   if (ctx.batch == 1) c.first_row = begin;
   else if (begin != 0 || end != ctx.seq_len) c.rows = chunk_row_index(ctx.batch, ctx.seq_len, begin, end);
-  c.o = Tensor::empty({rows, d});
-  c.q = chunk_rows_of(ctx.qkv.cols(0, d), c);
+  c.o = Tensor::empty({rows, q_width()});
+  c.q = chunk_rows_of(q_cols(ctx.qkv), c);
   c.lse = Tensor::empty({ctx.batch, heads_, end - begin});
-  kernels::attention_forward(c.q, ctx.qkv.cols(d, 2 * d), ctx.qkv.cols(2 * d, 3 * d), chunk_shape(ctx, heads_, c), c.o,
+  kernels::attention_forward(c.q, k_cols(ctx.qkv), v_cols(ctx.qkv), chunk_shape(ctx, heads_, kv_heads_, c), c.o,
                              c.lse);
   Tensor h = Tensor::empty({rows, d});
-  linear_forward(c.o, proj_w_->value, proj_b_->value, h);
+  linear_forward(c.o, out_w_->value, out_b_ ? out_b_->value : Tensor(), h);
   kernels::add_inplace(h, chunk_rows_of(ctx.x, c));
   if (chunk_index) *chunk_index = ctx.chunks.size();
   ctx.chunks.push_back(std::move(c));
@@ -87,26 +110,34 @@ Tensor AttentionLayer::chunk_forward(AttentionContext& ctx, int64_t begin, int64
 
 void AttentionLayer::chunk_backward(AttentionContext& ctx, size_t chunk_index, const Tensor& dh) const {
   AMPIPE_CHECK(chunk_index < ctx.chunks.size()) << "no attention chunk " << chunk_index;
-  const int64_t d = hidden_;
   AttentionChunk& c = ctx.chunks[chunk_index];
   const int64_t rows = c.o.dim(0);
-  if (!ctx.dqkv.defined()) ctx.dqkv = Tensor::zeros({ctx.x.dim(0), 3 * d});
-  Tensor d_o = Tensor::empty({rows, d});
-  linear_backward(c.o, proj_w_->value, dh, d_o, proj_w_->grad, proj_b_->grad);
-  Tensor dq = c.rows.defined() ? Tensor::empty({rows, d}) : ctx.dqkv.cols(0, d).rows(c.first_row, c.first_row + rows);
-  kernels::attention_backward(c.q, ctx.qkv.cols(d, 2 * d), ctx.qkv.cols(2 * d, 3 * d), c.o, c.lse, d_o,
-                              chunk_shape(ctx, heads_, c), dq, ctx.dqkv.cols(d, 2 * d), ctx.dqkv.cols(2 * d, 3 * d));
-  if (c.rows.defined()) kernels::scatter_rows(dq, c.rows, ctx.dqkv.cols(0, d));
+  if (!ctx.dqkv.defined()) ctx.dqkv = Tensor::zeros({ctx.x.dim(0), q_width() + 2 * kv_width()});
+  Tensor d_o = Tensor::empty({rows, q_width()});
+  linear_backward(c.o, out_w_->value, dh, d_o, out_w_->grad, out_b_ ? out_b_->grad : Tensor());
+  Tensor dq = c.rows.defined() ? Tensor::empty({rows, q_width()})
+                               : q_cols(ctx.dqkv).rows(c.first_row, c.first_row + rows);
+  kernels::attention_backward(c.q, k_cols(ctx.qkv), v_cols(ctx.qkv), c.o, c.lse, d_o,
+                              chunk_shape(ctx, heads_, kv_heads_, c), dq, k_cols(ctx.dqkv), v_cols(ctx.dqkv));
+  if (c.rows.defined()) kernels::scatter_rows(dq, c.rows, q_cols(ctx.dqkv));
   c = AttentionChunk{};  // the chunk's activations are no longer needed
 }
 
 Tensor AttentionLayer::finish_backward(AttentionContext& ctx) const {
   const int64_t d = hidden_;
   const int64_t T = ctx.x.dim(0);
+  if (rope_) {
+    kernels::rope_backward(q_cols(ctx.dqkv), ctx.batch, heads_, 0, rope_theta_);
+    kernels::rope_backward(k_cols(ctx.dqkv), ctx.batch, kv_heads_, 0, rope_theta_);
+  }
   Tensor da = Tensor::empty({T, d});
-  linear_backward(ctx.a, qkv_w_->value, ctx.dqkv, da, qkv_w_->grad, qkv_b_->grad);
+  for (size_t i = 0; i < input_.size(); ++i) {
+    const Projection& p = input_[i];
+    linear_backward(ctx.a, p.weight->value, ctx.dqkv.cols(p.begin, p.end), da, p.weight->grad,
+                    p.bias ? p.bias->grad : Tensor(), /*accumulate_dx=*/i > 0);
+  }
   Tensor dx = Tensor::empty({T, d});
-  kernels::layernorm_backward(da, ctx.x, ln_w_->value, ctx.ln_mean, ctx.ln_rstd, dx, ln_w_->grad, ln_b_->grad);
+  norm_.backward(da, ctx.x, ctx.norm, dx);
   ctx = AttentionContext{};  // release the saved activations
   return dx;
 }

@@ -1,15 +1,21 @@
-// The attention half of a transformer block: x + proj(causal_attention(LN1(x))).
+// The attention half of a transformer block: x + proj(causal_attention(rope(QKV(norm1(x))))).
 //
-// Shapes: x [B*N, d], sequence-major. Parameters (registered under `prefix`, e.g. "blocks.0."):
-// ln1.weight/bias [d], attn.qkv.weight [3d, d], attn.qkv.bias [3d], attn.proj.weight [d, d],
-// attn.proj.bias [d].
+// Shapes: x [B*N, d], sequence-major; h query heads and g KV heads of hd = d / h columns
+// (grouped-query attention when g < h: query head j uses KV head j / (h / g)). The projections
+// write one buffer qkv [T, (h + 2g) hd]: q columns [0, h hd), k [h hd, (h + g) hd), v after.
+// Parameters (registered under `prefix`, e.g. "blocks.0."): the norm ln1 (model/norm.h); then in the
+// GPT family attn.qkv.weight [(h + 2g) hd, d] and attn.proj.weight [d, d] (one GEMM each), in the
+// Mixtral family attn.q.weight [h hd, d], attn.k.weight and attn.v.weight [g hd, d] and
+// attn.o.weight [d, h hd]; with biases (ModelConfig::add_bias_linear) a .bias beside each weight.
+// With rotary positions q and k are rotated once for the whole sequence, at absolute positions,
+// before any chunk's attention, and their gradients rotated back once in finish_backward.
 //
 // The layer runs whole or in sequence chunks (the intra-block pipeline):
-//   begin_forward     LN1 and the QKV projection for the whole sequence (one GEMM);
+//   begin_forward     norm1, the QKV projection (and rope) for the whole sequence;
 //   chunk_forward     for positions [begin, end) of every sequence: attention of those queries
 //                     against keys [0, end), the projection and the residual -> h rows of the chunk;
 //   chunk_backward    the mirror of one chunk; dK and dV accumulate over chunks, dQ of the chunk;
-//   finish_backward   the QKV and LN1 backward, once, after every chunk's backward.
+//   finish_backward   the rope, QKV and norm1 backward, once, after every chunk's backward.
 // forward()/backward() are the one-chunk case. Every chunk of [0, N) must be run, in any order.
 // The saved activations live in an AttentionContext owned by the caller.
 #pragma once
@@ -18,6 +24,7 @@
 #include <vector>
 
 #include "model/config.h"
+#include "model/norm.h"
 #include "model/parameters.h"
 
 namespace ampipe {
@@ -26,18 +33,18 @@ struct AttentionChunk {
   int64_t begin = 0, end = 0;  // positions within each sequence
   Tensor rows;                 // [B*(end-begin)] int32 rows of the [B*N] buffers, or undefined when
   int64_t first_row = 0;       // they are contiguous (B == 1, or the whole sequence): from first_row
-  Tensor q;                    // [B*len, d] the chunk's queries (a view when B == 1)
-  Tensor o;                    // [B*len, d] attention output before projection
+  Tensor q;                    // [B*len, h hd] the chunk's queries (a view when B == 1)
+  Tensor o;                    // [B*len, h hd] attention output before projection
   Tensor lse;                  // [B, h, len]
 };
 
 struct AttentionContext {
   int64_t batch = 0, seq_len = 0;
   Tensor x;                   // [T, d] block input (residual stream)
-  Tensor ln_mean, ln_rstd;    // [T]
-  Tensor a;                   // [T, d] LN1(x)
-  Tensor qkv;                 // [T, 3d]
-  Tensor dqkv;                // [T, 3d] gradient, accumulated by chunk_backward
+  NormStats norm;             // norm1's statistics
+  Tensor a;                   // [T, d] norm1(x)
+  Tensor qkv;                 // [T, (h + 2g) hd], q and k rotated when rope
+  Tensor dqkv;                // [T, (h + 2g) hd] gradient, accumulated by chunk_backward
   std::vector<AttentionChunk> chunks;
 };
 
@@ -50,7 +57,7 @@ class AttentionLayer {
   Tensor chunk_forward(AttentionContext& ctx, int64_t begin, int64_t end, size_t* chunk_index = nullptr) const;
   // dh [B*len, d]: gradient of the chunk's h (the caller adds dh to the residual gradient itself).
   void chunk_backward(AttentionContext& ctx, size_t chunk_index, const Tensor& dh) const;
-  // Returns the gradient of x through LN1 and QKV ([T, d], without the residual); releases ctx.
+  // Returns the gradient of x through norm1 and QKV ([T, d], without the residual); releases ctx.
   Tensor finish_backward(AttentionContext& ctx) const;
 
   // Whole-sequence convenience: x + proj(attn(LN1(x))), and its backward (residual included).
@@ -58,8 +65,24 @@ class AttentionLayer {
   Tensor backward(AttentionContext& ctx, const Tensor& dy) const;
 
  private:
-  int64_t hidden_, heads_;
-  Parameter *ln_w_, *ln_b_, *qkv_w_, *qkv_b_, *proj_w_, *proj_b_;
+  // One input projection: columns [begin, end) of qkv = a @ weight^T (+ bias).
+  struct Projection {
+    Parameter* weight;
+    Parameter* bias;  // nullptr without biases
+    int64_t begin, end;
+  };
+  int64_t hidden_, heads_, kv_heads_, head_dim_;
+  bool rope_;
+  double rope_theta_;
+  Norm norm_;
+  std::vector<Projection> input_;  // the fused qkv, or q, k and v
+  Parameter *out_w_, *out_b_ = nullptr;
+
+  int64_t q_width() const { return heads_ * head_dim_; }
+  int64_t kv_width() const { return kv_heads_ * head_dim_; }
+  Tensor q_cols(const Tensor& t) const { return t.cols(0, q_width()); }
+  Tensor k_cols(const Tensor& t) const { return t.cols(q_width(), q_width() + kv_width()); }
+  Tensor v_cols(const Tensor& t) const { return t.cols(q_width() + kv_width(), q_width() + 2 * kv_width()); }
 };
 
 // Rows of positions [begin, end) of each of `batch` sequences of length seq_len in a sequence-major

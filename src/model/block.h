@@ -2,7 +2,7 @@
 //
 // A BlockExecutor decides how a block's stages are cut and ordered: SequentialBlock (here) runs the
 // block as one piece; pipeline/ provides the chunked schedules (MoE-only chunks, AMPipe). Every
-// executor computes the same function (shared/MODEL.md; capacity per routing group aside), and
+// executor computes the same function (docs/MODEL.md; capacity per routing group aside), and
 // keeps what its backward needs in a BlockContext owned by the caller.
 #pragma once
 

@@ -24,6 +24,46 @@ void ModelConfig::validate() const {
       << "--moe-capacity-factor must be >= 0 (0 = dropless), got " << capacity_factor;
   AMPIPE_CHECK(aux_loss_weight >= 0.0) << "--moe-aux-loss-coeff must be >= 0, got " << aux_loss_weight;
   AMPIPE_CHECK(tokenizer == "byte") << "tokenizer '" << tokenizer << "' is not supported; allowed: byte";
+  AMPIPE_CHECK(family == "gpt" || family == "mixtral")
+      << "--model-family '" << family << "' is not known; allowed: gpt, mixtral";
+  AMPIPE_CHECK(normalization == "LayerNorm" || normalization == "RMSNorm")
+      << "--normalization '" << normalization << "' is not known; allowed: LayerNorm, RMSNorm";
+  AMPIPE_CHECK(norm_epsilon > 0 && norm_epsilon < 1) << "--norm-epsilon must be in (0, 1), got " << norm_epsilon;
+  AMPIPE_CHECK(position_embedding_type == "learned_absolute" || position_embedding_type == "rope")
+      << "--position-embedding-type '" << position_embedding_type << "' is not known; allowed: learned_absolute, rope";
+  AMPIPE_CHECK(rotary_base > 1) << "--rotary-base must be > 1, got " << rotary_base;
+  AMPIPE_CHECK(!rope() || head_dim() % 2 == 0)
+      << "--position-embedding-type rope needs an even head dimension (hidden-size / heads), got " << head_dim();
+  AMPIPE_CHECK(num_query_groups >= 0) << "--num-query-groups must be >= 1, got " << num_query_groups;
+  AMPIPE_CHECK(num_attention_heads % kv_heads() == 0)
+      << "--num-attention-heads " << num_attention_heads << " is not divisible by --num-query-groups "
+      << num_query_groups << "; each KV head serves h / g query heads";
+  if (mixtral()) {
+    auto require = [](bool ok, const char* part, const std::string& got) {
+      AMPIPE_CHECK(ok) << "--model-family mixtral requires " << part << ", got " << got
+                       << " (drop the conflicting flag, or use --model-family gpt)";
+    };
+    require(rms_norm(), "--normalization RMSNorm", normalization);
+    require(rope(), "--position-embedding-type rope", position_embedding_type);
+    require(swiglu, "--swiglu", "no --swiglu");
+    require(!add_bias_linear, "--disable-bias-linear", "biases");
+    require(untie_embeddings_and_output_weights, "--untie-embeddings-and-output-weights", "a tied head");
+  }
+}
+
+void ModelConfig::set_family(const std::string& name) {
+  AMPIPE_CHECK(name == "gpt" || name == "mixtral")
+      << "--model-family '" << name << "' is not known; allowed: gpt, mixtral";
+  const ModelConfig defaults;
+  family = name;
+  const bool m = name == "mixtral";
+  normalization = m ? "RMSNorm" : defaults.normalization;
+  norm_epsilon = defaults.norm_epsilon;
+  position_embedding_type = m ? "rope" : defaults.position_embedding_type;
+  rotary_base = m ? 1e6 : defaults.rotary_base;
+  swiglu = m;
+  add_bias_linear = !m;
+  untie_embeddings_and_output_weights = m;
 }
 
 std::map<std::string, std::string> ModelConfig::to_metadata() const {
@@ -43,7 +83,16 @@ std::map<std::string, std::string> ModelConfig::to_metadata() const {
           {"top_k", std::to_string(top_k)},
           {"capacity_factor", num(capacity_factor)},
           {"aux_loss_weight", num(aux_loss_weight)},
-          {"tokenizer", tokenizer}};
+          {"tokenizer", tokenizer},
+          {"family", family},
+          {"normalization", normalization},
+          {"norm_epsilon", num(norm_epsilon)},
+          {"position_embedding_type", position_embedding_type},
+          {"rope_theta", num(rotary_base)},
+          {"swiglu", swiglu ? "true" : "false"},
+          {"num_query_groups", std::to_string(kv_heads())},
+          {"add_bias_linear", add_bias_linear ? "true" : "false"},
+          {"untie_embeddings_and_output_weights", untie_embeddings_and_output_weights ? "true" : "false"}};
 }
 
 ModelConfig ModelConfig::from_metadata(const std::map<std::string, std::string>& metadata) {
@@ -88,6 +137,24 @@ ModelConfig ModelConfig::from_metadata(const std::map<std::string, std::string>&
   c.capacity_factor = get_double("capacity_factor");
   c.aux_loss_weight = get_double("aux_loss_weight");
   c.tokenizer = get("tokenizer");
+  // The family's keys came later: a checkpoint without them is a GPT-family one with today's parts.
+  auto has = [&](const char* key) { return metadata.count(key) != 0; };
+  auto get_bool = [&](const char* key) -> bool {
+    const std::string& s = get(key);
+    AMPIPE_CHECK(s == "true" || s == "false") << "checkpoint metadata '" << key << "' is not true/false: '" << s << "'";
+    return s == "true";
+  };
+  if (has("family")) c.family = get("family");
+  if (has("normalization")) c.normalization = get("normalization");
+  if (has("norm_epsilon")) c.norm_epsilon = get_double("norm_epsilon");
+  if (has("position_embedding_type")) c.position_embedding_type = get("position_embedding_type");
+  if (has("rope_theta")) c.rotary_base = get_double("rope_theta");
+  if (has("swiglu")) c.swiglu = get_bool("swiglu");
+  if (has("num_query_groups")) c.num_query_groups = get_int("num_query_groups");
+  if (has("add_bias_linear")) c.add_bias_linear = get_bool("add_bias_linear");
+  if (has("untie_embeddings_and_output_weights"))
+    c.untie_embeddings_and_output_weights = get_bool("untie_embeddings_and_output_weights");
+  if (c.num_query_groups == c.num_attention_heads) c.num_query_groups = 0;
   c.validate();
   return c;
 }
@@ -108,6 +175,16 @@ std::string ModelConfig::differences(const ModelConfig& o) const {
   diff("capacity_factor", capacity_factor, o.capacity_factor);
   diff("aux_loss_weight", aux_loss_weight, o.aux_loss_weight);
   diff("tokenizer", tokenizer, o.tokenizer);
+  diff("family", family, o.family);
+  diff("normalization", normalization, o.normalization);
+  diff("norm_epsilon", norm_epsilon, o.norm_epsilon);
+  diff("position_embedding_type", position_embedding_type, o.position_embedding_type);
+  diff("rotary_base", rotary_base, o.rotary_base);
+  diff("swiglu", swiglu, o.swiglu);
+  diff("num_query_groups", kv_heads(), o.kv_heads());
+  diff("add_bias_linear", add_bias_linear, o.add_bias_linear);
+  diff("untie_embeddings_and_output_weights", untie_embeddings_and_output_weights,
+       o.untie_embeddings_and_output_weights);
   return s.str();
 }
 

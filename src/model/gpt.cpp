@@ -8,7 +8,6 @@
 #include "kernels/cross_entropy.h"
 #include "kernels/embedding.h"
 #include "kernels/gemm.h"
-#include "kernels/layernorm.h"
 
 namespace ampipe {
 
@@ -16,7 +15,7 @@ GptMoe::GptMoe(const ModelConfig& config, const ModelParallel& parallel) : confi
   config_.validate();
   const int64_t d = config_.hidden_size;
   token_emb_ = &params_.add("embed.token.weight", {config_.vocab_size, d}, true);
-  pos_emb_ = &params_.add("embed.position.weight", {config_.max_seq_len, d}, true);
+  if (!config_.rope()) pos_emb_ = &params_.add("embed.position.weight", {config_.max_seq_len, d}, true);
   attention_.reserve(config_.num_layers);
   moe_.reserve(config_.num_layers);
   for (int64_t l = 0; l < config_.num_layers; ++l) {
@@ -24,8 +23,9 @@ GptMoe::GptMoe(const ModelConfig& config, const ModelParallel& parallel) : confi
     attention_.emplace_back(config_, params_, prefix);
     moe_.emplace_back(config_, params_, prefix, parallel_);
   }
-  final_ln_w_ = &params_.add("final_ln.weight", {d}, false);
-  final_ln_b_ = &params_.add("final_ln.bias", {d}, false);
+  final_norm_ = std::make_unique<Norm>(config_, params_, "final_ln");
+  lm_head_ = config_.untie_embeddings_and_output_weights ? &params_.add("lm_head.weight", {config_.vocab_size, d}, true)
+                                                         : token_emb_;
 }
 
 static uint64_t stream_seed(uint64_t seed, const std::string& name, int64_t part) {
@@ -50,10 +50,11 @@ void GptMoe::initialize(uint64_t seed) {
       p.value.fill(1.0f);
       continue;
     }
-    const bool residual = ends_with(p.name, "attn.proj.weight") || ends_with(p.name, "moe.fc2.weight");
+    const bool residual = ends_with(p.name, "attn.proj.weight") || ends_with(p.name, "attn.o.weight") ||
+                          ends_with(p.name, "moe.fc2.weight") || ends_with(p.name, "moe.w2.weight");
     const double std = residual ? std_residual : std_default;
     // Expert tensors [E, ...] draw one stream per expert slice.
-    const bool per_expert = p.name.find(".moe.fc") != std::string::npos;
+    const bool per_expert = p.is_expert;
     const int64_t parts = per_expert ? p.value.dim(0) : 1;
     const int64_t part_size = p.value.numel() / parts;
     float* v = p.value.data<float>();
@@ -90,16 +91,14 @@ LossParts GptMoe::forward(ForwardState& state, const Tensor& tokens, const Tenso
   state.targets = targets;
 
   Tensor x = Tensor::empty({T, d});
-  kernels::embedding_forward(tokens, token_emb_->value, pos_emb_->value, N, x);
+  kernels::embedding_forward(tokens, token_emb_->value, pos_emb_ ? pos_emb_->value : Tensor(), N, x);
   run_blocks(state, x);
 
   state.x_final = x;
-  state.ln_mean = Tensor::empty({T});
-  state.ln_rstd = Tensor::empty({T});
   state.y = Tensor::empty({T, d});
-  kernels::layernorm_forward(x, final_ln_w_->value, final_ln_b_->value, state.y, state.ln_mean, state.ln_rstd);
+  final_norm_->forward(x, state.y, state.final_norm);
   state.logits = Tensor::empty({T, config_.vocab_size});
-  kernels::gemm(state.y, false, token_emb_->value, true, state.logits);
+  kernels::gemm(state.y, false, lm_head_->value, true, state.logits);
 
   Tensor losses = Tensor::empty({T});
   kernels::cross_entropy_forward(state.logits, targets, losses);
@@ -119,18 +118,18 @@ void GptMoe::backward(ForwardState& state, double loss_scale) const {
   const int64_t d = config_.hidden_size;
   Tensor dlogits = state.logits;  // reuse the logits buffer for their gradient
   kernels::cross_entropy_backward(state.logits, state.targets, static_cast<float>(loss_scale / T), dlogits);
-  kernels::gemm(dlogits, true, state.y, false, token_emb_->grad, 1.0f, 1.0f);
+  kernels::gemm(dlogits, true, state.y, false, lm_head_->grad, 1.0f, 1.0f);
   Tensor dy = Tensor::empty({T, d});
-  kernels::gemm(dlogits, false, token_emb_->value, false, dy);
+  kernels::gemm(dlogits, false, lm_head_->value, false, dy);
   state.logits = Tensor();
   Tensor dx = Tensor::empty({T, d});
-  kernels::layernorm_backward(dy, state.x_final, final_ln_w_->value, state.ln_mean, state.ln_rstd, dx,
-                              final_ln_w_->grad, final_ln_b_->grad);
+  final_norm_->backward(dy, state.x_final, state.final_norm, dx);
   const double aux_scale = loss_scale * config_.aux_loss_weight * parallel_.data_size();
   for (int64_t l = config_.num_layers - 1; l >= 0; --l) {
     dx = executor_->backward(Block{attention_[l], moe_[l]}, state.blocks[l], dx, state.routing[l], aux_scale);
   }
-  kernels::embedding_backward(state.tokens, dx, state.seq_len, token_emb_->grad, pos_emb_->grad);
+  kernels::embedding_backward(state.tokens, dx, state.seq_len, token_emb_->grad,
+                              pos_emb_ ? pos_emb_->grad : Tensor());
   state = ForwardState{};
 }
 

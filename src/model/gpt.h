@@ -1,5 +1,6 @@
-// The GPT-MoE model of shared/MODEL.md: embeddings, L blocks (attention half + MoE half), final
-// LayerNorm and an LM head tied to the token embedding.
+// The MoE language model of docs/MODEL.md, either family: token (and, with learned positions,
+// position) embeddings, L blocks (attention half + MoE half), a final norm and an LM head that is
+// the token embedding (tied) or its own lm_head.weight [V, d] (untied).
 //
 // forward() computes the loss and keeps every activation backward() needs in a ForwardState owned
 // by the caller; backward() consumes the state and accumulates parameter gradients. The model holds
@@ -13,6 +14,7 @@
 #include "model/block.h"
 #include "model/config.h"
 #include "model/moe/moe_layer.h"
+#include "model/norm.h"
 #include "model/parallel.h"
 #include "model/parameters.h"
 
@@ -29,7 +31,8 @@ struct ForwardState {
   Tensor tokens, targets;
   std::vector<BlockContext> blocks;
   std::vector<RoutingStats> routing;
-  Tensor x_final, ln_mean, ln_rstd, y;  // final LayerNorm input / stats / output
+  Tensor x_final, y;                    // final norm input / output
+  NormStats final_norm;
   Tensor logits;                        // [T, V]
 };
 
@@ -41,8 +44,8 @@ class GptMoe {
   GptMoe(const GptMoe&) = delete;
   GptMoe& operator=(const GptMoe&) = delete;
 
-  // GPT-2 initialisation from a seed: weights N(0, 0.02), residual projections (attn.proj, moe.fc2)
-  // N(0, 0.02 / sqrt(2 L)), biases 0, LayerNorm gains 1. Each tensor (each expert's slice of the
+  // GPT-2 initialisation from a seed: weights N(0, 0.02), residual projections (attn.proj / attn.o,
+  // moe.fc2 / moe.w2) N(0, 0.02 / sqrt(2 L)), biases 0, norm gains 1. Each tensor (each expert's slice of the
   // expert tensors) draws from its own stream seeded by (seed, name), so the result does not depend
   // on registration order or on which experts a rank holds.
   void initialize(uint64_t seed);
@@ -70,9 +73,10 @@ class GptMoe {
   ModelConfig config_;
   ModelParallel parallel_;
   ParameterRegistry params_;
-  Parameter *token_emb_, *pos_emb_, *final_ln_w_, *final_ln_b_;
+  Parameter *token_emb_, *pos_emb_ = nullptr, *lm_head_;  // lm_head_ == token_emb_ when tied
   std::vector<AttentionLayer> attention_;
   std::vector<MoeLayer> moe_;
+  std::unique_ptr<Norm> final_norm_;
   SequentialBlock sequential_;
   const BlockExecutor* executor_ = &sequential_;
 

@@ -1,4 +1,4 @@
-// How one model is laid out over ranks (shared/ARCHITECTURE.md, "Parallel layout").
+// How one model is laid out over ranks (docs/ARCHITECTURE.md, "Parallel layout").
 //
 // expert_group: the EP ranks that together hold all E experts of every MoE layer; rank i of the
 // group holds experts [i * E/EP, (i+1) * E/EP). Tokens travel to their experts inside this group.

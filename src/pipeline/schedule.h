@@ -1,4 +1,4 @@
-// Block schedules: how a transformer block is cut into chunks (shared/ARCHITECTURE.md,
+// Block schedules: how a transformer block is cut into chunks (docs/ARCHITECTURE.md,
 // "One block under AMPipe"; pipeline/task_list.h for the cut as stage tasks).
 //
 //   sequential  the block as one piece (pipe degree ignored);
@@ -9,7 +9,7 @@
 // Chunk boundaries are positions 0 = b_0 < b_1 < ... < b_P = N: equal chunks, chunks of balanced
 // cost, or an explicit list.
 // Dropless routing gives the same result under every schedule; with a capacity factor each MoE
-// chunk is its own routing group (shared/MODEL.md, "Capacity").
+// chunk is its own routing group (docs/MODEL.md, "Capacity").
 #pragma once
 
 #include <cstdint>

@@ -1,6 +1,6 @@
 // StreamedBlock: runs a block's schedule on two streams, compute and communication, so that the
 // all-to-all of one chunk overlaps the attention or the experts of another
-// (shared/ARCHITECTURE.md, "One block under AMPipe"; core/stream.h).
+// (docs/ARCHITECTURE.md, "One block under AMPipe"; core/stream.h).
 //
 // It executes the task lists of pipeline/task_list.h for the schedule's chunk plan: each task on
 // its stream, in list order, waiting on events of the other stream's tasks it depends on. Every

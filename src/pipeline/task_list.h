@@ -1,5 +1,5 @@
 // A block schedule as a list of stage tasks on two streams with event edges
-// (shared/ARCHITECTURE.md, "pipeline/"). StreamedBlock executes this list; plan/'s simulator runs the
+// (docs/ARCHITECTURE.md, "pipeline/"). StreamedBlock executes this list; plan/'s simulator runs the
 // same list against predicted stage times, so what is predicted is what runs.
 //
 // A block is cut on two sides, each by chunk boundaries in sequence positions (0 = b_0 < ... = N):

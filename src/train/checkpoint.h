@@ -1,4 +1,4 @@
-// Checkpoints: DIR/model.safetensors (weights, names and config metadata as shared/MODEL.md) and
+// Checkpoints: DIR/model.safetensors (weights, names and config metadata as docs/MODEL.md) and
 // DIR/optimizer.safetensors (AdamW moments, step, and the data position).
 //
 // Each file is written atomically (temp file + fsync + rename). The optimizer file is written first

@@ -1,4 +1,4 @@
-// Expert and data parallelism for training (shared/ARCHITECTURE.md, "Parallel layout").
+// Expert and data parallelism for training (docs/ARCHITECTURE.md, "Parallel layout").
 //
 // World = R ranks, every one training on its own micro-batch (data parallel). Expert parallelism
 // of size EP cuts the world into R/EP expert groups of consecutive ranks {g*EP, ..., g*EP+EP-1};

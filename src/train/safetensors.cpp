@@ -97,16 +97,16 @@ nlohmann::json parse_header(const std::string& path, const std::string& text) {
   return header;
 }
 
-struct Entry {
-  std::string name;
-  DType dtype;
-  Shape shape;
-  uint64_t begin, end;
-};
+// The byte size of a dtype name, or 0 when unknown. `any_float` admits BF16 and F16 as well.
+uint64_t dtype_bytes(const std::string& dtype, bool any_float) {
+  if (dtype == "F32" || dtype == "I32") return 4;
+  if (any_float && (dtype == "BF16" || dtype == "F16")) return 2;
+  return 0;
+}
 
 // Validates one tensor entry of the header against a data buffer of `buffer_size` bytes.
-Entry parse_entry(const std::string& path, const std::string& name, const nlohmann::json& entry,
-                  uint64_t buffer_size) {
+SafetensorsEntry parse_entry(const std::string& path, const std::string& name, const nlohmann::json& entry,
+                             uint64_t buffer_size, bool any_float) {
   const std::string what = "tensor '" + name + "'";
   if (!entry.is_object()) bad(path, what + ": entry is not a JSON object");
   auto field = [&](const char* key) -> const nlohmann::json& {
@@ -114,18 +114,15 @@ Entry parse_entry(const std::string& path, const std::string& name, const nlohma
     if (it == entry.end()) bad(path, what + ": missing \"" + key + "\"");
     return *it;
   };
-  Entry e{name, DType::F32, {}, 0, 0};
+  SafetensorsEntry e;
 
   const nlohmann::json& dtype = field("dtype");
   if (!dtype.is_string()) bad(path, what + ": \"dtype\" is not a string");
-  const std::string dtype_text = dtype.get<std::string>();
-  if (dtype_text == "F32") {
-    e.dtype = DType::F32;
-  } else if (dtype_text == "I32") {
-    e.dtype = DType::I32;
-  } else {
-    bad(path, what + ": unsupported dtype '" + dtype_text + "' (supported: F32, I32)");
-  }
+  e.dtype = dtype.get<std::string>();
+  const uint64_t element_bytes = dtype_bytes(e.dtype, any_float);
+  if (element_bytes == 0)
+    bad(path, what + ": unsupported dtype '" + e.dtype + "' (supported: " +
+                  (any_float ? "F32, BF16, F16, I32" : "F32, I32") + ")");
 
   const nlohmann::json& shape = field("shape");
   if (!shape.is_array()) bad(path, what + ": \"shape\" is not an array");
@@ -143,7 +140,7 @@ Entry parse_entry(const std::string& path, const std::string& name, const nlohma
     e.shape.push_back(dim);
   }
   uint64_t bytes = 0;
-  if (__builtin_mul_overflow(static_cast<uint64_t>(numel), dtype_size(e.dtype), &bytes))
+  if (__builtin_mul_overflow(static_cast<uint64_t>(numel), element_bytes, &bytes))
     bad(path, what + ": shape " + shape.dump() + " overflows");
 
   const nlohmann::json& offsets = field("data_offsets");
@@ -159,9 +156,98 @@ Entry parse_entry(const std::string& path, const std::string& name, const nlohma
                   std::to_string(buffer_size) + " bytes (file truncated?)");
   if (e.end - e.begin != bytes)
     bad(path, what + ": data_offsets " + offsets.dump() + " span " + std::to_string(e.end - e.begin) +
-                  " bytes but dtype " + dtype_text + " and shape " + shape.dump() + " need " +
+                  " bytes but dtype " + e.dtype + " and shape " + shape.dump() + " need " +
                   std::to_string(bytes) + " (wrong length)");
   return e;
+}
+
+// Reads and validates the whole header of an open file (entries, metadata, exact tiling).
+SafetensorsHeader parse_file_header(const std::string& path, const InputFile& file, bool any_float) {
+  if (file.size() < 8)
+    bad(path, "file is " + std::to_string(file.size()) + " bytes, shorter than the 8-byte header length");
+  unsigned char prefix[8];
+  file.read_at(0, prefix, 8);
+  uint64_t header_size = 0;
+  for (int i = 0; i < 8; ++i) header_size |= static_cast<uint64_t>(prefix[i]) << (8 * i);
+  if (header_size > kMaxHeaderBytes)
+    bad(path, "header length " + std::to_string(header_size) + " is absurd (limit " +
+                  std::to_string(kMaxHeaderBytes) + " bytes)");
+  if (header_size > file.size() - 8)
+    bad(path, "header length " + std::to_string(header_size) + " is larger than the file (" +
+                  std::to_string(file.size()) + " bytes; truncated?)");
+  std::string header_text(header_size, '\0');
+  file.read_at(8, header_text.data(), header_size);
+  // JSON text cannot hold a raw NUL; one here means the length prefix is off (nlohmann would stop at it).
+  if (header_text.find('\0') != std::string::npos)
+    bad(path, "header contains a NUL byte (wrong header length?)");
+  const nlohmann::json header = parse_header(path, header_text);
+
+  SafetensorsHeader result;
+  result.path = path;
+  result.data_begin = 8 + header_size;
+  result.file_size = file.size();
+  const uint64_t buffer_size = file.size() - result.data_begin;
+  for (const auto& [name, entry] : header.items()) {
+    if (name == "__metadata__") {
+      if (!entry.is_object()) bad(path, "\"__metadata__\" is not a JSON object");
+      for (const auto& [key, value] : entry.items()) {
+        if (!value.is_string())
+          bad(path, "metadata value for '" + key + "' is not a string: " + value.dump());
+        result.metadata[key] = value.get<std::string>();
+      }
+      continue;
+    }
+    result.tensors.emplace(name, parse_entry(path, name, entry, buffer_size, any_float));
+  }
+
+  // The tensors must tile the buffer exactly, as the format requires: no overlaps, no gaps.
+  std::vector<std::pair<const std::string*, const SafetensorsEntry*>> by_offset;
+  for (const auto& [name, e] : result.tensors) by_offset.emplace_back(&name, &e);
+  std::sort(by_offset.begin(), by_offset.end(), [](const auto& a, const auto& b) {
+    return std::tie(a.second->begin, a.second->end) < std::tie(b.second->begin, b.second->end);
+  });
+  uint64_t covered = 0;
+  const std::pair<const std::string*, const SafetensorsEntry*>* previous = nullptr;
+  for (const auto& item : by_offset) {
+    const SafetensorsEntry* e = item.second;
+    if (e->begin < covered)
+      bad(path, "tensor '" + *item.first + "' bytes [" + std::to_string(e->begin) + ", " +
+                    std::to_string(e->end) + ") overlap tensor '" + *previous->first + "' bytes [" +
+                    std::to_string(previous->second->begin) + ", " + std::to_string(previous->second->end) +
+                    ")");
+    if (e->begin > covered)
+      bad(path, "data buffer bytes [" + std::to_string(covered) + ", " + std::to_string(e->begin) +
+                    ") belong to no tensor (gap)");
+    covered = e->end;
+    previous = &item;
+  }
+  if (covered != buffer_size)
+    bad(path, "data buffer has " + std::to_string(buffer_size - covered) +
+                  " trailing bytes that belong to no tensor");
+  return result;
+}
+
+// IEEE half -> float, exact (subnormals, infinities and NaNs included).
+float half_to_float(uint16_t h) {
+  const uint32_t sign = static_cast<uint32_t>(h & 0x8000u) << 16;
+  const uint32_t exponent = (h >> 10) & 0x1fu;
+  uint32_t mantissa = h & 0x3ffu;
+  uint32_t bits;
+  if (exponent == 0x1f) {
+    bits = sign | 0x7f800000u | (mantissa << 13);
+  } else if (exponent != 0) {
+    bits = sign | ((exponent + 112) << 23) | (mantissa << 13);
+  } else if (mantissa == 0) {
+    bits = sign;
+  } else {  // subnormal: normalise
+    uint32_t e = 113;
+    while ((mantissa & 0x400u) == 0) {
+      mantissa <<= 1;
+      --e;
+    }
+    bits = sign | (e << 23) | ((mantissa & 0x3ffu) << 13);
+  }
+  return std::bit_cast<float>(bits);
 }
 
 }  // namespace
@@ -209,73 +295,48 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
 
 SafetensorsFile read_safetensors(const std::string& path) {
   InputFile file(path);
-  if (file.size() < 8)
-    bad(path, "file is " + std::to_string(file.size()) + " bytes, shorter than the 8-byte header length");
-  unsigned char prefix[8];
-  file.read_at(0, prefix, 8);
-  uint64_t header_size = 0;
-  for (int i = 0; i < 8; ++i) header_size |= static_cast<uint64_t>(prefix[i]) << (8 * i);
-  if (header_size > kMaxHeaderBytes)
-    bad(path, "header length " + std::to_string(header_size) + " is absurd (limit " +
-                  std::to_string(kMaxHeaderBytes) + " bytes)");
-  if (header_size > file.size() - 8)
-    bad(path, "header length " + std::to_string(header_size) + " is larger than the file (" +
-                  std::to_string(file.size()) + " bytes; truncated?)");
-  std::string header_text(header_size, '\0');
-  file.read_at(8, header_text.data(), header_size);
-  // JSON text cannot hold a raw NUL; one here means the length prefix is off (nlohmann would stop at it).
-  if (header_text.find('\0') != std::string::npos)
-    bad(path, "header contains a NUL byte (wrong header length?)");
-  const nlohmann::json header = parse_header(path, header_text);
-
-  const uint64_t buffer_begin = 8 + header_size;
-  const uint64_t buffer_size = file.size() - buffer_begin;
+  const SafetensorsHeader header = parse_file_header(path, file, /*any_float=*/false);
   SafetensorsFile result;
-  std::vector<Entry> entries;
-  for (const auto& [name, entry] : header.items()) {
-    if (name == "__metadata__") {
-      if (!entry.is_object()) bad(path, "\"__metadata__\" is not a JSON object");
-      for (const auto& [key, value] : entry.items()) {
-        if (!value.is_string())
-          bad(path, "metadata value for '" + key + "' is not a string: " + value.dump());
-        result.metadata[key] = value.get<std::string>();
-      }
-      continue;
-    }
-    entries.push_back(parse_entry(path, name, entry, buffer_size));
-  }
-
-  // The tensors must tile the buffer exactly, as the format requires: no overlaps, no gaps.
-  std::vector<const Entry*> by_offset;
-  for (const Entry& e : entries) by_offset.push_back(&e);
-  std::sort(by_offset.begin(), by_offset.end(), [](const Entry* a, const Entry* b) {
-    return std::tie(a->begin, a->end) < std::tie(b->begin, b->end);
-  });
-  uint64_t covered = 0;
-  const Entry* previous = nullptr;
-  for (const Entry* e : by_offset) {
-    if (e->begin < covered)
-      bad(path, "tensor '" + e->name + "' bytes [" + std::to_string(e->begin) + ", " +
-                    std::to_string(e->end) + ") overlap tensor '" + previous->name + "' bytes [" +
-                    std::to_string(previous->begin) + ", " + std::to_string(previous->end) + ")");
-    if (e->begin > covered)
-      bad(path, "data buffer bytes [" + std::to_string(covered) + ", " + std::to_string(e->begin) +
-                    ") belong to no tensor (gap)");
-    covered = e->end;
-    previous = e;
-  }
-  if (covered != buffer_size)
-    bad(path, "data buffer has " + std::to_string(buffer_size - covered) +
-                  " trailing bytes that belong to no tensor");
-
-  for (const Entry& e : entries) {
-    Tensor t = Tensor::empty(e.shape, e.dtype);
-    void* data =
-        e.dtype == DType::F32 ? static_cast<void*>(t.data<float>()) : static_cast<void*>(t.data<int32_t>());
-    file.read_at(buffer_begin + e.begin, data, e.end - e.begin);
-    result.tensors.emplace(e.name, std::move(t));
+  result.metadata = header.metadata;
+  for (const auto& [name, e] : header.tensors) {
+    const DType dtype = e.dtype == "F32" ? DType::F32 : DType::I32;
+    Tensor t = Tensor::empty(e.shape, dtype);
+    void* data = dtype == DType::F32 ? static_cast<void*>(t.data<float>()) : static_cast<void*>(t.data<int32_t>());
+    file.read_at(header.data_begin + e.begin, data, e.end - e.begin);
+    result.tensors.emplace(name, std::move(t));
   }
   return result;
+}
+
+SafetensorsHeader read_safetensors_header(const std::string& path) {
+  InputFile file(path);
+  return parse_file_header(path, file, /*any_float=*/true);
+}
+
+Tensor read_safetensors_tensor_f32(const SafetensorsHeader& header, const std::string& name) {
+  auto it = header.tensors.find(name);
+  if (it == header.tensors.end()) bad(header.path, "has no tensor '" + name + "'");
+  const SafetensorsEntry& e = it->second;
+  InputFile file(header.path);
+  if (file.size() != header.file_size)
+    bad(header.path, "changed size since its header was read (" + std::to_string(header.file_size) + " -> " +
+                         std::to_string(file.size()) + " bytes)");
+  Tensor t = Tensor::empty(e.shape, DType::F32);
+  float* out = t.data<float>();
+  const int64_t n = t.numel();
+  const uint64_t offset = header.data_begin + e.begin;
+  if (e.dtype == "F32") {
+    file.read_at(offset, out, e.end - e.begin);
+  } else if (e.dtype == "BF16" || e.dtype == "F16") {
+    std::vector<uint16_t> raw(static_cast<size_t>(n));
+    file.read_at(offset, raw.data(), e.end - e.begin);
+    const bool bf16 = e.dtype == "BF16";
+    for (int64_t i = 0; i < n; ++i)
+      out[i] = bf16 ? std::bit_cast<float>(static_cast<uint32_t>(raw[i]) << 16) : half_to_float(raw[i]);
+  } else {
+    bad(header.path, "tensor '" + name + "' has dtype " + e.dtype + ", which does not convert to float32");
+  }
+  return t;
 }
 
 }  // namespace ampipe

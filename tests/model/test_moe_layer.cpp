@@ -1,4 +1,4 @@
-// The MoE layer against a direct float64 computation of shared/MODEL.md: a per-token loop over the
+// The MoE layer against a direct float64 computation of docs/MODEL.md: a per-token loop over the
 // selected experts, capacity dropping, the load-balancing loss and its gradient.
 #include <gtest/gtest.h>
 

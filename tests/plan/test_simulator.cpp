@@ -128,7 +128,7 @@ BlockShape shape_for(int64_t N, int64_t d, int64_t k) {
   return s;
 }
 
-// One CPU core behind a 200 Mbit/s link shared by two ranks (shared/BENCHMARKS.md).
+// One CPU core behind a 200 Mbit/s link shared by two ranks (docs/BENCHMARKS.md).
 HardwareProfile cpu_profile(double link_bytes_per_s) {
   HardwareProfile hw;
   hw.name = "cpu";

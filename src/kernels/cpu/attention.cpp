@@ -4,8 +4,13 @@
 // scores S = Q K^T come from one small sgemm, the running row max / row sum are updated and the
 // output accumulator is rescaled, then O += P V (second sgemm). Scores are kept in base 2
 // (the sgemm's alpha is scale * log2(e)), so the softmax needs only exp2.
-// Backward: per (sequence, head), key tiles outside and query tiles inside; P is recomputed from
-// the saved log-sum-exp, and dV, dK accumulate straight into the caller's tensors.
+// Backward: per (sequence, KV head), the query heads of its group in order, each with key tiles
+// outside and query tiles inside; P is recomputed from the saved log-sum-exp, and dV, dK accumulate
+// straight into the caller's tensors.
+//
+// Grouped-query attention: query head j reads KV head j / (h / g). K is packed once per
+// (sequence, KV head) and shared by the group's query heads; a backward task owns one
+// (sequence, KV head), so it alone writes those dk / dv columns, summing its query heads in order.
 //
 // Only tiles that cross the causal diagonal are masked; tiles wholly above it are never computed,
 // and diagonal tiles are cut into row blocks whose key range stops at the block's last query, so
@@ -261,11 +266,13 @@ int64_t packed_key_tiles_size(int64_t rows, int64_t cols) {
 // Shapes
 
 struct Dims {
-  int64_t batch, heads, head_dim, q_begin, q_len, kv_len;
+  int64_t batch, heads, kv_heads, head_dim, q_begin, q_len, kv_len;
   int64_t kv_used() const { return q_begin + q_len; }
+  int64_t group() const { return heads / kv_heads; }  // query heads per KV head
 };
 
-// One head of one sequence: pointers to its first row and column, and row strides.
+// One head of one sequence: pointers to its first row and column, and row strides. `h` indexes the
+// heads of that tensor (query heads for q, out, dq; KV heads for k, v, dk, dv).
 struct HeadRows {
   const float* data;
   int64_t ld;
@@ -291,8 +298,8 @@ void check_matrix(const Tensor& t, const char* name, int64_t rows, int64_t cols,
                t.dim(1) == cols)
       << "attention: " << name << " must be a float tensor [" << rows << ", " << cols << "] for batch "
       << shape.batch << ", q_begin " << shape.q_begin << ", q_len " << shape.q_len << ", kv_len "
-      << shape.kv_len << ", got "
-      << (t.defined() ? shape_string(t.shape()) : std::string("an undefined tensor"));
+      << shape.kv_len << ", num_heads " << shape.num_heads << ", num_kv_heads " << shape.num_kv_heads
+      << ", got " << (t.defined() ? shape_string(t.shape()) : std::string("an undefined tensor"));
 }
 
 Dims check_shapes(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& shape) {
@@ -300,6 +307,11 @@ Dims check_shapes(const Tensor& q, const Tensor& k, const Tensor& v, const Atten
       << "attention: batch " << shape.batch << ", q_begin " << shape.q_begin << ", q_len " << shape.q_len
       << " must all be >= 0";
   AMPIPE_CHECK(shape.num_heads >= 1) << "attention: num_heads must be >= 1, got " << shape.num_heads;
+  AMPIPE_CHECK(shape.num_kv_heads >= 0)
+      << "attention: num_kv_heads must be >= 0 (0 means num_heads), got " << shape.num_kv_heads;
+  const int64_t kv_heads = shape.num_kv_heads == 0 ? shape.num_heads : shape.num_kv_heads;
+  AMPIPE_CHECK(shape.num_heads % kv_heads == 0)
+      << "attention: num_heads " << shape.num_heads << " is not divisible by num_kv_heads " << kv_heads;
   AMPIPE_CHECK(shape.kv_len >= shape.q_begin + shape.q_len)
       << "attention: kv_len " << shape.kv_len << " is shorter than the keys the queries see, q_begin "
       << shape.q_begin << " + q_len " << shape.q_len << " = " << shape.q_begin + shape.q_len;
@@ -310,9 +322,10 @@ Dims check_shapes(const Tensor& q, const Tensor& k, const Tensor& v, const Atten
   AMPIPE_CHECK(d % shape.num_heads == 0 && d > 0)
       << "attention: hidden size " << d << " is not a positive multiple of num_heads " << shape.num_heads;
   check_matrix(q, "q", shape.batch * shape.q_len, d, shape);
-  check_matrix(k, "k", shape.batch * shape.kv_len, d, shape);
-  check_matrix(v, "v", shape.batch * shape.kv_len, d, shape);
-  return {shape.batch, shape.num_heads, d / shape.num_heads, shape.q_begin, shape.q_len, shape.kv_len};
+  const int64_t head_dim = d / shape.num_heads;
+  check_matrix(k, "k", shape.batch * shape.kv_len, kv_heads * head_dim, shape);
+  check_matrix(v, "v", shape.batch * shape.kv_len, kv_heads * head_dim, shape);
+  return {shape.batch, shape.num_heads, kv_heads, head_dim, shape.q_begin, shape.q_len, shape.kv_len};
 }
 
 void check_lse(const Tensor& lse, const AttentionShape& shape) {
@@ -489,13 +502,14 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
   check_lse(lse, shape);
   if (dims.batch == 0 || dims.q_len == 0) return;
 
-  // K of every (sequence, head), packed once for all the query tiles that read it: O(tokens * d).
+  // K of every (sequence, KV head), packed once for all the query tiles of all the query heads that
+  // read it: O(tokens * g * hd).
   const int64_t keys = dims.kv_used(), packed_size = packed_key_tiles_size(keys, dims.head_dim);
-  const auto key_tiles = aligned_floats(dims.batch * dims.heads * packed_size);
-  parallel_for(dims.batch * dims.heads, 1, [&](int64_t task_begin, int64_t task_end) {
-    for (int64_t bh = task_begin; bh < task_end; ++bh) {
-      const HeadRows k_head = head_rows(k, dims.kv_len, dims, bh / dims.heads, bh % dims.heads);
-      pack_key_tiles(k_head.data, k_head.ld, keys, dims.head_dim, key_tiles.get() + bh * packed_size);
+  const auto key_tiles = aligned_floats(dims.batch * dims.kv_heads * packed_size);
+  parallel_for(dims.batch * dims.kv_heads, 1, [&](int64_t task_begin, int64_t task_end) {
+    for (int64_t bg = task_begin; bg < task_end; ++bg) {
+      const HeadRows k_head = head_rows(k, dims.kv_len, dims, bg / dims.kv_heads, bg % dims.kv_heads);
+      pack_key_tiles(k_head.data, k_head.ld, keys, dims.head_dim, key_tiles.get() + bg * packed_size);
     }
   });
 
@@ -509,9 +523,9 @@ void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const 
     for (int64_t task = task_begin; task < task_end; ++task) {
       const int64_t pair = task % pairs;
       const int64_t bh = task / pairs;
-      const int64_t b = bh / dims.heads, h = bh % dims.heads;
-      const ForwardHead head{head_rows(q, dims.q_len, dims, b, h), head_rows(v, dims.kv_len, dims, b, h),
-                             key_tiles.get() + bh * packed_size,
+      const int64_t b = bh / dims.heads, h = bh % dims.heads, kv = h / dims.group();
+      const ForwardHead head{head_rows(q, dims.q_len, dims, b, h), head_rows(v, dims.kv_len, dims, b, kv),
+                             key_tiles.get() + (b * dims.kv_heads + kv) * packed_size,
                              mutable_head_rows(out, dims.q_len, dims, b, h),
                              lse.data<float>() + bh * dims.q_len};
       for (const int64_t tile : {pair, tiles - 1 - pair}) {
@@ -527,17 +541,18 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
                         const Tensor& lse, const Tensor& dout, const AttentionShape& shape, Tensor dq,
                         Tensor dk, Tensor dv) {
   const Dims dims = check_shapes(q, k, v, shape);
-  const int64_t d = q.dim(1);
+  const int64_t d = q.dim(1), kv_d = dims.kv_heads * dims.head_dim;
   check_matrix(out, "out", shape.batch * shape.q_len, d, shape);
   check_matrix(dout, "dout", shape.batch * shape.q_len, d, shape);
   check_matrix(dq, "dq", shape.batch * shape.q_len, d, shape);
-  check_matrix(dk, "dk", shape.batch * shape.kv_len, d, shape);
-  check_matrix(dv, "dv", shape.batch * shape.kv_len, d, shape);
+  check_matrix(dk, "dk", shape.batch * shape.kv_len, kv_d, shape);
+  check_matrix(dv, "dv", shape.batch * shape.kv_len, kv_d, shape);
   check_lse(lse, shape);
   if (dims.batch == 0 || dims.q_len == 0) return;
 
-  // One task per (sequence, head): it owns that head's columns of dq, dk and dv.
-  parallel_for(dims.batch * dims.heads, 1, [&](int64_t task_begin, int64_t task_end) {
+  // One task per (sequence, KV head): it owns that KV head's columns of dk and dv and the columns of
+  // dq of its group's query heads, which it runs in order (a fixed summation order for dk, dv).
+  parallel_for(dims.batch * dims.kv_heads, 1, [&](int64_t task_begin, int64_t task_end) {
     const int64_t keys = dims.kv_used(), packed_size = packed_key_tiles_size(keys, dims.head_dim);
     BackwardScratch scratch{aligned_floats(kQueryTile * kKeyTile),
                             aligned_floats(kQueryTile * kKeyTile),
@@ -545,18 +560,25 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
                             aligned_floats(dims.q_len),
                             aligned_floats(packed_size),
                             aligned_floats(packed_size)};
-    for (int64_t bh = task_begin; bh < task_end; ++bh) {
-      const int64_t b = bh / dims.heads, h = bh % dims.heads;
-      const HeadRows k_head = head_rows(k, dims.kv_len, dims, b, h);
-      const HeadRows v_head = head_rows(v, dims.kv_len, dims, b, h);
+    for (int64_t bg = task_begin; bg < task_end; ++bg) {
+      const int64_t b = bg / dims.kv_heads, kv = bg % dims.kv_heads;
+      const HeadRows k_head = head_rows(k, dims.kv_len, dims, b, kv);
+      const HeadRows v_head = head_rows(v, dims.kv_len, dims, b, kv);
       pack_key_tiles(k_head.data, k_head.ld, keys, dims.head_dim, scratch.key_tiles.get());
       pack_key_tiles(v_head.data, v_head.ld, keys, dims.head_dim, scratch.value_tiles.get());
-      const BackwardHead head{
-          head_rows(q, dims.q_len, dims, b, h),           k_head,
-          head_rows(out, dims.q_len, dims, b, h),         head_rows(dout, dims.q_len, dims, b, h),
-          mutable_head_rows(dq, dims.q_len, dims, b, h),  mutable_head_rows(dk, dims.kv_len, dims, b, h),
-          mutable_head_rows(dv, dims.kv_len, dims, b, h), lse.data<float>() + bh * dims.q_len};
-      backward_head(head, dims, scratch);
+      const MutableHeadRows dk_head = mutable_head_rows(dk, dims.kv_len, dims, b, kv);
+      const MutableHeadRows dv_head = mutable_head_rows(dv, dims.kv_len, dims, b, kv);
+      for (int64_t h = kv * dims.group(); h < (kv + 1) * dims.group(); ++h) {
+        const BackwardHead head{head_rows(q, dims.q_len, dims, b, h),
+                                k_head,
+                                head_rows(out, dims.q_len, dims, b, h),
+                                head_rows(dout, dims.q_len, dims, b, h),
+                                mutable_head_rows(dq, dims.q_len, dims, b, h),
+                                dk_head,
+                                dv_head,
+                                lse.data<float>() + (b * dims.heads + h) * dims.q_len};
+        backward_head(head, dims, scratch);
+      }
     }
   });
 }

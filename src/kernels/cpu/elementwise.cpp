@@ -112,6 +112,38 @@ void gelu_backward_span(const float* x, const float* dy, float* dx, int64_t n) {
   }
 }
 
+// SwiGLU through s = sigmoid(z) = 1 / (1 + e), e = e^{-z} (vectorised exp, blocks of kGeluBlock
+// through a stack buffer as for gelu). The exponent is capped at kGeluMaxExponent so e stays
+// finite: silu(z) = z s is then ~1e-35 z instead of ~0 for z < -80, and 1 - s = e s never becomes
+// inf * 0 = NaN in the backward.
+void swiglu_span(const float* gate, const float* up, float* out, int64_t n) {
+  alignas(32) float e[kGeluBlock];
+  for (int64_t b = 0; b < n; b += kGeluBlock) {
+    const int64_t m = std::min(kGeluBlock, n - b);
+    for (int64_t j = 0; j < m; ++j) e[j] = std::min(kGeluMaxExponent, -gate[b + j]);
+    exp_inplace(e, m);
+    for (int64_t j = 0; j < m; ++j) out[b + j] = gate[b + j] / (1.0f + e[j]) * up[b + j];
+  }
+}
+
+// dgate = dout * up * s (1 + z e s), dup = dout * z s, with 1 - s = e s.
+void swiglu_backward_span(const float* gate, const float* up, const float* dout, float* dgate, float* dup,
+                          int64_t n) {
+  alignas(32) float e[kGeluBlock];
+  for (int64_t b = 0; b < n; b += kGeluBlock) {
+    const int64_t m = std::min(kGeluBlock, n - b);
+    for (int64_t j = 0; j < m; ++j) e[j] = std::min(kGeluMaxExponent, -gate[b + j]);
+    exp_inplace(e, m);
+    for (int64_t j = 0; j < m; ++j) {
+      const float z = gate[b + j];
+      const float s = 1.0f / (1.0f + e[j]);
+      const float g = dout[b + j];
+      dgate[b + j] = g * up[b + j] * (s * (1.0f + z * (e[j] * s)));
+      dup[b + j] = g * (z * s);
+    }
+  }
+}
+
 }  // namespace
 
 void add_bias(Tensor y, const Tensor& bias) {
@@ -199,6 +231,37 @@ void gelu_backward(const Tensor& x, const Tensor& dy, Tensor dx) {
   const bool contiguous = xm.contiguous && gm.contiguous && dm.contiguous;
   for_each_span(xm.rows, xm.cols, contiguous, [&](int64_t r, int64_t c0, int64_t c1) {
     gelu_backward_span(xm.row(r) + c0, gm.row(r) + c0, dm.row(r) + c0, c1 - c0);
+  });
+}
+
+void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor out) {
+  check_2d(gate, "swiglu_forward", "gate");
+  check_same_shape(gate, up, "swiglu_forward", "gate", "up");
+  check_same_shape(gate, out, "swiglu_forward", "gate", "out");
+  const Matrix gm = as_matrix(gate);
+  const Matrix um = as_matrix(up);
+  const Matrix om = as_matrix(out);
+  const bool contiguous = gm.contiguous && um.contiguous && om.contiguous;
+  for_each_span(gm.rows, gm.cols, contiguous, [&](int64_t r, int64_t c0, int64_t c1) {
+    swiglu_span(gm.row(r) + c0, um.row(r) + c0, om.row(r) + c0, c1 - c0);
+  });
+}
+
+void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor dgate, Tensor dup) {
+  check_2d(gate, "swiglu_backward", "gate");
+  check_same_shape(gate, up, "swiglu_backward", "gate", "up");
+  check_same_shape(gate, dout, "swiglu_backward", "gate", "dout");
+  check_same_shape(gate, dgate, "swiglu_backward", "gate", "dgate");
+  check_same_shape(gate, dup, "swiglu_backward", "gate", "dup");
+  const Matrix gm = as_matrix(gate);
+  const Matrix um = as_matrix(up);
+  const Matrix om = as_matrix(dout);
+  const Matrix dgm = as_matrix(dgate);
+  const Matrix dum = as_matrix(dup);
+  const bool contiguous = gm.contiguous && um.contiguous && om.contiguous && dgm.contiguous && dum.contiguous;
+  for_each_span(gm.rows, gm.cols, contiguous, [&](int64_t r, int64_t c0, int64_t c1) {
+    swiglu_backward_span(gm.row(r) + c0, um.row(r) + c0, om.row(r) + c0, dgm.row(r) + c0, dum.row(r) + c0,
+                         c1 - c0);
   });
 }
 

@@ -47,19 +47,24 @@ void embedding_forward(const Tensor& tokens, const Tensor& token_table, const Te
   const int64_t rows = x.dim(0);
   const int64_t width = x.dim(1);
   check_table(token_table, 0, width, "embedding_forward", "token_table");
-  check_table(position_table, seq_len, width, "embedding_forward", "position_table");
+  const bool positions = position_table.defined();
+  if (positions) check_table(position_table, seq_len, width, "embedding_forward", "position_table");
   const int32_t* tp = check_tokens(tokens, rows, token_table.dim(0), seq_len, "embedding_forward");
   const float* tok = token_table.data<float>();
-  const float* pos = position_table.data<float>();
+  const float* pos = positions ? position_table.data<float>() : nullptr;
   float* xp = x.data<float>();
   const int64_t tok_s = token_table.stride(0);
-  const int64_t pos_s = position_table.stride(0);
+  const int64_t pos_s = positions ? position_table.stride(0) : 0;
   const int64_t xs = x.stride(0);
   parallel_for(rows, row_grain(width), [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const float* a = tok + tp[t] * tok_s;
-      const float* b = pos + (t % seq_len) * pos_s;
       float* out = xp + t * xs;
+      if (!pos) {
+        std::copy(a, a + width, out);
+        continue;
+      }
+      const float* b = pos + (t % seq_len) * pos_s;
       for (int64_t j = 0; j < width; ++j) out[j] = a[j] + b[j];
     }
   });
@@ -72,7 +77,7 @@ void embedding_backward(const Tensor& tokens, const Tensor& dx, int64_t seq_len,
   const int64_t rows = dx.dim(0);
   const int64_t width = dx.dim(1);
   check_table(dtoken_table, 0, width, "embedding_backward", "dtoken_table");
-  check_table(dposition_table, seq_len, width, "embedding_backward", "dposition_table");
+  if (dposition_table.defined()) check_table(dposition_table, seq_len, width, "embedding_backward", "dposition_table");
   const int64_t vocab = dtoken_table.dim(0);
   const int32_t* tp = check_tokens(tokens, rows, vocab, seq_len, "embedding_backward");
   const float* g = dx.data<float>();
@@ -92,6 +97,7 @@ void embedding_backward(const Tensor& tokens, const Tensor& dx, int64_t seq_len,
                  }
                });
 
+  if (!dposition_table.defined()) return;
   float* dpos = dposition_table.data<float>();
   const int64_t pos_s = dposition_table.stride(0);
   const int64_t batch = rows / seq_len;

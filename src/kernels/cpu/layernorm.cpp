@@ -1,8 +1,9 @@
-// CPU LayerNorm (kernels/layernorm.h).
+// CPU LayerNorm and RMSNorm (kernels/layernorm.h).
 //
-// Row statistics are accumulated in double (two passes: mean, then centred squares). The backward
-// pass computes dx row by row and reduces dweight / dbias over fixed blocks of rows whose partials
-// are combined in block order, so the result does not depend on the thread count.
+// Row statistics are accumulated in double (LayerNorm: two passes, mean then centred squares;
+// RMSNorm: one pass of squares). The backward passes compute dx row by row and reduce the parameter
+// gradients over fixed blocks of rows whose partials are combined in block order, so the result
+// does not depend on the thread count.
 #include "kernels/layernorm.h"
 
 #include <algorithm>
@@ -68,6 +69,44 @@ void backward_row(const float* dy, const float* x, const float* w, float mean, f
   }
 }
 
+double row_squares(const float* x, int64_t n) {
+  double s = 0;
+#pragma omp simd reduction(+ : s)
+  for (int64_t j = 0; j < n; ++j) s += static_cast<double>(x[j]) * x[j];
+  return s;
+}
+
+// One row of the RMSNorm backward: dx written, the block's dweight partial accumulated.
+// g = dy * w, xhat = x * rstd; dx = rstd * (g - xhat * mean(g * xhat)).
+void rms_backward_row(const float* dy, const float* x, const float* w, float rstd, int64_t cols, float* dx,
+                      float* dweight_partial) {
+  double sum_gx = 0;
+#pragma omp simd reduction(+ : sum_gx)
+  for (int64_t j = 0; j < cols; ++j) {
+    const float g = dy[j] * w[j];
+    const float xh = x[j] * rstd;
+    sum_gx += static_cast<double>(g) * xh;
+  }
+  const float mean_gx = static_cast<float>(sum_gx / static_cast<double>(cols));
+  // The parameter partial first: it reads dy, so dx may even share its storage.
+  for (int64_t j = 0; j < cols; ++j) dweight_partial[j] += dy[j] * (x[j] * rstd);
+  for (int64_t j = 0; j < cols; ++j) dx[j] = rstd * (dy[j] * w[j] - (x[j] * rstd) * mean_gx);
+}
+
+// out[j] += sum over blk of partial[blk * block_stride + j], j < cols, summed in double in block
+// order (so the sum does not depend on how the blocks were spread over threads).
+void accumulate_block_partials(const std::vector<float>& partial, int64_t blocks, int64_t block_stride,
+                               int64_t offset, int64_t cols, float* out) {
+  parallel_for(cols, kGrainElements / 4, [&](int64_t begin, int64_t end) {
+    std::vector<double> total(static_cast<size_t>(end - begin), 0.0);
+    for (int64_t blk = 0; blk < blocks; ++blk) {
+      const float* p = partial.data() + blk * block_stride + offset + begin;
+      for (int64_t j = 0; j < end - begin; ++j) total[j] += p[j];
+    }
+    for (int64_t j = begin; j < end; ++j) out[j] += static_cast<float>(total[j - begin]);
+  });
+}
+
 void check_matrix(const Tensor& t, int64_t rows, int64_t cols, const char* op, const char* name) {
   AMPIPE_CHECK(t.ndim() == 2 && t.dim(0) == rows && t.dim(1) == cols)
       << op << ": " << name << " " << shape_string(t.shape()) << " must be [" << rows << ", " << cols << "]";
@@ -81,7 +120,8 @@ void check_vector(const Tensor& t, int64_t n, const char* op, const char* name) 
 }  // namespace
 
 void layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor y, Tensor mean,
-                       Tensor rstd) {
+                       Tensor rstd, float eps) {
+  AMPIPE_CHECK(eps >= 0.0f) << "layernorm_forward: eps must be >= 0, got " << eps;
   AMPIPE_CHECK(x.ndim() == 2 && x.dim(1) >= 1)
       << "layernorm_forward: x must be 2-D [rows, cols >= 1], got " << shape_string(x.shape());
   const int64_t rows = x.dim(0);
@@ -106,7 +146,7 @@ void layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias
       const double mu = row_sum(xr, cols) / static_cast<double>(cols);
       const double var = row_centered_squares(xr, cols, mu) / static_cast<double>(cols);
       const float m = static_cast<float>(mu);
-      const float rs = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(kLayerNormEps)));
+      const float rs = static_cast<float>(1.0 / std::sqrt(var + static_cast<double>(eps)));
       mp[r] = m;
       rp[r] = rs;
       for (int64_t j = 0; j < cols; ++j) yr[j] = (xr[j] - m) * rs * w[j] + b[j];
@@ -153,25 +193,71 @@ void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
                  }
                });
 
-  float* dw = dweight.data<float>();
-  float* db = dbias.data<float>();
-  parallel_for(cols, kGrainElements / 4, [&](int64_t begin, int64_t end) {
-    const int64_t n = end - begin;
-    std::vector<double> total_w(static_cast<size_t>(n), 0.0);
-    std::vector<double> total_b(static_cast<size_t>(n), 0.0);
-    for (int64_t blk = 0; blk < blocks; ++blk) {
-      const float* pw = partial.data() + 2 * blk * cols + begin;
-      const float* pb = pw + cols;
-      for (int64_t j = 0; j < n; ++j) {
-        total_w[j] += pw[j];
-        total_b[j] += pb[j];
-      }
-    }
-    for (int64_t j = 0; j < n; ++j) {
-      dw[begin + j] += static_cast<float>(total_w[j]);
-      db[begin + j] += static_cast<float>(total_b[j]);
+  accumulate_block_partials(partial, blocks, 2 * cols, 0, cols, dweight.data<float>());
+  accumulate_block_partials(partial, blocks, 2 * cols, cols, cols, dbias.data<float>());
+}
+
+void rmsnorm_forward(const Tensor& x, const Tensor& weight, Tensor y, Tensor rstd, float eps) {
+  AMPIPE_CHECK(eps >= 0.0f) << "rmsnorm_forward: eps must be >= 0, got " << eps;
+  AMPIPE_CHECK(x.ndim() == 2 && x.dim(1) >= 1)
+      << "rmsnorm_forward: x must be 2-D [rows, cols >= 1], got " << shape_string(x.shape());
+  const int64_t rows = x.dim(0);
+  const int64_t cols = x.dim(1);
+  check_matrix(y, rows, cols, "rmsnorm_forward", "y");
+  check_vector(weight, cols, "rmsnorm_forward", "weight");
+  check_vector(rstd, rows, "rmsnorm_forward", "rstd");
+  const float* xp = x.data<float>();
+  float* yp = y.data<float>();
+  const float* w = weight.data<float>();
+  float* rp = rstd.data<float>();
+  const int64_t xs = x.stride(0);
+  const int64_t ys = y.stride(0);
+  parallel_for(rows, row_grain(cols), [&](int64_t begin, int64_t end) {
+    for (int64_t r = begin; r < end; ++r) {
+      const float* xr = xp + r * xs;
+      float* yr = yp + r * ys;
+      const double mean_square = row_squares(xr, cols) / static_cast<double>(cols);
+      const float rs = static_cast<float>(1.0 / std::sqrt(mean_square + static_cast<double>(eps)));
+      rp[r] = rs;
+      for (int64_t j = 0; j < cols; ++j) yr[j] = xr[j] * rs * w[j];
     }
   });
+}
+
+void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& rstd, Tensor dx,
+                      Tensor dweight) {
+  AMPIPE_CHECK(x.ndim() == 2 && x.dim(1) >= 1)
+      << "rmsnorm_backward: x must be 2-D [rows, cols >= 1], got " << shape_string(x.shape());
+  const int64_t rows = x.dim(0);
+  const int64_t cols = x.dim(1);
+  check_matrix(dy, rows, cols, "rmsnorm_backward", "dy");
+  check_matrix(dx, rows, cols, "rmsnorm_backward", "dx");
+  check_vector(weight, cols, "rmsnorm_backward", "weight");
+  check_vector(rstd, rows, "rmsnorm_backward", "rstd");
+  check_vector(dweight, cols, "rmsnorm_backward", "dweight");
+  if (rows == 0) return;
+  const float* gp = dy.data<float>();
+  const float* xp = x.data<float>();
+  const float* w = weight.data<float>();
+  const float* rp = rstd.data<float>();
+  float* dxp = dx.data<float>();
+  const int64_t gs = dy.stride(0);
+  const int64_t xs = x.stride(0);
+  const int64_t dxs = dx.stride(0);
+
+  // Per block of kReduceRows rows: a partial dweight, summed in row order.
+  const int64_t blocks = (rows + kReduceRows - 1) / kReduceRows;
+  std::vector<float> partial(static_cast<size_t>(blocks * cols), 0.0f);
+  parallel_for(blocks, std::max<int64_t>(1, kGrainElements / (kReduceRows * cols)),
+               [&](int64_t begin, int64_t end) {
+                 for (int64_t blk = begin; blk < end; ++blk) {
+                   float* pw = partial.data() + blk * cols;
+                   const int64_t r_end = std::min(rows, (blk + 1) * kReduceRows);
+                   for (int64_t r = blk * kReduceRows; r < r_end; ++r)
+                     rms_backward_row(gp + r * gs, xp + r * xs, w, rp[r], cols, dxp + r * dxs, pw);
+                 }
+               });
+  accumulate_block_partials(partial, blocks, cols, 0, cols, dweight.data<float>());
 }
 
 }  // namespace ampipe::kernels

@@ -31,7 +31,7 @@ double selected_sum(const float* p, const int32_t* idx, int64_t k) {
 
 }  // namespace
 
-void router_topk(const Tensor& probs, int k, Tensor expert_index, Tensor gate) {
+void router_topk(const Tensor& probs, int k, Tensor expert_index, Tensor gate, bool normalize_single) {
   AMPIPE_CHECK(probs.ndim() == 2) << "router_topk: probs must be 2-D [tokens, experts], got "
                                   << shape_string(probs.shape());
   const int64_t tokens = probs.dim(0);
@@ -62,7 +62,7 @@ void router_topk(const Tensor& probs, int k, Tensor expert_index, Tensor gate) {
         taken[best] = 1;
         idx[j] = static_cast<int32_t>(best);
       }
-      if (k == 1) {
+      if (k == 1 && !normalize_single) {
         g[0] = p[idx[0]];
       } else {
         const double sum = selected_sum(p, idx, k);
@@ -73,7 +73,7 @@ void router_topk(const Tensor& probs, int k, Tensor expert_index, Tensor gate) {
 }
 
 void router_topk_backward(const Tensor& probs, const Tensor& expert_index, const Tensor& gate,
-                          const Tensor& dgate, Tensor dprobs) {
+                          const Tensor& dgate, Tensor dprobs, bool normalize_single) {
   AMPIPE_CHECK(probs.ndim() == 2) << "router_topk_backward: probs must be 2-D [tokens, experts], got "
                                   << shape_string(probs.shape());
   const int64_t tokens = probs.dim(0);
@@ -110,7 +110,7 @@ void router_topk_backward(const Tensor& probs, const Tensor& expert_index, const
       const float* dg = dgp + t * dgs;
       float* dp = dpp + t * dps;
       std::fill(dp, dp + experts, 0.0f);
-      if (k == 1) {
+      if (k == 1 && !normalize_single) {
         dp[idx[0]] += dg[0];
         continue;
       }

@@ -34,7 +34,7 @@ class Dispatcher {
  public:
   Dispatcher(const ModelConfig& config, const ModelParallel& parallel);
 
-  // Capacity per expert for a routing group of `tokens` tokens (-1: dropless); shared/MODEL.md.
+  // Capacity per expert for a routing group of `tokens` tokens (-1: dropless); docs/MODEL.md.
   int64_t capacity(int64_t tokens) const;
 
   // m [T, d], expert_index [T, k] (global expert ids), gate [T, k] -> expert input [P_local, d],

@@ -7,21 +7,46 @@ namespace ampipe {
 
 Experts::Experts(const ModelConfig& config, ParameterRegistry& params, const std::string& prefix,
                  const ModelParallel& parallel)
-    : experts_(config.num_experts / parallel.ep_size()), hidden_(config.hidden_size), ffn_(config.ffn_hidden_size) {
+    : experts_(config.num_experts / parallel.ep_size()),
+      hidden_(config.hidden_size),
+      ffn_(config.ffn_hidden_size),
+      swiglu_(config.swiglu) {
   AMPIPE_CHECK(config.num_experts % parallel.ep_size() == 0)
       << "--moe-num-experts " << config.num_experts << " is not divisible by the expert-parallel size "
       << parallel.ep_size();
   const int64_t offset = parallel.ep_rank() * experts_;
-  fc1_w_ = &params.add_expert(prefix + "moe.fc1.weight", {experts_, ffn_, hidden_}, true, offset);
-  fc1_b_ = &params.add_expert(prefix + "moe.fc1.bias", {experts_, ffn_}, false, offset);
-  fc2_w_ = &params.add_expert(prefix + "moe.fc2.weight", {experts_, hidden_, ffn_}, true, offset);
-  fc2_b_ = &params.add_expert(prefix + "moe.fc2.bias", {experts_, hidden_}, false, offset);
+  auto add = [&](const std::string& name, int64_t out, int64_t in) {
+    Stacked m;
+    m.weight = &params.add_expert(prefix + "moe." + name + ".weight", {experts_, out, in}, true, offset);
+    if (config.add_bias_linear)
+      m.bias = &params.add_expert(prefix + "moe." + name + ".bias", {experts_, out}, false, offset);
+    return m;
+  };
+  if (swiglu_) {
+    in_ = add("w1", ffn_, hidden_);
+    linear_ = add("w3", ffn_, hidden_);
+    out_ = add("w2", hidden_, ffn_);
+  } else {
+    in_ = add("fc1", ffn_, hidden_);
+    out_ = add("fc2", hidden_, ffn_);
+  }
 }
 
-Tensor Experts::slice(const Tensor& t, int64_t e) const {
-  Tensor s = t.rows(e, e + 1);
+Tensor Experts::slice(const Parameter* p, bool grad, int64_t e) {
+  if (!p) return Tensor();
+  const Tensor& t = grad ? p->grad : p->value;
   Shape shape(t.shape().begin() + 1, t.shape().end());
-  return s.reshape(shape);
+  return t.rows(e, e + 1).reshape(shape);
+}
+
+void Experts::forward_map(const Stacked& m, int64_t e, const Tensor& x, Tensor y) {
+  linear_forward(x, slice(m.weight, false, e), slice(m.bias, false, e), y);
+}
+
+void Experts::backward_map(const Stacked& m, int64_t e, const Tensor& x, const Tensor& dy, Tensor dx,
+                           bool accumulate_dx) {
+  linear_backward(x, slice(m.weight, false, e), dy, dx, slice(m.weight, true, e), slice(m.bias, true, e),
+                  accumulate_dx);
 }
 
 Tensor Experts::forward(ExpertsContext& ctx, const Tensor& u, const std::vector<int64_t>& counts) const {
@@ -31,6 +56,7 @@ Tensor Experts::forward(ExpertsContext& ctx, const Tensor& u, const std::vector<
   ctx.counts = counts;
   ctx.u = u;
   ctx.h = Tensor::empty({P, ffn_});
+  if (swiglu_) ctx.h3 = Tensor::empty({P, ffn_});
   ctx.g = Tensor::empty({P, ffn_});
   Tensor y = Tensor::empty({P, hidden_});
   int64_t row = 0;
@@ -38,11 +64,16 @@ Tensor Experts::forward(ExpertsContext& ctx, const Tensor& u, const std::vector<
     const int64_t n = counts[e];
     if (n == 0) continue;
     AMPIPE_CHECK(row + n <= P) << "expert counts sum past the " << P << " input rows";
-    Tensor h = ctx.h.rows(row, row + n);
-    linear_forward(u.rows(row, row + n), slice(fc1_w_->value, e), slice(fc1_b_->value, e), h);
-    Tensor g = ctx.g.rows(row, row + n);
-    kernels::gelu_forward(h, g);
-    linear_forward(g, slice(fc2_w_->value, e), slice(fc2_b_->value, e), y.rows(row, row + n));
+    const Tensor u_e = u.rows(row, row + n), h = ctx.h.rows(row, row + n), g = ctx.g.rows(row, row + n);
+    forward_map(in_, e, u_e, h);
+    if (swiglu_) {
+      const Tensor h3 = ctx.h3.rows(row, row + n);
+      forward_map(linear_, e, u_e, h3);
+      kernels::swiglu_forward(h, h3, g);
+    } else {
+      kernels::gelu_forward(h, g);
+    }
+    forward_map(out_, e, g, y.rows(row, row + n));
     row += n;
   }
   AMPIPE_CHECK(row == P) << "expert counts sum to " << row << ", input has " << P << " rows";
@@ -53,16 +84,25 @@ Tensor Experts::backward(ExpertsContext& ctx, const Tensor& dy) const {
   const int64_t P = dy.dim(0);
   Tensor du = Tensor::empty({P, hidden_});
   Tensor dg = Tensor::empty({P, ffn_});
+  Tensor dh3 = swiglu_ ? Tensor::empty({P, ffn_}) : Tensor();
   int64_t row = 0;
   for (int64_t e = 0; e < experts_; ++e) {
     const int64_t n = ctx.counts[e];
     if (n == 0) continue;
+    const Tensor u_e = ctx.u.rows(row, row + n), h = ctx.h.rows(row, row + n), du_e = du.rows(row, row + n);
     Tensor dg_e = dg.rows(row, row + n);
-    linear_backward(ctx.g.rows(row, row + n), slice(fc2_w_->value, e), dy.rows(row, row + n), dg_e,
-                    slice(fc2_w_->grad, e), slice(fc2_b_->grad, e));
-    kernels::gelu_backward(ctx.h.rows(row, row + n), dg_e, dg_e);
-    linear_backward(ctx.u.rows(row, row + n), slice(fc1_w_->value, e), dg_e, du.rows(row, row + n),
-                    slice(fc1_w_->grad, e), slice(fc1_b_->grad, e));
+    backward_map(out_, e, ctx.g.rows(row, row + n), dy.rows(row, row + n), dg_e, false);
+    if (swiglu_) {
+      // swiglu_backward's outputs may not alias its inputs: the gate's gradient gets its own buffer.
+      const Tensor h3 = ctx.h3.rows(row, row + n), dh3_e = dh3.rows(row, row + n);
+      Tensor dh = Tensor::empty({n, ffn_});
+      kernels::swiglu_backward(h, h3, dg_e, dh, dh3_e);
+      backward_map(in_, e, u_e, dh, du_e, false);
+      backward_map(linear_, e, u_e, dh3_e, du_e, true);
+    } else {
+      kernels::gelu_backward(h, dg_e, dg_e);
+      backward_map(in_, e, u_e, dg_e, du_e, false);
+    }
     row += n;
   }
   ctx = ExpertsContext{};

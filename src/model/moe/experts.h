@@ -1,9 +1,12 @@
-// The experts of one MoE layer held by this rank: FFN_e(u) = gelu_tanh(u @ W1[e]^T + b1[e]) @ W2[e]^T
-// + b2[e] for the E_local = E / EP experts [offset, offset + E_local), offset = ep_rank * E_local.
-//
-// Parameters under `prefix` (expert tensors, see Parameter::is_expert): moe.fc1.weight
-// [E_local, f, d], moe.fc1.bias [E_local, f], moe.fc2.weight [E_local, d, f], moe.fc2.bias
-// [E_local, d]; a checkpoint holds the gathered [E, ...] tensors. Input rows arrive grouped by expert (the dispatcher's output): rows of expert
+// The experts of one MoE layer held by this rank, the E_local = E / EP experts
+// [offset, offset + E_local), offset = ep_rank * E_local. Two kinds of FFN (ModelConfig::swiglu):
+//   GELU    FFN_e(u) = gelu_tanh(u @ W1[e]^T + b1[e]) @ W2[e]^T + b2[e]
+//           moe.fc1.weight [E_local, f, d], moe.fc2.weight [E_local, d, f]
+//   SwiGLU  FFN_e(u) = (silu(u @ W1[e]^T + b1[e]) * (u @ W3[e]^T + b3[e])) @ W2[e]^T + b2[e]
+//           moe.w1.weight, moe.w3.weight [E_local, f, d], moe.w2.weight [E_local, d, f]
+// Biases ([E_local, f] or [E_local, d], named .bias beside each weight) exist only with
+// ModelConfig::add_bias_linear. Parameters are registered under `prefix` as expert tensors (see
+// Parameter::is_expert); a checkpoint holds the gathered [E, ...] tensors. Input rows arrive grouped by expert (the dispatcher's output): rows of expert
 // e are the counts[e] rows after those of experts 0..e-1. An expert with no rows costs nothing.
 #pragma once
 
@@ -19,8 +22,9 @@ namespace ampipe {
 struct ExpertsContext {
   std::vector<int64_t> counts;  // rows per expert
   Tensor u;                     // [P, d] input
-  Tensor h;                     // [P, f] pre-activation
-  Tensor g;                     // [P, f] gelu(h)
+  Tensor h;                     // [P, f] pre-activation (SwiGLU: of the gate, through silu)
+  Tensor h3;                    // [P, f] SwiGLU only: the up projection
+  Tensor g;                     // [P, f] gelu(h), or silu(h) * h3
 };
 
 class Experts {
@@ -36,11 +40,23 @@ class Experts {
   int64_t num_local_experts() const { return experts_; }
 
  private:
+  // One stacked linear map of every local expert: weight [E_local, out, in], bias [E_local, out] or
+  // nullptr.
+  struct Stacked {
+    Parameter* weight = nullptr;
+    Parameter* bias = nullptr;
+  };
   int64_t experts_, hidden_, ffn_;
-  Parameter *fc1_w_, *fc1_b_, *fc2_w_, *fc2_b_;
+  bool swiglu_;
+  Stacked in_;      // fc1, or w1: the branch through the activation
+  Stacked linear_;  // SwiGLU only: w3, the linear branch
+  Stacked out_;     // fc2, or w2
 
-  // Views of expert e's slices: [f, d], [f], [d, f], [d].
-  Tensor slice(const Tensor& t, int64_t e) const;
+  // Expert e's slice of a stacked tensor (undefined stays undefined).
+  static Tensor slice(const Parameter* p, bool grad, int64_t e);
+  static void forward_map(const Stacked& m, int64_t e, const Tensor& x, Tensor y);
+  static void backward_map(const Stacked& m, int64_t e, const Tensor& x, const Tensor& dy, Tensor dx,
+                           bool accumulate_dx);
 };
 
 }  // namespace ampipe

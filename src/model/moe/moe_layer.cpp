@@ -1,30 +1,20 @@
 #include "model/moe/moe_layer.h"
 
 #include "kernels/elementwise.h"
-#include "kernels/layernorm.h"
 
 namespace ampipe {
 
-static Parameter& add_ln(ParameterRegistry& params, const std::string& name, int64_t d) {
-  return params.add(name, {d}, false);
-}
-
 MoeLayer::MoeLayer(const ModelConfig& config, ParameterRegistry& params, const std::string& prefix,
                    const ModelParallel& parallel)
-    : ln_w_(&add_ln(params, prefix + "ln2.weight", config.hidden_size)),
-      ln_b_(&add_ln(params, prefix + "ln2.bias", config.hidden_size)),
+    : norm_(config, params, prefix + "ln2"),
       router_(config, params, prefix),
       dispatcher_(config, parallel),
       experts_(config, params, prefix, parallel) {}
 
 void MoeLayer::begin_forward(MoeContext& ctx, const Tensor& x, RoutingStats& stats) const {
-  const int64_t T = x.dim(0);
-  const int64_t d = x.dim(1);
   ctx.x = x;
-  ctx.ln_mean = Tensor::empty({T});
-  ctx.ln_rstd = Tensor::empty({T});
-  Tensor m = Tensor::empty({T, d});
-  kernels::layernorm_forward(x, ln_w_->value, ln_b_->value, m, ctx.ln_mean, ctx.ln_rstd);
+  Tensor m = Tensor::empty(x.shape());
+  norm_.forward(x, m, ctx.norm);
   router_.forward(ctx.router, m, stats);
   dispatcher_.begin_dispatch(ctx.dispatch, m, ctx.router.expert_index, ctx.router.gate);
 }
@@ -58,7 +48,7 @@ Tensor MoeLayer::finish_backward(MoeContext& ctx, const RoutingStats& stats, dou
   Tensor dm = dispatcher_.finish_dispatch_backward(ctx.dispatch);
   router_.backward(ctx.router, ctx.dgate, stats, aux_grad_scale, dm);
   Tensor dx = Tensor::empty(ctx.dy.shape());
-  kernels::layernorm_backward(dm, ctx.x, ln_w_->value, ctx.ln_mean, ctx.ln_rstd, dx, ln_w_->grad, ln_b_->grad);
+  norm_.backward(dm, ctx.x, ctx.norm, dx);
   kernels::add_inplace(dx, ctx.dy);
   ctx = MoeContext{};
   return dx;

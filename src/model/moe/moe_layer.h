@@ -1,6 +1,6 @@
-// The MoE half of a transformer block: x + MoE(LN2(x)), built from Router, Dispatcher and Experts.
+// The MoE half of a transformer block: x + MoE(norm2(x)), built from Router, Dispatcher and Experts.
 //
-// Parameters under `prefix`: ln2.weight/bias [d] plus the router's and the experts'. The aux loss
+// Parameters under `prefix`: the norm ln2 (model/norm.h) plus the router's and the experts'. The aux loss
 // is formed from statistics accumulated over every forward() since the last begin_step(), so a
 // pipelined caller that routes a block in chunks gets the same loss as one call.
 #pragma once
@@ -10,6 +10,7 @@
 #include "model/moe/dispatcher.h"
 #include "model/moe/experts.h"
 #include "model/moe/router.h"
+#include "model/norm.h"
 
 namespace ampipe {
 
@@ -17,7 +18,7 @@ struct MoeContext {
   Tensor x;                 // [T, d] input (residual stream)
   Tensor dy;                // [T, d] output gradient, between the stages of a staged backward
   Tensor dgate;             // [T, k]
-  Tensor ln_mean, ln_rstd;  // [T]
+  NormStats norm;           // norm2's statistics
   RouterContext router;
   DispatchContext dispatch;
   ExpertsContext experts;
@@ -28,7 +29,7 @@ class MoeLayer {
   MoeLayer(const ModelConfig& config, ParameterRegistry& params, const std::string& prefix,
            const ModelParallel& parallel = {});
 
-  // Returns x + MoE(LN2(x)); adds routing statistics to `stats`.
+  // Returns x + MoE(norm2(x)); adds routing statistics to `stats`.
   Tensor forward(MoeContext& ctx, const Tensor& x, RoutingStats& stats) const;
   // dy: gradient of the output. aux_grad_scale: d(total loss)/d(this layer's aux loss).
   Tensor backward(MoeContext& ctx, const Tensor& dy, const RoutingStats& stats, double aux_grad_scale) const;
@@ -52,7 +53,7 @@ class MoeLayer {
   const Experts& experts() const { return experts_; }
 
  private:
-  Parameter *ln_w_, *ln_b_;
+  Norm norm_;
   Router router_;
   Dispatcher dispatcher_;
   Experts experts_;

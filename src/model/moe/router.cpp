@@ -13,7 +13,7 @@ void RoutingStats::reset(int64_t num_experts) {
 }
 
 Router::Router(const ModelConfig& config, ParameterRegistry& params, const std::string& prefix)
-    : experts_(config.num_experts), top_k_(config.top_k) {
+    : experts_(config.num_experts), top_k_(config.top_k), normalize_single_(config.mixtral()) {
   weight_ = &params.add(prefix + "moe.router.weight", {experts_, config.hidden_size}, true);
 }
 
@@ -27,7 +27,7 @@ void Router::forward(RouterContext& ctx, const Tensor& m, RoutingStats& stats) c
   kernels::softmax_rows(logits, ctx.probs);
   ctx.expert_index = Tensor::empty({T, top_k_}, DType::I32);
   ctx.gate = Tensor::empty({T, top_k_});
-  kernels::router_topk(ctx.probs, static_cast<int>(top_k_), ctx.expert_index, ctx.gate);
+  kernels::router_topk(ctx.probs, static_cast<int>(top_k_), ctx.expert_index, ctx.gate, normalize_single_);
 
   const float* p = ctx.probs.data<float>();
   const int32_t* idx = ctx.expert_index.data<int32_t>();
@@ -51,7 +51,7 @@ void Router::backward(const RouterContext& ctx, const Tensor& dgate, const Routi
                       double aux_grad_scale, Tensor dm) const {
   const int64_t T = ctx.m.dim(0);
   Tensor dprobs = Tensor::empty({T, experts_});
-  kernels::router_topk_backward(ctx.probs, ctx.expert_index, ctx.gate, dgate, dprobs);
+  kernels::router_topk_backward(ctx.probs, ctx.expert_index, ctx.gate, dgate, dprobs, normalize_single_);
   if (aux_grad_scale != 0.0 && stats.tokens > 0) {
     // d aux / d p[t, e] = E * count_e / (T k) / T: a constant per expert (counts are constants).
     const double Ttot = static_cast<double>(stats.tokens);

@@ -1,4 +1,5 @@
-// MoE router: p = softmax(m @ Wr^T), top-k experts per token and their gates (shared/MODEL.md).
+// MoE router: p = softmax(m @ Wr^T), top-k experts per token and their gates (docs/MODEL.md; the
+// gate rule follows the family: ModelConfig::normalize_gates).
 //
 // Parameters: moe.router.weight [E, d] under `prefix`. Routing statistics for the load-balancing
 // loss accumulate in RoutingStats across calls, so a block cut into chunks forms the same aux loss
@@ -45,6 +46,7 @@ class Router {
 
  private:
   int64_t experts_, top_k_;
+  bool normalize_single_;  // the Mixtral family normalises the gate for k == 1 too (it is then 1)
   Parameter* weight_;
 };
 
