@@ -3,19 +3,23 @@
 #include <filesystem>
 #include <set>
 
+#include "train/hf_checkpoint.h"
 #include "train/safetensors.h"
 
 namespace ampipe {
 
 namespace fs = std::filesystem;
 
-static std::string model_path(const std::string& dir) { return (fs::path(dir) / "model.safetensors").string(); }
+static std::string model_path(const std::string& dir) {
+  return (fs::path(dir) / "model.safetensors").string();
+}
 static std::string optimizer_path(const std::string& dir) {
   return (fs::path(dir) / "optimizer.safetensors").string();
 }
 
 // The whole [E, ...] tensor of an expert parameter (gathered over the expert group), else `local`.
-static Tensor gathered(const Parameter& p, const Tensor& local, const TrainingGroups* groups, int64_t experts) {
+static Tensor gathered(const Parameter& p, const Tensor& local, const TrainingGroups* groups,
+                       int64_t experts) {
   if (!p.is_expert || groups == nullptr || groups->expert_parallel_size <= 1) return local;
   Shape full = local.shape();
   full[0] = experts;
@@ -55,10 +59,14 @@ void save_checkpoint(const std::string& dir, const GptMoe& model, const AdamW& o
     std::error_code ec;
     fs::create_directories(dir, ec);
     AMPIPE_CHECK(!ec) << "cannot create checkpoint directory '" << dir << "': " << ec.message();
-    std::map<std::string, std::string> opt_meta = {{"iteration", iteration},
-                                                   {"optimizer_steps", std::to_string(optimizer.steps_taken())},
-                                                   {"seed", std::to_string(progress.seed)},
-                                                   {"format", "ampipe-optimizer-v1"}};
+    AMPIPE_CHECK(!is_hf_checkpoint(dir))
+        << "'" << dir << "' holds a Hugging Face checkpoint, whose "
+        << "model.safetensors this save would replace; save to another directory";
+    std::map<std::string, std::string> opt_meta = {
+        {"iteration", iteration},
+        {"optimizer_steps", std::to_string(optimizer.steps_taken())},
+        {"seed", std::to_string(progress.seed)},
+        {"format", "ampipe-optimizer-v1"}};
     write_safetensors(optimizer_path(dir), moments, opt_meta);
     std::map<std::string, std::string> meta = model.config().to_metadata();
     meta["iteration"] = iteration;
@@ -68,6 +76,7 @@ void save_checkpoint(const std::string& dir, const GptMoe& model, const AdamW& o
 }
 
 ModelConfig read_checkpoint_config(const std::string& dir) {
+  if (is_hf_checkpoint(dir)) return read_hf_config(dir);
   const std::string path = model_path(dir);
   AMPIPE_CHECK(fs::exists(path)) << "no checkpoint at '" << dir << "' (missing " << path << ")";
   SafetensorsFile file = read_safetensors(path);
@@ -75,6 +84,7 @@ ModelConfig read_checkpoint_config(const std::string& dir) {
 }
 
 void load_model_weights(const std::string& dir, GptMoe& model) {
+  if (is_hf_checkpoint(dir)) return load_hf_weights(dir, model);
   const std::string path = model_path(dir);
   AMPIPE_CHECK(fs::exists(path)) << "no checkpoint at '" << dir << "' (missing " << path << ")";
   SafetensorsFile file = read_safetensors(path);
@@ -94,10 +104,15 @@ void load_model_weights(const std::string& dir, GptMoe& model) {
     p.value.copy_from(local_slice(p, it->second));
     unused.erase(p.name);
   }
-  AMPIPE_CHECK(unused.empty()) << "checkpoint " << path << " has unexpected tensor '" << *unused.begin() << "'";
+  AMPIPE_CHECK(unused.empty()) << "checkpoint " << path << " has unexpected tensor '" << *unused.begin()
+                               << "'";
 }
 
+bool has_training_state(const std::string& dir) { return !is_hf_checkpoint(dir); }
+
 TrainingProgress load_training_state(const std::string& dir, const GptMoe& model, AdamW& optimizer) {
+  AMPIPE_CHECK(has_training_state(dir))
+      << "checkpoint '" << dir << "' is a Hugging Face directory: it holds weights but no training state";
   SafetensorsFile model_file = read_safetensors(model_path(dir));
   const std::string path = optimizer_path(dir);
   AMPIPE_CHECK(fs::exists(path)) << "checkpoint '" << dir << "' has no optimizer state (" << path
@@ -110,9 +125,9 @@ TrainingProgress load_training_state(const std::string& dir, const GptMoe& model
   };
   const std::string model_iter = get(model_file, model_path(dir), "iteration");
   const std::string opt_iter = get(file, path, "iteration");
-  AMPIPE_CHECK(model_iter == opt_iter) << "checkpoint '" << dir << "' is inconsistent: model at iteration "
-                                       << model_iter << ", optimizer at " << opt_iter
-                                       << " (interrupted save?)";
+  AMPIPE_CHECK(model_iter == opt_iter)
+      << "checkpoint '" << dir << "' is inconsistent: model at iteration " << model_iter << ", optimizer at "
+      << opt_iter << " (interrupted save?)";
   TrainingProgress progress;
   try {
     progress.iteration = std::stoll(opt_iter);
@@ -124,9 +139,9 @@ TrainingProgress load_training_state(const std::string& dir, const GptMoe& model
         auto it = file.tensors.find(p.name + suffix);
         AMPIPE_CHECK(it != file.tensors.end()) << path << " lacks '" << p.name << suffix << "'";
         const Shape expected = whole_shape(p, model.config().num_experts);
-        AMPIPE_CHECK(it->second.shape() == expected) << path << ": '" << p.name << suffix << "' has shape "
-                                                     << shape_string(it->second.shape()) << ", expected "
-                                                     << shape_string(expected);
+        AMPIPE_CHECK(it->second.shape() == expected)
+            << path << ": '" << p.name << suffix << "' has shape " << shape_string(it->second.shape())
+            << ", expected " << shape_string(expected);
         tensors.emplace_back(p.name + suffix, local_slice(p, it->second));
       }
     }

@@ -1,6 +1,9 @@
 // Checkpoints: DIR/model.safetensors (weights, names and config metadata as docs/MODEL.md) and
 // DIR/optimizer.safetensors (AdamW moments, step, and the data position).
 //
+// The readers also accept a Hugging Face Mixtral directory (train/hf_checkpoint.h): config.json and
+// model.safetensors or its sharded index, without ampipe's metadata. It holds weights only.
+//
 // Each file is written atomically (temp file + fsync + rename). The optimizer file is written first
 // and the model file last, both stamped with the iteration; a load refuses a pair whose stamps
 // differ (a crash between the two renames), so a resumed run never mixes two checkpoints.
@@ -26,11 +29,14 @@ struct TrainingProgress {
 void save_checkpoint(const std::string& dir, const GptMoe& model, const AdamW& optimizer,
                      const TrainingProgress& progress, const TrainingGroups* groups = nullptr);
 
-// The model config stored in DIR/model.safetensors (validated).
+// The model config stored in DIR/model.safetensors (validated), or in a Hugging Face DIR's config.json.
 ModelConfig read_checkpoint_config(const std::string& dir);
 // Copies DIR's weights into the model (each rank its own experts' slice); refuses a config that
 // differs from the model's, missing or extra tensors, and shape mismatches, naming each.
 void load_model_weights(const std::string& dir, GptMoe& model);
+// False for a directory that holds weights only (a Hugging Face one): training starts from its
+// weights with a fresh optimizer at iteration 0 instead of calling load_training_state.
+bool has_training_state(const std::string& dir);
 // Restores the optimizer state (sliced like the weights) and returns the progress to resume from.
 TrainingProgress load_training_state(const std::string& dir, const GptMoe& model, AdamW& optimizer);
 

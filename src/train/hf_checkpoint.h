@@ -9,7 +9,8 @@
 //   blocks.l.ln2.weight           model.layers.l.post_attention_layernorm.weight
 //   blocks.l.attn.{q,k,v,o}.weight  model.layers.l.self_attn.{q,k,v,o}_proj.weight
 //   blocks.l.moe.router.weight    model.layers.l.block_sparse_moe.gate.weight
-//   blocks.l.moe.w{1,2,3}.weight  [E, ...] slice e = model.layers.l.block_sparse_moe.experts.e.w{1,2,3}.weight
+//   blocks.l.moe.w{1,2,3}.weight  [E, ...] slice e =
+//   model.layers.l.block_sparse_moe.experts.e.w{1,2,3}.weight
 //
 // config.json carries the model's shapes under transformers' names, and two ampipe-only keys that
 // transformers ignores: "capacity_factor" (0 = dropless, the default on import) and "tokenizer"

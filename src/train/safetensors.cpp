@@ -121,8 +121,8 @@ SafetensorsEntry parse_entry(const std::string& path, const std::string& name, c
   e.dtype = dtype.get<std::string>();
   const uint64_t element_bytes = dtype_bytes(e.dtype, any_float);
   if (element_bytes == 0)
-    bad(path, what + ": unsupported dtype '" + e.dtype + "' (supported: " +
-                  (any_float ? "F32, BF16, F16, I32" : "F32, I32") + ")");
+    bad(path, what + ": unsupported dtype '" + e.dtype +
+                  "' (supported: " + (any_float ? "F32, BF16, F16, I32" : "F32, I32") + ")");
 
   const nlohmann::json& shape = field("shape");
   if (!shape.is_array()) bad(path, what + ": \"shape\" is not an array");
@@ -301,7 +301,8 @@ SafetensorsFile read_safetensors(const std::string& path) {
   for (const auto& [name, e] : header.tensors) {
     const DType dtype = e.dtype == "F32" ? DType::F32 : DType::I32;
     Tensor t = Tensor::empty(e.shape, dtype);
-    void* data = dtype == DType::F32 ? static_cast<void*>(t.data<float>()) : static_cast<void*>(t.data<int32_t>());
+    void* data =
+        dtype == DType::F32 ? static_cast<void*>(t.data<float>()) : static_cast<void*>(t.data<int32_t>());
     file.read_at(header.data_begin + e.begin, data, e.end - e.begin);
     result.tensors.emplace(name, std::move(t));
   }

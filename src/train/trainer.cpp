@@ -140,7 +140,10 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   model.set_block_executor(block_executor.get());  // null: the sequential block
   AdamW optimizer(model.params(), o.adamw, groups.expert_group.get());
   int64_t start = 0;
-  if (!o.load.empty()) {
+  if (!o.load.empty() && !has_training_state(o.load)) {
+    load_model_weights(o.load, model);
+    log("starting from the weights of " + o.load + " (no training state: fresh optimizer, iteration 0)");
+  } else if (!o.load.empty()) {
     load_model_weights(o.load, model);
     TrainingProgress progress = load_training_state(o.load, model, optimizer);
     AMPIPE_CHECK(progress.seed == o.seed) << "checkpoint '" << o.load << "' was trained with --seed "

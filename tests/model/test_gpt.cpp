@@ -95,6 +95,104 @@ TEST(GptMoe, WholeModelGradientMatchesFiniteDifferences_LongerThanTiles) {
   check_gradients(c, 2, 150);
 }
 
+// The Mixtral family (RMSNorm, rope, grouped-query attention, SwiGLU experts, no biases, untied
+// head, gates normalised for every k), and each of its parts alone in the GPT family.
+ModelConfig tiny_mixtral(int64_t top_k) {
+  ModelConfig c = tiny_config(top_k);
+  c.set_family("mixtral");
+  c.hidden_size = 16;
+  c.num_attention_heads = 4;
+  c.num_query_groups = 2;
+  c.rotary_base = 100;  // angles that turn noticeably over 9 positions
+  return c;
+}
+
+TEST(GptMoe, WholeModelGradientMatchesFiniteDifferences_MixtralTop1) { check_gradients(tiny_mixtral(1), 2, 7); }
+TEST(GptMoe, WholeModelGradientMatchesFiniteDifferences_MixtralTop2) { check_gradients(tiny_mixtral(2), 2, 9); }
+
+TEST(GptMoe, WholeModelGradientMatchesFiniteDifferences_MixtralLongerThanTiles) {
+  ModelConfig c = tiny_mixtral(2);
+  c.max_seq_len = 150;
+  c.hidden_size = 32;
+  c.num_attention_heads = 4;
+  c.num_query_groups = 1;
+  c.ffn_hidden_size = 24;
+  c.rotary_base = 1e4;
+  // One sequence: 300 tokens through top-2 of 3 experts leave no direction of the embedding
+  // without a routing flip at this step size.
+  check_gradients(c, 1, 150);
+}
+
+TEST(GptMoe, WholeModelGradientMatchesFiniteDifferences_EachPartAlone) {
+  for (int part = 0; part < 6; ++part) {
+    ModelConfig c = tiny_config(2);
+    c.hidden_size = 16;
+    c.num_attention_heads = 4;
+    switch (part) {
+      case 0: c.normalization = "RMSNorm"; break;
+      case 1: c.position_embedding_type = "rope"; break;
+      case 2: c.swiglu = true; break;
+      case 3: c.num_query_groups = 2; break;
+      case 4: c.add_bias_linear = false; break;
+      case 5: c.untie_embeddings_and_output_weights = true; break;
+    }
+    SCOPED_TRACE("part " + std::to_string(part));
+    check_gradients(c, 2, 7);
+  }
+}
+
+TEST(GptMoe, ParameterNamesFollowTheFamily) {
+  GptMoe gpt(tiny_config(1));
+  for (const char* name : {"embed.position.weight", "blocks.0.attn.qkv.weight", "blocks.0.attn.proj.bias",
+                           "blocks.1.moe.fc1.weight", "blocks.1.ln2.bias", "final_ln.bias"})
+    EXPECT_TRUE(gpt.params().contains(name)) << name;
+  EXPECT_FALSE(gpt.params().contains("lm_head.weight"));
+  const ModelConfig mc = tiny_mixtral(2);
+  GptMoe mixtral(mc);
+  const int64_t hd = mc.head_dim();
+  EXPECT_EQ(mixtral.params().get("blocks.0.attn.q.weight").value.shape(), (Shape{4 * hd, 16}));
+  EXPECT_EQ(mixtral.params().get("blocks.0.attn.k.weight").value.shape(), (Shape{2 * hd, 16}));
+  EXPECT_EQ(mixtral.params().get("blocks.0.attn.v.weight").value.shape(), (Shape{2 * hd, 16}));
+  EXPECT_EQ(mixtral.params().get("blocks.0.attn.o.weight").value.shape(), (Shape{16, 4 * hd}));
+  EXPECT_EQ(mixtral.params().get("blocks.1.moe.w1.weight").value.shape(), (Shape{3, 6, 16}));
+  EXPECT_EQ(mixtral.params().get("blocks.1.moe.w3.weight").value.shape(), (Shape{3, 6, 16}));
+  EXPECT_EQ(mixtral.params().get("blocks.1.moe.w2.weight").value.shape(), (Shape{3, 16, 6}));
+  EXPECT_EQ(mixtral.params().get("lm_head.weight").value.shape(), (Shape{11, 16}));
+  for (const Parameter& p : mixtral.params().all()) {
+    EXPECT_EQ(p.name.find(".bias"), std::string::npos) << p.name;
+    EXPECT_NE(p.name, "embed.position.weight");
+  }
+  // A GQA model in the GPT family keeps the fused projection, narrower by the shared KV heads.
+  ModelConfig g = tiny_config(1);
+  g.hidden_size = 16;
+  g.num_attention_heads = 4;
+  g.num_query_groups = 1;
+  GptMoe gqa(g);
+  EXPECT_EQ(gqa.params().get("blocks.0.attn.qkv.weight").value.shape(), (Shape{(4 + 2) * 4, 16}));
+}
+
+// With k == 1 the Mixtral gate is p / p = 1, so the output does not scale with the router's
+// confidence, unlike the GPT family's Switch gate (p itself).
+TEST(GptMoe, MixtralGateIsNormalisedForTopOne) {
+  ModelConfig c = tiny_mixtral(1);
+  GptMoe model(c);
+  model.initialize(4);
+  MoeContext ctx;
+  RoutingStats stats;
+  const Tensor x = testing::random_tensor({5, c.hidden_size}, 3, 0.5f);
+  GptMoe gpt_family(tiny_config(1));
+  (void)gpt_family;
+  Router router(c, model.params(), "probe.");
+  router.forward(ctx.router, x, stats);
+  for (float g : ctx.router.gate.to_vector()) EXPECT_FLOAT_EQ(g, 1.0f);
+  ModelConfig s = c;
+  s.set_family("gpt");
+  Router switch_router(s, model.params(), "probe_gpt.");
+  MoeContext ctx2;
+  switch_router.forward(ctx2.router, x, stats);
+  for (float g : ctx2.router.gate.to_vector()) EXPECT_LT(g, 1.0f);
+}
+
 TEST(GptMoe, InitializationIsDeterministicAndScaled) {
   GptMoe a(tiny_config(1)), b(tiny_config(1));
   a.initialize(5);

@@ -1,5 +1,5 @@
 // Every schedule computes the sequential block: loss, outputs and every gradient, for any pipe
-// degree and chunk boundaries (dropless routing), top-1 and top-2.
+// degree and chunk boundaries (dropless routing), top-1 and top-2, in both model families.
 #include <gtest/gtest.h>
 
 #include <sstream>
@@ -12,8 +12,13 @@
 namespace ampipe {
 namespace {
 
-ModelConfig config_for(int64_t top_k) {
+ModelConfig config_for(int64_t top_k, bool mixtral = false) {
   ModelConfig c;
+  if (mixtral) {
+    c.set_family("mixtral");  // rope, RMSNorm, SwiGLU, no biases, untied head, normalised gates
+    c.num_query_groups = 1;   // grouped-query attention: both query heads share one KV head
+    c.rotary_base = 100;
+  }
   c.vocab_size = 17;
   c.max_seq_len = 40;
   c.hidden_size = 16;
@@ -67,11 +72,11 @@ void expect_same(const ModelRun& a, const ModelRun& b, const std::string& what) 
                           ("gradient " + std::to_string(i)).c_str());
 }
 
-class Schedules : public ::testing::TestWithParam<int64_t> {};
+class Schedules : public ::testing::TestWithParam<std::tuple<int64_t, bool>> {};
 
 TEST_P(Schedules, PipelinedEqualsSequential_Dropless) {
-  const int64_t top_k = GetParam();
-  const ModelConfig config = config_for(top_k);
+  const auto [top_k, mixtral] = GetParam();
+  const ModelConfig config = config_for(top_k, mixtral);
   for (int64_t batch : {1, 2}) {
     const int64_t N = 37;
     const ModelRun reference = run(config, nullptr, batch, N);
@@ -115,7 +120,11 @@ TEST_P(Schedules, PipelinedEqualsSequential_Dropless) {
   }
 }
 
-INSTANTIATE_TEST_SUITE_P(TopK, Schedules, ::testing::Values(1, 2));
+INSTANTIATE_TEST_SUITE_P(TopKAndFamily, Schedules, ::testing::Combine(::testing::Values(1, 2), ::testing::Bool()),
+                         [](const ::testing::TestParamInfo<std::tuple<int64_t, bool>>& param) {
+                           return "Top" + std::to_string(std::get<0>(param.param)) +
+                                  (std::get<1>(param.param) ? "_Mixtral" : "_Gpt");
+                         });
 
 // A failing stage inside the two-stream executor reaches the caller instead of hanging.
 TEST(StreamedBlock, AnErrorInAStageReachesTheCaller) {

@@ -1,0 +1,41 @@
+#include "cli/export_command.h"
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+
+#include "comm/communicator.h"
+#include "core/error.h"
+#include "train/hf_checkpoint.h"
+
+namespace ampipe {
+
+CLI::App* add_export_command(CLI::App& app, ExportOptions& o) {
+  CLI::App* cmd = app.add_subcommand(
+      "export",
+      "Write a Mixtral-family checkpoint in the Hugging Face layout (transformers' MixtralForCausalLM)");
+  cmd->add_option("--load", o.load, "Checkpoint directory to export (written by train --save)")->required();
+  cmd->add_option("--save", o.save, "Output directory (created; a previous export there is replaced)")
+      ->required();
+  cmd->add_option(
+         "--max-shard-size", o.max_shard_size,
+         "Largest safetensors file (tensor bytes) before the export is sharded with an index: bytes or a "
+         "number with a unit, e.g. 500MB, 5GB, 2GiB")
+      ->capture_default_str();
+  return cmd;
+}
+
+int run_export(const ExportOptions& o, Communicator& world) {
+  AMPIPE_CHECK(world.size() == 1) << "export runs on one process (it reads the whole checkpoint), got "
+                                  << world.size() << " ranks";
+  HfExportOptions options;
+  options.max_shard_bytes = parse_byte_size(o.max_shard_size, "--max-shard-size");
+  const HfExportResult r = export_hf_checkpoint(o.load, o.save, options);
+  for (const std::string& w : r.warnings) std::fprintf(stderr, "ampipe: warning: %s\n", w.c_str());
+  std::printf("ampipe export: %lld tensors, %llu bytes in %zu file(s)%s to %s\n",
+              static_cast<long long>(r.tensors), static_cast<unsigned long long>(r.total_bytes),
+              r.files.size(), r.files.size() > 1 ? " + model.safetensors.index.json" : "", o.save.c_str());
+  std::fflush(stdout);
+  return 0;
+}
+
+}  // namespace ampipe

@@ -1,0 +1,555 @@
+#include "train/hf_checkpoint.h"
+
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <cerrno>
+#include <cmath>
+#include <filesystem>
+#include <map>
+#include <nlohmann/json.hpp>
+#include <regex>
+#include <set>
+#include <sstream>
+
+#include "core/atomic_file.h"
+#include "train/checkpoint.h"
+#include "train/safetensors.h"
+
+namespace ampipe {
+
+namespace fs = std::filesystem;
+
+namespace {
+
+constexpr const char* kConfigName = "config.json";
+constexpr const char* kSingleName = "model.safetensors";
+constexpr const char* kIndexName = "model.safetensors.index.json";
+// transformers' MixtralConfig default when config.json has no router_aux_loss_coef.
+constexpr double kHfDefaultAuxLossCoef = 0.001;
+
+std::string join(const std::string& dir, const std::string& name) { return (fs::path(dir) / name).string(); }
+
+bool is_shard_name(const std::string& name) {
+  static const std::regex shard(R"(model-[0-9]{5}-of-[0-9]{5}\.safetensors)");
+  return std::regex_match(name, shard);
+}
+
+std::string shard_name(size_t i, size_t n) {
+  char buf[64];
+  std::snprintf(buf, sizeof buf, "model-%05zu-of-%05zu.safetensors", i + 1, n);
+  return buf;
+}
+
+// Makes the directory's entries (renames, removals) durable.
+void sync_directory(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  AMPIPE_CHECK(fd >= 0) << "cannot open directory '" << dir << "': " << std::strerror(errno);
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  AMPIPE_CHECK(rc == 0) << "cannot fsync directory '" << dir << "': " << std::strerror(err);
+}
+
+// One tensor of the Hugging Face layout and where it lives in ampipe's model.
+struct HfTensor {
+  std::string hf_name;
+  std::string ampipe_name;
+  int64_t expert = -1;  // >= 0: slice `expert` of an [E, ...] ampipe tensor
+  Shape shape;          // the Hugging Face shape
+};
+
+// Every tensor of a Mixtral model in transformers' state-dict order.
+std::vector<HfTensor> hf_layout(const ModelConfig& c) {
+  const int64_t d = c.hidden_size, hd = c.head_dim(), h = c.num_attention_heads, g = c.kv_heads();
+  const int64_t f = c.ffn_hidden_size, V = c.vocab_size;
+  std::vector<HfTensor> out;
+  out.push_back({"model.embed_tokens.weight", "embed.token.weight", -1, {V, d}});
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string hf = "model.layers." + std::to_string(l) + ".";
+    const std::string am = "blocks." + std::to_string(l) + ".";
+    out.push_back({hf + "self_attn.q_proj.weight", am + "attn.q.weight", -1, {h * hd, d}});
+    out.push_back({hf + "self_attn.k_proj.weight", am + "attn.k.weight", -1, {g * hd, d}});
+    out.push_back({hf + "self_attn.v_proj.weight", am + "attn.v.weight", -1, {g * hd, d}});
+    out.push_back({hf + "self_attn.o_proj.weight", am + "attn.o.weight", -1, {d, h * hd}});
+    out.push_back({hf + "block_sparse_moe.gate.weight", am + "moe.router.weight", -1, {c.num_experts, d}});
+    for (int64_t e = 0; e < c.num_experts; ++e) {
+      const std::string ex = hf + "block_sparse_moe.experts." + std::to_string(e) + ".";
+      out.push_back({ex + "w1.weight", am + "moe.w1.weight", e, {f, d}});
+      out.push_back({ex + "w2.weight", am + "moe.w2.weight", e, {d, f}});
+      out.push_back({ex + "w3.weight", am + "moe.w3.weight", e, {f, d}});
+    }
+    out.push_back({hf + "input_layernorm.weight", am + "ln1.weight", -1, {d}});
+    out.push_back({hf + "post_attention_layernorm.weight", am + "ln2.weight", -1, {d}});
+  }
+  out.push_back({"model.norm.weight", "final_ln.weight", -1, {d}});
+  out.push_back({"lm_head.weight", "lm_head.weight", -1, {V, d}});
+  return out;
+}
+
+uint64_t numel(const Shape& s) {
+  uint64_t n = 1;
+  for (int64_t v : s) n *= static_cast<uint64_t>(v);
+  return n;
+}
+
+nlohmann::json config_json(const ModelConfig& c) {
+  nlohmann::json j;
+  j["architectures"] = {"MixtralForCausalLM"};
+  j["model_type"] = "mixtral";
+  j["hidden_size"] = c.hidden_size;
+  j["intermediate_size"] = c.ffn_hidden_size;
+  j["num_attention_heads"] = c.num_attention_heads;
+  j["num_key_value_heads"] = c.kv_heads();
+  j["head_dim"] = c.head_dim();
+  j["num_hidden_layers"] = c.num_layers;
+  j["num_local_experts"] = c.num_experts;
+  j["num_experts_per_tok"] = c.top_k;
+  j["rms_norm_eps"] = c.norm_epsilon;
+  j["rope_theta"] = c.rotary_base;
+  j["max_position_embeddings"] = c.max_seq_len;
+  j["vocab_size"] = c.vocab_size;
+  j["tie_word_embeddings"] = false;
+  j["router_aux_loss_coef"] = c.aux_loss_weight;
+  j["hidden_act"] = "silu";
+  j["attention_dropout"] = 0.0;
+  j["sliding_window"] = nullptr;
+  j["output_router_logits"] = false;
+  j["torch_dtype"] = "float32";
+  j["bos_token_id"] = nullptr;  // the byte tokenizer has no special tokens
+  j["eos_token_id"] = nullptr;
+  j["pad_token_id"] = nullptr;
+  // ampipe-only (transformers keeps unknown keys as plain attributes).
+  j["capacity_factor"] = c.capacity_factor;
+  j["tokenizer"] = c.tokenizer;
+  return j;
+}
+
+// Reads config.json's fields, refusing a missing or malformed one by name.
+class ConfigFields {
+ public:
+  ConfigFields(const std::string& path, const nlohmann::json& j) : path_(path), j_(j) {}
+
+  const nlohmann::json* find(const char* key) const {
+    auto it = j_.find(key);
+    return it == j_.end() ? nullptr : &*it;
+  }
+  const nlohmann::json& required(const char* key) const {
+    const nlohmann::json* v = find(key);
+    AMPIPE_CHECK(v != nullptr && !v->is_null()) << path_ << ": missing field '" << key << "'";
+    return *v;
+  }
+  int64_t positive_int(const char* key) const {
+    const nlohmann::json& v = required(key);
+    AMPIPE_CHECK(v.is_number_integer() && v.get<int64_t>() >= 1 &&
+                 !(v.is_number_unsigned() && v.get<uint64_t>() > (1ull << 62)))
+        << path_ << ": field '" << key << "' must be an integer >= 1, got " << v.dump();
+    return v.get<int64_t>();
+  }
+  double number(const nlohmann::json& v, const char* key) const {
+    AMPIPE_CHECK(v.is_number()) << path_ << ": field '" << key << "' must be a number, got " << v.dump();
+    return v.get<double>();
+  }
+  double positive_number(const char* key) const {
+    const double x = number(required(key), key);
+    AMPIPE_CHECK(x > 0 && std::isfinite(x)) << path_ << ": field '" << key << "' must be > 0, got " << x;
+    return x;
+  }
+  const std::string& path() const { return path_; }
+
+ private:
+  std::string path_;
+  const nlohmann::json& j_;
+};
+
+nlohmann::json read_json(const std::string& path) {
+  const std::string text = read_file(path);
+  try {
+    return nlohmann::json::parse(text);
+  } catch (const nlohmann::json::exception& e) {
+    throw Error(path + " is not valid JSON: " + e.what());
+  }
+}
+
+ModelConfig config_from_json(const std::string& path, const nlohmann::json& j) {
+  AMPIPE_CHECK(j.is_object()) << path << " is not a JSON object";
+  ConfigFields f(path, j);
+  const nlohmann::json& type = f.required("model_type");
+  AMPIPE_CHECK(type.is_string() && type.get<std::string>() == "mixtral")
+      << path << ": field 'model_type' is " << type.dump()
+      << "; ampipe imports only \"mixtral\" (transformers' MixtralForCausalLM)";
+
+  ModelConfig c;
+  c.set_family("mixtral");
+  c.vocab_size = f.positive_int("vocab_size");
+  c.hidden_size = f.positive_int("hidden_size");
+  c.ffn_hidden_size = f.positive_int("intermediate_size");
+  c.num_attention_heads = f.positive_int("num_attention_heads");
+  const int64_t g = f.positive_int("num_key_value_heads");
+  c.num_layers = f.positive_int("num_hidden_layers");
+  c.num_experts = f.positive_int("num_local_experts");
+  c.top_k = f.positive_int("num_experts_per_tok");
+  c.max_seq_len = f.positive_int("max_position_embeddings");
+  c.norm_epsilon = f.positive_number("rms_norm_eps");
+  c.rotary_base = f.positive_number("rope_theta");
+
+  const int64_t d = c.hidden_size, h = c.num_attention_heads;
+  AMPIPE_CHECK(d % h == 0) << path << ": field 'hidden_size' " << d
+                           << " is not divisible by 'num_attention_heads' " << h;
+  AMPIPE_CHECK(h % g == 0) << path << ": field 'num_attention_heads' " << h
+                           << " is not divisible by 'num_key_value_heads' " << g;
+  c.num_query_groups = g == h ? 0 : g;
+  AMPIPE_CHECK(c.top_k <= c.num_experts) << path << ": field 'num_experts_per_tok' " << c.top_k
+                                         << " exceeds 'num_local_experts' " << c.num_experts;
+  if (const nlohmann::json* v = f.find("head_dim"); v != nullptr && !v->is_null()) {
+    AMPIPE_CHECK(v->is_number_integer() && v->get<int64_t>() == d / h)
+        << path << ": field 'head_dim' is " << v->dump()
+        << "; ampipe needs hidden_size / num_attention_heads = " << d / h;
+  }
+  if (const nlohmann::json* v = f.find("tie_word_embeddings"); v != nullptr && !v->is_null()) {
+    AMPIPE_CHECK(v->is_boolean() && !v->get<bool>())
+        << path << ": field 'tie_word_embeddings' is " << v->dump()
+        << "; the Mixtral family has an untied LM head (lm_head.weight)";
+  }
+  if (const nlohmann::json* v = f.find("hidden_act"); v != nullptr && !v->is_null()) {
+    AMPIPE_CHECK(v->is_string() && v->get<std::string>() == "silu")
+        << path << ": field 'hidden_act' is " << v->dump() << "; ampipe's experts are SwiGLU (\"silu\")";
+  }
+  if (const nlohmann::json* v = f.find("rope_scaling"); v != nullptr) {
+    AMPIPE_CHECK(v->is_null()) << path << ": field 'rope_scaling' is " << v->dump()
+                               << "; ampipe implements plain rope only (null)";
+  }
+  // Sliding-window attention equals full causal attention on sequences no longer than the window;
+  // ampipe attends over the whole sequence, so a window shorter than the sequences ampipe would run
+  // (max_position_embeddings) would silently change the model. Refused; see the message for the fix.
+  if (const nlohmann::json* v = f.find("sliding_window"); v != nullptr && !v->is_null()) {
+    AMPIPE_CHECK(v->is_number_integer())
+        << path << ": field 'sliding_window' must be null or an integer, got " << v->dump();
+    AMPIPE_CHECK(v->get<int64_t>() >= c.max_seq_len)
+        << path << ": field 'sliding_window' " << v->dump() << " is smaller than 'max_position_embeddings' "
+        << c.max_seq_len
+        << "; ampipe runs full causal attention, which equals the sliding window only on sequences up to the "
+           "window (set max_position_embeddings to at most the window to import it exactly)";
+  }
+  c.aux_loss_weight = kHfDefaultAuxLossCoef;
+  if (const nlohmann::json* v = f.find("router_aux_loss_coef"); v != nullptr && !v->is_null())
+    c.aux_loss_weight = f.number(*v, "router_aux_loss_coef");
+  if (const nlohmann::json* v = f.find("capacity_factor"); v != nullptr && !v->is_null())
+    c.capacity_factor = f.number(*v, "capacity_factor");
+  if (const nlohmann::json* v = f.find("tokenizer"); v != nullptr && !v->is_null()) {
+    AMPIPE_CHECK(v->is_string()) << path << ": field 'tokenizer' must be a string, got " << v->dump();
+    c.tokenizer = v->get<std::string>();
+  }
+  try {
+    c.validate();
+  } catch (const Error& e) {
+    throw Error(path + ": " + e.what());
+  }
+  return c;
+}
+
+// The files of a Hugging Face directory with their headers, and where each tensor is.
+struct HfFiles {
+  std::vector<SafetensorsHeader> headers;
+  std::map<std::string, size_t> where;  // tensor name -> index into headers
+};
+
+HfFiles read_hf_headers(const std::string& dir) {
+  HfFiles files;
+  const std::string single = join(dir, kSingleName), index = join(dir, kIndexName);
+  if (fs::exists(single)) {  // transformers prefers the single file too
+    files.headers.push_back(read_safetensors_header(single));
+    for (const auto& [name, e] : files.headers[0].tensors) files.where[name] = 0;
+    return files;
+  }
+  AMPIPE_CHECK(fs::exists(index)) << "Hugging Face checkpoint '" << dir << "' has neither " << kSingleName
+                                  << " nor " << kIndexName;
+  const nlohmann::json j = read_json(index);
+  AMPIPE_CHECK(j.is_object() && j.contains("weight_map") && j["weight_map"].is_object())
+      << index << ": missing field 'weight_map' (an object: tensor name -> shard file)";
+  std::map<std::string, std::string> weight_map;
+  std::map<std::string, size_t> shard_of_file;
+  for (const auto& [name, file] : j["weight_map"].items()) {
+    AMPIPE_CHECK(file.is_string()) << index << ": weight_map entry '" << name << "' is not a file name";
+    const std::string shard = file.get<std::string>();
+    AMPIPE_CHECK(!shard.empty() && shard.find('/') == std::string::npos && shard != "." && shard != "..")
+        << index << ": weight_map entry '" << name << "' names '" << shard
+        << "', which is not a file name in the checkpoint directory";
+    weight_map[name] = shard;
+    shard_of_file.emplace(shard, 0);
+  }
+  for (auto& [shard, i] : shard_of_file) {
+    i = files.headers.size();
+    files.headers.push_back(read_safetensors_header(join(dir, shard)));
+  }
+  for (const auto& [shard, i] : shard_of_file) {
+    for (const auto& [name, e] : files.headers[i].tensors) {
+      auto listed = weight_map.find(name);
+      AMPIPE_CHECK(listed != weight_map.end())
+          << "Hugging Face checkpoint '" << dir << "': tensor '" << name << "' in " << shard << " is not in "
+          << kIndexName << "'s weight_map";
+      AMPIPE_CHECK(listed->second == shard)
+          << "Hugging Face checkpoint '" << dir << "': tensor '" << name << "' is in " << shard << " but "
+          << kIndexName << " maps it to " << listed->second;
+      files.where[name] = i;
+    }
+  }
+  for (const auto& [name, shard] : weight_map)
+    AMPIPE_CHECK(files.where.count(name))
+        << "Hugging Face checkpoint '" << dir << "': " << kIndexName << " maps tensor '" << name << "' to "
+        << shard << ", which does not hold it";
+  return files;
+}
+
+// True if `path` is a safetensors file whose metadata is ampipe's (a model config).
+bool has_ampipe_metadata(const std::string& path) {
+  if (!fs::exists(path)) return false;
+  try {
+    return read_safetensors_header(path).metadata.count("vocab_size") != 0;
+  } catch (const Error&) {
+    return false;
+  }
+}
+
+}  // namespace
+
+uint64_t parse_byte_size(const std::string& text, const std::string& flag) {
+  auto refuse = [&]() -> uint64_t {
+    throw Error(flag + " '" + text + "' is not a size: give bytes (e.g. 1048576) or a number with a unit " +
+                "(B, KB, MB, GB, TB, KiB, MiB, GiB, TiB), e.g. 500MB or 5GB");
+  };
+  size_t i = 0;
+  while (i < text.size() && (std::isdigit(static_cast<unsigned char>(text[i])) || text[i] == '.')) ++i;
+  const std::string number = text.substr(0, i);
+  std::string unit = text.substr(i);
+  if (number.empty() || number.front() == '.' || std::count(number.begin(), number.end(), '.') > 1) refuse();
+  for (char& ch : unit) ch = static_cast<char>(std::toupper(static_cast<unsigned char>(ch)));
+  static const std::map<std::string, double> units = {
+      {"", 1},      {"B", 1},      {"KB", 1e3},        {"MB", 1e6},           {"GB", 1e9},
+      {"TB", 1e12}, {"KIB", 1024}, {"MIB", 1048576.0}, {"GIB", 1073741824.0}, {"TIB", 1099511627776.0}};
+  auto u = units.find(unit);
+  if (u == units.end()) refuse();
+  uint64_t bytes = 0;
+  if (unit.empty() || unit == "B") {
+    if (number.find('.') != std::string::npos) refuse();
+    try {
+      size_t used = 0;
+      bytes = std::stoull(number, &used);
+      if (used != number.size()) refuse();
+    } catch (const std::logic_error&) {
+      refuse();
+    }
+  } else {
+    const double value = std::stod(number) * u->second;
+    if (!(value < 1.8e19)) refuse();
+    bytes = static_cast<uint64_t>(std::llround(value));
+  }
+  AMPIPE_CHECK(bytes >= 1) << flag << " '" << text << "' must be at least 1 byte";
+  return bytes;
+}
+
+std::string hf_export_refusal(const ModelConfig& c) {
+  std::vector<std::string> parts;
+  if (!c.rms_norm()) parts.push_back(c.normalization + " (Mixtral: RMSNorm)");
+  if (!c.rope()) parts.push_back("learned absolute positions (Mixtral: rope)");
+  if (!c.swiglu) parts.push_back("GELU experts (Mixtral: SwiGLU w1/w2/w3)");
+  if (c.add_bias_linear) parts.push_back("biases (Mixtral: none)");
+  if (!c.untie_embeddings_and_output_weights)
+    parts.push_back("an LM head tied to the embedding (Mixtral: untied)");
+  if (c.mixtral() && parts.empty()) return "";
+  std::ostringstream s;
+  s << "the model is of the '" << c.family
+    << "' family; the Hugging Face Mixtral layout needs --model-family mixtral";
+  if (!c.mixtral())
+    s << " (the GPT family also names its attention projections differently and, with top-1, "
+         "does not renormalize the router's gates)";
+  if (!parts.empty()) {
+    s << "; it has ";
+    for (size_t i = 0; i < parts.size(); ++i) s << (i ? ", " : "") << parts[i];
+  }
+  return s.str();
+}
+
+HfExportResult export_hf_checkpoint(const GptMoe& model, const std::string& out_dir,
+                                    const HfExportOptions& options) {
+  const ModelConfig& c = model.config();
+  const std::string refusal = hf_export_refusal(c);
+  AMPIPE_CHECK(refusal.empty()) << "cannot export to the Hugging Face Mixtral layout: " << refusal;
+  AMPIPE_CHECK(options.max_shard_bytes >= 1) << "the shard size limit must be at least 1 byte";
+
+  // The tensors, in transformers' order, as views of the model's parameters.
+  std::map<std::string, const Parameter*> by_name;
+  for (const Parameter& p : model.params().all()) by_name[p.name] = &p;
+  std::set<std::string> unused;
+  for (const auto& [name, p] : by_name) unused.insert(name);
+  std::vector<std::pair<std::string, Tensor>> tensors;
+  for (const HfTensor& t : hf_layout(c)) {
+    auto it = by_name.find(t.ampipe_name);
+    AMPIPE_CHECK(it != by_name.end())
+        << "the model has no parameter '" << t.ampipe_name << "' (needed for " << t.hf_name << ")";
+    const Parameter& p = *it->second;
+    unused.erase(p.name);
+    Tensor v = p.value;
+    if (t.expert >= 0) {
+      AMPIPE_CHECK(p.is_expert && p.expert_offset == 0 && v.dim(0) == c.num_experts)
+          << "export needs a model holding all " << c.num_experts << " experts; '" << p.name
+          << "' holds experts [" << p.expert_offset << ", " << p.expert_offset + v.dim(0)
+          << ") (build it on one rank with the default ModelParallel)";
+      v = v.rows(t.expert, t.expert + 1).reshape(t.shape);
+    }
+    AMPIPE_CHECK(v.shape() == t.shape && v.dtype() == DType::F32)
+        << "parameter '" << p.name << "' is " << shape_string(v.shape()) << ", the layout needs "
+        << shape_string(t.shape) << " for " << t.hf_name;
+    tensors.emplace_back(t.hf_name, v);
+  }
+  AMPIPE_CHECK(unused.empty()) << "the model's parameter '" << *unused.begin()
+                               << "' has no counterpart in the Hugging Face Mixtral layout";
+
+  // Shards: consecutive tensors up to the limit (a larger tensor alone), as transformers cuts them.
+  std::vector<std::vector<size_t>> shards;
+  uint64_t shard_bytes = 0, total = 0;
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    const uint64_t bytes = numel(tensors[i].second.shape()) * sizeof(float);
+    if (shards.empty() || (!shards.back().empty() && shard_bytes + bytes > options.max_shard_bytes)) {
+      shards.emplace_back();
+      shard_bytes = 0;
+    }
+    shards.back().push_back(i);
+    shard_bytes += bytes;
+    total += bytes;
+  }
+
+  // The output directory: never over an ampipe checkpoint; a previous export is replaced, and its
+  // config.json goes first so the directory does not look complete until the new one is written.
+  std::error_code ec;
+  fs::create_directories(out_dir, ec);
+  AMPIPE_CHECK(!ec) << "cannot create directory '" << out_dir << "': " << ec.message();
+  AMPIPE_CHECK(!fs::exists(join(out_dir, "optimizer.safetensors")) &&
+               !has_ampipe_metadata(join(out_dir, kSingleName)))
+      << "'" << out_dir << "' holds an ampipe checkpoint; export to another directory";
+  if (fs::exists(join(out_dir, kConfigName))) {
+    fs::remove(join(out_dir, kConfigName), ec);
+    AMPIPE_CHECK(!ec) << "cannot remove " << join(out_dir, kConfigName) << ": " << ec.message();
+    sync_directory(out_dir);
+  }
+  for (const auto& entry : fs::directory_iterator(out_dir)) {
+    const std::string name = entry.path().filename().string();
+    if (name == kSingleName || name == kIndexName || is_shard_name(name)) {
+      fs::remove(entry.path(), ec);
+      AMPIPE_CHECK(!ec) << "cannot remove " << entry.path().string() << ": " << ec.message();
+    }
+  }
+
+  HfExportResult result;
+  result.tensors = static_cast<int64_t>(tensors.size());
+  result.total_bytes = total;
+  nlohmann::json weight_map = nlohmann::json::object();
+  for (size_t s = 0; s < shards.size(); ++s) {
+    const std::string name = shards.size() == 1 ? kSingleName : shard_name(s, shards.size());
+    std::vector<std::pair<std::string, Tensor>> part;
+    for (size_t i : shards[s]) {
+      part.push_back(tensors[i]);
+      weight_map[tensors[i].first] = name;
+    }
+    write_safetensors(join(out_dir, name), part, {{"format", "pt"}});
+    result.files.push_back(name);
+  }
+  if (shards.size() > 1) {
+    const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
+    write_file_atomically(join(out_dir, kIndexName), index.dump(2) + "\n");
+  }
+  write_file_atomically(join(out_dir, kConfigName), config_json(c).dump(2) + "\n");
+
+  if (c.capacity_factor != 0) {
+    std::ostringstream w;
+    w << "capacity_factor " << c.capacity_factor
+      << ": ampipe drops (token, expert) pairs past each expert's capacity, transformers' Mixtral is "
+         "dropless, "
+         "so its outputs differ wherever ampipe would drop; config.json keeps capacity_factor for ampipe";
+    result.warnings.push_back(w.str());
+  }
+  return result;
+}
+
+HfExportResult export_hf_checkpoint(const std::string& load_dir, const std::string& out_dir,
+                                    const HfExportOptions& options) {
+  const ModelConfig c = read_checkpoint_config(load_dir);
+  const std::string refusal = hf_export_refusal(c);
+  AMPIPE_CHECK(refusal.empty()) << "cannot export checkpoint '" << load_dir
+                                << "' to the Hugging Face Mixtral layout: " << refusal;
+  GptMoe model(c);
+  load_model_weights(load_dir, model);
+  return export_hf_checkpoint(model, out_dir, options);
+}
+
+bool is_hf_checkpoint(const std::string& dir) {
+  if (!fs::exists(join(dir, kConfigName))) return false;
+  if (!fs::exists(join(dir, kSingleName)) && !fs::exists(join(dir, kIndexName))) return false;
+  return !has_ampipe_metadata(join(dir, kSingleName));
+}
+
+ModelConfig read_hf_config(const std::string& dir) {
+  const std::string path = join(dir, kConfigName);
+  return config_from_json(path, read_json(path));
+}
+
+void load_hf_weights(const std::string& dir, GptMoe& model) {
+  const ModelConfig stored = read_hf_config(dir);
+  const std::string diff = stored.differences(model.config());
+  AMPIPE_CHECK(diff.empty()) << "checkpoint '" << dir << "' (config.json) describes a different model ("
+                             << "checkpoint vs flags: " << diff << ")";
+  const HfFiles files = read_hf_headers(dir);
+  const std::vector<HfTensor> layout = hf_layout(stored);
+
+  // Every name, shape and dtype against config.json before any data is read.
+  std::set<std::string> unused;
+  for (const auto& [name, i] : files.where) unused.insert(name);
+  for (const HfTensor& t : layout) {
+    auto it = files.where.find(t.hf_name);
+    AMPIPE_CHECK(it != files.where.end())
+        << "Hugging Face checkpoint '" << dir << "' lacks tensor '" << t.hf_name << "'"
+        << (t.expert >= 0 ? " (an expert of a layer; config.json says num_local_experts " +
+                                std::to_string(stored.num_experts) + ")"
+                          : "");
+    const SafetensorsHeader& h = files.headers[it->second];
+    const SafetensorsEntry& e = h.tensors.at(t.hf_name);
+    AMPIPE_CHECK(e.shape == t.shape) << "Hugging Face checkpoint '" << dir << "': tensor '" << t.hf_name
+                                     << "' in " << fs::path(h.path).filename().string() << " has shape "
+                                     << shape_string(e.shape) << ", config.json implies "
+                                     << shape_string(t.shape);
+    AMPIPE_CHECK(e.dtype == "F32" || e.dtype == "BF16" || e.dtype == "F16")
+        << "Hugging Face checkpoint '" << dir << "': tensor '" << t.hf_name << "' has dtype " << e.dtype
+        << "; ampipe reads F32, BF16 and F16";
+    unused.erase(t.hf_name);
+  }
+  AMPIPE_CHECK(unused.empty()) << "Hugging Face checkpoint '" << dir << "' has unexpected tensor '"
+                               << *unused.begin() << "' (not part of a Mixtral model with this config.json)";
+
+  std::map<std::string, Parameter*> by_name;
+  for (Parameter& p : model.params().all()) by_name[p.name] = &p;
+  std::set<std::string> filled;
+  for (const HfTensor& t : layout) {
+    auto it = by_name.find(t.ampipe_name);
+    AMPIPE_CHECK(it != by_name.end())
+        << "the model has no parameter '" << t.ampipe_name << "' for " << t.hf_name;
+    Parameter& p = *it->second;
+    Tensor dst = p.value;
+    if (t.expert >= 0) {
+      AMPIPE_CHECK(p.is_expert) << "parameter '" << p.name << "' is not an expert tensor";
+      const int64_t local = t.expert - p.expert_offset;
+      if (local < 0 || local >= p.value.dim(0)) continue;  // another rank's expert
+      dst = p.value.rows(local, local + 1).reshape(t.shape);
+    }
+    const Tensor src = read_safetensors_tensor_f32(files.headers[files.where.at(t.hf_name)], t.hf_name);
+    AMPIPE_CHECK(dst.shape() == src.shape())
+        << "parameter '" << p.name << "' is " << shape_string(dst.shape()) << ", " << t.hf_name << " is "
+        << shape_string(src.shape());
+    dst.copy_from(src);
+    filled.insert(p.name);
+  }
+  for (const Parameter& p : model.params().all())
+    AMPIPE_CHECK(filled.count(p.name))
+        << "the model's parameter '" << p.name << "' has no counterpart in the Hugging Face Mixtral layout";
+}
+
+}  // namespace ampipe
