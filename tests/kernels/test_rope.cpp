@@ -117,8 +117,9 @@ TEST(Rope, ChunkWithOffsetEqualsFullSequenceRowsOnStridedViews) {
   const std::vector<float> after = full_buf.to_vector();
   for (int64_t r = 0; r < batch * n; ++r)
     for (int64_t c = 0; c < width + 2 * pad; ++c)
-      if (c < pad || c >= pad + width)
+      if (c < pad || c >= pad + width) {
         ASSERT_EQ(after[r * (width + 2 * pad) + c], before[r * (width + 2 * pad) + c]) << r << ", " << c;
+      }
 
   for (const auto& [b, e] :
        std::vector<std::pair<int64_t, int64_t>>{{0, 1}, {37, 101}, {64, 130}, {129, 130}}) {

@@ -29,10 +29,12 @@ using testing::random_tensor;
 struct MoeCase {
   int64_t k;
   double capacity_factor;
+  bool mixtral = false;  // SwiGLU experts without biases, gates normalised for every k
 };
 
 ModelConfig moe_config(const MoeCase& c) {
   ModelConfig m;
+  if (c.mixtral) m.set_family("mixtral");
   m.hidden_size = 8;
   m.num_attention_heads = 1;
   m.num_experts = 4;
@@ -116,7 +118,8 @@ TEST_P(ExpertParallel, ForwardAndBackwardEqualOneRankHoldingAllExperts) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Routing, ExpertParallel,
-                         ::testing::Values(MoeCase{1, 0.0}, MoeCase{2, 0.0}, MoeCase{1, 1.0}, MoeCase{2, 0.75}));
+                         ::testing::Values(MoeCase{1, 0.0}, MoeCase{2, 0.0}, MoeCase{1, 1.0}, MoeCase{2, 0.75},
+                                           MoeCase{1, 0.0, true}, MoeCase{2, 0.0, true}));
 
 std::string shared_dir(const std::string& name) {
   // Rank 0 chooses the directory; every rank uses it.
@@ -135,8 +138,12 @@ std::string shared_dir(const std::string& name) {
   return dir;
 }
 
-TrainOptions small_options(const std::string& dir) {
+TrainOptions small_options(const std::string& dir, bool mixtral = false) {
   TrainOptions o;
+  if (mixtral) {
+    o.model.set_family("mixtral");
+    o.model.num_query_groups = 1;
+  }
   o.model.max_seq_len = 16;
   o.model.hidden_size = 16;
   o.model.num_attention_heads = 2;
@@ -216,10 +223,13 @@ TEST(DataParallel, ParallelResumeReproducesTheUninterruptedRun) {
 }
 
 // AMPipe chunks (each with its own all-to-all across the expert group) train like the sequential
-// block on the same ranks.
-TEST(DataParallel, AmPipeOnSeveralRanksFollowsSequential) {
-  const std::string dir = shared_dir("ampipe");
-  TrainOptions seq = small_options(dir);
+// block on the same ranks, in both families.
+class AmPipeOnSeveralRanks : public ::testing::TestWithParam<bool> {};
+
+TEST_P(AmPipeOnSeveralRanks, FollowsSequential) {
+  const bool mixtral = GetParam();
+  const std::string dir = shared_dir(mixtral ? "ampipe_mixtral" : "ampipe");
+  TrainOptions seq = small_options(dir, mixtral);
   seq.micro_batch_size = 2;
   seq.metrics_file = dir + "/seq.jsonl";
   run_training(seq, [](const std::string&) {}, g_world.get());
@@ -258,6 +268,11 @@ TEST(DataParallel, AmPipeOnSeveralRanksFollowsSequential) {
   }
   g_world->barrier();
 }
+
+INSTANTIATE_TEST_SUITE_P(Family, AmPipeOnSeveralRanks, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& param) {
+                           return param.param ? std::string("Mixtral") : std::string("Gpt");
+                         });
 
 TEST(DataParallel, MismatchedConfigurationIsRefusedOnEveryRank) {
   const std::string dir = shared_dir("mismatch");
