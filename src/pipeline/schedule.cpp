@@ -78,11 +78,15 @@ std::vector<int64_t> balanced_boundaries(int64_t seq_len, int64_t pipe_degree, d
 
 double balance_weight(const ModelConfig& config, bool moe_in_chunk) {
   // causal attention: ~(e^2 - b^2) / 2 key pairs per chunk at 4d FLOPs each -> 2d per unit of b^2;
-  // per token: projection 2d^2, and with the MoE side: router 2dE, experts 4 k d f.
+  // per token: projection 2d^2, and with the MoE side: router 2dE, experts 2m k d f (m GEMMs per
+  // expert: 2 for GELU, 3 for SwiGLU). Grouped-query attention changes neither: the attention core
+  // counts query heads, and the narrower K and V projections run before the chunks.
   const double d = double(config.hidden_size);
+  const double gemms_per_expert = config.swiglu ? 3.0 : 2.0;
   double per_token = 2 * d * d;
   if (moe_in_chunk)
-    per_token += 2 * d * double(config.num_experts) + 4.0 * double(config.top_k) * d * double(config.ffn_hidden_size);
+    per_token += 2 * d * double(config.num_experts) +
+                 2 * gemms_per_expert * double(config.top_k) * d * double(config.ffn_hidden_size);
   return per_token / (2 * d);
 }
 

@@ -8,35 +8,40 @@
 // Notation: B sequences, chunk [b, e) of length len = e - b, T = B * len tokens of the stage
 // (whole-sequence stages: T = B * N), d hidden, f expert FFN hidden, E experts, k top-k, R ranks,
 // rows = k * T routed rows (balanced routing: a rank receives as many rows as it sends), s bytes per
-// element. GEMM FLOPs are 2 * M * N * K. Elementwise passes count bytes read + bytes written:
-//   layernorm fwd 2Td (x in, y out)        layernorm bwd 3Td (dy, x in, dx out)
+// element; q = h hd = d query columns and w = (h + 2g) hd the QKV width (g KV heads: grouped-query
+// attention narrows K and V, not the attention core, whose FLOPs count query heads). GEMM FLOPs are
+// 2 * M * N * K. Elementwise passes count bytes read + bytes written:
+//   norm fwd 2Td (x in, y out)             norm bwd 3Td (dy, x in, dx out)
 //   bias add 2nw on [n, w]                 bias bwd nw (column sums read dy)
 //   residual add 3Td (a, b in, a out)      copy / gather / scatter of n rows 2nd
-//   gelu fwd 2 rows f, bwd 3 rows f        softmax over [T, E] fwd 2TE, bwd 3TE; top-k reads TE
+//   gelu fwd 2 rows f, bwd 3 rows f        swiglu fwd 3 rows f, bwd 5 rows f
+//   rope fwd or bwd 2T(q + g hd): q and k  softmax over [T, E] fwd 2TE, bwd 3TE; top-k reads TE
 //   permute fwd 2 rows d                   permute bwd (rows + T) d (rows in, tokens out)
 //   unpermute fwd (rows + T) d             unpermute bwd (T + 2 rows) d (dout, saved output in; drows out)
+// Bias terms count only with biases (ModelConfig::add_bias_linear). A SwiGLU expert has three GEMMs
+// (m = 3) where a GELU expert has two (m = 2).
 // Stage by stage (what pipeline/streamed_block.cpp, model/attention_layer.cpp and model/moe/*.cpp do):
-//   AttnBegin      LN1 + QKV over T = BN:   gemm 6Td^2;  bytes LN 2Td + bias 6Td = 8Td
+//   AttnBegin      norm1 + QKV (+ rope) over T = BN: gemm 2Tdw; bytes norm 2Td + bias 2Tw + rope
 //   AttnChunk      core fwd B*2d*len*(e+b+1) (sum over queries i in [b,e) of (i+1) keys x 4d);
 //                  proj gemm 2Td^2; bytes bias 2Td + residual 3Td + copy into the token buffer
 //                  2Td, + 4Td gathers of q and x rows when B > 1 and the chunk is partial
-//   Route          LN2 2Td, router gemm 2TdE, softmax + top-k 3TE, permute 2 rows d,
+//   Route          norm2 2Td, router gemm 2TdE, softmax + top-k 3TE, permute 2 rows d,
 //                  + 2Td gather of the chunk's rows when B > 1 and the chunk is partial
 //   Dispatch       2 all-to-all calls (per-expert counts, then the rows); wire rows*d*s*remote
-//   Experts        gemm 4 rows d f; bytes bias 2 rows f + gelu 2 rows f + bias 2 rows d,
+//   Experts        gemm 2m rows d f; bytes bias (m - 1) 2 rows f + activation + bias 2 rows d,
 //                  + regroup gather and scatter 4 rows d when R > 1
 //   Combine        1 all-to-all call; wire as Dispatch
 //   Finish         unpermute (rows + T) d + residual 3Td + copy into the block output 2Td
 //   FinishBwd      unpermute bwd (T + 2 rows) d, + 2Td gather of dy rows when B > 1 and partial
 //   CombineBwd     1 call; wire as Dispatch
-//   ExpertsBwd     gemm 8 rows d f (dW and dX of both GEMMs); bytes bias bwd rows (d + f) +
-//                  gelu bwd 3 rows f, + regroup 4 rows d when R > 1
+//   ExpertsBwd     gemm 4m rows d f (dW and dX of every GEMM); bytes bias bwd rows (d + (m - 1) f) +
+//                  activation bwd, + regroup 4 rows d when R > 1
 //   DispatchBwd    1 call; wire as Dispatch
 //   RouteBwd       permute bwd (rows + T) d, softmax + top-k bwd 4TE, router gemm 4TdE,
-//                  LN2 bwd 3Td, residual 3Td, copy into the token-buffer gradient 2Td
+//                  norm2 bwd 3Td, residual 3Td, copy into the token-buffer gradient 2Td
 //   AttnChunkBwd   core bwd 2.5x the forward FLOPs; proj gemm 4Td^2; bias bwd Td,
 //                  + 4Td gather of dh rows and scatter of dq when B > 1 and partial
-//   AttnFinishBwd  over T = BN: QKV gemm 12Td^2; bytes bias bwd 3Td + LN1 bwd 3Td + residual 3Td
+//   AttnFinishBwd  over T = BN: QKV gemm 4Tdw; bytes bias bwd Tw + rope + norm1 bwd 3Td + residual 3Td
 // Small terms (LN statistics, lse, gates, index arrays) are left out.
 
 namespace ampipe {
@@ -85,6 +90,12 @@ StageWork stage_work(Stage stage, int64_t begin, int64_t end, const BlockShape& 
   const double B = double(shape.batch), d = double(c.hidden_size), f = double(c.ffn_hidden_size);
   const double E = double(c.num_experts), k = double(c.top_k), s = double(bytes_per_element);
   const double len = double(end - begin), T = B * len, rows = k * T;
+  const double q = double(c.num_attention_heads * c.head_dim());
+  const double w = q + 2.0 * double(c.kv_heads() * c.head_dim());
+  const double bias = c.add_bias_linear ? 1.0 : 0.0;
+  const double rope = c.rope() ? 2 * T * (q + (w - q) / 2) : 0.0;  // q and k columns
+  const double m = c.swiglu ? 3.0 : 2.0;  // GEMMs per expert
+  const double activation_fwd = (c.swiglu ? 3.0 : 2.0) * rows * f, activation_bwd = (c.swiglu ? 5.0 : 3.0) * rows * f;
   // Partial chunks of several sequences are gathered / scattered row by row (not a view).
   const bool gathers = shape.batch > 1 && !(begin == 0 && end == shape.seq_len);
   const bool distributed = shape.ranks > 1;
@@ -92,25 +103,25 @@ StageWork stage_work(Stage stage, int64_t begin, int64_t end, const BlockShape& 
   const double attention_core = B * 2 * d * len * double(end + begin + 1);
   const double wire = rows * d * s * shape.effective_remote_fraction();
 
-  StageWork w;
+  StageWork work;
   double elems = 0;  // bytes / s
   switch (stage) {
     case Stage::AttnBegin:
-      w.gemm_flops = 6 * T * d * d;
-      elems = 8 * T * d;
+      work.gemm_flops = 2 * T * d * w;
+      elems = 2 * T * d + bias * 2 * T * w + rope;
       break;
     case Stage::AttnChunk:
-      w.attention_forward_flops = attention_core;
-      w.gemm_flops = 2 * T * d * d;
-      elems = 7 * T * d + (gathers ? 4 * T * d : 0);
+      work.attention_forward_flops = attention_core;
+      work.gemm_flops = 2 * T * d * d;
+      elems = bias * 2 * T * d + 5 * T * d + (gathers ? 4 * T * d : 0);
       break;
     case Stage::Route:
-      w.gemm_flops = 2 * T * d * E;
+      work.gemm_flops = 2 * T * d * E;
       elems = 2 * T * d + 3 * T * E + 2 * rows * d + (gathers ? 2 * T * d : 0);
       break;
     case Stage::Experts:
-      w.gemm_flops = 4 * rows * d * f;
-      elems = 4 * rows * f + 2 * rows * d + (distributed ? 4 * rows * d : 0);
+      work.gemm_flops = 2 * m * rows * d * f;
+      elems = bias * ((m - 1) * 2 * rows * f + 2 * rows * d) + activation_fwd + (distributed ? 4 * rows * d : 0);
       break;
     case Stage::Finish:
       elems = (rows + T) * d + 3 * T * d + 2 * T * d;
@@ -119,36 +130,36 @@ StageWork stage_work(Stage stage, int64_t begin, int64_t end, const BlockShape& 
       elems = (T + 2 * rows) * d + (gathers ? 2 * T * d : 0);
       break;
     case Stage::ExpertsBwd:
-      w.gemm_flops = 8 * rows * d * f;
-      elems = rows * (d + f) + 3 * rows * f + (distributed ? 4 * rows * d : 0);
+      work.gemm_flops = 4 * m * rows * d * f;
+      elems = bias * rows * (d + (m - 1) * f) + activation_bwd + (distributed ? 4 * rows * d : 0);
       break;
     case Stage::RouteBwd:
-      w.gemm_flops = 4 * T * d * E;
+      work.gemm_flops = 4 * T * d * E;
       elems = (rows + T) * d + 4 * T * E + 3 * T * d + 3 * T * d + 2 * T * d;
       break;
     case Stage::AttnChunkBwd:
-      w.attention_backward_flops = 2.5 * attention_core;
-      w.gemm_flops = 4 * T * d * d;
-      elems = T * d + (gathers ? 4 * T * d : 0);
+      work.attention_backward_flops = 2.5 * attention_core;
+      work.gemm_flops = 4 * T * d * d;
+      elems = bias * T * d + (gathers ? 4 * T * d : 0);
       break;
     case Stage::AttnFinishBwd:
-      w.gemm_flops = 12 * T * d * d;
-      elems = 9 * T * d;
+      work.gemm_flops = 4 * T * d * w;
+      elems = bias * T * w + rope + 6 * T * d;
       break;
     case Stage::Dispatch:
     case Stage::Combine:
     case Stage::CombineBwd:
     case Stage::DispatchBwd:
       if (distributed) {
-        w.wire_bytes = wire;
+        work.wire_bytes = wire;
         // exchange_dispatch sends the per-expert counts first, then the rows; the other three
         // exchanges reuse those counts (model/moe/dispatcher.cpp).
-        w.collective_calls = stage == Stage::Dispatch ? 2 : 1;
+        work.collective_calls = stage == Stage::Dispatch ? 2 : 1;
       }
       break;
   }
-  w.memory_bytes = elems * s;
-  return w;
+  work.memory_bytes = elems * s;
+  return work;
 }
 
 double all_to_all_seconds(double remote_bytes, int calls, int64_t ranks, const HardwareProfile& hw) {

@@ -2,10 +2,12 @@
 #include <cmath>
 #include <cstring>
 #include <numbers>
+#include <string>
 #include <vector>
 
 #include "core/parallel.h"
 #include "kernels/elementwise.h"
+#include "kernels/gemm.h"
 #include "test_util.h"
 
 namespace ampipe::kernels {
@@ -224,6 +226,113 @@ TEST(Gelu, WorksOnColumnSliceViews) {
   expect_close(y, expected, 1e-6, 1e-5, "y view");
   EXPECT_EQ(out_buf.to_vector()[9], 0.0f);
   EXPECT_EQ(out_buf.to_vector()[27], 0.0f);
+}
+
+double silu_ref(double z) { return z / (1.0 + std::exp(-z)); }
+
+// silu'(z) = s (1 + z (1 - s)), s = sigmoid(z).
+double silu_grad_ref(double z) {
+  const double sg = 1.0 / (1.0 + std::exp(-z));
+  return sg * (1.0 + z * (1.0 - sg));
+}
+
+// A [rows, cols] tensor, or a column slice of a wider buffer (row-strided view).
+Tensor maybe_strided(int64_t rows, int64_t cols, uint64_t seed, float scale, bool strided) {
+  if (!strided) return random_tensor({rows, cols}, seed, scale);
+  return random_tensor({rows, cols + 9}, seed, scale).cols(4, 4 + cols);
+}
+
+TEST(SwiGLU, ForwardMatchesReferenceIncludingStridedViews) {
+  uint64_t seed = 70;
+  for (const bool strided : {false, true}) {
+    for (const RC& s : kShapes) {
+      SCOPED_TRACE(::testing::Message() << s.rows << "x" << s.cols << (strided ? " strided" : " dense"));
+      Tensor gate = maybe_strided(s.rows, s.cols, ++seed, 3.0f, strided);
+      Tensor up = maybe_strided(s.rows, s.cols, ++seed, 1.0f, strided);
+      Tensor out = maybe_strided(s.rows, s.cols, ++seed, 1.0f, strided);
+      swiglu_forward(gate, up, out);
+      const std::vector<double> g = to_double(gate), u = to_double(up);
+      std::vector<double> expected(g.size());
+      for (size_t i = 0; i < g.size(); ++i) expected[i] = silu_ref(g[i]) * u[i];
+      expect_close(out, expected, 1e-6, 1e-5, "out");
+    }
+  }
+}
+
+TEST(SwiGLU, BackwardMatchesReferenceAndFiniteDifferences) {
+  uint64_t seed = 80;
+  for (const bool strided : {false, true}) {
+    for (const RC& s : kShapes) {
+      SCOPED_TRACE(::testing::Message() << s.rows << "x" << s.cols << (strided ? " strided" : " dense"));
+      Tensor gate = maybe_strided(s.rows, s.cols, ++seed, 3.0f, strided);
+      Tensor up = maybe_strided(s.rows, s.cols, ++seed, 1.0f, strided);
+      Tensor dout = maybe_strided(s.rows, s.cols, ++seed, 1.0f, strided);
+      Tensor dgate = maybe_strided(s.rows, s.cols, ++seed, 1.0f, strided);  // overwritten
+      Tensor dup = maybe_strided(s.rows, s.cols, ++seed, 1.0f, strided);
+      swiglu_backward(gate, up, dout, dgate, dup);
+      std::vector<double> g = to_double(gate), u = to_double(up);
+      const std::vector<double> w = to_double(dout);
+      std::vector<double> expected_dgate(g.size()), expected_dup(g.size());
+      for (size_t i = 0; i < g.size(); ++i) {
+        expected_dgate[i] = w[i] * u[i] * silu_grad_ref(g[i]);
+        expected_dup[i] = w[i] * silu_ref(g[i]);
+      }
+      expect_close(dgate, expected_dgate, 1e-6, 1e-5, "dgate vs analytic");
+      expect_close(dup, expected_dup, 1e-6, 1e-5, "dup vs analytic");
+      if (s.rows * s.cols <= 64) {
+        auto loss = [&] {
+          double sum = 0;
+          for (size_t i = 0; i < g.size(); ++i) sum += silu_ref(g[i]) * u[i] * w[i];
+          return sum;
+        };
+        expect_close(dgate, finite_difference(g, loss), 1e-6, 1e-5, "dgate vs finite differences");
+        expect_close(dup, finite_difference(u, loss), 1e-6, 1e-5, "dup vs finite differences");
+      }
+    }
+  }
+}
+
+// Far tails: silu(z) -> 0 (z << 0) or z (z >> 0), silu'(z) -> 0 or 1; never NaN.
+TEST(SwiGLU, FiniteInTheFarTails) {
+  Tensor gate = Tensor::from({1, 6}, {-1e4f, -100.0f, -30.0f, -11.5f, 30.0f, 1e4f});
+  Tensor up = Tensor::from({1, 6}, {1, 1, 1, 1, 1, 1});
+  Tensor out = Tensor::empty({1, 6});
+  swiglu_forward(gate, up, out);
+  expect_close(out, {0, 0, silu_ref(-30), silu_ref(-11.5), 30, 1e4}, 1e-6, 1e-6, "tail value");
+  Tensor dgate = Tensor::empty({1, 6}), dup = Tensor::empty({1, 6});
+  swiglu_backward(gate, up, up, dgate, dup);
+  expect_close(dgate, {0, 0, silu_grad_ref(-30), silu_grad_ref(-11.5), 1, 1}, 1e-6, 1e-6, "tail dgate");
+  expect_close(dup, {0, 0, silu_ref(-30), silu_ref(-11.5), 30, 1e4}, 1e-6, 1e-6, "tail dup");
+}
+
+TEST(SwiGLU, ShapeMismatchThrowsNamingTheTensors) {
+  Tensor a = Tensor::zeros({3, 4});
+  EXPECT_THROW(swiglu_forward(a, Tensor::zeros({4, 3}), Tensor::zeros({3, 4})), Error);
+  EXPECT_THROW(swiglu_backward(a, a, a, Tensor::zeros({3, 4}), Tensor::zeros({3, 5})), Error);
+  try {
+    swiglu_forward(a, a, Tensor::zeros({3, 5}));
+    FAIL() << "an output of the wrong shape was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("out [3, 5]"), std::string::npos) << e.what();
+  }
+}
+
+TEST(SwiGLU, ResultsDoNotDependOnThreadCount) {
+  const int saved = num_threads();
+  const Tensor gate = random_tensor({1000, 130}, 90, 3.0f);
+  const Tensor up = random_tensor({1000, 130}, 91);
+  const Tensor dout = random_tensor({1000, 130}, 92);
+  std::vector<Tensor> results;
+  for (const int threads : {1, 2}) {
+    set_kernel_threads(threads);
+    Tensor out = Tensor::empty({1000, 130}), dgate = Tensor::empty({1000, 130}),
+           dup = Tensor::empty({1000, 130});
+    swiglu_forward(gate, up, out);
+    swiglu_backward(gate, up, dout, dgate, dup);
+    results.insert(results.end(), {out, dgate, dup});
+  }
+  set_kernel_threads(saved);
+  for (int i = 0; i < 3; ++i) expect_bitwise_equal(results[i], results[i + 3]);
 }
 
 TEST(Softmax, RowsMatchReference) {

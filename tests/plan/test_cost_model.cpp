@@ -46,6 +46,27 @@ double causal_pairs_flops(int64_t b, int64_t e, int64_t d) {
   return flops;
 }
 
+// The Mixtral family prices what it runs: K and V of g = 1 KV head (hd = 4) narrow the QKV GEMMs to
+// w = 8 + 2 * 4 = 16 columns; SwiGLU experts run three GEMMs instead of two; no bias passes; rope
+// rotates q's 8 and k's 4 columns (read and written).
+TEST(CostModel, StageFlops_MixtralFamily_MatchHandCounts) {
+  BlockShape s = tiny_shape();
+  s.config.set_family("mixtral");
+  s.config.num_query_groups = 1;
+  const BlockShape gpt = tiny_shape();
+  EXPECT_DOUBLE_EQ(stage_work(Stage::AttnBegin, 0, 0, s, 4).gemm_flops, 2.0 * 20 * 8 * 16);
+  EXPECT_DOUBLE_EQ(stage_work(Stage::AttnFinishBwd, 0, 0, s, 4).gemm_flops, 4.0 * 20 * 8 * 16);
+  // norm 2Td + rope 2T (8 + 4) (no bias): 20 tokens, d = 8.
+  EXPECT_DOUBLE_EQ(stage_work(Stage::AttnBegin, 0, 0, s, 1).memory_bytes, 2.0 * 20 * 8 + 2.0 * 20 * 12);
+  // The attention core counts query heads: unchanged by grouped-query attention.
+  EXPECT_DOUBLE_EQ(stage_work(Stage::AttnChunk, 4, 10, s, 4).attention_forward_flops,
+                   stage_work(Stage::AttnChunk, 4, 10, gpt, 4).attention_forward_flops);
+  // Chunk [4, 10): 12 tokens, 24 routed rows; SwiGLU = 3 GEMMs of 2 * rows * d * f.
+  EXPECT_DOUBLE_EQ(stage_work(Stage::Experts, 4, 10, s, 4).gemm_flops, 3 * 2.0 * 24 * 8 * 16);
+  EXPECT_DOUBLE_EQ(stage_work(Stage::ExpertsBwd, 4, 10, s, 4).gemm_flops, 3 * 4.0 * 24 * 8 * 16);
+  EXPECT_DOUBLE_EQ(stage_work(Stage::Experts, 4, 10, gpt, 4).gemm_flops, 2 * 2.0 * 24 * 8 * 16);
+}
+
 TEST(CostModel, StageFlops_TinyBlock_MatchHandCounts) {
   const BlockShape s = tiny_shape();
   // Whole sequence: T = 20 tokens. QKV: 2 * 20 * 8 * 24.
