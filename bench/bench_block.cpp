@@ -2,6 +2,7 @@
 //
 //   ./build/bench_block [--threads 1] [--seq-length 2048] [--hidden-size 512] [--heads 8]
 //                       [--experts 4] [--ffn 2048] [--top-k 1] [--repeats 5] [--json-out FILE]
+//                       [model-family flags: --model-family mixtral --group-query-attention ...]
 //
 // FLOP bound = block FLOPs (causal attention counted as half) / the sgemm rate measured in the same
 // run on the block's expert-FFN GEMM shape. Prints the case, the median time and the ratio
@@ -9,14 +10,15 @@
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
-#include <cstring>
 #include <fstream>
 #include <functional>
 #include <map>
 #include <string>
 #include <vector>
 
+#include <CLI/CLI.hpp>
+
+#include "cli/model_flags.h"
 #include "core/random.h"
 #include "kernels/gemm.h"
 #include "model/attention_layer.h"
@@ -58,44 +60,45 @@ double gemm_rate(int64_t m, int64_t n, int64_t k, int repeats) {
 }  // namespace
 
 int main(int argc, char** argv) {
-  std::map<std::string, std::string> args = {{"--threads", "1"}, {"--seq-length", "2048"}, {"--hidden-size", "512"},
-                                             {"--heads", "8"},   {"--experts", "4"},       {"--ffn", "2048"},
-                                             {"--top-k", "1"},   {"--repeats", "5"},       {"--json-out", ""}};
-  for (int i = 1; i < argc; ++i) {
-    if (!std::strcmp(argv[i], "--help")) {
-      std::printf("usage: bench_block");
-      for (auto& [k, v] : args) std::printf(" [%s %s]", k.c_str(), v.empty() ? "FILE" : v.c_str());
-      std::printf("\n");
-      return 0;
-    }
-    if (!args.count(argv[i]) || i + 1 >= argc) {
-      std::fprintf(stderr, "bench_block: unknown flag or missing value: %s (try --help)\n", argv[i]);
-      return 2;
-    }
-    args[argv[i]] = argv[i + 1];
-    ++i;
-  }
-  const int threads = std::atoi(args["--threads"].c_str());
-  const int64_t N = std::atoll(args["--seq-length"].c_str()), d = std::atoll(args["--hidden-size"].c_str());
-  const int64_t h = std::atoll(args["--heads"].c_str()), E = std::atoll(args["--experts"].c_str());
-  const int64_t f = std::atoll(args["--ffn"].c_str()), k = std::atoll(args["--top-k"].c_str());
-  const int repeats = std::max(1, std::atoi(args["--repeats"].c_str()));
-  kernels::set_kernel_threads(std::max(1, threads));
+  int threads = 1, repeats = 5;
+  int64_t N = 2048, d = 512, h = 8, E = 4, f = 2048, k = 1;
+  std::string json_out;
+  CLI::App app{"bench_block: one transformer block, forward + backward, against its FLOP bound"};
+  app.add_option("--threads", threads, "Compute threads")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--seq-length", N, "Sequence length N")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--hidden-size", d, "Hidden size d")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--heads,--num-attention-heads", h, "Attention (query) heads")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--experts,--moe-num-experts", E, "Experts E")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--ffn,--ffn-hidden-size", f, "Expert FFN hidden size f")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--top-k,--moe-top-k", k, "Experts per token k")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--repeats", repeats, "Timed repeats (after one warm-up)")->capture_default_str()->check(CLI::PositiveNumber);
+  app.add_option("--json-out", json_out, "Append the JSON line to this file");
+  FamilyFlags family;
+  add_family_flags(app, family);
+  CLI11_PARSE(app, argc, argv);
+  kernels::set_kernel_threads(threads);
 
   ModelConfig config;
-  config.max_seq_len = N;
-  config.hidden_size = d;
-  config.num_attention_heads = h;
-  config.num_experts = E;
-  config.ffn_hidden_size = f;
-  config.top_k = k;
-  config.num_layers = 1;
+  try {
+    apply_family_flags(family, config);
+    config.max_seq_len = N;
+    config.hidden_size = d;
+    config.num_attention_heads = h;
+    config.num_experts = E;
+    config.ffn_hidden_size = f;
+    config.top_k = k;
+    config.num_layers = 1;
+    config.validate();
+  } catch (const std::exception& e) {
+    std::fprintf(stderr, "bench_block: %s\n", e.what());
+    return 2;
+  }
   ParameterRegistry params;
   AttentionLayer attention(config, params, "blocks.0.");
   MoeLayer moe(config, params, "blocks.0.");
   uint64_t seed = 10;
   for (Parameter& p : params.all()) p.value.copy_from(random_tensor(p.value.shape(), seed++, 0.02f));
-  for (const char* ln : {"blocks.0.ln1.weight", "blocks.0.ln2.weight"}) params.get(ln).value.fill(1.0f);
+  for (const char* norm : {"blocks.0.ln1.weight", "blocks.0.ln2.weight"}) params.get(norm).value.fill(1.0f);
   Tensor x = random_tensor({N, d}, 1, 1.0f), dy = random_tensor({N, d}, 2, 1e-3f);
 
   const double rate = gemm_rate(N * k / E, f, d, repeats);  // one expert's fc1 GEMM
@@ -126,26 +129,33 @@ int main(int argc, char** argv) {
     stage["attention bwd"].push_back(t_ab);
   }
   const double dN = static_cast<double>(N), dd = static_cast<double>(d), df = static_cast<double>(f);
-  const double linear_fwd = 2 * dN * dd * 3 * dd + 2 * dN * dd * dd + 2 * dN * dd * E + 4.0 * k * dN * dd * df;
+  // QKV (h + 2g) hd columns, output projection, router, and 2 (GELU) or 3 (SwiGLU) expert GEMMs.
+  const double qkv_width = double((config.num_attention_heads + 2 * config.kv_heads()) * config.head_dim());
+  const double expert_gemms = config.swiglu ? 3.0 : 2.0;
+  const double linear_fwd =
+      2 * dN * dd * qkv_width + 2 * dN * dd * dd + 2 * dN * dd * E + 2 * expert_gemms * k * dN * dd * df;
   const double attention_fwd = 2 * dN * dN * dd;  // QK^T and PV, causal half
   const double flops = 3 * linear_fwd + 3.5 * attention_fwd;
   const double t = median(total);
   const double bound = flops / rate;
-  std::printf("block fwd+bwd  N=%lld d=%lld heads=%lld E=%lld f=%lld k=%lld threads=%d\n", (long long)N, (long long)d,
-              (long long)h, (long long)E, (long long)f, (long long)k, threads);
+  std::printf("block fwd+bwd  N=%lld d=%lld heads=%lld kv_heads=%lld E=%lld f=%lld k=%lld family=%s threads=%d\n",
+              (long long)N, (long long)d, (long long)h, (long long)config.kv_heads(), (long long)E, (long long)f,
+              (long long)k, config.family.c_str(), threads);
   std::printf("  sgemm rate %.1f GFLOP/s (expert fc1 shape %lldx%lldx%lld)\n", rate / 1e9, (long long)(N * k / E),
               (long long)f, (long long)d);
   std::printf("  block FLOPs %.2f G, time %.1f ms (median of %d), FLOP bound %.1f ms, time/bound %.3f, %.1f GFLOP/s\n",
               flops / 1e9, t * 1e3, repeats, bound * 1e3, t / bound, flops / t / 1e9);
   for (auto& [name, v] : stage) std::printf("    %-14s %8.1f ms\n", name.c_str(), median(v) * 1e3);
-  char json[512];
+  char json[640];
   std::snprintf(json, sizeof json,
-                "{\"bench\":\"block\",\"seq_length\":%lld,\"hidden_size\":%lld,\"heads\":%lld,\"num_experts\":%lld,"
+                "{\"bench\":\"block\",\"family\":\"%s\",\"swiglu\":%s,\"kv_heads\":%lld,"
+                "\"seq_length\":%lld,\"hidden_size\":%lld,\"heads\":%lld,\"num_experts\":%lld,"
                 "\"ffn\":%lld,\"top_k\":%lld,\"threads\":%d,\"gemm_gflops\":%.2f,\"block_gflop\":%.3f,\"time_ms\":%.3f,"
                 "\"bound_ms\":%.3f,\"time_over_bound\":%.4f}",
-                (long long)N, (long long)d, (long long)h, (long long)E, (long long)f, (long long)k, threads, rate / 1e9,
+                config.family.c_str(), config.swiglu ? "true" : "false", (long long)config.kv_heads(), (long long)N,
+                (long long)d, (long long)h, (long long)E, (long long)f, (long long)k, threads, rate / 1e9,
                 flops / 1e9, t * 1e3, bound * 1e3, t / bound);
   std::printf("%s\n", json);
-  if (!args["--json-out"].empty()) std::ofstream(args["--json-out"], std::ios::app) << json << "\n";
+  if (!json_out.empty()) std::ofstream(json_out, std::ios::app) << json << "\n";
   return 0;
 }

@@ -1,5 +1,6 @@
 // Causal attention (kernels/attention.h) against a naive float64 reference: forward, log-sum-exp,
-// backward, query chunks with an offset, accumulation of dK/dV over chunks, determinism.
+// backward, query chunks with an offset, accumulation of dK/dV over chunks, determinism, and
+// grouped-query attention against ordinary attention on K/V repeated per query head.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -13,6 +14,7 @@
 #include "core/parallel.h"
 #include "kernels/attention.h"
 #include "kernels/cpu/fast_math.h"
+#include "kernels/gemm.h"
 #include "test_util.h"
 
 namespace ampipe::kernels {
@@ -406,6 +408,17 @@ TEST(Attention, FastExpIsAccurateAndSaturates) {
   EXPECT_TRUE(std::isnan(fm::fast_exp(NAN)));
 }
 
+// Calls fn, which must throw an Error whose message contains `expected`.
+template <class Fn>
+void expect_error_containing(const Fn& fn, const std::string& expected) {
+  try {
+    fn();
+    FAIL() << "no error thrown; expected one mentioning \"" << expected << "\"";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find(expected), std::string::npos) << e.what();
+  }
+}
+
 TEST(Attention, RejectsInconsistentShapes) {
   FusedQkv x = fused_qkv(10, 8, 1);
   Tensor out = Tensor::empty({10, 8});
@@ -419,11 +432,198 @@ TEST(Attention, RejectsInconsistentShapes) {
                Error);
   // q rows not batch * q_len.
   EXPECT_THROW(attention_forward(x.q, x.k, x.v, AttentionShape{2, 2, 0, 10, 10}, out, lse), Error);
-  try {
-    attention_forward(x.q, x.k, x.v, AttentionShape{1, 2, 5, 10, 10}, out, lse);
-  } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("kv_len 10"), std::string::npos) << e.what();
+  expect_error_containing(
+      [&] {
+        attention_forward(x.q, x.k, x.v, AttentionShape{1, 2, 5, 10, 10}, out, lse);
+      },
+      "kv_len 10");
+}
+
+// ---------------------------------------------------------------------------------------------
+// Grouped-query attention: h query heads share g KV heads, query head j reading KV head j / (h / g).
+
+// kv [rows, g*hd] -> [rows, h*hd] with query head j's columns holding KV head j / (h / g).
+Tensor repeat_kv(const Tensor& kv, int64_t heads, int64_t kv_heads) {
+  const int64_t hd = kv.dim(1) / kv_heads, group = heads / kv_heads;
+  Tensor out = Tensor::empty({kv.dim(0), heads * hd});
+  for (int64_t j = 0; j < heads; ++j)
+    out.cols(j * hd, (j + 1) * hd).copy_from(kv.cols((j / group) * hd, (j / group + 1) * hd));
+  return out;
+}
+
+// grad [rows, h*hd] of repeated K or V -> [rows, g*hd]: each KV head sums its query heads' columns.
+std::vector<double> sum_over_groups(const std::vector<double>& grad, int64_t rows, int64_t heads,
+                                    int64_t kv_heads, int64_t hd) {
+  const int64_t group = heads / kv_heads;
+  std::vector<double> out(static_cast<size_t>(rows * kv_heads * hd), 0.0);
+  for (int64_t r = 0; r < rows; ++r)
+    for (int64_t j = 0; j < heads; ++j)
+      for (int64_t c = 0; c < hd; ++c)
+        out[(r * kv_heads + j / group) * hd + c] += grad[(r * heads + j) * hd + c];
+  return out;
+}
+
+struct GqaCase {
+  int64_t heads, kv_heads, head_dim;
+};
+
+std::string gqa_name(const GqaCase& c) {
+  return "h=" + std::to_string(c.heads) + " g=" + std::to_string(c.kv_heads) +
+         " hd=" + std::to_string(c.head_dim);
+}
+
+// One chunk of a GQA layer's attention, inputs as the model holds them: q [B*Nq, h*hd]; k and v
+// column slices of a fused [B*Nk, 2*g*hd + pad] buffer; dk, dv column slices of a random buffer
+// (accumulated into).
+struct GqaRun {
+  AttentionShape shape;
+  Tensor q, kv_fused, k, v, dout;
+  Tensor out, lse, dq, dkv_fused, dk, dv;
+};
+
+GqaRun gqa_run(const GqaCase& c, int64_t batch, int64_t q_begin, int64_t q_len, int64_t kv_len, uint64_t seed,
+               int64_t num_kv_heads_field) {
+  const int64_t d = c.heads * c.head_dim, kv_d = c.kv_heads * c.head_dim, pad = 5;
+  GqaRun r;
+  r.shape = AttentionShape{batch, c.heads, q_begin, q_len, kv_len, num_kv_heads_field};
+  r.q = random_tensor({batch * q_len, d}, seed);
+  r.kv_fused = random_tensor({batch * kv_len, 2 * kv_d + pad}, seed + 1);
+  r.k = r.kv_fused.cols(pad, pad + kv_d);
+  r.v = r.kv_fused.cols(pad + kv_d, pad + 2 * kv_d);
+  r.dout = random_tensor({batch * q_len, d}, seed + 2);
+  r.out = Tensor::empty({batch * q_len, d});
+  r.lse = Tensor::empty({batch, c.heads, q_len});
+  r.dq = random_tensor({batch * q_len, d}, seed + 3);  // overwritten
+  r.dkv_fused = random_tensor({batch * kv_len, 2 * kv_d}, seed + 4);
+  r.dk = r.dkv_fused.cols(0, kv_d);
+  r.dv = r.dkv_fused.cols(kv_d, 2 * kv_d);
+  attention_forward(r.q, r.k, r.v, r.shape, r.out, r.lse);
+  attention_backward(r.q, r.k, r.v, r.out, r.lse, r.dout, r.shape, r.dq, r.dk, r.dv);
+  return r;
+}
+
+std::vector<float> gqa_outputs(const GqaRun& r) {
+  std::vector<float> all;
+  for (const Tensor* t : {&r.out, &r.lse, &r.dq, &r.dkv_fused}) {
+    const std::vector<float> values = t->to_vector();
+    all.insert(all.end(), values.begin(), values.end());
   }
+  return all;
+}
+
+// num_kv_heads = h is the existing multi-head path: bit for bit what num_kv_heads = 0 gives.
+TEST(AttentionGqa, AllHeadsAsKvHeadsEqualsDefaultBitForBit) {
+  const GqaCase c{4, 4, 16};
+  const std::vector<float> by_default = gqa_outputs(gqa_run(c, 2, 53, 77, 130, 500, 0));
+  const std::vector<float> explicit_g = gqa_outputs(gqa_run(c, 2, 53, 77, 130, 500, 4));
+  ASSERT_EQ(by_default.size(), explicit_g.size());
+  EXPECT_EQ(std::memcmp(by_default.data(), explicit_g.data(), by_default.size() * sizeof(float)), 0);
+}
+
+// g < h equals ordinary attention on K / V repeated per query head (the kernel on the repeated
+// tensors, and the float64 reference), forward and backward; dK / dV of the repeated run are summed
+// over the heads of each group. A chunk at q_begin > 0 of B = 2 sequences, lengths off the tile grid.
+TEST(AttentionGqa, MatchesAttentionOnRepeatedKeysAndValues) {
+  const int64_t batch = 2, q_begin = 53, q_len = 77, kv_len = 130;
+  for (const GqaCase& c : {GqaCase{8, 2, 16}, GqaCase{4, 1, 12}, GqaCase{6, 3, 8}}) {
+    SCOPED_TRACE(gqa_name(c));
+    const int64_t d = c.heads * c.head_dim, kv_d = c.kv_heads * c.head_dim;
+    const GqaRun g = gqa_run(c, batch, q_begin, q_len, kv_len, 600 + c.heads, c.kv_heads);
+    const std::vector<double> dk_before =
+        to_double(random_tensor({batch * kv_len, 2 * kv_d}, 604 + c.heads).cols(0, kv_d));
+    const std::vector<double> dv_before =
+        to_double(random_tensor({batch * kv_len, 2 * kv_d}, 604 + c.heads).cols(kv_d, 2 * kv_d));
+
+    // The kernel on repeated K / V (ordinary multi-head attention).
+    const AttentionShape mha{batch, c.heads, q_begin, q_len, kv_len};
+    const Tensor k_rep = repeat_kv(g.k, c.heads, c.kv_heads), v_rep = repeat_kv(g.v, c.heads, c.kv_heads);
+    Tensor out = Tensor::empty({batch * q_len, d}), lse = Tensor::empty({batch, c.heads, q_len});
+    attention_forward(g.q, k_rep, v_rep, mha, out, lse);
+    Tensor dq = Tensor::empty({batch * q_len, d});
+    Tensor dk_rep = Tensor::zeros({batch * kv_len, d}), dv_rep = Tensor::zeros({batch * kv_len, d});
+    attention_backward(g.q, k_rep, v_rep, out, lse, g.dout, mha, dq, dk_rep, dv_rep);
+    std::vector<double> dk_sum =
+        sum_over_groups(to_double(dk_rep), batch * kv_len, c.heads, c.kv_heads, c.head_dim);
+    std::vector<double> dv_sum =
+        sum_over_groups(to_double(dv_rep), batch * kv_len, c.heads, c.kv_heads, c.head_dim);
+    for (size_t i = 0; i < dk_sum.size(); ++i) {
+      dk_sum[i] += dk_before[i];
+      dv_sum[i] += dv_before[i];
+    }
+    expect_close(g.out, to_double(out), 1e-6, 1e-5, "out vs repeated");
+    expect_close(g.lse, to_double(lse), 1e-6, 1e-6, "lse vs repeated");
+    expect_close(g.dq, to_double(dq), 1e-6, 1e-5, "dq vs repeated");
+    expect_close(g.dk, dk_sum, 1e-5, 1e-5, "dk vs repeated, summed over the group");
+    expect_close(g.dv, dv_sum, 1e-5, 1e-5, "dv vs repeated, summed over the group");
+
+    // The float64 reference on the repeated tensors.
+    const std::vector<double> qd = to_double(g.q), kd = to_double(k_rep), vd = to_double(v_rep);
+    const ReferenceForward ref = reference_forward(qd, kd, vd, mha, d);
+    expect_close(g.out, ref.out, kOutAtol, kOutRtol, "out vs reference");
+    expect_close(g.lse, ref.lse, kOutAtol, kOutRtol, "lse vs reference");
+    const ReferenceGradients grads = reference_backward(qd, kd, vd, to_double(g.dout), mha, d);
+    std::vector<double> ref_dk = sum_over_groups(grads.dk, batch * kv_len, c.heads, c.kv_heads, c.head_dim);
+    std::vector<double> ref_dv = sum_over_groups(grads.dv, batch * kv_len, c.heads, c.kv_heads, c.head_dim);
+    for (size_t i = 0; i < ref_dk.size(); ++i) {
+      ref_dk[i] += dk_before[i];
+      ref_dv[i] += dv_before[i];
+    }
+    expect_close(g.dq, grads.dq, kGradAtol, kGradRtol, "dq vs reference");
+    expect_close(g.dk, ref_dk, kGradAtol, kGradRtol, "dk vs reference");
+    expect_close(g.dv, ref_dv, kGradAtol, kGradRtol, "dv vs reference");
+  }
+}
+
+// Forward and backward give the same bits at 1 and 2 threads (the backward's tasks own one KV
+// head each and sum its query heads in order).
+TEST(AttentionGqa, ResultsDoNotDependOnThreadCount) {
+  const int saved = num_threads();
+  for (const GqaCase& c : {GqaCase{8, 2, 16}, GqaCase{4, 1, 12}}) {
+    SCOPED_TRACE(gqa_name(c));
+    std::vector<std::vector<float>> runs;
+    for (const int threads : {1, 2}) {
+      set_kernel_threads(threads);
+      runs.push_back(gqa_outputs(gqa_run(c, 2, 53, 77, 130, 700, c.kv_heads)));
+    }
+    ASSERT_EQ(runs[0].size(), runs[1].size());
+    EXPECT_EQ(std::memcmp(runs[0].data(), runs[1].data(), runs[0].size() * sizeof(float)), 0);
+  }
+  set_kernel_threads(saved);
+}
+
+TEST(AttentionGqa, RejectsBadKvHeadCountsNamingTheValues) {
+  const int64_t rows = 10, hd = 4;
+  Tensor q = random_tensor({rows, 8 * hd}, 1);
+  Tensor out = Tensor::empty({rows, 8 * hd});
+  Tensor lse = Tensor::empty({1, 8, rows});
+  Tensor kv2 = random_tensor({rows, 2 * hd}, 2);
+  // h = 8 not divisible by g = 3.
+  expect_error_containing(
+      [&] {
+        attention_forward(q, kv2, kv2, AttentionShape{1, 8, 0, rows, rows, 3}, out, lse);
+      },
+      "num_heads 8 is not divisible by num_kv_heads 3");
+  // k's width 8 is 2 KV heads of hd 4, not g = 4.
+  expect_error_containing(
+      [&] {
+        attention_forward(q, kv2, kv2, AttentionShape{1, 8, 0, rows, rows, 4}, out, lse);
+      },
+      "k must be a float tensor [10, 16]");
+  // Negative count.
+  expect_error_containing(
+      [&] {
+        attention_forward(q, kv2, kv2, AttentionShape{1, 8, 0, rows, rows, -2}, out, lse);
+      },
+      "num_kv_heads must be >= 0 (0 means num_heads), got -2");
+  // Backward: dk of the query width instead of g * hd.
+  attention_forward(q, kv2, kv2, AttentionShape{1, 8, 0, rows, rows, 2}, out, lse);
+  Tensor dq = Tensor::empty({rows, 8 * hd});
+  expect_error_containing(
+      [&] {
+        attention_backward(q, kv2, kv2, out, lse, out, AttentionShape{1, 8, 0, rows, rows, 2}, dq,
+                           Tensor::zeros({rows, 8 * hd}), Tensor::zeros({rows, 2 * hd}));
+      },
+      "dk must be a float tensor [10, 8]");
 }
 
 }  // namespace
