@@ -163,10 +163,11 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   {
     char buf[256];
     std::snprintf(buf, sizeof buf,
-                  "model: %lld parameters on this rank, %lld layers, d=%lld, heads=%lld, experts=%lld (top-%lld), "
-                  "seq %lld; data: %zu train / %zu validation tokens",
-                  static_cast<long long>(model.params().num_elements()), static_cast<long long>(o.model.num_layers),
-                  static_cast<long long>(o.model.hidden_size), static_cast<long long>(o.model.num_attention_heads),
+                  "model: %s family, %lld parameters on this rank, %lld layers, d=%lld, heads=%lld (kv %lld), "
+                  "experts=%lld (top-%lld), seq %lld; data: %zu train / %zu validation tokens",
+                  o.model.family.c_str(), static_cast<long long>(model.params().num_elements()),
+                  static_cast<long long>(o.model.num_layers), static_cast<long long>(o.model.hidden_size),
+                  static_cast<long long>(o.model.num_attention_heads), static_cast<long long>(o.model.kv_heads()),
                   static_cast<long long>(o.model.num_experts), static_cast<long long>(o.model.top_k),
                   static_cast<long long>(N), data.train.size(), data.validation.size());
     log(buf);
