@@ -360,11 +360,7 @@ int run_bench(const BenchOptions& o, Communicator& world) {
       k.shown_P = static_cast<int64_t>(k.schedule.kind == ScheduleKind::MoePipe ? k.plan.moe.size() - 1
                                                                                 : k.plan.attention.size() - 1);
       const std::string label = v.planned ? "auto: " + planned->describe() : variant_label(v);
-      char case_name[256];
-      std::snprintf(case_name, sizeof case_name, "%s N=%lld d=%lld h=%lld f=%lld E=%lld k=%lld", label.c_str(),
-                    static_cast<long long>(s.N), static_cast<long long>(s.d), static_cast<long long>(s.heads),
-                    static_cast<long long>(s.ffn), static_cast<long long>(s.E), static_cast<long long>(s.k));
-      k.case_name = case_name;
+      k.case_name = label + " " + s.describe();
       k.rec = std::make_unique<TraceRecorder>();
       k.exec = std::make_unique<StreamedBlock>(k.schedule, k.stage_order, k.rec.get(), rank);
       cases.push_back(std::move(k));
@@ -476,6 +472,9 @@ int run_bench(const BenchOptions& o, Communicator& world) {
                             {"ffn_hidden_size", s.ffn},
                             {"num_experts", s.E},
                             {"top_k", s.k},
+                            {"family", s.parts.family},
+                            {"num_query_groups", s.config(o.capacity_factor).kv_heads()},
+                            {"swiglu", s.parts.swiglu},
                             {"batch", B},
                             {"capacity_factor", o.capacity_factor},
                             {"ranks", world.size()},

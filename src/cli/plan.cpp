@@ -161,6 +161,8 @@ int run_plan(const PlanOptions& o, Communicator& world) {
         nlohmann::json j = {{"profile", hw.name},        {"seq_length", s.N},      {"hidden_size", s.d},
                             {"heads", s.heads},          {"ffn_hidden_size", s.ffn}, {"num_experts", s.E},
                             {"top_k", s.k},              {"ranks", R},             {"batch", o.micro_batch_size},
+                            {"family", s.parts.family},  {"num_query_groups", s.config(0.0).kv_heads()},
+                            {"swiglu", s.parts.swiglu},
                             {"sequential_ms", seq_ms},   {"choice", choice.describe()}, {"choice_ms", choice_ms},
                             {"speedup_vs_sequential", seq_ms / choice_ms},
                             {"speedup_vs_moe_pipe", best_moe ? nlohmann::json(vs_moe) : nlohmann::json(nullptr)},
