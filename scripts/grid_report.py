@@ -1,5 +1,5 @@
 #!/usr/bin/env python3
-"""grid_report.py GRID.jsonl [...]: the README's tables from `ampipe bench --json-out` files.
+"""grid_report.py GRID.jsonl [...]: the tables of docs/RESULTS.md from `ampipe bench --json-out` files.
 
 Per model shape: sequential (with its comm share), the best moe-pipe and ampipe (P), ampipe's
 speedups, the planner's choice (auto) and how it compares with the best measured schedule; then the

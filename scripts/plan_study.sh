@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# plan_study.sh [TOP_K]: the README's study table: the planner's predicted speedup of the best
+# plan_study.sh [TOP_K]: the study table of docs/RESULTS.md: the planner's predicted speedup of the best
 # ampipe over sequential and over the best moe-pipe, for one MoE block (d=2048, 32 heads, f=8192,
 # E=64, B=1) on the shipped GPU profiles, sequence lengths 2K-32K, expert-parallel groups of 8-64 GPUs.
 set -euo pipefail

@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/bench.h"
+#include "cli/export_command.h"
 #include "core/memory.h"
 #include "cli/grid.h"
 #include "cli/plan.h"
@@ -256,6 +257,8 @@ int main(int argc, char** argv) {
   CLI::App* bench = add_bench_command(app, bench_options);
   PlanOptions plan_options;
   CLI::App* plan = add_plan_command(app, plan_options);
+  ExportOptions export_options;
+  CLI::App* export_cmd = add_export_command(app, export_options);
 
   CLI11_PARSE(app, argc, argv);
   std::unique_ptr<Communicator> world;
@@ -281,6 +284,7 @@ int main(int argc, char** argv) {
       return run_sample(sample_load, prompt, sample_tokens, temperature, sample_seed, sample_threads, *world);
     if (bench->parsed()) return run_bench(bench_options, *world);
     if (plan->parsed()) return run_plan(plan_options, *world);
+    if (export_cmd->parsed()) return run_export(export_options, *world);
   } catch (const std::exception& e) {
     std::fflush(stdout);
     // In a parallel job one rank's error must end every rank (the others may be waiting in a

@@ -488,13 +488,15 @@ TEST(HfCheckpoint, Bf16AndF16TensorsConvertExactly) {
   for (Parameter& p : model.params().all()) {
     float* v = p.value.data<float>();
     for (int64_t i = 0; i < p.value.numel(); ++i)
-      v[i] = std::bit_cast<float>(std::bit_cast<uint32_t>(v[i]) & 0xffffe000u);  // 10 mantissa bits
+      v[i] = std::abs(v[i]) < std::ldexp(1.0f, -14)
+                 ? std::ldexp(std::nearbyint(std::ldexp(v[i], 24)), -24)               // a half subnormal
+                 : std::bit_cast<float>(std::bit_cast<uint32_t>(v[i]) & 0xffffe000u);  // 10 mantissa bits
   }
   // A few edge values in the norm: a half subnormal, a negative zero, a large value.
   float* norm = model.params().get("final_ln.weight").value.data<float>();
   norm[0] = std::ldexp(1.0f, -20);
   norm[1] = -0.0f;
-  norm[2] = 1024.5f;
+  norm[2] = 65504.0f;  // the largest half
   export_hf_checkpoint(model, dir + "/f32");
   for (bool bf16 : {false, true}) {
     const std::string half = dir + (bf16 ? "/bf16" : "/f16");
