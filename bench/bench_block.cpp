@@ -21,8 +21,7 @@
 #include "cli/model_flags.h"
 #include "core/random.h"
 #include "kernels/gemm.h"
-#include "model/attention_layer.h"
-#include "model/moe/moe_layer.h"
+#include "model/block.h"
 
 using namespace ampipe;
 
@@ -93,12 +92,10 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "bench_block: %s\n", e.what());
     return 2;
   }
-  ParameterRegistry params;
-  AttentionLayer attention(config, params, "blocks.0.");
-  MoeLayer moe(config, params, "blocks.0.");
-  uint64_t seed = 10;
-  for (Parameter& p : params.all()) p.value.copy_from(random_tensor(p.value.shape(), seed++, 0.02f));
-  for (const char* norm : {"blocks.0.ln1.weight", "blocks.0.ln2.weight"}) params.get(norm).value.fill(1.0f);
+  StandaloneBlock standalone(config);
+  standalone.initialize(10);
+  const AttentionLayer& attention = standalone.block().attention;
+  const MoeLayer& moe = standalone.block().moe;
   Tensor x = random_tensor({N, d}, 1, 1.0f), dy = random_tensor({N, d}, 2, 1e-3f);
 
   const double rate = gemm_rate(N * k / E, f, d, repeats);  // one expert's fc1 GEMM

@@ -13,6 +13,8 @@ packages=(
   iproute2                                     # ip netns, tc: scripts/netem.sh (emulated interconnect)
   bible-kjv                                    # the default corpus
   python3                                      # test scripts
+  python3-torch                                # the independent PyTorch reference of the Mixtral family
+                                               # (tests/scripts/mixtral_reference.py; ~150 MB, CPU only)
 )
 
 missing=()

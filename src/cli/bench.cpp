@@ -23,9 +23,7 @@
 #include "core/random.h"
 #include "core/trace.h"
 #include "kernels/gemm.h"
-#include "model/attention_layer.h"
 #include "model/block.h"
-#include "model/moe/moe_layer.h"
 #include "pipeline/schedule.h"
 #include "pipeline/streamed_block.h"
 #include "cli/grid.h"
@@ -102,10 +100,6 @@ void fill_normal(Tensor& t, uint64_t seed, float scale) {
   Rng rng(seed);
   float* p = t.data<float>();
   for (int64_t i = 0; i < t.numel(); ++i) p[i] = static_cast<float>(rng.normal()) * scale;
-}
-
-bool ends_with(const std::string& s, const std::string& suffix) {
-  return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
 }
 
 struct Variant {
@@ -302,18 +296,12 @@ int run_bench(const BenchOptions& o, Communicator& world) {
     const ModelConfig c = s.config(o.capacity_factor);
     TrainingGroups groups = make_training_groups(world, 0, s.E);
     ModelParallel parallel{groups.expert_group.get(), nullptr};
-    ParameterRegistry params;
-    AttentionLayer attention(c, params, "blocks.0.");
-    MoeLayer moe(c, params, "blocks.0.", parallel);
-    uint64_t param_index = 0;
-    for (Parameter& p : params.all()) {
-      fill_normal(p.value, mix_seed(o.seed, 1000 + param_index++), 0.02f);
-      if (p.name.find(".ln") != std::string::npos) p.value.fill(ends_with(p.name, "weight") ? 1.0f : 0.0f);
-    }
+    StandaloneBlock standalone(c, parallel);
+    standalone.initialize(o.seed);
     Tensor x = Tensor::empty({B * s.N, s.d}), dy = Tensor::empty({B * s.N, s.d});
     fill_normal(x, mix_seed(o.seed + static_cast<uint64_t>(rank), 1), 1.0f);
     fill_normal(dy, mix_seed(o.seed + static_cast<uint64_t>(rank), 2), 1e-3f);
-    const Block block{attention, moe};
+    const Block block = standalone.block();
     const BlockShape bshape{c, B, s.N, groups.expert_group->size()};
     std::optional<PlanCandidate> planned;
     if (with_auto) planned = choose_plan(bshape, *hw);
@@ -369,7 +357,7 @@ int run_bench(const BenchOptions& o, Communicator& world) {
     for (int64_t r = 0; r < runs; ++r) {
       for (size_t ci = 0; ci < cases.size(); ++ci) {
         Case& k = cases[ci];
-        params.zero_grad();
+        standalone.params().zero_grad();
         k.rec->clear();
         RoutingStats stats;
         stats.reset(s.E);

@@ -1,6 +1,16 @@
 #include "model/block.h"
 
+#include "model/initialize.h"
+
 namespace ampipe {
+
+StandaloneBlock::StandaloneBlock(const ModelConfig& config, const ModelParallel& parallel)
+    : config_(config), attention_(config_, params_, "blocks.0."), moe_(config_, params_, "blocks.0.", parallel) {
+  config_.num_layers = 1;
+  config_.validate();
+}
+
+void StandaloneBlock::initialize(uint64_t seed) { initialize_parameters(params_, config_, seed); }
 
 Tensor SequentialBlock::forward(const Block& block, BlockContext& ctx, const Tensor& x, int64_t batch,
                                 int64_t seq_len, RoutingStats& stats) const {

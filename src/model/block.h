@@ -11,6 +11,7 @@
 
 #include "model/attention_layer.h"
 #include "model/moe/moe_layer.h"
+#include "model/parallel.h"
 
 namespace ampipe {
 
@@ -36,6 +37,27 @@ class BlockExecutor {
   // the aux loss was formed from; aux_grad_scale: d(loss)/d(aux) for this layer.
   virtual Tensor backward(const Block& block, BlockContext& ctx, const Tensor& dy, const RoutingStats& stats,
                           double aux_grad_scale) const = 0;
+};
+
+// One block standing alone, as the benchmarks and the planner's calibration time it: its own
+// parameters (names of block 0, "blocks.0."), its two halves built from the config as the model
+// builds them, and the model's initialisation rule (model/initialize.h) as a one-layer model.
+// Not copyable or movable (the halves point into the registry).
+class StandaloneBlock {
+ public:
+  explicit StandaloneBlock(const ModelConfig& config, const ModelParallel& parallel = {});
+  StandaloneBlock(const StandaloneBlock&) = delete;
+  StandaloneBlock& operator=(const StandaloneBlock&) = delete;
+
+  void initialize(uint64_t seed);
+  Block block() const { return {attention_, moe_}; }
+  ParameterRegistry& params() { return params_; }
+
+ private:
+  ModelConfig config_;
+  ParameterRegistry params_;
+  AttentionLayer attention_;
+  MoeLayer moe_;
 };
 
 // The block as one piece: attention over the whole sequence, then the MoE layer over all tokens.

@@ -4,7 +4,7 @@
 #include <functional>
 #include <string>
 
-#include "core/random.h"
+#include "model/initialize.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/embedding.h"
 #include "kernels/gemm.h"
@@ -28,42 +28,7 @@ GptMoe::GptMoe(const ModelConfig& config, const ModelParallel& parallel) : confi
                                                          : token_emb_;
 }
 
-static uint64_t stream_seed(uint64_t seed, const std::string& name, int64_t part) {
-  uint64_t h = 1469598103934665603ull;  // FNV-1a of the name
-  for (unsigned char c : name) h = (h ^ c) * 1099511628211ull;
-  return mix_seed(mix_seed(seed, h), static_cast<uint64_t>(part));
-}
-
-void GptMoe::initialize(uint64_t seed) {
-  const double std_default = 0.02;
-  const double std_residual = 0.02 / std::sqrt(2.0 * static_cast<double>(config_.num_layers));
-  auto ends_with = [](const std::string& s, const std::string& suffix) {
-    return s.size() >= suffix.size() && s.compare(s.size() - suffix.size(), suffix.size(), suffix) == 0;
-  };
-  for (Parameter& p : params_.all()) {
-    p.grad.zero();
-    if (ends_with(p.name, ".bias")) {
-      p.value.zero();
-      continue;
-    }
-    if (ends_with(p.name, "ln1.weight") || ends_with(p.name, "ln2.weight") || p.name == "final_ln.weight") {
-      p.value.fill(1.0f);
-      continue;
-    }
-    const bool residual = ends_with(p.name, "attn.proj.weight") || ends_with(p.name, "attn.o.weight") ||
-                          ends_with(p.name, "moe.fc2.weight") || ends_with(p.name, "moe.w2.weight");
-    const double std = residual ? std_residual : std_default;
-    // Expert tensors [E, ...] draw one stream per expert slice.
-    const bool per_expert = p.is_expert;
-    const int64_t parts = per_expert ? p.value.dim(0) : 1;
-    const int64_t part_size = p.value.numel() / parts;
-    float* v = p.value.data<float>();
-    for (int64_t part = 0; part < parts; ++part) {
-      Rng rng(stream_seed(seed, p.name, part + p.expert_offset));  // global expert index
-      for (int64_t i = 0; i < part_size; ++i) v[part * part_size + i] = static_cast<float>(rng.normal() * std);
-    }
-  }
-}
+void GptMoe::initialize(uint64_t seed) { initialize_parameters(params_, config_, seed); }
 
 void GptMoe::run_blocks(ForwardState& state, Tensor& x) const {
   const int64_t L = config_.num_layers;

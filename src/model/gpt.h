@@ -44,10 +44,8 @@ class GptMoe {
   GptMoe(const GptMoe&) = delete;
   GptMoe& operator=(const GptMoe&) = delete;
 
-  // GPT-2 initialisation from a seed: weights N(0, 0.02), residual projections (attn.proj / attn.o,
-  // moe.fc2 / moe.w2) N(0, 0.02 / sqrt(2 L)), biases 0, norm gains 1. Each tensor (each expert's slice of the
-  // expert tensors) draws from its own stream seeded by (seed, name), so the result does not depend
-  // on registration order or on which experts a rank holds.
+  // GPT-2 initialisation from a seed (model/initialize.h): weights N(0, 0.02), residual projections
+  // N(0, 0.02 / sqrt(2 L)), biases 0, norm gains 1, a stream per tensor and per expert.
   void initialize(uint64_t seed);
 
   const ModelConfig& config() const { return config_; }

@@ -174,23 +174,20 @@ TEST(GptMoe, ParameterNamesFollowTheFamily) {
 // With k == 1 the Mixtral gate is p / p = 1, so the output does not scale with the router's
 // confidence, unlike the GPT family's Switch gate (p itself).
 TEST(GptMoe, MixtralGateIsNormalisedForTopOne) {
-  ModelConfig c = tiny_mixtral(1);
-  GptMoe model(c);
-  model.initialize(4);
-  MoeContext ctx;
+  const ModelConfig mixtral = tiny_mixtral(1);
+  ModelConfig gpt = mixtral;
+  gpt.set_family("gpt");
+  ParameterRegistry params;
+  const Router mixtral_router(mixtral, params, "mixtral.");
+  const Router switch_router(gpt, params, "gpt.");
+  for (Parameter& p : params.all()) p.value.copy_from(testing::random_tensor(p.value.shape(), 8, 0.5f));
+  const Tensor x = testing::random_tensor({5, mixtral.hidden_size}, 3, 0.5f);
+  RouterContext a, b;
   RoutingStats stats;
-  const Tensor x = testing::random_tensor({5, c.hidden_size}, 3, 0.5f);
-  GptMoe gpt_family(tiny_config(1));
-  (void)gpt_family;
-  Router router(c, model.params(), "probe.");
-  router.forward(ctx.router, x, stats);
-  for (float g : ctx.router.gate.to_vector()) EXPECT_FLOAT_EQ(g, 1.0f);
-  ModelConfig s = c;
-  s.set_family("gpt");
-  Router switch_router(s, model.params(), "probe_gpt.");
-  MoeContext ctx2;
-  switch_router.forward(ctx2.router, x, stats);
-  for (float g : ctx2.router.gate.to_vector()) EXPECT_LT(g, 1.0f);
+  mixtral_router.forward(a, x, stats);
+  switch_router.forward(b, x, stats);
+  for (float g : a.gate.to_vector()) EXPECT_FLOAT_EQ(g, 1.0f);
+  for (float g : b.gate.to_vector()) EXPECT_LT(g, 1.0f);
 }
 
 TEST(GptMoe, InitializationIsDeterministicAndScaled) {

@@ -1,0 +1,20 @@
+// The model's initialisation rule (docs/MODEL.md, "Initialisation"), over any registry that holds
+// the model's parameter names: a whole model (GptMoe::initialize) or one block standing alone
+// (StandaloneBlock, model/block.h).
+//
+// Weights N(0, 0.02); residual output projections (attn.proj / attn.o, moe.fc2 / moe.w2)
+// N(0, 0.02 / sqrt(2 L)); biases 0; norm gains 1. Each tensor (each expert's slice of the expert
+// tensors) draws from its own stream seeded by (seed, name, global expert index), so the result does
+// not depend on registration order or on which experts a rank holds. Gradients are zeroed.
+#pragma once
+
+#include <cstdint>
+
+#include "model/config.h"
+#include "model/parameters.h"
+
+namespace ampipe {
+
+void initialize_parameters(ParameterRegistry& params, const ModelConfig& config, uint64_t seed);
+
+}  // namespace ampipe
