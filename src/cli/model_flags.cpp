@@ -8,10 +8,11 @@ namespace ampipe {
 
 void add_family_flags(CLI::App& cmd, FamilyFlags& f) {
   f.command = &cmd;
-  cmd.add_option("--model-family", f.family,
-                 "Model family: gpt (LayerNorm, learned positions, GELU experts, biases, tied head) or mixtral "
-                 "(RMSNorm, rope theta 1e6, SwiGLU experts, no biases, untied head; exports to Hugging Face); the "
-                 "part flags below override single parts")
+  cmd.add_option(
+         "--model-family", f.family,
+         "Model family: gpt (LayerNorm, learned positions, GELU experts, biases, tied head) or mixtral "
+         "(RMSNorm, rope theta 1e6, SwiGLU experts, no biases, untied head; exports to Hugging Face); the "
+         "part flags below override single parts")
       ->capture_default_str();
   cmd.add_option("--normalization", f.normalization, "LayerNorm or RMSNorm (block norms and the final norm)")
       ->capture_default_str();
@@ -27,16 +28,19 @@ void add_family_flags(CLI::App& cmd, FamilyFlags& f) {
   cmd.add_option("--num-query-groups", f.num_query_groups,
                  "KV heads g with --group-query-attention (must divide --num-attention-heads)")
       ->capture_default_str();
-  cmd.add_flag("--disable-bias-linear", f.disable_bias_linear, "No biases in the attention and expert projections");
+  cmd.add_flag("--disable-bias-linear", f.disable_bias_linear,
+               "No biases in the attention and expert projections");
   cmd.add_flag("--untie-embeddings-and-output-weights", f.untie_embeddings_and_output_weights,
                "An LM head of its own (lm_head.weight) instead of the token embedding");
 }
 
 const std::vector<std::string>& family_flag_names() {
   static const std::vector<std::string> names = {
-      "--model-family", "--normalization",         "--norm-epsilon",     "--position-embedding-type",
-      "--rotary-base",  "--swiglu",                "--group-query-attention", "--num-query-groups",
-      "--disable-bias-linear", "--untie-embeddings-and-output-weights"};
+      "--model-family",          "--normalization",
+      "--norm-epsilon",          "--position-embedding-type",
+      "--rotary-base",           "--swiglu",
+      "--group-query-attention", "--num-query-groups",
+      "--disable-bias-linear",   "--untie-embeddings-and-output-weights"};
   return names;
 }
 

@@ -27,15 +27,16 @@ struct ModelConfig {
   std::string tokenizer = "byte";
 
   // The family and its parts (Megatron-LM's flag names in the comments).
-  std::string family = "gpt";                                 // "gpt" | "mixtral"
-  std::string normalization = "LayerNorm";                    // --normalization LayerNorm|RMSNorm
-  double norm_epsilon = 1e-5;                                 // --norm-epsilon
-  std::string position_embedding_type = "learned_absolute";  // --position-embedding-type learned_absolute|rope
-  double rotary_base = 10000;                                 // --rotary-base (theta of rope)
-  bool swiglu = false;                                        // --swiglu: silu(u W1^T) * (u W3^T) experts
-  int64_t num_query_groups = 0;                               // --num-query-groups: KV heads; 0 = h (no GQA)
-  bool add_bias_linear = true;                                // false: --disable-bias-linear
-  bool untie_embeddings_and_output_weights = false;           // --untie-embeddings-and-output-weights
+  std::string family = "gpt";               // "gpt" | "mixtral"
+  std::string normalization = "LayerNorm";  // --normalization LayerNorm|RMSNorm
+  double norm_epsilon = 1e-5;               // --norm-epsilon
+  std::string position_embedding_type =
+      "learned_absolute";                            // --position-embedding-type learned_absolute|rope
+  double rotary_base = 10000;                        // --rotary-base (theta of rope)
+  bool swiglu = false;                               // --swiglu: silu(u W1^T) * (u W3^T) experts
+  int64_t num_query_groups = 0;                      // --num-query-groups: KV heads; 0 = h (no GQA)
+  bool add_bias_linear = true;                       // false: --disable-bias-linear
+  bool untie_embeddings_and_output_weights = false;  // --untie-embeddings-and-output-weights
 
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
   // KV heads g (h % g == 0): query head j uses KV head j / (h / g).

@@ -31,9 +31,9 @@ struct ForwardState {
   Tensor tokens, targets;
   std::vector<BlockContext> blocks;
   std::vector<RoutingStats> routing;
-  Tensor x_final, y;                    // final norm input / output
+  Tensor x_final, y;  // final norm input / output
   NormStats final_norm;
-  Tensor logits;                        // [T, V]
+  Tensor logits;  // [T, V]
 };
 
 class GptMoe {

@@ -42,7 +42,8 @@ void initialize_parameters(ParameterRegistry& params, const ModelConfig& config,
     float* v = p.value.data<float>();
     for (int64_t part = 0; part < parts; ++part) {
       Rng rng(stream_seed(seed, p.name, part + p.expert_offset));
-      for (int64_t i = 0; i < part_size; ++i) v[part * part_size + i] = static_cast<float>(rng.normal() * std);
+      for (int64_t i = 0; i < part_size; ++i)
+        v[part * part_size + i] = static_cast<float>(rng.normal() * std);
     }
   }
 }

@@ -60,8 +60,9 @@ TEST(ModelConfig, MetadataRoundTripsTheFamilyAndItsParts) {
 
 TEST(ModelConfig, OldGptMetadataWithoutTheFamilyKeysLoadsAsTheGptFamily) {
   std::map<std::string, std::string> old = ModelConfig{}.to_metadata();
-  for (const char* key : {"family", "normalization", "norm_epsilon", "position_embedding_type", "rope_theta", "swiglu",
-                          "num_query_groups", "add_bias_linear", "untie_embeddings_and_output_weights"})
+  for (const char* key :
+       {"family", "normalization", "norm_epsilon", "position_embedding_type", "rope_theta", "swiglu",
+        "num_query_groups", "add_bias_linear", "untie_embeddings_and_output_weights"})
     ASSERT_EQ(old.erase(key), 1u) << key;
   const ModelConfig c = ModelConfig::from_metadata(old);
   EXPECT_EQ(c.differences(ModelConfig{}), "");
@@ -72,7 +73,8 @@ TEST(ModelConfig, BadFamilyValuesAreRefusedNamingTheFlagOrKey) {
   ModelConfig c;
   c.family = "llama";
   EXPECT_NE(error_of([&] { c.validate(); }).find("--model-family 'llama'"), std::string::npos);
-  EXPECT_NE(error_of([&] { ModelConfig().set_family("llama"); }).find("allowed: gpt, mixtral"), std::string::npos);
+  EXPECT_NE(error_of([&] { ModelConfig().set_family("llama"); }).find("allowed: gpt, mixtral"),
+            std::string::npos);
   c = ModelConfig{};
   c.normalization = "BatchNorm";
   EXPECT_NE(error_of([&] { c.validate(); }).find("--normalization 'BatchNorm'"), std::string::npos);
@@ -103,7 +105,8 @@ TEST(ModelConfig, BadFamilyValuesAreRefusedNamingTheFlagOrKey) {
   // Metadata: a malformed boolean names the key.
   std::map<std::string, std::string> meta = ModelConfig{}.to_metadata();
   meta["swiglu"] = "yes";
-  EXPECT_NE(error_of([&] { ModelConfig::from_metadata(meta); }).find("'swiglu' is not true/false"), std::string::npos);
+  EXPECT_NE(error_of([&] { ModelConfig::from_metadata(meta); }).find("'swiglu' is not true/false"),
+            std::string::npos);
 }
 
 }  // namespace
