@@ -10,11 +10,14 @@ packages=(
   libopenmpi-dev openmpi-bin                   # collectives and mpirun
   libgtest-dev googletest                      # tests
   libcli11-dev nlohmann-json3-dev              # command line, JSON
+  libsentencepiece-dev sentencepiece           # subword tokenizers (train/tokenizer.cpp), spm_* tools
   iproute2                                     # ip netns, tc: scripts/netem.sh (emulated interconnect)
   bible-kjv                                    # the default corpus
   python3                                      # test scripts
   python3-torch                                # the independent PyTorch reference of the Mixtral family
                                                # (tests/scripts/mixtral_reference.py; ~150 MB, CPU only)
+  python3-matplotlib                           # pictures: scripts/plot_bench.py, scripts/plot_metrics.py
+                                               # (Debian's /usr/bin/python3; docs/PLOTS.md)
 )
 
 missing=()

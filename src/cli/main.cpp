@@ -9,6 +9,7 @@
 #include <nlohmann/json.hpp>
 
 #include "cli/bench.h"
+#include "cli/data_commands.h"
 #include "cli/export_command.h"
 #include "core/memory.h"
 #include "cli/grid.h"
@@ -102,8 +103,8 @@ int run_train(TrainOptions& o, CLI::App& cmd, const FamilyFlags& family, int thr
   return 0;
 }
 
-int run_eval(const std::string& load, const std::string& data_path, int64_t seq_length, int64_t batch,
-             int threads, Communicator& world) {
+int run_eval(const std::string& load, const std::string& data_path, const std::string& tokenizer_model,
+             int64_t seq_length, int64_t batch, int threads, Communicator& world) {
   set_threads(threads);
   AMPIPE_CHECK(!load.empty()) << "eval needs --load DIR (a checkpoint written by train --save)";
   AMPIPE_CHECK(batch >= 1) << "--micro-batch-size must be at least 1, got " << batch;
@@ -114,18 +115,24 @@ int run_eval(const std::string& load, const std::string& data_path, int64_t seq_
   TrainingGroups groups = make_training_groups(world, 0, config.num_experts);
   GptMoe model(config, groups.model_parallel());
   load_model_weights(load, model);
-  std::vector<int32_t> tokens = load_tokens(data_path);
+  const std::unique_ptr<Tokenizer> tokenizer = checkpoint_tokenizer(load, config, tokenizer_model);
+  const std::string text = byte_decode(load_tokens(data_path));
+  const std::vector<int32_t> tokens = tokenizer->encode(text);
   std::vector<int64_t> offsets = consecutive_windows(static_cast<int64_t>(tokens.size()), N);
   AMPIPE_CHECK(!offsets.empty()) << "data file '" << data_path << "' has " << tokens.size()
                                  << " tokens, shorter than one window of seq-length + 1 = " << N + 1;
   EvalResult r = evaluate_windows(model, tokens, offsets, N, batch, &world);
   nlohmann::json j = {{"loss", r.loss}, {"tokens", r.tokens}};
+  if (tokenizer->type() != "byte") {
+    // Per byte of text, at the file's mean bytes per token, comparable across tokenizers.
+    j["nats_per_byte"] = r.loss * static_cast<double>(tokens.size()) / static_cast<double>(text.size());
+  }
   print_line(world, j.dump());
   return 0;
 }
 
-int run_sample(const std::string& load, const std::string& prompt, int64_t count, double temperature,
-               uint64_t seed, int threads, Communicator& world) {
+int run_sample(const std::string& load, const std::string& tokenizer_model, const std::string& prompt, int64_t count,
+               double temperature, uint64_t seed, int threads, Communicator& world) {
   set_threads(threads);
   AMPIPE_CHECK(!load.empty()) << "sample needs --load DIR (a checkpoint written by train --save)";
   AMPIPE_CHECK(count >= 0) << "--tokens must be >= 0, got " << count;
@@ -134,8 +141,11 @@ int run_sample(const std::string& load, const std::string& prompt, int64_t count
   TrainingGroups groups = make_training_groups(world, 0, config.num_experts);
   GptMoe model(config, groups.model_parallel());
   load_model_weights(load, model);
-  std::vector<int32_t> out = generate(model, byte_encode(prompt), count, temperature, seed);
-  print_line(world, prompt + byte_decode(out));
+  const std::unique_ptr<Tokenizer> tokenizer = checkpoint_tokenizer(load, config, tokenizer_model);
+  std::vector<int32_t> context = tokenizer->encode(prompt);
+  const std::vector<int32_t> out = generate(model, context, count, temperature, seed);
+  context.insert(context.end(), out.begin(), out.end());
+  print_line(world, tokenizer->decode(context));
   return 0;
 }
 
@@ -184,7 +194,23 @@ int main(int argc, char** argv) {
                     "Stop after an iteration divisible by N, saving a checkpoint first if --save is set; 0 = never")
       ->capture_default_str();
   train->add_option("--seed", t.seed, "Seed of the initialisation and the data order")->capture_default_str();
-  train->add_option("--data-path", t.data_path, "Training text file (byte-level tokens; last 10% is validation)")
+  train->add_option("--data-path", t.data_path,
+                    "A text file (tokenized whole; its last 10% of tokens is validation), or Megatron indexed "
+                    "datasets: one PREFIX (PREFIX.bin / PREFIX.idx, from ampipe preprocess), or a blend "
+                    "'W1 PREFIX1 W2 PREFIX2 ...' with positive weights")
+      ->capture_default_str()
+      ->expected(1, -1);
+  train->add_option("--split", t.split,
+                    "Indexed datasets: train,validation,test proportions, by whole documents (Megatron's rule)")
+      ->capture_default_str();
+  train->add_option("--tokenizer-type", t.tokenizer_type,
+                    "byte (one token per byte, vocabulary 256) or SentencePieceTokenizer (with --tokenizer-model); "
+                    "the tokenizer is saved with the checkpoint, and resuming uses it")
+      ->capture_default_str();
+  train->add_option("--tokenizer-model", t.tokenizer_model,
+                    "The SentencePiece .model file (e.g. from ampipe tokenizer train, or a Llama/Mistral checkpoint)");
+  train->add_option("--make-vocab-size-divisible-by", t.make_vocab_size_divisible_by,
+                    "Pad the model's vocabulary to a multiple of this (Megatron's rule)")
       ->capture_default_str();
   train->add_option("--threads", train_threads, "Compute threads (kernels and BLAS)")->capture_default_str();
   train->add_option("--expert-model-parallel-size", t.expert_parallel_size,
@@ -231,7 +257,11 @@ int main(int argc, char** argv) {
   CLI::App* eval = app.add_subcommand(
       "eval", "Evaluate a checkpoint's mean loss per token over a whole text file; prints one JSON line");
   eval->add_option("--load", eval_load, "Checkpoint directory")->required();
-  eval->add_option("--data-path", eval_data, "Text file to evaluate (all of it)")->capture_default_str();
+  eval->add_option("--data-path", eval_data, "Text file to evaluate (all of it), tokenized by the checkpoint's tokenizer")
+      ->capture_default_str();
+  std::string eval_tokenizer;
+  eval->add_option("--tokenizer-model", eval_tokenizer,
+                   "The checkpoint's SentencePiece model, if not saved beside it (its identity must match)");
   eval->add_option("--seq-length", eval_seq,
                    "Window length (default: the checkpoint's max_seq_len); windows of seq-length + 1 "
                    "tokens, consecutive and non-overlapping");
@@ -247,7 +277,10 @@ int main(int argc, char** argv) {
   CLI::App* sample = app.add_subcommand("sample", "Continue a prompt with a trained checkpoint");
   sample->add_option("--load", sample_load, "Checkpoint directory")->required();
   sample->add_option("--prompt", prompt, "Text to continue");
-  sample->add_option("--tokens", sample_tokens, "Tokens (bytes) to generate")->capture_default_str();
+  std::string sample_tokenizer;
+  sample->add_option("--tokenizer-model", sample_tokenizer,
+                     "The checkpoint's SentencePiece model, if not saved beside it (its identity must match)");
+  sample->add_option("--tokens", sample_tokens, "Tokens to generate")->capture_default_str();
   sample->add_option("--temperature", temperature, "Sampling temperature; 0 = greedy")->capture_default_str();
   sample->add_option("--seed", sample_seed, "Sampling seed")->capture_default_str();
   sample->add_option("--threads", sample_threads, "Compute threads")->capture_default_str();
@@ -259,6 +292,11 @@ int main(int argc, char** argv) {
   CLI::App* plan = add_plan_command(app, plan_options);
   ExportOptions export_options;
   CLI::App* export_cmd = add_export_command(app, export_options);
+  PreprocessOptions preprocess_options;
+  CLI::App* preprocess_cmd = add_preprocess_command(app, preprocess_options);
+  TokenizerTrainOptions tokenizer_options;
+  CLI::App* tokenizer_train = nullptr;
+  add_tokenizer_command(app, tokenizer_options, &tokenizer_train);
 
   CLI11_PARSE(app, argc, argv);
   std::unique_ptr<Communicator> world;
@@ -279,12 +317,16 @@ int main(int argc, char** argv) {
       t.schedule.validate();
       return run_train(t, *train, train_family, train_threads, *world);
     }
-    if (eval->parsed()) return run_eval(eval_load, eval_data, eval_seq, eval_batch, eval_threads, *world);
+    if (eval->parsed())
+      return run_eval(eval_load, eval_data, eval_tokenizer, eval_seq, eval_batch, eval_threads, *world);
     if (sample->parsed())
-      return run_sample(sample_load, prompt, sample_tokens, temperature, sample_seed, sample_threads, *world);
+      return run_sample(sample_load, sample_tokenizer, prompt, sample_tokens, temperature, sample_seed, sample_threads,
+                        *world);
     if (bench->parsed()) return run_bench(bench_options, *world);
     if (plan->parsed()) return run_plan(plan_options, *world);
     if (export_cmd->parsed()) return run_export(export_options, *world);
+    if (preprocess_cmd->parsed()) return run_preprocess(preprocess_options);
+    if (tokenizer_train->parsed()) return run_tokenizer_train(tokenizer_options);
   } catch (const std::exception& e) {
     std::fflush(stdout);
     // In a parallel job one rank's error must end every rank (the others may be waiting in a

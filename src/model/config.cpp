@@ -23,7 +23,8 @@ void ModelConfig::validate() const {
   AMPIPE_CHECK(capacity_factor >= 0.0)
       << "--moe-capacity-factor must be >= 0 (0 = dropless), got " << capacity_factor;
   AMPIPE_CHECK(aux_loss_weight >= 0.0) << "--moe-aux-loss-coeff must be >= 0, got " << aux_loss_weight;
-  AMPIPE_CHECK(tokenizer == "byte") << "tokenizer '" << tokenizer << "' is not supported; allowed: byte";
+  AMPIPE_CHECK(tokenizer == "byte" || tokenizer.rfind("SentencePieceTokenizer:", 0) == 0)
+      << "tokenizer '" << tokenizer << "' is not supported; allowed: byte, SentencePieceTokenizer:<hash>";
   AMPIPE_CHECK(family == "gpt" || family == "mixtral")
       << "--model-family '" << family << "' is not known; allowed: gpt, mixtral";
   AMPIPE_CHECK(normalization == "LayerNorm" || normalization == "RMSNorm")

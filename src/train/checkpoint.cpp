@@ -3,6 +3,7 @@
 #include <filesystem>
 #include <set>
 
+#include "core/atomic_file.h"
 #include "train/hf_checkpoint.h"
 #include "train/safetensors.h"
 
@@ -40,8 +41,26 @@ static Shape whole_shape(const Parameter& p, int64_t experts) {
   return s;
 }
 
+std::string checkpoint_tokenizer_path(const std::string& dir) { return (fs::path(dir) / "tokenizer.model").string(); }
+
+std::unique_ptr<Tokenizer> checkpoint_tokenizer(const std::string& dir, const ModelConfig& config,
+                                                const std::string& override_model) {
+  const std::string& recorded = config.tokenizer;
+  if (recorded == "byte" && override_model.empty()) return make_tokenizer("byte", "");
+  AMPIPE_CHECK(recorded != "byte") << "'" << dir << "' was trained with the byte-level tokenizer; --tokenizer-model '"
+                                   << override_model << "' does not belong to it";
+  const std::string path = override_model.empty() ? checkpoint_tokenizer_path(dir) : override_model;
+  AMPIPE_CHECK(fs::exists(path)) << "'" << dir << "' was trained with tokenizer " << recorded << ", but '" << path
+                                 << "' does not exist; pass its .model file with --tokenizer-model";
+  std::unique_ptr<Tokenizer> tokenizer = make_tokenizer("SentencePieceTokenizer", path);
+  AMPIPE_CHECK(tokenizer->identity() == recorded)
+      << "tokenizer '" << path << "' is " << tokenizer->identity() << ", but '" << dir << "' was trained with "
+      << recorded << "; a model paired with another tokenizer would read garbage";
+  return tokenizer;
+}
+
 void save_checkpoint(const std::string& dir, const GptMoe& model, const AdamW& optimizer,
-                     const TrainingProgress& progress, const TrainingGroups* groups) {
+                     const TrainingProgress& progress, const TrainingGroups* groups, const Tokenizer* tokenizer) {
   const int64_t E = model.config().num_experts;
   const bool writer = groups == nullptr || groups->rank() == 0;
   const std::string iteration = std::to_string(progress.iteration);
@@ -68,6 +87,8 @@ void save_checkpoint(const std::string& dir, const GptMoe& model, const AdamW& o
         {"seed", std::to_string(progress.seed)},
         {"format", "ampipe-optimizer-v1"}};
     write_safetensors(optimizer_path(dir), moments, opt_meta);
+    if (tokenizer != nullptr && !tokenizer->serialized_model().empty())
+      write_file_atomically(checkpoint_tokenizer_path(dir), tokenizer->serialized_model());
     std::map<std::string, std::string> meta = model.config().to_metadata();
     meta["iteration"] = iteration;
     write_safetensors(model_path(dir), weights, meta);

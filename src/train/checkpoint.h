@@ -13,7 +13,10 @@
 #include <map>
 #include <string>
 
+#include <memory>
+
 #include "model/gpt.h"
+#include "train/tokenizer.h"
 #include "train/distributed.h"
 #include "train/optimizer.h"
 
@@ -26,8 +29,19 @@ struct TrainingProgress {
 
 // With `groups` (a parallel run) expert tensors are gathered over the expert group, so the file
 // holds all experts, and world rank 0 writes; collective over the world. Any layout can load it.
+// A subword tokenizer travels with the checkpoint as DIR/tokenizer.model (written before the
+// model file; the model's config names the tokenizer's identity, train/tokenizer.h).
 void save_checkpoint(const std::string& dir, const GptMoe& model, const AdamW& optimizer,
-                     const TrainingProgress& progress, const TrainingGroups* groups = nullptr);
+                     const TrainingProgress& progress, const TrainingGroups* groups = nullptr,
+                     const Tokenizer* tokenizer = nullptr);
+
+// DIR/tokenizer.model.
+std::string checkpoint_tokenizer_path(const std::string& dir);
+// The tokenizer a checkpoint's model was trained with (config.tokenizer): byte-level, or the
+// SentencePiece model saved beside it, or `override_model` when given; refuses a tokenizer whose
+// identity differs from the one recorded (naming both), or a missing file.
+std::unique_ptr<Tokenizer> checkpoint_tokenizer(const std::string& dir, const ModelConfig& config,
+                                                const std::string& override_model = "");
 
 // The model config stored in DIR/model.safetensors (validated), or in a Hugging Face DIR's config.json.
 ModelConfig read_checkpoint_config(const std::string& dir);

@@ -1,5 +1,6 @@
 #include "train/data.h"
 
+#include <algorithm>
 #include <fstream>
 #include <iterator>
 
@@ -44,24 +45,31 @@ TextSplit split_train_validation(std::vector<int32_t> tokens, int64_t seq_len, c
   return split;
 }
 
-Batch make_batch(const std::vector<int32_t>& data, const std::vector<int64_t>& offsets, int64_t seq_len) {
-  const int64_t B = static_cast<int64_t>(offsets.size());
+void TokenWindows::window(int64_t offset, int64_t seq_len, int32_t* out) const {
+  AMPIPE_CHECK(offset >= 0 && offset + seq_len + 1 <= static_cast<int64_t>(tokens_.size()))
+      << "window at " << offset << " runs past the data (" << tokens_.size() << " tokens)";
+  std::copy(tokens_.begin() + offset, tokens_.begin() + offset + seq_len + 1, out);
+}
+
+Batch make_batch(const WindowSource& source, const std::vector<int64_t>& ids, int64_t seq_len) {
+  const int64_t B = static_cast<int64_t>(ids.size());
   Batch batch;
   batch.batch = B;
   batch.tokens = Tensor::empty({B * seq_len}, DType::I32);
   batch.targets = Tensor::empty({B * seq_len}, DType::I32);
   int32_t* tok = batch.tokens.data<int32_t>();
   int32_t* tgt = batch.targets.data<int32_t>();
+  std::vector<int32_t> window(static_cast<size_t>(seq_len + 1));
   for (int64_t b = 0; b < B; ++b) {
-    const int64_t off = offsets[b];
-    AMPIPE_CHECK(off >= 0 && off + seq_len + 1 <= static_cast<int64_t>(data.size()))
-        << "window at " << off << " runs past the data (" << data.size() << " tokens)";
-    for (int64_t i = 0; i < seq_len; ++i) {
-      tok[b * seq_len + i] = data[off + i];
-      tgt[b * seq_len + i] = data[off + i + 1];
-    }
+    source.window(ids[b], seq_len, window.data());
+    std::copy(window.begin(), window.end() - 1, tok + b * seq_len);
+    std::copy(window.begin() + 1, window.end(), tgt + b * seq_len);
   }
   return batch;
+}
+
+Batch make_batch(const std::vector<int32_t>& data, const std::vector<int64_t>& offsets, int64_t seq_len) {
+  return make_batch(TokenWindows(data), offsets, seq_len);
 }
 
 std::vector<int64_t> training_offsets(uint64_t seed, int64_t iteration, int64_t global_batch, int64_t data_len,

@@ -28,11 +28,31 @@ struct TextSplit {
 // Splits off the last 10% as validation; each part must hold one window of seq_len + 1 tokens.
 TextSplit split_train_validation(std::vector<int32_t> tokens, int64_t seq_len, const std::string& path);
 
+// Where windows of seq_len + 1 tokens come from, each named by an id: an offset into a token array
+// (TokenWindows, below), or a sample number of an indexed dataset's split (train/gpt_dataset.h).
+class WindowSource {
+ public:
+  virtual ~WindowSource() = default;
+  // Writes window `id`'s seq_len + 1 tokens to out; refuses an id outside the source.
+  virtual void window(int64_t id, int64_t seq_len, int32_t* out) const = 0;
+};
+
+// Windows of a token array (borrowed; it must outlive this): id = the window's first offset.
+class TokenWindows final : public WindowSource {
+ public:
+  explicit TokenWindows(const std::vector<int32_t>& tokens) : tokens_(tokens) {}
+  void window(int64_t offset, int64_t seq_len, int32_t* out) const override;
+
+ private:
+  const std::vector<int32_t>& tokens_;
+};
+
 // A batch of B windows: tokens and targets [B*N] int32 (targets are the tokens shifted by one).
 struct Batch {
   Tensor tokens, targets;
   int64_t batch = 0;
 };
+Batch make_batch(const WindowSource& source, const std::vector<int64_t>& ids, int64_t seq_len);
 Batch make_batch(const std::vector<int32_t>& data, const std::vector<int64_t>& offsets, int64_t seq_len);
 
 // Window start offsets of the global batch of `iteration` (global_batch of them), uniform over the

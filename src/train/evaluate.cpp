@@ -12,6 +12,11 @@ namespace ampipe {
 EvalResult evaluate_windows(const GptMoe& model, const std::vector<int32_t>& data,
                             const std::vector<int64_t>& offsets, int64_t seq_len, int64_t batch,
                             Communicator* world) {
+  return evaluate_windows(model, TokenWindows(data), offsets, seq_len, batch, world);
+}
+
+EvalResult evaluate_windows(const GptMoe& model, const WindowSource& source, const std::vector<int64_t>& offsets,
+                            int64_t seq_len, int64_t batch, Communicator* world) {
   const int64_t R = world ? world->size() : 1;
   const int64_t rank = world ? world->rank() : 0;
   const int64_t n = static_cast<int64_t>(offsets.size());
@@ -30,7 +35,7 @@ EvalResult evaluate_windows(const GptMoe& model, const std::vector<int32_t>& dat
     const size_t last = std::min(mine.size(), first + static_cast<size_t>(batch));
     std::vector<int64_t> part(mine.begin() + static_cast<std::ptrdiff_t>(first),
                               mine.begin() + static_cast<std::ptrdiff_t>(last));
-    Batch b = make_batch(data, part, seq_len);
+    Batch b = make_batch(source, part, seq_len);
     ForwardState state;
     model.forward(state, b.tokens, b.targets, b.batch);
     Tensor losses = Tensor::empty({b.batch * seq_len});

@@ -6,6 +6,7 @@
 
 #include "comm/communicator.h"
 #include "model/gpt.h"
+#include "train/data.h"
 
 namespace ampipe {
 
@@ -21,6 +22,9 @@ struct EvalResult {
 EvalResult evaluate_windows(const GptMoe& model, const std::vector<int32_t>& data,
                             const std::vector<int64_t>& offsets, int64_t seq_len, int64_t batch,
                             Communicator* world = nullptr);
+// The same over windows of any source (train/data.h), named by their ids.
+EvalResult evaluate_windows(const GptMoe& model, const WindowSource& source, const std::vector<int64_t>& ids,
+                            int64_t seq_len, int64_t batch, Communicator* world = nullptr);
 
 // Offsets of consecutive non-overlapping windows of seq_len + 1 tokens covering `data_len` tokens
 // (a final partial window is dropped).

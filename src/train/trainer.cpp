@@ -18,6 +18,7 @@
 #include "plan/autotune.h"
 #include "plan/calibrate.h"
 #include "train/checkpoint.h"
+#include "train/corpus.h"
 #include "train/data.h"
 #include "train/distributed.h"
 #include "train/evaluate.h"
@@ -53,10 +54,11 @@ static void validate(const TrainOptions& o) {
 static std::string describe(const TrainOptions& o) {
   std::ostringstream s;
   for (const auto& [k, v] : o.model.to_metadata()) s << k << "=" << v << "\n";
+  for (const std::string& item : o.data_path) s << "data_path=" << item << "\n";
   s << "micro_batch_size=" << o.micro_batch_size << "\nlr=" << o.lr.lr << "\nmin_lr=" << o.lr.min_lr
     << "\nwarmup=" << o.lr.warmup_iters << "\nweight_decay=" << o.adamw.weight_decay
     << "\nclip_grad=" << o.adamw.clip_grad << "\ntrain_iters=" << o.train_iters << "\nseed=" << o.seed
-    << "\ndata_path=" << o.data_path << "\nload=" << o.load << "\nsave=" << o.save
+    << "\nsplit=" << o.split << "\ntokenizer=" << o.tokenizer_type << ":" << o.tokenizer_model << "\nload=" << o.load << "\nsave=" << o.save
     << "\nexpert_parallel_size=" << o.expert_parallel_size << "\neval_interval=" << o.eval_interval
     << "\neval_iters=" << o.eval_iters << "\nexit_interval=" << o.exit_interval
     << "\nschedule=" << o.schedule.describe() << "\nstage_order=" << o.stage_order << "\n";
@@ -97,12 +99,210 @@ static std::pair<PlanCandidate, double> plan_block(const TrainOptions& o, int64_
   return {choose_plan(candidates, ao.min_gain, ao.near_tie), sequential_seconds};
 }
 
+namespace {
+
+// Everything a run holds while it trains.
+struct Run {
+  TrainOptions& o;
+  TimedCommunicator& world;
+  const std::function<void(const std::string&)>& log;
+  const TrainingGroups& groups;
+  GptMoe& model;
+  AdamW& optimizer;
+  const TrainingCorpus& corpus;
+  TraceRecorder& trace;
+  bool tracing;
+  int64_t start;
+};
+
+// The tokenizer of the run: the flags', or (resuming) the checkpoint's own tokenizer file. Sets the
+// model's vocabulary (padded) and its tokenizer identity.
+std::unique_ptr<Tokenizer> open_tokenizer(TrainOptions& o) {
+  // Resuming without tokenizer flags: the checkpoint's own (o.model holds its config by now).
+  const bool from_checkpoint = !o.load.empty() && o.tokenizer_model.empty() && o.model.tokenizer != "byte";
+  std::unique_ptr<Tokenizer> tokenizer = from_checkpoint ? checkpoint_tokenizer(o.load, o.model)
+                                                         : make_tokenizer(o.tokenizer_type, o.tokenizer_model);
+  o.tokenizer_type = tokenizer->type();
+  AMPIPE_CHECK(o.make_vocab_size_divisible_by >= 1)
+      << "--make-vocab-size-divisible-by must be at least 1, got " << o.make_vocab_size_divisible_by;
+  o.model.vocab_size = padded_vocab_size(tokenizer->vocab_size(), o.make_vocab_size_divisible_by);
+  o.model.tokenizer = tokenizer->identity();
+  return tokenizer;
+}
+
+// --pipe-degree auto, balanced weights, and the executor every block runs under (null: sequential).
+std::unique_ptr<BlockExecutor> make_block_executor(TrainOptions& o, const TrainingGroups& groups,
+                                                   TimedCommunicator& world, TraceRecorder* trace,
+                                                   const std::function<void(const std::string&)>& log) {
+  const int64_t N = o.model.max_seq_len;
+  if (o.auto_plan && o.schedule.kind != ScheduleKind::Sequential && o.schedule.chunk_boundaries.empty()) {
+    const auto [choice, sequential_seconds] = plan_block(o, o.micro_batch_size, groups, world);
+    o.schedule = choice.schedule;
+    o.stage_order = stage_order_name(choice.order);
+    char line[256];
+    std::snprintf(line, sizeof line, "planner: %s, predicted block %.2f ms (sequential %.2f ms)",
+                  choice.describe().c_str(), choice.prediction.total * 1e3, sequential_seconds * 1e3);
+    log(line);
+  }
+  if (o.schedule.chunk_policy == ChunkPolicy::Balanced && o.schedule.balance_weight == 0)
+    o.schedule.balance_weight = balance_weight(o.model, o.schedule.moe_pipe_degree == 0);
+  o.schedule.plan(N);  // refuse boundaries that do not fit the sequence before training
+  // A sequential block runs on the streams too when traced, so every schedule shows its stages.
+  if (trace == nullptr && o.schedule.kind == ScheduleKind::Sequential) return nullptr;
+  return std::make_unique<StreamedBlock>(o.schedule, parse_stage_order(o.stage_order), trace, world.rank());
+}
+
+// Loads --load: a Hugging Face directory's weights (fresh optimizer), or a checkpoint to resume.
+// Returns the iteration to start from.
+int64_t load_or_resume(const TrainOptions& o, GptMoe& model, AdamW& optimizer,
+                       const std::function<void(const std::string&)>& log) {
+  if (o.load.empty()) return 0;
+  load_model_weights(o.load, model);
+  if (!has_training_state(o.load)) {
+    log("starting from the weights of " + o.load + " (no training state: fresh optimizer, iteration 0)");
+    return 0;
+  }
+  TrainingProgress progress = load_training_state(o.load, model, optimizer);
+  AMPIPE_CHECK(progress.seed == o.seed) << "checkpoint '" << o.load << "' was trained with --seed " << progress.seed
+                                        << ", flags say " << o.seed
+                                        << "; resume with the same seed to continue its data order";
+  AMPIPE_CHECK(progress.iteration <= o.train_iters) << "checkpoint '" << o.load << "' is at iteration "
+                                                    << progress.iteration << ", past --train-iters " << o.train_iters;
+  log("resumed from " + o.load + " at iteration " + std::to_string(progress.iteration));
+  return progress.iteration;
+}
+
+void log_startup(const Run& r) {
+  const TrainOptions& o = r.o;
+  char buf[320];
+  std::snprintf(buf, sizeof buf,
+                "model: %s family, %lld parameters on this rank, %lld layers, d=%lld, heads=%lld (kv %lld), "
+                "experts=%lld (top-%lld), seq %lld, vocabulary %lld (%s)",
+                o.model.family.c_str(), static_cast<long long>(r.model.params().num_elements()),
+                static_cast<long long>(o.model.num_layers), static_cast<long long>(o.model.hidden_size),
+                static_cast<long long>(o.model.num_attention_heads), static_cast<long long>(o.model.kv_heads()),
+                static_cast<long long>(o.model.num_experts), static_cast<long long>(o.model.top_k),
+                static_cast<long long>(o.model.max_seq_len), static_cast<long long>(o.model.vocab_size),
+                o.tokenizer_type.c_str());
+  r.log(buf);
+  for (const std::string& line : r.corpus.summary()) r.log(line);
+  const int64_t R = r.world.size();
+  if (R > 1)
+    r.log("parallel: " + std::to_string(R) + " ranks, expert-parallel size " +
+          std::to_string(r.groups.expert_parallel_size) + " (" +
+          std::to_string(o.model.num_experts / r.groups.expert_parallel_size) + " experts per rank), global batch " +
+          std::to_string(o.micro_batch_size * R) + " sequences, transport " + r.world.backend());
+}
+
+struct Step {
+  LossParts loss;
+  double lr = 0, grad_norm = NAN;
+  double data_seconds = 0;  // building this rank's batch
+};
+
+// One iteration: this rank's part of the global batch, forward, backward, reduction, update.
+Step train_step(Run& r, int64_t it) {
+  const TrainOptions& o = r.o;
+  const int64_t B = o.micro_batch_size, N = o.model.max_seq_len, rank = r.world.rank();
+  Step step;
+  const auto data_start = std::chrono::steady_clock::now();
+  const std::vector<int64_t> global = r.corpus.training_ids(it, B * r.world.size());
+  Batch batch = make_batch(r.corpus.train(), std::vector<int64_t>(global.begin() + rank * B, global.begin() + (rank + 1) * B), N);
+  step.data_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - data_start).count();
+  r.model.params().zero_grad();
+  ForwardState state;
+  step.loss = r.model.forward(state, batch.tokens, batch.targets, B);
+  if (r.world.size() > 1) {
+    r.world.all_reduce_sum(step.loss.lm_loss);
+    step.loss.lm_loss /= static_cast<double>(r.world.size());
+    step.loss.total = step.loss.lm_loss + o.model.aux_loss_weight * step.loss.aux_loss;
+  }
+  step.lr = learning_rate(o.lr, it);
+  if (std::isfinite(step.loss.total)) {
+    r.model.backward(state);
+    average_gradients(r.model.params(), r.groups);
+    step.grad_norm = r.optimizer.step(step.lr);
+  } else {
+    AMPIPE_CHECK(!o.abort_on_nan) << "loss became " << step.loss.total << " at iteration " << it + 1
+                                  << " (--abort-on-nan); try a lower --lr or --clip-grad";
+    r.log("warning: loss is " + std::to_string(step.loss.total) + " at iteration " + std::to_string(it + 1) +
+          "; skipping this update (--abort-on-nan ends the run instead)");
+  }
+  return step;
+}
+
+// Rank 0 gathers every rank's trace slices and writes one trace.
+void write_trace(Run& r, int64_t traced) {
+  std::vector<std::string> parts;
+  for (int64_t i = 0; i < r.world.size(); ++i) {
+    std::string json = i == r.world.rank() ? r.trace.to_json() : std::string();
+    r.world.broadcast_bytes(json, static_cast<int>(i));
+    parts.push_back(std::move(json));
+  }
+  if (r.world.rank() != 0) return;
+  write_file_atomically(r.o.trace_file, TraceRecorder::merge(parts));
+  r.log("wrote a Chrome trace of " + std::to_string(traced) + " iteration(s) to " + r.o.trace_file +
+        " (open it in Perfetto or chrome://tracing)");
+}
+
+// The progress window between two logged iterations.
+struct Window {
+  std::chrono::steady_clock::time_point start;
+  int64_t tokens = 0;
+  double comm_start = 0, data_seconds = 0;
+};
+
+void log_progress(Run& r, std::ofstream& metrics, Window& window, const Step& step, int64_t done, double val,
+                  std::chrono::steady_clock::time_point run_start) {
+  const TrainOptions& o = r.o;
+  const auto now = std::chrono::steady_clock::now();
+  const double secs = std::chrono::duration<double>(now - window.start).count();
+  const double tps = secs > 0 ? static_cast<double>(window.tokens) / secs : 0.0;
+  const double comm_share = secs > 0 ? (r.world.seconds() - window.comm_start) / secs : 0.0;
+  const double data_share = secs > 0 ? window.data_seconds / secs : 0.0;
+  const double elapsed = std::chrono::duration<double>(now - run_start).count();
+  const double eta = elapsed / static_cast<double>(done - r.start) * static_cast<double>(o.train_iters - done);
+  char buf[256];
+  std::snprintf(buf, sizeof buf, "iter %6lld/%lld | loss %.4f | aux %.4f | lr %.2e | grad norm %.3f | %.0f tok/s | ETA %s",
+                static_cast<long long>(done), static_cast<long long>(o.train_iters), step.loss.lm_loss,
+                step.loss.aux_loss, step.lr, step.grad_norm, tps, format_duration(eta).c_str());
+  std::string line = buf;
+  if (r.world.size() > 1) {
+    std::snprintf(buf, sizeof buf, " | comm %.0f%%", 100.0 * comm_share);
+    line += buf;
+  }
+  const double bytes_per_token = r.corpus.validation_bytes_per_token();
+  if (std::isfinite(val)) {
+    std::snprintf(buf, sizeof buf, " | val loss %.4f", val);
+    line += buf;
+    if (o.tokenizer_type != "byte" && bytes_per_token > 0) {
+      std::snprintf(buf, sizeof buf, " (%.4f nats/byte)", val / bytes_per_token);
+      line += buf;
+    }
+  }
+  r.log(line);
+  if (metrics.is_open()) {
+    nlohmann::json j = {{"iter", done},       {"loss", step.loss.lm_loss}, {"aux_loss", step.loss.aux_loss},
+                        {"lr", step.lr},      {"grad_norm", step.grad_norm}, {"tokens_per_sec", tps},
+                        {"comm_fraction", comm_share}, {"data_fraction", data_share}};
+    if (std::isfinite(val)) {
+      j["val_loss"] = val;
+      if (bytes_per_token > 0) j["val_nats_per_byte"] = val / bytes_per_token;
+    }
+    metrics << j.dump() << "\n" << std::flush;
+  }
+  window = Window{std::chrono::steady_clock::now(), 0, r.world.seconds(), 0};
+}
+
+}  // namespace
+
 TrainResult run_training(TrainOptions o, const std::function<void(const std::string&)>& log_line,
                          Communicator* world_in) {
   validate(o);
   SelfCommunicator self;
   // Every collective goes through the timer, so progress lines can show the communication share.
   TimedCommunicator world(world_in != nullptr ? *world_in : static_cast<Communicator&>(self));
+  const std::unique_ptr<Tokenizer> tokenizer = open_tokenizer(o);
   check_same_configuration(world, describe(o));
   const int rank = world.rank();
   const int64_t R = world.size();
@@ -114,187 +314,73 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   const int64_t N = o.model.max_seq_len;
   const int64_t B = o.micro_batch_size;
 
-  TextSplit data = split_train_validation(load_tokens(o.data_path), N, o.data_path);
+  CorpusOptions co{o.data_path, o.split, N, o.seed, o.train_iters * B * R, o.eval_iters * B * R};
+  const TrainingCorpus corpus(co, *tokenizer, o.model.vocab_size);
   GptMoe model(o.model, groups.model_parallel());
   model.initialize(o.seed);
-  if (o.auto_plan && o.schedule.kind != ScheduleKind::Sequential && o.schedule.chunk_boundaries.empty()) {
-    const auto [choice, sequential_seconds] = plan_block(o, B, groups, world);
-    o.schedule = choice.schedule;
-    o.stage_order = stage_order_name(choice.order);
-    char line[256];
-    std::snprintf(line, sizeof line, "planner: %s, predicted block %.2f ms (sequential %.2f ms)",
-                  choice.describe().c_str(), choice.prediction.total * 1e3, sequential_seconds * 1e3);
-    log(line);
-  }
-  if (o.schedule.chunk_policy == ChunkPolicy::Balanced && o.schedule.balance_weight == 0)
-    o.schedule.balance_weight = balance_weight(o.model, o.schedule.moe_pipe_degree == 0);
-  o.schedule.plan(N);  // refuse boundaries that do not fit the sequence before training
-  // A trace covers iterations start+2 and start+3 (the first is warm-up). A sequential block runs
-  // on the streams too when traced, so every schedule shows its stages.
   TraceRecorder trace;
   const bool tracing = !o.trace_file.empty();
-  std::unique_ptr<BlockExecutor> block_executor;
-  if (tracing || o.schedule.kind != ScheduleKind::Sequential)
-    block_executor = std::make_unique<StreamedBlock>(o.schedule, parse_stage_order(o.stage_order),
-                                                     tracing ? &trace : nullptr, rank);
+  const std::unique_ptr<BlockExecutor> block_executor =
+      make_block_executor(o, groups, world, tracing ? &trace : nullptr, log);
   model.set_block_executor(block_executor.get());  // null: the sequential block
   AdamW optimizer(model.params(), o.adamw, groups.expert_group.get());
-  int64_t start = 0;
-  if (!o.load.empty() && !has_training_state(o.load)) {
-    load_model_weights(o.load, model);
-    log("starting from the weights of " + o.load + " (no training state: fresh optimizer, iteration 0)");
-  } else if (!o.load.empty()) {
-    load_model_weights(o.load, model);
-    TrainingProgress progress = load_training_state(o.load, model, optimizer);
-    AMPIPE_CHECK(progress.seed == o.seed) << "checkpoint '" << o.load << "' was trained with --seed "
-                                          << progress.seed << ", flags say " << o.seed
-                                          << "; resume with the same seed to continue its data order";
-    start = progress.iteration;
-    AMPIPE_CHECK(start <= o.train_iters) << "checkpoint '" << o.load << "' is at iteration " << start
-                                         << ", past --train-iters " << o.train_iters;
-    log("resumed from " + o.load + " at iteration " + std::to_string(start));
-  }
+  const int64_t start = load_or_resume(o, model, optimizer, log);
+  Run run{o, world, log, groups, model, optimizer, corpus, trace, tracing, start};
 
   std::ofstream metrics;
   if (!o.metrics_file.empty() && rank == 0) {
     metrics.open(o.metrics_file, start > 0 ? std::ios::app : std::ios::trunc);
     AMPIPE_CHECK(metrics.good()) << "cannot open --metrics-file '" << o.metrics_file << "' for writing";
   }
-  {
-    char buf[256];
-    std::snprintf(buf, sizeof buf,
-                  "model: %s family, %lld parameters on this rank, %lld layers, d=%lld, heads=%lld (kv %lld), "
-                  "experts=%lld (top-%lld), seq %lld; data: %zu train / %zu validation tokens",
-                  o.model.family.c_str(), static_cast<long long>(model.params().num_elements()),
-                  static_cast<long long>(o.model.num_layers), static_cast<long long>(o.model.hidden_size),
-                  static_cast<long long>(o.model.num_attention_heads), static_cast<long long>(o.model.kv_heads()),
-                  static_cast<long long>(o.model.num_experts), static_cast<long long>(o.model.top_k),
-                  static_cast<long long>(N), data.train.size(), data.validation.size());
-    log(buf);
-  }
-
-  if (R > 1)
-    log("parallel: " + std::to_string(R) + " ranks, expert-parallel size " + std::to_string(groups.expert_parallel_size) +
-        " (" + std::to_string(o.model.num_experts / groups.expert_parallel_size) + " experts per rank), global batch " +
-        std::to_string(B * R) + " sequences, transport " + world.backend());
-  const std::vector<int64_t> val_offsets =
-      evaluation_offsets(o.eval_iters * B * R, static_cast<int64_t>(data.validation.size()), N);
-  auto validation_loss = [&]() { return evaluate_windows(model, data.validation, val_offsets, N, B, &world).loss; };
+  log_startup(run);
+  const std::vector<int64_t> val_ids = corpus.validation_ids(o.eval_iters * B * R);
+  auto validation_loss = [&]() { return evaluate_windows(model, corpus.validation(), val_ids, N, B, &world).loss; };
 
   using clock = std::chrono::steady_clock;
   const auto run_start = clock::now();
-  auto window_start = run_start;
-  int64_t window_tokens = 0;
-  double window_comm_start = world.seconds();
+  Window window{run_start, 0, world.seconds(), 0};
   TrainResult result;
+  auto finish = [&](int64_t done) {
+    result.iterations = done;
+    result.seconds = std::chrono::duration<double>(clock::now() - run_start).count();
+    result.tokens_per_sec = result.seconds > 0 ? static_cast<double>((done - start) * B * N * R) / result.seconds : 0.0;
+    if (corpus.validation_bytes_per_token() > 0)
+      result.final_val_nats_per_byte = result.final_val_loss / corpus.validation_bytes_per_token();
+    return result;
+  };
   for (int64_t it = start; it < o.train_iters; ++it) {
     maybe_inject_failure(rank, it + 1);
-    if (tracing && it - start <= 1) trace.clear();  // keep only the traced iterations
+    // A trace covers iterations start+2 and start+3 (the first is warm-up).
+    if (tracing && it - start <= 1) trace.clear();
     if (tracing && it - start == 1) {
       world.barrier();
       trace.mark_origin();
     }
-    // The global batch of this iteration; this rank takes its B consecutive windows.
-    const std::vector<int64_t> global =
-        training_offsets(o.seed, it, B * R, static_cast<int64_t>(data.train.size()), N);
-    Batch batch = make_batch(data.train, std::vector<int64_t>(global.begin() + rank * B, global.begin() + (rank + 1) * B), N);
-    model.params().zero_grad();
-    ForwardState state;
-    LossParts loss = model.forward(state, batch.tokens, batch.targets, B);
-    if (R > 1) {
-      world.all_reduce_sum(loss.lm_loss);
-      loss.lm_loss /= static_cast<double>(R);
-      loss.total = loss.lm_loss + o.model.aux_loss_weight * loss.aux_loss;
-    }
-    const double lr = learning_rate(o.lr, it);
-    double grad_norm = NAN;
-    if (std::isfinite(loss.total)) {
-      model.backward(state);
-      average_gradients(model.params(), groups);
-      grad_norm = optimizer.step(lr);
-    } else {
-      AMPIPE_CHECK(!o.abort_on_nan) << "loss became " << loss.total << " at iteration " << it + 1
-                                    << " (--abort-on-nan); try a lower --lr or --clip-grad";
-      log("warning: loss is " + std::to_string(loss.total) + " at iteration " + std::to_string(it + 1) +
-          "; skipping this update (--abort-on-nan ends the run instead)");
-    }
-    window_tokens += B * N * R;
-    const auto step_end = clock::now();
-    const double comm_at_step_end = world.seconds();
-    result.final_loss = loss.lm_loss;
+    const Step step = train_step(run, it);
+    window.tokens += B * N * R;
+    window.data_seconds += step.data_seconds;
+    result.final_loss = step.loss.lm_loss;
 
     const int64_t done = it + 1;
     const bool last = done == o.train_iters;
     const bool eval_now = last || (o.eval_interval > 0 && done % o.eval_interval == 0);
-    const bool log_now = eval_now || done % o.log_interval == 0;
-    double val = NAN;
-    if (eval_now) val = validation_loss();
-    if (log_now) {
-      const double secs = std::chrono::duration<double>(step_end - window_start).count();
-      const double tps = secs > 0 ? static_cast<double>(window_tokens) / secs : 0.0;
-      const double comm_share = secs > 0 ? (comm_at_step_end - window_comm_start) / secs : 0.0;
-      const double elapsed = std::chrono::duration<double>(step_end - run_start).count();
-      const double eta = elapsed / static_cast<double>(done - start) * static_cast<double>(o.train_iters - done);
-      char buf[256];
-      std::snprintf(buf, sizeof buf, "iter %6lld/%lld | loss %.4f | aux %.4f | lr %.2e | grad norm %.3f | %.0f tok/s | ETA %s",
-                    static_cast<long long>(done), static_cast<long long>(o.train_iters), loss.lm_loss,
-                    loss.aux_loss, lr, grad_norm, tps, format_duration(eta).c_str());
-      std::string line = buf;
-      if (R > 1) {
-        std::snprintf(buf, sizeof buf, " | comm %.0f%%", 100.0 * comm_share);
-        line += buf;
-      }
-      if (eval_now) {
-        std::snprintf(buf, sizeof buf, " | val loss %.4f", val);
-        line += buf;
-      }
-      log(line);
-      if (metrics.is_open()) {
-        nlohmann::json j = {{"iter", done}, {"loss", loss.lm_loss}, {"aux_loss", loss.aux_loss},
-                            {"lr", lr}, {"grad_norm", grad_norm}, {"tokens_per_sec", tps},
-                            {"comm_fraction", comm_share}};
-        if (eval_now) j["val_loss"] = val;
-        metrics << j.dump() << "\n" << std::flush;
-      }
-      window_start = clock::now();
-      window_tokens = 0;
-      window_comm_start = world.seconds();
-    }
+    const double val = eval_now ? validation_loss() : NAN;
     if (eval_now) result.final_val_loss = val;
-    if (tracing && (done - start == 3 || (last && done - start < 3))) {
-      // Rank 0 gathers every rank's slices and writes one trace; later iterations are not kept.
-      std::vector<std::string> parts;
-      for (int r = 0; r < R; ++r) {
-        std::string json = r == rank ? trace.to_json() : std::string();
-        world.broadcast_bytes(json, r);
-        parts.push_back(std::move(json));
-      }
-      if (rank == 0) {
-        write_file_atomically(o.trace_file, TraceRecorder::merge(parts));
-        log("wrote a Chrome trace of " + std::to_string(std::min<int64_t>(done - start, 2)) + " iteration(s) to " +
-            o.trace_file + " (open it in Perfetto or chrome://tracing)");
-      }
-    }
+    if (eval_now || done % o.log_interval == 0) log_progress(run, metrics, window, step, done, val, run_start);
+    if (tracing && (done - start == 3 || (last && done - start < 3))) write_trace(run, std::min<int64_t>(done - start, 2));
     if (tracing && done - start >= 3) trace.clear();
     const bool exit_now = !last && o.exit_interval > 0 && done % o.exit_interval == 0;
     if (!o.save.empty() && (last || exit_now || (o.save_interval > 0 && done % o.save_interval == 0))) {
-      save_checkpoint(o.save, model, optimizer, TrainingProgress{done, o.seed}, &groups);
+      save_checkpoint(o.save, model, optimizer, TrainingProgress{done, o.seed}, &groups, tokenizer.get());
       log("saved checkpoint to " + o.save + " at iteration " + std::to_string(done));
     }
     if (exit_now) {
       log("exiting at iteration " + std::to_string(done) + " (--exit-interval " + std::to_string(o.exit_interval) + ")");
-      result.iterations = done;
-      result.seconds = std::chrono::duration<double>(clock::now() - run_start).count();
-      result.tokens_per_sec = static_cast<double>((done - start) * B * N * R) / std::max(result.seconds, 1e-9);
-      return result;
+      return finish(done);
     }
   }
   if (start == o.train_iters) result.final_val_loss = validation_loss();
-  result.iterations = o.train_iters;
-  result.seconds = std::chrono::duration<double>(clock::now() - run_start).count();
-  result.tokens_per_sec =
-      result.seconds > 0 ? static_cast<double>((o.train_iters - start) * B * N * R) / result.seconds : 0.0;
-  return result;
+  return finish(o.train_iters);
 }
 
 }  // namespace ampipe

@@ -5,6 +5,7 @@
 #include <cstdint>
 #include <functional>
 #include <string>
+#include <vector>
 
 #include "comm/communicator.h"
 #include "model/config.h"
@@ -27,7 +28,14 @@ struct TrainOptions {
   std::string load;             // resume from this checkpoint ("" = fresh start)
   int64_t exit_interval = 0;    // stop (after saving) when the iteration is a multiple; 0 = never
   uint64_t seed = 1234;
-  std::string data_path = "data/kjv.txt";
+  // A text file, an indexed dataset prefix, or pairs "WEIGHT PREFIX" (train/corpus.h).
+  std::vector<std::string> data_path = {"data/kjv.txt"};
+  std::string split = "969,30,1";  // indexed datasets: train,validation,test parts by documents
+  // The tokenizer (train/tokenizer.h): "byte" or "SentencePieceTokenizer" with its .model file.
+  // The model's vocabulary is the tokenizer's, padded to a multiple of make_vocab_size_divisible_by.
+  std::string tokenizer_type = "byte";
+  std::string tokenizer_model;
+  int64_t make_vocab_size_divisible_by = 128;
   std::string metrics_file;     // JSON Lines, one object per logged iteration ("" = none)
   int64_t expert_parallel_size = 0;  // EP; 0 = the largest divisor of the world size and E
   BlockSchedule schedule;           // how each block is cut (--schedule, --pipe-degree, --chunk-boundaries)
@@ -44,7 +52,8 @@ struct TrainOptions {
 struct TrainResult {
   int64_t iterations = 0;          // total completed (including resumed ones)
   double final_loss = 0;           // training loss of the last iteration
-  double final_val_loss = 0;       // validation loss at the end
+  double final_val_loss = 0;       // validation loss at the end (nats per token)
+  double final_val_nats_per_byte = 0;  // the same per byte of text (text files; 0 for indexed data)
   double tokens_per_sec = 0;       // over this run
   double seconds = 0;              // wall time of this run
 };

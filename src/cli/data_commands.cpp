@@ -1,0 +1,245 @@
+#include "cli/data_commands.h"
+
+#include <CLI/CLI.hpp>
+
+#include <algorithm>
+#include <chrono>
+#include <cstdio>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <thread>
+
+#include "core/error.h"
+#include "core/parallel.h"
+#include "train/indexed_dataset.h"
+#include "train/tokenizer.h"
+
+namespace ampipe {
+namespace {
+
+constexpr size_t kBatchBytes = 4 << 20;  // input bytes per work item
+
+bool is_json_input(const std::string& path, const std::string& format) {
+  if (format != "auto") return format == "jsonl";
+  auto ends = [&](const char* s) {
+    const std::string suffix(s);
+    return path.size() >= suffix.size() && path.compare(path.size() - suffix.size(), suffix.size(), suffix) == 0;
+  };
+  return ends(".jsonl") || ends(".json");
+}
+
+// A run of input lines and, once encoded, their documents (one per key).
+struct WorkItem {
+  std::string file;
+  int64_t first_line = 0;  // 1-based line number of lines[0]
+  std::vector<std::string> lines;
+  size_t bytes = 0;
+  std::vector<std::vector<std::vector<int32_t>>> documents;  // [key][document] tokens
+  std::string error;
+};
+
+void encode(WorkItem& item, bool json, const PreprocessOptions& o, const Tokenizer& tokenizer) {
+  item.documents.assign(o.json_keys.size(), {});
+  try {
+    for (size_t i = 0; i < item.lines.size(); ++i) {
+      const std::string& line = item.lines[i];
+      if (!json) {
+        if (line.empty()) continue;  // a text file's blank lines separate nothing
+        item.documents[0].push_back(tokenizer.encode(line));
+      } else {
+        if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
+        nlohmann::json record;
+        try {
+          record = nlohmann::json::parse(line);
+        } catch (const nlohmann::json::exception& e) {
+          AMPIPE_CHECK(false) << item.file << ":" << item.first_line + static_cast<int64_t>(i)
+                              << ": not a JSON object (" << e.what() << ")";
+        }
+        for (size_t k = 0; k < o.json_keys.size(); ++k) {
+          const auto it = record.find(o.json_keys[k]);
+          AMPIPE_CHECK(record.is_object() && it != record.end() && it->is_string())
+              << item.file << ":" << item.first_line + static_cast<int64_t>(i) << ": no string field '"
+              << o.json_keys[k] << "' (--json-keys)";
+          item.documents[k].push_back(tokenizer.encode(it->get<std::string>()));
+        }
+      }
+      if (o.append_eod)
+        for (auto& docs : item.documents) docs.back().push_back(tokenizer.eod_id());
+    }
+  } catch (const std::exception& e) {
+    item.error = e.what();
+  }
+  item.lines.clear();
+  item.lines.shrink_to_fit();
+}
+
+std::string format_eta(double seconds) {
+  const int64_t s = static_cast<int64_t>(std::max(0.0, seconds));
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "%lldm%02llds", static_cast<long long>(s / 60), static_cast<long long>(s % 60));
+  return buf;
+}
+
+}  // namespace
+
+PreprocessResult preprocess(const PreprocessOptions& o, const std::function<void(const std::string&)>& progress) {
+  AMPIPE_CHECK(!o.inputs.empty()) << "preprocess needs --input FILE (text or JSON Lines)";
+  AMPIPE_CHECK(!o.output_prefix.empty()) << "preprocess needs --output-prefix PREFIX";
+  AMPIPE_CHECK(!o.json_keys.empty()) << "--json-keys needs at least one key";
+  AMPIPE_CHECK(o.format == "auto" || o.format == "text" || o.format == "jsonl")
+      << "--input-format '" << o.format << "' is not known; allowed: auto, text, jsonl";
+  AMPIPE_CHECK(o.workers >= 0) << "--workers must be >= 0 (0: every core), got " << o.workers;
+  const std::unique_ptr<Tokenizer> tokenizer = make_tokenizer(o.tokenizer_type, o.tokenizer_model);
+  AMPIPE_CHECK(!o.append_eod || tokenizer->eod_id() >= 0)
+      << "--append-eod: tokenizer " << tokenizer->type() << " has no end-of-document token";
+  int64_t total_bytes = 0;
+  for (const std::string& path : o.inputs) {
+    std::ifstream in(path, std::ios::binary | std::ios::ate);
+    AMPIPE_CHECK(in.good()) << "cannot open --input '" << path << "'";
+    total_bytes += static_cast<int64_t>(in.tellg());
+    if (!is_json_input(path, o.format)) {
+      AMPIPE_CHECK(o.json_keys.size() == 1)
+          << "--input '" << path << "' is a text file (one document per line): it has no JSON keys to split";
+    }
+  }
+  const IndexedDType dtype = token_dtype_for_vocab(tokenizer->vocab_size());
+  PreprocessResult result;
+  std::vector<std::unique_ptr<IndexedDatasetWriter>> writers;
+  for (const std::string& key : o.json_keys) {
+    result.outputs.push_back(o.output_prefix + "_" + key + "_document");
+    writers.push_back(std::make_unique<IndexedDatasetWriter>(result.outputs.back(), dtype));
+  }
+  const int workers = o.workers > 0 ? o.workers : std::max(1, available_cores());
+  const auto start = std::chrono::steady_clock::now();
+  auto last_report = start;
+  auto report = [&](bool final) {
+    const auto now = std::chrono::steady_clock::now();
+    if (!final && std::chrono::duration<double>(now - last_report).count() < 2.0) return;
+    last_report = now;
+    const double secs = std::max(1e-9, std::chrono::duration<double>(now - start).count());
+    const double mb = static_cast<double>(result.input_bytes) / 1e6;
+    const double rate = mb / secs;
+    char buf[256];
+    std::snprintf(buf, sizeof buf, "preprocess: %.1f / %.1f MB (%.0f%%), %.1f MB/s, %lld documents, %lld tokens, %s %s",
+                  mb, static_cast<double>(total_bytes) / 1e6,
+                  total_bytes > 0 ? 100.0 * static_cast<double>(result.input_bytes) / static_cast<double>(total_bytes) : 100.0,
+                  rate, static_cast<long long>(result.documents), static_cast<long long>(result.tokens),
+                  final ? "in" : "ETA",
+                  format_eta(final ? secs : (static_cast<double>(total_bytes) / 1e6 - mb) / std::max(rate, 1e-9)).c_str());
+    progress(buf);
+  };
+  // Rounds of `workers` items: read them, encode them in parallel, write them in input order.
+  for (const std::string& path : o.inputs) {
+    const bool json = is_json_input(path, o.format);
+    std::ifstream in(path, std::ios::binary);
+    int64_t line_number = 1;
+    bool more = true;
+    while (more) {
+      std::vector<WorkItem> round(static_cast<size_t>(workers));
+      size_t used = 0;
+      for (; used < round.size() && more; ++used) {
+        WorkItem& item = round[used];
+        item.file = path;
+        item.first_line = line_number;
+        std::string line;
+        while (item.bytes < kBatchBytes && std::getline(in, line)) {
+          item.bytes += line.size() + 1;
+          item.lines.push_back(std::move(line));
+          ++line_number;
+        }
+        if (item.bytes < kBatchBytes) more = false;
+      }
+      AMPIPE_CHECK(!in.bad()) << "error reading --input '" << path << "'";
+      std::vector<std::thread> threads;
+      for (size_t i = 1; i < used; ++i) threads.emplace_back([&, i] { encode(round[i], json, o, *tokenizer); });
+      if (used > 0) encode(round[0], json, o, *tokenizer);
+      for (std::thread& t : threads) t.join();
+      for (size_t i = 0; i < used; ++i) {
+        AMPIPE_CHECK(round[i].error.empty()) << round[i].error;
+        for (size_t k = 0; k < writers.size(); ++k)
+          for (const std::vector<int32_t>& doc : round[i].documents[k]) {
+            writers[k]->add_document(doc);
+            result.tokens += static_cast<int64_t>(doc.size());
+          }
+        result.documents += static_cast<int64_t>(round[i].documents[0].size());
+        result.input_bytes += static_cast<int64_t>(round[i].bytes);
+      }
+      report(false);
+    }
+  }
+  for (auto& w : writers) w->finalize();
+  result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
+  report(true);
+  return result;
+}
+
+CLI::App* add_preprocess_command(CLI::App& app, PreprocessOptions& o) {
+  CLI::App* cmd = app.add_subcommand(
+      "preprocess", "Tokenize text or JSON Lines into Megatron indexed datasets (PREFIX_<key>_document.bin / .idx)");
+  cmd->add_option("--input", o.inputs, "Input files: text (one document per non-empty line) or .jsonl / .json")
+      ->required()
+      ->expected(1, -1);
+  cmd->add_option("--output-prefix", o.output_prefix, "Output prefix P: writes P_<key>_document.bin / .idx")
+      ->required();
+  cmd->add_option("--json-keys", o.json_keys, "JSON Lines: the string fields to tokenize, one dataset each")
+      ->capture_default_str()
+      ->expected(1, -1);
+  cmd->add_option("--input-format", o.format, "auto (by extension: .jsonl / .json are JSON Lines), text or jsonl")
+      ->capture_default_str();
+  cmd->add_option("--tokenizer-type", o.tokenizer_type, "byte or SentencePieceTokenizer (with --tokenizer-model)")
+      ->capture_default_str();
+  cmd->add_option("--tokenizer-model", o.tokenizer_model, "The SentencePiece .model file");
+  cmd->add_flag("--append-eod", o.append_eod, "End every document with the tokenizer's end-of-document token");
+  cmd->add_option("--workers", o.workers, "Tokenizing threads; 0: every core")->capture_default_str();
+  return cmd;
+}
+
+int run_preprocess(const PreprocessOptions& o) {
+  const PreprocessResult r = preprocess(o, [](const std::string& line) {
+    std::fprintf(stderr, "%s\n", line.c_str());
+    std::fflush(stderr);
+  });
+  for (const std::string& prefix : r.outputs)
+    std::printf("wrote %s.bin / .idx: %lld documents, %lld tokens (%.1f MB/s of input)\n", prefix.c_str(),
+                static_cast<long long>(r.documents), static_cast<long long>(r.tokens),
+                static_cast<double>(r.input_bytes) / 1e6 / std::max(r.seconds, 1e-9));
+  return 0;
+}
+
+CLI::App* add_tokenizer_command(CLI::App& app, TokenizerTrainOptions& o, CLI::App** train_command) {
+  CLI::App* cmd = app.add_subcommand("tokenizer", "Subword tokenizers");
+  cmd->require_subcommand(1);
+  CLI::App* train = cmd->add_subcommand("train", "Train a SentencePiece model (PREFIX.model, PREFIX.vocab) on text");
+  train->add_option("--input", o.inputs, "Text files, one sentence or document per line")->required()->expected(1, -1);
+  train->add_option("--output-prefix", o.output_prefix, "Writes PREFIX.model and PREFIX.vocab")->required();
+  train->add_option("--vocab-size", o.vocab_size, "Vocabulary size")->capture_default_str();
+  train->add_option("--model-type", o.model_type, "bpe or unigram")->capture_default_str();
+  train->add_option("--input-sentence-size", o.input_sentence_size, "Lines sampled from the input; 0 = all")
+      ->capture_default_str();
+  train->add_option("--seed", o.seed, "Seed of SentencePiece's sampling (same input + seed = same model)")
+      ->capture_default_str();
+  train->add_option("--threads", o.threads, "Training threads; 0 = every core")->capture_default_str();
+  *train_command = train;
+  return cmd;
+}
+
+int run_tokenizer_train(const TokenizerTrainOptions& o) {
+  SentencePieceTrainOptions t;
+  t.inputs = o.inputs;
+  t.model_prefix = o.output_prefix;
+  t.vocab_size = o.vocab_size;
+  t.model_type = o.model_type;
+  t.input_sentence_size = o.input_sentence_size;
+  t.seed = o.seed;
+  t.threads = o.threads;
+  const auto start = std::chrono::steady_clock::now();
+  train_sentencepiece(t);
+  const std::unique_ptr<Tokenizer> tok = make_tokenizer("SentencePieceTokenizer", o.output_prefix + ".model");
+  std::printf("wrote %s.model (%s, vocabulary %lld, %s) in %.1f s\n", o.output_prefix.c_str(), o.model_type.c_str(),
+              static_cast<long long>(tok->vocab_size()), tok->identity().c_str(),
+              std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
+  return 0;
+}
+
+}  // namespace ampipe
