@@ -194,12 +194,17 @@ int main(int argc, char** argv) {
                     "Stop after an iteration divisible by N, saving a checkpoint first if --save is set; 0 = never")
       ->capture_default_str();
   train->add_option("--seed", t.seed, "Seed of the initialisation and the data order")->capture_default_str();
-  train->add_option("--data-path", t.data_path,
-                    "A text file (tokenized whole; its last 10% of tokens is validation), or Megatron indexed "
-                    "datasets: one PREFIX (PREFIX.bin / PREFIX.idx, from ampipe preprocess), or a blend "
-                    "'W1 PREFIX1 W2 PREFIX2 ...' with positive weights")
-      ->capture_default_str()
-      ->expected(1, -1);
+  // Several values in one occurrence make a blend; a later occurrence replaces an earlier one (as
+  // every flag here: a script's defaults can be overridden by appending).
+  train
+      ->add_option_function<std::vector<std::string>>(
+          "--data-path", [&t](const std::vector<std::string>& items) { t.data_path = items; },
+          "A text file (tokenized whole; its last 10% of tokens is validation), or Megatron indexed "
+          "datasets: one PREFIX (PREFIX.bin / PREFIX.idx, from ampipe preprocess), or a blend "
+          "'W1 PREFIX1 W2 PREFIX2 ...' with positive weights")
+      ->default_str("data/kjv.txt")
+      ->expected(1, -1)
+      ->trigger_on_parse();
   train->add_option("--split", t.split,
                     "Indexed datasets: train,validation,test proportions, by whole documents (Megatron's rule)")
       ->capture_default_str();

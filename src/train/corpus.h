@@ -43,8 +43,8 @@ class TrainingCorpus {
   // `count` validation window ids (evenly spread over a text file's validation part; the first
   // samples of an indexed validation split).
   std::vector<int64_t> validation_ids(int64_t count) const;
-  // Bytes of text per validation token (a text file; 0 for indexed datasets), to report the
-  // validation loss in nats per byte whatever the tokenizer.
+  // Bytes of text per token (a text file's mean; 0 for indexed datasets), to report the validation
+  // loss in nats per byte whatever the tokenizer.
   double validation_bytes_per_token() const { return validation_bytes_per_token_; }
   // One line per source, for the log ("data: 3868416 train / 429823 validation tokens ...").
   const std::vector<std::string>& summary() const { return summary_; }

@@ -50,8 +50,8 @@ class ByteTokenizer final : public Tokenizer {
   std::string decode(const std::vector<int32_t>& ids) const override {
     std::string text(ids.size(), '\0');
     for (size_t i = 0; i < ids.size(); ++i) {
-      AMPIPE_CHECK(ids[i] >= 0 && ids[i] < 256)
-          << "byte tokenizer: cannot decode id " << ids[i] << " (position " << i << "); ids must be in [0, 256)";
+      AMPIPE_CHECK(ids[i] >= 0 && ids[i] < 256) << "byte tokenizer: cannot decode id " << ids[i]
+                                                << " (position " << i << "); ids must be in [0, 256)";
       text[i] = static_cast<char>(static_cast<unsigned char>(ids[i]));
     }
     return text;
@@ -210,8 +210,8 @@ std::unique_ptr<Tokenizer> make_tokenizer(const std::string& type, const std::st
     return std::make_unique<ByteTokenizer>();
   }
   if (type == kSentencePiece) {
-    AMPIPE_CHECK(!model_path.empty()) << "--tokenizer-type " << kSentencePiece
-                                      << " needs a .model file (--tokenizer-model)";
+    AMPIPE_CHECK(!model_path.empty())
+        << "--tokenizer-type " << kSentencePiece << " needs a .model file (--tokenizer-model)";
     return std::make_unique<SentencePieceTokenizer>(read_file(model_path), model_path);
   }
   throw Error("unknown --tokenizer-type '" + type + "'; allowed: " + kByte + ", " + kSentencePiece);
@@ -282,7 +282,8 @@ void train_sentencepiece(const SentencePieceTrainOptions& options) {
   std::string model;
   sentencepiece::util::Status status = sentencepiece::SentencePieceTrainer::Train(flags, &lines, &model);
   AMPIPE_CHECK(status.ok() || lines.lines_read() > 0)
-      << "SentencePiece training: the training inputs have no non-empty lines (" << join(options.inputs) << ")";
+      << "SentencePiece training: the training inputs have no non-empty lines (" << join(options.inputs)
+      << ")";
   AMPIPE_CHECK(status.ok()) << "SentencePiece training failed (--vocab-size " << options.vocab_size
                             << ", --model-type " << options.model_type << "): " << status.ToString();
 

@@ -52,20 +52,21 @@ struct SentencePieceTrainOptions {
   int64_t vocab_size = 32000;
   std::string model_type = "bpe";         // bpe | unigram (refuse others naming the value)
   int64_t input_sentence_size = 2000000;  // sentences sampled from the input (0 = all)
-  uint64_t seed = 1;                      // SentencePiece's random seed (deterministic output for a seed)
+  uint64_t seed = 1;                      // the sampling seed (deterministic output for a seed)
   int threads = 0;                        // 0 = all cores
 };
 
 // Trains a SentencePiece model with byte fallback, full character coverage, split digits, identity
 // normalization and whitespace kept as is (see the top of this file), ids 0/1/2 = <unk>/<s>/</s>.
 // Empty lines are skipped; when the input has more than input_sentence_size non-empty lines, that
-// many are sampled uniformly with `seed` (by ampipe: SentencePiece's own sampler has a fixed seed and
-// its --random_seed does not reach training). The model records the training options (thread count
-// included) but no file names, so the same input lines, options and seed give the same .model
-// bytes on any path. Lines longer than SentencePiece's max_sentence_length (4192 bytes) are skipped
-// by SentencePiece (with a warning on stderr). Refuses bad options and SentencePiece's failures
-// (e.g. a vocabulary too small for the required pieces, or too large for the corpus) with an
-// ampipe::Error naming the flag; on failure no output file is touched.
+// many are sampled uniformly with `seed`. (ampipe samples: SentencePiece's own sampler has a fixed
+// seed, and its --random_seed does not reach training.) The model records the training options but
+// no file names, so the same input lines, options, seed and thread count give the same .model bytes
+// on any path. The thread count is recorded, and unigram's scores depend on it: pin `threads` for a
+// reproducible identity(). Lines longer than SentencePiece's max_sentence_length (4192 bytes) are
+// skipped by SentencePiece, with a warning on stderr. Refuses bad options and SentencePiece's
+// failures (e.g. a vocabulary too small for the required pieces, or too large for the corpus) with
+// an ampipe::Error naming the flag; a failed training touches no output file.
 void train_sentencepiece(const SentencePieceTrainOptions& options);
 
 }  // namespace ampipe

@@ -14,7 +14,9 @@
 #include "model/moe/moe_layer.h"
 #include "test_util.h"
 #include "train/checkpoint.h"
+#include "train/data.h"
 #include "train/distributed.h"
+#include "train/indexed_dataset.h"
 #include "train/safetensors.h"
 #include "train/trainer.h"
 
@@ -133,6 +135,13 @@ std::string shared_dir(const std::string& name) {
     std::string text;
     for (int i = 0; i < 200; ++i) text += "And the LORD spake unto Moses, saying, Speak unto the children of Israel. ";
     std::ofstream(dir + "/corpus.txt") << text;
+    // The same text as an indexed dataset: one document per sentence, byte tokens.
+    IndexedDatasetWriter writer(dir + "/corpus_text_document", IndexedDType::U16);
+    for (int i = 0; i < 400; ++i) {
+      const std::string sentence = i % 2 ? "Speak unto the children of Israel. " : "And the LORD spake unto Moses. ";
+      writer.add_document(byte_encode(sentence + std::to_string(i)));
+    }
+    writer.finalize();
   }
   g_world->barrier();
   return dir;
@@ -156,7 +165,7 @@ TrainOptions small_options(const std::string& dir, bool mixtral = false) {
   o.eval_interval = 6;
   o.eval_iters = 1;
   o.log_interval = 1;
-  o.data_path = dir + "/corpus.txt";
+  o.data_path = {dir + "/corpus.txt"};
   return o;
 }
 
@@ -168,17 +177,29 @@ std::vector<double> losses(const std::string& metrics) {
   return out;
 }
 
-TEST(DataParallel, RRanksWithMicroBatchBTrainLikeOneRankWithRTimesB) {
+// On a text file and on an indexed dataset (samples named by (seed, iteration) alone).
+class DataParallelRanks : public ::testing::TestWithParam<bool> {};
+
+TEST_P(DataParallelRanks, RRanksWithMicroBatchBTrainLikeOneRankWithRTimesB) {
   const int R = g_world->size();
-  const std::string dir = shared_dir("dp");
-  TrainOptions parallel = small_options(dir);
+  const bool indexed = GetParam();
+  const std::string dir = shared_dir(indexed ? "dp_indexed" : "dp");
+  auto small = [&](const std::string& d) {
+    TrainOptions o = small_options(d);
+    if (indexed) {
+      o.data_path = {d + "/corpus_text_document"};
+      o.split = "90,10,0";
+    }
+    return o;
+  };
+  TrainOptions parallel = small(dir);
   parallel.micro_batch_size = 2;
   parallel.save = dir + "/parallel";
   parallel.metrics_file = dir + "/parallel.jsonl";
   TrainResult rp = run_training(parallel, [](const std::string&) {}, g_world.get());
 
   if (g_world->rank() == 0) {  // the single-rank reference, on rank 0 alone
-    TrainOptions single = small_options(dir);
+    TrainOptions single = small(dir);
     single.micro_batch_size = 2 * R;
     single.save = dir + "/single";
     single.metrics_file = dir + "/single.jsonl";
@@ -200,6 +221,11 @@ TEST(DataParallel, RRanksWithMicroBatchBTrainLikeOneRankWithRTimesB) {
   }
   g_world->barrier();
 }
+
+INSTANTIATE_TEST_SUITE_P(Data, DataParallelRanks, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& param) {
+                           return param.param ? std::string("IndexedDataset") : std::string("TextFile");
+                         });
 
 TEST(DataParallel, ParallelResumeReproducesTheUninterruptedRun) {
   const std::string dir = shared_dir("resume");

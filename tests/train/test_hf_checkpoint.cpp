@@ -552,7 +552,7 @@ TEST(HfCheckpoint, EvalAndTrainLoadTheExport) {
   o.train_iters = 3;
   o.eval_iters = 1;
   o.lr.warmup_iters = 0;
-  o.data_path = data;
+  o.data_path = {data};
   o.save = dir + "/ckpt";
   run_training(o, [](const std::string&) {});
   export_hf_checkpoint(dir + "/ckpt", dir + "/hf");

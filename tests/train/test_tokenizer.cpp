@@ -1,7 +1,5 @@
 // Tokenizers: the byte tokenizer, SentencePiece training (bpe, unigram) and exact round trips,
 // deterministic training for a seed, the identity hash, Megatron's vocab padding, and refusals.
-#include "train/tokenizer.h"
-
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -12,13 +10,13 @@
 #include <fstream>
 #include <functional>
 #include <initializer_list>
-#include <iostream>
 #include <random>
 #include <string>
 #include <vector>
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "train/tokenizer.h"
 
 namespace ampipe {
 namespace {
@@ -31,7 +29,6 @@ void expect_error(const std::function<void()>& fn, std::initializer_list<std::st
     fn();
   } catch (const Error& e) {
     std::string message = e.what();
-    std::cerr << "MSG: " << message << "\n";
     for (const std::string& part : parts) {
       EXPECT_NE(message.find(part), std::string::npos) << "'" << part << "' not in: " << message;
     }
@@ -52,13 +49,13 @@ std::string fnv1a64_hex(const std::string& bytes) {
 // runs of spaces and tabs. Deterministic (mt19937_64's raw output is fixed by the standard).
 std::vector<std::string> make_corpus_lines(int count) {
   static const char* const words[] = {
-      "the",      "a",       "of",      "and",     "to",     "in",      "expert",   "experts",  "router",
-      "token",    "tokens",  "layer",   "layers",  "model",  "models",  "training", "pipeline", "gradient",
-      "gradients", "mixture", "sparse",  "dense",   "batch",  "stream",  "memory",   "compute",  "overlap",
-      "forward",  "backward", "loss",   "learning", "rate",  "warmup",  "schedule", "attention", "head",
-      "heads",    "King",    "James",   "said",    "unto",   "them",    "And",      "God",      "light",
-      "darkness", "earth",   "heaven",  "water",   "river",  "mountain", "café",    "naïve",    "Größe",
-      "déjà",     "vu",      "über",    "東京",    "data",   "parallel", "shard",   "rank",     "world"};
+      "the",       "a",        "of",     "and",      "to",    "in",       "expert",   "experts",   "router",
+      "token",     "tokens",   "layer",  "layers",   "model", "models",   "training", "pipeline",  "gradient",
+      "gradients", "mixture",  "sparse", "dense",    "batch", "stream",   "memory",   "compute",   "overlap",
+      "forward",   "backward", "loss",   "learning", "rate",  "warmup",   "schedule", "attention", "head",
+      "heads",     "King",     "James",  "said",     "unto",  "them",     "And",      "God",       "light",
+      "darkness",  "earth",    "heaven", "water",    "river", "mountain", "café",     "naïve",     "Größe",
+      "déjà",      "vu",       "über",   "東京",     "data",  "parallel", "shard",    "rank",      "world"};
   static const char* const punct[] = {".", ",", ";", ":", "!", "?", " -", " (", ")", "\"", "'s"};
   std::mt19937_64 rng(12345);
   auto pick = [&rng](uint64_t n) { return static_cast<size_t>(rng() % n); };
@@ -90,7 +87,7 @@ const std::vector<std::string>& unseen_texts() {
       "   leading and trailing spaces   ",
       "Zebra-quartz 98765!! {json: [1, 2.5e-3]} <tag attr=\"x\"> a|b&c ~`^ @#$% 0x7fff_ffff",
       "tabs\there\t\tand   multiple    spaces\n\nnew lines\r\nCRLF too\n",
-      "Ελληνικά, русский, العربية, 日本語のテキスト, 한국어, emoji 🙂🚀 and ünïcödé",
+      "Ελληνικά, русский, العربية, 日本語, 한국어, 🙂🚀 ünïcödé",
       "\t\n \t",
       "x",
       "1234567890 3.14159 -42 +7 1e10",

@@ -12,6 +12,7 @@
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/evaluate.h"
+#include "train/indexed_dataset.h"
 #include "train/trainer.h"
 
 namespace ampipe {
@@ -51,7 +52,7 @@ TrainOptions tiny_options(const std::string& data) {
   o.eval_interval = 4;
   o.eval_iters = 2;
   o.log_interval = 1;
-  o.data_path = data;
+  o.data_path = {data};
   return o;
 }
 
@@ -65,9 +66,24 @@ std::vector<nlohmann::json> read_metrics(const std::string& path) {
 
 void quiet(const std::string&) {}
 
-TEST(Trainer, ResumeFromCheckpointReproducesTheUninterruptedLossesExactly) {
-  const std::string dir = temp_dir("resume");
-  const std::string data = write_corpus(dir);
+// On a text file, and on an indexed dataset, whose resumed run must continue the same samples.
+class Resume : public ::testing::TestWithParam<bool> {};
+
+TEST_P(Resume, FromCheckpointReproducesTheUninterruptedLossesExactly) {
+  const bool indexed = GetParam();
+  const std::string dir = temp_dir(indexed ? "resume_indexed" : "resume");
+  std::string data = write_corpus(dir);
+  if (indexed) {
+    data = dir + "/corpus_text_document";
+    IndexedDatasetWriter writer(data, IndexedDType::U16);
+    for (int i = 0; i < 300; ++i) writer.add_document(byte_encode("In the beginning " + std::to_string(i) + ". "));
+    writer.finalize();
+  }
+  auto tiny_options = [&](const std::string& d) {
+    TrainOptions o = ::ampipe::tiny_options(d);
+    o.split = "90,10,0";
+    return o;
+  };
 
   TrainOptions full = tiny_options(data);
   full.metrics_file = dir + "/full.jsonl";
@@ -97,6 +113,10 @@ TEST(Trainer, ResumeFromCheckpointReproducesTheUninterruptedLossesExactly) {
   EXPECT_EQ(uninterrupted.final_val_loss, resumed.final_val_loss);
   EXPECT_EQ(uninterrupted.final_loss, resumed.final_loss);
 }
+
+INSTANTIATE_TEST_SUITE_P(Data, Resume, ::testing::Bool(), [](const ::testing::TestParamInfo<bool>& param) {
+  return param.param ? std::string("IndexedDataset") : std::string("TextFile");
+});
 
 TEST(Trainer, LossFallsAndMetricsHaveTheDocumentedKeys) {
   const std::string dir = temp_dir("learn");
