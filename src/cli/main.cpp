@@ -143,7 +143,7 @@ int run_sample(const std::string& load, const std::string& tokenizer_model, cons
   load_model_weights(load, model);
   const std::unique_ptr<Tokenizer> tokenizer = checkpoint_tokenizer(load, config, tokenizer_model);
   std::vector<int32_t> context = tokenizer->encode(prompt);
-  const std::vector<int32_t> out = generate(model, context, count, temperature, seed);
+  const std::vector<int32_t> out = generate(model, context, count, temperature, seed, tokenizer->vocab_size());
   context.insert(context.end(), out.begin(), out.end());
   print_line(world, tokenizer->decode(context));
   return 0;

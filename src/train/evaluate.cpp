@@ -64,10 +64,14 @@ std::vector<int64_t> consecutive_windows(int64_t data_len, int64_t seq_len) {
 }
 
 std::vector<int32_t> generate(const GptMoe& model, const std::vector<int32_t>& prompt, int64_t count,
-                              double temperature, uint64_t seed) {
+                              double temperature, uint64_t seed, int64_t tokenizer_vocab) {
   AMPIPE_CHECK(!prompt.empty()) << "the prompt must hold at least one token";
   AMPIPE_CHECK(temperature >= 0) << "--temperature must be >= 0, got " << temperature;
-  const int64_t V = model.config().vocab_size;
+  AMPIPE_CHECK(tokenizer_vocab <= model.config().vocab_size)
+      << "the tokenizer's vocabulary " << tokenizer_vocab << " exceeds the model's " << model.config().vocab_size;
+  // Padded ids (beyond the tokenizer's vocabulary) are never drawn.
+  const int64_t V = tokenizer_vocab > 0 ? tokenizer_vocab : model.config().vocab_size;
+  const int64_t row_width = model.config().vocab_size;
   for (int32_t t : prompt)
     AMPIPE_CHECK(t >= 0 && t < V) << "prompt token " << t << " is outside the vocabulary [0, " << V << ")";
   Rng rng(seed);
@@ -77,7 +81,7 @@ std::vector<int32_t> generate(const GptMoe& model, const std::vector<int32_t>& p
     const int64_t n = std::min<int64_t>(static_cast<int64_t>(context.size()), model.config().max_seq_len);
     std::vector<int32_t> window(context.end() - n, context.end());
     Tensor logits = model.logits(Tensor::from_ints({n}, window), 1);
-    const float* row = logits.data<float>() + (n - 1) * V;
+    const float* row = logits.data<float>() + (n - 1) * row_width;
     int32_t next = 0;
     if (temperature == 0) {
       next = static_cast<int32_t>(std::max_element(row, row + V) - row);

@@ -32,8 +32,9 @@ std::vector<int64_t> consecutive_windows(int64_t data_len, int64_t seq_len);
 
 // Continues `prompt` by `count` tokens. temperature 0 picks the most likely token; otherwise
 // samples from softmax(logits / temperature) with a stream seeded by `seed`. The context is the
-// last max_seq_len tokens.
+// last max_seq_len tokens. Only ids below tokenizer_vocab are drawn (0: the model's whole
+// vocabulary), so the padding of a subword vocabulary never reaches the decoder.
 std::vector<int32_t> generate(const GptMoe& model, const std::vector<int32_t>& prompt, int64_t count,
-                              double temperature, uint64_t seed);
+                              double temperature, uint64_t seed, int64_t tokenizer_vocab = 0);
 
 }  // namespace ampipe
