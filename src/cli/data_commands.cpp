@@ -4,6 +4,9 @@
 
 #include <algorithm>
 #include <chrono>
+#include <deque>
+#include <future>
+#include <string_view>
 #include <cstdio>
 #include <fstream>
 #include <memory>
@@ -29,11 +32,11 @@ bool is_json_input(const std::string& path, const std::string& format) {
   return ends(".jsonl") || ends(".json");
 }
 
-// A run of input lines and, once encoded, their documents (one per key).
+// A run of whole input lines and, once encoded, their documents (one list per key).
 struct WorkItem {
   std::string file;
-  int64_t first_line = 0;  // 1-based line number of lines[0]
-  std::vector<std::string> lines;
+  int64_t first_line = 0;  // 1-based line number of the first line
+  std::string text;        // whole lines, each ending in '\n' (but maybe the file's last)
   size_t bytes = 0;
   std::vector<std::vector<std::vector<int32_t>>> documents;  // [key][document] tokens
   std::string error;
@@ -41,9 +44,16 @@ struct WorkItem {
 
 void encode(WorkItem& item, bool json, const PreprocessOptions& o, const Tokenizer& tokenizer) {
   item.documents.assign(o.json_keys.size(), {});
+  std::vector<std::string_view> lines;
+  for (size_t begin = 0; begin < item.text.size();) {
+    const size_t nl = item.text.find('\n', begin);
+    const size_t end = nl == std::string::npos ? item.text.size() : nl;
+    lines.emplace_back(item.text.data() + begin, end - begin);
+    begin = end + 1;
+  }
   try {
-    for (size_t i = 0; i < item.lines.size(); ++i) {
-      const std::string& line = item.lines[i];
+    for (size_t i = 0; i < lines.size(); ++i) {
+      const std::string_view line = lines[i];
       if (!json) {
         if (line.empty()) continue;  // a text file's blank lines separate nothing
         item.documents[0].push_back(tokenizer.encode(line));
@@ -51,7 +61,7 @@ void encode(WorkItem& item, bool json, const PreprocessOptions& o, const Tokeniz
         if (line.find_first_not_of(" \t\r") == std::string::npos) continue;
         nlohmann::json record;
         try {
-          record = nlohmann::json::parse(line);
+          record = nlohmann::json::parse(line.begin(), line.end());
         } catch (const nlohmann::json::exception& e) {
           AMPIPE_CHECK(false) << item.file << ":" << item.first_line + static_cast<int64_t>(i)
                               << ": not a JSON object (" << e.what() << ")";
@@ -70,8 +80,33 @@ void encode(WorkItem& item, bool json, const PreprocessOptions& o, const Tokeniz
   } catch (const std::exception& e) {
     item.error = e.what();
   }
-  item.lines.clear();
-  item.lines.shrink_to_fit();
+  item.text = std::string();
+}
+
+// Reads the next ~kBatchBytes of whole lines of `in` (the rest of a line cut by the read is carried
+// in `carry` to the next item). Returns false at the end of the file.
+bool read_item(std::ifstream& in, std::string& carry, WorkItem& item, int64_t& line_number) {
+  item.text = std::move(carry);
+  carry.clear();
+  bool more = true;
+  size_t last_newline = std::string::npos;
+  // Read on until the item holds at least one whole line (a line may be longer than a batch).
+  while (more && (item.text.size() < kBatchBytes || last_newline == std::string::npos)) {
+    const size_t have = item.text.size();
+    item.text.resize(have + kBatchBytes);
+    in.read(item.text.data() + have, static_cast<std::streamsize>(kBatchBytes));
+    item.text.resize(have + static_cast<size_t>(in.gcount()));
+    more = in.good();
+    last_newline = item.text.rfind('\n');
+  }
+  if (more) {
+    carry.assign(item.text, last_newline + 1);
+    item.text.resize(last_newline + 1);
+  }
+  item.bytes = item.text.size();
+  item.first_line = line_number;
+  line_number += std::count(item.text.begin(), item.text.end(), '\n');
+  return more;
 }
 
 std::string format_eta(double seconds) {
@@ -129,43 +164,40 @@ PreprocessResult preprocess(const PreprocessOptions& o, const std::function<void
                   format_eta(final ? secs : (static_cast<double>(total_bytes) / 1e6 - mb) / std::max(rate, 1e-9)).c_str());
     progress(buf);
   };
-  // Rounds of `workers` items: read them, encode them in parallel, write them in input order.
+  // A pipeline: this thread reads items and writes finished ones in input order while up to
+  // `workers` items encode on their own threads.
+  auto write = [&](WorkItem& item) {
+    AMPIPE_CHECK(item.error.empty()) << item.error;
+    for (size_t k = 0; k < writers.size(); ++k)
+      for (const std::vector<int32_t>& doc : item.documents[k]) {
+        writers[k]->add_document(doc);
+        result.tokens += static_cast<int64_t>(doc.size());
+      }
+    result.documents += static_cast<int64_t>(item.documents[0].size());
+    result.input_bytes += static_cast<int64_t>(item.bytes);
+    report(false);
+  };
   for (const std::string& path : o.inputs) {
     const bool json = is_json_input(path, o.format);
     std::ifstream in(path, std::ios::binary);
+    std::string carry;
     int64_t line_number = 1;
     bool more = true;
-    while (more) {
-      std::vector<WorkItem> round(static_cast<size_t>(workers));
-      size_t used = 0;
-      for (; used < round.size() && more; ++used) {
-        WorkItem& item = round[used];
+    std::deque<std::future<WorkItem>> in_flight;
+    while (more || !in_flight.empty()) {
+      while (more && in_flight.size() < static_cast<size_t>(workers)) {
+        WorkItem item;
         item.file = path;
-        item.first_line = line_number;
-        std::string line;
-        while (item.bytes < kBatchBytes && std::getline(in, line)) {
-          item.bytes += line.size() + 1;
-          item.lines.push_back(std::move(line));
-          ++line_number;
-        }
-        if (item.bytes < kBatchBytes) more = false;
+        more = read_item(in, carry, item, line_number);
+        AMPIPE_CHECK(!in.bad()) << "error reading --input '" << path << "'";
+        in_flight.push_back(std::async(std::launch::async, [&o, &tokenizer, json, item = std::move(item)]() mutable {
+          encode(item, json, o, *tokenizer);
+          return std::move(item);
+        }));
       }
-      AMPIPE_CHECK(!in.bad()) << "error reading --input '" << path << "'";
-      std::vector<std::thread> threads;
-      for (size_t i = 1; i < used; ++i) threads.emplace_back([&, i] { encode(round[i], json, o, *tokenizer); });
-      if (used > 0) encode(round[0], json, o, *tokenizer);
-      for (std::thread& t : threads) t.join();
-      for (size_t i = 0; i < used; ++i) {
-        AMPIPE_CHECK(round[i].error.empty()) << round[i].error;
-        for (size_t k = 0; k < writers.size(); ++k)
-          for (const std::vector<int32_t>& doc : round[i].documents[k]) {
-            writers[k]->add_document(doc);
-            result.tokens += static_cast<int64_t>(doc.size());
-          }
-        result.documents += static_cast<int64_t>(round[i].documents[0].size());
-        result.input_bytes += static_cast<int64_t>(round[i].bytes);
-      }
-      report(false);
+      WorkItem done = in_flight.front().get();
+      in_flight.pop_front();
+      write(done);
     }
   }
   for (auto& w : writers) w->finalize();

@@ -152,7 +152,6 @@ int run_sample(const std::string& load, const std::string& tokenizer_model, cons
 }  // namespace
 
 int main(int argc, char** argv) {
-  ampipe::retain_freed_memory();
   CLI::App app{"ampipe: train Mixture-of-Experts GPT models with intra-block pipelining"};
   app.require_subcommand(1);
   // A flag given twice takes its last value, so a script's defaults can be overridden by appending.
@@ -304,6 +303,9 @@ int main(int argc, char** argv) {
   add_tokenizer_command(app, tokenizer_options, &tokenizer_train);
 
   CLI11_PARSE(app, argc, argv);
+  // The engine's commands keep freed memory in one heap (core/memory.h); the corpus commands run
+  // many small allocations on many threads, which one heap would serialise.
+  if (!preprocess_cmd->parsed() && !tokenizer_train->parsed() && !export_cmd->parsed()) ampipe::retain_freed_memory();
   std::unique_ptr<Communicator> world;
   try {
     // Under mpirun / srun this is the MPI world; otherwise this process alone.
