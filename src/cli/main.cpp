@@ -18,6 +18,7 @@
 #include "core/parallel.h"
 #include "kernels/gemm.h"
 #include "train/checkpoint.h"
+#include "train/corpus.h"
 #include "train/data.h"
 #include "cli/model_flags.h"
 #include "train/distributed.h"
@@ -117,7 +118,7 @@ int run_eval(const std::string& load, const std::string& data_path, const std::s
   load_model_weights(load, model);
   const std::unique_ptr<Tokenizer> tokenizer = checkpoint_tokenizer(load, config, tokenizer_model);
   const std::string text = byte_decode(load_tokens(data_path));
-  const std::vector<int32_t> tokens = tokenizer->encode(text);
+  const std::vector<int32_t> tokens = encode_text(*tokenizer, text);
   std::vector<int64_t> offsets = consecutive_windows(static_cast<int64_t>(tokens.size()), N);
   AMPIPE_CHECK(!offsets.empty()) << "data file '" << data_path << "' has " << tokens.size()
                                  << " tokens, shorter than one window of seq-length + 1 = " << N + 1;

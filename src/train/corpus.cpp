@@ -24,9 +24,8 @@ std::string read_text(const std::string& path) {
   return text;
 }
 
-// The text's tokens, line by line (each line with its newline), lines encoded in parallel: a subword
-// tokenizer is slow and memory-hungry on one multi-megabyte string. For the byte tokenizer this is
-// exactly the whole text's encoding.
+}  // namespace
+
 std::vector<int32_t> encode_text(const Tokenizer& tokenizer, const std::string& text) {
   std::vector<std::string_view> lines;
   for (size_t begin = 0; begin < text.size();) {
@@ -50,8 +49,6 @@ std::vector<int32_t> encode_text(const Tokenizer& tokenizer, const std::string& 
   for (const auto& e : encoded) tokens.insert(tokens.end(), e.begin(), e.end());
   return tokens;
 }
-
-}  // namespace
 
 bool TrainingCorpus::is_indexed_prefix(const std::string& path) {
   return std::filesystem::exists(indexed_bin_path(path)) && std::filesystem::exists(indexed_idx_path(path));

@@ -21,6 +21,11 @@
 
 namespace ampipe {
 
+// A text's tokens, line by line (each line with its newline), the lines encoded on every core: a
+// subword tokenizer is slow and memory-hungry on one multi-megabyte string. For the byte tokenizer
+// this is exactly the whole text's encoding.
+std::vector<int32_t> encode_text(const Tokenizer& tokenizer, const std::string& text);
+
 struct CorpusOptions {
   std::vector<std::string> data_path;  // one text file or prefix, or pairs "WEIGHT PREFIX"
   std::string split = "969,30,1";      // indexed datasets: train,validation,test by documents
