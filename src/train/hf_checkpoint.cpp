@@ -374,14 +374,12 @@ std::string hf_export_refusal(const ModelConfig& c) {
   return s.str();
 }
 
-HfExportResult export_hf_checkpoint(const GptMoe& model, const std::string& out_dir,
-                                    const HfExportOptions& options) {
-  const ModelConfig& c = model.config();
-  const std::string refusal = hf_export_refusal(c);
-  AMPIPE_CHECK(refusal.empty()) << "cannot export to the Hugging Face Mixtral layout: " << refusal;
-  AMPIPE_CHECK(options.max_shard_bytes >= 1) << "the shard size limit must be at least 1 byte";
+namespace {
 
-  // The tensors, in transformers' order, as views of the model's parameters.
+// The model's tensors under their Hugging Face names, in transformers' order, as views of the
+// parameters (one expert's slice of the stacked expert tensors each).
+std::vector<std::pair<std::string, Tensor>> hf_tensors(const GptMoe& model) {
+  const ModelConfig& c = model.config();
   std::map<std::string, const Parameter*> by_name;
   for (const Parameter& p : model.params().all()) by_name[p.name] = &p;
   std::set<std::string> unused;
@@ -408,13 +406,18 @@ HfExportResult export_hf_checkpoint(const GptMoe& model, const std::string& out_
   }
   AMPIPE_CHECK(unused.empty()) << "the model's parameter '" << *unused.begin()
                                << "' has no counterpart in the Hugging Face Mixtral layout";
+  return tensors;
+}
 
-  // Shards: consecutive tensors up to the limit (a larger tensor alone), as transformers cuts them.
+// Shards: consecutive tensors up to the limit (a larger tensor alone), as transformers cuts them.
+std::vector<std::vector<size_t>> cut_shards(const std::vector<std::pair<std::string, Tensor>>& tensors,
+                                            uint64_t max_shard_bytes, uint64_t& total) {
   std::vector<std::vector<size_t>> shards;
-  uint64_t shard_bytes = 0, total = 0;
+  uint64_t shard_bytes = 0;
+  total = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const uint64_t bytes = numel(tensors[i].second.shape()) * sizeof(float);
-    if (shards.empty() || (!shards.back().empty() && shard_bytes + bytes > options.max_shard_bytes)) {
+    if (shards.empty() || (!shards.back().empty() && shard_bytes + bytes > max_shard_bytes)) {
       shards.emplace_back();
       shard_bytes = 0;
     }
@@ -422,9 +425,12 @@ HfExportResult export_hf_checkpoint(const GptMoe& model, const std::string& out_
     shard_bytes += bytes;
     total += bytes;
   }
+  return shards;
+}
 
-  // The output directory: never over an ampipe checkpoint; a previous export is replaced, and its
-  // config.json goes first so the directory does not look complete until the new one is written.
+// The output directory: never over an ampipe checkpoint; a previous export is replaced, and its
+// config.json goes first so the directory does not look complete until the new one is written.
+void prepare_export_directory(const std::string& out_dir) {
   std::error_code ec;
   fs::create_directories(out_dir, ec);
   AMPIPE_CHECK(!ec) << "cannot create directory '" << out_dir << "': " << ec.message();
@@ -443,6 +449,20 @@ HfExportResult export_hf_checkpoint(const GptMoe& model, const std::string& out_
       AMPIPE_CHECK(!ec) << "cannot remove " << entry.path().string() << ": " << ec.message();
     }
   }
+}
+
+}  // namespace
+
+HfExportResult export_hf_checkpoint(const GptMoe& model, const std::string& out_dir,
+                                    const HfExportOptions& options) {
+  const ModelConfig& c = model.config();
+  const std::string refusal = hf_export_refusal(c);
+  AMPIPE_CHECK(refusal.empty()) << "cannot export to the Hugging Face Mixtral layout: " << refusal;
+  AMPIPE_CHECK(options.max_shard_bytes >= 1) << "the shard size limit must be at least 1 byte";
+  const std::vector<std::pair<std::string, Tensor>> tensors = hf_tensors(model);
+  uint64_t total = 0;
+  const std::vector<std::vector<size_t>> shards = cut_shards(tensors, options.max_shard_bytes, total);
+  prepare_export_directory(out_dir);
 
   HfExportResult result;
   result.tensors = static_cast<int64_t>(tensors.size());
@@ -467,9 +487,8 @@ HfExportResult export_hf_checkpoint(const GptMoe& model, const std::string& out_
   if (c.capacity_factor != 0) {
     std::ostringstream w;
     w << "capacity_factor " << c.capacity_factor
-      << ": ampipe drops (token, expert) pairs past each expert's capacity, transformers' Mixtral is "
-         "dropless, "
-         "so its outputs differ wherever ampipe would drop; config.json keeps capacity_factor for ampipe";
+      << ": ampipe drops (token, expert) pairs past each expert's capacity, transformers' Mixtral is dropless, so "
+         "its outputs differ wherever ampipe would drop; config.json keeps capacity_factor for ampipe";
     result.warnings.push_back(w.str());
   }
   return result;
