@@ -11,10 +11,10 @@
 // the counts exchange (all_to_all of one int64 per rank) and barrier(), which is exactly the MPI
 // backend's per-call agreement round. Prints a human line and a JSON line per case (rank 0 only).
 // Without mpirun it runs on the self communicator (a copy).
+#include <CLI/CLI.hpp>
 #include <algorithm>
 #include <chrono>
 #include <cstdio>
-#include <cstdlib>
 #include <functional>
 #include <nlohmann/json.hpp>
 #include <string>
@@ -53,24 +53,28 @@ int main(int argc, char** argv) {
   int repeats = 20;
   int64_t min_bytes = 1024, max_bytes = 64LL << 20;
   std::string label;
-  for (int i = 1; i < argc; ++i) {
-    const std::string arg = argv[i];
-    if ((arg == "--repeats" || arg == "--min-bytes" || arg == "--max-bytes") && i + 1 < argc) {
-      const long long value = std::atoll(argv[++i]);
-      if (value < 1) {
-        std::fprintf(stderr, "bench_all_to_all: %s must be >= 1, got %s\n", arg.c_str(), argv[i]);
-        return 2;
-      }
-      if (arg == "--repeats") repeats = static_cast<int>(value);
-      if (arg == "--min-bytes") min_bytes = value;
-      if (arg == "--max-bytes") max_bytes = value;
-    } else if (arg == "--label" && i + 1 < argc) {
-      label = argv[++i];
-    } else {
-      std::fprintf(stderr,
-                   "usage: bench_all_to_all [--repeats R] [--min-bytes B] [--max-bytes B] [--label TEXT]\n");
-      return 2;
-    }
+  CLI::App app{
+      "bench_all_to_all: all_to_all_v time against message size over the world communicator "
+      "(run under mpirun; alone it uses the self communicator)"};
+  app.add_option("--repeats", repeats,
+                 "Samples per size for the large sizes (small sizes take more, up to 50x); each time is "
+                 "their median after one warm-up")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--min-bytes", min_bytes,
+                 "Smallest bytes sent per rank (in all, over every peer); doubled "
+                 "up to --max-bytes")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--max-bytes", max_bytes, "Largest bytes sent per rank")
+      ->capture_default_str()
+      ->check(CLI::PositiveNumber);
+  app.add_option("--label", label, "Text stored as \"label\" in every JSON line (e.g. the link's name)");
+  CLI11_PARSE(app, argc, argv);
+  if (max_bytes < min_bytes) {
+    std::fprintf(stderr, "bench_all_to_all: --max-bytes (%lld) must be >= --min-bytes (%lld)\n",
+                 static_cast<long long>(max_bytes), static_cast<long long>(min_bytes));
+    return 2;
   }
 
   try {

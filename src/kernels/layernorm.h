@@ -14,8 +14,8 @@ constexpr float kLayerNormEps = 1e-5f;
 void layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor y, Tensor mean,
                        Tensor rstd, float eps = kLayerNormEps);
 
-// dx written; dweight and dbias accumulated (deterministic reduction order for a fixed thread
-// count). Shapes as in the forward; eps is not needed (the saved rstd carries it).
+// dx written; dweight and dbias accumulated (a fixed reduction order: the results do not depend on
+// the thread count). Shapes as in the forward; eps is not needed (the saved rstd carries it).
 void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
                         const Tensor& rstd, Tensor dx, Tensor dweight, Tensor dbias);
 

@@ -76,7 +76,12 @@ TEST_F(Bench, TinyGridWritesATableAndOneJsonObjectPerCase) {
     EXPECT_GT(j["overlap_bound_ms"].get<double>(), 0.0) << j.dump();
     const double eff = j["efficiency"].get<double>();
     EXPECT_GT(eff, 0.0) << j.dump();
-    EXPECT_LE(eff, 1.5) << j.dump();
+    // efficiency = max(compute-stream time, comm-stream time) / wall time (src/cli/bench.cpp). Each
+    // stream runs its slices one at a time inside the timed interval, so in every repeat each sum
+    // is at most the wall time, and so are the medians: above 1 only by clock granularity.
+    EXPECT_LE(eff, 1.05) << j.dump();
+    EXPECT_NEAR(eff, j["overlap_bound_ms"].get<double>() / j["time_ms"].get<double>(), 1e-6 * eff)
+        << j.dump();
     EXPECT_GT(j["speedup_vs_sequential"].get<double>(), 0.0) << j.dump();
     if (j["schedule"] == "sequential") {
       EXPECT_DOUBLE_EQ(j["speedup_vs_sequential"].get<double>(), 1.0) << j.dump();

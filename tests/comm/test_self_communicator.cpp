@@ -13,7 +13,7 @@
 namespace ampipe {
 namespace {
 
-// Runs fn and returns the ampipe::Error message it throws ("" if none).
+// Runs fn and returns the ampipe::Error message it throws ("" and a test failure if none).
 template <class Fn>
 std::string error_of(Fn fn) {
   try {
@@ -21,6 +21,7 @@ std::string error_of(Fn fn) {
   } catch (const Error& e) {
     return e.what();
   }
+  ADD_FAILURE() << "no ampipe::Error was thrown";
   return "";
 }
 

@@ -16,6 +16,7 @@
 #include "kernels/cpu/fast_math.h"
 #include "kernels/gemm.h"
 #include "test_util.h"
+#include "thread_invariance.h"
 
 namespace ampipe::kernels {
 namespace {
@@ -359,23 +360,15 @@ TEST(Attention, ChunkGradientsSumToFullSequenceGradients) {
   expect_close(dq, to_double(f.dq), 1e-5, 1e-4, "dq");
 }
 
-TEST(Attention, RepeatedRunsAreBitwiseIdentical) {
-  auto run = [] {
+// Bitwise identical across repeated runs and at 1, 2 and 3 threads (every task owns disjoint output
+// elements and sums in a fixed order; see kernels/cpu/attention.cpp).
+TEST(Attention, RepeatedRunsAndThreadCountsAreBitwiseIdentical) {
+  ampipe::testing::expect_bitwise_identical_runs([] {
     const FullSequence f = full_sequence(2, 4, 32, 333, 101);
     std::vector<float> all;
-    for (const Tensor* t : {&f.out, &f.lse, &f.dq, &f.dk, &f.dv}) {
-      std::vector<float> values = t->to_vector();
-      all.insert(all.end(), values.begin(), values.end());
-    }
+    for (const Tensor* t : {&f.out, &f.lse, &f.dq, &f.dk, &f.dv}) ampipe::testing::append_values(all, *t);
     return all;
-  };
-  const std::vector<float> first = run();
-  for (int repeat = 0; repeat < 3; ++repeat) {
-    const std::vector<float> again = run();
-    ASSERT_EQ(first.size(), again.size());
-    EXPECT_EQ(std::memcmp(first.data(), again.data(), first.size() * sizeof(float)), 0)
-        << "repeat " << repeat << " at " << num_threads() << " threads";
-  }
+  });
 }
 
 // The softmax's exponential: within 2 ulp of exp2 / exp over the float range, exactly 0 far below

@@ -8,6 +8,7 @@
 #include "core/random.h"
 #include "kernels/permute.h"
 #include "test_util.h"
+#include "thread_invariance.h"
 
 namespace ampipe::kernels {
 namespace {
@@ -356,8 +357,8 @@ TEST(Permute, ShapeMismatchThrows) {
   EXPECT_THROW(permute_forward(Tensor::zeros({3, 5}), DispatchPlan{}, Tensor::empty({3, 5})), Error);
 }
 
-TEST(Permute, RepeatedRunsAreBitwiseIdenticalWithTwoThreads) {
-  set_num_threads(2);
+// Bitwise identical across repeated runs and at 1, 2 and 3 threads.
+TEST(Permute, RepeatedRunsAndThreadCountsAreBitwiseIdentical) {
   const int64_t tokens = 1000, width = 65;
   const int k = 2;
   Tensor index = random_expert_index(tokens, k, 8, 1);
@@ -367,8 +368,7 @@ TEST(Permute, RepeatedRunsAreBitwiseIdenticalWithTwoThreads) {
   Tensor y = random_tensor({slots, width}, 3);
   Tensor gate = random_tensor({tokens, k}, 4);
   Tensor dout = random_tensor({tokens, width}, 5);
-  std::vector<std::vector<float>> runs;
-  for (int run = 0; run < 2; ++run) {
+  ampipe::testing::expect_bitwise_identical_runs([&] {
     Tensor permuted = Tensor::empty({slots, width});
     permute_forward(x, plan, permuted);
     Tensor dx = Tensor::empty({tokens, width});
@@ -379,13 +379,9 @@ TEST(Permute, RepeatedRunsAreBitwiseIdenticalWithTwoThreads) {
     Tensor dgate = Tensor::empty({tokens, k});
     unpermute_backward(dout, y, plan, gate, dy, dgate);
     std::vector<float> all;
-    for (const Tensor& t : {permuted, dx, out, dy, dgate}) {
-      const std::vector<float> v = t.to_vector();
-      all.insert(all.end(), v.begin(), v.end());
-    }
-    runs.push_back(all);
-  }
-  EXPECT_EQ(0, std::memcmp(runs[0].data(), runs[1].data(), runs[0].size() * sizeof(float)));
+    for (const Tensor& t : {permuted, dx, out, dy, dgate}) ampipe::testing::append_values(all, t);
+    return all;
+  });
 }
 
 }  // namespace

@@ -75,7 +75,7 @@ void write_json_file(const std::string& path, const nlohmann::json& j) {
   write_file_atomically(path, j.dump(2));
 }
 
-// Runs fn and returns the ampipe::Error message it throws ("" if none).
+// Runs fn and returns the ampipe::Error message it throws ("" and a test failure if none).
 template <class Fn>
 std::string error_of(Fn fn) {
   try {
@@ -83,6 +83,7 @@ std::string error_of(Fn fn) {
   } catch (const Error& e) {
     return e.what();
   }
+  ADD_FAILURE() << "no ampipe::Error was thrown";
   return "";
 }
 
