@@ -5,6 +5,7 @@
 
 #include "comm/communicator.h"
 #include "core/error.h"
+#include "train/checkpoint.h"
 #include "train/hf_checkpoint.h"
 
 namespace ampipe {
@@ -13,7 +14,11 @@ CLI::App* add_export_command(CLI::App& app, ExportOptions& o) {
   CLI::App* cmd = app.add_subcommand(
       "export",
       "Write a Mixtral-family checkpoint in the Hugging Face layout (transformers' MixtralForCausalLM)");
-  cmd->add_option("--load", o.load, "Checkpoint directory to export (written by train --save)")->required();
+  cmd->add_option("--load", o.load,
+                  "Checkpoint to export: a train --save root (its latest iteration), an iteration directory or a "
+                  "single-checkpoint directory")
+      ->required();
+  cmd->add_option("--ckpt-step", o.ckpt_step, "With a --save root: export ROOT/iter_<N> instead of the latest");
   cmd->add_option("--save", o.save, "Output directory (created; a previous export there is replaced)")
       ->required();
   cmd->add_option(
@@ -29,7 +34,7 @@ int run_export(const ExportOptions& o, Communicator& world) {
                                   << world.size() << " ranks";
   HfExportOptions options;
   options.max_shard_bytes = parse_byte_size(o.max_shard_size, "--max-shard-size");
-  const HfExportResult r = export_hf_checkpoint(o.load, o.save, options);
+  const HfExportResult r = export_hf_checkpoint(checkpoint_to_read(o.load, o.ckpt_step), o.save, options);
   for (const std::string& w : r.warnings) std::fprintf(stderr, "ampipe: warning: %s\n", w.c_str());
   std::printf("ampipe export: %lld tensors, %llu bytes in %zu file(s)%s to %s\n",
               static_cast<long long>(r.tensors), static_cast<unsigned long long>(r.total_bytes),

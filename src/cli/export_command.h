@@ -7,6 +7,7 @@
 // The import direction needs no command: --load of train, eval and sample accepts such a directory.
 #pragma once
 
+#include <cstdint>
 #include <string>
 
 namespace CLI {
@@ -20,6 +21,7 @@ class Communicator;
 struct ExportOptions {
   std::string load;                    // ampipe checkpoint directory (a Hugging Face one works too)
   std::string save;                    // output directory
+  int64_t ckpt_step = -1;              // with a train --save root: iter_<N> instead of the latest
   std::string max_shard_size = "5GB";  // bytes, or a number with a unit (500MB, 5GB, 2GiB)
 };
 

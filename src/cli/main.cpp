@@ -4,6 +4,7 @@
 // one line on stderr ("ampipe: error: ...") and exit status 1. Bad flags exit with CLI11's status.
 #include <CLI/CLI.hpp>
 
+#include <csignal>
 #include <cstdio>
 #include <iostream>
 #include <nlohmann/json.hpp>
@@ -69,6 +70,12 @@ int run_train(TrainOptions& o, CLI::App& cmd, const FamilyFlags& family, int thr
   set_threads(threads);
   apply_family_flags(family, o.model);
   o.model.validate();
+  if (!o.load.empty()) {  // a root of iteration checkpoints -> the latest (or --ckpt-step's) directory
+    const CheckpointLocation where = locate_checkpoint(o.load, o.ckpt_step);
+    if (!where.notice.empty()) print_line(world, "ampipe train: " + where.notice);
+    o.load = where.path;
+    o.ckpt_step = -1;
+  }
   if (!o.load.empty()) {
     // Flags not given on the command line take the checkpoint's values; given ones must match.
     ModelConfig stored = read_checkpoint_config(o.load);
@@ -104,11 +111,12 @@ int run_train(TrainOptions& o, CLI::App& cmd, const FamilyFlags& family, int thr
   return 0;
 }
 
-int run_eval(const std::string& load, const std::string& data_path, const std::string& tokenizer_model,
+int run_eval(std::string load, int64_t step, const std::string& data_path, const std::string& tokenizer_model,
              int64_t seq_length, int64_t batch, int threads, Communicator& world) {
   set_threads(threads);
   AMPIPE_CHECK(!load.empty()) << "eval needs --load DIR (a checkpoint written by train --save)";
   AMPIPE_CHECK(batch >= 1) << "--micro-batch-size must be at least 1, got " << batch;
+  load = checkpoint_to_read(load, step);
   ModelConfig config = read_checkpoint_config(load);
   const int64_t N = seq_length > 0 ? seq_length : config.max_seq_len;
   AMPIPE_CHECK(N <= config.max_seq_len) << "--seq-length " << N << " exceeds the checkpoint's max_seq_len "
@@ -132,11 +140,12 @@ int run_eval(const std::string& load, const std::string& data_path, const std::s
   return 0;
 }
 
-int run_sample(const std::string& load, const std::string& tokenizer_model, const std::string& prompt, int64_t count,
+int run_sample(std::string load, int64_t step, const std::string& tokenizer_model, const std::string& prompt, int64_t count,
                double temperature, uint64_t seed, int threads, Communicator& world) {
   set_threads(threads);
   AMPIPE_CHECK(!load.empty()) << "sample needs --load DIR (a checkpoint written by train --save)";
   AMPIPE_CHECK(count >= 0) << "--tokens must be >= 0, got " << count;
+  load = checkpoint_to_read(load, step);
   // Every rank generates the same text (the same seed), so their expert all-to-alls match.
   ModelConfig config = read_checkpoint_config(load);
   TrainingGroups groups = make_training_groups(world, 0, config.num_experts);
@@ -186,10 +195,28 @@ int main(int argc, char** argv) {
   train->add_option("--eval-iters", t.eval_iters, "Validation batches per evaluation")->capture_default_str();
   train->add_option("--log-interval", t.log_interval, "Print a progress line every N iterations")
       ->capture_default_str();
-  train->add_option("--save", t.save, "Checkpoint directory to write (model.safetensors + optimizer state)");
+  train->add_option("--save", t.save,
+                    "Checkpoint root to write, laid out as Megatron-LM's: DIR/iter_0000500/ (model.safetensors, "
+                    "optimizer.safetensors with the data position, tokenizer.model) and "
+                    "DIR/latest_checkpointed_iteration.txt, each save crash-consistent (docs/USAGE.md)");
   train->add_option("--save-interval", t.save_interval, "Save every N iterations (and at the end); 0 = end only")
       ->capture_default_str();
-  train->add_option("--load", t.load, "Resume training from this checkpoint directory");
+  train->add_option("--load", t.load,
+                    "Resume from this checkpoint: a --save root (its latest_checkpointed_iteration.txt, or "
+                    "--ckpt-step), a single-checkpoint or iteration directory, or a Hugging Face directory "
+                    "(weights only). A root with no checkpoint yet (missing, empty) starts from scratch with a "
+                    "notice, so '--save DIR --load DIR' restarts a job where it left off");
+  train->add_option("--ckpt-step", t.ckpt_step,
+                    "With --load ROOT: resume from ROOT/iter_<N> instead of the latest (Megatron's flag)");
+  train->add_option("--ckpt-keep", t.ckpt_keep,
+                    "Keep the newest K complete iteration directories under --save, deleting older ones after "
+                    "each successful save; 0 = keep all (ampipe's own flag; Megatron-LM has no equivalent)")
+      ->capture_default_str();
+  train->add_option("--exit-on-save-failure", t.exit_on_save_failure,
+                    "true: a failed save (full disk, I/O error) ends the job with the error; false: log a warning, "
+                    "keep training and retry at the next save. Either way the previous checkpoint stays intact "
+                    "and latest (ampipe's own flag)")
+      ->capture_default_str();
   train->add_option("--exit-interval", t.exit_interval,
                     "Stop after an iteration divisible by N, saving a checkpoint first if --save is set; 0 = never")
       ->capture_default_str();
@@ -261,7 +288,12 @@ int main(int argc, char** argv) {
   int eval_threads = default_threads;
   CLI::App* eval = app.add_subcommand(
       "eval", "Evaluate a checkpoint's mean loss per token over a whole text file; prints one JSON line");
-  eval->add_option("--load", eval_load, "Checkpoint directory")->required();
+  int64_t eval_step = -1, sample_step = -1;
+  eval->add_option("--load", eval_load,
+                   "Checkpoint directory: a train --save root (its latest iteration), an iteration directory, a "
+                   "single-checkpoint or Hugging Face directory")
+      ->required();
+  eval->add_option("--ckpt-step", eval_step, "With a --save root: read ROOT/iter_<N> instead of the latest");
   eval->add_option("--data-path", eval_data, "Text file to evaluate (all of it), tokenized by the checkpoint's tokenizer")
       ->capture_default_str();
   std::string eval_tokenizer;
@@ -280,7 +312,11 @@ int main(int argc, char** argv) {
   uint64_t sample_seed = 1;
   int sample_threads = default_threads;
   CLI::App* sample = app.add_subcommand("sample", "Continue a prompt with a trained checkpoint");
-  sample->add_option("--load", sample_load, "Checkpoint directory")->required();
+  sample->add_option("--load", sample_load,
+                     "Checkpoint directory: a train --save root (its latest iteration), an iteration directory, a "
+                     "single-checkpoint or Hugging Face directory")
+      ->required();
+  sample->add_option("--ckpt-step", sample_step, "With a --save root: read ROOT/iter_<N> instead of the latest");
   sample->add_option("--prompt", prompt, "Text to continue");
   std::string sample_tokenizer;
   sample->add_option("--tokenizer-model", sample_tokenizer,
@@ -304,6 +340,9 @@ int main(int argc, char** argv) {
   add_tokenizer_command(app, tokenizer_options, &tokenizer_train);
 
   CLI11_PARSE(app, argc, argv);
+  // A file-size limit (ulimit -f) makes a write fail with EFBIG, reported as an error (a failed
+  // save leaves the previous checkpoint intact), instead of killing the process with SIGXFSZ.
+  std::signal(SIGXFSZ, SIG_IGN);
   // The engine's commands keep freed memory in one heap (core/memory.h); the corpus commands run
   // many small allocations on many threads, which one heap would serialise.
   if (!preprocess_cmd->parsed() && !tokenizer_train->parsed() && !export_cmd->parsed()) ampipe::retain_freed_memory();
@@ -326,9 +365,9 @@ int main(int argc, char** argv) {
       return run_train(t, *train, train_family, train_threads, *world);
     }
     if (eval->parsed())
-      return run_eval(eval_load, eval_data, eval_tokenizer, eval_seq, eval_batch, eval_threads, *world);
+      return run_eval(eval_load, eval_step, eval_data, eval_tokenizer, eval_seq, eval_batch, eval_threads, *world);
     if (sample->parsed())
-      return run_sample(sample_load, sample_tokenizer, prompt, sample_tokens, temperature, sample_seed, sample_threads,
+      return run_sample(sample_load, sample_step, sample_tokenizer, prompt, sample_tokens, temperature, sample_seed, sample_threads,
                         *world);
     if (bench->parsed()) return run_bench(bench_options, *world);
     if (plan->parsed()) return run_plan(plan_options, *world);

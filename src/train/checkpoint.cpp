@@ -1,5 +1,12 @@
 #include "train/checkpoint.h"
 
+#include <fcntl.h>
+#include <unistd.h>
+
+#include <algorithm>
+#include <cerrno>
+#include <cstdio>
+#include <cstring>
 #include <filesystem>
 #include <set>
 
@@ -17,6 +24,8 @@ static std::string model_path(const std::string& dir) {
 static std::string optimizer_path(const std::string& dir) {
   return (fs::path(dir) / "optimizer.safetensors").string();
 }
+
+static std::string files_dir(const std::string& dir);
 
 // The whole [E, ...] tensor of an expert parameter (gathered over the expert group), else `local`.
 static Tensor gathered(const Parameter& p, const Tensor& local, const TrainingGroups* groups,
@@ -43,8 +52,9 @@ static Shape whole_shape(const Parameter& p, int64_t experts) {
 
 std::string checkpoint_tokenizer_path(const std::string& dir) { return (fs::path(dir) / "tokenizer.model").string(); }
 
-std::unique_ptr<Tokenizer> checkpoint_tokenizer(const std::string& dir, const ModelConfig& config,
+std::unique_ptr<Tokenizer> checkpoint_tokenizer(const std::string& root, const ModelConfig& config,
                                                 const std::string& override_model) {
+  const std::string dir = files_dir(root);
   const std::string& recorded = config.tokenizer;
   if (recorded == "byte" && override_model.empty()) return make_tokenizer("byte", "");
   AMPIPE_CHECK(recorded != "byte") << "'" << dir << "' was trained with the byte-level tokenizer; --tokenizer-model '"
@@ -59,44 +69,257 @@ std::unique_ptr<Tokenizer> checkpoint_tokenizer(const std::string& dir, const Mo
   return tokenizer;
 }
 
-void save_checkpoint(const std::string& dir, const GptMoe& model, const AdamW& optimizer,
-                     const TrainingProgress& progress, const TrainingGroups* groups, const Tokenizer* tokenizer) {
-  const int64_t E = model.config().num_experts;
-  const bool writer = groups == nullptr || groups->rank() == 0;
-  const std::string iteration = std::to_string(progress.iteration);
-
+// The gathered tensors of a save (collective), written by `writer` only.
+struct GatheredState {
   std::vector<std::pair<std::string, Tensor>> weights, moments;
+};
+
+static GatheredState gather_state(const GptMoe& model, const AdamW& optimizer, const TrainingGroups* groups) {
+  const int64_t E = model.config().num_experts;
+  GatheredState g;
   const auto state = optimizer.state_tensors();  // two per parameter, in parameter order
   size_t i = 0;
   for (const Parameter& p : model.params().all()) {
-    weights.emplace_back(p.name, gathered(p, p.value, groups, E));
-    moments.emplace_back(state[2 * i].first, gathered(p, state[2 * i].second, groups, E));
-    moments.emplace_back(state[2 * i + 1].first, gathered(p, state[2 * i + 1].second, groups, E));
+    g.weights.emplace_back(p.name, gathered(p, p.value, groups, E));
+    g.moments.emplace_back(state[2 * i].first, gathered(p, state[2 * i].second, groups, E));
+    g.moments.emplace_back(state[2 * i + 1].first, gathered(p, state[2 * i + 1].second, groups, E));
     ++i;
   }
-  if (writer) {
+  return g;
+}
+
+// Writes the checkpoint files into the existing directory `dir`: optimizer, tokenizer, model last.
+static void write_checkpoint_files(const std::string& dir, const GatheredState& g, const GptMoe& model,
+                                   const AdamW& optimizer, const TrainingProgress& progress,
+                                   const Tokenizer* tokenizer) {
+  const std::string iteration = std::to_string(progress.iteration);
+  std::map<std::string, std::string> opt_meta = {{"iteration", iteration},
+                                                 {"optimizer_steps", std::to_string(optimizer.steps_taken())},
+                                                 {"seed", std::to_string(progress.seed)},
+                                                 {"format", "ampipe-optimizer-v1"}};
+  write_safetensors(optimizer_path(dir), g.moments, opt_meta);
+  if (tokenizer != nullptr && !tokenizer->serialized_model().empty())
+    write_file_atomically(checkpoint_tokenizer_path(dir), tokenizer->serialized_model());
+  std::map<std::string, std::string> meta = model.config().to_metadata();
+  meta["iteration"] = iteration;
+  write_safetensors(model_path(dir), g.weights, meta);
+}
+
+static bool is_writer(const TrainingGroups* groups) { return groups == nullptr || groups->rank() == 0; }
+
+void save_checkpoint(const std::string& dir, const GptMoe& model, const AdamW& optimizer,
+                     const TrainingProgress& progress, const TrainingGroups* groups, const Tokenizer* tokenizer) {
+  const GatheredState g = gather_state(model, optimizer, groups);
+  if (is_writer(groups)) {
     std::error_code ec;
     fs::create_directories(dir, ec);
     AMPIPE_CHECK(!ec) << "cannot create checkpoint directory '" << dir << "': " << ec.message();
     AMPIPE_CHECK(!is_hf_checkpoint(dir))
         << "'" << dir << "' holds a Hugging Face checkpoint, whose "
         << "model.safetensors this save would replace; save to another directory";
-    std::map<std::string, std::string> opt_meta = {
-        {"iteration", iteration},
-        {"optimizer_steps", std::to_string(optimizer.steps_taken())},
-        {"seed", std::to_string(progress.seed)},
-        {"format", "ampipe-optimizer-v1"}};
-    write_safetensors(optimizer_path(dir), moments, opt_meta);
-    if (tokenizer != nullptr && !tokenizer->serialized_model().empty())
-      write_file_atomically(checkpoint_tokenizer_path(dir), tokenizer->serialized_model());
-    std::map<std::string, std::string> meta = model.config().to_metadata();
-    meta["iteration"] = iteration;
-    write_safetensors(model_path(dir), weights, meta);
+    write_checkpoint_files(dir, g, model, optimizer, progress, tokenizer);
   }
   if (groups != nullptr) groups->world->barrier();  // the files exist for every rank from here on
 }
 
-ModelConfig read_checkpoint_config(const std::string& dir) {
+std::string iteration_dir_name(int64_t iteration) {
+  char buf[32];
+  std::snprintf(buf, sizeof buf, "iter_%07lld", static_cast<long long>(iteration));
+  return buf;
+}
+
+std::string tracker_path(const std::string& root) {
+  return (fs::path(root) / "latest_checkpointed_iteration.txt").string();
+}
+
+// Makes renames inside `dir` durable. File systems that cannot fsync a directory (EINVAL) are let be.
+static void fsync_directory(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
+  AMPIPE_CHECK(fd >= 0) << "cannot open directory '" << dir << "' to fsync it: " << std::strerror(errno);
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  AMPIPE_CHECK(rc == 0 || err == EINVAL) << "fsync of directory '" << dir << "' failed: " << std::strerror(err);
+}
+
+// The iteration of a name "iter_NNNNNNN" (digits only), else -1.
+static int64_t parse_iteration_name(const std::string& name) {
+  if (name.size() <= 5 || name.compare(0, 5, "iter_") != 0) return -1;
+  const std::string digits = name.substr(5);
+  if (digits.size() > 18 || !std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }))
+    return -1;
+  return std::stoll(digits);
+}
+
+// The iterations of ROOT's iteration directories, ascending.
+static std::vector<int64_t> iteration_dirs(const std::string& root) {
+  std::vector<int64_t> out;
+  std::error_code ec;
+  for (fs::directory_iterator it(root, ec), end; !ec && it != end; it.increment(ec)) {
+    const int64_t n = parse_iteration_name(it->path().filename().string());
+    if (n >= 0 && it->is_directory(ec)) out.push_back(n);
+  }
+  std::sort(out.begin(), out.end());
+  return out;
+}
+
+static std::string iteration_path(const std::string& root, int64_t iteration) {
+  return (fs::path(root) / iteration_dir_name(iteration)).string();
+}
+
+// The writer's part of save_iteration_checkpoint; throws on failure after removing its temporary.
+static void write_iteration(const std::string& root, const GatheredState& g, const GptMoe& model,
+                            const AdamW& optimizer, const TrainingProgress& progress, const Tokenizer* tokenizer,
+                            int64_t keep) {
+  std::error_code ec;
+  fs::create_directories(root, ec);
+  AMPIPE_CHECK(!ec) << "cannot create checkpoint directory '" << root << "': " << ec.message();
+  AMPIPE_CHECK(!is_hf_checkpoint(root) && !fs::exists(model_path(root)))
+      << "'" << root << "' holds a " << (is_hf_checkpoint(root) ? "Hugging Face" : "single-directory")
+      << " checkpoint (model.safetensors at its top); save iteration checkpoints to another directory";
+  const std::string name = iteration_dir_name(progress.iteration);
+  const std::string final_dir = iteration_path(root, progress.iteration);
+  const std::string tmp = final_dir + ".tmp";
+  const std::string old = final_dir + ".old.tmp";
+  // Leftovers of an interrupted save (never named by the tracker).
+  for (const std::string& stale : {tmp, old})
+    if (fs::is_directory(stale, ec)) fs::remove_all(stale, ec);
+  const bool created = fs::create_directory(tmp, ec) && !ec;
+  AMPIPE_CHECK(created) << "cannot create '" << tmp << "': " << (ec ? ec.message() : std::string("something is in the way"));
+  try {
+    write_checkpoint_files(tmp, g, model, optimizer, progress, tokenizer);  // each file fsynced
+    fsync_directory(tmp);
+    if (fs::exists(final_dir, ec)) {  // a re-save of this iteration (after --ckpt-step or a crash)
+      fs::rename(final_dir, old, ec);
+      AMPIPE_CHECK(!ec) << "cannot move the older '" << final_dir << "' aside: " << ec.message();
+    }
+    fs::rename(tmp, final_dir, ec);
+    AMPIPE_CHECK(!ec) << "cannot rename '" << tmp << "' to '" << final_dir << "': " << ec.message();
+    fsync_directory(root);
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove_all(tmp, ignored);
+    throw;
+  }
+  fs::remove_all(old, ec);
+  write_file_atomically(tracker_path(root), std::to_string(progress.iteration));
+  if (keep <= 0) return;
+  // Keep the newest `keep` complete iteration directories at or below this one.
+  std::vector<int64_t> its = iteration_dirs(root);
+  std::reverse(its.begin(), its.end());
+  int64_t kept = 0;
+  for (int64_t n : its) {
+    if (n > progress.iteration) continue;  // a later one from before a rollback: replaced when reached
+    if (kept < keep && checkpoint_problem(iteration_path(root, n)).empty()) {
+      ++kept;
+      continue;
+    }
+    if (kept >= keep) fs::remove_all(iteration_path(root, n), ec);
+  }
+}
+
+void save_iteration_checkpoint(const std::string& root, const GptMoe& model, const AdamW& optimizer,
+                               const TrainingProgress& progress, const TrainingGroups* groups,
+                               const Tokenizer* tokenizer, int64_t keep) {
+  const GatheredState g = gather_state(model, optimizer, groups);
+  std::string failure;
+  if (is_writer(groups)) {
+    try {
+      write_iteration(root, g, model, optimizer, progress, tokenizer, keep);
+    } catch (const std::exception& e) {
+      failure = e.what();
+      if (failure.empty()) failure = "unknown error";
+    }
+  }
+  // Every rank learns the writer's outcome (and the files exist for every rank from here on).
+  if (groups != nullptr && groups->world->size() > 1) groups->world->broadcast_bytes(failure, 0);
+  AMPIPE_CHECK(failure.empty()) << "saving checkpoint " << iteration_dir_name(progress.iteration) << " to '"
+                                << root << "' failed: " << failure
+                                << " (the previous checkpoint is intact and still the latest)";
+}
+
+std::string checkpoint_problem(const std::string& dir) {
+  std::map<std::string, std::string> model_meta, opt_meta;
+  for (const char* name : {"model.safetensors", "optimizer.safetensors"}) {
+    const std::string path = (fs::path(dir) / name).string();
+    if (!fs::exists(path)) return std::string(name) + ": missing";
+    try {
+      (name[0] == 'm' ? model_meta : opt_meta) = read_safetensors_header(path).metadata;
+    } catch (const std::exception& e) {
+      return std::string(name) + ": " + e.what();
+    }
+  }
+  const auto model_it = model_meta.find("iteration"), opt_it = opt_meta.find("iteration");
+  if (model_it == model_meta.end()) return "model.safetensors: no iteration stamp";
+  if (opt_it == opt_meta.end()) return "optimizer.safetensors: no iteration stamp";
+  if (model_it->second != opt_it->second)
+    return "model.safetensors is stamped iteration " + model_it->second + ", optimizer.safetensors " +
+           opt_it->second;
+  const int64_t named = parse_iteration_name(fs::path(dir).filename().string());
+  if (named >= 0 && std::to_string(named) != model_it->second)
+    return "its files are stamped iteration " + model_it->second;
+  const auto tok = model_meta.find("tokenizer");
+  if (tok != model_meta.end() && tok->second != "byte" && !fs::exists(checkpoint_tokenizer_path(dir)))
+    return "tokenizer.model: missing";
+  return "";
+}
+
+// The tracker's iteration; throws on a malformed tracker.
+static int64_t read_tracker(const std::string& root) {
+  const std::string text = read_file(tracker_path(root));
+  size_t b = text.find_first_not_of(" \t\r\n"), e = text.find_last_not_of(" \t\r\n");
+  const std::string digits = b == std::string::npos ? "" : text.substr(b, e - b + 1);
+  AMPIPE_CHECK(!digits.empty() && digits.size() <= 18 &&
+               std::all_of(digits.begin(), digits.end(), [](char c) { return c >= '0' && c <= '9'; }))
+      << tracker_path(root) << " does not hold an iteration number (it holds '" << digits << "')";
+  return std::stoll(digits);
+}
+
+CheckpointLocation locate_checkpoint(const std::string& dir, int64_t step) {
+  std::error_code ec;
+  const bool has_tracker = fs::exists(tracker_path(dir), ec);
+  if (step < 0 && !has_tracker && (fs::exists(model_path(dir), ec) || is_hf_checkpoint(dir))) return {dir, ""};
+  if (step < 0 && !has_tracker) {
+    if (!fs::exists(dir, ec)) return {"", "no checkpoint at '" + dir + "' (it does not exist): starting from scratch"};
+    std::string notice = "no checkpoint in '" + dir + "' (no " + fs::path(tracker_path(dir)).filename().string() +
+                         " and no model.safetensors): starting from scratch";
+    if (!iteration_dirs(dir).empty())
+      notice += " (its iteration directories were never marked complete; --ckpt-step N loads one)";
+    return {"", notice};
+  }
+  const int64_t n = step >= 0 ? step : read_tracker(dir);
+  const std::string path = iteration_path(dir, n);
+  std::string problem = fs::is_directory(path, ec) ? checkpoint_problem(path) : "the directory does not exist";
+  if (problem.empty()) return {path, ""};
+  std::string previous;
+  const std::vector<int64_t> its = iteration_dirs(dir);
+  for (auto it = its.rbegin(); it != its.rend(); ++it) {
+    if (*it >= n || !checkpoint_problem(iteration_path(dir, *it)).empty()) continue;
+    previous = "; the previous complete checkpoint is " + iteration_dir_name(*it) + ": resume with --ckpt-step " +
+               std::to_string(*it);
+    break;
+  }
+  if (previous.empty()) previous = "; there is no earlier complete checkpoint in '" + dir + "'";
+  AMPIPE_CHECK(false) << "checkpoint " << path << " is incomplete (" << problem << ")" << previous;
+  return {};
+}
+
+std::string checkpoint_to_read(const std::string& dir, int64_t step) {
+  CheckpointLocation loc = locate_checkpoint(dir, step);
+  AMPIPE_CHECK(!loc.path.empty()) << "no checkpoint at '" << dir << "' (" << loc.notice.substr(0, loc.notice.find(':'))
+                                  << ")";
+  return loc.path;
+}
+
+// An iteration root's latest checkpoint directory (its tracker's iteration, unverified), else `dir`.
+static std::string files_dir(const std::string& dir) {
+  std::error_code ec;
+  if (fs::exists(model_path(dir), ec) || !fs::exists(tracker_path(dir), ec)) return dir;
+  return iteration_path(dir, read_tracker(dir));
+}
+
+ModelConfig read_checkpoint_config(const std::string& root) {
+  const std::string dir = files_dir(root);
   if (is_hf_checkpoint(dir)) return read_hf_config(dir);
   const std::string path = model_path(dir);
   AMPIPE_CHECK(fs::exists(path)) << "no checkpoint at '" << dir << "' (missing " << path << ")";
@@ -104,7 +327,8 @@ ModelConfig read_checkpoint_config(const std::string& dir) {
   return ModelConfig::from_metadata(file.metadata);
 }
 
-void load_model_weights(const std::string& dir, GptMoe& model) {
+void load_model_weights(const std::string& root, GptMoe& model) {
+  const std::string dir = files_dir(root);
   if (is_hf_checkpoint(dir)) return load_hf_weights(dir, model);
   const std::string path = model_path(dir);
   AMPIPE_CHECK(fs::exists(path)) << "no checkpoint at '" << dir << "' (missing " << path << ")";
@@ -129,9 +353,10 @@ void load_model_weights(const std::string& dir, GptMoe& model) {
                                << "'";
 }
 
-bool has_training_state(const std::string& dir) { return !is_hf_checkpoint(dir); }
+bool has_training_state(const std::string& dir) { return !is_hf_checkpoint(files_dir(dir)); }
 
-TrainingProgress load_training_state(const std::string& dir, const GptMoe& model, AdamW& optimizer) {
+TrainingProgress load_training_state(const std::string& root, const GptMoe& model, AdamW& optimizer) {
+  const std::string dir = files_dir(root);
   AMPIPE_CHECK(has_training_state(dir))
       << "checkpoint '" << dir << "' is a Hugging Face directory: it holds weights but no training state";
   SafetensorsFile model_file = read_safetensors(model_path(dir));

@@ -1,6 +1,13 @@
 // Checkpoints: DIR/model.safetensors (weights, names and config metadata as docs/MODEL.md) and
 // DIR/optimizer.safetensors (AdamW moments, step, and the data position).
 //
+// train --save ROOT lays checkpoints out as Megatron-LM does: ROOT/iter_0000500/ (7-digit iteration,
+// the files above) and ROOT/latest_checkpointed_iteration.txt (the iteration, as text). An iteration
+// directory is written as ROOT/iter_0000500.tmp, every file fsynced, then renamed into place (ROOT
+// fsynced), and only then is the tracker replaced atomically: after a crash at any moment the tracker
+// names a complete checkpoint (the previous one or the new one). save_iteration_checkpoint does this;
+// locate_checkpoint resolves ROOT (the tracker's iteration, or --ckpt-step's) and verifies it.
+//
 // The readers also accept a Hugging Face Mixtral directory (train/hf_checkpoint.h): config.json and
 // model.safetensors or its sharded index, without ampipe's metadata. It holds weights only.
 //
@@ -35,6 +42,36 @@ void save_checkpoint(const std::string& dir, const GptMoe& model, const AdamW& o
                      const TrainingProgress& progress, const TrainingGroups* groups = nullptr,
                      const Tokenizer* tokenizer = nullptr);
 
+// ROOT/iter_NNNNNNN as one iteration checkpoint (the layout above): written under a temporary name,
+// renamed into place, then ROOT/latest_checkpointed_iteration.txt; with keep > 0 the iteration
+// directories older than the newest `keep` complete ones (at or below this iteration) are deleted
+// after the tracker is written. On any failure the temporary directory is removed, the tracker and
+// the previous checkpoints are untouched, and an ampipe::Error is thrown on every rank. Collective.
+void save_iteration_checkpoint(const std::string& root, const GptMoe& model, const AdamW& optimizer,
+                               const TrainingProgress& progress, const TrainingGroups* groups = nullptr,
+                               const Tokenizer* tokenizer = nullptr, int64_t keep = 0);
+
+// "iter_0000500"; ROOT/latest_checkpointed_iteration.txt.
+std::string iteration_dir_name(int64_t iteration);
+std::string tracker_path(const std::string& root);
+
+// Why the checkpoint in DIR (one iteration directory, or a single-checkpoint directory) cannot be
+// resumed from: a missing or unreadable model/optimizer file, mismatched iteration stamps, a missing
+// tokenizer file. Empty when complete. Reads headers only.
+std::string checkpoint_problem(const std::string& dir);
+
+struct CheckpointLocation {
+  std::string path;    // the directory holding model.safetensors (or a Hugging Face one); "" = none yet
+  std::string notice;  // why there is none (starting from scratch), for the log
+};
+// Resolves --load DIR: DIR itself when it holds model.safetensors (a single-checkpoint or iteration
+// directory) or is a Hugging Face directory; else DIR/iter_<step> when step >= 0, else the tracker's
+// iteration. A missing or empty DIR, or one without a tracker, has no checkpoint yet (path ""). A
+// resolved iteration that is incomplete is refused, naming the previous complete one.
+CheckpointLocation locate_checkpoint(const std::string& dir, int64_t step = -1);
+// locate_checkpoint for a reader (eval, sample, export): refuses a DIR without a checkpoint.
+std::string checkpoint_to_read(const std::string& dir, int64_t step = -1);
+
 // DIR/tokenizer.model.
 std::string checkpoint_tokenizer_path(const std::string& dir);
 // The tokenizer a checkpoint's model was trained with (config.tokenizer): byte-level, or the
@@ -43,6 +80,7 @@ std::string checkpoint_tokenizer_path(const std::string& dir);
 std::unique_ptr<Tokenizer> checkpoint_tokenizer(const std::string& dir, const ModelConfig& config,
                                                 const std::string& override_model = "");
 
+// The readers below accept an iteration root too (they read its tracker's iteration).
 // The model config stored in DIR/model.safetensors (validated), or in a Hugging Face DIR's config.json.
 ModelConfig read_checkpoint_config(const std::string& dir);
 // Copies DIR's weights into the model (each rank its own experts' slice); refuses a config that

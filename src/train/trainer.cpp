@@ -41,6 +41,9 @@ static void validate(const TrainOptions& o) {
   AMPIPE_CHECK(o.eval_iters >= 1) << "--eval-iters must be at least 1, got " << o.eval_iters;
   AMPIPE_CHECK(o.log_interval >= 1) << "--log-interval must be at least 1, got " << o.log_interval;
   AMPIPE_CHECK(o.exit_interval >= 0) << "--exit-interval must be >= 0, got " << o.exit_interval;
+  AMPIPE_CHECK(o.ckpt_keep >= 0) << "--ckpt-keep must be >= 0 (0 keeps all), got " << o.ckpt_keep;
+  AMPIPE_CHECK(o.ckpt_step >= -1) << "--ckpt-step must be >= 0, got " << o.ckpt_step;
+  AMPIPE_CHECK(o.ckpt_step < 0 || !o.load.empty()) << "--ckpt-step needs --load";
   AMPIPE_CHECK(o.save_interval >= 0) << "--save-interval must be >= 0, got " << o.save_interval;
   AMPIPE_CHECK(o.lr.lr > 0) << "--lr must be positive, got " << o.lr.lr;
   AMPIPE_CHECK(o.lr.min_lr >= 0 && o.lr.min_lr <= o.lr.lr)
@@ -302,13 +305,19 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   SelfCommunicator self;
   // Every collective goes through the timer, so progress lines can show the communication share.
   TimedCommunicator world(world_in != nullptr ? *world_in : static_cast<Communicator&>(self));
-  const std::unique_ptr<Tokenizer> tokenizer = open_tokenizer(o);
-  check_same_configuration(world, describe(o));
   const int rank = world.rank();
   const int64_t R = world.size();
   auto log = [&](const std::string& line) {
     if (rank == 0) log_line(line);
   };
+  if (!o.load.empty()) {  // a root of iteration checkpoints -> its latest (or --ckpt-step's) directory
+    const CheckpointLocation where = locate_checkpoint(o.load, o.ckpt_step);
+    if (!where.notice.empty()) log(where.notice);
+    o.load = where.path;
+    o.ckpt_step = -1;
+  }
+  const std::unique_ptr<Tokenizer> tokenizer = open_tokenizer(o);
+  check_same_configuration(world, describe(o));
   TrainingGroups groups = make_training_groups(world, o.expert_parallel_size, o.model.num_experts);
   o.lr.decay_iters = o.train_iters;
   const int64_t N = o.model.max_seq_len;
@@ -371,8 +380,15 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
     if (tracing && done - start >= 3) trace.clear();
     const bool exit_now = !last && o.exit_interval > 0 && done % o.exit_interval == 0;
     if (!o.save.empty() && (last || exit_now || (o.save_interval > 0 && done % o.save_interval == 0))) {
-      save_checkpoint(o.save, model, optimizer, TrainingProgress{done, o.seed}, &groups, tokenizer.get());
-      log("saved checkpoint to " + o.save + " at iteration " + std::to_string(done));
+      try {
+        save_iteration_checkpoint(o.save, model, optimizer, TrainingProgress{done, o.seed}, &groups,
+                                  tokenizer.get(), o.ckpt_keep);
+        log("saved checkpoint " + iteration_dir_name(done) + " to " + o.save);
+      } catch (const Error& e) {
+        if (o.exit_on_save_failure) throw;  // every rank throws the same error
+        log(std::string("warning: ") + e.what() + "; training goes on (--exit-on-save-failure false), the next "
+            "save retries");
+      }
     }
     if (exit_now) {
       log("exiting at iteration " + std::to_string(done) + " (--exit-interval " + std::to_string(o.exit_interval) + ")");

@@ -25,7 +25,12 @@ struct TrainOptions {
   int64_t log_interval = 50;
   std::string save;             // checkpoint directory ("" = none)
   int64_t save_interval = 0;    // 0: save only at the end
-  std::string load;             // resume from this checkpoint ("" = fresh start)
+  std::string load;             // resume from this checkpoint ("" = fresh start); a root of iteration
+                                // checkpoints resolves to its latest (train/checkpoint.h); one
+                                // without a checkpoint yet starts from scratch with a notice
+  int64_t ckpt_step = -1;       // with load: resume from iter_<ckpt_step> instead of the latest
+  int64_t ckpt_keep = 0;        // keep the newest K complete iteration directories; 0 = all
+  bool exit_on_save_failure = true;  // a failed save ends the job; else warn and retry at the next save
   int64_t exit_interval = 0;    // stop (after saving) when the iteration is a multiple; 0 = never
   uint64_t seed = 1234;
   // A text file, an indexed dataset prefix, or pairs "WEIGHT PREFIX" (train/corpus.h).

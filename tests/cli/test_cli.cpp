@@ -85,16 +85,16 @@ TEST_F(Cli, BadNumbersAreRefused) {
 TEST_F(Cli, CorruptAndTruncatedCheckpointsAreRefused) {
   RunResult r = run("train " + tiny() + " --train-iters 2 --save " + path("ckpt"));
   ASSERT_EQ(r.status, 0) << r.output;
-  const std::string model = path("ckpt") + "/model.safetensors";
+  const std::string model = path("ckpt") + "/iter_0000002/model.safetensors";
   const auto size = fs::file_size(model);
-  fs::copy(path("ckpt"), path("trunc"));
-  fs::resize_file(path("trunc") + "/model.safetensors", size - 100);
+  fs::copy(path("ckpt"), path("trunc"), fs::copy_options::recursive);
+  fs::resize_file(path("trunc") + "/iter_0000002/model.safetensors", size - 100);
   expect_refused("eval --load " + path("trunc") + " --data-path " + path("corpus.txt"), "model.safetensors");
   expect_refused("train " + tiny() + " --train-iters 4 --load " + path("trunc"), "model.safetensors");
 
-  fs::copy(path("ckpt"), path("corrupt"));
+  fs::copy(path("ckpt"), path("corrupt"), fs::copy_options::recursive);
   {
-    std::fstream f(path("corrupt") + "/model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
+    std::fstream f(path("corrupt") + "/iter_0000002/model.safetensors", std::ios::in | std::ios::out | std::ios::binary);
     f.seekp(12);
     f.write("\x01\x02\x03\x04", 4);  // inside the JSON header
   }
@@ -121,8 +121,8 @@ TEST_F(Cli, TrainEvalSampleEndToEnd) {
   EXPECT_NE(r.output.find("iter     40/40"), std::string::npos) << r.output;
   EXPECT_NE(r.output.find("tok/s"), std::string::npos);
   EXPECT_NE(r.output.find("ETA"), std::string::npos);
-  EXPECT_TRUE(fs::exists(path("ckpt") + "/model.safetensors"));
-  EXPECT_TRUE(fs::exists(path("ckpt") + "/optimizer.safetensors"));
+  EXPECT_TRUE(fs::exists(path("ckpt") + "/iter_0000040/model.safetensors"));
+  EXPECT_TRUE(fs::exists(path("ckpt") + "/iter_0000040/optimizer.safetensors"));
 
   r = run("eval --load " + path("ckpt") + " --data-path " + path("corpus.txt"));
   ASSERT_EQ(r.status, 0) << r.output;

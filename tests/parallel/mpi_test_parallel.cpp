@@ -210,8 +210,8 @@ TEST_P(DataParallelRanks, RRanksWithMicroBatchBTrainLikeOneRankWithRTimesB) {
     for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 2e-5 * (1 + std::abs(b[i]))) << "iteration " << i + 1;
     EXPECT_NEAR(rp.final_val_loss, rs.final_val_loss, 2e-5);
     // Same parameters at the end, every expert included (the parallel checkpoint is gathered).
-    SafetensorsFile fp = read_safetensors(parallel.save + "/model.safetensors");
-    SafetensorsFile fs1 = read_safetensors(single.save + "/model.safetensors");
+    SafetensorsFile fp = read_safetensors(parallel.save + "/iter_0000012/model.safetensors");
+    SafetensorsFile fs1 = read_safetensors(single.save + "/iter_0000012/model.safetensors");
     ASSERT_EQ(fp.tensors.size(), fs1.tensors.size());
     for (const auto& [name, t] : fs1.tensors) {
       ASSERT_TRUE(fp.tensors.count(name)) << name;

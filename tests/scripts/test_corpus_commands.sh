@@ -86,7 +86,7 @@ model=(--num-layers 1 --hidden-size 32 --num-attention-heads 2 --ffn-hidden-size
 must "$work/train.log" "$ampipe" train "${model[@]}" --data-path 0.7 "$work/sp_text_document" 0.3 "$work/sp_title_document" \
   --split 80,20,0 --tokenizer-type SentencePieceTokenizer --tokenizer-model "$work/spm.model" --train-iters 6 \
   --micro-batch-size 4 --eval-iters 2 --threads 2 --save "$work/ckpt"
-[ -f "$work/ckpt/tokenizer.model" ] && cmp -s "$work/ckpt/tokenizer.model" "$work/spm.model" &&
+[ -f "$work/ckpt/iter_0000006/tokenizer.model" ] && cmp -s "$work/ckpt/iter_0000006/tokenizer.model" "$work/spm.model" &&
   pass "trained on a 0.7/0.3 blend; the tokenizer travels with the checkpoint" || fail "no tokenizer.model beside the checkpoint"
 grep -q "vocabulary 384" "$work/train.log" && pass "vocabulary 300 padded to 384 (--make-vocab-size-divisible-by 128)" ||
   fail "vocabulary not padded: $(grep model: "$work/train.log")"

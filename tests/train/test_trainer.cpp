@@ -185,7 +185,7 @@ TEST(Trainer, InconsistentCheckpointPairIsRefused) {
   o.save = dir + "/b";
   run_training(o, quiet);
   // A crash between the two renames: optimizer from one save, model from another.
-  fs::copy_file(dir + "/b/optimizer.safetensors", dir + "/a/optimizer.safetensors",
+  fs::copy_file(dir + "/b/iter_0000003/optimizer.safetensors", dir + "/a/iter_0000002/optimizer.safetensors",
                 fs::copy_options::overwrite_existing);
   TrainOptions r = o;
   r.save = "";
