@@ -19,20 +19,6 @@ namespace {
 // strerror text, thread-safe.
 std::string os_error(int err) { return std::error_code(err, std::generic_category()).message(); }
 
-// Writes all n bytes to fd; returns 0 or the errno of the failure.
-int write_all(int fd, const char* p, size_t n) {
-  while (n > 0) {
-    ssize_t written = ::write(fd, p, n);
-    if (written < 0) {
-      if (errno == EINTR) continue;
-      return errno;
-    }
-    if (written == 0) return EIO;
-    p += written;
-    n -= static_cast<size_t>(written);
-  }
-  return 0;
-}
 
 // An output streambuf over a POSIX file descriptor that remembers the errno of the first failed
 // write, so the caller can report ENOSPC and friends precisely (std::ofstream loses them).
@@ -106,16 +92,38 @@ void write_file_atomically(const std::string& path, const std::function<void(std
     throw;
   }
 
-  // Make the rename itself durable. Some file systems cannot fsync a directory (EINVAL); there is
-  // nothing more to do on those.
+  // Make the rename itself durable.
   std::filesystem::path dir = std::filesystem::path(path).parent_path();
   if (dir.empty()) dir = std::filesystem::path(".");
-  int dir_fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (dir_fd < 0) fail(path, "written, but opening its directory to fsync it failed", errno);
-  int rc = ::fsync(dir_fd);
-  int err = errno;
-  ::close(dir_fd);
-  if (rc != 0 && err != EINVAL) fail(path, "written, but fsync of its directory failed", err);
+  try {
+    fsync_directory(dir.string());
+  } catch (const Error& e) {
+    throw Error("'" + path + "' was written, but " + e.what());
+  }
+}
+
+void fsync_directory(const std::string& dir) {
+  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
+  if (fd < 0) throw Error("cannot open directory '" + dir + "' to fsync it: " + os_error(errno));
+  const int rc = ::fsync(fd);
+  const int err = errno;
+  ::close(fd);
+  if (rc != 0 && err != EINVAL) throw Error("fsync of directory '" + dir + "' failed: " + os_error(err));
+}
+
+int write_all(int fd, const void* data, size_t n) {
+  const char* p = static_cast<const char*>(data);
+  while (n > 0) {
+    const ssize_t written = ::write(fd, p, n);
+    if (written < 0) {
+      if (errno == EINTR) continue;
+      return errno;
+    }
+    if (written == 0) return EIO;
+    p += written;
+    n -= static_cast<size_t>(written);
+  }
+  return 0;
 }
 
 void write_file_atomically(const std::string& path, std::string_view bytes) {

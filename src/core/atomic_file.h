@@ -11,6 +11,7 @@
 // would share the temporary name); distinct paths are fine.
 #pragma once
 
+#include <cstddef>
 #include <functional>
 #include <ostream>
 #include <string>
@@ -23,6 +24,15 @@ namespace ampipe {
 void write_file_atomically(const std::string& path, const std::function<void(std::ostream&)>& write);
 // Same, for contents already in memory.
 void write_file_atomically(const std::string& path, std::string_view bytes);
+
+// Makes the entries of directory `dir` (renames, removals, new files) durable: fsync of the
+// directory. A file system that cannot fsync a directory (EINVAL) is accepted; any other failure
+// throws ampipe::Error naming the directory and the OS error.
+void fsync_directory(const std::string& dir);
+
+// Writes all n bytes to the file descriptor, retrying short writes and EINTR; returns 0, or the
+// errno of the failure (ENOSPC, EFBIG, ...) for the caller to report.
+int write_all(int fd, const void* data, size_t n);
 
 // The whole contents of `path`; throws ampipe::Error naming the path and the OS error if it is
 // missing or unreadable.

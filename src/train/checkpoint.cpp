@@ -132,15 +132,6 @@ std::string tracker_path(const std::string& root) {
   return (fs::path(root) / "latest_checkpointed_iteration.txt").string();
 }
 
-// Makes renames inside `dir` durable. File systems that cannot fsync a directory (EINVAL) are let be.
-static void fsync_directory(const std::string& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY);
-  AMPIPE_CHECK(fd >= 0) << "cannot open directory '" << dir << "' to fsync it: " << std::strerror(errno);
-  const int rc = ::fsync(fd);
-  const int err = errno;
-  ::close(fd);
-  AMPIPE_CHECK(rc == 0 || err == EINVAL) << "fsync of directory '" << dir << "' failed: " << std::strerror(err);
-}
 
 // The iteration of a name "iter_NNNNNNN" (digits only), else -1.
 static int64_t parse_iteration_name(const std::string& name) {

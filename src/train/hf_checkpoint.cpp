@@ -45,15 +45,6 @@ std::string shard_name(size_t i, size_t n) {
   return buf;
 }
 
-// Makes the directory's entries (renames, removals) durable.
-void sync_directory(const std::string& dir) {
-  const int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  AMPIPE_CHECK(fd >= 0) << "cannot open directory '" << dir << "': " << std::strerror(errno);
-  const int rc = ::fsync(fd);
-  const int err = errno;
-  ::close(fd);
-  AMPIPE_CHECK(rc == 0) << "cannot fsync directory '" << dir << "': " << std::strerror(err);
-}
 
 // One tensor of the Hugging Face layout and where it lives in ampipe's model.
 struct HfTensor {
@@ -440,7 +431,7 @@ void prepare_export_directory(const std::string& out_dir) {
   if (fs::exists(join(out_dir, kConfigName))) {
     fs::remove(join(out_dir, kConfigName), ec);
     AMPIPE_CHECK(!ec) << "cannot remove " << join(out_dir, kConfigName) << ": " << ec.message();
-    sync_directory(out_dir);
+    fsync_directory(out_dir);
   }
   for (const auto& entry : fs::directory_iterator(out_dir)) {
     const std::string name = entry.path().filename().string();

@@ -121,29 +121,10 @@ std::string product_text(uint64_t count, uint64_t each) {
   return std::to_string(bytes);
 }
 
-int write_all(int fd, const unsigned char* p, size_t n) {
-  while (n > 0) {
-    ssize_t written = ::write(fd, p, n);
-    if (written < 0) {
-      if (errno == EINTR) continue;
-      return errno;
-    }
-    if (written == 0) return EIO;
-    p += written;
-    n -= static_cast<size_t>(written);
-  }
-  return 0;
-}
-
+// The directory holding `path`, made durable (core/atomic_file.h).
 void fsync_directory_of(const std::string& path) {
   std::filesystem::path dir = std::filesystem::path(path).parent_path();
-  if (dir.empty()) dir = ".";
-  int fd = ::open(dir.c_str(), O_RDONLY | O_DIRECTORY | O_CLOEXEC);
-  if (fd < 0) throw Error("cannot fsync the directory of '" + path + "': " + os_error(errno));
-  int rc = ::fsync(fd);
-  int err = errno;
-  ::close(fd);
-  if (rc != 0 && err != EINVAL) throw Error("cannot fsync the directory of '" + path + "': " + os_error(err));
+  fsync_directory(dir.empty() ? std::string(".") : dir.string());
 }
 
 std::atomic<uint64_t> g_writer_serial{0};
