@@ -1,6 +1,8 @@
 // Process-wide memory policy.
 #pragma once
 
+#include <cstdint>
+
 namespace ampipe {
 
 // Keeps freed tensor memory in the process for reuse instead of returning it to the OS: glibc
@@ -15,5 +17,8 @@ namespace ampipe {
 // 2 ranks (5-10% of its time). tests/core/test_memory.cpp checks the steady state faults nothing.
 // The cost: the resident size stays at the peak. Call once at start-up, before other threads run.
 void retain_freed_memory();
+
+// This process's resident memory in bytes (Linux: /proc/self/statm), or 0 where it cannot be read.
+int64_t resident_bytes();
 
 }  // namespace ampipe

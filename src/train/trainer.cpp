@@ -12,6 +12,7 @@
 #include "comm/self_communicator.h"
 #include "comm/timed_communicator.h"
 #include "core/atomic_file.h"
+#include "core/memory.h"
 #include "core/trace.h"
 #include "model/gpt.h"
 #include "pipeline/streamed_block.h"
@@ -287,7 +288,8 @@ void log_progress(Run& r, std::ofstream& metrics, Window& window, const Step& st
   if (metrics.is_open()) {
     nlohmann::json j = {{"iter", done},       {"loss", step.loss.lm_loss}, {"aux_loss", step.loss.aux_loss},
                         {"lr", step.lr},      {"grad_norm", step.grad_norm}, {"tokens_per_sec", tps},
-                        {"comm_fraction", comm_share}, {"data_fraction", data_share}};
+                        {"comm_fraction", comm_share}, {"data_fraction", data_share},
+                        {"rss_mb", static_cast<double>(resident_bytes()) / (1 << 20)}};
     if (std::isfinite(val)) {
       j["val_loss"] = val;
       if (bytes_per_token > 0) j["val_nats_per_byte"] = val / bytes_per_token;

@@ -118,6 +118,31 @@ INSTANTIATE_TEST_SUITE_P(Data, Resume, ::testing::Bool(), [](const ::testing::Te
   return param.param ? std::string("IndexedDataset") : std::string("TextFile");
 });
 
+// Memory under load: after warm-up, resident memory stays flat over 2000 steps (no growth per
+// step: a leak of even one small activation per step would show as tens of MB).
+TEST(Trainer, ResidentMemoryStaysFlatOverTwoThousandSteps) {
+  const std::string dir = temp_dir("memory");
+  TrainOptions o = tiny_options(write_corpus(dir));
+  o.train_iters = 2000;
+  o.log_interval = 100;
+  o.eval_interval = 500;
+  o.metrics_file = dir + "/metrics.jsonl";
+  run_training(o, quiet);
+  double low = 1e300, high = 0;
+  std::vector<double> seen;
+  for (const nlohmann::json& j : read_metrics(o.metrics_file)) {
+    ASSERT_TRUE(j.contains("rss_mb"));
+    if (j["iter"].get<int64_t>() < 300) continue;  // warm-up: caches fill
+    const double rss = j["rss_mb"].get<double>();
+    seen.push_back(rss);
+    low = std::min(low, rss);
+    high = std::max(high, rss);
+  }
+  ASSERT_GE(seen.size(), 15u);
+  EXPECT_GT(low, 1.0);  // measured at all
+  EXPECT_LT(high - low, 4.0) << "resident memory grew from " << low << " to " << high << " MB after warm-up";
+}
+
 TEST(Trainer, LossFallsAndMetricsHaveTheDocumentedKeys) {
   const std::string dir = temp_dir("learn");
   TrainOptions o = tiny_options(write_corpus(dir));
