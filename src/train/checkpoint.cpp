@@ -7,6 +7,7 @@
 #include <cerrno>
 #include <cstdio>
 #include <cstring>
+#include <cmath>
 #include <filesystem>
 #include <set>
 
@@ -93,6 +94,16 @@ static void write_checkpoint_files(const std::string& dir, const GatheredState& 
                                    const AdamW& optimizer, const TrainingProgress& progress,
                                    const Tokenizer* tokenizer) {
   const std::string iteration = std::to_string(progress.iteration);
+  // Nothing is written from a non-finite state: the previous checkpoint stays the latest.
+  for (const auto* part : {&g.weights, &g.moments})
+    for (const auto& [name, t] : *part) {
+      if (t.dtype() != DType::F32) continue;
+      const Tensor c = t.is_contiguous() ? t : t.clone();
+      const float* v = c.data<float>();
+      for (int64_t i = 0; i < c.numel(); ++i)
+        AMPIPE_CHECK(std::isfinite(v[i])) << "refusing to save iteration " << iteration << ": '" << name
+                                          << "' holds a non-finite value (" << v[i] << ") at element " << i;
+    }
   std::map<std::string, std::string> opt_meta = {{"iteration", iteration},
                                                  {"optimizer_steps", std::to_string(optimizer.steps_taken())},
                                                  {"seed", std::to_string(progress.seed)},

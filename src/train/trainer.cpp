@@ -80,6 +80,16 @@ static void maybe_inject_failure(int rank, int64_t iteration) {
   AMPIPE_CHECK(!now) << "injected failure at iteration " << iteration << " (AMPIPE_INJECT_FAILURE)";
 }
 
+// A test hook: AMPIPE_INJECT_NAN="RANK:ITERATION" makes that rank's loss NaN at that iteration (as
+// a diverging step would), so tests can check the skip / --abort-on-nan paths on every rank.
+static bool inject_nan(int rank, int64_t iteration) {
+  const char* spec = std::getenv("AMPIPE_INJECT_NAN");
+  if (spec == nullptr) return false;
+  int nan_rank = -1;
+  long long nan_iter = -1;
+  return std::sscanf(spec, "%d:%lld", &nan_rank, &nan_iter) == 2 && nan_rank == rank && nan_iter == iteration;
+}
+
 // --pipe-degree auto: the planner's choice for this model on this machine (every rank gets the same
 // profile, so the same choice).
 static std::pair<PlanCandidate, double> plan_block(const TrainOptions& o, int64_t batch,
@@ -216,6 +226,7 @@ Step train_step(Run& r, int64_t it) {
   r.model.params().zero_grad();
   ForwardState state;
   step.loss = r.model.forward(state, batch.tokens, batch.targets, B);
+  if (inject_nan(static_cast<int>(rank), it + 1)) step.loss.lm_loss = step.loss.total = NAN;
   if (r.world.size() > 1) {
     r.world.all_reduce_sum(step.loss.lm_loss);
     step.loss.lm_loss /= static_cast<double>(r.world.size());

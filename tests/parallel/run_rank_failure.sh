@@ -19,3 +19,22 @@ echo "exit status $status after ${elapsed}s"
 if [ "$status" -eq 0 ] || [ "$status" -eq 124 ]; then echo "FAIL: the job did not end with an error"; exit 1; fi
 grep -q "rank 1: error: injected failure at iteration 3" "$dir/out.log" || { echo "FAIL: no message naming rank 1"; exit 1; }
 echo "rank failure ended the job"
+
+# A non-finite loss on one rank only (AMPIPE_INJECT_NAN): the loss is reduced over the ranks, so
+# every rank skips that update and the job finishes; with --abort-on-nan every rank ends, no hang.
+args=(train --num-layers 1 --hidden-size 16 --num-attention-heads 2 --ffn-hidden-size 24 --seq-length 16
+  --moe-num-experts 2 --micro-batch-size 2 --train-iters 6 --eval-iters 1 --log-interval 1 --threads 1
+  --data-path "$dir/corpus.txt")
+AMPIPE_INJECT_NAN=1:3 timeout 60 "${mpiexec[@]}" -x AMPIPE_INJECT_NAN -np 2 "$bin" "${args[@]}" > "$dir/nan.log" 2>&1
+status=$?
+cat "$dir/nan.log"
+[ "$status" -eq 0 ] || { echo "FAIL: a NaN on rank 1 ended the job (status $status) instead of skipping the update"; exit 1; }
+grep -q "skipping this update" "$dir/nan.log" && grep -q "done: 6 iterations" "$dir/nan.log" ||
+  { echo "FAIL: the update at iteration 3 was not skipped, or the job did not finish"; exit 1; }
+AMPIPE_INJECT_NAN=1:3 timeout 60 "${mpiexec[@]}" -x AMPIPE_INJECT_NAN -np 2 "$bin" "${args[@]}" --abort-on-nan \
+  > "$dir/abort.log" 2>&1
+status=$?
+cat "$dir/abort.log"
+if [ "$status" -eq 0 ] || [ "$status" -eq 124 ]; then echo "FAIL: --abort-on-nan did not end the job (status $status)"; exit 1; fi
+grep -q "at iteration 3 (--abort-on-nan)" "$dir/abort.log" || { echo "FAIL: no --abort-on-nan message"; exit 1; }
+echo "a NaN on one rank is skipped on every rank, or ends the job with --abort-on-nan"

@@ -9,6 +9,7 @@
 #include <fstream>
 #include <nlohmann/json.hpp>
 
+#include "core/atomic_file.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
 #include "train/evaluate.h"
@@ -141,6 +142,56 @@ TEST(Trainer, ResidentMemoryStaysFlatOverTwoThousandSteps) {
   ASSERT_GE(seen.size(), 15u);
   EXPECT_GT(low, 1.0);  // measured at all
   EXPECT_LT(high - low, 4.0) << "resident memory grew from " << low << " to " << high << " MB after warm-up";
+}
+
+// A non-finite loss (injected at iteration 3, as a diverging step would give) skips that update
+// and training goes on; with --abort-on-nan the job ends naming the iteration.
+TEST(Trainer, NonFiniteLossSkipsTheUpdateOrAborts) {
+  const std::string dir = temp_dir("nan");
+  TrainOptions o = tiny_options(write_corpus(dir));
+  o.train_iters = 5;
+  o.metrics_file = dir + "/metrics.jsonl";
+  ::setenv("AMPIPE_INJECT_NAN", "0:3", 1);
+  std::vector<std::string> lines;
+  const TrainResult r = run_training(o, [&](const std::string& line) { lines.push_back(line); });
+  EXPECT_EQ(r.iterations, 5);
+  EXPECT_TRUE(std::isfinite(r.final_loss));
+  const std::vector<nlohmann::json> m = read_metrics(o.metrics_file);
+  ASSERT_EQ(m.size(), 5u);
+  EXPECT_TRUE(m[2]["grad_norm"].is_null()) << m[2].dump();  // no update at iteration 3
+  EXPECT_TRUE(m[3]["grad_norm"].is_number()) << m[3].dump();
+  bool warned = false;
+  for (const std::string& line : lines) warned |= line.find("skipping this update") != std::string::npos;
+  EXPECT_TRUE(warned);
+  o.abort_on_nan = true;
+  o.metrics_file.clear();
+  try {
+    run_training(o, quiet);
+    ADD_FAILURE() << "--abort-on-nan did not end the run";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("at iteration 3"), std::string::npos) << e.what();
+  }
+  ::unsetenv("AMPIPE_INJECT_NAN");
+}
+
+// Nothing is written from a non-finite state: a save of a model holding a NaN is refused and the
+// previous checkpoint stays the latest.
+TEST(Trainer, ANonFiniteStateIsNeverSaved) {
+  const std::string dir = temp_dir("nan_save");
+  TrainOptions o = tiny_options(write_corpus(dir));
+  GptMoe model(o.model);
+  model.initialize(1);
+  AdamW optimizer(model.params(), o.adamw);
+  save_iteration_checkpoint(dir + "/ckpt", model, optimizer, TrainingProgress{1, o.seed});
+  model.params().all().front().value.data<float>()[3] = NAN;
+  try {
+    save_iteration_checkpoint(dir + "/ckpt", model, optimizer, TrainingProgress{2, o.seed});
+    ADD_FAILURE() << "a model holding a NaN was saved";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("non-finite"), std::string::npos) << e.what();
+  }
+  EXPECT_EQ(read_file(dir + "/ckpt/latest_checkpointed_iteration.txt").substr(0, 1), "1");
+  EXPECT_FALSE(std::filesystem::exists(dir + "/ckpt/" + iteration_dir_name(2)));
 }
 
 TEST(Trainer, LossFallsAndMetricsHaveTheDocumentedKeys) {
