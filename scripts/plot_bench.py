@@ -13,6 +13,8 @@ import statistics
 import sys
 from collections import OrderedDict
 
+from plot_common import BadInput, is_number, save_png
+
 PROG = "plot_bench.py"
 
 # What a row must have to count as a schedule record of `ampipe bench`.
@@ -26,10 +28,6 @@ REPRICE_KEY = ("seq_length", "hidden_size", "top_k", "schedule", "planned_schedu
                "chunk_policy", "moe_pipe_degree")
 SCHEDULE_COLORS = OrderedDict([("sequential", "tab:gray"), ("moe-pipe", "tab:blue"), ("ampipe", "tab:red"),
                                ("auto", "tab:green")])
-
-
-class BadInput(Exception):
-    pass
 
 
 def note(msg):
@@ -61,10 +59,6 @@ def read_jsonl(path):
     if not rows:
         raise BadInput(f"{path}: empty (no JSON Lines)")
     return rows
-
-
-def is_number(x):
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def load_bench(path):
@@ -264,27 +258,6 @@ def plot_speedup(plt, path, link, rows, out, dpi, multi_link):
     save_png(fig, dest, dpi)
     plt.close(fig)
     return dest
-
-
-def save_png(fig, dest, dpi):
-    """Writes the figure as a PNG, reduced to a 256-colour palette where Pillow is there (a third of
-    the size, no visible change for line art)."""
-    import io
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=dpi, format="png")
-    data = buf.getvalue()
-    try:
-        from PIL import Image
-        img = Image.open(io.BytesIO(data)).convert("RGB")
-        dither = getattr(getattr(Image, "Dither", Image), "NONE", 0)
-        small = io.BytesIO()
-        img.quantize(colors=256, dither=dither).save(small, format="PNG", optimize=True)
-        if small.tell() < len(data):
-            data = small.getvalue()
-    except Exception:  # no Pillow, or it failed: the PNG as Matplotlib wrote it
-        pass
-    with open(dest, "wb") as f:
-        f.write(data)
 
 
 # --- the planner's prediction against the measurement ---

@@ -6,25 +6,17 @@ Needs Matplotlib: on Debian `apt-get install python3-matplotlib` (scripts/setup.
 installs it for /usr/bin/python3; run this script with that Python if the `python3` on PATH lacks it.
 """
 import argparse
-import io
 import json
-import math
 import os
 import sys
+
+from plot_common import BadInput, is_number, save_png
 
 PROG = "plot_metrics.py"
 
 
-class BadInput(Exception):
-    pass
-
-
 def note(msg):
     print(f"{PROG}: {msg}", file=sys.stderr)
-
-
-def is_number(x):
-    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x)
 
 
 def load_metrics(path):
@@ -63,26 +55,6 @@ def load_metrics(path):
     if not points:
         raise BadInput(f"{path}: empty (no JSON Lines)")
     return points
-
-
-def save_png(fig, dest, dpi):
-    """Writes the figure as a PNG, reduced to a 256-colour palette where Pillow is there (a third of
-    the size, no visible change for line art)."""
-    buf = io.BytesIO()
-    fig.savefig(buf, dpi=dpi, format="png")
-    data = buf.getvalue()
-    try:
-        from PIL import Image
-        img = Image.open(io.BytesIO(data)).convert("RGB")
-        dither = getattr(getattr(Image, "Dither", Image), "NONE", 0)
-        small = io.BytesIO()
-        img.quantize(colors=256, dither=dither).save(small, format="PNG", optimize=True)
-        if small.tell() < len(data):
-            data = small.getvalue()
-    except Exception:  # no Pillow, or it failed: the PNG as Matplotlib wrote it
-        pass
-    with open(dest, "wb") as f:
-        f.write(data)
 
 
 def main():

@@ -3,7 +3,11 @@
 
 #include <gtest/gtest.h>
 
+#include <unistd.h>
+
 #include <cmath>
+#include <filesystem>
+#include <string>
 #include <functional>
 #include <vector>
 
@@ -11,6 +15,15 @@
 #include "core/tensor.h"
 
 namespace ampipe::testing {
+
+// A fresh, empty directory TempDir()/ampipe_<name>_<pid> (removed first if it exists).
+inline std::string fresh_temp_dir(const std::string& name) {
+  const std::filesystem::path p =
+      std::filesystem::path(::testing::TempDir()) / ("ampipe_" + name + "_" + std::to_string(::getpid()));
+  std::filesystem::remove_all(p);
+  std::filesystem::create_directories(p);
+  return p.string();
+}
 
 // A float tensor of N(0, scale^2) values from a fixed seed.
 inline Tensor random_tensor(const Shape& shape, uint64_t seed, float scale = 1.0f) {

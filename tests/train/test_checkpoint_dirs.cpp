@@ -16,6 +16,7 @@
 #include "cli_util.h"
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "test_util.h"
 #include "train/checkpoint.h"
 #include "train/safetensors.h"
 #include "train/trainer.h"
@@ -25,12 +26,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string temp_dir(const std::string& name) {
-  fs::path p = fs::path(::testing::TempDir()) / ("ampipe_ckdirs_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p.string();
-}
+std::string temp_dir(const std::string& name) { return testing::fresh_temp_dir("ckdirs_" + name); }
 
 std::string write_corpus(const std::string& dir) {
   std::string text;

@@ -26,12 +26,7 @@ namespace {
 
 namespace fs = std::filesystem;
 
-std::string temp_dir(const std::string& name) {
-  fs::path p = fs::path(::testing::TempDir()) / ("ampipe_hf_" + name + "_" + std::to_string(::getpid()));
-  fs::remove_all(p);
-  fs::create_directories(p);
-  return p.string();
-}
+std::string temp_dir(const std::string& name) { return testing::fresh_temp_dir("hf_" + name); }
 
 // The brief's tiny Mixtral: d=32, h=4, g=2, E=4, f=48, L=2, V=64, S=16.
 ModelConfig tiny_mixtral() {
