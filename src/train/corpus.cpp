@@ -76,7 +76,7 @@ TrainingCorpus::TrainingCorpus(const CorpusOptions& options, const Tokenizer& to
   const int64_t all_tokens = static_cast<int64_t>(tokens.size());
   text_ = split_train_validation(std::move(tokens), options.seq_len, path);
   // The file's mean bytes per token (1 for the byte tokenizer), to state losses per byte.
-  validation_bytes_per_token_ = static_cast<double>(text.size()) / static_cast<double>(all_tokens);
+  bytes_per_token_ = static_cast<double>(text.size()) / static_cast<double>(all_tokens);
   text_train_ = std::make_unique<TokenWindows>(text_.train);
   text_validation_ = std::make_unique<TokenWindows>(text_.validation);
   train_ = text_train_.get();

@@ -50,7 +50,7 @@ class TrainingCorpus {
   std::vector<int64_t> validation_ids(int64_t count) const;
   // Bytes of text per token (a text file's mean; 0 for indexed datasets), to report the validation
   // loss in nats per byte whatever the tokenizer.
-  double validation_bytes_per_token() const { return validation_bytes_per_token_; }
+  double bytes_per_token() const { return bytes_per_token_; }
   // One line per source, for the log ("data: 3868416 train / 429823 validation tokens ...").
   const std::vector<std::string>& summary() const { return summary_; }
 
@@ -65,7 +65,7 @@ class TrainingCorpus {
   std::unique_ptr<WindowSource> text_train_, text_validation_;
   const WindowSource* train_ = nullptr;
   const WindowSource* validation_ = nullptr;
-  double validation_bytes_per_token_ = 0;
+  double bytes_per_token_ = 0;
   std::vector<std::string> summary_;
 };
 

@@ -286,7 +286,7 @@ void log_progress(Run& r, std::ofstream& metrics, Window& window, const Step& st
     std::snprintf(buf, sizeof buf, " | comm %.0f%%", 100.0 * comm_share);
     line += buf;
   }
-  const double bytes_per_token = r.corpus.validation_bytes_per_token();
+  const double bytes_per_token = r.corpus.bytes_per_token();
   if (std::isfinite(val)) {
     std::snprintf(buf, sizeof buf, " | val loss %.4f", val);
     line += buf;
@@ -366,8 +366,8 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
     result.iterations = done;
     result.seconds = std::chrono::duration<double>(clock::now() - run_start).count();
     result.tokens_per_sec = result.seconds > 0 ? static_cast<double>((done - start) * B * N * R) / result.seconds : 0.0;
-    if (corpus.validation_bytes_per_token() > 0)
-      result.final_val_nats_per_byte = result.final_val_loss / corpus.validation_bytes_per_token();
+    if (corpus.bytes_per_token() > 0)
+      result.final_val_nats_per_byte = result.final_val_loss / corpus.bytes_per_token();
     return result;
   };
   for (int64_t it = start; it < o.train_iters; ++it) {

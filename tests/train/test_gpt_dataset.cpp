@@ -211,7 +211,7 @@ TEST(TrainingCorpus, GlobalBatchesDependOnlyOnSeedAndIteration) {
   }
   const TrainingCorpus plain({{text}, "969,30,1", 8, 11, 0, 4}, *byte, 256);
   EXPECT_EQ(plain.training_ids(2, 4), training_offsets(11, 2, 4, bytes - bytes / 10, 8));
-  EXPECT_DOUBLE_EQ(plain.validation_bytes_per_token(), 1.0);
+  EXPECT_DOUBLE_EQ(plain.bytes_per_token(), 1.0);
 }
 
 }  // namespace
