@@ -339,6 +339,17 @@ int main(int argc, char** argv) {
   CLI::App* tokenizer_train = nullptr;
   add_tokenizer_command(app, tokenizer_options, &tokenizer_train);
 
+  // Every command that may run on several ranks: the deadline of one collective (comm/communicator.h).
+  double timeout_minutes = 10.0;
+  for (CLI::App* cmd : {train, eval, sample, bench, plan}) {
+    cmd->add_option("--distributed-timeout-minutes", timeout_minutes,
+                    "Under mpirun: a collective that some rank has not entered (or finished) this many minutes "
+                    "after this rank entered it ends the job, naming the rank and the call; fractions allowed. "
+                    "Set it above the longest a rank may wait for another (e.g. rank 0 writing a checkpoint)")
+        ->check(CLI::PositiveNumber)
+        ->capture_default_str();
+  }
+
   CLI11_PARSE(app, argc, argv);
   // A file-size limit (ulimit -f) makes a write fail with EFBIG, reported as an error (a failed
   // save leaves the previous checkpoint intact), instead of killing the process with SIGXFSZ.
@@ -349,7 +360,7 @@ int main(int argc, char** argv) {
   std::unique_ptr<Communicator> world;
   try {
     // Under mpirun / srun this is the MPI world; otherwise this process alone.
-    world = make_world_communicator();
+    world = make_world_communicator(timeout_minutes * 60.0);
     if (train->parsed()) {
       t.schedule.kind = parse_schedule(schedule_name_flag);
       if (!chunk_boundaries_flag.empty()) t.schedule.chunk_boundaries = parse_chunk_boundaries(chunk_boundaries_flag);

@@ -21,6 +21,8 @@
 //   one rank ends the call everywhere instead of leaving the others waiting; the communicator stays
 //   usable afterwards. An error inside MPI itself (a lost peer) may leave the group unusable: end
 //   the job with abort().
+// - No hang: a backend that waits on other processes bounds every wait by a deadline and ends the
+//   job naming the rank that did not arrive (the MPI backend's Options::timeout_seconds).
 // - No size limit: counts beyond what one MPI call takes (INT_MAX elements) are split into several
 //   calls by the MPI backend.
 #pragma once

@@ -9,13 +9,19 @@
 #endif
 #include <mpi.h>
 
+#include <sched.h>
+
 #include <algorithm>
+#include <chrono>
 #include <climits>
+#include <cmath>
+#include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <cstring>
 #include <mutex>
 #include <sstream>
+#include <thread>
 
 #include "comm/check.h"
 #include "core/random.h"
@@ -137,6 +143,17 @@ struct Signature {
 };
 
 constexpr int kAllToAllVTag = 17450;
+constexpr int kAgreementTag = 17451;
+constexpr int kAgreementWords = 4;
+
+// Ends the whole job after printing "ampipe: rank W: <message>" (W = world rank) to stderr.
+[[noreturn]] void abort_job(int world_rank, int code, const std::string& message) {
+  std::fflush(stdout);
+  std::fprintf(stderr, "ampipe: rank %d: %s\n", world_rank, message.c_str());
+  std::fflush(stderr);
+  if (mpi_initialized() && !mpi_finalized()) MPI_Abort(MPI_COMM_WORLD, code);
+  std::_Exit(code);
+}
 
 // Pairwise all_to_all_v term: the sender adds it, the receiver subtracts it.
 uint64_t pair_term(int src, int dst, int64_t count) {
@@ -203,7 +220,9 @@ struct MpiCommunicator::Impl {
   int size = 1;
   int world_rank = 0;
   int world_size = 1;
+  std::vector<int> world_rank_of;  // world rank of each rank of this group
   Options options;
+  mutable uint64_t calls = 0;  // collectives entered on this communicator (for timeout messages)
 
   explicit Impl(MPI_Comm c, const Options& o) : comm(c), options(o) {
     MPI_Comm_set_errhandler(comm, MPI_ERRORS_RETURN);
@@ -211,6 +230,15 @@ struct MpiCommunicator::Impl {
     MPI_Comm_size(comm, &size);
     MPI_Comm_rank(MPI_COMM_WORLD, &world_rank);
     MPI_Comm_size(MPI_COMM_WORLD, &world_size);
+    std::vector<int> mine(static_cast<size_t>(size));
+    world_rank_of.resize(static_cast<size_t>(size));
+    for (int p = 0; p < size; ++p) mine[p] = p;
+    MPI_Group group = MPI_GROUP_NULL, world_group = MPI_GROUP_NULL;
+    MPI_Comm_group(comm, &group);
+    MPI_Comm_group(MPI_COMM_WORLD, &world_group);
+    MPI_Group_translate_ranks(group, size, mine.data(), world_group, world_rank_of.data());
+    MPI_Group_free(&group);
+    MPI_Group_free(&world_group);
   }
   ~Impl() {
     if (comm != MPI_COMM_NULL && MpiRuntime::active()) MPI_Comm_free(&comm);
@@ -228,24 +256,141 @@ struct MpiCommunicator::Impl {
     if (rc != MPI_SUCCESS) fail(call, std::string(mpi_function) + " failed: " + mpi_error_text(rc));
   }
 
+  // "rank 2" or "rank 2 (world rank 5)" for rank p of this group.
+  std::string rank_name(int p) const {
+    std::string name = "rank " + std::to_string(p);
+    if (world_rank_of[p] != p) name += " (world rank " + std::to_string(world_rank_of[p]) + ")";
+    return name;
+  }
+
+  // Waits until every request has completed, driving MPI's progress, or until the deadline
+  // (options.timeout_seconds after `since`). The first second of a wait polls and yields the core
+  // (as Open MPI's own blocking calls do with mpi_yield_when_idle); a longer wait (a peer saving a
+  // checkpoint, a stalled rank) polls every millisecond. Returns false at the deadline, with the
+  // requests still pending.
+  bool wait_all(std::vector<MPI_Request>& requests, const char* call,
+                std::chrono::steady_clock::time_point since) const {
+    using Clock = std::chrono::steady_clock;
+    const auto deadline = since + std::chrono::duration_cast<Clock::duration>(
+                                      std::chrono::duration<double>(options.timeout_seconds));
+    const auto start = Clock::now();
+    for (;;) {
+      int done = 0;
+      check(MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done, MPI_STATUSES_IGNORE), call,
+            "MPI_Testall");
+      if (done) return true;
+      const auto now = Clock::now();
+      if (now >= deadline) return false;
+      if (now - start < std::chrono::seconds(1)) {
+        sched_yield();
+      } else {
+        std::this_thread::sleep_for(std::chrono::milliseconds(1));
+      }
+    }
+  }
+
+  // Which of `requests` have not completed (MPI_Testall leaves them all untouched when some are
+  // pending, so each is tested alone).
+  std::vector<bool> pending(std::vector<MPI_Request>& requests) const {
+    std::vector<bool> result(requests.size(), false);
+    for (size_t i = 0; i < requests.size(); ++i) {
+      int done = 0;
+      MPI_Test(&requests[i], &done, MPI_STATUS_IGNORE);
+      result[i] = done == 0;
+    }
+    return result;
+  }
+
+  // The deadline passed: the group cannot go on (a rank is stopped, dead or elsewhere), and the
+  // pending requests still point into buffers, so the whole job ends here with `what` named.
+  [[noreturn]] void timed_out(const char* call, const std::string& what) const {
+    std::ostringstream s;
+    s << comm_detail::where(call, rank, size, world_rank, world_size) << " (collective #" << calls
+      << " of this group): " << what << " within " << format_timeout() << " (--distributed-timeout-minutes)";
+    abort_job(world_rank, 1, "error: " + s.str());
+  }
+
+  std::string format_timeout() const {
+    std::ostringstream s;
+    const double t = options.timeout_seconds;
+    if (t >= 60) {
+      s << t / 60 << " min";
+    } else {
+      s << t << " s";
+    }
+    return s.str();
+  }
+
+  // Waits for a data phase (every rank has passed the agreement): on timeout, the ranks named are
+  // those `peer_of_request` maps pending requests to, or, where MPI does not say (collective
+  // requests), every other rank.
+  void wait_data(std::vector<MPI_Request>& requests, const char* call, const std::vector<int>& peer_of_request = {}) const {
+    if (wait_all(requests, call, std::chrono::steady_clock::now())) return;
+    std::ostringstream s;
+    if (peer_of_request.empty()) {
+      s << "every rank entered it but its data exchange did not complete (a rank stopped or died inside it";
+      if (size == 2) s << ": " << rank_name(1 - rank);
+      s << ")";
+    } else {
+      const std::vector<bool> waiting = pending(requests);
+      std::vector<bool> named(static_cast<size_t>(size), false);
+      s << "every rank entered it but the data of ";
+      int n = 0;
+      for (size_t i = 0; i < requests.size(); ++i) {
+        const int p = peer_of_request[i];
+        if (!waiting[i] || named[p]) continue;
+        named[p] = true;
+        s << (n++ ? ", " : "") << rank_name(p);
+      }
+      s << " did not move (stopped or died inside it)";
+    }
+    timed_out(call, s.str());
+  }
+
+  // Test hook: AMPIPE_INJECT_COMM_STOP=W:C stops world rank W (SIGSTOP) right after the agreement
+  // of its C-th collective on any communicator, i.e. inside the call, before its data moves; the
+  // fault-injection tests use it to stall a rank at an exact place. Unset: nothing happens.
+  void maybe_stop_inside() const {
+    static const std::pair<long, long> target = [] {
+      const char* text = std::getenv("AMPIPE_INJECT_COMM_STOP");
+      long w = -1, c = -1;
+      if (text != nullptr && std::sscanf(text, "%ld:%ld", &w, &c) != 2) w = c = -1;
+      return std::pair<long, long>{w, c};
+    }();
+    static long entered = 0;  // collectives of this process (calls are serialised: see the header)
+    if (target.first != world_rank) return;
+    if (++entered == target.second) {
+      std::fprintf(stderr, "ampipe: rank %d: AMPIPE_INJECT_COMM_STOP: stopping inside collective %ld\n", world_rank,
+                   entered);
+      std::fflush(stderr);
+      raise(SIGSTOP);
+    }
+  }
+
+  // One nonblocking collective, started by `start(&request)` and waited for with the deadline.
+  template <class Start>
+  void collective(const char* call, const char* mpi_function, Start start) const {
+    std::vector<MPI_Request> requests(1, MPI_REQUEST_NULL);
+    check(start(&requests[0]), call, mpi_function);
+    wait_data(requests, call);
+  }
+
   struct Agreement {
     bool pairs_match = true;  // all_to_all_v: every send count equals its receiver's recv count
-    bool chunked = false;     // some rank needs the piecewise path
   };
 
   // The agreement round (see the header). Throws on every rank when any rank's arguments are bad or
   // the ranks disagree on the call; returns what all_to_all_v needs to know.
-  Agreement agree(const Signature& sig, const std::string& local_error, uint64_t pair_sum = 0,
-                  bool needs_chunks = false) const {
+  Agreement agree(const Signature& sig, const std::string& local_error, uint64_t pair_sum = 0) const {
     const uint64_t same =
         mix_seed(mix_seed(static_cast<uint64_t>(sig.op), static_cast<uint64_t>(sig.dtype)),
                  mix_seed(mix_seed(static_cast<uint64_t>(sig.numel), static_cast<uint64_t>(sig.root)),
                           static_cast<uint64_t>(limit())));
     const bool bad = !local_error.empty();
-    uint64_t words[5] = {bad ? 1u : 0u, bad ? static_cast<uint64_t>(rank) + 1 : 0u, same, pair_sum,
-                         needs_chunks ? 1u : 0u};
-    check(MPI_Allreduce(MPI_IN_PLACE, words, 5, MPI_UINT64_T, MPI_SUM, comm), sig.name,
-          "MPI_Allreduce (argument agreement)");
+    const uint64_t mine[kAgreementWords] = {bad ? 1u : 0u, bad ? static_cast<uint64_t>(rank) + 1 : 0u, same,
+                                            pair_sum};
+    uint64_t words[kAgreementWords];
+    exchange_agreement(sig.name, mine, words);
     if (words[0] > 0) {
       if (bad) fail(sig.name, local_error);
       std::ostringstream s;
@@ -264,7 +409,55 @@ struct MpiCommunicator::Impl {
            "max_elements_per_call); this rank called " +
                sig.describe());
     }
-    return Agreement{words[3] == 0, words[4] > 0};
+    maybe_stop_inside();
+    return Agreement{words[3] == 0};
+  }
+
+  // The agreement words of every rank, summed (the same sums on every rank): each rank sends its
+  // words to every other rank. Point-to-point rather than one MPI_Allreduce so that, when the
+  // deadline passes, the messages that never came name the ranks that did not enter the call.
+  void exchange_agreement(const char* call, const uint64_t (&mine)[kAgreementWords],
+                          uint64_t (&sum)[kAgreementWords]) const {
+    const auto since = std::chrono::steady_clock::now();
+    ++calls;
+    std::vector<uint64_t> theirs(static_cast<size_t>(kAgreementWords) * static_cast<size_t>(size));
+    std::vector<MPI_Request> requests;
+    std::vector<int> peer;
+    requests.reserve(2 * static_cast<size_t>(size));
+    for (int k = 1; k < size; ++k) {
+      const int p = (rank - k + size) % size;
+      requests.emplace_back();
+      peer.push_back(p);
+      check(MPI_Irecv(theirs.data() + kAgreementWords * p, kAgreementWords, MPI_UINT64_T, p, kAgreementTag, comm,
+                      &requests.back()),
+            call, "MPI_Irecv (argument agreement)");
+    }
+    const size_t receives = requests.size();
+    for (int k = 1; k < size; ++k) {
+      const int p = (rank + k) % size;
+      requests.emplace_back();
+      check(MPI_Isend(mine, kAgreementWords, MPI_UINT64_T, p, kAgreementTag, comm, &requests.back()), call,
+            "MPI_Isend (argument agreement)");
+    }
+    if (!wait_all(requests, call, since)) {
+      const std::vector<bool> waiting = pending(requests);
+      std::ostringstream s;
+      int missing = 0;
+      for (size_t i = 0; i < receives; ++i) {
+        if (waiting[i]) s << (missing++ ? ", " : "") << rank_name(peer[i]);
+      }
+      if (missing == 0) {
+        s << "the other ranks entered it but did not take this rank's arrival";
+      } else {
+        s << " did not enter it (stopped, dead, or waiting in another call)";
+      }
+      timed_out(call, s.str());
+    }
+    std::copy(mine, mine + kAgreementWords, theirs.begin() + kAgreementWords * rank);
+    for (int w = 0; w < kAgreementWords; ++w) {
+      sum[w] = 0;
+      for (int p = 0; p < size; ++p) sum[w] += theirs[static_cast<size_t>(kAgreementWords) * p + w];
+    }
   }
 
   // After the agreement found mismatched all_to_all_v counts: one more exchange so each rank can
@@ -276,8 +469,9 @@ struct MpiCommunicator::Impl {
       mine[2 * p] = send_counts[p];      // what I send to p
       mine[2 * p + 1] = recv_counts[p];  // what I expect from p
     }
-    check(MPI_Alltoall(mine.data(), 2, MPI_INT64_T, theirs.data(), 2, MPI_INT64_T, comm), call,
-          "MPI_Alltoall (count diagnosis)");
+    collective(call, "MPI_Ialltoall (count diagnosis)", [&](MPI_Request* r) {
+      return MPI_Ialltoall(mine.data(), 2, MPI_INT64_T, theirs.data(), 2, MPI_INT64_T, comm, r);
+    });
     std::ostringstream s;
     s << "send and receive counts disagree across ranks (send_counts[j] on rank i must equal "
          "recv_counts[i] on rank j; exchange counts with all_to_all first)";
@@ -321,6 +515,8 @@ const MpiCommunicator::Options& MpiCommunicator::options() const { return impl_-
 void MpiCommunicator::set_options(const Options& options) {
   AMPIPE_CHECK(options.max_elements_per_call >= 1 && options.max_elements_per_call <= INT_MAX)
       << "max_elements_per_call " << options.max_elements_per_call << " must be in [1, " << INT_MAX << "]";
+  AMPIPE_CHECK(std::isfinite(options.timeout_seconds) && options.timeout_seconds > 0)
+      << "collective timeout " << options.timeout_seconds << " s must be a positive number of seconds";
   impl_->options = options;
 }
 
@@ -349,9 +545,8 @@ void MpiCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t
     error = comm_detail::check_counts(recv_counts, "recv_counts", m.size, recv.numel(), "recv");
   if (error.empty()) error = check_disjoint(send, "send", recv, "recv");
 
-  // Pairwise count hash, displacements, and whether one MPI_Alltoallv can carry it all.
+  // Pairwise count hash and displacements.
   uint64_t pair_sum = 0;
-  bool needs_chunks = false;
   std::vector<int64_t> send_displs(static_cast<size_t>(m.size)), recv_displs(static_cast<size_t>(m.size));
   if (error.empty()) {
     int64_t s_off = 0, r_off = 0;
@@ -360,42 +555,30 @@ void MpiCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t
       pair_sum -= pair_term(p, m.rank, recv_counts[p]);
       send_displs[p] = s_off;
       recv_displs[p] = r_off;
-      needs_chunks = needs_chunks || send_counts[p] > m.limit() || recv_counts[p] > m.limit() ||
-                     s_off > m.limit() || r_off > m.limit();
       s_off += send_counts[p];
       r_off += recv_counts[p];
     }
   }
   const Signature sig{Op::kAllToAllV, call, static_cast<int64_t>(send.dtype())};
-  const Impl::Agreement agreed = m.agree(sig, error, pair_sum, needs_chunks);
+  const Impl::Agreement agreed = m.agree(sig, error, pair_sum);
   if (!agreed.pairs_match) m.fail_counts_mismatch(call, send_counts, recv_counts);
 
+  // Nonblocking point-to-point messages (what MPI_Alltoallv does inside for small groups), so a
+  // timeout can name the peers whose data did not move; each peer's run is split into messages of
+  // at most limit() elements. Messages between one pair on one communicator and tag arrive in
+  // order, so the pieces need no numbering.
   const MPI_Datatype type = mpi_type(send.dtype());
   std::byte* send_base = host_bytes(send);
   std::byte* recv_base = host_bytes(recv);
-  if (!agreed.chunked) {
-    std::vector<int> sc(m.size), sd(m.size), rc(m.size), rd(m.size);
-    for (int p = 0; p < m.size; ++p) {
-      sc[p] = static_cast<int>(send_counts[p]);
-      sd[p] = static_cast<int>(send_displs[p]);
-      rc[p] = static_cast<int>(recv_counts[p]);
-      rd[p] = static_cast<int>(recv_displs[p]);
-    }
-    m.check(
-        MPI_Alltoallv(send_base, sc.data(), sd.data(), type, recv_base, rc.data(), rd.data(), type, m.comm),
-        call, "MPI_Alltoallv");
-    return;
-  }
-
-  // Piecewise: every peer's run split into messages of at most limit() elements. Messages between
-  // one pair on one communicator and tag arrive in order, so the pieces need no numbering.
   const auto es = static_cast<int64_t>(dtype_size(send.dtype()));
   std::vector<MPI_Request> requests;
+  std::vector<int> peers;
   for (int k = 1; k < m.size; ++k) {
     const int p = (m.rank - k + m.size) % m.size;
     for (int64_t done = 0; done < recv_counts[p]; done += m.limit()) {
       const int n = static_cast<int>(std::min(m.limit(), recv_counts[p] - done));
       requests.emplace_back();
+      peers.push_back(p);
       m.check(MPI_Irecv(recv_base + (recv_displs[p] + done) * es, n, type, p, kAllToAllVTag, m.comm,
                         &requests.back()),
               call, "MPI_Irecv");
@@ -406,6 +589,7 @@ void MpiCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t
     for (int64_t done = 0; done < send_counts[p]; done += m.limit()) {
       const int n = static_cast<int>(std::min(m.limit(), send_counts[p] - done));
       requests.emplace_back();
+      peers.push_back(p);
       m.check(MPI_Isend(send_base + (send_displs[p] + done) * es, n, type, p, kAllToAllVTag, m.comm,
                         &requests.back()),
               call, "MPI_Isend");
@@ -413,8 +597,7 @@ void MpiCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t
   }
   std::memcpy(recv_base + recv_displs[m.rank] * es, send_base + send_displs[m.rank] * es,
               static_cast<size_t>(send_counts[m.rank] * es));
-  m.check(MPI_Waitall(static_cast<int>(requests.size()), requests.data(), MPI_STATUSES_IGNORE), call,
-          "MPI_Waitall");
+  m.wait_data(requests, call, peers);
 }
 
 void MpiCommunicator::all_to_all(const std::vector<int64_t>& send, std::vector<int64_t>& recv) {
@@ -429,8 +612,9 @@ void MpiCommunicator::all_to_all(const std::vector<int64_t>& send, std::vector<i
   const std::vector<int64_t> send_copy = &send == &recv ? send : std::vector<int64_t>();
   const std::vector<int64_t>& source = &send == &recv ? send_copy : send;
   recv.resize(static_cast<size_t>(m.size));
-  m.check(MPI_Alltoall(source.data(), 1, MPI_INT64_T, recv.data(), 1, MPI_INT64_T, m.comm), call,
-          "MPI_Alltoall");
+  m.collective(call, "MPI_Ialltoall", [&](MPI_Request* r) {
+    return MPI_Ialltoall(source.data(), 1, MPI_INT64_T, recv.data(), 1, MPI_INT64_T, m.comm, r);
+  });
 }
 
 void MpiCommunicator::all_reduce_sum(Tensor buffer) {
@@ -444,7 +628,9 @@ void MpiCommunicator::all_reduce_sum(Tensor buffer) {
   const auto es = static_cast<int64_t>(dtype_size(buffer.dtype()));
   for (int64_t done = 0; done < buffer.numel(); done += m.limit()) {
     const int n = static_cast<int>(std::min(m.limit(), buffer.numel() - done));
-    m.check(MPI_Allreduce(MPI_IN_PLACE, base + done * es, n, type, MPI_SUM, m.comm), call, "MPI_Allreduce");
+    m.collective(call, "MPI_Iallreduce", [&](MPI_Request* r) {
+      return MPI_Iallreduce(MPI_IN_PLACE, base + done * es, n, type, MPI_SUM, m.comm, r);
+    });
   }
 }
 
@@ -453,7 +639,9 @@ template <class T>
 void scalar_all_reduce(const MpiCommunicator::Impl& m, T& value, Op op, const char* call, MPI_Datatype type,
                        MPI_Op reduction) {
   m.agree(Signature{op, call}, {});
-  m.check(MPI_Allreduce(MPI_IN_PLACE, &value, 1, type, reduction, m.comm), call, "MPI_Allreduce");
+  m.collective(call, "MPI_Iallreduce", [&](MPI_Request* r) {
+    return MPI_Iallreduce(MPI_IN_PLACE, &value, 1, type, reduction, m.comm, r);
+  });
 }
 }  // namespace
 
@@ -481,7 +669,8 @@ void MpiCommunicator::broadcast(Tensor buffer, int root) {
   const auto es = static_cast<int64_t>(dtype_size(buffer.dtype()));
   for (int64_t done = 0; done < buffer.numel(); done += m.limit()) {
     const int n = static_cast<int>(std::min(m.limit(), buffer.numel() - done));
-    m.check(MPI_Bcast(base + done * es, n, type, root, m.comm), call, "MPI_Bcast");
+    m.collective(call, "MPI_Ibcast",
+                 [&](MPI_Request* r) { return MPI_Ibcast(base + done * es, n, type, root, m.comm, r); });
   }
 }
 
@@ -490,11 +679,13 @@ void MpiCommunicator::broadcast_bytes(std::string& bytes, int root) {
   const char* call = "broadcast_bytes";
   m.agree(Signature{Op::kBroadcastBytes, call, -1, -1, root}, comm_detail::check_root(root, m.size));
   int64_t length = static_cast<int64_t>(bytes.size());
-  m.check(MPI_Bcast(&length, 1, MPI_INT64_T, root, m.comm), call, "MPI_Bcast (length)");
+  m.collective(call, "MPI_Ibcast (length)",
+               [&](MPI_Request* r) { return MPI_Ibcast(&length, 1, MPI_INT64_T, root, m.comm, r); });
   if (m.rank != root) bytes.resize(static_cast<size_t>(length));
   for (int64_t done = 0; done < length; done += m.limit()) {
     const int n = static_cast<int>(std::min(m.limit(), length - done));
-    m.check(MPI_Bcast(bytes.data() + done, n, MPI_BYTE, root, m.comm), call, "MPI_Bcast");
+    m.collective(call, "MPI_Ibcast",
+                 [&](MPI_Request* r) { return MPI_Ibcast(bytes.data() + done, n, MPI_BYTE, root, m.comm, r); });
   }
 }
 
@@ -517,7 +708,9 @@ void MpiCommunicator::all_gather(const Tensor& send, Tensor recv) {
   const int64_t n = send.numel();
   if (n <= m.limit()) {
     const int count = static_cast<int>(n);
-    m.check(MPI_Allgather(send_base, count, type, recv_base, count, type, m.comm), call, "MPI_Allgather");
+    m.collective(call, "MPI_Iallgather", [&](MPI_Request* r) {
+      return MPI_Iallgather(send_base, count, type, recv_base, count, type, m.comm, r);
+    });
     return;
   }
   // Piecewise: piece [done, done + c) of every rank's block; the receive datatype is c contiguous
@@ -530,10 +723,11 @@ void MpiCommunicator::all_gather(const Tensor& send, Tensor recv) {
     m.check(MPI_Type_create_resized(piece, 0, static_cast<MPI_Aint>(n * es), &strided), call,
             "MPI_Type_create_resized");
     m.check(MPI_Type_commit(&strided), call, "MPI_Type_commit");
-    const int rc = MPI_Allgather(send_base + done * es, c, type, recv_base + done * es, 1, strided, m.comm);
+    m.collective(call, "MPI_Iallgather", [&](MPI_Request* r) {
+      return MPI_Iallgather(send_base + done * es, c, type, recv_base + done * es, 1, strided, m.comm, r);
+    });
     MPI_Type_free(&strided);
     MPI_Type_free(&piece);
-    m.check(rc, call, "MPI_Allgather");
   }
 }
 
@@ -542,12 +736,6 @@ void MpiCommunicator::barrier() {
   impl_->agree(Signature{Op::kBarrier, "barrier"}, {});
 }
 
-void MpiCommunicator::abort(int code, const std::string& message) {
-  std::fflush(stdout);
-  std::fprintf(stderr, "ampipe: rank %d: %s\n", impl_->world_rank, message.c_str());
-  std::fflush(stderr);
-  if (MpiRuntime::active()) MPI_Abort(MPI_COMM_WORLD, code);
-  std::_Exit(code);
-}
+void MpiCommunicator::abort(int code, const std::string& message) { abort_job(impl_->world_rank, code, message); }
 
 }  // namespace ampipe

@@ -7,20 +7,32 @@
 // become ampipe::Error with MPI_Error_string's text. MPI can be initialised only once per process:
 // after finalize() it cannot come back.
 //
-// Agreement: every collective starts with one small MPI_Allreduce (five 64-bit words) in which the
-// ranks share whether their arguments passed the local checks, a hash of what must be equal on every
-// rank (the call itself, dtype, element count, root, chunk size), and for all_to_all_v a hash that
-// sums to zero exactly when send_counts[j] on rank i == recv_counts[i] on rank j for every pair.
-// So bad arguments on any rank, collectives called in a different order, and counts that disagree
-// across ranks all throw ampipe::Error on every rank of the group, before any data moves, and the
-// communicator stays usable. The cost is one latency-bound allreduce per call (see
+// Agreement: every collective starts with an exchange of four 64-bit words between every pair of
+// ranks (point-to-point, nonblocking), in which the ranks share whether their arguments passed the
+// local checks, a hash of what must be equal on every rank (the call itself, dtype, element count,
+// root, chunk size), and for all_to_all_v a hash that sums to zero exactly when send_counts[j] on
+// rank i == recv_counts[i] on rank j for every pair. So bad arguments on any rank, collectives called
+// in a different order, and counts that disagree across ranks all throw ampipe::Error on every rank
+// of the group, before any data moves, and the communicator stays usable. The cost is one
+// latency-bound exchange of size()-1 small messages per rank per call (see
 // bench/bench_all_to_all.cpp); a hash collision could hide a disagreement with probability ~2^-64.
 //
-// Large counts: one MPI call takes at most INT_MAX elements (and all_to_all_v's displacements must
-// fit an int). Beyond that the backend splits: all_reduce_sum / broadcast / broadcast_bytes loop over
-// pieces of at most `max_elements_per_call` elements, all_gather gathers piece by piece with a resized
-// datatype, and all_to_all_v (when any count or displacement on any rank exceeds the limit) switches
-// from MPI_Alltoallv to nonblocking point-to-point messages of at most that many elements.
+// Deadline: every wait (the agreement, then the data) is nonblocking MPI polled until it completes
+// or Options::timeout_seconds pass (train's --distributed-timeout-minutes, default 10 minutes, as
+// Megatron-LM). Past the deadline the whole job ends (MPI_Abort, exit status 1) after printing
+// "ampipe: rank W: error: <call> on rank R of N (collective #C of this group): rank P did not enter
+// it ... within T (--distributed-timeout-minutes)": the agreement's messages that never came name the
+// ranks that did not arrive; in all_to_all_v the pending messages name the peers whose data did not
+// move. (It ends the job rather than throwing: a pending request still points into the caller's
+// buffers, and a group with a stopped or dead rank cannot be used again anyway.) The deadline of
+// one call counts from its entry, so a rank that waits longer than it for a peer (a peer writing a
+// long checkpoint, for instance) is ended too: set it above the longest such stretch. A wait polls
+// and yields the core for its first second, then polls every millisecond.
+//
+// Large counts: one MPI call takes at most INT_MAX elements. Beyond that the backend splits:
+// all_reduce_sum / broadcast / broadcast_bytes loop over pieces of at most `max_elements_per_call`
+// elements, all_gather gathers piece by piece with a resized datatype, and all_to_all_v (always
+// point-to-point messages, one per peer) sends runs longer than the limit as several messages.
 // `max_elements_per_call` exists so tests can exercise these paths with small buffers.
 #pragma once
 
@@ -53,6 +65,8 @@ class MpiCommunicator final : public Communicator {
     // Largest element count of a single MPI call, in [1, INT_MAX]. Must be the same on every rank
     // (checked). Only tests set it lower.
     int64_t max_elements_per_call = 2147483647;
+    // Deadline of one collective, in seconds (> 0; see "Deadline" above). May differ across ranks.
+    double timeout_seconds = 600.0;
   };
 
   // A communicator over every process of the job (a duplicate of MPI_COMM_WORLD, so its messages
