@@ -1,6 +1,7 @@
 #include "train/checkpoint.h"
 
 #include <fcntl.h>
+#include <sys/file.h>
 #include <unistd.h>
 
 #include <algorithm>
@@ -218,6 +219,39 @@ static void write_iteration(const std::string& root, const GatheredState& g, con
     }
     if (kept >= keep) fs::remove_all(iteration_path(root, n), ec);
   }
+}
+
+std::string SaveDirectoryLock::lock_path(const std::string& root) {
+  return (fs::path(root) / ".ampipe-save.lock").string();
+}
+
+SaveDirectoryLock::SaveDirectoryLock(const std::string& root) {
+  std::error_code ec;
+  fs::create_directories(root, ec);
+  AMPIPE_CHECK(!ec) << "cannot create --save directory '" << root << "': " << ec.message();
+  const std::string path = lock_path(root);
+  fd_ = ::open(path.c_str(), O_RDWR | O_CREAT | O_CLOEXEC, 0644);
+  AMPIPE_CHECK(fd_ >= 0) << "cannot open the lock file '" << path << "': " << std::strerror(errno);
+  if (::flock(fd_, LOCK_EX | LOCK_NB) != 0) {
+    const int err = errno;
+    std::string holder = read_file(path);
+    while (!holder.empty() && (holder.back() == '\n' || holder.back() == '\r')) holder.pop_back();
+    ::close(fd_);
+    fd_ = -1;
+    AMPIPE_CHECK(err != EWOULDBLOCK)
+        << "another job holds the --save directory '" << root << "' (" << (holder.empty() ? "holder unknown" : holder)
+        << ", lock " << path << "): two jobs saving into one directory would overwrite each other's checkpoints; "
+        << "give this job its own --save, or end the other";
+    AMPIPE_CHECK(false) << "cannot lock '" << path << "': " << std::strerror(err);
+  }
+  char host[256] = {0};
+  ::gethostname(host, sizeof(host) - 1);
+  const std::string who = "host " + std::string(host) + ", pid " + std::to_string(::getpid()) + "\n";
+  if (::ftruncate(fd_, 0) == 0) (void)write_all(fd_, who.data(), who.size());
+}
+
+SaveDirectoryLock::~SaveDirectoryLock() {
+  if (fd_ >= 0) ::close(fd_);  // releases the flock
 }
 
 void save_iteration_checkpoint(const std::string& root, const GptMoe& model, const AdamW& optimizer,

@@ -51,6 +51,25 @@ void save_iteration_checkpoint(const std::string& root, const GptMoe& model, con
                                const TrainingProgress& progress, const TrainingGroups* groups = nullptr,
                                const Tokenizer* tokenizer = nullptr, int64_t keep = 0);
 
+// One job at a time per --save ROOT: an exclusive lock (flock) on ROOT/.ampipe-save.lock, held from
+// construction (ROOT is created if missing) until destruction or the process's end (a killed job
+// releases it with its file descriptors, so a restart is never locked out). The file records the
+// holder's host and pid. Throws ampipe::Error naming the holder when another process holds it: two
+// jobs saving into one directory would overwrite each other's iterations and tracker. The trainer's
+// writing rank (world rank 0) takes it before anything is read or written. flock is advisory and
+// local to one machine (and to NFS servers that map it to byte-range locks).
+class SaveDirectoryLock {
+ public:
+  explicit SaveDirectoryLock(const std::string& root);
+  ~SaveDirectoryLock();
+  SaveDirectoryLock(const SaveDirectoryLock&) = delete;
+  SaveDirectoryLock& operator=(const SaveDirectoryLock&) = delete;
+  static std::string lock_path(const std::string& root);
+
+ private:
+  int fd_ = -1;
+};
+
 // "iter_0000500"; ROOT/latest_checkpointed_iteration.txt.
 std::string iteration_dir_name(int64_t iteration);
 std::string tracker_path(const std::string& root);

@@ -5,6 +5,7 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <optional>
 #include <sstream>
 
 #include <nlohmann/json.hpp>
@@ -323,6 +324,9 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   auto log = [&](const std::string& line) {
     if (rank == 0) log_line(line);
   };
+  // One job per --save directory; taken by the writing rank before anything is read or written.
+  std::optional<SaveDirectoryLock> save_lock;
+  if (!o.save.empty() && rank == 0) save_lock.emplace(o.save);
   if (!o.load.empty()) {  // a root of iteration checkpoints -> its latest (or --ckpt-step's) directory
     const CheckpointLocation where = locate_checkpoint(o.load, o.ckpt_step);
     if (!where.notice.empty()) log(where.notice);

@@ -136,8 +136,8 @@ TEST(CheckpointDirs, LayoutTrackerAndKeep) {
   std::vector<std::string> names;
   for (const auto& e : fs::directory_iterator(k.save)) names.push_back(e.path().filename().string());
   std::sort(names.begin(), names.end());
-  EXPECT_EQ(names,
-            (std::vector<std::string>{"iter_0000005", "iter_0000006", "latest_checkpointed_iteration.txt"}));
+  EXPECT_EQ(names, (std::vector<std::string>{".ampipe-save.lock", "iter_0000005", "iter_0000006",
+                                             "latest_checkpointed_iteration.txt"}));
   expect_same_weights(o.save + "/iter_0000006", k.save + "/iter_0000006");
 }
 
@@ -284,6 +284,38 @@ TEST(CheckpointDirs, FailedSaveLeavesThePreviousIntact) {
   EXPECT_FALSE(fs::exists(o.save + "/iter_0000004.tmp"));
   EXPECT_EQ(read_file(o.save + "/iter_0000002/model.safetensors"), before);
   EXPECT_EQ(locate_checkpoint(o.save).path, o.save + "/iter_0000003");
+}
+
+TEST(CheckpointDirs, OneJobPerSaveDirectory) {
+  const std::string dir = temp_dir("lock");
+  const std::string root = dir + "/ckpt";
+  std::string held;
+  {
+    SaveDirectoryLock first(root);  // creates the directory
+    EXPECT_TRUE(fs::is_directory(root));
+    const std::string holder = read_file(SaveDirectoryLock::lock_path(root));
+    EXPECT_NE(holder.find("pid " + std::to_string(getpid())), std::string::npos) << holder;
+    // A second holder (another open file description, as another process would have) is refused,
+    // naming the holder; so is a training run saving there.
+    held = error_of([&] { SaveDirectoryLock second(root); });
+    EXPECT_NE(held.find("another job holds the --save directory '" + root + "'"), std::string::npos) << held;
+    EXPECT_NE(held.find("pid " + std::to_string(getpid())), std::string::npos) << held;
+    TrainOptions o = tiny(write_corpus(dir));
+    o.train_iters = 1;
+    o.save = root;
+    const std::string e = error_of([&] { run(o); });
+    EXPECT_NE(e.find("another job holds the --save directory"), std::string::npos) << e;
+    EXPECT_FALSE(fs::exists(tracker_path(root))) << "the refused job wrote a checkpoint";
+  }
+  // Released with its holder: the next job takes it, saves, and a load of the directory ignores
+  // the lock file.
+  TrainOptions o = tiny(write_corpus(dir));
+  o.train_iters = 1;
+  o.save = root;
+  o.load = root;
+  run(o);
+  EXPECT_EQ(read_file(tracker_path(root)), "1");
+  EXPECT_EQ(locate_checkpoint(root).path, root + "/iter_0000001");
 }
 
 }  // namespace
