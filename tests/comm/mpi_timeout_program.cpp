@@ -5,7 +5,10 @@
 //   mpi_timeout_program inside SECONDS: every rank calls barrier() then all_to_all_v; the script sets
 //     AMPIPE_INJECT_COMM_STOP so that the last rank stops inside the all_to_all_v, after the
 //     agreement, and the others must report that its data did not move.
-// Printing "returned" from a stalled call is a failure the script looks for.
+// A stalled call that returns prints "returned after S s": before the deadline that is a failure the
+// script looks for. (After it, it is Open MPI's teardown: mpirun sends SIGCONT to every process before
+// killing it, so the stopped rank may run on briefly and complete the others' exchange.)
+#include <chrono>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
@@ -27,8 +30,10 @@ int main(int argc, char** argv) {
   if (mode == "absent") {
     if (comm->rank() == last) raise(SIGSTOP);
     double value = 1.0;
+    const auto start = std::chrono::steady_clock::now();
     comm->all_reduce_sum(value);
-    std::printf("rank %d: all_reduce_sum returned %g\n", comm->rank(), value);
+    std::printf("rank %d: all_reduce_sum returned after %.3f s\n", comm->rank(),
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     return 0;
   }
   if (mode == "inside") {
@@ -37,8 +42,10 @@ int main(int argc, char** argv) {
     ampipe::Tensor send = ampipe::Tensor::zeros({n * comm->size()});
     ampipe::Tensor recv = ampipe::Tensor::zeros({n * comm->size()});
     const std::vector<int64_t> counts(static_cast<size_t>(comm->size()), n);
+    const auto start = std::chrono::steady_clock::now();
     comm->all_to_all_v(send, counts, recv, counts);
-    std::printf("rank %d: all_to_all_v returned\n", comm->rank());
+    std::printf("rank %d: all_to_all_v returned after %.3f s\n", comm->rank(),
+                std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count());
     return 0;
   }
   std::fprintf(stderr, "mpi_timeout_program: unknown mode '%s' (absent or inside)\n", mode.c_str());
