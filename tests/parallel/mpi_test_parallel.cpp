@@ -5,13 +5,19 @@
 
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
+#include <sstream>
 
 #include "comm/world.h"
+#include "core/random.h"
+#include "grad_check.h"
 #include "model/gpt.h"
 #include "model/moe/moe_layer.h"
+#include "pipeline/streamed_block.h"
 #include "test_util.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
@@ -300,6 +306,240 @@ INSTANTIATE_TEST_SUITE_P(Family, AmPipeOnSeveralRanks, ::testing::Bool(),
                            return param.param ? std::string("Mixtral") : std::string("Gpt");
                          });
 
+// One forward and backward of the whole model on every rank of the world (experts spread over it,
+// each rank on its own tokens): every pipelined schedule gives this rank the loss, logits and
+// every gradient (dense and its own experts) of `sequential`, over pipe degrees, uneven, balanced
+// and explicit boundaries, a MoE side cut on its own, both stage orders, top-1 and top-2, in both
+// families. With a capacity factor each MoE chunk is its own routing group (docs/MODEL.md,
+// "Capacity"), so there the reference is moe-pipe with the same MoE-side cut.
+struct PipeConfig {
+  const char* name;
+  ScheduleKind kind;
+  int64_t pipe_degree;
+  std::vector<int64_t> boundaries;  // explicit attention side, or empty
+  ChunkPolicy policy;
+  int64_t moe_pipe_degree;
+  StageOrder order;
+};
+
+const std::vector<PipeConfig>& pipe_configs() {
+  using K = ScheduleKind;
+  using O = StageOrder;
+  static const std::vector<PipeConfig> configs = {
+      {"MoePipeP2_StageMajor", K::MoePipe, 2, {}, ChunkPolicy::Equal, 0, O::StageMajor},
+      {"MoePipeP4_Interleaved", K::MoePipe, 4, {}, ChunkPolicy::Equal, 0, O::Interleaved},
+      {"AmPipeP2_Interleaved", K::AmPipe, 2, {}, ChunkPolicy::Equal, 0, O::Interleaved},
+      {"AmPipeP3_StageMajor", K::AmPipe, 3, {}, ChunkPolicy::Equal, 0, O::StageMajor},
+      {"AmPipeUneven_0_3_10_16_StageMajor", K::AmPipe, 3, {0, 3, 10, 16}, ChunkPolicy::Equal, 0, O::StageMajor},
+      {"AmPipeUneven_0_3_10_16_Interleaved", K::AmPipe, 3, {0, 3, 10, 16}, ChunkPolicy::Equal, 0, O::Interleaved},
+      {"AmPipeBalancedP4_StageMajor", K::AmPipe, 4, {}, ChunkPolicy::Balanced, 0, O::StageMajor},
+      {"AmPipeBalancedP4_Interleaved", K::AmPipe, 4, {}, ChunkPolicy::Balanced, 0, O::Interleaved},
+      // The MoE side cut on its own: fewer, more, and boundaries inside attention chunks.
+      {"AmPipeBalancedP3_Moe2_Interleaved", K::AmPipe, 3, {}, ChunkPolicy::Balanced, 2, O::Interleaved},
+      {"AmPipeP4_Moe3_StageMajor", K::AmPipe, 4, {}, ChunkPolicy::Equal, 3, O::StageMajor},
+      {"AmPipeP2_Moe4_Interleaved", K::AmPipe, 2, {}, ChunkPolicy::Equal, 4, O::Interleaved},
+      {"AmPipeUneven_0_3_10_16_Moe2_StageMajor", K::AmPipe, 3, {0, 3, 10, 16}, ChunkPolicy::Equal, 2,
+       O::StageMajor},
+  };
+  return configs;
+}
+
+constexpr int64_t kPipeSeqLen = 16, kPipeBatch = 2;
+constexpr double kDropCapacity = 0.75;  // drops pairs: at most ceil(0.75 T k / E) per expert and group
+
+ModelConfig pipe_model(bool mixtral, int64_t top_k, double capacity_factor) {
+  ModelConfig c;
+  if (mixtral) {
+    c.set_family("mixtral");
+    c.num_query_groups = 1;
+    c.rotary_base = 100;
+  }
+  c.vocab_size = 17;
+  c.max_seq_len = kPipeSeqLen;
+  c.hidden_size = 16;
+  c.num_attention_heads = 2;
+  c.num_layers = 2;
+  c.num_experts = 4;
+  c.ffn_hidden_size = 24;
+  c.top_k = top_k;
+  c.capacity_factor = capacity_factor;
+  c.aux_loss_weight = 0.1;
+  return c;
+}
+
+BlockSchedule schedule_of(const PipeConfig& p, const ModelConfig& model) {
+  BlockSchedule s;
+  s.kind = p.kind;
+  s.pipe_degree = p.pipe_degree;
+  s.chunk_boundaries = p.boundaries;
+  s.chunk_policy = p.policy;
+  s.moe_pipe_degree = p.moe_pipe_degree;
+  if (p.policy == ChunkPolicy::Balanced) s.balance_weight = balance_weight(model, p.moe_pipe_degree == 0);
+  return s;
+}
+
+// With a capacity, the schedule whose routing groups are the same as p's: moe-pipe cutting the MoE
+// side into the same equal chunks (stage-major). Null when p's MoE side is not an equal cut, or p
+// is that schedule itself.
+std::unique_ptr<PipeConfig> capacity_reference(const PipeConfig& p, const ModelConfig& model) {
+  const std::vector<int64_t> moe = schedule_of(p, model).plan(kPipeSeqLen).moe;
+  const int64_t M = static_cast<int64_t>(moe.size()) - 1;
+  if (M < 2 || moe != equal_boundaries(kPipeSeqLen, M)) return nullptr;
+  if (p.kind == ScheduleKind::MoePipe && p.order == StageOrder::StageMajor) return nullptr;
+  return std::make_unique<PipeConfig>(
+      PipeConfig{"moe-pipe reference", ScheduleKind::MoePipe, M, {}, ChunkPolicy::Equal, 0, StageOrder::StageMajor});
+}
+
+struct PipeCase {
+  bool mixtral;
+  int64_t top_k;
+  bool capacity;  // kDropCapacity instead of dropless
+  size_t config;  // into pipe_configs()
+};
+
+std::vector<PipeCase> pipe_cases() {
+  std::vector<PipeCase> cases;
+  for (bool capacity : {false, true})
+    for (bool mixtral : {false, true})
+      for (int64_t k : {1, 2})
+        for (size_t i = 0; i < pipe_configs().size(); ++i) {
+          const ModelConfig model = pipe_model(mixtral, k, capacity ? kDropCapacity : 0.0);
+          if (!capacity || capacity_reference(pipe_configs()[i], model)) cases.push_back({mixtral, k, capacity, i});
+        }
+  return cases;
+}
+
+std::string pipe_case_name(const PipeCase& c) {
+  return std::string(c.mixtral ? "Mixtral" : "Gpt") + "_Top" + std::to_string(c.top_k) +
+         (c.capacity ? "_Capacity_" : "_Dropless_") + pipe_configs()[c.config].name;
+}
+std::string pipe_test_name(const ::testing::TestParamInfo<PipeCase>& info) { return pipe_case_name(info.param); }
+void PrintTo(const PipeCase& c, std::ostream* out) { *out << pipe_case_name(c); }
+
+struct RankRun {
+  LossParts loss;
+  std::vector<float> logits;
+  std::vector<std::string> names;
+  std::vector<std::vector<float>> grads;  // this rank's: dense replicas and its own experts
+};
+
+// Parameters from full-size tensors (sliced for experts), so every layout holds the same model;
+// weights larger than the initialisation so routing and attention are far from uniform.
+void set_pipe_parameters(GptMoe& model) {
+  uint64_t seed = 100;  // every expert of both layers receives tokens in every case
+  for (Parameter& p : model.params().all()) {
+    Shape full = p.value.shape();
+    if (p.is_expert) full[0] = model.config().num_experts;
+    Tensor whole = testing::random_tensor(full, seed++, p.weight_decay ? 0.2f : 0.05f);
+    Tensor mine = p.is_expert ? whole.rows(p.expert_offset, p.expert_offset + p.value.dim(0)) : whole;
+    if (p.weight_decay) {
+      p.value.copy_from(mine);
+    } else {  // biases 0 + noise, norm gains 1 + noise
+      std::vector<float> v = p.value.to_vector(), d = mine.to_vector();
+      for (size_t i = 0; i < v.size(); ++i) v[i] += d[i];
+      p.value.copy_from(Tensor::from(p.value.shape(), v));
+    }
+  }
+}
+
+// One forward and backward on this rank's tokens (collective over the world).
+RankRun run_on_ranks(const ModelConfig& config, const TrainingGroups& groups, const PipeConfig* pipe) {
+  GptMoe model(config, groups.model_parallel());
+  model.initialize(11);
+  set_pipe_parameters(model);
+  std::unique_ptr<StreamedBlock> executor;
+  if (pipe) executor = std::make_unique<StreamedBlock>(schedule_of(*pipe, config), pipe->order);
+  model.set_block_executor(executor.get());
+  Rng rng(5 + 1000 * static_cast<uint64_t>(groups.rank()));  // every rank its own tokens
+  std::vector<int32_t> tok(kPipeBatch * kPipeSeqLen), tgt(kPipeBatch * kPipeSeqLen);
+  for (auto& t : tok) t = static_cast<int32_t>(rng.below(config.vocab_size));
+  for (auto& t : tgt) t = static_cast<int32_t>(rng.below(config.vocab_size));
+  model.params().zero_grad();
+  ForwardState state;
+  RankRun r;
+  r.loss = model.forward(state, Tensor::from_ints({kPipeBatch * kPipeSeqLen}, tok),
+                         Tensor::from_ints({kPipeBatch * kPipeSeqLen}, tgt), kPipeBatch);
+  r.logits = state.logits.to_vector();
+  model.backward(state);
+  for (const Parameter& p : model.params().all()) {
+    r.names.push_back(p.name);
+    r.grads.push_back(p.grad.to_vector());
+  }
+  return r;
+}
+
+std::vector<double> widen(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
+
+// |a - b| <= 1e-6 + 1e-4 |b| with b's sign wherever |b| > 2e-6 (so a zero or negated gradient
+// fails), |a - b| <= 2e-6 elsewhere; and over each tensor cosine > 0.99999, relative L2 < 1e-4.
+void expect_same_on_this_rank(const RankRun& got, const RankRun& want) {
+  EXPECT_LE(std::abs(got.loss.lm_loss - want.loss.lm_loss), 1e-6 + 1e-5 * std::abs(want.loss.lm_loss))
+      << "lm loss " << got.loss.lm_loss << " vs " << want.loss.lm_loss;
+  EXPECT_LE(std::abs(got.loss.aux_loss - want.loss.aux_loss), 1e-6 + 1e-5 * std::abs(want.loss.aux_loss))
+      << "aux loss " << got.loss.aux_loss << " vs " << want.loss.aux_loss;
+  testing::expect_close(widen(got.logits), widen(want.logits), 1e-5, 1e-4, "logits");
+  const testing::GradientTolerance tol{2e-6, 1e-6, 1e-4, 0.99999, 1e-4};
+  EXPECT_EQ(got.names, want.names);
+  if (got.grads.size() != want.grads.size()) return;
+  for (size_t i = 0; i < got.grads.size(); ++i)
+    testing::expect_gradient_matches(widen(got.grads[i]), widen(want.grads[i]), tol, "gradient of " + want.names[i]);
+}
+
+// The reference of each (family, k, routing, reference schedule), computed once; every rank runs
+// the same tests in the same order, so every rank computes it at the same point.
+const RankRun& pipe_reference(const ModelConfig& config, const TrainingGroups& groups, const PipeConfig* pipe) {
+  static std::map<std::string, RankRun> cache;
+  std::ostringstream key;
+  key << config.family << " k=" << config.top_k << " cf=" << config.capacity_factor << " "
+      << (pipe ? schedule_of(*pipe, config).describe() : std::string("sequential"));
+  auto it = cache.find(key.str());
+  if (it == cache.end()) {
+    it = cache.emplace(key.str(), run_on_ranks(config, groups, pipe)).first;
+    // A tensor whose reference gradient is zero (an expert no token reaches) would check nothing.
+    for (size_t i = 0; i < it->second.grads.size(); ++i) {
+      bool nonzero = false;
+      for (float g : it->second.grads[i]) nonzero = nonzero || g != 0.0f;
+      EXPECT_TRUE(nonzero) << key.str() << ": the reference gradient of " << it->second.names[i] << " is zero";
+    }
+  }
+  return it->second;
+}
+
+// gtest's report on rank 0 names failures of the other ranks too (collective, the same on every rank).
+void expect_no_rank_failed() {
+  int64_t failed = ::testing::Test::HasFailure() ? 1 : 0;
+  g_world->all_reduce_sum(failed);
+  if (g_world->rank() == 0) {
+    EXPECT_EQ(failed, 0) << "ranks with a failure in this test (their output above)";
+  }
+}
+
+class PipelinedOnSeveralRanks : public ::testing::TestWithParam<PipeCase> {};
+
+TEST_P(PipelinedOnSeveralRanks, LossAndEveryGradientEqualTheReferenceOnEveryRank) {
+  const PipeCase c = GetParam();
+  const PipeConfig& pipe = pipe_configs()[c.config];
+  const ModelConfig config = pipe_model(c.mixtral, c.top_k, c.capacity ? kDropCapacity : 0.0);
+  const TrainingGroups groups = make_training_groups(*g_world, 0, config.num_experts);
+  EXPECT_EQ(groups.expert_parallel_size, std::min(g_world->size(), 4));
+  const std::unique_ptr<PipeConfig> ref_pipe = c.capacity ? capacity_reference(pipe, config) : nullptr;
+  const RankRun& want = pipe_reference(config, groups, ref_pipe.get());
+  const RankRun got = run_on_ranks(config, groups, &pipe);
+  {
+    SCOPED_TRACE("rank " + std::to_string(g_world->rank()) + ", " + schedule_of(pipe, config).describe() + " " +
+                 stage_order_name(pipe.order) + " against " +
+                 (ref_pipe ? schedule_of(*ref_pipe, config).describe() : std::string("sequential")));
+    expect_same_on_this_rank(got, want);
+    if (c.capacity) {  // the factor drops pairs: the dropless loss differs
+      const RankRun& dropless = pipe_reference(pipe_model(c.mixtral, c.top_k, 0.0), groups, nullptr);
+      EXPECT_GT(std::abs(want.loss.lm_loss - dropless.loss.lm_loss), 1e-4) << "capacity dropped nothing";
+    }
+  }
+  expect_no_rank_failed();
+}
+
+INSTANTIATE_TEST_SUITE_P(Schedules, PipelinedOnSeveralRanks, ::testing::ValuesIn(pipe_cases()), pipe_test_name);
+
 TEST(DataParallel, MismatchedConfigurationIsRefusedOnEveryRank) {
   const std::string dir = shared_dir("mismatch");
   TrainOptions o = small_options(dir);
@@ -316,6 +556,29 @@ TEST(DataParallel, MismatchedConfigurationIsRefusedOnEveryRank) {
 }  // namespace
 }  // namespace ampipe
 
+namespace {
+// On ranks other than 0: each failed assertion, named by rank and test (the usual report would
+// repeat rank 0's).
+class FailurePrinter : public ::testing::EmptyTestEventListener {
+ public:
+  explicit FailurePrinter(int rank) : rank_(rank) {}
+  // (UnitTest::current_test_info() would wait on the lock gtest holds while reporting.)
+  void OnTestStart(const ::testing::TestInfo& test) override {
+    test_ = std::string(test.test_suite_name()) + "." + test.name();
+  }
+  void OnTestEnd(const ::testing::TestInfo&) override { test_.clear(); }
+  void OnTestPartResult(const ::testing::TestPartResult& r) override {
+    if (!r.failed()) return;
+    std::fprintf(stderr, "[rank %d] %s: %s:%d: Failure\n%s\n", rank_, test_.c_str(),
+                 r.file_name() ? r.file_name() : "", r.line_number(), r.message());
+  }
+
+ private:
+  int rank_;
+  std::string test_;
+};
+}  // namespace
+
 int main(int argc, char** argv) {
   ::testing::InitGoogleTest(&argc, argv);
   ampipe::g_world = ampipe::make_world_communicator();
@@ -323,6 +586,7 @@ int main(int argc, char** argv) {
   if (rank != 0) {  // rank 0 prints the usual report; the others only their failures
     auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
     delete listeners.Release(listeners.default_result_printer());
+    listeners.Append(new FailurePrinter(rank));
   }
   const int result = RUN_ALL_TESTS();
   int64_t failed = result != 0 ? 1 : 0;
