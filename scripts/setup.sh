@@ -12,6 +12,8 @@ packages=(
   libcli11-dev nlohmann-json3-dev              # command line, JSON
   libsentencepiece-dev sentencepiece           # subword tokenizers (train/tokenizer.cpp), spm_* tools
   iproute2                                     # ip netns, tc: scripts/netem.sh (emulated interconnect)
+  clang libclang-rt-dev libomp-dev             # scripts/fuzz.sh: clang with libFuzzer and the sanitizer
+                                               # runtimes, and clang's OpenMP (AMPIPE_FUZZ=ON build)
   bible-kjv                                    # the default corpus
   python3                                      # test scripts
   python3-torch                                # the independent PyTorch reference of the Mixtral family

@@ -58,8 +58,16 @@ std::array<double, 3> parse_split(const std::string& text) {
         << "--split '" << text << "': part '" << item << "' is not a number >= 0";
     ++n;
   }
-  const double sum = parts[0] + parts[1] + parts[2];
+  double sum = parts[0] + parts[1] + parts[2];
   AMPIPE_CHECK(n >= 1 && sum > 0) << "--split '" << text << "' must have a positive part, e.g. 969,30,1";
+  if (!std::isfinite(sum)) {
+    // Finite parts whose sum overflows ("1e308,1e308"): divided by an infinite sum they would all
+    // become 0. Scaled by the largest part first, the sum is at most 3; other splits are divided
+    // as they are, so their fractions stay bit for bit Megatron's.
+    const double largest = std::max({parts[0], parts[1], parts[2]});
+    for (double& p : parts) p /= largest;
+    sum = parts[0] + parts[1] + parts[2];
+  }
   for (double& p : parts) p /= sum;
   return parts;
 }

@@ -8,6 +8,7 @@
 #include <cerrno>
 #include <cmath>
 #include <cstdio>
+#include <cstdlib>
 #include <cstring>
 #include <filesystem>
 #include <map>
@@ -335,9 +336,13 @@ uint64_t parse_byte_size(const std::string& text, const std::string& flag) {
       refuse();
     }
   } else {
-    const double value = std::stod(number) * u->second;
-    if (!(value < 1.8e19)) refuse();
-    bytes = static_cast<uint64_t>(std::llround(value));
+    // strtod, not stod: a number out of double's range is HUGE_VAL or about 0 here (refused below),
+    // where stod threw std::out_of_range past the ampipe::Error contract.
+    const double value = std::strtod(number.c_str(), nullptr) * u->second;
+    // 2^64 bytes and more do not fit uint64_t (llround, into int64_t, failed from 2^63 on).
+    AMPIPE_CHECK(value < 18446744073709551616.0)
+        << flag << " '" << text << "' is too large: at most 18446744073709551615 bytes (2^64 - 1)";
+    bytes = static_cast<uint64_t>(std::round(value));
   }
   AMPIPE_CHECK(bytes >= 1) << flag << " '" << text << "' must be at least 1 byte";
   return bytes;

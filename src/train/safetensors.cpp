@@ -127,6 +127,9 @@ SafetensorsEntry parse_entry(const std::string& path, const std::string& name, c
   const nlohmann::json& shape = field("shape");
   if (!shape.is_array()) bad(path, what + ": \"shape\" is not an array");
   int64_t numel = 1;
+  // The product of the dimensions other than 0 must fit as well: a contiguous tensor's strides are
+  // products of trailing dimensions, so [0, 2^32, 2^32] (no elements) would still overflow them.
+  int64_t extent = 1;
   for (const nlohmann::json& d : shape) {
     if (!d.is_number_integer()) bad(path, what + ": \"shape\" holds a non-integer " + d.dump());
     if (d.is_number_unsigned() &&
@@ -137,6 +140,9 @@ SafetensorsEntry parse_entry(const std::string& path, const std::string& name, c
       bad(path, what + ": negative dimension " + std::to_string(dim) + " in shape " + shape.dump());
     if (__builtin_mul_overflow(numel, dim, &numel))
       bad(path, what + ": shape " + shape.dump() + " overflows");
+    if (dim != 0 && __builtin_mul_overflow(extent, dim, &extent))
+      bad(path, what + ": shape " + shape.dump() +
+                    " overflows (its dimensions other than 0 multiply past 2^63 - 1, even with no elements)");
     e.shape.push_back(dim);
   }
   uint64_t bytes = 0;

@@ -163,6 +163,19 @@ TEST(GptDataset, ABlendKeepsItsWeightsWithinOnePercent) {
   EXPECT_NEAR(ones, 500, 2);
 }
 
+// Fuzzing finding (tests/fuzz/fuzz_data_args.cpp): finite parts whose sum overflows to infinity were
+// each divided by it, giving fractions 0, 0, 0 (every document in the test split) instead of 1/2, 1/2.
+TEST(GptDataset, SplitWithPartsSummingPastTheLargestDouble_KeepsItsProportions) {
+  const std::array<double, 3> f = parse_split("1e308,1e308");
+  EXPECT_DOUBLE_EQ(f[0], 0.5);
+  EXPECT_DOUBLE_EQ(f[1], 0.5);
+  EXPECT_EQ(f[2], 0.0);
+  const std::array<double, 3> g = parse_split("1.7e308,1.7e308,1.7e308");
+  for (double x : g) EXPECT_DOUBLE_EQ(x, 1.0 / 3);
+  const auto b = split_boundaries(10, f);
+  EXPECT_EQ(b, (std::array<int64_t, 4>{0, 5, 10, 10}));
+}
+
 TEST(GptDataset, BadInputIsRefusedNamingTheValue) {
   EXPECT_NE(error_of([] { parse_data_path({"0.5", "a", "b"}); }).find("pairs"), std::string::npos);
   EXPECT_NE(error_of([] { parse_data_path({"heavy", "a", "0.5", "b"}); }).find("weight 'heavy'"), std::string::npos);

@@ -528,6 +528,25 @@ TEST(HfCheckpoint, ParseByteSize) {
   }
 }
 
+// Fuzzing findings (tests/fuzz/fuzz_byte_size.cpp): a size with a unit from 2^63 bytes up wrapped
+// around through llround (12222222242222248KB, 1.2e19 bytes, came out as 2^63), and a number past
+// double's range threw std::out_of_range from std::stod instead of an ampipe::Error.
+TEST(HfCheckpoint, ParseByteSize_SizesPastTwoToTheSixtyThreeAndHugeNumbers) {
+  // Sizes with a unit go through double: the nearest double to 1.2222222242222248e19 is exact here.
+  EXPECT_EQ(parse_byte_size("12222222242222248KB"), 12222222242222247936u);
+  EXPECT_EQ(parse_byte_size("9000000TB"), 9'000'000'000'000'000'000u);
+  EXPECT_EQ(parse_byte_size("16777215TiB"), 16777215ull << 40);
+  for (const std::string& too_large : {std::string("18446744073709552KB"), std::string("16777216TiB"),
+                                       std::string(400, '9') + "KB", std::string(400, '9') + ".5GiB"}) {
+    const std::string e = error_of([&] { parse_byte_size(too_large); });
+    EXPECT_NE(e.find("--max-shard-size '" + too_large + "' is too large: at most 18446744073709551615 bytes"),
+              std::string::npos)
+        << e;
+  }
+  const std::string tiny = "0." + std::string(400, '0') + "1KB";
+  EXPECT_NE(error_of([&] { parse_byte_size(tiny); }).find("must be at least 1 byte"), std::string::npos);
+}
+
 std::string write_corpus(const std::string& dir) {
   std::string text;
   for (int i = 0; i < 200; ++i) text += "In the beginning God created the heaven and the earth. ";

@@ -278,6 +278,29 @@ TEST_F(SafetensorsTest, Read_MalformedHeaders_AreRefusedWithTheProblemNamed) {
   }
 }
 
+// Fuzzing finding (tests/fuzz/fuzz_safetensors.cpp): a zero-element tensor whose other dimensions
+// multiply past int64 passed the header checks, and Tensor::empty overflowed computing its strides
+// (signed overflow, UBSan). Both readers refuse it now, naming the shape.
+TEST_F(SafetensorsTest, Read_ZeroElementShapeWhoseStridesOverflow_IsRefused) {
+  for (const std::string shape :
+       {"[0,4294967296,4294967296]", "[4294967296,0,4294967296]", "[3,0,9223372036854775807]"}) {
+    SCOPED_TRACE(shape);
+    write_raw(path("bad"),
+              raw_file(R"({"a":{"dtype":"F32","shape":)" + shape + R"(,"data_offsets":[0,0]}})", 0));
+    expect_read_error(path("bad"), "tensor 'a': shape " + shape + " overflows");
+    try {
+      read_safetensors_header(path("bad"));
+      ADD_FAILURE() << "read_safetensors_header accepted " << shape;
+    } catch (const Error& e) {
+      EXPECT_NE(std::string(e.what()).find("overflows"), std::string::npos) << e.what();
+    }
+  }
+  // Zero elements with dimensions that do fit are fine.
+  write_raw(path("ok"),
+            raw_file(R"({"a":{"dtype":"F32","shape":[0,4294967296,2],"data_offsets":[0,0]}})", 0));
+  EXPECT_EQ(read_safetensors(path("ok")).tensors.at("a").shape(), (Shape{0, 4294967296, 2}));
+}
+
 TEST_F(SafetensorsTest, Read_AcceptsValidFilesFromOtherWriters) {
   // Unpadded header, whitespace, tensors listed out of buffer order, an extra field, no metadata.
   const std::string header =
