@@ -12,7 +12,8 @@
 # features) from libFuzzer's final stats. Exits 1 if any harness finds a crash, a leak, a timeout or
 # an out-of-memory, naming the input it saved under build-fuzz/fuzz-artifacts/; 2 on bad usage.
 # Prints the time of each phase. Safe to run again; needs clang, libclang-rt-dev and libomp-dev
-# (scripts/setup.sh).
+# (scripts/setup.sh). AMPIPE_FUZZ_SEED=N fixes libFuzzer's random seed (CI does, so that its short
+# run is repeatable); unset, every run explores afresh.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -82,7 +83,7 @@ run_harness() {  # run_harness NAME
   local rc=0
   # libFuzzer stops itself at -max_total_time; the outer timeout only guards against a wedged run.
   timeout --signal=KILL $((seconds + 120)) "$build/tests/fuzz/$h" -max_total_time="$seconds" -timeout=10 \
-    -rss_limit_mb=2048 -malloc_limit_mb=2048 -print_final_stats=1 \
+    -rss_limit_mb=2048 -malloc_limit_mb=2048 -print_final_stats=1 ${AMPIPE_FUZZ_SEED:+-seed=$AMPIPE_FUZZ_SEED} \
     -artifact_prefix="$build/fuzz-artifacts/$h-" "${extra[@]}" "$corpus" > "$log" 2>&1 || rc=$?
   local execs cov ft
   execs=$(sed -n 's/^stat::number_of_executed_units: *//p' "$log" | tail -1)
