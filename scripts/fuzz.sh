@@ -20,13 +20,7 @@ root=$PWD
 build=$root/build-fuzz
 jobs=$(nproc)
 
-phase() {  # phase NAME COMMAND...: runs the command, prints how long it took
-  local name=$1 t0=$SECONDS
-  shift
-  echo "== $name"
-  "$@"
-  echo "== $name: $((SECONDS - t0)) s"
-}
+source scripts/phase.sh
 
 configure_build() {  # configure_build TARGET...
   CC=clang CXX=clang++ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=RelWithDebInfo -DAMPIPE_FUZZ=ON \

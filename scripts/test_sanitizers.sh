@@ -9,13 +9,7 @@ root=$PWD
 jobs=$(nproc)
 which=${1:-all}
 
-phase() {  # phase NAME COMMAND...: runs the command, prints how long it took
-  local name=$1 t0=$SECONDS
-  shift
-  echo "== $name"
-  "$@"
-  echo "== $name: $((SECONDS - t0)) s"
-}
+source scripts/phase.sh
 
 configure_build() {  # configure_build DIR SANITIZER [TARGET...]
   local dir=$1 san=$2
