@@ -8,6 +8,10 @@ cd "$(dirname "$0")/.."
 root=$PWD
 jobs=$(nproc)
 which=${1:-all}
+if [[ $which != all && $which != asan && $which != tsan ]]; then
+  echo "usage: scripts/test_sanitizers.sh [asan|tsan]   (no argument: both; got '$which')" >&2
+  exit 2
+fi
 
 source scripts/phase.sh
 
