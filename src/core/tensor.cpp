@@ -32,10 +32,11 @@ static Shape contiguous_strides(const Shape& shape) {
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   AMPIPE_CHECK(device == Device::CPU) << "this build has only the CPU backend";
-  int64_t n = 1;
+  int64_t n = 1, extent = 1;  // extent: the product of the non-zero dimensions (the largest stride bound)
   for (int64_t d : shape) {
     AMPIPE_CHECK(d >= 0) << "negative dimension in shape " << shape_string(shape);
-    n *= d;
+    const bool overflow = __builtin_mul_overflow(n, d, &n) || (d != 0 && __builtin_mul_overflow(extent, d, &extent));
+    AMPIPE_CHECK(!overflow) << "shape " << shape_string(shape) << " has more elements than an int64 counts";
   }
   const size_t bytes = static_cast<size_t>(n) * dtype_size(dtype);
   size_t capacity = 0;

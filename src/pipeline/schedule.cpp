@@ -1,6 +1,7 @@
 #include "pipeline/schedule.h"
 
 #include <algorithm>
+#include <cctype>
 #include <cmath>
 #include <sstream>
 
@@ -141,7 +142,12 @@ std::vector<int64_t> parse_chunk_boundaries(const std::string& text) {
   std::vector<int64_t> out;
   std::stringstream s(text);
   std::string item;
+  // A trailing comma would otherwise end the list silently; getline never yields its empty item.
+  AMPIPE_CHECK(text.empty() || text.back() != ',')
+      << "--chunk-boundaries '" << text << "' ends with a comma: an empty position";
   while (std::getline(s, item, ',')) {
+    AMPIPE_CHECK(!item.empty() && !std::isspace(static_cast<unsigned char>(item[0])))
+        << "--chunk-boundaries '" << text << "': '" << item << "' is not an integer position (no spaces, no empty items)";
     try {
       size_t used = 0;
       out.push_back(std::stoll(item, &used));

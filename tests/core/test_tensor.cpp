@@ -35,6 +35,13 @@ TEST(Tensor, ShapeStridesAndNumel) {
   EXPECT_EQ(reinterpret_cast<uintptr_t>(Tensor::empty({3}).data<float>()) % 64, 0u);  // 64-byte aligned
 }
 
+TEST(Tensor, ShapesPastInt64AreRefused) {
+  // Elements past 2^63 - 1, and strides past it even with no elements ([0, 2^32, 2^32]).
+  EXPECT_THROW(Tensor::empty({int64_t{1} << 32, int64_t{1} << 32}), Error);
+  EXPECT_THROW(Tensor::empty({0, int64_t{1} << 32, int64_t{1} << 32}), Error);
+  EXPECT_EQ(Tensor::empty({0, 1 << 20, 1 << 10}).numel(), 0);
+}
+
 TEST(Tensor, DtypeIsChecked) {
   Tensor i = Tensor::from_ints({3}, {1, 2, 3});
   EXPECT_EQ(i.dtype(), DType::I32);

@@ -155,6 +155,11 @@ TEST(Schedule, EqualBoundariesSpreadTheRemainder) {
 TEST(Schedule, BadInputIsRefused) {
   EXPECT_THROW(parse_schedule("pipedream"), Error);
   EXPECT_THROW(parse_chunk_boundaries("0,5,x"), Error);
+  // Noticed while writing tests/fuzz/fuzz_schedule.cpp: a trailing comma, an empty item or a leading
+  // space were accepted silently.
+  EXPECT_THROW(parse_chunk_boundaries("0,5,"), Error);
+  EXPECT_THROW(parse_chunk_boundaries("0,,5"), Error);
+  EXPECT_THROW(parse_chunk_boundaries("0, 5"), Error);
   BlockSchedule s;
   s.kind = ScheduleKind::AmPipe;
   s.chunk_boundaries = {0, 5, 5, 10};
