@@ -24,10 +24,11 @@
 // it ... within T (--distributed-timeout-minutes)": the agreement's messages that never came name the
 // ranks that did not arrive; in all_to_all_v the pending messages name the peers whose data did not
 // move. (It ends the job rather than throwing: a pending request still points into the caller's
-// buffers, and a group with a stopped or dead rank cannot be used again anyway.) The deadline of
-// one call counts from its entry, so a rank that waits longer than it for a peer (a peer writing a
-// long checkpoint, for instance) is ended too: set it above the longest such stretch. A wait polls
-// and yields the core for its first second, then polls every millisecond.
+// buffers, and a group with a stopped or dead rank cannot be used again anyway.) The agreement's
+// deadline counts from the call's entry, each data exchange's from its start, so a rank that waits
+// longer than it for a peer (a peer writing a long checkpoint, for instance) is ended too: set it
+// above the longest such stretch. A wait polls and yields the core for its first second, then polls
+// every millisecond.
 //
 // Large counts: one MPI call takes at most INT_MAX elements. Beyond that the backend splits:
 // all_reduce_sum / broadcast / broadcast_bytes loop over pieces of at most `max_elements_per_call`
