@@ -6,14 +6,8 @@
 # all end (or all train on) together.
 # Usage: test_checkpoint_full_disk.sh AMPIPE_BINARY [RANKS MPIEXEC [MPIEXEC FLAGS...]]
 set -uo pipefail
-bin=$1
-ranks=${2:-1}
-shift $(( $# >= 2 ? 2 : 1 ))
-launcher=()
-if [ "$ranks" -gt 1 ]; then
-  [ $# -ge 1 ] || { echo "usage: $0 AMPIPE_BINARY RANKS MPIEXEC [FLAGS...]" >&2; exit 2; }
-  launcher=("$@" -np "$ranks")
-fi
+source "$(dirname "$0")/launcher.sh"
+parse_launcher "$@"
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
 for i in $(seq 200); do printf 'In the beginning God created the heaven and the earth. '; done > "$work/corpus.txt"

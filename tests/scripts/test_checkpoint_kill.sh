@@ -5,14 +5,8 @@
 # Usage: test_checkpoint_kill.sh AMPIPE_BINARY [RANKS [MPIEXEC MPIEXEC_FLAGS...]]
 # With RANKS > 1 the job runs under MPIEXEC -np RANKS. Exits 77 when python3 is missing.
 set -uo pipefail
-bin=$1
-ranks=${2:-1}
-shift $(( $# >= 2 ? 2 : 1 ))
-launcher=()
-if [ "$ranks" -gt 1 ]; then
-  [ $# -ge 1 ] || { echo "usage: $0 AMPIPE_BINARY RANKS MPIEXEC [FLAGS...]" >&2; exit 2; }
-  launcher=("$@" -np "$ranks")
-fi
+source "$(dirname "$0")/launcher.sh"
+parse_launcher "$@"
 command -v python3 > /dev/null || { echo "python3 not found: skipping"; exit 77; }
 work=$(mktemp -d)
 trap 'rm -rf "$work"' EXIT
