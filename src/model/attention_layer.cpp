@@ -65,7 +65,7 @@ static kernels::AttentionShape chunk_shape(const AttentionContext& ctx, int64_t 
   return s;
 }
 
-void AttentionLayer::begin_forward(AttentionContext& ctx, const Tensor& x, int64_t batch, int64_t seq_len) const {
+void AttentionLayer::prepare_forward(AttentionContext& ctx, const Tensor& x, int64_t batch, int64_t seq_len) const {
   const int64_t d = hidden_;
   const int64_t T = x.dim(0);
   AMPIPE_CHECK(T == batch * seq_len && x.dim(1) == d)
@@ -73,16 +73,48 @@ void AttentionLayer::begin_forward(AttentionContext& ctx, const Tensor& x, int64
   ctx.batch = batch;
   ctx.seq_len = seq_len;
   ctx.x = x;
-  ctx.a = Tensor::empty({T, d});
-  norm_.forward(x, ctx.a, ctx.norm);
   ctx.qkv = Tensor::empty({T, q_width() + 2 * kv_width()});
-  for (const Projection& p : input_)
-    linear_forward(ctx.a, p.weight->value, p.bias ? p.bias->value : Tensor(), ctx.qkv.cols(p.begin, p.end));
-  if (rope_) {
-    kernels::rope_forward(q_cols(ctx.qkv), batch, heads_, 0, rope_theta_);
-    kernels::rope_forward(k_cols(ctx.qkv), batch, kv_heads_, 0, rope_theta_);
-  }
+  ctx.dqkv = Tensor();
+  ctx.inputs.clear();
   ctx.chunks.clear();
+}
+
+// Rows [first, first + count) of a [B*N, w] buffer when `rows` is undefined, else the gathered rows.
+static Tensor rows_of(const Tensor& full, const Tensor& rows, int64_t first, int64_t count) {
+  if (!rows.defined()) return full.rows(first, first + count);
+  Tensor out = Tensor::empty({rows.numel(), full.dim(1)});
+  kernels::gather_rows(full, rows, out);
+  return out;
+}
+
+size_t AttentionLayer::input_forward(AttentionContext& ctx, int64_t begin, int64_t end) const {
+  AMPIPE_CHECK(0 <= begin && begin < end && end <= ctx.seq_len)
+      << "attention input rows [" << begin << ", " << end << ") are not inside the sequence [0, " << ctx.seq_len
+      << ")";
+  AttentionInput in;
+  in.begin = begin;
+  in.end = end;
+  const int64_t rows = ctx.batch * (end - begin);
+  if (ctx.batch == 1) in.first_row = begin;
+  else if (begin != 0 || end != ctx.seq_len) in.rows = chunk_row_index(ctx.batch, ctx.seq_len, begin, end);
+  in.x = rows_of(ctx.x, in.rows, in.first_row, rows);
+  in.a = Tensor::empty({rows, hidden_});
+  norm_.forward(in.x, in.a, in.norm);
+  Tensor qkv = in.rows.defined() ? Tensor::empty({rows, ctx.qkv.dim(1)}) : ctx.qkv.rows(in.first_row, in.first_row + rows);
+  for (const Projection& p : input_)
+    linear_forward(in.a, p.weight->value, p.bias ? p.bias->value : Tensor(), qkv.cols(p.begin, p.end));
+  if (rope_) {
+    kernels::rope_forward(q_cols(qkv), ctx.batch, heads_, begin, rope_theta_);
+    kernels::rope_forward(k_cols(qkv), ctx.batch, kv_heads_, begin, rope_theta_);
+  }
+  if (in.rows.defined()) kernels::scatter_rows(qkv, in.rows, ctx.qkv);
+  ctx.inputs.push_back(std::move(in));
+  return ctx.inputs.size() - 1;
+}
+
+void AttentionLayer::begin_forward(AttentionContext& ctx, const Tensor& x, int64_t batch, int64_t seq_len) const {
+  prepare_forward(ctx, x, batch, seq_len);
+  input_forward(ctx, 0, seq_len);
 }
 
 Tensor AttentionLayer::chunk_forward(AttentionContext& ctx, int64_t begin, int64_t end, size_t* chunk_index) const {
@@ -123,21 +155,34 @@ void AttentionLayer::chunk_backward(AttentionContext& ctx, size_t chunk_index, c
   c = AttentionChunk{};  // the chunk's activations are no longer needed
 }
 
-Tensor AttentionLayer::finish_backward(AttentionContext& ctx) const {
-  const int64_t d = hidden_;
-  const int64_t T = ctx.x.dim(0);
+Tensor AttentionLayer::input_backward(AttentionContext& ctx, size_t input_index) const {
+  AMPIPE_CHECK(input_index < ctx.inputs.size() && ctx.inputs[input_index].x.defined())
+      << "no attention input " << input_index << " to run backward";
+  AMPIPE_CHECK(ctx.dqkv.defined()) << "attention input backward before any chunk's backward";
+  AttentionInput& in = ctx.inputs[input_index];
+  const int64_t rows = in.x.dim(0);
+  // A view when contiguous: these rows of dqkv are complete and no other chunk touches them again.
+  Tensor dqkv = rows_of(ctx.dqkv, in.rows, in.first_row, rows);
   if (rope_) {
-    kernels::rope_backward(q_cols(ctx.dqkv), ctx.batch, heads_, 0, rope_theta_);
-    kernels::rope_backward(k_cols(ctx.dqkv), ctx.batch, kv_heads_, 0, rope_theta_);
+    kernels::rope_backward(q_cols(dqkv), ctx.batch, heads_, in.begin, rope_theta_);
+    kernels::rope_backward(k_cols(dqkv), ctx.batch, kv_heads_, in.begin, rope_theta_);
   }
-  Tensor da = Tensor::empty({T, d});
+  Tensor da = Tensor::empty({rows, hidden_});
   for (size_t i = 0; i < input_.size(); ++i) {
     const Projection& p = input_[i];
-    linear_backward(ctx.a, p.weight->value, ctx.dqkv.cols(p.begin, p.end), da, p.weight->grad,
+    linear_backward(in.a, p.weight->value, dqkv.cols(p.begin, p.end), da, p.weight->grad,
                     p.bias ? p.bias->grad : Tensor(), /*accumulate_dx=*/i > 0);
   }
-  Tensor dx = Tensor::empty({T, d});
-  norm_.backward(da, ctx.x, ctx.norm, dx);
+  Tensor dx = Tensor::empty({rows, hidden_});
+  norm_.backward(da, in.x, in.norm, dx);
+  in = AttentionInput{};  // release the rows' saved activations
+  return dx;
+}
+
+Tensor AttentionLayer::finish_backward(AttentionContext& ctx) const {
+  AMPIPE_CHECK(ctx.inputs.size() == 1 && ctx.inputs[0].begin == 0 && ctx.inputs[0].end == ctx.seq_len)
+      << "finish_backward needs the whole-sequence input of begin_forward";
+  Tensor dx = input_backward(ctx, 0);
   ctx = AttentionContext{};  // release the saved activations
   return dx;
 }

@@ -17,6 +17,16 @@
 //   chunk_backward    the mirror of one chunk; dK and dV accumulate over chunks, dQ of the chunk;
 //   finish_backward   the rope, QKV and norm1 backward, once, after every chunk's backward.
 // forward()/backward() are the one-chunk case. Every chunk of [0, N) must be run, in any order.
+// Across blocks (the model-scope pipeline) the input itself arrives in chunks, so norm1 and the QKV
+// projection run per chunk of rows too:
+//   prepare_forward   takes the input buffer x (whose rows the caller fills later) and allocates qkv;
+//   input_forward     norm1, QKV and rope of positions [begin, end), once x's rows exist; a chunk's
+//                     chunk_forward needs the input_forward of every position below its end;
+//   input_backward    their backward, once dqkv of those rows is complete: after the chunk_backward
+//                     of every chunk that ends past `begin` (its queries, or keys, hold those rows);
+//                     returns the rows' dx without the residual.
+// begin_forward = prepare_forward + input_forward(0, N); finish_backward = input_backward of that
+// one input + release. The input chunks must cover [0, N) without overlap.
 // The saved activations live in an AttentionContext owned by the caller.
 #pragma once
 
@@ -38,11 +48,20 @@ struct AttentionChunk {
   Tensor lse;                  // [B, h, len]
 };
 
+// One input_forward: norm1 of positions [begin, end) of every sequence (the whole sequence, or a chunk).
+struct AttentionInput {
+  int64_t begin = 0, end = 0;
+  Tensor rows;           // as AttentionChunk::rows
+  int64_t first_row = 0;
+  Tensor x;              // [B*len, d] the input rows (a view when contiguous)
+  Tensor a;              // [B*len, d] norm1(x)
+  NormStats norm;        // norm1's statistics of these rows
+};
+
 struct AttentionContext {
   int64_t batch = 0, seq_len = 0;
   Tensor x;                   // [T, d] block input (residual stream)
-  NormStats norm;             // norm1's statistics
-  Tensor a;                   // [T, d] norm1(x)
+  std::vector<AttentionInput> inputs;
   Tensor qkv;                 // [T, (h + 2g) hd], q and k rotated when rope
   Tensor dqkv;                // [T, (h + 2g) hd] gradient, accumulated by chunk_backward
   std::vector<AttentionChunk> chunks;
@@ -53,6 +72,12 @@ class AttentionLayer {
   AttentionLayer(const ModelConfig& config, ParameterRegistry& params, const std::string& prefix);
 
   void begin_forward(AttentionContext& ctx, const Tensor& x, int64_t batch, int64_t seq_len) const;
+  // x [B*N, d] is kept (a handle): its rows may be written after this call, before their input_forward.
+  void prepare_forward(AttentionContext& ctx, const Tensor& x, int64_t batch, int64_t seq_len) const;
+  // Returns the input's index (for input_backward).
+  size_t input_forward(AttentionContext& ctx, int64_t begin, int64_t end) const;
+  // Returns d(norm1 + QKV)/dx of the input's rows [B*len, d] (without the residual); frees them.
+  Tensor input_backward(AttentionContext& ctx, size_t input_index) const;
   // Returns h = x + proj(attn) for the chunk's rows [B*(end-begin), d]; returns the chunk's index.
   Tensor chunk_forward(AttentionContext& ctx, int64_t begin, int64_t end, size_t* chunk_index = nullptr) const;
   // dh [B*len, d]: gradient of the chunk's h (the caller adds dh to the residual gradient itself).

@@ -29,4 +29,29 @@ Tensor SequentialBlock::backward(const Block& block, BlockContext& ctx, const Te
   return dx;
 }
 
+Tensor BlockExecutor::forward_layers(const std::vector<Block>& blocks, std::vector<BlockContext>& ctx,
+                                     const Tensor& x, int64_t batch, int64_t seq_len,
+                                     std::vector<RoutingStats>& stats) const {
+  AMPIPE_CHECK(ctx.size() == blocks.size() && stats.size() == blocks.size())
+      << "forward_layers: " << blocks.size() << " blocks but " << ctx.size() << " contexts and " << stats.size()
+      << " statistics";
+  Tensor h = x;
+  for (size_t l = 0; l < blocks.size(); ++l) h = forward(blocks[l], ctx[l], h, batch, seq_len, stats[l]);
+  return h;
+}
+
+Tensor BlockExecutor::backward_layers(const std::vector<Block>& blocks, std::vector<BlockContext>& ctx,
+                                      const Tensor& dy, const std::vector<RoutingStats>& stats,
+                                      double aux_grad_scale, const std::function<void(int64_t)>& block_done) const {
+  AMPIPE_CHECK(ctx.size() == blocks.size() && stats.size() == blocks.size())
+      << "backward_layers: " << blocks.size() << " blocks but " << ctx.size() << " contexts and " << stats.size()
+      << " statistics";
+  Tensor d = dy;
+  for (size_t l = blocks.size(); l-- > 0;) {
+    d = backward(blocks[l], ctx[l], d, stats[l], aux_grad_scale);
+    if (block_done) block_done(static_cast<int64_t>(l));
+  }
+  return d;
+}
+
 }  // namespace ampipe

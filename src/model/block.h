@@ -7,6 +7,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "model/attention_layer.h"
@@ -25,6 +26,8 @@ struct BlockContext {
   AttentionContext attention;
   std::vector<MoeContext> moe;            // one per MoE chunk (routing group)
   std::vector<size_t> attention_chunk;    // per attention chunk: its index in `attention.chunks`
+  std::vector<size_t> attention_input;    // per attention chunk: its index in `attention.inputs`
+                                          // (model-scope pipeline: norm1 + QKV per chunk)
 };
 
 class BlockExecutor {
@@ -37,6 +40,19 @@ class BlockExecutor {
   // the aux loss was formed from; aux_grad_scale: d(loss)/d(aux) for this layer.
   virtual Tensor backward(const Block& block, BlockContext& ctx, const Tensor& dy, const RoutingStats& stats,
                           double aux_grad_scale) const = 0;
+
+  // A pass over L blocks: x -> the output of blocks[L-1], ctx and stats one per block (sized by
+  // the caller). The default runs forward() block by block; an executor may overlap blocks.
+  virtual Tensor forward_layers(const std::vector<Block>& blocks, std::vector<BlockContext>& ctx, const Tensor& x,
+                                int64_t batch, int64_t seq_len, std::vector<RoutingStats>& stats) const;
+  // dy of the last block's output -> dx of the first block's input; releases every ctx.
+  // block_done (may be empty) is called once per block, last block first, as soon as every
+  // parameter gradient of that block is final: the default calls it on this thread after the
+  // block's backward(); a streamed executor calls it as a task of its communication stream, so it
+  // may call communicators (in the same order on every rank) but must not wait for other streams.
+  virtual Tensor backward_layers(const std::vector<Block>& blocks, std::vector<BlockContext>& ctx,
+                                 const Tensor& dy, const std::vector<RoutingStats>& stats, double aux_grad_scale,
+                                 const std::function<void(int64_t)>& block_done) const;
 };
 
 // One block standing alone, as the benchmarks and the planner's calibration time it: its own

@@ -34,11 +34,14 @@ void GptMoe::run_blocks(ForwardState& state, Tensor& x) const {
   const int64_t L = config_.num_layers;
   state.blocks.assign(L, BlockContext{});
   state.routing.assign(L, RoutingStats{});
-  for (int64_t l = 0; l < L; ++l) {
-    state.routing[l].reset(config_.num_experts);
-    x = executor_->forward(Block{attention_[l], moe_[l]}, state.blocks[l], x, state.batch, state.seq_len,
-                           state.routing[l]);
-  }
+  for (int64_t l = 0; l < L; ++l) state.routing[l].reset(config_.num_experts);
+  x = executor_->forward_layers(blocks(), state.blocks, x, state.batch, state.seq_len, state.routing);
+}
+
+std::vector<Block> GptMoe::blocks() const {
+  std::vector<Block> out;
+  for (int64_t l = 0; l < config_.num_layers; ++l) out.push_back(Block{attention_[l], moe_[l]});
+  return out;
 }
 
 LossParts GptMoe::forward(ForwardState& state, const Tensor& tokens, const Tensor& targets, int64_t batch) const {
@@ -78,7 +81,7 @@ LossParts GptMoe::forward(ForwardState& state, const Tensor& tokens, const Tenso
   return parts;
 }
 
-void GptMoe::backward(ForwardState& state, double loss_scale) const {
+void GptMoe::backward(ForwardState& state, double loss_scale, const std::function<void(int64_t)>& block_done) const {
   const int64_t T = state.tokens.numel();
   const int64_t d = config_.hidden_size;
   Tensor dlogits = state.logits;  // reuse the logits buffer for their gradient
@@ -90,9 +93,7 @@ void GptMoe::backward(ForwardState& state, double loss_scale) const {
   Tensor dx = Tensor::empty({T, d});
   final_norm_->backward(dy, state.x_final, state.final_norm, dx);
   const double aux_scale = loss_scale * config_.aux_loss_weight * parallel_.data_size();
-  for (int64_t l = config_.num_layers - 1; l >= 0; --l) {
-    dx = executor_->backward(Block{attention_[l], moe_[l]}, state.blocks[l], dx, state.routing[l], aux_scale);
-  }
+  dx = executor_->backward_layers(blocks(), state.blocks, dx, state.routing, aux_scale, block_done);
   kernels::embedding_backward(state.tokens, dx, state.seq_len, token_emb_->grad,
                               pos_emb_ ? pos_emb_->grad : Tensor());
   state = ForwardState{};

@@ -7,6 +7,7 @@
 // parameters only, so one model can run several states (micro-batches, chunks) in any order.
 #pragma once
 
+#include <functional>
 #include <memory>
 #include <vector>
 
@@ -63,7 +64,11 @@ class GptMoe {
   // with respect to this rank's tokens into the gradients, so that the average of the gradients
   // over the data group is the gradient of the global loss (mean of lm_loss + weight * aux).
   // Releases the state. Collective over the expert group.
-  void backward(ForwardState& state, double loss_scale = 1.0) const;
+  // block_done(l) (optional) is called once block l's parameter gradients are final, possibly on the
+  // executor's communication stream (BlockExecutor::backward_layers): the hook of overlapped
+  // gradient reduction. The gradients outside the blocks are final when backward() returns.
+  void backward(ForwardState& state, double loss_scale = 1.0,
+                const std::function<void(int64_t)>& block_done = {}) const;
   // Logits [B*N, V] for the given tokens, without keeping activations.
   Tensor logits(const Tensor& tokens, int64_t batch) const;
 
@@ -79,6 +84,7 @@ class GptMoe {
   const BlockExecutor* executor_ = &sequential_;
 
   void run_blocks(ForwardState& state, Tensor& x) const;
+  std::vector<Block> blocks() const;
   // Sums every layer's routing statistics over the data group (the aux loss is global).
   void reduce_routing_stats(ForwardState& state) const;
 };

@@ -12,6 +12,12 @@
 // traced but cannot overlap.
 // The host thread only issues work and waits at the end of forward() and backward(). Each stream
 // runs its stages in program order, so results do not depend on timing.
+//
+// Over several blocks (forward_layers / backward_layers) the whole pass is one task list in the
+// executor's PipelineScope (pipeline/task_list.h): `block` drains between blocks as one block at a
+// time does; `model` lets the chunks flow through the blocks as a wavefront. The host still waits
+// only at the end of the pass. A block's saved activations are released by its last backward task.
+// Tasks of block l carry " L<l>" in their trace label when the pass has more than one block.
 #pragma once
 
 #include <memory>
@@ -26,24 +32,35 @@ class StreamedBlock final : public BlockExecutor {
  public:
   // trace (borrowed, may be null): one slice per stage and chunk on "compute" / "comm" tracks of
   // rank `rank`.
-  StreamedBlock(const BlockSchedule& schedule, StageOrder order, TraceRecorder* trace = nullptr, int rank = 0);
+  StreamedBlock(const BlockSchedule& schedule, StageOrder order, TraceRecorder* trace = nullptr, int rank = 0,
+                PipelineScope scope = PipelineScope::Block);
 
   Tensor forward(const Block& block, BlockContext& ctx, const Tensor& x, int64_t batch, int64_t seq_len,
                  RoutingStats& stats) const override;
   Tensor backward(const Block& block, BlockContext& ctx, const Tensor& dy, const RoutingStats& stats,
                   double aux_grad_scale) const override;
 
+  Tensor forward_layers(const std::vector<Block>& blocks, std::vector<BlockContext>& ctx, const Tensor& x,
+                        int64_t batch, int64_t seq_len, std::vector<RoutingStats>& stats) const override;
+  // block_done runs as a GradReduce task on the comm stream (pipeline/task_list.h).
+  Tensor backward_layers(const std::vector<Block>& blocks, std::vector<BlockContext>& ctx, const Tensor& dy,
+                         const std::vector<RoutingStats>& stats, double aux_grad_scale,
+                         const std::function<void(int64_t)>& block_done) const override;
+
   const BlockSchedule& schedule() const { return schedule_; }
   StageOrder order() const { return order_; }
+  PipelineScope scope() const { return scope_; }
 
  private:
   BlockSchedule schedule_;
   StageOrder order_;
+  PipelineScope scope_;
   std::unique_ptr<Stream> compute_, comm_;
   mutable ChunkPlan plan_;  // of the latest forward(), for its backward()
 
   // Runs `tasks` on the two streams, calling run(task) for each; waits for both streams.
-  void execute(const std::vector<StageTask>& tasks, const std::function<void(const StageTask&)>& run) const;
+  void execute(const std::vector<StageTask>& tasks, const std::function<void(const StageTask&)>& run,
+               bool label_layers) const;
 };
 
 }  // namespace ampipe

@@ -12,6 +12,22 @@
 // Each task runs on one stream; a stream runs its tasks in list order; a task may also wait for
 // earlier tasks of the other stream (`waits`). Every communicator call is a comm-stream task, so
 // every rank issues the collectives in list order.
+//
+// A pass over L blocks is one list too (`layer` names the block of each task), in one of two scopes:
+//   block  every block as above, one after the other: block l+1 starts once block l has drained
+//          (forward: its last chunk's combine; backward: its whole-sequence QKV backward);
+//   model  the chunks flow through the blocks as a wavefront. Forward: block l+1's attention chunk a
+//          (LN1 + QKV of its own rows, then attention) runs as soon as block l has finished every
+//          MoE chunk holding positions of a; its keys and values are those of chunks 0..a of block
+//          l+1, already projected. Backward: the QKV backward runs per attention chunk, right after
+//          that chunk's attention backward (the rows' dQ, dK, dV are complete once chunks a..A-1
+//          have run), and block l-1's MoE chunk m starts once every attention chunk of block l
+//          holding positions of m has.
+// The compute stream still takes each block's stages in `order`; the model scope only slots the
+// next block's work in where its inputs exist. With gradient reduction, the backward list holds one
+// GradReduce task per block on the comm stream, right after that block's last compute task, which it
+// waits for; it reduces that block's gradients (data-parallel), so the reduction overlaps the lower
+// blocks' backward.
 #pragma once
 
 #include <cstdint>
@@ -26,6 +42,11 @@ const char* stage_order_name(StageOrder order);
 StageOrder parse_stage_order(const std::string& name);
 
 enum class StreamRole { Compute, Comm };
+
+enum class PipelineScope { Block, Model };
+const char* pipeline_scope_name(PipelineScope scope);
+// "block", "model"; anything else is refused naming the allowed.
+PipelineScope parse_pipeline_scope(const std::string& name);
 
 enum class Stage {
   // forward
@@ -44,6 +65,11 @@ enum class Stage {
   RouteBwd,       // MoE chunk: permute, router, LN2 backward -> token-buffer gradient (compute)
   AttnChunkBwd,   // attention chunk: residual, projection, core backward; dK, dV accumulate (compute)
   AttnFinishBwd,  // QKV + LN1 backward of the whole sequence (compute)
+  // model scope: the attention side's whole-sequence stages, per attention chunk
+  QkvChunk,       // LN1 + QKV (+ rope) of the chunk's rows (compute, forward)
+  QkvChunkBwd,    // their backward; adds the chunk's rows of the block input gradient (compute)
+  // gradient reduction overlapped with the backward
+  GradReduce,     // all-reduce of one block's gradients over the data-parallel groups (comm)
 };
 const char* stage_name(Stage stage);
 StreamRole stage_stream(Stage stage);
@@ -61,7 +87,15 @@ struct StageTask {
   Stage stage;
   int chunk = -1;          // attention or MoE chunk index; -1 for whole-sequence stages
   std::vector<int> waits;  // indices of earlier tasks (of the other stream) this one waits for
+  int layer = 0;           // the block, in a list over several
   StreamRole stream() const { return stage_stream(stage); }
+};
+
+// How a pass over the blocks is laid out.
+struct PassShape {
+  int64_t num_layers = 1;
+  PipelineScope scope = PipelineScope::Block;
+  bool reduce_gradients = false;  // backward only: a GradReduce task per block
 };
 
 // The forward and backward task lists of a block cut by `plan`, the compute stream taking stages in
@@ -72,7 +106,17 @@ struct StageTask {
 // Backward mirrors it, taking the MoE chunks last first (the forward's last chunk returns first):
 // finish-bwd, experts-bwd, route-bwd of the MoE chunks (each attention chunk's backward as soon as
 // its positions' gradients are complete), then one QKV + LN1 backward.
-std::vector<StageTask> forward_tasks(const ChunkPlan& plan, StageOrder order);
-std::vector<StageTask> backward_tasks(const ChunkPlan& plan, StageOrder order);
+// With a PassShape: the lists of a pass over its blocks (every block cut by the same plan), block
+// L-1's backward first; layer-major in block scope, a wavefront in model scope (above).
+std::vector<StageTask> forward_tasks(const ChunkPlan& plan, StageOrder order, const PassShape& pass = {});
+std::vector<StageTask> backward_tasks(const ChunkPlan& plan, StageOrder order, const PassShape& pass = {});
+
+// Checks a list against the dependency rule of the scope it was built for: every task's inputs
+// (stated per stage in task_list.cpp) are produced by a task that runs before it on its own stream
+// or that it waits for, directly or through other tasks; every forward or backward stage of every
+// block and chunk appears once; waits point to earlier tasks of the other stream. Throws
+// ampipe::Error naming the first task whose input is not ordered before it.
+void check_task_list(const std::vector<StageTask>& tasks, const ChunkPlan& plan, const PassShape& pass,
+                     bool backward);
 
 }  // namespace ampipe

@@ -42,6 +42,11 @@
 //   AttnChunkBwd   core bwd 2.5x the forward FLOPs; proj gemm 4Td^2; bias bwd Td,
 //                  + 4Td gather of dh rows and scatter of dq when B > 1 and partial
 //   AttnFinishBwd  over T = BN: QKV gemm 4Tdw; bytes bias bwd Tw + rope + norm1 bwd 3Td + residual 3Td
+//   QkvChunk       AttnBegin over the chunk's rows, + 2Td gather of x and 2Tw scatter of qkv rows
+//                  when B > 1 and partial
+//   QkvChunkBwd    AttnFinishBwd over the chunk's rows, + 2Tw gather of dqkv and 4Td gather and
+//                  scatter of the residual rows when B > 1 and partial
+//   GradReduce     see grad_reduce_seconds (cost_model.h)
 // Small terms (LN statistics, lse, gates, index arrays) are left out.
 
 namespace ampipe {
@@ -54,6 +59,10 @@ void BlockShape::validate() const {
   AMPIPE_CHECK(config.num_experts % ranks == 0)
       << "--moe-num-experts " << config.num_experts << " is not divisible by --ranks " << ranks
       << "; every rank holds E / R experts";
+  AMPIPE_CHECK(data_ranks == 0 || (data_ranks >= 1 && data_ranks % ranks == 0))
+      << "the data-parallel size (ranks sharing the dense gradients) must be a multiple of the expert-parallel "
+         "size "
+      << ranks << " (or 0: the same), got " << data_ranks;
   AMPIPE_CHECK(std::isfinite(remote_fraction) && remote_fraction <= 1)
       << "the remote fraction of routed rows must be in [0, 1] (or < 0 for uniform routing), got "
       << remote_fraction;
@@ -146,6 +155,16 @@ StageWork stage_work(Stage stage, int64_t begin, int64_t end, const BlockShape& 
       work.gemm_flops = 4 * T * d * w;
       elems = bias * T * w + rope + 6 * T * d;
       break;
+    case Stage::QkvChunk:
+      work.gemm_flops = 2 * T * d * w;
+      elems = 2 * T * d + bias * 2 * T * w + rope + (gathers ? 2 * T * d + 2 * T * w : 0);
+      break;
+    case Stage::QkvChunkBwd:
+      work.gemm_flops = 4 * T * d * w;
+      elems = bias * T * w + rope + 6 * T * d + (gathers ? 2 * T * w + 4 * T * d : 0);
+      break;
+    case Stage::GradReduce:  // priced by grad_reduce_seconds
+      break;
     case Stage::Dispatch:
     case Stage::Combine:
     case Stage::CombineBwd:
@@ -200,8 +219,40 @@ double stage_seconds(Stage stage, int64_t begin, int64_t end, const BlockShape& 
   return work_seconds(stage_work(stage, begin, end, shape, hw.bytes_per_element), shape.ranks, hw);
 }
 
+BlockGradients block_gradients(const ModelConfig& c, int64_t expert_ranks) {
+  AMPIPE_CHECK(expert_ranks >= 1 && c.num_experts % expert_ranks == 0)
+      << "the expert-parallel size " << expert_ranks << " must divide --moe-num-experts " << c.num_experts;
+  const double d = double(c.hidden_size), f = double(c.ffn_hidden_size), E = double(c.num_experts);
+  const double q = double(c.num_attention_heads * c.head_dim());
+  const double w = q + 2.0 * double(c.kv_heads() * c.head_dim());
+  const double bias = c.add_bias_linear ? 1.0 : 0.0;
+  const double norms = 2 * (c.rms_norm() ? 1.0 : 2.0) * d;
+  const double m = c.swiglu ? 3.0 : 2.0;
+  BlockGradients g;
+  g.dense = w * d + d * q + bias * (w + d) + d * E + norms;
+  g.expert = E / double(expert_ranks) * (m * d * f + bias * ((m - 1) * f + d));
+  return g;
+}
+
+double grad_reduce_seconds(const BlockShape& shape, const HardwareProfile& hw) {
+  check_profile(hw);
+  const BlockGradients g = block_gradients(shape.config, shape.ranks);
+  const double s = double(hw.bytes_per_element);
+  double seconds = hw.task_overhead;
+  // A ring all-reduce sends 2 (R - 1) / R of the buffer off each rank; then one scaling pass.
+  auto reduce = [&](double elements, int64_t ranks) {
+    if (ranks <= 1 || elements <= 0) return 0.0;
+    const double bytes = 2 * double(ranks - 1) / double(ranks) * elements * s;
+    return all_to_all_seconds(bytes, 1, ranks, hw) + elementwise_seconds(4 * elements * s, hw);
+  };
+  seconds += reduce(g.dense, shape.effective_data_ranks());
+  seconds += reduce(g.expert, shape.effective_data_ranks() / shape.ranks);
+  return seconds;
+}
+
 double stage_seconds(const StageTask& task, const ChunkPlan& plan, const BlockShape& shape,
                      const HardwareProfile& hw) {
+  if (task.stage == Stage::GradReduce) return grad_reduce_seconds(shape, hw);
   if (task.stage == Stage::AttnBegin || task.stage == Stage::AttnFinishBwd)
     return stage_seconds(task.stage, 0, shape.seq_len, shape, hw);
   const std::vector<int64_t>& bounds = is_attention_stage(task.stage) ? plan.attention : plan.moe;

@@ -34,11 +34,15 @@ struct BlockShape {
   int64_t batch = 1;    // B sequences per block call
   int64_t seq_len = 0;  // N positions per sequence
   int64_t ranks = 1;    // expert-parallel group size R (num_experts % R == 0)
+  // Ranks that sum the dense gradients (the world; a multiple of R); expert gradients are summed
+  // over data_ranks / R of them; 0: R (one expert group). Prices GradReduce only.
+  int64_t data_ranks = 0;
   // Share of the routed rows that leave the rank; < 0: (R-1)/R, uniform routing.
   double remote_fraction = -1;
 
   void validate() const;  // throws ampipe::Error naming the bad field
   double effective_remote_fraction() const;
+  int64_t effective_data_ranks() const { return data_ranks > 0 ? data_ranks : ranks; }
 };
 
 // What a stage does, before pricing (per rank).
@@ -60,6 +64,17 @@ StageWork stage_work(Stage stage, int64_t begin, int64_t end, const BlockShape& 
 // rank: 0 when R == 1; else the max over the intra-node part ((min(R, rpn) - 1) / (R - 1) of the
 // bytes) and the inter-node part ((R - min(R, rpn)) / (R - 1)), each calls * latency + bytes / bandwidth.
 double all_to_all_seconds(double remote_bytes, int calls, int64_t ranks, const HardwareProfile& hw);
+
+// Gradient elements of one block on one rank: dense (replicated over the data-parallel ranks) and
+// expert (this rank's E / expert_ranks experts).
+struct BlockGradients {
+  double dense = 0, expert = 0;
+};
+BlockGradients block_gradients(const ModelConfig& config, int64_t expert_ranks);
+// A GradReduce task: the dense gradients all-reduced over shape.data_ranks and the expert ones over
+// data_ranks / ranks (a ring: 2 (n - 1) / n of the bytes leave each rank, on the all-to-all's
+// links), each then scaled; 0 work (the task overhead) on one rank.
+double grad_reduce_seconds(const BlockShape& shape, const HardwareProfile& hw);
 
 // Seconds of `memory_bytes` of elementwise passes (the cache blend above).
 double elementwise_seconds(double memory_bytes, const HardwareProfile& hw);
