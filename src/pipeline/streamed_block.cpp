@@ -77,7 +77,10 @@ void StreamedBlock::execute(const std::vector<StageTask>& tasks, const std::func
     for (int w : t.waits) s.wait(done[w]);
     std::string label = std::string(stage_name(t.stage)) + (t.chunk >= 0 ? " c" + std::to_string(t.chunk) : std::string());
     if (label_layers) label += " L" + std::to_string(t.layer);
-    s.submit(label, [&run, &t] { run(t); });
+    if (!inject_failure_.empty() && label == inject_failure_)
+      s.submit(label, [] { AMPIPE_CHECK(false) << "injected failure (AMPIPE_INJECT_TASK_FAILURE)"; });
+    else
+      s.submit(label, [&run, &t] { run(t); });
     if (waited_on[i]) s.record(done[i]);
   }
   synchronize_all({compute_.get(), comm_.get()});

@@ -51,11 +51,16 @@ class StreamedBlock final : public BlockExecutor {
   StageOrder order() const { return order_; }
   PipelineScope scope() const { return scope_; }
 
+  // Fault injection for tests: every later task labelled `task_label` (its trace label, e.g.
+  // "experts bwd c0 L1") throws instead of running. Empty: none.
+  void inject_failure(std::string task_label) { inject_failure_ = std::move(task_label); }
+
  private:
   BlockSchedule schedule_;
   StageOrder order_;
   PipelineScope scope_;
   std::unique_ptr<Stream> compute_, comm_;
+  std::string inject_failure_;
   mutable ChunkPlan plan_;  // of the latest forward(), for its backward()
 
   // Runs `tasks` on the two streams, calling run(task) for each; waits for both streams.

@@ -347,10 +347,9 @@ void check_task_list(const std::vector<StageTask>& tasks, const ChunkPlan& plan,
     stages.push_back(pass.scope == PipelineScope::Model ? Stage::QkvChunkBwd : Stage::AttnFinishBwd);
     if (pass.reduce_gradients) stages.push_back(Stage::GradReduce);
   }
-  auto chunks_of = [&](Stage s) {
-    if (s == Stage::AttnBegin || s == Stage::AttnFinishBwd || s == Stage::GradReduce) return 1;
-    return is_attention_stage(s) ? A : M;
-  };
+  // Whole-sequence (and whole-block) stages carry chunk -1.
+  auto whole = [](Stage s) { return s == Stage::AttnBegin || s == Stage::AttnFinishBwd || s == Stage::GradReduce; };
+  auto chunks_of = [&](Stage s) { return is_attention_stage(s) ? A : M; };
   auto key = [](Stage s, int l, int c) { return (static_cast<int64_t>(s) * 4096 + l) * 65536 + (c + 1); };
   std::map<int64_t, int> where;
   for (size_t i = 0; i < n; ++i) {
@@ -358,14 +357,14 @@ void check_task_list(const std::vector<StageTask>& tasks, const ChunkPlan& plan,
     AMPIPE_CHECK(std::find(stages.begin(), stages.end(), t.stage) != stages.end())
         << "task " << i << " (" << task_label(t) << ") does not belong in a "
         << (backward ? "backward" : "forward") << " list of " << pipeline_scope_name(pass.scope) << " scope";
-    AMPIPE_CHECK(t.chunk >= (chunks_of(t.stage) == 1 ? -1 : 0) && t.chunk < chunks_of(t.stage))
+    AMPIPE_CHECK(whole(t.stage) ? t.chunk == -1 : t.chunk >= 0 && t.chunk < chunks_of(t.stage))
         << "task " << i << " (" << task_label(t) << ") names a chunk outside the plan";
     AMPIPE_CHECK(where.emplace(key(t.stage, t.layer, t.chunk), static_cast<int>(i)).second)
         << "task " << i << " (" << task_label(t) << ") appears twice";
   }
   for (Stage s : stages)
     for (int l = 0; l < L; ++l)
-      for (int c = chunks_of(s) == 1 ? -1 : 0; c < (chunks_of(s) == 1 ? 0 : chunks_of(s)); ++c)
+      for (int c = whole(s) ? -1 : 0; c < (whole(s) ? 0 : chunks_of(s)); ++c)
         AMPIPE_CHECK(where.count(key(s, l, c)))
             << "the list has no " << stage_name(s) << (c >= 0 ? " c" + std::to_string(c) : std::string())
             << " of block " << l;

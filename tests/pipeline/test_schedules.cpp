@@ -2,6 +2,8 @@
 // degree and chunk boundaries (dropless routing), top-1 and top-2, in both model families.
 #include <gtest/gtest.h>
 
+#include <functional>
+#include <map>
 #include <sstream>
 
 #include "core/random.h"
@@ -37,7 +39,8 @@ struct ModelRun {
   std::vector<std::vector<float>> grads;
 };
 
-ModelRun run(const ModelConfig& config, const BlockExecutor* executor, int64_t batch, int64_t seq_len) {
+ModelRun run(const ModelConfig& config, const BlockExecutor* executor, int64_t batch, int64_t seq_len,
+            const std::function<void(int64_t)>& block_done = {}) {
   GptMoe model(config);
   model.initialize(11);
   uint64_t seed = 70;  // larger weights than the init so routing and attention are far from uniform
@@ -54,7 +57,7 @@ ModelRun run(const ModelConfig& config, const BlockExecutor* executor, int64_t b
   r.loss = model.forward(state, Tensor::from_ints({batch * seq_len}, tok), Tensor::from_ints({batch * seq_len}, tgt),
                          batch);
   r.logits = state.logits.to_vector();
-  model.backward(state);
+  model.backward(state, 1.0, block_done);
   for (const Parameter& p : model.params().all()) r.grads.push_back(p.grad.to_vector());
   return r;
 }
@@ -125,6 +128,133 @@ INSTANTIATE_TEST_SUITE_P(TopKAndFamily, Schedules, ::testing::Combine(::testing:
                            return "Top" + std::to_string(std::get<0>(param.param)) +
                                   (std::get<1>(param.param) ? "_Mixtral" : "_Gpt");
                          });
+
+// The whole pass as one list: model scope (chunks flowing across blocks) and block scope over
+// several blocks equal the sequential model, with and without the per-block gradient hook.
+TEST_P(Schedules, WholePassEqualsSequential_BothScopes) {
+  const auto [top_k, mixtral] = GetParam();
+  for (int64_t L : {1, 2, 3}) {
+    ModelConfig config = config_for(top_k, mixtral);
+    config.num_layers = L;
+    for (int64_t batch : {1, 2}) {
+      const int64_t N = 37;
+      const ModelRun reference = run(config, nullptr, batch, N);
+      std::vector<BlockSchedule> schedules;
+      for (int64_t P : {1, 2, 3, 4}) {
+        BlockSchedule s;
+        s.kind = ScheduleKind::AmPipe;
+        s.pipe_degree = P;
+        schedules.push_back(s);
+      }
+      BlockSchedule s;
+      s.kind = ScheduleKind::AmPipe;
+      s.chunk_boundaries = {0, 1, 20, 21, 37};  // uneven, a one-position chunk
+      schedules.push_back(s);
+      s = BlockSchedule{};
+      s.kind = ScheduleKind::AmPipe;
+      s.pipe_degree = 3;
+      s.chunk_policy = ChunkPolicy::Balanced;
+      s.balance_weight = balance_weight(config, false);
+      s.moe_pipe_degree = 2;  // the MoE side cut differently, boundaries inside attention chunks
+      schedules.push_back(s);
+      s.moe_pipe_degree = 5;
+      schedules.push_back(s);
+      s = BlockSchedule{};
+      s.kind = ScheduleKind::MoePipe;
+      s.pipe_degree = 3;
+      schedules.push_back(s);
+      for (const BlockSchedule& schedule : schedules)
+        for (StageOrder order : {StageOrder::StageMajor, StageOrder::Interleaved})
+          for (PipelineScope scope : {PipelineScope::Block, PipelineScope::Model})
+            for (bool hook : {false, true}) {
+              const std::string what = std::string(pipeline_scope_name(scope)) + " scope " + schedule.describe() +
+                                       " " + stage_order_name(order) + " L=" + std::to_string(L) +
+                                       " B=" + std::to_string(batch) + (hook ? " with the gradient hook" : "");
+              StreamedBlock executor(schedule, order, nullptr, 0, scope);
+              std::vector<int64_t> done;
+              const ModelRun r =
+                  run(config, &executor, batch, N, hook ? std::function<void(int64_t)>([&](int64_t l) { done.push_back(l); })
+                                                        : std::function<void(int64_t)>());
+              expect_same(r, reference, what);
+              if (hook) {
+                std::vector<int64_t> expected;
+                for (int64_t l = L - 1; l >= 0; --l) expected.push_back(l);
+                EXPECT_EQ(done, expected) << what;
+              }
+            }
+    }
+  }
+}
+
+// The gradient hook of block l runs once every gradient of block l is final: what it reads then
+// equals the gradients after the whole backward.
+TEST(StreamedBlock, TheGradientHookSeesFinalGradients) {
+  ModelConfig config = config_for(2);
+  config.num_layers = 3;
+  for (PipelineScope scope : {PipelineScope::Block, PipelineScope::Model}) {
+    BlockSchedule s;
+    s.kind = ScheduleKind::AmPipe;
+    s.pipe_degree = 4;
+    StreamedBlock executor(s, StageOrder::Interleaved, nullptr, 0, scope);
+    GptMoe model(config);
+    model.initialize(3);
+    model.set_block_executor(&executor);
+    std::map<std::string, std::vector<float>> seen;
+    auto hook = [&](int64_t l) {
+      const std::string prefix = "blocks." + std::to_string(l) + ".";
+      for (const Parameter& p : model.params().all())
+        if (p.name.rfind(prefix, 0) == 0) seen[p.name] = p.grad.to_vector();
+    };
+    Rng rng(9);
+    std::vector<int32_t> tok(2 * 33);
+    for (auto& t : tok) t = static_cast<int32_t>(rng.below(config.vocab_size));
+    ForwardState state;
+    model.forward(state, Tensor::from_ints({66}, tok), Tensor::from_ints({66}, tok), 2);
+    model.backward(state, 1.0, hook);
+    size_t block_params = 0;
+    for (const Parameter& p : model.params().all()) {
+      if (p.name.rfind("blocks.", 0) != 0) continue;
+      ++block_params;
+      ASSERT_TRUE(seen.count(p.name)) << p.name;
+      EXPECT_EQ(seen[p.name], p.grad.to_vector()) << p.name << " changed after its block's hook ran ("
+                                                  << pipeline_scope_name(scope) << " scope)";
+    }
+    EXPECT_EQ(seen.size(), block_params);
+  }
+}
+
+// A failing task anywhere in a pass (either scope, either direction) reaches the caller.
+TEST(StreamedBlock, AFailingTaskOfAPassReachesTheCaller) {
+  ModelConfig config = config_for(1);
+  config.num_layers = 3;
+  BlockSchedule s;
+  s.kind = ScheduleKind::AmPipe;
+  s.pipe_degree = 3;
+  for (PipelineScope scope : {PipelineScope::Block, PipelineScope::Model}) {
+    for (const char* label : {"ln1+qkv chunk c1 L2", "a2a combine c2 L1", "experts bwd c0 L0", "qkv+ln1 bwd chunk c2 L1",
+                              "grad reduce L1", "ln1+qkv L1", "qkv+ln1 bwd L0"}) {
+      const std::string what = std::string(pipeline_scope_name(scope)) + " scope, failing '" + label + "'";
+      const bool chunked = std::string(label).find("chunk") != std::string::npos;
+      const bool whole = !chunked && std::string(label).find("qkv") != std::string::npos;
+      if ((scope == PipelineScope::Block && chunked) || (scope == PipelineScope::Model && whole)) continue;
+      StreamedBlock executor(s, StageOrder::StageMajor, nullptr, 0, scope);
+      executor.inject_failure(label);
+      GptMoe model(config);
+      model.initialize(1);
+      model.set_block_executor(&executor);
+      std::vector<int32_t> tok(20, 1);
+      ForwardState state;
+      try {
+        model.forward(state, Tensor::from_ints({20}, tok), Tensor::from_ints({20}, tok), 1);
+        model.backward(state, 1.0, [](int64_t) {});
+        ADD_FAILURE() << what << ": no error";
+      } catch (const Error& e) {
+        EXPECT_NE(std::string(e.what()).find(std::string("task '") + label + "' failed"), std::string::npos)
+            << what << ": " << e.what();
+      }
+    }
+  }
+}
 
 // A failing stage inside the two-stream executor reaches the caller instead of hanging.
 TEST(StreamedBlock, AnErrorInAStageReachesTheCaller) {
@@ -253,6 +383,138 @@ TEST(TaskList, TheMoeSideRoutesOnceItsPositionsAreReady) {
             "a2a dispatch bwd1<4 | experts bwd0<3 | a2a dispatch bwd0<6 | route bwd1<5 | attention bwd2 | "
             "route bwd0<7 | attention bwd1 | attention bwd0 | qkv+ln1 bwd");
   EXPECT_THROW(forward_tasks(ChunkPlan{{0, 2, 6}, {0, 3, 5}}, StageOrder::StageMajor), Error);
+}
+
+std::vector<ChunkPlan> plans_to_check() {
+  return {ChunkPlan{{0, 12}, {0, 12}},          ChunkPlan{{0, 12}, {0, 4, 8, 12}},
+          ChunkPlan{{0, 3, 6, 9, 12}, {0, 3, 6, 9, 12}}, ChunkPlan{{0, 1, 7, 8, 12}, {0, 1, 7, 8, 12}},
+          ChunkPlan{{0, 2, 5, 12}, {0, 6, 12}},  ChunkPlan{{0, 6, 12}, {0, 2, 5, 7, 12}},
+          ChunkPlan{{0, 4, 8, 12}, {0, 3, 6, 9, 12}}};
+}
+
+// Every list the builders make satisfies the dependency rule of task_list.h, in both scopes, with
+// and without gradient reduction, for 1 to 4 blocks.
+TEST(TaskList, EveryPassListSatisfiesTheDependencyRule) {
+  for (const ChunkPlan& plan : plans_to_check())
+    for (StageOrder order : {StageOrder::StageMajor, StageOrder::Interleaved})
+      for (PipelineScope scope : {PipelineScope::Block, PipelineScope::Model})
+        for (int64_t L : {1, 2, 3, 4})
+          for (bool reduce : {false, true}) {
+            const PassShape pass{L, scope, reduce};
+            SCOPED_TRACE(std::string(pipeline_scope_name(scope)) + " " + stage_order_name(order) + " L=" +
+                         std::to_string(L) + " A=" + std::to_string(plan.attention.size() - 1) +
+                         " M=" + std::to_string(plan.moe.size() - 1));
+            EXPECT_NO_THROW(check_task_list(forward_tasks(plan, order, pass), plan, pass, false));
+            EXPECT_NO_THROW(check_task_list(backward_tasks(plan, order, pass), plan, pass, true));
+          }
+}
+
+// Whether task j is ordered before task i through stream order and waits.
+bool ordered_before(const std::vector<StageTask>& tasks, size_t i, size_t j) {
+  std::vector<bool> seen(tasks.size(), false);
+  std::vector<size_t> todo{i};
+  while (!todo.empty()) {
+    const size_t k = todo.back();
+    todo.pop_back();
+    if (k == j) return true;
+    if (seen[k]) continue;
+    seen[k] = true;
+    for (int w : tasks[k].waits) todo.push_back(static_cast<size_t>(w));
+    for (size_t p = k; p-- > 0;)
+      if (tasks[p].stream() == tasks[k].stream()) {
+        todo.push_back(p);
+        break;
+      }
+  }
+  return false;
+}
+
+// The checker has teeth: removing any one wait of a pass's list is refused unless another path
+// still orders the two tasks (a redundant edge: a later task of the same stream waits for a later
+// task of the other), and moving a block's task ahead of the block it depends on is refused.
+TEST(TaskList, RemovingAnyNeededEdgeBreaksTheDependencyRule) {
+  int needed = 0, redundant = 0;
+  for (const ChunkPlan& plan : plans_to_check())
+    for (StageOrder order : {StageOrder::StageMajor, StageOrder::Interleaved})
+      for (PipelineScope scope : {PipelineScope::Block, PipelineScope::Model})
+        for (bool backward : {false, true}) {
+          const PassShape pass{3, scope, true};
+          const std::vector<StageTask> tasks =
+              backward ? backward_tasks(plan, order, pass) : forward_tasks(plan, order, pass);
+          for (size_t i = 0; i < tasks.size(); ++i)
+            for (size_t w = 0; w < tasks[i].waits.size(); ++w) {
+              std::vector<StageTask> cut = tasks;
+              cut[i].waits.erase(cut[i].waits.begin() + static_cast<std::ptrdiff_t>(w));
+              if (ordered_before(cut, i, static_cast<size_t>(tasks[i].waits[w]))) {
+                ++redundant;
+                EXPECT_NO_THROW(check_task_list(cut, plan, pass, backward));
+                continue;
+              }
+              ++needed;
+              EXPECT_THROW(check_task_list(cut, plan, pass, backward), Error)
+                  << "removing wait " << w << " of task " << i << " (" << stage_name(tasks[i].stage) << " c"
+                  << tasks[i].chunk << " L" << tasks[i].layer << ") went unnoticed";
+            }
+          // The first task of block 1 (forward) or block 1's first task (backward) moved to the front.
+          for (size_t i = 0; i < tasks.size(); ++i) {
+            if (tasks[i].layer != 1 || tasks[i].stream() != StreamRole::Compute) continue;
+            std::vector<StageTask> moved;
+            moved.push_back(tasks[i]);
+            moved.back().waits.clear();
+            for (size_t j = 0; j < tasks.size(); ++j) {
+              if (j == i) continue;
+              StageTask t = tasks[j];
+              for (int& wt : t.waits) wt = wt < static_cast<int>(i) ? wt + 1 : wt;
+              moved.push_back(t);
+            }
+            EXPECT_THROW(check_task_list(moved, plan, pass, backward), Error)
+                << "block 1's " << stage_name(tasks[i].stage) << " first went unnoticed";
+            break;
+          }
+        }
+  EXPECT_GT(needed, 10 * redundant);  // almost every edge carries a dependency of its own
+}
+
+// Model scope is a wavefront: block 1 starts before block 0 has finished (forward), and block 0's
+// backward before block 1's has; block scope never mixes blocks.
+TEST(TaskList, ModelScopeInterleavesBlocksAndBlockScopeDoesNot) {
+  const ChunkPlan plan{{0, 3, 6, 9, 12}, {0, 3, 6, 9, 12}};
+  for (PipelineScope scope : {PipelineScope::Block, PipelineScope::Model}) {
+    const PassShape pass{3, scope, false};
+    for (bool backward : {false, true}) {
+      const auto tasks = backward ? backward_tasks(plan, StageOrder::StageMajor, pass)
+                                  : forward_tasks(plan, StageOrder::StageMajor, pass);
+      int switches = 0;
+      for (size_t i = 1; i < tasks.size(); ++i) switches += tasks[i].layer != tasks[i - 1].layer;
+      if (scope == PipelineScope::Block) EXPECT_EQ(switches, 2) << (backward ? "backward" : "forward");
+      else EXPECT_GT(switches, 6) << (backward ? "backward" : "forward");
+    }
+  }
+  // Forward, model scope, 2 blocks of 2 chunks: block 1's chunk 0 runs once block 0's chunk 0 is
+  // finished, while block 0's last chunk is still in its all-to-all.
+  const PassShape model{2, PipelineScope::Model, false};
+  EXPECT_EQ(describe(forward_tasks(ChunkPlan{{0, 2, 4}, {0, 2, 4}}, StageOrder::StageMajor, model)),
+            "ln1+qkv chunk0 | attention0 | route0 | a2a dispatch0<2 | ln1+qkv chunk1 | attention1 | route1 | "
+            "a2a dispatch1<6 | experts0<3 | a2a combine0<8 | experts1<7 | a2a combine1<10 | combine0<9 | "
+            "ln1+qkv chunk0 | attention0 | route0 | a2a dispatch0<15 | combine1<11 | ln1+qkv chunk1 | attention1 | "
+            "route1 | a2a dispatch1<20 | experts0<16 | a2a combine0<22 | experts1<21 | a2a combine1<24 | "
+            "combine0<23 | combine1<25");
+}
+
+TEST(TaskList, BadPassesAndBrokenListsAreRefused) {
+  const ChunkPlan plan{{0, 2, 4}, {0, 2, 4}};
+  EXPECT_THROW(forward_tasks(plan, StageOrder::StageMajor, PassShape{0}), Error);
+  EXPECT_THROW(parse_pipeline_scope("layer"), Error);
+  EXPECT_EQ(parse_pipeline_scope("model"), PipelineScope::Model);
+  const PassShape pass{2, PipelineScope::Model, false};
+  std::vector<StageTask> tasks = forward_tasks(plan, StageOrder::StageMajor, pass);
+  std::vector<StageTask> dropped(tasks.begin(), tasks.end() - 1);
+  EXPECT_THROW(check_task_list(dropped, plan, pass, false), Error);  // a finish missing
+  std::vector<StageTask> twice = tasks;
+  twice.push_back(tasks.back());
+  twice.back().waits.clear();
+  EXPECT_THROW(check_task_list(twice, plan, pass, false), Error);
+  EXPECT_THROW(check_task_list(tasks, plan, PassShape{2, PipelineScope::Block, false}, false), Error);
 }
 
 }  // namespace
