@@ -274,6 +274,16 @@ int main(int argc, char** argv) {
                     "Order in which the compute stream takes a chunked block's stages: stage-major (all attention "
                     "chunks, then all experts) or interleaved (attention c, experts c-1, combine c-2, ...)")
       ->capture_default_str();
+  train->add_option("--pipeline-scope", t.pipeline_scope,
+                    "How far the chunks of a chunked schedule flow: block (each block drains before the next "
+                    "starts), model (chunk c of block l+1 starts as soon as chunks 0..c of block l are done, "
+                    "forward and backward: the pipeline fills once per pass), or auto (the planner's choice with "
+                    "--pipe-degree auto; otherwise model when there are chunks and more than one layer)")
+      ->capture_default_str();
+  train->add_flag("--overlap-grad-reduce", t.overlap_grad_reduce,
+                  "Reduce each block's gradients over the data-parallel ranks on the communication stream as soon "
+                  "as that block's backward is done, overlapping the backward of the blocks below (default: all "
+                  "gradients after the backward). Results are the same either way");
   train->add_option("--trace", t.trace_file,
                     "Write a Chrome trace (Perfetto / chrome://tracing) of two training iterations: one track per "
                     "stream per rank, a slice per stage and chunk");

@@ -39,6 +39,33 @@ TrainingGroups make_training_groups(Communicator& world, int64_t requested_ep, i
 // Averages gradients as described above (collective over the world). No-op on one rank.
 void average_gradients(ParameterRegistry& params, const TrainingGroups& groups);
 
+// The same average in buckets, so that it can overlap the backward (--overlap-grad-reduce): one
+// bucket per block (the parameters named "blocks.<l>."), one for the rest (embeddings, final norm,
+// head). A bucket's dense gradients are packed into one buffer and all-reduced over the world in
+// one call, its expert gradients over the expert-data group in another, then scaled by 1/R; the
+// result equals average_gradients' up to the summation order of the reduction itself.
+// reduce_block(l) is collective over the world (and the expert-data group): every rank must reduce
+// the same buckets in the same order, which the streamed executor's task lists guarantee.
+class GradientBuckets {
+ public:
+  // Borrows both; the registry must outlive this and keep its parameters.
+  GradientBuckets(ParameterRegistry& params, const TrainingGroups& groups, int64_t num_layers);
+  void reduce_block(int64_t layer);
+  void reduce_rest();
+  void reduce_all();  // every block, then the rest
+
+  int64_t num_buckets() const { return static_cast<int64_t>(buckets_.size()); }
+
+ private:
+  struct Bucket {
+    std::vector<Parameter*> dense, expert;
+    Tensor dense_buffer, expert_buffer;  // packed gradients, allocated once
+  };
+  const TrainingGroups& groups_;
+  std::vector<Bucket> buckets_;  // blocks 0..L-1, then the rest
+  void reduce(Bucket& bucket);
+};
+
 // Refuses (on every rank, with the differing lines named) a configuration that is not the same on
 // every rank. `description`: one "key=value" per line. Collective over the world.
 void check_same_configuration(Communicator& world, const std::string& description);

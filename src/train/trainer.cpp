@@ -53,6 +53,8 @@ static void validate(const TrainOptions& o) {
   AMPIPE_CHECK(o.lr.warmup_iters >= 0) << "--lr-warmup-iters must be >= 0, got " << o.lr.warmup_iters;
   AMPIPE_CHECK(o.adamw.weight_decay >= 0) << "--weight-decay must be >= 0, got " << o.adamw.weight_decay;
   AMPIPE_CHECK(o.adamw.clip_grad >= 0) << "--clip-grad must be >= 0 (0 disables), got " << o.adamw.clip_grad;
+  AMPIPE_CHECK(o.pipeline_scope == "auto" || o.pipeline_scope == "block" || o.pipeline_scope == "model")
+      << "--pipeline-scope '" << o.pipeline_scope << "' is not one of: auto, block, model";
 }
 
 // One "key=value" line per option that must agree across ranks.
@@ -66,7 +68,8 @@ static std::string describe(const TrainOptions& o) {
     << "\nsplit=" << o.split << "\ntokenizer=" << o.tokenizer_type << ":" << o.tokenizer_model << "\nload=" << o.load << "\nsave=" << o.save
     << "\nexpert_parallel_size=" << o.expert_parallel_size << "\neval_interval=" << o.eval_interval
     << "\neval_iters=" << o.eval_iters << "\nexit_interval=" << o.exit_interval
-    << "\nschedule=" << o.schedule.describe() << "\nstage_order=" << o.stage_order << "\n";
+    << "\nschedule=" << o.schedule.describe() << "\nstage_order=" << o.stage_order
+    << "\npipeline_scope=" << o.pipeline_scope << "\noverlap_grad_reduce=" << o.overlap_grad_reduce << "\n";
   return s.str();
 }
 
@@ -93,8 +96,10 @@ static bool inject_nan(int rank, int64_t iteration) {
 
 // --pipe-degree auto: the planner's choice for this model on this machine (every rank gets the same
 // profile, so the same choice).
+// scope: the one --pipeline-scope fixes, or none (the planner picks it too).
 static std::pair<PlanCandidate, double> plan_block(const TrainOptions& o, int64_t batch,
-                                                   const TrainingGroups& groups, Communicator& world) {
+                                                   const TrainingGroups& groups, Communicator& world,
+                                                   std::optional<PipelineScope> scope) {
   HardwareProfile hw;
   if (!o.hardware.empty()) {
     hw = load_hardware_profile(o.hardware);
@@ -104,9 +109,13 @@ static std::pair<PlanCandidate, double> plan_block(const TrainOptions& o, int64_
     co.hidden_sizes = {o.model.hidden_size};
     hw = calibrate(world, co);
   }
-  const BlockShape shape{o.model, batch, o.model.max_seq_len, groups.expert_group->size()};
+  BlockShape shape{o.model, batch, o.model.max_seq_len, groups.expert_group->size()};
+  shape.data_ranks = groups.size();
   AutotuneOptions ao;
   if (o.schedule.kind == ScheduleKind::MoePipe) ao.schedules = {ScheduleKind::MoePipe};  // ampipe: both
+  ao.num_layers = o.model.num_layers;
+  ao.reduce_gradients = o.overlap_grad_reduce;
+  if (scope) ao.scopes = {*scope};
   const std::vector<PlanCandidate> candidates = evaluate_candidates(shape, hw, ao);
   double sequential_seconds = 0;
   for (const PlanCandidate& c : candidates)
@@ -128,6 +137,7 @@ struct Run {
   TraceRecorder& trace;
   bool tracing;
   int64_t start;
+  GradientBuckets& buckets;
 };
 
 // The tokenizer of the run: the flags', or (resuming) the checkpoint's own tokenizer file. Sets the
@@ -145,26 +155,40 @@ std::unique_ptr<Tokenizer> open_tokenizer(TrainOptions& o) {
   return tokenizer;
 }
 
+// The scope of --pipeline-scope auto without the planner: the chunks flow across blocks wherever
+// there are chunks and more than one block.
+PipelineScope default_scope(const TrainOptions& o) {
+  const bool chunked = o.schedule.kind != ScheduleKind::Sequential;
+  return chunked && o.model.num_layers > 1 ? PipelineScope::Model : PipelineScope::Block;
+}
+
 // --pipe-degree auto, balanced weights, and the executor every block runs under (null: sequential).
 std::unique_ptr<BlockExecutor> make_block_executor(TrainOptions& o, const TrainingGroups& groups,
                                                    TimedCommunicator& world, TraceRecorder* trace,
                                                    const std::function<void(const std::string&)>& log) {
   const int64_t N = o.model.max_seq_len;
+  std::optional<PipelineScope> scope;
+  if (o.pipeline_scope != "auto") scope = parse_pipeline_scope(o.pipeline_scope);
   if (o.auto_plan && o.schedule.kind != ScheduleKind::Sequential && o.schedule.chunk_boundaries.empty()) {
-    const auto [choice, sequential_seconds] = plan_block(o, o.micro_batch_size, groups, world);
+    const auto [choice, sequential_seconds] = plan_block(o, o.micro_batch_size, groups, world, scope);
     o.schedule = choice.schedule;
     o.stage_order = stage_order_name(choice.order);
-    char line[256];
-    std::snprintf(line, sizeof line, "planner: %s, predicted block %.2f ms (sequential %.2f ms)",
-                  choice.describe().c_str(), choice.prediction.total * 1e3, sequential_seconds * 1e3);
+    if (!scope) scope = choice.scope;
+    char line[320];
+    std::snprintf(line, sizeof line, "planner: %s, predicted step of %lld blocks %.2f ms (sequential %.2f ms)",
+                  choice.describe().c_str(), static_cast<long long>(o.model.num_layers),
+                  choice.prediction.total * 1e3, sequential_seconds * 1e3);
     log(line);
   }
+  if (!scope) scope = default_scope(o);
+  o.pipeline_scope = pipeline_scope_name(*scope);
   if (o.schedule.chunk_policy == ChunkPolicy::Balanced && o.schedule.balance_weight == 0)
     o.schedule.balance_weight = balance_weight(o.model, o.schedule.moe_pipe_degree == 0);
   o.schedule.plan(N);  // refuse boundaries that do not fit the sequence before training
-  // A sequential block runs on the streams too when traced, so every schedule shows its stages.
-  if (trace == nullptr && o.schedule.kind == ScheduleKind::Sequential) return nullptr;
-  return std::make_unique<StreamedBlock>(o.schedule, parse_stage_order(o.stage_order), trace, world.rank());
+  // A sequential block runs on the streams too when traced, so every schedule shows its stages, and
+  // when the gradient reduction overlaps the backward (on the comm stream).
+  if (trace == nullptr && !o.overlap_grad_reduce && o.schedule.kind == ScheduleKind::Sequential) return nullptr;
+  return std::make_unique<StreamedBlock>(o.schedule, parse_stage_order(o.stage_order), trace, world.rank(), *scope);
 }
 
 // Loads --load: a Hugging Face directory's weights (fresh optimizer), or a checkpoint to resume.
@@ -200,6 +224,9 @@ void log_startup(const Run& r) {
                 static_cast<long long>(o.model.max_seq_len), static_cast<long long>(o.model.vocab_size),
                 o.tokenizer_type.c_str());
   r.log(buf);
+  r.log("schedule: " + o.schedule.describe() + (o.schedule.kind == ScheduleKind::Sequential ? "" : " " + o.stage_order) +
+        ", pipeline scope " + o.pipeline_scope + ", gradient reduction " +
+        (o.overlap_grad_reduce ? "overlapped with the backward" : "after the backward"));
   for (const std::string& line : r.corpus.summary()) r.log(line);
   const int64_t R = r.world.size();
   if (R > 1)
@@ -235,8 +262,14 @@ Step train_step(Run& r, int64_t it) {
   }
   step.lr = learning_rate(o.lr, it);
   if (std::isfinite(step.loss.total)) {
-    r.model.backward(state);
-    average_gradients(r.model.params(), r.groups);
+    if (o.overlap_grad_reduce) {
+      // Each block's bucket is reduced on the executor's comm stream once its backward is done.
+      r.model.backward(state, 1.0, [&r](int64_t layer) { r.buckets.reduce_block(layer); });
+      r.buckets.reduce_rest();
+    } else {
+      r.model.backward(state);
+      r.buckets.reduce_all();
+    }
     step.grad_norm = r.optimizer.step(step.lr);
   } else {
     AMPIPE_CHECK(!o.abort_on_nan) << "loss became " << step.loss.total << " at iteration " << it + 1
@@ -311,6 +344,104 @@ void log_progress(Run& r, std::ofstream& metrics, Window& window, const Step& st
   window = Window{std::chrono::steady_clock::now(), 0, r.world.seconds(), 0};
 }
 
+// A root of iteration checkpoints in --load -> its latest (or --ckpt-step's) directory.
+void resolve_load(TrainOptions& o, const std::function<void(const std::string&)>& log) {
+  if (o.load.empty()) return;
+  const CheckpointLocation where = locate_checkpoint(o.load, o.ckpt_step);
+  if (!where.notice.empty()) log(where.notice);
+  o.load = where.path;
+  o.ckpt_step = -1;
+}
+
+// What happens after iteration `done`'s update: validation, the progress line, the trace, a save.
+// Returns true if the run must stop here (--exit-interval).
+bool after_step(Run& r, std::ofstream& metrics, Window& window, const Step& step, int64_t done,
+                std::chrono::steady_clock::time_point run_start, const Tokenizer* tokenizer, TrainResult& result,
+                const std::function<double()>& validation_loss) {
+  const TrainOptions& o = r.o;
+  const bool last = done == o.train_iters;
+  const bool eval_now = last || (o.eval_interval > 0 && done % o.eval_interval == 0);
+  const double val = eval_now ? validation_loss() : NAN;
+  if (eval_now) result.final_val_loss = val;
+  if (eval_now || done % o.log_interval == 0) log_progress(r, metrics, window, step, done, val, run_start);
+  if (r.tracing && (done - r.start == 3 || (last && done - r.start < 3)))
+    write_trace(r, std::min<int64_t>(done - r.start, 2));
+  if (r.tracing && done - r.start >= 3) r.trace.clear();
+  const bool exit_now = !last && o.exit_interval > 0 && done % o.exit_interval == 0;
+  if (!o.save.empty() && (last || exit_now || (o.save_interval > 0 && done % o.save_interval == 0))) {
+    try {
+      save_iteration_checkpoint(o.save, r.model, r.optimizer, TrainingProgress{done, o.seed}, &r.groups, tokenizer,
+                                o.ckpt_keep);
+      r.log("saved checkpoint " + iteration_dir_name(done) + " to " + o.save);
+    } catch (const Error& e) {
+      if (o.exit_on_save_failure) throw;  // every rank throws the same error
+      r.log(std::string("warning: ") + e.what() + "; training goes on (--exit-on-save-failure false), the next "
+            "save retries");
+    }
+  }
+  if (exit_now)
+    r.log("exiting at iteration " + std::to_string(done) + " (--exit-interval " + std::to_string(o.exit_interval) + ")");
+  return exit_now;
+}
+
+// The iterations from r.start to --train-iters (or --exit-interval).
+TrainResult train_loop(Run& r, const Tokenizer* tokenizer) {
+  const TrainOptions& o = r.o;
+  const int rank = r.world.rank();
+  const int64_t N = o.model.max_seq_len, B = o.micro_batch_size, R = r.world.size();
+  std::ofstream metrics;
+  if (!o.metrics_file.empty() && rank == 0) {
+    metrics.open(o.metrics_file, r.start > 0 ? std::ios::app : std::ios::trunc);
+    AMPIPE_CHECK(metrics.good()) << "cannot open --metrics-file '" << o.metrics_file << "' for writing";
+  }
+  const std::vector<int64_t> val_ids = r.corpus.validation_ids(o.eval_iters * B * R);
+  auto validation_loss = [&]() {
+    return evaluate_windows(r.model, r.corpus.validation(), val_ids, N, B, &r.world).loss;
+  };
+  using clock = std::chrono::steady_clock;
+  const auto run_start = clock::now();
+  Window window{run_start, 0, r.world.seconds(), 0};
+  TrainResult result;
+  auto finish = [&](int64_t done) {
+    result.iterations = done;
+    result.seconds = std::chrono::duration<double>(clock::now() - run_start).count();
+    result.tokens_per_sec =
+        result.seconds > 0 ? static_cast<double>((done - r.start) * B * N * R) / result.seconds : 0.0;
+    if (r.corpus.bytes_per_token() > 0)
+      result.final_val_nats_per_byte = result.final_val_loss / r.corpus.bytes_per_token();
+    return result;
+  };
+  for (int64_t it = r.start; it < o.train_iters; ++it) {
+    maybe_inject_failure(rank, it + 1);
+    // A trace covers iterations start+2 and start+3 (the first is warm-up).
+    if (r.tracing && it - r.start <= 1) r.trace.clear();
+    if (r.tracing && it - r.start == 1) {
+      r.world.barrier();
+      r.trace.mark_origin();
+    }
+    const Step step = train_step(r, it);
+    window.tokens += B * N * R;
+    window.data_seconds += step.data_seconds;
+    result.final_loss = step.loss.lm_loss;
+    if (after_step(r, metrics, window, step, it + 1, run_start, tokenizer, result, validation_loss))
+      return finish(it + 1);
+  }
+  if (r.start == o.train_iters) result.final_val_loss = validation_loss();
+  return finish(o.train_iters);
+}
+
+// A test hook: AMPIPE_INJECT_TASK_FAILURE="RANK:LABEL" makes that rank's task with trace label
+// LABEL (e.g. "experts bwd c1 L0") fail inside the streamed executor.
+void maybe_inject_task_failure(BlockExecutor* executor, int rank) {
+  const char* spec = std::getenv("AMPIPE_INJECT_TASK_FAILURE");
+  if (spec == nullptr || executor == nullptr) return;
+  const std::string s = spec;
+  const size_t colon = s.find(':');
+  AMPIPE_CHECK(colon != std::string::npos) << "AMPIPE_INJECT_TASK_FAILURE '" << s << "' is not RANK:LABEL";
+  if (std::stoi(s.substr(0, colon)) != rank) return;
+  if (auto* streamed = dynamic_cast<StreamedBlock*>(executor)) streamed->inject_failure(s.substr(colon + 1));
+}
+
 }  // namespace
 
 TrainResult run_training(TrainOptions o, const std::function<void(const std::string&)>& log_line,
@@ -327,19 +458,12 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   // One job per --save directory; taken by the writing rank before anything is read or written.
   std::optional<SaveDirectoryLock> save_lock;
   if (!o.save.empty() && rank == 0) save_lock.emplace(o.save);
-  if (!o.load.empty()) {  // a root of iteration checkpoints -> its latest (or --ckpt-step's) directory
-    const CheckpointLocation where = locate_checkpoint(o.load, o.ckpt_step);
-    if (!where.notice.empty()) log(where.notice);
-    o.load = where.path;
-    o.ckpt_step = -1;
-  }
+  resolve_load(o, log);
   const std::unique_ptr<Tokenizer> tokenizer = open_tokenizer(o);
   check_same_configuration(world, describe(o));
   TrainingGroups groups = make_training_groups(world, o.expert_parallel_size, o.model.num_experts);
   o.lr.decay_iters = o.train_iters;
-  const int64_t N = o.model.max_seq_len;
-  const int64_t B = o.micro_batch_size;
-
+  const int64_t N = o.model.max_seq_len, B = o.micro_batch_size;
   CorpusOptions co{o.data_path, o.split, N, o.seed, o.train_iters * B * R, o.eval_iters * B * R};
   const TrainingCorpus corpus(co, *tokenizer, o.model.vocab_size);
   GptMoe model(o.model, groups.model_parallel());
@@ -348,72 +472,14 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   const bool tracing = !o.trace_file.empty();
   const std::unique_ptr<BlockExecutor> block_executor =
       make_block_executor(o, groups, world, tracing ? &trace : nullptr, log);
+  maybe_inject_task_failure(block_executor.get(), rank);
   model.set_block_executor(block_executor.get());  // null: the sequential block
   AdamW optimizer(model.params(), o.adamw, groups.expert_group.get());
   const int64_t start = load_or_resume(o, model, optimizer, log);
-  Run run{o, world, log, groups, model, optimizer, corpus, trace, tracing, start};
-
-  std::ofstream metrics;
-  if (!o.metrics_file.empty() && rank == 0) {
-    metrics.open(o.metrics_file, start > 0 ? std::ios::app : std::ios::trunc);
-    AMPIPE_CHECK(metrics.good()) << "cannot open --metrics-file '" << o.metrics_file << "' for writing";
-  }
+  GradientBuckets buckets(model.params(), groups, o.model.num_layers);
+  Run run{o, world, log, groups, model, optimizer, corpus, trace, tracing, start, buckets};
   log_startup(run);
-  const std::vector<int64_t> val_ids = corpus.validation_ids(o.eval_iters * B * R);
-  auto validation_loss = [&]() { return evaluate_windows(model, corpus.validation(), val_ids, N, B, &world).loss; };
-
-  using clock = std::chrono::steady_clock;
-  const auto run_start = clock::now();
-  Window window{run_start, 0, world.seconds(), 0};
-  TrainResult result;
-  auto finish = [&](int64_t done) {
-    result.iterations = done;
-    result.seconds = std::chrono::duration<double>(clock::now() - run_start).count();
-    result.tokens_per_sec = result.seconds > 0 ? static_cast<double>((done - start) * B * N * R) / result.seconds : 0.0;
-    if (corpus.bytes_per_token() > 0)
-      result.final_val_nats_per_byte = result.final_val_loss / corpus.bytes_per_token();
-    return result;
-  };
-  for (int64_t it = start; it < o.train_iters; ++it) {
-    maybe_inject_failure(rank, it + 1);
-    // A trace covers iterations start+2 and start+3 (the first is warm-up).
-    if (tracing && it - start <= 1) trace.clear();
-    if (tracing && it - start == 1) {
-      world.barrier();
-      trace.mark_origin();
-    }
-    const Step step = train_step(run, it);
-    window.tokens += B * N * R;
-    window.data_seconds += step.data_seconds;
-    result.final_loss = step.loss.lm_loss;
-
-    const int64_t done = it + 1;
-    const bool last = done == o.train_iters;
-    const bool eval_now = last || (o.eval_interval > 0 && done % o.eval_interval == 0);
-    const double val = eval_now ? validation_loss() : NAN;
-    if (eval_now) result.final_val_loss = val;
-    if (eval_now || done % o.log_interval == 0) log_progress(run, metrics, window, step, done, val, run_start);
-    if (tracing && (done - start == 3 || (last && done - start < 3))) write_trace(run, std::min<int64_t>(done - start, 2));
-    if (tracing && done - start >= 3) trace.clear();
-    const bool exit_now = !last && o.exit_interval > 0 && done % o.exit_interval == 0;
-    if (!o.save.empty() && (last || exit_now || (o.save_interval > 0 && done % o.save_interval == 0))) {
-      try {
-        save_iteration_checkpoint(o.save, model, optimizer, TrainingProgress{done, o.seed}, &groups,
-                                  tokenizer.get(), o.ckpt_keep);
-        log("saved checkpoint " + iteration_dir_name(done) + " to " + o.save);
-      } catch (const Error& e) {
-        if (o.exit_on_save_failure) throw;  // every rank throws the same error
-        log(std::string("warning: ") + e.what() + "; training goes on (--exit-on-save-failure false), the next "
-            "save retries");
-      }
-    }
-    if (exit_now) {
-      log("exiting at iteration " + std::to_string(done) + " (--exit-interval " + std::to_string(o.exit_interval) + ")");
-      return finish(done);
-    }
-  }
-  if (start == o.train_iters) result.final_val_loss = validation_loss();
-  return finish(o.train_iters);
+  return train_loop(run, tokenizer.get());
 }
 
 }  // namespace ampipe

@@ -45,6 +45,13 @@ struct TrainOptions {
   int64_t expert_parallel_size = 0;  // EP; 0 = the largest divisor of the world size and E
   BlockSchedule schedule;           // how each block is cut (--schedule, --pipe-degree, --chunk-boundaries)
   std::string stage_order = "stage-major";  // compute-stream order: stage-major or interleaved
+  // --pipeline-scope: "block" (each block drains before the next), "model" (chunks flow across the
+  // blocks; pipeline/task_list.h) or "auto": the planner's choice with --pipe-degree auto, else
+  // model for a chunked schedule over more than one block, block otherwise.
+  std::string pipeline_scope = "auto";
+  // --overlap-grad-reduce: reduce each block's gradients on the comm stream as soon as its backward
+  // is done (train/distributed.h GradientBuckets), instead of all of them after the backward.
+  bool overlap_grad_reduce = false;
   // --pipe-degree auto: the planner (plan/autotune.h) picks the schedule (sequential, or `schedule`'s
   // kind), P, chunk policy, MoE side and stage order at start-up, from `hardware` (a profile path or
   // shipped name) or, when empty, a quick calibration of this machine.
