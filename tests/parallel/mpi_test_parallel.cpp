@@ -15,6 +15,7 @@
 #include "comm/world.h"
 #include "core/random.h"
 #include "grad_check.h"
+#include "parallel/mpi_gtest_main.h"
 #include "model/gpt.h"
 #include "model/moe/moe_layer.h"
 #include "pipeline/streamed_block.h"
@@ -556,44 +557,6 @@ TEST(DataParallel, MismatchedConfigurationIsRefusedOnEveryRank) {
 }  // namespace
 }  // namespace ampipe
 
-namespace {
-// On ranks other than 0: each failed assertion, named by rank and test (the usual report would
-// repeat rank 0's).
-class FailurePrinter : public ::testing::EmptyTestEventListener {
- public:
-  explicit FailurePrinter(int rank) : rank_(rank) {}
-  // (UnitTest::current_test_info() would wait on the lock gtest holds while reporting.)
-  void OnTestStart(const ::testing::TestInfo& test) override {
-    test_ = std::string(test.test_suite_name()) + "." + test.name();
-  }
-  void OnTestEnd(const ::testing::TestInfo&) override { test_.clear(); }
-  void OnTestPartResult(const ::testing::TestPartResult& r) override {
-    if (!r.failed()) return;
-    std::fprintf(stderr, "[rank %d] %s: %s:%d: Failure\n%s\n", rank_, test_.c_str(),
-                 r.file_name() ? r.file_name() : "", r.line_number(), r.message());
-  }
-
- private:
-  int rank_;
-  std::string test_;
-};
-}  // namespace
-
 int main(int argc, char** argv) {
-  ::testing::InitGoogleTest(&argc, argv);
-  ampipe::g_world = ampipe::make_world_communicator();
-  const int rank = ampipe::g_world->rank();
-  if (rank != 0) {  // rank 0 prints the usual report; the others only their failures
-    auto& listeners = ::testing::UnitTest::GetInstance()->listeners();
-    delete listeners.Release(listeners.default_result_printer());
-    listeners.Append(new FailurePrinter(rank));
-  }
-  const int result = RUN_ALL_TESTS();
-  int64_t failed = result != 0 ? 1 : 0;
-  ampipe::g_world->all_reduce_sum(failed);
-  if (rank == 0)
-    std::printf("mpi_test_parallel: %d ranks, %s\n", ampipe::g_world->size(),
-                failed ? "FAILED on at least one rank" : "all tests passed on every rank");
-  ampipe::g_world.reset();
-  return failed > 0 ? 1 : 0;
+  return ampipe::testing::run_mpi_tests(argc, argv, ampipe::g_world, "mpi_test_parallel");
 }
