@@ -10,6 +10,7 @@
 #include <map>
 #include <nlohmann/json.hpp>
 #include <sstream>
+#include <tuple>
 
 #include "comm/communicator.h"
 #include "core/atomic_file.h"
@@ -42,6 +43,15 @@ CLI::App* add_plan_command(CLI::App& app, PlanOptions& o) {
       ->capture_default_str();
   cmd->add_option("--min-chunk", o.min_chunk_positions, "Fewest positions per chunk the planner considers")
       ->capture_default_str();
+  cmd->add_option("--num-layers", o.num_layers,
+                  "Transformer blocks L of the pass every candidate is priced over (times are for the whole "
+                  "forward + backward pass). With L > 1 every pipelined candidate is priced in both pipeline "
+                  "scopes: block (the blocks one after the other) and model (chunks flow across the blocks; "
+                  "\"model-scope\" in the variant)")
+      ->capture_default_str();
+  cmd->add_flag("--overlap-grad-reduce", o.overlap_grad_reduce,
+                "Price one gradient all-reduce per block in the backward, overlapped with the blocks below "
+                "it (the dense gradients summed over the R ranks of --ranks, the data-parallel size here)");
   cmd->add_flag("--summary", o.summary, "One line per shape (sequential, best moe-pipe, best ampipe, choice)");
   cmd->add_option("--json-out", o.json_out, "Write one JSON object per shape to this file (JSON Lines)");
   cmd->add_option("--trace", o.trace, "Write the predicted timeline of the first shape's choice (Chrome trace)");
@@ -74,19 +84,145 @@ int run_calibrate(const PlanOptions& o, Communicator& world) {
   return 0;
 }
 
+// One shape's candidates as `ampipe plan` reports them. Holds pointers into its own list: not copied.
+class ShapeReport {
+ public:
+  ShapeReport(std::vector<PlanCandidate> candidates, const AutotuneOptions& ao)
+      : all(std::move(candidates)), choice(choose_plan(this->all, ao.min_gain, ao.near_tie)) {
+    for (const PlanCandidate& c : this->all) {
+      const auto key = std::make_tuple(static_cast<int>(c.schedule.kind), c.schedule.pipe_degree,
+                                       static_cast<int>(c.scope));
+      keep_faster(best[key], c);
+      if (c.schedule.kind == ScheduleKind::Sequential) seq = &c;
+      if (c.schedule.kind == ScheduleKind::MoePipe) keep_faster(best_moe, c);
+      if (c.schedule.kind == ScheduleKind::AmPipe) keep_faster(best_am, c);
+      keep_faster(c.scope == PipelineScope::Model ? best_model : best_block, c);
+    }
+  }
+  ShapeReport(const ShapeReport&) = delete;
+  ShapeReport& operator=(const ShapeReport&) = delete;
+
+  const std::vector<PlanCandidate> all;
+  const PlanCandidate choice;
+  // The best candidate per (schedule, P, scope), in that order.
+  std::map<std::tuple<int, int64_t, int>, const PlanCandidate*> best;
+  const PlanCandidate* seq = nullptr;
+  const PlanCandidate* best_moe = nullptr;
+  const PlanCandidate* best_am = nullptr;
+  const PlanCandidate* best_block = nullptr;  // the best of each scope (sequential is block scope)
+  const PlanCandidate* best_model = nullptr;
+
+  double choice_ms() const { return choice.prediction.total * 1e3; }
+  double seq_ms() const { return seq->prediction.total * 1e3; }
+  double vs_moe() const { return best_moe ? best_moe->prediction.total / choice.prediction.total : NAN; }
+
+ private:
+  static void keep_faster(const PlanCandidate*& slot, const PlanCandidate& c) {
+    if (!slot || c.prediction.total < slot->prediction.total) slot = &c;
+  }
+};
+
+nlohmann::json ms_or_null(const PlanCandidate* c) {
+  return c ? nlohmann::json(c->prediction.total * 1e3) : nlohmann::json(nullptr);
+}
+
+void print_summary_line(const GridShape& s, int64_t R, const ShapeReport& r) {
+  auto cell = [](const PlanCandidate* c) {
+    return c ? format_number("%.3f", c->prediction.total * 1e3) + " (" +
+                   std::to_string(c->schedule.pipe_degree) + ")"
+             : std::string("-");
+  };
+  const double am = r.best_am ? r.best_am->prediction.total : NAN;
+  std::printf("%6lld %5lld %4lld %2lld %4lld %11.3f %18s %18s %8.2fx %8.2fx  %s (%.2fx)\n", (long long)s.N,
+              (long long)s.d, (long long)s.E, (long long)s.k, (long long)R, r.seq_ms(),
+              cell(r.best_moe).c_str(), cell(r.best_am).c_str(), r.seq->prediction.total / am,
+              r.best_moe ? r.best_moe->prediction.total / am : NAN, r.choice.describe().c_str(),
+              r.seq_ms() / r.choice_ms());
+}
+
+void print_table(const GridShape& s, int64_t B, int64_t R, const PassShape& pass, const ShapeReport& r) {
+  std::printf("\n%s, B=%lld, R=%lld ranks", s.describe().c_str(), (long long)B, (long long)R);
+  if (pass.num_layers > 1) std::printf(", a pass of %lld blocks", (long long)pass.num_layers);
+  if (pass.reduce_gradients) std::printf(", gradients reduced per block");
+  std::printf("\n");
+  int width = 46;  // the variant column: as wide as its longest entry
+  for (const auto& [key, c] : r.best) width = std::max(width, static_cast<int>(c->describe().size()));
+  std::printf("  %-10s %3s %-*s %10s %8s %11s %9s\n", "schedule", "P", width, "best variant", "pred ms",
+              "speedup", "compute ms", "comm ms");
+  for (const auto& [key, c] : r.best)
+    std::printf("  %-10s %3lld %-*s %10.3f %7.2fx %11.3f %9.3f\n", schedule_name(c->schedule.kind),
+                (long long)std::get<1>(key), width, c->describe().c_str(), c->prediction.total * 1e3,
+                r.seq->prediction.total / c->prediction.total, c->prediction.compute_busy * 1e3,
+                c->prediction.comm_busy * 1e3);
+  std::printf("  choice: %s: %.3f ms, %.2fx over sequential%s\n", r.choice.describe().c_str(), r.choice_ms(),
+              r.seq_ms() / r.choice_ms(),
+              r.best_moe ? (", " + format_number("%.2f", r.vs_moe()) + "x over the best moe-pipe (" +
+                            r.best_moe->describe() + ")")
+                               .c_str()
+                         : "");
+  if (pass.num_layers > 1)
+    std::printf("  pipeline scope: %s (best block scope %s ms, best model scope %s ms)\n",
+                pipeline_scope_name(r.choice.scope),
+                r.best_block ? format_number("%.3f", r.best_block->prediction.total * 1e3).c_str() : "-",
+                r.best_model ? format_number("%.3f", r.best_model->prediction.total * 1e3).c_str() : "-");
+}
+
+nlohmann::json json_row(const GridShape& s, int64_t B, int64_t R, const PassShape& pass,
+                        const std::string& profile, const ShapeReport& r) {
+  nlohmann::json per_schedule = nlohmann::json::array();
+  for (const auto& [key, c] : r.best)
+    per_schedule.push_back({{"schedule", schedule_name(c->schedule.kind)},
+                            {"pipe_degree", std::get<1>(key)},
+                            {"pipeline_scope", pipeline_scope_name(c->scope)},
+                            {"variant", c->describe()},
+                            {"predicted_ms", c->prediction.total * 1e3}});
+  return {{"profile", profile},
+          {"seq_length", s.N},
+          {"hidden_size", s.d},
+          {"heads", s.heads},
+          {"ffn_hidden_size", s.ffn},
+          {"num_experts", s.E},
+          {"top_k", s.k},
+          {"ranks", R},
+          {"batch", B},
+          {"family", s.parts.family},
+          {"num_query_groups", s.config(0.0).kv_heads()},
+          {"swiglu", s.parts.swiglu},
+          {"num_layers", pass.num_layers},
+          {"overlap_grad_reduce", pass.reduce_gradients},
+          {"sequential_ms", r.seq_ms()},
+          {"choice", r.choice.describe()},
+          {"pipeline_scope", pipeline_scope_name(r.choice.scope)},
+          {"choice_ms", r.choice_ms()},
+          {"speedup_vs_sequential", r.seq_ms() / r.choice_ms()},
+          {"speedup_vs_moe_pipe", r.best_moe ? nlohmann::json(r.vs_moe()) : nlohmann::json(nullptr)},
+          {"best_ampipe_ms", ms_or_null(r.best_am)},
+          {"best_block_scope_ms", ms_or_null(r.best_block)},
+          {"best_model_scope_ms", ms_or_null(r.best_model)},
+          {"schedules", per_schedule}};
+}
+
+AutotuneOptions autotune_options(const PlanOptions& o) {
+  AutotuneOptions ao;
+  ao.pipe_degrees = parse_int_list("--pipe-degree", o.pipe_degrees, 1);
+  ao.min_gain = o.min_gain;
+  ao.min_chunk_positions = o.min_chunk_positions;
+  ao.num_layers = o.num_layers;
+  ao.reduce_gradients = o.overlap_grad_reduce;
+  ao.validate();
+  return ao;
+}
+
 }  // namespace
 
 int run_plan(const PlanOptions& o, Communicator& world) {
   if (o.calibrate) return run_calibrate(o, world);
   AMPIPE_CHECK(!o.hardware.empty()) << "ampipe plan needs --hardware PROFILE (or --calibrate to make one)";
   AMPIPE_CHECK(o.micro_batch_size >= 1) << "--micro-batch-size must be at least 1, got " << o.micro_batch_size;
+  AMPIPE_CHECK(o.num_layers >= 1) << "--num-layers must be at least 1, got " << o.num_layers;
   const HardwareProfile hw = load_hardware_profile(o.hardware);
   const std::vector<int64_t> ranks = parse_int_list("--ranks", o.ranks, 1);
-  AutotuneOptions ao;
-  ao.pipe_degrees = parse_int_list("--pipe-degree", o.pipe_degrees, 1);
-  ao.min_gain = o.min_gain;
-  ao.min_chunk_positions = o.min_chunk_positions;
-  ao.validate();
+  const AutotuneOptions ao = autotune_options(o);
   int64_t max_ranks = 1;
   for (int64_t r : ranks) max_ranks = std::max(max_ranks, r);
   const std::vector<GridShape> shapes = expand_grid(o.grid, 2 * max_ranks, 0.0);
@@ -105,75 +241,21 @@ int run_plan(const PlanOptions& o, Communicator& world) {
   for (const GridShape& s : shapes)
     for (int64_t R : ranks) {
       AMPIPE_CHECK(s.E % R == 0) << "--moe-num-experts " << s.E << " is not divisible by --ranks " << R;
+      // data_ranks 0: the dense gradients are all-reduced over the R ranks (GradReduce only).
       const BlockShape shape{s.config(0.0), o.micro_batch_size, s.N, R};
-      const std::vector<PlanCandidate> all = evaluate_candidates(shape, hw, ao);
-      const PlanCandidate choice = choose_plan(all, ao.min_gain, ao.near_tie);
-      // The best candidate per (schedule, P).
-      std::map<std::pair<int, int64_t>, const PlanCandidate*> best;
-      const PlanCandidate* seq = nullptr;
-      const PlanCandidate* best_moe = nullptr;
-      const PlanCandidate* best_am = nullptr;
-      for (const PlanCandidate& c : all) {
-        const auto key = std::make_pair(static_cast<int>(c.schedule.kind), c.schedule.pipe_degree);
-        auto& slot = best[key];
-        if (!slot || c.prediction.total < slot->prediction.total) slot = &c;
-        if (c.schedule.kind == ScheduleKind::Sequential) seq = &c;
-        if (c.schedule.kind == ScheduleKind::MoePipe && (!best_moe || c.prediction.total < best_moe->prediction.total))
-          best_moe = &c;
-        if (c.schedule.kind == ScheduleKind::AmPipe && (!best_am || c.prediction.total < best_am->prediction.total))
-          best_am = &c;
-      }
-      const double seq_ms = seq->prediction.total * 1e3;
-      const double choice_ms = choice.prediction.total * 1e3;
-      const double vs_moe = best_moe ? best_moe->prediction.total / choice.prediction.total : NAN;
-      if (o.summary) {
-        auto cell = [](const PlanCandidate* c) {
-          return c ? format_number("%.3f", c->prediction.total * 1e3) + " (" + std::to_string(c->schedule.pipe_degree) + ")"
-                   : std::string("-");
-        };
-        const double am = best_am ? best_am->prediction.total : NAN;
-        std::printf("%6lld %5lld %4lld %2lld %4lld %11.3f %18s %18s %8.2fx %8.2fx  %s (%.2fx)\n", (long long)s.N,
-                    (long long)s.d, (long long)s.E, (long long)s.k, (long long)R, seq_ms, cell(best_moe).c_str(),
-                    cell(best_am).c_str(), seq->prediction.total / am,
-                    best_moe ? best_moe->prediction.total / am : NAN, choice.describe().c_str(), seq_ms / choice_ms);
-      } else {
-        std::printf("\n%s, B=%lld, R=%lld ranks\n", s.describe().c_str(), (long long)o.micro_batch_size, (long long)R);
-        std::printf("  %-10s %3s %-46s %10s %8s %11s %9s\n", "schedule", "P", "best variant", "pred ms", "speedup",
-                    "compute ms", "comm ms");
-        for (const auto& [key, c] : best)
-          std::printf("  %-10s %3lld %-46s %10.3f %7.2fx %11.3f %9.3f\n", schedule_name(c->schedule.kind),
-                      (long long)key.second, c->describe().c_str(), c->prediction.total * 1e3,
-                      seq->prediction.total / c->prediction.total, c->prediction.compute_busy * 1e3,
-                      c->prediction.comm_busy * 1e3);
-        std::printf("  choice: %s: %.3f ms, %.2fx over sequential%s\n", choice.describe().c_str(), choice_ms,
-                    seq_ms / choice_ms,
-                    best_moe ? (", " + format_number("%.2f", vs_moe) + "x over the best moe-pipe (" + best_moe->describe() + ")")
-                                   .c_str()
-                             : "");
-      }
+      const ShapeReport r(evaluate_candidates(shape, hw, ao), ao);
+      const PassShape chosen{ao.num_layers, r.choice.scope, ao.reduce_gradients};
+      if (o.summary)
+        print_summary_line(s, R, r);
+      else
+        print_table(s, o.micro_batch_size, R, chosen, r);
       if (json.is_open()) {
-        nlohmann::json per_schedule = nlohmann::json::array();
-        for (const auto& [key, c] : best)
-          per_schedule.push_back({{"schedule", schedule_name(c->schedule.kind)},
-                                  {"pipe_degree", key.second},
-                                  {"variant", c->describe()},
-                                  {"predicted_ms", c->prediction.total * 1e3}});
-        nlohmann::json j = {{"profile", hw.name},        {"seq_length", s.N},      {"hidden_size", s.d},
-                            {"heads", s.heads},          {"ffn_hidden_size", s.ffn}, {"num_experts", s.E},
-                            {"top_k", s.k},              {"ranks", R},             {"batch", o.micro_batch_size},
-                            {"family", s.parts.family},  {"num_query_groups", s.config(0.0).kv_heads()},
-                            {"swiglu", s.parts.swiglu},
-                            {"sequential_ms", seq_ms},   {"choice", choice.describe()}, {"choice_ms", choice_ms},
-                            {"speedup_vs_sequential", seq_ms / choice_ms},
-                            {"speedup_vs_moe_pipe", best_moe ? nlohmann::json(vs_moe) : nlohmann::json(nullptr)},
-                            {"best_ampipe_ms", best_am ? nlohmann::json(best_am->prediction.total * 1e3) : nlohmann::json(nullptr)},
-                            {"schedules", per_schedule}};
-        json << j.dump() << "\n";
+        json << json_row(s, o.micro_batch_size, R, chosen, hw.name, r).dump() << "\n";
         AMPIPE_CHECK(json.good()) << "--json-out: writing '" << o.json_out << "' failed";
       }
       if (!o.trace.empty() && !traced) {
         TraceRecorder trace;
-        predict_block(choice.schedule, choice.order, shape, hw, &trace, 0, 0);
+        predict_pass(r.choice.schedule, r.choice.order, shape, hw, chosen, &trace, 0, 0);
         write_file_atomically(o.trace, trace.to_json());
         traced = true;
       }

@@ -1,10 +1,12 @@
 // `ampipe plan`: the planner from the command line (plan/).
 //
 //   ampipe plan --hardware PROFILE --ranks R [model flags as lists]
-//       prints, for every model shape and expert-parallel size, the predicted block time
-//       (forward + backward) of every schedule and pipe degree (each at its best chunk policy, MoE
-//       side and stage order), the planner's choice and its predicted speedup over sequential and
-//       over the best moe-pipe; --json-out writes one JSON object per shape.
+//       prints, for every model shape and expert-parallel size, the predicted time of a pass
+//       (forward + backward) over --num-layers blocks (default 1) of every schedule and pipe degree
+//       (each at its best chunk policy, MoE side and stage order; with more than one block, in
+//       each pipeline scope), the planner's choice and its predicted speedup over sequential and
+//       over the best moe-pipe; --overlap-grad-reduce adds a gradient all-reduce per block;
+//       --json-out writes one JSON object per shape.
 //   ampipe plan --calibrate --out FILE
 //       measures this machine (run it under mpirun, and under scripts/netem.sh for a shaped
 //       link, to measure the all-to-all) and writes a profile.
@@ -31,6 +33,8 @@ struct PlanOptions {
   std::string pipe_degrees = "2,4,8,16";
   double min_gain = 0.03;
   int64_t min_chunk_positions = 128;
+  int64_t num_layers = 1;            // blocks of the pass priced (L)
+  bool overlap_grad_reduce = false;  // a GradReduce task per block in the backward
   bool summary = false;
   std::string json_out;
   std::string trace;  // predicted timeline of the choice for the first shape

@@ -2,6 +2,7 @@
 
 #include <algorithm>
 #include <cmath>
+#include <tuple>
 
 #include "core/error.h"
 
@@ -14,11 +15,15 @@ void AutotuneOptions::validate() const {
       << "the planner's minimum chunk length must be >= 1 position, got " << min_chunk_positions;
   AMPIPE_CHECK(std::isfinite(min_gain) && min_gain >= 0 && min_gain < 1)
       << "the planner's minimum gain over sequential must be in [0, 1), got " << min_gain;
+  AMPIPE_CHECK(num_layers >= 1) << "the planner's pass needs at least one block (--num-layers), got "
+                                << num_layers;
+  AMPIPE_CHECK(!scopes.empty()) << "the planner needs at least one pipeline scope";
 }
 
 std::string PlanCandidate::describe() const {
-  if (schedule.kind == ScheduleKind::Sequential) return schedule.describe();
-  return schedule.describe() + " " + stage_order_name(order);
+  const std::string scope_text = scope == PipelineScope::Model ? " model-scope" : "";
+  if (schedule.kind == ScheduleKind::Sequential) return schedule.describe() + scope_text;
+  return schedule.describe() + " " + stage_order_name(order) + scope_text;
 }
 
 double time_balance_weight(const BlockShape& shape, const HardwareProfile& hw, bool moe_in_chunk) {
@@ -59,11 +64,20 @@ std::vector<PlanCandidate> evaluate_candidates(const BlockShape& shape, const Ha
       degrees.push_back(P);
   std::sort(degrees.begin(), degrees.end());
 
+  // Scopes to price pipelined candidates in: one block has nothing to flow across.
+  std::vector<PipelineScope> scopes;
+  for (PipelineScope scope : options.num_layers == 1 ? std::vector{PipelineScope::Block} : options.scopes)
+    if (std::find(scopes.begin(), scopes.end(), scope) == scopes.end()) scopes.push_back(scope);
   std::vector<PlanCandidate> out;
-  auto add = [&](const BlockSchedule& s, StageOrder order) {
-    out.push_back(PlanCandidate{s, order, predict_block(s, order, shape, hw)});
+  auto price = [&](const BlockSchedule& s, StageOrder order, PipelineScope scope) {
+    const PassShape pass{options.num_layers, scope, options.reduce_gradients};
+    out.push_back(PlanCandidate{s, order, scope, predict_pass(s, order, shape, hw, pass)});
   };
-  add(BlockSchedule{}, StageOrder::StageMajor);  // sequential: one chunk, every order is the same
+  auto add = [&](const BlockSchedule& s, StageOrder order) {
+    for (PipelineScope scope : scopes) price(s, order, scope);
+  };
+  // sequential: one chunk, so every order is the same and the model scope gives nothing
+  price(BlockSchedule{}, StageOrder::StageMajor, PipelineScope::Block);
 
   auto searched = [&](ScheduleKind kind) {
     return std::find(options.schedules.begin(), options.schedules.end(), kind) != options.schedules.end();
@@ -125,13 +139,14 @@ PlanCandidate choose_plan(const std::vector<PlanCandidate>& candidates, double m
     if (c.prediction.total < best->prediction.total) best = &c;
   // Among the candidates within near_tie of the fastest, the one with the fewest chunks: per-chunk
   // costs the model does not see (routing imbalance between ranks synchronised at every exchange,
-  // small messages) grow with the chunk count, so a near tie is not worth more chunks.
+  // small messages) grow with the chunk count, so a near tie is not worth more chunks. Then block
+  // scope: the model scope adds per-chunk QKV tasks and cross-block edges for the same reason.
   const double fastest = best->prediction.total;
+  auto rank = [](const PlanCandidate& c) {
+    return std::make_tuple(chunk_count(c), c.scope == PipelineScope::Model, c.prediction.total);
+  };
   for (const PlanCandidate& c : candidates)
-    if (c.prediction.total <= fastest * (1 + near_tie) &&
-        (chunk_count(c) < chunk_count(*best) ||
-         (chunk_count(c) == chunk_count(*best) && c.prediction.total < best->prediction.total)))
-      best = &c;
+    if (c.prediction.total <= fastest * (1 + near_tie) && rank(c) < rank(*best)) best = &c;
   if (best->prediction.total < (1 - min_gain) * sequential->prediction.total) return *best;
   return *sequential;
 }

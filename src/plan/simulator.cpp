@@ -99,21 +99,26 @@ void trace_simulation(TraceRecorder& trace, const std::vector<StageTask>& tasks,
       << tasks.size();
   trace.declare_track(rank, "compute");
   trace.declare_track(rank, "comm");
+  const bool several_blocks =
+      std::any_of(tasks.begin(), tasks.end(), [](const StageTask& t) { return t.layer != 0; });
   for (size_t i = 0; i < tasks.size(); ++i) {
     TraceSlice slice;
     slice.rank = rank;
     slice.track = tasks[i].stream() == StreamRole::Compute ? "compute" : "comm";
     slice.name = stage_name(tasks[i].stage);
     if (tasks[i].chunk >= 0) slice.name += " c" + std::to_string(tasks[i].chunk);
+    if (several_blocks) slice.name += " L" + std::to_string(tasks[i].layer);
     slice.start_us = origin_us + simulation.start[i] * 1e6;
     slice.duration_us = (simulation.end[i] - simulation.start[i]) * 1e6;
-    slice.args = {{"predicted_ms", (simulation.end[i] - simulation.start[i]) * 1e3}};
+    slice.args = {{"predicted_ms", (simulation.end[i] - simulation.start[i]) * 1e3},
+                  {"block", static_cast<int64_t>(tasks[i].layer)}};
     trace.add_slice(std::move(slice));
   }
 }
 
-BlockPrediction predict_block(const BlockSchedule& schedule, StageOrder order, const BlockShape& shape,
-                              const HardwareProfile& hw, TraceRecorder* trace, int rank, double origin_us) {
+PassPrediction predict_pass(const BlockSchedule& schedule, StageOrder order, const BlockShape& shape,
+                            const HardwareProfile& hw, const PassShape& pass, TraceRecorder* trace, int rank,
+                            double origin_us) {
   shape.validate();
   AMPIPE_CHECK(std::isfinite(hw.overlap_slowdown) && hw.overlap_slowdown >= 1)
       << "hardware profile '" << hw.name << "': overlap_slowdown must be >= 1, got " << hw.overlap_slowdown;
@@ -121,7 +126,8 @@ BlockPrediction predict_block(const BlockSchedule& schedule, StageOrder order, c
       << "hardware profile '" << hw.name << "': comm_overlap_slowdown must be >= 1, got "
       << hw.comm_overlap_slowdown;
   const ChunkPlan plan = schedule.plan(shape.seq_len);
-  const std::vector<StageTask> fwd = forward_tasks(plan, order), bwd = backward_tasks(plan, order);
+  const std::vector<StageTask> fwd = forward_tasks(plan, order, pass),
+                               bwd = backward_tasks(plan, order, pass);
   const Simulation f =
       simulate(fwd, task_seconds(fwd, plan, shape, hw), hw.overlap_slowdown, hw.comm_overlap_slowdown);
   const Simulation b =
@@ -130,13 +136,23 @@ BlockPrediction predict_block(const BlockSchedule& schedule, StageOrder order, c
     trace_simulation(*trace, fwd, f, rank, origin_us);
     trace_simulation(*trace, bwd, b, rank, origin_us + f.makespan * 1e6);
   }
-  BlockPrediction p;
+  PassPrediction p;
   p.forward = f.makespan;
   p.backward = b.makespan;
   p.total = f.makespan + b.makespan;
+  p.forward_compute_busy = f.compute_busy;
+  p.forward_comm_busy = f.comm_busy;
+  p.backward_compute_busy = b.compute_busy;
+  p.backward_comm_busy = b.comm_busy;
   p.compute_busy = f.compute_busy + b.compute_busy;
   p.comm_busy = f.comm_busy + b.comm_busy;
+  p.overlap_bound = std::max(f.compute_busy, f.comm_busy) + std::max(b.compute_busy, b.comm_busy);
   return p;
+}
+
+BlockPrediction predict_block(const BlockSchedule& schedule, StageOrder order, const BlockShape& shape,
+                              const HardwareProfile& hw, TraceRecorder* trace, int rank, double origin_us) {
+  return predict_pass(schedule, order, shape, hw, PassShape{}, trace, rank, origin_us);
 }
 
 }  // namespace ampipe

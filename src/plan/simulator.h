@@ -39,18 +39,40 @@ struct BlockPrediction {
   double compute_busy = 0, comm_busy = 0;       // summed over forward and backward
 };
 
-// The predicted forward + backward time of one block under `schedule` and `order`: the task lists
-// of schedule.plan(shape.seq_len), priced by task_seconds, simulated with hw.overlap_slowdown and
-// hw.comm_overlap_slowdown;
-// backward starts when forward has ended (the host waits between them). If `trace` is given, the
-// predicted timeline is added to it (tracks "compute" and "comm" of `rank`; forward from
-// origin_us, backward after it).
+// The prediction of a whole pass (pipeline/task_list.h, PassShape): the forward list of its blocks,
+// then (the host waits between them) the backward list. forward, backward: each list's makespan;
+// total = forward + backward; the busy times are each stream's simulated busy seconds (slowed time
+// included), per list and summed (compute_busy, comm_busy).
+struct PassPrediction : BlockPrediction {
+  double forward_compute_busy = 0, forward_comm_busy = 0;
+  double backward_compute_busy = 0, backward_comm_busy = 0;
+  // max(forward_compute_busy, forward_comm_busy) + max(backward_compute_busy, backward_comm_busy):
+  // the total if each list overlapped its two streams perfectly (at the simulated busy times), so
+  // overlap_bound <= total always; total / overlap_bound is how far the pass is from hiding the
+  // shorter stream behind the longer one.
+  double overlap_bound = 0;
+};
+
+// The predicted forward + backward time of a pass under `schedule` and `order`: the task lists
+// forward_tasks / backward_tasks(schedule.plan(shape.seq_len), order, pass) (every block cut the
+// same; GradReduce tasks when pass.reduce_gradients), priced by task_seconds, simulated with
+// hw.overlap_slowdown and hw.comm_overlap_slowdown; the backward starts when the forward has ended.
+// If `trace` is given, the predicted timeline is added to it (tracks "compute" and "comm" of
+// `rank`; forward from origin_us, backward after it). Throws ampipe::Error for a bad shape, profile
+// or pass (num_layers < 1).
+PassPrediction predict_pass(const BlockSchedule& schedule, StageOrder order, const BlockShape& shape,
+                            const HardwareProfile& hw, const PassShape& pass, TraceRecorder* trace = nullptr,
+                            int rank = 0, double origin_us = 0);
+
+// One block: predict_pass with the default PassShape (one block, block scope, no gradient
+// reduction), its BlockPrediction fields.
 BlockPrediction predict_block(const BlockSchedule& schedule, StageOrder order, const BlockShape& shape,
                               const HardwareProfile& hw, TraceRecorder* trace = nullptr, int rank = 0,
                               double origin_us = 0);
 
 // Adds one slice per task of a simulated list ("attention c2" on "compute", ...) starting at
-// origin_us + start * 1e6, with the predicted milliseconds as an argument.
+// origin_us + start * 1e6, with the predicted milliseconds and the task's block as arguments; in a
+// list over several blocks the name ends with the block, as the pipeline's own trace does (" L1").
 void trace_simulation(TraceRecorder& trace, const std::vector<StageTask>& tasks, const Simulation& simulation,
                       int rank = 0, double origin_us = 0);
 

@@ -1,6 +1,7 @@
 // `ampipe plan`, `bench --schedule auto` and `train --pipe-degree auto` as a user meets them: the
 // planner prints every schedule's prediction and a choice that follows the link (pipelined on a
-// slow one, sequential on a free one), bad profiles are refused naming the field, and `auto` runs.
+// slow one, sequential on a free one), over several blocks in both pipeline scopes, bad profiles
+// are refused naming the field, and `auto` runs.
 #include <gtest/gtest.h>
 
 #include <unistd.h>
@@ -80,6 +81,63 @@ TEST_F(Plan, PredictsEverySchedulePerShapeAndChoosesByTheLink) {
     EXPECT_DOUBLE_EQ(j["speedup_vs_sequential"].get<double>(), 1.0) << j.dump();
   }
   EXPECT_NE(slow.output.find("choice: ampipe"), std::string::npos) << slow.output;
+}
+
+TEST_F(Plan, SeveralBlocks_ReportsBothPipelineScopesAndTheChoicesScope) {
+  const std::string shapes = " --ranks 2 --seq-length 4096 --hidden-size 512 --num-layers 4 --json-out ";
+  RunResult r = run("plan --hardware " + profile("slow", 12.5e6) + shapes + path("l4.jsonl"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  auto rows = json_lines(path("l4.jsonl"));
+  ASSERT_EQ(rows.size(), 1u) << r.output;
+  const Json j = rows[0];
+  EXPECT_EQ(j["num_layers"], 4) << j.dump();
+  std::set<std::pair<std::string, std::string>> seen;  // (schedule, scope)
+  for (const Json& s : j["schedules"]) {
+    const std::string scope = s["pipeline_scope"];
+    seen.emplace(s["schedule"], scope);
+    EXPECT_EQ(s["variant"].get<std::string>().ends_with(" model-scope"), scope == "model") << s.dump();
+  }
+  EXPECT_EQ(seen, (std::set<std::pair<std::string, std::string>>{{"sequential", "block"},
+                                                                 {"moe-pipe", "block"},
+                                                                 {"moe-pipe", "model"},
+                                                                 {"ampipe", "block"},
+                                                                 {"ampipe", "model"}}))
+      << j.dump();
+  const std::string scope = j["pipeline_scope"];
+  EXPECT_TRUE(scope == "block" || scope == "model") << j.dump();
+  EXPECT_EQ(j["choice"].get<std::string>().ends_with(" model-scope"), scope == "model") << j.dump();
+  EXPECT_LE(j["choice_ms"].get<double>(),
+            1.02 * std::min(j["best_block_scope_ms"].get<double>(), j["best_model_scope_ms"].get<double>()));
+  EXPECT_NE(r.output.find("a pass of 4 blocks"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("pipeline scope: " + scope), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("model-scope"), std::string::npos) << r.output;
+
+  // The gradient all-reduce per block lengthens every pass; one block reports block scope only.
+  r = run("plan --hardware " + profile("slow", 12.5e6) + shapes + path("l4r.jsonl") +
+          " --overlap-grad-reduce");
+  ASSERT_EQ(r.status, 0) << r.output;
+  rows = json_lines(path("l4r.jsonl"));
+  ASSERT_EQ(rows.size(), 1u) << r.output;
+  EXPECT_EQ(rows[0]["overlap_grad_reduce"], true);
+  EXPECT_GT(rows[0]["sequential_ms"].get<double>(), j["sequential_ms"].get<double>());
+  r = run("plan --hardware " + profile("slow", 12.5e6) + " --ranks 2 --seq-length 4096 --hidden-size 512 "
+          "--json-out " + path("l1.jsonl"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  rows = json_lines(path("l1.jsonl"));
+  ASSERT_EQ(rows.size(), 1u) << r.output;
+  EXPECT_EQ(rows[0]["num_layers"], 1);
+  EXPECT_EQ(rows[0]["pipeline_scope"], "block");
+  EXPECT_TRUE(rows[0]["best_model_scope_ms"].is_null()) << rows[0].dump();
+  for (const Json& s : rows[0]["schedules"]) EXPECT_EQ(s["pipeline_scope"], "block") << s.dump();
+  EXPECT_EQ(r.output.find("model-scope"), std::string::npos) << r.output;
+
+  r = run("plan --help");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("--num-layers"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("--overlap-grad-reduce"), std::string::npos) << r.output;
+  r = run("plan --hardware " + profile("slow", 12.5e6) + " --num-layers 0");
+  EXPECT_EQ(r.status, 1) << r.output;
+  EXPECT_NE(r.output.find("--num-layers"), std::string::npos) << r.output;
 }
 
 TEST_F(Plan, ShippedProfilesAreFoundByName) {

@@ -1,5 +1,5 @@
-// The autotuner: which candidates it prices, "never worse than not pipelining", and the balanced
-// chunk weight from the cost model.
+// The autotuner: which candidates it prices (per pipe degree, chunk policy, order and pipeline
+// scope), "never worse than not pipelining", and the balanced chunk weight from the cost model.
 #include <gtest/gtest.h>
 
 #include <algorithm>
@@ -174,6 +174,87 @@ TEST(Autotune, BalancedBoundaries_EqualisePredictedAttentionChunkTimes) {
   EXPECT_NEAR(t1, a * (512.0 * 512 + w * 512), 1e-9 * t1);
 }
 
+TEST(Autotune, SeveralBlocks_PricesBothScopesAndChoosesTheFastest) {
+  const BlockShape shape = shape_for(4096, 256, 1);
+  const HardwareProfile hw = cpu_profile({12.5e6, 200e-6});
+  AutotuneOptions o;
+  o.pipe_degrees = {4};
+  o.num_layers = 4;
+  const std::vector<PlanCandidate> all = evaluate_candidates(shape, hw, o);
+  o.num_layers = 1;
+  const std::vector<PlanCandidate> one_block = evaluate_candidates(shape, hw, o);
+  o.num_layers = 4;
+  // Sequential once (block scope), every pipelined candidate of one block in both scopes.
+  ASSERT_EQ(all.size(), 1 + 2 * (one_block.size() - 1));
+  size_t model = 0;
+  for (const PlanCandidate& c : all) {
+    const bool model_scope = c.scope == PipelineScope::Model;
+    model += model_scope;
+    EXPECT_EQ(c.describe().ends_with(" model-scope"), model_scope) << c.describe();
+    if (c.schedule.kind == ScheduleKind::Sequential) {
+      EXPECT_FALSE(model_scope);
+    }
+    EXPECT_GE(c.prediction.total, c.prediction.overlap_bound - 1e-12) << c.describe();
+  }
+  EXPECT_EQ(model, one_block.size() - 1);
+  // With no near-tie margin the choice is the fastest of all; with the default one, within 2% of it.
+  double fastest = all.front().prediction.total;
+  for (const PlanCandidate& c : all) fastest = std::min(fastest, c.prediction.total);
+  EXPECT_DOUBLE_EQ(choose_plan(all, 0.03, 0.0).prediction.total, fastest);
+  const PlanCandidate best = choose_plan(all, 0.03);
+  EXPECT_LE(best.prediction.total, 1.02 * fastest) << best.describe();
+  EXPECT_EQ(choose_plan(shape, hw, o).describe(), best.describe());
+  // On this slow link the wavefront hides the blocks' drains: the fastest is model scope.
+  EXPECT_EQ(choose_plan(all, 0.03, 0.0).scope, PipelineScope::Model);
+  // The prediction is of the pass: block scope is four blocks one after the other.
+  for (size_t i = 0; i < one_block.size(); ++i) {
+    const PlanCandidate& block = all[i == 0 ? 0 : 2 * i - 1];
+    ASSERT_EQ(block.scope, PipelineScope::Block);
+    ASSERT_EQ(block.describe(), one_block[i].describe());
+    EXPECT_NEAR(block.prediction.total, 4 * one_block[i].prediction.total, 1e-9 * block.prediction.total);
+  }
+}
+
+TEST(Autotune, OneBlock_PricesBlockScopeOnly) {
+  const HardwareProfile hw = cpu_profile({12.5e6, 200e-6});
+  AutotuneOptions o;
+  o.pipe_degrees = {4};
+  o.scopes = {PipelineScope::Model};
+  for (const PlanCandidate& c : evaluate_candidates(shape_for(2048, 256, 1), hw, o))
+    EXPECT_EQ(c.scope, PipelineScope::Block) << c.describe();
+  // Only the scopes asked for (sequential stays block scope: the baseline).
+  o.num_layers = 2;
+  for (const PlanCandidate& c : evaluate_candidates(shape_for(2048, 256, 1), hw, o))
+    EXPECT_EQ(c.scope,
+              c.schedule.kind == ScheduleKind::Sequential ? PipelineScope::Block : PipelineScope::Model)
+        << c.describe();
+  // Gradient reduction is priced: it lengthens the pass.
+  o.scopes = {PipelineScope::Block, PipelineScope::Model};
+  const double plain = evaluate_candidates(shape_for(2048, 256, 1), hw, o).front().prediction.total;
+  o.reduce_gradients = true;
+  EXPECT_GT(evaluate_candidates(shape_for(2048, 256, 1), hw, o).front().prediction.total, plain);
+}
+
+TEST(Autotune, ChoosePlan_ATieBetweenScopesGoesToBlockScope) {
+  PlanCandidate block = fake(ScheduleKind::AmPipe, 0.80), model = fake(ScheduleKind::AmPipe, 0.80);
+  model.scope = PipelineScope::Model;
+  EXPECT_EQ(choose_plan({fake(ScheduleKind::Sequential, 1.0), model, block}, 0.03, 0.0).scope,
+            PipelineScope::Block);
+  model.prediction.total = 0.79;  // within the near tie: still block scope
+  EXPECT_EQ(choose_plan({fake(ScheduleKind::Sequential, 1.0), model, block}, 0.03, 0.02).scope,
+            PipelineScope::Block);
+  EXPECT_EQ(choose_plan({fake(ScheduleKind::Sequential, 1.0), model, block}, 0.03, 0.0).scope,
+            PipelineScope::Model);
+  model.prediction.total = 0.70;  // a clear win
+  EXPECT_EQ(choose_plan({fake(ScheduleKind::Sequential, 1.0), model, block}, 0.03, 0.02).scope,
+            PipelineScope::Model);
+  // Fewer chunks still come first.
+  block.schedule.pipe_degree = 16;
+  model.prediction.total = 0.80;
+  EXPECT_EQ(choose_plan({fake(ScheduleKind::Sequential, 1.0), block, model}, 0.03, 0.02).scope,
+            PipelineScope::Model);
+}
+
 TEST(Autotune, RefusesBadOptions) {
   const HardwareProfile hw = cpu_profile({12.5e6, 200e-6});
   AutotuneOptions o;
@@ -184,6 +265,12 @@ TEST(Autotune, RefusesBadOptions) {
   EXPECT_THROW(evaluate_candidates(shape_for(1024, 256, 1), hw, o), Error);
   o = AutotuneOptions{};
   o.orders.clear();
+  EXPECT_THROW(evaluate_candidates(shape_for(1024, 256, 1), hw, o), Error);
+  o = AutotuneOptions{};
+  o.num_layers = 0;
+  EXPECT_THROW(evaluate_candidates(shape_for(1024, 256, 1), hw, o), Error);
+  o = AutotuneOptions{};
+  o.scopes.clear();
   EXPECT_THROW(evaluate_candidates(shape_for(1024, 256, 1), hw, o), Error);
 }
 

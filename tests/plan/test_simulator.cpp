@@ -1,5 +1,6 @@
-// The two-stream simulator on hand-built task lists with known makespans, and predict_block on the
-// real task lists of the schedules.
+// The two-stream simulator on hand-built task lists with known makespans, and predict_block /
+// predict_pass on the real task lists of the schedules (one block, and passes over several blocks in
+// both pipeline scopes, with and without gradient reduction).
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -233,6 +234,122 @@ TEST(PredictBlock, WritesAPredictedTimeline) {
   EXPECT_NEAR(last_end, p.total * 1e6, 1e-3);
   EXPECT_EQ(slices.front().name, "ln1+qkv");
   EXPECT_EQ(slices[1].name, "attention c0");
+}
+
+BlockSchedule ampipe_schedule(int64_t P) {
+  BlockSchedule s;
+  s.kind = ScheduleKind::AmPipe;
+  s.pipe_degree = P;
+  return s;
+}
+
+std::vector<BlockSchedule> some_schedules() {
+  BlockSchedule moe;
+  moe.kind = ScheduleKind::MoePipe;
+  moe.pipe_degree = 4;
+  BlockSchedule balanced = ampipe_schedule(4);
+  balanced.chunk_policy = ChunkPolicy::Balanced;
+  balanced.balance_weight = 300;
+  balanced.moe_pipe_degree = 8;
+  return {BlockSchedule{}, moe, ampipe_schedule(4), balanced};
+}
+
+TEST(SimulatePass, OneBlockInBlockScopeIsPredictBlock) {
+  const BlockShape shape = shape_for(2048, 256, 2);
+  const HardwareProfile hw = cpu_profile(12.5e6);
+  for (const BlockSchedule& s : some_schedules())
+    for (StageOrder order : {StageOrder::StageMajor, StageOrder::Interleaved}) {
+      const BlockPrediction b = predict_block(s, order, shape, hw);
+      const PassPrediction p = predict_pass(s, order, shape, hw, PassShape{});
+      EXPECT_DOUBLE_EQ(p.forward, b.forward) << s.describe();
+      EXPECT_DOUBLE_EQ(p.backward, b.backward) << s.describe();
+      EXPECT_DOUBLE_EQ(p.total, b.total) << s.describe();
+      EXPECT_DOUBLE_EQ(p.compute_busy, b.compute_busy) << s.describe();
+      EXPECT_DOUBLE_EQ(p.comm_busy, b.comm_busy) << s.describe();
+      EXPECT_DOUBLE_EQ(p.forward_compute_busy + p.backward_compute_busy, p.compute_busy);
+      EXPECT_DOUBLE_EQ(p.forward_comm_busy + p.backward_comm_busy, p.comm_busy);
+      EXPECT_DOUBLE_EQ(p.overlap_bound, std::max(p.forward_compute_busy, p.forward_comm_busy) +
+                                            std::max(p.backward_compute_busy, p.backward_comm_busy));
+      EXPECT_LE(p.overlap_bound, p.total + 1e-12) << s.describe();
+    }
+}
+
+TEST(SimulatePass, BlockScopeRunsTheBlocksOneAfterTheOther) {
+  // Block scope drains every block before the next starts: L blocks take L times one block.
+  const BlockShape shape = shape_for(2048, 256, 1);
+  const HardwareProfile hw = cpu_profile(12.5e6);
+  for (const BlockSchedule& s : some_schedules()) {
+    const BlockPrediction one = predict_block(s, StageOrder::Interleaved, shape, hw);
+    const PassPrediction four =
+        predict_pass(s, StageOrder::Interleaved, shape, hw, PassShape{4, PipelineScope::Block, false});
+    EXPECT_NEAR(four.forward, 4 * one.forward, 1e-9 * one.forward) << s.describe();
+    EXPECT_NEAR(four.backward, 4 * one.backward, 1e-9 * one.backward) << s.describe();
+    EXPECT_NEAR(four.comm_busy, 4 * one.comm_busy, 1e-9 * one.comm_busy) << s.describe();
+  }
+  EXPECT_THROW(predict_pass(ampipe_schedule(4), StageOrder::StageMajor, shape, hw, PassShape{0}), Error);
+}
+
+TEST(SimulatePass, SlowLink_ModelScopeBeatsBlockScope) {
+  // The wavefront hides block l's last all-to-alls behind block l+1's first attention chunks, which
+  // block scope cannot: it drains every block.
+  const BlockShape shape = shape_for(4096, 256, 1);
+  const HardwareProfile hw = cpu_profile(12.5e6);
+  const BlockSchedule a = ampipe_schedule(4);
+  for (StageOrder order : {StageOrder::StageMajor, StageOrder::Interleaved}) {
+    const PassPrediction block = predict_pass(a, order, shape, hw, PassShape{4, PipelineScope::Block, false});
+    const PassPrediction model = predict_pass(a, order, shape, hw, PassShape{4, PipelineScope::Model, false});
+    EXPECT_LT(model.total, block.total) << stage_order_name(order);
+    EXPECT_LT(model.forward, block.forward) << stage_order_name(order);
+    // Overlap never removes work: each list takes at least its busier stream.
+    EXPECT_GE(model.forward, std::max(model.forward_compute_busy, model.forward_comm_busy) - 1e-12);
+    EXPECT_GE(model.backward, std::max(model.backward_compute_busy, model.backward_comm_busy) - 1e-12);
+    EXPECT_GE(model.total, model.overlap_bound - 1e-12);
+    EXPECT_LE(model.overlap_bound, block.total);
+  }
+}
+
+TEST(SimulatePass, GradReduceAddsExactlyOneReductionPerBlockToTheCommStream) {
+  BlockShape shape = shape_for(2048, 256, 1);
+  shape.data_ranks = 4;  // two expert groups: dense and expert gradients are both reduced
+  HardwareProfile hw = cpu_profile(12.5e6);
+  hw.comm_overlap_slowdown = 1;  // comm busy time is then the sum of the comm tasks' times
+  const double reduce = grad_reduce_seconds(shape, hw);
+  ASSERT_GT(reduce, hw.task_overhead);
+  for (const BlockSchedule& s : some_schedules())
+    for (PipelineScope scope : {PipelineScope::Block, PipelineScope::Model}) {
+      const PassPrediction without =
+          predict_pass(s, StageOrder::StageMajor, shape, hw, PassShape{4, scope, false});
+      const PassPrediction with =
+          predict_pass(s, StageOrder::StageMajor, shape, hw, PassShape{4, scope, true});
+      EXPECT_NEAR(with.comm_busy - without.comm_busy, 4 * reduce, 1e-9 * reduce) << s.describe();
+      EXPECT_NEAR(with.backward_comm_busy - without.backward_comm_busy, 4 * reduce, 1e-9 * reduce);
+      EXPECT_DOUBLE_EQ(with.forward, without.forward) << s.describe();  // the forward has none
+      EXPECT_GE(with.backward, without.backward - 1e-12) << s.describe();
+      // The reductions of the upper blocks overlap the lower blocks' backward.
+      EXPECT_LT(with.backward, without.backward + 4 * reduce) << s.describe();
+    }
+}
+
+TEST(SimulatePass, TracesEveryBlock) {
+  const BlockShape shape = shape_for(1024, 256, 1);
+  const HardwareProfile hw = cpu_profile(12.5e6);
+  const PassShape pass{3, PipelineScope::Model, true};
+  TraceRecorder trace;
+  const PassPrediction p = predict_pass(ampipe_schedule(2), StageOrder::Interleaved, shape, hw, pass, &trace);
+  const ChunkPlan plan = ampipe_schedule(2).plan(1024);
+  const size_t tasks = forward_tasks(plan, StageOrder::Interleaved, pass).size() +
+                       backward_tasks(plan, StageOrder::Interleaved, pass).size();
+  const std::vector<TraceSlice> slices = trace.slices();
+  ASSERT_EQ(slices.size(), tasks);
+  double last_end = 0;
+  size_t reductions = 0;
+  for (const TraceSlice& sl : slices) {
+    last_end = std::max(last_end, sl.start_us + sl.duration_us);
+    reductions += sl.name.rfind("grad reduce", 0) == 0;
+  }
+  EXPECT_NEAR(last_end, p.total * 1e6, 1e-3);
+  EXPECT_EQ(reductions, 3u);
+  EXPECT_EQ(slices.front().name, "ln1+qkv chunk c0 L0");
 }
 
 }  // namespace
