@@ -1,17 +1,21 @@
-// `ampipe bench`: one transformer block, forward + backward, timed over a grid of cases
-// (docs/BENCHMARKS.md, "What a block benchmark reports").
+// `ampipe bench`: one step (forward + backward) of L transformer blocks, timed over a grid of
+// cases (docs/BENCHMARKS.md, "What a block benchmark reports").
 //
 // Every model flag of `train` takes a comma-separated list (a grid axis); every schedule, pipe
-// degree P and stage order runs in the same invocation, so the ratios in one table come from one
-// run. Per case: the median forward+backward time over ranks (the slowest rank of each repeat),
-// the speedup over `sequential` of the same model shape, the overlap bound
-// max(sum of compute-stream stage times, sum of comm-stream stage times) from the stage timings of
-// the same repeats, and efficiency = bound / time. Output: a table on stdout (rank 0), one progress
-// line per case on stderr, JSON Lines (--json-out) and a Chrome trace of every case's last repeat
-// (--trace).
+// degree P, stage order and pipeline scope runs in the same invocation, so the ratios in one table
+// come from one run. With L > 1 (--num-layers) the step is one task list over the L blocks
+// (pipeline/task_list.h) in block scope (drained between blocks) or model scope (chunks flow
+// across blocks as a wavefront). Per case: the median step time over ranks (the slowest rank of
+// each repeat), the speedup over `sequential` of the same model shape and L, for model scope the
+// speedup over the block-scope case of the same schedule, the overlap bound max(sum of
+// compute-stream stage times, sum of comm-stream stage times) over the whole step from the stage
+// timings of the same repeats, and efficiency = bound / time. Output: a table on stdout (rank 0),
+// one progress line per case on stderr, JSON Lines (--json-out) and a Chrome trace of every case's
+// last repeat (--trace).
 //
 // `sequential` runs as the ampipe schedule with P = 1 on the two streams: the same math as the
-// sequential block, with its stages on the compute and comm streams so they can be timed.
+// sequential block, with its stages on the compute and comm streams so they can be timed. With one
+// chunk (sequential, or P = 1) the two scopes are the same schedule, so it runs in block scope only.
 #pragma once
 
 #include <cstdint>
@@ -37,6 +41,8 @@ struct BenchOptions {
   std::string chunk_boundaries;  // explicit ampipe boundaries (replace the P list for ampipe)
   std::string chunk_policies = "equal";  // ampipe attention-side policies: equal, balanced
   std::string moe_pipe_degrees = "0";    // ampipe MoE-side pipe degrees (0: the attention chunks)
+  std::string num_layers = "1";          // blocks per step L (list)
+  std::string pipeline_scopes;           // block, model (list); empty: block, and model too where L > 1
   int64_t warmup = 1;
   int64_t repeats = 5;
   int threads = 1;

@@ -4,10 +4,19 @@
 
 namespace ampipe {
 
-StandaloneBlock::StandaloneBlock(const ModelConfig& config, const ModelParallel& parallel)
-    : config_(config), attention_(config_, params_, "blocks.0."), moe_(config_, params_, "blocks.0.", parallel) {
-  config_.num_layers = 1;
+StandaloneBlock::StandaloneBlock(const ModelConfig& config, const ModelParallel& parallel, int64_t num_layers)
+    : config_(config) {
+  AMPIPE_CHECK(num_layers >= 1) << "a standalone block needs num_layers >= 1, got " << num_layers;
+  config_.num_layers = num_layers;
   config_.validate();
+  attention_.reserve(num_layers);
+  moe_.reserve(num_layers);
+  for (int64_t l = 0; l < num_layers; ++l) {
+    const std::string prefix = "blocks." + std::to_string(l) + ".";
+    attention_.emplace_back(config_, params_, prefix);
+    moe_.emplace_back(config_, params_, prefix, parallel);
+  }
+  for (int64_t l = 0; l < num_layers; ++l) blocks_.push_back({attention_[l], moe_[l]});
 }
 
 void StandaloneBlock::initialize(uint64_t seed) { initialize_parameters(params_, config_, seed); }

@@ -55,25 +55,30 @@ class BlockExecutor {
                                  const std::function<void(int64_t)>& block_done) const;
 };
 
-// One block standing alone, as the benchmarks and the planner's calibration time it: its own
-// parameters (names of block 0, "blocks.0."), its two halves built from the config as the model
-// builds them, and the model's initialisation rule (model/initialize.h) as a one-layer model.
+// Blocks standing alone, as the benchmarks and the planner's calibration time them: num_layers
+// blocks with their own parameters (names of the model's blocks, "blocks.<l>."), their two halves
+// built from the config as the model builds them, and the model's initialisation rule
+// (model/initialize.h) as a num_layers-layer model; no embedding or head.
 // Not copyable or movable (the halves point into the registry).
 class StandaloneBlock {
  public:
-  explicit StandaloneBlock(const ModelConfig& config, const ModelParallel& parallel = {});
+  // config.num_layers is ignored: num_layers (>= 1) blocks are built.
+  explicit StandaloneBlock(const ModelConfig& config, const ModelParallel& parallel = {}, int64_t num_layers = 1);
   StandaloneBlock(const StandaloneBlock&) = delete;
   StandaloneBlock& operator=(const StandaloneBlock&) = delete;
 
   void initialize(uint64_t seed);
-  Block block() const { return {attention_, moe_}; }
+  Block block() const { return blocks_[0]; }                    // block 0
+  const std::vector<Block>& blocks() const { return blocks_; }  // every block, in order
+  int64_t num_layers() const { return config_.num_layers; }
   ParameterRegistry& params() { return params_; }
 
  private:
   ModelConfig config_;
   ParameterRegistry params_;
-  AttentionLayer attention_;
-  MoeLayer moe_;
+  std::vector<AttentionLayer> attention_;
+  std::vector<MoeLayer> moe_;
+  std::vector<Block> blocks_;
 };
 
 // The block as one piece: attention over the whole sequence, then the MoE layer over all tokens.

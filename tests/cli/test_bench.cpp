@@ -1,6 +1,6 @@
 // `ampipe bench` as a user meets it: a tiny grid finishes with a table row and a JSON object per
-// case, sequential rows have speedup 1, the trace holds compute and comm slices, and bad values are
-// refused naming the flag.
+// case, sequential rows have speedup 1, the trace holds compute and comm slices, a step of several
+// blocks runs in both pipeline scopes, and bad values are refused naming the flag.
 #include <gtest/gtest.h>
 
 #include "cli_util.h"
@@ -12,6 +12,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <map>
 #include <nlohmann/json.hpp>
 #include <set>
 #include <sstream>
@@ -136,7 +137,115 @@ TEST_F(Bench, TraceHoldsComputeAndCommSlices) {
   EXPECT_GT(comm, 0) << trace.dump().substr(0, 2000);
 }
 
+namespace {
+
+std::vector<nlohmann::json> read_rows(const std::string& file) {
+  std::ifstream in(file);
+  std::vector<nlohmann::json> rows;
+  for (std::string line; std::getline(in, line);)
+    if (!line.empty()) rows.push_back(nlohmann::json::parse(line));
+  return rows;
+}
+
+}  // namespace
+
+TEST_F(Bench, SeveralBlocksRunAsOneStepInBothScopes) {
+  RunResult r = run("bench --seq-length 16 --hidden-size 16 --num-attention-heads 2 --ffn-hidden-size 32 "
+                    "--moe-num-experts 2 --schedule sequential,ampipe --pipe-degree 2 --stage-order stage-major "
+                    "--num-layers 2 --pipeline-scope block,model --repeats 1 --warmup 0 --threads 1 --json-out " +
+                    path("l.jsonl") + " --trace " + path("l.json"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const std::vector<nlohmann::json> rows = read_rows(path("l.jsonl"));
+  // sequential once (one chunk: block scope only), ampipe P = 2 in each scope.
+  ASSERT_EQ(rows.size(), 3u) << r.output;
+  std::set<std::string> scopes;
+  for (const nlohmann::json& j : rows) {
+    ASSERT_TRUE(j.contains("num_layers") && j.contains("pipeline_scope")) << j.dump();
+    EXPECT_EQ(j["num_layers"], 2) << j.dump();
+    scopes.insert(j["pipeline_scope"].get<std::string>());
+    EXPECT_GT(j["time_ms"].get<double>(), 0.0) << j.dump();
+    // The bound is over the whole step: each stream's slices of both blocks fit in the wall time.
+    EXPECT_GT(j["overlap_bound_ms"].get<double>(), 0.0) << j.dump();
+    EXPECT_LE(j["efficiency"].get<double>(), 1.05) << j.dump();
+    const nlohmann::json& stages = j["stage_ms"];
+    if (j["pipeline_scope"] == "model") {
+      EXPECT_EQ(j["schedule"], "ampipe") << j.dump();
+      EXPECT_GT(j["speedup_vs_block_scope"].get<double>(), 0.0) << j.dump();
+      EXPECT_TRUE(stages.contains("ln1+qkv chunk") && stages.contains("qkv+ln1 bwd chunk")) << j.dump();
+      EXPECT_FALSE(stages.contains("ln1+qkv")) << j.dump();
+      EXPECT_GT(stages["ln1+qkv chunk"].get<double>(), 0.0) << j.dump();
+    } else {
+      EXPECT_TRUE(j["speedup_vs_block_scope"].is_null()) << j.dump();
+      EXPECT_TRUE(stages.contains("ln1+qkv") && !stages.contains("ln1+qkv chunk")) << j.dump();
+      EXPECT_GT(stages["qkv+ln1 bwd"].get<double>(), 0.0) << j.dump();
+    }
+    EXPECT_FALSE(stages.contains("grad reduce")) << j.dump();
+  }
+  EXPECT_EQ(scopes, (std::set<std::string>{"block", "model"}));
+  for (const char* col : {"scope", "vs block", " L "})
+    EXPECT_NE(r.output.find(col), std::string::npos) << r.output;
+
+  // The trace: every stage slice names its block, and both blocks are there in each case.
+  std::ifstream in(path("l.json"));
+  ASSERT_TRUE(in.good());
+  const nlohmann::json trace = nlohmann::json::parse(in);
+  int block0 = 0, block1 = 0, unlabelled = 0, wavefront = 0;
+  for (const nlohmann::json& e : trace["traceEvents"]) {
+    if (e.value("ph", "") != "X") continue;
+    const std::string name = e["name"].get<std::string>();
+    if (name.find("N=16") != std::string::npos) continue;  // the case slice
+    const bool l0 = name.size() > 3 && name.compare(name.size() - 3, 3, " L0") == 0;
+    const bool l1 = name.size() > 3 && name.compare(name.size() - 3, 3, " L1") == 0;
+    block0 += l0;
+    block1 += l1;
+    unlabelled += !l0 && !l1;
+    wavefront += name.rfind("ln1+qkv chunk", 0) == 0;
+  }
+  EXPECT_GT(block0, 0) << trace.dump().substr(0, 2000);
+  EXPECT_GT(block1, 0) << trace.dump().substr(0, 2000);
+  EXPECT_EQ(unlabelled, 0) << trace.dump().substr(0, 2000);
+  EXPECT_EQ(wavefront, 2 * 2) << "model scope: LN1 + QKV per chunk (2) and block (2)";
+}
+
+TEST_F(Bench, ModelScopeIsTheDefaultSecondScopeOnlyWhereThereAreSeveralBlocksAndChunks) {
+  RunResult r = run(tiny() + " --seq-length 32 --schedule sequential,moe-pipe,auto --pipe-degree 1,2 "
+                    "--stage-order stage-major --num-layers 1,2 --hardware h100-8gpu-400gbit --predict-only "
+                    "--json-out " + path("d.jsonl"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  std::vector<nlohmann::json> rows = read_rows(path("d.jsonl"));
+  // `auto` once per L: the planner's choice of schedule, order and scope for that many blocks.
+  int autos[3] = {0, 0, 0};
+  std::erase_if(rows, [&](const nlohmann::json& j) {
+    if (j["schedule"] != "auto") return false;
+    ++autos[j["num_layers"].get<int>()];
+    EXPECT_TRUE(j["pipeline_scope"] == "block" || j["pipeline_scope"] == "model") << j.dump();
+    return true;
+  });
+  EXPECT_EQ(autos[1], 1) << r.output;
+  EXPECT_EQ(autos[2], 1) << r.output;
+  // L = 1: sequential, moe-pipe P = 1 and 2 (block); L = 2: the same, and moe-pipe P = 2 in model
+  // scope too (one chunk, P = 1, is the same schedule in both scopes).
+  ASSERT_EQ(rows.size(), 3u + 4u) << r.output;
+  std::map<std::string, double> predicted;  // "<schedule> P<p> <scope> L<l>" -> ms
+  for (const nlohmann::json& j : rows)
+    predicted[j["schedule"].get<std::string>() + " P" + std::to_string(j["pipe_degree"].get<int>()) + " " +
+              j["pipeline_scope"].get<std::string>() + " L" + std::to_string(j["num_layers"].get<int>())] =
+        j["predicted_ms"].get<double>();
+  ASSERT_EQ(predicted.size(), 7u) << r.output;
+  EXPECT_EQ(predicted.count("moe-pipe P1 model L2"), 0u) << r.output;
+  EXPECT_EQ(predicted.count("moe-pipe P2 model L1"), 0u) << r.output;
+  EXPECT_EQ(predicted.count("sequential P1 model L2"), 0u) << r.output;
+  // Block scope drains between blocks: two blocks take about twice one block's time.
+  EXPECT_NEAR(predicted["sequential P1 block L2"] / predicted["sequential P1 block L1"], 2.0, 0.05) << r.output;
+  EXPECT_NEAR(predicted["moe-pipe P2 block L2"] / predicted["moe-pipe P2 block L1"], 2.0, 0.2) << r.output;
+  EXPECT_GT(predicted["moe-pipe P2 model L2"], 0.0) << r.output;
+}
+
 TEST_F(Bench, BadValuesAreRefusedNamingTheFlag) {
+  expect_refused(tiny() + " --pipeline-scope sideways", "--pipeline-scope 'sideways': 'sideways' is not one of: block, model");
+  expect_refused(tiny() + " --pipeline-scope block,", "--pipeline-scope");
+  expect_refused(tiny() + " --num-layers 0", "--num-layers");
+  expect_refused(tiny() + " --num-layers 2,x", "--num-layers");
   expect_refused(tiny() + " --pipe-degree 0", "--pipe-degree");
   expect_refused(tiny() + " --schedule foo", "--schedule");
   expect_refused(tiny() + " --seq-length x", "--seq-length");
