@@ -264,16 +264,20 @@ struct MpiCommunicator::Impl {
   }
 
   // Waits until every request has completed, driving MPI's progress, or until the deadline
-  // (options.timeout_seconds after `since`). The first second of a wait polls and yields the core
-  // (as Open MPI's own blocking calls do with mpi_yield_when_idle); a longer wait (a peer saving a
-  // checkpoint, a stalled rank) polls every millisecond. Returns false at the deadline, with the
-  // requests still pending.
+  // (options.timeout_seconds after `since`). The first 100 us of a wait poll and yield the core;
+  // then the poll sleeps between tests, 10 us doubling up to 200 us (at most 5000 cheap tests a
+  // second), and after a second (a peer saving a checkpoint, a stalled rank) every millisecond. A
+  // yielding poll is not free where ranks outnumber cores: sched_yield gives the core up only to a
+  // thread already queued on it, so a rank that yielded for its whole wait (as this did for a
+  // second) starved the very peer it waited for when two jobs shared two cores. Returns false at
+  // the deadline, with the requests still pending.
   bool wait_all(std::vector<MPI_Request>& requests, const char* call,
                 std::chrono::steady_clock::time_point since) const {
     using Clock = std::chrono::steady_clock;
     const auto deadline = since + std::chrono::duration_cast<Clock::duration>(
                                       std::chrono::duration<double>(options.timeout_seconds));
     const auto start = Clock::now();
+    std::chrono::microseconds nap(10);
     for (;;) {
       int done = 0;
       check(MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done, MPI_STATUSES_IGNORE), call,
@@ -281,8 +285,12 @@ struct MpiCommunicator::Impl {
       if (done) return true;
       const auto now = Clock::now();
       if (now >= deadline) return false;
-      if (now - start < std::chrono::seconds(1)) {
+      const auto waited = now - start;
+      if (waited < std::chrono::microseconds(100)) {
         sched_yield();
+      } else if (waited < std::chrono::seconds(1)) {
+        std::this_thread::sleep_for(nap);
+        nap = std::min(nap * 2, std::chrono::microseconds(200));
       } else {
         std::this_thread::sleep_for(std::chrono::milliseconds(1));
       }
