@@ -83,6 +83,11 @@ TEST_F(Bench, TinyGridWritesATableAndOneJsonObjectPerCase) {
     EXPECT_LE(eff, 1.05) << j.dump();
     EXPECT_NEAR(eff, j["overlap_bound_ms"].get<double>() / j["time_ms"].get<double>(), 1e-6 * eff)
         << j.dump();
+    // The per-pass bound (forward and backward each overlapped, one after the other) is the
+    // stricter one: at least the step's bound, and no more than the wall time either.
+    EXPECT_GE(j["pass_overlap_bound_ms"].get<double>(), j["overlap_bound_ms"].get<double>() * (1 - 1e-9)) << j.dump();
+    EXPECT_LE(j["pass_efficiency"].get<double>(), 1.05) << j.dump();
+    EXPECT_GE(j["pass_efficiency"].get<double>(), eff * (1 - 1e-9)) << j.dump();
     EXPECT_GT(j["speedup_vs_sequential"].get<double>(), 0.0) << j.dump();
     if (j["schedule"] == "sequential") {
       EXPECT_DOUBLE_EQ(j["speedup_vs_sequential"].get<double>(), 1.0) << j.dump();
