@@ -16,6 +16,7 @@
 #include "core/random.h"
 #include "grad_check.h"
 #include "parallel/mpi_gtest_main.h"
+#include "parallel/pipe_cases.h"
 #include "model/gpt.h"
 #include "model/moe/moe_layer.h"
 #include "pipeline/streamed_block.h"
@@ -32,6 +33,7 @@ namespace {
 
 std::unique_ptr<Communicator> g_world;
 
+using namespace ::ampipe::testing;  // NOLINT: the shared pipeline cases (parallel/pipe_cases.h)
 using testing::expect_close;
 using testing::random_tensor;
 
@@ -313,71 +315,9 @@ INSTANTIATE_TEST_SUITE_P(Family, AmPipeOnSeveralRanks, ::testing::Bool(),
 // and explicit boundaries, a MoE side cut on its own, both stage orders, top-1 and top-2, in both
 // families. With a capacity factor each MoE chunk is its own routing group (docs/MODEL.md,
 // "Capacity"), so there the reference is moe-pipe with the same MoE-side cut.
-struct PipeConfig {
-  const char* name;
-  ScheduleKind kind;
-  int64_t pipe_degree;
-  std::vector<int64_t> boundaries;  // explicit attention side, or empty
-  ChunkPolicy policy;
-  int64_t moe_pipe_degree;
-  StageOrder order;
-};
 
-const std::vector<PipeConfig>& pipe_configs() {
-  using K = ScheduleKind;
-  using O = StageOrder;
-  static const std::vector<PipeConfig> configs = {
-      {"MoePipeP2_StageMajor", K::MoePipe, 2, {}, ChunkPolicy::Equal, 0, O::StageMajor},
-      {"MoePipeP4_Interleaved", K::MoePipe, 4, {}, ChunkPolicy::Equal, 0, O::Interleaved},
-      {"AmPipeP2_Interleaved", K::AmPipe, 2, {}, ChunkPolicy::Equal, 0, O::Interleaved},
-      {"AmPipeP3_StageMajor", K::AmPipe, 3, {}, ChunkPolicy::Equal, 0, O::StageMajor},
-      {"AmPipeUneven_0_3_10_16_StageMajor", K::AmPipe, 3, {0, 3, 10, 16}, ChunkPolicy::Equal, 0, O::StageMajor},
-      {"AmPipeUneven_0_3_10_16_Interleaved", K::AmPipe, 3, {0, 3, 10, 16}, ChunkPolicy::Equal, 0, O::Interleaved},
-      {"AmPipeBalancedP4_StageMajor", K::AmPipe, 4, {}, ChunkPolicy::Balanced, 0, O::StageMajor},
-      {"AmPipeBalancedP4_Interleaved", K::AmPipe, 4, {}, ChunkPolicy::Balanced, 0, O::Interleaved},
-      // The MoE side cut on its own: fewer, more, and boundaries inside attention chunks.
-      {"AmPipeBalancedP3_Moe2_Interleaved", K::AmPipe, 3, {}, ChunkPolicy::Balanced, 2, O::Interleaved},
-      {"AmPipeP4_Moe3_StageMajor", K::AmPipe, 4, {}, ChunkPolicy::Equal, 3, O::StageMajor},
-      {"AmPipeP2_Moe4_Interleaved", K::AmPipe, 2, {}, ChunkPolicy::Equal, 4, O::Interleaved},
-      {"AmPipeUneven_0_3_10_16_Moe2_StageMajor", K::AmPipe, 3, {0, 3, 10, 16}, ChunkPolicy::Equal, 2,
-       O::StageMajor},
-  };
-  return configs;
-}
 
-constexpr int64_t kPipeSeqLen = 16, kPipeBatch = 2;
-constexpr double kDropCapacity = 0.75;  // drops pairs: at most ceil(0.75 T k / E) per expert and group
 
-ModelConfig pipe_model(bool mixtral, int64_t top_k, double capacity_factor) {
-  ModelConfig c;
-  if (mixtral) {
-    c.set_family("mixtral");
-    c.num_query_groups = 1;
-    c.rotary_base = 100;
-  }
-  c.vocab_size = 17;
-  c.max_seq_len = kPipeSeqLen;
-  c.hidden_size = 16;
-  c.num_attention_heads = 2;
-  c.num_layers = 2;
-  c.num_experts = 4;
-  c.ffn_hidden_size = 24;
-  c.top_k = top_k;
-  c.capacity_factor = capacity_factor;
-  c.aux_loss_weight = 0.1;
-  return c;
-}
-
-BlockSchedule schedule_of(const PipeConfig& p, const ModelConfig& model) {
-  BlockSchedule s;
-  s.kind = p.kind;
-  s.pipe_degree = p.pipe_degree;
-  s.chunk_boundaries = p.boundaries;
-  s.chunk_policy = p.policy;
-  s.moe_pipe_degree = p.moe_pipe_degree;
-  if (p.policy == ChunkPolicy::Balanced) s.balance_weight = balance_weight(model, p.moe_pipe_degree == 0);
-  return s;
-}
 
 // With a capacity, the schedule whose routing groups are the same as p's: moe-pipe cutting the MoE
 // side into the same equal chunks (stage-major). Null when p's MoE side is not an equal cut, or p
@@ -417,31 +357,7 @@ std::string pipe_case_name(const PipeCase& c) {
 std::string pipe_test_name(const ::testing::TestParamInfo<PipeCase>& info) { return pipe_case_name(info.param); }
 void PrintTo(const PipeCase& c, std::ostream* out) { *out << pipe_case_name(c); }
 
-struct RankRun {
-  LossParts loss;
-  std::vector<float> logits;
-  std::vector<std::string> names;
-  std::vector<std::vector<float>> grads;  // this rank's: dense replicas and its own experts
-};
 
-// Parameters from full-size tensors (sliced for experts), so every layout holds the same model;
-// weights larger than the initialisation so routing and attention are far from uniform.
-void set_pipe_parameters(GptMoe& model) {
-  uint64_t seed = 100;  // every expert of both layers receives tokens in every case
-  for (Parameter& p : model.params().all()) {
-    Shape full = p.value.shape();
-    if (p.is_expert) full[0] = model.config().num_experts;
-    Tensor whole = testing::random_tensor(full, seed++, p.weight_decay ? 0.2f : 0.05f);
-    Tensor mine = p.is_expert ? whole.rows(p.expert_offset, p.expert_offset + p.value.dim(0)) : whole;
-    if (p.weight_decay) {
-      p.value.copy_from(mine);
-    } else {  // biases 0 + noise, norm gains 1 + noise
-      std::vector<float> v = p.value.to_vector(), d = mine.to_vector();
-      for (size_t i = 0; i < v.size(); ++i) v[i] += d[i];
-      p.value.copy_from(Tensor::from(p.value.shape(), v));
-    }
-  }
-}
 
 // One forward and backward on this rank's tokens (collective over the world).
 RankRun run_on_ranks(const ModelConfig& config, const TrainingGroups& groups, const PipeConfig* pipe) {
@@ -469,22 +385,7 @@ RankRun run_on_ranks(const ModelConfig& config, const TrainingGroups& groups, co
   return r;
 }
 
-std::vector<double> widen(const std::vector<float>& v) { return std::vector<double>(v.begin(), v.end()); }
 
-// |a - b| <= 1e-6 + 1e-4 |b| with b's sign wherever |b| > 2e-6 (so a zero or negated gradient
-// fails), |a - b| <= 2e-6 elsewhere; and over each tensor cosine > 0.99999, relative L2 < 1e-4.
-void expect_same_on_this_rank(const RankRun& got, const RankRun& want) {
-  EXPECT_LE(std::abs(got.loss.lm_loss - want.loss.lm_loss), 1e-6 + 1e-5 * std::abs(want.loss.lm_loss))
-      << "lm loss " << got.loss.lm_loss << " vs " << want.loss.lm_loss;
-  EXPECT_LE(std::abs(got.loss.aux_loss - want.loss.aux_loss), 1e-6 + 1e-5 * std::abs(want.loss.aux_loss))
-      << "aux loss " << got.loss.aux_loss << " vs " << want.loss.aux_loss;
-  testing::expect_close(widen(got.logits), widen(want.logits), 1e-5, 1e-4, "logits");
-  const testing::GradientTolerance tol{2e-6, 1e-6, 1e-4, 0.99999, 1e-4};
-  EXPECT_EQ(got.names, want.names);
-  if (got.grads.size() != want.grads.size()) return;
-  for (size_t i = 0; i < got.grads.size(); ++i)
-    testing::expect_gradient_matches(widen(got.grads[i]), widen(want.grads[i]), tol, "gradient of " + want.names[i]);
-}
 
 // The reference of each (family, k, routing, reference schedule), computed once; every rank runs
 // the same tests in the same order, so every rank computes it at the same point.
@@ -506,14 +407,6 @@ const RankRun& pipe_reference(const ModelConfig& config, const TrainingGroups& g
   return it->second;
 }
 
-// gtest's report on rank 0 names failures of the other ranks too (collective, the same on every rank).
-void expect_no_rank_failed() {
-  int64_t failed = ::testing::Test::HasFailure() ? 1 : 0;
-  g_world->all_reduce_sum(failed);
-  if (g_world->rank() == 0) {
-    EXPECT_EQ(failed, 0) << "ranks with a failure in this test (their output above)";
-  }
-}
 
 class PipelinedOnSeveralRanks : public ::testing::TestWithParam<PipeCase> {};
 
@@ -536,7 +429,7 @@ TEST_P(PipelinedOnSeveralRanks, LossAndEveryGradientEqualTheReferenceOnEveryRank
       EXPECT_GT(std::abs(want.loss.lm_loss - dropless.loss.lm_loss), 1e-4) << "capacity dropped nothing";
     }
   }
-  expect_no_rank_failed();
+  expect_no_rank_failed(*g_world);
 }
 
 INSTANTIATE_TEST_SUITE_P(Schedules, PipelinedOnSeveralRanks, ::testing::ValuesIn(pipe_cases()), pipe_test_name);

@@ -38,3 +38,20 @@ cat "$dir/abort.log"
 if [ "$status" -eq 0 ] || [ "$status" -eq 124 ]; then echo "FAIL: --abort-on-nan did not end the job (status $status)"; exit 1; fi
 grep -q "at iteration 3 (--abort-on-nan)" "$dir/abort.log" || { echo "FAIL: no --abort-on-nan message"; exit 1; }
 echo "a NaN on one rank is skipped on every rank, or ends the job with --abort-on-nan"
+
+# A task failing inside the whole-step pipeline (model scope, gradient reduction overlapped) on one
+# rank, on the compute stream or on the comm stream (AMPIPE_INJECT_TASK_FAILURE): the job ends
+# naming the rank and the task, no hang.
+pipe=(train --num-layers 2 --hidden-size 16 --num-attention-heads 2 --ffn-hidden-size 24 --seq-length 16
+  --moe-num-experts 2 --micro-batch-size 2 --train-iters 50 --eval-iters 1 --threads 1 --schedule ampipe
+  --pipe-degree 2 --pipeline-scope model --overlap-grad-reduce --data-path "$dir/corpus.txt")
+for task in "experts bwd c1 L0" "grad reduce L1" "ln1+qkv chunk c1 L1"; do
+  AMPIPE_INJECT_TASK_FAILURE="1:$task" timeout 60 "${mpiexec[@]}" -x AMPIPE_INJECT_TASK_FAILURE -np 2 "$bin" \
+    "${pipe[@]}" > "$dir/task.log" 2>&1
+  status=$?
+  cat "$dir/task.log"
+  if [ "$status" -eq 0 ] || [ "$status" -eq 124 ]; then echo "FAIL: a failing '$task' did not end the job (status $status)"; exit 1; fi
+  grep -q "rank 1: error: .*task '$task' failed: injected failure" "$dir/task.log" ||
+    { echo "FAIL: no message naming rank 1 and the task '$task'"; exit 1; }
+done
+echo "a task failing inside the pipelined step ends the job, named"
