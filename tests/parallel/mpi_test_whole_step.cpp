@@ -147,6 +147,42 @@ TEST_P(WholeStepOnSeveralRanks, LossAndEveryAveragedGradientEqualTheSequentialMo
   expect_no_rank_failed(*g_world);
 }
 
+// Collectives appear in the same order on every rank: each rank builds its task lists for every
+// case (as the executor does from its own flags) and the sequence of its comm-stream tasks
+// (stage, block, chunk) is compared across ranks by a hash: its minimum and maximum over the world.
+TEST(WholeStepOnSeveralRanks, TheCommTasksAreTheSameSequenceOnEveryRank) {
+  uint64_t h = 1469598103934665603ull;  // FNV-1a over (stage, layer, chunk) of each comm task
+  auto mix = [&h](int64_t v) {
+    for (int b = 0; b < 8; ++b) {
+      h ^= static_cast<uint64_t>(v >> (8 * b)) & 0xff;
+      h *= 1099511628211ull;
+    }
+  };
+  int64_t comm_tasks = 0;
+  for (const StepCase& c : step_cases()) {
+    const ModelConfig config = pipe_model(c.mixtral, c.top_k, 0.0, c.layers);
+    const PipeConfig& s = step_schedules()[c.schedule];
+    const ChunkPlan plan = schedule_of(s, config).plan(kPipeSeqLen);
+    const PassShape pass{c.layers, c.scope, c.overlap};
+    for (const auto& list : {forward_tasks(plan, s.order, pass), backward_tasks(plan, s.order, pass)})
+      for (const StageTask& t : list)
+        if (t.stream() == StreamRole::Comm) {
+          mix(static_cast<int64_t>(t.stage));
+          mix(t.layer);
+          mix(t.chunk);
+          ++comm_tasks;
+        }
+  }
+  const int64_t mine = static_cast<int64_t>(h >> 1);
+  int64_t high = mine, negated_low = -mine;
+  g_world->all_reduce_max(high);
+  g_world->all_reduce_max(negated_low);
+  const int64_t low = -negated_low;
+  EXPECT_EQ(low, high) << "the ranks' comm-task sequences differ";
+  EXPECT_GT(comm_tasks, 1000);
+  expect_no_rank_failed(*g_world);
+}
+
 INSTANTIATE_TEST_SUITE_P(Steps, WholeStepOnSeveralRanks, ::testing::ValuesIn(step_cases()), step_test_name);
 
 }  // namespace
