@@ -141,7 +141,7 @@ void check_pass(const PassShape& pass) {
 class ForwardBuilder {
  public:
   ForwardBuilder(const ChunkPlan& p, StageOrder order, const PassShape& pass)
-      : p_(p), order_(order), model_(pass.scope == PipelineScope::Model), L_(static_cast<int>(pass.num_layers)),
+      : order_(order), model_(pass.scope == PipelineScope::Model), L_(static_cast<int>(pass.num_layers)),
         A_(static_cast<int>(p.attention.size()) - 1), M_(static_cast<int>(p.moe.size()) - 1),
         ready_(moe_ready_after(p)), next_ready_(next_block_ready_after(p)), layers_(L_, Layer(M_)) {}
 
@@ -157,7 +157,6 @@ class ForwardBuilder {
     std::vector<int> dispatched, combined;
     int next_experts = 0, next_finish = 0;
   };
-  const ChunkPlan& p_;
   StageOrder order_;
   bool model_;
   int L_, A_, M_;
@@ -205,7 +204,7 @@ class ForwardBuilder {
 class BackwardBuilder {
  public:
   BackwardBuilder(const ChunkPlan& p, StageOrder order, const PassShape& pass)
-      : p_(p), order_(order), model_(pass.scope == PipelineScope::Model), reduce_(pass.reduce_gradients),
+      : order_(order), model_(pass.scope == PipelineScope::Model), reduce_(pass.reduce_gradients),
         L_(static_cast<int>(pass.num_layers)), M_(static_cast<int>(p.moe.size()) - 1),
         done_(attention_done_after(p)), lower_ready_(lower_block_ready_after(p)), layers_(L_, Layer(M_)) {}
 
@@ -221,7 +220,6 @@ class BackwardBuilder {
     std::vector<int> exchanged, returned;
     int begun = 0, next_experts = 0, next_route = 0;
   };
-  const ChunkPlan& p_;
   StageOrder order_;
   bool model_, reduce_;
   int L_, M_;
