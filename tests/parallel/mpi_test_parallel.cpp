@@ -367,21 +367,11 @@ RankRun run_on_ranks(const ModelConfig& config, const TrainingGroups& groups, co
   std::unique_ptr<StreamedBlock> executor;
   if (pipe) executor = std::make_unique<StreamedBlock>(schedule_of(*pipe, config), pipe->order);
   model.set_block_executor(executor.get());
-  Rng rng(5 + 1000 * static_cast<uint64_t>(groups.rank()));  // every rank its own tokens
-  std::vector<int32_t> tok(kPipeBatch * kPipeSeqLen), tgt(kPipeBatch * kPipeSeqLen);
-  for (auto& t : tok) t = static_cast<int32_t>(rng.below(config.vocab_size));
-  for (auto& t : tgt) t = static_cast<int32_t>(rng.below(config.vocab_size));
-  model.params().zero_grad();
   ForwardState state;
   RankRun r;
-  r.loss = model.forward(state, Tensor::from_ints({kPipeBatch * kPipeSeqLen}, tok),
-                         Tensor::from_ints({kPipeBatch * kPipeSeqLen}, tgt), kPipeBatch);
-  r.logits = state.logits.to_vector();
+  forward_rank_batch(model, 5, groups.rank(), state, r);  // every rank its own tokens
   model.backward(state);
-  for (const Parameter& p : model.params().all()) {
-    r.names.push_back(p.name);
-    r.grads.push_back(p.grad.to_vector());
-  }
+  collect_gradients(model, r);
   return r;
 }
 

@@ -82,16 +82,9 @@ RankRun run_step(const ModelConfig& config, const TrainingGroups& groups, const 
   model.initialize(11);
   set_pipe_parameters(model);
   model.set_block_executor(executor);
-  Rng rng(7 + 1000 * static_cast<uint64_t>(groups.rank()));
-  std::vector<int32_t> tok(kPipeBatch * kPipeSeqLen), tgt(kPipeBatch * kPipeSeqLen);
-  for (auto& t : tok) t = static_cast<int32_t>(rng.below(config.vocab_size));
-  for (auto& t : tgt) t = static_cast<int32_t>(rng.below(config.vocab_size));
-  model.params().zero_grad();
   ForwardState state;
   RankRun r;
-  r.loss = model.forward(state, Tensor::from_ints({kPipeBatch * kPipeSeqLen}, tok),
-                         Tensor::from_ints({kPipeBatch * kPipeSeqLen}, tgt), kPipeBatch);
-  r.logits = state.logits.to_vector();
+  forward_rank_batch(model, 7, groups.rank(), state, r);  // every rank its own tokens
   if (executor == nullptr) {
     model.backward(state);
     average_gradients(model.params(), groups);
@@ -112,10 +105,7 @@ RankRun run_step(const ModelConfig& config, const TrainingGroups& groups, const 
       buckets.reduce_all();
     }
   }
-  for (const Parameter& p : model.params().all()) {
-    r.names.push_back(p.name);
-    r.grads.push_back(p.grad.to_vector());
-  }
+  collect_gradients(model, r);
   return r;
 }
 

@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "core/random.h"
 #include "grad_check.h"
 #include "model/gpt.h"
 #include "pipeline/schedule.h"
@@ -106,6 +107,28 @@ inline void set_pipe_parameters(GptMoe& model) {
       for (size_t i = 0; i < v.size(); ++i) v[i] += d[i];
       p.value.copy_from(Tensor::from(p.value.shape(), v));
     }
+  }
+}
+
+// Zeroes the gradients and runs one forward on this rank's own random tokens (stream seed + 1000
+// x rank): kPipeBatch sequences of kPipeSeqLen. Fills r.loss and r.logits; `state` is left for the
+// caller's backward.
+inline void forward_rank_batch(GptMoe& model, uint64_t seed, int rank, ForwardState& state, RankRun& r) {
+  Rng rng(seed + 1000 * static_cast<uint64_t>(rank));
+  std::vector<int32_t> tok(kPipeBatch * kPipeSeqLen), tgt(kPipeBatch * kPipeSeqLen);
+  for (auto& t : tok) t = static_cast<int32_t>(rng.below(model.config().vocab_size));
+  for (auto& t : tgt) t = static_cast<int32_t>(rng.below(model.config().vocab_size));
+  model.params().zero_grad();
+  r.loss = model.forward(state, Tensor::from_ints({kPipeBatch * kPipeSeqLen}, tok),
+                         Tensor::from_ints({kPipeBatch * kPipeSeqLen}, tgt), kPipeBatch);
+  r.logits = state.logits.to_vector();
+}
+
+// Every parameter's name and gradient, in registry order, into r.
+inline void collect_gradients(const GptMoe& model, RankRun& r) {
+  for (const Parameter& p : model.params().all()) {
+    r.names.push_back(p.name);
+    r.grads.push_back(p.grad.to_vector());
   }
 }
 
