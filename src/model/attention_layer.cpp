@@ -45,12 +45,17 @@ Tensor chunk_row_index(int64_t batch, int64_t seq_len, int64_t begin, int64_t en
   return rows;
 }
 
+// Rows [first, first + count) of a [B*N, w] buffer when `rows` is undefined, else the gathered rows.
+static Tensor rows_of(const Tensor& full, const Tensor& rows, int64_t first, int64_t count) {
+  if (!rows.defined()) return full.rows(first, first + count);
+  Tensor out = Tensor::empty({rows.numel(), full.dim(1)});
+  kernels::gather_rows(full, rows, out);
+  return out;
+}
+
 // The chunk's rows of a [B*N, w] buffer: a view when B == 1, else a gathered copy.
 static Tensor chunk_rows_of(const Tensor& full, const AttentionChunk& c) {
-  if (!c.rows.defined()) return full.rows(c.first_row, c.first_row + c.o.dim(0));
-  Tensor out = Tensor::empty({c.rows.numel(), full.dim(1)});
-  kernels::gather_rows(full, c.rows, out);
-  return out;
+  return rows_of(full, c.rows, c.first_row, c.o.dim(0));
 }
 
 static kernels::AttentionShape chunk_shape(const AttentionContext& ctx, int64_t heads, int64_t kv_heads,
@@ -77,14 +82,6 @@ void AttentionLayer::prepare_forward(AttentionContext& ctx, const Tensor& x, int
   ctx.dqkv = Tensor();
   ctx.inputs.clear();
   ctx.chunks.clear();
-}
-
-// Rows [first, first + count) of a [B*N, w] buffer when `rows` is undefined, else the gathered rows.
-static Tensor rows_of(const Tensor& full, const Tensor& rows, int64_t first, int64_t count) {
-  if (!rows.defined()) return full.rows(first, first + count);
-  Tensor out = Tensor::empty({rows.numel(), full.dim(1)});
-  kernels::gather_rows(full, rows, out);
-  return out;
 }
 
 size_t AttentionLayer::input_forward(AttentionContext& ctx, int64_t begin, int64_t end) const {
