@@ -31,7 +31,6 @@ static Shape contiguous_strides(const Shape& shape) {
 }
 
 Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
-  AMPIPE_CHECK(device == Device::CPU) << "this build has only the CPU backend";
   int64_t n = 1, extent = 1;  // extent: the product of the non-zero dimensions (the largest stride bound)
   for (int64_t d : shape) {
     AMPIPE_CHECK(d >= 0) << "negative dimension in shape " << shape_string(shape);
@@ -40,12 +39,18 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   }
   const size_t bytes = static_cast<size_t>(n) * dtype_size(dtype);
   size_t capacity = 0;
-  void* p = host_allocate(bytes, &capacity);  // large blocks come from the cache (core/host_cache.h)
-  AMPIPE_CHECK(p != nullptr) << "out of memory allocating " << bytes << " bytes for tensor "
-                             << shape_string(shape);
   Tensor t;
-  t.storage_ = std::shared_ptr<std::byte>(static_cast<std::byte*>(p),
-                                          [capacity](std::byte* q) { host_release(q, capacity); });
+  if (device == Device::CUDA) {
+    void* p = device_allocate(bytes, &capacity);  // the caching device allocator (core/device.h)
+    t.storage_ = std::shared_ptr<std::byte>(static_cast<std::byte*>(p),
+                                            [capacity](std::byte* q) { device_release(q, capacity); });
+  } else {
+    void* p = host_allocate(bytes, &capacity);  // large blocks come from the cache (core/host_cache.h)
+    AMPIPE_CHECK(p != nullptr) << "out of memory allocating " << bytes << " bytes for tensor "
+                               << shape_string(shape);
+    t.storage_ = std::shared_ptr<std::byte>(static_cast<std::byte*>(p),
+                                            [capacity](std::byte* q) { host_release(q, capacity); });
+  }
   t.shape_ = shape;
   t.strides_ = contiguous_strides(shape);
   t.dtype_ = dtype;
@@ -55,7 +60,7 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
 
 Tensor Tensor::zeros(const Shape& shape, DType dtype, Device device) {
   Tensor t = empty(shape, dtype, device);
-  std::memset(t.raw(), 0, static_cast<size_t>(t.numel()) * dtype_size(dtype));
+  t.zero();
   return t;
 }
 
@@ -110,6 +115,27 @@ int32_t* Tensor::data<int32_t>() const {
   return static_cast<int32_t*>(raw());
 }
 
+template <>
+float* Tensor::device_data<float>() const {
+  AMPIPE_CHECK(dtype_ == DType::F32) << "tensor is " << dtype_name(dtype_) << ", expected float32";
+  AMPIPE_CHECK(device_ == Device::CUDA) << "a CUDA kernel was given a host tensor";
+  return static_cast<float*>(raw());
+}
+
+template <>
+int32_t* Tensor::device_data<int32_t>() const {
+  AMPIPE_CHECK(dtype_ == DType::I32) << "tensor is " << dtype_name(dtype_) << ", expected int32";
+  AMPIPE_CHECK(device_ == Device::CUDA) << "a CUDA kernel was given a host tensor";
+  return static_cast<int32_t*>(raw());
+}
+
+Tensor Tensor::to(Device device) const {
+  if (device == device_) return *this;
+  Tensor t = empty(shape_, dtype_, device);
+  t.copy_from(*this);
+  return t;
+}
+
 Tensor Tensor::rows(int64_t begin, int64_t end) const {
   AMPIPE_CHECK(ndim() >= 1 && 0 <= begin && begin <= end && end <= shape_[0])
       << "rows [" << begin << ", " << end << ") out of range for shape " << shape_string(shape_);
@@ -159,9 +185,36 @@ static void for_each_row(const Shape& shape, const Shape& strides, Fn fn) {
   }
 }
 
+// Rows and pitch of a tensor for a device copy: a contiguous tensor is one row; otherwise it is a
+// 2-D column slice (only 2-D tensors have a row stride).
+struct RowLayout {
+  size_t row_bytes, rows, pitch;
+};
+static RowLayout row_layout(const Tensor& t) {
+  const size_t es = dtype_size(t.dtype());
+  if (t.is_contiguous()) {
+    const size_t bytes = static_cast<size_t>(t.numel()) * es;
+    return {bytes, 1, bytes};
+  }
+  return {static_cast<size_t>(t.dim(1)) * es, static_cast<size_t>(t.dim(0)), static_cast<size_t>(t.stride(0)) * es};
+}
+
 void Tensor::copy_from(const Tensor& src) {
   AMPIPE_CHECK(src.shape_ == shape_ && src.dtype_ == dtype_)
       << "copy_from: shape/dtype mismatch " << shape_string(src.shape_) << " -> " << shape_string(shape_);
+  if (numel() == 0) return;
+  if (device_ == Device::CUDA || src.device_ == Device::CUDA) {
+    const RowLayout d = row_layout(*this), s = row_layout(src);
+    if (d.rows == s.rows) {
+      copy_rows(raw(), device_, d.pitch, src.raw(), src.device_, s.pitch, d.row_bytes, d.rows);
+    } else {  // one side contiguous, the other a column slice: copy row by row in 2-D form
+      const size_t es = dtype_size(dtype_);
+      const size_t width = static_cast<size_t>(shape_[1]) * es;
+      copy_rows(raw(), device_, d.rows == 1 ? width : d.pitch, src.raw(), src.device_, s.rows == 1 ? width : s.pitch,
+                width, static_cast<size_t>(shape_[0]));
+    }
+    return;
+  }
   const size_t es = dtype_size(dtype_);
   const int64_t width = shape_.empty() ? 1 : shape_.back();
   std::vector<int64_t> dst_offsets;
@@ -181,6 +234,17 @@ Tensor Tensor::clone() const {
 }
 
 void Tensor::fill(float value) {
+  if (device_ == Device::CUDA) {  // rare (initialisation): zero on the device, else through the host
+    AMPIPE_CHECK(dtype_ == DType::F32) << "fill of a " << dtype_name(dtype_) << " tensor";
+    if (value == 0.0f) {
+      zero();
+    } else {
+      Tensor host = empty(shape_, dtype_, Device::CPU);
+      host.fill(value);
+      copy_from(host);
+    }
+    return;
+  }
   float* p = data<float>();
   const int64_t width = shape_.empty() ? 1 : shape_.back();
   for_each_row(shape_, strides_, [&](int64_t off) {
@@ -189,6 +253,12 @@ void Tensor::fill(float value) {
 }
 
 void Tensor::zero() {
+  if (numel() == 0) return;
+  if (device_ == Device::CUDA) {
+    const RowLayout l = row_layout(*this);
+    device_zero_rows(raw(), l.pitch, l.row_bytes, l.rows);
+    return;
+  }
   const size_t es = dtype_size(dtype_);
   const int64_t width = shape_.empty() ? 1 : shape_.back();
   auto* p = static_cast<std::byte*>(raw());
@@ -196,6 +266,7 @@ void Tensor::zero() {
 }
 
 std::vector<float> Tensor::to_vector() const {
+  if (device_ == Device::CUDA) return to(Device::CPU).to_vector();
   Tensor c = is_contiguous() ? *this : clone();
   const float* p = c.data<float>();
   return std::vector<float>(p, p + numel());

@@ -5,9 +5,12 @@
 // dimension is always contiguous (stride 1) and a 2-D tensor may have a row stride larger than its
 // width (a column slice, e.g. Q out of a fused QKV buffer). Kernels read `stride(0)`.
 //
-// Storage is 64-byte aligned host memory for Device::CPU. Device::CUDA is reserved for the GPU
-// backend: the type and its views carry no assumption that memory is host-addressable, but `data()`
-// on a CPU build checks the device so host code never dereferences device memory by accident.
+// Storage is 64-byte aligned host memory for Device::CPU, and GPU memory from the caching device
+// allocator (core/device.h) for Device::CUDA, which only a build with the CUDA backend on a machine
+// with a GPU can create. `data()` is host access and checks the device, so host code never
+// dereferences device memory by accident; `device_data()` is for the CUDA kernels. `copy_from`,
+// `clone`, `fill`, `zero`, `to` and `to_vector` work on either device (and across them); on the GPU
+// they enqueue on the calling thread's current CUDA stream, and a copy to the host waits for it.
 // Thread-safety: a Tensor object is not synchronised; distinct threads may write disjoint elements.
 #pragma once
 
@@ -16,12 +19,12 @@
 #include <string>
 #include <vector>
 
+#include "core/device.h"
 #include "core/error.h"
 
 namespace ampipe {
 
 enum class DType { F32, I32 };
-enum class Device { CPU, CUDA };
 
 const char* dtype_name(DType dtype);
 size_t dtype_size(DType dtype);
@@ -53,6 +56,12 @@ class Tensor {
   // Typed element pointer (checks dtype and host residency).
   template <class T>
   T* data() const;
+  // Typed pointer into GPU memory (checks dtype and that the tensor is on Device::CUDA).
+  template <class T>
+  T* device_data() const;
+
+  // This tensor on `device`: itself when it is there already, else a contiguous copy.
+  Tensor to(Device device) const;
 
   // View of rows [begin, end) along the first dimension.
   Tensor rows(int64_t begin, int64_t end) const;
@@ -85,5 +94,9 @@ template <>
 float* Tensor::data<float>() const;
 template <>
 int32_t* Tensor::data<int32_t>() const;
+template <>
+float* Tensor::device_data<float>() const;
+template <>
+int32_t* Tensor::device_data<int32_t>() const;
 
 }  // namespace ampipe

@@ -11,7 +11,7 @@
 #include "core/parallel.h"
 #include "kernels/cpu/cpu_common.h"
 
-namespace ampipe::kernels {
+namespace ampipe::kernels::cpu {
 namespace {
 
 using cpu::as_matrix;
@@ -102,4 +102,4 @@ void adamw_update(Tensor param, const Tensor& grad, Tensor m, Tensor v, const Ad
   }
 }
 
-}  // namespace ampipe::kernels
+}  // namespace ampipe::kernels::cpu

@@ -29,7 +29,7 @@
 #include "core/parallel.h"
 #include "kernels/cpu/fast_math.h"
 
-namespace ampipe::kernels {
+namespace ampipe::kernels::cpu {
 namespace {
 
 using fast_math::kLn2;
@@ -583,4 +583,4 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
   });
 }
 
-}  // namespace ampipe::kernels
+}  // namespace ampipe::kernels::cpu

@@ -11,7 +11,7 @@
 #include "core/parallel.h"
 #include "kernels/cpu/cpu_common.h"
 
-namespace ampipe::kernels {
+namespace ampipe::kernels::cpu {
 namespace {
 
 using cpu::exp_inplace;
@@ -109,4 +109,4 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& targets, float s
   });
 }
 
-}  // namespace ampipe::kernels
+}  // namespace ampipe::kernels::cpu

@@ -13,7 +13,7 @@
 #include "core/parallel.h"
 #include "kernels/cpu/cpu_common.h"
 
-namespace ampipe::kernels {
+namespace ampipe::kernels::cpu {
 namespace {
 
 using cpu::as_matrix;
@@ -322,4 +322,4 @@ double sum_of_squares(const Tensor& x) {
   return sum;
 }
 
-}  // namespace ampipe::kernels
+}  // namespace ampipe::kernels::cpu

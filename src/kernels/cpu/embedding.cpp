@@ -10,7 +10,7 @@
 
 #include "core/parallel.h"
 
-namespace ampipe::kernels {
+namespace ampipe::kernels::cpu {
 namespace {
 
 constexpr int64_t kGrainElements = 16384;
@@ -112,4 +112,4 @@ void embedding_backward(const Tensor& tokens, const Tensor& dx, int64_t seq_len,
   });
 }
 
-}  // namespace ampipe::kernels
+}  // namespace ampipe::kernels::cpu

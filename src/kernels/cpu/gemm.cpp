@@ -4,7 +4,7 @@
 
 #include "core/parallel.h"
 
-namespace ampipe::kernels {
+namespace ampipe::kernels::cpu {
 
 void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor c, float alpha,
           float beta) {
@@ -33,6 +33,10 @@ void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, 
               static_cast<blasint>(std::max<int64_t>(b.stride(0), 1)), beta, c.data<float>(),
               static_cast<blasint>(std::max<int64_t>(c.stride(0), 1)));
 }
+
+}  // namespace ampipe::kernels::cpu
+
+namespace ampipe::kernels {
 
 void set_kernel_threads(int n) {
   set_num_threads(n);

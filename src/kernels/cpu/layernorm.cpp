@@ -12,7 +12,7 @@
 
 #include "core/parallel.h"
 
-namespace ampipe::kernels {
+namespace ampipe::kernels::cpu {
 namespace {
 
 constexpr int64_t kGrainElements = 16384;
@@ -260,4 +260,4 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, c
   accumulate_block_partials(partial, blocks, cols, 0, cols, dweight.data<float>());
 }
 
-}  // namespace ampipe::kernels
+}  // namespace ampipe::kernels::cpu

@@ -10,7 +10,7 @@
 
 #include "core/parallel.h"
 
-namespace ampipe::kernels {
+namespace ampipe::kernels::cpu {
 namespace {
 
 constexpr int64_t kGrainElements = 16384;
@@ -35,10 +35,6 @@ void check_gate(const Tensor& gate, const DispatchPlan& plan, const char* op, co
 }
 
 }  // namespace
-
-int64_t DispatchPlan::num_slots() const {
-  return std::accumulate(expert_counts.begin(), expert_counts.end(), int64_t{0});
-}
 
 DispatchPlan make_dispatch_plan(const Tensor& expert_index, int num_experts, int64_t capacity) {
   AMPIPE_CHECK(num_experts >= 1) << "make_dispatch_plan: num_experts must be at least 1, got " << num_experts;
@@ -207,9 +203,9 @@ void unpermute_backward(const Tensor& dout, const Tensor& y, const DispatchPlan&
   });
 }
 
-}  // namespace ampipe::kernels
+}  // namespace ampipe::kernels::cpu
 
-namespace ampipe::kernels {
+namespace ampipe::kernels::cpu {
 
 static void check_row_move(const Tensor& src, const Tensor& index, const Tensor& dst, int64_t index_limit,
                            const char* op) {
@@ -250,4 +246,4 @@ void scatter_rows(const Tensor& src, const Tensor& index, Tensor dst) {
   });
 }
 
-}  // namespace ampipe::kernels
+}  // namespace ampipe::kernels::cpu

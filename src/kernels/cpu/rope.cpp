@@ -12,7 +12,7 @@
 #include "core/parallel.h"
 #include "kernels/cpu/cpu_common.h"
 
-namespace ampipe::kernels {
+namespace ampipe::kernels::cpu {
 namespace {
 
 using cpu::as_matrix;
@@ -106,4 +106,4 @@ void rope_backward(Tensor dx, int64_t batch, int64_t num_heads, int64_t pos_begi
   rope_apply("rope_backward", dx, batch, num_heads, pos_begin, theta, -1.0f);
 }
 
-}  // namespace ampipe::kernels
+}  // namespace ampipe::kernels::cpu

@@ -10,7 +10,7 @@
 
 #include "core/parallel.h"
 
-namespace ampipe::kernels {
+namespace ampipe::kernels::cpu {
 namespace {
 
 constexpr int64_t kGrainElements = 16384;
@@ -124,4 +124,4 @@ void router_topk_backward(const Tensor& probs, const Tensor& expert_index, const
   });
 }
 
-}  // namespace ampipe::kernels
+}  // namespace ampipe::kernels::cpu

@@ -1,0 +1,186 @@
+#include "core/device.h"
+
+#include "core/error.h"
+
+#if AMPIPE_HAVE_CUDA
+#include <mutex>
+#include <unordered_map>
+#include <vector>
+
+#include "core/cuda/context.h"
+#include "core/cuda/cuda_check.h"
+#include "core/device_cache.h"
+#endif
+
+namespace ampipe {
+
+void require_cuda(const char* what) {
+  const std::string reason = cuda_unavailable_reason();
+  AMPIPE_CHECK(reason.empty()) << what << " needs an NVIDIA GPU, but " << reason
+                               << "; use --device cpu, or run on a machine with a GPU and a CUDA build";
+}
+
+#if !AMPIPE_HAVE_CUDA
+
+bool cuda_built() { return false; }
+int cuda_device_count() { return 0; }
+std::string cuda_unavailable_reason() {
+  return "this ampipe was built without the CUDA backend (configure with -DAMPIPE_CUDA=ON on a machine with the "
+         "CUDA toolkit)";
+}
+void cuda_synchronize() {}
+
+[[noreturn]] static void no_cuda(const char* what) {
+  throw Error(std::string(what) + ": " + cuda_unavailable_reason());
+}
+void* device_allocate(size_t, size_t*) { no_cuda("device memory"); }
+void device_release(void*, size_t) { no_cuda("device memory"); }
+void copy_rows(void*, Device, size_t, const void*, Device, size_t, size_t, size_t) { no_cuda("device copy"); }
+void device_zero_rows(void*, size_t, size_t, size_t) { no_cuda("device memset"); }
+DeviceCacheStats device_cache_stats() { return {}; }
+
+#else
+
+bool cuda_built() { return true; }
+
+namespace {
+
+struct DeviceQuery {
+  int count = 0;
+  std::string reason;
+};
+
+const DeviceQuery& device_query() {
+  static const DeviceQuery q = [] {
+    DeviceQuery r;
+    const cudaError_t e = cudaGetDeviceCount(&r.count);
+    if (e != cudaSuccess) {
+      r.count = 0;
+      r.reason = std::string("no usable CUDA driver or device (cudaGetDeviceCount: ") + cudaGetErrorString(e) + ")";
+      (void)cudaGetLastError();  // clear the sticky-free error so later calls start clean
+    } else if (r.count == 0) {
+      r.reason = "no CUDA device is present";
+    }
+    return r;
+  }();
+  return q;
+}
+
+// The allocator's backend: cudaMalloc / cudaFree, fences as one event per known stream.
+class CudaBackend final : public DeviceCacheBackend {
+ public:
+  void* allocate(size_t bytes) override {
+    void* p = nullptr;
+    const cudaError_t e = cudaMalloc(&p, bytes);
+    if (e == cudaErrorMemoryAllocation) {
+      (void)cudaGetLastError();
+      return nullptr;
+    }
+    AMPIPE_CUDA_CHECK(e);
+    return p;
+  }
+  void free(void* p) override { AMPIPE_CUDA_CHECK(cudaFree(p)); }
+  uint64_t record_fence() override {
+    std::vector<cudaEvent_t> events;
+    for (cudaStream_t s : registered_cuda_streams()) {
+      cudaEvent_t e = take_event();
+      AMPIPE_CUDA_CHECK(cudaEventRecord(e, s));
+      events.push_back(e);
+    }
+    const uint64_t id = next_fence_++;
+    fences_.emplace(id, std::move(events));
+    return id;
+  }
+  bool fence_passed(uint64_t fence) override {
+    auto it = fences_.find(fence);
+    if (it == fences_.end()) return true;
+    for (cudaEvent_t e : it->second) {
+      const cudaError_t r = cudaEventQuery(e);
+      if (r == cudaErrorNotReady) {
+        (void)cudaGetLastError();
+        return false;
+      }
+      AMPIPE_CUDA_CHECK(r);
+    }
+    recycle(it);
+    return true;
+  }
+  void wait_fence(uint64_t fence) override {
+    auto it = fences_.find(fence);
+    if (it == fences_.end()) return;
+    for (cudaEvent_t e : it->second) AMPIPE_CUDA_CHECK(cudaEventSynchronize(e));
+    recycle(it);
+  }
+
+ private:
+  cudaEvent_t take_event() {
+    if (!pool_.empty()) {
+      cudaEvent_t e = pool_.back();
+      pool_.pop_back();
+      return e;
+    }
+    cudaEvent_t e = nullptr;
+    AMPIPE_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+    return e;
+  }
+  void recycle(std::unordered_map<uint64_t, std::vector<cudaEvent_t>>::iterator it) {
+    pool_.insert(pool_.end(), it->second.begin(), it->second.end());
+    fences_.erase(it);
+  }
+  uint64_t next_fence_ = 1;
+  std::unordered_map<uint64_t, std::vector<cudaEvent_t>> fences_;
+  std::vector<cudaEvent_t> pool_;
+};
+
+// Never destroyed: tensors may be released during static destruction, after the driver has begun
+// to unload, and the process's end returns device memory anyway.
+DeviceCache& cache() {
+  static CudaBackend* backend = new CudaBackend;
+  static DeviceCache* c = new DeviceCache(*backend);
+  return *c;
+}
+
+}  // namespace
+
+int cuda_device_count() { return device_query().count; }
+std::string cuda_unavailable_reason() { return device_query().reason; }
+
+void cuda_synchronize() {
+  if (cuda_device_count() == 0) return;
+  AMPIPE_CUDA_CHECK(cudaStreamSynchronize(current_cuda_stream()));
+}
+
+void* device_allocate(size_t bytes, size_t* capacity) {
+  require_cuda("a tensor on the GPU");
+  return cache().allocate(bytes, capacity);
+}
+
+void device_release(void* p, size_t capacity) { cache().release(p, capacity); }
+
+void copy_rows(void* dst, Device dst_device, size_t dst_pitch, const void* src, Device src_device, size_t src_pitch,
+               size_t row_bytes, size_t rows) {
+  if (row_bytes == 0 || rows == 0) return;
+  cudaStream_t stream = current_cuda_stream();
+  if (rows == 1 || (dst_pitch == row_bytes && src_pitch == row_bytes)) {
+    AMPIPE_CUDA_CHECK(cudaMemcpyAsync(dst, src, row_bytes * rows, cudaMemcpyDefault, stream));
+  } else {
+    AMPIPE_CUDA_CHECK(cudaMemcpy2DAsync(dst, dst_pitch, src, src_pitch, row_bytes, rows, cudaMemcpyDefault, stream));
+  }
+  if (dst_device == Device::CPU || src_device == Device::CPU) AMPIPE_CUDA_CHECK(cudaStreamSynchronize(stream));
+}
+
+void device_zero_rows(void* dst, size_t pitch, size_t row_bytes, size_t rows) {
+  if (row_bytes == 0 || rows == 0) return;
+  cudaStream_t stream = current_cuda_stream();
+  if (rows == 1 || pitch == row_bytes) {
+    AMPIPE_CUDA_CHECK(cudaMemsetAsync(dst, 0, row_bytes * rows, stream));
+  } else {
+    AMPIPE_CUDA_CHECK(cudaMemset2DAsync(dst, pitch, 0, row_bytes, rows, stream));
+  }
+}
+
+DeviceCacheStats device_cache_stats() { return cache().stats(); }
+
+#endif
+
+}  // namespace ampipe
