@@ -1,0 +1,67 @@
+#!/usr/bin/env bash
+# The GPU check: on a machine with an NVIDIA GPU and the CUDA toolkit (nvcc, cuBLAS) but none of our
+# Debian packages, builds what the GPU tests need, runs every GPU test and the GPU kernel benchmark,
+# and prints one summary. Budget: under 8 minutes on the lent H200 machine (16 cores).
+#
+#   bash scripts/gpu_deps.sh          # here, once: .deb files into .gpu-deps/ (~21 MB)
+#   bash scripts/gpu_check.sh         # there, with .gpu-deps carried (docs/GPU.md)
+#
+# Where the packages are installed (this development machine) it uses them and needs no .gpu-deps;
+# AMPIPE_GPU_DEPS=1 makes it use the unpacked ones anyway (how that path is checked here).
+# Without a GPU it still builds and runs the tests, which then skip with the reason: that is how it
+# is checked here. Results go to stdout and, when $OUT is set (the device tool), to $OUT/gpu_check.log
+# and $OUT/bench_cuda_kernels.json. Exit status: non-zero when the build or a test fails.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+start=$(date +%s)
+out=${OUT:-}
+log() { echo "gpu_check: $*"; }
+[ -n "$out" ] && exec > >(tee "$out/gpu_check.log") 2>&1
+
+build=${AMPIPE_GPU_BUILD:-build-gpu}
+cmake_args=(-DCMAKE_BUILD_TYPE=Release -DAMPIPE_CUDA=ON)
+command -v ninja > /dev/null && cmake_args+=(-G Ninja)
+if [ -d .gpu-deps ] && ls .gpu-deps/*.deb > /dev/null 2>&1 &&
+   { [ "${AMPIPE_GPU_DEPS:-}" = 1 ] || ! [ -f /usr/include/x86_64-linux-gnu/openblas-openmp/cblas.h ]; }; then
+  deps=/tmp/ampipe-deps
+  log "unpacking $(ls .gpu-deps/*.deb | wc -l) packages into $deps"
+  mkdir -p "$deps"
+  for f in .gpu-deps/*.deb; do dpkg-deb -x "$f" "$deps"; done
+  lib=$deps/usr/lib/x86_64-linux-gnu
+  cmake_args+=(-DAMPIPE_DEPS_ROOT="$deps" -DCMAKE_PREFIX_PATH="$deps/usr"
+               -DMPI_CXX_HEADER_DIR="$lib/openmpi/include" -DMPI_CXX_LIB_NAMES=mpi -DMPI_mpi_LIBRARY="$lib/openmpi/lib/libmpi.so"
+               -DMPIEXEC_EXECUTABLE=/bin/false)
+  export LD_LIBRARY_PATH="$lib:$lib/openblas-openmp:$lib/openmpi/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
+  export OPAL_PREFIX="$deps/usr"
+  # libmpi's relocated plugins and help files live under the private prefix.
+  export OMPI_MCA_mca_base_component_path="$lib/openmpi/lib/openmpi3"
+fi
+nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/gpu_check: GPU: /' || log "no nvidia-smi"
+log "configuring $build"
+cmake -S . -B "$build" "${cmake_args[@]}" > "$build.configure.log" 2>&1 || { cat "$build.configure.log"; exit 1; }
+grep -q 'ampipe CUDA backend: ON' "$build.configure.log" || { log "the CUDA backend was not configured"; exit 1; }
+targets=(ampipe bench_cuda_kernels test_device_cache test_tensor)
+for t in tests/cuda/test_*.cpp; do targets+=("$(basename "$t" .cpp)"); done
+log "building ${targets[*]}"
+cmake --build "$build" -j"$(nproc)" --target "${targets[@]}" 2>&1 | grep -E 'error|warning|FAILED' || true
+for t in "${targets[@]}"; do [ -x "$build/$t" ] || { log "build of $t failed"; cmake --build "$build" --target "$t"; exit 1; }; done
+log "built in $(( $(date +%s) - start )) s"
+
+status=0
+export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
+for t in test_device_cache test_tensor tests/cuda/test_*.cpp; do
+  name=$(basename "$t" .cpp)
+  if "$build/$name" --gtest_brief=1 > "$build/$name.log" 2>&1; then
+    log "PASS $name ($(grep -c '^\[       OK \]' "$build/$name.log" || true) passed, $(grep -c '^\[  SKIPPED \]' "$build/$name.log" || true) skipped)"
+  else
+    log "FAIL $name"; tail -40 "$build/$name.log"; status=1
+  fi
+done
+skipped=$(grep -h -A1 '^\[  SKIPPED \]' "$build"/test_cuda_*.log 2>/dev/null | grep -v '^\[' | sort -u | head -3 || true)
+[ -n "$skipped" ] && log "skip reason: $skipped"
+
+log "benchmark: GEMM and attention on the GPU"
+bench_json=${out:-$build}/bench_cuda_kernels.json
+if "$build/bench_cuda_kernels" --json "$bench_json"; then :; else log "FAIL bench_cuda_kernels"; status=1; fi
+log "done in $(( $(date +%s) - start )) s, status $status"
+exit $status
