@@ -38,6 +38,15 @@ void device_release(void*, size_t) { no_cuda("device memory"); }
 void copy_rows(void*, Device, size_t, const void*, Device, size_t, size_t, size_t) { no_cuda("device copy"); }
 void device_zero_rows(void*, size_t, size_t, size_t) { no_cuda("device memset"); }
 DeviceCacheStats device_cache_stats() { return {}; }
+void* device_stream_create() { no_cuda("a GPU stream"); }
+void device_stream_destroy(void*) { no_cuda("a GPU stream"); }
+void device_stream_make_current(void*) { no_cuda("a GPU stream"); }
+void device_stream_synchronize(void*) { no_cuda("a GPU stream"); }
+void* device_event_record(void*) { no_cuda("a GPU event"); }
+void device_stream_wait_event(void*, void*) { no_cuda("a GPU event"); }
+bool device_event_query(void*) { no_cuda("a GPU event"); }
+void device_event_synchronize(void*) { no_cuda("a GPU event"); }
+void device_event_release(void*) { no_cuda("a GPU event"); }
 
 #else
 
@@ -180,6 +189,72 @@ void device_zero_rows(void* dst, size_t pitch, size_t row_bytes, size_t rows) {
 }
 
 DeviceCacheStats device_cache_stats() { return cache().stats(); }
+
+namespace {
+std::mutex g_event_pool_mutex;
+std::vector<cudaEvent_t>& event_pool() {
+  static auto* pool = new std::vector<cudaEvent_t>;  // never destroyed (see cache())
+  return *pool;
+}
+cudaStream_t as_stream(void* s) { return static_cast<cudaStream_t>(s); }
+cudaEvent_t as_event(void* e) { return static_cast<cudaEvent_t>(e); }
+}  // namespace
+
+void* device_stream_create() {
+  require_cuda("a GPU stream");
+  cudaStream_t s = nullptr;
+  AMPIPE_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
+  register_cuda_stream(s);
+  return s;
+}
+
+void device_stream_destroy(void* stream) {
+  if (stream == nullptr) return;
+  const cudaError_t e = cudaStreamSynchronize(as_stream(stream));
+  unregister_cuda_stream(as_stream(stream));
+  (void)cudaStreamDestroy(as_stream(stream));
+  AMPIPE_CUDA_CHECK(e);
+}
+
+void device_stream_make_current(void* stream) { set_current_cuda_stream(as_stream(stream)); }
+
+void device_stream_synchronize(void* stream) { AMPIPE_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream))); }
+
+void* device_event_record(void* stream) {
+  cudaEvent_t e = nullptr;
+  {
+    std::lock_guard<std::mutex> lock(g_event_pool_mutex);
+    if (!event_pool().empty()) {
+      e = event_pool().back();
+      event_pool().pop_back();
+    }
+  }
+  if (e == nullptr) AMPIPE_CUDA_CHECK(cudaEventCreateWithFlags(&e, cudaEventDisableTiming));
+  AMPIPE_CUDA_CHECK(cudaEventRecord(e, as_stream(stream)));
+  return e;
+}
+
+void device_stream_wait_event(void* stream, void* event) {
+  AMPIPE_CUDA_CHECK(cudaStreamWaitEvent(as_stream(stream), as_event(event), 0));
+}
+
+bool device_event_query(void* event) {
+  const cudaError_t r = cudaEventQuery(as_event(event));
+  if (r == cudaErrorNotReady) {
+    (void)cudaGetLastError();
+    return false;
+  }
+  AMPIPE_CUDA_CHECK(r);
+  return true;
+}
+
+void device_event_synchronize(void* event) { AMPIPE_CUDA_CHECK(cudaEventSynchronize(as_event(event))); }
+
+void device_event_release(void* event) {
+  if (event == nullptr) return;
+  std::lock_guard<std::mutex> lock(g_event_pool_mutex);
+  event_pool().push_back(as_event(event));
+}
 
 #endif
 

@@ -43,6 +43,20 @@ void copy_rows(void* dst, Device dst_device, size_t dst_pitch, const void* src, 
 // Sets `rows` rows of `row_bytes` bytes of device memory to zero (enqueued on the current stream).
 void device_zero_rows(void* dst, size_t pitch, size_t row_bytes, size_t rows);
 
+// Device streams and events for core/stream (opaque handles; CUDA streams and events underneath).
+// A device stream is created non-blocking and registered with the allocator's fences; the thread
+// that will enqueue on it calls device_stream_make_current. Events come from a pool: release each
+// one returned by device_event_record exactly once. All throw ampipe::Error on CUDA errors.
+void* device_stream_create();
+void device_stream_destroy(void* stream);  // waits for its work first
+void device_stream_make_current(void* stream);
+void device_stream_synchronize(void* stream);
+void* device_event_record(void* stream);   // an event marking all work enqueued on `stream` so far
+void device_stream_wait_event(void* stream, void* event);  // `stream`'s later work waits for it
+bool device_event_query(void* event);       // non-blocking
+void device_event_synchronize(void* event);  // the host waits
+void device_event_release(void* event);
+
 struct DeviceCacheStats {
   size_t cached_bytes = 0;
   size_t in_use_bytes = 0;

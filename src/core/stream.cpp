@@ -22,6 +22,15 @@ namespace {
 // without a failure. Shared by the stream's queue (which completes it) and every waiter.
 class Marker {
  public:
+  Marker() = default;
+  Marker(const Marker&) = delete;
+  Marker& operator=(const Marker&) = delete;
+  ~Marker() {
+    if (device_event_ != nullptr) device_event_release(device_event_);
+  }
+  // On a GPU stream, the device event recorded at this point (set before complete()); null else.
+  void set_device_event(void* event) { device_event_ = event; }
+  void* device_event() const { return device_event_; }
   // Completes the marker; `error` empty means success.
   void complete(std::string error) {
     {
@@ -48,6 +57,7 @@ class Marker {
   mutable std::condition_variable cv_;
   State state_ = State::Pending;
   std::string error_;
+  void* device_event_ = nullptr;
 };
 
 }  // namespace
@@ -66,7 +76,9 @@ Event::Event() : state_(std::make_shared<State>()) {}
 
 bool Event::query() const {
   std::shared_ptr<Marker> marker = state_->snapshot();
-  return marker == nullptr || marker->done();
+  if (marker == nullptr) return true;
+  if (!marker->done()) return false;
+  return marker->device_event() == nullptr || device_event_query(marker->device_event());
 }
 
 void Event::synchronize() const {
@@ -74,6 +86,7 @@ void Event::synchronize() const {
   if (marker == nullptr) return;
   std::string error = marker->wait();
   if (!error.empty()) throw Error(error);
+  if (marker->device_event() != nullptr) device_event_synchronize(marker->device_event());
 }
 
 struct Stream::Impl {
@@ -88,6 +101,7 @@ struct Stream::Impl {
   std::string name;
   TraceRecorder* trace;
   int trace_rank;
+  void* device_stream = nullptr;  // the CUDA stream a GPU Stream drives; null for a CPU Stream
 
   mutable std::mutex mutex;
   std::condition_variable work_cv;  // the worker waits for ops or stopping
@@ -117,6 +131,7 @@ struct Stream::Impl {
   }
 
   void run() {
+    if (device_stream != nullptr) device_stream_make_current(device_stream);
     std::unique_lock<std::mutex> lock(mutex);
     while (true) {
       work_cv.wait(lock, [&] { return stopping || !queue.empty(); });
@@ -161,15 +176,37 @@ struct Stream::Impl {
         if (trace != nullptr) record_slice(op.name, start_us, new_failure);
         return;
       }
-      case Kind::Record:
-        op.marker->complete(failure_so_far);
+      case Kind::Record: {
+        std::string error = failure_so_far;
+        if (error.empty() && device_stream != nullptr) {
+          try {
+            op.marker->set_device_event(device_event_record(device_stream));
+          } catch (const std::exception& e) {
+            error = new_failure = "stream '" + name + "' failed to record an event: " + e.what();
+            own = true;
+          }
+        }
+        op.marker->complete(error);
         return;
+      }
       case Kind::Wait: {
         if (!failure_so_far.empty() || op.marker == nullptr) return;
         std::string error = op.marker->wait();
         if (!error.empty()) {
           new_failure = "stream '" + name +
                         "' skipped its work after waiting on an event recorded after a failure: " + error;
+          return;
+        }
+        // A GPU event: a GPU stream orders its later device work after it; a CPU stream's host
+        // tasks read the results, so its host thread waits for the device.
+        if (void* event = op.marker->device_event(); event != nullptr) {
+          try {
+            if (device_stream != nullptr) device_stream_wait_event(device_stream, event);
+            else device_event_synchronize(event);
+          } catch (const std::exception& e) {
+            new_failure = "stream '" + name + "' failed waiting on a GPU event: " + e.what();
+            own = true;
+          }
         }
         return;
       }
@@ -191,10 +228,19 @@ struct Stream::Impl {
     }
   }
 
-  // Blocks until everything submitted before the call is done. Caller holds `lock` on `mutex`.
+  // Blocks until everything submitted before the call is done, on the host and, for a GPU stream,
+  // on the device (a device error becomes the stream's own failure). Caller holds `lock` on `mutex`.
   void drain(std::unique_lock<std::mutex>& lock) {
     const uint64_t target = submitted;
     done_cv.wait(lock, [&] { return completed >= target; });
+    if (device_stream != nullptr && failure.empty()) {
+      try {
+        device_stream_synchronize(device_stream);
+      } catch (const std::exception& e) {
+        failure = "stream '" + name + "' failed on the GPU: " + e.what();
+        failure_is_own = true;
+      }
+    }
   }
 
   void check_not_on_worker(const char* what) const {
@@ -205,8 +251,9 @@ struct Stream::Impl {
   }
 };
 
-Stream::Stream(std::string name, TraceRecorder* trace, int trace_rank)
+Stream::Stream(std::string name, TraceRecorder* trace, int trace_rank, Device device)
     : impl_(std::make_unique<Impl>(std::move(name), trace, trace_rank)) {
+  if (device == Device::CUDA) impl_->device_stream = device_stream_create();
   if (trace != nullptr) trace->declare_track(trace_rank, impl_->name);
   impl_->worker = std::thread([impl = impl_.get()] { impl->run(); });
 }
@@ -218,6 +265,13 @@ Stream::~Stream() {
   }
   impl_->work_cv.notify_all();
   impl_->worker.join();
+  if (impl_->device_stream != nullptr) {
+    try {
+      device_stream_destroy(impl_->device_stream);
+    } catch (const std::exception& e) {
+      std::fprintf(stderr, "ampipe: warning: stream '%s': %s\n", impl_->name.c_str(), e.what());
+    }
+  }
   if (impl_->failure_is_own && !impl_->failure_reported) {
     std::fprintf(stderr, "ampipe: warning: stream '%s' destroyed with an error nobody synchronized: %s\n",
                  impl_->name.c_str(), impl_->failure.c_str());

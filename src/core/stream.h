@@ -3,9 +3,9 @@
 // A schedule puts each rank's work on two streams (compute and comm) and orders them with events:
 //   comm.wait(permuted);  comm.submit("a2a dispatch c0", ...);  comm.record(dispatched);
 //   compute.wait(dispatched);  compute.submit("experts c0", ...);
-// The calls return at once; the host blocks only in synchronize(). This is the seam a CUDA backend
-// implements with cudaStream_t / cudaEvent_t (record = cudaEventRecord, wait =
-// cudaStreamWaitEvent), so schedule code must not assume more than that:
+// The calls return at once; the host blocks only in synchronize(). A GPU stream (Device::CUDA below)
+// drives a cudaStream_t with cudaEvent_t (record = cudaEventRecord, wait = cudaStreamWaitEvent), so
+// schedule code must not assume more than that:
 // - A task is a function that does (CPU) or issues (GPU) the stage's work on this stream. On the CPU
 //   backend every task of a stream runs on that stream's own worker thread, one at a time, in
 //   submission order; do not rely on which host thread runs it, or on results on the host before
@@ -45,6 +45,8 @@
 #include <string>
 #include <vector>
 
+#include "core/device.h"
+
 namespace ampipe {
 
 class TraceRecorder;
@@ -72,7 +74,14 @@ class Stream {
   // `name` appears in errors and, with a recorder attached, is this stream's track in rank
   // `trace_rank` of the trace: one slice per task that ran (named by the task, with an "error" arg
   // if it threw). The recorder must outlive the stream.
-  explicit Stream(std::string name, TraceRecorder* trace = nullptr, int trace_rank = 0);
+  // Device::CUDA makes a GPU stream: the worker drives its own non-blocking CUDA stream, made current
+  // for its tasks (core/cuda/context.h), so the kernels they call enqueue there and return. record()
+  // then also records a CUDA event; a GPU stream's wait() orders its device work after it
+  // (cudaStreamWaitEvent) and a CPU stream's wait() blocks its worker until the device has passed it,
+  // so its host tasks see the results. synchronize() and Event::synchronize() also wait for the
+  // device, and a CUDA error found there fails the stream like a task's exception. Trace slices of
+  // a GPU stream are host (enqueue) times. Throws without a usable GPU.
+  explicit Stream(std::string name, TraceRecorder* trace = nullptr, int trace_rank = 0, Device device = Device::CPU);
   ~Stream();
   Stream(const Stream&) = delete;
   Stream& operator=(const Stream&) = delete;

@@ -10,41 +10,21 @@
 
 #include "core/parallel.h"
 #include "kernels/cpu/cpu_common.h"
+#include "kernels/elementwise_checks.h"
 
 namespace ampipe::kernels::cpu {
-namespace {
-
-using cpu::as_matrix;
-using cpu::kGrainElements;
-using cpu::Matrix;
-
-void check_same_shape(const Tensor& param, const Tensor& other, const char* name) {
-  AMPIPE_CHECK(other.shape() == param.shape())
-      << "adamw_update: " << name << " " << shape_string(other.shape()) << " must match param "
-      << shape_string(param.shape());
-}
-
-}  // namespace
 
 void adamw_update(Tensor param, const Tensor& grad, Tensor m, Tensor v, const AdamWStep& hp) {
-  check_same_shape(param, grad, "grad");
-  check_same_shape(param, m, "m");
-  check_same_shape(param, v, "v");
-  AMPIPE_CHECK(hp.step >= 1) << "adamw_update: step " << hp.step << " must be >= 1 (it is 1-based)";
-  AMPIPE_CHECK(hp.beta1 >= 0.0f && hp.beta1 < 1.0f)
-      << "adamw_update: beta1 " << hp.beta1 << " must be in [0, 1)";
-  AMPIPE_CHECK(hp.beta2 >= 0.0f && hp.beta2 < 1.0f)
-      << "adamw_update: beta2 " << hp.beta2 << " must be in [0, 1)";
-  AMPIPE_CHECK(hp.eps >= 0.0f) << "adamw_update: eps " << hp.eps << " must be >= 0";
+  detail::check_adamw_update(param, grad, m, v, hp);
 
   const float b1 = hp.beta1;
   const float b2 = hp.beta2;
   const float one_minus_b1 = 1.0f - b1;
   const float one_minus_b2 = 1.0f - b2;
-  // Bias corrections in double: b^t underflows gracefully and 1 - b^t keeps its digits.
-  const double t = static_cast<double>(hp.step);
-  const float correction1 = static_cast<float>(1.0 - std::pow(static_cast<double>(b1), t));
-  const float correction2 = static_cast<float>(1.0 - std::pow(static_cast<double>(b2), t));
+  // Bias corrections computed in double, rounded to float once (detail::adamw_corrections).
+  const detail::AdamWCorrections corrections = detail::adamw_corrections(hp);
+  const float correction1 = corrections.correction1;
+  const float correction2 = corrections.correction2;
   const float lr = hp.lr;
   const float eps = hp.eps;
   const float wd = hp.weight_decay;

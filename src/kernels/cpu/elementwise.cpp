@@ -12,6 +12,7 @@
 
 #include "core/parallel.h"
 #include "kernels/cpu/cpu_common.h"
+#include "kernels/elementwise_checks.h"
 
 namespace ampipe::kernels::cpu {
 namespace {
@@ -40,18 +41,6 @@ void for_each_span(int64_t rows, int64_t cols, bool contiguous, const Fn& fn) {
       for (int64_t r = begin; r < end; ++r) fn(r, 0, cols);
     });
   }
-}
-
-void check_same_shape(const Tensor& a, const Tensor& b, const char* op, const char* a_name,
-                      const char* b_name) {
-  AMPIPE_CHECK(a.shape() == b.shape())
-      << op << ": " << a_name << " " << shape_string(a.shape()) << " and " << b_name << " "
-      << shape_string(b.shape()) << " must have the same shape";
-}
-
-void check_2d(const Tensor& t, const char* op, const char* name) {
-  AMPIPE_CHECK(t.ndim() == 2) << op << ": " << name << " must be 2-D [rows, cols], got "
-                              << shape_string(t.shape());
 }
 
 // Row sums in double. `omp simd reduction` lets GCC vectorise them (it may not reassociate a plain
@@ -147,10 +136,7 @@ void swiglu_backward_span(const float* gate, const float* up, const float* dout,
 }  // namespace
 
 void add_bias(Tensor y, const Tensor& bias) {
-  check_2d(y, "add_bias", "y");
-  AMPIPE_CHECK(bias.ndim() == 1 && bias.dim(0) == y.dim(1))
-      << "add_bias: bias " << shape_string(bias.shape()) << " must be [" << y.dim(1) << "] for y "
-      << shape_string(y.shape());
+  detail::check_add_bias(y, bias);
   const Matrix ym = as_matrix(y);
   const float* b = bias.data<float>();
   parallel_for(ym.rows, row_grain(ym.cols), [&](int64_t begin, int64_t end) {
@@ -162,10 +148,7 @@ void add_bias(Tensor y, const Tensor& bias) {
 }
 
 void bias_backward(const Tensor& dy, Tensor dbias) {
-  check_2d(dy, "bias_backward", "dy");
-  AMPIPE_CHECK(dbias.ndim() == 1 && dbias.dim(0) == dy.dim(1))
-      << "bias_backward: dbias " << shape_string(dbias.shape()) << " must be [" << dy.dim(1) << "] for dy "
-      << shape_string(dy.shape());
+  detail::check_bias_backward(dy, dbias);
   const Matrix g = as_matrix(dy);
   const int64_t cols = g.cols;
   if (g.rows == 0 || cols == 0) return;
@@ -195,7 +178,7 @@ void bias_backward(const Tensor& dy, Tensor dbias) {
 }
 
 void add_inplace(Tensor y, const Tensor& x) {
-  check_same_shape(y, x, "add_inplace", "y", "x");
+  detail::check_add_inplace(y, x);
   const Matrix ym = as_matrix(y);
   const Matrix xm = as_matrix(x);
   for_each_span(ym.rows, ym.cols, ym.contiguous && xm.contiguous, [&](int64_t r, int64_t c0, int64_t c1) {
@@ -214,7 +197,7 @@ void scale_inplace(Tensor x, float s) {
 }
 
 void gelu_forward(const Tensor& x, Tensor y) {
-  check_same_shape(x, y, "gelu_forward", "x", "y");
+  detail::check_gelu_forward(x, y);
   const Matrix xm = as_matrix(x);
   const Matrix ym = as_matrix(y);
   for_each_span(xm.rows, xm.cols, xm.contiguous && ym.contiguous, [&](int64_t r, int64_t c0, int64_t c1) {
@@ -223,8 +206,7 @@ void gelu_forward(const Tensor& x, Tensor y) {
 }
 
 void gelu_backward(const Tensor& x, const Tensor& dy, Tensor dx) {
-  check_same_shape(x, dy, "gelu_backward", "x", "dy");
-  check_same_shape(x, dx, "gelu_backward", "x", "dx");
+  detail::check_gelu_backward(x, dy, dx);
   const Matrix xm = as_matrix(x);
   const Matrix gm = as_matrix(dy);
   const Matrix dm = as_matrix(dx);
@@ -235,9 +217,7 @@ void gelu_backward(const Tensor& x, const Tensor& dy, Tensor dx) {
 }
 
 void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor out) {
-  check_2d(gate, "swiglu_forward", "gate");
-  check_same_shape(gate, up, "swiglu_forward", "gate", "up");
-  check_same_shape(gate, out, "swiglu_forward", "gate", "out");
+  detail::check_swiglu_forward(gate, up, out);
   const Matrix gm = as_matrix(gate);
   const Matrix um = as_matrix(up);
   const Matrix om = as_matrix(out);
@@ -248,11 +228,7 @@ void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor out) {
 }
 
 void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor dgate, Tensor dup) {
-  check_2d(gate, "swiglu_backward", "gate");
-  check_same_shape(gate, up, "swiglu_backward", "gate", "up");
-  check_same_shape(gate, dout, "swiglu_backward", "gate", "dout");
-  check_same_shape(gate, dgate, "swiglu_backward", "gate", "dgate");
-  check_same_shape(gate, dup, "swiglu_backward", "gate", "dup");
+  detail::check_swiglu_backward(gate, up, dout, dgate, dup);
   const Matrix gm = as_matrix(gate);
   const Matrix um = as_matrix(up);
   const Matrix om = as_matrix(dout);
@@ -266,8 +242,7 @@ void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, T
 }
 
 void softmax_rows(const Tensor& x, Tensor y) {
-  check_2d(x, "softmax_rows", "x");
-  check_same_shape(x, y, "softmax_rows", "x", "y");
+  detail::check_softmax_rows(x, y);
   const Matrix xm = as_matrix(x);
   const Matrix ym = as_matrix(y);
   parallel_for(xm.rows, row_grain(xm.cols), [&](int64_t begin, int64_t end) {
@@ -284,9 +259,7 @@ void softmax_rows(const Tensor& x, Tensor y) {
 }
 
 void softmax_rows_backward(const Tensor& y, const Tensor& dy, Tensor dx) {
-  check_2d(y, "softmax_rows_backward", "y");
-  check_same_shape(y, dy, "softmax_rows_backward", "y", "dy");
-  check_same_shape(y, dx, "softmax_rows_backward", "y", "dx");
+  detail::check_softmax_rows_backward(y, dy, dx);
   const Matrix ym = as_matrix(y);
   const Matrix gm = as_matrix(dy);
   const Matrix dm = as_matrix(dx);

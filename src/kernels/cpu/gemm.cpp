@@ -3,21 +3,13 @@
 #include <cblas.h>
 
 #include "core/parallel.h"
+#include "kernels/elementwise_checks.h"
 
 namespace ampipe::kernels::cpu {
 
 void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor c, float alpha,
           float beta) {
-  AMPIPE_CHECK(a.ndim() == 2 && b.ndim() == 2 && c.ndim() == 2)
-      << "gemm takes 2-D tensors, got " << shape_string(a.shape()) << ", " << shape_string(b.shape())
-      << ", " << shape_string(c.shape());
-  const int64_t m = transpose_a ? a.dim(1) : a.dim(0);
-  const int64_t ka = transpose_a ? a.dim(0) : a.dim(1);
-  const int64_t kb = transpose_b ? b.dim(1) : b.dim(0);
-  const int64_t n = transpose_b ? b.dim(0) : b.dim(1);
-  AMPIPE_CHECK(ka == kb && c.dim(0) == m && c.dim(1) == n)
-      << "gemm shape mismatch: op(a) [" << m << ", " << ka << "] @ op(b) [" << kb << ", " << n
-      << "] -> c " << shape_string(c.shape());
+  const auto [m, n, ka] = detail::check_gemm(a, transpose_a, b, transpose_b, c);
   if (m == 0 || n == 0) return;
   if (ka == 0) {
     if (beta == 0.0f) c.zero();
