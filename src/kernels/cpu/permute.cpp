@@ -9,6 +9,7 @@
 #include <numeric>
 
 #include "core/parallel.h"
+#include "kernels/moe_checks.h"
 
 namespace ampipe::kernels::cpu {
 namespace {
@@ -17,30 +18,10 @@ constexpr int64_t kGrainElements = 16384;
 
 int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(cols, 1)); }
 
-void check_plan(const DispatchPlan& plan, const char* op) {
-  AMPIPE_CHECK(plan.token_slot.defined() && plan.slot_token.defined() && plan.token_slot.ndim() == 2)
-      << op << ": the dispatch plan is empty (build it with make_dispatch_plan)";
-}
-
-void check_rows(const Tensor& t, int64_t rows, int64_t width, const char* op, const char* name) {
-  AMPIPE_CHECK(t.ndim() == 2 && t.dim(0) == rows && (width < 0 || t.dim(1) == width))
-      << op << ": " << name << " " << shape_string(t.shape()) << " must be [" << rows << ", "
-      << (width < 0 ? std::string("d") : std::to_string(width)) << "]";
-}
-
-void check_gate(const Tensor& gate, const DispatchPlan& plan, const char* op, const char* name) {
-  AMPIPE_CHECK(gate.shape() == plan.token_slot.shape())
-      << op << ": " << name << " " << shape_string(gate.shape()) << " must be "
-      << shape_string(plan.token_slot.shape()) << " like the plan's [tokens, k]";
-}
-
 }  // namespace
 
 DispatchPlan make_dispatch_plan(const Tensor& expert_index, int num_experts, int64_t capacity) {
-  AMPIPE_CHECK(num_experts >= 1) << "make_dispatch_plan: num_experts must be at least 1, got " << num_experts;
-  AMPIPE_CHECK(expert_index.dtype() == DType::I32 && expert_index.ndim() == 2)
-      << "make_dispatch_plan: expert_index must be int32 [tokens, k], got "
-      << dtype_name(expert_index.dtype()) << " " << shape_string(expert_index.shape());
+  detail::check_dispatch_plan_args(expert_index, num_experts);
   const int64_t tokens = expert_index.dim(0);
   const int64_t k = expert_index.dim(1);
   const int32_t* ip = expert_index.data<int32_t>();
@@ -52,8 +33,7 @@ DispatchPlan make_dispatch_plan(const Tensor& expert_index, int num_experts, int
   for (int64_t t = 0; t < tokens; ++t)
     for (int64_t j = 0; j < k; ++j) {
       const int32_t e = ip[t * is + j];
-      AMPIPE_CHECK(e >= 0 && e < num_experts) << "make_dispatch_plan: expert index " << e << " of token " << t
-                                              << " choice " << j << " is outside [0, " << num_experts << ")";
+      detail::check_expert_in_range(e, t, j, num_experts, "make_dispatch_plan");
       ++plan.routed_counts[e];
     }
 
@@ -90,23 +70,15 @@ DispatchPlan make_dispatch_plan(const Tensor& expert_index, int num_experts, int
 }
 
 void permute_forward(const Tensor& x, const DispatchPlan& plan, Tensor out) {
-  check_plan(plan, "permute_forward");
-  const int64_t tokens = plan.token_slot.dim(0);
-  const int64_t slots = plan.slot_token.dim(0);
-  check_rows(x, tokens, -1, "permute_forward", "x");
-  const int64_t width = x.dim(1);
-  check_rows(out, slots, width, "permute_forward", "out");
+  detail::check_permute_forward(x, plan, out);
   gather_rows(x, plan.slot_token, out);  // out[p] = x[slot_token[p]]
 }
 
 void permute_backward(const Tensor& dout, const DispatchPlan& plan, Tensor dx) {
-  check_plan(plan, "permute_backward");
+  detail::check_permute_backward(dout, plan, dx);
   const int64_t tokens = plan.token_slot.dim(0);
   const int64_t k = plan.token_slot.dim(1);
-  const int64_t slots = plan.slot_token.dim(0);
-  check_rows(dout, slots, -1, "permute_backward", "dout");
   const int64_t width = dout.dim(1);
-  check_rows(dx, tokens, width, "permute_backward", "dx");
   const float* gp = dout.data<float>();
   float* dp = dx.data<float>();
   const int32_t* ts = plan.token_slot.data<int32_t>();
@@ -127,14 +99,10 @@ void permute_backward(const Tensor& dout, const DispatchPlan& plan, Tensor dx) {
 }
 
 void unpermute_forward(const Tensor& y, const DispatchPlan& plan, const Tensor& gate, Tensor out) {
-  check_plan(plan, "unpermute_forward");
+  detail::check_unpermute_forward(y, plan, gate, out);
   const int64_t tokens = plan.token_slot.dim(0);
   const int64_t k = plan.token_slot.dim(1);
-  const int64_t slots = plan.slot_token.dim(0);
-  check_rows(y, slots, -1, "unpermute_forward", "y");
   const int64_t width = y.dim(1);
-  check_rows(out, tokens, width, "unpermute_forward", "out");
-  check_gate(gate, plan, "unpermute_forward", "gate");
   const float* yp = y.data<float>();
   const float* gp = gate.data<float>();
   float* op = out.data<float>();
@@ -159,16 +127,10 @@ void unpermute_forward(const Tensor& y, const DispatchPlan& plan, const Tensor& 
 
 void unpermute_backward(const Tensor& dout, const Tensor& y, const DispatchPlan& plan, const Tensor& gate,
                         Tensor dy, Tensor dgate) {
-  check_plan(plan, "unpermute_backward");
+  detail::check_unpermute_backward(dout, y, plan, gate, dy, dgate);
   const int64_t tokens = plan.token_slot.dim(0);
   const int64_t k = plan.token_slot.dim(1);
-  const int64_t slots = plan.slot_token.dim(0);
-  check_rows(dout, tokens, -1, "unpermute_backward", "dout");
   const int64_t width = dout.dim(1);
-  check_rows(y, slots, width, "unpermute_backward", "y");
-  check_rows(dy, slots, width, "unpermute_backward", "dy");
-  check_gate(gate, plan, "unpermute_backward", "gate");
-  check_gate(dgate, plan, "unpermute_backward", "dgate");
   const float* gop = dout.data<float>();
   const float* yp = y.data<float>();
   const float* gp = gate.data<float>();
@@ -207,13 +169,8 @@ void unpermute_backward(const Tensor& dout, const Tensor& y, const DispatchPlan&
 
 namespace ampipe::kernels::cpu {
 
-static void check_row_move(const Tensor& src, const Tensor& index, const Tensor& dst, int64_t index_limit,
-                           const char* op) {
-  AMPIPE_CHECK(src.ndim() == 2 && dst.ndim() == 2 && src.dim(1) == dst.dim(1))
-      << op << ": src " << shape_string(src.shape()) << " and dst " << shape_string(dst.shape())
-      << " must be 2-D with equal widths";
-  AMPIPE_CHECK(index.dtype() == DType::I32 && index.ndim() == 1)
-      << op << ": index must be 1-D int32, got " << dtype_name(index.dtype()) << " " << shape_string(index.shape());
+// The index contents, read on the host (the shapes are checked by kernels/moe_checks.h).
+static void check_indices_in_range(const Tensor& index, int64_t index_limit, const char* op) {
   const int32_t* ix = index.data<int32_t>();
   for (int64_t i = 0; i < index.numel(); ++i)
     AMPIPE_CHECK(ix[i] >= 0 && ix[i] < index_limit)
@@ -221,9 +178,8 @@ static void check_row_move(const Tensor& src, const Tensor& index, const Tensor&
 }
 
 void gather_rows(const Tensor& src, const Tensor& index, Tensor dst) {
-  check_row_move(src, index, dst, src.dim(0), "gather_rows");
-  AMPIPE_CHECK(dst.dim(0) == index.numel()) << "gather_rows: dst has " << dst.dim(0) << " rows for "
-                                            << index.numel() << " indices";
+  detail::check_gather_rows(src, index, dst);
+  check_indices_in_range(index, src.dim(0), "gather_rows");
   const int32_t* ix = index.data<int32_t>();
   const float* s = src.data<float>();
   float* d = dst.data<float>();
@@ -234,9 +190,8 @@ void gather_rows(const Tensor& src, const Tensor& index, Tensor dst) {
 }
 
 void scatter_rows(const Tensor& src, const Tensor& index, Tensor dst) {
-  check_row_move(src, index, dst, dst.dim(0), "scatter_rows");
-  AMPIPE_CHECK(src.dim(0) == index.numel()) << "scatter_rows: src has " << src.dim(0) << " rows for "
-                                            << index.numel() << " indices";
+  detail::check_scatter_rows(src, index, dst);
+  check_indices_in_range(index, dst.dim(0), "scatter_rows");
   const int32_t* ix = index.data<int32_t>();
   const float* s = src.data<float>();
   float* d = dst.data<float>();

@@ -9,18 +9,12 @@
 #include <vector>
 
 #include "core/parallel.h"
+#include "kernels/moe_checks.h"
 
 namespace ampipe::kernels::cpu {
 namespace {
 
 constexpr int64_t kGrainElements = 16384;
-
-void check_choice_tensor(const Tensor& t, DType dtype, int64_t tokens, int64_t k, const char* op,
-                         const char* name) {
-  AMPIPE_CHECK(t.dtype() == dtype && t.ndim() == 2 && t.dim(0) == tokens && t.dim(1) == k)
-      << op << ": " << name << " must be " << dtype_name(dtype) << " [" << tokens << ", " << k << "], got "
-      << dtype_name(t.dtype()) << " " << shape_string(t.shape());
-}
 
 // Sum of the selected probabilities, in choice order (the normaliser of the k > 1 gate).
 double selected_sum(const float* p, const int32_t* idx, int64_t k) {
@@ -32,14 +26,9 @@ double selected_sum(const float* p, const int32_t* idx, int64_t k) {
 }  // namespace
 
 void router_topk(const Tensor& probs, int k, Tensor expert_index, Tensor gate, bool normalize_single) {
-  AMPIPE_CHECK(probs.ndim() == 2) << "router_topk: probs must be 2-D [tokens, experts], got "
-                                  << shape_string(probs.shape());
+  detail::check_router_topk(probs, k, expert_index, gate);
   const int64_t tokens = probs.dim(0);
   const int64_t experts = probs.dim(1);
-  AMPIPE_CHECK(k >= 1 && k <= experts)
-      << "router_topk: top-k " << k << " must be in [1, experts = " << experts << "]";
-  check_choice_tensor(expert_index, DType::I32, tokens, k, "router_topk", "expert_index");
-  check_choice_tensor(gate, DType::F32, tokens, k, "router_topk", "gate");
   const float* pp = probs.data<float>();
   int32_t* ip = expert_index.data<int32_t>();
   float* gp = gate.data<float>();
@@ -74,21 +63,10 @@ void router_topk(const Tensor& probs, int k, Tensor expert_index, Tensor gate, b
 
 void router_topk_backward(const Tensor& probs, const Tensor& expert_index, const Tensor& gate,
                           const Tensor& dgate, Tensor dprobs, bool normalize_single) {
-  AMPIPE_CHECK(probs.ndim() == 2) << "router_topk_backward: probs must be 2-D [tokens, experts], got "
-                                  << shape_string(probs.shape());
+  detail::check_router_topk_backward(probs, expert_index, gate, dgate, dprobs);
   const int64_t tokens = probs.dim(0);
   const int64_t experts = probs.dim(1);
-  AMPIPE_CHECK(expert_index.ndim() == 2) << "router_topk_backward: expert_index must be 2-D [tokens, k], got "
-                                         << shape_string(expert_index.shape());
   const int64_t k = expert_index.dim(1);
-  AMPIPE_CHECK(k >= 1 && k <= experts)
-      << "router_topk_backward: top-k " << k << " must be in [1, experts = " << experts << "]";
-  check_choice_tensor(expert_index, DType::I32, tokens, k, "router_topk_backward", "expert_index");
-  check_choice_tensor(gate, DType::F32, tokens, k, "router_topk_backward", "gate");
-  check_choice_tensor(dgate, DType::F32, tokens, k, "router_topk_backward", "dgate");
-  AMPIPE_CHECK(dprobs.shape() == probs.shape())
-      << "router_topk_backward: dprobs " << shape_string(dprobs.shape()) << " must match probs "
-      << shape_string(probs.shape());
   const float* pp = probs.data<float>();
   const int32_t* ip = expert_index.data<int32_t>();
   const float* dgp = dgate.data<float>();
@@ -98,11 +76,8 @@ void router_topk_backward(const Tensor& probs, const Tensor& expert_index, const
   const int64_t dgs = dgate.stride(0);
   const int64_t dps = dprobs.stride(0);
   for (int64_t t = 0; t < tokens; ++t)
-    for (int64_t j = 0; j < k; ++j) {
-      const int32_t e = ip[t * is + j];
-      AMPIPE_CHECK(e >= 0 && e < experts) << "router_topk_backward: expert index " << e << " of token " << t
-                                          << " choice " << j << " is outside [0, " << experts << ")";
-    }
+    for (int64_t j = 0; j < k; ++j)
+      detail::check_expert_in_range(ip[t * is + j], t, j, experts, "router_topk_backward");
   parallel_for(tokens, std::max<int64_t>(1, kGrainElements / (experts + k)), [&](int64_t begin, int64_t end) {
     for (int64_t t = begin; t < end; ++t) {
       const float* p = pp + t * ps;
