@@ -10,6 +10,7 @@
 
 #include "core/parallel.h"
 #include "kernels/cpu/cpu_common.h"
+#include "kernels/row_checks.h"
 
 namespace ampipe::kernels::cpu {
 namespace {
@@ -41,29 +42,22 @@ RowExpSum row_exp_sum(const float* x, int64_t n) {
   return {mx, s};
 }
 
-// Checks shapes and that every target is a valid class; returns the target pointer.
-const int32_t* check_targets(const Tensor& logits, const Tensor& targets, const char* op) {
-  AMPIPE_CHECK(logits.ndim() == 2 && logits.dim(1) >= 1)
-      << op << ": logits must be 2-D [tokens, vocab >= 1], got " << shape_string(logits.shape());
-  AMPIPE_CHECK(targets.dtype() == DType::I32 && targets.ndim() == 1 && targets.dim(0) == logits.dim(0))
-      << op << ": targets must be int32 [" << logits.dim(0) << "], got " << dtype_name(targets.dtype()) << " "
-      << shape_string(targets.shape());
+// Checks that every target is a valid class (the shapes are checked by the caller); returns the
+// target pointer.
+const int32_t* check_target_ids(const Tensor& logits, const Tensor& targets, const char* op) {
   const int32_t* tp = targets.data<int32_t>();
   const int64_t vocab = logits.dim(1);
-  for (int64_t t = 0; t < targets.dim(0); ++t)
-    AMPIPE_CHECK(tp[t] >= 0 && tp[t] < vocab) << op << ": target " << tp[t] << " of token " << t
-                                              << " is outside the vocabulary [0, " << vocab << ")";
+  for (int64_t t = 0; t < targets.dim(0); ++t) detail::check_target_id(tp[t], t, vocab, op);
   return tp;
 }
 
 }  // namespace
 
 void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor losses) {
-  const int32_t* tp = check_targets(logits, targets, "cross_entropy_forward");
+  detail::check_cross_entropy_forward(logits, targets, losses);
+  const int32_t* tp = check_target_ids(logits, targets, "cross_entropy_forward");
   const int64_t rows = logits.dim(0);
   const int64_t vocab = logits.dim(1);
-  AMPIPE_CHECK(losses.ndim() == 1 && losses.dim(0) == rows)
-      << "cross_entropy_forward: losses " << shape_string(losses.shape()) << " must be [" << rows << "]";
   const float* lp = logits.data<float>();
   const int64_t ls = logits.stride(0);
   float* out = losses.data<float>();
@@ -78,12 +72,10 @@ void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor l
 }
 
 void cross_entropy_backward(const Tensor& logits, const Tensor& targets, float scale, Tensor dlogits) {
-  const int32_t* tp = check_targets(logits, targets, "cross_entropy_backward");
+  detail::check_cross_entropy_backward(logits, targets, dlogits);
+  const int32_t* tp = check_target_ids(logits, targets, "cross_entropy_backward");
   const int64_t rows = logits.dim(0);
   const int64_t vocab = logits.dim(1);
-  AMPIPE_CHECK(dlogits.shape() == logits.shape())
-      << "cross_entropy_backward: dlogits " << shape_string(dlogits.shape()) << " must match logits "
-      << shape_string(logits.shape());
   const float* lp = logits.data<float>();
   const int64_t ls = logits.stride(0);
   float* dp = dlogits.data<float>();

@@ -9,6 +9,7 @@
 #include <algorithm>
 
 #include "core/parallel.h"
+#include "kernels/row_checks.h"
 
 namespace ampipe::kernels::cpu {
 namespace {
@@ -17,39 +18,22 @@ constexpr int64_t kGrainElements = 16384;
 
 int64_t row_grain(int64_t cols) { return std::max<int64_t>(1, kGrainElements / std::max<int64_t>(cols, 1)); }
 
-// Checks the token ids against the table and the token count against the sequence length.
-const int32_t* check_tokens(const Tensor& tokens, int64_t num_rows, int64_t vocab, int64_t seq_len,
-                            const char* op) {
-  AMPIPE_CHECK(tokens.dtype() == DType::I32 && tokens.ndim() == 1 && tokens.dim(0) == num_rows)
-      << op << ": tokens must be int32 [" << num_rows << "], got " << dtype_name(tokens.dtype()) << " "
-      << shape_string(tokens.shape());
-  AMPIPE_CHECK(seq_len >= 1 && num_rows % seq_len == 0)
-      << op << ": " << num_rows << " tokens are not a whole number of sequences of length " << seq_len;
+// Checks every token id against the vocabulary (the shapes are checked by the caller).
+const int32_t* check_token_ids(const Tensor& tokens, int64_t vocab, const char* op) {
   const int32_t* tp = tokens.data<int32_t>();
-  for (int64_t t = 0; t < num_rows; ++t)
-    AMPIPE_CHECK(tp[t] >= 0 && tp[t] < vocab) << op << ": token id " << tp[t] << " at position " << t
-                                              << " is outside the vocabulary [0, " << vocab << ")";
+  for (int64_t t = 0; t < tokens.dim(0); ++t) detail::check_token_id(tp[t], t, vocab, op);
   return tp;
-}
-
-void check_table(const Tensor& table, int64_t min_rows, int64_t width, const char* op, const char* name) {
-  AMPIPE_CHECK(table.ndim() == 2 && table.dim(0) >= min_rows && table.dim(1) == width)
-      << op << ": " << name << " " << shape_string(table.shape()) << " must be [>= " << min_rows << ", "
-      << width << "]";
 }
 
 }  // namespace
 
 void embedding_forward(const Tensor& tokens, const Tensor& token_table, const Tensor& position_table,
                        int64_t seq_len, Tensor x) {
-  AMPIPE_CHECK(x.ndim() == 2) << "embedding_forward: x must be 2-D [tokens, d], got "
-                              << shape_string(x.shape());
+  detail::check_embedding_forward(tokens, token_table, position_table, seq_len, x);
   const int64_t rows = x.dim(0);
   const int64_t width = x.dim(1);
-  check_table(token_table, 0, width, "embedding_forward", "token_table");
   const bool positions = position_table.defined();
-  if (positions) check_table(position_table, seq_len, width, "embedding_forward", "position_table");
-  const int32_t* tp = check_tokens(tokens, rows, token_table.dim(0), seq_len, "embedding_forward");
+  const int32_t* tp = check_token_ids(tokens, token_table.dim(0), "embedding_forward");
   const float* tok = token_table.data<float>();
   const float* pos = positions ? position_table.data<float>() : nullptr;
   float* xp = x.data<float>();
@@ -72,14 +56,11 @@ void embedding_forward(const Tensor& tokens, const Tensor& token_table, const Te
 
 void embedding_backward(const Tensor& tokens, const Tensor& dx, int64_t seq_len, Tensor dtoken_table,
                         Tensor dposition_table) {
-  AMPIPE_CHECK(dx.ndim() == 2) << "embedding_backward: dx must be 2-D [tokens, d], got "
-                               << shape_string(dx.shape());
+  detail::check_embedding_backward(tokens, dx, seq_len, dtoken_table, dposition_table);
   const int64_t rows = dx.dim(0);
   const int64_t width = dx.dim(1);
-  check_table(dtoken_table, 0, width, "embedding_backward", "dtoken_table");
-  if (dposition_table.defined()) check_table(dposition_table, seq_len, width, "embedding_backward", "dposition_table");
   const int64_t vocab = dtoken_table.dim(0);
-  const int32_t* tp = check_tokens(tokens, rows, vocab, seq_len, "embedding_backward");
+  const int32_t* tp = check_token_ids(tokens, vocab, "embedding_backward");
   const float* g = dx.data<float>();
   const int64_t gs = dx.stride(0);
 

@@ -11,6 +11,7 @@
 #include <vector>
 
 #include "core/parallel.h"
+#include "kernels/row_checks.h"
 
 namespace ampipe::kernels::cpu {
 namespace {
@@ -107,30 +108,13 @@ void accumulate_block_partials(const std::vector<float>& partial, int64_t blocks
   });
 }
 
-void check_matrix(const Tensor& t, int64_t rows, int64_t cols, const char* op, const char* name) {
-  AMPIPE_CHECK(t.ndim() == 2 && t.dim(0) == rows && t.dim(1) == cols)
-      << op << ": " << name << " " << shape_string(t.shape()) << " must be [" << rows << ", " << cols << "]";
-}
-
-void check_vector(const Tensor& t, int64_t n, const char* op, const char* name) {
-  AMPIPE_CHECK(t.ndim() == 1 && t.dim(0) == n)
-      << op << ": " << name << " " << shape_string(t.shape()) << " must be [" << n << "]";
-}
-
 }  // namespace
 
 void layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor y, Tensor mean,
                        Tensor rstd, float eps) {
-  AMPIPE_CHECK(eps >= 0.0f) << "layernorm_forward: eps must be >= 0, got " << eps;
-  AMPIPE_CHECK(x.ndim() == 2 && x.dim(1) >= 1)
-      << "layernorm_forward: x must be 2-D [rows, cols >= 1], got " << shape_string(x.shape());
+  detail::check_layernorm_forward(x, weight, bias, y, mean, rstd, eps);
   const int64_t rows = x.dim(0);
   const int64_t cols = x.dim(1);
-  check_matrix(y, rows, cols, "layernorm_forward", "y");
-  check_vector(weight, cols, "layernorm_forward", "weight");
-  check_vector(bias, cols, "layernorm_forward", "bias");
-  check_vector(mean, rows, "layernorm_forward", "mean");
-  check_vector(rstd, rows, "layernorm_forward", "rstd");
   const float* xp = x.data<float>();
   float* yp = y.data<float>();
   const float* w = weight.data<float>();
@@ -156,17 +140,9 @@ void layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias
 
 void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
                         const Tensor& rstd, Tensor dx, Tensor dweight, Tensor dbias) {
-  AMPIPE_CHECK(x.ndim() == 2 && x.dim(1) >= 1)
-      << "layernorm_backward: x must be 2-D [rows, cols >= 1], got " << shape_string(x.shape());
+  detail::check_layernorm_backward(dy, x, weight, mean, rstd, dx, dweight, dbias);
   const int64_t rows = x.dim(0);
   const int64_t cols = x.dim(1);
-  check_matrix(dy, rows, cols, "layernorm_backward", "dy");
-  check_matrix(dx, rows, cols, "layernorm_backward", "dx");
-  check_vector(weight, cols, "layernorm_backward", "weight");
-  check_vector(mean, rows, "layernorm_backward", "mean");
-  check_vector(rstd, rows, "layernorm_backward", "rstd");
-  check_vector(dweight, cols, "layernorm_backward", "dweight");
-  check_vector(dbias, cols, "layernorm_backward", "dbias");
   if (rows == 0) return;
   const float* gp = dy.data<float>();
   const float* xp = x.data<float>();
@@ -198,14 +174,9 @@ void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
 }
 
 void rmsnorm_forward(const Tensor& x, const Tensor& weight, Tensor y, Tensor rstd, float eps) {
-  AMPIPE_CHECK(eps >= 0.0f) << "rmsnorm_forward: eps must be >= 0, got " << eps;
-  AMPIPE_CHECK(x.ndim() == 2 && x.dim(1) >= 1)
-      << "rmsnorm_forward: x must be 2-D [rows, cols >= 1], got " << shape_string(x.shape());
+  detail::check_rmsnorm_forward(x, weight, y, rstd, eps);
   const int64_t rows = x.dim(0);
   const int64_t cols = x.dim(1);
-  check_matrix(y, rows, cols, "rmsnorm_forward", "y");
-  check_vector(weight, cols, "rmsnorm_forward", "weight");
-  check_vector(rstd, rows, "rmsnorm_forward", "rstd");
   const float* xp = x.data<float>();
   float* yp = y.data<float>();
   const float* w = weight.data<float>();
@@ -226,15 +197,9 @@ void rmsnorm_forward(const Tensor& x, const Tensor& weight, Tensor y, Tensor rst
 
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& rstd, Tensor dx,
                       Tensor dweight) {
-  AMPIPE_CHECK(x.ndim() == 2 && x.dim(1) >= 1)
-      << "rmsnorm_backward: x must be 2-D [rows, cols >= 1], got " << shape_string(x.shape());
+  detail::check_rmsnorm_backward(dy, x, weight, rstd, dx, dweight);
   const int64_t rows = x.dim(0);
   const int64_t cols = x.dim(1);
-  check_matrix(dy, rows, cols, "rmsnorm_backward", "dy");
-  check_matrix(dx, rows, cols, "rmsnorm_backward", "dx");
-  check_vector(weight, cols, "rmsnorm_backward", "weight");
-  check_vector(rstd, rows, "rmsnorm_backward", "rstd");
-  check_vector(dweight, cols, "rmsnorm_backward", "dweight");
   if (rows == 0) return;
   const float* gp = dy.data<float>();
   const float* xp = x.data<float>();

@@ -6,11 +6,11 @@
 #include "kernels/rope.h"
 
 #include <cmath>
-#include <string>
 #include <vector>
 
 #include "core/parallel.h"
 #include "kernels/cpu/cpu_common.h"
+#include "kernels/row_checks.h"
 
 namespace ampipe::kernels::cpu {
 namespace {
@@ -24,20 +24,12 @@ struct RopeTables {
   std::vector<float> cos, sin;  // [n, half]
 };
 
-// HF's arithmetic: the exponent 2i/hd and theta^exponent in float32 (pow evaluated in double from
-// the float inputs, then rounded to float: within an ulp of torch's float pow), its reciprocal in
-// float32, the angle float32(pos) * inv_freq rounded to float32. cos / sin of the float angle are
-// evaluated in double and rounded.
+// HF's arithmetic: the inverse frequencies of detail::rope_inv_freq (shared with the CUDA backend),
+// the angle float32(pos) * inv_freq rounded to float32. cos / sin of the float angle are evaluated
+// in double and rounded.
 RopeTables rope_tables(int64_t n, int64_t head_dim, int64_t pos_begin, double theta) {
   const int64_t half = head_dim / 2;
-  std::vector<float> inv_freq(static_cast<size_t>(half));
-  const float base = static_cast<float>(theta);
-  for (int64_t i = 0; i < half; ++i) {
-    const float exponent = static_cast<float>(2 * i) / static_cast<float>(head_dim);
-    const float power =
-        static_cast<float>(std::pow(static_cast<double>(base), static_cast<double>(exponent)));
-    inv_freq[i] = 1.0f / power;
-  }
+  const std::vector<float> inv_freq = detail::rope_inv_freq(head_dim, theta);
   RopeTables t{half, std::vector<float>(static_cast<size_t>(n * half)),
                std::vector<float>(static_cast<size_t>(n * half))};
   parallel_for(n, row_grain(8 * half), [&](int64_t begin, int64_t end) {
@@ -69,21 +61,8 @@ void rotate_row(float* row, int64_t heads, int64_t head_dim, const float* c, con
 
 void rope_apply(const char* op, const Tensor& x, int64_t batch, int64_t num_heads, int64_t pos_begin,
                 double theta, float sign) {
-  AMPIPE_CHECK(x.defined() && x.dtype() == DType::F32 && x.ndim() == 2)
-      << op << ": x must be a 2-D float tensor [batch * n, heads * head_dim], got "
-      << (x.defined() ? shape_string(x.shape()) : std::string("an undefined tensor"));
-  AMPIPE_CHECK(batch >= 1) << op << ": batch must be >= 1, got " << batch;
-  AMPIPE_CHECK(num_heads >= 1) << op << ": num_heads must be >= 1, got " << num_heads;
-  AMPIPE_CHECK(pos_begin >= 0) << op << ": pos_begin must be >= 0, got " << pos_begin;
-  AMPIPE_CHECK(theta > 0.0 && std::isfinite(theta)) << op << ": theta must be finite and > 0, got " << theta;
+  const int64_t head_dim = detail::check_rope(op, x, batch, num_heads, pos_begin, theta);
   const int64_t rows = x.dim(0), width = x.dim(1);
-  AMPIPE_CHECK(rows % batch == 0) << op << ": rows " << rows << " of x " << shape_string(x.shape())
-                                  << " are not divisible by batch " << batch;
-  AMPIPE_CHECK(width % num_heads == 0)
-      << op << ": width " << width << " of x is not divisible by num_heads " << num_heads;
-  const int64_t head_dim = width / num_heads;
-  AMPIPE_CHECK(head_dim % 2 == 0 && head_dim > 0) << op << ": head_dim " << head_dim << " (width " << width
-                                                  << " / num_heads " << num_heads << ") must be even and > 0";
   if (rows == 0) return;
   const int64_t n = rows / batch;
   const RopeTables t = rope_tables(n, head_dim, pos_begin, theta);
