@@ -15,6 +15,7 @@
 #include "kernels/cross_entropy.h"
 #include "kernels/cuda/cuda_common.h"
 #include "kernels/cuda/gpu_kernels.h"
+#include "kernels/cuda/reduce.cuh"
 #include "kernels/row_checks.h"
 
 namespace ampipe::kernels::gpu {
@@ -26,29 +27,6 @@ int row_threads(int64_t cols) {
   return static_cast<int>(std::min<int64_t>(kMaxThreads, (std::max<int64_t>(cols, 1) + 31) / 32 * 32));
 }
 
-// Block reductions (blockDim.x a multiple of 32), the result in every thread. Each starts with a
-// barrier so back-to-back calls may share scratch (32 values); every thread must call them.
-__device__ double block_sum(double v, double* scratch) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  __syncthreads();
-  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
-  __syncthreads();
-  double total = 0;
-  const int warps = static_cast<int>(blockDim.x >> 5);
-  for (int w = 0; w < warps; ++w) total += scratch[w];
-  return total;
-}
-
-__device__ float block_max(float v, float* scratch) {
-  for (int offset = 16; offset > 0; offset >>= 1) v = fmaxf(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  __syncthreads();
-  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
-  __syncthreads();
-  float m = -INFINITY;
-  const int warps = static_cast<int>(blockDim.x >> 5);
-  for (int w = 0; w < warps; ++w) m = fmaxf(m, scratch[w]);
-  return m;
-}
 
 struct RowExpSum {
   float max;

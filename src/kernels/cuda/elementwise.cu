@@ -12,6 +12,7 @@
 
 #include "kernels/cuda/cuda_common.h"
 #include "kernels/cuda/gpu_kernels.h"
+#include "kernels/cuda/reduce.cuh"
 #include "kernels/elementwise.h"
 #include "kernels/elementwise_checks.h"
 
@@ -139,41 +140,6 @@ struct SwigluBackwardOp {
 
 // --- reductions: fixed-order warp and block trees ---
 
-struct SumOp {
-  template <class T>
-  __device__ T operator()(T a, T b) const {
-    return a + b;
-  }
-};
-struct MaxOp {
-  __device__ float operator()(float a, float b) const { return fmaxf(a, b); }
-};
-
-// Butterfly over the warp: every lane ends with the same value, combined in a fixed pattern.
-template <class T, class Combine>
-__device__ __forceinline__ T warp_reduce(T v, Combine combine) {
-#pragma unroll
-  for (int offset = kWarp / 2; offset > 0; offset /= 2)
-    v = combine(v, __shfl_xor_sync(0xffffffffu, v, offset));
-  return v;
-}
-
-// Reduces v over the block (blockDim.x a multiple of 32, at most 1024); every thread gets the
-// result. `scratch` holds 32 values; the block must call this uniformly. Ends with a barrier, so
-// scratch can be reused at once.
-template <class T, class Combine>
-__device__ T block_reduce(T v, T* scratch, T identity, Combine combine) {
-  const int lane = threadIdx.x % kWarp;
-  const int warp = threadIdx.x / kWarp;
-  v = warp_reduce(v, combine);
-  if (lane == 0) scratch[warp] = v;
-  __syncthreads();
-  const int warps = blockDim.x / kWarp;
-  T total = lane < warps ? scratch[lane] : identity;
-  total = warp_reduce(total, combine);
-  __syncthreads();
-  return total;
-}
 
 // bias_backward, pass 1: partial[blk, j] = sum of dy[r, j] over the kReduceRows rows of block blk,
 // in row order, in float (the CPU's partials). Grid: x over columns, y over row blocks.

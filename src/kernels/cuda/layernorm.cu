@@ -22,6 +22,7 @@
 
 #include "kernels/cuda/cuda_common.h"
 #include "kernels/cuda/gpu_kernels.h"
+#include "kernels/cuda/reduce.cuh"
 #include "kernels/layernorm.h"
 #include "kernels/row_checks.h"
 
@@ -43,19 +44,6 @@ int row_threads(int64_t cols) {
 // One block per row, grid-striding when rows exceed the grid limit.
 unsigned row_blocks(int64_t rows) { return blocks_for(rows, 1); }
 
-// The sum of v over the block (blockDim.x a multiple of 32), the same value in every thread. The
-// order is fixed: butterfly shuffles within each warp, then the warp sums in warp order. Starts with
-// a barrier, so back-to-back calls may share `scratch` (32 values); every thread must call it.
-__device__ double block_sum(double v, double* scratch) {
-  for (int offset = 16; offset > 0; offset >>= 1) v += __shfl_xor_sync(0xffffffffu, v, offset);
-  __syncthreads();
-  if ((threadIdx.x & 31) == 0) scratch[threadIdx.x >> 5] = v;
-  __syncthreads();
-  double total = 0;
-  const int warps = static_cast<int>(blockDim.x >> 5);
-  for (int w = 0; w < warps; ++w) total += scratch[w];
-  return total;
-}
 
 __global__ void layernorm_forward_kernel(DeviceRows x, const float* weight, const float* bias, DeviceRows y,
                                          float* mean, float* rstd, float eps) {
