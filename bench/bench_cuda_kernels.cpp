@@ -32,6 +32,7 @@ namespace {
 
 using namespace ampipe;
 
+#if AMPIPE_HAVE_CUDA
 Tensor random_gpu_tensor(const Shape& shape, uint64_t seed) {
   Tensor t = Tensor::empty(shape);
   Rng rng(seed);
@@ -40,7 +41,6 @@ Tensor random_gpu_tensor(const Shape& shape, uint64_t seed) {
   return t.to(Device::CUDA);
 }
 
-#if AMPIPE_HAVE_CUDA
 // Median device time of fn over `repeats` runs after two warm-ups, in seconds (CUDA events on the
 // current stream, the one the kernels use).
 double device_seconds(const std::function<void()>& fn, int repeats) {

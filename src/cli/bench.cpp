@@ -12,6 +12,7 @@
 
 #include "cli/bench_cases.h"
 #include "cli/grid.h"
+#include "cli/model_flags.h"
 #include "comm/communicator.h"
 #include "core/atomic_file.h"
 #include "core/error.h"
@@ -25,6 +26,7 @@
 #include "plan/cost_model.h"
 #include "plan/profile.h"
 #include "train/distributed.h"
+#include "train/trainer.h"
 
 namespace ampipe {
 
@@ -74,6 +76,7 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
   cmd->add_option("--warmup", o.warmup, "Untimed repeats per case")->capture_default_str();
   cmd->add_option("--repeats", o.repeats, "Timed repeats per case (the median is reported)")->capture_default_str();
   cmd->add_option("--threads", o.threads, "Compute threads per rank")->capture_default_str();
+  add_device_flag(*cmd, o.device, "the blocks run");
   cmd->add_option("--link", o.link,
                   "Label of the link rate in the output; default $AMPIPE_LINK (set by scripts/netem.sh), else "
                   "'unshaped'");
@@ -297,7 +300,7 @@ void print_preamble(const BenchRun& run) {
                 "ampipe bench: %d rank(s), %d threads per rank, link %s, B=%lld, %lld warm-up + %lld repeats",
                 run.world.size(), o.threads, run.link.c_str(), static_cast<long long>(o.micro_batch_size),
                 static_cast<long long>(o.warmup), static_cast<long long>(o.repeats));
-  run.line(buf);
+  run.line(std::string(buf) + (run.device == Device::CUDA ? ", device cuda" : ""));
   if (run.hw) run.line("planner profile: " + run.hw->name);
   print_bench_table_header(run);
 }
@@ -320,6 +323,8 @@ void write_bench_trace(BenchRun& run) {
 
 int run_bench(const BenchOptions& o, Communicator& world) {
   check_scalar_flags(o);
+  const Device device = parse_device(o.device);
+  require_one_rank_on_gpu(device, world.size());
   kernels::set_kernel_threads(o.threads);
   const BenchGrid grid = parse_grid(o, world.size());
   const std::vector<BenchVariant> schedules = schedule_variants(grid);
@@ -329,6 +334,7 @@ int run_bench(const BenchOptions& o, Communicator& world) {
                                       "\nscopes=" + o.pipeline_scopes + "\nrepeats=" + std::to_string(o.warmup) +
                                       "+" + std::to_string(o.repeats));
   BenchRun run(o, world);
+  run.device = device;
   run.link = o.link;
   if (run.link.empty()) {
     const char* env = std::getenv("AMPIPE_LINK");

@@ -134,7 +134,7 @@ std::vector<Case> make_cases(const BenchRun& run, const BenchJob& job, const Blo
     if (run.show_layers) k.case_name += " L=" + std::to_string(job.num_layers);
     k.case_name += " " + job.shape.describe();
     k.rec = std::make_unique<TraceRecorder>();
-    k.exec = std::make_unique<StreamedBlock>(v.schedule, v.order, k.rec.get(), run.world.rank(), v.scope);
+    k.exec = std::make_unique<StreamedBlock>(v.schedule, v.order, k.rec.get(), run.world.rank(), v.scope, run.device);
     cases.push_back(std::move(k));
   }
   return cases;
@@ -164,6 +164,7 @@ void run_case_once(BenchRun& run, const BenchJob& job, Inputs& in, Case& k, bool
   Tensor y = k.exec->forward_layers(in.blocks.blocks(), ctx, in.x, in.batch, job.shape.N, stats);
   const double forward_end_us = trace_clock_us();
   Tensor dx = k.exec->backward_layers(in.blocks.blocks(), ctx, in.dy, stats, 0.01, {});
+  if (run.device == Device::CUDA) cuda_synchronize();  // the step's GPU work is done before the clock stops
   double ms = std::chrono::duration<double, std::milli>(Clock::now() - t0).count();
   const double end_us = trace_clock_us();
   // The overlap bound's two sums: every slice of the step on each stream, over every block.
@@ -348,6 +349,7 @@ nlohmann::json json_row(const BenchRun& run, const BenchJob& job, const Case& k,
                       {"capacity_factor", o.capacity_factor},
                       {"ranks", run.world.size()},
                       {"threads", o.threads},
+                      {"device", run.device == Device::CUDA ? "cuda" : "cpu"},
                       {"link", run.link},
                       {"time_ms", o.predict_only ? nlohmann::json(nullptr) : nlohmann::json(m.time_ms)},
                       {"compute_ms", m.compute_ms},
@@ -417,13 +419,14 @@ void run_bench_job(BenchRun& run, const BenchJob& job) {
   const ModelConfig c = s.config(o.capacity_factor);
   TrainingGroups groups = make_training_groups(world, 0, s.E);
   ModelParallel parallel{groups.expert_group.get(), nullptr};
-  StandaloneBlock blocks(c, parallel, job.num_layers);
+  StandaloneBlock blocks(c, parallel, job.num_layers, run.device);
   blocks.initialize(o.seed);
   const int64_t B = o.micro_batch_size;
   const uint64_t rank_seed = o.seed + static_cast<uint64_t>(world.rank());
-  Inputs in{blocks, Tensor::empty({B * s.N, s.d}), Tensor::empty({B * s.N, s.d}), B};
-  fill_normal(in.x, mix_seed(rank_seed, 1), 1.0f);
-  fill_normal(in.dy, mix_seed(rank_seed, 2), 1e-3f);
+  Tensor x = Tensor::empty({B * s.N, s.d}), dy = Tensor::empty({B * s.N, s.d});
+  fill_normal(x, mix_seed(rank_seed, 1), 1.0f);
+  fill_normal(dy, mix_seed(rank_seed, 2), 1e-3f);
+  Inputs in{blocks, x.to(run.device), dy.to(run.device), B};  // drawn on the host, then moved
   const BlockShape bshape{c, B, s.N, groups.expert_group->size()};
 
   std::vector<Case> cases = make_cases(run, job, bshape);

@@ -13,6 +13,7 @@
 
 #include "cli/bench.h"
 #include "cli/grid.h"
+#include "core/device.h"
 #include "core/trace.h"
 #include "pipeline/schedule.h"
 #include "pipeline/task_list.h"
@@ -43,6 +44,7 @@ struct BenchRun {
   BenchRun(const BenchOptions& o, Communicator& w) : options(o), world(w) {}
   const BenchOptions& options;
   Communicator& world;
+  Device device = Device::CPU;           // where the blocks and their inputs live (--device)
   std::string link;                      // the link label
   std::optional<HardwareProfile> hw;     // the planner's profile, if any
   bool show_layers = false;              // an L column: some --num-layers is not 1

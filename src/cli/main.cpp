@@ -101,8 +101,9 @@ int run_train(TrainOptions& o, CLI::App& cmd, const FamilyFlags& family, int thr
                                  << "checkpoint vs flags: " << diff << ")";
     }
   }
+  require_one_rank_on_gpu(o.device, world.size());
   print_line(world, "ampipe train: " + std::to_string(world.size()) + " rank(s), " + std::to_string(threads) +
-                        " threads per rank");
+                        " threads per rank" + (o.device == Device::CUDA ? ", device cuda" : ""));
   TrainResult r = run_training(o, [&](const std::string& line) { print_line(world, line); }, &world);
   char buf[256];
   std::snprintf(buf, sizeof buf, "done: %lld iterations, final loss %.4f, validation loss %.4f, %.0f tokens/s, %.1f s",
@@ -112,8 +113,9 @@ int run_train(TrainOptions& o, CLI::App& cmd, const FamilyFlags& family, int thr
 }
 
 int run_eval(std::string load, int64_t step, const std::string& data_path, const std::string& tokenizer_model,
-             int64_t seq_length, int64_t batch, int threads, Communicator& world) {
+             int64_t seq_length, int64_t batch, int threads, Device device, Communicator& world) {
   set_threads(threads);
+  require_one_rank_on_gpu(device, world.size());
   AMPIPE_CHECK(!load.empty()) << "eval needs --load DIR (a checkpoint written by train --save)";
   AMPIPE_CHECK(batch >= 1) << "--micro-batch-size must be at least 1, got " << batch;
   load = checkpoint_to_read(load, step);
@@ -122,7 +124,7 @@ int run_eval(std::string load, int64_t step, const std::string& data_path, const
   AMPIPE_CHECK(N <= config.max_seq_len) << "--seq-length " << N << " exceeds the checkpoint's max_seq_len "
                                         << config.max_seq_len;
   TrainingGroups groups = make_training_groups(world, 0, config.num_experts);
-  GptMoe model(config, groups.model_parallel());
+  GptMoe model(config, groups.model_parallel(), device);
   load_model_weights(load, model);
   const std::unique_ptr<Tokenizer> tokenizer = checkpoint_tokenizer(load, config, tokenizer_model);
   const std::string text = byte_decode(load_tokens(data_path));
@@ -141,15 +143,16 @@ int run_eval(std::string load, int64_t step, const std::string& data_path, const
 }
 
 int run_sample(std::string load, int64_t step, const std::string& tokenizer_model, const std::string& prompt, int64_t count,
-               double temperature, uint64_t seed, int threads, Communicator& world) {
+               double temperature, uint64_t seed, int threads, Device device, Communicator& world) {
   set_threads(threads);
+  require_one_rank_on_gpu(device, world.size());
   AMPIPE_CHECK(!load.empty()) << "sample needs --load DIR (a checkpoint written by train --save)";
   AMPIPE_CHECK(count >= 0) << "--tokens must be >= 0, got " << count;
   load = checkpoint_to_read(load, step);
   // Every rank generates the same text (the same seed), so their expert all-to-alls match.
   ModelConfig config = read_checkpoint_config(load);
   TrainingGroups groups = make_training_groups(world, 0, config.num_experts);
-  GptMoe model(config, groups.model_parallel());
+  GptMoe model(config, groups.model_parallel(), device);
   load_model_weights(load, model);
   const std::unique_ptr<Tokenizer> tokenizer = checkpoint_tokenizer(load, config, tokenizer_model);
   std::vector<int32_t> context = tokenizer->encode(prompt);
@@ -245,6 +248,8 @@ int main(int argc, char** argv) {
                     "Pad the model's vocabulary to a multiple of this (Megatron's rule)")
       ->capture_default_str();
   train->add_option("--threads", train_threads, "Compute threads (kernels and BLAS)")->capture_default_str();
+  std::string train_device = "cpu", eval_device = "cpu", sample_device = "cpu";
+  add_device_flag(*train, train_device, "the model trains");
   train->add_option("--expert-model-parallel-size", t.expert_parallel_size,
                     "Ranks that share the experts of each MoE layer (EP; each holds E/EP experts); must divide "
                     "the world size and --moe-num-experts. Default 0: the largest such divisor")
@@ -314,6 +319,7 @@ int main(int argc, char** argv) {
                    "tokens, consecutive and non-overlapping");
   eval->add_option("--micro-batch-size", eval_batch, "Windows per forward pass")->capture_default_str();
   eval->add_option("--threads", eval_threads, "Compute threads")->capture_default_str();
+  add_device_flag(*eval, eval_device, "the model runs");
 
   // sample
   std::string sample_load, prompt = "\n";
@@ -335,6 +341,7 @@ int main(int argc, char** argv) {
   sample->add_option("--temperature", temperature, "Sampling temperature; 0 = greedy")->capture_default_str();
   sample->add_option("--seed", sample_seed, "Sampling seed")->capture_default_str();
   sample->add_option("--threads", sample_threads, "Compute threads")->capture_default_str();
+  add_device_flag(*sample, sample_device, "the model runs");
 
   // bench
   BenchOptions bench_options;
@@ -372,6 +379,7 @@ int main(int argc, char** argv) {
     // Under mpirun / srun this is the MPI world; otherwise this process alone.
     world = make_world_communicator(timeout_minutes * 60.0);
     if (train->parsed()) {
+      t.device = parse_device(train_device);
       t.schedule.kind = parse_schedule(schedule_name_flag);
       if (!chunk_boundaries_flag.empty()) t.schedule.chunk_boundaries = parse_chunk_boundaries(chunk_boundaries_flag);
       t.schedule.chunk_policy = parse_chunk_policy(chunk_policy_flag);
@@ -386,10 +394,11 @@ int main(int argc, char** argv) {
       return run_train(t, *train, train_family, train_threads, *world);
     }
     if (eval->parsed())
-      return run_eval(eval_load, eval_step, eval_data, eval_tokenizer, eval_seq, eval_batch, eval_threads, *world);
+      return run_eval(eval_load, eval_step, eval_data, eval_tokenizer, eval_seq, eval_batch, eval_threads,
+                      parse_device(eval_device), *world);
     if (sample->parsed())
-      return run_sample(sample_load, sample_step, sample_tokenizer, prompt, sample_tokens, temperature, sample_seed, sample_threads,
-                        *world);
+      return run_sample(sample_load, sample_step, sample_tokenizer, prompt, sample_tokens, temperature, sample_seed,
+                        sample_threads, parse_device(sample_device), *world);
     if (bench->parsed()) return run_bench(bench_options, *world);
     if (plan->parsed()) return run_plan(plan_options, *world);
     if (export_cmd->parsed()) return run_export(export_options, *world);

@@ -69,4 +69,15 @@ void apply_family_flags(const FamilyFlags& f, ModelConfig& config) {
   }
 }
 
+void add_device_flag(CLI::App& cmd, std::string& device, const char* what) {
+  cmd.add_option("--device", device,
+                 std::string("Where ") + what +
+                     ": cpu, or cuda (one NVIDIA GPU: parameters, activations and optimizer state live on the "
+                     "GPU; each batch moves there once per step). Checkpoints are the same float32 files either "
+                     "way, so a model trained on one device loads on the other. cuda needs a CUDA build and a "
+                     "usable GPU (the error names what is missing) and runs on one rank; --threads still sizes "
+                     "the host thread pool")
+      ->capture_default_str();
+}
+
 }  // namespace ampipe

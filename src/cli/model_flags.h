@@ -44,4 +44,8 @@ void apply_family_flags(const FamilyFlags& flags, ModelConfig& config);
 // Whether any model-family flag was given.
 bool any_family_flag_given(const FamilyFlags& flags);
 
+// Registers --device (cpu or cuda; default cpu) on `cmd`, bound to `device`; `what` names what runs
+// there in the help text ("the model trains"). train/trainer.h parse_device reads the value.
+void add_device_flag(CLI::App& cmd, std::string& device, const char* what);
+
 }  // namespace ampipe

@@ -37,18 +37,19 @@ AttentionLayer::AttentionLayer(const ModelConfig& config, ParameterRegistry& par
   if (bias) out_b_ = &params.add(prefix + out + ".bias", {d}, false);
 }
 
-Tensor chunk_row_index(int64_t batch, int64_t seq_len, int64_t begin, int64_t end) {
+Tensor chunk_row_index(int64_t batch, int64_t seq_len, int64_t begin, int64_t end, Device device) {
   Tensor rows = Tensor::empty({batch * (end - begin)}, DType::I32);
   int32_t* r = rows.data<int32_t>();
   for (int64_t b = 0; b < batch; ++b)
     for (int64_t i = begin; i < end; ++i) *r++ = static_cast<int32_t>(b * seq_len + i);
-  return rows;
+  // host round trip (GPU): the chunk's row index [B*(end-begin)] is built on the host and crosses to the device.
+  return rows.to(device);
 }
 
 // Rows [first, first + count) of a [B*N, w] buffer when `rows` is undefined, else the gathered rows.
 static Tensor rows_of(const Tensor& full, const Tensor& rows, int64_t first, int64_t count) {
   if (!rows.defined()) return full.rows(first, first + count);
-  Tensor out = Tensor::empty({rows.numel(), full.dim(1)});
+  Tensor out = Tensor::empty({rows.numel(), full.dim(1)}, full.dtype(), full.device());
   kernels::gather_rows(full, rows, out);
   return out;
 }
@@ -78,7 +79,7 @@ void AttentionLayer::prepare_forward(AttentionContext& ctx, const Tensor& x, int
   ctx.batch = batch;
   ctx.seq_len = seq_len;
   ctx.x = x;
-  ctx.qkv = Tensor::empty({T, q_width() + 2 * kv_width()});
+  ctx.qkv = Tensor::empty({T, q_width() + 2 * kv_width()}, DType::F32, x.device());
   ctx.dqkv = Tensor();
   ctx.inputs.clear();
   ctx.chunks.clear();
@@ -92,12 +93,14 @@ size_t AttentionLayer::input_forward(AttentionContext& ctx, int64_t begin, int64
   in.begin = begin;
   in.end = end;
   const int64_t rows = ctx.batch * (end - begin);
+  const Device device = ctx.x.device();
   if (ctx.batch == 1) in.first_row = begin;
-  else if (begin != 0 || end != ctx.seq_len) in.rows = chunk_row_index(ctx.batch, ctx.seq_len, begin, end);
+  else if (begin != 0 || end != ctx.seq_len) in.rows = chunk_row_index(ctx.batch, ctx.seq_len, begin, end, device);
   in.x = rows_of(ctx.x, in.rows, in.first_row, rows);
-  in.a = Tensor::empty({rows, hidden_});
+  in.a = Tensor::empty({rows, hidden_}, DType::F32, device);
   norm_.forward(in.x, in.a, in.norm);
-  Tensor qkv = in.rows.defined() ? Tensor::empty({rows, ctx.qkv.dim(1)}) : ctx.qkv.rows(in.first_row, in.first_row + rows);
+  Tensor qkv = in.rows.defined() ? Tensor::empty({rows, ctx.qkv.dim(1)}, DType::F32, device)
+                                 : ctx.qkv.rows(in.first_row, in.first_row + rows);
   for (const Projection& p : input_)
     linear_forward(in.a, p.weight->value, p.bias ? p.bias->value : Tensor(), qkv.cols(p.begin, p.end));
   if (rope_) {
@@ -122,14 +125,15 @@ Tensor AttentionLayer::chunk_forward(AttentionContext& ctx, int64_t begin, int64
   c.begin = begin;
   c.end = end;
   const int64_t rows = ctx.batch * (end - begin);
+  const Device device = ctx.x.device();
   if (ctx.batch == 1) c.first_row = begin;
-  else if (begin != 0 || end != ctx.seq_len) c.rows = chunk_row_index(ctx.batch, ctx.seq_len, begin, end);
-  c.o = Tensor::empty({rows, q_width()});
+  else if (begin != 0 || end != ctx.seq_len) c.rows = chunk_row_index(ctx.batch, ctx.seq_len, begin, end, device);
+  c.o = Tensor::empty({rows, q_width()}, DType::F32, device);
   c.q = chunk_rows_of(q_cols(ctx.qkv), c);
-  c.lse = Tensor::empty({ctx.batch, heads_, end - begin});
+  c.lse = Tensor::empty({ctx.batch, heads_, end - begin}, DType::F32, device);
   kernels::attention_forward(c.q, k_cols(ctx.qkv), v_cols(ctx.qkv), chunk_shape(ctx, heads_, kv_heads_, c), c.o,
                              c.lse);
-  Tensor h = Tensor::empty({rows, d});
+  Tensor h = Tensor::empty({rows, d}, DType::F32, device);
   linear_forward(c.o, out_w_->value, out_b_ ? out_b_->value : Tensor(), h);
   kernels::add_inplace(h, chunk_rows_of(ctx.x, c));
   if (chunk_index) *chunk_index = ctx.chunks.size();
@@ -141,10 +145,11 @@ void AttentionLayer::chunk_backward(AttentionContext& ctx, size_t chunk_index, c
   AMPIPE_CHECK(chunk_index < ctx.chunks.size()) << "no attention chunk " << chunk_index;
   AttentionChunk& c = ctx.chunks[chunk_index];
   const int64_t rows = c.o.dim(0);
-  if (!ctx.dqkv.defined()) ctx.dqkv = Tensor::zeros({ctx.x.dim(0), q_width() + 2 * kv_width()});
-  Tensor d_o = Tensor::empty({rows, q_width()});
+  const Device device = ctx.x.device();
+  if (!ctx.dqkv.defined()) ctx.dqkv = Tensor::zeros({ctx.x.dim(0), q_width() + 2 * kv_width()}, DType::F32, device);
+  Tensor d_o = Tensor::empty({rows, q_width()}, DType::F32, device);
   linear_backward(c.o, out_w_->value, dh, d_o, out_w_->grad, out_b_ ? out_b_->grad : Tensor());
-  Tensor dq = c.rows.defined() ? Tensor::empty({rows, q_width()})
+  Tensor dq = c.rows.defined() ? Tensor::empty({rows, q_width()}, DType::F32, device)
                                : q_cols(ctx.dqkv).rows(c.first_row, c.first_row + rows);
   kernels::attention_backward(c.q, k_cols(ctx.qkv), v_cols(ctx.qkv), c.o, c.lse, d_o,
                               chunk_shape(ctx, heads_, kv_heads_, c), dq, k_cols(ctx.dqkv), v_cols(ctx.dqkv));
@@ -164,13 +169,13 @@ Tensor AttentionLayer::input_backward(AttentionContext& ctx, size_t input_index)
     kernels::rope_backward(q_cols(dqkv), ctx.batch, heads_, in.begin, rope_theta_);
     kernels::rope_backward(k_cols(dqkv), ctx.batch, kv_heads_, in.begin, rope_theta_);
   }
-  Tensor da = Tensor::empty({rows, hidden_});
+  Tensor da = Tensor::empty({rows, hidden_}, DType::F32, in.x.device());
   for (size_t i = 0; i < input_.size(); ++i) {
     const Projection& p = input_[i];
     linear_backward(in.a, p.weight->value, dqkv.cols(p.begin, p.end), da, p.weight->grad,
                     p.bias ? p.bias->grad : Tensor(), /*accumulate_dx=*/i > 0);
   }
-  Tensor dx = Tensor::empty({rows, hidden_});
+  Tensor dx = Tensor::empty({rows, hidden_}, DType::F32, in.x.device());
   norm_.backward(da, in.x, in.norm, dx);
   in = AttentionInput{};  // release the rows' saved activations
   return dx;

@@ -111,7 +111,7 @@ class AttentionLayer {
 };
 
 // Rows of positions [begin, end) of each of `batch` sequences of length seq_len in a sequence-major
-// [batch*seq_len] buffer, as an int32 index (b-major).
-Tensor chunk_row_index(int64_t batch, int64_t seq_len, int64_t begin, int64_t end);
+// [batch*seq_len] buffer, as an int32 index (b-major) on `device`.
+Tensor chunk_row_index(int64_t batch, int64_t seq_len, int64_t begin, int64_t end, Device device = Device::CPU);
 
 }  // namespace ampipe

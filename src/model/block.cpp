@@ -1,12 +1,16 @@
 #include "model/block.h"
 
+#include <algorithm>
+
 #include "model/initialize.h"
 
 namespace ampipe {
 
-StandaloneBlock::StandaloneBlock(const ModelConfig& config, const ModelParallel& parallel, int64_t num_layers)
-    : config_(config) {
+StandaloneBlock::StandaloneBlock(const ModelConfig& config, const ModelParallel& parallel, int64_t num_layers,
+                                 Device device)
+    : config_(config), params_(device) {
   AMPIPE_CHECK(num_layers >= 1) << "a standalone block needs num_layers >= 1, got " << num_layers;
+  require_one_rank_on_gpu(device, std::max(parallel.ep_size(), parallel.data_size()));
   config_.num_layers = num_layers;
   config_.validate();
   attention_.reserve(num_layers);

@@ -62,8 +62,10 @@ class BlockExecutor {
 // Not copyable or movable (the halves point into the registry).
 class StandaloneBlock {
  public:
-  // config.num_layers is ignored: num_layers (>= 1) blocks are built.
-  explicit StandaloneBlock(const ModelConfig& config, const ModelParallel& parallel = {}, int64_t num_layers = 1);
+  // config.num_layers is ignored: num_layers (>= 1) blocks are built, their parameters on `device`
+  // (Device::CUDA on more than one rank is refused, as for GptMoe).
+  explicit StandaloneBlock(const ModelConfig& config, const ModelParallel& parallel = {}, int64_t num_layers = 1,
+                           Device device = Device::CPU);
   StandaloneBlock(const StandaloneBlock&) = delete;
   StandaloneBlock& operator=(const StandaloneBlock&) = delete;
 

@@ -1,5 +1,6 @@
 #include "model/gpt.h"
 
+#include <algorithm>
 #include <cmath>
 #include <functional>
 #include <string>
@@ -11,8 +12,10 @@
 
 namespace ampipe {
 
-GptMoe::GptMoe(const ModelConfig& config, const ModelParallel& parallel) : config_(config), parallel_(parallel) {
+GptMoe::GptMoe(const ModelConfig& config, const ModelParallel& parallel, Device device)
+    : config_(config), parallel_(parallel), params_(device) {
   config_.validate();
+  require_one_rank_on_gpu(device, std::max(parallel_.ep_size(), parallel_.data_size()));
   const int64_t d = config_.hidden_size;
   token_emb_ = &params_.add("embed.token.weight", {config_.vocab_size, d}, true);
   if (!config_.rope()) pos_emb_ = &params_.add("embed.position.weight", {config_.max_seq_len, d}, true);
@@ -53,26 +56,29 @@ LossParts GptMoe::forward(ForwardState& state, const Tensor& tokens, const Tenso
       << "sequence length " << N << " exceeds the model's max_seq_len " << config_.max_seq_len;
   AMPIPE_CHECK(targets.numel() == T) << "targets " << targets.numel() << " != tokens " << T;
   const int64_t d = config_.hidden_size;
+  const Device device = params_.device();
   state.batch = batch;
   state.seq_len = N;
-  state.tokens = tokens;
-  state.targets = targets;
+  state.tokens = tokens.to(device);
+  state.targets = targets.to(device);
 
-  Tensor x = Tensor::empty({T, d});
-  kernels::embedding_forward(tokens, token_emb_->value, pos_emb_ ? pos_emb_->value : Tensor(), N, x);
+  Tensor x = Tensor::empty({T, d}, DType::F32, device);
+  kernels::embedding_forward(state.tokens, token_emb_->value, pos_emb_ ? pos_emb_->value : Tensor(), N, x);
   run_blocks(state, x);
 
   state.x_final = x;
-  state.y = Tensor::empty({T, d});
+  state.y = Tensor::empty({T, d}, DType::F32, device);
   final_norm_->forward(x, state.y, state.final_norm);
-  state.logits = Tensor::empty({T, config_.vocab_size});
+  state.logits = Tensor::empty({T, config_.vocab_size}, DType::F32, device);
   kernels::gemm(state.y, false, lm_head_->value, true, state.logits);
 
-  Tensor losses = Tensor::empty({T});
-  kernels::cross_entropy_forward(state.logits, targets, losses);
+  Tensor losses = Tensor::empty({T}, DType::F32, device);
+  kernels::cross_entropy_forward(state.logits, state.targets, losses);
   LossParts parts;
   double sum = 0;
-  const float* lp = losses.data<float>();
+  // host round trip (GPU): the per-token losses [T] cross to the host for the mean loss (logging).
+  const Tensor host_losses = losses.to(Device::CPU);
+  const float* lp = host_losses.data<float>();
   for (int64_t t = 0; t < T; ++t) sum += lp[t];
   parts.lm_loss = sum / static_cast<double>(T);
   reduce_routing_stats(state);
@@ -84,13 +90,14 @@ LossParts GptMoe::forward(ForwardState& state, const Tensor& tokens, const Tenso
 void GptMoe::backward(ForwardState& state, double loss_scale, const std::function<void(int64_t)>& block_done) const {
   const int64_t T = state.tokens.numel();
   const int64_t d = config_.hidden_size;
+  const Device device = params_.device();
   Tensor dlogits = state.logits;  // reuse the logits buffer for their gradient
   kernels::cross_entropy_backward(state.logits, state.targets, static_cast<float>(loss_scale / T), dlogits);
   kernels::gemm(dlogits, true, state.y, false, lm_head_->grad, 1.0f, 1.0f);
-  Tensor dy = Tensor::empty({T, d});
+  Tensor dy = Tensor::empty({T, d}, DType::F32, device);
   kernels::gemm(dlogits, false, lm_head_->value, false, dy);
   state.logits = Tensor();
-  Tensor dx = Tensor::empty({T, d});
+  Tensor dx = Tensor::empty({T, d}, DType::F32, device);
   final_norm_->backward(dy, state.x_final, state.final_norm, dx);
   const double aux_scale = loss_scale * config_.aux_loss_weight * parallel_.data_size();
   dx = executor_->backward_layers(blocks(), state.blocks, dx, state.routing, aux_scale, block_done);
@@ -101,7 +108,8 @@ void GptMoe::backward(ForwardState& state, double loss_scale, const std::functio
 
 void GptMoe::reduce_routing_stats(ForwardState& state) const {
   if (parallel_.data_size() <= 1) return;
-  // One buffer for every layer: counts and token totals exactly (int32), probability sums float32.
+  // One host buffer for every layer (the statistics are host values): counts and token totals
+  // exactly (int32), probability sums float32.
   const int64_t L = config_.num_layers, E = config_.num_experts;
   Tensor counts = Tensor::empty({L * (E + 1)}, DType::I32);
   Tensor probs = Tensor::empty({L * E});
@@ -129,7 +137,7 @@ void GptMoe::reduce_routing_stats(ForwardState& state) const {
 
 Tensor GptMoe::logits(const Tensor& tokens, int64_t batch) const {
   ForwardState state;
-  Tensor targets = Tensor::zeros({tokens.numel()}, DType::I32);
+  Tensor targets = Tensor::zeros({tokens.numel()}, DType::I32, params_.device());
   forward(state, tokens, targets, batch);
   return state.logits;
 }

@@ -5,6 +5,9 @@
 // forward() computes the loss and keeps every activation backward() needs in a ForwardState owned
 // by the caller; backward() consumes the state and accumulates parameter gradients. The model holds
 // parameters only, so one model can run several states (micro-batches, chunks) in any order.
+//
+// The model lives on one device (its parameters, and every activation and gradient of its passes);
+// the communicators of a ModelParallel are host-only, so a model on the GPU runs on one rank.
 #pragma once
 
 #include <functional>
@@ -40,7 +43,9 @@ struct ForwardState {
 class GptMoe {
  public:
   // `parallel` (borrowed) lays the model out over ranks; the default is one rank holding all.
-  explicit GptMoe(const ModelConfig& config, const ModelParallel& parallel = {});
+  // Parameters are allocated on `device`; Device::CUDA with an expert or data group of more than
+  // one rank is refused (the communicators are host-only).
+  explicit GptMoe(const ModelConfig& config, const ModelParallel& parallel = {}, Device device = Device::CPU);
   // Layers point into the registry and the executor may point at a member: not copyable/movable.
   GptMoe(const GptMoe&) = delete;
   GptMoe& operator=(const GptMoe&) = delete;
@@ -50,13 +55,15 @@ class GptMoe {
   void initialize(uint64_t seed);
 
   const ModelConfig& config() const { return config_; }
+  Device device() const { return params_.device(); }
   // How every block is run (borrowed; default: SequentialBlock). Any executor computes the same
   // function; pipeline/ provides the chunked schedules.
   void set_block_executor(const BlockExecutor* executor) { executor_ = executor ? executor : &sequential_; }
   ParameterRegistry& params() { return params_; }
   const ParameterRegistry& params() const { return params_; }
 
-  // tokens, targets [B*N] int32 (B = batch sequences of N = tokens/B positions, N <= max_seq_len).
+  // tokens, targets [B*N] int32 (B = batch sequences of N = tokens/B positions, N <= max_seq_len),
+  // on any device (moved to the model's when elsewhere; the trainer moves each batch once).
   // lm_loss is this rank's mean; the aux loss uses routing statistics summed over the data group
   // (one global load-balancing loss). Collective over the expert and data groups.
   LossParts forward(ForwardState& state, const Tensor& tokens, const Tensor& targets, int64_t batch) const;
@@ -69,7 +76,7 @@ class GptMoe {
   // gradient reduction. The gradients outside the blocks are final when backward() returns.
   void backward(ForwardState& state, double loss_scale = 1.0,
                 const std::function<void(int64_t)>& block_done = {}) const;
-  // Logits [B*N, V] for the given tokens, without keeping activations.
+  // Logits [B*N, V] on the model's device for the given tokens, without keeping activations.
   Tensor logits(const Tensor& tokens, int64_t batch) const;
 
  private:

@@ -39,12 +39,16 @@ void initialize_parameters(ParameterRegistry& params, const ModelConfig& config,
     // Expert tensors [E_local, ...] draw one stream per expert slice, by global expert index.
     const int64_t parts = p.is_expert ? p.value.dim(0) : 1;
     const int64_t part_size = p.value.numel() / parts;
-    float* v = p.value.data<float>();
+    // Drawn on the host (the same values whatever the device), then copied to the parameter's device.
+    const bool on_host = p.value.device() == Device::CPU;
+    Tensor host = on_host ? p.value : Tensor::empty(p.value.shape());
+    float* v = host.data<float>();
     for (int64_t part = 0; part < parts; ++part) {
       Rng rng(stream_seed(seed, p.name, part + p.expert_offset));
       for (int64_t i = 0; i < part_size; ++i)
         v[part * part_size + i] = static_cast<float>(rng.normal() * std);
     }
+    if (!on_host) p.value.copy_from(host);
   }
 }
 

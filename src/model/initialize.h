@@ -6,6 +6,7 @@
 // N(0, 0.02 / sqrt(2 L)); biases 0; norm gains 1. Each tensor (each expert's slice of the expert
 // tensors) draws from its own stream seeded by (seed, name, global expert index), so the result does
 // not depend on registration order or on which experts a rank holds. Gradients are zeroed.
+// The values are drawn on the host, so a registry on any device gets the same weights.
 #pragma once
 
 #include <cstdint>

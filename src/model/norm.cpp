@@ -12,13 +12,13 @@ Norm::Norm(const ModelConfig& config, ParameterRegistry& params, const std::stri
 
 void Norm::forward(const Tensor& x, Tensor y, NormStats& stats) const {
   const int64_t T = x.dim(0);
-  stats.rstd = Tensor::empty({T});
+  stats.rstd = Tensor::empty({T}, DType::F32, x.device());
   if (rms_) {
     stats.mean = Tensor();
     kernels::rmsnorm_forward(x, weight_->value, y, stats.rstd, eps_);
     return;
   }
-  stats.mean = Tensor::empty({T});
+  stats.mean = Tensor::empty({T}, DType::F32, x.device());
   kernels::layernorm_forward(x, weight_->value, bias_->value, y, stats.mean, stats.rstd, eps_);
 }
 

@@ -8,6 +8,7 @@
 #pragma once
 
 #include "comm/communicator.h"
+#include "core/device.h"
 
 namespace ampipe {
 
@@ -19,5 +20,9 @@ struct ModelParallel {
   int ep_rank() const { return expert_group ? expert_group->rank() : 0; }
   int data_size() const { return data_group ? data_group->size() : 1; }
 };
+
+// Refuses Device::CUDA with more than one rank (ampipe::Error naming the count and what to do): the
+// communicators move host memory only until the GPU communicator exists.
+void require_one_rank_on_gpu(Device device, int ranks);
 
 }  // namespace ampipe

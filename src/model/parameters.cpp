@@ -5,7 +5,8 @@ namespace ampipe {
 Parameter& ParameterRegistry::add(const std::string& name, const Shape& shape, bool weight_decay) {
   AMPIPE_CHECK(!contains(name)) << "parameter '" << name << "' registered twice";
   index_[name] = params_.size();
-  params_.push_back(Parameter{name, Tensor::zeros(shape), Tensor::zeros(shape), weight_decay, false, 0});
+  Tensor value = Tensor::zeros(shape, DType::F32, device_), grad = Tensor::zeros(shape, DType::F32, device_);
+  params_.push_back(Parameter{name, value, grad, weight_decay, false, 0});
   return params_.back();
 }
 

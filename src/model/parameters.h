@@ -2,7 +2,8 @@
 //
 // Layers register their parameters at construction and keep Tensor handles to value and grad
 // (handles share storage with the registry). The registry owns the order (registration order),
-// which is the order of the optimizer state and of the checkpoint file. Not thread-safe.
+// which is the order of the optimizer state and of the checkpoint file. Every value and gradient
+// lives on the registry's device. Not thread-safe.
 #pragma once
 
 #include <cstdint>
@@ -27,6 +28,10 @@ struct Parameter {
 
 class ParameterRegistry {
  public:
+  // Parameters are allocated on `device`.
+  explicit ParameterRegistry(Device device = Device::CPU) : device_(device) {}
+
+  Device device() const { return device_; }
   // Adds a zero-initialised parameter (and zero gradient). Names must be unique.
   Parameter& add(const std::string& name, const Shape& shape, bool weight_decay);
   // An expert tensor holding experts [expert_offset, expert_offset + shape[0]).
@@ -41,6 +46,7 @@ class ParameterRegistry {
   int64_t num_elements() const;
 
  private:
+  Device device_;
   std::deque<Parameter> params_;  // deque: references stay valid as parameters are added
   std::unordered_map<std::string, size_t> index_;
 };

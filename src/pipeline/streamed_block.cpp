@@ -7,29 +7,35 @@ namespace ampipe {
 
 namespace {
 
+// The address of a float tensor's first element, on whichever device it lives.
+const float* first_element(const Tensor& t) {
+  return t.device() == Device::CPU ? t.data<float>() : t.device_data<float>();
+}
+
 // Rows of positions [begin, end) of every sequence in a [B*N, w] buffer: a view when they are
-// contiguous (one sequence, or the whole sequence), else a gathered copy.
+// contiguous (one sequence, or the whole sequence), else a gathered copy. The index lives on the
+// device of the buffers it moves.
 struct Rows {
   int64_t first = 0, count = 0;
   Tensor index;  // int32 rows, or undefined when contiguous
 
-  Rows(int64_t batch, int64_t seq_len, int64_t begin, int64_t end) : count(batch * (end - begin)) {
+  Rows(int64_t batch, int64_t seq_len, int64_t begin, int64_t end, Device device) : count(batch * (end - begin)) {
     if (batch == 1 || (begin == 0 && end == seq_len)) {
       first = batch == 1 ? begin : 0;
     } else {
-      index = chunk_row_index(batch, seq_len, begin, end);
+      index = chunk_row_index(batch, seq_len, begin, end, device);
     }
   }
   Tensor read(const Tensor& full) const {
     if (!index.defined()) return full.rows(first, first + count);
-    Tensor out = Tensor::empty({count, full.dim(1)});
+    Tensor out = Tensor::empty({count, full.dim(1)}, DType::F32, full.device());
     kernels::gather_rows(full, index, out);
     return out;
   }
   void write(const Tensor& rows, Tensor full) const {
     if (!index.defined()) {
       Tensor dst = full.rows(first, first + count);
-      if (dst.data<float>() != rows.data<float>()) dst.copy_from(rows);
+      if (first_element(dst) != first_element(rows)) dst.copy_from(rows);
     } else {
       kernels::scatter_rows(rows, index, full);
     }
@@ -46,27 +52,32 @@ struct Rows {
   }
 };
 
-std::vector<Rows> rows_of_chunks(const std::vector<int64_t>& boundaries, int64_t batch, int64_t seq_len) {
+std::vector<Rows> rows_of_chunks(const std::vector<int64_t>& boundaries, int64_t batch, int64_t seq_len,
+                                 Device device) {
   std::vector<Rows> rows;
   for (size_t c = 0; c + 1 < boundaries.size(); ++c)
-    rows.emplace_back(batch, seq_len, boundaries[c], boundaries[c + 1]);
+    rows.emplace_back(batch, seq_len, boundaries[c], boundaries[c + 1], device);
   return rows;
 }
 
 }  // namespace
 
 StreamedBlock::StreamedBlock(const BlockSchedule& schedule, StageOrder order, TraceRecorder* trace, int rank,
-                             PipelineScope scope)
+                             PipelineScope scope, Device device)
     : schedule_(schedule),
       order_(order),
       scope_(scope),
-      compute_(std::make_unique<Stream>("compute", trace, rank)),
-      comm_(std::make_unique<Stream>("comm", trace, rank)) {
+      device_(device),
+      compute_(std::make_unique<Stream>("compute", trace, rank, device)),
+      comm_(std::make_unique<Stream>("comm", trace, rank, device)) {
   schedule_.validate();
 }
 
 void StreamedBlock::execute(const std::vector<StageTask>& tasks, const std::function<void(const StageTask&)>& run,
                             bool label_layers) const {
+  // The GPU streams are non-blocking: they do not wait for work the calling thread enqueued on its
+  // own stream (the embedding, the gradients zeroed before a backward), so the host waits for it.
+  if (device_ == Device::CUDA) cuda_synchronize();
   std::vector<Event> done(tasks.size());
   std::vector<bool> waited_on(tasks.size(), false);
   for (const StageTask& t : tasks)
@@ -114,14 +125,14 @@ Tensor StreamedBlock::forward_layers(const std::vector<Block>& blocks, std::vect
   plan_ = schedule_.plan(seq_len);
   const ChunkPlan& p = plan_;
   const size_t A = p.attention.size() - 1, M = p.moe.size() - 1;
-  const std::vector<Rows> attn_rows = rows_of_chunks(p.attention, batch, seq_len),
-                          moe_rows = rows_of_chunks(p.moe, batch, seq_len);
+  const std::vector<Rows> attn_rows = rows_of_chunks(p.attention, batch, seq_len, x.device()),
+                          moe_rows = rows_of_chunks(p.moe, batch, seq_len, x.device());
   // in[l]: block l's input (in[0] = x, in[l + 1] written by block l's finishes); h[l]: its token buffer.
   std::vector<Tensor> in(L + 1), h(L);
   in[0] = x;
   for (size_t l = 0; l < L; ++l) {
-    in[l + 1] = Tensor::empty(x.shape());
-    h[l] = Tensor::empty(x.shape());
+    in[l + 1] = Tensor::empty(x.shape(), DType::F32, x.device());
+    h[l] = Tensor::empty(x.shape(), DType::F32, x.device());
     BlockContext& c = ctx[l];
     c = BlockContext{};
     c.batch = batch;
@@ -169,13 +180,13 @@ Tensor StreamedBlock::backward_layers(const std::vector<Block>& blocks, std::vec
     AMPIPE_CHECK(c.moe.size() + 1 == p.moe.size() && c.attention_input.size() + 1 == p.attention.size())
         << "StreamedBlock::backward_layers without its forward";
   const int64_t batch = ctx[0].batch, seq_len = ctx[0].seq_len;
-  const std::vector<Rows> attn_rows = rows_of_chunks(p.attention, batch, seq_len),
-                          moe_rows = rows_of_chunks(p.moe, batch, seq_len);
+  const std::vector<Rows> attn_rows = rows_of_chunks(p.attention, batch, seq_len, dy.device()),
+                          moe_rows = rows_of_chunks(p.moe, batch, seq_len, dy.device());
   // d[l]: gradient of block l's token buffer (residual path included), which becomes the gradient
   // of its input in place once the attention side's backward is added; d[L] = dy.
   std::vector<Tensor> d(L + 1);
   d[L] = dy;
-  for (size_t l = 0; l < L; ++l) d[l] = Tensor::empty(dy.shape());
+  for (size_t l = 0; l < L; ++l) d[l] = Tensor::empty(dy.shape(), DType::F32, dy.device());
   // The block's last compute task: its activations and its output gradient are no longer needed.
   auto release = [&](size_t l) {
     ctx[l] = BlockContext{};

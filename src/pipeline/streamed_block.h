@@ -32,8 +32,10 @@ class StreamedBlock final : public BlockExecutor {
  public:
   // trace (borrowed, may be null): one slice per stage and chunk on "compute" / "comm" tracks of
   // rank `rank`.
+  // Device::CUDA runs the two streams as GPU streams (core/stream.h): tasks enqueue on their own CUDA
+  // streams, ordered by CUDA events, so compute and communication overlap on the device too.
   StreamedBlock(const BlockSchedule& schedule, StageOrder order, TraceRecorder* trace = nullptr, int rank = 0,
-                PipelineScope scope = PipelineScope::Block);
+                PipelineScope scope = PipelineScope::Block, Device device = Device::CPU);
 
   Tensor forward(const Block& block, BlockContext& ctx, const Tensor& x, int64_t batch, int64_t seq_len,
                  RoutingStats& stats) const override;
@@ -59,6 +61,7 @@ class StreamedBlock final : public BlockExecutor {
   BlockSchedule schedule_;
   StageOrder order_;
   PipelineScope scope_;
+  Device device_;
   std::unique_ptr<Stream> compute_, comm_;
   std::string inject_failure_;
   mutable ChunkPlan plan_;  // of the latest forward(), for its backward()

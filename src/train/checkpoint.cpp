@@ -71,7 +71,7 @@ std::unique_ptr<Tokenizer> checkpoint_tokenizer(const std::string& root, const M
   return tokenizer;
 }
 
-// The gathered tensors of a save (collective), written by `writer` only.
+// The gathered tensors of a save (collective), on the host, written by `writer` only.
 struct GatheredState {
   std::vector<std::pair<std::string, Tensor>> weights, moments;
 };
@@ -81,10 +81,12 @@ static GatheredState gather_state(const GptMoe& model, const AdamW& optimizer, c
   GatheredState g;
   const auto state = optimizer.state_tensors();  // two per parameter, in parameter order
   size_t i = 0;
+  // A model on the GPU saves the same float32 file: every tensor is copied to the host first.
   for (const Parameter& p : model.params().all()) {
-    g.weights.emplace_back(p.name, gathered(p, p.value, groups, E));
-    g.moments.emplace_back(state[2 * i].first, gathered(p, state[2 * i].second, groups, E));
-    g.moments.emplace_back(state[2 * i + 1].first, gathered(p, state[2 * i + 1].second, groups, E));
+    g.weights.emplace_back(p.name, gathered(p, p.value.to(Device::CPU), groups, E));
+    g.moments.emplace_back(state[2 * i].first, gathered(p, state[2 * i].second.to(Device::CPU), groups, E));
+    g.moments.emplace_back(state[2 * i + 1].first,
+                           gathered(p, state[2 * i + 1].second.to(Device::CPU), groups, E));
     ++i;
   }
   return g;

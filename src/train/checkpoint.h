@@ -36,6 +36,7 @@ struct TrainingProgress {
 
 // With `groups` (a parallel run) expert tensors are gathered over the expert group, so the file
 // holds all experts, and world rank 0 writes; collective over the world. Any layout can load it.
+// A model on the GPU is copied to the host first: the file is the same on every device.
 // A subword tokenizer travels with the checkpoint as DIR/tokenizer.model (written before the
 // model file; the model's config names the tokenizer's identity, train/tokenizer.h).
 void save_checkpoint(const std::string& dir, const GptMoe& model, const AdamW& optimizer,
@@ -102,8 +103,9 @@ std::unique_ptr<Tokenizer> checkpoint_tokenizer(const std::string& dir, const Mo
 // The readers below accept an iteration root too (they read its tracker's iteration).
 // The model config stored in DIR/model.safetensors (validated), or in a Hugging Face DIR's config.json.
 ModelConfig read_checkpoint_config(const std::string& dir);
-// Copies DIR's weights into the model (each rank its own experts' slice); refuses a config that
-// differs from the model's, missing or extra tensors, and shape mismatches, naming each.
+// Copies DIR's weights into the model (each rank its own experts' slice, onto the model's device);
+// refuses a config that differs from the model's, missing or extra tensors, and shape mismatches,
+// naming each.
 void load_model_weights(const std::string& dir, GptMoe& model);
 // False for a directory that holds weights only (a Hugging Face one): training starts from its
 // weights with a fresh optimizer at iteration 0 instead of calling load_training_state.

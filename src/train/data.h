@@ -47,7 +47,8 @@ class TokenWindows final : public WindowSource {
   const std::vector<int32_t>& tokens_;
 };
 
-// A batch of B windows: tokens and targets [B*N] int32 (targets are the tokens shifted by one).
+// A batch of B windows: tokens and targets [B*N] int32 (targets are the tokens shifted by one), on
+// the host; the trainer moves them to the model's device once per step.
 struct Batch {
   Tensor tokens, targets;
   int64_t batch = 0;

@@ -72,7 +72,7 @@ void reduce_packed(const std::vector<Parameter*>& params, Tensor& buffer, Commun
     for (Parameter* p : params) kernels::scale_inplace(p->grad, scale);
     return;
   }
-  if (!buffer.defined()) buffer = Tensor::empty({total_elements(params)});
+  if (!buffer.defined()) buffer = Tensor::empty({total_elements(params)}, DType::F32, params[0]->grad.device());
   int64_t offset = 0;
   for (Parameter* p : params) {
     const int64_t n = p->grad.numel();

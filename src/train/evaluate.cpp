@@ -36,11 +36,15 @@ EvalResult evaluate_windows(const GptMoe& model, const WindowSource& source, con
     std::vector<int64_t> part(mine.begin() + static_cast<std::ptrdiff_t>(first),
                               mine.begin() + static_cast<std::ptrdiff_t>(last));
     Batch b = make_batch(source, part, seq_len);
+    const Tensor targets = b.targets.to(model.device());
     ForwardState state;
-    model.forward(state, b.tokens, b.targets, b.batch);
-    Tensor losses = Tensor::empty({b.batch * seq_len});
-    kernels::cross_entropy_forward(state.logits, b.targets, losses);
-    const float* lp = losses.data<float>();
+    model.forward(state, b.tokens.to(model.device()), targets, b.batch);
+    Tensor losses = Tensor::empty({b.batch * seq_len}, DType::F32, model.device());
+    kernels::cross_entropy_forward(state.logits, targets, losses);
+    // host round trip (GPU): the per-token losses [B*N] cross to the host, where the counted
+    // windows' losses are summed.
+    const Tensor host_losses = losses.to(Device::CPU);
+    const float* lp = host_losses.data<float>();
     for (int64_t w = 0; w < b.batch; ++w) {
       if (!counted[first + static_cast<size_t>(w)]) continue;
       for (int64_t t = 0; t < seq_len; ++t) sum += lp[w * seq_len + t];
@@ -71,7 +75,6 @@ std::vector<int32_t> generate(const GptMoe& model, const std::vector<int32_t>& p
       << "the tokenizer's vocabulary " << tokenizer_vocab << " exceeds the model's " << model.config().vocab_size;
   // Padded ids (beyond the tokenizer's vocabulary) are never drawn.
   const int64_t V = tokenizer_vocab > 0 ? tokenizer_vocab : model.config().vocab_size;
-  const int64_t row_width = model.config().vocab_size;
   for (int32_t t : prompt)
     AMPIPE_CHECK(t >= 0 && t < V) << "prompt token " << t << " is outside the vocabulary [0, " << V << ")";
   Rng rng(seed);
@@ -80,8 +83,10 @@ std::vector<int32_t> generate(const GptMoe& model, const std::vector<int32_t>& p
   for (int64_t i = 0; i < count; ++i) {
     const int64_t n = std::min<int64_t>(static_cast<int64_t>(context.size()), model.config().max_seq_len);
     std::vector<int32_t> window(context.end() - n, context.end());
-    Tensor logits = model.logits(Tensor::from_ints({n}, window), 1);
-    const float* row = logits.data<float>() + (n - 1) * row_width;
+    Tensor logits = model.logits(Tensor::from_ints({n}, window).to(model.device()), 1);
+    // host round trip (GPU): the last position's logits [V] cross to the host to pick the next token.
+    const Tensor last = logits.rows(n - 1, n).to(Device::CPU);
+    const float* row = last.data<float>();
     int32_t next = 0;
     if (temperature == 0) {
       next = static_cast<int32_t>(std::max_element(row, row + V) - row);

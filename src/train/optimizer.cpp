@@ -20,8 +20,8 @@ double learning_rate(const LrSchedule& s, int64_t iteration) {
 AdamW::AdamW(ParameterRegistry& params, const AdamWConfig& config, Communicator* expert_group)
     : params_(params), config_(config), expert_group_(expert_group) {
   for (const Parameter& p : params_.all()) {
-    exp_avg_.push_back(Tensor::zeros(p.value.shape()));
-    exp_avg_sq_.push_back(Tensor::zeros(p.value.shape()));
+    exp_avg_.push_back(Tensor::zeros(p.value.shape(), DType::F32, p.value.device()));
+    exp_avg_sq_.push_back(Tensor::zeros(p.value.shape(), DType::F32, p.value.device()));
   }
 }
 

@@ -29,7 +29,8 @@ struct AdamWConfig {
 class AdamW {
  public:
   // expert_group (borrowed; nullptr = one rank): the ranks whose expert tensors together make the
-  // whole model, so the clipping norm counts every expert once.
+  // whole model, so the clipping norm counts every expert once. The moments live on the device of
+  // their parameters.
   AdamW(ParameterRegistry& params, const AdamWConfig& config, Communicator* expert_group = nullptr);
 
   // Clips gradients by the global norm over the whole model (collective over the expert group),
@@ -37,9 +38,10 @@ class AdamW {
   double step(double lr);
   int64_t steps_taken() const { return step_; }
 
-  // Optimizer state, by parameter name, for checkpoints: "<name>.exp_avg", "<name>.exp_avg_sq".
+  // Optimizer state, by parameter name, for checkpoints: "<name>.exp_avg", "<name>.exp_avg_sq" (on
+  // the parameters' device).
   std::vector<std::pair<std::string, Tensor>> state_tensors() const;
-  // Restores state saved by state_tensors() (shapes checked) and the step count.
+  // Restores state saved by state_tensors() (shapes checked; any device) and the step count.
   void load_state(const std::vector<std::pair<std::string, Tensor>>& tensors, int64_t steps);
 
  private:

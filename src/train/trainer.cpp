@@ -35,8 +35,18 @@ static std::string format_duration(double seconds) {
   return buf;
 }
 
+Device parse_device(const std::string& name) {
+  if (name == "cpu") return Device::CPU;
+  AMPIPE_CHECK(name == "cuda") << "--device '" << name << "' is not one of: cpu, cuda";
+  require_cuda("--device cuda");
+  return Device::CUDA;
+}
+
+const char* device_flag_name(Device device) { return device == Device::CUDA ? "cuda" : "cpu"; }
+
 static void validate(const TrainOptions& o) {
   o.model.validate();
+  if (o.device == Device::CUDA) require_cuda("--device cuda");
   AMPIPE_CHECK(o.micro_batch_size >= 1) << "--micro-batch-size must be at least 1, got " << o.micro_batch_size;
   AMPIPE_CHECK(o.train_iters >= 1) << "--train-iters must be at least 1, got " << o.train_iters;
   AMPIPE_CHECK(o.eval_interval >= 0) << "--eval-interval must be >= 0, got " << o.eval_interval;
@@ -69,7 +79,8 @@ static std::string describe(const TrainOptions& o) {
     << "\nexpert_parallel_size=" << o.expert_parallel_size << "\neval_interval=" << o.eval_interval
     << "\neval_iters=" << o.eval_iters << "\nexit_interval=" << o.exit_interval
     << "\nschedule=" << o.schedule.describe() << "\nstage_order=" << o.stage_order
-    << "\npipeline_scope=" << o.pipeline_scope << "\noverlap_grad_reduce=" << o.overlap_grad_reduce << "\n";
+    << "\npipeline_scope=" << o.pipeline_scope << "\noverlap_grad_reduce=" << o.overlap_grad_reduce
+    << "\ndevice=" << device_flag_name(o.device) << "\n";
   return s.str();
 }
 
@@ -188,7 +199,8 @@ std::unique_ptr<BlockExecutor> make_block_executor(TrainOptions& o, const Traini
   // A sequential block runs on the streams too when traced, so every schedule shows its stages, and
   // when the gradient reduction overlaps the backward (on the comm stream).
   if (trace == nullptr && !o.overlap_grad_reduce && o.schedule.kind == ScheduleKind::Sequential) return nullptr;
-  return std::make_unique<StreamedBlock>(o.schedule, parse_stage_order(o.stage_order), trace, world.rank(), *scope);
+  return std::make_unique<StreamedBlock>(o.schedule, parse_stage_order(o.stage_order), trace, world.rank(), *scope,
+                                         o.device);
 }
 
 // Loads --load: a Hugging Face directory's weights (fresh optimizer), or a checkpoint to resume.
@@ -224,6 +236,7 @@ void log_startup(const Run& r) {
                 static_cast<long long>(o.model.max_seq_len), static_cast<long long>(o.model.vocab_size),
                 o.tokenizer_type.c_str());
   r.log(buf);
+  if (o.device == Device::CUDA) r.log("device: cuda (parameters, activations and optimizer state on the GPU)");
   r.log("schedule: " + o.schedule.describe() + (o.schedule.kind == ScheduleKind::Sequential ? "" : " " + o.stage_order) +
         ", pipeline scope " + o.pipeline_scope + ", gradient reduction " +
         (o.overlap_grad_reduce ? "overlapped with the backward" : "after the backward"));
@@ -252,8 +265,10 @@ Step train_step(Run& r, int64_t it) {
   Batch batch = make_batch(r.corpus.train(), std::vector<int64_t>(global.begin() + rank * B, global.begin() + (rank + 1) * B), N);
   step.data_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - data_start).count();
   r.model.params().zero_grad();
+  // The batch moves to the model's device once per step (no copy on the CPU).
+  const Tensor tokens = batch.tokens.to(r.model.device()), targets = batch.targets.to(r.model.device());
   ForwardState state;
-  step.loss = r.model.forward(state, batch.tokens, batch.targets, B);
+  step.loss = r.model.forward(state, tokens, targets, B);
   if (inject_nan(static_cast<int>(rank), it + 1)) step.loss.lm_loss = step.loss.total = NAN;
   if (r.world.size() > 1) {
     r.world.all_reduce_sum(step.loss.lm_loss);
@@ -452,6 +467,7 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   TimedCommunicator world(world_in != nullptr ? *world_in : static_cast<Communicator&>(self));
   const int rank = world.rank();
   const int64_t R = world.size();
+  require_one_rank_on_gpu(o.device, static_cast<int>(R));
   auto log = [&](const std::string& line) {
     if (rank == 0) log_line(line);
   };
@@ -466,7 +482,7 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   const int64_t N = o.model.max_seq_len, B = o.micro_batch_size;
   CorpusOptions co{o.data_path, o.split, N, o.seed, o.train_iters * B * R, o.eval_iters * B * R};
   const TrainingCorpus corpus(co, *tokenizer, o.model.vocab_size);
-  GptMoe model(o.model, groups.model_parallel());
+  GptMoe model(o.model, groups.model_parallel(), o.device);
   model.initialize(o.seed);
   TraceRecorder trace;
   const bool tracing = !o.trace_file.empty();

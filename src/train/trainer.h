@@ -8,6 +8,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "core/device.h"
 #include "model/config.h"
 #include "pipeline/schedule.h"
 #include "train/optimizer.h"
@@ -59,7 +60,16 @@ struct TrainOptions {
   std::string hardware;
   std::string trace_file;           // Chrome trace of two iterations (the 2nd and 3rd of this run)
   bool abort_on_nan = false;    // a non-finite loss ends the job; otherwise the step is skipped
+  // --device: where the model, its activations and the optimizer state live. Device::CUDA needs a
+  // usable GPU and one rank (the communicators are host-only); checkpoints are the same files.
+  Device device = Device::CPU;
 };
+
+// --device NAME: "cpu" or "cuda". "cuda" first checks that a GPU can be used (require_cuda: the
+// error names the reason and what to do). Throws ampipe::Error for any other name.
+Device parse_device(const std::string& name);
+// "cpu" or "cuda".
+const char* device_flag_name(Device device);
 
 struct TrainResult {
   int64_t iterations = 0;          // total completed (including resumed ones)

@@ -26,7 +26,7 @@ Tensor Dispatcher::exchange(const Tensor& rows, const std::vector<int64_t>& send
   const int64_t d = rows.dim(1);
   int64_t total = 0;
   for (int64_t r : recv_rows) total += r;
-  Tensor out = Tensor::empty({total, d});
+  Tensor out = Tensor::empty({total, d}, DType::F32, rows.device());
   std::vector<int64_t> send_counts(send_rows.size()), recv_counts(recv_rows.size());
   for (size_t i = 0; i < send_rows.size(); ++i) send_counts[i] = send_rows[i] * d;
   for (size_t i = 0; i < recv_rows.size(); ++i) recv_counts[i] = recv_rows[i] * d;
@@ -63,14 +63,15 @@ void Dispatcher::begin_dispatch(DispatchContext& ctx, const Tensor& m, const Ten
                                 const Tensor& gate) const {
   ctx.plan = kernels::make_dispatch_plan(expert_index, static_cast<int>(experts_), capacity(m.dim(0)));
   ctx.gate = gate;
-  ctx.in_flight = Tensor::empty({ctx.plan.num_slots(), m.dim(1)});
+  ctx.in_flight = Tensor::empty({ctx.plan.num_slots(), m.dim(1)}, DType::F32, m.device());
   kernels::permute_forward(m, ctx.plan, ctx.in_flight);
   if (!distributed()) ctx.local_counts = ctx.plan.expert_counts;
 }
 
 void Dispatcher::exchange_dispatch(DispatchContext& ctx) const {
   if (!distributed()) return;
-  // Rows per (destination rank, its local expert), exchanged first: counts[src][e_local].
+  // Rows per (destination rank, its local expert), exchanged first: counts[src][e_local]. The counts
+  // are host values (DispatchPlan::expert_counts), exchanged in host buffers.
   const int ep = group_->size();
   Tensor send_counts = Tensor::empty({experts_}, DType::I32);
   for (int64_t e = 0; e < experts_; ++e)
@@ -96,13 +97,16 @@ void Dispatcher::exchange_dispatch(DispatchContext& ctx) const {
       block_start[r * local_experts_ + e] = row;
       row += rc[r * local_experts_ + e];
     }
-  ctx.regroup = Tensor::empty({row}, DType::I32);
-  int32_t* regroup = ctx.regroup.data<int32_t>();
+  Tensor host_regroup = Tensor::empty({row}, DType::I32);
+  int32_t* regroup = host_regroup.data<int32_t>();
   int64_t out_row = 0;
   for (int64_t e = 0; e < local_experts_; ++e)
     for (int r = 0; r < ep; ++r)
       for (int64_t i = 0; i < rc[r * local_experts_ + e]; ++i)
         regroup[out_row++] = static_cast<int32_t>(block_start[r * local_experts_ + e] + i);
+  // host round trip (GPU): the regrouping index [P_local], built on the host from the exchanged
+  // counts, crosses to the device of the rows it moves.
+  ctx.regroup = host_regroup.to(ctx.in_flight.device());
   ctx.in_flight = exchange(ctx.in_flight, ctx.send_rows, ctx.recv_rows);
 }
 
@@ -110,7 +114,7 @@ Tensor Dispatcher::finish_dispatch(DispatchContext& ctx) const {
   Tensor received = std::move(ctx.in_flight);
   ctx.in_flight = Tensor();
   if (!distributed()) return received;
-  Tensor expert_input = Tensor::empty({ctx.regroup.numel(), received.dim(1)});
+  Tensor expert_input = Tensor::empty({ctx.regroup.numel(), received.dim(1)}, DType::F32, received.device());
   kernels::gather_rows(received, ctx.regroup, expert_input);
   return expert_input;
 }
@@ -120,7 +124,7 @@ void Dispatcher::begin_combine(DispatchContext& ctx, const Tensor& expert_output
     ctx.in_flight = expert_output;
     return;
   }
-  ctx.in_flight = Tensor::empty(expert_output.shape());
+  ctx.in_flight = Tensor::empty(expert_output.shape(), DType::F32, expert_output.device());
   kernels::scatter_rows(expert_output, ctx.regroup, ctx.in_flight);
 }
 
@@ -131,13 +135,14 @@ void Dispatcher::exchange_combine(DispatchContext& ctx) const {
 Tensor Dispatcher::finish_combine(DispatchContext& ctx) const {
   ctx.expert_output_permuted = std::move(ctx.in_flight);
   ctx.in_flight = Tensor();
-  Tensor out = Tensor::empty({ctx.plan.token_slot.dim(0), ctx.expert_output_permuted.dim(1)});
+  Tensor out = Tensor::empty({ctx.plan.token_slot.dim(0), ctx.expert_output_permuted.dim(1)}, DType::F32,
+                             ctx.expert_output_permuted.device());
   kernels::unpermute_forward(ctx.expert_output_permuted, ctx.plan, ctx.gate, out);
   return out;
 }
 
 void Dispatcher::begin_combine_backward(DispatchContext& ctx, const Tensor& dout, Tensor dgate) const {
-  ctx.in_flight = Tensor::empty(ctx.expert_output_permuted.shape());
+  ctx.in_flight = Tensor::empty(ctx.expert_output_permuted.shape(), DType::F32, dout.device());
   kernels::unpermute_backward(dout, ctx.expert_output_permuted, ctx.plan, ctx.gate, ctx.in_flight, dgate);
 }
 
@@ -149,7 +154,7 @@ Tensor Dispatcher::finish_combine_backward(DispatchContext& ctx) const {
   Tensor received = std::move(ctx.in_flight);
   ctx.in_flight = Tensor();
   if (!distributed()) return received;
-  Tensor dexpert_output = Tensor::empty({ctx.regroup.numel(), received.dim(1)});
+  Tensor dexpert_output = Tensor::empty({ctx.regroup.numel(), received.dim(1)}, DType::F32, received.device());
   kernels::gather_rows(received, ctx.regroup, dexpert_output);
   return dexpert_output;
 }
@@ -159,7 +164,7 @@ void Dispatcher::begin_dispatch_backward(DispatchContext& ctx, const Tensor& dex
     ctx.in_flight = dexpert_input;
     return;
   }
-  ctx.in_flight = Tensor::empty(dexpert_input.shape());
+  ctx.in_flight = Tensor::empty(dexpert_input.shape(), DType::F32, dexpert_input.device());
   kernels::scatter_rows(dexpert_input, ctx.regroup, ctx.in_flight);
 }
 
@@ -170,7 +175,7 @@ void Dispatcher::exchange_dispatch_backward(DispatchContext& ctx) const {
 Tensor Dispatcher::finish_dispatch_backward(DispatchContext& ctx) const {
   Tensor dpermuted = std::move(ctx.in_flight);
   ctx.in_flight = Tensor();
-  Tensor dm = Tensor::empty({ctx.plan.token_slot.dim(0), dpermuted.dim(1)});
+  Tensor dm = Tensor::empty({ctx.plan.token_slot.dim(0), dpermuted.dim(1)}, DType::F32, dpermuted.device());
   kernels::permute_backward(dpermuted, ctx.plan, dm);
   return dm;
 }

@@ -55,10 +55,11 @@ Tensor Experts::forward(ExpertsContext& ctx, const Tensor& u, const std::vector<
   const int64_t P = u.dim(0);
   ctx.counts = counts;
   ctx.u = u;
-  ctx.h = Tensor::empty({P, ffn_});
-  if (swiglu_) ctx.h3 = Tensor::empty({P, ffn_});
-  ctx.g = Tensor::empty({P, ffn_});
-  Tensor y = Tensor::empty({P, hidden_});
+  const Device device = u.device();
+  ctx.h = Tensor::empty({P, ffn_}, DType::F32, device);
+  if (swiglu_) ctx.h3 = Tensor::empty({P, ffn_}, DType::F32, device);
+  ctx.g = Tensor::empty({P, ffn_}, DType::F32, device);
+  Tensor y = Tensor::empty({P, hidden_}, DType::F32, device);
   int64_t row = 0;
   for (int64_t e = 0; e < experts_; ++e) {
     const int64_t n = counts[e];
@@ -82,9 +83,10 @@ Tensor Experts::forward(ExpertsContext& ctx, const Tensor& u, const std::vector<
 
 Tensor Experts::backward(ExpertsContext& ctx, const Tensor& dy) const {
   const int64_t P = dy.dim(0);
-  Tensor du = Tensor::empty({P, hidden_});
-  Tensor dg = Tensor::empty({P, ffn_});
-  Tensor dh3 = swiglu_ ? Tensor::empty({P, ffn_}) : Tensor();
+  const Device device = dy.device();
+  Tensor du = Tensor::empty({P, hidden_}, DType::F32, device);
+  Tensor dg = Tensor::empty({P, ffn_}, DType::F32, device);
+  Tensor dh3 = swiglu_ ? Tensor::empty({P, ffn_}, DType::F32, device) : Tensor();
   int64_t row = 0;
   for (int64_t e = 0; e < experts_; ++e) {
     const int64_t n = ctx.counts[e];
@@ -95,7 +97,7 @@ Tensor Experts::backward(ExpertsContext& ctx, const Tensor& dy) const {
     if (swiglu_) {
       // swiglu_backward's outputs may not alias its inputs: the gate's gradient gets its own buffer.
       const Tensor h3 = ctx.h3.rows(row, row + n), dh3_e = dh3.rows(row, row + n);
-      Tensor dh = Tensor::empty({n, ffn_});
+      Tensor dh = Tensor::empty({n, ffn_}, DType::F32, device);
       kernels::swiglu_backward(h, h3, dg_e, dh, dh3_e);
       backward_map(in_, e, u_e, dh, du_e, false);
       backward_map(linear_, e, u_e, dh3_e, du_e, true);

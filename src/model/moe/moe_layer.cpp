@@ -13,7 +13,7 @@ MoeLayer::MoeLayer(const ModelConfig& config, ParameterRegistry& params, const s
 
 void MoeLayer::begin_forward(MoeContext& ctx, const Tensor& x, RoutingStats& stats) const {
   ctx.x = x;
-  Tensor m = Tensor::empty(x.shape());
+  Tensor m = Tensor::empty(x.shape(), DType::F32, x.device());
   norm_.forward(x, m, ctx.norm);
   router_.forward(ctx.router, m, stats);
   dispatcher_.begin_dispatch(ctx.dispatch, m, ctx.router.expert_index, ctx.router.gate);
@@ -34,7 +34,7 @@ Tensor MoeLayer::finish_forward(MoeContext& ctx) const {
 
 void MoeLayer::begin_backward(MoeContext& ctx, const Tensor& dy) const {
   ctx.dy = dy;
-  ctx.dgate = Tensor::empty(ctx.router.gate.shape());
+  ctx.dgate = Tensor::empty(ctx.router.gate.shape(), DType::F32, dy.device());
   dispatcher_.begin_combine_backward(ctx.dispatch, dy, ctx.dgate);
 }
 
@@ -47,7 +47,7 @@ void MoeLayer::run_experts_backward(MoeContext& ctx) const {
 Tensor MoeLayer::finish_backward(MoeContext& ctx, const RoutingStats& stats, double aux_grad_scale) const {
   Tensor dm = dispatcher_.finish_dispatch_backward(ctx.dispatch);
   router_.backward(ctx.router, ctx.dgate, stats, aux_grad_scale, dm);
-  Tensor dx = Tensor::empty(ctx.dy.shape());
+  Tensor dx = Tensor::empty(ctx.dy.shape(), DType::F32, ctx.dy.device());
   norm_.backward(dm, ctx.x, ctx.norm, dx);
   kernels::add_inplace(dx, ctx.dy);
   ctx = MoeContext{};

@@ -20,17 +20,21 @@ Router::Router(const ModelConfig& config, ParameterRegistry& params, const std::
 void Router::forward(RouterContext& ctx, const Tensor& m, RoutingStats& stats) const {
   const int64_t T = m.dim(0);
   if (stats.routed_counts.size() != static_cast<size_t>(experts_)) stats.reset(experts_);
+  const Device device = m.device();
   ctx.m = m;
-  Tensor logits = Tensor::empty({T, experts_});
+  Tensor logits = Tensor::empty({T, experts_}, DType::F32, device);
   linear_forward(m, weight_->value, Tensor(), logits);
-  ctx.probs = Tensor::empty({T, experts_});
+  ctx.probs = Tensor::empty({T, experts_}, DType::F32, device);
   kernels::softmax_rows(logits, ctx.probs);
-  ctx.expert_index = Tensor::empty({T, top_k_}, DType::I32);
-  ctx.gate = Tensor::empty({T, top_k_});
+  ctx.expert_index = Tensor::empty({T, top_k_}, DType::I32, device);
+  ctx.gate = Tensor::empty({T, top_k_}, DType::F32, device);
   kernels::router_topk(ctx.probs, static_cast<int>(top_k_), ctx.expert_index, ctx.gate, normalize_single_);
 
-  const float* p = ctx.probs.data<float>();
-  const int32_t* idx = ctx.expert_index.data<int32_t>();
+  // host round trip (GPU): probs [T, E] and expert_index [T, k] cross to the host, where the
+  // routing statistics of the load-balancing loss are summed.
+  const Tensor probs = ctx.probs.to(Device::CPU), expert_index = ctx.expert_index.to(Device::CPU);
+  const float* p = probs.data<float>();
+  const int32_t* idx = expert_index.data<int32_t>();
   for (int64_t t = 0; t < T; ++t) {
     for (int64_t e = 0; e < experts_; ++e) stats.prob_sums[e] += p[t * experts_ + e];
     for (int64_t j = 0; j < top_k_; ++j) stats.routed_counts[idx[t * top_k_ + j]] += 1.0;
@@ -50,19 +54,21 @@ double Router::aux_loss(const RoutingStats& stats) const {
 void Router::backward(const RouterContext& ctx, const Tensor& dgate, const RoutingStats& stats,
                       double aux_grad_scale, Tensor dm) const {
   const int64_t T = ctx.m.dim(0);
-  Tensor dprobs = Tensor::empty({T, experts_});
+  const Device device = ctx.m.device();
+  Tensor dprobs = Tensor::empty({T, experts_}, DType::F32, device);
   kernels::router_topk_backward(ctx.probs, ctx.expert_index, ctx.gate, dgate, dprobs, normalize_single_);
   if (aux_grad_scale != 0.0 && stats.tokens > 0) {
     // d aux / d p[t, e] = E * count_e / (T k) / T: a constant per expert (counts are constants).
     const double Ttot = static_cast<double>(stats.tokens);
-    std::vector<float> add(experts_);
+    Tensor add = Tensor::empty({experts_});
+    float* a = add.data<float>();
     for (int64_t e = 0; e < experts_; ++e)
-      add[e] = static_cast<float>(aux_grad_scale * experts_ * stats.routed_counts[e] / (Ttot * top_k_) / Ttot);
-    float* dp = dprobs.data<float>();
-    for (int64_t t = 0; t < T; ++t)
-      for (int64_t e = 0; e < experts_; ++e) dp[t * experts_ + e] += add[e];
+      a[e] = static_cast<float>(aux_grad_scale * experts_ * stats.routed_counts[e] / (Ttot * top_k_) / Ttot);
+    // host round trip (GPU): the per-expert constants [E], formed on the host from the routing
+    // statistics, cross to the device and are added to every row of dprobs.
+    kernels::add_bias(dprobs, add.to(device));
   }
-  Tensor dlogits = Tensor::empty({T, experts_});
+  Tensor dlogits = Tensor::empty({T, experts_}, DType::F32, device);
   kernels::softmax_rows_backward(ctx.probs, dprobs, dlogits);
   linear_backward(ctx.m, weight_->value, dlogits, dm, weight_->grad, Tensor(), /*accumulate_dx=*/true);
 }

@@ -1,0 +1,206 @@
+// The model, the optimizer and checkpoints on the GPU (--device cuda): the same function as on the
+// CPU. GPU tests skip with the reason where no GPU can be used; the CLI tests run everywhere.
+#include <gtest/gtest.h>
+
+#include <algorithm>
+#include <cmath>
+#include <string>
+#include <vector>
+
+#include "cli_util.h"
+#include "core/device.h"
+#include "core/random.h"
+#include "model/gpt.h"
+#include "pipeline/streamed_block.h"
+#include "test_util.h"
+#include "train/checkpoint.h"
+#include "train/optimizer.h"
+#include "train/trainer.h"
+
+namespace ampipe {
+namespace {
+
+ModelConfig tiny_gpt() {
+  ModelConfig c;
+  c.vocab_size = 11;
+  c.max_seq_len = 9;
+  c.hidden_size = 8;
+  c.num_attention_heads = 2;
+  c.num_layers = 2;
+  c.num_experts = 3;
+  c.ffn_hidden_size = 6;
+  c.top_k = 2;
+  c.aux_loss_weight = 0.05;
+  return c;
+}
+
+ModelConfig tiny_mixtral() {
+  ModelConfig c = tiny_gpt();
+  c.set_family("mixtral");
+  c.hidden_size = 16;
+  c.num_attention_heads = 4;
+  c.num_query_groups = 2;
+  c.rotary_base = 100;
+  return c;
+}
+
+Tensor random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<int32_t> v(n);
+  for (auto& t : v) t = static_cast<int32_t>(rng.below(vocab));
+  return Tensor::from_ints({n}, v);
+}
+
+// max |a - b| over max |b|: the error relative to the tensor's scale.
+double scaled_error(const std::vector<float>& a, const std::vector<float>& b) {
+  double diff = 0, scale = 1e-12;
+  for (size_t i = 0; i < a.size() && i < b.size(); ++i) {
+    diff = std::max(diff, std::abs(static_cast<double>(a[i]) - b[i]));
+    scale = std::max(scale, std::abs(static_cast<double>(b[i])));
+  }
+  return a.size() == b.size() ? diff / scale : INFINITY;
+}
+
+double relative(double a, double b) { return std::abs(a - b) / std::max(std::abs(b), 1e-12); }
+
+// One forward + backward on each device from the same seed: loss and every gradient agree.
+void check_forward_backward(const ModelConfig& config, int64_t B, int64_t N, const BlockExecutor* gpu_executor) {
+  GptMoe cpu(config), gpu(config, {}, Device::CUDA);
+  cpu.initialize(5);
+  gpu.initialize(5);
+  gpu.set_block_executor(gpu_executor);
+  ASSERT_EQ(gpu.params().all().front().value.device(), Device::CUDA);
+  const Tensor tokens = random_tokens(B * N, config.vocab_size, 1), targets = random_tokens(B * N, config.vocab_size, 2);
+  ForwardState cs, gs;
+  const LossParts cl = cpu.forward(cs, tokens, targets, B);
+  const LossParts gl = gpu.forward(gs, tokens.to(Device::CUDA), targets.to(Device::CUDA), B);
+  EXPECT_LE(relative(gl.lm_loss, cl.lm_loss), 1e-4) << "gpu " << gl.lm_loss << " cpu " << cl.lm_loss;
+  EXPECT_LE(relative(gl.aux_loss, cl.aux_loss), 1e-4) << "gpu " << gl.aux_loss << " cpu " << cl.aux_loss;
+  cpu.backward(cs);
+  gpu.backward(gs);
+  for (size_t i = 0; i < cpu.params().all().size(); ++i) {
+    const Parameter& c = cpu.params().all()[i];
+    const Parameter& g = gpu.params().all()[i];
+    EXPECT_EQ(g.value.to_vector(), c.value.to_vector()) << c.name << ": initial values differ";
+    EXPECT_LE(scaled_error(g.grad.to_vector(), c.grad.to_vector()), 1e-4) << c.name;
+  }
+}
+
+TEST(ModelDevice, ForwardBackwardOnTheGpuMatchesTheCpu) {
+  if (!ampipe::cuda_unavailable_reason().empty()) GTEST_SKIP() << ampipe::cuda_unavailable_reason();
+  check_forward_backward(tiny_gpt(), 2, 7, nullptr);
+}
+
+TEST(ModelDevice, MixtralForwardBackwardOnTheGpuMatchesTheCpu) {
+  if (!ampipe::cuda_unavailable_reason().empty()) GTEST_SKIP() << ampipe::cuda_unavailable_reason();
+  check_forward_backward(tiny_mixtral(), 2, 9, nullptr);
+}
+
+// The chunked executor on the GPU (row indices of the chunks on the device) against the CPU's
+// sequential block.
+TEST(ModelDevice, AmpipeScheduleOnTheGpuMatchesTheCpu) {
+  if (!ampipe::cuda_unavailable_reason().empty()) GTEST_SKIP() << ampipe::cuda_unavailable_reason();
+  BlockSchedule s;
+  s.kind = ScheduleKind::AmPipe;
+  s.pipe_degree = 3;
+  const StreamedBlock executor(s, StageOrder::Interleaved, nullptr, 0, PipelineScope::Model);
+  check_forward_backward(tiny_gpt(), 2, 9, &executor);
+}
+
+// 20 AdamW steps on each device follow the same losses.
+TEST(ModelDevice, TrainingOnTheGpuFollowsTheCpu) {
+  if (!ampipe::cuda_unavailable_reason().empty()) GTEST_SKIP() << ampipe::cuda_unavailable_reason();
+  const ModelConfig config = tiny_gpt();
+  GptMoe cpu(config), gpu(config, {}, Device::CUDA);
+  cpu.initialize(3);
+  gpu.initialize(3);
+  AdamWConfig ac;
+  AdamW cpu_opt(cpu.params(), ac), gpu_opt(gpu.params(), ac);
+  const int64_t B = 2, N = 8;
+  for (int step = 0; step < 20; ++step) {
+    const Tensor tokens = random_tokens(B * N, config.vocab_size, 100 + step);
+    const Tensor targets = random_tokens(B * N, config.vocab_size, 200 + step);
+    double losses[2], norms[2];
+    for (int d = 0; d < 2; ++d) {
+      GptMoe& model = d == 0 ? cpu : gpu;
+      AdamW& opt = d == 0 ? cpu_opt : gpu_opt;
+      model.params().zero_grad();
+      ForwardState state;
+      losses[d] = model.forward(state, tokens.to(model.device()), targets.to(model.device()), B).total;
+      model.backward(state);
+      norms[d] = opt.step(1e-3);
+    }
+    EXPECT_LE(relative(losses[1], losses[0]), 1e-4) << "step " << step << ": gpu " << losses[1] << " cpu " << losses[0];
+    EXPECT_LE(relative(norms[1], norms[0]), 1e-3) << "step " << step << ": gradient norms";
+  }
+}
+
+// A checkpoint saved from a GPU model is the usual float32 file: the CPU evaluates it to the GPU's loss.
+TEST(ModelDevice, GpuCheckpointEvaluatesOnTheCpu) {
+  if (!ampipe::cuda_unavailable_reason().empty()) GTEST_SKIP() << ampipe::cuda_unavailable_reason();
+  const ModelConfig config = tiny_gpt();
+  GptMoe gpu(config, {}, Device::CUDA);
+  gpu.initialize(9);
+  AdamW opt(gpu.params(), AdamWConfig{});
+  const Tensor tokens = random_tokens(16, config.vocab_size, 4), targets = random_tokens(16, config.vocab_size, 5);
+  for (int step = 0; step < 3; ++step) {  // weights and moments that are not the initial ones
+    gpu.params().zero_grad();
+    ForwardState state;
+    gpu.forward(state, tokens, targets, 2);
+    gpu.backward(state);
+    opt.step(1e-2);
+  }
+  ForwardState gs;
+  const double gpu_loss = gpu.forward(gs, tokens, targets, 2).lm_loss;
+  const std::string dir = testing::fresh_temp_dir("gpu_checkpoint");
+  save_checkpoint(dir, gpu, opt, TrainingProgress{3, 1});
+  GptMoe cpu(config);
+  load_model_weights(dir, cpu);
+  ForwardState cs;
+  const double cpu_loss = cpu.forward(cs, tokens, targets, 2).lm_loss;
+  EXPECT_LE(relative(cpu_loss, gpu_loss), 1e-4) << "cpu " << cpu_loss << " gpu " << gpu_loss;
+  for (size_t i = 0; i < cpu.params().all().size(); ++i)
+    EXPECT_EQ(cpu.params().all()[i].value.to_vector(), gpu.params().all()[i].value.to_vector())
+        << cpu.params().all()[i].name;
+  // And back: the file loads onto the GPU with its optimizer state.
+  GptMoe again(config, {}, Device::CUDA);
+  AdamW again_opt(again.params(), AdamWConfig{});
+  load_model_weights(dir, again);
+  EXPECT_EQ(load_training_state(dir, again, again_opt).iteration, 3);
+  EXPECT_EQ(again_opt.state_tensors()[0].second.device(), Device::CUDA);
+  EXPECT_EQ(again_opt.state_tensors()[0].second.to_vector(), opt.state_tensors()[0].second.to_vector());
+}
+
+// Everywhere: --device names its two values, and cuda on several ranks is refused with what to do.
+TEST(ModelDevice, DeviceFlagValuesAndRankCheck) {
+  EXPECT_EQ(parse_device("cpu"), Device::CPU);
+  EXPECT_THROW(parse_device("gpu"), Error);
+  try {
+    require_one_rank_on_gpu(Device::CUDA, 4);
+    ADD_FAILURE() << "cuda on 4 ranks was accepted";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("--device cuda with 4 ranks needs the GPU communicator"), std::string::npos)
+        << e.what();
+  }
+  EXPECT_NO_THROW(require_one_rank_on_gpu(Device::CPU, 4));
+  EXPECT_NO_THROW(require_one_rank_on_gpu(Device::CUDA, 1));
+}
+
+// Without a usable GPU every command refuses --device cuda, naming the reason.
+TEST(ModelDevice, CudaWithoutAGpuFailsWithTheReason) {
+  const std::string reason = ampipe::cuda_unavailable_reason();
+  if (reason.empty()) GTEST_SKIP() << "a GPU is usable here";
+  EXPECT_THROW(parse_device("cuda"), Error);
+  const std::string dir = testing::fresh_temp_dir("device_flag");
+  for (const std::string& args :
+       {std::string("train --device cuda --train-iters 1"), "eval --device cuda --load " + dir,
+        "sample --device cuda --load " + dir, std::string("bench --device cuda --repeats 1 --warmup 0")}) {
+    const testing::RunResult r = testing::run_ampipe(args);
+    EXPECT_EQ(r.status, 1) << args << "\n" << r.output;
+    EXPECT_NE(r.output.find("--device cuda needs an NVIDIA GPU"), std::string::npos) << args << "\n" << r.output;
+    EXPECT_NE(r.output.find(reason), std::string::npos) << args << "\n" << r.output;
+  }
+}
+
+}  // namespace
+}  // namespace ampipe
