@@ -40,16 +40,18 @@ nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>
 log "configuring $build"
 cmake -S . -B "$build" "${cmake_args[@]}" > "$build.configure.log" 2>&1 || { cat "$build.configure.log"; exit 1; }
 grep -q 'ampipe CUDA backend: ON' "$build.configure.log" || { log "the CUDA backend was not configured"; exit 1; }
-targets=(ampipe bench_cuda_kernels test_device_cache test_tensor)
+targets=(ampipe bench_cuda_kernels test_device_cache test_tensor test_stream test_model_device)
 for t in tests/cuda/test_*.cpp; do targets+=("$(basename "$t" .cpp)"); done
 log "building ${targets[*]}"
 cmake --build "$build" -j"$(nproc)" --target "${targets[@]}" 2>&1 | grep -E 'error|warning|FAILED' || true
 for t in "${targets[@]}"; do [ -x "$build/$t" ] || { log "build of $t failed"; cmake --build "$build" --target "$t"; exit 1; }; done
 log "built in $(( $(date +%s) - start )) s"
 
+# Why no GPU can be used ("" when one can), as the engine sees it.
+cuda_reason() { "$build/ampipe" train --device cuda --train-iters 0 2>&1 | grep -o 'needs an NVIDIA GPU.*' || true; }
 status=0
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
-for t in test_device_cache test_tensor tests/cuda/test_*.cpp; do
+for t in test_device_cache test_tensor test_stream tests/cuda/test_*.cpp test_model_device; do
   name=$(basename "$t" .cpp)
   if "$build/$name" --gtest_brief=1 > "$build/$name.log" 2>&1; then
     log "PASS $name ($(grep -c '^\[       OK \]' "$build/$name.log" || true) passed, $(grep -c '^\[  SKIPPED \]' "$build/$name.log" || true) skipped)"
@@ -63,5 +65,20 @@ skipped=$(grep -h -A1 '^\[  SKIPPED \]' "$build"/test_cuda_*.log 2>/dev/null | g
 log "benchmark: GEMM and attention on the GPU"
 bench_json=${out:-$build}/bench_cuda_kernels.json
 if "$build/bench_cuda_kernels" --json "$bench_json"; then :; else log "FAIL bench_cuda_kernels"; status=1; fi
+# The default training run on each device, short: tokens/s and the validation loss.
+if [ -s data/kjv.txt ] && [ -z "$(cuda_reason)" ]; then
+  for device in cuda cpu; do
+    log "train --device $device (200 iterations of the default model)"
+    if "$build/ampipe" train --device "$device" --train-iters 200 --eval-interval 0 \
+        > "$build/train-$device.log" 2>&1; then
+      grep -E 'tok/s' "$build/train-$device.log" | tail -1 | sed "s/^/gpu_check: $device: /"
+      grep -iE 'validation' "$build/train-$device.log" | tail -1 | sed "s/^/gpu_check: $device: /"
+    else
+      log "FAIL train --device $device"; tail -20 "$build/train-$device.log"; status=1
+    fi
+  done
+else
+  log "train comparison skipped: $( [ -s data/kjv.txt ] || echo 'no data/kjv.txt (carry data/)'; cuda_reason)"
+fi
 log "done in $(( $(date +%s) - start )) s, status $status"
 exit $status
