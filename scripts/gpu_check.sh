@@ -50,17 +50,20 @@ log "built in $(( $(date +%s) - start )) s"
 # Why no GPU can be used ("" when one can), as the engine sees it.
 cuda_reason() { "$build/ampipe" train --device cuda --train-iters 0 2>&1 | grep -o 'needs an NVIDIA GPU.*' || true; }
 status=0
+export AMPIPE_BINARY="$PWD/$build/ampipe"  # the CLI tests run the binary
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 for t in test_device_cache test_tensor test_stream tests/cuda/test_*.cpp test_model_device; do
   name=$(basename "$t" .cpp)
   if "$build/$name" --gtest_brief=1 > "$build/$name.log" 2>&1; then
-    log "PASS $name ($(grep -c '^\[       OK \]' "$build/$name.log" || true) passed, $(grep -c '^\[  SKIPPED \]' "$build/$name.log" || true) skipped)"
+    passed=$(grep -o '^\[  PASSED  \] [0-9]*' "$build/$name.log" | grep -o '[0-9]*$' || echo 0)
+    skipped=$(grep -o '^\[  SKIPPED \] [0-9]*' "$build/$name.log" | grep -o '[0-9]*$' || echo 0)
+    log "PASS $name (${passed:-0} passed, ${skipped:-0} skipped)"
   else
     log "FAIL $name"; tail -40 "$build/$name.log"; status=1
   fi
 done
-skipped=$(grep -h -A1 '^\[  SKIPPED \]' "$build"/test_cuda_*.log 2>/dev/null | grep -v '^\[' | sort -u | head -3 || true)
-[ -n "$skipped" ] && log "skip reason: $skipped"
+reason=$(grep -h -A1 ': Skipped$' "$build"/test_cuda_*.log 2>/dev/null | grep -v 'Skipped$' | grep -v '^--' | sort | uniq -c | sort -rn | head -1 || true)
+[ -n "$reason" ] && log "GPU tests skipped: $reason"
 
 log "benchmark: GEMM and attention on the GPU"
 bench_json=${out:-$build}/bench_cuda_kernels.json
