@@ -9,8 +9,8 @@
 # Where the packages are installed (this development machine) it uses them and needs no .gpu-deps;
 # AMPIPE_GPU_DEPS=1 makes it use the unpacked ones anyway (how that path is checked here).
 # Without a GPU it still builds and runs the tests, which then skip with the reason: that is how it
-# is checked here. Results go to stdout and, when $OUT is set (the device tool), to $OUT/gpu_check.log
-# and $OUT/bench_cuda_kernels.json. Exit status: non-zero when the build or a test fails.
+# is checked here. Results go to stdout and, when $OUT is set (the device tool), to $OUT/gpu_check.log,
+# $OUT/bench_cuda_kernels.json and $OUT/bench_block.jsonl. Exit status: non-zero when the build or a test fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 start=$(date +%s)
@@ -68,6 +68,19 @@ reason=$(grep -h -A1 ': Skipped$' "$build"/test_cuda_*.log 2>/dev/null | grep -v
 log "benchmark: GEMM and attention on the GPU"
 bench_json=${out:-$build}/bench_cuda_kernels.json
 if "$build/bench_cuda_kernels" --json "$bench_json"; then :; else log "FAIL bench_cuda_kernels"; status=1; fi
+# One block forward + backward (float32) against the same block in PyTorch on the same GPU.
+if [ -z "$(cuda_reason)" ]; then
+  shape=(--seq-length 8192 --hidden-size 2048 --num-attention-heads 16 --moe-num-experts 8 --moe-top-k 2)
+  block_json=${out:-$build}/bench_block.jsonl
+  rm -f "$block_json"
+  log "block: ampipe bench --device cuda ${shape[*]} (sequential and ampipe P=4)"
+  "$build/ampipe" bench --device cuda "${shape[@]}" --schedule sequential,ampipe --pipe-degree 4 \
+      --stage-order stage-major --repeats 5 --json-out "$block_json" || { log "FAIL ampipe bench --device cuda"; status=1; }
+  log "block: PyTorch peer (bench/torch_block.py)"
+  python3 bench/torch_block.py --device cuda "${shape[@]}" --repeats 5 --json-out "$block_json" ||
+    log "PyTorch peer failed or skipped (exit $?)"
+fi
+
 # The default training run on each device, short: tokens/s and the validation loss.
 if [ -s data/kjv.txt ] && [ -z "$(cuda_reason)" ]; then
   for device in cuda cpu; do

@@ -72,11 +72,12 @@ void apply_family_flags(const FamilyFlags& f, ModelConfig& config) {
 void add_device_flag(CLI::App& cmd, std::string& device, const char* what) {
   cmd.add_option("--device", device,
                  std::string("Where ") + what +
-                     ": cpu, or cuda (one NVIDIA GPU: parameters, activations and optimizer state live on the "
-                     "GPU; each batch moves there once per step). Checkpoints are the same float32 files either "
-                     "way, so a model trained on one device loads on the other. cuda needs a CUDA build and a "
-                     "usable GPU (the error names what is missing) and runs on one rank; --threads still sizes "
-                     "the host thread pool")
+                     ": cpu, or cuda (one NVIDIA GPU, float32: the model's parameters and activations, and in "
+                     "train the optimizer state, live on the GPU; inputs move there once per step). Checkpoints "
+                     "are the same float32 files either way, so a model trained on one device loads on the other. "
+                     "cuda needs a CUDA build and a usable GPU (the error names what is missing) and runs on one "
+                     "rank; --threads still sizes the host thread pool. The CUDA backend has not yet run on a GPU "
+                     "(docs/GPU.md)")
       ->capture_default_str();
 }
 

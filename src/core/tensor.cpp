@@ -260,8 +260,12 @@ void Tensor::zero() {
     return;
   }
   const size_t es = dtype_size(dtype_);
-  const int64_t width = shape_.empty() ? 1 : shape_.back();
   auto* p = static_cast<std::byte*>(raw());
+  if (is_contiguous()) {
+    std::memset(p, 0, static_cast<size_t>(numel()) * es);
+    return;
+  }
+  const int64_t width = shape_.back();
   for_each_row(shape_, strides_, [&](int64_t off) { std::memset(p + off * es, 0, static_cast<size_t>(width) * es); });
 }
 
