@@ -30,17 +30,20 @@ if [ -d .gpu-deps ] && ls .gpu-deps/*.deb > /dev/null 2>&1 &&
   lib=$deps/usr/lib/x86_64-linux-gnu
   cmake_args+=(-DAMPIPE_DEPS_ROOT="$deps" -DCMAKE_PREFIX_PATH="$deps/usr"
                -DMPI_CXX_HEADER_DIR="$lib/openmpi/include" -DMPI_CXX_LIB_NAMES=mpi -DMPI_mpi_LIBRARY="$lib/openmpi/lib/libmpi.so"
-               -DMPIEXEC_EXECUTABLE=/bin/false)
+               -DMPIEXEC_EXECUTABLE="$deps/usr/bin/orterun")
   export LD_LIBRARY_PATH="$lib:$lib/openblas-openmp:$lib/openmpi/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}"
   export OPAL_PREFIX="$deps/usr"
   # libmpi's relocated plugins and help files live under the private prefix.
   export OMPI_MCA_mca_base_component_path="$lib/openmpi/lib/openmpi3"
 fi
+mpirun=$(command -v mpirun || true)
+[ -n "${deps:-}" ] && mpirun=$deps/usr/bin/orterun
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/gpu_check: GPU: /' || log "no nvidia-smi"
 log "configuring $build"
 cmake -S . -B "$build" "${cmake_args[@]}" > "$build.configure.log" 2>&1 || { cat "$build.configure.log"; exit 1; }
 grep -q 'ampipe CUDA backend: ON' "$build.configure.log" || { log "the CUDA backend was not configured"; exit 1; }
-targets=(ampipe bench_cuda_kernels test_device_cache test_tensor test_stream test_model_device)
+targets=(ampipe bench_cuda_kernels test_device_cache test_tensor test_stream test_model_device
+         test_host_staged_communicator mpi_test_gpu)
 for t in tests/cuda/test_*.cpp; do targets+=("$(basename "$t" .cpp)"); done
 log "building ${targets[*]}"
 cmake --build "$build" -j"$(nproc)" --target "${targets[@]}" 2>&1 | grep -E 'error|warning|FAILED' || true
@@ -52,7 +55,8 @@ cuda_reason() { "$build/ampipe" train --device cuda --train-iters 0 2>&1 | grep 
 status=0
 export AMPIPE_BINARY="$PWD/$build/ampipe"  # the CLI tests run the binary
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
-for t in test_device_cache test_tensor test_stream tests/cuda/test_*.cpp test_model_device; do
+for t in test_device_cache test_tensor test_stream tests/cuda/test_*.cpp test_model_device \
+         test_host_staged_communicator; do
   name=$(basename "$t" .cpp)
   if "$build/$name" --gtest_brief=1 > "$build/$name.log" 2>&1; then
     passed=$(grep -o '^\[  PASSED  \] [0-9]*' "$build/$name.log" | grep -o '[0-9]*$' || echo 0)
@@ -62,6 +66,22 @@ for t in test_device_cache test_tensor test_stream tests/cuda/test_*.cpp test_mo
     log "FAIL $name"; tail -40 "$build/$name.log"; status=1
   fi
 done
+# Two ranks on the one GPU, their exchanges staged through the host over MPI.
+if [ -n "$mpirun" ]; then
+  set +e
+  OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=2 timeout 300 "$mpirun" --oversubscribe \
+      --mca pml ob1 --mca btl self,vader --mca btl_vader_single_copy_mechanism none -np 2 "$build/mpi_test_gpu" \
+      > "$build/mpi_test_gpu.log" 2>&1
+  rc=$?
+  set -e
+  case $rc in
+    0) log "PASS mpi_test_gpu (2 ranks on one GPU, host-staged): $(tail -1 "$build/mpi_test_gpu.log")" ;;
+    77) log "skipped mpi_test_gpu: $(grep -m1 'skipped' "$build/mpi_test_gpu.log")" ;;
+    *) log "FAIL mpi_test_gpu (exit $rc)"; tail -40 "$build/mpi_test_gpu.log"; status=1 ;;
+  esac
+else
+  log "mpi_test_gpu not run: no mpirun (carry .gpu-deps)"
+fi
 reason=$(grep -h -A1 ': Skipped$' "$build"/test_cuda_*.log 2>/dev/null | grep -v 'Skipped$' | grep -v '^--' | sort | uniq -c | sort -rn | head -1 || true)
 [ -n "$reason" ] && log "GPU tests skipped: $reason"
 

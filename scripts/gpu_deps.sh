@@ -9,7 +9,7 @@ set -euo pipefail
 cd "$(dirname "$0")/.."
 packages=(
   libopenblas0-openmp libopenblas-openmp-dev libgfortran5 libquadmath0
-  libopenmpi3 libopenmpi-dev openmpi-common libhwloc15 libevent-core-2.1-7 libevent-pthreads-2.1-7
+  libopenmpi3 libopenmpi-dev openmpi-common openmpi-bin libhwloc15 libevent-core-2.1-7 libevent-pthreads-2.1-7
   libevent-2.1-7 libpmix2 libfabric1 libucx0 libibverbs1 librdmacm1 libnl-3-200 libnl-route-3-200
   libpsm2-2 libpsm-infinipath1 libnuma1
   libsentencepiece0 libsentencepiece-dev libprotobuf-lite32

@@ -14,6 +14,7 @@
 #include "cli/grid.h"
 #include "cli/model_flags.h"
 #include "comm/communicator.h"
+#include "comm/host_staged_communicator.h"
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/parallel.h"
@@ -321,10 +322,13 @@ void write_bench_trace(BenchRun& run) {
 
 }  // namespace
 
-int run_bench(const BenchOptions& o, Communicator& world) {
+int run_bench(const BenchOptions& o, Communicator& world_in) {
   check_scalar_flags(o);
   const Device device = parse_device(o.device);
-  require_one_rank_on_gpu(device, world.size());
+  if (device == Device::CUDA) use_local_cuda_device();
+  // GPU buffers over a host-only backend go through host copies (comm/host_staged_communicator.h).
+  std::unique_ptr<Communicator> staged;
+  Communicator& world = for_device(world_in, device, staged);
   kernels::set_kernel_threads(o.threads);
   const BenchGrid grid = parse_grid(o, world.size());
   const std::vector<BenchVariant> schedules = schedule_variants(grid);

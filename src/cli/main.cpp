@@ -15,6 +15,7 @@
 #include "core/memory.h"
 #include "cli/grid.h"
 #include "cli/plan.h"
+#include "comm/host_staged_communicator.h"
 #include "comm/world.h"
 #include "core/parallel.h"
 #include "kernels/gemm.h"
@@ -101,7 +102,7 @@ int run_train(TrainOptions& o, CLI::App& cmd, const FamilyFlags& family, int thr
                                  << "checkpoint vs flags: " << diff << ")";
     }
   }
-  require_one_rank_on_gpu(o.device, world.size());
+  if (o.device == Device::CUDA) use_local_cuda_device();
   print_line(world, "ampipe train: " + std::to_string(world.size()) + " rank(s), " + std::to_string(threads) +
                         " threads per rank" + (o.device == Device::CUDA ? ", device cuda" : ""));
   TrainResult r = run_training(o, [&](const std::string& line) { print_line(world, line); }, &world);
@@ -113,9 +114,11 @@ int run_train(TrainOptions& o, CLI::App& cmd, const FamilyFlags& family, int thr
 }
 
 int run_eval(std::string load, int64_t step, const std::string& data_path, const std::string& tokenizer_model,
-             int64_t seq_length, int64_t batch, int threads, Device device, Communicator& world) {
+             int64_t seq_length, int64_t batch, int threads, Device device, Communicator& world_in) {
   set_threads(threads);
-  require_one_rank_on_gpu(device, world.size());
+  if (device == Device::CUDA) use_local_cuda_device();
+  std::unique_ptr<Communicator> staged;  // GPU buffers over a host-only backend: through host copies
+  Communicator& world = for_device(world_in, device, staged);
   AMPIPE_CHECK(!load.empty()) << "eval needs --load DIR (a checkpoint written by train --save)";
   AMPIPE_CHECK(batch >= 1) << "--micro-batch-size must be at least 1, got " << batch;
   load = checkpoint_to_read(load, step);
@@ -143,9 +146,11 @@ int run_eval(std::string load, int64_t step, const std::string& data_path, const
 }
 
 int run_sample(std::string load, int64_t step, const std::string& tokenizer_model, const std::string& prompt, int64_t count,
-               double temperature, uint64_t seed, int threads, Device device, Communicator& world) {
+               double temperature, uint64_t seed, int threads, Device device, Communicator& world_in) {
   set_threads(threads);
-  require_one_rank_on_gpu(device, world.size());
+  if (device == Device::CUDA) use_local_cuda_device();
+  std::unique_ptr<Communicator> staged;  // GPU buffers over a host-only backend: through host copies
+  Communicator& world = for_device(world_in, device, staged);
   AMPIPE_CHECK(!load.empty()) << "sample needs --load DIR (a checkpoint written by train --save)";
   AMPIPE_CHECK(count >= 0) << "--tokens must be >= 0, got " << count;
   load = checkpoint_to_read(load, step);

@@ -75,8 +75,9 @@ void add_device_flag(CLI::App& cmd, std::string& device, const char* what) {
                      ": cpu, or cuda (one NVIDIA GPU, float32: the model's parameters and activations, and in "
                      "train the optimizer state, live on the GPU; inputs move there once per step). Checkpoints "
                      "are the same float32 files either way, so a model trained on one device loads on the other. "
-                     "cuda needs a CUDA build and a usable GPU (the error names what is missing) and runs on one "
-                     "rank; --threads still sizes the host thread pool. The CUDA backend has not yet run on a GPU "
+                     "cuda needs a CUDA build and a usable GPU (the error names what is missing); under mpirun each "
+                     "rank takes the GPU of its local rank, and collectives stage GPU buffers through host memory; "
+                     "--threads still sizes the host thread pool. The CUDA backend has not yet run on a GPU "
                      "(docs/GPU.md)")
       ->capture_default_str();
 }

@@ -88,6 +88,10 @@ class Communicator {
   // Returns once every rank of the group has entered it.
   virtual void barrier() = 0;
 
+  // Whether buffers on Device::CUDA may be passed (the one-rank backend copies them on the device;
+  // HostStagedCommunicator stages them through the host). The MPI backend takes host buffers only.
+  virtual bool moves_device_buffers() const { return false; }
+
   // Ends the whole job, not just this group and not just this rank (MPI_Abort on the world), after
   // printing "ampipe: rank R: <message>" (R = world rank) to stderr. Not collective: for a rank
   // that cannot go on while others may be waiting for it. `code` becomes the exit status (use a

@@ -53,6 +53,12 @@ void HostStagedCommunicator::all_gather(const Tensor& send, Tensor recv) {
   write_back(recv, host_recv);
 }
 
+Communicator& for_device(Communicator& comm, Device device, std::unique_ptr<Communicator>& holder) {
+  if (device == Device::CPU || comm.moves_device_buffers()) return comm;
+  holder = std::make_unique<HostStagedCommunicator>(comm);
+  return *holder;
+}
+
 void HostStagedCommunicator::abort(int code, const std::string& message) {
   inner_.abort(code, message);
   std::abort();  // not reached: inner_.abort ends the job

@@ -29,6 +29,7 @@ class HostStagedCommunicator final : public Communicator {
   int rank() const override { return inner_.rank(); }
   int size() const override { return inner_.size(); }
   std::string backend() const override { return inner_.backend() + "+host-staged"; }
+  bool moves_device_buffers() const override { return true; }
   std::unique_ptr<Communicator> split(int color, int key) const override;
 
   void all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_counts, Tensor recv,
@@ -51,5 +52,9 @@ class HostStagedCommunicator final : public Communicator {
   Communicator& inner_;
   std::unique_ptr<Communicator> owned_;
 };
+
+// The communicator to use for tensors on `device`: `comm` itself on the CPU or when it moves device
+// buffers already, else a HostStagedCommunicator over it, kept alive by `holder`.
+Communicator& for_device(Communicator& comm, Device device, std::unique_ptr<Communicator>& holder);
 
 }  // namespace ampipe

@@ -15,6 +15,7 @@ class SelfCommunicator final : public Communicator {
   int rank() const override { return 0; }
   int size() const override { return 1; }
   std::string backend() const override { return "self"; }
+  bool moves_device_buffers() const override { return true; }  // copy_from works on either device
   std::unique_ptr<Communicator> split(int color, int key) const override;
 
   void all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_counts, Tensor recv,

@@ -27,6 +27,7 @@ class TimedCommunicator final : public Communicator {
   int rank() const override { return inner_.rank(); }
   int size() const override { return inner_.size(); }
   std::string backend() const override { return inner_.backend(); }
+  bool moves_device_buffers() const override { return inner_.moves_device_buffers(); }
   std::unique_ptr<Communicator> split(int color, int key) const override {
     auto sub = inner_.split(color, key);
     if (!sub) return nullptr;

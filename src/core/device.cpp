@@ -3,6 +3,9 @@
 #include "core/error.h"
 
 #if AMPIPE_HAVE_CUDA
+#include <algorithm>
+#include <atomic>
+#include <cstdlib>
 #include <mutex>
 #include <unordered_map>
 #include <vector>
@@ -29,6 +32,10 @@ std::string cuda_unavailable_reason() {
          "CUDA toolkit)";
 }
 void cuda_synchronize() {}
+int use_local_cuda_device() {
+  require_cuda("--device cuda");
+  return 0;
+}
 
 [[noreturn]] static void no_cuda(const char* what) {
   throw Error(std::string(what) + ": " + cuda_unavailable_reason());
@@ -53,6 +60,8 @@ void device_event_release(void*) { no_cuda("a GPU event"); }
 bool cuda_built() { return true; }
 
 namespace {
+
+std::atomic<int> g_device{0};  // the process's GPU (use_local_cuda_device)
 
 struct DeviceQuery {
   int count = 0;
@@ -80,6 +89,7 @@ class CudaBackend final : public DeviceCacheBackend {
  public:
   void* allocate(size_t bytes) override {
     void* p = nullptr;
+    AMPIPE_CUDA_CHECK(cudaSetDevice(g_device));  // the caller may be any thread of the process
     const cudaError_t e = cudaMalloc(&p, bytes);
     if (e == cudaErrorMemoryAllocation) {
       (void)cudaGetLastError();
@@ -154,6 +164,21 @@ DeviceCache& cache() {
 int cuda_device_count() { return device_query().count; }
 std::string cuda_unavailable_reason() { return device_query().reason; }
 
+int use_local_cuda_device() {
+  require_cuda("--device cuda");
+  int local = 0;
+  for (const char* name : {"OMPI_COMM_WORLD_LOCAL_RANK", "SLURM_LOCALID", "MPI_LOCALRANKID"}) {
+    if (const char* v = std::getenv(name); v != nullptr && *v != '\0') {
+      local = std::atoi(v);
+      break;
+    }
+  }
+  const int device = std::max(local, 0) % cuda_device_count();
+  g_device = device;
+  AMPIPE_CUDA_CHECK(cudaSetDevice(device));
+  return device;
+}
+
 void cuda_synchronize() {
   if (cuda_device_count() == 0) return;
   AMPIPE_CUDA_CHECK(cudaStreamSynchronize(current_cuda_stream()));
@@ -202,6 +227,7 @@ cudaEvent_t as_event(void* e) { return static_cast<cudaEvent_t>(e); }
 
 void* device_stream_create() {
   require_cuda("a GPU stream");
+  AMPIPE_CUDA_CHECK(cudaSetDevice(g_device));
   cudaStream_t s = nullptr;
   AMPIPE_CUDA_CHECK(cudaStreamCreateWithFlags(&s, cudaStreamNonBlocking));
   register_cuda_stream(s);
@@ -216,7 +242,10 @@ void device_stream_destroy(void* stream) {
   AMPIPE_CUDA_CHECK(e);
 }
 
-void device_stream_make_current(void* stream) { set_current_cuda_stream(as_stream(stream)); }
+void device_stream_make_current(void* stream) {
+  AMPIPE_CUDA_CHECK(cudaSetDevice(g_device));
+  set_current_cuda_stream(as_stream(stream));
+}
 
 void device_stream_synchronize(void* stream) { AMPIPE_CUDA_CHECK(cudaStreamSynchronize(as_stream(stream))); }
 

@@ -22,6 +22,12 @@ int cuda_device_count();
 std::string cuda_unavailable_reason();
 // Throws ampipe::Error naming the reason unless a GPU is usable; `what` names the caller ("--device cuda").
 void require_cuda(const char* what);
+// Picks this process's GPU: its local rank (OMPI_COMM_WORLD_LOCAL_RANK, SLURM_LOCALID,
+// MPI_LOCALRANKID; 0 outside a launcher) modulo the GPUs, so ranks on one machine spread over its
+// GPUs and share them when there are more ranks than GPUs. Every later CUDA call of the process's
+// threads (the caller, stream workers, the allocator) uses it. Returns the device index; throws
+// like require_cuda without a usable GPU.
+int use_local_cuda_device();
 // Waits until the calling thread's current CUDA stream (core/cuda/context.h) has finished its work.
 void cuda_synchronize();
 

@@ -10,7 +10,7 @@ StandaloneBlock::StandaloneBlock(const ModelConfig& config, const ModelParallel&
                                  Device device)
     : config_(config), params_(device) {
   AMPIPE_CHECK(num_layers >= 1) << "a standalone block needs num_layers >= 1, got " << num_layers;
-  require_one_rank_on_gpu(device, std::max(parallel.ep_size(), parallel.data_size()));
+  require_device_communicators(device, parallel);
   config_.num_layers = num_layers;
   config_.validate();
   attention_.reserve(num_layers);

@@ -15,7 +15,7 @@ namespace ampipe {
 GptMoe::GptMoe(const ModelConfig& config, const ModelParallel& parallel, Device device)
     : config_(config), parallel_(parallel), params_(device) {
   config_.validate();
-  require_one_rank_on_gpu(device, std::max(parallel_.ep_size(), parallel_.data_size()));
+  require_device_communicators(device, parallel_);
   const int64_t d = config_.hidden_size;
   token_emb_ = &params_.add("embed.token.weight", {config_.vocab_size, d}, true);
   if (!config_.rope()) pos_emb_ = &params_.add("embed.position.weight", {config_.max_seq_len, d}, true);

@@ -4,9 +4,16 @@
 
 namespace ampipe {
 
-void require_one_rank_on_gpu(Device device, int ranks) {
-  AMPIPE_CHECK(device != Device::CUDA || ranks <= 1)
-      << "--device cuda with " << ranks << " ranks needs the GPU communicator (not yet built); run one rank";
+void require_device_communicator(Device device, const Communicator* comm) {
+  if (device != Device::CUDA || comm == nullptr || comm->size() <= 1) return;
+  AMPIPE_CHECK(comm->moves_device_buffers())
+      << "--device cuda with " << comm->size() << " ranks needs a communicator that moves GPU buffers, but the '"
+      << comm->backend() << "' backend moves host buffers only; wrap it in HostStagedCommunicator";
+}
+
+void require_device_communicators(Device device, const ModelParallel& parallel) {
+  require_device_communicator(device, parallel.expert_group);
+  require_device_communicator(device, parallel.data_group);
 }
 
 }  // namespace ampipe

@@ -21,8 +21,10 @@ struct ModelParallel {
   int data_size() const { return data_group ? data_group->size() : 1; }
 };
 
-// Refuses Device::CUDA with more than one rank (ampipe::Error naming the count and what to do): the
-// communicators move host memory only until the GPU communicator exists.
-void require_one_rank_on_gpu(Device device, int ranks);
+// Refuses Device::CUDA when a communicator of the layout cannot move device buffers (ampipe::Error
+// naming the backend and what to do): wrap a host-only one in HostStagedCommunicator
+// (comm/host_staged_communicator.h), as the CLI does for --device cuda on several ranks.
+void require_device_communicator(Device device, const Communicator* comm);
+void require_device_communicators(Device device, const ModelParallel& parallel);
 
 }  // namespace ampipe

@@ -7,6 +7,8 @@
 #include <string>
 #include <vector>
 
+#include "comm/host_staged_communicator.h"
+#include "comm/self_communicator.h"
 #include "cli_util.h"
 #include "core/device.h"
 #include "core/random.h"
@@ -171,19 +173,52 @@ TEST(ModelDevice, GpuCheckpointEvaluatesOnTheCpu) {
   EXPECT_EQ(again_opt.state_tensors()[0].second.to_vector(), opt.state_tensors()[0].second.to_vector());
 }
 
-// Everywhere: --device names its two values, and cuda on several ranks is refused with what to do.
-TEST(ModelDevice, DeviceFlagValuesAndRankCheck) {
+// Four ranks over a host-only backend (like MPI): only what the rank check asks of it works.
+class FourHostOnlyRanks final : public Communicator {
+ public:
+  int rank() const override { return 0; }
+  int size() const override { return 4; }
+  std::string backend() const override { return "mpi"; }
+  std::unique_ptr<Communicator> split(int, int) const override { return nullptr; }
+  void all_to_all_v(const Tensor&, const std::vector<int64_t>&, Tensor, const std::vector<int64_t>&) override {}
+  void all_to_all(const std::vector<int64_t>&, std::vector<int64_t>&) override {}
+  void all_reduce_sum(Tensor) override {}
+  void all_reduce_sum(double&) override {}
+  void all_reduce_sum(int64_t&) override {}
+  void all_reduce_max(double&) override {}
+  void all_reduce_max(int64_t&) override {}
+  void broadcast(Tensor, int) override {}
+  void broadcast_bytes(std::string&, int) override {}
+  void all_gather(const Tensor&, Tensor) override {}
+  void barrier() override {}
+  [[noreturn]] void abort(int, const std::string& message) override { throw Error(message); }
+};
+
+// Everywhere: --device names its two values; cuda over a host-only backend of several ranks is
+// refused with what to do, and accepted through host staging (for_device).
+TEST(ModelDevice, DeviceFlagValuesAndCommunicatorCheck) {
   EXPECT_EQ(parse_device("cpu"), Device::CPU);
   EXPECT_THROW(parse_device("gpu"), Error);
+  FourHostOnlyRanks mpi;
   try {
-    require_one_rank_on_gpu(Device::CUDA, 4);
-    ADD_FAILURE() << "cuda on 4 ranks was accepted";
+    require_device_communicator(Device::CUDA, &mpi);
+    ADD_FAILURE() << "cuda over a host-only backend of 4 ranks was accepted";
   } catch (const Error& e) {
-    EXPECT_NE(std::string(e.what()).find("--device cuda with 4 ranks needs the GPU communicator"), std::string::npos)
+    EXPECT_NE(std::string(e.what()).find("--device cuda with 4 ranks needs a communicator that moves GPU buffers, "
+                                         "but the 'mpi' backend moves host buffers only"),
+              std::string::npos)
         << e.what();
   }
-  EXPECT_NO_THROW(require_one_rank_on_gpu(Device::CPU, 4));
-  EXPECT_NO_THROW(require_one_rank_on_gpu(Device::CUDA, 1));
+  EXPECT_NO_THROW(require_device_communicator(Device::CPU, &mpi));
+  EXPECT_NO_THROW(require_device_communicator(Device::CUDA, nullptr));
+  std::unique_ptr<Communicator> holder;
+  EXPECT_EQ(&for_device(mpi, Device::CPU, holder), &mpi);
+  EXPECT_EQ(holder, nullptr);
+  Communicator& staged = for_device(mpi, Device::CUDA, holder);
+  EXPECT_EQ(staged.backend(), "mpi+host-staged");
+  EXPECT_NO_THROW(require_device_communicator(Device::CUDA, &staged));
+  SelfCommunicator self;
+  EXPECT_EQ(&for_device(self, Device::CUDA, holder), &self) << "the one-rank backend moves device buffers itself";
 }
 
 // Without a usable GPU every command refuses --device cuda, naming the reason.
