@@ -40,8 +40,9 @@ mpirun=$(command -v mpirun || true)
 [ -n "${deps:-}" ] && mpirun=$deps/usr/bin/orterun
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/gpu_check: GPU: /' || log "no nvidia-smi"
 log "configuring $build"
-cmake -S . -B "$build" "${cmake_args[@]}" > "$build.configure.log" 2>&1 || { cat "$build.configure.log"; exit 1; }
-grep -q 'ampipe CUDA backend: ON' "$build.configure.log" || { log "the CUDA backend was not configured"; exit 1; }
+mkdir -p "$build"
+cmake -S . -B "$build" "${cmake_args[@]}" > "$build/configure.log" 2>&1 || { cat "$build/configure.log"; exit 1; }
+grep -q "ampipe CUDA backend: ON" "$build/configure.log" || { log "the CUDA backend was not configured"; exit 1; }
 targets=(ampipe bench_cuda_kernels test_device_cache test_tensor test_stream test_model_device
          test_host_staged_communicator mpi_test_gpu)
 for t in tests/cuda/test_*.cpp; do targets+=("$(basename "$t" .cpp)"); done
