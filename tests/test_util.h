@@ -25,6 +25,14 @@ inline std::string fresh_temp_dir(const std::string& name) {
   return p.string();
 }
 
+// n int32 ids drawn uniformly from [0, vocab) with a fixed seed (small vocabularies repeat ids).
+inline Tensor random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
+  Rng rng(seed);
+  std::vector<int32_t> t(static_cast<size_t>(n));
+  for (auto& v : t) v = static_cast<int32_t>(rng.below(static_cast<uint64_t>(vocab)));
+  return Tensor::from_ints({n}, t);
+}
+
 // A float tensor of N(0, scale^2) values from a fixed seed.
 inline Tensor random_tensor(const Shape& shape, uint64_t seed, float scale = 1.0f) {
   Tensor t = Tensor::empty(shape);

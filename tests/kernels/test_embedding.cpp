@@ -23,13 +23,7 @@ struct Case {
 const Case kCases[] = {
     {1, 1, 1, 1, 1}, {1, 3, 5, 17, 3}, {3, 5, 7, 17, 130}, {2, 17, 17, 3, 33}, {4, 64, 80, 130, 65}};
 
-// Ids drawn from a small range so that rows repeat (the accumulation case).
-Tensor random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int32_t> t(static_cast<size_t>(n));
-  for (auto& v : t) v = static_cast<int32_t>(rng.below(static_cast<uint64_t>(vocab)));
-  return Tensor::from_ints({n}, t);
-}
+using ::ampipe::testing::random_tokens;
 
 std::vector<double> embedding_ref(const Tensor& tokens, const std::vector<double>& tok,
                                   const std::vector<double>& pos, int64_t seq_len, int64_t width) {

@@ -26,12 +26,7 @@ ModelConfig tiny_config(int64_t top_k) {
   return c;
 }
 
-Tensor random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int32_t> v(n);
-  for (auto& t : v) t = static_cast<int32_t>(rng.below(vocab));
-  return Tensor::from_ints({n}, v);
-}
+using ::ampipe::testing::random_tokens;
 
 // Directional derivative per parameter tensor: (L(p + h u) - L(p - h u)) / 2h against grad . u for
 // a random unit direction u. Float32 forward, so h is moderate and the tolerance a few percent.

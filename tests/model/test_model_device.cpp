@@ -46,12 +46,7 @@ ModelConfig tiny_mixtral() {
   return c;
 }
 
-Tensor random_tokens(int64_t n, int64_t vocab, uint64_t seed) {
-  Rng rng(seed);
-  std::vector<int32_t> v(n);
-  for (auto& t : v) t = static_cast<int32_t>(rng.below(vocab));
-  return Tensor::from_ints({n}, v);
-}
+using ::ampipe::testing::random_tokens;
 
 // max |a - b| over max |b|: the error relative to the tensor's scale.
 double scaled_error(const std::vector<float>& a, const std::vector<float>& b) {
