@@ -5,6 +5,7 @@
 #if AMPIPE_HAVE_CUDA
 #include <algorithm>
 #include <atomic>
+#include <cstdio>
 #include <cstdlib>
 #include <mutex>
 #include <unordered_map>
@@ -189,7 +190,16 @@ void* device_allocate(size_t bytes, size_t* capacity) {
   return cache().allocate(bytes, capacity);
 }
 
-void device_release(void* p, size_t capacity) { cache().release(p, capacity); }
+void device_release(void* p, size_t capacity) {
+  // Called from a tensor's deleter, which must not throw: a CUDA error here (the runtime already
+  // unloading at exit, or a device fault reported late) leaks the block and says so once.
+  try {
+    cache().release(p, capacity);
+  } catch (const std::exception& e) {
+    static std::once_flag reported;
+    std::call_once(reported, [&] { std::fprintf(stderr, "ampipe: warning: GPU memory not returned: %s\n", e.what()); });
+  }
+}
 
 void copy_rows(void* dst, Device dst_device, size_t dst_pitch, const void* src, Device src_device, size_t src_pitch,
                size_t row_bytes, size_t rows) {
