@@ -247,47 +247,21 @@ __global__ void move_rows_kernel(const float* __restrict__ src, int64_t src_stri
   }
 }
 
-// dx[t] = sum over kept choices j, in choice order, of dout[token_slot[t, j]] (from 0, like the CPU).
+// out[t] = sum over kept choices j, in choice order, of gate[t, j] * y[token_slot[t, j]], from 0;
+// with no gate (nullptr) every weight is 1: permute_backward's sum. Each term is one fused
+// multiply-add, as the CPU's `dst[c] += g * src[c]` compiles (GCC contracts it under
+// -march=x86-64-v3); with a weight of 1 that is exactly the CPU's `dst[c] += src[c]`.
 template <int V>
-__global__ void permute_backward_kernel(const float* __restrict__ dout, int64_t dout_stride,
-                                        const int32_t* __restrict__ token_slot, int k, int64_t tokens,
-                                        float* __restrict__ dx, int64_t dx_stride, int64_t units) {
+__global__ void gathered_sum_kernel(const float* __restrict__ y, int64_t y_stride,
+                                    const int32_t* __restrict__ token_slot, int k,
+                                    const float* __restrict__ gate, int64_t gate_stride, int64_t tokens,
+                                    float* __restrict__ out, int64_t out_stride, int64_t units) {
   for (int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.y; first < tokens;
        first += static_cast<int64_t>(gridDim.x) * blockDim.y) {
     const int64_t t = first + threadIdx.y;
     if (t >= tokens) continue;
     const int32_t* slots = token_slot + t * k;
-    float* to = dx + t * dx_stride;
-    for (int64_t u = threadIdx.x; u < units; u += blockDim.x) {
-      Chunk<V> acc;
-#pragma unroll
-      for (int q = 0; q < V; ++q) acc.v[q] = 0.0f;
-      for (int j = 0; j < k; ++j) {
-        const int64_t slot = slots[j];
-        if (slot < 0) continue;
-        const Chunk<V> c = load_chunk<V>(dout + slot * dout_stride + u * V);
-#pragma unroll
-        for (int q = 0; q < V; ++q) acc.v[q] += c.v[q];
-      }
-      store_chunk<V>(to + u * V, acc);
-    }
-  }
-}
-
-// out[t] = sum over kept choices j, in choice order, of gate[t, j] * y[token_slot[t, j]]. Each
-// term is one fused multiply-add, as the CPU's `dst[c] += g * src[c]` compiles (GCC contracts it
-// under -march=x86-64-v3).
-template <int V>
-__global__ void unpermute_forward_kernel(const float* __restrict__ y, int64_t y_stride,
-                                         const int32_t* __restrict__ token_slot, int k,
-                                         const float* __restrict__ gate, int64_t gate_stride, int64_t tokens,
-                                         float* __restrict__ out, int64_t out_stride, int64_t units) {
-  for (int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.y; first < tokens;
-       first += static_cast<int64_t>(gridDim.x) * blockDim.y) {
-    const int64_t t = first + threadIdx.y;
-    if (t >= tokens) continue;
-    const int32_t* slots = token_slot + t * k;
-    const float* g = gate + t * gate_stride;
+    const float* g = gate == nullptr ? nullptr : gate + t * gate_stride;
     float* to = out + t * out_stride;
     for (int64_t u = threadIdx.x; u < units; u += blockDim.x) {
       Chunk<V> acc;
@@ -296,7 +270,7 @@ __global__ void unpermute_forward_kernel(const float* __restrict__ y, int64_t y_
       for (int j = 0; j < k; ++j) {
         const int64_t slot = slots[j];
         if (slot < 0) continue;
-        const float w = g[j];
+        const float w = g == nullptr ? 1.0f : g[j];
         const Chunk<V> c = load_chunk<V>(y + slot * y_stride + u * V);
 #pragma unroll
         for (int q = 0; q < V; ++q) acc.v[q] = fmaf(w, c.v[q], acc.v[q]);
@@ -467,50 +441,43 @@ void permute_forward(const Tensor& x, const DispatchPlan& plan, Tensor out) {
   gather_rows(x, plan.slot_token, out);  // out[p] = x[slot_token[p]]
 }
 
-void permute_backward(const Tensor& dout, const DispatchPlan& plan, Tensor dx) {
-  detail::check_permute_backward(dout, plan, dx);
+namespace {
+
+// out[t] = the gate-weighted (gate undefined: plain) sum of src's rows token_slot[t, :].
+void gathered_sum(const Tensor& src, const DispatchPlan& plan, const Tensor& gate, Tensor out, const char* name) {
   const int64_t tokens = plan.token_slot.dim(0);
   const int k = static_cast<int>(plan.token_slot.dim(1));
-  const int64_t width = dout.dim(1);
-  const DeviceRows g = device_rows(dout);
-  const DeviceRows d = device_rows(dx);
+  const int64_t width = src.dim(1);
+  const DeviceRows sr = device_rows(src);
+  const DeviceRows o = device_rows(out);
+  const float* gp = gate.defined() ? gate.device_data<float>() : nullptr;
+  const int64_t gs = gate.defined() ? gate.stride(0) : 0;
   const int32_t* ts = plan.token_slot.device_data<int32_t>();
   if (tokens == 0 || width == 0) return;
-  const bool vec = width % 4 == 0 && float4_rows(g.data, g.stride) && float4_rows(d.data, d.stride);
+  const bool vec = width % 4 == 0 && float4_rows(sr.data, sr.stride) && float4_rows(o.data, o.stride);
   const int64_t units = vec ? width / 4 : width;
   const RowLaunch launch = row_launch(tokens, units);
   if (vec) {
-    permute_backward_kernel<4><<<launch.grid, launch.block, 0, stream()>>>(g.data, g.stride, ts, k, tokens,
-                                                                           d.data, d.stride, units);
+    gathered_sum_kernel<4><<<launch.grid, launch.block, 0, stream()>>>(sr.data, sr.stride, ts, k, gp, gs, tokens,
+                                                                       o.data, o.stride, units);
   } else {
-    permute_backward_kernel<1><<<launch.grid, launch.block, 0, stream()>>>(g.data, g.stride, ts, k, tokens,
-                                                                           d.data, d.stride, units);
+    gathered_sum_kernel<1><<<launch.grid, launch.block, 0, stream()>>>(sr.data, sr.stride, ts, k, gp, gs, tokens,
+                                                                       o.data, o.stride, units);
   }
-  AMPIPE_CUDA_CHECK_LAUNCH("permute_backward_kernel");
+  const cudaError_t error = cudaGetLastError();
+  if (error != cudaSuccess) ::ampipe::detail::throw_cuda_error(name, error, __FILE__, __LINE__);
+}
+
+}  // namespace
+
+void permute_backward(const Tensor& dout, const DispatchPlan& plan, Tensor dx) {
+  detail::check_permute_backward(dout, plan, dx);
+  gathered_sum(dout, plan, Tensor(), dx, "launch of gathered_sum_kernel (permute_backward)");
 }
 
 void unpermute_forward(const Tensor& y, const DispatchPlan& plan, const Tensor& gate, Tensor out) {
   detail::check_unpermute_forward(y, plan, gate, out);
-  const int64_t tokens = plan.token_slot.dim(0);
-  const int k = static_cast<int>(plan.token_slot.dim(1));
-  const int64_t width = y.dim(1);
-  const DeviceRows yr = device_rows(y);
-  const DeviceRows o = device_rows(out);
-  const float* gp = gate.device_data<float>();
-  const int64_t gs = gate.stride(0);
-  const int32_t* ts = plan.token_slot.device_data<int32_t>();
-  if (tokens == 0 || width == 0) return;
-  const bool vec = width % 4 == 0 && float4_rows(yr.data, yr.stride) && float4_rows(o.data, o.stride);
-  const int64_t units = vec ? width / 4 : width;
-  const RowLaunch launch = row_launch(tokens, units);
-  if (vec) {
-    unpermute_forward_kernel<4><<<launch.grid, launch.block, 0, stream()>>>(yr.data, yr.stride, ts, k, gp, gs,
-                                                                            tokens, o.data, o.stride, units);
-  } else {
-    unpermute_forward_kernel<1><<<launch.grid, launch.block, 0, stream()>>>(yr.data, yr.stride, ts, k, gp, gs,
-                                                                            tokens, o.data, o.stride, units);
-  }
-  AMPIPE_CUDA_CHECK_LAUNCH("unpermute_forward_kernel");
+  gathered_sum(y, plan, gate, out, "launch of gathered_sum_kernel (unpermute_forward)");
 }
 
 void unpermute_backward(const Tensor& dout, const Tensor& y, const DispatchPlan& plan, const Tensor& gate,
