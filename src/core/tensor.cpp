@@ -202,7 +202,7 @@ static RowLayout row_layout(const Tensor& t) {
 void Tensor::copy_from(const Tensor& src) {
   AMPIPE_CHECK(src.shape_ == shape_ && src.dtype_ == dtype_)
       << "copy_from: shape/dtype mismatch " << shape_string(src.shape_) << " -> " << shape_string(shape_);
-  if (numel() == 0) return;
+  if (numel() == 0 || (storage_ == src.storage_ && offset_ == src.offset_ && strides_ == src.strides_)) return;
   if (device_ == Device::CUDA || src.device_ == Device::CUDA) {
     const RowLayout d = row_layout(*this), s = row_layout(src);
     if (d.rows == s.rows) {

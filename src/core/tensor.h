@@ -71,7 +71,8 @@ class Tensor {
   Tensor reshape(const Shape& shape) const;
   // Independent contiguous copy.
   Tensor clone() const;
-  // Copies the elements of `src` (same shape and dtype) into this tensor.
+  // Copies the elements of `src` (same shape and dtype) into this tensor; nothing to do when `src`
+  // is this very view (same storage, offset and strides).
   void copy_from(const Tensor& src);
   void fill(float value);
   void zero();

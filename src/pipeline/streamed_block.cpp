@@ -7,11 +7,6 @@ namespace ampipe {
 
 namespace {
 
-// The address of a float tensor's first element, on whichever device it lives.
-const float* first_element(const Tensor& t) {
-  return t.device() == Device::CPU ? t.data<float>() : t.device_data<float>();
-}
-
 // Rows of positions [begin, end) of every sequence in a [B*N, w] buffer: a view when they are
 // contiguous (one sequence, or the whole sequence), else a gathered copy. The index lives on the
 // device of the buffers it moves.
@@ -34,8 +29,7 @@ struct Rows {
   }
   void write(const Tensor& rows, Tensor full) const {
     if (!index.defined()) {
-      Tensor dst = full.rows(first, first + count);
-      if (first_element(dst) != first_element(rows)) dst.copy_from(rows);
+      full.rows(first, first + count).copy_from(rows);  // nothing to do when rows is that view
     } else {
       kernels::scatter_rows(rows, index, full);
     }
