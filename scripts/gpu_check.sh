@@ -5,6 +5,8 @@
 #
 #   bash scripts/gpu_deps.sh          # here, once: .deb files into .gpu-deps/ (~21 MB)
 #   bash scripts/gpu_check.sh         # there, with .gpu-deps carried (docs/GPU.md)
+#   bash scripts/gpu_check.sh --emulate   # here: the whole GPU half against the GPU emulator
+#                                         # (-DAMPIPE_CUDA=EMULATE, shapes shrunk; no PyTorch peer)
 #
 # Where the packages are installed (this development machine) it uses them and needs no .gpu-deps;
 # AMPIPE_GPU_DEPS=1 makes it use the unpacked ones anyway (how that path is checked here).
@@ -13,13 +15,25 @@
 # $OUT/bench_cuda_kernels.json and $OUT/bench_block.jsonl. Exit status: non-zero when the build or a test fails.
 set -euo pipefail
 cd "$(dirname "$0")/.."
+emulate=0
+case "${1:-}" in
+  --emulate) emulate=1 ;;
+  "") ;;
+  *) echo "usage: scripts/gpu_check.sh [--emulate]   (got '$1')" >&2; exit 2 ;;
+esac
 start=$(date +%s)
 out=${OUT:-}
 log() { echo "gpu_check: $*"; }
 [ -n "$out" ] && exec > >(tee "$out/gpu_check.log") 2>&1
 
-build=${AMPIPE_GPU_BUILD:-build-gpu}
-cmake_args=(-DCMAKE_BUILD_TYPE=Release -DAMPIPE_CUDA=ON)
+if [ "$emulate" = 1 ]; then
+  build=${AMPIPE_GPU_BUILD:-build-gpu-emulated}
+  cmake_args=(-DCMAKE_BUILD_TYPE=Release -DAMPIPE_CUDA=EMULATE)
+  log "EMULATED: every GPU step below runs on the GPU emulator (CPU), with shrunk shapes; timings are not GPU timings"
+else
+  build=${AMPIPE_GPU_BUILD:-build-gpu}
+  cmake_args=(-DCMAKE_BUILD_TYPE=Release -DAMPIPE_CUDA=ON)
+fi
 command -v ninja > /dev/null && cmake_args+=(-G Ninja)
 if [ -d .gpu-deps ] && ls .gpu-deps/*.deb > /dev/null 2>&1 &&
    { [ "${AMPIPE_GPU_DEPS:-}" = 1 ] || ! [ -f /usr/include/x86_64-linux-gnu/openblas-openmp/cblas.h ]; }; then
@@ -44,7 +58,7 @@ mkdir -p "$build"
 cmake -S . -B "$build" "${cmake_args[@]}" > "$build/configure.log" 2>&1 || { cat "$build/configure.log"; exit 1; }
 grep -q "ampipe CUDA backend: ON" "$build/configure.log" || { log "the CUDA backend was not configured"; exit 1; }
 targets=(ampipe bench_cuda_kernels test_device_cache test_tensor test_stream test_model_device
-         test_host_staged_communicator mpi_test_gpu)
+         test_host_staged_communicator mpi_test_gpu test_gpu_emulator)
 for t in tests/cuda/test_*.cpp; do targets+=("$(basename "$t" .cpp)"); done
 log "building ${targets[*]}"
 cmake --build "$build" -j"$(nproc)" --target "${targets[@]}" 2>&1 | grep -E 'error|warning|FAILED' || true
@@ -57,7 +71,7 @@ status=0
 export AMPIPE_BINARY="$PWD/$build/ampipe"  # the CLI tests run the binary
 export OMP_NUM_THREADS=${OMP_NUM_THREADS:-8}
 for t in test_device_cache test_tensor test_stream tests/cuda/test_*.cpp test_model_device \
-         test_host_staged_communicator; do
+         test_host_staged_communicator test_gpu_emulator; do
   name=$(basename "$t" .cpp)
   if "$build/$name" --gtest_brief=1 > "$build/$name.log" 2>&1; then
     passed=$(grep -o '^\[  PASSED  \] [0-9]*' "$build/$name.log" | grep -o '[0-9]*$' || echo 0)
@@ -88,25 +102,36 @@ reason=$(grep -h -A1 ': Skipped$' "$build"/test_cuda_*.log 2>/dev/null | grep -v
 
 log "benchmark: GEMM and attention on the GPU"
 bench_json=${out:-$build}/bench_cuda_kernels.json
-if "$build/bench_cuda_kernels" --json "$bench_json"; then :; else log "FAIL bench_cuda_kernels"; status=1; fi
+kernel_shape=()
+[ "$emulate" = 1 ] && kernel_shape=(--gemm-size 256 --seq-length 128 256 --hidden-size 128 --num-attention-heads 2 --repeats 1)
+if "$build/bench_cuda_kernels" --json "$bench_json" "${kernel_shape[@]}"; then :; else log "FAIL bench_cuda_kernels"; status=1; fi
 # One block forward + backward (float32) against the same block in PyTorch on the same GPU.
 if [ -z "$(cuda_reason)" ]; then
   shape=(--seq-length 8192 --hidden-size 2048 --num-attention-heads 16 --moe-num-experts 8 --moe-top-k 2)
+  repeats=5
+  [ "$emulate" = 1 ] && { shape=(--seq-length 256 --hidden-size 64 --num-attention-heads 4 --moe-num-experts 8 --moe-top-k 2); repeats=1; }
   block_json=${out:-$build}/bench_block.jsonl
   rm -f "$block_json"
   log "block: ampipe bench --device cuda ${shape[*]} (sequential and ampipe P=4)"
   "$build/ampipe" bench --device cuda "${shape[@]}" --schedule sequential,ampipe --pipe-degree 4 \
-      --stage-order stage-major --repeats 5 --json-out "$block_json" || { log "FAIL ampipe bench --device cuda"; status=1; }
-  log "block: PyTorch peer (bench/torch_block.py)"
-  python3 bench/torch_block.py --device cuda "${shape[@]}" --repeats 5 --json-out "$block_json" ||
-    log "PyTorch peer failed or skipped (exit $?)"
+      --stage-order stage-major --repeats "$repeats" --json-out "$block_json" || { log "FAIL ampipe bench --device cuda"; status=1; }
+  if [ "$emulate" = 1 ]; then
+    log "block: PyTorch peer not run (emulated: PyTorch has no GPU here)"
+  else
+    log "block: PyTorch peer (bench/torch_block.py)"
+    python3 bench/torch_block.py --device cuda "${shape[@]}" --repeats 5 --json-out "$block_json" ||
+      log "PyTorch peer failed or skipped (exit $?)"
+  fi
 fi
 
 # The default training run on each device, short: tokens/s and the validation loss.
 if [ -s data/kjv.txt ] && [ -z "$(cuda_reason)" ]; then
+  train_args=(--train-iters 200 --eval-interval 0)
+  [ "$emulate" = 1 ] && train_args=(--train-iters 20 --eval-interval 0 --num-layers 2 --hidden-size 32
+                                   --num-attention-heads 2 --ffn-hidden-size 64 --seq-length 32 --micro-batch-size 4)
   for device in cuda cpu; do
-    log "train --device $device (200 iterations of the default model)"
-    if "$build/ampipe" train --device "$device" --train-iters 200 --eval-interval 0 \
+    log "train --device $device (${train_args[*]})"
+    if "$build/ampipe" train --device "$device" "${train_args[@]}" \
         > "$build/train-$device.log" 2>&1; then
       grep -E 'tok/s' "$build/train-$device.log" | tail -1 | sed "s/^/gpu_check: $device: /"
       grep -iE 'validation' "$build/train-$device.log" | tail -1 | sed "s/^/gpu_check: $device: /"

@@ -11,6 +11,7 @@ packages=(
   libgtest-dev googletest                      # tests
   libcli11-dev nlohmann-json3-dev              # command line, JSON
   libsentencepiece-dev sentencepiece           # subword tokenizers (train/tokenizer.cpp), spm_* tools
+  libboost-context-dev                         # the GPU emulator's fibers (-DAMPIPE_CUDA=EMULATE)
   iproute2                                     # ip netns, tc: scripts/netem.sh (emulated interconnect)
   clang libclang-rt-dev libomp-dev             # scripts/fuzz.sh: clang with libFuzzer and the sanitizer
                                                # runtimes, and clang's OpenMP (AMPIPE_FUZZ=ON build)

@@ -100,9 +100,24 @@ class CudaBackend final : public DeviceCacheBackend {
     return p;
   }
   void free(void* p) override { AMPIPE_CUDA_CHECK(cudaFree(p)); }
+  // No fence (0) when every stream is idle: all work enqueued before the release has finished, so
+  // the block is free at once. Without this, a block released right after a synchronisation waited
+  // for event records that the device had not yet reached, and the next request took fresh device
+  // memory (found under the GPU emulator: CudaTensor.TheSteadyStateAllocatesNothingFromTheDevice).
   uint64_t record_fence() override {
+    const std::vector<cudaStream_t> streams = registered_cuda_streams();
+    bool idle = true;
+    for (cudaStream_t s : streams) {
+      const cudaError_t r = cudaStreamQuery(s);
+      if (r == cudaErrorNotReady) {
+        idle = false;
+        break;
+      }
+      AMPIPE_CUDA_CHECK(r);
+    }
+    if (idle) return 0;
     std::vector<cudaEvent_t> events;
-    for (cudaStream_t s : registered_cuda_streams()) {
+    for (cudaStream_t s : streams) {
       cudaEvent_t e = take_event();
       AMPIPE_CUDA_CHECK(cudaEventRecord(e, s));
       events.push_back(e);

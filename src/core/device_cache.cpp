@@ -64,14 +64,39 @@ void DeviceCache::release(void* p, size_t capacity) {
   std::lock_guard<std::mutex> lock(mutex_);
   const uint64_t fence = backend_.record_fence();
   stats_.in_use_bytes -= capacity;
+  // The cache stays within the peak in use. Blocks of other sizes released longest ago make room
+  // for the one just released (the likeliest to be asked for again); where only blocks of its own
+  // size are cached, it goes back instead. Keeping every old block (as before) left a cache full of
+  // a finished shape's blocks, and each block of the new shape went back to the device and was
+  // allocated again every step (found under the GPU emulator:
+  // CudaTensor.TheSteadyStateAllocatesNothingFromTheDevice after the other tensor tests).
+  while (stats_.cached_bytes + capacity > stats_.peak_in_use_bytes && evict_oldest_locked(capacity)) {
+  }
   if (stats_.cached_bytes + capacity > stats_.peak_in_use_bytes) {
     if (fence != 0) backend_.wait_fence(fence);
     backend_.free(p);
     ++stats_.device_frees;
     return;
   }
-  free_[capacity].push_back({p, fence});
+  free_[capacity].push_back({p, fence, next_serial_++});
   stats_.cached_bytes += capacity;
+}
+
+bool DeviceCache::evict_oldest_locked(size_t keep_class) {
+  auto oldest = free_.end();
+  for (auto it = free_.begin(); it != free_.end(); ++it) {  // each deque is in release order
+    if (it->first == keep_class) continue;
+    if (oldest == free_.end() || it->second.front().serial < oldest->second.front().serial) oldest = it;
+  }
+  if (oldest == free_.end()) return false;
+  const Block b = oldest->second.front();
+  if (b.fence != 0 && !backend_.fence_passed(b.fence)) backend_.wait_fence(b.fence);
+  backend_.free(b.p);
+  ++stats_.device_frees;
+  stats_.cached_bytes -= oldest->first;
+  oldest->second.pop_front();
+  if (oldest->second.empty()) free_.erase(oldest);
+  return true;
 }
 
 void DeviceCache::empty_locked() {

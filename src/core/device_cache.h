@@ -65,14 +65,17 @@ class DeviceCache {
   struct Block {
     void* p;
     uint64_t fence;
+    uint64_t serial;  // release order: the smallest was released longest ago
   };
   void* take_cached(size_t size_class, size_t* capacity);
+  bool evict_oldest_locked(size_t keep_class);  // the oldest cached block of another class, if any
   void empty_locked();
 
   DeviceCacheBackend& backend_;
   mutable std::mutex mutex_;
   std::map<size_t, std::deque<Block>> free_;  // by capacity, oldest release first
   DeviceCacheStats stats_;
+  uint64_t next_serial_ = 1;
 };
 
 }  // namespace ampipe

@@ -18,6 +18,15 @@
 
 namespace ampipe::testing {
 
+// The GPU emulator (-DAMPIPE_CUDA=EMULATE, docs/GPU.md) runs every CUDA thread as a fiber on the CPU,
+// a few million threads a second: tests whose sizes only exist to keep a real GPU busy shrink under
+// it (each such test says so where it picks its size).
+#if AMPIPE_GPU_EMULATOR
+inline constexpr bool kEmulatedGpu = true;
+#else
+inline constexpr bool kEmulatedGpu = false;
+#endif
+
 // Largest |a - b| / max(|b|, floor) over the elements (b is the reference); reports the worst index.
 inline double max_relative_error(const std::vector<float>& a, const std::vector<float>& b, double floor = 1e-3,
                                  size_t* worst = nullptr) {

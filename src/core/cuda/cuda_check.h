@@ -3,8 +3,8 @@
 // headers); the rest of the engine sees only ampipe::Error.
 //
 //   AMPIPE_CUDA_CHECK(cudaMemcpyAsync(...));
-//   my_kernel<<<grid, block, 0, stream>>>(...);
-//   AMPIPE_CUDA_CHECK_LAUNCH("my_kernel");  // a launch error (bad configuration) surfaces here
+//   launch("my_kernel", my_kernel, grid, block, 0, stream, ...);  // kernels/cuda/launch.cuh checks
+//                                                                 // the launch (check_launch)
 //
 // Errors raised by a kernel while it runs surface at the next synchronising call, which names itself.
 #pragma once
@@ -15,26 +15,20 @@
 namespace ampipe::detail {
 [[noreturn]] void throw_cuda_error(const char* call, cudaError_t error, const char* file, int line);
 [[noreturn]] void throw_cublas_error(const char* call, cublasStatus_t status, const char* file, int line);
+// After a kernel launch: throws if the launch failed (cudaGetLastError), naming `kernel`.
+void check_launch(const char* kernel, const char* file, int line);
 }  // namespace ampipe::detail
 
-#define AMPIPE_CUDA_CHECK(call)                                                                  \
-  do {                                                                                           \
-    const cudaError_t ampipe_cuda_error_ = (call);                                               \
-    if (ampipe_cuda_error_ != cudaSuccess)                                                       \
-      ::ampipe::detail::throw_cuda_error(#call, ampipe_cuda_error_, __FILE__, __LINE__);         \
+#define AMPIPE_CUDA_CHECK(call)                                                          \
+  do {                                                                                   \
+    const cudaError_t ampipe_cuda_error_ = (call);                                       \
+    if (ampipe_cuda_error_ != cudaSuccess)                                               \
+      ::ampipe::detail::throw_cuda_error(#call, ampipe_cuda_error_, __FILE__, __LINE__); \
   } while (0)
 
-#define AMPIPE_CUBLAS_CHECK(call)                                                                \
-  do {                                                                                           \
-    const cublasStatus_t ampipe_cublas_status_ = (call);                                         \
-    if (ampipe_cublas_status_ != CUBLAS_STATUS_SUCCESS)                                          \
-      ::ampipe::detail::throw_cublas_error(#call, ampipe_cublas_status_, __FILE__, __LINE__);    \
-  } while (0)
-
-// After a kernel launch: `name` is the kernel's name as the error should show it.
-#define AMPIPE_CUDA_CHECK_LAUNCH(name)                                                           \
-  do {                                                                                           \
-    const cudaError_t ampipe_cuda_error_ = cudaGetLastError();                                   \
-    if (ampipe_cuda_error_ != cudaSuccess)                                                       \
-      ::ampipe::detail::throw_cuda_error("launch of " name, ampipe_cuda_error_, __FILE__, __LINE__); \
+#define AMPIPE_CUBLAS_CHECK(call)                                                             \
+  do {                                                                                        \
+    const cublasStatus_t ampipe_cublas_status_ = (call);                                      \
+    if (ampipe_cublas_status_ != CUBLAS_STATUS_SUCCESS)                                       \
+      ::ampipe::detail::throw_cublas_error(#call, ampipe_cublas_status_, __FILE__, __LINE__); \
   } while (0)

@@ -74,8 +74,7 @@ void adamw_update(Tensor param, const Tensor& grad, Tensor m, Tensor v, const Ad
   if (n == 0) return;
   const bool flat = packed(pm) && packed(gm) && packed(mm) && packed(vm);
   const unsigned blocks = std::min<unsigned>(blocks_for(n, kThreads), kMaxBlocks);
-  adamw_kernel<<<blocks, kThreads, 0, stream()>>>(pm, gm, mm, vm, flat, s);
-  AMPIPE_CUDA_CHECK_LAUNCH("adamw_kernel");
+  launch("adamw_kernel", adamw_kernel, blocks, kThreads, 0, stream(), pm, gm, mm, vm, flat, s);
 }
 
 }  // namespace ampipe::kernels::gpu

@@ -227,7 +227,7 @@ template <int HDP>
 __global__ void __launch_bounds__(kThreads) attention_forward_kernel(const AttentionArgs a) {
   constexpr int RM = 4, kRows = 16 * RM;
   using C = Cols<HDP>;
-  extern __shared__ float4 attention_smem[];
+  AMPIPE_DYNAMIC_SHARED(float4, attention_smem);
   float* qt = reinterpret_cast<float*>(attention_smem);
   float* kv = qt + HDP * kLdTile;
   float* pt = kv + HDP * kLdTile;
@@ -342,7 +342,7 @@ template <int HDP, int RM>
 __global__ void __launch_bounds__(kThreads, 1) attention_dq_kernel(const AttentionArgs a) {
   constexpr int kRows = 16 * RM, kLdRows = kRows + 4;
   using C = Cols<HDP>;
-  extern __shared__ float4 attention_smem[];
+  AMPIPE_DYNAMIC_SHARED(float4, attention_smem);
   float* qt = reinterpret_cast<float*>(attention_smem);
   float* dot = qt + HDP * kLdRows;
   float* kt = dot + HDP * kLdRows;
@@ -428,7 +428,7 @@ template <int HDP, int RM>
 __global__ void __launch_bounds__(kThreads, 1) attention_dkdv_kernel(const AttentionArgs a) {
   constexpr int kKeys = 16 * RM, kLdKeys = kKeys + 4;
   using C = Cols<HDP>;
-  extern __shared__ float4 attention_smem[];
+  AMPIPE_DYNAMIC_SHARED(float4, attention_smem);
   float* kt = reinterpret_cast<float*>(attention_smem);
   float* vt = kt + HDP * kLdKeys;
   float* qa = vt + HDP * kLdKeys;
@@ -608,8 +608,7 @@ void launch_forward(AttentionArgs a, const AttentionDims& dims) {
   const unsigned blocks = grid_blocks(a.tiles, dims.heads, dims.batch);
   const size_t smem = forward_smem_bytes(HDP);
   allow_shared_memory(attention_forward_kernel<HDP>, smem, dims.head_dim);
-  attention_forward_kernel<HDP><<<blocks, kThreads, smem, stream()>>>(a);
-  AMPIPE_CUDA_CHECK_LAUNCH("attention_forward_kernel");
+  launch("attention_forward_kernel", attention_forward_kernel<HDP>, blocks, kThreads, smem, stream(), a);
 }
 
 template <int HDP>
@@ -619,15 +618,13 @@ void launch_backward(AttentionArgs a, const AttentionDims& dims) {
   const unsigned dq_blocks = grid_blocks(a.tiles, dims.heads, dims.batch);
   const size_t dq_smem = dq_smem_bytes(HDP, RM);
   allow_shared_memory(attention_dq_kernel<HDP, RM>, dq_smem, dims.head_dim);
-  attention_dq_kernel<HDP, RM><<<dq_blocks, kThreads, dq_smem, stream()>>>(a);
-  AMPIPE_CUDA_CHECK_LAUNCH("attention_dq_kernel");
+  launch("attention_dq_kernel", attention_dq_kernel<HDP, RM>, dq_blocks, kThreads, dq_smem, stream(), a);
 
   a.tiles = static_cast<int>((dims.kv_used() + kRows - 1) / kRows);
   const unsigned dkdv_blocks = grid_blocks(a.tiles, dims.kv_heads, dims.batch);
   const size_t dkdv_smem = dkdv_smem_bytes(HDP, RM);
   allow_shared_memory(attention_dkdv_kernel<HDP, RM>, dkdv_smem, dims.head_dim);
-  attention_dkdv_kernel<HDP, RM><<<dkdv_blocks, kThreads, dkdv_smem, stream()>>>(a);
-  AMPIPE_CUDA_CHECK_LAUNCH("attention_dkdv_kernel");
+  launch("attention_dkdv_kernel", attention_dkdv_kernel<HDP, RM>, dkdv_blocks, kThreads, dkdv_smem, stream(), a);
 }
 
 }  // namespace
@@ -674,9 +671,8 @@ void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const
   Tensor delta = Tensor::empty({dims.batch, dims.heads, dims.q_len}, DType::F32, Device::CUDA);
   a.delta = delta.device_data<float>();
   const int64_t delta_rows = dims.batch * dims.heads * dims.q_len;
-  attention_delta_kernel<<<blocks_for(delta_rows, kDotWarps), kDotWarps * 32, 0, stream()>>>(
-      a, delta.device_data<float>());
-  AMPIPE_CUDA_CHECK_LAUNCH("attention_delta_kernel");
+  launch("attention_delta_kernel", attention_delta_kernel, blocks_for(delta_rows, kDotWarps), kDotWarps * 32, 0,
+      stream(), a, delta.device_data<float>());
 
   switch (hdp) {
     case 16: return launch_backward<16>(a, dims);

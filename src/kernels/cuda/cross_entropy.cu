@@ -88,9 +88,8 @@ void cross_entropy_forward(const Tensor& logits, const Tensor& targets, Tensor l
   check_target_ids(logits, targets, "cross_entropy_forward");
   const int64_t rows = logits.dim(0);
   if (rows == 0) return;
-  cross_entropy_forward_kernel<<<blocks_for(rows, 1), row_threads(logits.dim(1)), 0, stream()>>>(
-      device_rows(logits), targets.device_data<int32_t>(), losses.device_data<float>());
-  AMPIPE_CUDA_CHECK_LAUNCH("cross_entropy_forward_kernel");
+  launch("cross_entropy_forward_kernel", cross_entropy_forward_kernel, blocks_for(rows, 1), row_threads(logits.dim(1)),
+      0, stream(), device_rows(logits), targets.device_data<int32_t>(), losses.device_data<float>());
 }
 
 void cross_entropy_backward(const Tensor& logits, const Tensor& targets, float scale, Tensor dlogits) {
@@ -98,9 +97,9 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& targets, float s
   check_target_ids(logits, targets, "cross_entropy_backward");
   const int64_t rows = logits.dim(0);
   if (rows == 0) return;
-  cross_entropy_backward_kernel<<<blocks_for(rows, 1), row_threads(logits.dim(1)), 0, stream()>>>(
-      device_rows(logits), targets.device_data<int32_t>(), scale, device_rows(dlogits));
-  AMPIPE_CUDA_CHECK_LAUNCH("cross_entropy_backward_kernel");
+  launch("cross_entropy_backward_kernel", cross_entropy_backward_kernel, blocks_for(rows, 1),
+      row_threads(logits.dim(1)), 0, stream(), device_rows(logits), targets.device_data<int32_t>(), scale,
+      device_rows(dlogits));
 }
 
 }  // namespace ampipe::kernels::gpu

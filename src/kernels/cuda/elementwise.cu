@@ -61,12 +61,12 @@ __global__ void for_each_kernel(int64_t rows, int64_t cols, bool flat, Op op) {
   }
 }
 
-// Enqueues op over the job; the caller checks the launch (AMPIPE_CUDA_CHECK_LAUNCH names the kernel).
+// Enqueues op over the job; `name` (the operation) names the launch in errors.
 template <class Op>
-void enqueue_for_each(int64_t rows, int64_t cols, bool flat, const Op& op) {
+void enqueue_for_each(const char* name, int64_t rows, int64_t cols, bool flat, const Op& op) {
   const int64_t n = rows * cols;
   if (n == 0) return;
-  for_each_kernel<<<grid_for(n), kThreads, 0, stream()>>>(rows, cols, flat, op);
+  launch(name, for_each_kernel<Op>, grid_for(n), kThreads, 0, stream(), rows, cols, flat, op);
 }
 
 // --- element-wise operations (functors: nvcc needs no extended lambdas) ---
@@ -267,8 +267,7 @@ void add_bias(Tensor y, const Tensor& bias) {
   detail::check_add_bias(y, bias);
   const DeviceRows ym = device_rows(y);
   // Not flat: the bias index is the column.
-  enqueue_for_each(ym.rows, ym.cols, false, AddBiasOp{ym, bias.device_data<float>()});
-  AMPIPE_CUDA_CHECK_LAUNCH("add_bias");
+  enqueue_for_each("add_bias", ym.rows, ym.cols, false, AddBiasOp{ym, bias.device_data<float>()});
 }
 
 void bias_backward(const Tensor& dy, Tensor dbias) {
@@ -280,33 +279,29 @@ void bias_backward(const Tensor& dy, Tensor dbias) {
   const int64_t blocks = (g.rows + kReduceRows - 1) / kReduceRows;
   Tensor partial = Tensor::empty({blocks, g.cols}, DType::F32, Device::CUDA);
   const dim3 grid(blocks_for(g.cols, kThreads), static_cast<unsigned>(std::min<int64_t>(blocks, 65535)));
-  bias_partial_kernel<<<grid, kThreads, 0, stream()>>>(g, blocks, partial.device_data<float>());
-  AMPIPE_CUDA_CHECK_LAUNCH("bias_partial_kernel");
-  bias_total_kernel<<<blocks_for(g.cols, kThreads), kThreads, 0, stream()>>>(
+  launch("bias_partial_kernel", bias_partial_kernel, grid, kThreads, 0, stream(), g, blocks,
+      partial.device_data<float>());
+  launch("bias_total_kernel", bias_total_kernel, blocks_for(g.cols, kThreads), kThreads, 0, stream(),
       partial.device_data<float>(), blocks, g.cols, dbias.device_data<float>());
-  AMPIPE_CUDA_CHECK_LAUNCH("bias_total_kernel");
 }
 
 void add_inplace(Tensor y, const Tensor& x) {
   detail::check_add_inplace(y, x);
   const DeviceRows ym = device_rows(y);
   const DeviceRows xm = device_rows(x);
-  enqueue_for_each(ym.rows, ym.cols, packed(ym) && packed(xm), AddOp{ym, xm});
-  AMPIPE_CUDA_CHECK_LAUNCH("add_inplace");
+  enqueue_for_each("add_inplace", ym.rows, ym.cols, packed(ym) && packed(xm), AddOp{ym, xm});
 }
 
 void scale_inplace(Tensor x, float s) {
   const DeviceRows xm = device_rows(x);
-  enqueue_for_each(xm.rows, xm.cols, packed(xm), ScaleOp{xm, s});
-  AMPIPE_CUDA_CHECK_LAUNCH("scale_inplace");
+  enqueue_for_each("scale_inplace", xm.rows, xm.cols, packed(xm), ScaleOp{xm, s});
 }
 
 void gelu_forward(const Tensor& x, Tensor y) {
   detail::check_gelu_forward(x, y);
   const DeviceRows xm = device_rows(x);
   const DeviceRows ym = device_rows(y);
-  enqueue_for_each(xm.rows, xm.cols, packed(xm) && packed(ym), GeluOp{xm, ym});
-  AMPIPE_CUDA_CHECK_LAUNCH("gelu_forward");
+  enqueue_for_each("gelu_forward", xm.rows, xm.cols, packed(xm) && packed(ym), GeluOp{xm, ym});
 }
 
 void gelu_backward(const Tensor& x, const Tensor& dy, Tensor dx) {
@@ -314,8 +309,8 @@ void gelu_backward(const Tensor& x, const Tensor& dy, Tensor dx) {
   const DeviceRows xm = device_rows(x);
   const DeviceRows gm = device_rows(dy);
   const DeviceRows dm = device_rows(dx);
-  enqueue_for_each(xm.rows, xm.cols, packed(xm) && packed(gm) && packed(dm), GeluBackwardOp{xm, gm, dm});
-  AMPIPE_CUDA_CHECK_LAUNCH("gelu_backward");
+  enqueue_for_each("gelu_backward", xm.rows, xm.cols, packed(xm) && packed(gm) && packed(dm),
+                   GeluBackwardOp{xm, gm, dm});
 }
 
 void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor out) {
@@ -323,8 +318,7 @@ void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor out) {
   const DeviceRows gm = device_rows(gate);
   const DeviceRows um = device_rows(up);
   const DeviceRows om = device_rows(out);
-  enqueue_for_each(gm.rows, gm.cols, packed(gm) && packed(um) && packed(om), SwigluOp{gm, um, om});
-  AMPIPE_CUDA_CHECK_LAUNCH("swiglu_forward");
+  enqueue_for_each("swiglu_forward", gm.rows, gm.cols, packed(gm) && packed(um) && packed(om), SwigluOp{gm, um, om});
 }
 
 void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor dgate, Tensor dup) {
@@ -335,8 +329,7 @@ void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, T
   const DeviceRows dgm = device_rows(dgate);
   const DeviceRows dum = device_rows(dup);
   const bool flat = packed(gm) && packed(um) && packed(om) && packed(dgm) && packed(dum);
-  enqueue_for_each(gm.rows, gm.cols, flat, SwigluBackwardOp{gm, um, om, dgm, dum});
-  AMPIPE_CUDA_CHECK_LAUNCH("swiglu_backward");
+  enqueue_for_each("swiglu_backward", gm.rows, gm.cols, flat, SwigluBackwardOp{gm, um, om, dgm, dum});
 }
 
 void softmax_rows(const Tensor& x, Tensor y) {
@@ -345,12 +338,10 @@ void softmax_rows(const Tensor& x, Tensor y) {
   const DeviceRows ym = device_rows(y);
   if (xm.rows == 0 || xm.cols == 0) return;
   if (xm.cols <= kWarpRowMaxCols) {
-    softmax_warp_kernel<<<grid_for(xm.rows * kWarp), kThreads, 0, stream()>>>(xm, ym);
-    AMPIPE_CUDA_CHECK_LAUNCH("softmax_warp_kernel");
+    launch("softmax_warp_kernel", softmax_warp_kernel, grid_for(xm.rows * kWarp), kThreads, 0, stream(), xm, ym);
   } else {
     const unsigned grid = static_cast<unsigned>(std::min<int64_t>(xm.rows, kMaxBlocks));
-    softmax_block_kernel<<<grid, kThreads, 0, stream()>>>(xm, ym);
-    AMPIPE_CUDA_CHECK_LAUNCH("softmax_block_kernel");
+    launch("softmax_block_kernel", softmax_block_kernel, grid, kThreads, 0, stream(), xm, ym);
   }
 }
 
@@ -361,12 +352,11 @@ void softmax_rows_backward(const Tensor& y, const Tensor& dy, Tensor dx) {
   const DeviceRows dm = device_rows(dx);
   if (ym.rows == 0 || ym.cols == 0) return;
   if (ym.cols <= kWarpRowMaxCols) {
-    softmax_backward_warp_kernel<<<grid_for(ym.rows * kWarp), kThreads, 0, stream()>>>(ym, gm, dm);
-    AMPIPE_CUDA_CHECK_LAUNCH("softmax_backward_warp_kernel");
+    launch("softmax_backward_warp_kernel", softmax_backward_warp_kernel, grid_for(ym.rows * kWarp), kThreads, 0,
+        stream(), ym, gm, dm);
   } else {
     const unsigned grid = static_cast<unsigned>(std::min<int64_t>(ym.rows, kMaxBlocks));
-    softmax_backward_block_kernel<<<grid, kThreads, 0, stream()>>>(ym, gm, dm);
-    AMPIPE_CUDA_CHECK_LAUNCH("softmax_backward_block_kernel");
+    launch("softmax_backward_block_kernel", softmax_backward_block_kernel, grid, kThreads, 0, stream(), ym, gm, dm);
   }
 }
 
@@ -382,10 +372,9 @@ double sum_of_squares(const Tensor& x) {
   Tensor scratch = Tensor::empty({2 * (int64_t{blocks} + 1)}, DType::F32, Device::CUDA);
   double* partial = reinterpret_cast<double*>(scratch.device_data<float>());
   double* result = partial + blocks;
-  sum_squares_partial_kernel<<<blocks, kThreads, 0, stream()>>>(xm, packed(xm), partial);
-  AMPIPE_CUDA_CHECK_LAUNCH("sum_squares_partial_kernel");
-  sum_squares_total_kernel<<<1, kThreads, 0, stream()>>>(partial, blocks, result);
-  AMPIPE_CUDA_CHECK_LAUNCH("sum_squares_total_kernel");
+  launch("sum_squares_partial_kernel", sum_squares_partial_kernel, blocks, kThreads, 0, stream(), xm, packed(xm),
+      partial);
+  launch("sum_squares_total_kernel", sum_squares_total_kernel, 1, kThreads, 0, stream(), partial, blocks, result);
   double host = 0.0;
   AMPIPE_CUDA_CHECK(cudaMemcpyAsync(&host, result, sizeof(double), cudaMemcpyDeviceToHost, stream()));
   AMPIPE_CUDA_CHECK(cudaStreamSynchronize(stream()));

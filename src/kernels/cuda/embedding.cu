@@ -53,9 +53,8 @@ IdOutOfRange first_id_out_of_range_on_gpu(const Tensor& ids, int64_t limit) {
   Tensor scratch = Tensor::empty({2}, DType::I32, Device::CUDA);  // one 64-bit index (256-byte aligned)
   auto* first = reinterpret_cast<unsigned long long*>(scratch.device_data<int32_t>());
   AMPIPE_CUDA_CHECK(cudaMemsetAsync(first, 0xff, sizeof(unsigned long long), s));
-  first_bad_id_kernel<<<std::min(gpu::blocks_for(n, kThreads), kMaxCheckBlocks), kThreads, 0, s>>>(ip, n, limit,
-                                                                                                   first);
-  AMPIPE_CUDA_CHECK_LAUNCH("first_bad_id_kernel");
+  gpu::launch("first_bad_id_kernel", first_bad_id_kernel, std::min(gpu::blocks_for(n, kThreads), kMaxCheckBlocks),
+      kThreads, 0, s, ip, n, limit, first);
   unsigned long long host_first = 0;
   AMPIPE_CUDA_CHECK(cudaMemcpyAsync(&host_first, first, sizeof host_first, cudaMemcpyDeviceToHost, s));
   AMPIPE_CUDA_CHECK(cudaStreamSynchronize(s));
@@ -160,9 +159,8 @@ void embedding_forward(const Tensor& tokens, const Tensor& token_table, const Te
   const float* pos = positions ? position_table.device_data<float>() : nullptr;
   const int64_t pos_stride = positions ? position_table.stride(0) : 0;
   const int threads = static_cast<int>(std::min<int64_t>(kThreads, (width + 31) / 32 * 32));
-  embedding_forward_kernel<<<blocks_for(rows, 1), threads, 0, stream()>>>(
+  launch("embedding_forward_kernel", embedding_forward_kernel, blocks_for(rows, 1), threads, 0, stream(),
       tokens.device_data<int32_t>(), device_rows(token_table), pos, pos_stride, seq_len, device_rows(x));
-  AMPIPE_CUDA_CHECK_LAUNCH("embedding_forward_kernel");
 }
 
 void embedding_backward(const Tensor& tokens, const Tensor& dx, int64_t seq_len, Tensor dtoken_table,
@@ -184,8 +182,7 @@ void embedding_backward(const Tensor& tokens, const Tensor& dx, int64_t seq_len,
   Tensor order_out_buf = int64_scratch(rows);
   auto* order_in = reinterpret_cast<int64_t*>(order_in_buf.device_data<int32_t>());
   auto* order_out = reinterpret_cast<int64_t*>(order_out_buf.device_data<int32_t>());
-  iota_kernel<<<blocks_for(rows, kThreads), kThreads, 0, s>>>(order_in, rows);
-  AMPIPE_CUDA_CHECK_LAUNCH("iota_kernel");
+  launch("iota_kernel", iota_kernel, blocks_for(rows, kThreads), kThreads, 0, s, order_in, rows);
   const int end_bit = id_bits(vocab);
   size_t temp_bytes = 0;
   AMPIPE_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(nullptr, temp_bytes, keys_in, keys_out, order_in, order_out,
@@ -194,14 +191,12 @@ void embedding_backward(const Tensor& tokens, const Tensor& dx, int64_t seq_len,
                               Device::CUDA);
   AMPIPE_CUDA_CHECK(cub::DeviceRadixSort::SortPairs(temp.device_data<int32_t>(), temp_bytes, keys_in, keys_out,
                                                     order_in, order_out, rows, 0, end_bit, s));
-  embedding_token_grad_kernel<<<rows_by_column_tiles(rows, width), kThreads, 0, s>>>(
+  launch("embedding_token_grad_kernel", embedding_token_grad_kernel, rows_by_column_tiles(rows, width), kThreads, 0, s,
       keys_out, order_out, rows, g, dtoken_table.device_data<float>(), dtoken_table.stride(0));
-  AMPIPE_CUDA_CHECK_LAUNCH("embedding_token_grad_kernel");
 
   if (!dposition_table.defined()) return;
-  embedding_position_grad_kernel<<<rows_by_column_tiles(seq_len, width), kThreads, 0, s>>>(
-      g, seq_len, rows / seq_len, dposition_table.device_data<float>(), dposition_table.stride(0));
-  AMPIPE_CUDA_CHECK_LAUNCH("embedding_position_grad_kernel");
+  launch("embedding_position_grad_kernel", embedding_position_grad_kernel, rows_by_column_tiles(seq_len, width),
+      kThreads, 0, s, g, seq_len, rows / seq_len, dposition_table.device_data<float>(), dposition_table.stride(0));
 }
 
 }  // namespace gpu

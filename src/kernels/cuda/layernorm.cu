@@ -202,9 +202,8 @@ dim3 partials_grid(int64_t cols, int64_t blocks) {
 
 // out[j] += the column sums of the partials (block_stride apart), in block order.
 void accumulate_partials(const float* partial, int64_t blocks, int64_t block_stride, int64_t cols, float* out) {
-  accumulate_partials_kernel<<<blocks_for(cols, kColumnThreads), kColumnThreads, 0, stream()>>>(
-      partial, blocks, block_stride, cols, out);
-  AMPIPE_CUDA_CHECK_LAUNCH("accumulate_partials_kernel");
+  launch("accumulate_partials_kernel", accumulate_partials_kernel, blocks_for(cols, kColumnThreads), kColumnThreads, 0,
+      stream(), partial, blocks, block_stride, cols, out);
 }
 
 }  // namespace
@@ -215,10 +214,9 @@ void layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias
   const int64_t rows = x.dim(0);
   const int64_t cols = x.dim(1);
   if (rows == 0) return;
-  layernorm_forward_kernel<<<row_blocks(rows), row_threads(cols), 0, stream()>>>(
-      device_rows(x), weight.device_data<float>(), bias.device_data<float>(), device_rows(y),
-      mean.device_data<float>(), rstd.device_data<float>(), eps);
-  AMPIPE_CUDA_CHECK_LAUNCH("layernorm_forward_kernel");
+  launch("layernorm_forward_kernel", layernorm_forward_kernel, row_blocks(rows), row_threads(cols), 0, stream(),
+      device_rows(x), weight.device_data<float>(), bias.device_data<float>(), device_rows(y), mean.device_data<float>(),
+      rstd.device_data<float>(), eps);
 }
 
 void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
@@ -236,13 +234,11 @@ void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight,
   const int64_t blocks = (rows + kReduceRows - 1) / kReduceRows;
   Tensor partial = Tensor::empty({2 * blocks * cols}, DType::F32, Device::CUDA);
   float* pp = partial.device_data<float>();
-  layernorm_partials_kernel<<<partials_grid(cols, blocks), kColumnThreads, 0, stream()>>>(dyr, xr, mp, rp, pp,
-                                                                                          blocks);
-  AMPIPE_CUDA_CHECK_LAUNCH("layernorm_partials_kernel");
+  launch("layernorm_partials_kernel", layernorm_partials_kernel, partials_grid(cols, blocks), kColumnThreads, 0,
+      stream(), dyr, xr, mp, rp, pp, blocks);
 
-  layernorm_dx_kernel<<<row_blocks(rows), row_threads(cols), 0, stream()>>>(dyr, xr, weight.device_data<float>(),
-                                                                            mp, rp, device_rows(dx));
-  AMPIPE_CUDA_CHECK_LAUNCH("layernorm_dx_kernel");
+  launch("layernorm_dx_kernel", layernorm_dx_kernel, row_blocks(rows), row_threads(cols), 0, stream(), dyr, xr,
+      weight.device_data<float>(), mp, rp, device_rows(dx));
 
   accumulate_partials(pp, blocks, 2 * cols, cols, dweight.device_data<float>());
   accumulate_partials(pp + cols, blocks, 2 * cols, cols, dbias.device_data<float>());
@@ -253,9 +249,8 @@ void rmsnorm_forward(const Tensor& x, const Tensor& weight, Tensor y, Tensor rst
   const int64_t rows = x.dim(0);
   const int64_t cols = x.dim(1);
   if (rows == 0) return;
-  rmsnorm_forward_kernel<<<row_blocks(rows), row_threads(cols), 0, stream()>>>(
+  launch("rmsnorm_forward_kernel", rmsnorm_forward_kernel, row_blocks(rows), row_threads(cols), 0, stream(),
       device_rows(x), weight.device_data<float>(), device_rows(y), rstd.device_data<float>(), eps);
-  AMPIPE_CUDA_CHECK_LAUNCH("rmsnorm_forward_kernel");
 }
 
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& rstd, Tensor dx,
@@ -271,12 +266,11 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, c
   const int64_t blocks = (rows + kReduceRows - 1) / kReduceRows;
   Tensor partial = Tensor::empty({blocks * cols}, DType::F32, Device::CUDA);
   float* pp = partial.device_data<float>();
-  rmsnorm_partials_kernel<<<partials_grid(cols, blocks), kColumnThreads, 0, stream()>>>(dyr, xr, rp, pp, blocks);
-  AMPIPE_CUDA_CHECK_LAUNCH("rmsnorm_partials_kernel");
+  launch("rmsnorm_partials_kernel", rmsnorm_partials_kernel, partials_grid(cols, blocks), kColumnThreads, 0, stream(),
+      dyr, xr, rp, pp, blocks);
 
-  rmsnorm_dx_kernel<<<row_blocks(rows), row_threads(cols), 0, stream()>>>(dyr, xr, weight.device_data<float>(), rp,
-                                                                          device_rows(dx));
-  AMPIPE_CUDA_CHECK_LAUNCH("rmsnorm_dx_kernel");
+  launch("rmsnorm_dx_kernel", rmsnorm_dx_kernel, row_blocks(rows), row_threads(cols), 0, stream(), dyr, xr,
+      weight.device_data<float>(), rp, device_rows(dx));
 
   accumulate_partials(pp, blocks, cols, cols, dweight.device_data<float>());
 }

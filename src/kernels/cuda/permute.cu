@@ -342,25 +342,23 @@ void move_rows(const Tensor& src, const Tensor& index, Tensor dst, bool gather) 
   if (n == 0 || width == 0) return;
   const int64_t index_limit = gather ? src.dim(0) : dst.dim(0);
   const bool vec = width % 4 == 0 && float4_rows(s.data, s.stride) && float4_rows(d.data, d.stride);
-  const RowLaunch launch = row_launch(n, vec ? width / 4 : width);
+  const RowLaunch geometry = row_launch(n, vec ? width / 4 : width);
   if (gather) {
     if (vec) {
-      move_rows_kernel<4, true><<<launch.grid, launch.block, 0, stream()>>>(
+      launch("move_rows_kernel (gather_rows)", move_rows_kernel<4, true>, geometry.grid, geometry.block, 0, stream(),
           s.data, s.stride, ix, n, index_limit, d.data, d.stride, width / 4);
     } else {
-      move_rows_kernel<1, true><<<launch.grid, launch.block, 0, stream()>>>(
+      launch("move_rows_kernel (gather_rows)", move_rows_kernel<1, true>, geometry.grid, geometry.block, 0, stream(),
           s.data, s.stride, ix, n, index_limit, d.data, d.stride, width);
     }
-    AMPIPE_CUDA_CHECK_LAUNCH("move_rows_kernel (gather_rows)");
   } else {
     if (vec) {
-      move_rows_kernel<4, false><<<launch.grid, launch.block, 0, stream()>>>(
+      launch("move_rows_kernel (scatter_rows)", move_rows_kernel<4, false>, geometry.grid, geometry.block, 0, stream(),
           s.data, s.stride, ix, n, index_limit, d.data, d.stride, width / 4);
     } else {
-      move_rows_kernel<1, false><<<launch.grid, launch.block, 0, stream()>>>(
+      launch("move_rows_kernel (scatter_rows)", move_rows_kernel<1, false>, geometry.grid, geometry.block, 0, stream(),
           s.data, s.stride, ix, n, index_limit, d.data, d.stride, width);
     }
-    AMPIPE_CUDA_CHECK_LAUNCH("move_rows_kernel (scatter_rows)");
   }
 }
 
@@ -401,14 +399,10 @@ DispatchPlan make_dispatch_plan(const Tensor& expert_index, int num_experts, int
   auto* first_bad = reinterpret_cast<unsigned long long*>(host_info + experts + 2);
 
   AMPIPE_CUDA_CHECK(cudaMemsetAsync(first_bad, 0xff, sizeof(unsigned long long), stream()));
-  plan_rank_kernel<false><<<blocks, kPlanThreads, 0, stream()>>>(ip, index_stride, pairs, static_cast<int>(k),
-                                                                 experts, rounds, table, first_bad, nullptr,
-                                                                 capacity, nullptr, nullptr);
-  AMPIPE_CUDA_CHECK_LAUNCH("plan_rank_kernel (count)");
-  plan_scan_kernel<<<1, kScanThreads, 0, stream()>>>(table, blocks, experts, capacity, expert_start,
-                                                     host_info, first_bad, ip, index_stride,
-                                                     static_cast<int>(k));
-  AMPIPE_CUDA_CHECK_LAUNCH("plan_scan_kernel");
+  launch("plan_rank_kernel (count)", plan_rank_kernel<false>, blocks, kPlanThreads, 0, stream(), ip, index_stride,
+      pairs, static_cast<int>(k), experts, rounds, table, first_bad, nullptr, capacity, nullptr, nullptr);
+  launch("plan_scan_kernel", plan_scan_kernel, 1, kScanThreads, 0, stream(), table, blocks, experts, capacity,
+      expert_start, host_info, first_bad, ip, index_stride, static_cast<int>(k));
 
   // The one place where a count crosses to the host: the per-expert counts size the all-to-all
   // (and slot_token), so the plan waits for them here; the range check of expert_index rides along.
@@ -429,10 +423,9 @@ DispatchPlan make_dispatch_plan(const Tensor& expert_index, int num_experts, int
     slots += plan.expert_counts[static_cast<size_t>(e)];
   }
   plan.slot_token = Tensor::empty({slots}, DType::I32, Device::CUDA);
-  plan_rank_kernel<true><<<blocks, kPlanThreads, 0, stream()>>>(
-      ip, index_stride, pairs, static_cast<int>(k), experts, rounds, table, nullptr, expert_start, capacity,
+  launch("plan_rank_kernel (assign)", plan_rank_kernel<true>, blocks, kPlanThreads, 0, stream(), ip, index_stride,
+      pairs, static_cast<int>(k), experts, rounds, table, nullptr, expert_start, capacity,
       plan.token_slot.device_data<int32_t>(), plan.slot_token.device_data<int32_t>());
-  AMPIPE_CUDA_CHECK_LAUNCH("plan_rank_kernel (assign)");
   return plan;  // scratch is released stream-ordered: the assign kernel still reads it safely
 }
 
@@ -456,28 +449,26 @@ void gathered_sum(const Tensor& src, const DispatchPlan& plan, const Tensor& gat
   if (tokens == 0 || width == 0) return;
   const bool vec = width % 4 == 0 && float4_rows(sr.data, sr.stride) && float4_rows(o.data, o.stride);
   const int64_t units = vec ? width / 4 : width;
-  const RowLaunch launch = row_launch(tokens, units);
+  const RowLaunch geometry = row_launch(tokens, units);
   if (vec) {
-    gathered_sum_kernel<4><<<launch.grid, launch.block, 0, stream()>>>(sr.data, sr.stride, ts, k, gp, gs, tokens,
-                                                                       o.data, o.stride, units);
+    launch(name, gathered_sum_kernel<4>, geometry.grid, geometry.block, 0, stream(), sr.data, sr.stride, ts, k, gp, gs,
+        tokens, o.data, o.stride, units);
   } else {
-    gathered_sum_kernel<1><<<launch.grid, launch.block, 0, stream()>>>(sr.data, sr.stride, ts, k, gp, gs, tokens,
-                                                                       o.data, o.stride, units);
+    launch(name, gathered_sum_kernel<1>, geometry.grid, geometry.block, 0, stream(), sr.data, sr.stride, ts, k, gp, gs,
+        tokens, o.data, o.stride, units);
   }
-  const cudaError_t error = cudaGetLastError();
-  if (error != cudaSuccess) ::ampipe::detail::throw_cuda_error(name, error, __FILE__, __LINE__);
 }
 
 }  // namespace
 
 void permute_backward(const Tensor& dout, const DispatchPlan& plan, Tensor dx) {
   detail::check_permute_backward(dout, plan, dx);
-  gathered_sum(dout, plan, Tensor(), dx, "launch of gathered_sum_kernel (permute_backward)");
+  gathered_sum(dout, plan, Tensor(), dx, "gathered_sum_kernel (permute_backward)");
 }
 
 void unpermute_forward(const Tensor& y, const DispatchPlan& plan, const Tensor& gate, Tensor out) {
   detail::check_unpermute_forward(y, plan, gate, out);
-  gathered_sum(y, plan, gate, out, "launch of gathered_sum_kernel (unpermute_forward)");
+  gathered_sum(y, plan, gate, out, "gathered_sum_kernel (unpermute_forward)");
 }
 
 void unpermute_backward(const Tensor& dout, const Tensor& y, const DispatchPlan& plan, const Tensor& gate,
@@ -497,17 +488,16 @@ void unpermute_backward(const Tensor& dout, const Tensor& y, const DispatchPlan&
   const bool vec = width % 4 == 0 && float4_rows(g.data, g.stride) && float4_rows(yr.data, yr.stride) &&
                    float4_rows(d.data, d.stride);
   const int64_t units = vec ? width / 4 : width;
-  const RowLaunch launch = row_launch(tokens, units);
+  const RowLaunch geometry = row_launch(tokens, units);
   if (vec) {
-    unpermute_backward_kernel<4><<<launch.grid, launch.block, 0, stream()>>>(
-        g.data, g.stride, yr.data, yr.stride, ts, k, gp, gate.stride(0), tokens, d.data, d.stride, dgp,
-        dgate.stride(0), units);
+    launch("unpermute_backward_kernel", unpermute_backward_kernel<4>, geometry.grid, geometry.block, 0, stream(),
+        g.data, g.stride, yr.data, yr.stride, ts, k, gp, gate.stride(0), tokens, d.data, d.stride, dgp, dgate.stride(0),
+        units);
   } else {
-    unpermute_backward_kernel<1><<<launch.grid, launch.block, 0, stream()>>>(
-        g.data, g.stride, yr.data, yr.stride, ts, k, gp, gate.stride(0), tokens, d.data, d.stride, dgp,
-        dgate.stride(0), units);
+    launch("unpermute_backward_kernel", unpermute_backward_kernel<1>, geometry.grid, geometry.block, 0, stream(),
+        g.data, g.stride, yr.data, yr.stride, ts, k, gp, gate.stride(0), tokens, d.data, d.stride, dgp, dgate.stride(0),
+        units);
   }
-  AMPIPE_CUDA_CHECK_LAUNCH("unpermute_backward_kernel");
 }
 
 // The CPU also checks that every index entry is in range, which reads the contents on the host.

@@ -67,10 +67,8 @@ void rope_apply(const char* op, const Tensor& x, int64_t batch, int64_t num_head
   // go (the driver may wait for the stream first; hd/2 floats, once per call).
   AMPIPE_CUDA_CHECK(cudaMemcpyAsync(inv_freq_dev.device_data<float>(), inv_freq.data(), sizeof(float) * half,
                                     cudaMemcpyHostToDevice, s));
-  rope_kernel<<<blocks_for(rows * half, kThreads), kThreads, 0, s>>>(device_rows(x), rows / batch, num_heads,
-                                                                     head_dim, pos_begin,
-                                                                     inv_freq_dev.device_data<float>(), sign);
-  AMPIPE_CUDA_CHECK_LAUNCH("rope_kernel");
+  launch("rope_kernel", rope_kernel, blocks_for(rows * half, kThreads), kThreads, 0, s, device_rows(x), rows / batch,
+      num_heads, head_dim, pos_begin, inv_freq_dev.device_data<float>(), sign);
 }
 
 }  // namespace

@@ -141,10 +141,9 @@ void router_topk(const Tensor& probs, int k, Tensor expert_index, Tensor gate, b
   int32_t* ip = expert_index.device_data<int32_t>();
   float* gp = gate.device_data<float>();
   if (tokens == 0) return;
-  router_topk_kernel<<<blocks_for(tokens, kTokensPerBlock), kTokensPerBlock * kWarpSize, 0, stream()>>>(
-      pp, probs.stride(0), tokens, static_cast<int>(experts), k, ip, expert_index.stride(0), gp,
+  launch("router_topk_kernel", router_topk_kernel, blocks_for(tokens, kTokensPerBlock), kTokensPerBlock * kWarpSize, 0,
+      stream(), pp, probs.stride(0), tokens, static_cast<int>(experts), k, ip, expert_index.stride(0), gp,
       gate.stride(0), normalize_single);
-  AMPIPE_CUDA_CHECK_LAUNCH("router_topk_kernel");
 }
 
 void router_topk_backward(const Tensor& probs, const Tensor& expert_index, const Tensor& gate,
@@ -161,11 +160,9 @@ void router_topk_backward(const Tensor& probs, const Tensor& expert_index, const
   const float* dgp = dgate.device_data<float>();
   float* dpp = dprobs.device_data<float>();
   if (tokens == 0) return;
-  router_topk_backward_kernel<<<blocks_for(tokens, kTokensPerBlock), kTokensPerBlock * kWarpSize, 0,
-                                stream()>>>(pp, probs.stride(0), tokens, static_cast<int>(experts),
-                                            static_cast<int>(k), ip, expert_index.stride(0), dgp,
-                                            dgate.stride(0), dpp, dprobs.stride(0), normalize_single);
-  AMPIPE_CUDA_CHECK_LAUNCH("router_topk_backward_kernel");
+  launch("router_topk_backward_kernel", router_topk_backward_kernel, blocks_for(tokens, kTokensPerBlock),
+      kTokensPerBlock * kWarpSize, 0, stream(), pp, probs.stride(0), tokens, static_cast<int>(experts),
+      static_cast<int>(k), ip, expert_index.stride(0), dgp, dgate.stride(0), dpp, dprobs.stride(0), normalize_single);
 }
 
 }  // namespace ampipe::kernels::gpu
