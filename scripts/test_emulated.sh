@@ -7,7 +7,7 @@
 # arguments go to ctest. AMPIPE_GPU_EMULATOR_SEED sets the thread orders (default 1).
 set -euo pipefail
 cd "$(dirname "$0")/.."
-build=build-emulated
+build=${AMPIPE_EMULATED_BUILD:-build-emulated}
 targets=(ampipe test_gpu_emulator test_device_cache test_tensor test_stream test_model_device
          test_host_staged_communicator mpi_test_gpu)
 for t in tests/cuda/test_*.cpp; do targets+=("$(basename "$t" .cpp)"); done

@@ -38,7 +38,10 @@ void launch(const char* name, void (*kernel)(Params...), dim3 grid, dim3 block, 
         std::apply(kernel, params);
       });
 #else
-  kernel<<<grid, block, shared_bytes, stream> > >(std::forward<Args>(args)...);
+  // clang-format would split the chevrons:
+  // clang-format off
+  kernel<<<grid, block, shared_bytes, stream>>>(std::forward<Args>(args)...);
+  // clang-format on
 #endif
   ::ampipe::detail::check_launch(name, __FILE__, __LINE__);
 }
