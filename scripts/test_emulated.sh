@@ -15,7 +15,7 @@ cmake -S . -B "$build" -DCMAKE_BUILD_TYPE=Release -DAMPIPE_CUDA=EMULATE > /dev/n
 cmake --build "$build" -j"$(nproc)" --target "${targets[@]}"
 cd "$build"
 # Every GPU test must run: a skip here means the emulator is not in use, and fails the step.
-tests='^(GpuEmulator|Cuda[A-Za-z]*|ModelDevice|HostStagedCommunicator|DeviceCache|parallel_gpu_np2|scripts_gpu_commands)'
+tests='^(GpuEmulator|Cuda[A-Za-z]*|ModelDevice|HostStagedCommunicator|DeviceCache|parallel_gpu_np2|parallel_gpu_np2_two_devices|scripts_gpu_commands)'
 # The no-GPU paths (WithoutAGpu...) run separately, with an emulator that has no device.
 no_gpu='WithoutAGpu|WithoutGpu|CudaWithoutAGpu'
 ctest --output-on-failure -j"$(nproc)" --timeout 900 -R "$tests|^(Tensor|Stream)[A-Za-z]*\." -E "$no_gpu" "$@" | tee ctest.log

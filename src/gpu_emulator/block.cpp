@@ -85,6 +85,16 @@ class StackPool {
   std::vector<void*> free_;
 };
 
+#if AMPIPE_EMU_TSAN
+// ThreadSanitizer's fiber contexts of one host thread, reused: creating one per emulated thread
+// costs TSan a thread state each (millions per test). Reuse orders successive emulated threads,
+// which run one after another anyway; what TSan checks here is the host threads and streams.
+std::vector<void*>& tsan_fiber_pool() {
+  thread_local std::vector<void*> pool;
+  return pool;
+}
+#endif
+
 StackPool& stack_pool() {
   thread_local StackPool pool;
   return pool;
@@ -154,11 +164,20 @@ class Block {
   }
 
   ~Block() {
-    // A failed block leaves fibers suspended: destroying them unwinds their stacks.
+    // A failed block leaves fibers suspended: destroying one unwinds its stack (on that stack, so
+    // ThreadSanitizer is told of both switches).
     for (Thread& t : threads_) {
-      t.fiber = bctx::fiber();
+      if (t.fiber) {
 #if AMPIPE_EMU_TSAN
-      if (t.tsan_fiber) __tsan_destroy_fiber(t.tsan_fiber);
+        __tsan_switch_to_fiber(t.tsan_fiber, 0);
+#endif
+        t.fiber = bctx::fiber();
+#if AMPIPE_EMU_TSAN
+        __tsan_switch_to_fiber(scheduler_tsan_fiber_, 0);
+#endif
+      }
+#if AMPIPE_EMU_TSAN
+      if (t.tsan_fiber) tsan_fiber_pool().push_back(t.tsan_fiber);
 #endif
     }
   }
@@ -220,7 +239,13 @@ void Block::resume(Thread& t) {
   if (!t.started) {
     t.started = true;
 #if AMPIPE_EMU_TSAN
-    t.tsan_fiber = __tsan_create_fiber(0);
+    auto& pool = tsan_fiber_pool();
+    if (pool.empty()) {
+      t.tsan_fiber = __tsan_create_fiber(0);
+    } else {
+      t.tsan_fiber = pool.back();
+      pool.pop_back();
+    }
 #endif
     t.fiber = bctx::fiber(std::allocator_arg, PoolAllocator{}, [this, &t](bctx::fiber&& sink) {
       t.sink = std::move(sink);

@@ -4,6 +4,7 @@
 
 #include <gtest/gtest.h>
 
+#include <cstdint>
 #include <string>
 #include <vector>
 
@@ -26,6 +27,14 @@ inline constexpr bool kEmulatedGpu = true;
 #else
 inline constexpr bool kEmulatedGpu = false;
 #endif
+// A size for a real GPU, the emulator, and the emulator under ThreadSanitizer (about 20x slower).
+inline constexpr int64_t gpu_test_size(int64_t real, int64_t emulated) {
+#if defined(__SANITIZE_THREAD__)
+  return kEmulatedGpu ? emulated / 16 : real;
+#else
+  return kEmulatedGpu ? emulated : real;
+#endif
+}
 
 // Largest |a - b| / max(|b|, floor) over the elements (b is the reference); reports the worst index.
 inline double max_relative_error(const std::vector<float>& a, const std::vector<float>& b, double floor = 1e-3,

@@ -26,7 +26,7 @@ TEST(CudaStream, EventsOrderDeviceWorkAcrossStreams) {
   AMPIPE_REQUIRE_GPU();
   // Big enough that the producer's kernels are still running when the consumer's are enqueued (the
   // emulator's kernels are that slow at 2^16 elements already).
-  const int64_t n = testing::kEmulatedGpu ? 1 << 16 : 1 << 24;
+  const int64_t n = testing::gpu_test_size(1 << 24, 1 << 16);
   Tensor x = Tensor::zeros({n}, DType::F32, Device::CUDA);
   Tensor ones = Tensor::zeros({n}, DType::F32, Device::CUDA);
   ones.fill(1.0f);
@@ -51,7 +51,7 @@ TEST(CudaStream, EventsOrderDeviceWorkAcrossStreams) {
 
 TEST(CudaStream, ACpuStreamWaitingOnAGpuEventSeesTheResults) {
   AMPIPE_REQUIRE_GPU();
-  const int64_t n = testing::kEmulatedGpu ? 1 << 16 : 1 << 22;
+  const int64_t n = testing::gpu_test_size(1 << 22, 1 << 16);
   Tensor x = Tensor::zeros({n}, DType::F32, Device::CUDA);
   Tensor ones = Tensor::zeros({n}, DType::F32, Device::CUDA);
   ones.fill(1.0f);
