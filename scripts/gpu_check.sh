@@ -34,7 +34,6 @@ else
   build=${AMPIPE_GPU_BUILD:-build-gpu}
   cmake_args=(-DCMAKE_BUILD_TYPE=Release -DAMPIPE_CUDA=ON)
 fi
-command -v ninja > /dev/null && cmake_args+=(-G Ninja)
 if [ -d .gpu-deps ] && ls .gpu-deps/*.deb > /dev/null 2>&1 &&
    { [ "${AMPIPE_GPU_DEPS:-}" = 1 ] || ! [ -f /usr/include/x86_64-linux-gnu/openblas-openmp/cblas.h ]; }; then
   deps=/tmp/ampipe-deps
@@ -54,6 +53,8 @@ mpirun=$(command -v mpirun || true)
 [ -n "${deps:-}" ] && mpirun=$deps/usr/bin/orterun
 nvidia-smi --query-gpu=name,driver_version,memory.total --format=csv,noheader 2>/dev/null | sed 's/^/gpu_check: GPU: /' || log "no nvidia-smi"
 log "configuring $build"
+# Ninja where present, for a new build folder (an existing one keeps its generator).
+command -v ninja > /dev/null && ! [ -f "$build/CMakeCache.txt" ] && cmake_args+=(-G Ninja)
 mkdir -p "$build"
 cmake -S . -B "$build" "${cmake_args[@]}" > "$build/configure.log" 2>&1 || { cat "$build/configure.log"; exit 1; }
 grep -q "ampipe CUDA backend: ON" "$build/configure.log" || { log "the CUDA backend was not configured"; exit 1; }
