@@ -12,9 +12,10 @@
 //   blocks.l.moe.w{1,2,3}.weight  [E, ...] slice e =
 //   model.layers.l.block_sparse_moe.experts.e.w{1,2,3}.weight
 //
-// config.json carries the model's shapes under transformers' names, and two ampipe-only keys that
-// transformers ignores: "capacity_factor" (0 = dropless, the default on import) and "tokenizer"
-// ("byte" by default).
+// config.json carries the model's shapes under transformers' names in a form Transformers 4.x and
+// 5.x both load, and two ampipe-only keys that transformers ignores: "capacity_factor" (0 = dropless,
+// the default on import) and "tokenizer" ("byte" by default); train/hf_config.h has the details and
+// the reader, which accepts either version's form.
 //
 // Export writes every file atomically (temporary file + rename), removes a previous export's
 // config.json first and writes the new one last, so an interrupted export never leaves a directory
@@ -68,7 +69,8 @@ HfExportResult export_hf_checkpoint(const std::string& load_dir, const std::stri
 // True if `dir` holds a Hugging Face checkpoint: config.json and model.safetensors or
 // model.safetensors.index.json, and no model.safetensors carrying ampipe's metadata.
 bool is_hf_checkpoint(const std::string& dir);
-// The model config of a Hugging Face directory (config.json, validated; refuses naming the field).
+// The model config of a Hugging Face directory (config.json in either Transformers version's form,
+// validated; refuses naming the field: train/hf_config.h).
 ModelConfig read_hf_config(const std::string& dir);
 // Copies the weights of a Hugging Face directory into `model` (each rank its experts' slice);
 // refuses a config that differs from the model's, and any missing, extra, misshapen or
