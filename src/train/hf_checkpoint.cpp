@@ -20,6 +20,7 @@
 #include "core/atomic_file.h"
 #include "train/checkpoint.h"
 #include "train/hf_config.h"
+#include "train/hf_tokenizer.h"
 #include "train/safetensors.h"
 
 namespace ampipe {
@@ -292,7 +293,10 @@ void prepare_export_directory(const std::string& out_dir) {
   }
   for (const auto& entry : fs::directory_iterator(out_dir)) {
     const std::string name = entry.path().filename().string();
-    if (name == kSingleName || name == kIndexName || is_shard_name(name)) {
+    const auto& tokenizer_files = hf_tokenizer_file_names();
+    const bool tokenizer_file =
+        std::find(tokenizer_files.begin(), tokenizer_files.end(), name) != tokenizer_files.end();
+    if (name == kSingleName || name == kIndexName || is_shard_name(name) || tokenizer_file) {
       fs::remove(entry.path(), ec);
       AMPIPE_CHECK(!ec) << "cannot remove " << entry.path().string() << ": " << ec.message();
     }
@@ -308,6 +312,15 @@ HfExportResult export_hf_checkpoint(const GptMoe& model, const std::string& out_
   AMPIPE_CHECK(refusal.empty()) << "cannot export to the Hugging Face Mixtral layout: " << refusal;
   AMPIPE_CHECK(options.max_shard_bytes >= 1) << "the shard size limit must be at least 1 byte";
   const std::vector<std::pair<std::string, Tensor>> tensors = hf_tensors(model);
+  std::unique_ptr<Tokenizer> byte;
+  const Tokenizer* tokenizer = options.tokenizer;
+  if (tokenizer == nullptr) {
+    AMPIPE_CHECK(c.tokenizer == "byte") << "exporting a model trained with tokenizer " << c.tokenizer
+                                        << " needs that tokenizer (HfExportOptions::tokenizer)";
+    byte = make_tokenizer("byte", "");
+    tokenizer = byte.get();
+  }
+  const HfTokenizerExport tokenizer_export = hf_tokenizer_export(*tokenizer, c);
   uint64_t total = 0;
   const std::vector<std::vector<size_t>> shards = cut_shards(tensors, options.max_shard_bytes, total);
   prepare_export_directory(out_dir);
@@ -330,7 +343,12 @@ HfExportResult export_hf_checkpoint(const GptMoe& model, const std::string& out_
     const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
     write_file_atomically(join(out_dir, kIndexName), index.dump(2) + "\n");
   }
-  write_file_atomically(join(out_dir, kConfigName), hf_config_json(c).dump(2) + "\n");
+  for (const HfFile& file : tokenizer_export.files) {
+    write_file_atomically(join(out_dir, file.name), file.bytes);
+    result.tokenizer_files.push_back(file.name);
+  }
+  write_file_atomically(join(out_dir, kConfigName), hf_config_json(c, tokenizer_export.ids).dump(2) + "\n");
+  result.warnings = tokenizer_export.warnings;
 
   if (c.capacity_factor != 0) {
     std::ostringstream w;
@@ -349,9 +367,12 @@ HfExportResult export_hf_checkpoint(const std::string& load_dir, const std::stri
   const std::string refusal = hf_export_refusal(c);
   AMPIPE_CHECK(refusal.empty()) << "cannot export checkpoint '" << load_dir
                                 << "' to the Hugging Face Mixtral layout: " << refusal;
+  const std::unique_ptr<Tokenizer> tokenizer = checkpoint_tokenizer(load_dir, c);
   GptMoe model(c);
   load_model_weights(load_dir, model);
-  return export_hf_checkpoint(model, out_dir, options);
+  HfExportOptions with_tokenizer = options;
+  with_tokenizer.tokenizer = tokenizer.get();
+  return export_hf_checkpoint(model, out_dir, with_tokenizer);
 }
 
 bool is_hf_checkpoint(const std::string& dir) {

@@ -188,10 +188,11 @@ TEST(HfCheckpoint, ShardedExportHasAnIndexAndReadsBackBitIdentical) {
   // Exporting again unsharded replaces the previous export: no stale shard or index is left.
   std::ofstream(dir + "/README.md") << "kept";
   export_hf_checkpoint(*original, dir);
-  for (const auto& entry : fs::directory_iterator(dir)) {
-    const std::string name = entry.path().filename().string();
-    EXPECT_TRUE(name == "config.json" || name == "model.safetensors" || name == "README.md") << name;
-  }
+  std::set<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir)) names.insert(entry.path().filename().string());
+  EXPECT_EQ(names, (std::set<std::string>{"config.json", "model.safetensors", "README.md", "tokenizer.json",
+                                          "tokenizer_config.json", "special_tokens_map.json",
+                                          "generation_config.json"}));
   GptMoe again(tiny_mixtral());
   load_model_weights(dir, again);
   expect_bit_identical(*original, again);
