@@ -4,14 +4,19 @@
 // 4.57.6 (rope_theta, dtype) and 5.25.0 (rope_parameters, dtype), all of one tiny model with
 // rope_theta 500000 (not the Mixtral default, so a reader that ignores the field fails). Each loads
 // to the same model; rope scaling and disagreeing duplicates are refused naming the values; what
-// ampipe writes carries both versions' rope fields with one value.
+// ampipe writes carries both versions' rope fields with one value; an export whose config.json is
+// rewritten in the 5.x-only form loads, and the command line refuses a scaled rope naming it.
 #include <gtest/gtest.h>
 
 #include <nlohmann/json.hpp>
 #include <string>
 
+#include "cli_util.h"
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "test_util.h"
+#include "train/checkpoint.h"
+#include "train/hf_checkpoint.h"
 #include "train/hf_config.h"
 
 namespace ampipe {
@@ -178,6 +183,29 @@ TEST(HfConfig, WrittenConfigCarriesBothRopeFormsAndReadsBack) {
   const nlohmann::json byte = hf_config_json(c);
   for (const char* key : {"bos_token_id", "eos_token_id", "unk_token_id", "pad_token_id"})
     EXPECT_TRUE(byte[key].is_null()) << key;
+}
+
+TEST(HfConfig, ExportRewrittenInTheTransformers5FormLoadsAndTheCliRefusesScaledRope) {
+  const std::string dir = testing::fresh_temp_dir("hf_config_v5");
+  GptMoe model(fixture_model());
+  uint64_t seed = 3;
+  for (Parameter& p : model.params().all())
+    p.value.copy_from(testing::random_tensor(p.value.shape(), ++seed, 0.5f));
+  export_hf_checkpoint(model, dir + "/hf");
+
+  nlohmann::json j = nlohmann::json::parse(read_file(dir + "/hf/config.json"));
+  j.erase("rope_theta");  // what Transformers 5 writes: rope_parameters only
+  write_file_atomically(dir + "/hf/config.json", j.dump(2));
+  GptMoe copy(read_checkpoint_config(dir + "/hf"));
+  load_model_weights(dir + "/hf", copy);
+  for (const Parameter& p : model.params().all())
+    EXPECT_EQ(p.value.to_vector(), copy.params().get(p.name).value.to_vector()) << p.name;
+
+  j["rope_parameters"]["rope_type"] = "yarn";
+  write_file_atomically(dir + "/hf/config.json", j.dump(2));
+  const auto r = testing::run_ampipe("export --load " + dir + "/hf --save " + dir + "/again");
+  EXPECT_EQ(r.status, 1) << r.output;
+  expect_contains(r.output, "'rope_parameters.rope_type' is \"yarn\"");
 }
 
 }  // namespace
