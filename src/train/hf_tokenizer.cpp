@@ -13,6 +13,9 @@ namespace ampipe {
 namespace {
 
 constexpr const char* kMetaspace = "\xe2\x96\x81";  // U+2581, SentencePiece's word-boundary mark
+// What the tokenizer returns for the model: Transformers 4.x's PreTrainedTokenizerFast would add
+// token_type_ids, which MixtralForCausalLM.generate(**tokenizer(text)) refuses.
+const nlohmann::json kModelInputNames = {"input_ids", "attention_mask"};
 
 std::string utf8(uint32_t code_point) {
   std::string s;
@@ -213,6 +216,7 @@ void sentencepiece_files(const Tokenizer& tokenizer, const ModelConfig& config, 
   tokenizer_config["clean_up_tokenization_spaces"] = false;
   tokenizer_config["spaces_between_special_tokens"] = false;
   tokenizer_config["model_max_length"] = config.max_seq_len;
+  tokenizer_config["model_input_names"] = kModelInputNames;
   tokenizer_config["sp_model_kwargs"] = nlohmann::json::object();
   tokenizer_config["added_tokens_decoder"] = decoder;
   if (facts.normalization != "identity")
@@ -237,7 +241,8 @@ HfTokenizerExport hf_tokenizer_export(const Tokenizer& tokenizer, const ModelCon
     out.files.push_back({"tokenizer.json", dump(byte_tokenizer_json())});
     out.files.push_back({"tokenizer_config.json", dump({{"tokenizer_class", "PreTrainedTokenizerFast"},
                                                         {"clean_up_tokenization_spaces", false},
-                                                        {"model_max_length", config.max_seq_len}})});
+                                                        {"model_max_length", config.max_seq_len},
+                                                        {"model_input_names", kModelInputNames}})});
     out.files.push_back({"special_tokens_map.json", dump(nlohmann::json::object())});
   } else {
     sentencepiece_files(tokenizer, config, out);

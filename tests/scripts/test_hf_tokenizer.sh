@@ -65,7 +65,8 @@ model.eval()
 encoded = tokenizer(prompt, return_tensors="pt")
 ids = encoded["input_ids"]
 with torch.no_grad():
-    out = model.generate(ids, attention_mask=encoded["attention_mask"], max_new_tokens=count, do_sample=False)
+    # As users call it: 4.x refuses the call if the tokenizer returns token_type_ids.
+    out = model.generate(**encoded, max_new_tokens=count, do_sample=False)
 print(json.dumps({"class": type(tokenizer).__name__, "prompt_round_trip": tokenizer.decode(ids[0]) == prompt,
                   "new_tokens": out.shape[1] - ids.shape[1],
                   "text": tokenizer.decode(out[0], skip_special_tokens=True)}))
