@@ -354,8 +354,8 @@ HfExportResult export_hf_checkpoint(const GptMoe& model, const std::string& out_
     std::ostringstream w;
     w << "capacity_factor " << c.capacity_factor
       << ": ampipe drops (token, expert) pairs past each expert's capacity, transformers' Mixtral is "
-         "dropless, so "
-         "its outputs differ wherever ampipe would drop; config.json keeps capacity_factor for ampipe";
+         "dropless, so its outputs differ wherever ampipe would drop; config.json keeps capacity_factor "
+         "for ampipe";
     result.warnings.push_back(w.str());
   }
   return result;
