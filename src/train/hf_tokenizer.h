@@ -11,7 +11,9 @@
 //   special_tokens_map.json  the same special tokens
 //   tokenizer.json           unigram models only: the model as tokenizers' Unigram, and
 //                            tokenizer_config.json then names PreTrainedTokenizerFast, because
-//                            Transformers 5's LlamaTokenizer rebuilds any .model as BPE
+//                            Transformers 5's LlamaTokenizer rebuilds any .model as BPE (5.x's
+//                            AutoTokenizer maps Mixtral to its generic TokenizersBackend, which
+//                            builds either type from tokenizer.model exactly; 4.x honours the class)
 // Byte ("byte"):
 //   tokenizer.json           tokenizers' byte-level BPE with no merges whose vocabulary maps each
 //                            byte's byte-level character to the byte's value, so the ids are the
