@@ -2,6 +2,7 @@
 
 #include <CLI/CLI.hpp>
 #include <cstdio>
+#include <string>
 
 #include "comm/communicator.h"
 #include "core/error.h"
@@ -11,14 +12,16 @@
 namespace ampipe {
 
 CLI::App* add_export_command(CLI::App& app, ExportOptions& o) {
-  CLI::App* cmd = app.add_subcommand(
-      "export",
-      "Write a Mixtral-family checkpoint in the Hugging Face layout (transformers' MixtralForCausalLM)");
-  cmd->add_option("--load", o.load,
-                  "Checkpoint to export: a train --save root (its latest iteration), an iteration directory or a "
-                  "single-checkpoint directory")
+  CLI::App* cmd = app.add_subcommand("export",
+                                     "Write a Mixtral-family checkpoint in the Hugging Face layout "
+                                     "(transformers' MixtralForCausalLM), with its tokenizer");
+  cmd->add_option(
+         "--load", o.load,
+         "Checkpoint to export: a train --save root (its latest iteration), an iteration directory or a "
+         "single-checkpoint directory")
       ->required();
-  cmd->add_option("--ckpt-step", o.ckpt_step, "With a --save root: export ROOT/iter_<N> instead of the latest");
+  cmd->add_option("--ckpt-step", o.ckpt_step,
+                  "With a --save root: export ROOT/iter_<N> instead of the latest");
   cmd->add_option("--save", o.save, "Output directory (created; a previous export there is replaced)")
       ->required();
   cmd->add_option(
@@ -36,9 +39,13 @@ int run_export(const ExportOptions& o, Communicator& world) {
   options.max_shard_bytes = parse_byte_size(o.max_shard_size, "--max-shard-size");
   const HfExportResult r = export_hf_checkpoint(checkpoint_to_read(o.load, o.ckpt_step), o.save, options);
   for (const std::string& w : r.warnings) std::fprintf(stderr, "ampipe: warning: %s\n", w.c_str());
-  std::printf("ampipe export: %lld tensors, %llu bytes in %zu file(s)%s to %s\n",
+  std::string tokenizer_files;
+  for (const std::string& name : r.tokenizer_files)
+    tokenizer_files += (tokenizer_files.empty() ? "" : ", ") + name;
+  std::printf("ampipe export: %lld tensors, %llu bytes in %zu file(s)%s, the tokenizer (%s) to %s\n",
               static_cast<long long>(r.tensors), static_cast<unsigned long long>(r.total_bytes),
-              r.files.size(), r.files.size() > 1 ? " + model.safetensors.index.json" : "", o.save.c_str());
+              r.files.size(), r.files.size() > 1 ? " + model.safetensors.index.json" : "",
+              tokenizer_files.c_str(), o.save.c_str());
   std::fflush(stdout);
   return 0;
 }

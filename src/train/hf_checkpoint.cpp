@@ -19,6 +19,8 @@
 
 #include "core/atomic_file.h"
 #include "train/checkpoint.h"
+#include "train/hf_config.h"
+#include "train/hf_tokenizer.h"
 #include "train/safetensors.h"
 
 namespace ampipe {
@@ -30,8 +32,6 @@ namespace {
 constexpr const char* kConfigName = "config.json";
 constexpr const char* kSingleName = "model.safetensors";
 constexpr const char* kIndexName = "model.safetensors.index.json";
-// transformers' MixtralConfig default when config.json has no router_aux_loss_coef.
-constexpr double kHfDefaultAuxLossCoef = 0.001;
 
 std::string join(const std::string& dir, const std::string& name) { return (fs::path(dir) / name).string(); }
 
@@ -45,7 +45,6 @@ std::string shard_name(size_t i, size_t n) {
   std::snprintf(buf, sizeof buf, "model-%05zu-of-%05zu.safetensors", i + 1, n);
   return buf;
 }
-
 
 // One tensor of the Hugging Face layout and where it lives in ampipe's model.
 struct HfTensor {
@@ -89,75 +88,6 @@ uint64_t numel(const Shape& s) {
   return n;
 }
 
-nlohmann::json config_json(const ModelConfig& c) {
-  nlohmann::json j;
-  j["architectures"] = {"MixtralForCausalLM"};
-  j["model_type"] = "mixtral";
-  j["hidden_size"] = c.hidden_size;
-  j["intermediate_size"] = c.ffn_hidden_size;
-  j["num_attention_heads"] = c.num_attention_heads;
-  j["num_key_value_heads"] = c.kv_heads();
-  j["head_dim"] = c.head_dim();
-  j["num_hidden_layers"] = c.num_layers;
-  j["num_local_experts"] = c.num_experts;
-  j["num_experts_per_tok"] = c.top_k;
-  j["rms_norm_eps"] = c.norm_epsilon;
-  j["rope_theta"] = c.rotary_base;
-  j["max_position_embeddings"] = c.max_seq_len;
-  j["vocab_size"] = c.vocab_size;
-  j["tie_word_embeddings"] = false;
-  j["router_aux_loss_coef"] = c.aux_loss_weight;
-  j["hidden_act"] = "silu";
-  j["attention_dropout"] = 0.0;
-  j["sliding_window"] = nullptr;
-  j["output_router_logits"] = false;
-  j["torch_dtype"] = "float32";
-  j["bos_token_id"] = nullptr;  // the byte tokenizer has no special tokens
-  j["eos_token_id"] = nullptr;
-  j["pad_token_id"] = nullptr;
-  // ampipe-only (transformers keeps unknown keys as plain attributes).
-  j["capacity_factor"] = c.capacity_factor;
-  j["tokenizer"] = c.tokenizer;
-  return j;
-}
-
-// Reads config.json's fields, refusing a missing or malformed one by name.
-class ConfigFields {
- public:
-  ConfigFields(const std::string& path, const nlohmann::json& j) : path_(path), j_(j) {}
-
-  const nlohmann::json* find(const char* key) const {
-    auto it = j_.find(key);
-    return it == j_.end() ? nullptr : &*it;
-  }
-  const nlohmann::json& required(const char* key) const {
-    const nlohmann::json* v = find(key);
-    AMPIPE_CHECK(v != nullptr && !v->is_null()) << path_ << ": missing field '" << key << "'";
-    return *v;
-  }
-  int64_t positive_int(const char* key) const {
-    const nlohmann::json& v = required(key);
-    AMPIPE_CHECK(v.is_number_integer() && v.get<int64_t>() >= 1 &&
-                 !(v.is_number_unsigned() && v.get<uint64_t>() > (1ull << 62)))
-        << path_ << ": field '" << key << "' must be an integer >= 1, got " << v.dump();
-    return v.get<int64_t>();
-  }
-  double number(const nlohmann::json& v, const char* key) const {
-    AMPIPE_CHECK(v.is_number()) << path_ << ": field '" << key << "' must be a number, got " << v.dump();
-    return v.get<double>();
-  }
-  double positive_number(const char* key) const {
-    const double x = number(required(key), key);
-    AMPIPE_CHECK(x > 0 && std::isfinite(x)) << path_ << ": field '" << key << "' must be > 0, got " << x;
-    return x;
-  }
-  const std::string& path() const { return path_; }
-
- private:
-  std::string path_;
-  const nlohmann::json& j_;
-};
-
 nlohmann::json read_json(const std::string& path) {
   const std::string text = read_file(path);
   try {
@@ -165,83 +95,6 @@ nlohmann::json read_json(const std::string& path) {
   } catch (const nlohmann::json::exception& e) {
     throw Error(path + " is not valid JSON: " + e.what());
   }
-}
-
-ModelConfig config_from_json(const std::string& path, const nlohmann::json& j) {
-  AMPIPE_CHECK(j.is_object()) << path << " is not a JSON object";
-  ConfigFields f(path, j);
-  const nlohmann::json& type = f.required("model_type");
-  AMPIPE_CHECK(type.is_string() && type.get<std::string>() == "mixtral")
-      << path << ": field 'model_type' is " << type.dump()
-      << "; ampipe imports only \"mixtral\" (transformers' MixtralForCausalLM)";
-
-  ModelConfig c;
-  c.set_family("mixtral");
-  c.vocab_size = f.positive_int("vocab_size");
-  c.hidden_size = f.positive_int("hidden_size");
-  c.ffn_hidden_size = f.positive_int("intermediate_size");
-  c.num_attention_heads = f.positive_int("num_attention_heads");
-  const int64_t g = f.positive_int("num_key_value_heads");
-  c.num_layers = f.positive_int("num_hidden_layers");
-  c.num_experts = f.positive_int("num_local_experts");
-  c.top_k = f.positive_int("num_experts_per_tok");
-  c.max_seq_len = f.positive_int("max_position_embeddings");
-  c.norm_epsilon = f.positive_number("rms_norm_eps");
-  c.rotary_base = f.positive_number("rope_theta");
-
-  const int64_t d = c.hidden_size, h = c.num_attention_heads;
-  AMPIPE_CHECK(d % h == 0) << path << ": field 'hidden_size' " << d
-                           << " is not divisible by 'num_attention_heads' " << h;
-  AMPIPE_CHECK(h % g == 0) << path << ": field 'num_attention_heads' " << h
-                           << " is not divisible by 'num_key_value_heads' " << g;
-  c.num_query_groups = g == h ? 0 : g;
-  AMPIPE_CHECK(c.top_k <= c.num_experts) << path << ": field 'num_experts_per_tok' " << c.top_k
-                                         << " exceeds 'num_local_experts' " << c.num_experts;
-  if (const nlohmann::json* v = f.find("head_dim"); v != nullptr && !v->is_null()) {
-    AMPIPE_CHECK(v->is_number_integer() && v->get<int64_t>() == d / h)
-        << path << ": field 'head_dim' is " << v->dump()
-        << "; ampipe needs hidden_size / num_attention_heads = " << d / h;
-  }
-  if (const nlohmann::json* v = f.find("tie_word_embeddings"); v != nullptr && !v->is_null()) {
-    AMPIPE_CHECK(v->is_boolean() && !v->get<bool>())
-        << path << ": field 'tie_word_embeddings' is " << v->dump()
-        << "; the Mixtral family has an untied LM head (lm_head.weight)";
-  }
-  if (const nlohmann::json* v = f.find("hidden_act"); v != nullptr && !v->is_null()) {
-    AMPIPE_CHECK(v->is_string() && v->get<std::string>() == "silu")
-        << path << ": field 'hidden_act' is " << v->dump() << "; ampipe's experts are SwiGLU (\"silu\")";
-  }
-  if (const nlohmann::json* v = f.find("rope_scaling"); v != nullptr) {
-    AMPIPE_CHECK(v->is_null()) << path << ": field 'rope_scaling' is " << v->dump()
-                               << "; ampipe implements plain rope only (null)";
-  }
-  // Sliding-window attention equals full causal attention on sequences no longer than the window;
-  // ampipe attends over the whole sequence, so a window shorter than the sequences ampipe would run
-  // (max_position_embeddings) would silently change the model. Refused; see the message for the fix.
-  if (const nlohmann::json* v = f.find("sliding_window"); v != nullptr && !v->is_null()) {
-    AMPIPE_CHECK(v->is_number_integer())
-        << path << ": field 'sliding_window' must be null or an integer, got " << v->dump();
-    AMPIPE_CHECK(v->get<int64_t>() >= c.max_seq_len)
-        << path << ": field 'sliding_window' " << v->dump() << " is smaller than 'max_position_embeddings' "
-        << c.max_seq_len
-        << "; ampipe runs full causal attention, which equals the sliding window only on sequences up to the "
-           "window (set max_position_embeddings to at most the window to import it exactly)";
-  }
-  c.aux_loss_weight = kHfDefaultAuxLossCoef;
-  if (const nlohmann::json* v = f.find("router_aux_loss_coef"); v != nullptr && !v->is_null())
-    c.aux_loss_weight = f.number(*v, "router_aux_loss_coef");
-  if (const nlohmann::json* v = f.find("capacity_factor"); v != nullptr && !v->is_null())
-    c.capacity_factor = f.number(*v, "capacity_factor");
-  if (const nlohmann::json* v = f.find("tokenizer"); v != nullptr && !v->is_null()) {
-    AMPIPE_CHECK(v->is_string()) << path << ": field 'tokenizer' must be a string, got " << v->dump();
-    c.tokenizer = v->get<std::string>();
-  }
-  try {
-    c.validate();
-  } catch (const Error& e) {
-    throw Error(path + ": " + e.what());
-  }
-  return c;
 }
 
 // The files of a Hugging Face directory with their headers, and where each tensor is.
@@ -440,7 +293,10 @@ void prepare_export_directory(const std::string& out_dir) {
   }
   for (const auto& entry : fs::directory_iterator(out_dir)) {
     const std::string name = entry.path().filename().string();
-    if (name == kSingleName || name == kIndexName || is_shard_name(name)) {
+    const auto& tokenizer_files = hf_tokenizer_file_names();
+    const bool tokenizer_file =
+        std::find(tokenizer_files.begin(), tokenizer_files.end(), name) != tokenizer_files.end();
+    if (name == kSingleName || name == kIndexName || is_shard_name(name) || tokenizer_file) {
       fs::remove(entry.path(), ec);
       AMPIPE_CHECK(!ec) << "cannot remove " << entry.path().string() << ": " << ec.message();
     }
@@ -456,6 +312,15 @@ HfExportResult export_hf_checkpoint(const GptMoe& model, const std::string& out_
   AMPIPE_CHECK(refusal.empty()) << "cannot export to the Hugging Face Mixtral layout: " << refusal;
   AMPIPE_CHECK(options.max_shard_bytes >= 1) << "the shard size limit must be at least 1 byte";
   const std::vector<std::pair<std::string, Tensor>> tensors = hf_tensors(model);
+  std::unique_ptr<Tokenizer> byte;
+  const Tokenizer* tokenizer = options.tokenizer;
+  if (tokenizer == nullptr) {
+    AMPIPE_CHECK(c.tokenizer == "byte") << "exporting a model trained with tokenizer " << c.tokenizer
+                                        << " needs that tokenizer (HfExportOptions::tokenizer)";
+    byte = make_tokenizer("byte", "");
+    tokenizer = byte.get();
+  }
+  const HfTokenizerExport tokenizer_export = hf_tokenizer_export(*tokenizer, c);
   uint64_t total = 0;
   const std::vector<std::vector<size_t>> shards = cut_shards(tensors, options.max_shard_bytes, total);
   prepare_export_directory(out_dir);
@@ -478,13 +343,19 @@ HfExportResult export_hf_checkpoint(const GptMoe& model, const std::string& out_
     const nlohmann::json index = {{"metadata", {{"total_size", total}}}, {"weight_map", weight_map}};
     write_file_atomically(join(out_dir, kIndexName), index.dump(2) + "\n");
   }
-  write_file_atomically(join(out_dir, kConfigName), config_json(c).dump(2) + "\n");
+  for (const HfFile& file : tokenizer_export.files) {
+    write_file_atomically(join(out_dir, file.name), file.bytes);
+    result.tokenizer_files.push_back(file.name);
+  }
+  write_file_atomically(join(out_dir, kConfigName), hf_config_json(c, tokenizer_export.ids).dump(2) + "\n");
+  result.warnings = tokenizer_export.warnings;
 
   if (c.capacity_factor != 0) {
     std::ostringstream w;
     w << "capacity_factor " << c.capacity_factor
-      << ": ampipe drops (token, expert) pairs past each expert's capacity, transformers' Mixtral is dropless, so "
-         "its outputs differ wherever ampipe would drop; config.json keeps capacity_factor for ampipe";
+      << ": ampipe drops (token, expert) pairs past each expert's capacity, transformers' Mixtral is "
+         "dropless, so its outputs differ wherever ampipe would drop; config.json keeps capacity_factor "
+         "for ampipe";
     result.warnings.push_back(w.str());
   }
   return result;
@@ -496,9 +367,12 @@ HfExportResult export_hf_checkpoint(const std::string& load_dir, const std::stri
   const std::string refusal = hf_export_refusal(c);
   AMPIPE_CHECK(refusal.empty()) << "cannot export checkpoint '" << load_dir
                                 << "' to the Hugging Face Mixtral layout: " << refusal;
+  const std::unique_ptr<Tokenizer> tokenizer = checkpoint_tokenizer(load_dir, c);
   GptMoe model(c);
   load_model_weights(load_dir, model);
-  return export_hf_checkpoint(model, out_dir, options);
+  HfExportOptions with_tokenizer = options;
+  with_tokenizer.tokenizer = tokenizer.get();
+  return export_hf_checkpoint(model, out_dir, with_tokenizer);
 }
 
 bool is_hf_checkpoint(const std::string& dir) {
@@ -509,7 +383,7 @@ bool is_hf_checkpoint(const std::string& dir) {
 
 ModelConfig read_hf_config(const std::string& dir) {
   const std::string path = join(dir, kConfigName);
-  return config_from_json(path, read_json(path));
+  return hf_config_from_json(path, read_json(path));
 }
 
 void load_hf_weights(const std::string& dir, GptMoe& model) {

@@ -12,9 +12,12 @@
 //   blocks.l.moe.w{1,2,3}.weight  [E, ...] slice e =
 //   model.layers.l.block_sparse_moe.experts.e.w{1,2,3}.weight
 //
-// config.json carries the model's shapes under transformers' names, and two ampipe-only keys that
-// transformers ignores: "capacity_factor" (0 = dropless, the default on import) and "tokenizer"
-// ("byte" by default).
+// config.json carries the model's shapes under transformers' names in a form Transformers 4.x and
+// 5.x both load, and two ampipe-only keys that transformers ignores: "capacity_factor" (0 = dropless,
+// the default on import) and "tokenizer" ("byte" by default); train/hf_config.h has the details and
+// the reader, which accepts either version's form. The tokenizer is exported with the model
+// (tokenizer files and generation_config.json, train/hf_tokenizer.h), so AutoTokenizer loads it and
+// ampipe's own --load of the export finds a SentencePiece model's tokenizer.model.
 //
 // Export writes every file atomically (temporary file + rename), removes a previous export's
 // config.json first and writes the new one last, so an interrupted export never leaves a directory
@@ -29,6 +32,7 @@
 
 #include "model/config.h"
 #include "model/gpt.h"
+#include "train/tokenizer.h"
 
 namespace ampipe {
 
@@ -36,13 +40,17 @@ struct HfExportOptions {
   // Largest sum of tensor bytes in one file; past it the export is sharded (a tensor larger than the
   // limit gets a file of its own). transformers' default, 5 GB = 5e9 bytes.
   uint64_t max_shard_bytes = 5'000'000'000ull;
+  // The model's tokenizer (its identity must be config.tokenizer); nullptr: the byte tokenizer, and a
+  // model trained with another one is refused. Borrowed for the call.
+  const Tokenizer* tokenizer = nullptr;
 };
 
 struct HfExportResult {
-  std::vector<std::string> files;     // the safetensors files written, in order (names in out_dir)
-  int64_t tensors = 0;                // tensors written
-  uint64_t total_bytes = 0;           // bytes of tensor data (the index's total_size)
-  std::vector<std::string> warnings;  // e.g. a capacity factor transformers does not model
+  std::vector<std::string> files;            // the safetensors files written, in order (names in out_dir)
+  std::vector<std::string> tokenizer_files;  // the tokenizer files and generation_config.json
+  int64_t tensors = 0;                       // tensors written
+  uint64_t total_bytes = 0;                  // bytes of tensor data (the index's total_size)
+  std::vector<std::string> warnings;         // e.g. a capacity factor transformers does not model
 };
 
 // A size in bytes: an integer ("1048576"), or a number with a unit: B, KB, MB, GB, TB (powers of
@@ -57,18 +65,20 @@ std::string hf_export_refusal(const ModelConfig& config);
 // Writes `model` to out_dir in the Hugging Face layout. The model must hold all experts (built on
 // one rank with the default ModelParallel). Refuses a non-Mixtral model (hf_export_refusal) and an
 // out_dir that holds an ampipe checkpoint. Creates out_dir if needed; a previous export there
-// (config.json, model.safetensors, its index and shards) is replaced, other files are left alone.
+// (config.json, model.safetensors, its index and shards, the tokenizer files) is replaced, other
+// files are left alone.
 HfExportResult export_hf_checkpoint(const GptMoe& model, const std::string& out_dir,
                                     const HfExportOptions& options = {});
-// Reads the checkpoint in `load_dir` (ampipe's, or a Hugging Face one) and exports it; refuses a
-// non-Mixtral checkpoint before reading its weights.
+// Reads the checkpoint in `load_dir` (ampipe's, or a Hugging Face one) and exports it with its
+// tokenizer (checkpoint_tokenizer); refuses a non-Mixtral checkpoint before reading its weights.
 HfExportResult export_hf_checkpoint(const std::string& load_dir, const std::string& out_dir,
                                     const HfExportOptions& options = {});
 
 // True if `dir` holds a Hugging Face checkpoint: config.json and model.safetensors or
 // model.safetensors.index.json, and no model.safetensors carrying ampipe's metadata.
 bool is_hf_checkpoint(const std::string& dir);
-// The model config of a Hugging Face directory (config.json, validated; refuses naming the field).
+// The model config of a Hugging Face directory (config.json in either Transformers version's form,
+// validated; refuses naming the field: train/hf_config.h).
 ModelConfig read_hf_config(const std::string& dir);
 // Copies the weights of a Hugging Face directory into `model` (each rank its experts' slice);
 // refuses a config that differs from the model's, and any missing, extra, misshapen or

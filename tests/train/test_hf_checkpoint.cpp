@@ -188,10 +188,11 @@ TEST(HfCheckpoint, ShardedExportHasAnIndexAndReadsBackBitIdentical) {
   // Exporting again unsharded replaces the previous export: no stale shard or index is left.
   std::ofstream(dir + "/README.md") << "kept";
   export_hf_checkpoint(*original, dir);
-  for (const auto& entry : fs::directory_iterator(dir)) {
-    const std::string name = entry.path().filename().string();
-    EXPECT_TRUE(name == "config.json" || name == "model.safetensors" || name == "README.md") << name;
-  }
+  std::set<std::string> names;
+  for (const auto& entry : fs::directory_iterator(dir)) names.insert(entry.path().filename().string());
+  EXPECT_EQ(names, (std::set<std::string>{"config.json", "model.safetensors", "README.md", "tokenizer.json",
+                                          "tokenizer_config.json", "special_tokens_map.json",
+                                          "generation_config.json"}));
   GptMoe again(tiny_mixtral());
   load_model_weights(dir, again);
   expect_bit_identical(*original, again);
@@ -221,7 +222,8 @@ TEST(HfCheckpoint, ConfigJsonHasTransformersFields) {
   EXPECT_EQ(j["attention_dropout"], 0.0);
   EXPECT_TRUE(j["sliding_window"].is_null());
   EXPECT_EQ(j["output_router_logits"], false);
-  EXPECT_EQ(j["torch_dtype"], "float32");
+  EXPECT_EQ(j["dtype"], "float32");
+  EXPECT_EQ(j["rope_parameters"]["rope_theta"], 10000.0);
   EXPECT_EQ(j["capacity_factor"], 0.0);
   EXPECT_EQ(j["tokenizer"], "byte");
 }
@@ -301,14 +303,13 @@ TEST(HfCheckpoint, BadConfigFieldsAreRefusedByName) {
       {"model_type", nullptr, true, "missing field 'model_type'"},
       {"num_local_experts", nullptr, true, "missing field 'num_local_experts'"},
       {"num_key_value_heads", nullptr, true, "missing field 'num_key_value_heads'"},
-      {"rope_theta", nullptr, true, "missing field 'rope_theta'"},
       {"hidden_size", "32", false, "field 'hidden_size' must be an integer"},
       {"num_key_value_heads", 3, false, "not divisible by 'num_key_value_heads' 3"},
       {"num_experts_per_tok", 5, false, "'num_experts_per_tok' 5 exceeds"},
       {"head_dim", 16, false, "field 'head_dim' is 16"},
       {"tie_word_embeddings", true, false, "field 'tie_word_embeddings'"},
       {"hidden_act", "gelu", false, "field 'hidden_act'"},
-      {"rope_scaling", {{"type", "linear"}, {"factor", 2}}, false, "field 'rope_scaling'"},
+      {"rope_scaling", {{"type", "linear"}, {"factor", 2}}, false, "field 'rope_scaling.type' is \"linear\""},
       {"sliding_window", 8, false, "field 'sliding_window' 8 is smaller than 'max_position_embeddings' 16"},
       {"tokenizer", "gpt2", false, "tokenizer 'gpt2'"},
   };
@@ -328,7 +329,7 @@ TEST(HfCheckpoint, BadConfigFieldsAreRefusedByName) {
   nlohmann::json j = good;
   j["sliding_window"] = 16;
   for (const char* key : {"head_dim", "router_aux_loss_coef", "capacity_factor", "tokenizer", "hidden_act",
-                          "tie_word_embeddings", "architectures", "torch_dtype"})
+                          "tie_word_embeddings", "architectures", "dtype"})
     j.erase(key);
   write_json_file(dir + "/config.json", j);
   const ModelConfig c = read_checkpoint_config(dir);
