@@ -1,18 +1,19 @@
 #include "cli/data_commands.h"
 
 #include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <chrono>
-#include <deque>
-#include <future>
-#include <string_view>
 #include <cstdio>
+#include <deque>
 #include <fstream>
+#include <future>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <string_view>
 #include <thread>
 
+#include "cli/command_util.h"
+#include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/parallel.h"
 #include "train/indexed_dataset.h"
@@ -143,7 +144,10 @@ PreprocessResult preprocess(const PreprocessOptions& o, const std::function<void
   std::vector<std::unique_ptr<IndexedDatasetWriter>> writers;
   for (const std::string& key : o.json_keys) {
     result.outputs.push_back(o.output_prefix + "_" + key + "_document");
+    prepare_output_file("--output-prefix", indexed_bin_path(result.outputs.back()));
+    prepare_output_file("--output-prefix", indexed_idx_path(result.outputs.back()));
     writers.push_back(std::make_unique<IndexedDatasetWriter>(result.outputs.back(), dtype));
+    result.output_tokens.push_back(0);
   }
   const int workers = o.workers > 0 ? o.workers : std::max(1, available_cores());
   const auto start = std::chrono::steady_clock::now();
@@ -172,6 +176,7 @@ PreprocessResult preprocess(const PreprocessOptions& o, const std::function<void
       for (const std::vector<int32_t>& doc : item.documents[k]) {
         writers[k]->add_document(doc);
         result.tokens += static_cast<int64_t>(doc.size());
+        result.output_tokens[k] += static_cast<int64_t>(doc.size());
       }
     result.documents += static_cast<int64_t>(item.documents[0].size());
     result.input_bytes += static_cast<int64_t>(item.bytes);
@@ -232,9 +237,10 @@ int run_preprocess(const PreprocessOptions& o) {
     std::fprintf(stderr, "%s\n", line.c_str());
     std::fflush(stderr);
   });
-  for (const std::string& prefix : r.outputs)
-    std::printf("wrote %s.bin / .idx: %lld documents, %lld tokens (%.1f MB/s of input)\n", prefix.c_str(),
-                static_cast<long long>(r.documents), static_cast<long long>(r.tokens),
+  for (size_t k = 0; k < r.outputs.size(); ++k)
+    std::printf("wrote %s.bin / .idx: %lld documents, %lld tokens (%.1f MB/s of input)\n",
+                r.outputs[k].c_str(), static_cast<long long>(r.documents),
+                static_cast<long long>(r.output_tokens[k]),
                 static_cast<double>(r.input_bytes) / 1e6 / std::max(r.seconds, 1e-9));
   return 0;
 }
@@ -250,6 +256,7 @@ CLI::App* add_tokenizer_command(CLI::App& app, TokenizerTrainOptions& o, CLI::Ap
   train->add_option("--input-sentence-size", o.input_sentence_size, "Lines sampled from the input; 0 = all")
       ->capture_default_str();
   train->add_option("--seed", o.seed, "Seed of SentencePiece's sampling (same input + seed = same model)")
+      ->check(unsigned_integer())
       ->capture_default_str();
   train->add_option("--threads", o.threads, "Training threads; 0 = every core")->capture_default_str();
   *train_command = train;
@@ -257,6 +264,10 @@ CLI::App* add_tokenizer_command(CLI::App& app, TokenizerTrainOptions& o, CLI::Ap
 }
 
 int run_tokenizer_train(const TokenizerTrainOptions& o) {
+  // Before the training (minutes on a large input): a trained model is never lost for want of a
+  // directory.
+  prepare_output_file("--output-prefix", o.output_prefix + ".model");
+  prepare_output_file("--output-prefix", o.output_prefix + ".vocab");
   SentencePieceTrainOptions t;
   t.inputs = o.inputs;
   t.model_prefix = o.output_prefix;

@@ -14,6 +14,10 @@ namespace ampipe {
 namespace {
 
 std::string read_text(const std::string& path) {
+  AMPIPE_CHECK(!std::filesystem::is_directory(path))
+      << "data file '" << path
+      << "' is a directory; give a text file, or an indexed dataset's prefix (the path "
+         "of PREFIX.bin / PREFIX.idx without the extension)";
   std::ifstream in(path, std::ios::binary);
   AMPIPE_CHECK(in.good()) << "cannot open data file '" << path
                           << "' (does it exist? the default corpus is written by scripts/setup.sh; an indexed "

@@ -80,6 +80,15 @@ for l in open(sys.argv[1], encoding='utf-8'): print(json.loads(l)[sys.argv[2]])"
   fi
 done
 
+# 3b. The summary line of each dataset counts that dataset's tokens (as the independent reader does),
+#     not the sum over the keys.
+for key in text title; do
+  want=$(python3 "$reader" "$work/sp_${key}_document" | python3 -c "import json,sys; print(json.load(sys.stdin)['tokens'])")
+  got=$(sed -n "s|^wrote .*sp_${key}_document.bin / .idx: [0-9]* documents, \([0-9]*\) tokens.*|\1|p" "$work/pre2.log")
+  [ -n "$want" ] && [ "$got" = "$want" ] && pass "preprocess reports $got tokens for --json-keys $key, as the reader counts" ||
+    fail "preprocess reports '$got' tokens for $key, the reader counts '$want': $(cat "$work/pre2.log")"
+done
+
 # 4. Training on a blend of the two SentencePiece datasets, then eval / sample with the tokenizer
 #    saved beside the checkpoint, and a different tokenizer refused.
 model=(--num-layers 1 --hidden-size 32 --num-attention-heads 2 --ffn-hidden-size 64 --seq-length 16 --moe-num-experts 2)
