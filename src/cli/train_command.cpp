@@ -103,7 +103,7 @@ void add_checkpoint_flags(CLI::App& cmd, TrainCommand& c) {
          "true: a failed save (full disk, I/O error) ends the job with the error; false: log a warning, "
          "keep training and retry at the next save. Either way the previous checkpoint stays intact "
          "and latest (ampipe's own flag)")
-      ->capture_default_str();
+      ->default_str("true");
   cmd.add_option(
          "--exit-interval", t.exit_interval,
          "Stop after an iteration divisible by N, saving a checkpoint first if --save is set; 0 = never")
@@ -267,8 +267,10 @@ void parse_schedule_flags(TrainCommand& c) {
 }  // namespace
 
 CLI::App* add_train_command(CLI::App& app, TrainCommand& c, int default_threads) {
-  CLI::App* cmd =
-      app.add_subcommand("train", "Train an MoE language model (GPT or Mixtral family) on a text file");
+  CLI::App* cmd = app.add_subcommand(
+      "train",
+      "Train an MoE language model (GPT or Mixtral family) on a text file, Megatron indexed datasets or a "
+      "blend of them");
   c.command = cmd;
   c.threads = default_threads;
   add_model_flags(*cmd, c.options.model);
