@@ -16,6 +16,7 @@
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/parallel.h"
+#include "train/gpt_dataset.h"
 #include "train/indexed_dataset.h"
 #include "train/tokenizer.h"
 
@@ -146,6 +147,7 @@ PreprocessResult preprocess(const PreprocessOptions& o, const std::function<void
     result.outputs.push_back(o.output_prefix + "_" + key + "_document");
     prepare_output_file("--output-prefix", indexed_bin_path(result.outputs.back()));
     prepare_output_file("--output-prefix", indexed_idx_path(result.outputs.back()));
+    prepare_output_file("--output-prefix", tokenizer_record_path(result.outputs.back()));
     writers.push_back(std::make_unique<IndexedDatasetWriter>(result.outputs.back(), dtype));
     result.output_tokens.push_back(0);
   }
@@ -205,6 +207,9 @@ PreprocessResult preprocess(const PreprocessOptions& o, const std::function<void
       write(done);
     }
   }
+  // The tokenizer's record first: a dataset is complete once its .idx exists (train/gpt_dataset.h).
+  for (const std::string& prefix : result.outputs)
+    write_tokenizer_record(prefix, tokenizer->identity(), tokenizer->vocab_size());
   for (auto& w : writers) w->finalize();
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   report(true);

@@ -14,13 +14,16 @@
 #include "train/data.h"
 #include "train/distributed.h"
 #include "train/evaluate.h"
+#include "train/gpt_dataset.h"
 #include "train/trainer.h"
 
 namespace ampipe {
 
 CLI::App* add_eval_command(CLI::App& app, EvalCommand& e, int default_threads) {
   CLI::App* eval = app.add_subcommand(
-      "eval", "Evaluate a checkpoint's mean loss per token over a whole text file; prints one JSON line");
+      "eval",
+      "Evaluate a checkpoint's mean loss per token over a whole text file, or the validation or test part of "
+      "indexed datasets; prints one JSON line");
   e.threads = default_threads;
   eval->add_option(
           "--load", e.load,
@@ -29,8 +32,24 @@ CLI::App* add_eval_command(CLI::App& app, EvalCommand& e, int default_threads) {
       ->required();
   eval->add_option("--ckpt-step", e.ckpt_step,
                    "With a --save root: read ROOT/iter_<N> instead of the latest");
-  eval->add_option("--data-path", e.data_path,
-                   "Text file to evaluate (all of it), tokenized by the checkpoint's tokenizer")
+  eval->add_option_function<std::vector<std::string>>(
+          "--data-path", [&e](const std::vector<std::string>& items) { e.data_path = items; },
+          "A text file (evaluated whole, tokenized by the checkpoint's tokenizer), or Megatron indexed "
+          "datasets "
+          "as train takes them: one PREFIX or a blend 'W1 PREFIX1 W2 PREFIX2 ...', evaluated on the part of "
+          "--split that --eval-part names")
+      ->default_str("data/kjv.txt")
+      ->expected(1, -1)
+      ->trigger_on_parse();
+  eval->add_option(
+          "--split", e.split,
+          "Indexed datasets: train,validation,test proportions by whole documents, as in training (give "
+          "the run's own --split to evaluate on the documents it held out)")
+      ->capture_default_str();
+  eval->add_option(
+          "--eval-part", e.eval_part,
+          "Indexed datasets: which part of --split to evaluate, validation or test (each dataset's part "
+          "whole, in file order)")
       ->capture_default_str();
   eval->add_option("--tokenizer-model", e.tokenizer_model,
                    "The checkpoint's SentencePiece model, if not saved beside it (its identity must match)");
@@ -74,6 +93,58 @@ CLI::App* add_sample_command(CLI::App& app, SampleCommand& s, int default_thread
   return sample;
 }
 
+namespace {
+
+// A text file, evaluated whole: {"loss", "tokens"[, "nats_per_byte"]}.
+nlohmann::json evaluate_text(const GptMoe& model, const Tokenizer& tokenizer, const std::string& path,
+                             int64_t N, int64_t batch, Communicator& world) {
+  const std::string text = byte_decode(load_tokens(path));
+  const std::vector<int32_t> tokens = encode_text(tokenizer, text);
+  std::vector<int64_t> offsets = consecutive_windows(static_cast<int64_t>(tokens.size()), N);
+  AMPIPE_CHECK(!offsets.empty()) << "data file '" << path << "' has " << tokens.size()
+                                 << " tokens, shorter than one window of seq-length + 1 = " << N + 1;
+  EvalResult r = evaluate_windows(model, tokens, offsets, N, batch, &world);
+  nlohmann::json j = {{"loss", r.loss}, {"tokens", r.tokens}};
+  if (tokenizer.type() != "byte") {
+    // Per byte of text, at the file's mean bytes per token, comparable across tokenizers.
+    j["nats_per_byte"] = r.loss * static_cast<double>(tokens.size()) / static_cast<double>(text.size());
+  }
+  return j;
+}
+
+// Indexed datasets: each dataset's part of --split whole; a blend's loss is the mean of the
+// datasets' losses by their weights. {"loss", "tokens", "part"[, "datasets": [...]]}.
+nlohmann::json evaluate_indexed(const GptMoe& model, const Tokenizer& tokenizer, const EvalCommand& e,
+                                const std::vector<WeightedPrefix>& blend, int64_t N, Communicator& world) {
+  AMPIPE_CHECK(e.eval_part == "validation" || e.eval_part == "test")
+      << "--eval-part '" << e.eval_part << "' is not one of: validation, test";
+  const std::vector<EvaluationPart> parts =
+      evaluation_parts(blend, parse_split(e.split), e.eval_part == "validation" ? 1 : 2,
+                       model.config().vocab_size, tokenizer.identity());
+  double weights = 0, weighted_loss = 0;
+  int64_t tokens = 0;
+  nlohmann::json datasets = nlohmann::json::array();
+  for (const EvaluationPart& p : parts) {
+    const std::vector<int64_t> offsets = consecutive_windows(static_cast<int64_t>(p.tokens.size()), N);
+    AMPIPE_CHECK(!offsets.empty()) << p.prefix << ": its " << e.eval_part << " part holds " << p.tokens.size()
+                                   << " tokens, shorter than one window of seq-length + 1 = " << N + 1;
+    const EvalResult r = evaluate_windows(model, p.tokens, offsets, N, e.micro_batch_size, &world);
+    datasets.push_back({{"prefix", p.prefix},
+                        {"weight", p.weight},
+                        {"documents", p.documents},
+                        {"loss", r.loss},
+                        {"tokens", r.tokens}});
+    weights += p.weight;
+    weighted_loss += p.weight * r.loss;
+    tokens += r.tokens;
+  }
+  nlohmann::json j = {{"loss", weighted_loss / weights}, {"tokens", tokens}, {"part", e.eval_part}};
+  if (parts.size() > 1) j["datasets"] = datasets;
+  return j;
+}
+
+}  // namespace
+
 int run_eval_command(const EvalCommand& e, Communicator& world_in) {
   set_threads(e.threads);
   const Device device = parse_device(e.device);
@@ -83,6 +154,8 @@ int run_eval_command(const EvalCommand& e, Communicator& world_in) {
   AMPIPE_CHECK(!e.load.empty()) << "eval needs --load DIR (a checkpoint written by train --save)";
   AMPIPE_CHECK(e.micro_batch_size >= 1)
       << "--micro-batch-size must be at least 1, got " << e.micro_batch_size;
+  const std::vector<WeightedPrefix> blend = parse_data_path(e.data_path);
+  const bool indexed = blend.size() > 1 || TrainingCorpus::is_indexed_prefix(blend[0].prefix);
   const std::string load = checkpoint_to_read(e.load, e.ckpt_step);
   ModelConfig config = read_checkpoint_config(load);
   const int64_t N = e.seq_length > 0 ? e.seq_length : config.max_seq_len;
@@ -92,17 +165,9 @@ int run_eval_command(const EvalCommand& e, Communicator& world_in) {
   GptMoe model(config, groups.model_parallel(), device);
   load_model_weights(load, model);
   const std::unique_ptr<Tokenizer> tokenizer = checkpoint_tokenizer(load, config, e.tokenizer_model);
-  const std::string text = byte_decode(load_tokens(e.data_path));
-  const std::vector<int32_t> tokens = encode_text(*tokenizer, text);
-  std::vector<int64_t> offsets = consecutive_windows(static_cast<int64_t>(tokens.size()), N);
-  AMPIPE_CHECK(!offsets.empty()) << "data file '" << e.data_path << "' has " << tokens.size()
-                                 << " tokens, shorter than one window of seq-length + 1 = " << N + 1;
-  EvalResult r = evaluate_windows(model, tokens, offsets, N, e.micro_batch_size, &world);
-  nlohmann::json j = {{"loss", r.loss}, {"tokens", r.tokens}};
-  if (tokenizer->type() != "byte") {
-    // Per byte of text, at the file's mean bytes per token, comparable across tokenizers.
-    j["nats_per_byte"] = r.loss * static_cast<double>(tokens.size()) / static_cast<double>(text.size());
-  }
+  const nlohmann::json j =
+      indexed ? evaluate_indexed(model, *tokenizer, e, blend, N, world)
+              : evaluate_text(model, *tokenizer, blend[0].prefix, N, e.micro_batch_size, world);
   print_line(world, j.dump());
   return 0;
 }

@@ -64,7 +64,8 @@ TrainingCorpus::TrainingCorpus(const CorpusOptions& options, const Tokenizer& to
   indexed_ = blend.size() > 1 || is_indexed_prefix(blend[0].prefix);
   if (indexed_) {
     corpus_ = open_indexed_corpus(blend, parse_split(options.split), options.seq_len, options.seed,
-                                  options.train_samples, options.validation_samples, vocab_size);
+                                  options.train_samples, options.validation_samples, vocab_size,
+                                  tokenizer.identity());
     train_ = corpus_.train.get();
     validation_ = corpus_.validation.get();
     summary_ = corpus_.summary;

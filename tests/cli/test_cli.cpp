@@ -357,4 +357,78 @@ TEST_F(Cli, TokenizerVocabularyLargerThanTheInputAllowsNamesTheLimit) {
                  "--vocab-size 40 is below the ");
 }
 
+// --- eval on indexed datasets (item 7).
+
+TEST_F(Cli, EvalOnIndexedDatasetsAndBlendsReadsTheHeldOutPartOfSplit) {
+  RunResult r =
+      run("preprocess --input " + path("lines.txt") + " --output-prefix " + path("lines") + " --workers 1");
+  ASSERT_EQ(r.status, 0) << r.output;
+  const std::string prefix = path("lines_text_document");
+  r = run(
+      "train --num-layers 1 --hidden-size 16 --num-attention-heads 2 --ffn-hidden-size 32 --seq-length 16 "
+      "--moe-num-experts 2 --micro-batch-size 2 --eval-iters 1 --lr-warmup-iters 0 --threads 1 --train-iters "
+      "2 "
+      "--split 80,10,10 --data-path " +
+      prefix + " --save " + path("ckpt"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  // 200 documents (one per line) at 80,10,10: validation is documents [160, 180), test [180, 200).
+  auto part_targets = [](int first, int last) {
+    int64_t bytes = 0;
+    for (int i = first; i < last; ++i)
+      bytes += static_cast<int64_t>(("Line " + std::to_string(i) +
+                                     ": And God said, Let there be light: and there "
+                                     "was light.")
+                                        .size());
+    return bytes / 17 * 16;  // whole windows of seq-length + 1 = 17, 16 targets each
+  };
+  r = run("eval --load " + path("ckpt") + " --threads 1 --split 80,10,10 --data-path " + prefix);
+  ASSERT_EQ(r.status, 0) << r.output;
+  nlohmann::json j = nlohmann::json::parse(r.output);
+  EXPECT_EQ(j["part"], "validation");
+  EXPECT_EQ(j["tokens"].get<int64_t>(), part_targets(160, 180)) << r.output;
+  EXPECT_GT(j["loss"].get<double>(), 0.0);
+  r = run("eval --load " + path("ckpt") + " --threads 1 --split 80,10,10 --eval-part test --data-path " +
+          prefix);
+  ASSERT_EQ(r.status, 0) << r.output;
+  j = nlohmann::json::parse(r.output);
+  EXPECT_EQ(j["part"], "test");
+  EXPECT_EQ(j["tokens"].get<int64_t>(), part_targets(180, 200)) << r.output;
+  // A blend: each dataset's part, the loss their weighted mean.
+  r = run("eval --load " + path("ckpt") + " --threads 1 --split 80,10,10 --data-path 3 " + prefix + " 1 " +
+          prefix);
+  ASSERT_EQ(r.status, 0) << r.output;
+  j = nlohmann::json::parse(r.output);
+  ASSERT_EQ(j["datasets"].size(), 2u) << r.output;
+  EXPECT_NEAR(j["loss"].get<double>(),
+              0.75 * j["datasets"][0]["loss"].get<double>() + 0.25 * j["datasets"][1]["loss"].get<double>(),
+              1e-12);
+  expect_refused("eval --load " + path("ckpt") + " --split 100,0,0 --data-path " + prefix,
+                 "validation part of --split holds no document");
+  expect_refused("eval --load " + path("ckpt") + " --eval-part train --data-path " + prefix,
+                 "--eval-part 'train' is not one of: validation, test");
+}
+
+// --- Help agrees with the docs (item 12).
+
+TEST_F(Cli, HelpShowsEachFlagOnceWithDefaultsAsTheDocsWriteThem) {
+  for (const char* command : {"train", "eval", "sample", "bench"}) {
+    RunResult r = run(std::string(command) + " --help");
+    ASSERT_EQ(r.status, 0) << command;
+    size_t count = 0;
+    for (size_t at = r.output.find("\n  --device "); at != std::string::npos;
+         at = r.output.find("\n  --device ", at + 1))
+      ++count;
+    EXPECT_EQ(count, 1u) << command << " --help shows --device " << count << " times";
+  }
+  RunResult r = run("train --help");
+  EXPECT_NE(r.output.find("--exit-on-save-failure BOOLEAN=true"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("indexed datasets"), std::string::npos);
+  for (const char* flag :
+       {"--exit-signal-handler", "--override-opt_param-scheduler", "--use-checkpoint-opt_param-scheduler"})
+    EXPECT_NE(r.output.find(flag), std::string::npos) << flag;
+  r = run("eval --help");
+  for (const char* flag : {"--split", "--eval-part", "indexed datasets"})
+    EXPECT_NE(r.output.find(flag), std::string::npos) << flag;
+}
+
 }  // namespace

@@ -110,5 +110,22 @@ if "$ampipe" eval --load "$work/ckpt" --data-path "$work/corpus.txt" --tokenizer
 elif grep -q "was trained with" "$work/bad.log"; then pass "another tokenizer refused: $(tail -1 "$work/bad.log")"
 else fail "refusal without the reason: $(cat "$work/bad.log")"; fi
 
+# 5. The tokenizer that made a dataset is recorded beside it; training or evaluating it with another
+#    tokenizer of the same vocabulary size is refused naming both (item 6 of issue 28).
+[ -f "$work/sp_text_document.tokenizer.json" ] && grep -q "$(sed -n 's/.*(bpe, vocabulary 300, \(SentencePieceTokenizer:[0-9a-f]*\)).*/\1/p' "$work/tok1.log")" \
+  "$work/sp_text_document.tokenizer.json" && pass "preprocess records its tokenizer: $(cat "$work/sp_text_document.tokenizer.json")" ||
+  fail "no tokenizer record beside the dataset"
+if "$ampipe" train "${model[@]}" --data-path "$work/sp_text_document" --split 80,20,0 --tokenizer-type SentencePieceTokenizer \
+  --tokenizer-model "$work/other.model" --train-iters 1 --micro-batch-size 2 --eval-iters 1 --threads 2 >"$work/mismatch.log" 2>&1; then
+  fail "training accepted a dataset made by another tokenizer of the same vocabulary size"
+elif grep -q "was tokenized with SentencePieceTokenizer:.*but this run's tokenizer is SentencePieceTokenizer:" "$work/mismatch.log"; then
+  pass "another tokenizer refused for the dataset: $(tail -1 "$work/mismatch.log" | cut -c1-160)..."
+else fail "refusal without both tokenizers: $(cat "$work/mismatch.log")"; fi
+# eval of the blend's validation part with the checkpoint's own tokenizer (the one that made it) works.
+must "$work/eval_indexed.log" "$ampipe" eval --load "$work/ckpt" --data-path 0.7 "$work/sp_text_document" 0.3 \
+  "$work/sp_title_document" --split 80,20,0 --threads 2
+grep -q '"part":"validation"' "$work/eval_indexed.log" && pass "eval of the blend's validation part: $(cat "$work/eval_indexed.log" | cut -c1-120)..." ||
+  fail "eval of the blend: $(cat "$work/eval_indexed.log")"
+
 [ "$failures" -eq 0 ] || { echo "$failures check(s) failed"; exit 1; }
 echo "all checks passed"
