@@ -120,16 +120,18 @@ std::string format_eta(double seconds) {
 
 }  // namespace
 
-PreprocessResult preprocess(const PreprocessOptions& o, const std::function<void(const std::string&)>& progress) {
+namespace {
+
+// Refuses bad options and unreadable inputs before anything is written; returns the inputs' bytes.
+int64_t check_preprocess_inputs(const PreprocessOptions& o, const Tokenizer& tokenizer) {
   AMPIPE_CHECK(!o.inputs.empty()) << "preprocess needs --input FILE (text or JSON Lines)";
   AMPIPE_CHECK(!o.output_prefix.empty()) << "preprocess needs --output-prefix PREFIX";
   AMPIPE_CHECK(!o.json_keys.empty()) << "--json-keys needs at least one key";
   AMPIPE_CHECK(o.format == "auto" || o.format == "text" || o.format == "jsonl")
       << "--input-format '" << o.format << "' is not known; allowed: auto, text, jsonl";
   AMPIPE_CHECK(o.workers >= 0) << "--workers must be >= 0 (0: every core), got " << o.workers;
-  const std::unique_ptr<Tokenizer> tokenizer = make_tokenizer(o.tokenizer_type, o.tokenizer_model);
-  AMPIPE_CHECK(!o.append_eod || tokenizer->eod_id() >= 0)
-      << "--append-eod: tokenizer " << tokenizer->type() << " has no end-of-document token";
+  AMPIPE_CHECK(!o.append_eod || tokenizer.eod_id() >= 0)
+      << "--append-eod: tokenizer " << tokenizer.type() << " has no end-of-document token";
   int64_t total_bytes = 0;
   for (const std::string& path : o.inputs) {
     std::ifstream in(path, std::ios::binary | std::ios::ate);
@@ -140,8 +142,14 @@ PreprocessResult preprocess(const PreprocessOptions& o, const std::function<void
           << "--input '" << path << "' is a text file (one document per line): it has no JSON keys to split";
     }
   }
-  const IndexedDType dtype = token_dtype_for_vocab(tokenizer->vocab_size());
-  PreprocessResult result;
+  return total_bytes;
+}
+
+// One writer per JSON key, its files readied first (core/atomic_file.h prepare_output_file); the
+// prefixes go to result.outputs.
+std::vector<std::unique_ptr<IndexedDatasetWriter>> open_preprocess_writers(const PreprocessOptions& o,
+                                                                           IndexedDType dtype,
+                                                                           PreprocessResult& result) {
   std::vector<std::unique_ptr<IndexedDatasetWriter>> writers;
   for (const std::string& key : o.json_keys) {
     result.outputs.push_back(o.output_prefix + "_" + key + "_document");
@@ -151,6 +159,18 @@ PreprocessResult preprocess(const PreprocessOptions& o, const std::function<void
     writers.push_back(std::make_unique<IndexedDatasetWriter>(result.outputs.back(), dtype));
     result.output_tokens.push_back(0);
   }
+  return writers;
+}
+
+}  // namespace
+
+PreprocessResult preprocess(const PreprocessOptions& o,
+                            const std::function<void(const std::string&)>& progress) {
+  const std::unique_ptr<Tokenizer> tokenizer = make_tokenizer(o.tokenizer_type, o.tokenizer_model);
+  const int64_t total_bytes = check_preprocess_inputs(o, *tokenizer);
+  PreprocessResult result;
+  std::vector<std::unique_ptr<IndexedDatasetWriter>> writers =
+      open_preprocess_writers(o, token_dtype_for_vocab(tokenizer->vocab_size()), result);
   const int workers = o.workers > 0 ? o.workers : std::max(1, available_cores());
   const auto start = std::chrono::steady_clock::now();
   auto last_report = start;
