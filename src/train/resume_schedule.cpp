@@ -1,71 +1,52 @@
 #include "train/resume_schedule.h"
 
 #include <cstdio>
-#include <functional>
 
 #include "core/error.h"
 
 namespace ampipe {
 namespace {
 
-// One setting: its flag, and its value in the options and in the checkpoint.
-struct Setting {
-  const char* flag;
-  std::function<double&(TrainOptions&)> option;
-  std::function<double(const ScheduleSettings&)> stored;
-};
-
-std::string number(double v) {
+std::string text(double v) {
   char buf[40];
   std::snprintf(buf, sizeof buf, "%.10g", v);
   return buf;
 }
-
-// The integer settings go through a double copy, set back after the rules ran.
-struct Counts {
-  double warmup, train_iters;
-};
-
-std::vector<Setting> real_settings(Counts& counts) {
-  return {
-      {"--lr", [](TrainOptions& o) -> double& { return o.lr.lr; },
-       [](const ScheduleSettings& s) { return s.lr.lr; }},
-      {"--min-lr", [](TrainOptions& o) -> double& { return o.lr.min_lr; },
-       [](const ScheduleSettings& s) { return s.lr.min_lr; }},
-      {"--lr-warmup-iters", [&counts](TrainOptions&) -> double& { return counts.warmup; },
-       [](const ScheduleSettings& s) { return static_cast<double>(s.lr.warmup_iters); }},
-      {"--weight-decay", [](TrainOptions& o) -> double& { return o.adamw.weight_decay; },
-       [](const ScheduleSettings& s) { return s.adamw.weight_decay; }},
-      {"--adam-beta1", [](TrainOptions& o) -> double& { return o.adamw.beta1; },
-       [](const ScheduleSettings& s) { return s.adamw.beta1; }},
-      {"--adam-beta2", [](TrainOptions& o) -> double& { return o.adamw.beta2; },
-       [](const ScheduleSettings& s) { return s.adamw.beta2; }},
-      {"--clip-grad", [](TrainOptions& o) -> double& { return o.adamw.clip_grad; },
-       [](const ScheduleSettings& s) { return s.adamw.clip_grad; }},
-      {"--train-iters", [&counts](TrainOptions&) -> double& { return counts.train_iters; },
-       [](const ScheduleSettings& s) { return static_cast<double>(s.train_iters); }},
-  };
-}
+std::string text(int64_t v) { return std::to_string(v); }
 
 bool given(const TrainOptions& o, const char* flag) {
   return !o.schedule_flags_given || o.schedule_flags_given->count(flag) > 0;
 }
 
-// What a flag's value becomes under the policy: the checkpoint's, or the flag's (then `conflict`
-// names the difference, for the refusal or the notice).
-struct Resolution {
-  bool take_stored = true;
-  std::string conflict;  // "--lr 0.01 (checkpoint 0.003)", or "" when they agree or the flag was left out
-};
+// The rules for one setting, `value` (a field of `o`) against the checkpoint's `stored`: a flag
+// left out takes the stored value; a given one that differs is listed in `conflicts` and takes the
+// stored value only under --use-checkpoint-opt_param-scheduler.
+template <typename T>
+void resolve(const TrainOptions& o, const char* flag, T& value, T stored,
+             std::vector<std::string>& conflicts) {
+  if (!given(o, flag)) {
+    value = stored;
+    return;
+  }
+  if (value == stored) return;
+  conflicts.push_back(std::string(flag) + " " + text(value) + " (checkpoint " + text(stored) + ")");
+  if (o.opt_param_scheduler == OptParamScheduler::UseCheckpoint) value = stored;
+}
 
-Resolution resolve(const TrainOptions& o, const char* flag, double flag_value, double stored_value,
-                   const std::string& flag_text, const std::string& stored_text) {
-  Resolution r;
-  if (!given(o, flag)) return r;
-  if (flag_value != stored_value)
-    r.conflict = std::string(flag) + " " + flag_text + " (checkpoint " + stored_text + ")";
-  r.take_stored = o.opt_param_scheduler == OptParamScheduler::UseCheckpoint || r.conflict.empty();
-  return r;
+// The global batch: --micro-batch-size x ranks against the checkpoint's.
+void resolve_global_batch(TrainOptions& o, int64_t stored, int64_t world_size,
+                          std::vector<std::string>& conflicts) {
+  const int64_t global = o.micro_batch_size * world_size;
+  const bool differs = given(o, "--micro-batch-size") && global != stored;
+  if (differs)
+    conflicts.push_back("--micro-batch-size " + std::to_string(o.micro_batch_size) + " x " +
+                        std::to_string(world_size) + " rank(s) (checkpoint global batch " +
+                        std::to_string(stored) + ")");
+  if (differs && o.opt_param_scheduler != OptParamScheduler::UseCheckpoint) return;
+  AMPIPE_CHECK(stored % world_size == 0)
+      << "the checkpoint's global batch of " << stored << " sequences does not divide over " << world_size
+      << " rank(s); give --micro-batch-size with --override-opt_param-scheduler to change it";
+  o.micro_batch_size = stored / world_size;
 }
 
 }  // namespace
@@ -82,30 +63,17 @@ ScheduleSettings schedule_settings(const TrainOptions& o, int64_t world_size) {
 
 std::vector<std::string> apply_checkpoint_schedule(TrainOptions& o, const ScheduleSettings& stored,
                                                    int64_t world_size) {
-  Counts counts{static_cast<double>(o.lr.warmup_iters), static_cast<double>(o.train_iters)};
   std::vector<std::string> conflicts;
-  for (const Setting& s : real_settings(counts)) {
-    double& value = s.option(o);
-    const Resolution r = resolve(o, s.flag, value, s.stored(stored), number(value), number(s.stored(stored)));
-    if (!r.conflict.empty()) conflicts.push_back(r.conflict);
-    if (r.take_stored) value = s.stored(stored);
-  }
-  o.lr.warmup_iters = static_cast<int64_t>(counts.warmup);
-  o.train_iters = static_cast<int64_t>(counts.train_iters);
-  o.adamw.eps = stored.adamw.eps;
-  // The global batch: the micro-batch over this run's ranks.
-  const int64_t global = o.micro_batch_size * world_size;
-  const Resolution r =
-      resolve(o, "--micro-batch-size", static_cast<double>(global), static_cast<double>(stored.global_batch),
-              std::to_string(o.micro_batch_size) + " x " + std::to_string(world_size) + " rank(s)",
-              "global batch " + std::to_string(stored.global_batch));
-  if (!r.conflict.empty()) conflicts.push_back(r.conflict);
-  if (r.take_stored) {
-    AMPIPE_CHECK(stored.global_batch % world_size == 0)
-        << "the checkpoint's global batch of " << stored.global_batch << " sequences does not divide over "
-        << world_size << " rank(s); give --micro-batch-size with --override-opt_param-scheduler to change it";
-    o.micro_batch_size = stored.global_batch / world_size;
-  }
+  resolve(o, "--lr", o.lr.lr, stored.lr.lr, conflicts);
+  resolve(o, "--min-lr", o.lr.min_lr, stored.lr.min_lr, conflicts);
+  resolve(o, "--lr-warmup-iters", o.lr.warmup_iters, stored.lr.warmup_iters, conflicts);
+  resolve(o, "--weight-decay", o.adamw.weight_decay, stored.adamw.weight_decay, conflicts);
+  resolve(o, "--adam-beta1", o.adamw.beta1, stored.adamw.beta1, conflicts);
+  resolve(o, "--adam-beta2", o.adamw.beta2, stored.adamw.beta2, conflicts);
+  resolve(o, "--clip-grad", o.adamw.clip_grad, stored.adamw.clip_grad, conflicts);
+  resolve(o, "--train-iters", o.train_iters, stored.train_iters, conflicts);
+  o.adamw.eps = stored.adamw.eps;  // no flag
+  resolve_global_batch(o, stored.global_batch, world_size, conflicts);
   std::vector<std::string> notices;
   if (conflicts.empty()) return notices;
   std::string list;
