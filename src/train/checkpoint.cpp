@@ -423,6 +423,17 @@ void load_model_weights(const std::string& root, GptMoe& model) {
 
 bool has_training_state(const std::string& dir) { return !is_hf_checkpoint(files_dir(dir)); }
 
+int64_t checkpoint_iteration(const std::string& root) {
+  const std::string dir = files_dir(root);
+  if (!has_training_state(dir) || !fs::exists(optimizer_path(dir))) return -1;
+  const std::map<std::string, std::string> meta = read_safetensors_header(optimizer_path(dir)).metadata;
+  const auto it = meta.find("iteration");
+  AMPIPE_CHECK(it != meta.end() && !it->second.empty() && it->second.size() <= 18 &&
+               it->second.find_first_not_of("0123456789") == std::string::npos)
+      << optimizer_path(dir) << " has no iteration stamp";
+  return std::stoll(it->second);
+}
+
 std::optional<ScheduleSettings> read_schedule_settings(const std::string& root) {
   const std::string dir = files_dir(root);
   if (!has_training_state(dir) || !fs::exists(optimizer_path(dir))) return std::nullopt;

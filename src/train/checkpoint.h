@@ -125,6 +125,9 @@ bool has_training_state(const std::string& dir);
 // them (written before they were recorded) or without training state (a Hugging Face directory).
 // Throws ampipe::Error naming the file on a malformed value.
 std::optional<ScheduleSettings> read_schedule_settings(const std::string& dir);
+// The iteration of DIR's training state (its optimizer file's stamp, from the header alone); -1 for
+// a directory without training state (a Hugging Face one). Throws ampipe::Error on a malformed stamp.
+int64_t checkpoint_iteration(const std::string& dir);
 // Restores the optimizer state (sliced like the weights) and returns the progress to resume from.
 TrainingProgress load_training_state(const std::string& dir, const GptMoe& model, AdamW& optimizer);
 

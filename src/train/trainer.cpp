@@ -519,6 +519,15 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   if (rank == 0 && !o.trace_file.empty()) prepare_output_file("--trace", o.trace_file);
   resolve_load(o, log);
   resume_schedule(o, R, log);
+  // A finished run restarted (e.g. by a job script): said before any data is read.
+  if (const int64_t at = o.load.empty() ? -1 : checkpoint_iteration(o.load); at == o.train_iters) {
+    log("nothing to do: the checkpoint is at iteration " + std::to_string(at) + " of " +
+        std::to_string(o.train_iters) + " (--train-iters)");
+    TrainResult done;
+    done.iterations = at;
+    done.nothing_to_do = true;
+    return done;
+  }
   const std::unique_ptr<Tokenizer> tokenizer = open_tokenizer(o);
   check_same_configuration(world, describe(o));
   TrainingGroups groups = make_training_groups(world, o.expert_parallel_size, o.model.num_experts);
@@ -536,14 +545,6 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   model.set_block_executor(block_executor.get());  // null: the sequential block
   AdamW optimizer(model.params(), o.adamw, groups.expert_group.get());
   const int64_t start = load_or_resume(o, model, optimizer, log);
-  if (start == o.train_iters) {  // a finished run restarted (e.g. by a job script): no step to take
-    log("nothing to do: the checkpoint is at iteration " + std::to_string(start) + " of " +
-        std::to_string(o.train_iters) + " (--train-iters)");
-    TrainResult done;
-    done.iterations = start;
-    done.nothing_to_do = true;
-    return done;
-  }
   GradientBuckets buckets(model.params(), groups, o.model.num_layers);
   Run run{o, world, log, groups, model, optimizer, corpus, trace, tracing, start, buckets};
   log_startup(run);
