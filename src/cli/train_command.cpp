@@ -308,9 +308,10 @@ int run_train_command(TrainCommand& c, Communicator& world) {
   if (r.nothing_to_do) return 0;  // the trainer said so
   char buf[256];
   std::snprintf(
-      buf, sizeof buf, "done: %lld iterations, final loss %.4f, validation loss %.4f, %.0f tokens/s, %.1f s",
+      buf, sizeof buf, "%lld iterations, final loss %.4f, validation loss %.4f, %.0f tokens/s, %.1f s",
       static_cast<long long>(r.iterations), r.final_loss, r.final_val_loss, r.tokens_per_sec, r.seconds);
-  print_line(world, buf);
+  // A run stopped by a signal (--exit-signal-handler) is not done: a job script must not take it so.
+  print_line(world, std::string(r.exit_signal != 0 ? "stopped early: " : "done: ") + buf);
   return 0;
 }
 

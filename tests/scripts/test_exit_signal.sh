@@ -41,7 +41,8 @@ finish "$job"
 rc=$?
 line=$(grep -o 'received SIGTERM: exiting at iteration [0-9]* of 100000 (--exit-signal-handler), checkpoint iter_[0-9]* saved.*' "$work/graceful.log")
 iter=$(echo "$line" | sed -n 's/.*exiting at iteration \([0-9]*\) .*/\1/p')
-[ "$rc" -eq 0 ] && [ -n "$iter" ] && pass "SIGTERM with --exit-signal-handler: exit 0, '$line'" ||
+[ "$rc" -eq 0 ] && [ -n "$iter" ] && grep -q "^stopped early: $iter iterations" "$work/graceful.log" &&
+  ! grep -q "^done:" "$work/graceful.log" && pass "SIGTERM with --exit-signal-handler: exit 0, '$line'" ||
   fail "SIGTERM with --exit-signal-handler: exit $rc, log: $(tail -5 "$work/graceful.log")"
 if [ -n "$iter" ]; then
   [ "$(cat "$work/ckpt/latest_checkpointed_iteration.txt")" = "$iter" ] &&
