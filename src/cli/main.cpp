@@ -66,16 +66,23 @@ void add_commands(CLI::App& app, Commands& c) {
 
 // `ampipe --version`: the version and the build's parts (docs/USAGE.md).
 std::string version_text() {
-#ifdef AMPIPE_HAVE_CUDA
+#if defined(AMPIPE_GPU_EMULATOR)
+  const char* cuda = "CUDA backend emulated on the CPU (-DAMPIPE_CUDA=EMULATE)";
+#elif defined(AMPIPE_HAVE_CUDA)
   const char* cuda = "CUDA backend on";
 #else
   const char* cuda = "CUDA backend off (CPU only)";
+#endif
+#if defined(__clang__)
+  const char* compiler = "";  // __VERSION__ names clang itself
+#else
+  const char* compiler = "GCC ";
 #endif
   const std::string sanitizer = AMPIPE_SANITIZER;
   return std::string("ampipe ") + AMPIPE_VERSION +
          "\nbuild: " + (*AMPIPE_BUILD_TYPE ? AMPIPE_BUILD_TYPE : "default") + ", " + cuda +
          ", BLAS OpenBLAS, MPI" + (sanitizer.empty() ? "" : ", sanitizer " + sanitizer) + ", compiler " +
-         __VERSION__;
+         compiler + __VERSION__;
 }
 
 // Runs the parsed subcommand; throws ampipe::Error (or another std::exception) on failure.
