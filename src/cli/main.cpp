@@ -124,7 +124,10 @@ int main(int argc, char** argv) {
     // Under mpirun / srun this is the MPI world; otherwise this process alone.
     world = make_world_communicator(commands.timeout_minutes * 60.0);
     // After MPI's start-up, so these handlers are the ones that run (core/exit_signal.h).
-    install_exit_signal_handlers(commands.train_cmd->parsed() && commands.train.options.exit_signal_handler);
+    const bool train = commands.train_cmd->parsed();
+    install_exit_signal_handlers(
+        train && commands.train.options.exit_signal_handler,
+        train ? ", without a checkpoint (--exit-signal-handler saves one first)" : "");
     return dispatch(commands, *world);
   } catch (const std::exception& e) {
     std::fflush(stdout);

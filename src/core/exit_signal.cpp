@@ -9,6 +9,7 @@ namespace ampipe {
 namespace {
 
 volatile std::sig_atomic_t g_received = 0;
+const char* g_hint = "";  // set before the handlers are installed, then only read
 
 void write_stderr(const char* text) {
   const ssize_t ignored = ::write(STDERR_FILENO, text, std::strlen(text));
@@ -30,7 +31,9 @@ void graceful_handler(int signal) {
 void naming_handler(int signal) {
   write_stderr("ampipe: received ");
   write_stderr(exit_signal_name(signal));
-  write_stderr(": ending the run now (train --exit-signal-handler would save a checkpoint first)\n");
+  write_stderr(": ending now");
+  write_stderr(g_hint);
+  write_stderr("\n");
   std::signal(signal, SIG_DFL);
   std::raise(signal);
 }
@@ -43,7 +46,8 @@ const char* exit_signal_name(int signal) {
   return "another signal";
 }
 
-void install_exit_signal_handlers(bool graceful) {
+void install_exit_signal_handlers(bool graceful, const char* hint) {
+  g_hint = hint != nullptr ? hint : "";
   struct sigaction action;
   std::memset(&action, 0, sizeof action);
   action.sa_handler = graceful ? graceful_handler : naming_handler;

@@ -60,7 +60,7 @@ wait_training "$work/plain.log" || fail "the job never started training"
 kill -TERM "$(a_rank "$job")"
 finish "$job"
 rc=$?
-[ "$rc" -ne 0 ] && grep -q "received SIGTERM: ending the run now" "$work/plain.log" &&
+[ "$rc" -ne 0 ] && grep -q "received SIGTERM: ending now, without a checkpoint" "$work/plain.log" &&
   pass "SIGTERM without the flag: exit $rc, named: $(grep -o 'received SIGTERM[^(]*' "$work/plain.log" | head -1)" ||
   fail "SIGTERM without the flag: exit $rc, log: $(tail -5 "$work/plain.log")"
 
