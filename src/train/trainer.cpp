@@ -388,8 +388,7 @@ void resume_schedule(TrainOptions& o, int64_t world_size,
   if (!stored) {
     if (o.opt_param_scheduler == OptParamScheduler::UseCheckpoint)
       log("--use-checkpoint-opt_param-scheduler: " + o.load +
-          " records no optimizer schedule; the flags' values "
-          "are used");
+          " records no schedule; the flags' values are used");
     return;
   }
   for (const std::string& line : apply_checkpoint_schedule(o, *stored, world_size)) log(line);
@@ -397,7 +396,7 @@ void resume_schedule(TrainOptions& o, int64_t world_size,
 }
 
 // What happens after iteration `done`'s update: validation, the progress line, the trace, a save.
-// Returns true if the run must stop here (--exit-interval).
+// Returns true if the run must stop here (--exit-interval, or a signal with --exit-signal-handler).
 bool after_step(Run& r, std::ofstream& metrics, Window& window, const Step& step, int64_t done,
                 std::chrono::steady_clock::time_point run_start, const Tokenizer* tokenizer, TrainResult& result,
                 const std::function<double()>& validation_loss) {
