@@ -1,7 +1,6 @@
 #include "cli/bench.h"
 
 #include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
@@ -11,6 +10,7 @@
 #include <vector>
 
 #include "cli/bench_cases.h"
+#include "cli/command_util.h"
 #include "cli/grid.h"
 #include "cli/model_flags.h"
 #include "comm/communicator.h"
@@ -84,6 +84,7 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
   cmd->add_option("--json-out", o.json_out, "Write one JSON object per case to this file (JSON Lines; truncated)");
   cmd->add_option("--trace", o.trace, "Write a Chrome trace of every case's last repeat to this file");
   cmd->add_option("--seed", o.seed, "Seed of the parameters and inputs (rank r uses its own tokens)")
+      ->check(unsigned_integer())
       ->capture_default_str();
   cmd->add_flag("--predict-only", o.predict_only,
                 "With --hardware: print the planner's predicted time (and per-stage prices in --json-out) of "
@@ -330,6 +331,8 @@ int run_bench(const BenchOptions& o, Communicator& world_in) {
   std::unique_ptr<Communicator> staged;
   Communicator& world = for_device(world_in, device, staged);
   kernels::set_kernel_threads(o.threads);
+  if (world.rank() == 0 && !o.json_out.empty()) prepare_output_file("--json-out", o.json_out);
+  if (world.rank() == 0 && !o.trace.empty()) prepare_output_file("--trace", o.trace);
   const BenchGrid grid = parse_grid(o, world.size());
   const std::vector<BenchVariant> schedules = schedule_variants(grid);
   // Collective check that every rank runs the same grid (else the collectives would not match).

@@ -1,20 +1,22 @@
 #include "cli/data_commands.h"
 
 #include <CLI/CLI.hpp>
-
 #include <algorithm>
 #include <chrono>
-#include <deque>
-#include <future>
-#include <string_view>
 #include <cstdio>
+#include <deque>
 #include <fstream>
+#include <future>
 #include <memory>
 #include <nlohmann/json.hpp>
+#include <string_view>
 #include <thread>
 
+#include "cli/command_util.h"
+#include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/parallel.h"
+#include "train/gpt_dataset.h"
 #include "train/indexed_dataset.h"
 #include "train/tokenizer.h"
 
@@ -118,16 +120,18 @@ std::string format_eta(double seconds) {
 
 }  // namespace
 
-PreprocessResult preprocess(const PreprocessOptions& o, const std::function<void(const std::string&)>& progress) {
+namespace {
+
+// Refuses bad options and unreadable inputs before anything is written; returns the inputs' bytes.
+int64_t check_preprocess_inputs(const PreprocessOptions& o, const Tokenizer& tokenizer) {
   AMPIPE_CHECK(!o.inputs.empty()) << "preprocess needs --input FILE (text or JSON Lines)";
   AMPIPE_CHECK(!o.output_prefix.empty()) << "preprocess needs --output-prefix PREFIX";
   AMPIPE_CHECK(!o.json_keys.empty()) << "--json-keys needs at least one key";
   AMPIPE_CHECK(o.format == "auto" || o.format == "text" || o.format == "jsonl")
       << "--input-format '" << o.format << "' is not known; allowed: auto, text, jsonl";
   AMPIPE_CHECK(o.workers >= 0) << "--workers must be >= 0 (0: every core), got " << o.workers;
-  const std::unique_ptr<Tokenizer> tokenizer = make_tokenizer(o.tokenizer_type, o.tokenizer_model);
-  AMPIPE_CHECK(!o.append_eod || tokenizer->eod_id() >= 0)
-      << "--append-eod: tokenizer " << tokenizer->type() << " has no end-of-document token";
+  AMPIPE_CHECK(!o.append_eod || tokenizer.eod_id() >= 0)
+      << "--append-eod: tokenizer " << tokenizer.type() << " has no end-of-document token";
   int64_t total_bytes = 0;
   for (const std::string& path : o.inputs) {
     std::ifstream in(path, std::ios::binary | std::ios::ate);
@@ -138,13 +142,35 @@ PreprocessResult preprocess(const PreprocessOptions& o, const std::function<void
           << "--input '" << path << "' is a text file (one document per line): it has no JSON keys to split";
     }
   }
-  const IndexedDType dtype = token_dtype_for_vocab(tokenizer->vocab_size());
-  PreprocessResult result;
+  return total_bytes;
+}
+
+// One writer per JSON key, its files readied first (core/atomic_file.h prepare_output_file); the
+// prefixes go to result.outputs.
+std::vector<std::unique_ptr<IndexedDatasetWriter>> open_preprocess_writers(const PreprocessOptions& o,
+                                                                           IndexedDType dtype,
+                                                                           PreprocessResult& result) {
   std::vector<std::unique_ptr<IndexedDatasetWriter>> writers;
   for (const std::string& key : o.json_keys) {
     result.outputs.push_back(o.output_prefix + "_" + key + "_document");
+    prepare_output_file("--output-prefix", indexed_bin_path(result.outputs.back()));
+    prepare_output_file("--output-prefix", indexed_idx_path(result.outputs.back()));
+    prepare_output_file("--output-prefix", tokenizer_record_path(result.outputs.back()));
     writers.push_back(std::make_unique<IndexedDatasetWriter>(result.outputs.back(), dtype));
+    result.output_tokens.push_back(0);
   }
+  return writers;
+}
+
+}  // namespace
+
+PreprocessResult preprocess(const PreprocessOptions& o,
+                            const std::function<void(const std::string&)>& progress) {
+  const std::unique_ptr<Tokenizer> tokenizer = make_tokenizer(o.tokenizer_type, o.tokenizer_model);
+  const int64_t total_bytes = check_preprocess_inputs(o, *tokenizer);
+  PreprocessResult result;
+  std::vector<std::unique_ptr<IndexedDatasetWriter>> writers =
+      open_preprocess_writers(o, token_dtype_for_vocab(tokenizer->vocab_size()), result);
   const int workers = o.workers > 0 ? o.workers : std::max(1, available_cores());
   const auto start = std::chrono::steady_clock::now();
   auto last_report = start;
@@ -172,6 +198,7 @@ PreprocessResult preprocess(const PreprocessOptions& o, const std::function<void
       for (const std::vector<int32_t>& doc : item.documents[k]) {
         writers[k]->add_document(doc);
         result.tokens += static_cast<int64_t>(doc.size());
+        result.output_tokens[k] += static_cast<int64_t>(doc.size());
       }
     result.documents += static_cast<int64_t>(item.documents[0].size());
     result.input_bytes += static_cast<int64_t>(item.bytes);
@@ -200,6 +227,9 @@ PreprocessResult preprocess(const PreprocessOptions& o, const std::function<void
       write(done);
     }
   }
+  // The tokenizer's record first: a dataset is complete once its .idx exists (train/gpt_dataset.h).
+  for (const std::string& prefix : result.outputs)
+    write_tokenizer_record(prefix, tokenizer->identity(), tokenizer->vocab_size());
   for (auto& w : writers) w->finalize();
   result.seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
   report(true);
@@ -232,9 +262,10 @@ int run_preprocess(const PreprocessOptions& o) {
     std::fprintf(stderr, "%s\n", line.c_str());
     std::fflush(stderr);
   });
-  for (const std::string& prefix : r.outputs)
-    std::printf("wrote %s.bin / .idx: %lld documents, %lld tokens (%.1f MB/s of input)\n", prefix.c_str(),
-                static_cast<long long>(r.documents), static_cast<long long>(r.tokens),
+  for (size_t k = 0; k < r.outputs.size(); ++k)
+    std::printf("wrote %s.bin / .idx: %lld documents, %lld tokens (%.1f MB/s of input)\n",
+                r.outputs[k].c_str(), static_cast<long long>(r.documents),
+                static_cast<long long>(r.output_tokens[k]),
                 static_cast<double>(r.input_bytes) / 1e6 / std::max(r.seconds, 1e-9));
   return 0;
 }
@@ -250,6 +281,7 @@ CLI::App* add_tokenizer_command(CLI::App& app, TokenizerTrainOptions& o, CLI::Ap
   train->add_option("--input-sentence-size", o.input_sentence_size, "Lines sampled from the input; 0 = all")
       ->capture_default_str();
   train->add_option("--seed", o.seed, "Seed of SentencePiece's sampling (same input + seed = same model)")
+      ->check(unsigned_integer())
       ->capture_default_str();
   train->add_option("--threads", o.threads, "Training threads; 0 = every core")->capture_default_str();
   *train_command = train;
@@ -257,6 +289,10 @@ CLI::App* add_tokenizer_command(CLI::App& app, TokenizerTrainOptions& o, CLI::Ap
 }
 
 int run_tokenizer_train(const TokenizerTrainOptions& o) {
+  // Before the training (minutes on a large input): a trained model is never lost for want of a
+  // directory.
+  prepare_output_file("--output-prefix", o.output_prefix + ".model");
+  prepare_output_file("--output-prefix", o.output_prefix + ".vocab");
   SentencePieceTrainOptions t;
   t.inputs = o.inputs;
   t.model_prefix = o.output_prefix;

@@ -28,6 +28,7 @@ struct PreprocessResult {
   int64_t documents = 0, tokens = 0, input_bytes = 0;
   double seconds = 0;
   std::vector<std::string> outputs;  // prefixes written
+  std::vector<int64_t> output_tokens;  // tokens of each output (one per JSON key); `tokens` is their sum
 };
 // Tokenizes every input (in parallel, in order) and writes one indexed dataset per JSON key; a
 // progress line (MB/s, documents, tokens, ETA) goes to `progress` about every two seconds.

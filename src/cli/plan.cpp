@@ -70,6 +70,7 @@ namespace {
 int run_calibrate(const PlanOptions& o, Communicator& world) {
   AMPIPE_CHECK(!o.out.empty()) << "--calibrate needs --out FILE (where to write the profile)";
   AMPIPE_CHECK(o.threads >= 1) << "--threads must be at least 1, got " << o.threads;
+  if (world.rank() == 0) prepare_output_file("--out", o.out);  // before the minutes of measuring
   CalibrateOptions co;
   co.name = o.name;
   co.threads = o.threads;
@@ -218,6 +219,8 @@ AutotuneOptions autotune_options(const PlanOptions& o) {
 int run_plan(const PlanOptions& o, Communicator& world) {
   if (o.calibrate) return run_calibrate(o, world);
   AMPIPE_CHECK(!o.hardware.empty()) << "ampipe plan needs --hardware PROFILE (or --calibrate to make one)";
+  if (world.rank() == 0 && !o.json_out.empty()) prepare_output_file("--json-out", o.json_out);
+  if (world.rank() == 0 && !o.trace.empty()) prepare_output_file("--trace", o.trace);
   AMPIPE_CHECK(o.micro_batch_size >= 1) << "--micro-batch-size must be at least 1, got " << o.micro_batch_size;
   AMPIPE_CHECK(o.num_layers >= 1) << "--num-layers must be at least 1, got " << o.num_layers;
   const HardwareProfile hw = load_hardware_profile(o.hardware);

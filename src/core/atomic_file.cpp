@@ -153,4 +153,24 @@ std::string read_file(const std::string& path) {
   return contents;
 }
 
+void prepare_output_file(const std::string& flag, const std::string& path) {
+  namespace fs = std::filesystem;
+  const std::string where = flag + " '" + path + "'";
+  AMPIPE_CHECK(!path.empty()) << flag << " needs a file name";
+  std::error_code ec;
+  AMPIPE_CHECK(!fs::is_directory(path, ec)) << where << " is a directory; give a file name";
+  fs::path parent = fs::path(path).parent_path();
+  if (parent.empty()) parent = ".";
+  fs::create_directories(parent, ec);
+  if (ec) throw Error(where + ": cannot create the directory '" + parent.string() + "': " + ec.message());
+  AMPIPE_CHECK(fs::is_directory(parent, ec)) << where << ": '" << parent.string() << "' is not a directory";
+  if (fs::exists(path, ec) && ::access(path.c_str(), W_OK) != 0)
+    throw Error(where + ": the file exists and cannot be written: " + os_error(errno));
+  const std::string probe = (parent / (".ampipe-probe." + std::to_string(::getpid()))).string();
+  const int fd = ::open(probe.c_str(), O_WRONLY | O_CREAT | O_EXCL | O_CLOEXEC, 0644);
+  if (fd < 0) throw Error(where + ": cannot create a file in '" + parent.string() + "': " + os_error(errno));
+  ::close(fd);
+  ::unlink(probe.c_str());
+}
+
 }  // namespace ampipe

@@ -34,6 +34,13 @@ void fsync_directory(const std::string& dir);
 // errno of the failure (ENOSPC, EFBIG, ...) for the caller to report.
 int write_all(int fd, const void* data, size_t n);
 
+// Readies an output file before any work starts, so a long run never fails at its end for want of a
+// directory: creates the missing directories above `path` (as --save creates its own) and checks
+// that a file can be created there (a probe file, removed at once) and, if `path` exists, that it is
+// a writable file. `flag` names the option in the error ("--trace"); throws ampipe::Error naming
+// the flag, the path and the OS error. Writes nothing at `path` itself.
+void prepare_output_file(const std::string& flag, const std::string& path);
+
 // The whole contents of `path`; throws ampipe::Error naming the path and the OS error if it is
 // missing or unreadable.
 std::string read_file(const std::string& path);

@@ -92,6 +92,28 @@ static GatheredState gather_state(const GptMoe& model, const AdamW& optimizer, c
   return g;
 }
 
+// Doubles with 17 significant digits: a resumed run reads back the very value it trained with.
+static std::string exact(double v) {
+  char buf[40];
+  std::snprintf(buf, sizeof buf, "%.17g", v);
+  return buf;
+}
+
+static void add_schedule_metadata(const ScheduleSettings& s, std::map<std::string, std::string>& meta) {
+  meta["lr"] = exact(s.lr.lr);
+  meta["min_lr"] = exact(s.lr.min_lr);
+  meta["lr_warmup_iters"] = std::to_string(s.lr.warmup_iters);
+  meta["lr_decay_iters"] = std::to_string(s.lr.decay_iters);
+  meta["lr_decay_style"] = "cosine";
+  meta["weight_decay"] = exact(s.adamw.weight_decay);
+  meta["adam_beta1"] = exact(s.adamw.beta1);
+  meta["adam_beta2"] = exact(s.adamw.beta2);
+  meta["adam_eps"] = exact(s.adamw.eps);
+  meta["clip_grad"] = exact(s.adamw.clip_grad);
+  meta["train_iters"] = std::to_string(s.train_iters);
+  meta["global_batch_size"] = std::to_string(s.global_batch);
+}
+
 // Writes the checkpoint files into the existing directory `dir`: optimizer, tokenizer, model last.
 static void write_checkpoint_files(const std::string& dir, const GatheredState& g, const GptMoe& model,
                                    const AdamW& optimizer, const TrainingProgress& progress,
@@ -111,6 +133,7 @@ static void write_checkpoint_files(const std::string& dir, const GatheredState& 
                                                  {"optimizer_steps", std::to_string(optimizer.steps_taken())},
                                                  {"seed", std::to_string(progress.seed)},
                                                  {"format", "ampipe-optimizer-v1"}};
+  if (progress.schedule) add_schedule_metadata(*progress.schedule, opt_meta);
   write_safetensors(optimizer_path(dir), g.moments, opt_meta);
   if (tokenizer != nullptr && !tokenizer->serialized_model().empty())
     write_file_atomically(checkpoint_tokenizer_path(dir), tokenizer->serialized_model());
@@ -315,6 +338,11 @@ static int64_t read_tracker(const std::string& root) {
 
 CheckpointLocation locate_checkpoint(const std::string& dir, int64_t step) {
   std::error_code ec;
+  if (fs::is_regular_file(dir, ec)) {
+    const std::string parent = fs::path(dir).parent_path().string();
+    AMPIPE_CHECK(false) << "--load '" << dir << "' is a file; give the directory that holds the checkpoint ('"
+                        << (parent.empty() ? "." : parent) << "')";
+  }
   const bool has_tracker = fs::exists(tracker_path(dir), ec);
   if (step < 0 && !has_tracker && (fs::exists(model_path(dir), ec) || is_hf_checkpoint(dir))) return {dir, ""};
   if (step < 0 && !has_tracker) {
@@ -344,8 +372,10 @@ CheckpointLocation locate_checkpoint(const std::string& dir, int64_t step) {
 
 std::string checkpoint_to_read(const std::string& dir, int64_t step) {
   CheckpointLocation loc = locate_checkpoint(dir, step);
-  AMPIPE_CHECK(!loc.path.empty()) << "no checkpoint at '" << dir << "' (" << loc.notice.substr(0, loc.notice.find(':'))
-                                  << ")";
+  std::string why = loc.notice;  // "no checkpoint ... (why): starting from scratch" -> without the last part
+  const std::string fresh = ": starting from scratch";
+  if (const size_t cut = why.find(fresh); cut != std::string::npos) why.erase(cut, fresh.size());
+  AMPIPE_CHECK(!loc.path.empty()) << why;
   return loc.path;
 }
 
@@ -392,6 +422,61 @@ void load_model_weights(const std::string& root, GptMoe& model) {
 }
 
 bool has_training_state(const std::string& dir) { return !is_hf_checkpoint(files_dir(dir)); }
+
+int64_t checkpoint_iteration(const std::string& root) {
+  const std::string dir = files_dir(root);
+  if (!has_training_state(dir) || !fs::exists(optimizer_path(dir))) return -1;
+  const std::map<std::string, std::string> meta = read_safetensors_header(optimizer_path(dir)).metadata;
+  const auto it = meta.find("iteration");
+  AMPIPE_CHECK(it != meta.end() && !it->second.empty() && it->second.size() <= 18 &&
+               it->second.find_first_not_of("0123456789") == std::string::npos)
+      << optimizer_path(dir) << " has no iteration stamp";
+  return std::stoll(it->second);
+}
+
+std::optional<ScheduleSettings> read_schedule_settings(const std::string& root) {
+  const std::string dir = files_dir(root);
+  if (!has_training_state(dir) || !fs::exists(optimizer_path(dir))) return std::nullopt;
+  const std::string path = optimizer_path(dir);
+  const std::map<std::string, std::string> meta = read_safetensors_header(path).metadata;
+  if (meta.find("train_iters") == meta.end()) return std::nullopt;  // written before they were recorded
+  auto get = [&](const char* key) -> const std::string& {
+    auto it = meta.find(key);
+    AMPIPE_CHECK(it != meta.end()) << path << " lacks metadata '" << key << "'";
+    return it->second;
+  };
+  auto real = [&](const char* key) {
+    size_t used = 0;
+    double v = 0;
+    try {
+      v = std::stod(get(key), &used);
+    } catch (const std::exception&) {
+      used = 0;
+    }
+    AMPIPE_CHECK(used > 0 && used == get(key).size() && std::isfinite(v))
+        << path << ": metadata '" << key << "' is not a number ('" << get(key) << "')";
+    return v;
+  };
+  auto integer = [&](const char* key) {
+    const double v = real(key);
+    AMPIPE_CHECK(v == std::floor(v) && v >= 0 && v < 9e15)
+        << path << ": metadata '" << key << "' is not a count";
+    return static_cast<int64_t>(v);
+  };
+  ScheduleSettings s;
+  s.lr.lr = real("lr");
+  s.lr.min_lr = real("min_lr");
+  s.lr.warmup_iters = integer("lr_warmup_iters");
+  s.lr.decay_iters = integer("lr_decay_iters");
+  s.adamw.weight_decay = real("weight_decay");
+  s.adamw.beta1 = real("adam_beta1");
+  s.adamw.beta2 = real("adam_beta2");
+  s.adamw.eps = real("adam_eps");
+  s.adamw.clip_grad = real("clip_grad");
+  s.train_iters = integer("train_iters");
+  s.global_batch = integer("global_batch_size");
+  return s;
+}
 
 TrainingProgress load_training_state(const std::string& root, const GptMoe& model, AdamW& optimizer) {
   const std::string dir = files_dir(root);

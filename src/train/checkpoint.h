@@ -18,20 +18,31 @@
 
 #include <cstdint>
 #include <map>
+#include <memory>
+#include <optional>
 #include <string>
 
-#include <memory>
-
 #include "model/gpt.h"
-#include "train/tokenizer.h"
 #include "train/distributed.h"
 #include "train/optimizer.h"
+#include "train/tokenizer.h"
 
 namespace ampipe {
+
+// The optimizer and learning-rate schedule a run trains with (Megatron's "opt_param_scheduler"
+// settings), recorded in optimizer.safetensors so that a resumed run continues the same schedule
+// (train/resume_schedule.h applies the rules).
+struct ScheduleSettings {
+  LrSchedule lr;      // lr, min_lr, warm-up; decay_iters is train_iters
+  AdamWConfig adamw;  // weight decay, betas, eps, clip
+  int64_t train_iters = 0;
+  int64_t global_batch = 0;  // micro-batch x data-parallel ranks
+};
 
 struct TrainingProgress {
   int64_t iteration = 0;  // iterations completed
   uint64_t seed = 0;      // data-order seed
+  std::optional<ScheduleSettings> schedule;  // recorded with the optimizer state when set
 };
 
 // With `groups` (a parallel run) expert tensors are gathered over the expert group, so the file
@@ -110,6 +121,13 @@ void load_model_weights(const std::string& dir, GptMoe& model);
 // False for a directory that holds weights only (a Hugging Face one): training starts from its
 // weights with a fresh optimizer at iteration 0 instead of calling load_training_state.
 bool has_training_state(const std::string& dir);
+// The schedule settings recorded in DIR's optimizer.safetensors; none for a checkpoint without
+// them (written before they were recorded) or without training state (a Hugging Face directory).
+// Throws ampipe::Error naming the file on a malformed value.
+std::optional<ScheduleSettings> read_schedule_settings(const std::string& dir);
+// The iteration of DIR's training state (its optimizer file's stamp, from the header alone); -1 for
+// a directory without training state (a Hugging Face one). Throws ampipe::Error on a malformed stamp.
+int64_t checkpoint_iteration(const std::string& dir);
 // Restores the optimizer state (sliced like the weights) and returns the progress to resume from.
 TrainingProgress load_training_state(const std::string& dir, const GptMoe& model, AdamW& optimizer);
 

@@ -14,6 +14,10 @@ namespace ampipe {
 namespace {
 
 std::string read_text(const std::string& path) {
+  AMPIPE_CHECK(!std::filesystem::is_directory(path))
+      << "data file '" << path
+      << "' is a directory; give a text file, or an indexed dataset's prefix (the path "
+         "of PREFIX.bin / PREFIX.idx without the extension)";
   std::ifstream in(path, std::ios::binary);
   AMPIPE_CHECK(in.good()) << "cannot open data file '" << path
                           << "' (does it exist? the default corpus is written by scripts/setup.sh; an indexed "
@@ -60,7 +64,8 @@ TrainingCorpus::TrainingCorpus(const CorpusOptions& options, const Tokenizer& to
   indexed_ = blend.size() > 1 || is_indexed_prefix(blend[0].prefix);
   if (indexed_) {
     corpus_ = open_indexed_corpus(blend, parse_split(options.split), options.seq_len, options.seed,
-                                  options.train_samples, options.validation_samples, vocab_size);
+                                  options.train_samples, options.validation_samples, vocab_size,
+                                  tokenizer.identity());
     train_ = corpus_.train.get();
     validation_ = corpus_.validation.get();
     summary_ = corpus_.summary;

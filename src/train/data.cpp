@@ -1,6 +1,7 @@
 #include "train/data.h"
 
 #include <algorithm>
+#include <filesystem>
 #include <fstream>
 #include <iterator>
 
@@ -21,6 +22,10 @@ std::string byte_decode(const std::vector<int32_t>& tokens) {
 }
 
 std::vector<int32_t> load_tokens(const std::string& path) {
+  AMPIPE_CHECK(!std::filesystem::is_directory(path))
+      << "data file '" << path
+      << "' is a directory; give a text file, or an indexed dataset's prefix (the path "
+         "of PREFIX.bin / PREFIX.idx without the extension)";
   std::ifstream in(path, std::ios::binary);
   AMPIPE_CHECK(in.good()) << "cannot open data file '" << path
                           << "' (does it exist? the default corpus is written by scripts/setup.sh)";

@@ -2,9 +2,12 @@
 
 #include <algorithm>
 #include <cmath>
+#include <filesystem>
+#include <nlohmann/json.hpp>
 #include <numeric>
 #include <sstream>
 
+#include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/random.h"
 
@@ -175,14 +178,16 @@ std::vector<int64_t> BlendedSamples::drawn(int64_t count) const {
   return n;
 }
 
-IndexedCorpus open_indexed_corpus(const std::vector<WeightedPrefix>& blend, const std::array<double, 3>& split,
-                                  int64_t seq_len, uint64_t seed, int64_t train_samples, int64_t validation_samples,
-                                  int64_t vocab_size) {
+IndexedCorpus open_indexed_corpus(const std::vector<WeightedPrefix>& blend,
+                                  const std::array<double, 3>& split, int64_t seq_len, uint64_t seed,
+                                  int64_t train_samples, int64_t validation_samples, int64_t vocab_size,
+                                  const std::string& tokenizer_identity) {
   IndexedCorpus corpus;
   std::vector<std::unique_ptr<SplitSamples>> train, validation;
   std::vector<double> weights;
   for (size_t i = 0; i < blend.size(); ++i) {
     auto data = std::make_shared<const IndexedDataset>(blend[i].prefix);
+    check_tokenizer_record(blend[i].prefix, tokenizer_identity);
     data->check_vocab(vocab_size);
     const std::array<int64_t, 4> b = split_boundaries(data->num_sequences(), split);
     const uint64_t dataset_seed = mix_seed(seed, i);
@@ -207,6 +212,55 @@ IndexedCorpus open_indexed_corpus(const std::vector<WeightedPrefix>& blend, cons
   corpus.train = std::make_unique<BlendedSamples>(std::move(train), weights, train_samples);
   corpus.validation = std::make_unique<BlendedSamples>(std::move(validation), weights, validation_samples);
   return corpus;
+}
+
+std::vector<EvaluationPart> evaluation_parts(const std::vector<WeightedPrefix>& blend,
+                                             const std::array<double, 3>& split, int part, int64_t vocab_size,
+                                             const std::string& tokenizer_identity) {
+  AMPIPE_CHECK(part == 1 || part == 2) << "evaluation part " << part << " is not 1 (validation) or 2 (test)";
+  std::vector<EvaluationPart> parts;
+  for (const WeightedPrefix& item : blend) {
+    const IndexedDataset data(item.prefix);
+    check_tokenizer_record(item.prefix, tokenizer_identity);
+    data.check_vocab(vocab_size);
+    const std::array<int64_t, 4> b = split_boundaries(data.num_sequences(), split);
+    EvaluationPart p{item.prefix, item.weight, b[part + 1] - b[part], {}};
+    for (int64_t s = b[part]; s < b[part + 1]; ++s) {
+      const size_t at = p.tokens.size();
+      p.tokens.resize(at + static_cast<size_t>(data.sequence_length(s)));
+      data.read(s, 0, data.sequence_length(s), p.tokens.data() + at);
+    }
+    AMPIPE_CHECK(!p.tokens.empty()) << item.prefix << ": its " << (part == 1 ? "validation" : "test")
+                                    << " part of --split holds no document (documents [" << b[part] << ", "
+                                    << b[part + 1] << ") of " << data.num_sequences()
+                                    << "); give that part a larger share of --split";
+    parts.push_back(std::move(p));
+  }
+  return parts;
+}
+
+std::string tokenizer_record_path(const std::string& prefix) { return prefix + ".tokenizer.json"; }
+
+void write_tokenizer_record(const std::string& prefix, const std::string& identity, int64_t vocab_size) {
+  const nlohmann::json record = {{"tokenizer", identity}, {"vocab_size", vocab_size}};
+  write_file_atomically(tokenizer_record_path(prefix), record.dump() + "\n");
+}
+
+void check_tokenizer_record(const std::string& prefix, const std::string& identity) {
+  const std::string path = tokenizer_record_path(prefix);
+  if (identity.empty() || !std::filesystem::exists(path)) return;
+  std::string recorded;
+  try {
+    const nlohmann::json record = nlohmann::json::parse(read_file(path));
+    recorded = record.at("tokenizer").get<std::string>();
+  } catch (const nlohmann::json::exception& e) {
+    AMPIPE_CHECK(false) << path << " is not a tokenizer record ({\"tokenizer\": ...}): " << e.what();
+  }
+  AMPIPE_CHECK(recorded == identity)
+      << "dataset '" << prefix << "' was tokenized with " << recorded << " (" << path
+      << "), but this run's tokenizer is " << identity
+      << "; its ids would mean other text. Use the tokenizer it was made with, or "
+         "preprocess the data again with this one";
 }
 
 }  // namespace ampipe

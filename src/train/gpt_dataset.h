@@ -90,8 +90,36 @@ struct IndexedCorpus {
   int64_t train_tokens = 0, validation_tokens = 0;  // tokens in the splits (one epoch)
   std::vector<std::string> summary;                 // one line per dataset, for the log
 };
-IndexedCorpus open_indexed_corpus(const std::vector<WeightedPrefix>& blend, const std::array<double, 3>& split,
-                                  int64_t seq_len, uint64_t seed, int64_t train_samples, int64_t validation_samples,
-                                  int64_t vocab_size);
+// `tokenizer_identity` (Tokenizer::identity, "" = unchecked): each dataset's tokenizer record
+// (below), when it has one, must name this tokenizer.
+IndexedCorpus open_indexed_corpus(const std::vector<WeightedPrefix>& blend,
+                                  const std::array<double, 3>& split, int64_t seq_len, uint64_t seed,
+                                  int64_t train_samples, int64_t validation_samples, int64_t vocab_size,
+                                  const std::string& tokenizer_identity = "");
+
+// One dataset's part of --split, for evaluation: the tokens of its documents in file order.
+struct EvaluationPart {
+  std::string prefix;
+  double weight = 1.0;
+  int64_t documents = 0;
+  std::vector<int32_t> tokens;
+};
+// Part `part` (1 = validation, 2 = test) of every dataset of `blend`, cut by `split` with the rule
+// training uses (split_boundaries), so a model is evaluated on exactly the documents its training
+// held out. Every token is checked against `vocab_size`. Refuses an empty part naming the dataset.
+std::vector<EvaluationPart> evaluation_parts(const std::vector<WeightedPrefix>& blend,
+                                             const std::array<double, 3>& split, int part, int64_t vocab_size,
+                                             const std::string& tokenizer_identity = "");
+
+// The tokenizer a dataset was made with, recorded beside it by `ampipe preprocess` as
+// PREFIX.tokenizer.json ({"tokenizer": identity, "vocab_size": n}; Megatron-Core ignores the file).
+// Two tokenizers of one vocabulary size would otherwise be mixed up without a word.
+std::string tokenizer_record_path(const std::string& prefix);
+// Writes the record atomically (before the dataset's .idx, so a complete dataset has it).
+void write_tokenizer_record(const std::string& prefix, const std::string& identity, int64_t vocab_size);
+// Refuses, naming both tokenizers and the record, a dataset whose record names another tokenizer
+// than `identity`; a dataset without a record (made by Megatron's tools) is accepted. Throws
+// ampipe::Error on a malformed record, naming it.
+void check_tokenizer_record(const std::string& prefix, const std::string& identity);
 
 }  // namespace ampipe

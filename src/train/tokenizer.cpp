@@ -225,6 +225,28 @@ int64_t padded_vocab_size(int64_t vocab_size, int64_t divisible_by) {
   return (vocab_size + divisible_by - 1) / divisible_by * divisible_by;
 }
 
+// SentencePiece refuses a vocabulary larger than its input allows with "Vocabulary size too high
+// (1000). Please set it to a value <= 345."; the largest it allows ("345"), or "" for another error.
+static std::string largest_vocabulary(const std::string& message) {
+  if (message.find("Vocabulary size too high") == std::string::npos) return "";
+  const size_t at = message.find("<= ");
+  if (at == std::string::npos) return "";
+  const size_t begin = at + 3, end = message.find_first_not_of("0123456789", begin);
+  return message.substr(begin, end == std::string::npos ? std::string::npos : end - begin);
+}
+
+// SentencePiece refuses a vocabulary smaller than its required pieces with "Vocabulary size is
+// smaller than required_chars. 40 vs 290. ..."; that least size ("290"), or "" for another error.
+static std::string smallest_vocabulary(const std::string& message) {
+  const std::string marker = "smaller than required_chars. ";
+  const size_t at = message.find(marker);
+  if (at == std::string::npos) return "";
+  const size_t vs = message.find(" vs ", at);
+  if (vs == std::string::npos) return "";
+  const size_t begin = vs + 4, end = message.find_first_not_of("0123456789", begin);
+  return message.substr(begin, end == std::string::npos ? std::string::npos : end - begin);
+}
+
 void train_sentencepiece(const SentencePieceTrainOptions& options) {
   AMPIPE_CHECK(!options.inputs.empty()) << "SentencePiece training needs at least one input file";
   AMPIPE_CHECK(!options.model_prefix.empty()) << "SentencePiece training needs a model prefix";
@@ -284,6 +306,17 @@ void train_sentencepiece(const SentencePieceTrainOptions& options) {
   AMPIPE_CHECK(status.ok() || lines.lines_read() > 0)
       << "SentencePiece training: the training inputs have no non-empty lines (" << join(options.inputs)
       << ")";
+  AMPIPE_CHECK(status.ok() || largest_vocabulary(status.ToString()).empty())
+      << "--vocab-size " << options.vocab_size << " is more than the training input supports: at most "
+      << largest_vocabulary(status.ToString()) << " pieces with --model-type " << options.model_type << " ("
+      << join(options.inputs) << "); give --vocab-size " << largest_vocabulary(status.ToString())
+      << " or less, or more text";
+  AMPIPE_CHECK(status.ok() || smallest_vocabulary(status.ToString()).empty())
+      << "--vocab-size " << options.vocab_size << " is below the " << smallest_vocabulary(status.ToString())
+      << " pieces every model of this input needs (the 256 byte pieces of byte fallback, the input's "
+         "characters "
+         "and the special tokens); give --vocab-size "
+      << smallest_vocabulary(status.ToString()) << " or more";
   AMPIPE_CHECK(status.ok()) << "SentencePiece training failed (--vocab-size " << options.vocab_size
                             << ", --model-type " << options.model_type << "): " << status.ToString();
 

@@ -5,15 +5,15 @@
 #include <cstdio>
 #include <cstdlib>
 #include <fstream>
+#include <nlohmann/json.hpp>
 #include <optional>
 #include <sstream>
-
-#include <nlohmann/json.hpp>
 
 #include "comm/host_staged_communicator.h"
 #include "comm/self_communicator.h"
 #include "comm/timed_communicator.h"
 #include "core/atomic_file.h"
+#include "core/exit_signal.h"
 #include "core/memory.h"
 #include "core/trace.h"
 #include "model/gpt.h"
@@ -25,6 +25,7 @@
 #include "train/data.h"
 #include "train/distributed.h"
 #include "train/evaluate.h"
+#include "train/resume_schedule.h"
 
 namespace ampipe {
 
@@ -369,8 +370,33 @@ void resolve_load(TrainOptions& o, const std::function<void(const std::string&)>
   o.ckpt_step = -1;
 }
 
+// --exit-signal-handler: the signal any rank received (every rank gets the same answer, so all
+// stop after the same step); 0 = none. One small collective per step, only with the flag.
+int agreed_exit_signal(Run& r) {
+  if (!r.o.exit_signal_handler) return 0;
+  int64_t signal = exit_signal_received();
+  if (r.world.size() > 1) r.world.all_reduce_max(signal);
+  return static_cast<int>(signal);
+}
+
+// --load with training state: the checkpoint's optimizer and schedule settings for the flags left
+// out (train/resume_schedule.h).
+void resume_schedule(TrainOptions& o, int64_t world_size,
+                     const std::function<void(const std::string&)>& log) {
+  if (o.load.empty()) return;
+  const std::optional<ScheduleSettings> stored = read_schedule_settings(o.load);
+  if (!stored) {
+    if (o.opt_param_scheduler == OptParamScheduler::UseCheckpoint)
+      log("--use-checkpoint-opt_param-scheduler: " + o.load +
+          " records no schedule; the flags' values are used");
+    return;
+  }
+  for (const std::string& line : apply_checkpoint_schedule(o, *stored, world_size)) log(line);
+  validate(o);
+}
+
 // What happens after iteration `done`'s update: validation, the progress line, the trace, a save.
-// Returns true if the run must stop here (--exit-interval).
+// Returns true if the run must stop here (--exit-interval, or a signal with --exit-signal-handler).
 bool after_step(Run& r, std::ofstream& metrics, Window& window, const Step& step, int64_t done,
                 std::chrono::steady_clock::time_point run_start, const Tokenizer* tokenizer, TrainResult& result,
                 const std::function<double()>& validation_loss) {
@@ -383,20 +409,31 @@ bool after_step(Run& r, std::ofstream& metrics, Window& window, const Step& step
   if (r.tracing && (done - r.start == 3 || (last && done - r.start < 3)))
     write_trace(r, std::min<int64_t>(done - r.start, 2));
   if (r.tracing && done - r.start >= 3) r.trace.clear();
-  const bool exit_now = !last && o.exit_interval > 0 && done % o.exit_interval == 0;
+  const int signal = last ? 0 : agreed_exit_signal(r);
+  const bool exit_now = !last && (signal != 0 || (o.exit_interval > 0 && done % o.exit_interval == 0));
+  bool saved = false;
   if (!o.save.empty() && (last || exit_now || (o.save_interval > 0 && done % o.save_interval == 0))) {
     try {
-      save_iteration_checkpoint(o.save, r.model, r.optimizer, TrainingProgress{done, o.seed}, &r.groups, tokenizer,
-                                o.ckpt_keep);
+      TrainingProgress progress{done, o.seed, schedule_settings(o, r.world.size())};
+      save_iteration_checkpoint(o.save, r.model, r.optimizer, progress, &r.groups, tokenizer, o.ckpt_keep);
       r.log("saved checkpoint " + iteration_dir_name(done) + " to " + o.save);
+      saved = true;
     } catch (const Error& e) {
       if (o.exit_on_save_failure) throw;  // every rank throws the same error
       r.log(std::string("warning: ") + e.what() + "; training goes on (--exit-on-save-failure false), the next "
             "save retries");
     }
   }
-  if (exit_now)
+  if (signal != 0) {
+    result.exit_signal = signal;
+    r.log(std::string("received ") + exit_signal_name(signal) + ": exiting at iteration " +
+          std::to_string(done) + " of " + std::to_string(o.train_iters) + " (--exit-signal-handler), " +
+          (saved ? "checkpoint " + iteration_dir_name(done) + " saved to " + o.save
+                 : std::string(o.save.empty() ? "no checkpoint (no --save)"
+                                              : "no checkpoint (the save failed)")));
+  } else if (exit_now) {
     r.log("exiting at iteration " + std::to_string(done) + " (--exit-interval " + std::to_string(o.exit_interval) + ")");
+  }
   return exit_now;
 }
 
@@ -442,7 +479,6 @@ TrainResult train_loop(Run& r, const Tokenizer* tokenizer) {
     if (after_step(r, metrics, window, step, it + 1, run_start, tokenizer, result, validation_loss))
       return finish(it + 1);
   }
-  if (r.start == o.train_iters) result.final_val_loss = validation_loss();
   return finish(o.train_iters);
 }
 
@@ -477,7 +513,20 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   // One job per --save directory; taken by the writing rank before anything is read or written.
   std::optional<SaveDirectoryLock> save_lock;
   if (!o.save.empty() && rank == 0) save_lock.emplace(o.save);
+  // The other outputs too, before the data is read: a run never trains only to fail writing them.
+  if (rank == 0 && !o.metrics_file.empty()) prepare_output_file("--metrics-file", o.metrics_file);
+  if (rank == 0 && !o.trace_file.empty()) prepare_output_file("--trace", o.trace_file);
   resolve_load(o, log);
+  resume_schedule(o, R, log);
+  // A finished run restarted (e.g. by a job script): said before any data is read.
+  if (const int64_t at = o.load.empty() ? -1 : checkpoint_iteration(o.load); at == o.train_iters) {
+    log("nothing to do: the checkpoint is at iteration " + std::to_string(at) + " of " +
+        std::to_string(o.train_iters) + " (--train-iters)");
+    TrainResult done;
+    done.iterations = at;
+    done.nothing_to_do = true;
+    return done;
+  }
   const std::unique_ptr<Tokenizer> tokenizer = open_tokenizer(o);
   check_same_configuration(world, describe(o));
   TrainingGroups groups = make_training_groups(world, o.expert_parallel_size, o.model.num_experts);

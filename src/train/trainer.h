@@ -4,6 +4,8 @@
 
 #include <cstdint>
 #include <functional>
+#include <optional>
+#include <set>
 #include <string>
 #include <vector>
 
@@ -14,6 +16,12 @@
 #include "train/optimizer.h"
 
 namespace ampipe {
+
+// Resuming with optimizer or schedule flags that differ from the checkpoint's
+// (train/resume_schedule.h): refuse (Check), use the flags' values (Override,
+// --override-opt_param-scheduler) or the checkpoint's (UseCheckpoint,
+// --use-checkpoint-opt_param-scheduler).
+enum class OptParamScheduler { Check, Override, UseCheckpoint };
 
 struct TrainOptions {
   ModelConfig model;
@@ -30,6 +38,13 @@ struct TrainOptions {
                                 // checkpoints resolves to its latest (train/checkpoint.h); one
                                 // without a checkpoint yet starts from scratch with a notice
   int64_t ckpt_step = -1;       // with load: resume from iter_<ckpt_step> instead of the latest
+  // Resuming: which optimizer/schedule flags the command line gave (the others take the
+  // checkpoint's values; train/resume_schedule.h). nullopt: all of them count as given.
+  std::optional<std::set<std::string>> schedule_flags_given;
+  OptParamScheduler opt_param_scheduler = OptParamScheduler::Check;
+  // --exit-signal-handler: on SIGTERM or SIGINT (core/exit_signal.h) every rank stops at the next
+  // step boundary, a checkpoint is saved (with --save) and the run ends normally.
+  bool exit_signal_handler = false;
   int64_t ckpt_keep = 0;        // keep the newest K complete iteration directories; 0 = all
   bool exit_on_save_failure = true;  // a failed save ends the job; else warn and retry at the next save
   int64_t exit_interval = 0;    // stop (after saving) when the iteration is a multiple; 0 = never
@@ -78,6 +93,8 @@ struct TrainResult {
   double final_val_nats_per_byte = 0;  // the same per byte of text (text files; 0 for indexed data)
   double tokens_per_sec = 0;       // over this run
   double seconds = 0;              // wall time of this run
+  bool nothing_to_do = false;      // the checkpoint was already at --train-iters: no step was run
+  int exit_signal = 0;             // the signal that stopped the run early (--exit-signal-handler); 0 = none
 };
 
 // Runs training; progress lines go to `log` (one string per line; called on world rank 0 only).

@@ -169,5 +169,34 @@ TEST_F(AtomicFileTest, ReadFile_EmptyFile) {
   EXPECT_EQ(read_file(path("empty")), "");
 }
 
+TEST_F(AtomicFileTest, PrepareOutputFileCreatesMissingDirectoriesAndLeavesNoFileBehind) {
+  prepare_output_file("--trace", path("a/b/t.json"));
+  EXPECT_TRUE(fs::is_directory(path("a/b")));
+  EXPECT_FALSE(fs::exists(path("a/b/t.json"))) << "only readied, not written";
+  EXPECT_TRUE(fs::is_empty(path("a/b"))) << "the probe file is removed";
+  write_file_atomically(path("kept"), "old");
+  prepare_output_file("--metrics-file", path("kept"));  // an existing writable file is fine, untouched
+  EXPECT_EQ(read_file(path("kept")), "old");
+}
+
+TEST_F(AtomicFileTest, PrepareOutputFileRefusesAPathThatCannotBeWrittenNamingFlagAndPath) {
+  write_file_atomically(path("file"), "x");
+  try {
+    prepare_output_file("--json-out", path("file/sub/out.jsonl"));
+    FAIL() << "a path below a regular file was accepted";
+  } catch (const Error& e) {
+    const std::string what = e.what();
+    EXPECT_NE(what.find("--json-out '" + path("file/sub/out.jsonl") + "'"), std::string::npos) << what;
+    EXPECT_NE(what.find("cannot create the directory"), std::string::npos) << what;
+  }
+  fs::create_directories(path("dir"));
+  try {
+    prepare_output_file("--trace", path("dir"));
+    FAIL() << "a directory was accepted as an output file";
+  } catch (const Error& e) {
+    EXPECT_NE(std::string(e.what()).find("is a directory"), std::string::npos) << e.what();
+  }
+}
+
 }  // namespace
 }  // namespace ampipe

@@ -150,7 +150,7 @@ TEST(ModelDevice, GpuCheckpointEvaluatesOnTheCpu) {
   ForwardState gs;
   const double gpu_loss = gpu.forward(gs, tokens, targets, 2).lm_loss;
   const std::string dir = testing::fresh_temp_dir("gpu_checkpoint");
-  save_checkpoint(dir, gpu, opt, TrainingProgress{3, 1});
+  save_checkpoint(dir, gpu, opt, TrainingProgress{3, 1, std::nullopt});
   GptMoe cpu(config);
   load_model_weights(dir, cpu);
   ForwardState cs;

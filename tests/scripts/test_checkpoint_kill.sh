@@ -64,7 +64,10 @@ for round in $(seq "$rounds"); do
     wait "$pid"
     rc=$?
     if [ "$rc" -ne 0 ]; then echo "round $round: a restart failed ($rc)"; tail -20 "$work/run$round.log"; exit 1; fi
-    grep -q "done: $iters iterations" "$work/run$round.log" && break
+    # Finished: this restart trained to the end, or found the checkpoint already there (a kill
+    # after the last save and before the "done" line).
+    grep -qE "done: $iters iterations|nothing to do: the checkpoint is at iteration $iters of $iters" \
+      "$work/run$round.log" && break
   done
   echo "round $round: finished after $((attempts - 1)) kill(s)"
   python3 - "$work/ref" "$dir" "$iters" <<'PY' || exit 1

@@ -80,6 +80,15 @@ for l in open(sys.argv[1], encoding='utf-8'): print(json.loads(l)[sys.argv[2]])"
   fi
 done
 
+# 3b. The summary line of each dataset counts that dataset's tokens (as the independent reader does),
+#     not the sum over the keys.
+for key in text title; do
+  want=$(python3 "$reader" "$work/sp_${key}_document" | python3 -c "import json,sys; print(json.load(sys.stdin)['tokens'])")
+  got=$(sed -n "s|^wrote .*sp_${key}_document.bin / .idx: [0-9]* documents, \([0-9]*\) tokens.*|\1|p" "$work/pre2.log")
+  [ -n "$want" ] && [ "$got" = "$want" ] && pass "preprocess reports $got tokens for --json-keys $key, as the reader counts" ||
+    fail "preprocess reports '$got' tokens for $key, the reader counts '$want': $(cat "$work/pre2.log")"
+done
+
 # 4. Training on a blend of the two SentencePiece datasets, then eval / sample with the tokenizer
 #    saved beside the checkpoint, and a different tokenizer refused.
 model=(--num-layers 1 --hidden-size 32 --num-attention-heads 2 --ffn-hidden-size 64 --seq-length 16 --moe-num-experts 2)
@@ -100,6 +109,23 @@ if "$ampipe" eval --load "$work/ckpt" --data-path "$work/corpus.txt" --tokenizer
   fail "eval accepted another tokenizer"
 elif grep -q "was trained with" "$work/bad.log"; then pass "another tokenizer refused: $(tail -1 "$work/bad.log")"
 else fail "refusal without the reason: $(cat "$work/bad.log")"; fi
+
+# 5. The tokenizer that made a dataset is recorded beside it; training or evaluating it with another
+#    tokenizer of the same vocabulary size is refused naming both (item 6 of issue 28).
+[ -f "$work/sp_text_document.tokenizer.json" ] && grep -q "$(sed -n 's/.*(bpe, vocabulary 300, \(SentencePieceTokenizer:[0-9a-f]*\)).*/\1/p' "$work/tok1.log")" \
+  "$work/sp_text_document.tokenizer.json" && pass "preprocess records its tokenizer: $(cat "$work/sp_text_document.tokenizer.json")" ||
+  fail "no tokenizer record beside the dataset"
+if "$ampipe" train "${model[@]}" --data-path "$work/sp_text_document" --split 80,20,0 --tokenizer-type SentencePieceTokenizer \
+  --tokenizer-model "$work/other.model" --train-iters 1 --micro-batch-size 2 --eval-iters 1 --threads 2 >"$work/mismatch.log" 2>&1; then
+  fail "training accepted a dataset made by another tokenizer of the same vocabulary size"
+elif grep -q "was tokenized with SentencePieceTokenizer:.*but this run's tokenizer is SentencePieceTokenizer:" "$work/mismatch.log"; then
+  pass "another tokenizer refused for the dataset: $(tail -1 "$work/mismatch.log" | cut -c1-160)..."
+else fail "refusal without both tokenizers: $(cat "$work/mismatch.log")"; fi
+# eval of the blend's validation part with the checkpoint's own tokenizer (the one that made it) works.
+must "$work/eval_indexed.log" "$ampipe" eval --load "$work/ckpt" --data-path 0.7 "$work/sp_text_document" 0.3 \
+  "$work/sp_title_document" --split 80,20,0 --threads 2
+grep -q '"part":"validation"' "$work/eval_indexed.log" && pass "eval of the blend's validation part: $(cat "$work/eval_indexed.log" | cut -c1-120)..." ||
+  fail "eval of the blend: $(cat "$work/eval_indexed.log")"
 
 [ "$failures" -eq 0 ] || { echo "$failures check(s) failed"; exit 1; }
 echo "all checks passed"

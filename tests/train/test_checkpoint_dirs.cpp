@@ -18,6 +18,7 @@
 #include "core/error.h"
 #include "test_util.h"
 #include "train/checkpoint.h"
+#include "train/resume_schedule.h"
 #include "train/safetensors.h"
 #include "train/trainer.h"
 
@@ -177,7 +178,8 @@ TEST(CheckpointDirs, IncompleteNewestIsRefusedNamingThePrevious) {
   run(o);
   TrainOptions r = o;
   r.load = o.save;
-  r.train_iters = 8;
+  r.train_iters = 8;  // longer than the checkpoint's schedule: allowed by the override
+  r.opt_param_scheduler = OptParamScheduler::Override;
   // A missing file.
   fs::rename(o.save + "/iter_0000006/optimizer.safetensors", dir + "/opt6");
   std::string e = error_of([&] { run(r); });
@@ -215,8 +217,12 @@ TEST(CheckpointDirs, NoCheckpointYetStartsFresh) {
     EXPECT_EQ(locate_checkpoint(load).path, "");
     EXPECT_TRUE(logged(run(o), "starting from scratch")) << load;
   }
-  EXPECT_NE(error_of([&] { checkpoint_to_read(dir + "/empty"); }).find("no checkpoint at"),
-            std::string::npos);
+  // Said once, with the reason, and no "starting from scratch" (a reader does not start anything).
+  EXPECT_EQ(
+      error_of([&] { checkpoint_to_read(dir + "/empty"); }),
+      "no checkpoint in '" + dir + "/empty' (no latest_checkpointed_iteration.txt and no model.safetensors)");
+  EXPECT_EQ(error_of([&] { checkpoint_to_read(dir + "/missing"); }),
+            "no checkpoint at '" + dir + "/missing' (it does not exist)");
 }
 
 TEST(CheckpointDirs, SingleDirectoryCheckpointsStillLoad) {
@@ -253,7 +259,8 @@ TEST(CheckpointDirs, FailedSaveLeavesThePreviousIntact) {
   // A file where the temporary directory would go.
   TrainOptions r = o;
   r.load = o.save;
-  r.train_iters = 4;
+  r.train_iters = 4;  // longer than the checkpoint's schedule: allowed by the override
+  r.opt_param_scheduler = OptParamScheduler::Override;
   std::ofstream(o.save + "/iter_0000004.tmp") << "in the way";
   const std::string e = error_of([&] { run(r); });
   EXPECT_NE(e.find("saving checkpoint iter_0000004"), std::string::npos) << e;
@@ -275,7 +282,7 @@ TEST(CheckpointDirs, FailedSaveLeavesThePreviousIntact) {
       " train --num-layers 1 --hidden-size 16 --num-attention-heads 2 --ffn-hidden-size 16 --seq-length 16"
       " --moe-num-experts 2 --moe-top-k 1 --micro-batch-size 2 --lr-warmup-iters 0 --eval-iters 1 "
       "--eval-interval 0"
-      " --train-iters 4 --threads 1 --data-path " +
+      " --train-iters 4 --override-opt_param-scheduler --threads 1 --data-path " +
       o.data_path[0] + " --save " + o.save + " --load " + o.save + " --ckpt-step 2");
   EXPECT_EQ(res.status, 1) << res.output;
   EXPECT_NE(res.output.find("saving checkpoint iter_0000004"), std::string::npos) << res.output;
@@ -316,6 +323,71 @@ TEST(CheckpointDirs, OneJobPerSaveDirectory) {
   run(o);
   EXPECT_EQ(read_file(tracker_path(root)), "1");
   EXPECT_EQ(locate_checkpoint(root).path, root + "/iter_0000001");
+}
+
+// --- Resuming keeps the schedule (train/resume_schedule.h).
+
+TEST(ResumeSchedule, SettingsRoundTripThroughTheCheckpointExactly) {
+  const std::string dir = temp_dir("settings");
+  TrainOptions o = tiny(write_corpus(dir));
+  o.lr.lr = 1.0 / 3.0e3;  // no short decimal form
+  o.lr.min_lr = 1e-5;
+  o.lr.warmup_iters = 2;
+  o.adamw.beta2 = 0.999;
+  o.adamw.clip_grad = 0.7;
+  o.train_iters = 3;
+  o.save = dir + "/ckpt";
+  run(o);
+  const std::optional<ScheduleSettings> s = read_schedule_settings(o.save);
+  ASSERT_TRUE(s.has_value());
+  EXPECT_EQ(s->lr.lr, o.lr.lr);
+  EXPECT_EQ(s->lr.min_lr, 1e-5);
+  EXPECT_EQ(s->lr.warmup_iters, 2);
+  EXPECT_EQ(s->lr.decay_iters, 3);
+  EXPECT_EQ(s->adamw.beta2, 0.999);
+  EXPECT_EQ(s->adamw.clip_grad, 0.7);
+  EXPECT_EQ(s->train_iters, 3);
+  EXPECT_EQ(s->global_batch, o.micro_batch_size);
+}
+
+TEST(ResumeSchedule, LeftOutFlagsTakeTheCheckpointsAndDifferingGivenOnesAreRefusedNamingBoth) {
+  ScheduleSettings stored;
+  stored.lr = LrSchedule{2e-3, 1e-4, 10, 60};
+  stored.adamw.weight_decay = 0.05;
+  stored.train_iters = 60;
+  stored.global_batch = 8;
+  TrainOptions o;
+  o.load = "ckpt";
+  o.schedule_flags_given = std::set<std::string>{};  // nothing given
+  apply_checkpoint_schedule(o, stored, 2);
+  EXPECT_EQ(o.lr.lr, 2e-3);
+  EXPECT_EQ(o.lr.warmup_iters, 10);
+  EXPECT_EQ(o.adamw.weight_decay, 0.05);
+  EXPECT_EQ(o.train_iters, 60);
+  EXPECT_EQ(o.micro_batch_size, 4) << "the global batch of 8 over 2 ranks";
+
+  TrainOptions given;
+  given.load = "ckpt";
+  given.lr.warmup_iters = 0;
+  given.train_iters = 60;  // the same as the checkpoint's: fine
+  given.schedule_flags_given = std::set<std::string>{"--lr-warmup-iters", "--train-iters"};
+  const std::string e = error_of([&] { apply_checkpoint_schedule(given, stored, 2); });
+  EXPECT_NE(e.find("--lr-warmup-iters 0 (checkpoint 10)"), std::string::npos) << e;
+  EXPECT_EQ(e.find("--train-iters"), std::string::npos) << e;
+  given.opt_param_scheduler = OptParamScheduler::Override;
+  apply_checkpoint_schedule(given, stored, 2);
+  EXPECT_EQ(given.lr.warmup_iters, 0) << "the override keeps the flag's value";
+  EXPECT_EQ(given.lr.lr, 2e-3) << "a flag left out still takes the checkpoint's";
+  given.opt_param_scheduler = OptParamScheduler::UseCheckpoint;
+  apply_checkpoint_schedule(given, stored, 2);
+  EXPECT_EQ(given.lr.warmup_iters, 10) << "--use-checkpoint-opt_param-scheduler takes the checkpoint's";
+
+  TrainOptions odd;
+  odd.load = "ckpt";
+  odd.schedule_flags_given = std::set<std::string>{};
+  EXPECT_NE(
+      error_of([&] { apply_checkpoint_schedule(odd, stored, 3); }).find("does not divide over 3 rank(s)"),
+      std::string::npos);
 }
 
 }  // namespace

@@ -130,7 +130,7 @@ TEST(HfCheckpoint, ExportFromAnAmpipeCheckpointDirectory) {
   GptMoe model(tiny_mixtral());
   randomize(model, 5);
   AdamW optimizer(model.params(), AdamWConfig{});
-  save_checkpoint(dir + "/ckpt", model, optimizer, TrainingProgress{3, 1});
+  save_checkpoint(dir + "/ckpt", model, optimizer, TrainingProgress{3, 1, std::nullopt});
   const HfExportResult r = export_hf_checkpoint(dir + "/ckpt", dir + "/hf");
   EXPECT_EQ(r.files, std::vector<std::string>{"model.safetensors"});
   EXPECT_TRUE(r.warnings.empty());
@@ -144,7 +144,7 @@ TEST(HfCheckpoint, ExportFromAnAmpipeCheckpointDirectory) {
             std::string::npos);
   // An HF directory is not a place for train --save.
   EXPECT_NE(error_of([&] {
-              save_checkpoint(dir + "/hf", model, optimizer, TrainingProgress{3, 1});
+              save_checkpoint(dir + "/hf", model, optimizer, TrainingProgress{3, 1, std::nullopt});
             }).find("holds a Hugging Face checkpoint"),
             std::string::npos);
   EXPECT_FALSE(has_training_state(dir + "/hf"));
@@ -254,7 +254,7 @@ TEST(HfCheckpoint, GptFamilyIsRefusedForExportNamingWhatDiffers) {
   EXPECT_FALSE(fs::exists(dir + "/out/config.json"));
 
   AdamW optimizer(model.params(), AdamWConfig{});
-  save_checkpoint(dir + "/ckpt", model, optimizer, TrainingProgress{1, 1});
+  save_checkpoint(dir + "/ckpt", model, optimizer, TrainingProgress{1, 1, std::nullopt});
   const std::string e2 = error_of([&] { export_hf_checkpoint(dir + "/ckpt", dir + "/out2"); });
   EXPECT_NE(e2.find("LayerNorm"), std::string::npos) << e2;
   EXPECT_FALSE(fs::exists(dir + "/out2"));
@@ -281,7 +281,7 @@ TEST(HfCheckpoint, CheckpointOfTheOtherFamilyIsRefused) {
   EXPECT_NE(error_of([&] { load_model_weights(dir + "/hf", gpt_model); }).find("family: mixtral vs gpt"),
             std::string::npos);
   AdamW optimizer(gpt_model.params(), AdamWConfig{});
-  save_checkpoint(dir + "/gpt", gpt_model, optimizer, TrainingProgress{1, 1});
+  save_checkpoint(dir + "/gpt", gpt_model, optimizer, TrainingProgress{1, 1, std::nullopt});
   GptMoe mixtral_model(tiny_mixtral());
   EXPECT_NE(error_of([&] { load_model_weights(dir + "/gpt", mixtral_model); }).find("family: gpt vs mixtral"),
             std::string::npos);
@@ -603,7 +603,7 @@ TEST(HfCheckpoint, ExportCommand) {
   GptMoe model(tiny_mixtral());
   randomize(model, 1);
   AdamW optimizer(model.params(), AdamWConfig{});
-  save_checkpoint(dir + "/ckpt", model, optimizer, TrainingProgress{1, 1});
+  save_checkpoint(dir + "/ckpt", model, optimizer, TrainingProgress{1, 1, std::nullopt});
 
   auto r = testing::run_ampipe("export --load " + dir + "/ckpt --save " + dir + "/hf --max-shard-size 30KB");
   ASSERT_EQ(r.status, 0) << r.output;
@@ -624,7 +624,7 @@ TEST(HfCheckpoint, ExportCommand) {
   gpt.num_layers = 1;
   GptMoe gpt_model(gpt);
   AdamW gpt_optimizer(gpt_model.params(), AdamWConfig{});
-  save_checkpoint(dir + "/gpt", gpt_model, gpt_optimizer, TrainingProgress{1, 1});
+  save_checkpoint(dir + "/gpt", gpt_model, gpt_optimizer, TrainingProgress{1, 1, std::nullopt});
   r = testing::run_ampipe("export --load " + dir + "/gpt --save " + dir + "/y");
   EXPECT_EQ(r.status, 1) << r.output;
   EXPECT_NE(r.output.find("LayerNorm"), std::string::npos) << r.output;

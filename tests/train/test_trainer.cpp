@@ -178,10 +178,10 @@ TEST(Trainer, ANonFiniteStateIsNeverSaved) {
   GptMoe model(o.model);
   model.initialize(1);
   AdamW optimizer(model.params(), o.adamw);
-  save_iteration_checkpoint(dir + "/ckpt", model, optimizer, TrainingProgress{1, o.seed});
+  save_iteration_checkpoint(dir + "/ckpt", model, optimizer, TrainingProgress{1, o.seed, std::nullopt});
   model.params().all().front().value.data<float>()[3] = NAN;
   try {
-    save_iteration_checkpoint(dir + "/ckpt", model, optimizer, TrainingProgress{2, o.seed});
+    save_iteration_checkpoint(dir + "/ckpt", model, optimizer, TrainingProgress{2, o.seed, std::nullopt});
     ADD_FAILURE() << "a model holding a NaN was saved";
   } catch (const Error& e) {
     EXPECT_NE(std::string(e.what()).find("non-finite"), std::string::npos) << e.what();
@@ -238,6 +238,7 @@ TEST(Trainer, CheckpointWithAnotherConfigIsRefused) {
   other.save = "";
   other.load = dir + "/ckpt";
   other.train_iters = 2;
+  other.opt_param_scheduler = OptParamScheduler::Override;  // a longer schedule than the checkpoint's
   other.model.hidden_size = 32;
   try {
     run_training(other, quiet);

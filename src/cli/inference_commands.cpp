@@ -1,0 +1,198 @@
+#include "cli/inference_commands.h"
+
+#include <CLI/CLI.hpp>
+#include <memory>
+#include <nlohmann/json.hpp>
+
+#include "cli/command_util.h"
+#include "cli/model_flags.h"
+#include "comm/host_staged_communicator.h"
+#include "core/device.h"
+#include "core/error.h"
+#include "train/checkpoint.h"
+#include "train/corpus.h"
+#include "train/data.h"
+#include "train/distributed.h"
+#include "train/evaluate.h"
+#include "train/gpt_dataset.h"
+#include "train/trainer.h"
+
+namespace ampipe {
+
+CLI::App* add_eval_command(CLI::App& app, EvalCommand& e, int default_threads) {
+  CLI::App* eval = app.add_subcommand(
+      "eval",
+      "Evaluate a checkpoint's mean loss per token over a whole text file, or the validation or test part of "
+      "indexed datasets; prints one JSON line");
+  e.threads = default_threads;
+  eval->add_option(
+          "--load", e.load,
+          "Checkpoint directory: a train --save root (its latest iteration), an iteration directory, a "
+          "single-checkpoint or Hugging Face directory")
+      ->required();
+  eval->add_option("--ckpt-step", e.ckpt_step,
+                   "With a --save root: read ROOT/iter_<N> instead of the latest");
+  eval->add_option_function<std::vector<std::string>>(
+          "--data-path", [&e](const std::vector<std::string>& items) { e.data_path = items; },
+          "A text file (evaluated whole, tokenized by the checkpoint's tokenizer), or Megatron indexed "
+          "datasets "
+          "as train takes them: one PREFIX or a blend 'W1 PREFIX1 W2 PREFIX2 ...', evaluated on the part of "
+          "--split that --eval-part names")
+      ->default_str("data/kjv.txt")
+      ->expected(1, -1)
+      ->trigger_on_parse();
+  eval->add_option(
+          "--split", e.split,
+          "Indexed datasets: train,validation,test proportions by whole documents, as in training (give "
+          "the run's own --split to evaluate on the documents it held out)")
+      ->capture_default_str();
+  eval->add_option(
+          "--eval-part", e.eval_part,
+          "Indexed datasets: which part of --split to evaluate, validation or test (each dataset's part "
+          "whole, in file order)")
+      ->capture_default_str();
+  eval->add_option("--tokenizer-model", e.tokenizer_model,
+                   "The checkpoint's SentencePiece model, if not saved beside it (its identity must match)");
+  eval->add_option_function<int64_t>(
+      "--seq-length",
+      [&e](int64_t n) {
+        AMPIPE_CHECK(n >= 1) << "--seq-length must be at least 1, got " << n
+                             << " (leave it out for the checkpoint's max_seq_len)";
+        e.seq_length = n;
+      },
+      "Window length, 1 to the checkpoint's max_seq_len (default: max_seq_len); windows of seq-length + 1 "
+      "tokens, consecutive and non-overlapping");
+  eval->add_option("--micro-batch-size", e.micro_batch_size, "Windows per forward pass")
+      ->capture_default_str();
+  eval->add_option("--threads", e.threads, "Compute threads")->capture_default_str();
+  add_device_flag(*eval, e.device, "the model runs");
+  return eval;
+}
+
+CLI::App* add_sample_command(CLI::App& app, SampleCommand& s, int default_threads) {
+  CLI::App* sample = app.add_subcommand("sample", "Continue a prompt with a trained checkpoint");
+  s.threads = default_threads;
+  sample
+      ->add_option(
+          "--load", s.load,
+          "Checkpoint directory: a train --save root (its latest iteration), an iteration directory, a "
+          "single-checkpoint or Hugging Face directory")
+      ->required();
+  sample->add_option("--ckpt-step", s.ckpt_step,
+                     "With a --save root: read ROOT/iter_<N> instead of the latest");
+  sample->add_option("--prompt", s.prompt, "Text to continue");
+  sample->add_option(
+      "--tokenizer-model", s.tokenizer_model,
+      "The checkpoint's SentencePiece model, if not saved beside it (its identity must match)");
+  sample->add_option("--tokens", s.tokens, "Tokens to generate")->capture_default_str();
+  sample->add_option("--temperature", s.temperature, "Sampling temperature; 0 = greedy")
+      ->capture_default_str();
+  sample->add_option("--seed", s.seed, "Sampling seed")->check(unsigned_integer())->capture_default_str();
+  sample->add_option("--threads", s.threads, "Compute threads")->capture_default_str();
+  add_device_flag(*sample, s.device, "the model runs");
+  return sample;
+}
+
+namespace {
+
+// A text file, evaluated whole: {"loss", "tokens"[, "nats_per_byte"]}.
+nlohmann::json evaluate_text(const GptMoe& model, const Tokenizer& tokenizer, const std::string& path,
+                             int64_t N, int64_t batch, Communicator& world) {
+  const std::string text = byte_decode(load_tokens(path));
+  const std::vector<int32_t> tokens = encode_text(tokenizer, text);
+  std::vector<int64_t> offsets = consecutive_windows(static_cast<int64_t>(tokens.size()), N);
+  AMPIPE_CHECK(!offsets.empty()) << "data file '" << path << "' has " << tokens.size()
+                                 << " tokens, shorter than one window of seq-length + 1 = " << N + 1;
+  EvalResult r = evaluate_windows(model, tokens, offsets, N, batch, &world);
+  nlohmann::json j = {{"loss", r.loss}, {"tokens", r.tokens}};
+  if (tokenizer.type() != "byte") {
+    // Per byte of text, at the file's mean bytes per token, comparable across tokenizers.
+    j["nats_per_byte"] = r.loss * static_cast<double>(tokens.size()) / static_cast<double>(text.size());
+  }
+  return j;
+}
+
+// Indexed datasets: each dataset's part of --split whole; a blend's loss is the mean of the
+// datasets' losses by their weights. {"loss", "tokens", "part"[, "datasets": [...]]}.
+nlohmann::json evaluate_indexed(const GptMoe& model, const Tokenizer& tokenizer, const EvalCommand& e,
+                                const std::vector<WeightedPrefix>& blend, int64_t N, Communicator& world) {
+  AMPIPE_CHECK(e.eval_part == "validation" || e.eval_part == "test")
+      << "--eval-part '" << e.eval_part << "' is not one of: validation, test";
+  const std::vector<EvaluationPart> parts =
+      evaluation_parts(blend, parse_split(e.split), e.eval_part == "validation" ? 1 : 2,
+                       model.config().vocab_size, tokenizer.identity());
+  double weights = 0, weighted_loss = 0;
+  int64_t tokens = 0;
+  nlohmann::json datasets = nlohmann::json::array();
+  for (const EvaluationPart& p : parts) {
+    const std::vector<int64_t> offsets = consecutive_windows(static_cast<int64_t>(p.tokens.size()), N);
+    AMPIPE_CHECK(!offsets.empty()) << p.prefix << ": its " << e.eval_part << " part holds " << p.tokens.size()
+                                   << " tokens, shorter than one window of seq-length + 1 = " << N + 1;
+    const EvalResult r = evaluate_windows(model, p.tokens, offsets, N, e.micro_batch_size, &world);
+    datasets.push_back({{"prefix", p.prefix},
+                        {"weight", p.weight},
+                        {"documents", p.documents},
+                        {"loss", r.loss},
+                        {"tokens", r.tokens}});
+    weights += p.weight;
+    weighted_loss += p.weight * r.loss;
+    tokens += r.tokens;
+  }
+  nlohmann::json j = {{"loss", weighted_loss / weights}, {"tokens", tokens}, {"part", e.eval_part}};
+  if (parts.size() > 1) j["datasets"] = datasets;
+  return j;
+}
+
+}  // namespace
+
+int run_eval_command(const EvalCommand& e, Communicator& world_in) {
+  set_threads(e.threads);
+  const Device device = parse_device(e.device);
+  if (device == Device::CUDA) use_local_cuda_device();
+  std::unique_ptr<Communicator> staged;  // GPU buffers over a host-only backend: through host copies
+  Communicator& world = for_device(world_in, device, staged);
+  AMPIPE_CHECK(!e.load.empty()) << "eval needs --load DIR (a checkpoint written by train --save)";
+  AMPIPE_CHECK(e.micro_batch_size >= 1)
+      << "--micro-batch-size must be at least 1, got " << e.micro_batch_size;
+  const std::vector<WeightedPrefix> blend = parse_data_path(e.data_path);
+  const bool indexed = blend.size() > 1 || TrainingCorpus::is_indexed_prefix(blend[0].prefix);
+  const std::string load = checkpoint_to_read(e.load, e.ckpt_step);
+  ModelConfig config = read_checkpoint_config(load);
+  const int64_t N = e.seq_length > 0 ? e.seq_length : config.max_seq_len;
+  AMPIPE_CHECK(N <= config.max_seq_len)
+      << "--seq-length " << N << " exceeds the checkpoint's max_seq_len " << config.max_seq_len;
+  TrainingGroups groups = make_training_groups(world, 0, config.num_experts);
+  GptMoe model(config, groups.model_parallel(), device);
+  load_model_weights(load, model);
+  const std::unique_ptr<Tokenizer> tokenizer = checkpoint_tokenizer(load, config, e.tokenizer_model);
+  const nlohmann::json j =
+      indexed ? evaluate_indexed(model, *tokenizer, e, blend, N, world)
+              : evaluate_text(model, *tokenizer, blend[0].prefix, N, e.micro_batch_size, world);
+  print_line(world, j.dump());
+  return 0;
+}
+
+int run_sample_command(const SampleCommand& s, Communicator& world_in) {
+  set_threads(s.threads);
+  const Device device = parse_device(s.device);
+  if (device == Device::CUDA) use_local_cuda_device();
+  std::unique_ptr<Communicator> staged;  // GPU buffers over a host-only backend: through host copies
+  Communicator& world = for_device(world_in, device, staged);
+  AMPIPE_CHECK(!s.load.empty()) << "sample needs --load DIR (a checkpoint written by train --save)";
+  AMPIPE_CHECK(s.tokens >= 0) << "--tokens must be >= 0, got " << s.tokens;
+  const std::string load = checkpoint_to_read(s.load, s.ckpt_step);
+  // Every rank generates the same text (the same seed), so their expert all-to-alls match.
+  ModelConfig config = read_checkpoint_config(load);
+  TrainingGroups groups = make_training_groups(world, 0, config.num_experts);
+  GptMoe model(config, groups.model_parallel(), device);
+  load_model_weights(load, model);
+  const std::unique_ptr<Tokenizer> tokenizer = checkpoint_tokenizer(load, config, s.tokenizer_model);
+  std::vector<int32_t> context = tokenizer->encode(s.prompt);
+  const std::vector<int32_t> out =
+      generate(model, context, s.tokens, s.temperature, s.seed, tokenizer->vocab_size());
+  context.insert(context.end(), out.begin(), out.end());
+  print_line(world, tokenizer->decode(context));
+  return 0;
+}
+
+}  // namespace ampipe
