@@ -11,10 +11,23 @@
 #include <functional>
 #include <vector>
 
+#include "core/error.h"
 #include "core/random.h"
 #include "core/tensor.h"
 
 namespace ampipe::testing {
+
+// Runs fn and returns the ampipe::Error message it throws ("" and a test failure if none).
+template <class Fn>
+std::string error_of(Fn fn) {
+  try {
+    fn();
+  } catch (const Error& e) {
+    return e.what();
+  }
+  ADD_FAILURE() << "no ampipe::Error was thrown";
+  return "";
+}
 
 // A fresh, empty directory TempDir()/ampipe_<name>_<pid> (removed first if it exists).
 inline std::string fresh_temp_dir(const std::string& name) {

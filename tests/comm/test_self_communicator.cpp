@@ -9,21 +9,12 @@
 #include "comm/self_communicator.h"
 #include "comm/world.h"
 #include "core/error.h"
+#include "test_util.h"
 
 namespace ampipe {
 namespace {
 
-// Runs fn and returns the ampipe::Error message it throws ("" and a test failure if none).
-template <class Fn>
-std::string error_of(Fn fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no ampipe::Error was thrown";
-  return "";
-}
+using testing::error_of;
 
 TEST(SelfCommunicator, RankAndSize) {
   SelfCommunicator comm;

@@ -15,9 +15,12 @@
 
 #include "core/atomic_file.h"
 #include "core/error.h"
+#include "test_util.h"
 
 namespace ampipe {
 namespace {
+
+using testing::error_of;
 
 namespace fs = std::filesystem;
 
@@ -42,18 +45,6 @@ class AtomicFileTest : public ::testing::Test {
 
   std::string dir_;
 };
-
-// Runs fn and returns the ampipe::Error message it throws (fails the test if it throws none).
-template <class Fn>
-std::string error_message(Fn fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected an ampipe::Error";
-  return "";
-}
 
 TEST_F(AtomicFileTest, WritesNewFileFromStreamAndFromBytes) {
   write_file_atomically(path("a"), [](std::ostream& out) { out << "hello " << 42; });
@@ -108,7 +99,7 @@ TEST_F(AtomicFileTest, ExceptionFromWriter_WithoutPreviousFile_CreatesNothing) {
 
 TEST_F(AtomicFileTest, StreamFailureSetByWriter_IsAnError) {
   write_file_atomically(path("f"), std::string_view("previous"));
-  std::string msg = error_message(
+  std::string msg = error_of(
       [&] { write_file_atomically(path("f"), [](std::ostream& out) { out.setstate(std::ios::failbit); }); });
   EXPECT_NE(msg.find(path("f")), std::string::npos) << msg;
   EXPECT_NE(msg.find("stream reported a failure"), std::string::npos) << msg;
@@ -118,7 +109,7 @@ TEST_F(AtomicFileTest, StreamFailureSetByWriter_IsAnError) {
 
 TEST_F(AtomicFileTest, MissingDirectory_ErrorNamesPathAndOsError) {
   const std::string target = path("no_such_dir/f");
-  std::string msg = error_message([&] { write_file_atomically(target, std::string_view("x")); });
+  std::string msg = error_of([&] { write_file_atomically(target, std::string_view("x")); });
   EXPECT_NE(msg.find(target), std::string::npos) << msg;
   EXPECT_NE(msg.find(std::strerror(ENOENT)), std::string::npos) << msg;
 }
@@ -133,7 +124,7 @@ TEST_F(AtomicFileTest, WriteFailsMidway_ErrorNamesOsError_PreviousFileIntact_NoT
   rlimit limited = saved;
   limited.rlim_cur = 100000;
   ASSERT_EQ(::setrlimit(RLIMIT_FSIZE, &limited), 0);
-  std::string msg = error_message([&] {
+  std::string msg = error_of([&] {
     write_file_atomically(path("f"), [](std::ostream& out) {
       for (int i = 0; i < 100; ++i) out << std::string(10000, 'y');
     });
@@ -156,10 +147,10 @@ TEST_F(AtomicFileTest, RelativePathWithoutDirectory_Works) {
 }
 
 TEST_F(AtomicFileTest, ReadFile_MissingOrDirectory_ErrorNamesPathAndOsError) {
-  std::string msg = error_message([&] { read_file(path("missing")); });
+  std::string msg = error_of([&] { read_file(path("missing")); });
   EXPECT_NE(msg.find(path("missing")), std::string::npos) << msg;
   EXPECT_NE(msg.find(std::strerror(ENOENT)), std::string::npos) << msg;
-  msg = error_message([&] { read_file(dir_); });
+  msg = error_of([&] { read_file(dir_); });
   EXPECT_NE(msg.find(dir_), std::string::npos) << msg;
   EXPECT_NE(msg.find(std::strerror(EISDIR)), std::string::npos) << msg;
 }

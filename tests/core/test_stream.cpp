@@ -18,9 +18,12 @@
 #include "core/error.h"
 #include "core/stream.h"
 #include "core/trace.h"
+#include "test_util.h"
 
 namespace ampipe {
 namespace {
+
+using testing::error_of;
 
 using namespace std::chrono_literals;
 
@@ -40,18 +43,6 @@ bool finishes_within(std::chrono::milliseconds limit, std::function<void()> fn) 
   if (finished.wait_for(limit) != std::future_status::ready) return false;
   finished.get();  // rethrows a failed assertion's exception, if any
   return true;
-}
-
-// The ampipe::Error message fn throws (fails the test if it throws none).
-template <class Fn>
-std::string error_message(Fn fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "expected an ampipe::Error";
-  return "";
 }
 
 // Process CPU time (user + system, all threads) in seconds.
@@ -160,7 +151,7 @@ TEST(StreamTest, WaitRefersToTheLatestRecordBeforeIt_NotALaterReRecord) {
 TEST(StreamTest, SynchronizeRethrowsTaskExceptionNamingStreamAndTask) {
   Stream stream("comm");
   stream.submit("a2a dispatch c1", [] { throw std::runtime_error("peer vanished"); });
-  std::string message = error_message([&] { stream.synchronize(); });
+  std::string message = error_of([&] { stream.synchronize(); });
   EXPECT_NE(message.find("peer vanished"), std::string::npos) << message;
   EXPECT_NE(message.find("'comm'"), std::string::npos) << message;
   EXPECT_NE(message.find("'a2a dispatch c1'"), std::string::npos) << message;
@@ -170,7 +161,7 @@ TEST(StreamTest, SynchronizeRethrowsTaskExceptionNamingStreamAndTask) {
 TEST(StreamTest, NonStandardExceptionIsReportedToo) {
   Stream stream("compute");
   stream.submit("throws int", [] { throw 7; });
-  std::string message = error_message([&] { stream.synchronize(); });
+  std::string message = error_of([&] { stream.synchronize(); });
   EXPECT_NE(message.find("'throws int'"), std::string::npos) << message;
 }
 
@@ -181,11 +172,11 @@ TEST(StreamTest, TasksAfterAFailureAreSkippedAndTheErrorIsSticky) {
   stream.submit("bad", [] { throw std::runtime_error("first failure"); });
   stream.submit("later", [&] { later_ran = true; });
   stream.submit("also bad", [] { throw std::runtime_error("second failure"); });
-  std::string message = error_message([&] { stream.synchronize(); });
+  std::string message = error_of([&] { stream.synchronize(); });
   EXPECT_NE(message.find("first failure"), std::string::npos) << message;
   EXPECT_FALSE(later_ran);
   stream.submit("after report", [&] { later_ran = true; });  // enqueueing does not throw
-  std::string again = error_message([&] { stream.synchronize(); });
+  std::string again = error_of([&] { stream.synchronize(); });
   EXPECT_EQ(again, message);
   EXPECT_FALSE(later_ran);
 }
@@ -199,7 +190,7 @@ TEST(StreamTest, EventsRecordedBeforeAFailureCompleteNormally_AfterItErrored) {
     stream.submit("bad", [] { throw std::runtime_error("boom"); });
     stream.record(after);
     before.synchronize();  // does not throw
-    std::string message = error_message([&] { after.synchronize(); });
+    std::string message = error_of([&] { after.synchronize(); });
     EXPECT_NE(message.find("boom"), std::string::npos) << message;
     EXPECT_TRUE(after.query());
     EXPECT_THROW(stream.synchronize(), Error);
@@ -222,13 +213,13 @@ TEST(StreamTest, FailureOnOneStreamStopsTheStreamWaitingOnItInsteadOfHanging) {
     a.record(event);
     b.wait(event);
     b.submit("experts c0", [b_ran] { *b_ran = true; });
-    std::string b_message = error_message([&] { b.synchronize(); });
+    std::string b_message = error_of([&] { b.synchronize(); });
     EXPECT_NE(b_message.find("boom"), std::string::npos) << b_message;
     EXPECT_NE(b_message.find("'a2a dispatch c0'"), std::string::npos) << b_message;
     EXPECT_NE(b_message.find("'compute'"), std::string::npos) << b_message;
     EXPECT_FALSE(*b_ran);
     EXPECT_TRUE(b.failed());
-    std::string a_message = error_message([&] { a.synchronize(); });
+    std::string a_message = error_of([&] { a.synchronize(); });
     EXPECT_NE(a_message.find("boom"), std::string::npos) << a_message;
   });
   EXPECT_TRUE(finished) << "a stream waiting on a failed stream's event hung";
@@ -249,7 +240,7 @@ TEST(StreamTest, SynchronizeAllWaitsForEveryStreamAndReportsTheRootCause) {
       std::this_thread::sleep_for(20ms);
       *tail_ran = true;
     });
-    std::string message = error_message([&] { synchronize_all({&compute, nullptr, &other, &comm}); });
+    std::string message = error_of([&] { synchronize_all({&compute, nullptr, &other, &comm}); });
     EXPECT_EQ(message.rfind("stream 'comm' task 'bad' failed: root cause", 0), 0u) << message;
     EXPECT_TRUE(*tail_ran);  // waited for the healthy stream too
   });
@@ -260,7 +251,7 @@ TEST(StreamTest, SynchronizeFromInsideOwnTaskIsAnErrorNotADeadlock) {
   bool finished = finishes_within(5000ms, [] {
     Stream stream("compute");
     stream.submit("self sync", [&stream] { stream.synchronize(); });
-    std::string message = error_message([&] { stream.synchronize(); });
+    std::string message = error_of([&] { stream.synchronize(); });
     EXPECT_NE(message.find("its own tasks"), std::string::npos) << message;
   });
   EXPECT_TRUE(finished);

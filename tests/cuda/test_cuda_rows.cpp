@@ -27,9 +27,12 @@
 #include "kernels/embedding.h"
 #include "kernels/layernorm.h"
 #include "kernels/rope.h"
+#include "test_util.h"
 
 namespace ampipe::kernels {
 namespace {
+
+using testing::error_of;
 
 using ampipe::testing::max_relative_error;
 
@@ -121,18 +124,6 @@ void expect_bit_equal(const Tensor& g, const Tensor& c, const std::string& what)
   ADD_FAILURE() << what << ": " << diff << " of " << gv.size() << " elements differ from the CPU bit for bit; "
                 << "largest relative error " << err << " at " << worst << " (gpu " << gv[worst] << ", cpu "
                 << cv[worst] << ")";
-}
-
-// Calls fn, which must throw ampipe::Error; returns its message.
-template <class Fn>
-std::string error_of(const Fn& fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no ampipe::Error thrown";
-  return "";
 }
 
 struct RowShape {

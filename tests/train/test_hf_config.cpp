@@ -22,6 +22,8 @@
 namespace ampipe {
 namespace {
 
+using testing::error_of;
+
 nlohmann::json fixture(const std::string& version) {
   const std::string path =
       std::string(AMPIPE_SOURCE_DIR) + "/tests/train/hf_fixtures/transformers-" + version + "-config.json";
@@ -46,17 +48,6 @@ ModelConfig fixture_model() {
   c.aux_loss_weight = 0.001;
   c.validate();
   return c;
-}
-
-template <class Fn>
-std::string error_of(Fn fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no ampipe::Error was thrown";
-  return "";
 }
 
 std::string refusal(const nlohmann::json& j) {

@@ -24,6 +24,8 @@
 namespace ampipe {
 namespace {
 
+using testing::error_of;
+
 namespace fs = std::filesystem;
 
 nlohmann::json json_file(const std::string& path) { return nlohmann::json::parse(read_file(path)); }
@@ -41,17 +43,6 @@ ModelConfig tiny_mixtral(int64_t vocab) {
   c.top_k = 1;
   c.validate();
   return c;
-}
-
-template <class Fn>
-std::string error_of(Fn fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no ampipe::Error was thrown";
-  return "";
 }
 
 // SentencePiece models (BPE and unigram, 400 pieces) trained once for the suite.
@@ -180,7 +171,7 @@ TEST_F(HfTokenizer, ExportOfASentencePieceModelLoadsBackWithItsTokenizer) {
   // The same through an ampipe checkpoint: export --load CKPT takes the checkpoint's tokenizer.
   GptMoe model(c);
   AdamW optimizer(model.params(), AdamWConfig{});
-  save_checkpoint(path("ckpt"), model, optimizer, TrainingProgress{1, 1}, nullptr, sp.get());
+  save_checkpoint(path("ckpt"), model, optimizer, TrainingProgress{1, 1, std::nullopt}, nullptr, sp.get());
   export_hf_checkpoint(path("ckpt"), path("from_ckpt"));
   EXPECT_EQ(read_file(path("from_ckpt/tokenizer.model")), sp->serialized_model());
 }

@@ -8,6 +8,7 @@
 // documented operation, rounded once, in the CPU kernel's order.
 #include "kernels/adamw.h"
 #include "kernels/cuda/cuda_common.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/gpu_kernels.h"
 #include "kernels/elementwise_checks.h"
 

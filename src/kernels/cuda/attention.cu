@@ -30,6 +30,7 @@
 #include "core/error.h"
 #include "kernels/attention_checks.h"
 #include "kernels/cuda/cuda_common.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/gpu_kernels.h"
 
 namespace ampipe::kernels::gpu {

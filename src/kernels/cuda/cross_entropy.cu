@@ -14,6 +14,7 @@
 
 #include "kernels/cross_entropy.h"
 #include "kernels/cuda/cuda_common.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/gpu_kernels.h"
 #include "kernels/cuda/reduce.cuh"
 #include "kernels/row_checks.h"

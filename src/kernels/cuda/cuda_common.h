@@ -11,7 +11,6 @@
 #include "core/cuda/context.h"
 #include "core/cuda/cuda_check.h"
 #include "core/tensor.h"
-#include "kernels/cuda/launch.cuh"
 
 namespace ampipe::kernels::gpu {
 

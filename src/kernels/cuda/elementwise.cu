@@ -11,6 +11,7 @@
 #include <cmath>
 
 #include "kernels/cuda/cuda_common.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/gpu_kernels.h"
 #include "kernels/cuda/reduce.cuh"
 #include "kernels/elementwise.h"

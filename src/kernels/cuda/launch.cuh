@@ -6,6 +6,7 @@
 //   launch("softmax_block_kernel", softmax_block_kernel, grid, threads, 0, stream(), xm, ym);
 //
 // Kernels that use dynamic shared memory declare it with AMPIPE_DYNAMIC_SHARED(type, name).
+// For .cu files only (nvcc, or the emulated build): the host compiler of a CUDA build cannot read it.
 #pragma once
 
 #include <cuda_runtime.h>

@@ -21,6 +21,7 @@
 #include <cstdint>
 
 #include "kernels/cuda/cuda_common.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/gpu_kernels.h"
 #include "kernels/cuda/reduce.cuh"
 #include "kernels/layernorm.h"

@@ -25,6 +25,7 @@
 #include <vector>
 
 #include "kernels/cuda/cuda_common.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/gpu_kernels.h"
 #include "kernels/moe_checks.h"
 

@@ -18,6 +18,7 @@
 #include <climits>
 
 #include "kernels/cuda/cuda_common.h"
+#include "kernels/cuda/launch.cuh"
 #include "kernels/cuda/gpu_kernels.h"
 #include "kernels/moe_checks.h"
 
