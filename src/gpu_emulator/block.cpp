@@ -201,6 +201,9 @@ class Block {
     t.lane_arg = lane_arg;
     t.width = width;
     t.where = where;
+    // The last lane of a group to arrive lets the group go: the other warps may still be behind, as
+    // on a GPU (waiting for every thread of the block would make each warp operation a barrier).
+    if (warp_group_complete(t.ctx.linear)) release_warp_group(t.ctx.linear);
     suspend(t);
     return t.value_out;
   }
@@ -209,6 +212,8 @@ class Block {
  private:
   void resume(Thread& t);
   void suspend(Thread& t);
+  bool warp_group_complete(unsigned i) const;
+  void release_warp_group(unsigned i);
   bool release_warp_ops();
   bool release_barrier();
   [[noreturn]] void fail(const std::string& what) const;
@@ -223,7 +228,19 @@ class Block {
   std::vector<unsigned char>& shared_;
   uint3 block_idx_{};
   std::vector<Thread> threads_;
-  std::vector<unsigned> runnable_;
+  // Threads able to run, by warp. Each block picks one of two orders from the seed: uniformly at
+  // random over all runnable threads, or warps in a random priority order with the lanes of a warp
+  // at random (the leading warp runs ahead as far as barriers allow, so a missing __syncthreads
+  // between two warps shows even where warp operations sit between the write and the read).
+  std::vector<std::vector<unsigned>> runnable_;
+  size_t runnable_count_ = 0;
+  bool warp_priority_ = false;
+  std::vector<unsigned> warp_order_;  // warps, highest priority first
+  void make_runnable(unsigned id) {
+    runnable_[id / kWarp].push_back(id);
+    ++runnable_count_;
+  }
+  unsigned take_runnable();
   std::exception_ptr error_;
   void* scheduler_tsan_fiber_ = nullptr;
 };
@@ -278,18 +295,46 @@ void Block::suspend(Thread& t) {
   t_running = &t;
 }
 
+unsigned Block::take_runnable() {
+  std::vector<unsigned>* bucket = nullptr;
+  if (warp_priority_) {
+    for (unsigned w : warp_order_)
+      if (!runnable_[w].empty()) {
+        bucket = &runnable_[w];
+        break;
+      }
+  } else {
+    size_t r = rng_.below(runnable_count_);
+    for (auto& b : runnable_) {
+      if (r < b.size()) {
+        bucket = &b;
+        break;
+      }
+      r -= b.size();
+    }
+  }
+  const size_t pick = rng_.below(bucket->size());
+  const unsigned id = (*bucket)[pick];
+  (*bucket)[pick] = bucket->back();
+  bucket->pop_back();
+  --runnable_count_;
+  return id;
+}
+
 void Block::run() {
 #if AMPIPE_EMU_TSAN
   scheduler_tsan_fiber_ = __tsan_get_current_fiber();
 #endif
-  runnable_.resize(threads_.size());
-  for (unsigned i = 0; i < threads_.size(); ++i) runnable_[i] = i;
+  const unsigned warps = static_cast<unsigned>((threads_.size() + kWarp - 1) / kWarp);
+  runnable_.assign(warps, {});
+  for (unsigned i = 0; i < threads_.size(); ++i) make_runnable(i);
+  warp_priority_ = (rng_.next() & 1) != 0;
+  warp_order_.resize(warps);
+  for (unsigned w = 0; w < warps; ++w) warp_order_[w] = w;
+  for (unsigned w = warps; w > 1; --w) std::swap(warp_order_[w - 1], warp_order_[rng_.below(w)]);
   for (;;) {
-    while (!runnable_.empty()) {
-      const size_t pick = rng_.below(runnable_.size());
-      const unsigned id = runnable_[pick];
-      runnable_[pick] = runnable_.back();
-      runnable_.pop_back();
+    while (runnable_count_ > 0) {
+      const unsigned id = take_runnable();
       resume(threads_[id]);
       if (error_) std::rethrow_exception(error_);
     }
@@ -299,13 +344,78 @@ void Block::run() {
   }
 }
 
-// Every lane named by a waiting lane's mask must wait at the same operation with the same mask;
-// then the group is released together, each lane with its shuffled value.
+// Whether every lane that thread i's mask names waits at the same warp operation with the same
+// mask (and i's own lane and width are valid): then the group can go at once.
+bool Block::warp_group_complete(unsigned i) const {
+  const Thread& t = threads_[i];
+  const unsigned lane = i % kWarp, base = i - lane;
+  const unsigned lanes = std::min<unsigned>(kWarp, static_cast<unsigned>(threads_.size()) - base);
+  if (!(t.mask >> lane & 1u)) return false;
+  if (t.shuffle && (t.width < 1 || t.width > 32 || (t.width & (t.width - 1)) != 0)) return false;
+  for (unsigned l = 0; l < kWarp; ++l) {
+    if (!(t.mask >> l & 1u)) continue;
+    if (l >= lanes) return false;
+    const Thread& o = threads_[base + l];
+    if (o.state != State::AtWarpOp || o.mask != t.mask || o.shuffle != t.shuffle || o.kind != t.kind) return false;
+  }
+  return true;
+}
+
+// Computes every lane's result of thread i's complete group and makes the lanes runnable.
+void Block::release_warp_group(unsigned i) {
+  const Thread& t = threads_[i];
+  const unsigned base = i - i % kWarp;
+  const unsigned mask = t.mask;
+  for (unsigned l = 0; l < kWarp; ++l) {
+    if (!(mask >> l & 1u)) continue;
+    Thread& me = threads_[base + l];
+    if (!me.shuffle) continue;
+    const int w = me.width;
+    const int segment = static_cast<int>(l) & ~(w - 1);
+    int src = static_cast<int>(l);
+    switch (me.kind) {
+      case ShuffleKind::Index:
+        src = segment + (me.lane_arg & (w - 1));
+        break;
+      case ShuffleKind::Xor: {
+        const int x = static_cast<int>(l) ^ me.lane_arg;
+        if (x >= segment && x < segment + w && x >= 0 && x < 32) src = x;
+        break;
+      }
+      case ShuffleKind::Up:
+        if (static_cast<int>(l) - segment >= me.lane_arg) src = static_cast<int>(l) - me.lane_arg;
+        break;
+      case ShuffleKind::Down:
+        if (static_cast<int>(l) - segment + me.lane_arg < w) src = static_cast<int>(l) + me.lane_arg;
+        break;
+    }
+    if (!(mask >> src & 1u)) {
+      std::ostringstream os;
+      os << op_name(me) << " at " << where_text(me.where) << ": lane " << l << " reads lane " << src
+         << ", which mask 0x" << std::hex << mask << " leaves out (undefined in CUDA)";
+      fail(os.str());
+    }
+    me.value_out = threads_[base + src].value_in;
+  }
+  for (unsigned l = 0; l < kWarp; ++l) {
+    if (!(mask >> l & 1u)) continue;
+    threads_[base + l].state = State::Ready;
+    make_runnable(base + l);
+  }
+}
+
+// With no thread able to run: a warp operation still waiting has a lane that will never arrive, or
+// is malformed. Fail naming it (complete groups went when their last lane arrived).
 bool Block::release_warp_ops() {
   bool released = false;
   for (unsigned i = 0; i < threads_.size(); ++i) {
     Thread& t = threads_[i];
     if (t.state != State::AtWarpOp) continue;
+    if (warp_group_complete(i)) {
+      release_warp_group(i);
+      released = true;
+      continue;
+    }
     const unsigned warp = i / kWarp, lane = i % kWarp, base = warp * kWarp;
     const unsigned lanes = std::min<unsigned>(kWarp, static_cast<unsigned>(threads_.size()) - base);
     std::ostringstream os;
@@ -334,44 +444,6 @@ bool Block::release_warp_ops() {
         fail(os.str());
       }
     }
-    // The whole group is here: compute every lane's result, then let them go.
-    for (unsigned l = 0; l < kWarp; ++l) {
-      if (!(t.mask >> l & 1u)) continue;
-      Thread& me = threads_[base + l];
-      if (me.shuffle) {
-        const int w = me.width;
-        const int segment = static_cast<int>(l) & ~(w - 1);
-        int src = static_cast<int>(l);
-        switch (me.kind) {
-          case ShuffleKind::Index:
-            src = segment + (me.lane_arg & (w - 1));
-            break;
-          case ShuffleKind::Xor: {
-            const int x = static_cast<int>(l) ^ me.lane_arg;
-            if (x >= segment && x < segment + w && x >= 0 && x < 32) src = x;
-            break;
-          }
-          case ShuffleKind::Up:
-            if (static_cast<int>(l) - segment >= me.lane_arg) src = static_cast<int>(l) - me.lane_arg;
-            break;
-          case ShuffleKind::Down:
-            if (static_cast<int>(l) - segment + me.lane_arg < w) src = static_cast<int>(l) + me.lane_arg;
-            break;
-        }
-        if (!(t.mask >> src & 1u)) {
-          os << op_name(me) << " at " << where_text(me.where) << ": lane " << l << " reads lane " << src
-             << ", which mask 0x" << std::hex << t.mask << " leaves out (undefined in CUDA)";
-          fail(os.str());
-        }
-        me.value_out = threads_[base + src].value_in;
-      }
-    }
-    for (unsigned l = 0; l < kWarp; ++l) {
-      if (!(t.mask >> l & 1u)) continue;
-      threads_[base + l].state = State::Ready;
-      runnable_.push_back(base + l);
-    }
-    released = true;
   }
   return released;
 }
@@ -408,7 +480,7 @@ bool Block::release_barrier() {
   }
   for (unsigned i : ids) {
     threads_[i].state = State::Ready;
-    runnable_.push_back(i);
+    make_runnable(i);
   }
   return true;
 }

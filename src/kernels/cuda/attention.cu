@@ -263,7 +263,7 @@ __global__ void __launch_bounds__(kThreads) attention_forward_kernel(const Atten
   const int64_t keys_end = a.q_begin + row0 + rows;  // the tile's last query sees keys < keys_end
   for (int64_t kb = 0; kb < keys_end; kb += kTile) {
     const int nk = static_cast<int>(keys_end - kb < kTile ? keys_end - kb : kTile);
-    /* deleted */;  // the previous tile's P V is done with kv and pt
+    __syncthreads();  // the previous tile's P V is done with kv and pt
     load_transposed<kTile, HDP>(kv, kp + kb * a.ldk, a.ldk, nk, hd);
     __syncthreads();
     float s[RM][4];
