@@ -5,8 +5,9 @@
 // host thread. A launch runs every block of the grid, one block at a time, in an order shuffled from
 // the seed. Inside a block every CUDA thread is a fiber with its own stack (registers and locals);
 // between two barriers the fibers run one after another in an order shuffled per launch from
-// AMPIPE_GPU_EMULATOR_SEED (or set_seed), so a missing __syncthreads or a read of shared memory before
-// another thread wrote it gives a wrong result. Barriers and warp operations are checked: a block
+// AMPIPE_GPU_EMULATOR_SEED (or set_seed): per block, uniformly at random or warp by warp in a random
+// priority order. So a missing __syncthreads or a read of shared memory before another thread wrote
+// it gives a wrong result. Barriers and warp operations are checked: a block
 // whose threads wait at different __syncthreads, or exit while others wait, and a shuffle whose mask
 // names a lane that does not arrive, are launch failures that name the kernel, block and threads;
 // the stream reports them at its next synchronising call (cudaErrorLaunchFailure).
