@@ -356,7 +356,8 @@ bool Block::warp_group_complete(unsigned i) const {
     if (!(t.mask >> l & 1u)) continue;
     if (l >= lanes) return false;
     const Thread& o = threads_[base + l];
-    if (o.state != State::AtWarpOp || o.mask != t.mask || o.shuffle != t.shuffle || o.kind != t.kind) return false;
+    if (o.state != State::AtWarpOp || o.mask != t.mask || o.shuffle != t.shuffle || o.kind != t.kind)
+      return false;
   }
   return true;
 }
