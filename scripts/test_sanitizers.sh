@@ -42,9 +42,16 @@ if [[ $which == all || $which == asan ]]; then
   # allocator, whose quarantine holds freed blocks back, so the count measures ASan, not ampipe.
   # Trainer.ResidentMemoryStaysFlatOverTwoThousandSteps bounds resident memory growth to 4 MB; ASan's
   # quarantine (256 MB by default) keeps freed blocks resident until it is full, so RSS grows anyway.
+  # parallel_mpi_np4 runs below without leak detection: LeakSanitizer's own tracer crashes
+  # ("Tracer caught signal 11", "LeakSanitizer has encountered a fatal error") at the exit of rank 0
+  # of mpi_test_parallel at 4 ranks, even with no test selected; a failure of LSan, not a leak
+  # report. Seen on 2026-12-07, not understood yet; the same program's leaks are checked at 2 ranks.
   phase tests-asan env LD_PRELOAD="$root/build-asan/libno_dlclose.so" \
     bash -c "cd build-asan && ctest --output-on-failure -j$jobs --timeout 900 \
-      -E '^(Memory\.FreedActivationsAreReusedWithoutFreshPageFaults|Trainer\.ResidentMemoryStaysFlatOverTwoThousandSteps)\$'"
+      -E '^(Memory\.FreedActivationsAreReusedWithoutFreshPageFaults|Trainer\.ResidentMemoryStaysFlatOverTwoThousandSteps|parallel_mpi_np4)\$'"
+  phase tests-asan-np4 env LD_PRELOAD="$root/build-asan/libno_dlclose.so" \
+    ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:verify_asan_link_order=0 \
+    bash -c "cd build-asan && ctest --output-on-failure --timeout 900 -R '^parallel_mpi_np4\$'"
   unset ASAN_OPTIONS LSAN_OPTIONS UBSAN_OPTIONS
 fi
 
