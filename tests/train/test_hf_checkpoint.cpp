@@ -24,6 +24,8 @@
 namespace ampipe {
 namespace {
 
+using testing::error_of;
+
 namespace fs = std::filesystem;
 
 std::string temp_dir(const std::string& name) { return testing::fresh_temp_dir("hf_" + name); }
@@ -68,18 +70,6 @@ void expect_bit_identical(const GptMoe& a, const GptMoe& b) {
 nlohmann::json read_json_file(const std::string& path) { return nlohmann::json::parse(read_file(path)); }
 void write_json_file(const std::string& path, const nlohmann::json& j) {
   write_file_atomically(path, j.dump(2));
-}
-
-// Runs fn and returns the ampipe::Error message it throws ("" and a test failure if none).
-template <class Fn>
-std::string error_of(Fn fn) {
-  try {
-    fn();
-  } catch (const Error& e) {
-    return e.what();
-  }
-  ADD_FAILURE() << "no ampipe::Error was thrown";
-  return "";
 }
 
 // An exported tiny model in `dir` (returned for comparisons).
