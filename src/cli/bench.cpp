@@ -326,10 +326,8 @@ void write_bench_trace(BenchRun& run) {
 int run_bench(const BenchOptions& o, Communicator& world_in) {
   check_scalar_flags(o);
   const Device device = parse_device(o.device);
-  if (device == Device::CUDA) use_local_cuda_device();
-  // GPU buffers over a host-only backend go through host copies (comm/host_staged_communicator.h).
   std::unique_ptr<Communicator> staged;
-  Communicator& world = for_device(world_in, device, staged);
+  Communicator& world = device_world(world_in, device, staged);
   kernels::set_kernel_threads(o.threads);
   if (world.rank() == 0 && !o.json_out.empty()) prepare_output_file("--json-out", o.json_out);
   if (world.rank() == 0 && !o.trace.empty()) prepare_output_file("--trace", o.trace);

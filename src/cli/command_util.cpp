@@ -3,6 +3,7 @@
 #include <cstdio>
 
 #include "comm/communicator.h"
+#include "comm/host_staged_communicator.h"
 #include "core/error.h"
 #include "kernels/gemm.h"
 
@@ -11,6 +12,11 @@ namespace ampipe {
 void set_threads(int threads) {
   AMPIPE_CHECK(threads >= 1) << "--threads must be at least 1, got " << threads;
   kernels::set_kernel_threads(threads);
+}
+
+Communicator& device_world(Communicator& world, Device device, std::unique_ptr<Communicator>& staged) {
+  if (device == Device::CUDA) use_local_cuda_device();
+  return for_device(world, device, staged);
 }
 
 void print_line(Communicator& world, const std::string& line) {

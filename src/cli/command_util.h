@@ -1,8 +1,11 @@
-// Small helpers shared by the commands that run a model (train, eval, sample).
+// Small helpers shared by the commands that run a model (train, eval, sample, bench).
 #pragma once
 
 #include <CLI/CLI.hpp>
+#include <memory>
 #include <string>
+
+#include "core/device.h"
 
 namespace ampipe {
 
@@ -10,6 +13,11 @@ class Communicator;
 
 // --threads N: the compute threads of the kernels and BLAS. Throws ampipe::Error for N < 1.
 void set_threads(int threads);
+
+// The communicator a command on `device` runs over: for Device::CUDA this process first takes the
+// GPU of its local rank, and a host-only backend is wrapped so GPU buffers go through host copies
+// (comm/host_staged_communicator.h; `staged` keeps the wrapper alive).
+Communicator& device_world(Communicator& world, Device device, std::unique_ptr<Communicator>& staged);
 
 // Prints `line` and a newline on stdout, on world rank 0 only, flushed at once.
 void print_line(Communicator& world, const std::string& line);

@@ -148,9 +148,8 @@ nlohmann::json evaluate_indexed(const GptMoe& model, const Tokenizer& tokenizer,
 int run_eval_command(const EvalCommand& e, Communicator& world_in) {
   set_threads(e.threads);
   const Device device = parse_device(e.device);
-  if (device == Device::CUDA) use_local_cuda_device();
-  std::unique_ptr<Communicator> staged;  // GPU buffers over a host-only backend: through host copies
-  Communicator& world = for_device(world_in, device, staged);
+  std::unique_ptr<Communicator> staged;
+  Communicator& world = device_world(world_in, device, staged);
   AMPIPE_CHECK(!e.load.empty()) << "eval needs --load DIR (a checkpoint written by train --save)";
   AMPIPE_CHECK(e.micro_batch_size >= 1)
       << "--micro-batch-size must be at least 1, got " << e.micro_batch_size;
@@ -175,9 +174,8 @@ int run_eval_command(const EvalCommand& e, Communicator& world_in) {
 int run_sample_command(const SampleCommand& s, Communicator& world_in) {
   set_threads(s.threads);
   const Device device = parse_device(s.device);
-  if (device == Device::CUDA) use_local_cuda_device();
-  std::unique_ptr<Communicator> staged;  // GPU buffers over a host-only backend: through host copies
-  Communicator& world = for_device(world_in, device, staged);
+  std::unique_ptr<Communicator> staged;
+  Communicator& world = device_world(world_in, device, staged);
   AMPIPE_CHECK(!s.load.empty()) << "sample needs --load DIR (a checkpoint written by train --save)";
   AMPIPE_CHECK(s.tokens >= 0) << "--tokens must be >= 0, got " << s.tokens;
   const std::string load = checkpoint_to_read(s.load, s.ckpt_step);
