@@ -22,14 +22,8 @@ else
   trap 'rm -rf "$work"' EXIT
 fi
 
-python=
-for candidate in "${PYTHON:-}" python3 /usr/bin/python3; do
-  [ -n "$candidate" ] || continue
-  if "$candidate" -c 'import torch, transformers' >/dev/null 2>&1; then
-    python=$candidate
-    break
-  fi
-done
+source "$(dirname "$0")/find_python.sh"
+find_python 'import torch, transformers'
 [ -n "$python" ] || { echo "SKIP: no python3 with transformers and torch"; exit 77; }
 version=$("$python" -c 'import transformers; print(transformers.__version__)')
 

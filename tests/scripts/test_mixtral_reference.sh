@@ -20,14 +20,8 @@ else
   trap 'rm -rf "$work"' EXIT
 fi
 
-python=
-for candidate in "${PYTHON:-}" python3 /usr/bin/python3; do
-  [ -n "$candidate" ] || continue
-  if "$candidate" -c 'import torch' >/dev/null 2>&1; then
-    python=$candidate
-    break
-  fi
-done
+source "$(dirname "$0")/find_python.sh"
+find_python 'import torch'
 [ -n "$python" ] || { echo "SKIP: no python3 with torch (import torch failed)"; exit 77; }
 
 failures=0
