@@ -77,7 +77,7 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
   cmd->add_option("--warmup", o.warmup, "Untimed repeats per case")->capture_default_str();
   cmd->add_option("--repeats", o.repeats, "Timed repeats per case (the median is reported)")->capture_default_str();
   cmd->add_option("--threads", o.threads, "Compute threads per rank")->capture_default_str();
-  add_device_flag(*cmd, o.device, "the blocks run");
+  add_device_flags(*cmd, o.device, o.distributed_backend, "the blocks run");
   cmd->add_option("--link", o.link,
                   "Label of the link rate in the output; default $AMPIPE_LINK (set by scripts/netem.sh), else "
                   "'unshaped'");
@@ -327,7 +327,7 @@ int run_bench(const BenchOptions& o, Communicator& world_in) {
   check_scalar_flags(o);
   const Device device = parse_device(o.device);
   std::unique_ptr<Communicator> staged;
-  Communicator& world = device_world(world_in, device, staged);
+  Communicator& world = device_world(world_in, device, o.distributed_backend, staged);
   kernels::set_kernel_threads(o.threads);
   if (world.rank() == 0 && !o.json_out.empty()) prepare_output_file("--json-out", o.json_out);
   if (world.rank() == 0 && !o.trace.empty()) prepare_output_file("--trace", o.trace);

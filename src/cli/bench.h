@@ -47,6 +47,7 @@ struct BenchOptions {
   int64_t repeats = 5;
   int threads = 1;
   std::string device = "cpu";  // --device: cpu or cuda (train/trainer.h parse_device)
+  std::string distributed_backend;  // --distributed-backend: "" (default), nccl or mpi
   std::string link;  // empty: $AMPIPE_LINK, else "unshaped"
   std::string hardware;  // profile for `auto` and predictions; empty: calibrate when needed
   std::string json_out;

@@ -3,7 +3,7 @@
 #include <cstdio>
 
 #include "comm/communicator.h"
-#include "comm/host_staged_communicator.h"
+#include "comm/device_communicator.h"
 #include "core/error.h"
 #include "kernels/gemm.h"
 
@@ -14,9 +14,11 @@ void set_threads(int threads) {
   kernels::set_kernel_threads(threads);
 }
 
-Communicator& device_world(Communicator& world, Device device, std::unique_ptr<Communicator>& staged) {
+Communicator& device_world(Communicator& world, Device device, const std::string& distributed_backend,
+                           std::unique_ptr<Communicator>& holder) {
+  const DistributedBackend backend = parse_distributed_backend(distributed_backend);
   if (device == Device::CUDA) use_local_cuda_device();
-  return for_device(world, device, staged);
+  return communicator_for_device(world, device, backend, holder);
 }
 
 void print_line(Communicator& world, const std::string& line) {

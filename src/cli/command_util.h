@@ -15,9 +15,11 @@ class Communicator;
 void set_threads(int threads);
 
 // The communicator a command on `device` runs over: for Device::CUDA this process first takes the
-// GPU of its local rank, and a host-only backend is wrapped so GPU buffers go through host copies
-// (comm/host_staged_communicator.h; `staged` keeps the wrapper alive).
-Communicator& device_world(Communicator& world, Device device, std::unique_ptr<Communicator>& staged);
+// GPU of its local rank, and GPU buffers move between ranks by NCCL or through host copies over MPI
+// as `distributed_backend` (--distributed-backend: "", "nccl" or "mpi") says
+// (comm/device_communicator.h; `holder` keeps what is made here alive).
+Communicator& device_world(Communicator& world, Device device, const std::string& distributed_backend,
+                           std::unique_ptr<Communicator>& holder);
 
 // Prints `line` and a newline on stdout, on world rank 0 only, flushed at once.
 void print_line(Communicator& world, const std::string& line);

@@ -65,7 +65,7 @@ CLI::App* add_eval_command(CLI::App& app, EvalCommand& e, int default_threads) {
   eval->add_option("--micro-batch-size", e.micro_batch_size, "Windows per forward pass")
       ->capture_default_str();
   eval->add_option("--threads", e.threads, "Compute threads")->capture_default_str();
-  add_device_flag(*eval, e.device, "the model runs");
+  add_device_flags(*eval, e.device, e.distributed_backend, "the model runs");
   return eval;
 }
 
@@ -89,7 +89,7 @@ CLI::App* add_sample_command(CLI::App& app, SampleCommand& s, int default_thread
       ->capture_default_str();
   sample->add_option("--seed", s.seed, "Sampling seed")->check(unsigned_integer())->capture_default_str();
   sample->add_option("--threads", s.threads, "Compute threads")->capture_default_str();
-  add_device_flag(*sample, s.device, "the model runs");
+  add_device_flags(*sample, s.device, s.distributed_backend, "the model runs");
   return sample;
 }
 
@@ -149,7 +149,7 @@ int run_eval_command(const EvalCommand& e, Communicator& world_in) {
   set_threads(e.threads);
   const Device device = parse_device(e.device);
   std::unique_ptr<Communicator> staged;
-  Communicator& world = device_world(world_in, device, staged);
+  Communicator& world = device_world(world_in, device, e.distributed_backend, staged);
   AMPIPE_CHECK(!e.load.empty()) << "eval needs --load DIR (a checkpoint written by train --save)";
   AMPIPE_CHECK(e.micro_batch_size >= 1)
       << "--micro-batch-size must be at least 1, got " << e.micro_batch_size;
@@ -175,7 +175,7 @@ int run_sample_command(const SampleCommand& s, Communicator& world_in) {
   set_threads(s.threads);
   const Device device = parse_device(s.device);
   std::unique_ptr<Communicator> staged;
-  Communicator& world = device_world(world_in, device, staged);
+  Communicator& world = device_world(world_in, device, s.distributed_backend, staged);
   AMPIPE_CHECK(!s.load.empty()) << "sample needs --load DIR (a checkpoint written by train --save)";
   AMPIPE_CHECK(s.tokens >= 0) << "--tokens must be >= 0, got " << s.tokens;
   const std::string load = checkpoint_to_read(s.load, s.ckpt_step);

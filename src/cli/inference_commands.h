@@ -26,6 +26,7 @@ struct EvalCommand {
   int64_t micro_batch_size = 8;
   int threads = 1;
   std::string device = "cpu";
+  std::string distributed_backend;  // --distributed-backend: "" (default), nccl or mpi
 };
 
 struct SampleCommand {
@@ -38,6 +39,7 @@ struct SampleCommand {
   uint64_t seed = 1;
   int threads = 1;
   std::string device = "cpu";
+  std::string distributed_backend;  // --distributed-backend: "" (default), nccl or mpi
 };
 
 // Register the subcommands with their flags bound to the structs (which must outlive parsing);

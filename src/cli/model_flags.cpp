@@ -69,17 +69,22 @@ void apply_family_flags(const FamilyFlags& f, ModelConfig& config) {
   }
 }
 
-void add_device_flag(CLI::App& cmd, std::string& device, const char* what) {
+void add_device_flags(CLI::App& cmd, std::string& device, std::string& distributed_backend, const char* what) {
   cmd.add_option("--device", device,
                  std::string("Where ") + what +
                      ": cpu, or cuda (one NVIDIA GPU, float32: the model's parameters and activations, and in "
                      "train the optimizer state, live on the GPU; inputs move there once per step). Checkpoints "
                      "are the same float32 files either way, so a model trained on one device loads on the other. "
                      "cuda needs a CUDA build and a usable GPU (the error names what is missing); under mpirun each "
-                     "rank takes the GPU of its local rank, and collectives stage GPU buffers through host memory; "
-                     "--threads still sizes the host thread pool. The CUDA backend has not yet run on a GPU "
-                     "(docs/GPU.md)")
+                     "rank takes the GPU of its local rank (collectives: --distributed-backend); --threads "
+                     "still sizes the host thread pool. The CUDA backend has not yet run on a GPU (docs/GPU.md)")
       ->capture_default_str();
+  cmd.add_option("--distributed-backend", distributed_backend,
+                 "With --device cuda under mpirun, what moves GPU buffers between ranks: nccl (one rank per "
+                 "GPU, no host copies) or mpi (staged through host memory; also for several ranks sharing a "
+                 "GPU, which NCCL refuses). Default: nccl where this build has NCCL and every rank has a GPU "
+                 "of its own, else mpi (rank 0 says why). Tested under the GPU emulator only (docs/GPU.md)")
+      ->check(CLI::IsMember({"nccl", "mpi"}));
 }
 
 }  // namespace ampipe

@@ -46,6 +46,6 @@ bool any_family_flag_given(const FamilyFlags& flags);
 
 // Registers --device (cpu or cuda; default cpu) on `cmd`, bound to `device`; `what` names what runs
 // there in the help text ("the model trains"). train/trainer.h parse_device reads the value.
-void add_device_flag(CLI::App& cmd, std::string& device, const char* what);
+void add_device_flags(CLI::App& cmd, std::string& device, std::string& distributed_backend, const char* what);
 
 }  // namespace ampipe

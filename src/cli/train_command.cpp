@@ -251,6 +251,7 @@ void parse_resume_flags(TrainCommand& c) {
 void parse_schedule_flags(TrainCommand& c) {
   TrainOptions& t = c.options;
   t.device = parse_device(c.device);
+  t.distributed_backend = parse_distributed_backend(c.distributed_backend);
   t.schedule.kind = parse_schedule(c.schedule);
   if (!c.chunk_boundaries.empty()) t.schedule.chunk_boundaries = parse_chunk_boundaries(c.chunk_boundaries);
   t.schedule.chunk_policy = parse_chunk_policy(c.chunk_policy);
@@ -280,7 +281,7 @@ CLI::App* add_train_command(CLI::App& app, TrainCommand& c, int default_threads)
   add_checkpoint_flags(*cmd, c);
   add_data_flags(*cmd, c.options);
   cmd->add_option("--threads", c.threads, "Compute threads (kernels and BLAS)")->capture_default_str();
-  add_device_flag(*cmd, c.device, "the model trains");
+  add_device_flags(*cmd, c.device, c.distributed_backend, "the model trains");
   add_parallel_flags(*cmd, c);
   return cmd;
 }

@@ -25,6 +25,7 @@ struct TrainCommand {
   std::string chunk_policy = "equal";
   std::string pipe_degree = "auto";
   std::string device = "cpu";
+  std::string distributed_backend;  // --distributed-backend: "" (default), nccl or mpi
   int threads = 1;
   bool override_opt_param_scheduler = false;
   bool use_checkpoint_opt_param_scheduler = false;

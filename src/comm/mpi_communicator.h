@@ -102,6 +102,26 @@ class MpiCommunicator final : public Communicator {
   void barrier() override;
   [[noreturn]] void abort(int code, const std::string& message) override;
 
+  // A collective whose data another transport moves over the same ranks (the NCCL backend,
+  // comm/nccl_communicator.h): its name (the Communicator method's, for messages) and what must be
+  // equal on every rank (-1: nothing).
+  struct ExternalCall {
+    const char* name = "";
+    int64_t dtype = -1;  // a DType
+    int64_t numel = -1;
+    int64_t root = -1;
+  };
+  // The argument agreement round alone, for such a call: every rank reports `local_error` (empty:
+  // its arguments are good) and the call; for an all-to-all also its counts (send_counts[j] on rank
+  // i must equal recv_counts[i] on rank j; both empty for other calls). Throws on EVERY rank, as the
+  // collectives do, when any rank's arguments are bad or the ranks disagree on the call; a rank
+  // that does not arrive ends the job at the deadline, naming it and `call.name`. It counts as a
+  // collective of this group: AMPIPE_INJECT_COMM_STOP can stop a rank right after it, that is,
+  // inside the external call before its data moves.
+  void agree_external(const ExternalCall& call, const std::string& local_error,
+                      const std::vector<int64_t>& send_counts = {},
+                      const std::vector<int64_t>& recv_counts = {}) const;
+
   struct Impl;  // holds the MPI_Comm; defined in the .cpp so no MPI header leaks out of comm/
 
  private:

@@ -500,9 +500,10 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
                          Communicator* world_in) {
   validate(o);
   SelfCommunicator self;
-  // GPU buffers over a host-only backend go through host copies (comm/host_staged_communicator.h).
-  std::unique_ptr<Communicator> staged;
-  Communicator& base = for_device(world_in != nullptr ? *world_in : static_cast<Communicator&>(self), o.device, staged);
+  // GPU buffers between ranks: NCCL, or host copies over MPI (comm/device_communicator.h).
+  std::unique_ptr<Communicator> device_comm;
+  Communicator& base = communicator_for_device(world_in != nullptr ? *world_in : static_cast<Communicator&>(self),
+                                               o.device, o.distributed_backend, device_comm);
   // Every collective goes through the timer, so progress lines can show the communication share.
   TimedCommunicator world(base);
   const int rank = world.rank();

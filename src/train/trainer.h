@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "comm/communicator.h"
+#include "comm/device_communicator.h"
 #include "core/device.h"
 #include "model/config.h"
 #include "pipeline/schedule.h"
@@ -76,8 +77,10 @@ struct TrainOptions {
   std::string trace_file;           // Chrome trace of two iterations (the 2nd and 3rd of this run)
   bool abort_on_nan = false;    // a non-finite loss ends the job; otherwise the step is skipped
   // --device: where the model, its activations and the optimizer state live. Device::CUDA needs a
-  // usable GPU and one rank (the communicators are host-only); checkpoints are the same files.
+  // usable GPU; checkpoints are the same files.
   Device device = Device::CPU;
+  // --distributed-backend: what moves GPU buffers between ranks (comm/device_communicator.h).
+  DistributedBackend distributed_backend = DistributedBackend::Default;
 };
 
 // --device NAME: "cpu" or "cuda". "cuda" first checks that a GPU can be used (require_cuda: the

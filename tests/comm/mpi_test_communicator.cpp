@@ -539,6 +539,28 @@ TEST_F(Mpi, CountsThatDisagreeBetweenRanks) {
   expect_still_usable(world());
 }
 
+// The agreement round alone, for a collective whose data another transport moves (the NCCL backend):
+// good arguments pass everywhere; one rank's error, mismatched counts or a different call throw on
+// every rank, naming the external call.
+TEST_F(Mpi, AgreementForAnExternalCall) {
+  const MpiCommunicator::ExternalCall call{"all_to_all_v", static_cast<int64_t>(DType::F32)};
+  const std::vector<int64_t> one(size(), 1);
+  world().agree_external(call, "", one, one);  // must not throw
+  world().agree_external({"all_reduce_sum", 0, 8}, "");
+  std::string e = expect_error(
+      [&] { world().agree_external(call, rank() == 1 ? "send is on the host" : "", one, one); }, "one rank's error");
+  EXPECT_TRUE(contains(e, rank() == 1 ? "send is on the host" : "rank 1 of the group rejected its arguments")) << e;
+  EXPECT_TRUE(contains(e, "all_to_all_v on rank")) << e;
+  std::vector<int64_t> send = one, recv = one;
+  if (rank() == 0) send[1] = 2;
+  e = expect_error([&] { world().agree_external(call, "", send, recv); }, "mismatched counts");
+  EXPECT_TRUE(contains(e, "counts disagree across ranks")) << e;
+  e = expect_error(
+      [&] { world().agree_external({rank() == 0 ? "broadcast" : "all_gather", 0, 4}, ""); }, "different calls");
+  EXPECT_TRUE(contains(e, "the ranks disagree on this call")) << e;
+  expect_still_usable(world());
+}
+
 TEST_F(Mpi, CollectivesCalledInADifferentOrder) {
   Tensor t = Tensor::zeros({4});
   const std::string e = expect_error(
