@@ -1,18 +1,26 @@
-// Several ranks on one GPU (2 under mpirun), their all-to-all and gradient reductions staged through
-// host memory over MPI (HostStagedCommunicator): for every schedule, k in {1, 2}, GPT and Mixtral,
-// the expert-parallel step on the GPU (loss, logits, every averaged gradient) equals the same step on
-// the CPU, which mpi_test_parallel checks against one rank holding every expert. Float32, dropless.
-// Exits 77 (CTest: skipped) on every rank where no GPU can be used, printing the reason.
+// Ranks on GPUs (2 or 4 under mpirun), their all-to-alls and gradient reductions moved by the backend
+// that --distributed-backend names (default mpi here): mpi stages them through host memory over MPI
+// (HostStagedCommunicator; several ranks may share one GPU), nccl moves them with NCCL, one rank per
+// GPU (comm/nccl_communicator.h; under the GPU emulator, its emulated NCCL). For every schedule,
+// k in {1, 2}, GPT and Mixtral, the expert-parallel step on the GPU (loss, logits, every averaged
+// gradient) equals the same step on the CPU, which mpi_test_parallel checks against one rank holding
+// every expert. Float32, dropless. Also: which backend --distributed-backend's default picks.
+// Exits 77 (CTest: skipped) on every rank where no GPU can be used, or with nccl where NCCL is not
+// built or there are fewer GPUs than ranks, printing the reason.
 #include <gtest/gtest.h>
 
 #include <cstdio>
+#include <cstdlib>
 #include <map>
 #include <sstream>
 
+#include "comm/device_communicator.h"
 #include "comm/host_staged_communicator.h"
+#include "comm/nccl_communicator.h"
 #include "core/device.h"
 #include "model/gpt.h"
 #include "parallel/mpi_gtest_main.h"
+#include "test_util.h"
 #include "parallel/pipe_cases.h"
 #include "pipeline/streamed_block.h"
 #include "train/distributed.h"
@@ -21,6 +29,7 @@ namespace ampipe {
 namespace {
 
 std::unique_ptr<Communicator> g_world;
+DistributedBackend g_backend = DistributedBackend::Mpi;  // --distributed-backend
 
 using namespace ::ampipe::testing;  // NOLINT: the shared pipeline cases (parallel/pipe_cases.h)
 
@@ -78,13 +87,15 @@ const RankRun& cpu_reference(const ModelConfig& config) {
 
 class GpuRanks : public ::testing::TestWithParam<GpuCase> {};
 
-TEST_P(GpuRanks, TheStepOnTheGpuThroughHostStagingEqualsTheCpu) {
+TEST_P(GpuRanks, TheStepOnTheGpuEqualsTheCpu) {
   const GpuCase c = GetParam();
   const ModelConfig config = pipe_model(c.mixtral, c.top_k, 0.0);
   const RankRun& want = cpu_reference(config);
-  std::unique_ptr<Communicator> staged;
-  Communicator& gpu_world = for_device(*g_world, Device::CUDA, staged);
-  EXPECT_EQ(gpu_world.backend().find("+host-staged") != std::string::npos, g_world->size() > 1);
+  std::unique_ptr<Communicator> holder;
+  Communicator& gpu_world = communicator_for_device(*g_world, Device::CUDA, g_backend, holder);
+  if (g_world->size() > 1) {
+    EXPECT_EQ(gpu_world.backend(), g_backend == DistributedBackend::Nccl ? "nccl" : "mpi+host-staged");
+  }
   const RankRun got = run_step(config, gpu_world, Device::CUDA, c);
   {
     SCOPED_TRACE("rank " + std::to_string(g_world->rank()) + ", " + gpu_case_name(c));
@@ -95,13 +106,61 @@ TEST_P(GpuRanks, TheStepOnTheGpuThroughHostStagingEqualsTheCpu) {
 
 INSTANTIATE_TEST_SUITE_P(Schedules, GpuRanks, ::testing::ValuesIn(gpu_cases()), gpu_test_name);
 
+// --distributed-backend's default: NCCL where it is built and every rank has its own GPU, else host
+// staging; nccl named where ranks share a GPU fails on every rank, naming them; nccl on the CPU fails.
+TEST(DeviceCommunicator, TheDefaultPicksNcclOnlyWhereEveryRankHasItsOwnGpu) {
+  if (g_world->size() == 1) GTEST_SKIP() << "one rank: no communicator is made";
+  std::unique_ptr<Communicator> holder;
+  Communicator& chosen = communicator_for_device(*g_world, Device::CUDA, DistributedBackend::Default, holder);
+  const bool nccl = nccl_unavailable_reason().empty();
+  const std::string shared = nccl ? shared_gpu_ranks(*g_world) : "";
+  EXPECT_EQ(chosen.backend(), nccl && shared.empty() ? "nccl" : "mpi+host-staged") << shared;
+  if (nccl && !shared.empty()) {
+    std::unique_ptr<Communicator> other;
+    const std::string e = testing::error_of(
+        [&] { communicator_for_device(*g_world, Device::CUDA, DistributedBackend::Nccl, other); });
+    EXPECT_NE(e.find("--distributed-backend nccl cannot be used: ranks "), std::string::npos) << e;
+    EXPECT_NE(e.find(" both use GPU "), std::string::npos) << e;
+  }
+  std::unique_ptr<Communicator> cpu;
+  const std::string e = testing::error_of(
+      [&] { communicator_for_device(*g_world, Device::CPU, DistributedBackend::Nccl, cpu); });
+  EXPECT_NE(e.find("needs --device cuda"), std::string::npos) << e;
+  expect_no_rank_failed(*g_world);
+}
+
 }  // namespace
 }  // namespace ampipe
 
+// Why this run must be skipped ("" when it can run): no GPU; with nccl, no NCCL or fewer GPUs than
+// ranks. The same answer on every rank (no rank reaches MPI, so none waits for another).
+std::string skip_reason() {
+  std::string reason = ampipe::cuda_unavailable_reason();
+  if (!reason.empty() || ampipe::g_backend != ampipe::DistributedBackend::Nccl) return reason;
+  reason = ampipe::nccl_unavailable_reason();
+  const char* ranks = std::getenv("OMPI_COMM_WORLD_SIZE");
+  const int n = ranks != nullptr ? std::atoi(ranks) : 1;
+  if (reason.empty() && ampipe::cuda_device_count() < n) {
+    reason = "--distributed-backend nccl takes one GPU per rank: " + std::to_string(n) + " ranks, " +
+             std::to_string(ampipe::cuda_device_count()) + " GPU(s)";
+  }
+  return reason;
+}
+
 int main(int argc, char** argv) {
-  const std::string reason = ampipe::cuda_unavailable_reason();
+  // --distributed-backend=nccl|mpi (ours; the rest goes to GoogleTest).
+  int kept = 1;
+  for (int i = 1; i < argc; ++i) {
+    const std::string arg = argv[i];
+    if (arg.rfind("--distributed-backend=", 0) == 0) {
+      ampipe::g_backend = ampipe::parse_distributed_backend(arg.substr(22));
+    } else {
+      argv[kept++] = argv[i];
+    }
+  }
+  argc = kept;
+  const std::string reason = skip_reason();
   if (!reason.empty()) {
-    // Skipped on every rank alike (no rank reaches MPI, so none waits for another).
     std::printf("mpi_test_gpu: skipped: %s\n", reason.c_str());
     return 77;
   }
