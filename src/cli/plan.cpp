@@ -236,7 +236,8 @@ int run_plan(const PlanOptions& o, Communicator& world) {
     json.open(o.json_out, std::ios::out | std::ios::trunc);
     AMPIPE_CHECK(json.good()) << "--json-out: cannot open '" << o.json_out << "' for writing";
   }
-  std::printf("ampipe plan: profile %s (its figures and their sources: the profile file)\n", hw.name.c_str());
+  std::printf("ampipe plan: profile %s, %s collectives%s (its figures and their sources: the profile file)\n",
+              hw.name.c_str(), hw.collectives.c_str(), hw.host_staging_bandwidth > 0 ? " staged through host memory" : "");
   if (o.summary)
     std::printf("%6s %5s %4s %2s %4s %11s %18s %18s %9s %9s  %s\n", "N", "d", "E", "k", "R", "seq ms",
                 "moe-pipe ms (P)", "ampipe ms (P)", "am/seq", "am/moe", "choice (speedup over sequential)");

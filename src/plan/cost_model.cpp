@@ -192,6 +192,8 @@ double all_to_all_seconds(double remote_bytes, int calls, int64_t ranks, const H
         seconds, link_seconds(hw.intra_node, remote_bytes * double(local - 1) / peers, calls));
   if (ranks > local)
     seconds = std::max(seconds, link_seconds(hw.inter_node, remote_bytes * double(ranks - local) / peers, calls));
+  // GPU ranks over MPI copy what they send to the host first and what they receive back after.
+  if (hw.host_staging_bandwidth > 0) seconds += 2 * remote_bytes / hw.host_staging_bandwidth;
   return seconds;
 }
 

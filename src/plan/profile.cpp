@@ -30,7 +30,9 @@ const std::vector<std::string> kTopFields = {"name",
                                              "overlap_slowdown",
                                              "comm_overlap_slowdown",
                                              "cache_bytes",
-                                             "cache_bandwidth"};
+                                             "cache_bandwidth",
+                                             "collectives",
+                                             "host_staging_bandwidth"};
 const std::vector<std::string> kLinkFields = {"bandwidth", "latency"};
 
 constexpr double kMaxEfficiency = 1.5;
@@ -188,6 +190,12 @@ void HardwareProfile::validate(const std::string& where) const {
       << ": field 'cache_bandwidth' is required and must be > 0 when cache_bytes > 0 (the rate of "
          "elementwise "
       << "stages whose working set fits in the cache), got " << cache_bandwidth;
+  AMPIPE_CHECK(collectives == "nccl" || collectives == "mpi")
+      << where << ": field 'collectives' must be \"nccl\" or \"mpi\", got \"" << collectives << "\"";
+  check_at_least(where, "host_staging_bandwidth", host_staging_bandwidth, 0.0);
+  AMPIPE_CHECK(collectives == "mpi" || host_staging_bandwidth == 0)
+      << where << ": field 'host_staging_bandwidth' is for \"collectives\": \"mpi\" (NCCL moves GPU buffers "
+      << "without host copies), got " << host_staging_bandwidth << " with \"nccl\"";
 }
 
 HardwareProfile parse_profile(const std::string& json_text, const std::string& where) {
@@ -217,6 +225,11 @@ HardwareProfile parse_profile(const std::string& json_text, const std::string& w
   if (root.contains("cache_bandwidth")) {
     p.cache_bandwidth = get_number(where, "cache_bandwidth", root["cache_bandwidth"]);
     check_rate(where, "cache_bandwidth", p.cache_bandwidth);  // when written, a real rate
+  }
+  if (root.contains("collectives")) p.collectives = get_string(where, "collectives", root["collectives"]);
+  if (root.contains("host_staging_bandwidth")) {
+    p.host_staging_bandwidth = get_number(where, "host_staging_bandwidth", root["host_staging_bandwidth"]);
+    check_rate(where, "host_staging_bandwidth", p.host_staging_bandwidth);  // when written, a real rate
   }
   p.validate(where);
   return p;
@@ -249,6 +262,8 @@ std::string profile_to_json(const HardwareProfile& p) {
   j["comm_overlap_slowdown"] = p.comm_overlap_slowdown;
   j["cache_bytes"] = p.cache_bytes;
   if (p.cache_bandwidth > 0) j["cache_bandwidth"] = p.cache_bandwidth;  // absent: no cache figure
+  j["collectives"] = p.collectives;
+  if (p.host_staging_bandwidth > 0) j["host_staging_bandwidth"] = p.host_staging_bandwidth;
   return j.dump(2);
 }
 

@@ -26,6 +26,14 @@
 //                          share per rank)
 //   cache_bandwidth        bytes/s (optional; required and > 0 when cache_bytes > 0): rate of the
 //                          elementwise stages when their working set fits in cache_bytes
+//   collectives            "nccl" or "mpi" (optional, default "mpi"): the backend whose collectives
+//                          the link figures model (--distributed-backend). "nccl": GPU buffers move
+//                          between GPUs directly (NVLink, InfiniBand), no host copies; "mpi": host
+//                          buffers over MPI (CPU ranks, or GPU ranks staging through host memory)
+//   host_staging_bandwidth bytes/s >= 0 (optional, default 0 = no staging; "mpi" only): GPU ranks
+//                          copy each all-to-all's buffers to the host and back at this rate (PCIe),
+//                          before and after the link, so every all-to-all also pays
+//                          2 x bytes / host_staging_bandwidth
 // A bad profile is refused with a message naming the file and the field.
 #pragma once
 
@@ -53,6 +61,8 @@ struct HardwareProfile {
   double comm_overlap_slowdown = 1;
   double cache_bytes = 0;
   double cache_bandwidth = 0;
+  std::string collectives = "mpi";  // "nccl" or "mpi"
+  double host_staging_bandwidth = 0;
 
   void validate(const std::string& where) const;  // throws ampipe::Error naming the bad field
 };

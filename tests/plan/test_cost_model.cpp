@@ -188,6 +188,19 @@ TEST(CostModel, AllToAll_SplitsIntraAndInterNode) {
   EXPECT_DOUBLE_EQ(all_to_all_seconds(X, 2, 1, hw), 0);
 }
 
+TEST(CostModel, AllToAll_HostStagingAddsTwoCopiesOfTheBytes) {
+  HardwareProfile hw = simple_profile();
+  hw.intra_node = {100, 0.5};
+  hw.ranks_per_node = 4;
+  const double X = 7000;
+  const double nccl = all_to_all_seconds(X, 1, 4, hw);  // no staging: the link alone
+  EXPECT_DOUBLE_EQ(nccl, 0.5 + X / 100);
+  hw.collectives = "mpi";
+  hw.host_staging_bandwidth = 50;
+  EXPECT_DOUBLE_EQ(all_to_all_seconds(X, 1, 4, hw), nccl + 2 * X / 50);
+  EXPECT_DOUBLE_EQ(all_to_all_seconds(X, 1, 1, hw), 0);  // one rank moves nothing
+}
+
 TEST(CostModel, StageSeconds_PricesWorkAtProfileRates) {
   const BlockShape s = tiny_shape();
   const HardwareProfile hw = simple_profile();

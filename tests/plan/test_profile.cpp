@@ -85,6 +85,8 @@ void expect_same(const HardwareProfile& a, const HardwareProfile& b) {
   EXPECT_EQ(a.comm_overlap_slowdown, b.comm_overlap_slowdown);
   EXPECT_EQ(a.cache_bytes, b.cache_bytes);
   EXPECT_EQ(a.cache_bandwidth, b.cache_bandwidth);
+  EXPECT_EQ(a.collectives, b.collectives);
+  EXPECT_EQ(a.host_staging_bandwidth, b.host_staging_bandwidth);
 }
 
 TEST(Profile, RoundTripsThroughJsonExactly) {
@@ -156,6 +158,26 @@ TEST(Profile, NewOverlapAndCacheFieldsAreValidatedByName) {
   EXPECT_EQ(parse_profile(j.dump(), "x").cache_bandwidth, 7.5e11);
 }
 
+TEST(Profile, CollectivesAndHostStagingAreValidatedByName) {
+  Json j = sample_json();
+  EXPECT_EQ(parse_profile(j.dump(), "x").collectives, "mpi");  // the default
+  j["collectives"] = "nccl";
+  EXPECT_EQ(parse_profile(j.dump(), "x").collectives, "nccl");
+  j["collectives"] = "gloo";
+  EXPECT_EQ(refusal(j), "profiles/x.json: field 'collectives' must be \"nccl\" or \"mpi\", got \"gloo\"");
+  j = sample_json();
+  j["host_staging_bandwidth"] = 2.5e10;
+  const HardwareProfile staged = parse_profile(j.dump(), "x");
+  EXPECT_EQ(staged.host_staging_bandwidth, 2.5e10);
+  expect_same(parse_profile(profile_to_json(staged), "again"), staged);
+  j["host_staging_bandwidth"] = 0;
+  EXPECT_NE(refusal(j).find("field 'host_staging_bandwidth' must be > 0"), std::string::npos) << refusal(j);
+  j["collectives"] = "nccl";
+  j["host_staging_bandwidth"] = 2.5e10;
+  EXPECT_NE(refusal(j).find("'host_staging_bandwidth' is for \"collectives\": \"mpi\""), std::string::npos)
+      << refusal(j);
+}
+
 TEST(Profile, IntegralFloatIsAnInteger) {
   Json j = sample_json();
   j["ranks_per_node"] = 8.0;
@@ -178,6 +200,7 @@ TEST(Profile, ShippedProfilesParse) {
       ++cpu;
       EXPECT_NE(p.source.find("ampipe plan --calibrate"), std::string::npos) << "source should say how it was measured";
       EXPECT_EQ(p.bytes_per_element, 4);
+      EXPECT_EQ(p.collectives, "mpi");
       continue;
     }
     ++gpu;  // GPU nodes from datasheets
@@ -186,6 +209,7 @@ TEST(Profile, ShippedProfilesParse) {
     EXPECT_GT(p.matrix_flops, 1e14);
     EXPECT_GT(p.intra_node.bandwidth, p.inter_node.bandwidth);
     EXPECT_NE(p.source.find("http"), std::string::npos) << "source should cite a datasheet URL";
+    EXPECT_EQ(p.collectives, "nccl") << "GPU profiles model NCCL's collectives";
   }
   EXPECT_EQ(count, cpu + gpu);
   EXPECT_GE(gpu, 4);
