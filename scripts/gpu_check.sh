@@ -33,6 +33,15 @@ if [ "$emulate" = 1 ]; then
 else
   build=${AMPIPE_GPU_BUILD:-build-gpu}
   cmake_args=(-DCMAKE_BUILD_TYPE=Release -DAMPIPE_CUDA=ON)
+  # NCCL: the toolkit's where it has one, else PyTorch's wheel (nvidia/nccl: include/ and lib/).
+  if ! [ -f "${CUDA_HOME:-/usr/local/cuda}/include/nccl.h" ]; then
+    nccl_root=$(python3 -c 'import nvidia.nccl as m; print(list(m.__path__)[0])' 2>/dev/null || true)
+    if [ -n "$nccl_root" ] && [ -f "$nccl_root/include/nccl.h" ]; then
+      [ -e "$nccl_root/lib/libnccl.so" ] || ln -sf libnccl.so.2 "$nccl_root/lib/libnccl.so" 2>/dev/null || true
+      cmake_args+=(-DNCCL_ROOT="$nccl_root")
+      log "NCCL from $nccl_root"
+    fi
+  fi
 fi
 if [ -d .gpu-deps ] && ls .gpu-deps/*.deb > /dev/null 2>&1 &&
    { [ "${AMPIPE_GPU_DEPS:-}" = 1 ] || ! [ -f /usr/include/x86_64-linux-gnu/openblas-openmp/cblas.h ]; }; then
@@ -58,6 +67,7 @@ command -v ninja > /dev/null && ! [ -f "$build/CMakeCache.txt" ] && cmake_args+=
 mkdir -p "$build"
 cmake -S . -B "$build" "${cmake_args[@]}" > "$build/configure.log" 2>&1 || { cat "$build/configure.log"; exit 1; }
 grep -q "ampipe CUDA backend: ON" "$build/configure.log" || { log "the CUDA backend was not configured"; exit 1; }
+grep -h "ampipe NCCL:" "$build/configure.log" | sed 's/^-- /gpu_check: /' || true
 targets=(ampipe bench_cuda_kernels test_device_cache test_tensor test_stream test_model_device
          test_host_staged_communicator mpi_test_gpu test_gpu_emulator)
 for t in tests/cuda/test_*.cpp; do targets+=("$(basename "$t" .cpp)"); done
@@ -95,6 +105,27 @@ if [ -n "$mpirun" ]; then
     77) log "skipped mpi_test_gpu: $(grep -m1 'skipped' "$build/mpi_test_gpu.log")" ;;
     *) log "FAIL mpi_test_gpu (exit $rc)"; tail -40 "$build/mpi_test_gpu.log"; status=1 ;;
   esac
+  # One rank per GPU through NCCL (--distributed-backend nccl): as many ranks as GPUs, up to 4;
+  # under the emulator, two emulated GPUs.
+  gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+  [ "$emulate" = 1 ] && { gpus=2; export AMPIPE_GPU_EMULATOR_DEVICES=2; }
+  if [ "${gpus:-0}" -ge 2 ]; then
+    np=$(( gpus < 4 ? gpus : 4 ))
+    set +e
+    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=2 timeout 300 "$mpirun" --oversubscribe \
+        --mca pml ob1 --mca btl self,vader --mca btl_vader_single_copy_mechanism none -x AMPIPE_GPU_EMULATOR_DEVICES \
+        -np "$np" "$build/mpi_test_gpu" --distributed-backend=nccl > "$build/mpi_test_gpu_nccl.log" 2>&1
+    rc=$?
+    set -e
+    case $rc in
+      0) log "PASS mpi_test_gpu --distributed-backend=nccl ($np ranks, one GPU each): $(tail -1 "$build/mpi_test_gpu_nccl.log")" ;;
+      77) log "skipped mpi_test_gpu (nccl): $(grep -m1 'skipped' "$build/mpi_test_gpu_nccl.log")" ;;
+      *) log "FAIL mpi_test_gpu --distributed-backend=nccl (exit $rc)"; tail -40 "$build/mpi_test_gpu_nccl.log"; status=1 ;;
+    esac
+    unset AMPIPE_GPU_EMULATOR_DEVICES
+  else
+    log "skipped mpi_test_gpu (nccl): ${gpus:-0} GPU(s); NCCL takes one rank per GPU, so its tests need two or more"
+  fi
 else
   log "mpi_test_gpu not run: no mpirun (carry .gpu-deps)"
 fi
