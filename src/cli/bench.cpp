@@ -14,7 +14,6 @@
 #include "cli/grid.h"
 #include "cli/model_flags.h"
 #include "comm/communicator.h"
-#include "comm/host_staged_communicator.h"
 #include "core/atomic_file.h"
 #include "core/error.h"
 #include "core/parallel.h"

@@ -6,7 +6,6 @@
 
 #include "cli/command_util.h"
 #include "cli/model_flags.h"
-#include "comm/host_staged_communicator.h"
 #include "core/device.h"
 #include "core/error.h"
 #include "train/checkpoint.h"
