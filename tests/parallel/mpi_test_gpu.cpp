@@ -4,7 +4,8 @@
 // GPU (comm/nccl_communicator.h; under the GPU emulator, its emulated NCCL). For every schedule,
 // k in {1, 2}, GPT and Mixtral, the expert-parallel step on the GPU (loss, logits, every averaged
 // gradient) equals the same step on the CPU, which mpi_test_parallel checks against one rank holding
-// every expert. Float32, dropless. Also: which backend --distributed-backend's default picks.
+// every expert, with the gradient reduction overlapped with the backward for the pipelined ones
+// (model scope). Float32, dropless. Also: which backend --distributed-backend's default picks.
 // Exits 77 (CTest: skipped) on every rank where no GPU can be used, or with nccl where NCCL is not
 // built or there are fewer GPUs than ranks, printing the reason.
 #include <gtest/gtest.h>
@@ -54,7 +55,9 @@ std::string gpu_case_name(const GpuCase& c) {
 std::string gpu_test_name(const ::testing::TestParamInfo<GpuCase>& info) { return gpu_case_name(info.param); }
 void PrintTo(const GpuCase& c, std::ostream* out) { *out << gpu_case_name(c); }
 
-// One step on `device` (its groups over `world`), the gradients averaged over the world.
+// One step on `device` (its groups over `world`), the gradients averaged over the world: after the
+// backward for sequential, overlapped with it (GradientBuckets on the comm stream, model scope) for
+// the pipelined schedules.
 RankRun run_step(const ModelConfig& config, Communicator& world, Device device, const GpuCase& c) {
   const TrainingGroups groups = make_training_groups(world, 0, config.num_experts);
   GptMoe model(config, groups.model_parallel(), device);
@@ -70,8 +73,19 @@ RankRun run_step(const ModelConfig& config, Communicator& world, Device device, 
   ForwardState state;
   RankRun r;
   forward_rank_batch(model, 7, groups.rank(), state, r);
-  model.backward(state);
-  average_gradients(model.params(), groups);
+  if (executor == nullptr) {
+    model.backward(state);
+    average_gradients(model.params(), groups);
+  } else {
+    GradientBuckets buckets(model.params(), groups, config.num_layers);
+    int64_t reduced = 0;
+    model.backward(state, 1.0, [&](int64_t l) {
+      ++reduced;
+      buckets.reduce_block(l);
+    });
+    buckets.reduce_rest();
+    EXPECT_EQ(reduced, config.num_layers) << "each block's bucket is reduced once, during the backward";
+  }
   collect_gradients(model, r);
   return r;
 }
