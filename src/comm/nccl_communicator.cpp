@@ -229,14 +229,17 @@ void NcclCommunicator::finish(const char* call) {
   Backoff backoff;
   for (;;) {
     const cudaError_t q = cudaEventQuery(done_);
-    if (q == cudaSuccess) return;
-    if (q != cudaErrorNotReady) end_job(call, std::string("CUDA error while waiting: ") + cudaGetErrorString(q));
+    if (q != cudaSuccess && q != cudaErrorNotReady) {
+      end_job(call, std::string("CUDA error while waiting: ") + cudaGetErrorString(q));
+    }
+    // Checked after the event too: an operation that failed may still let its stream move on.
     ncclResult_t state = ncclSuccess;
     const ncclResult_t r = ncclCommGetAsyncError(comm_, &state);
     if (r != ncclSuccess) state = r;
     if (state != ncclSuccess && state != ncclInProgress) {
       end_job(call, "NCCL reported an asynchronous error: " + nccl_error_text(state, comm_));
     }
+    if (q == cudaSuccess) return;
     if (Clock::now() >= until) {
       std::string who = size() == 2 ? "rank " + std::to_string(1 - rank()) : "a rank (NCCL does not say which)";
       end_job(call, "every rank entered it but its data did not move within " +
