@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The commands on the GPU, end to end: `train --device cuda` (a tiny MoE model, 20 iterations, GPT and
 # Mixtral) follows the CPU's losses iteration by iteration within 1e-4 relative (the tolerance of
-# test_model_device), and `eval`, `sample` and `bench --device cuda` run and agree with the CPU.
+# test_model_device), `eval`, `sample` and `bench --device cuda` run and agree with the CPU, and two
+# ranks under mpirun train through NCCL (--distributed-backend nccl) as two CPU ranks do.
 # Runs wherever the binary can use a GPU: a real one, or the GPU emulator (-DAMPIPE_CUDA=EMULATE,
 # docs/GPU.md); skipped (77) elsewhere, with the reason.
 # Usage: test_gpu_commands.sh AMPIPE_BINARY
@@ -85,6 +86,46 @@ if "$bin" bench --device cuda --seq-length 64 --hidden-size 32 --num-attention-h
   pass "bench --device cuda: $(wc -l < "$work/bench.jsonl") rows"
 else
   fail "bench --device cuda"; tail -5 "$work/bench.log"
+fi
+
+# Two ranks under mpirun, one GPU each, their collectives through NCCL (--distributed-backend nccl):
+# the losses follow two CPU ranks'. Emulated builds get two emulated GPUs; a real machine needs two.
+# With one GPU for both ranks, the default falls back to host staging and says why.
+mpiexec=$(command -v mpiexec || true)
+gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
+emulated=0
+"$bin" --version 2>/dev/null | grep -q 'emulated' && emulated=1
+if [ -z "$mpiexec" ]; then
+  echo "skipped: two ranks with --distributed-backend nccl (no mpiexec)"
+elif [ "$emulated" = 0 ] && [ "${gpus:-0}" -lt 2 ]; then
+  echo "skipped: two ranks with --distributed-backend nccl (${gpus:-0} GPU(s); NCCL takes one per rank)"
+else
+  run2() {  # run2 LOG ARGS...: train on two ranks
+    local log=$1; shift
+    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=1 timeout 300 "$mpiexec" --oversubscribe \
+      --mca pml ob1 --mca btl self,vader --mca btl_vader_single_copy_mechanism none -x AMPIPE_GPU_EMULATOR_DEVICES \
+      -np 2 "$bin" train "${tiny[@]}" --threads 1 --train-iters 10 "$@" > "$log" 2>&1
+  }
+  export AMPIPE_GPU_EMULATOR_DEVICES=2
+  run2 "$work/np2-cpu.log" --device cpu --metrics-file "$work/np2-cpu.jsonl" || fail "two ranks on the CPU"
+  run2 "$work/np2-nccl.log" --device cuda --distributed-backend nccl --metrics-file "$work/np2-nccl.jsonl" ||
+    { fail "two ranks with --distributed-backend nccl"; tail -5 "$work/np2-nccl.log"; }
+  read -r worst count last < <(compare_losses "$work/np2-nccl.jsonl" "$work/np2-cpu.jsonl")
+  if [ "$count" = 10 ] && python3 -c "import sys; sys.exit(0 if float('$worst') <= 1e-4 else 1)"; then
+    pass "two ranks with --distributed-backend nccl: 10 losses follow two CPU ranks', worst relative difference $worst"
+  else
+    fail "two ranks with --distributed-backend nccl: $count losses compared, worst relative difference $worst"
+  fi
+  if [ "$emulated" = 1 ]; then
+    export AMPIPE_GPU_EMULATOR_DEVICES=1
+    run2 "$work/np2-shared.log" --device cuda --train-iters 1 || fail "two ranks sharing one GPU (default backend)"
+    if grep -q "staged through host memory over MPI, not NCCL: ranks 0 and 1 both use GPU 0" "$work/np2-shared.log"; then
+      pass "two ranks on one GPU: the default backend stages through the host and says why"
+    else
+      fail "two ranks on one GPU: no line saying the collectives are staged"; tail -5 "$work/np2-shared.log"
+    fi
+  fi
+  unset AMPIPE_GPU_EMULATOR_DEVICES
 fi
 
 [ "$failures" -eq 0 ] && echo "all GPU command checks passed" || echo "$failures GPU command checks failed"
