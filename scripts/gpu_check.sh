@@ -3,7 +3,7 @@
 # Debian packages, builds what the GPU tests need, runs every GPU test and the GPU kernel benchmark,
 # and prints one summary. Budget: under 8 minutes on the lent H200 machine (16 cores).
 #
-#   bash scripts/gpu_deps.sh          # here, once: .deb files into .gpu-deps/ (~21 MB)
+#   bash scripts/gpu_deps.sh          # here, once: .deb files into .gpu-deps/ (~28 MB)
 #   bash scripts/gpu_check.sh         # there, with .gpu-deps carried (docs/GPU.md)
 #   bash scripts/gpu_check.sh --emulate   # here: the whole GPU half against the GPU emulator
 #                                         # (-DAMPIPE_CUDA=EMULATE, shapes shrunk; no PyTorch peer)

@@ -7,6 +7,9 @@ cd "$(dirname "$0")/.."
 packages=(
   build-essential cmake pkg-config
   libopenblas-openmp-dev libopenblas0-openmp   # GEMM; the OpenMP build shares our kernel thread pool
+  libdnnl-dev                                  # oneDNN: bf16 GEMM with float32 accumulation and run-time
+                                               # ISA dispatch (kernels/cpu/gemm_bf16.cpp); Debian's
+                                               # OpenBLAS has no bf16 GEMM (sbgemm)
   libopenmpi-dev openmpi-bin                   # collectives and mpirun
   libgtest-dev googletest                      # tests
   libcli11-dev nlohmann-json3-dev              # command line, JSON
