@@ -15,8 +15,8 @@ std::string check_buffer(const Tensor& t, const char* name) {
   std::ostringstream s;
   if (!t.defined()) {
     s << name << " is an undefined tensor (pass an empty one, e.g. shape [0], for no elements)";
-  } else if (t.dtype() != DType::F32 && t.dtype() != DType::I32) {
-    s << name << " has dtype " << dtype_name(t.dtype()) << "; collectives take float32 or int32";
+  } else if (t.dtype() != DType::F32 && t.dtype() != DType::I32 && t.dtype() != DType::BF16) {
+    s << name << " has dtype " << dtype_name(t.dtype()) << "; collectives take float32, bfloat16 or int32";
   } else if (!t.is_contiguous()) {
     s << name << " (shape " << shape_string(t.shape()) << ") is not contiguous; pass a clone()";
   }
@@ -45,6 +45,15 @@ std::string check_counts(const std::vector<int64_t>& counts, const char* name, i
     total += counts[i];
   }
   return s.str();
+}
+
+std::string check_reducible(const Tensor& t, const char* name) {
+  std::string error = check_buffer(t, name);
+  if (error.empty() && t.dtype() == DType::BF16) {
+    error = std::string(name) + " is bfloat16: reductions take float32 or int32 (bfloat16 is moved, never summed: "
+            "reduce gradients in float32, as --accumulate-allreduce-grads-in-fp32)";
+  }
+  return error;
 }
 
 std::string check_same_dtype(const Tensor& a, const char* a_name, const Tensor& b, const char* b_name) {

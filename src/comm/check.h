@@ -16,8 +16,10 @@ namespace ampipe::comm_detail {
 // "<call> on rank R of N" plus " (world rank W)" when the group is not the world.
 std::string where(const char* call, int rank, int size, int world_rank, int world_size);
 
-// A buffer that a collective reads or writes: defined, float32 or int32, contiguous.
+// A buffer that a collective reads or writes: defined, float32, bfloat16 or int32, contiguous.
 std::string check_buffer(const Tensor& t, const char* name);
+// A buffer that all_reduce_sum sums: check_buffer, and not bfloat16 (summed in float32 only).
+std::string check_reducible(const Tensor& t, const char* name);
 
 // Per-rank element counts: `size` entries, each >= 0, summing to at most `capacity` elements.
 std::string check_counts(const std::vector<int64_t>& counts, const char* name, int size, int64_t capacity,

@@ -12,8 +12,9 @@
 // - Collectives (every method except rank(), size() and abort()) must be called by every rank of
 //   the group, in the same order, with arguments that agree: the same root, the same element
 //   counts where sizes must match, the same dtype.
-// - Buffers are Tensors of one dtype (float32 or int32) on one device, contiguous; counts and
-//   offsets are in ELEMENTS of that dtype, never bytes. The MPI backend takes Device::CPU only.
+// - Buffers are Tensors of one dtype (float32, bfloat16 or int32) on one device, contiguous;
+//   counts and offsets are in ELEMENTS of that dtype, never bytes (a bfloat16 all-to-all moves
+//   half the bytes of a float32 one). bfloat16 is moved, never summed: all_reduce_sum refuses it. The MPI backend takes Device::CPU only.
 //   A rank-major buffer holds the elements for (or from) rank 0 first, then rank 1, and so on.
 // - Errors throw ampipe::Error with a message naming the call and the rank ("all_to_all_v on rank
 //   1 of 4: ..."). Bad arguments are found before any data moves and are reported on EVERY rank of

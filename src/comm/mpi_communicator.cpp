@@ -23,20 +23,14 @@ MPI_Datatype mpi_type(DType dtype) {
       return MPI_FLOAT;
     case DType::I32:
       return MPI_INT32_T;
+    case DType::BF16:
+      return MPI_UINT16_T;  // moved, never reduced (check_reducible)
   }
   throw Error("no MPI datatype for tensor dtype " + std::string(dtype_name(dtype)));
 }
 
-// Host address of a checked (defined, CPU, float32/int32) tensor's first element.
-std::byte* host_bytes(const Tensor& t) {
-  switch (t.dtype()) {
-    case DType::F32:
-      return reinterpret_cast<std::byte*>(t.data<float>());
-    case DType::I32:
-      return reinterpret_cast<std::byte*>(t.data<int32_t>());
-  }
-  throw Error("unsupported dtype " + std::string(dtype_name(t.dtype())));
-}
+// Host address of a checked (defined, CPU) tensor's first element.
+std::byte* host_bytes(const Tensor& t) { return t.bytes(); }
 
 // check_buffer plus what this backend needs: host memory.
 std::string check_host_buffer(const Tensor& t, const char* name) {
@@ -187,7 +181,8 @@ void MpiCommunicator::all_to_all(const std::vector<int64_t>& send, std::vector<i
 void MpiCommunicator::all_reduce_sum(Tensor buffer) {
   const Impl& m = *impl_;
   const char* call = "all_reduce_sum";
-  const std::string error = check_host_buffer(buffer, "buffer");
+  std::string error = comm_detail::check_reducible(buffer, "buffer");
+  if (error.empty()) error = check_host_buffer(buffer, "buffer");
   m.agree(Signature{Op::kAllReduceSumTensor, call, static_cast<int64_t>(buffer.dtype()), buffer.numel()},
           error);
   const MPI_Datatype type = mpi_type(buffer.dtype());

@@ -31,6 +31,8 @@ ncclDataType_t nccl_type(DType dtype) {
       return ncclFloat32;
     case DType::I32:
       return ncclInt32;
+    case DType::BF16:
+      return ncclBfloat16;
   }
   throw Error("no NCCL datatype for tensor dtype " + std::string(dtype_name(dtype)));
 }
@@ -263,11 +265,7 @@ void NcclCommunicator::abort(int code, const std::string& message) {
   host_->abort(code, message);
 }
 
-// Device address of a checked (float32 or int32) tensor's first element.
-std::byte* device_bytes(const Tensor& t) {
-  if (t.dtype() == DType::I32) return reinterpret_cast<std::byte*>(t.device_data<int32_t>());
-  return reinterpret_cast<std::byte*>(t.device_data<float>());
-}
+std::byte* device_bytes(const Tensor& t) { return t.device_bytes(); }
 
 void NcclCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_counts, Tensor recv,
                                     const std::vector<int64_t>& recv_counts) {
@@ -315,7 +313,7 @@ void NcclCommunicator::all_reduce_sum(Tensor buffer) {
   bool on_host = false;
   std::string error = placement({&buffer}, &on_host);
   if (on_host) return host_->all_reduce_sum(buffer);
-  if (error.empty()) error = comm_detail::check_buffer(buffer, "buffer");
+  if (error.empty()) error = comm_detail::check_reducible(buffer, "buffer");
   host_->agree_external({call, static_cast<int64_t>(buffer.dtype()), buffer.numel()}, error);
   ++calls_;
   if (buffer.numel() == 0) return;

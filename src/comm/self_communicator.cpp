@@ -47,7 +47,7 @@ void SelfCommunicator::all_to_all(const std::vector<int64_t>& send, std::vector<
 }
 
 void SelfCommunicator::all_reduce_sum(Tensor buffer) {
-  throw_if("all_reduce_sum", comm_detail::check_buffer(buffer, "buffer"));
+  throw_if("all_reduce_sum", comm_detail::check_reducible(buffer, "buffer"));
 }
 void SelfCommunicator::all_reduce_sum(double&) {}
 void SelfCommunicator::all_reduce_sum(int64_t&) {}

@@ -1,5 +1,6 @@
 #include "core/tensor.h"
 
+#include "core/bf16.h"
 #include "core/host_cache.h"
 
 #include <cstdlib>
@@ -12,11 +13,19 @@ const char* dtype_name(DType dtype) {
   switch (dtype) {
     case DType::F32: return "float32";
     case DType::I32: return "int32";
+    case DType::BF16: return "bfloat16";
   }
   return "?";
 }
 
-size_t dtype_size(DType dtype) { return dtype == DType::F32 ? sizeof(float) : sizeof(int32_t); }
+size_t dtype_size(DType dtype) {
+  switch (dtype) {
+    case DType::F32: return sizeof(float);
+    case DType::I32: return sizeof(int32_t);
+    case DType::BF16: return sizeof(bf16);
+  }
+  return 0;
+}
 
 std::string shape_string(const Shape& shape) {
   std::string s = "[";
@@ -113,6 +122,30 @@ int32_t* Tensor::data<int32_t>() const {
   AMPIPE_CHECK(dtype_ == DType::I32) << "tensor is " << dtype_name(dtype_) << ", expected int32";
   AMPIPE_CHECK(device_ == Device::CPU) << "host access to a device tensor";
   return static_cast<int32_t*>(raw());
+}
+
+template <>
+bf16* Tensor::data<bf16>() const {
+  AMPIPE_CHECK(dtype_ == DType::BF16) << "tensor is " << dtype_name(dtype_) << ", expected bfloat16";
+  AMPIPE_CHECK(device_ == Device::CPU) << "host access to a device tensor";
+  return static_cast<bf16*>(raw());
+}
+
+template <>
+bf16* Tensor::device_data<bf16>() const {
+  AMPIPE_CHECK(dtype_ == DType::BF16) << "tensor is " << dtype_name(dtype_) << ", expected bfloat16";
+  AMPIPE_CHECK(device_ == Device::CUDA) << "a CUDA kernel was given a host tensor";
+  return static_cast<bf16*>(raw());
+}
+
+std::byte* Tensor::bytes() const {
+  AMPIPE_CHECK(device_ == Device::CPU) << "host access to a device tensor";
+  return static_cast<std::byte*>(raw());
+}
+
+std::byte* Tensor::device_bytes() const {
+  AMPIPE_CHECK(device_ == Device::CUDA) << "device access to a host tensor";
+  return static_cast<std::byte*>(raw());
 }
 
 template <>
@@ -235,7 +268,7 @@ Tensor Tensor::clone() const {
 
 void Tensor::fill(float value) {
   if (device_ == Device::CUDA) {  // rare (initialisation): zero on the device, else through the host
-    AMPIPE_CHECK(dtype_ == DType::F32) << "fill of a " << dtype_name(dtype_) << " tensor";
+    AMPIPE_CHECK(dtype_ == DType::F32 || dtype_ == DType::BF16) << "fill of a " << dtype_name(dtype_) << " tensor";
     if (value == 0.0f) {
       zero();
     } else {
@@ -245,8 +278,16 @@ void Tensor::fill(float value) {
     }
     return;
   }
-  float* p = data<float>();
   const int64_t width = shape_.empty() ? 1 : shape_.back();
+  if (dtype_ == DType::BF16) {
+    bf16* p = data<bf16>();
+    const bf16 v = to_bf16(value);
+    for_each_row(shape_, strides_, [&](int64_t off) {
+      for (int64_t j = 0; j < width; ++j) p[off + j] = v;
+    });
+    return;
+  }
+  float* p = data<float>();
   for_each_row(shape_, strides_, [&](int64_t off) {
     for (int64_t j = 0; j < width; ++j) p[off + j] = value;
   });
@@ -272,6 +313,11 @@ void Tensor::zero() {
 std::vector<float> Tensor::to_vector() const {
   if (device_ == Device::CUDA) return to(Device::CPU).to_vector();
   Tensor c = is_contiguous() ? *this : clone();
+  if (dtype_ == DType::BF16) {
+    std::vector<float> values(static_cast<size_t>(numel()));
+    to_float(c.data<bf16>(), values.data(), numel());
+    return values;
+  }
   const float* p = c.data<float>();
   return std::vector<float>(p, p + numel());
 }

@@ -24,7 +24,10 @@
 
 namespace ampipe {
 
-enum class DType { F32, I32 };
+// bf16 (core/bf16.h): bfloat16, 2 bytes; tensors hold it for activations and the wire, and
+// kernels accumulate in float32 (docs/MODEL.md, precision).
+enum class DType { F32, I32, BF16 };
+struct bf16;
 
 const char* dtype_name(DType dtype);
 size_t dtype_size(DType dtype);
@@ -59,6 +62,10 @@ class Tensor {
   // Typed pointer into GPU memory (checks dtype and that the tensor is on Device::CUDA).
   template <class T>
   T* device_data() const;
+  // The first element's bytes, whatever the dtype, for code that moves elements without reading
+  // them (communicators): on the host (checks host residency) or on the GPU (checks CUDA).
+  std::byte* bytes() const;
+  std::byte* device_bytes() const;
 
   // This tensor on `device`: itself when it is there already, else a contiguous copy.
   Tensor to(Device device) const;
@@ -74,10 +81,10 @@ class Tensor {
   // Copies the elements of `src` (same shape and dtype) into this tensor; nothing to do when `src`
   // is this very view (same storage, offset and strides).
   void copy_from(const Tensor& src);
-  void fill(float value);
+  void fill(float value);  // float32, or bfloat16 (value rounded to nearest even)
   void zero();
 
-  // Flattened contiguous copy of the values, for tests and I/O.
+  // Flattened contiguous copy of the values, for tests and I/O (bfloat16 widened exactly).
   std::vector<float> to_vector() const;
 
  private:
@@ -99,5 +106,9 @@ template <>
 float* Tensor::device_data<float>() const;
 template <>
 int32_t* Tensor::device_data<int32_t>() const;
+template <>
+bf16* Tensor::data<bf16>() const;
+template <>
+bf16* Tensor::device_data<bf16>() const;
 
 }  // namespace ampipe

@@ -2,6 +2,9 @@
 #include <cblas.h>
 
 #include <algorithm>
+#include <cstdint>
+#include <cstring>
+#include <vector>
 
 #include "include/cublas_v2.h"
 
@@ -118,5 +121,66 @@ cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cubl
         cblas_sgemm(CblasColMajor, ta, tb, m, n, k, a, A, lda, B, ldb, b, C, ldc);
       },
       "cublasSgemm");
+  return CUBLAS_STATUS_SUCCESS;
+}
+
+namespace {
+// A column-major rows x cols bf16 matrix with leading dimension ld, widened to float32 (exact).
+std::vector<float> widen_bf16(const void* matrix, int rows, int cols, int ld) {
+  std::vector<float> out(static_cast<size_t>(rows) * static_cast<size_t>(cols));
+  const auto* bits = static_cast<const uint16_t*>(matrix);
+  for (int j = 0; j < cols; ++j) {
+    for (int i = 0; i < rows; ++i) {
+      const uint32_t w = static_cast<uint32_t>(bits[i + static_cast<int64_t>(j) * ld]) << 16;
+      std::memcpy(&out[i + static_cast<size_t>(j) * rows], &w, sizeof(w));
+    }
+  }
+  return out;
+}
+}  // namespace
+
+cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
+                            int k, const void* alpha, const void* A, cudaDataType_t Atype, int lda, const void* B,
+                            cudaDataType_t Btype, int ldb, const void* beta, void* C, cudaDataType_t Ctype, int ldc,
+                            cublasComputeType_t computeType, cublasGemmAlgo_t algo) {
+  if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
+  const bool types = Atype == Btype && (Atype == CUDA_R_32F || Atype == CUDA_R_16BF) && Ctype == CUDA_R_32F;
+  if (!types || (computeType != CUBLAS_COMPUTE_32F && computeType != CUBLAS_COMPUTE_32F_PEDANTIC) ||
+      algo != CUBLAS_GEMM_DEFAULT)
+    return CUBLAS_STATUS_NOT_SUPPORTED;
+  const auto* fa = static_cast<const float*>(alpha);
+  const auto* fb = static_cast<const float*>(beta);
+  auto* c = static_cast<float*>(C);
+  if (Atype == CUDA_R_32F)
+    return cublasSgemm(handle, transa, transb, m, n, k, fa, static_cast<const float*>(A), lda,
+                       static_cast<const float*>(B), ldb, fb, c, ldc);
+  // bf16: check the arguments as cublasSgemm does, then widen on the stream and multiply there.
+  const int a_rows = transa == CUBLAS_OP_N ? m : k, a_cols = transa == CUBLAS_OP_N ? k : m;
+  const int b_rows = transb == CUBLAS_OP_N ? k : n, b_cols = transb == CUBLAS_OP_N ? n : k;
+  const auto valid_op = [](cublasOperation_t op) { return op == CUBLAS_OP_N || op == CUBLAS_OP_T; };
+  if (!valid_op(transa) || !valid_op(transb) || m < 0 || n < 0 || k < 0 || lda < std::max(1, a_rows) ||
+      ldb < std::max(1, b_rows) || ldc < std::max(1, m))
+    return CUBLAS_STATUS_INVALID_VALUE;
+  if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
+  const bool device_scalars = handle->pointer_mode == CUBLAS_POINTER_MODE_DEVICE;
+  const float a_host = device_scalars ? 0.0f : *fa, b_host = device_scalars ? 0.0f : *fb;
+  const CBLAS_TRANSPOSE ta = transa == CUBLAS_OP_N ? CblasNoTrans : CblasTrans;
+  const CBLAS_TRANSPOSE tb = transb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans;
+  ampipe_gpu_emulator::enqueue(
+      handle->stream,
+      [=] {
+        const float a = device_scalars ? *fa : a_host, b = device_scalars ? *fb : b_host;
+        if (k == 0) {
+          for (int j = 0; j < n; ++j)
+            for (int i = 0; i < m; ++i)
+              c[i + static_cast<int64_t>(j) * ldc] = b == 0.0f ? 0.0f : b * c[i + static_cast<int64_t>(j) * ldc];
+          return;
+        }
+        const std::vector<float> wa = widen_bf16(A, a_rows, a_cols, lda);
+        const std::vector<float> wb = widen_bf16(B, b_rows, b_cols, ldb);
+        cblas_sgemm(CblasColMajor, ta, tb, m, n, k, a, wa.data(), std::max(1, a_rows), wb.data(), std::max(1, b_rows),
+                    b, c, ldc);
+      },
+      "cublasGemmEx");
   return CUBLAS_STATUS_SUCCESS;
 }

@@ -13,6 +13,10 @@ void bias_backward(const Tensor& dy, Tensor dbias);
 void add_inplace(Tensor y, const Tensor& x);
 // x *= s.
 void scale_inplace(Tensor x, float s);
+// dst = src in dst's dtype: float32 -> bfloat16 rounds to nearest even (core/bf16.h's rule, bit for
+// bit the same on every device), bfloat16 -> float32 is exact, the same dtype copies. src and dst
+// [R, C] (or 1-D), the same shape; row-strided views allowed; dst written (may not alias src).
+void convert(const Tensor& src, Tensor dst);
 
 // y = gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). x, y [R, C]; y written.
 void gelu_forward(const Tensor& x, Tensor y);

@@ -1,4 +1,5 @@
-// Dense matrix multiply on 2-D float tensors (OpenBLAS on the CPU).
+// Dense matrix multiply on 2-D tensors: float32 (OpenBLAS on the CPU, cuBLAS on the GPU), or bf16
+// inputs with float32 products, accumulation and output (oneDNN on the CPU, cublasGemmEx on the GPU).
 //
 // Conventions for every kernel header: inputs are `const Tensor&`; outputs are `Tensor` handles
 // passed by value (a Tensor is a shared handle, so a view such as `out.rows(a, b)` can be passed
@@ -12,7 +13,8 @@ namespace ampipe::kernels {
 
 // c = alpha * op(a) @ op(b) + beta * c, where op(x) is x or x^T.
 // op(a) is [M, K], op(b) is [K, N], c is [M, N]. Row strides are honoured (column-slice views
-// allowed); beta == 0 overwrites c without reading it.
+// allowed); beta == 0 overwrites c without reading it. a and b are both float32 or both bfloat16;
+// c is float32 (a bfloat16 product is accumulated in float32, never rounded to bf16 on the way).
 void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, Tensor c,
           float alpha = 1.0f, float beta = 0.0f);
 

@@ -539,6 +539,30 @@ TEST_F(Mpi, CountsThatDisagreeBetweenRanks) {
   expect_still_usable(world());
 }
 
+// bfloat16 buffers are moved two bytes an element (counts in elements) and never summed.
+TEST_F(Mpi, BfloatIsMovedAndNeverSummed) {
+  const int n = size();
+  // Element p of rank r's send is r * 16 + p (exact in bf16), one element for each rank.
+  std::vector<float> mine(static_cast<size_t>(n));
+  for (int p = 0; p < n; ++p) mine[p] = static_cast<float>(rank() * 16 + p);
+  Tensor send = Tensor::empty({n}, DType::BF16), recv = Tensor::zeros({n}, DType::BF16);
+  for (int p = 0; p < n; ++p) send.rows(p, p + 1).fill(mine[p]);
+  const std::vector<int64_t> one(static_cast<size_t>(n), 1);
+  world().all_to_all_v(send, one, recv, one);
+  const std::vector<float> got = recv.to_vector();
+  for (int p = 0; p < n; ++p) EXPECT_EQ(got[p], static_cast<float>(p * 16 + rank())) << "from rank " << p;
+  Tensor gathered = Tensor::zeros({n * n}, DType::BF16);
+  world().all_gather(send, gathered);
+  EXPECT_EQ(gathered.to_vector()[static_cast<size_t>(n * (n - 1) + 1)], static_cast<float>((n - 1) * 16 + 1));
+  Tensor b = Tensor::zeros({3}, DType::BF16);
+  if (rank() == 0) b.fill(2.5f);
+  world().broadcast(b, 0);
+  EXPECT_EQ(b.to_vector(), (std::vector<float>{2.5f, 2.5f, 2.5f}));
+  const std::string e = expect_error([&] { world().all_reduce_sum(b); }, "bf16 all-reduce");
+  EXPECT_TRUE(contains(e, "bfloat16 is moved, never summed")) << e;
+  expect_still_usable(world());
+}
+
 // The agreement round alone, for a collective whose data another transport moves (the NCCL backend):
 // good arguments pass everywhere; one rank's error, mismatched counts or a different call throw on
 // every rank, naming the external call.

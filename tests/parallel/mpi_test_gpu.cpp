@@ -120,6 +120,24 @@ TEST_P(GpuRanks, TheStepOnTheGpuEqualsTheCpu) {
 
 INSTANTIATE_TEST_SUITE_P(Schedules, GpuRanks, ::testing::ValuesIn(gpu_cases()), gpu_test_name);
 
+// A bfloat16 all-to-all of GPU buffers through the chosen backend (NCCL or host staging).
+TEST(DeviceCommunicator, BfloatAllToAllOfGpuBuffers) {
+  std::unique_ptr<Communicator> holder;
+  Communicator& comm = communicator_for_device(*g_world, Device::CUDA, g_backend, holder);
+  const int n = comm.size(), r = comm.rank();
+  Tensor send = Tensor::empty({2 * n}, DType::BF16);
+  for (int p = 0; p < 2 * n; ++p) send.rows(p, p + 1).fill(static_cast<float>(r * 64 + p));
+  Tensor recv = Tensor::zeros({2 * n}, DType::BF16, Device::CUDA);
+  const std::vector<int64_t> two(static_cast<size_t>(n), 2);
+  comm.all_to_all_v(send.to(Device::CUDA), two, recv, two);
+  const std::vector<float> got = recv.to_vector();
+  for (int p = 0; p < n; ++p) {
+    EXPECT_EQ(got[2 * p], static_cast<float>(p * 64 + 2 * r)) << "from rank " << p;
+    EXPECT_EQ(got[2 * p + 1], static_cast<float>(p * 64 + 2 * r + 1)) << "from rank " << p;
+  }
+  expect_no_rank_failed(*g_world);
+}
+
 // --distributed-backend's default: NCCL where it is built and every rank has its own GPU, else host
 // staging; nccl named where ranks share a GPU fails on every rank, naming them; nccl on the CPU fails.
 TEST(DeviceCommunicator, TheDefaultPicksNcclOnlyWhereEveryRankHasItsOwnGpu) {

@@ -3,6 +3,7 @@
 #include <cblas.h>
 
 #include "core/parallel.h"
+#include "kernels/cpu/gemm_bf16.h"
 #include "kernels/elementwise_checks.h"
 
 namespace ampipe::kernels::cpu {
@@ -11,6 +12,12 @@ void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, 
           float beta) {
   const auto [m, n, ka] = detail::check_gemm(a, transpose_a, b, transpose_b, c);
   if (m == 0 || n == 0) return;
+  if (a.dtype() == DType::BF16) {  // oneDNN, float32 accumulation (kernels/cpu/gemm_bf16.h)
+    gemm_bf16(transpose_a, transpose_b, m, n, ka, alpha, a.data<bf16>(), std::max<int64_t>(a.stride(0), 1),
+              b.data<bf16>(), std::max<int64_t>(b.stride(0), 1), beta, c.data<float>(),
+              std::max<int64_t>(c.stride(0), 1));
+    return;
+  }
   if (ka == 0) {
     if (beta == 0.0f) c.zero();
     else if (beta != 1.0f) {

@@ -1,5 +1,5 @@
 // CUDA gemm (kernels/gemm.h) through cuBLAS, on the calling thread's stream and handle (pedantic
-// float32: TF32 off).
+// float32: TF32 off; bf16 inputs through cublasGemmEx with float32 compute).
 //
 // cuBLAS is column-major. A row-major [r, c] matrix with row stride ld is, read column-major, its
 // transpose [c, r] with leading dimension ld, so the row-major product C = op(A) op(B) is computed as
@@ -52,6 +52,19 @@ void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, 
   // memory there is overwritten.
   cublasHandle_t handle = cublas_handle();
   AMPIPE_CUBLAS_CHECK(cublasSetPointerMode(handle, CUBLAS_POINTER_MODE_HOST));
+  if (a.dtype() == DType::BF16) {
+    // bf16 inputs, float32 products and accumulation: tensor cores allowed (the handle's pedantic
+    // mode, there for float32's sake, would force the pedantic compute type), then restored.
+    AMPIPE_CUBLAS_CHECK(cublasSetMathMode(handle, CUBLAS_DEFAULT_MATH));
+    const cublasStatus_t status = cublasGemmEx(handle, transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N,
+                                     transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k, &alpha,
+                                     b.device_data<bf16>(), CUDA_R_16BF, ldb, a.device_data<bf16>(), CUDA_R_16BF,
+                                     lda, &beta, c.device_data<float>(), CUDA_R_32F, ldc, CUBLAS_COMPUTE_32F,
+                                     CUBLAS_GEMM_DEFAULT);
+    AMPIPE_CUBLAS_CHECK(cublasSetMathMode(handle, CUBLAS_PEDANTIC_MATH));
+    AMPIPE_CUBLAS_CHECK(status);
+    return;
+  }
   AMPIPE_CUBLAS_CHECK(cublasSgemm(
       handle, transpose_b ? CUBLAS_OP_T : CUBLAS_OP_N, transpose_a ? CUBLAS_OP_T : CUBLAS_OP_N, n, m, k,
       &alpha, b.device_data<float>(), ldb, a.device_data<float>(), lda, &beta, c.device_data<float>(), ldc));
