@@ -17,6 +17,7 @@
 #include "cli/inference_commands.h"
 #include "cli/plan.h"
 #include "cli/train_command.h"
+#include "comm/nccl_communicator.h"
 #include "comm/world.h"
 #include "core/exit_signal.h"
 #include "core/memory.h"
@@ -79,9 +80,11 @@ std::string version_text() {
   const char* compiler = "GCC ";
 #endif
   const std::string sanitizer = AMPIPE_SANITIZER;
+  const std::string nccl = nccl_version_text();
   return std::string("ampipe ") + AMPIPE_VERSION +
          "\nbuild: " + (*AMPIPE_BUILD_TYPE ? AMPIPE_BUILD_TYPE : "default") + ", " + cuda +
-         ", BLAS OpenBLAS, MPI" + (sanitizer.empty() ? "" : ", sanitizer " + sanitizer) + ", compiler " +
+         (nccl.empty() ? "" : ", " + nccl) + ", BLAS OpenBLAS, bf16 GEMM oneDNN, MPI" +
+         (sanitizer.empty() ? "" : ", sanitizer " + sanitizer) + ", compiler " +
          compiler + __VERSION__;
 }
 

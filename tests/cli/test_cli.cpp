@@ -88,6 +88,17 @@ TEST_F(Cli, BadNumbersAreRefused) {
   expect_refused("train " + tiny() + " --moe-capacity-factor -0.5", "--moe-capacity-factor must be >= 0");
 }
 
+TEST_F(Cli, DistributedBackendIsCheckedByName) {
+  expect_refused("train " + tiny() + " --distributed-backend gloo", "--distributed-backend");
+  expect_refused("bench --distributed-backend nccl --seq-length 16 --hidden-size 16 --num-attention-heads 2",
+                 "--distributed-backend nccl moves GPU buffers: it needs --device cuda");
+  expect_refused("train " + tiny() + " --train-iters 1 --distributed-backend nccl",
+                 "--distributed-backend nccl moves GPU buffers: it needs --device cuda");
+  // mpi on the CPU is what the CPU uses anyway: accepted.
+  RunResult r = run("train " + tiny() + " --train-iters 1 --distributed-backend mpi");
+  EXPECT_EQ(r.status, 0) << r.output;
+}
+
 TEST_F(Cli, CorruptAndTruncatedCheckpointsAreRefused) {
   RunResult r = run("train " + tiny() + " --train-iters 2 --save " + path("ckpt"));
   ASSERT_EQ(r.status, 0) << r.output;
