@@ -92,36 +92,34 @@ for t in test_device_cache test_tensor test_stream tests/cuda/test_*.cpp test_mo
     log "FAIL $name"; tail -40 "$build/$name.log"; status=1
   fi
 done
-# Two ranks on the one GPU, their exchanges staged through the host over MPI.
-if [ -n "$mpirun" ]; then
+# mpi_ranks NP LOG WHAT [ARGS...]: mpi_test_gpu on NP ranks (ARGS to it), its log in LOG, a PASS /
+# skipped / FAIL line naming WHAT.
+mpi_ranks() {
+  local np=$1 log=$2 what=$3 rc
+  shift 3
   set +e
   OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=2 timeout 300 "$mpirun" --oversubscribe \
-      --mca pml ob1 --mca btl self,vader --mca btl_vader_single_copy_mechanism none -np 2 "$build/mpi_test_gpu" \
-      > "$build/mpi_test_gpu.log" 2>&1
+      --mca pml ob1 --mca btl self,vader --mca btl_vader_single_copy_mechanism none -x AMPIPE_GPU_EMULATOR_DEVICES \
+      -np "$np" "$build/mpi_test_gpu" "$@" > "$log" 2>&1
   rc=$?
   set -e
   case $rc in
-    0) log "PASS mpi_test_gpu (2 ranks on one GPU, host-staged): $(tail -1 "$build/mpi_test_gpu.log")" ;;
-    77) log "skipped mpi_test_gpu: $(grep -m1 'skipped' "$build/mpi_test_gpu.log")" ;;
-    *) log "FAIL mpi_test_gpu (exit $rc)"; tail -40 "$build/mpi_test_gpu.log"; status=1 ;;
+    0) log "PASS mpi_test_gpu $what: $(tail -1 "$log")" ;;
+    77) log "skipped mpi_test_gpu $what: $(grep -m1 'skipped' "$log")" ;;
+    *) log "FAIL mpi_test_gpu $what (exit $rc)"; tail -40 "$log"; status=1 ;;
   esac
+}
+if [ -n "$mpirun" ]; then
+  # Two ranks on the one GPU, their exchanges staged through the host over MPI.
+  mpi_ranks 2 "$build/mpi_test_gpu.log" "(2 ranks on one GPU, host-staged)"
   # One rank per GPU through NCCL (--distributed-backend nccl): as many ranks as GPUs, up to 4;
   # under the emulator, two emulated GPUs.
   gpus=$(nvidia-smi -L 2>/dev/null | grep -c '^GPU' || true)
   [ "$emulate" = 1 ] && { gpus=2; export AMPIPE_GPU_EMULATOR_DEVICES=2; }
   if [ "${gpus:-0}" -ge 2 ]; then
     np=$(( gpus < 4 ? gpus : 4 ))
-    set +e
-    OMPI_ALLOW_RUN_AS_ROOT=1 OMPI_ALLOW_RUN_AS_ROOT_CONFIRM=1 OMP_NUM_THREADS=2 timeout 300 "$mpirun" --oversubscribe \
-        --mca pml ob1 --mca btl self,vader --mca btl_vader_single_copy_mechanism none -x AMPIPE_GPU_EMULATOR_DEVICES \
-        -np "$np" "$build/mpi_test_gpu" --distributed-backend=nccl > "$build/mpi_test_gpu_nccl.log" 2>&1
-    rc=$?
-    set -e
-    case $rc in
-      0) log "PASS mpi_test_gpu --distributed-backend=nccl ($np ranks, one GPU each): $(tail -1 "$build/mpi_test_gpu_nccl.log")" ;;
-      77) log "skipped mpi_test_gpu (nccl): $(grep -m1 'skipped' "$build/mpi_test_gpu_nccl.log")" ;;
-      *) log "FAIL mpi_test_gpu --distributed-backend=nccl (exit $rc)"; tail -40 "$build/mpi_test_gpu_nccl.log"; status=1 ;;
-    esac
+    mpi_ranks "$np" "$build/mpi_test_gpu_nccl.log" "--distributed-backend=nccl ($np ranks, one GPU each)" \
+      --distributed-backend=nccl
     unset AMPIPE_GPU_EMULATOR_DEVICES
   else
     log "skipped mpi_test_gpu (nccl): ${gpus:-0} GPU(s); NCCL takes one rank per GPU, so its tests need two or more"

@@ -38,7 +38,8 @@ Communicator& staged(Communicator& world, std::unique_ptr<Communicator>& holder)
 // Why NCCL cannot serve these ranks ("" when it can). Collective over `world`.
 std::string nccl_refusal(Communicator& world, const MpiCommunicator* mpi) {
   std::string reason = nccl_unavailable_reason();
-  if (reason.empty() && mpi == nullptr) reason = "the world is a '" + world.backend() + "' communicator, not MPI";
+  if (reason.empty() && mpi == nullptr)
+    reason = "the world is a '" + world.backend() + "' communicator, not MPI";
   if (!reason.empty()) return reason;
   const std::string shared = shared_gpu_ranks(world);
   if (!shared.empty()) return shared + " (NCCL takes one rank per GPU)";
@@ -62,8 +63,9 @@ Communicator& communicator_for_device(Communicator& world, Device device, Distri
     holder = make_nccl_communicator(*mpi);
     return *holder;
   }
-  AMPIPE_CHECK(backend != DistributedBackend::Nccl) << "--distributed-backend nccl cannot be used: " << refusal
-                                                   << "; --distributed-backend mpi stages GPU buffers through the host";
+  AMPIPE_CHECK(backend != DistributedBackend::Nccl)
+      << "--distributed-backend nccl cannot be used: " << refusal
+      << "; --distributed-backend mpi stages GPU buffers through the host";
   if (world.rank() == 0) {
     std::fprintf(stderr, "ampipe: GPU collectives are staged through host memory over MPI, not NCCL: %s\n",
                  refusal.c_str());

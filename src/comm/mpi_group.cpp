@@ -2,16 +2,14 @@
 // (comm/mpi_group.h).
 #include "comm/mpi_group.h"
 
-#include <sched.h>
-
 #include <algorithm>
 #include <csignal>
 #include <cstdio>
 #include <cstdlib>
 #include <mutex>
-#include <thread>
 
 #include "comm/check.h"
+#include "comm/poll_backoff.h"
 #include "core/random.h"
 
 namespace ampipe {
@@ -160,24 +158,14 @@ bool MpiCommunicator::Impl::wait_all(std::vector<MPI_Request>& requests, const c
   using Clock = std::chrono::steady_clock;
   const auto deadline = since + std::chrono::duration_cast<Clock::duration>(
                                     std::chrono::duration<double>(options.timeout_seconds));
-  const auto start = Clock::now();
-  std::chrono::microseconds nap(10);
+  comm_detail::PollBackoff backoff;
   for (;;) {
     int done = 0;
     check(MPI_Testall(static_cast<int>(requests.size()), requests.data(), &done, MPI_STATUSES_IGNORE), call,
           "MPI_Testall");
     if (done) return true;
-    const auto now = Clock::now();
-    if (now >= deadline) return false;
-    const auto waited = now - start;
-    if (waited < std::chrono::microseconds(100)) {
-      sched_yield();
-    } else if (waited < std::chrono::seconds(1)) {
-      std::this_thread::sleep_for(nap);
-      nap = std::min(nap * 2, std::chrono::microseconds(200));
-    } else {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
+    if (Clock::now() >= deadline) return false;
+    backoff.pause();
   }
 }
 

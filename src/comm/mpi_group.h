@@ -109,12 +109,7 @@ struct MpiCommunicator::Impl {
   std::string rank_name(int p) const;
 
   // Waits until every request has completed, driving MPI's progress, or until the deadline
-  // (options.timeout_seconds after `since`). The first 100 us of a wait poll and yield the core;
-  // then the poll sleeps between tests, 10 us doubling up to 200 us (at most 5000 cheap tests a
-  // second), and after a second (a peer saving a checkpoint, a stalled rank) every millisecond. A
-  // yielding poll is not free where ranks outnumber cores: sched_yield gives the core up only to a
-  // thread already queued on it, so a rank that yielded for its whole wait (as this did for a
-  // second) starved the very peer it waited for when two jobs shared two cores. Returns false at
+  // (options.timeout_seconds after `since`), polling as comm/poll_backoff.h says. Returns false at
   // the deadline, with the requests still pending.
   bool wait_all(std::vector<MPI_Request>& requests, const char* call,
                 std::chrono::steady_clock::time_point since) const;

@@ -8,15 +8,14 @@
 
 #include <cuda_runtime.h>
 #include <nccl.h>
-#include <sched.h>
 #include <unistd.h>
 
 #include <chrono>
 #include <cstring>
 #include <sstream>
-#include <thread>
 
 #include "comm/check.h"
+#include "comm/poll_backoff.h"
 #include "core/cuda/context.h"
 #include "core/cuda/cuda_check.h"
 
@@ -37,25 +36,6 @@ ncclDataType_t nccl_type(DType dtype) {
   throw Error("no NCCL datatype for tensor dtype " + std::string(dtype_name(dtype)));
 }
 
-// The waits' polling: yield for the first 100 us, then sleep 10 us doubling to 200 us, and after a
-// second every millisecond (as the MPI backend's waits, comm/mpi_group.h).
-class Backoff {
- public:
-  void pause() {
-    const auto waited = Clock::now() - start_;
-    if (waited < std::chrono::microseconds(100)) {
-      sched_yield();
-    } else if (waited < std::chrono::seconds(1)) {
-      std::this_thread::sleep_for(nap_);
-      nap_ = std::min(nap_ * 2, std::chrono::microseconds(200));
-    } else {
-      std::this_thread::sleep_for(std::chrono::milliseconds(1));
-    }
-  }
-
- private:
-  Clock::time_point start_ = Clock::now();
-  std::chrono::microseconds nap_{10};
 };
 
 std::string nccl_error_text(ncclResult_t result, ncclComm_t comm) {
@@ -139,7 +119,8 @@ NcclCommunicator::~NcclCommunicator() {
 }
 
 std::string NcclCommunicator::where(const char* call) const {
-  std::string w = comm_detail::where(call, rank(), size(), MpiRuntime::world_rank(), MpiRuntime::world_size());
+  std::string w =
+      comm_detail::where(call, rank(), size(), MpiRuntime::world_rank(), MpiRuntime::world_size());
   return w + " (nccl, call #" + std::to_string(calls_) + " of this group)";
 }
 
@@ -149,7 +130,7 @@ Clock::time_point NcclCommunicator::deadline() const {
 }
 
 ncclResult_t NcclCommunicator::wait_ready(Clock::time_point until) const {
-  Backoff backoff;
+  comm_detail::PollBackoff backoff;
   for (;;) {
     ncclResult_t state = ncclSuccess;
     const ncclResult_t r = ncclCommGetAsyncError(comm_, &state);
@@ -197,14 +178,16 @@ void NcclCommunicator::initialise() {
   if (comm_ != nullptr) (void)ncclCommAbort(comm_);
   comm_ = nullptr;
   throw Error(where("NCCL init") + ": " +
-              (mine.empty() ? std::to_string(failed) + " rank(s) of the group could not set up NCCL (their errors say why)"
+              (mine.empty() ? std::to_string(failed) +
+                                  " rank(s) of the group could not set up NCCL (their errors say why)"
                             : "ncclCommInitRankConfig failed: " + mine));
 }
 
 std::unique_ptr<Communicator> NcclCommunicator::split(int color, int key) const {
   std::unique_ptr<Communicator> sub = host_->split(color, key);
   if (!sub) return nullptr;
-  std::unique_ptr<MpiCommunicator> mpi(static_cast<MpiCommunicator*>(sub.release()));  // MpiCommunicator::split
+  std::unique_ptr<MpiCommunicator> mpi(
+      static_cast<MpiCommunicator*>(sub.release()));  // MpiCommunicator::split
   return std::make_unique<NcclCommunicator>(std::move(mpi));
 }
 
@@ -221,14 +204,16 @@ std::string NcclCommunicator::placement(std::initializer_list<const Tensor*> ten
 
 void NcclCommunicator::check_enqueue(const char* call, const char* function, ncclResult_t result) {
   if (result == ncclInProgress) result = wait_ready(deadline());
-  if (result == ncclInProgress) end_job(call, std::string(function) + " did not finish enqueueing within the deadline");
-  if (result != ncclSuccess) end_job(call, std::string(function) + " failed: " + nccl_error_text(result, comm_));
+  if (result == ncclInProgress)
+    end_job(call, std::string(function) + " did not finish enqueueing within the deadline");
+  if (result != ncclSuccess)
+    end_job(call, std::string(function) + " failed: " + nccl_error_text(result, comm_));
 }
 
 void NcclCommunicator::finish(const char* call) {
   const auto until = deadline();
   AMPIPE_CUDA_CHECK(cudaEventRecord(done_, current_cuda_stream()));
-  Backoff backoff;
+  comm_detail::PollBackoff backoff;
   for (;;) {
     const cudaError_t q = cudaEventQuery(done_);
     if (q != cudaSuccess && q != cudaErrorNotReady) {
@@ -243,10 +228,11 @@ void NcclCommunicator::finish(const char* call) {
     }
     if (q == cudaSuccess) return;
     if (Clock::now() >= until) {
-      std::string who = size() == 2 ? "rank " + std::to_string(1 - rank()) : "a rank (NCCL does not say which)";
+      std::string who =
+          size() == 2 ? "rank " + std::to_string(1 - rank()) : "a rank (NCCL does not say which)";
       end_job(call, "every rank entered it but its data did not move within " +
-                        format_seconds(host_->options().timeout_seconds) + " (--distributed-timeout-minutes): " +
-                        who + " stopped or died inside it");
+                        format_seconds(host_->options().timeout_seconds) +
+                        " (--distributed-timeout-minutes): " + who + " stopped or died inside it");
     }
     backoff.pause();
   }
@@ -276,8 +262,10 @@ void NcclCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_
   if (error.empty()) error = comm_detail::check_buffer(send, "send");
   if (error.empty()) error = comm_detail::check_buffer(recv, "recv");
   if (error.empty()) error = comm_detail::check_same_dtype(send, "send", recv, "recv");
-  if (error.empty()) error = comm_detail::check_counts(send_counts, "send_counts", size(), send.numel(), "send");
-  if (error.empty()) error = comm_detail::check_counts(recv_counts, "recv_counts", size(), recv.numel(), "recv");
+  if (error.empty())
+    error = comm_detail::check_counts(send_counts, "send_counts", size(), send.numel(), "send");
+  if (error.empty())
+    error = comm_detail::check_counts(recv_counts, "recv_counts", size(), recv.numel(), "recv");
   host_->agree_external({call, static_cast<int64_t>(send.dtype())}, error, send_counts, recv_counts);
   ++calls_;
   const ncclDataType_t type = nccl_type(send.dtype());
@@ -293,9 +281,13 @@ void NcclCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_
       self_r = r_off;
     } else {
       if (send_counts[p] > 0)
-        check_enqueue(call, "ncclSend", ncclSend(send_base + s_off * es, static_cast<size_t>(send_counts[p]), type, p, comm_, stream));
+        check_enqueue(
+            call, "ncclSend",
+            ncclSend(send_base + s_off * es, static_cast<size_t>(send_counts[p]), type, p, comm_, stream));
       if (recv_counts[p] > 0)
-        check_enqueue(call, "ncclRecv", ncclRecv(recv_base + r_off * es, static_cast<size_t>(recv_counts[p]), type, p, comm_, stream));
+        check_enqueue(
+            call, "ncclRecv",
+            ncclRecv(recv_base + r_off * es, static_cast<size_t>(recv_counts[p]), type, p, comm_, stream));
     }
     s_off += send_counts[p];
     r_off += recv_counts[p];
@@ -303,7 +295,8 @@ void NcclCommunicator::all_to_all_v(const Tensor& send, const std::vector<int64_
   check_enqueue(call, "ncclGroupEnd", ncclGroupEnd());
   if (send_counts[rank()] > 0) {
     AMPIPE_CUDA_CHECK(cudaMemcpyAsync(recv_base + self_r * es, send_base + self_s * es,
-                                      static_cast<size_t>(send_counts[rank()] * es), cudaMemcpyDeviceToDevice, stream));
+                                      static_cast<size_t>(send_counts[rank()] * es), cudaMemcpyDeviceToDevice,
+                                      stream));
   }
   finish(call);
 }
@@ -318,8 +311,9 @@ void NcclCommunicator::all_reduce_sum(Tensor buffer) {
   ++calls_;
   if (buffer.numel() == 0) return;
   void* base = device_bytes(buffer);
-  check_enqueue(call, "ncclAllReduce", ncclAllReduce(base, base, static_cast<size_t>(buffer.numel()),
-                                                     nccl_type(buffer.dtype()), ncclSum, comm_, current_cuda_stream()));
+  check_enqueue(call, "ncclAllReduce",
+                ncclAllReduce(base, base, static_cast<size_t>(buffer.numel()), nccl_type(buffer.dtype()),
+                              ncclSum, comm_, current_cuda_stream()));
   finish(call);
 }
 
@@ -334,8 +328,9 @@ void NcclCommunicator::broadcast(Tensor buffer, int root) {
   ++calls_;
   if (buffer.numel() == 0) return;
   void* base = device_bytes(buffer);
-  check_enqueue(call, "ncclBroadcast", ncclBroadcast(base, base, static_cast<size_t>(buffer.numel()),
-                                                     nccl_type(buffer.dtype()), root, comm_, current_cuda_stream()));
+  check_enqueue(call, "ncclBroadcast",
+                ncclBroadcast(base, base, static_cast<size_t>(buffer.numel()), nccl_type(buffer.dtype()),
+                              root, comm_, current_cuda_stream()));
   finish(call);
 }
 
@@ -348,15 +343,15 @@ void NcclCommunicator::all_gather(const Tensor& send, Tensor recv) {
   if (error.empty()) error = comm_detail::check_buffer(recv, "recv");
   if (error.empty()) error = comm_detail::check_same_dtype(send, "send", recv, "recv");
   if (error.empty() && recv.numel() != send.numel() * size()) {
-    error = "recv has " + std::to_string(recv.numel()) + " elements; it needs group size " + std::to_string(size()) +
-            " x send's " + std::to_string(send.numel());
+    error = "recv has " + std::to_string(recv.numel()) + " elements; it needs group size " +
+            std::to_string(size()) + " x send's " + std::to_string(send.numel());
   }
   host_->agree_external({call, static_cast<int64_t>(send.dtype()), send.numel()}, error);
   ++calls_;
   if (send.numel() == 0) return;
   check_enqueue(call, "ncclAllGather",
-                ncclAllGather(device_bytes(send), device_bytes(recv),
-                              static_cast<size_t>(send.numel()), nccl_type(send.dtype()), comm_, current_cuda_stream()));
+                ncclAllGather(device_bytes(send), device_bytes(recv), static_cast<size_t>(send.numel()),
+                              nccl_type(send.dtype()), comm_, current_cuda_stream()));
   finish(call);
 }
 
@@ -403,7 +398,8 @@ std::string shared_gpu_ranks(Communicator& world) {
 
 std::unique_ptr<Communicator> make_nccl_communicator(const MpiCommunicator& group) {
   std::unique_ptr<Communicator> own = group.split(0, group.rank());
-  std::unique_ptr<MpiCommunicator> mpi(static_cast<MpiCommunicator*>(own.release()));  // MpiCommunicator::split
+  std::unique_ptr<MpiCommunicator> mpi(
+      static_cast<MpiCommunicator*>(own.release()));  // MpiCommunicator::split
   return std::make_unique<NcclCommunicator>(std::move(mpi));
 }
 

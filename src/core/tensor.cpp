@@ -1,28 +1,34 @@
 #include "core/tensor.h"
 
-#include "core/bf16.h"
-#include "core/host_cache.h"
-
 #include <cstdlib>
 #include <cstring>
 #include <numeric>
+
+#include "core/bf16.h"
+#include "core/host_cache.h"
 
 namespace ampipe {
 
 const char* dtype_name(DType dtype) {
   switch (dtype) {
-    case DType::F32: return "float32";
-    case DType::I32: return "int32";
-    case DType::BF16: return "bfloat16";
+    case DType::F32:
+      return "float32";
+    case DType::I32:
+      return "int32";
+    case DType::BF16:
+      return "bfloat16";
   }
   return "?";
 }
 
 size_t dtype_size(DType dtype) {
   switch (dtype) {
-    case DType::F32: return sizeof(float);
-    case DType::I32: return sizeof(int32_t);
-    case DType::BF16: return sizeof(bf16);
+    case DType::F32:
+      return sizeof(float);
+    case DType::I32:
+      return sizeof(int32_t);
+    case DType::BF16:
+      return sizeof(bf16);
   }
   return 0;
 }
@@ -43,7 +49,8 @@ Tensor Tensor::empty(const Shape& shape, DType dtype, Device device) {
   int64_t n = 1, extent = 1;  // extent: the product of the non-zero dimensions (the largest stride bound)
   for (int64_t d : shape) {
     AMPIPE_CHECK(d >= 0) << "negative dimension in shape " << shape_string(shape);
-    const bool overflow = __builtin_mul_overflow(n, d, &n) || (d != 0 && __builtin_mul_overflow(extent, d, &extent));
+    const bool overflow =
+        __builtin_mul_overflow(n, d, &n) || (d != 0 && __builtin_mul_overflow(extent, d, &extent));
     AMPIPE_CHECK(!overflow) << "shape " << shape_string(shape) << " has more elements than an int64 counts";
   }
   const size_t bytes = static_cast<size_t>(n) * dtype_size(dtype);
@@ -90,7 +97,8 @@ Tensor Tensor::from_ints(const Shape& shape, const std::vector<int32_t>& values)
 }
 
 int64_t Tensor::dim(int i) const {
-  AMPIPE_CHECK(i >= 0 && i < ndim()) << "dimension " << i << " out of range for shape " << shape_string(shape_);
+  AMPIPE_CHECK(i >= 0 && i < ndim()) << "dimension " << i << " out of range for shape "
+                                     << shape_string(shape_);
   return shape_[i];
 }
 
@@ -99,7 +107,8 @@ int64_t Tensor::numel() const {
 }
 
 int64_t Tensor::stride(int i) const {
-  AMPIPE_CHECK(i >= 0 && i < ndim()) << "dimension " << i << " out of range for shape " << shape_string(shape_);
+  AMPIPE_CHECK(i >= 0 && i < ndim()) << "dimension " << i << " out of range for shape "
+                                     << shape_string(shape_);
   return strides_[i];
 }
 
@@ -229,13 +238,15 @@ static RowLayout row_layout(const Tensor& t) {
     const size_t bytes = static_cast<size_t>(t.numel()) * es;
     return {bytes, 1, bytes};
   }
-  return {static_cast<size_t>(t.dim(1)) * es, static_cast<size_t>(t.dim(0)), static_cast<size_t>(t.stride(0)) * es};
+  return {static_cast<size_t>(t.dim(1)) * es, static_cast<size_t>(t.dim(0)),
+          static_cast<size_t>(t.stride(0)) * es};
 }
 
 void Tensor::copy_from(const Tensor& src) {
   AMPIPE_CHECK(src.shape_ == shape_ && src.dtype_ == dtype_)
       << "copy_from: shape/dtype mismatch " << shape_string(src.shape_) << " -> " << shape_string(shape_);
-  if (numel() == 0 || (storage_ == src.storage_ && offset_ == src.offset_ && strides_ == src.strides_)) return;
+  if (numel() == 0 || (storage_ == src.storage_ && offset_ == src.offset_ && strides_ == src.strides_))
+    return;
   if (device_ == Device::CUDA || src.device_ == Device::CUDA) {
     const RowLayout d = row_layout(*this), s = row_layout(src);
     if (d.rows == s.rows) {
@@ -243,8 +254,8 @@ void Tensor::copy_from(const Tensor& src) {
     } else {  // one side contiguous, the other a column slice: copy row by row in 2-D form
       const size_t es = dtype_size(dtype_);
       const size_t width = static_cast<size_t>(shape_[1]) * es;
-      copy_rows(raw(), device_, d.rows == 1 ? width : d.pitch, src.raw(), src.device_, s.rows == 1 ? width : s.pitch,
-                width, static_cast<size_t>(shape_[0]));
+      copy_rows(raw(), device_, d.rows == 1 ? width : d.pitch, src.raw(), src.device_,
+                s.rows == 1 ? width : s.pitch, width, static_cast<size_t>(shape_[0]));
     }
     return;
   }
@@ -268,7 +279,8 @@ Tensor Tensor::clone() const {
 
 void Tensor::fill(float value) {
   if (device_ == Device::CUDA) {  // rare (initialisation): zero on the device, else through the host
-    AMPIPE_CHECK(dtype_ == DType::F32 || dtype_ == DType::BF16) << "fill of a " << dtype_name(dtype_) << " tensor";
+    AMPIPE_CHECK(dtype_ == DType::F32 || dtype_ == DType::BF16)
+        << "fill of a " << dtype_name(dtype_) << " tensor";
     if (value == 0.0f) {
       zero();
     } else {
@@ -307,7 +319,8 @@ void Tensor::zero() {
     return;
   }
   const int64_t width = shape_.back();
-  for_each_row(shape_, strides_, [&](int64_t off) { std::memset(p + off * es, 0, static_cast<size_t>(width) * es); });
+  for_each_row(shape_, strides_,
+               [&](int64_t off) { std::memset(p + off * es, 0, static_cast<size_t>(width) * es); });
 }
 
 std::vector<float> Tensor::to_vector() const {

@@ -1,4 +1,5 @@
-// The emulated cuBLAS: cublasSgemm on OpenBLAS, queued on the handle's stream (docs/GPU.md, "The emulator").
+// The emulated cuBLAS: cublasSgemm and cublasGemmEx (float32 or bf16 inputs) on OpenBLAS, queued on the
+// handle's stream (docs/GPU.md, "The emulator").
 #include <cblas.h>
 
 #include <algorithm>
@@ -92,13 +93,31 @@ const char* cublasGetStatusString(cublasStatus_t status) {
   return "unknown status";
 }
 
-cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m,
-                           int n, int k, const float* alpha, const float* A, int lda, const float* B, int ldb,
-                           const float* beta, float* C, int ldc) {
+namespace {
+
+// A column-major rows x cols bf16 matrix with leading dimension ld, widened to float32 (exact).
+std::vector<float> widen_bf16(const void* matrix, int rows, int cols, int ld) {
+  std::vector<float> out(static_cast<size_t>(rows) * static_cast<size_t>(cols));
+  const auto* bits = static_cast<const uint16_t*>(matrix);
+  for (int j = 0; j < cols; ++j) {
+    for (int i = 0; i < rows; ++i) {
+      const uint32_t w = static_cast<uint32_t>(bits[i + static_cast<int64_t>(j) * ld]) << 16;
+      std::memcpy(&out[i + static_cast<size_t>(j) * rows], &w, sizeof(w));
+    }
+  }
+  return out;
+}
+
+// cublasSgemm and cublasGemmEx: C = alpha op(A) op(B) + beta C in float32, A and B float32 or (bf16)
+// bf16 widened exactly on the stream, computed by OpenBLAS on the handle's stream.
+cublasStatus_t gemm(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
+                    int k, const float* alpha, const void* A, int lda, const void* B, int ldb,
+                    const float* beta, float* C, int ldc, bool bf16, const char* name) {
   if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
   const auto valid_op = [](cublasOperation_t op) { return op == CUBLAS_OP_N || op == CUBLAS_OP_T; };
   // cuBLAS's argument checks: A is m x k (k x m transposed), B is k x n (n x k), C is m x n.
   const int a_rows = transa == CUBLAS_OP_N ? m : k, b_rows = transb == CUBLAS_OP_N ? k : n;
+  const int a_cols = transa == CUBLAS_OP_N ? k : m, b_cols = transb == CUBLAS_OP_N ? n : k;
   if (!valid_op(transa) || !valid_op(transb) || m < 0 || n < 0 || k < 0 || lda < std::max(1, a_rows) ||
       ldb < std::max(1, b_rows) || ldc < std::max(1, m))
     return CUBLAS_STATUS_INVALID_VALUE;
@@ -118,69 +137,39 @@ cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cubl
                   b == 0.0f ? 0.0f : b * C[i + static_cast<int64_t>(j) * ldc];
           return;
         }
-        cblas_sgemm(CblasColMajor, ta, tb, m, n, k, a, A, lda, B, ldb, b, C, ldc);
+        if (!bf16) {
+          cblas_sgemm(CblasColMajor, ta, tb, m, n, k, a, static_cast<const float*>(A), lda,
+                      static_cast<const float*>(B), ldb, b, C, ldc);
+          return;
+        }
+        const std::vector<float> wa = widen_bf16(A, a_rows, a_cols, lda);
+        const std::vector<float> wb = widen_bf16(B, b_rows, b_cols, ldb);
+        cblas_sgemm(CblasColMajor, ta, tb, m, n, k, a, wa.data(), std::max(1, a_rows), wb.data(),
+                    std::max(1, b_rows), b, C, ldc);
       },
-      "cublasSgemm");
+      name);
   return CUBLAS_STATUS_SUCCESS;
 }
 
-namespace {
-// A column-major rows x cols bf16 matrix with leading dimension ld, widened to float32 (exact).
-std::vector<float> widen_bf16(const void* matrix, int rows, int cols, int ld) {
-  std::vector<float> out(static_cast<size_t>(rows) * static_cast<size_t>(cols));
-  const auto* bits = static_cast<const uint16_t*>(matrix);
-  for (int j = 0; j < cols; ++j) {
-    for (int i = 0; i < rows; ++i) {
-      const uint32_t w = static_cast<uint32_t>(bits[i + static_cast<int64_t>(j) * ld]) << 16;
-      std::memcpy(&out[i + static_cast<size_t>(j) * rows], &w, sizeof(w));
-    }
-  }
-  return out;
-}
 }  // namespace
 
-cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m, int n,
-                            int k, const void* alpha, const void* A, cudaDataType_t Atype, int lda, const void* B,
-                            cudaDataType_t Btype, int ldb, const void* beta, void* C, cudaDataType_t Ctype, int ldc,
-                            cublasComputeType_t computeType, cublasGemmAlgo_t algo) {
+cublasStatus_t cublasSgemm(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m,
+                           int n, int k, const float* alpha, const float* A, int lda, const float* B, int ldb,
+                           const float* beta, float* C, int ldc) {
+  return gemm(handle, transa, transb, m, n, k, alpha, A, lda, B, ldb, beta, C, ldc, false, "cublasSgemm");
+}
+
+cublasStatus_t cublasGemmEx(cublasHandle_t handle, cublasOperation_t transa, cublasOperation_t transb, int m,
+                            int n, int k, const void* alpha, const void* A, cudaDataType_t Atype, int lda,
+                            const void* B, cudaDataType_t Btype, int ldb, const void* beta, void* C,
+                            cudaDataType_t Ctype, int ldc, cublasComputeType_t computeType,
+                            cublasGemmAlgo_t algo) {
   if (handle == nullptr) return CUBLAS_STATUS_NOT_INITIALIZED;
   const bool types = Atype == Btype && (Atype == CUDA_R_32F || Atype == CUDA_R_16BF) && Ctype == CUDA_R_32F;
   if (!types || (computeType != CUBLAS_COMPUTE_32F && computeType != CUBLAS_COMPUTE_32F_PEDANTIC) ||
       algo != CUBLAS_GEMM_DEFAULT)
     return CUBLAS_STATUS_NOT_SUPPORTED;
-  const auto* fa = static_cast<const float*>(alpha);
-  const auto* fb = static_cast<const float*>(beta);
-  auto* c = static_cast<float*>(C);
-  if (Atype == CUDA_R_32F)
-    return cublasSgemm(handle, transa, transb, m, n, k, fa, static_cast<const float*>(A), lda,
-                       static_cast<const float*>(B), ldb, fb, c, ldc);
-  // bf16: check the arguments as cublasSgemm does, then widen on the stream and multiply there.
-  const int a_rows = transa == CUBLAS_OP_N ? m : k, a_cols = transa == CUBLAS_OP_N ? k : m;
-  const int b_rows = transb == CUBLAS_OP_N ? k : n, b_cols = transb == CUBLAS_OP_N ? n : k;
-  const auto valid_op = [](cublasOperation_t op) { return op == CUBLAS_OP_N || op == CUBLAS_OP_T; };
-  if (!valid_op(transa) || !valid_op(transb) || m < 0 || n < 0 || k < 0 || lda < std::max(1, a_rows) ||
-      ldb < std::max(1, b_rows) || ldc < std::max(1, m))
-    return CUBLAS_STATUS_INVALID_VALUE;
-  if (m == 0 || n == 0) return CUBLAS_STATUS_SUCCESS;
-  const bool device_scalars = handle->pointer_mode == CUBLAS_POINTER_MODE_DEVICE;
-  const float a_host = device_scalars ? 0.0f : *fa, b_host = device_scalars ? 0.0f : *fb;
-  const CBLAS_TRANSPOSE ta = transa == CUBLAS_OP_N ? CblasNoTrans : CblasTrans;
-  const CBLAS_TRANSPOSE tb = transb == CUBLAS_OP_N ? CblasNoTrans : CblasTrans;
-  ampipe_gpu_emulator::enqueue(
-      handle->stream,
-      [=] {
-        const float a = device_scalars ? *fa : a_host, b = device_scalars ? *fb : b_host;
-        if (k == 0) {
-          for (int j = 0; j < n; ++j)
-            for (int i = 0; i < m; ++i)
-              c[i + static_cast<int64_t>(j) * ldc] = b == 0.0f ? 0.0f : b * c[i + static_cast<int64_t>(j) * ldc];
-          return;
-        }
-        const std::vector<float> wa = widen_bf16(A, a_rows, a_cols, lda);
-        const std::vector<float> wb = widen_bf16(B, b_rows, b_cols, ldb);
-        cblas_sgemm(CblasColMajor, ta, tb, m, n, k, a, wa.data(), std::max(1, a_rows), wb.data(), std::max(1, b_rows),
-                    b, c, ldc);
-      },
-      "cublasGemmEx");
-  return CUBLAS_STATUS_SUCCESS;
+  return gemm(handle, transa, transb, m, n, k, static_cast<const float*>(alpha), A, lda, B, ldb,
+              static_cast<const float*>(beta), static_cast<float*>(C), ldc, Atype == CUDA_R_16BF,
+              "cublasGemmEx");
 }

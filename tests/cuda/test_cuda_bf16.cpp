@@ -36,8 +36,15 @@ std::vector<uint16_t> bits_of(const Tensor& t) {
 TEST(CudaBf16, ConvertGivesTheCpuBitsBothWaysAndInViews) {
   AMPIPE_REQUIRE_GPU();
   std::vector<float> values = random_values(37 * 41, 1, -1e4f, 1e4f);
-  const float specials[] = {0.0f, -0.0f, std::numeric_limits<float>::infinity(), -3.4e38f, 3.39e38f, 1e-40f,
-                            -1e-39f, std::numeric_limits<float>::quiet_NaN(), 1.0f + 1.0f / 256.0f};
+  const float specials[] = {0.0f,
+                            -0.0f,
+                            std::numeric_limits<float>::infinity(),
+                            -3.4e38f,
+                            3.39e38f,
+                            1e-40f,
+                            -1e-39f,
+                            std::numeric_limits<float>::quiet_NaN(),
+                            1.0f + 1.0f / 256.0f};
   std::copy(std::begin(specials), std::end(specials), values.begin());
   const Tensor src = Tensor::from({37, 41}, values);
   Tensor cpu = Tensor::zeros({37, 41}, DType::BF16);

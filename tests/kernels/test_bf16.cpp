@@ -90,7 +90,7 @@ TEST(Bf16Convert, RoundsAsCoreBf16AndWidensExactly) {
       EXPECT_EQ(got[i], want[i]) << i;
     }
   }
-  EXPECT_EQ(got[n - 2], 1.0f);                   // a tie rounds to the even neighbour, down
+  EXPECT_EQ(got[n - 2], 1.0f);                  // a tie rounds to the even neighbour, down
   EXPECT_EQ(got[n - 1], 1.0f + 4.0f / 256.0f);  // and up
 }
 
@@ -105,10 +105,13 @@ TEST(Bf16Convert, ViewsAndRefusals) {
       const float want = (j >= 4 && j < 9) ? to_float(to_bf16(values[r * 9 + (j - 4 + 2)])) : 0.0f;
       ASSERT_EQ(got[r * 12 + j], want) << r << "," << j;  // nothing outside the view is written
     }
-  EXPECT_NE(testing::error_of([&] { kernels::convert(src, Tensor::zeros({6, 8}, DType::BF16)); }).find("one shape"),
+  EXPECT_NE(testing::error_of([&] {
+              kernels::convert(src, Tensor::zeros({6, 8}, DType::BF16));
+            }).find("one shape"),
             std::string::npos);
-  EXPECT_NE(testing::error_of([&] { kernels::convert(Tensor::zeros({2}, DType::I32), Tensor::zeros({2})); })
-                .find("float32 and bfloat16 only"),
+  EXPECT_NE(testing::error_of([&] {
+              kernels::convert(Tensor::zeros({2}, DType::I32), Tensor::zeros({2}));
+            }).find("float32 and bfloat16 only"),
             std::string::npos);
 }
 
@@ -123,7 +126,8 @@ TEST(Bf16Gemm, EqualsFloat32GemmOnTheSameValues) {
         SCOPED_TRACE(::testing::Message() << d.m << "x" << d.k << "x" << d.n << " ta=" << ta << " tb=" << tb);
         const Shape as = ta ? Shape{d.k, d.m} : Shape{d.m, d.k};
         const Shape bs = tb ? Shape{d.n, d.k} : Shape{d.k, d.n};
-        const std::vector<float> av = rounded(random_values(d.m * d.k, 7)), bv = rounded(random_values(d.k * d.n, 8));
+        const std::vector<float> av = rounded(random_values(d.m * d.k, 7)),
+                                 bv = rounded(random_values(d.k * d.n, 8));
         Tensor want = Tensor::from({d.m, d.n}, random_values(d.m * d.n, 9));
         Tensor got = want.clone();
         kernels::gemm(Tensor::from(as, av), ta, Tensor::from(bs, bv), tb, want, 0.5f, -1.0f);
