@@ -36,8 +36,6 @@ ncclDataType_t nccl_type(DType dtype) {
   throw Error("no NCCL datatype for tensor dtype " + std::string(dtype_name(dtype)));
 }
 
-};
-
 std::string nccl_error_text(ncclResult_t result, ncclComm_t comm) {
   std::string text = ncclGetErrorString(result);
   const char* last = comm != nullptr ? ncclGetLastError(comm) : ncclGetLastError(nullptr);
