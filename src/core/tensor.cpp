@@ -84,7 +84,8 @@ Tensor Tensor::from(const Shape& shape, const std::vector<float>& values) {
   Tensor t = empty(shape);
   AMPIPE_CHECK(static_cast<int64_t>(values.size()) == t.numel())
       << "Tensor::from: " << values.size() << " values for shape " << shape_string(shape);
-  std::memcpy(t.raw(), values.data(), values.size() * sizeof(float));
+  // No copy of no values: an empty vector's data() may be null, which memcpy must not be given.
+  if (!values.empty()) std::memcpy(t.raw(), values.data(), values.size() * sizeof(float));
   return t;
 }
 
@@ -92,7 +93,7 @@ Tensor Tensor::from_ints(const Shape& shape, const std::vector<int32_t>& values)
   Tensor t = empty(shape, DType::I32);
   AMPIPE_CHECK(static_cast<int64_t>(values.size()) == t.numel())
       << "Tensor::from_ints: " << values.size() << " values for shape " << shape_string(shape);
-  std::memcpy(t.raw(), values.data(), values.size() * sizeof(int32_t));
+  if (!values.empty()) std::memcpy(t.raw(), values.data(), values.size() * sizeof(int32_t));
   return t;
 }
 
