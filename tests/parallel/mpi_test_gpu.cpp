@@ -13,10 +13,12 @@
 #include <cstdio>
 #include <cstdlib>
 #include <map>
+#include <numeric>
 #include <sstream>
 
 #include "comm/device_communicator.h"
 #include "comm/host_staged_communicator.h"
+#include "comm/mpi_communicator.h"
 #include "comm/nccl_communicator.h"
 #include "core/device.h"
 #include "model/gpt.h"
@@ -134,6 +136,52 @@ TEST(DeviceCommunicator, BfloatAllToAllOfGpuBuffers) {
   for (int p = 0; p < n; ++p) {
     EXPECT_EQ(got[2 * p], static_cast<float>(p * 64 + 2 * r)) << "from rank " << p;
     EXPECT_EQ(got[2 * p + 1], static_cast<float>(p * 64 + 2 * r + 1)) << "from rank " << p;
+  }
+  expect_no_rank_failed(*g_world);
+}
+
+// Every NCCL call on GPU buffers, on however many ranks run (one included: how a one-GPU machine
+// runs NCCL at all), where NCCL is built and every rank has its own GPU: all_to_all_v with uneven
+// counts (a zero and the rank's own block), all_reduce_sum, broadcast from the last rank, all_gather.
+TEST(NcclCommunicator, EveryCallMovesGpuBuffers) {
+  auto* mpi = dynamic_cast<MpiCommunicator*>(g_world.get());
+  if (!nccl_unavailable_reason().empty() || mpi == nullptr) {
+    GTEST_SKIP() << (mpi == nullptr ? std::string("not under mpirun") : nccl_unavailable_reason());
+  }
+  const std::string shared = shared_gpu_ranks(*g_world);
+  if (!shared.empty()) GTEST_SKIP() << shared;
+  const std::unique_ptr<Communicator> nccl = make_nccl_communicator(*mpi);
+  const int n = nccl->size(), r = nccl->rank();
+  // Rank r sends p + 1 floats (value 100 r + p) to rank p, none to the next rank up.
+  std::vector<int64_t> send_counts(n), recv_counts(n);
+  std::vector<float> send_values;
+  for (int p = 0; p < n; ++p) {
+    send_counts[p] = (n > 1 && p == (r + 1) % n) ? 0 : p + 1;
+    for (int64_t i = 0; i < send_counts[p]; ++i) send_values.push_back(100.0f * r + p);
+  }
+  for (int p = 0; p < n; ++p) recv_counts[p] = (n > 1 && r == (p + 1) % n) ? 0 : r + 1;
+  const int64_t recv_total = std::accumulate(recv_counts.begin(), recv_counts.end(), int64_t{0});
+  Tensor recv = Tensor::zeros({recv_total + 1}, DType::F32, Device::CUDA);  // one past the counts: untouched
+  recv.rows(recv_total, recv_total + 1).fill(-7.0f);
+  nccl->all_to_all_v(Tensor::from({static_cast<int64_t>(send_values.size())}, send_values).to(Device::CUDA),
+                     send_counts, recv, recv_counts);
+  std::vector<float> want;
+  for (int p = 0; p < n; ++p)
+    for (int64_t i = 0; i < recv_counts[p]; ++i) want.push_back(100.0f * p + r);
+  want.push_back(-7.0f);
+  EXPECT_EQ(recv.to_vector(), want);
+  Tensor sum = Tensor::from({3}, {1.0f * r, 2.0f, -1.0f}).to(Device::CUDA);
+  nccl->all_reduce_sum(sum);
+  EXPECT_EQ(sum.to_vector(), (std::vector<float>{n * (n - 1) / 2.0f, 2.0f * n, -1.0f * n}));
+  Tensor b = Tensor::from({2}, {1.0f * r, 5.0f}).to(Device::CUDA);
+  nccl->broadcast(b, n - 1);
+  EXPECT_EQ(b.to_vector(), (std::vector<float>{n - 1.0f, 5.0f}));
+  Tensor all = Tensor::zeros({2 * n}, DType::F32, Device::CUDA);
+  nccl->all_gather(Tensor::from({2}, {1.0f * r, -1.0f * r}).to(Device::CUDA), all);
+  const std::vector<float> gathered = all.to_vector();
+  for (int p = 0; p < n; ++p) {
+    EXPECT_EQ(gathered[2 * p], 1.0f * p);
+    EXPECT_EQ(gathered[2 * p + 1], -1.0f * p);
   }
   expect_no_rank_failed(*g_world);
 }
