@@ -20,17 +20,14 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "comm/world.h"
 #include "core/tensor.h"
 
 namespace {
 
 using namespace ampipe;
-
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  return values[values.size() / 2];
-}
+using bench::median;
 
 // Median over `repeats` samples of the slowest rank's time for fn, after one warm-up.
 double timed(Communicator& comm, int repeats, const std::function<void()>& fn) {

@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "bench_util.h"
 #include "core/random.h"
 #include "core/tensor.h"
 #include "kernels/attention.h"
@@ -25,6 +26,8 @@
 namespace {
 
 using namespace ampipe;
+using bench::median;
+using bench::seconds_of;
 
 Tensor random_tensor(const Shape& shape, uint64_t seed) {
   Tensor t = Tensor::empty(shape);
@@ -32,17 +35,6 @@ Tensor random_tensor(const Shape& shape, uint64_t seed) {
   float* p = t.data<float>();
   for (int64_t i = 0; i < t.numel(); ++i) p[i] = static_cast<float>(rng.normal());
   return t;
-}
-
-double seconds_of(const std::function<void()>& fn) {
-  const auto start = std::chrono::steady_clock::now();
-  fn();
-  return std::chrono::duration<double>(std::chrono::steady_clock::now() - start).count();
-}
-
-double median(std::vector<double> values) {
-  std::sort(values.begin(), values.end());
-  return values[values.size() / 2];
 }
 
 // One timed kernel: what it runs, its FLOPs, its configuration and its samples.

@@ -22,18 +22,15 @@
 #include "core/random.h"
 #include "kernels/gemm.h"
 #include "model/block.h"
+#include "bench_util.h"
 
 using namespace ampipe;
+using bench::median;
 
 namespace {
 
 double seconds_since(std::chrono::steady_clock::time_point t0) {
   return std::chrono::duration<double>(std::chrono::steady_clock::now() - t0).count();
-}
-
-double median(std::vector<double> v) {
-  std::sort(v.begin(), v.end());
-  return v[v.size() / 2];
 }
 
 Tensor random_tensor(const Shape& shape, uint64_t seed, float scale) {
