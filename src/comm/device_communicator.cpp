@@ -16,24 +16,7 @@ DistributedBackend parse_distributed_backend(const std::string& name) {
   throw Error("--distributed-backend must be nccl or mpi, got '" + name + "'");
 }
 
-const char* distributed_backend_name(DistributedBackend backend) {
-  switch (backend) {
-    case DistributedBackend::Nccl:
-      return "nccl";
-    case DistributedBackend::Mpi:
-      return "mpi";
-    case DistributedBackend::Default:
-      break;
-  }
-  return "default";
-}
-
 namespace {
-
-Communicator& staged(Communicator& world, std::unique_ptr<Communicator>& holder) {
-  holder = std::make_unique<HostStagedCommunicator>(world);
-  return *holder;
-}
 
 // Why NCCL cannot serve these ranks ("" when it can). Collective over `world`.
 std::string nccl_refusal(Communicator& world, const MpiCommunicator* mpi) {
@@ -56,7 +39,7 @@ Communicator& communicator_for_device(Communicator& world, Device device, Distri
     return world;
   }
   if (world.moves_device_buffers()) return world;  // one rank: nothing to move between ranks
-  if (backend == DistributedBackend::Mpi) return staged(world, holder);
+  if (backend == DistributedBackend::Mpi) return for_device(world, device, holder);
   const auto* mpi = dynamic_cast<const MpiCommunicator*>(&world);
   const std::string refusal = nccl_refusal(world, mpi);
   if (refusal.empty()) {
@@ -71,7 +54,7 @@ Communicator& communicator_for_device(Communicator& world, Device device, Distri
                  refusal.c_str());
     std::fflush(stderr);
   }
-  return staged(world, holder);
+  return for_device(world, device, holder);
 }
 
 }  // namespace ampipe

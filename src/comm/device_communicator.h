@@ -22,7 +22,6 @@ enum class DistributedBackend { Default, Nccl, Mpi };
 
 // "" (the default), "nccl" or "mpi"; throws ampipe::Error naming the value and what is allowed.
 DistributedBackend parse_distributed_backend(const std::string& name);
-const char* distributed_backend_name(DistributedBackend backend);  // "default", "nccl", "mpi"
 
 // The communicator for tensors on `device` over `world`'s ranks: `world` itself, or one made here
 // and kept alive by `holder`. Collective over `world` (NCCL set-up). Throws on every rank alike when

@@ -28,8 +28,8 @@ void check_like_param(const Tensor& param, const Tensor& other, const char* name
 GemmDims check_gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, const Tensor& c) {
   AMPIPE_CHECK(a.dtype() == b.dtype() && (a.dtype() == DType::F32 || a.dtype() == DType::BF16) &&
                c.dtype() == DType::F32)
-      << "gemm takes a and b both float32 or both bfloat16, and c float32; got " << dtype_name(a.dtype()) << ", "
-      << dtype_name(b.dtype()) << ", " << dtype_name(c.dtype());
+      << "gemm takes a and b both float32 or both bfloat16, and c float32; got " << dtype_name(a.dtype())
+      << ", " << dtype_name(b.dtype()) << ", " << dtype_name(c.dtype());
   AMPIPE_CHECK(a.ndim() == 2 && b.ndim() == 2 && c.ndim() == 2)
       << "gemm takes 2-D tensors, got " << shape_string(a.shape()) << ", " << shape_string(b.shape()) << ", "
       << shape_string(c.shape());
@@ -57,13 +57,17 @@ void check_bias_backward(const Tensor& dy, const Tensor& dbias) {
       << shape_string(dy.shape());
 }
 
-void check_convert(const Tensor& src, const Tensor& dst) {
+ConvertLayout check_convert(const Tensor& src, const Tensor& dst) {
   const auto floating = [](DType d) { return d == DType::F32 || d == DType::BF16; };
   AMPIPE_CHECK(floating(src.dtype()) && floating(dst.dtype()))
-      << "convert: float32 and bfloat16 only, got " << dtype_name(src.dtype()) << " -> " << dtype_name(dst.dtype());
+      << "convert: float32 and bfloat16 only, got " << dtype_name(src.dtype()) << " -> "
+      << dtype_name(dst.dtype());
   AMPIPE_CHECK(src.shape() == dst.shape() && src.ndim() >= 1 && src.ndim() <= 2)
       << "convert: src " << shape_string(src.shape()) << " and dst " << shape_string(dst.shape())
       << " must have one shape, 1-D or 2-D";
+  const int64_t cols = src.shape().back();
+  return {src.ndim() == 2 ? src.dim(0) : 1, cols, src.ndim() == 2 ? src.stride(0) : cols,
+          dst.ndim() == 2 ? dst.stride(0) : cols};
 }
 
 void check_add_inplace(const Tensor& y, const Tensor& x) { check_same_shape(y, x, "add_inplace", "y", "x"); }

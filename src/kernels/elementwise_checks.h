@@ -20,8 +20,12 @@ GemmDims check_gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool tra
 
 void check_add_bias(const Tensor& y, const Tensor& bias);
 void check_bias_backward(const Tensor& dy, const Tensor& dbias);
-// convert: float32/bfloat16 operands of one shape (1-D or 2-D), each with a contiguous last dimension.
-void check_convert(const Tensor& src, const Tensor& dst);
+// convert: float32/bfloat16 operands of one shape (1-D or 2-D), each with a contiguous last
+// dimension; returns them as rows x cols with each one's row stride (in elements).
+struct ConvertLayout {
+  int64_t rows, cols, src_stride, dst_stride;
+};
+ConvertLayout check_convert(const Tensor& src, const Tensor& dst);
 void check_add_inplace(const Tensor& y, const Tensor& x);
 void check_gelu_forward(const Tensor& x, const Tensor& y);
 void check_gelu_backward(const Tensor& x, const Tensor& dy, const Tensor& dx);

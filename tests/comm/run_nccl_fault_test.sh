@@ -9,46 +9,21 @@ set -uo pipefail
 program=$1; shift
 mpiexec=("$@")
 failures=0
+source "$(dirname "$0")/fault_checks.sh"
 
 # run_case NAME NP MODE DEADLINE MAX_SECONDS EXPECTED_LINE... : runs the program, checks the exit
 # status, the time taken and stderr's lines.
 run_case() {
   local name=$1 np=$2 mode=$3 deadline=$4 max=$5
   shift 5
-  local start=$SECONDS out status elapsed
+  local start=$SECONDS out status
   # Rank ERROR_RANK (if set) gets the emulator's async-error hook; the others do not.
   out=$(timeout 120 "${mpiexec[@]}" -x AMPIPE_INJECT_COMM_STOP -x AMPIPE_GPU_EMULATOR_DEVICES -x ERROR_RANK \
     -np "$np" bash -c 'if [ "${OMPI_COMM_WORLD_RANK:-}" = "${ERROR_RANK:-none}" ]; then
                          export AMPIPE_GPU_EMULATOR_NCCL_ERROR=1; fi; exec "$0" "$@"' \
     "$program" "$mode" "$deadline" 2>&1)
   status=$?
-  elapsed=$((SECONDS - start))
-  printf '%s\n' "$out" | sed "s/^/  [$name] /"
-  echo "[$name] exit status $status after ${elapsed}s (deadline ${deadline}s)"
-  local ok=1
-  if [ "$status" -eq 0 ] || [ "$status" -eq 124 ]; then
-    echo "[$name] FAIL: the job did not end with an error (status $status; 124 = hung until timeout(1))"
-    ok=0
-  fi
-  if [ "$elapsed" -gt "$max" ]; then
-    echo "[$name] FAIL: took ${elapsed}s, more than ${max}s"
-    ok=0
-  fi
-  local early
-  early=$(printf '%s\n' "$out" | sed -n 's/.*returned after \([0-9.]*\) s.*/\1/p' |
-    awk -v d="$deadline" '$1 < d { print }')
-  if [ -n "$early" ]; then
-    echo "[$name] FAIL: a collective in trouble returned (after $early s)"
-    ok=0
-  fi
-  local line
-  for line in "$@"; do
-    if ! printf '%s\n' "$out" | grep -qF -- "$line"; then
-      echo "[$name] FAIL: no line containing: $line"
-      ok=0
-    fi
-  done
-  if [ "$ok" -eq 1 ]; then echo "[$name] PASS"; else failures=$((failures + 1)); fi
+  check_case "$name" "$status" $((SECONDS - start)) "$max" "$deadline" "$out" "$@"
 }
 
 export ERROR_RANK=none

@@ -8,42 +8,17 @@ program=$1; shift
 mpiexec=("$@")
 deadline=2
 failures=0
+source "$(dirname "$0")/fault_checks.sh"
 
 # run_case NAME NP MODE EXPECTED_LINE... : runs the program, checks status, time and stderr lines.
 run_case() {
   local name=$1 np=$2 mode=$3
   shift 3
-  local start=$SECONDS out status elapsed
+  local start=$SECONDS out status
   out=$(timeout 60 "${mpiexec[@]}" -x AMPIPE_INJECT_COMM_STOP -np "$np" "$program" "$mode" "$deadline" 2>&1)
   status=$?
-  elapsed=$((SECONDS - start))
-  printf '%s\n' "$out" | sed "s/^/  [$name] /"
-  echo "[$name] exit status $status after ${elapsed}s (deadline ${deadline}s)"
-  local ok=1
-  if [ "$status" -eq 0 ] || [ "$status" -eq 124 ]; then
-    echo "[$name] FAIL: the job did not end with an error (status $status; 124 = hung until timeout(1))"
-    ok=0
-  fi
-  if [ "$elapsed" -gt $((deadline + 20)) ]; then
-    echo "[$name] FAIL: took ${elapsed}s, more than the deadline plus 20 s"
-    ok=0
-  fi
   # A call may return only after the deadline (when mpirun's teardown resumes the stopped rank).
-  local early
-  early=$(printf '%s\n' "$out" | sed -n 's/.*returned after \([0-9.]*\) s.*/\1/p' |
-    awk -v d="$deadline" '$1 < d { print }')
-  if [ -n "$early" ]; then
-    echo "[$name] FAIL: a stalled collective returned before the deadline (after $early s)"
-    ok=0
-  fi
-  local line
-  for line in "$@"; do
-    if ! printf '%s\n' "$out" | grep -qF -- "$line"; then
-      echo "[$name] FAIL: no line containing: $line"
-      ok=0
-    fi
-  done
-  if [ "$ok" -eq 1 ]; then echo "[$name] PASS"; else failures=$((failures + 1)); fi
+  check_case "$name" "$status" $((SECONDS - start)) $((deadline + 20)) "$deadline" "$out" "$@"
 }
 
 export AMPIPE_INJECT_COMM_STOP=

@@ -10,15 +10,11 @@
 namespace ampipe::kernels::cpu {
 
 void convert(const Tensor& src, Tensor dst) {
-  detail::check_convert(src, dst);
+  const auto [rows, cols, src_stride, dst_stride] = detail::check_convert(src, dst);
   if (src.dtype() == dst.dtype()) {
     dst.copy_from(src);
     return;
   }
-  const int64_t cols = src.shape().back();
-  const int64_t rows = src.ndim() == 2 ? src.dim(0) : 1;
-  const int64_t src_stride = src.ndim() == 2 ? src.stride(0) : cols;
-  const int64_t dst_stride = dst.ndim() == 2 ? dst.stride(0) : cols;
   const int64_t grain = std::max<int64_t>(1, 65536 / std::max<int64_t>(cols, 1));
   if (dst.dtype() == DType::BF16) {
     const float* s = src.data<float>();

@@ -48,16 +48,12 @@ __global__ void convert_kernel(const void* src, int64_t src_stride, void* dst, i
 }  // namespace
 
 void convert(const Tensor& src, Tensor dst) {
-  detail::check_convert(src, dst);
+  const auto [rows, cols, src_stride, dst_stride] = detail::check_convert(src, dst);
   if (src.dtype() == dst.dtype()) {
     dst.copy_from(src);
     return;
   }
-  const int64_t cols = src.shape().back();
-  const int64_t rows = src.ndim() == 2 ? src.dim(0) : 1;
   if (rows * cols == 0) return;
-  const int64_t src_stride = src.ndim() == 2 ? src.stride(0) : cols;
-  const int64_t dst_stride = dst.ndim() == 2 ? dst.stride(0) : cols;
   const unsigned grid = std::min<unsigned>(blocks_for(rows * cols, kThreads), kMaxBlocks);
   launch("convert_kernel", convert_kernel, grid, kThreads, 0, stream(), static_cast<const void*>(src.device_bytes()),
          src_stride, static_cast<void*>(dst.device_bytes()), dst_stride, rows, cols, dst.dtype() == DType::BF16);
