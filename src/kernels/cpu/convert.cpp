@@ -10,7 +10,10 @@
 namespace ampipe::kernels::cpu {
 
 void convert(const Tensor& src, Tensor dst) {
-  const auto [rows, cols, src_stride, dst_stride] = detail::check_convert(src, dst);
+  // Plain locals, not a structured binding: clang before 16 cannot capture bindings in a lambda.
+  const auto layout = detail::check_convert(src, dst);
+  const int64_t rows = layout.rows, cols = layout.cols;
+  const int64_t src_stride = layout.src_stride, dst_stride = layout.dst_stride;
   if (src.dtype() == dst.dtype()) {
     dst.copy_from(src);
     return;
