@@ -77,6 +77,7 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
   cmd->add_option("--repeats", o.repeats, "Timed repeats per case (the median is reported)")->capture_default_str();
   cmd->add_option("--threads", o.threads, "Compute threads per rank")->capture_default_str();
   add_device_flags(*cmd, o.device, o.distributed_backend, "the blocks run");
+  add_precision_flag(*cmd, o.bf16, "the blocks run");
   cmd->add_option("--link", o.link,
                   "Label of the link rate in the output; default $AMPIPE_LINK (set by scripts/netem.sh), else "
                   "'unshaped'");

@@ -48,6 +48,7 @@ struct BenchOptions {
   int threads = 1;
   std::string device = "cpu";  // --device: cpu or cuda (train/trainer.h parse_device)
   std::string distributed_backend;  // --distributed-backend: "" (default), nccl or mpi
+  bool bf16 = false;                // --bf16: mixed precision (docs/MODEL.md "Precision")
   std::string link;  // empty: $AMPIPE_LINK, else "unshaped"
   std::string hardware;  // profile for `auto` and predictions; empty: calibrate when needed
   std::string json_out;

@@ -1,6 +1,7 @@
 #include "cli/bench_cases.h"
 
 #include <algorithm>
+#include <array>
 #include <cctype>
 #include <chrono>
 #include <cmath>
@@ -11,6 +12,7 @@
 #include <nlohmann/json.hpp>
 
 #include "comm/communicator.h"
+#include "comm/timed_communicator.h"
 #include "core/error.h"
 #include "core/random.h"
 #include "model/block.h"
@@ -86,6 +88,9 @@ struct Case {
   std::unique_ptr<StreamedBlock> exec;
   std::vector<double> times, computes, comms, pass_bounds;
   std::vector<std::vector<double>> stage_ms;  // per stage: the rank mean of each timed run
+  // Bytes all ranks sent through the expert group's all_to_all_v in one step, by DType (the last
+  // timed run; the same every run): the tokens in the wire dtype, the per-expert counts in int32.
+  std::array<int64_t, 3> all_to_all_bytes{};
 };
 
 // The medians of a case and its ratios to the other cases of the job.
@@ -145,6 +150,7 @@ struct Inputs {
   StandaloneBlock& blocks;
   Tensor x, dy;
   int64_t batch;
+  TimedCommunicator& expert_group;  // the blocks' expert group, counting the all-to-all bytes
 };
 
 // One forward + backward of every block of the job under case k; the measurements are kept from
@@ -158,6 +164,7 @@ void run_case_once(BenchRun& run, const BenchJob& job, Inputs& in, Case& k, bool
   std::vector<RoutingStats> stats(L);
   for (RoutingStats& s : stats) s.reset(job.shape.E);
   std::vector<BlockContext> ctx(L);
+  in.expert_group.reset();
   world.barrier();
   const double start_us = trace_clock_us();
   const auto t0 = Clock::now();
@@ -186,7 +193,13 @@ void run_case_once(BenchRun& run, const BenchJob& job, Inputs& in, Case& k, bool
   world.all_reduce_max(comm_ms);
   double pass_bound = std::max(pass_ms[0][0], pass_ms[0][1]) + std::max(pass_ms[1][0], pass_ms[1][1]);
   world.all_reduce_max(pass_bound);
+  std::array<int64_t, 3> bytes{};
+  for (size_t t = 0; t < bytes.size(); ++t) {
+    bytes[t] = in.expert_group.all_to_all_bytes(static_cast<DType>(t));
+    world.all_reduce_sum(bytes[t]);
+  }
   if (timed) {
+    k.all_to_all_bytes = bytes;
     k.pass_bounds.push_back(pass_bound);
     k.times.push_back(ms);
     k.computes.push_back(compute_ms);
@@ -351,6 +364,12 @@ nlohmann::json json_row(const BenchRun& run, const BenchJob& job, const Case& k,
                       {"threads", o.threads},
                       {"device", run.device == Device::CUDA ? "cuda" : "cpu"},
                       {"link", run.link},
+                      {"bf16", o.bf16},
+                      {"all_to_all_dtype", o.bf16 ? "bf16" : "float32"},
+                      {"all_to_all_bytes",
+                       {{"float32", k.all_to_all_bytes[static_cast<size_t>(DType::F32)]},
+                        {"bf16", k.all_to_all_bytes[static_cast<size_t>(DType::BF16)]},
+                        {"int32", k.all_to_all_bytes[static_cast<size_t>(DType::I32)]}}},
                       {"time_ms", o.predict_only ? nlohmann::json(nullptr) : nlohmann::json(m.time_ms)},
                       {"compute_ms", m.compute_ms},
                       {"comm_ms", m.comm_ms},
@@ -416,9 +435,11 @@ void run_bench_job(BenchRun& run, const BenchJob& job) {
   const BenchOptions& o = run.options;
   Communicator& world = run.world;
   const GridShape& s = job.shape;
-  const ModelConfig c = s.config(o.capacity_factor);
+  ModelConfig c = s.config(o.capacity_factor);
+  c.bf16 = o.bf16;
   TrainingGroups groups = make_training_groups(world, 0, s.E);
-  ModelParallel parallel{groups.expert_group.get(), nullptr};
+  TimedCommunicator expert_group(*groups.expert_group);
+  ModelParallel parallel{&expert_group, nullptr};
   StandaloneBlock blocks(c, parallel, job.num_layers, run.device);
   blocks.initialize(o.seed);
   const int64_t B = o.micro_batch_size;
@@ -426,7 +447,7 @@ void run_bench_job(BenchRun& run, const BenchJob& job) {
   Tensor x = Tensor::empty({B * s.N, s.d}), dy = Tensor::empty({B * s.N, s.d});
   fill_normal(x, mix_seed(rank_seed, 1), 1.0f);
   fill_normal(dy, mix_seed(rank_seed, 2), 1e-3f);
-  Inputs in{blocks, x.to(run.device), dy.to(run.device), B};  // drawn on the host, then moved
+  Inputs in{blocks, x.to(run.device), dy.to(run.device), B, expert_group};  // drawn on the host, then moved
   const BlockShape bshape{c, B, s.N, groups.expert_group->size()};
 
   std::vector<Case> cases = make_cases(run, job, bshape);

@@ -65,6 +65,7 @@ CLI::App* add_eval_command(CLI::App& app, EvalCommand& e, int default_threads) {
       ->capture_default_str();
   eval->add_option("--threads", e.threads, "Compute threads")->capture_default_str();
   add_device_flags(*eval, e.device, e.distributed_backend, "the model runs");
+  add_precision_flag(*eval, e.bf16, "the model runs");
   return eval;
 }
 
@@ -89,6 +90,7 @@ CLI::App* add_sample_command(CLI::App& app, SampleCommand& s, int default_thread
   sample->add_option("--seed", s.seed, "Sampling seed")->check(unsigned_integer())->capture_default_str();
   sample->add_option("--threads", s.threads, "Compute threads")->capture_default_str();
   add_device_flags(*sample, s.device, s.distributed_backend, "the model runs");
+  add_precision_flag(*sample, s.bf16, "the model runs");
   return sample;
 }
 
@@ -156,6 +158,7 @@ int run_eval_command(const EvalCommand& e, Communicator& world_in) {
   const bool indexed = blend.size() > 1 || TrainingCorpus::is_indexed_prefix(blend[0].prefix);
   const std::string load = checkpoint_to_read(e.load, e.ckpt_step);
   ModelConfig config = read_checkpoint_config(load);
+  config.bf16 = e.bf16;
   const int64_t N = e.seq_length > 0 ? e.seq_length : config.max_seq_len;
   AMPIPE_CHECK(N <= config.max_seq_len)
       << "--seq-length " << N << " exceeds the checkpoint's max_seq_len " << config.max_seq_len;
@@ -180,6 +183,7 @@ int run_sample_command(const SampleCommand& s, Communicator& world_in) {
   const std::string load = checkpoint_to_read(s.load, s.ckpt_step);
   // Every rank generates the same text (the same seed), so their expert all-to-alls match.
   ModelConfig config = read_checkpoint_config(load);
+  config.bf16 = s.bf16;
   TrainingGroups groups = make_training_groups(world, 0, config.num_experts);
   GptMoe model(config, groups.model_parallel(), device);
   load_model_weights(load, model);

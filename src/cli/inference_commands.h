@@ -27,6 +27,7 @@ struct EvalCommand {
   int threads = 1;
   std::string device = "cpu";
   std::string distributed_backend;  // --distributed-backend: "" (default), nccl or mpi
+  bool bf16 = false;                // --bf16: mixed precision (docs/MODEL.md "Precision")
 };
 
 struct SampleCommand {
@@ -40,6 +41,7 @@ struct SampleCommand {
   int threads = 1;
   std::string device = "cpu";
   std::string distributed_backend;  // --distributed-backend: "" (default), nccl or mpi
+  bool bf16 = false;                // --bf16: mixed precision (docs/MODEL.md "Precision")
 };
 
 // Register the subcommands with their flags bound to the structs (which must outlive parsing);

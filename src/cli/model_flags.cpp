@@ -72,7 +72,7 @@ void apply_family_flags(const FamilyFlags& f, ModelConfig& config) {
 void add_device_flags(CLI::App& cmd, std::string& device, std::string& distributed_backend, const char* what) {
   cmd.add_option("--device", device,
                  std::string("Where ") + what +
-                     ": cpu, or cuda (one NVIDIA GPU, float32: the model's parameters and activations, and in "
+                     ": cpu, or cuda (one NVIDIA GPU, float32 or --bf16: the model's parameters and activations, and in "
                      "train the optimizer state, live on the GPU; inputs move there once per step). Checkpoints "
                      "are the same float32 files either way, so a model trained on one device loads on the other. "
                      "cuda needs a CUDA build and a usable GPU (the error names what is missing); under mpirun each "
@@ -85,6 +85,16 @@ void add_device_flags(CLI::App& cmd, std::string& device, std::string& distribut
                  "GPU, which NCCL refuses). Default: nccl where this build has NCCL and every rank has a GPU "
                  "of its own, else mpi (rank 0 says why). Tested under the GPU emulator only (docs/GPU.md)")
       ->check(CLI::IsMember({"nccl", "mpi"}));
+}
+
+void add_precision_flag(CLI::App& cmd, bool& bf16, const char* what) {
+  cmd.add_flag("--bf16", bf16,
+               std::string("Mixed precision: ") + what +
+                   " with the GEMM operands (linear weights, the LM head, their inputs) in bf16, accumulating "
+                   "in float32, and the MoE all-to-alls carrying bf16 tokens (half the bytes). Parameters, "
+                   "gradients, optimizer state and checkpoints stay float32 (a checkpoint resumes or loads in "
+                   "either precision); norms, attention, the router, the loss and AdamW run in float32. "
+                   "docs/MODEL.md \"Precision\" says what runs in which dtype");
 }
 
 }  // namespace ampipe

@@ -48,4 +48,8 @@ bool any_family_flag_given(const FamilyFlags& flags);
 // there in the help text ("the model trains"). train/trainer.h parse_device reads the value.
 void add_device_flags(CLI::App& cmd, std::string& device, std::string& distributed_backend, const char* what);
 
+// Registers --bf16 (Megatron-LM's flag: mixed precision, docs/MODEL.md "Precision") on `cmd`, bound
+// to `bf16`; `what` names what runs in it ("the model trains").
+void add_precision_flag(CLI::App& cmd, bool& bf16, const char* what);
+
 }  // namespace ampipe

@@ -210,10 +210,11 @@ void merge_checkpoint_model_config(TrainCommand& c) {
   const ModelConfig stored = read_checkpoint_config(o.load);
   const ModelConfig flags = o.model;
   o.model = stored;
+  o.model.bf16 = flags.bf16;  // the run's precision, not the checkpoint's (checkpoints are float32)
   bool any_given = any_family_flag_given(c.family);
   for (const char* f : kModelFlags) any_given |= cmd.count(f) > 0;
   if (!any_given) return;
-  ModelConfig merged = stored;
+  ModelConfig merged = o.model;
   if (cmd.count("--num-layers")) merged.num_layers = flags.num_layers;
   if (cmd.count("--hidden-size")) merged.hidden_size = flags.hidden_size;
   if (cmd.count("--num-attention-heads")) merged.num_attention_heads = flags.num_attention_heads;
@@ -282,6 +283,7 @@ CLI::App* add_train_command(CLI::App& app, TrainCommand& c, int default_threads)
   add_data_flags(*cmd, c.options);
   cmd->add_option("--threads", c.threads, "Compute threads (kernels and BLAS)")->capture_default_str();
   add_device_flags(*cmd, c.device, c.distributed_backend, "the model trains");
+  add_precision_flag(*cmd, c.options.model.bf16, "the model trains");
   add_parallel_flags(*cmd, c);
   return cmd;
 }

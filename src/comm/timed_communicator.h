@@ -1,9 +1,11 @@
 // TimedCommunicator: forwards every call to another communicator and adds up the wall time spent
-// in them, so a training run can report the share of step time spent communicating.
-// Sub-communicators made by split() are timed into the same counter. Not thread-safe (like the
+// in them, so a training run can report the share of step time spent communicating, and the bytes
+// this rank sends through all_to_all_v by element type (the benchmark's proof that --bf16 halves
+// the MoE all-to-alls). Sub-communicators made by split() count into the same totals. Not thread-safe (like the
 // communicators themselves).
 #pragma once
 
+#include <array>
 #include <chrono>
 #include <cstdlib>
 #include <memory>
@@ -16,13 +18,23 @@ namespace ampipe {
 
 class TimedCommunicator final : public Communicator {
  public:
-  // `inner` is borrowed (must outlive this) unless `owned` is given.
-  explicit TimedCommunicator(Communicator& inner, std::shared_ptr<double> seconds = nullptr,
+  struct Totals {
+    double seconds = 0;
+    std::array<int64_t, 3> all_to_all_bytes{};  // by DType (F32, I32, BF16): bytes sent
+  };
+
+  // `inner` is borrowed (must outlive this) unless `owned` is given; `totals` (optional) shared.
+  explicit TimedCommunicator(Communicator& inner, std::shared_ptr<Totals> totals = nullptr,
                              std::unique_ptr<Communicator> owned = nullptr)
-      : inner_(inner), owned_(std::move(owned)), seconds_(seconds ? seconds : std::make_shared<double>(0.0)) {}
+      : inner_(inner),
+        owned_(std::move(owned)),
+        totals_(totals ? totals : std::make_shared<Totals>()),
+        seconds_(&totals_->seconds) {}
 
   double seconds() const { return *seconds_; }
-  void reset() { *seconds_ = 0; }
+  // Bytes of `dtype` this rank has sent through all_to_all_v (its own block included).
+  int64_t all_to_all_bytes(DType dtype) const { return totals_->all_to_all_bytes[static_cast<size_t>(dtype)]; }
+  void reset() { *totals_ = Totals{}; }
 
   int rank() const override { return inner_.rank(); }
   int size() const override { return inner_.size(); }
@@ -32,12 +44,15 @@ class TimedCommunicator final : public Communicator {
     auto sub = inner_.split(color, key);
     if (!sub) return nullptr;
     Communicator& ref = *sub;
-    return std::make_unique<TimedCommunicator>(ref, seconds_, std::move(sub));
+    return std::make_unique<TimedCommunicator>(ref, totals_, std::move(sub));
   }
   void all_to_all_v(const Tensor& send, const std::vector<int64_t>& send_counts, Tensor recv,
                     const std::vector<int64_t>& recv_counts) override {
     Timer t(*seconds_);
     inner_.all_to_all_v(send, send_counts, recv, recv_counts);
+    int64_t elements = 0;
+    for (int64_t c : send_counts) elements += c;
+    totals_->all_to_all_bytes[static_cast<size_t>(send.dtype())] += elements * dtype_size(send.dtype());
   }
   void all_to_all(const std::vector<int64_t>& send, std::vector<int64_t>& recv) override {
     Timer t(*seconds_);
@@ -93,7 +108,8 @@ class TimedCommunicator final : public Communicator {
   };
   Communicator& inner_;
   std::unique_ptr<Communicator> owned_;
-  std::shared_ptr<double> seconds_;
+  std::shared_ptr<Totals> totals_;
+  double* seconds_;  // &totals_->seconds
 };
 
 }  // namespace ampipe

@@ -15,12 +15,14 @@ AttentionLayer::AttentionLayer(const ModelConfig& config, ParameterRegistry& par
       kv_heads_(config.kv_heads()),
       head_dim_(config.head_dim()),
       rope_(config.rope()),
+      bf16_(config.bf16),
       rope_theta_(config.rotary_base),
       norm_(config, params, prefix + "ln1") {
   const int64_t d = hidden_;
   const bool bias = config.add_bias_linear;
   auto add_input = [&](const std::string& name, int64_t begin, int64_t end) {
     Parameter* w = &params.add(prefix + name + ".weight", {end - begin, d}, true);
+    w->matmul = true;
     Parameter* b = bias ? &params.add(prefix + name + ".bias", {end - begin}, false) : nullptr;
     input_.push_back({w, b, begin, end});
   };
@@ -34,6 +36,7 @@ AttentionLayer::AttentionLayer(const ModelConfig& config, ParameterRegistry& par
   }
   const std::string out = config.mixtral() ? "attn.o" : "attn.proj";
   out_w_ = &params.add(prefix + out + ".weight", {d, q}, true);
+  out_w_->matmul = true;
   if (bias) out_b_ = &params.add(prefix + out + ".bias", {d}, false);
 }
 
@@ -99,10 +102,13 @@ size_t AttentionLayer::input_forward(AttentionContext& ctx, int64_t begin, int64
   in.x = rows_of(ctx.x, in.rows, in.first_row, rows);
   in.a = Tensor::empty({rows, hidden_}, DType::F32, device);
   norm_.forward(in.x, in.a, in.norm);
+  // bf16: the norm's output is only the projections' operand (its backward reads x and the
+  // statistics), so it is kept in bf16 from here: half the bytes saved for backward.
+  if (bf16_) in.a = as_dtype(in.a, DType::BF16);
   Tensor qkv = in.rows.defined() ? Tensor::empty({rows, ctx.qkv.dim(1)}, DType::F32, device)
                                  : ctx.qkv.rows(in.first_row, in.first_row + rows);
   for (const Projection& p : input_)
-    linear_forward(in.a, p.weight->value, p.bias ? p.bias->value : Tensor(), qkv.cols(p.begin, p.end));
+    linear_forward(in.a, p.weight->operand(), p.bias ? p.bias->value : Tensor(), qkv.cols(p.begin, p.end));
   if (rope_) {
     kernels::rope_forward(q_cols(qkv), ctx.batch, heads_, begin, rope_theta_);
     kernels::rope_forward(k_cols(qkv), ctx.batch, kv_heads_, begin, rope_theta_);
@@ -134,7 +140,7 @@ Tensor AttentionLayer::chunk_forward(AttentionContext& ctx, int64_t begin, int64
   kernels::attention_forward(c.q, k_cols(ctx.qkv), v_cols(ctx.qkv), chunk_shape(ctx, heads_, kv_heads_, c), c.o,
                              c.lse);
   Tensor h = Tensor::empty({rows, d}, DType::F32, device);
-  linear_forward(c.o, out_w_->value, out_b_ ? out_b_->value : Tensor(), h);
+  linear_forward(c.o, out_w_->operand(), out_b_ ? out_b_->value : Tensor(), h);
   kernels::add_inplace(h, chunk_rows_of(ctx.x, c));
   if (chunk_index) *chunk_index = ctx.chunks.size();
   ctx.chunks.push_back(std::move(c));
@@ -148,7 +154,7 @@ void AttentionLayer::chunk_backward(AttentionContext& ctx, size_t chunk_index, c
   const Device device = ctx.x.device();
   if (!ctx.dqkv.defined()) ctx.dqkv = Tensor::zeros({ctx.x.dim(0), q_width() + 2 * kv_width()}, DType::F32, device);
   Tensor d_o = Tensor::empty({rows, q_width()}, DType::F32, device);
-  linear_backward(c.o, out_w_->value, dh, d_o, out_w_->grad, out_b_ ? out_b_->grad : Tensor());
+  linear_backward(c.o, out_w_->operand(), dh, d_o, out_w_->grad, out_b_ ? out_b_->grad : Tensor());
   Tensor dq = c.rows.defined() ? Tensor::empty({rows, q_width()}, DType::F32, device)
                                : q_cols(ctx.dqkv).rows(c.first_row, c.first_row + rows);
   kernels::attention_backward(c.q, k_cols(ctx.qkv), v_cols(ctx.qkv), c.o, c.lse, d_o,
@@ -172,7 +178,7 @@ Tensor AttentionLayer::input_backward(AttentionContext& ctx, size_t input_index)
   Tensor da = Tensor::empty({rows, hidden_}, DType::F32, in.x.device());
   for (size_t i = 0; i < input_.size(); ++i) {
     const Projection& p = input_[i];
-    linear_backward(in.a, p.weight->value, dqkv.cols(p.begin, p.end), da, p.weight->grad,
+    linear_backward(in.a, p.weight->operand(), dqkv.cols(p.begin, p.end), da, p.weight->grad,
                     p.bias ? p.bias->grad : Tensor(), /*accumulate_dx=*/i > 0);
   }
   Tensor dx = Tensor::empty({rows, hidden_}, DType::F32, in.x.device());

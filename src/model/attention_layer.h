@@ -98,6 +98,7 @@ class AttentionLayer {
   };
   int64_t hidden_, heads_, kv_heads_, head_dim_;
   bool rope_;
+  bool bf16_;  // --bf16: the normed input is kept in bf16, the projections' operand
   double rope_theta_;
   Norm norm_;
   std::vector<Projection> input_;  // the fused qkv, or q, k and v

@@ -21,9 +21,13 @@ StandaloneBlock::StandaloneBlock(const ModelConfig& config, const ModelParallel&
     moe_.emplace_back(config_, params_, prefix, parallel);
   }
   for (int64_t l = 0; l < num_layers; ++l) blocks_.push_back({attention_[l], moe_[l]});
+  params_.set_compute_dtype(config_.bf16 ? DType::BF16 : DType::F32);
 }
 
-void StandaloneBlock::initialize(uint64_t seed) { initialize_parameters(params_, config_, seed); }
+void StandaloneBlock::initialize(uint64_t seed) {
+  initialize_parameters(params_, config_, seed);
+  params_.refresh_compute();
+}
 
 Tensor SequentialBlock::forward(const Block& block, BlockContext& ctx, const Tensor& x, int64_t batch,
                                 int64_t seq_len, RoutingStats& stats) const {

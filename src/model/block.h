@@ -69,6 +69,8 @@ class StandaloneBlock {
   StandaloneBlock(const StandaloneBlock&) = delete;
   StandaloneBlock& operator=(const StandaloneBlock&) = delete;
 
+  // Also fills the bf16 compute copies (--bf16); after any other change of the values, call
+  // params().refresh_compute() before the next pass.
   void initialize(uint64_t seed);
   Block block() const { return blocks_[0]; }                    // block 0
   const std::vector<Block>& blocks() const { return blocks_; }  // every block, in order

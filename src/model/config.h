@@ -38,6 +38,10 @@ struct ModelConfig {
   bool add_bias_linear = true;                       // false: --disable-bias-linear
   bool untie_embeddings_and_output_weights = false;  // --untie-embeddings-and-output-weights
 
+  // --bf16: mixed precision (docs/MODEL.md "Precision"). A setting of the run, not of the model: it
+  // is not in the checkpoint metadata nor in differences(), so a checkpoint resumes in either dtype.
+  bool bf16 = false;
+
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
   // KV heads g (h % g == 0): query head j uses KV head j / (h / g).
   int64_t kv_heads() const { return num_query_groups > 0 ? num_query_groups : num_attention_heads; }

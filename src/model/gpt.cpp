@@ -8,7 +8,7 @@
 #include "model/initialize.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/embedding.h"
-#include "kernels/gemm.h"
+#include "model/linear.h"
 
 namespace ampipe {
 
@@ -29,9 +29,14 @@ GptMoe::GptMoe(const ModelConfig& config, const ModelParallel& parallel, Device 
   final_norm_ = std::make_unique<Norm>(config_, params_, "final_ln");
   lm_head_ = config_.untie_embeddings_and_output_weights ? &params_.add("lm_head.weight", {config_.vocab_size, d}, true)
                                                          : token_emb_;
+  lm_head_->matmul = true;  // tied: the token embedding is looked up in float32, multiplied in bf16
+  params_.set_compute_dtype(config_.bf16 ? DType::BF16 : DType::F32);
 }
 
-void GptMoe::initialize(uint64_t seed) { initialize_parameters(params_, config_, seed); }
+void GptMoe::initialize(uint64_t seed) {
+  initialize_parameters(params_, config_, seed);
+  params_.refresh_compute();
+}
 
 void GptMoe::run_blocks(ForwardState& state, Tensor& x) const {
   const int64_t L = config_.num_layers;
@@ -57,6 +62,7 @@ LossParts GptMoe::forward(ForwardState& state, const Tensor& tokens, const Tenso
   AMPIPE_CHECK(targets.numel() == T) << "targets " << targets.numel() << " != tokens " << T;
   const int64_t d = config_.hidden_size;
   const Device device = params_.device();
+  params_.refresh_compute();  // bf16: the GEMMs' copies of whatever the values are now
   state.batch = batch;
   state.seq_len = N;
   state.tokens = tokens.to(device);
@@ -69,8 +75,10 @@ LossParts GptMoe::forward(ForwardState& state, const Tensor& tokens, const Tenso
   state.x_final = x;
   state.y = Tensor::empty({T, d}, DType::F32, device);
   final_norm_->forward(x, state.y, state.final_norm);
+  // bf16: y is only the head's operand (the norm's backward reads x_final), kept in bf16 from here.
+  state.y = as_dtype(state.y, lm_head_->operand().dtype());
   state.logits = Tensor::empty({T, config_.vocab_size}, DType::F32, device);
-  kernels::gemm(state.y, false, lm_head_->value, true, state.logits);
+  linear_forward(state.y, lm_head_->operand(), Tensor(), state.logits);
 
   Tensor losses = Tensor::empty({T}, DType::F32, device);
   kernels::cross_entropy_forward(state.logits, state.targets, losses);
@@ -93,9 +101,8 @@ void GptMoe::backward(ForwardState& state, double loss_scale, const std::functio
   const Device device = params_.device();
   Tensor dlogits = state.logits;  // reuse the logits buffer for their gradient
   kernels::cross_entropy_backward(state.logits, state.targets, static_cast<float>(loss_scale / T), dlogits);
-  kernels::gemm(dlogits, true, state.y, false, lm_head_->grad, 1.0f, 1.0f);
   Tensor dy = Tensor::empty({T, d}, DType::F32, device);
-  kernels::gemm(dlogits, false, lm_head_->value, false, dy);
+  linear_backward(state.y, lm_head_->operand(), dlogits, dy, lm_head_->grad, Tensor());
   state.logits = Tensor();
   Tensor dx = Tensor::empty({T, d}, DType::F32, device);
   final_norm_->backward(dy, state.x_final, state.final_norm, dx);

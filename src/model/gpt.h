@@ -52,6 +52,7 @@ class GptMoe {
 
   // GPT-2 initialisation from a seed (model/initialize.h): weights N(0, 0.02), residual projections
   // N(0, 0.02 / sqrt(2 L)), biases 0, norm gains 1, a stream per tensor and per expert.
+  // Under --bf16 the compute copies are filled too (as at every forward()).
   void initialize(uint64_t seed);
 
   const ModelConfig& config() const { return config_; }
@@ -64,6 +65,7 @@ class GptMoe {
 
   // tokens, targets [B*N] int32 (B = batch sequences of N = tokens/B positions, N <= max_seq_len),
   // on any device (moved to the model's when elsewhere; the trainer moves each batch once).
+  // Under --bf16 it first refreshes the parameters' compute copies (model/parameters.h).
   // lm_loss is this rank's mean; the aux loss uses routing statistics summed over the data group
   // (one global load-balancing loss). Collective over the expert and data groups.
   LossParts forward(ForwardState& state, const Tensor& tokens, const Tensor& targets, int64_t batch) const;

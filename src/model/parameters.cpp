@@ -1,12 +1,14 @@
 #include "model/parameters.h"
 
+#include "kernels/elementwise.h"
+
 namespace ampipe {
 
 Parameter& ParameterRegistry::add(const std::string& name, const Shape& shape, bool weight_decay) {
   AMPIPE_CHECK(!contains(name)) << "parameter '" << name << "' registered twice";
   index_[name] = params_.size();
   Tensor value = Tensor::zeros(shape, DType::F32, device_), grad = Tensor::zeros(shape, DType::F32, device_);
-  params_.push_back(Parameter{name, value, grad, weight_decay, false, 0});
+  params_.push_back(Parameter{name, value, grad, weight_decay, false, 0, false, Tensor()});
   return params_.back();
 }
 
@@ -38,6 +40,21 @@ int64_t ParameterRegistry::num_elements() const {
   int64_t n = 0;
   for (const Parameter& p : params_) n += p.value.numel();
   return n;
+}
+
+void ParameterRegistry::set_compute_dtype(DType dtype) {
+  AMPIPE_CHECK(dtype == DType::F32 || dtype == DType::BF16)
+      << "the compute dtype of parameters is float32 or bf16, got " << dtype_name(dtype);
+  compute_dtype_ = dtype;
+  for (Parameter& p : params_)
+    p.compute = dtype == DType::BF16 && p.matmul ? Tensor::empty(p.value.shape(), DType::BF16, device_) : Tensor();
+  refresh_compute();
+}
+
+void ParameterRegistry::refresh_compute() const {
+  for (const Parameter& p : params_)
+    if (p.compute.defined())  // both contiguous: converted as one row of every element
+      kernels::convert(p.value.reshape({p.value.numel()}), p.compute.reshape({p.compute.numel()}));
 }
 
 }  // namespace ampipe

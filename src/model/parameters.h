@@ -4,6 +4,13 @@
 // (handles share storage with the registry). The registry owns the order (registration order),
 // which is the order of the optimizer state and of the checkpoint file. Every value and gradient
 // lives on the registry's device. Not thread-safe.
+//
+// Mixed precision (--bf16, docs/MODEL.md "Precision"): `value` and `grad` stay float32 (the main
+// parameters and main gradients the optimizer and the checkpoints see). A parameter its layer marks
+// `matmul` (a GEMM operand: linear weights, the LM head) also gets a compute copy in the registry's
+// compute dtype, which the forward and backward GEMMs read through operand(). The copies are a cache
+// of the values: refresh_compute() rewrites them, and the models call it at the start of every
+// forward pass, so any writer of values (optimizer, checkpoint load, import) is seen by the next pass.
 #pragma once
 
 #include <cstdint>
@@ -24,6 +31,12 @@ struct Parameter {
   // layer's E; under expert parallelism each rank holds a different slice. Others are replicas.
   bool is_expert = false;
   int64_t expert_offset = 0;
+  // Set by the layer that registers it: a GEMM operand, which gets a compute copy under bf16.
+  bool matmul = false;
+  Tensor compute;  // the compute copy (compute dtype), undefined under float32 or when !matmul
+
+  // What the GEMMs read: the compute copy where there is one, else the value.
+  const Tensor& operand() const { return compute.defined() ? compute : value; }
 };
 
 class ParameterRegistry {
@@ -45,8 +58,18 @@ class ParameterRegistry {
   void zero_grad();
   int64_t num_elements() const;
 
+  // The dtype GEMM operands are used in: F32 (default; no copies) or BF16 (a copy per matmul
+  // parameter, allocated here and filled from the values). Call after every layer is registered.
+  // Throws ampipe::Error for any other dtype.
+  void set_compute_dtype(DType dtype);
+  DType compute_dtype() const { return compute_dtype_; }
+  // Rewrites every compute copy from its value (round to nearest even). A no-op under F32. Const:
+  // the copies are a cache of the values, not state of their own.
+  void refresh_compute() const;
+
  private:
   Device device_;
+  DType compute_dtype_ = DType::F32;
   std::deque<Parameter> params_;  // deque: references stay valid as parameters are added
   std::unordered_map<std::string, size_t> index_;
 };

@@ -62,16 +62,22 @@ ModelRun run(const ModelConfig& config, const BlockExecutor* executor, int64_t b
   return r;
 }
 
-void expect_same(const ModelRun& a, const ModelRun& b, const std::string& what) {
+// How far a schedule may be from the sequential block: float32 reassociation (chunked GEMMs and
+// reductions sum in another order) by default.
+struct Tolerance {
+  double loss = 1e-5, logits = 1e-4, grad_atol = 2e-5, grad_rtol = 2e-3;
+};
+
+void expect_same(const ModelRun& a, const ModelRun& b, const std::string& what, const Tolerance& tol = {}) {
   SCOPED_TRACE(what);
-  EXPECT_NEAR(a.loss.lm_loss, b.loss.lm_loss, 1e-5);
-  EXPECT_NEAR(a.loss.aux_loss, b.loss.aux_loss, 1e-5);
+  EXPECT_NEAR(a.loss.lm_loss, b.loss.lm_loss, tol.loss);
+  EXPECT_NEAR(a.loss.aux_loss, b.loss.aux_loss, tol.loss);
   testing::expect_close(std::vector<double>(a.logits.begin(), a.logits.end()),
-                        std::vector<double>(b.logits.begin(), b.logits.end()), 1e-4, 1e-4, "logits");
+                        std::vector<double>(b.logits.begin(), b.logits.end()), tol.logits, tol.logits, "logits");
   ASSERT_EQ(a.grads.size(), b.grads.size());
   for (size_t i = 0; i < a.grads.size(); ++i)
     testing::expect_close(std::vector<double>(a.grads[i].begin(), a.grads[i].end()),
-                          std::vector<double>(b.grads[i].begin(), b.grads[i].end()), 2e-5, 2e-3,
+                          std::vector<double>(b.grads[i].begin(), b.grads[i].end()), tol.grad_atol, tol.grad_rtol,
                           ("gradient " + std::to_string(i)).c_str());
 }
 
@@ -184,6 +190,58 @@ TEST_P(Schedules, WholePassEqualsSequential_BothScopes) {
             }
     }
   }
+}
+
+// --bf16: every schedule still computes the sequential block. Rounding to bf16 is per element, so
+// chunking alone changes nothing; what differs is float32 reassociation upstream (as above), which
+// can move a value across a bf16 rounding boundary: that operand element then differs by one bf16
+// ulp (2^-7 relative) instead of ~1e-7. Hence tolerances ~10x float32's (here, on this machine, even
+// float32's pass; another GEMM kernel, e.g. oneDNN on AVX512-BF16, sums in other orders), far below what a
+// wrong chunk, a lost row or a stale gradient produces (O(1) relative).
+TEST_P(Schedules, PipelinedEqualsSequential_Bf16) {
+  const auto [top_k, mixtral] = GetParam();
+  ModelConfig config = config_for(top_k, mixtral);
+  config.bf16 = true;
+  const int64_t N = 37, batch = 2;
+  Tolerance tol;
+  tol.loss = 1e-4;
+  tol.logits = 1e-3;
+  tol.grad_atol = 2e-4;
+  tol.grad_rtol = 2e-2;
+  const ModelRun reference = run(config, nullptr, batch, N);
+  ModelConfig f32 = config;
+  f32.bf16 = false;
+  const ModelRun float32 = run(f32, nullptr, batch, N);
+  EXPECT_GT(std::abs(float32.loss.lm_loss - reference.loss.lm_loss), 1e-7) << "nothing ran in bf16";
+  std::vector<BlockSchedule> schedules;
+  for (int64_t P : {2, 3}) {
+    BlockSchedule s;
+    s.kind = ScheduleKind::AmPipe;
+    s.pipe_degree = P;
+    schedules.push_back(s);
+    s.kind = ScheduleKind::MoePipe;
+    schedules.push_back(s);
+  }
+  BlockSchedule s;
+  s.kind = ScheduleKind::AmPipe;
+  s.chunk_boundaries = {0, 1, 20, 21, 37};
+  schedules.push_back(s);
+  s = BlockSchedule{};
+  s.kind = ScheduleKind::AmPipe;
+  s.pipe_degree = 3;
+  s.chunk_policy = ChunkPolicy::Balanced;
+  s.balance_weight = balance_weight(config, false);
+  s.moe_pipe_degree = 2;
+  schedules.push_back(s);
+  for (const BlockSchedule& schedule : schedules)
+    for (StageOrder order : {StageOrder::StageMajor, StageOrder::Interleaved})
+      for (PipelineScope scope : {PipelineScope::Block, PipelineScope::Model}) {
+        StreamedBlock executor(schedule, order, nullptr, 0, scope);
+        expect_same(run(config, &executor, batch, N), reference,
+                    std::string("bf16 ") + pipeline_scope_name(scope) + " scope " + schedule.describe() + " " +
+                        stage_order_name(order),
+                    tol);
+      }
 }
 
 // The gradient hook of block l runs once every gradient of block l is final: what it reads then

@@ -2,6 +2,8 @@
 
 #include <cmath>
 
+#include "model/linear.h"
+
 namespace ampipe {
 
 Dispatcher::Dispatcher(const ModelConfig& config, const ModelParallel& parallel)
@@ -9,6 +11,7 @@ Dispatcher::Dispatcher(const ModelConfig& config, const ModelParallel& parallel)
       local_experts_(config.num_experts / parallel.ep_size()),
       top_k_(config.top_k),
       capacity_factor_(config.capacity_factor),
+      wire_(config.bf16 ? DType::BF16 : DType::F32),
       group_(parallel.expert_group) {
   AMPIPE_CHECK(config.num_experts % parallel.ep_size() == 0)
       << "--moe-num-experts " << config.num_experts << " is not divisible by the expert-parallel size "
@@ -26,7 +29,7 @@ Tensor Dispatcher::exchange(const Tensor& rows, const std::vector<int64_t>& send
   const int64_t d = rows.dim(1);
   int64_t total = 0;
   for (int64_t r : recv_rows) total += r;
-  Tensor out = Tensor::empty({total, d}, DType::F32, rows.device());
+  Tensor out = Tensor::empty({total, d}, rows.dtype(), rows.device());
   std::vector<int64_t> send_counts(send_rows.size()), recv_counts(recv_rows.size());
   for (size_t i = 0; i < send_rows.size(); ++i) send_counts[i] = send_rows[i] * d;
   for (size_t i = 0; i < recv_rows.size(); ++i) recv_counts[i] = recv_rows[i] * d;
@@ -65,6 +68,7 @@ void Dispatcher::begin_dispatch(DispatchContext& ctx, const Tensor& m, const Ten
   ctx.gate = gate;
   ctx.in_flight = Tensor::empty({ctx.plan.num_slots(), m.dim(1)}, DType::F32, m.device());
   kernels::permute_forward(m, ctx.plan, ctx.in_flight);
+  ctx.in_flight = as_dtype(ctx.in_flight, wire_);
   if (!distributed()) ctx.local_counts = ctx.plan.expert_counts;
 }
 
@@ -111,7 +115,7 @@ void Dispatcher::exchange_dispatch(DispatchContext& ctx) const {
 }
 
 Tensor Dispatcher::finish_dispatch(DispatchContext& ctx) const {
-  Tensor received = std::move(ctx.in_flight);
+  Tensor received = as_dtype(ctx.in_flight, DType::F32);
   ctx.in_flight = Tensor();
   if (!distributed()) return received;
   Tensor expert_input = Tensor::empty({ctx.regroup.numel(), received.dim(1)}, DType::F32, received.device());
@@ -121,11 +125,12 @@ Tensor Dispatcher::finish_dispatch(DispatchContext& ctx) const {
 
 void Dispatcher::begin_combine(DispatchContext& ctx, const Tensor& expert_output) const {
   if (!distributed()) {
-    ctx.in_flight = expert_output;
+    ctx.in_flight = as_dtype(expert_output, wire_);
     return;
   }
   ctx.in_flight = Tensor::empty(expert_output.shape(), DType::F32, expert_output.device());
   kernels::scatter_rows(expert_output, ctx.regroup, ctx.in_flight);
+  ctx.in_flight = as_dtype(ctx.in_flight, wire_);
 }
 
 void Dispatcher::exchange_combine(DispatchContext& ctx) const {
@@ -133,7 +138,7 @@ void Dispatcher::exchange_combine(DispatchContext& ctx) const {
 }
 
 Tensor Dispatcher::finish_combine(DispatchContext& ctx) const {
-  ctx.expert_output_permuted = std::move(ctx.in_flight);
+  ctx.expert_output_permuted = as_dtype(ctx.in_flight, DType::F32);
   ctx.in_flight = Tensor();
   Tensor out = Tensor::empty({ctx.plan.token_slot.dim(0), ctx.expert_output_permuted.dim(1)}, DType::F32,
                              ctx.expert_output_permuted.device());
@@ -144,6 +149,7 @@ Tensor Dispatcher::finish_combine(DispatchContext& ctx) const {
 void Dispatcher::begin_combine_backward(DispatchContext& ctx, const Tensor& dout, Tensor dgate) const {
   ctx.in_flight = Tensor::empty(ctx.expert_output_permuted.shape(), DType::F32, dout.device());
   kernels::unpermute_backward(dout, ctx.expert_output_permuted, ctx.plan, ctx.gate, ctx.in_flight, dgate);
+  ctx.in_flight = as_dtype(ctx.in_flight, wire_);
 }
 
 void Dispatcher::exchange_combine_backward(DispatchContext& ctx) const {
@@ -151,7 +157,7 @@ void Dispatcher::exchange_combine_backward(DispatchContext& ctx) const {
 }
 
 Tensor Dispatcher::finish_combine_backward(DispatchContext& ctx) const {
-  Tensor received = std::move(ctx.in_flight);
+  Tensor received = as_dtype(ctx.in_flight, DType::F32);
   ctx.in_flight = Tensor();
   if (!distributed()) return received;
   Tensor dexpert_output = Tensor::empty({ctx.regroup.numel(), received.dim(1)}, DType::F32, received.device());
@@ -161,11 +167,12 @@ Tensor Dispatcher::finish_combine_backward(DispatchContext& ctx) const {
 
 void Dispatcher::begin_dispatch_backward(DispatchContext& ctx, const Tensor& dexpert_input) const {
   if (!distributed()) {
-    ctx.in_flight = dexpert_input;
+    ctx.in_flight = as_dtype(dexpert_input, wire_);
     return;
   }
   ctx.in_flight = Tensor::empty(dexpert_input.shape(), DType::F32, dexpert_input.device());
   kernels::scatter_rows(dexpert_input, ctx.regroup, ctx.in_flight);
+  ctx.in_flight = as_dtype(ctx.in_flight, wire_);
 }
 
 void Dispatcher::exchange_dispatch_backward(DispatchContext& ctx) const {
@@ -173,7 +180,7 @@ void Dispatcher::exchange_dispatch_backward(DispatchContext& ctx) const {
 }
 
 Tensor Dispatcher::finish_dispatch_backward(DispatchContext& ctx) const {
-  Tensor dpermuted = std::move(ctx.in_flight);
+  Tensor dpermuted = as_dtype(ctx.in_flight, DType::F32);
   ctx.in_flight = Tensor();
   Tensor dm = Tensor::empty({ctx.plan.token_slot.dim(0), dpermuted.dim(1)}, DType::F32, dpermuted.device());
   kernels::permute_backward(dpermuted, ctx.plan, dm);

@@ -6,7 +6,10 @@
 //             expert -> expert input [P_local, d];
 //   combine:  the mirror image: expert outputs go back to the ranks their tokens came from and are
 //             summed per token weighted by the gates.
-// Each half has its backward mirror. Without an expert group (or a group of one) the all-to-all
+// Each half has its backward mirror. The rows travel in the wire dtype: bf16 under --bf16 (half the
+// bytes of float32, in all four all-to-alls), rounded in begin_* and widened back to float32 in
+// finish_* (also without an expert group, so the function does not depend on the group's size).
+// Without an expert group (or a group of one) the all-to-all
 // and the regrouping are skipped. Every rank of the group must call the halves in the same order
 // (they are collectives).
 #pragma once
@@ -22,6 +25,7 @@ namespace ampipe {
 struct DispatchContext {
   kernels::DispatchPlan plan;           // local (token, choice) -> row of the expert-major buffer
   Tensor in_flight;                     // rows between a stage's compute part and its exchange
+                                        // (the wire dtype: bf16 under --bf16, else float32)
   Tensor gate;                          // [T, k]
   std::vector<int64_t> send_rows;       // [EP] rows sent to each rank (expert-major buffer order)
   std::vector<int64_t> recv_rows;       // [EP] rows received from each rank
@@ -36,6 +40,8 @@ class Dispatcher {
 
   // Capacity per expert for a routing group of `tokens` tokens (-1: dropless); docs/MODEL.md.
   int64_t capacity(int64_t tokens) const;
+  // The dtype the rows cross the all-to-alls in: BF16 under --bf16, else F32.
+  DType wire_dtype() const { return wire_; }
 
   // m [T, d], expert_index [T, k] (global expert ids), gate [T, k] -> expert input [P_local, d],
   // rows of local expert e being [offset_e, offset_e + local_expert_counts(ctx)[e]).
@@ -69,6 +75,7 @@ class Dispatcher {
  private:
   int64_t experts_, local_experts_, top_k_;
   double capacity_factor_;
+  DType wire_;  // the rows' dtype between begin_* and finish_*
   Communicator* group_;  // nullptr: all experts local
 
   bool distributed() const { return group_ != nullptr && group_->size() > 1; }

@@ -10,7 +10,8 @@ Experts::Experts(const ModelConfig& config, ParameterRegistry& params, const std
     : experts_(config.num_experts / parallel.ep_size()),
       hidden_(config.hidden_size),
       ffn_(config.ffn_hidden_size),
-      swiglu_(config.swiglu) {
+      swiglu_(config.swiglu),
+      bf16_(config.bf16) {
   AMPIPE_CHECK(config.num_experts % parallel.ep_size() == 0)
       << "--moe-num-experts " << config.num_experts << " is not divisible by the expert-parallel size "
       << parallel.ep_size();
@@ -18,6 +19,7 @@ Experts::Experts(const ModelConfig& config, ParameterRegistry& params, const std
   auto add = [&](const std::string& name, int64_t out, int64_t in) {
     Stacked m;
     m.weight = &params.add_expert(prefix + "moe." + name + ".weight", {experts_, out, in}, true, offset);
+    m.weight->matmul = true;
     if (config.add_bias_linear)
       m.bias = &params.add_expert(prefix + "moe." + name + ".bias", {experts_, out}, false, offset);
     return m;
@@ -34,7 +36,7 @@ Experts::Experts(const ModelConfig& config, ParameterRegistry& params, const std
 
 Tensor Experts::slice(const Parameter* p, bool grad, int64_t e) {
   if (!p) return Tensor();
-  const Tensor& t = grad ? p->grad : p->value;
+  const Tensor& t = grad ? p->grad : p->operand();
   Shape shape(t.shape().begin() + 1, t.shape().end());
   return t.rows(e, e + 1).reshape(shape);
 }
@@ -54,18 +56,21 @@ Tensor Experts::forward(ExpertsContext& ctx, const Tensor& u, const std::vector<
       << "experts got counts for " << counts.size() << " experts, hold " << experts_;
   const int64_t P = u.dim(0);
   ctx.counts = counts;
-  ctx.u = u;
+  const DType operand = bf16_ ? DType::BF16 : DType::F32;
+  ctx.u = as_dtype(u, operand);
   const Device device = u.device();
   ctx.h = Tensor::empty({P, ffn_}, DType::F32, device);
   if (swiglu_) ctx.h3 = Tensor::empty({P, ffn_}, DType::F32, device);
-  ctx.g = Tensor::empty({P, ffn_}, DType::F32, device);
+  ctx.g = Tensor::empty({P, ffn_}, operand, device);
+  // bf16: the activation writes float32 rows here, which are rounded into g, the GEMM's operand.
+  Tensor g32 = bf16_ ? Tensor::empty({P, ffn_}, DType::F32, device) : ctx.g;
   Tensor y = Tensor::empty({P, hidden_}, DType::F32, device);
   int64_t row = 0;
   for (int64_t e = 0; e < experts_; ++e) {
     const int64_t n = counts[e];
     if (n == 0) continue;
     AMPIPE_CHECK(row + n <= P) << "expert counts sum past the " << P << " input rows";
-    const Tensor u_e = u.rows(row, row + n), h = ctx.h.rows(row, row + n), g = ctx.g.rows(row, row + n);
+    const Tensor u_e = ctx.u.rows(row, row + n), h = ctx.h.rows(row, row + n), g = g32.rows(row, row + n);
     forward_map(in_, e, u_e, h);
     if (swiglu_) {
       const Tensor h3 = ctx.h3.rows(row, row + n);
@@ -74,7 +79,8 @@ Tensor Experts::forward(ExpertsContext& ctx, const Tensor& u, const std::vector<
     } else {
       kernels::gelu_forward(h, g);
     }
-    forward_map(out_, e, g, y.rows(row, row + n));
+    if (bf16_) kernels::convert(g, ctx.g.rows(row, row + n));
+    forward_map(out_, e, ctx.g.rows(row, row + n), y.rows(row, row + n));
     row += n;
   }
   AMPIPE_CHECK(row == P) << "expert counts sum to " << row << ", input has " << P << " rows";

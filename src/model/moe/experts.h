@@ -21,10 +21,10 @@ namespace ampipe {
 
 struct ExpertsContext {
   std::vector<int64_t> counts;  // rows per expert
-  Tensor u;                     // [P, d] input
+  Tensor u;                     // [P, d] input (bf16 under --bf16: the GEMMs' operand)
   Tensor h;                     // [P, f] pre-activation (SwiGLU: of the gate, through silu)
   Tensor h3;                    // [P, f] SwiGLU only: the up projection
-  Tensor g;                     // [P, f] gelu(h), or silu(h) * h3
+  Tensor g;                     // [P, f] gelu(h), or silu(h) * h3 (bf16 under --bf16, as u)
 };
 
 class Experts {
@@ -48,6 +48,7 @@ class Experts {
   };
   int64_t experts_, hidden_, ffn_;
   bool swiglu_;
+  bool bf16_;  // --bf16: u and g are kept in bf16 for the GEMMs and their backward
   Stacked in_;      // fc1, or w1: the branch through the activation
   Stacked linear_;  // SwiGLU only: w3, the linear branch
   Stacked out_;     // fc2, or w2
