@@ -3,6 +3,7 @@
 // checkpoint written by R ranks holds every expert. Run by CTest as `mpirun -np R`.
 #include <gtest/gtest.h>
 
+#include <array>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
@@ -12,6 +13,7 @@
 #include <nlohmann/json.hpp>
 #include <sstream>
 
+#include "comm/timed_communicator.h"
 #include "comm/world.h"
 #include "core/random.h"
 #include "grad_check.h"
@@ -41,6 +43,7 @@ struct MoeCase {
   int64_t k;
   double capacity_factor;
   bool mixtral = false;  // SwiGLU experts without biases, gates normalised for every k
+  bool bf16 = false;     // --bf16: bf16 GEMM operands and all-to-alls, against a bf16 reference
 };
 
 ModelConfig moe_config(const MoeCase& c) {
@@ -52,6 +55,7 @@ ModelConfig moe_config(const MoeCase& c) {
   m.ffn_hidden_size = 6;
   m.top_k = c.k;
   m.capacity_factor = c.capacity_factor;
+  m.bf16 = c.bf16;
   return m;
 }
 
@@ -81,6 +85,11 @@ TEST_P(ExpertParallel, ForwardAndBackwardEqualOneRankHoldingAllExperts) {
   ParameterRegistry ref_params;
   MoeLayer ref_layer(config, ref_params, "");
   set_parameters(ref_params, config.num_experts);
+  const DType compute = c.bf16 ? DType::BF16 : DType::F32;
+  ep_params.set_compute_dtype(compute);  // fills the bf16 copies from the values just set
+  ref_params.set_compute_dtype(compute);
+  // Both sides round the same float32 values to bf16: what remains is float32 reassociation.
+  const double tol = c.bf16 ? 1e-4 : 1e-5;
 
   // Rank s's tokens: uneven counts per rank, so experts receive different numbers from each.
   auto tokens_of = [&](int s) { return random_tensor({9 + 3 * s, 8}, 100 + s); };
@@ -104,11 +113,11 @@ TEST_P(ExpertParallel, ForwardAndBackwardEqualOneRankHoldingAllExperts) {
       for (Parameter& p : ref_params.all())
         if (!p.is_expert) p.grad.zero();
       Tensor rdx = ref_layer.backward(rctx, grad_of(s), rstats, aux_scale);
-      expect_close(y, testing::to_double(ry), 1e-5, 1e-5, "output");
-      expect_close(dx, testing::to_double(rdx), 1e-5, 1e-4, "input gradient");
+      expect_close(y, testing::to_double(ry), tol, tol, "output");
+      expect_close(dx, testing::to_double(rdx), tol, 10 * tol, "input gradient");
       for (const Parameter& p : ep_params.all())
         if (!p.is_expert)
-          expect_close(p.grad, testing::to_double(ref_params.get(p.name).grad), 1e-5, 1e-4, p.name.c_str());
+          expect_close(p.grad, testing::to_double(ref_params.get(p.name).grad), tol, 10 * tol, p.name.c_str());
     } else {
       std::vector<std::vector<float>> saved;
       for (Parameter& p : ref_params.all()) saved.push_back(p.is_expert ? std::vector<float>() : p.grad.to_vector());
@@ -123,14 +132,45 @@ TEST_P(ExpertParallel, ForwardAndBackwardEqualOneRankHoldingAllExperts) {
   for (const Parameter& p : ep_params.all()) {
     if (!p.is_expert) continue;
     Tensor whole = ref_params.get(p.name).grad;
-    expect_close(p.grad, testing::to_double(whole.rows(p.expert_offset, p.expert_offset + p.value.dim(0))), 1e-5,
-                 1e-4, p.name.c_str());
+    expect_close(p.grad, testing::to_double(whole.rows(p.expert_offset, p.expert_offset + p.value.dim(0))), tol,
+                 10 * tol, p.name.c_str());
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Routing, ExpertParallel,
                          ::testing::Values(MoeCase{1, 0.0}, MoeCase{2, 0.0}, MoeCase{1, 1.0}, MoeCase{2, 0.75},
-                                           MoeCase{1, 0.0, true}, MoeCase{2, 0.0, true}));
+                                           MoeCase{1, 0.0, true}, MoeCase{2, 0.0, true}, MoeCase{2, 0.0, false, true},
+                                           MoeCase{1, 1.0, false, true}, MoeCase{2, 0.0, true, true}));
+
+// --bf16 halves the bytes of every MoE all-to-all, exactly: the same routing (the router runs in
+// float32 either way) sends the same rows, two bytes per element instead of four, in all four
+// exchanges (dispatch and combine, forward and backward). The per-expert counts stay int32.
+TEST(ExpertParallel, Bf16AllToAllsCarryHalfTheBytesOfFloat32) {
+  const int rank = g_world->rank();
+  std::array<int64_t, 3> sent[2];
+  for (bool bf16 : {false, true}) {
+    ModelConfig config = moe_config(MoeCase{2, 0.0, true, bf16});
+    TrainingGroups groups = make_training_groups(*g_world, 0, config.num_experts);
+    TimedCommunicator counted(*groups.expert_group);
+    ParameterRegistry params;
+    MoeLayer layer(config, params, "", ModelParallel{&counted, nullptr});
+    set_parameters(params, config.num_experts);
+    params.set_compute_dtype(bf16 ? DType::BF16 : DType::F32);
+    MoeContext ctx;
+    RoutingStats stats;
+    layer.forward(ctx, random_tensor({9 + 3 * rank, 8}, 100 + rank), stats);
+    layer.backward(ctx, random_tensor({9 + 3 * rank, 8}, 200 + rank), stats, 0.05);
+    for (DType t : {DType::F32, DType::I32, DType::BF16})
+      sent[bf16][static_cast<size_t>(t)] = counted.all_to_all_bytes(t);
+  }
+  const size_t f32 = static_cast<size_t>(DType::F32), bf = static_cast<size_t>(DType::BF16),
+               i32 = static_cast<size_t>(DType::I32);
+  EXPECT_GT(sent[0][f32], 0);
+  EXPECT_EQ(sent[0][bf], 0);
+  EXPECT_EQ(sent[1][f32], 0) << "a float32 all-to-all under --bf16";
+  EXPECT_EQ(2 * sent[1][bf], sent[0][f32]);
+  EXPECT_EQ(sent[1][i32], sent[0][i32]);  // the counts exchange is the same
+}
 
 std::string shared_dir(const std::string& name) {
   // Rank 0 chooses the directory; every rank uses it.
@@ -336,6 +376,7 @@ struct PipeCase {
   int64_t top_k;
   bool capacity;  // kDropCapacity instead of dropless
   size_t config;  // into pipe_configs()
+  bool bf16 = false;  // --bf16, against the bf16 reference
 };
 
 std::vector<PipeCase> pipe_cases() {
@@ -347,12 +388,15 @@ std::vector<PipeCase> pipe_cases() {
           const ModelConfig model = pipe_model(mixtral, k, capacity ? kDropCapacity : 0.0);
           if (!capacity || capacity_reference(pipe_configs()[i], model)) cases.push_back({mixtral, k, capacity, i});
         }
+  // --bf16 (dropless, top-2, both families): moe-pipe, ampipe, and a MoE side cut on its own.
+  for (bool mixtral : {false, true})
+    for (size_t i : {size_t{1}, size_t{3}, size_t{8}}) cases.push_back({mixtral, 2, false, i, true});
   return cases;
 }
 
 std::string pipe_case_name(const PipeCase& c) {
   return std::string(c.mixtral ? "Mixtral" : "Gpt") + "_Top" + std::to_string(c.top_k) +
-         (c.capacity ? "_Capacity_" : "_Dropless_") + pipe_configs()[c.config].name;
+         (c.capacity ? "_Capacity_" : "_Dropless_") + (c.bf16 ? "Bf16_" : "") + pipe_configs()[c.config].name;
 }
 std::string pipe_test_name(const ::testing::TestParamInfo<PipeCase>& info) { return pipe_case_name(info.param); }
 void PrintTo(const PipeCase& c, std::ostream* out) { *out << pipe_case_name(c); }
@@ -382,7 +426,7 @@ RankRun run_on_ranks(const ModelConfig& config, const TrainingGroups& groups, co
 const RankRun& pipe_reference(const ModelConfig& config, const TrainingGroups& groups, const PipeConfig* pipe) {
   static std::map<std::string, RankRun> cache;
   std::ostringstream key;
-  key << config.family << " k=" << config.top_k << " cf=" << config.capacity_factor << " "
+  key << config.family << " k=" << config.top_k << " cf=" << config.capacity_factor << (config.bf16 ? " bf16 " : " ")
       << (pipe ? schedule_of(*pipe, config).describe() : std::string("sequential"));
   auto it = cache.find(key.str());
   if (it == cache.end()) {
@@ -403,7 +447,8 @@ class PipelinedOnSeveralRanks : public ::testing::TestWithParam<PipeCase> {};
 TEST_P(PipelinedOnSeveralRanks, LossAndEveryGradientEqualTheReferenceOnEveryRank) {
   const PipeCase c = GetParam();
   const PipeConfig& pipe = pipe_configs()[c.config];
-  const ModelConfig config = pipe_model(c.mixtral, c.top_k, c.capacity ? kDropCapacity : 0.0);
+  ModelConfig config = pipe_model(c.mixtral, c.top_k, c.capacity ? kDropCapacity : 0.0);
+  config.bf16 = c.bf16;
   const TrainingGroups groups = make_training_groups(*g_world, 0, config.num_experts);
   EXPECT_EQ(groups.expert_parallel_size, std::min(g_world->size(), 4));
   const std::unique_ptr<PipeConfig> ref_pipe = c.capacity ? capacity_reference(pipe, config) : nullptr;
@@ -413,7 +458,7 @@ TEST_P(PipelinedOnSeveralRanks, LossAndEveryGradientEqualTheReferenceOnEveryRank
     SCOPED_TRACE("rank " + std::to_string(g_world->rank()) + ", " + schedule_of(pipe, config).describe() + " " +
                  stage_order_name(pipe.order) + " against " +
                  (ref_pipe ? schedule_of(*ref_pipe, config).describe() : std::string("sequential")));
-    expect_same_on_this_rank(got, want);
+    expect_same_on_this_rank(got, want, c.bf16);
     if (c.capacity) {  // the factor drops pairs: the dropless loss differs
       const RankRun& dropless = pipe_reference(pipe_model(c.mixtral, c.top_k, 0.0), groups, nullptr);
       EXPECT_GT(std::abs(want.loss.lm_loss - dropless.loss.lm_loss), 1e-4) << "capacity dropped nothing";

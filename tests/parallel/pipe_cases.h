@@ -136,13 +136,21 @@ inline std::vector<double> widen(const std::vector<float>& v) { return std::vect
 
 // |a - b| <= 1e-6 + 1e-4 |b| with b's sign wherever |b| > 2e-6 (so a zero or negated gradient
 // fails), |a - b| <= 2e-6 elsewhere; and over each tensor cosine > 0.99999, relative L2 < 1e-4.
-inline void expect_same_on_this_rank(const RankRun& got, const RankRun& want) {
-  EXPECT_LE(std::abs(got.loss.lm_loss - want.loss.lm_loss), 1e-6 + 1e-5 * std::abs(want.loss.lm_loss))
+// bf16 (--bf16 on both sides): float32 reassociation between schedules can move an operand across
+// a bf16 rounding boundary (one bf16 ulp, 2^-7 relative, instead of ~1e-7), measured up to ~1.5%
+// on a small element and ~0.3% typical: |a - b| <= 2e-5 + 2e-2 |b| above a floor of 5e-5 (still
+// failing a zero or negated element there), cosine > 0.999, relative L2 < 1e-2.
+inline void expect_same_on_this_rank(const RankRun& got, const RankRun& want, bool bf16 = false) {
+  const double loss_rtol = bf16 ? 1e-4 : 1e-5;
+  EXPECT_LE(std::abs(got.loss.lm_loss - want.loss.lm_loss), 1e-6 + loss_rtol * std::abs(want.loss.lm_loss))
       << "lm loss " << got.loss.lm_loss << " vs " << want.loss.lm_loss;
-  EXPECT_LE(std::abs(got.loss.aux_loss - want.loss.aux_loss), 1e-6 + 1e-5 * std::abs(want.loss.aux_loss))
+  EXPECT_LE(std::abs(got.loss.aux_loss - want.loss.aux_loss), 1e-6 + loss_rtol * std::abs(want.loss.aux_loss))
       << "aux loss " << got.loss.aux_loss << " vs " << want.loss.aux_loss;
-  ::ampipe::testing::expect_close(widen(got.logits), widen(want.logits), 1e-5, 1e-4, "logits");
-  const ::ampipe::testing::GradientTolerance tol{2e-6, 1e-6, 1e-4, 0.99999, 1e-4};
+  ::ampipe::testing::expect_close(widen(got.logits), widen(want.logits), bf16 ? 1e-4 : 1e-5, bf16 ? 1e-2 : 1e-4,
+                                  "logits");
+  const ::ampipe::testing::GradientTolerance tol =
+      bf16 ? ::ampipe::testing::GradientTolerance{5e-5, 2e-5, 2e-2, 0.999, 1e-2}
+           : ::ampipe::testing::GradientTolerance{2e-6, 1e-6, 1e-4, 0.99999, 1e-4};
   EXPECT_EQ(got.names, want.names);
   if (got.grads.size() != want.grads.size()) return;
   for (size_t i = 0; i < got.grads.size(); ++i)
