@@ -115,6 +115,47 @@ INSTANTIATE_TEST_SUITE_P(Data, Resume, ::testing::Bool(), [](const ::testing::Te
   return param.param ? std::string("IndexedDataset") : std::string("TextFile");
 });
 
+// --bf16: checkpoints hold the float32 main parameters and optimizer state, so a bf16 run resumes
+// in bf16 bit for bit against the uninterrupted bf16 run, and the same checkpoint resumes in
+// float32 too (the run's precision is a flag, not part of the checkpoint's model config).
+TEST(Resume, Bf16RunResumesExactlyInBf16AndAlsoInFloat32) {
+  const std::string dir = temp_dir("resume_bf16");
+  const std::string data = write_corpus(dir);
+  auto options = [&](bool bf16, const std::string& metrics) {
+    TrainOptions o = tiny_options(data);
+    o.model.bf16 = bf16;
+    o.metrics_file = dir + "/" + metrics;
+    return o;
+  };
+  TrainOptions full = options(true, "full.jsonl");
+  const TrainResult uninterrupted = run_training(full, quiet);
+  TrainOptions f32_full = options(false, "f32.jsonl");
+  const TrainResult f32_run = run_training(f32_full, quiet);
+  EXPECT_NE(uninterrupted.final_loss, f32_run.final_loss) << "--bf16 changed nothing";
+  EXPECT_NEAR(uninterrupted.final_loss, f32_run.final_loss, 0.05);
+
+  TrainOptions first = options(true, "resumed.jsonl");
+  first.save = dir + "/ckpt";
+  first.exit_interval = 3;
+  run_training(first, quiet);
+  TrainOptions second = options(true, "resumed.jsonl");
+  second.load = dir + "/ckpt";
+  const TrainResult resumed = run_training(second, quiet);
+  const std::vector<nlohmann::json> a = read_metrics(dir + "/full.jsonl"), b = read_metrics(dir + "/resumed.jsonl");
+  ASSERT_EQ(a.size(), 8u);
+  ASSERT_EQ(b.size(), 8u);
+  for (size_t i = 0; i < a.size(); ++i)
+    EXPECT_EQ(a[i]["loss"].get<double>(), b[i]["loss"].get<double>()) << "iteration " << i + 1;
+  EXPECT_EQ(uninterrupted.final_val_loss, resumed.final_val_loss);
+
+  TrainOptions in_f32 = options(false, "resumed_f32.jsonl");
+  in_f32.load = dir + "/ckpt";
+  const TrainResult f32_resumed = run_training(in_f32, quiet);
+  EXPECT_EQ(f32_resumed.iterations, 8);
+  EXPECT_NEAR(f32_resumed.final_loss, uninterrupted.final_loss, 0.05);
+  EXPECT_NE(f32_resumed.final_loss, uninterrupted.final_loss) << "the float32 resume ran in bf16";
+}
+
 // Memory under load: after warm-up, resident memory stays flat over 2000 steps (no growth per
 // step: a leak of even one small activation per step would show as tens of MB).
 TEST(Trainer, ResidentMemoryStaysFlatOverTwoThousandSteps) {
