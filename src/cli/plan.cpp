@@ -52,6 +52,9 @@ CLI::App* add_plan_command(CLI::App& app, PlanOptions& o) {
   cmd->add_flag("--overlap-grad-reduce", o.overlap_grad_reduce,
                 "Price one gradient all-reduce per block in the backward, overlapped with the blocks below "
                 "it (the dense gradients summed over the R ranks of --ranks, the data-parallel size here)");
+  cmd->add_flag("--bf16", o.bf16,
+                "Price the --bf16 model: its all-to-alls at 2 bytes an element, its GEMMs at the profile's "
+                "matrix_flops_bf16 (at matrix_flops where the profile has none; the header says which)");
   cmd->add_flag("--summary", o.summary, "One line per shape (sequential, best moe-pipe, best ampipe, choice)");
   cmd->add_option("--json-out", o.json_out, "Write one JSON object per shape to this file (JSON Lines)");
   cmd->add_option("--trace", o.trace, "Write the predicted timeline of the first shape's choice (Chrome trace)");
@@ -169,7 +172,7 @@ void print_table(const GridShape& s, int64_t B, int64_t R, const PassShape& pass
 }
 
 nlohmann::json json_row(const GridShape& s, int64_t B, int64_t R, const PassShape& pass,
-                        const std::string& profile, const ShapeReport& r) {
+                        const std::string& profile, const ShapeReport& r, bool shape_bf16) {
   nlohmann::json per_schedule = nlohmann::json::array();
   for (const auto& [key, c] : r.best)
     per_schedule.push_back({{"schedule", schedule_name(c->schedule.kind)},
@@ -191,6 +194,7 @@ nlohmann::json json_row(const GridShape& s, int64_t B, int64_t R, const PassShap
           {"swiglu", s.parts.swiglu},
           {"num_layers", pass.num_layers},
           {"overlap_grad_reduce", pass.reduce_gradients},
+          {"bf16", shape_bf16},
           {"sequential_ms", r.seq_ms()},
           {"choice", r.choice.describe()},
           {"pipeline_scope", pipeline_scope_name(r.choice.scope)},
@@ -238,6 +242,10 @@ int run_plan(const PlanOptions& o, Communicator& world) {
   }
   std::printf("ampipe plan: profile %s, %s collectives%s (its figures and their sources: the profile file)\n",
               hw.name.c_str(), hw.collectives.c_str(), hw.host_staging_bandwidth > 0 ? " staged through host memory" : "");
+  if (o.bf16)
+    std::printf("precision: bf16 (all-to-alls at 2 bytes an element; GEMMs at %s)\n",
+                hw.matrix_flops_bf16 > 0 ? "the profile's matrix_flops_bf16"
+                                         : "matrix_flops: the profile has no matrix_flops_bf16");
   if (o.summary)
     std::printf("%6s %5s %4s %2s %4s %11s %18s %18s %9s %9s  %s\n", "N", "d", "E", "k", "R", "seq ms",
                 "moe-pipe ms (P)", "ampipe ms (P)", "am/seq", "am/moe", "choice (speedup over sequential)");
@@ -246,7 +254,9 @@ int run_plan(const PlanOptions& o, Communicator& world) {
     for (int64_t R : ranks) {
       AMPIPE_CHECK(s.E % R == 0) << "--moe-num-experts " << s.E << " is not divisible by --ranks " << R;
       // data_ranks 0: the dense gradients are all-reduced over the R ranks (GradReduce only).
-      const BlockShape shape{s.config(0.0), o.micro_batch_size, s.N, R};
+      ModelConfig config = s.config(0.0);
+      config.bf16 = o.bf16;
+      const BlockShape shape{config, o.micro_batch_size, s.N, R};
       const ShapeReport r(evaluate_candidates(shape, hw, ao), ao);
       const PassShape chosen{ao.num_layers, r.choice.scope, ao.reduce_gradients};
       if (o.summary)
@@ -254,7 +264,7 @@ int run_plan(const PlanOptions& o, Communicator& world) {
       else
         print_table(s, o.micro_batch_size, R, chosen, r);
       if (json.is_open()) {
-        json << json_row(s, o.micro_batch_size, R, chosen, hw.name, r).dump() << "\n";
+        json << json_row(s, o.micro_batch_size, R, chosen, hw.name, r, o.bf16).dump() << "\n";
         AMPIPE_CHECK(json.good()) << "--json-out: writing '" << o.json_out << "' failed";
       }
       if (!o.trace.empty() && !traced) {

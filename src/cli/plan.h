@@ -36,6 +36,7 @@ struct PlanOptions {
   int64_t num_layers = 1;            // blocks of the pass priced (L)
   bool overlap_grad_reduce = false;  // a GradReduce task per block in the backward
   bool summary = false;
+  bool bf16 = false;  // --bf16: price the mixed-precision model (bf16 all-to-alls and GEMMs)
   std::string json_out;
   std::string trace;  // predicted timeline of the choice for the first shape
   // --calibrate

@@ -110,7 +110,8 @@ StageWork stage_work(Stage stage, int64_t begin, int64_t end, const BlockShape& 
   const bool distributed = shape.ranks > 1;
   // sum_{i=b}^{e-1} (i + 1) keys x 4d FLOPs = 2d (e - b)(e + b + 1), per sequence.
   const double attention_core = B * 2 * d * len * double(end + begin + 1);
-  const double wire = rows * d * s * shape.effective_remote_fraction();
+  // --bf16: the rows cross the all-to-alls in bf16 (model/moe/dispatcher.h), two bytes an element.
+  const double wire = rows * d * (c.bf16 ? 2.0 : s) * shape.effective_remote_fraction();
 
   StageWork work;
   double elems = 0;  // bytes / s
@@ -178,6 +179,7 @@ StageWork stage_work(Stage stage, int64_t begin, int64_t end, const BlockShape& 
       break;
   }
   work.memory_bytes = elems * s;
+  work.bf16_gemms = c.bf16;
   return work;
 }
 
@@ -208,7 +210,7 @@ double elementwise_seconds(double memory_bytes, const HardwareProfile& hw) {
 double work_seconds(const StageWork& w, int64_t ranks, const HardwareProfile& hw) {
   check_profile(hw);
   double seconds = hw.task_overhead;
-  seconds += w.gemm_flops / hw.matrix_flops;
+  seconds += w.gemm_flops / (w.bf16_gemms && hw.matrix_flops_bf16 > 0 ? hw.matrix_flops_bf16 : hw.matrix_flops);
   seconds += w.attention_forward_flops / (hw.matrix_flops * hw.attention_efficiency);
   seconds += w.attention_backward_flops / (hw.matrix_flops * hw.attention_backward_efficiency);
   seconds += elementwise_seconds(w.memory_bytes, hw);

@@ -53,6 +53,7 @@ struct StageWork {
   double memory_bytes = 0;              // elementwise passes: bytes read + written
   double wire_bytes = 0;                // all-to-all: bytes this rank sends to other ranks
   int collective_calls = 0;             // all-to-all calls (each pays the link latency); 0 when R == 1
+  bool bf16_gemms = false;              // --bf16: gemm_flops run at matrix_flops_bf16 where known
 };
 
 // The work of `stage` on positions [begin, end) of each sequence (whole-sequence stages ignore

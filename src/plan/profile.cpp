@@ -19,6 +19,7 @@ using Json = nlohmann::json;
 const std::vector<std::string> kTopFields = {"name",
                                              "source",
                                              "matrix_flops",
+                                             "matrix_flops_bf16",
                                              "attention_efficiency",
                                              "attention_backward_efficiency",
                                              "memory_bandwidth",
@@ -227,6 +228,10 @@ HardwareProfile parse_profile(const std::string& json_text, const std::string& w
     check_rate(where, "cache_bandwidth", p.cache_bandwidth);  // when written, a real rate
   }
   if (root.contains("collectives")) p.collectives = get_string(where, "collectives", root["collectives"]);
+  if (root.contains("matrix_flops_bf16")) {
+    p.matrix_flops_bf16 = get_number(where, "matrix_flops_bf16", root["matrix_flops_bf16"]);
+    check_rate(where, "matrix_flops_bf16", p.matrix_flops_bf16);  // when written, a real rate
+  }
   if (root.contains("host_staging_bandwidth")) {
     p.host_staging_bandwidth = get_number(where, "host_staging_bandwidth", root["host_staging_bandwidth"]);
     check_rate(where, "host_staging_bandwidth", p.host_staging_bandwidth);  // when written, a real rate
@@ -250,6 +255,7 @@ std::string profile_to_json(const HardwareProfile& p) {
   j["name"] = p.name;
   j["source"] = p.source;
   j["matrix_flops"] = p.matrix_flops;
+  if (p.matrix_flops_bf16 > 0) j["matrix_flops_bf16"] = p.matrix_flops_bf16;  // absent: not known
   j["attention_efficiency"] = p.attention_efficiency;
   j["attention_backward_efficiency"] = p.attention_backward_efficiency;
   j["memory_bandwidth"] = p.memory_bandwidth;

@@ -5,7 +5,9 @@
 //   name                   string
 //   source                 string: where the figures come from (datasheet citation, or
 //                          "ampipe plan --calibrate on HOST at DATE")
-//   matrix_flops           FLOP/s one rank sustains in the block's GEMMs
+//   matrix_flops           FLOP/s one rank sustains in the block's GEMMs (float32)
+//   matrix_flops_bf16      FLOP/s of the same GEMMs on bf16 operands with float32 accumulation
+//                          (optional, default 0 = not known: --bf16 is priced at matrix_flops)
 //   attention_efficiency   causal attention forward FLOP rate as a fraction of matrix_flops (0, 1.5]
 //   attention_backward_efficiency  the same for attention backward (0, 1.5]
 //   memory_bandwidth       bytes/s of one rank's elementwise stages (layernorm, permute, residual)
@@ -13,7 +15,9 @@
 //                          ranks of one node
 //   inter_node             {"bandwidth": bytes/s per rank, "latency": seconds}: across nodes
 //   ranks_per_node         integer >= 1
-//   bytes_per_element      integer >= 1: activation bytes on the wire (4 float32, 2 bf16)
+//   bytes_per_element      integer >= 1: bytes of an activation element in the elementwise
+//                          stages and of a float32 all-to-all element (4); a --bf16 model's
+//                          all-to-alls are priced at 2 bytes an element whatever this says
 //   task_overhead          seconds >= 0 (optional, default 0): fixed cost of each stage task
 //   overlap_slowdown       >= 1 (optional, default 1): factor on compute-stage time while the
 //                          comm stream is busy (CPU ranks share cores with the network stack)
@@ -50,6 +54,7 @@ struct LinkProfile {
 struct HardwareProfile {
   std::string name, source;
   double matrix_flops = 0;
+  double matrix_flops_bf16 = 0;  // 0: not known
   double attention_efficiency = 0;
   double attention_backward_efficiency = 0;
   double memory_bandwidth = 0;

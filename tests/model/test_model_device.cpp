@@ -60,8 +60,10 @@ double scaled_error(const std::vector<float>& a, const std::vector<float>& b) {
 
 double relative(double a, double b) { return std::abs(a - b) / std::max(std::abs(b), 1e-12); }
 
-// One forward + backward on each device from the same seed: loss and every gradient agree.
-void check_forward_backward(const ModelConfig& config, int64_t B, int64_t N, const BlockExecutor* gpu_executor) {
+// One forward + backward on each device from the same seed: loss and every gradient agree within
+// `tol` (float32: reassociation only; bf16: also an operand moved across a rounding boundary).
+void check_forward_backward(const ModelConfig& config, int64_t B, int64_t N, const BlockExecutor* gpu_executor,
+                            double tol = 1e-4) {
   GptMoe cpu(config), gpu(config, {}, Device::CUDA);
   cpu.initialize(5);
   gpu.initialize(5);
@@ -71,15 +73,16 @@ void check_forward_backward(const ModelConfig& config, int64_t B, int64_t N, con
   ForwardState cs, gs;
   const LossParts cl = cpu.forward(cs, tokens, targets, B);
   const LossParts gl = gpu.forward(gs, tokens.to(Device::CUDA), targets.to(Device::CUDA), B);
-  EXPECT_LE(relative(gl.lm_loss, cl.lm_loss), 1e-4) << "gpu " << gl.lm_loss << " cpu " << cl.lm_loss;
-  EXPECT_LE(relative(gl.aux_loss, cl.aux_loss), 1e-4) << "gpu " << gl.aux_loss << " cpu " << cl.aux_loss;
+  EXPECT_LE(relative(gl.lm_loss, cl.lm_loss), tol) << "gpu " << gl.lm_loss << " cpu " << cl.lm_loss;
+  EXPECT_LE(relative(gl.aux_loss, cl.aux_loss), tol) << "gpu " << gl.aux_loss << " cpu " << cl.aux_loss;
   cpu.backward(cs);
   gpu.backward(gs);
   for (size_t i = 0; i < cpu.params().all().size(); ++i) {
     const Parameter& c = cpu.params().all()[i];
     const Parameter& g = gpu.params().all()[i];
     EXPECT_EQ(g.value.to_vector(), c.value.to_vector()) << c.name << ": initial values differ";
-    EXPECT_LE(scaled_error(g.grad.to_vector(), c.grad.to_vector()), 1e-4) << c.name;
+    EXPECT_LE(scaled_error(g.grad.to_vector(), c.grad.to_vector()), tol) << c.name;
+    EXPECT_EQ(g.compute.defined(), c.compute.defined()) << c.name;
   }
 }
 
@@ -102,6 +105,22 @@ TEST(ModelDevice, AmpipeScheduleOnTheGpuMatchesTheCpu) {
   s.pipe_degree = 3;
   const StreamedBlock executor(s, StageOrder::Interleaved, nullptr, 0, PipelineScope::Model);
   check_forward_backward(tiny_gpt(), 2, 9, &executor);
+}
+
+// --bf16 on the GPU (cublasGemmEx with float32 compute, bf16 copies and all-to-all rounding on the
+// device) against --bf16 on the CPU, both families and the chunked executor. 1e-2 of each tensor's
+// scale: a bf16 ulp is 2^-7 relative, and the two devices sum products in different orders.
+TEST(ModelDevice, Bf16ForwardBackwardOnTheGpuMatchesTheCpu) {
+  if (!ampipe::cuda_unavailable_reason().empty()) GTEST_SKIP() << ampipe::cuda_unavailable_reason();
+  ModelConfig gpt = tiny_gpt(), mixtral = tiny_mixtral();
+  gpt.bf16 = mixtral.bf16 = true;
+  check_forward_backward(gpt, 2, 7, nullptr, 1e-2);
+  check_forward_backward(mixtral, 2, 9, nullptr, 1e-2);
+  BlockSchedule s;
+  s.kind = ScheduleKind::AmPipe;
+  s.pipe_degree = 3;
+  const StreamedBlock executor(s, StageOrder::Interleaved, nullptr, 0, PipelineScope::Model);
+  check_forward_backward(gpt, 2, 9, &executor, 1e-2);
 }
 
 // 20 AdamW steps on each device follow the same losses.

@@ -214,6 +214,33 @@ TEST(CostModel, StageSeconds_PricesWorkAtProfileRates) {
                        fwd.memory_bytes / 1e8);
 }
 
+// --bf16: every all-to-all moves half the bytes (2 per element, whatever bytes_per_element says),
+// the GEMMs run at matrix_flops_bf16 where the profile knows it, and the rest is priced as float32.
+TEST(CostModel, Bf16_HalvesTheAllToAllBytesAndPricesGemmsAtTheBf16Rate) {
+  BlockShape f32 = tiny_shape(), bf16 = tiny_shape();
+  bf16.config.bf16 = true;
+  for (Stage st : {Stage::Dispatch, Stage::Combine, Stage::CombineBwd, Stage::DispatchBwd}) {
+    EXPECT_DOUBLE_EQ(stage_work(st, 4, 10, bf16, 4).wire_bytes, 0.5 * stage_work(st, 4, 10, f32, 4).wire_bytes)
+        << stage_name(st);
+    EXPECT_EQ(stage_work(st, 4, 10, bf16, 4).collective_calls, stage_work(st, 4, 10, f32, 4).collective_calls);
+  }
+  HardwareProfile hw = simple_profile();
+  const StageWork experts = stage_work(Stage::Experts, 4, 10, bf16, 4);
+  EXPECT_DOUBLE_EQ(experts.memory_bytes, stage_work(Stage::Experts, 4, 10, f32, 4).memory_bytes);
+  // Without a bf16 rate: float32's.
+  EXPECT_DOUBLE_EQ(stage_seconds(Stage::Experts, 4, 10, bf16, hw), stage_seconds(Stage::Experts, 4, 10, f32, hw));
+  hw.matrix_flops_bf16 = 4e9;
+  EXPECT_DOUBLE_EQ(stage_seconds(Stage::Experts, 4, 10, bf16, hw),
+                   hw.task_overhead + experts.gemm_flops / 4e9 + experts.memory_bytes / 1e8);
+  EXPECT_DOUBLE_EQ(stage_seconds(Stage::Experts, 4, 10, f32, hw),
+                   hw.task_overhead + experts.gemm_flops / 1e9 + experts.memory_bytes / 1e8);
+  // Attention runs in float32 under --bf16: its core keeps float32's rate.
+  const StageWork attn = stage_work(Stage::AttnChunk, 4, 10, bf16, 4);
+  EXPECT_DOUBLE_EQ(stage_seconds(Stage::AttnChunk, 4, 10, bf16, hw),
+                   hw.task_overhead + attn.gemm_flops / 4e9 + attn.attention_forward_flops / (1e9 * 0.5) +
+                       attn.memory_bytes / 1e8);
+}
+
 TEST(CostModel, Cache_ElementwiseBytesRunAtCacheBandwidthWhenTheWorkingSetFits) {
   HardwareProfile hw = simple_profile();  // memory_bandwidth 1e8
   // No cache modelled: every byte at memory_bandwidth.

@@ -87,6 +87,7 @@ void expect_same(const HardwareProfile& a, const HardwareProfile& b) {
   EXPECT_EQ(a.cache_bandwidth, b.cache_bandwidth);
   EXPECT_EQ(a.collectives, b.collectives);
   EXPECT_EQ(a.host_staging_bandwidth, b.host_staging_bandwidth);
+  EXPECT_EQ(a.matrix_flops_bf16, b.matrix_flops_bf16);
 }
 
 TEST(Profile, RoundTripsThroughJsonExactly) {
@@ -176,6 +177,19 @@ TEST(Profile, CollectivesAndHostStagingAreValidatedByName) {
   j["host_staging_bandwidth"] = 2.5e10;
   EXPECT_NE(refusal(j).find("'host_staging_bandwidth' is for \"collectives\": \"mpi\""), std::string::npos)
       << refusal(j);
+}
+
+// matrix_flops_bf16: optional (0, not known, when absent and then not written), a real rate when given.
+TEST(Profile, Bf16MatrixRateIsOptionalAndValidatedByName) {
+  Json j = sample_json();
+  EXPECT_EQ(parse_profile(j.dump(), "x").matrix_flops_bf16, 0.0);
+  EXPECT_EQ(Json::parse(profile_to_json(parse_profile(j.dump(), "x"))).count("matrix_flops_bf16"), 0u);
+  j["matrix_flops_bf16"] = 2.5e14;
+  const HardwareProfile p = parse_profile(j.dump(), "x");
+  EXPECT_EQ(p.matrix_flops_bf16, 2.5e14);
+  expect_same(parse_profile(profile_to_json(p), "again"), p);
+  j["matrix_flops_bf16"] = 0;
+  EXPECT_NE(refusal(j).find("field 'matrix_flops_bf16' must be > 0"), std::string::npos) << refusal(j);
 }
 
 TEST(Profile, IntegralFloatIsAnInteger) {
