@@ -70,14 +70,16 @@ void apply_family_flags(const FamilyFlags& f, ModelConfig& config) {
 }
 
 void add_device_flags(CLI::App& cmd, std::string& device, std::string& distributed_backend, const char* what) {
-  cmd.add_option("--device", device,
-                 std::string("Where ") + what +
-                     ": cpu, or cuda (one NVIDIA GPU, float32 or --bf16: the model's parameters and activations, and in "
-                     "train the optimizer state, live on the GPU; inputs move there once per step). Checkpoints "
-                     "are the same float32 files either way, so a model trained on one device loads on the other. "
-                     "cuda needs a CUDA build and a usable GPU (the error names what is missing); under mpirun each "
-                     "rank takes the GPU of its local rank (collectives: --distributed-backend); --threads "
-                     "still sizes the host thread pool. The CUDA backend has not yet run on a GPU (docs/GPU.md)")
+  cmd.add_option(
+         "--device", device,
+         std::string("Where ") + what +
+             ": cpu, or cuda (one NVIDIA GPU, float32 or --bf16: the model's parameters and activations, and "
+             "in "
+             "train the optimizer state, live on the GPU; inputs move there once per step). Checkpoints "
+             "are the same float32 files either way, so a model trained on one device loads on the other. "
+             "cuda needs a CUDA build and a usable GPU (the error names what is missing); under mpirun each "
+             "rank takes the GPU of its local rank (collectives: --distributed-backend); --threads "
+             "still sizes the host thread pool. The CUDA backend has not yet run on a GPU (docs/GPU.md)")
       ->capture_default_str();
   cmd.add_option("--distributed-backend", distributed_backend,
                  "With --device cuda under mpirun, what moves GPU buffers between ranks: nccl (one rank per "
@@ -88,13 +90,14 @@ void add_device_flags(CLI::App& cmd, std::string& device, std::string& distribut
 }
 
 void add_precision_flag(CLI::App& cmd, bool& bf16, const char* what) {
-  cmd.add_flag("--bf16", bf16,
-               std::string("Mixed precision: ") + what +
-                   " with the GEMM operands (linear weights, the LM head, their inputs) in bf16, accumulating "
-                   "in float32, and the MoE all-to-alls carrying bf16 tokens (half the bytes). Parameters, "
-                   "gradients, optimizer state and checkpoints stay float32 (a checkpoint resumes or loads in "
-                   "either precision); norms, attention, the router, the loss and AdamW run in float32. "
-                   "docs/MODEL.md \"Precision\" says what runs in which dtype");
+  cmd.add_flag(
+      "--bf16", bf16,
+      std::string("Mixed precision: ") + what +
+          " with the GEMM operands (linear weights, the LM head, their inputs) in bf16, accumulating "
+          "in float32, and the MoE all-to-alls carrying bf16 tokens (half the bytes). Parameters, "
+          "gradients, optimizer state and checkpoints stay float32 (a checkpoint resumes or loads in "
+          "either precision); norms, attention, the router, the loss and AdamW run in float32. "
+          "docs/MODEL.md \"Precision\" says what runs in which dtype");
 }
 
 }  // namespace ampipe

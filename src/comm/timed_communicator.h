@@ -1,8 +1,8 @@
 // TimedCommunicator: forwards every call to another communicator and adds up the wall time spent
 // in them, so a training run can report the share of step time spent communicating, and the bytes
 // this rank sends through all_to_all_v by element type (the benchmark's proof that --bf16 halves
-// the MoE all-to-alls). Sub-communicators made by split() count into the same totals. Not thread-safe (like the
-// communicators themselves).
+// the MoE all-to-alls). Sub-communicators made by split() count into the same totals. Not thread-safe (like
+// the communicators themselves).
 #pragma once
 
 #include <array>
@@ -33,7 +33,9 @@ class TimedCommunicator final : public Communicator {
 
   double seconds() const { return *seconds_; }
   // Bytes of `dtype` this rank has sent through all_to_all_v (its own block included).
-  int64_t all_to_all_bytes(DType dtype) const { return totals_->all_to_all_bytes[static_cast<size_t>(dtype)]; }
+  int64_t all_to_all_bytes(DType dtype) const {
+    return totals_->all_to_all_bytes[static_cast<size_t>(dtype)];
+  }
   void reset() { *totals_ = Totals{}; }
 
   int rank() const override { return inner_.rank(); }

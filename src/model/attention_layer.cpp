@@ -9,7 +9,8 @@
 
 namespace ampipe {
 
-AttentionLayer::AttentionLayer(const ModelConfig& config, ParameterRegistry& params, const std::string& prefix)
+AttentionLayer::AttentionLayer(const ModelConfig& config, ParameterRegistry& params,
+                               const std::string& prefix)
     : hidden_(config.hidden_size),
       heads_(config.num_attention_heads),
       kv_heads_(config.kv_heads()),

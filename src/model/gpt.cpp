@@ -5,9 +5,9 @@
 #include <functional>
 #include <string>
 
-#include "model/initialize.h"
 #include "kernels/cross_entropy.h"
 #include "kernels/embedding.h"
+#include "model/initialize.h"
 #include "model/linear.h"
 
 namespace ampipe {

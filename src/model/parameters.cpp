@@ -47,7 +47,8 @@ void ParameterRegistry::set_compute_dtype(DType dtype) {
       << "the compute dtype of parameters is float32 or bf16, got " << dtype_name(dtype);
   compute_dtype_ = dtype;
   for (Parameter& p : params_)
-    p.compute = dtype == DType::BF16 && p.matmul ? Tensor::empty(p.value.shape(), DType::BF16, device_) : Tensor();
+    p.compute =
+        dtype == DType::BF16 && p.matmul ? Tensor::empty(p.value.shape(), DType::BF16, device_) : Tensor();
   refresh_compute();
 }
 

@@ -210,7 +210,8 @@ double elementwise_seconds(double memory_bytes, const HardwareProfile& hw) {
 double work_seconds(const StageWork& w, int64_t ranks, const HardwareProfile& hw) {
   check_profile(hw);
   double seconds = hw.task_overhead;
-  seconds += w.gemm_flops / (w.bf16_gemms && hw.matrix_flops_bf16 > 0 ? hw.matrix_flops_bf16 : hw.matrix_flops);
+  seconds +=
+      w.gemm_flops / (w.bf16_gemms && hw.matrix_flops_bf16 > 0 ? hw.matrix_flops_bf16 : hw.matrix_flops);
   seconds += w.attention_forward_flops / (hw.matrix_flops * hw.attention_efficiency);
   seconds += w.attention_backward_flops / (hw.matrix_flops * hw.attention_backward_efficiency);
   seconds += elementwise_seconds(w.memory_bytes, hw);

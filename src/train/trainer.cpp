@@ -240,8 +240,9 @@ void log_startup(const Run& r) {
   r.log(buf);
   if (o.device == Device::CUDA) r.log("device: cuda (parameters, activations and optimizer state on the GPU)");
   if (o.model.bf16)
-    r.log("precision: bf16 GEMM operands and all-to-alls, float32 accumulation, main parameters, gradients and "
-          "optimizer state (--bf16)");
+    r.log(
+        "precision: bf16 GEMM operands and all-to-alls, float32 accumulation, main parameters, gradients and "
+        "optimizer state (--bf16)");
   r.log("schedule: " + o.schedule.describe() + (o.schedule.kind == ScheduleKind::Sequential ? "" : " " + o.stage_order) +
         ", pipeline scope " + o.pipeline_scope + ", gradient reduction " +
         (o.overlap_grad_reduce ? "overlapped with the backward" : "after the backward"));

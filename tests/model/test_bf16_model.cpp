@@ -87,7 +87,8 @@ TEST_P(Bf16Model, LossLogitsAndEveryGradientTrackFloat32) {
   expect_tracks_float32(a, b, f32);
   // Mixed precision is not float32: something is rounded (else this test would not test it).
   double max_diff = 0;
-  for (size_t i = 0; i < a.logits.size(); ++i) max_diff = std::max(max_diff, std::abs(a.logits[i] - b.logits[i]));
+  for (size_t i = 0; i < a.logits.size(); ++i)
+    max_diff = std::max(max_diff, std::abs(a.logits[i] - b.logits[i]));
   EXPECT_GT(max_diff, 1e-6) << "the bf16 model computed exactly the float32 logits: nothing ran in bf16";
 }
 
@@ -112,8 +113,8 @@ TEST(Bf16Parameters, OnlyGemmWeightsHaveCopiesAndValuesStayFloat32) {
       EXPECT_EQ(p.grad.dtype(), DType::F32);
       // The token embedding is a GEMM operand only as the tied LM head (GPT); Mixtral unties them.
       const bool embedding = p.name.find("embed.") == 0;
-      const bool gemm = p.name.find("router") == std::string::npos && p.name.find("ln") == std::string::npos &&
-                        p.name.find("bias") == std::string::npos &&
+      const bool gemm = p.name.find("router") == std::string::npos &&
+                        p.name.find("ln") == std::string::npos && p.name.find("bias") == std::string::npos &&
                         (!embedding || (!mixtral && p.name == "embed.token.weight"));
       EXPECT_EQ(p.compute.defined(), gemm);
       if (!p.compute.defined()) continue;
@@ -139,7 +140,8 @@ TEST(Bf16Parameters, ForwardSeesValuesWrittenAfterConstruction) {
   b.initialize(2);
   const Tensor tokens = testing::random_tokens(16, config.vocab_size, 9);
   const std::vector<double> before = testing::to_double(a.logits(tokens, 1));
-  for (size_t i = 0; i < a.params().all().size(); ++i) a.params().all()[i].value.copy_from(b.params().all()[i].value);
+  for (size_t i = 0; i < a.params().all().size(); ++i)
+    a.params().all()[i].value.copy_from(b.params().all()[i].value);
   const std::vector<double> after = testing::to_double(a.logits(tokens, 1));
   const std::vector<double> expected = testing::to_double(b.logits(tokens, 1));
   EXPECT_NE(before, expected);

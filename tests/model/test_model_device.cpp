@@ -62,8 +62,8 @@ double relative(double a, double b) { return std::abs(a - b) / std::max(std::abs
 
 // One forward + backward on each device from the same seed: loss and every gradient agree within
 // `tol` (float32: reassociation only; bf16: also an operand moved across a rounding boundary).
-void check_forward_backward(const ModelConfig& config, int64_t B, int64_t N, const BlockExecutor* gpu_executor,
-                            double tol = 1e-4) {
+void check_forward_backward(const ModelConfig& config, int64_t B, int64_t N,
+                            const BlockExecutor* gpu_executor, double tol = 1e-4) {
   GptMoe cpu(config), gpu(config, {}, Device::CUDA);
   cpu.initialize(5);
   gpu.initialize(5);

@@ -17,10 +17,10 @@
 #include "comm/world.h"
 #include "core/random.h"
 #include "grad_check.h"
-#include "parallel/mpi_gtest_main.h"
-#include "parallel/pipe_cases.h"
 #include "model/gpt.h"
 #include "model/moe/moe_layer.h"
+#include "parallel/mpi_gtest_main.h"
+#include "parallel/pipe_cases.h"
 #include "pipeline/streamed_block.h"
 #include "test_util.h"
 #include "train/checkpoint.h"
@@ -117,7 +117,8 @@ TEST_P(ExpertParallel, ForwardAndBackwardEqualOneRankHoldingAllExperts) {
       expect_close(dx, testing::to_double(rdx), tol, 10 * tol, "input gradient");
       for (const Parameter& p : ep_params.all())
         if (!p.is_expert)
-          expect_close(p.grad, testing::to_double(ref_params.get(p.name).grad), tol, 10 * tol, p.name.c_str());
+          expect_close(p.grad, testing::to_double(ref_params.get(p.name).grad), tol, 10 * tol,
+                       p.name.c_str());
     } else {
       std::vector<std::vector<float>> saved;
       for (Parameter& p : ref_params.all()) saved.push_back(p.is_expert ? std::vector<float>() : p.grad.to_vector());
@@ -132,15 +133,16 @@ TEST_P(ExpertParallel, ForwardAndBackwardEqualOneRankHoldingAllExperts) {
   for (const Parameter& p : ep_params.all()) {
     if (!p.is_expert) continue;
     Tensor whole = ref_params.get(p.name).grad;
-    expect_close(p.grad, testing::to_double(whole.rows(p.expert_offset, p.expert_offset + p.value.dim(0))), tol,
-                 10 * tol, p.name.c_str());
+    expect_close(p.grad, testing::to_double(whole.rows(p.expert_offset, p.expert_offset + p.value.dim(0))),
+                 tol, 10 * tol, p.name.c_str());
   }
 }
 
 INSTANTIATE_TEST_SUITE_P(Routing, ExpertParallel,
-                         ::testing::Values(MoeCase{1, 0.0}, MoeCase{2, 0.0}, MoeCase{1, 1.0}, MoeCase{2, 0.75},
-                                           MoeCase{1, 0.0, true}, MoeCase{2, 0.0, true}, MoeCase{2, 0.0, false, true},
-                                           MoeCase{1, 1.0, false, true}, MoeCase{2, 0.0, true, true}));
+                         ::testing::Values(MoeCase{1, 0.0}, MoeCase{2, 0.0}, MoeCase{1, 1.0},
+                                           MoeCase{2, 0.75}, MoeCase{1, 0.0, true}, MoeCase{2, 0.0, true},
+                                           MoeCase{2, 0.0, false, true}, MoeCase{1, 1.0, false, true},
+                                           MoeCase{2, 0.0, true, true}));
 
 // --bf16 halves the bytes of every MoE all-to-all, exactly: the same routing (the router runs in
 // float32 either way) sends the same rows, two bytes per element instead of four, in all four
@@ -426,7 +428,8 @@ RankRun run_on_ranks(const ModelConfig& config, const TrainingGroups& groups, co
 const RankRun& pipe_reference(const ModelConfig& config, const TrainingGroups& groups, const PipeConfig* pipe) {
   static std::map<std::string, RankRun> cache;
   std::ostringstream key;
-  key << config.family << " k=" << config.top_k << " cf=" << config.capacity_factor << (config.bf16 ? " bf16 " : " ")
+  key << config.family << " k=" << config.top_k << " cf=" << config.capacity_factor
+      << (config.bf16 ? " bf16 " : " ")
       << (pipe ? schedule_of(*pipe, config).describe() : std::string("sequential"));
   auto it = cache.find(key.str());
   if (it == cache.end()) {

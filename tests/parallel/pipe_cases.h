@@ -146,8 +146,8 @@ inline void expect_same_on_this_rank(const RankRun& got, const RankRun& want, bo
       << "lm loss " << got.loss.lm_loss << " vs " << want.loss.lm_loss;
   EXPECT_LE(std::abs(got.loss.aux_loss - want.loss.aux_loss), 1e-6 + loss_rtol * std::abs(want.loss.aux_loss))
       << "aux loss " << got.loss.aux_loss << " vs " << want.loss.aux_loss;
-  ::ampipe::testing::expect_close(widen(got.logits), widen(want.logits), bf16 ? 1e-4 : 1e-5, bf16 ? 1e-2 : 1e-4,
-                                  "logits");
+  ::ampipe::testing::expect_close(widen(got.logits), widen(want.logits), bf16 ? 1e-4 : 1e-5,
+                                  bf16 ? 1e-2 : 1e-4, "logits");
   const ::ampipe::testing::GradientTolerance tol =
       bf16 ? ::ampipe::testing::GradientTolerance{5e-5, 2e-5, 2e-2, 0.999, 1e-2}
            : ::ampipe::testing::GradientTolerance{2e-6, 1e-6, 1e-4, 0.99999, 1e-4};

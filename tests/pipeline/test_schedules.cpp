@@ -73,12 +73,13 @@ void expect_same(const ModelRun& a, const ModelRun& b, const std::string& what, 
   EXPECT_NEAR(a.loss.lm_loss, b.loss.lm_loss, tol.loss);
   EXPECT_NEAR(a.loss.aux_loss, b.loss.aux_loss, tol.loss);
   testing::expect_close(std::vector<double>(a.logits.begin(), a.logits.end()),
-                        std::vector<double>(b.logits.begin(), b.logits.end()), tol.logits, tol.logits, "logits");
+                        std::vector<double>(b.logits.begin(), b.logits.end()), tol.logits, tol.logits,
+                        "logits");
   ASSERT_EQ(a.grads.size(), b.grads.size());
   for (size_t i = 0; i < a.grads.size(); ++i)
     testing::expect_close(std::vector<double>(a.grads[i].begin(), a.grads[i].end()),
-                          std::vector<double>(b.grads[i].begin(), b.grads[i].end()), tol.grad_atol, tol.grad_rtol,
-                          ("gradient " + std::to_string(i)).c_str());
+                          std::vector<double>(b.grads[i].begin(), b.grads[i].end()), tol.grad_atol,
+                          tol.grad_rtol, ("gradient " + std::to_string(i)).c_str());
 }
 
 class Schedules : public ::testing::TestWithParam<std::tuple<int64_t, bool>> {};
@@ -238,8 +239,8 @@ TEST_P(Schedules, PipelinedEqualsSequential_Bf16) {
       for (PipelineScope scope : {PipelineScope::Block, PipelineScope::Model}) {
         StreamedBlock executor(schedule, order, nullptr, 0, scope);
         expect_same(run(config, &executor, batch, N), reference,
-                    std::string("bf16 ") + pipeline_scope_name(scope) + " scope " + schedule.describe() + " " +
-                        stage_order_name(order),
+                    std::string("bf16 ") + pipeline_scope_name(scope) + " scope " + schedule.describe() +
+                        " " + stage_order_name(order),
                     tol);
       }
 }

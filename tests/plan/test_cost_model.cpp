@@ -220,15 +220,18 @@ TEST(CostModel, Bf16_HalvesTheAllToAllBytesAndPricesGemmsAtTheBf16Rate) {
   BlockShape f32 = tiny_shape(), bf16 = tiny_shape();
   bf16.config.bf16 = true;
   for (Stage st : {Stage::Dispatch, Stage::Combine, Stage::CombineBwd, Stage::DispatchBwd}) {
-    EXPECT_DOUBLE_EQ(stage_work(st, 4, 10, bf16, 4).wire_bytes, 0.5 * stage_work(st, 4, 10, f32, 4).wire_bytes)
+    EXPECT_DOUBLE_EQ(stage_work(st, 4, 10, bf16, 4).wire_bytes,
+                     0.5 * stage_work(st, 4, 10, f32, 4).wire_bytes)
         << stage_name(st);
-    EXPECT_EQ(stage_work(st, 4, 10, bf16, 4).collective_calls, stage_work(st, 4, 10, f32, 4).collective_calls);
+    EXPECT_EQ(stage_work(st, 4, 10, bf16, 4).collective_calls,
+              stage_work(st, 4, 10, f32, 4).collective_calls);
   }
   HardwareProfile hw = simple_profile();
   const StageWork experts = stage_work(Stage::Experts, 4, 10, bf16, 4);
   EXPECT_DOUBLE_EQ(experts.memory_bytes, stage_work(Stage::Experts, 4, 10, f32, 4).memory_bytes);
   // Without a bf16 rate: float32's.
-  EXPECT_DOUBLE_EQ(stage_seconds(Stage::Experts, 4, 10, bf16, hw), stage_seconds(Stage::Experts, 4, 10, f32, hw));
+  EXPECT_DOUBLE_EQ(stage_seconds(Stage::Experts, 4, 10, bf16, hw),
+                   stage_seconds(Stage::Experts, 4, 10, f32, hw));
   hw.matrix_flops_bf16 = 4e9;
   EXPECT_DOUBLE_EQ(stage_seconds(Stage::Experts, 4, 10, bf16, hw),
                    hw.task_overhead + experts.gemm_flops / 4e9 + experts.memory_bytes / 1e8);

@@ -141,7 +141,8 @@ TEST(Resume, Bf16RunResumesExactlyInBf16AndAlsoInFloat32) {
   TrainOptions second = options(true, "resumed.jsonl");
   second.load = dir + "/ckpt";
   const TrainResult resumed = run_training(second, quiet);
-  const std::vector<nlohmann::json> a = read_metrics(dir + "/full.jsonl"), b = read_metrics(dir + "/resumed.jsonl");
+  const std::vector<nlohmann::json> a = read_metrics(dir + "/full.jsonl"),
+                                    b = read_metrics(dir + "/resumed.jsonl");
   ASSERT_EQ(a.size(), 8u);
   ASSERT_EQ(b.size(), 8u);
   for (size_t i = 0; i < a.size(); ++i)

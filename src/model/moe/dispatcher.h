@@ -75,7 +75,7 @@ class Dispatcher {
  private:
   int64_t experts_, local_experts_, top_k_;
   double capacity_factor_;
-  DType wire_;  // the rows' dtype between begin_* and finish_*
+  DType wire_;           // the rows' dtype between begin_* and finish_*
   Communicator* group_;  // nullptr: all experts local
 
   bool distributed() const { return group_ != nullptr && group_->size() > 1; }

@@ -48,7 +48,7 @@ class Experts {
   };
   int64_t experts_, hidden_, ffn_;
   bool swiglu_;
-  bool bf16_;  // --bf16: u and g are kept in bf16 for the GEMMs and their backward
+  bool bf16_;       // --bf16: u and g are kept in bf16 for the GEMMs and their backward
   Stacked in_;      // fc1, or w1: the branch through the activation
   Stacked linear_;  // SwiGLU only: w3, the linear branch
   Stacked out_;     // fc2, or w2
