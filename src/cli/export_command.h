@@ -23,6 +23,7 @@ struct ExportOptions {
   std::string save;                    // output directory
   int64_t ckpt_step = -1;              // with a train --save root: iter_<N> instead of the latest
   std::string max_shard_size = "5GB";  // bytes, or a number with a unit (500MB, 5GB, 2GiB)
+  std::string dtype;                   // --dtype: bf16 or float32; empty: the checkpoint's training precision
 };
 
 // Registers the `export` subcommand with its flags bound to `options` (which must outlive parsing);

@@ -93,7 +93,8 @@ std::map<std::string, std::string> ModelConfig::to_metadata() const {
           {"swiglu", swiglu ? "true" : "false"},
           {"num_query_groups", std::to_string(kv_heads())},
           {"add_bias_linear", add_bias_linear ? "true" : "false"},
-          {"untie_embeddings_and_output_weights", untie_embeddings_and_output_weights ? "true" : "false"}};
+          {"untie_embeddings_and_output_weights", untie_embeddings_and_output_weights ? "true" : "false"},
+          {"precision", bf16 ? "bf16" : "float32"}};
 }
 
 ModelConfig ModelConfig::from_metadata(const std::map<std::string, std::string>& metadata) {
@@ -156,6 +157,12 @@ ModelConfig ModelConfig::from_metadata(const std::map<std::string, std::string>&
   if (has("untie_embeddings_and_output_weights"))
     c.untie_embeddings_and_output_weights = get_bool("untie_embeddings_and_output_weights");
   if (c.num_query_groups == c.num_attention_heads) c.num_query_groups = 0;
+  if (has("precision")) {  // absent: written before --bf16 existed, so float32
+    const std::string& p = get("precision");
+    AMPIPE_CHECK(p == "bf16" || p == "float32")
+        << "checkpoint metadata 'precision' is not bf16 or float32: '" << p << "'";
+    c.bf16 = p == "bf16";
+  }
   c.validate();
   return c;
 }

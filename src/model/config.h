@@ -38,8 +38,9 @@ struct ModelConfig {
   bool add_bias_linear = true;                       // false: --disable-bias-linear
   bool untie_embeddings_and_output_weights = false;  // --untie-embeddings-and-output-weights
 
-  // --bf16: mixed precision (docs/MODEL.md "Precision"). A setting of the run, not of the model: it
-  // is not in the checkpoint metadata nor in differences(), so a checkpoint resumes in either dtype.
+  // --bf16: mixed precision (docs/MODEL.md "Precision"). A setting of the run, not of the model:
+  // the metadata records it ("precision": the dtype the checkpoint was trained in, export's default
+  // --dtype), but differences() ignores it, so a checkpoint resumes or loads in either dtype.
   bool bf16 = false;
 
   int64_t head_dim() const { return hidden_size / num_attention_heads; }

@@ -18,6 +18,7 @@
 #include <sstream>
 
 #include "core/atomic_file.h"
+#include "model/linear.h"
 #include "train/checkpoint.h"
 #include "train/hf_config.h"
 #include "train/hf_tokenizer.h"
@@ -265,7 +266,7 @@ std::vector<std::vector<size_t>> cut_shards(const std::vector<std::pair<std::str
   uint64_t shard_bytes = 0;
   total = 0;
   for (size_t i = 0; i < tensors.size(); ++i) {
-    const uint64_t bytes = numel(tensors[i].second.shape()) * sizeof(float);
+    const uint64_t bytes = numel(tensors[i].second.shape()) * dtype_size(tensors[i].second.dtype());
     if (shards.empty() || (!shards.back().empty() && shard_bytes + bytes > max_shard_bytes)) {
       shards.emplace_back();
       shard_bytes = 0;
@@ -311,7 +312,12 @@ HfExportResult export_hf_checkpoint(const GptMoe& model, const std::string& out_
   const std::string refusal = hf_export_refusal(c);
   AMPIPE_CHECK(refusal.empty()) << "cannot export to the Hugging Face Mixtral layout: " << refusal;
   AMPIPE_CHECK(options.max_shard_bytes >= 1) << "the shard size limit must be at least 1 byte";
-  const std::vector<std::pair<std::string, Tensor>> tensors = hf_tensors(model);
+  const DType dtype = options.dtype.value_or(DType::F32);
+  AMPIPE_CHECK(dtype == DType::F32 || dtype == DType::BF16)
+      << "export writes float32 or bf16 tensors, not " << dtype_name(dtype);
+  std::vector<std::pair<std::string, Tensor>> tensors = hf_tensors(model);
+  if (dtype == DType::BF16)
+    for (auto& [name, t] : tensors) t = as_dtype(t.is_contiguous() ? t : t.clone(), DType::BF16);
   std::unique_ptr<Tokenizer> byte;
   const Tokenizer* tokenizer = options.tokenizer;
   if (tokenizer == nullptr) {
@@ -327,6 +333,7 @@ HfExportResult export_hf_checkpoint(const GptMoe& model, const std::string& out_
 
   HfExportResult result;
   result.tensors = static_cast<int64_t>(tensors.size());
+  result.dtype = dtype;
   result.total_bytes = total;
   nlohmann::json weight_map = nlohmann::json::object();
   for (size_t s = 0; s < shards.size(); ++s) {
@@ -347,7 +354,10 @@ HfExportResult export_hf_checkpoint(const GptMoe& model, const std::string& out_
     write_file_atomically(join(out_dir, file.name), file.bytes);
     result.tokenizer_files.push_back(file.name);
   }
-  write_file_atomically(join(out_dir, kConfigName), hf_config_json(c, tokenizer_export.ids).dump(2) + "\n");
+  write_file_atomically(join(out_dir, kConfigName),
+                        hf_config_json(c, tokenizer_export.ids, dtype == DType::BF16 ? "bfloat16" : "float32")
+                                .dump(2) +
+                            "\n");
   result.warnings = tokenizer_export.warnings;
 
   if (c.capacity_factor != 0) {
@@ -372,6 +382,7 @@ HfExportResult export_hf_checkpoint(const std::string& load_dir, const std::stri
   load_model_weights(load_dir, model);
   HfExportOptions with_tokenizer = options;
   with_tokenizer.tokenizer = tokenizer.get();
+  if (!with_tokenizer.dtype) with_tokenizer.dtype = c.bf16 ? DType::BF16 : DType::F32;  // as trained
   return export_hf_checkpoint(model, out_dir, with_tokenizer);
 }
 

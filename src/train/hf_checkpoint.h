@@ -27,6 +27,7 @@
 #pragma once
 
 #include <cstdint>
+#include <optional>
 #include <string>
 #include <vector>
 
@@ -40,6 +41,10 @@ struct HfExportOptions {
   // Largest sum of tensor bytes in one file; past it the export is sharded (a tensor larger than the
   // limit gets a file of its own). transformers' default, 5 GB = 5e9 bytes.
   uint64_t max_shard_bytes = 5'000'000'000ull;
+  // The tensors' dtype in the files and config.json: F32, or BF16 (each value rounded to nearest
+  // even; half the bytes). export_hf_checkpoint(load_dir, ...) takes the checkpoint's training
+  // precision when `dtype` is unset.
+  std::optional<DType> dtype;
   // The model's tokenizer (its identity must be config.tokenizer); nullptr: the byte tokenizer, and a
   // model trained with another one is refused. Borrowed for the call.
   const Tokenizer* tokenizer = nullptr;
@@ -49,6 +54,7 @@ struct HfExportResult {
   std::vector<std::string> files;            // the safetensors files written, in order (names in out_dir)
   std::vector<std::string> tokenizer_files;  // the tokenizer files and generation_config.json
   int64_t tensors = 0;                       // tensors written
+  DType dtype = DType::F32;                  // their dtype
   uint64_t total_bytes = 0;                  // bytes of tensor data (the index's total_size)
   std::vector<std::string> warnings;         // e.g. a capacity factor transformers does not model
 };

@@ -179,7 +179,9 @@ void check_supported_parts(const ConfigFields& f, const ModelConfig& c) {
 
 }  // namespace
 
-nlohmann::json hf_config_json(const ModelConfig& c, const HfSpecialTokenIds& ids) {
+nlohmann::json hf_config_json(const ModelConfig& c, const HfSpecialTokenIds& ids, const std::string& dtype) {
+  AMPIPE_CHECK(dtype == "float32" || dtype == "bfloat16")
+      << "config.json dtype is float32 or bfloat16, got '" << dtype << "'";
   nlohmann::json j;
   j["architectures"] = {"MixtralForCausalLM"};
   j["model_type"] = "mixtral";
@@ -206,7 +208,7 @@ nlohmann::json hf_config_json(const ModelConfig& c, const HfSpecialTokenIds& ids
   j["output_router_logits"] = false;
   // "dtype" only: 4.56 and later read it; earlier 4.x load float32 weights as float32 without
   // "torch_dtype" too, and 4.57 warns that "torch_dtype" is deprecated.
-  j["dtype"] = "float32";
+  j["dtype"] = dtype;
   j["bos_token_id"] = id_or_null(ids.bos);
   j["eos_token_id"] = id_or_null(ids.eos);
   j["pad_token_id"] = id_or_null(ids.pad);

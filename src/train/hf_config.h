@@ -30,8 +30,10 @@ struct HfSpecialTokenIds {
 // config.json of a Mixtral-family `config` (which must pass hf_export_refusal): transformers' names,
 // both versions' rope and dtype fields, the special-token ids, and two ampipe-only keys that
 // transformers keeps as plain attributes: "capacity_factor" and "tokenizer" (config.tokenizer).
-// Special-token ids of -1 are written as null.
-nlohmann::json hf_config_json(const ModelConfig& config, const HfSpecialTokenIds& ids = {});
+// Special-token ids of -1 are written as null. `dtype` is the weights' dtype as transformers names
+// it: "float32" or "bfloat16".
+nlohmann::json hf_config_json(const ModelConfig& config, const HfSpecialTokenIds& ids = {},
+                              const std::string& dtype = "float32");
 
 // The model config of a parsed config.json (`path` names it in messages): validated, of the Mixtral
 // family. Refuses (ampipe::Error naming `path` and the field) a missing or malformed field, a model

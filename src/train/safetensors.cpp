@@ -15,6 +15,7 @@
 #include <tuple>
 
 #include "core/atomic_file.h"
+#include "core/bf16.h"
 
 namespace ampipe {
 
@@ -26,7 +27,9 @@ static_assert(std::endian::native == std::endian::little,
 // The reference implementation's limit; a larger header is a corrupt or hostile file.
 constexpr uint64_t kMaxHeaderBytes = 100'000'000;
 
-const char* safetensors_dtype(DType dtype) { return dtype == DType::F32 ? "F32" : "I32"; }
+const char* safetensors_dtype(DType dtype) {
+  return dtype == DType::F32 ? "F32" : dtype == DType::BF16 ? "BF16" : "I32";
+}
 
 [[noreturn]] void bad(const std::string& path, const std::string& problem) {
   throw Error("safetensors file '" + path + "': " + problem);
@@ -291,8 +294,9 @@ void write_safetensors(const std::string& path, const std::vector<std::pair<std:
     out.write(header_text.data(), static_cast<std::streamsize>(header_text.size()));
     for (const auto& [name, t] : tensors) {
       const Tensor c = t.is_contiguous() ? t : t.clone();
-      const void* data = c.dtype() == DType::F32 ? static_cast<const void*>(c.data<float>())
-                                                 : static_cast<const void*>(c.data<int32_t>());
+      const void* data = c.dtype() == DType::F32    ? static_cast<const void*>(c.data<float>())
+                         : c.dtype() == DType::BF16 ? static_cast<const void*>(c.data<bf16>())
+                                                    : static_cast<const void*>(c.data<int32_t>());
       out.write(static_cast<const char*>(data),
                 static_cast<std::streamsize>(c.numel() * dtype_size(c.dtype())));
     }

@@ -28,7 +28,7 @@ struct SafetensorsFile {
   std::map<std::string, std::string> metadata;
 };
 
-// Writes `tensors` (CPU, F32 or I32, any strides; names unique and not "__metadata__") and
+// Writes `tensors` (CPU, F32, BF16 or I32, any strides; names unique and not "__metadata__") and
 // `metadata` to `path`. Empty metadata is omitted from the header.
 void write_safetensors(const std::string& path, const std::vector<std::pair<std::string, Tensor>>& tensors,
                        const std::map<std::string, std::string>& metadata);

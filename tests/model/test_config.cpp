@@ -58,6 +58,23 @@ TEST(ModelConfig, MetadataRoundTripsTheFamilyAndItsParts) {
   EXPECT_EQ(g.differences(ModelConfig::from_metadata(g.to_metadata())), "");
 }
 
+// The training precision is recorded ("precision") and read back, absent means float32 (older
+// checkpoints), a bad value is refused by name, and differences() ignores it (a checkpoint resumes
+// in either precision).
+TEST(ModelConfig, PrecisionRoundTripsButIsNotADifference) {
+  ModelConfig c;
+  c.bf16 = true;
+  EXPECT_EQ(c.to_metadata().at("precision"), "bf16");
+  EXPECT_TRUE(ModelConfig::from_metadata(c.to_metadata()).bf16);
+  EXPECT_EQ(c.differences(ModelConfig{}), "");
+  std::map<std::string, std::string> meta = c.to_metadata();
+  meta.erase("precision");
+  EXPECT_FALSE(ModelConfig::from_metadata(meta).bf16);
+  meta["precision"] = "fp16";
+  EXPECT_NE(error_of([&] { ModelConfig::from_metadata(meta); }).find("'precision' is not bf16 or float32: 'fp16'"),
+            std::string::npos);
+}
+
 TEST(ModelConfig, OldGptMetadataWithoutTheFamilyKeysLoadsAsTheGptFamily) {
   std::map<std::string, std::string> old = ModelConfig{}.to_metadata();
   for (const char* key :

@@ -13,6 +13,7 @@
 
 #include "cli_util.h"
 #include "core/atomic_file.h"
+#include "core/bf16.h"
 #include "test_util.h"
 #include "train/checkpoint.h"
 #include "train/data.h"
@@ -139,6 +140,55 @@ TEST(HfCheckpoint, ExportFromAnAmpipeCheckpointDirectory) {
             std::string::npos);
   EXPECT_FALSE(has_training_state(dir + "/hf"));
   EXPECT_TRUE(has_training_state(dir + "/ckpt"));
+}
+
+// --dtype bf16 (export's default for a checkpoint trained with --bf16): every tensor BF16, half of
+// float32's bytes, each value the float32 value rounded to nearest even, config.json dtype
+// "bfloat16"; it imports back as exactly those rounded values. float32 stays the default otherwise.
+TEST(HfCheckpoint, Bf16ExportHalvesTheBytesAndImportsAsTheRoundedValues) {
+  const std::string dir = temp_dir("bf16");
+  GptMoe model(tiny_mixtral());
+  randomize(model, 5);
+  AdamW optimizer(model.params(), AdamWConfig{});
+  save_checkpoint(dir + "/f32", model, optimizer, TrainingProgress{3, 1, std::nullopt});
+  ModelConfig bf16_config = tiny_mixtral();
+  bf16_config.bf16 = true;  // trained with --bf16: the checkpoint records it, its values are float32
+  GptMoe bf16_model(bf16_config);
+  for (size_t i = 0; i < model.params().all().size(); ++i)
+    bf16_model.params().all()[i].value.copy_from(model.params().all()[i].value);
+  save_checkpoint(dir + "/bf16", bf16_model, optimizer, TrainingProgress{3, 1, std::nullopt});
+  EXPECT_TRUE(read_checkpoint_config(dir + "/bf16").bf16);
+  EXPECT_FALSE(read_checkpoint_config(dir + "/f32").bf16);
+
+  const HfExportResult f32 = export_hf_checkpoint(dir + "/f32", dir + "/hf32");
+  const HfExportResult bf16 = export_hf_checkpoint(dir + "/bf16", dir + "/hf16");  // the default: as trained
+  EXPECT_EQ(f32.dtype, DType::F32);
+  EXPECT_EQ(bf16.dtype, DType::BF16);
+  EXPECT_EQ(2 * bf16.total_bytes, f32.total_bytes);
+  EXPECT_EQ(read_json_file(dir + "/hf16/config.json")["dtype"], "bfloat16");
+  EXPECT_EQ(read_json_file(dir + "/hf32/config.json")["dtype"], "float32");
+  const SafetensorsHeader h = read_safetensors_header(dir + "/hf16/model.safetensors");
+  for (const auto& [name, e] : h.tensors) EXPECT_EQ(e.dtype, "BF16") << name;
+
+  GptMoe back(read_checkpoint_config(dir + "/hf16"));
+  load_model_weights(dir + "/hf16", back);
+  bool any_rounded = false;
+  for (const Parameter& p : model.params().all()) {
+    const std::vector<float> v = p.value.to_vector(), b = back.params().get(p.name).value.to_vector();
+    for (size_t i = 0; i < v.size(); ++i) {
+      ASSERT_EQ(b[i], to_float(to_bf16(v[i]))) << p.name << " element " << i;
+      any_rounded = any_rounded || b[i] != v[i];
+    }
+  }
+  EXPECT_TRUE(any_rounded);
+  // Asked for explicitly, the other way round.
+  HfExportOptions as_f32;
+  as_f32.dtype = DType::F32;
+  EXPECT_EQ(export_hf_checkpoint(dir + "/bf16", dir + "/hf16as32", as_f32).total_bytes, f32.total_bytes);
+  HfExportOptions bad;
+  bad.dtype = DType::I32;
+  EXPECT_NE(error_of([&] { export_hf_checkpoint(model, dir + "/bad", bad); }).find("float32 or bf16"),
+            std::string::npos);
 }
 
 TEST(HfCheckpoint, ShardedExportHasAnIndexAndReadsBackBitIdentical) {
