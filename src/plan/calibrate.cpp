@@ -126,9 +126,10 @@ struct GemmShape {
   int64_t m, k, n;  // [m,k] x [k,n]
 };
 
-// FLOP/s of kernels::gemm at block shapes: the median over shapes.
+// FLOP/s of kernels::gemm at block shapes, on `dtype` operands (F32, or BF16 with float32
+// accumulation, as --bf16 runs its GEMMs): the median over shapes.
 double measure_matrix_flops(Communicator& world, std::vector<int64_t> hidden_sizes, bool quick,
-                            const Log& log, int* shape_count) {
+                            const Log& log, int* shape_count, DType dtype = DType::F32) {
   // Smallest first: quick mode's one warm-up is then the cheapest shape.
   std::sort(hidden_sizes.begin(), hidden_sizes.end());
   hidden_sizes.erase(std::unique(hidden_sizes.begin(), hidden_sizes.end()), hidden_sizes.end());
@@ -144,7 +145,14 @@ double measure_matrix_flops(Communicator& world, std::vector<int64_t> hidden_siz
   std::vector<double> rates;
   for (size_t i = 0; i < shapes.size(); ++i) {
     const GemmShape& s = shapes[i];
-    const Tensor a = uniform_tensor({s.m, s.k}, 11 + i), b = uniform_tensor({s.k, s.n}, 101 + i);
+    Tensor a = uniform_tensor({s.m, s.k}, 11 + i), b = uniform_tensor({s.k, s.n}, 101 + i);
+    if (dtype == DType::BF16) {
+      Tensor ab = Tensor::empty(a.shape(), DType::BF16), bb = Tensor::empty(b.shape(), DType::BF16);
+      kernels::convert(a, ab);
+      kernels::convert(b, bb);
+      a = ab;
+      b = bb;
+    }
     const Tensor c = Tensor::empty({s.m, s.n});
     // Quick mode warms up BLAS once (thread pool, buffers); full mode before every shape.
     const int warmup = (!quick || i == 0) ? 1 : 0;
@@ -152,7 +160,8 @@ double measure_matrix_flops(Communicator& world, std::vector<int64_t> hidden_siz
         world, [&] { kernels::gemm(a, false, b, false, c); }, sampling, warmup);
     const double rate = 2.0 * s.m * s.n * s.k / seconds;
     rates.push_back(rate);
-    log.line(format("gemm [%lld x %lld] x [%lld x %lld]: %.2f ms, %.1f GFLOP/s", static_cast<long long>(s.m),
+    log.line(format("gemm%s [%lld x %lld] x [%lld x %lld]: %.2f ms, %.1f GFLOP/s",
+                    dtype == DType::BF16 ? " bf16" : "", static_cast<long long>(s.m),
                     static_cast<long long>(s.k), static_cast<long long>(s.k), static_cast<long long>(s.n),
                     seconds * 1e3, rate * 1e-9));
   }
@@ -534,6 +543,12 @@ HardwareProfile calibrate(Communicator& world, const CalibrateOptions& options) 
   world.barrier();
   int gemm_shapes = 0;
   p.matrix_flops = measure_matrix_flops(world, options.hidden_sizes, quick, log, &gemm_shapes);
+  // The full calibration also measures bf16 operands (plan --bf16); the quick start-up one does not
+  // (a profile without matrix_flops_bf16 prices --bf16 GEMMs at matrix_flops).
+  int bf16_shapes = 0;
+  if (!quick)
+    p.matrix_flops_bf16 =
+        measure_matrix_flops(world, options.hidden_sizes, quick, log, &bf16_shapes, DType::BF16);
   const AttentionRates attention = measure_attention(world, quick, log);
   // The profile allows (0, 1.5]: a rate above that would mean the GEMM figure is off.
   p.attention_efficiency = std::clamp(attention.forward / p.matrix_flops, 1e-6, 1.5);
@@ -568,7 +583,9 @@ HardwareProfile calibrate(Communicator& world, const CalibrateOptions& options) 
          << (quick ? "quick" : "full") << " mode, " << thread_count << " compute thread"
          << (thread_count == 1 ? "" : "s")
          << " per rank, float32 CPU kernels; matrix_flops = median sgemm rate over " << gemm_shapes
-         << " block shapes; attention efficiencies against it (d=512, 8 heads, causal FLOPs); ";
+         << " block shapes"
+         << (quick ? "" : "; matrix_flops_bf16 = the same on bf16 operands, float32 accumulation (kernels::gemm)")
+         << "; attention efficiencies against it (d=512, 8 heads, causal FLOPs); ";
   if (ranks > 1) {
     source
         << "one machine, so intra_node = inter_node = the measured all-to-all link (bandwidth = remote bytes "

@@ -8,6 +8,8 @@
 //   matrix_flops        sgemm (kernels/gemm.h) at block shapes: [T,d] x [d,4d] for every d in
 //                       hidden_sizes (full mode also [T,4d] x [4d,d], and more T); the median over
 //                       shapes of 2*M*N*K / median time.
+//   matrix_flops_bf16   full mode only: the same shapes with bf16 operands (float32 accumulation,
+//                       kernels/gemm.h's bf16 path, as --bf16 runs); the quick mode leaves it 0.
 //   attention_*efficiency  causal attention forward / backward (kernels/attention.h), d = 512,
 //                       8 heads, B = 1, N = 1024 (full: also 2048), q/k/v column slices of a fused
 //                       [N,3d] buffer; FLOPs counted as in bench/bench_attention.cpp: forward
