@@ -14,6 +14,7 @@
 #include "comm/communicator.h"
 #include "comm/timed_communicator.h"
 #include "core/error.h"
+#include "core/host_cache.h"
 #include "core/random.h"
 #include "model/block.h"
 #include "pipeline/streamed_block.h"
@@ -91,6 +92,10 @@ struct Case {
   // Bytes all ranks sent through the expert group's all_to_all_v in one step, by DType (the last
   // timed run; the same every run): the tokens in the wire dtype, the per-expert counts in int32.
   std::array<int64_t, 3> all_to_all_bytes{};
+  // Host memory the forward pass leaves held for the backward (what it saved, and its output): large
+  // blocks of the host cache (core/host_cache.h) in use after the forward minus before, the most of
+  // any rank (the last timed run; CPU runs only, -1 on the GPU).
+  int64_t forward_held_bytes = -1;
 };
 
 // The medians of a case and its ratios to the other cases of the job.
@@ -168,7 +173,9 @@ void run_case_once(BenchRun& run, const BenchJob& job, Inputs& in, Case& k, bool
   world.barrier();
   const double start_us = trace_clock_us();
   const auto t0 = Clock::now();
+  const int64_t held_before = static_cast<int64_t>(host_cache_stats().in_use_bytes);
   Tensor y = k.exec->forward_layers(in.blocks.blocks(), ctx, in.x, in.batch, job.shape.N, stats);
+  int64_t held = static_cast<int64_t>(host_cache_stats().in_use_bytes) - held_before;
   const double forward_end_us = trace_clock_us();
   Tensor dx = k.exec->backward_layers(in.blocks.blocks(), ctx, in.dy, stats, 0.01, {});
   if (run.device == Device::CUDA) cuda_synchronize();  // the step's GPU work is done before the clock stops
@@ -198,8 +205,10 @@ void run_case_once(BenchRun& run, const BenchJob& job, Inputs& in, Case& k, bool
     bytes[t] = in.expert_group.all_to_all_bytes(static_cast<DType>(t));
     world.all_reduce_sum(bytes[t]);
   }
+  world.all_reduce_max(held);
   if (timed) {
     k.all_to_all_bytes = bytes;
+    k.forward_held_bytes = run.device == Device::CPU ? held : -1;
     k.pass_bounds.push_back(pass_bound);
     k.times.push_back(ms);
     k.computes.push_back(compute_ms);
@@ -370,6 +379,8 @@ nlohmann::json json_row(const BenchRun& run, const BenchJob& job, const Case& k,
                        {{"float32", k.all_to_all_bytes[static_cast<size_t>(DType::F32)]},
                         {"bf16", k.all_to_all_bytes[static_cast<size_t>(DType::BF16)]},
                         {"int32", k.all_to_all_bytes[static_cast<size_t>(DType::I32)]}}},
+                      {"forward_held_bytes",
+                       k.forward_held_bytes >= 0 ? nlohmann::json(k.forward_held_bytes) : nlohmann::json(nullptr)},
                       {"time_ms", o.predict_only ? nlohmann::json(nullptr) : nlohmann::json(m.time_ms)},
                       {"compute_ms", m.compute_ms},
                       {"comm_ms", m.comm_ms},

@@ -141,6 +141,9 @@ Tensor AttentionLayer::chunk_forward(AttentionContext& ctx, int64_t begin, int64
   kernels::attention_forward(c.q, k_cols(ctx.qkv), v_cols(ctx.qkv), chunk_shape(ctx, heads_, kv_heads_, c), c.o,
                              c.lse);
   Tensor h = Tensor::empty({rows, d}, DType::F32, device);
+  // bf16: the attention output is kept in bf16 (the projection's operand); the attention backward
+  // widens it again.
+  if (bf16_) c.o = as_dtype(c.o, DType::BF16);
   linear_forward(c.o, out_w_->operand(), out_b_ ? out_b_->value : Tensor(), h);
   kernels::add_inplace(h, chunk_rows_of(ctx.x, c));
   if (chunk_index) *chunk_index = ctx.chunks.size();
@@ -158,7 +161,7 @@ void AttentionLayer::chunk_backward(AttentionContext& ctx, size_t chunk_index, c
   linear_backward(c.o, out_w_->operand(), dh, d_o, out_w_->grad, out_b_ ? out_b_->grad : Tensor());
   Tensor dq = c.rows.defined() ? Tensor::empty({rows, q_width()}, DType::F32, device)
                                : q_cols(ctx.dqkv).rows(c.first_row, c.first_row + rows);
-  kernels::attention_backward(c.q, k_cols(ctx.qkv), v_cols(ctx.qkv), c.o, c.lse, d_o,
+  kernels::attention_backward(c.q, k_cols(ctx.qkv), v_cols(ctx.qkv), as_dtype(c.o, DType::F32), c.lse, d_o,
                               chunk_shape(ctx, heads_, kv_heads_, c), dq, k_cols(ctx.dqkv), v_cols(ctx.dqkv));
   if (c.rows.defined()) kernels::scatter_rows(dq, c.rows, q_cols(ctx.dqkv));
   c = AttentionChunk{};  // the chunk's activations are no longer needed

@@ -84,6 +84,12 @@ Tensor Experts::forward(ExpertsContext& ctx, const Tensor& u, const std::vector<
     row += n;
   }
   AMPIPE_CHECK(row == P) << "expert counts sum to " << row << ", input has " << P << " rows";
+  // bf16: what backward needs of the pre-activations is kept in bf16 (as Megatron keeps its
+  // activations); backward widens each expert's rows for the float32 activation kernels.
+  if (bf16_) {
+    ctx.h = as_dtype(ctx.h, DType::BF16);
+    if (swiglu_) ctx.h3 = as_dtype(ctx.h3, DType::BF16);
+  }
   return y;
 }
 
@@ -97,12 +103,13 @@ Tensor Experts::backward(ExpertsContext& ctx, const Tensor& dy) const {
   for (int64_t e = 0; e < experts_; ++e) {
     const int64_t n = ctx.counts[e];
     if (n == 0) continue;
-    const Tensor u_e = ctx.u.rows(row, row + n), h = ctx.h.rows(row, row + n), du_e = du.rows(row, row + n);
+    const Tensor u_e = ctx.u.rows(row, row + n), du_e = du.rows(row, row + n);
+    const Tensor h = as_dtype(ctx.h.rows(row, row + n), DType::F32);  // widened when kept in bf16
     Tensor dg_e = dg.rows(row, row + n);
     backward_map(out_, e, ctx.g.rows(row, row + n), dy.rows(row, row + n), dg_e, false);
     if (swiglu_) {
       // swiglu_backward's outputs may not alias its inputs: the gate's gradient gets its own buffer.
-      const Tensor h3 = ctx.h3.rows(row, row + n), dh3_e = dh3.rows(row, row + n);
+      const Tensor h3 = as_dtype(ctx.h3.rows(row, row + n), DType::F32), dh3_e = dh3.rows(row, row + n);
       Tensor dh = Tensor::empty({n, ffn_}, DType::F32, device);
       kernels::swiglu_backward(h, h3, dg_e, dh, dh3_e);
       backward_map(in_, e, u_e, dh, du_e, false);

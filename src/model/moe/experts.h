@@ -22,8 +22,8 @@ namespace ampipe {
 struct ExpertsContext {
   std::vector<int64_t> counts;  // rows per expert
   Tensor u;                     // [P, d] input (bf16 under --bf16: the GEMMs' operand)
-  Tensor h;                     // [P, f] pre-activation (SwiGLU: of the gate, through silu)
-  Tensor h3;                    // [P, f] SwiGLU only: the up projection
+  Tensor h;                     // [P, f] pre-activation (SwiGLU: of the gate, through silu); bf16 under --bf16
+  Tensor h3;                    // [P, f] SwiGLU only: the up projection; bf16 under --bf16
   Tensor g;                     // [P, f] gelu(h), or silu(h) * h3 (bf16 under --bf16, as u)
 };
 
