@@ -18,6 +18,7 @@
 #include "core/error.h"
 #include "core/parallel.h"
 #include "core/trace.h"
+#include "kernels/cpu/gemm_bf16.h"
 #include "kernels/gemm.h"
 #include "pipeline/schedule.h"
 #include "pipeline/task_list.h"
@@ -295,6 +296,15 @@ std::vector<BenchJob> make_jobs(const BenchRun& run, const BenchGrid& g, const s
   return jobs;
 }
 
+// What runs the block's GEMMs: cuBLAS, OpenBLAS, or for bf16 on the CPU oneDNN's pick (or the
+// widened OpenBLAS fallback where oneDNN has no bf16 matmul: kernels/cpu/gemm_bf16.h).
+std::string gemm_implementation(Device device, bool bf16) {
+  if (device == Device::CUDA) return bf16 ? "cublasGemmEx (bf16 inputs, float32 compute)" : "cublasSgemm";
+  if (!bf16) return "OpenBLAS sgemm";
+  const std::string impl = kernels::cpu::gemm_bf16_implementation();
+  return impl.rfind("openblas", 0) == 0 ? impl + " (no oneDNN bf16 matmul on this CPU)" : "oneDNN " + impl;
+}
+
 void print_preamble(const BenchRun& run) {
   const BenchOptions& o = run.options;
   char buf[512];
@@ -303,6 +313,8 @@ void print_preamble(const BenchRun& run) {
                 run.world.size(), o.threads, run.link.c_str(), static_cast<long long>(o.micro_batch_size),
                 static_cast<long long>(o.warmup), static_cast<long long>(o.repeats));
   run.line(std::string(buf) + (run.device == Device::CUDA ? ", device cuda" : ""));
+  run.line(std::string("precision: ") + (o.bf16 ? "bf16 (--bf16)" : "float32") + ", GEMMs by " +
+           run.gemm_implementation);
   if (run.hw) run.line("planner profile: " + run.hw->name);
   print_bench_table_header(run);
 }
@@ -337,9 +349,10 @@ int run_bench(const BenchOptions& o, Communicator& world_in) {
   check_same_configuration(world, "grid=" + std::to_string(grid.shapes.size()) + "x" +
                                       std::to_string(grid.layers.size()) + "x" + std::to_string(schedules.size()) +
                                       "\nscopes=" + o.pipeline_scopes + "\nrepeats=" + std::to_string(o.warmup) +
-                                      "+" + std::to_string(o.repeats));
+                                      "+" + std::to_string(o.repeats) + "\nbf16=" + (o.bf16 ? "1" : "0"));
   BenchRun run(o, world);
   run.device = device;
+  run.gemm_implementation = gemm_implementation(device, o.bf16);
   run.link = o.link;
   if (run.link.empty()) {
     const char* env = std::getenv("AMPIPE_LINK");

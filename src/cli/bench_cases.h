@@ -46,6 +46,7 @@ struct BenchRun {
   Communicator& world;
   Device device = Device::CPU;           // where the blocks and their inputs live (--device)
   std::string link;                      // the link label
+  std::string gemm_implementation;       // what runs the block's GEMMs (set by run_bench)
   std::optional<HardwareProfile> hw;     // the planner's profile, if any
   bool show_layers = false;              // an L column: some --num-layers is not 1
   bool show_scope = false;               // a scope column and the ratio over block scope
