@@ -171,8 +171,9 @@ void add_parallel_flags(CLI::App& cmd, TrainCommand& c) {
          "one or sequential), P, chunk boundaries and stage order from a cost model of this machine")
       ->capture_default_str();
   cmd.add_option("--hardware", t.hardware,
-                 "With --pipe-degree auto: the hardware profile to plan for (JSON path or a name under "
-                 "profiles/); default: a quick calibration of this machine at start-up");
+                 "With --pipe-degree auto and --schedule moe-pipe or ampipe (the planner): the hardware profile "
+                 "to plan for (JSON path or a name under profiles/); default: a quick calibration of this "
+                 "machine at start-up. Refused where no plan is made (it would do nothing)");
   cmd.add_option("--chunk-boundaries", c.chunk_boundaries,
                  "Explicit ampipe chunk boundaries as positions, e.g. 0,48,96,128 (overrides --pipe-degree)");
   cmd.add_option("--chunk-policy", c.chunk_policy,
@@ -256,6 +257,21 @@ void parse_schedule_flags(TrainCommand& c) {
   t.schedule.kind = parse_schedule(c.schedule);
   if (!c.chunk_boundaries.empty()) t.schedule.chunk_boundaries = parse_chunk_boundaries(c.chunk_boundaries);
   t.schedule.chunk_policy = parse_chunk_policy(c.chunk_policy);
+  // Only the planner reads a profile, and it runs for a chunked schedule with --pipe-degree auto and
+  // no explicit boundaries (train/trainer.h): elsewhere the flag would do nothing (and a bad path
+  // would go unnoticed), so it is refused, saying what it needs.
+  if (!t.hardware.empty()) {
+    AMPIPE_CHECK(c.pipe_degree == "auto")
+        << "--hardware " << t.hardware << " is the planner's profile and has no effect with --pipe-degree "
+        << c.pipe_degree << "; give --pipe-degree auto to plan with it, or leave --hardware out";
+    AMPIPE_CHECK(t.schedule.kind != ScheduleKind::Sequential)
+        << "--hardware " << t.hardware << " is the planner's profile and has no effect with --schedule "
+        << c.schedule << " (the planner chooses P for moe-pipe or ampipe); give --schedule ampipe or "
+        << "moe-pipe, or leave --hardware out";
+    AMPIPE_CHECK(t.schedule.chunk_boundaries.empty())
+        << "--hardware " << t.hardware << " is the planner's profile and has no effect with "
+        << "--chunk-boundaries (the boundaries are given, nothing is planned); leave one of them out";
+  }
   if (c.pipe_degree == "auto") {
     t.auto_plan = true;
   } else {

@@ -88,6 +88,22 @@ TEST_F(Cli, BadNumbersAreRefused) {
   expect_refused("train " + tiny() + " --moe-capacity-factor -0.5", "--moe-capacity-factor must be >= 0");
 }
 
+// A flag that would do nothing is refused, saying what it needs: the planner's profile without the
+// planner (a bad path would otherwise go unnoticed too).
+TEST_F(Cli, HardwareProfileWithoutThePlannerIsRefused) {
+  // The default schedule is sequential: nothing to plan.
+  expect_refused("train " + tiny() + " --train-iters 1 --hardware " + path("no_such_profile.json"),
+                 "has no effect with --schedule sequential");
+  expect_refused("train " + tiny() + " --train-iters 1 --schedule ampipe --pipe-degree 2 --hardware cpu-2rank-200mbit",
+                 "has no effect with --pipe-degree 2; give --pipe-degree auto");
+  expect_refused("train " + tiny() + " --train-iters 1 --schedule ampipe --chunk-boundaries 0,8,16 --hardware "
+                 "cpu-2rank-200mbit",
+                 "has no effect with --chunk-boundaries");
+  // With the planner a missing profile is an error naming it.
+  expect_refused("train " + tiny() + " --train-iters 1 --schedule ampipe --hardware " + path("no_such_profile.json"),
+                 "no_such_profile.json");
+}
+
 TEST_F(Cli, DistributedBackendIsCheckedByName) {
   expect_refused("train " + tiny() + " --distributed-backend gloo", "--distributed-backend");
   expect_refused("bench --distributed-backend nccl --seq-length 16 --hidden-size 16 --num-attention-heads 2",
