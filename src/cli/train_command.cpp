@@ -257,6 +257,17 @@ void parse_schedule_flags(TrainCommand& c) {
   t.schedule.kind = parse_schedule(c.schedule);
   if (!c.chunk_boundaries.empty()) t.schedule.chunk_boundaries = parse_chunk_boundaries(c.chunk_boundaries);
   t.schedule.chunk_policy = parse_chunk_policy(c.chunk_policy);
+  // The chunked schedules' flags do nothing with a schedule that has no such chunks: refused.
+  auto refuse_unless = [&](const char* flag, bool used, const char* what) {
+    AMPIPE_CHECK(c.command->count(flag) == 0 || used)
+        << flag << " has no effect with --schedule " << c.schedule << ": it " << what;
+  };
+  const bool ampipe = t.schedule.kind == ScheduleKind::AmPipe;
+  refuse_unless("--chunk-boundaries", ampipe, "sets ampipe's attention chunks (give --schedule ampipe)");
+  refuse_unless("--chunk-policy", ampipe, "cuts ampipe's attention side (give --schedule ampipe)");
+  refuse_unless("--moe-pipe-degree", ampipe, "cuts ampipe's MoE side (give --schedule ampipe)");
+  refuse_unless("--stage-order", t.schedule.kind != ScheduleKind::Sequential,
+                "orders the chunks of moe-pipe or ampipe (give one of them)");
   // Only the planner reads a profile, and it runs for a chunked schedule with --pipe-degree auto and
   // no explicit boundaries (train/trainer.h): elsewhere the flag would do nothing (and a bad path
   // would go unnoticed), so it is refused, saying what it needs.

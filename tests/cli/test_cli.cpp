@@ -88,6 +88,20 @@ TEST_F(Cli, BadNumbersAreRefused) {
   expect_refused("train " + tiny() + " --moe-capacity-factor -0.5", "--moe-capacity-factor must be >= 0");
 }
 
+// The chunked schedules' flags with a schedule that has no such chunks would do nothing: refused.
+TEST_F(Cli, ChunkFlagsWithoutChunksAreRefused) {
+  expect_refused("train " + tiny() + " --train-iters 1 --moe-pipe-degree 2",
+                 "--moe-pipe-degree has no effect with --schedule sequential");
+  expect_refused("train " + tiny() + " --train-iters 1 --schedule moe-pipe --chunk-policy balanced",
+                 "--chunk-policy has no effect with --schedule moe-pipe");
+  expect_refused("train " + tiny() + " --train-iters 1 --chunk-boundaries 0,8,16", "--chunk-boundaries has no effect");
+  expect_refused("train " + tiny() + " --train-iters 1 --stage-order interleaved",
+                 "--stage-order has no effect with --schedule sequential");
+  RunResult r = run("train " + tiny() + " --train-iters 1 --schedule ampipe --pipe-degree 2 --chunk-policy balanced "
+                    "--moe-pipe-degree 2 --stage-order interleaved");
+  EXPECT_EQ(r.status, 0) << r.output;
+}
+
 // A flag that would do nothing is refused, saying what it needs: the planner's profile without the
 // planner (a bad path would otherwise go unnoticed too).
 TEST_F(Cli, HardwareProfileWithoutThePlannerIsRefused) {
