@@ -40,7 +40,14 @@ const char* kModelFlags[] = {"--num-layers",      "--hidden-size",         "--nu
 
 // The optimizer and its learning-rate schedule.
 void add_optimizer_flags(CLI::App& cmd, TrainOptions& t) {
-  cmd.add_option("--micro-batch-size", t.micro_batch_size, "Sequences per iteration")->capture_default_str();
+  cmd.add_option("--micro-batch-size", t.micro_batch_size,
+                 "Sequences per rank in one forward and backward (a micro-batch)")
+      ->capture_default_str();
+  cmd.add_option("--global-batch-size", t.global_batch_size,
+                 "Sequences per optimizer step over all ranks: each rank runs global / (micro-batch x ranks) "
+                 "micro-batches a step and accumulates their gradients (refused when it does not divide). "
+                 "Default: micro-batch x ranks (one micro-batch a step)")
+      ->check(CLI::PositiveNumber);
   cmd.add_option("--lr", t.lr.lr, "Peak learning rate")->capture_default_str();
   cmd.add_option("--min-lr", t.lr.min_lr, "Learning rate at the end of the cosine decay")
       ->capture_default_str();
@@ -244,7 +251,8 @@ void parse_resume_flags(TrainCommand& c) {
                                                                  : OptParamScheduler::Check;
   std::set<std::string> given;
   for (const char* f : {"--lr", "--min-lr", "--lr-warmup-iters", "--weight-decay", "--adam-beta1",
-                        "--adam-beta2", "--clip-grad", "--train-iters", "--micro-batch-size"})
+                        "--adam-beta2", "--clip-grad", "--train-iters", "--micro-batch-size",
+                        "--global-batch-size"})
     if (c.command->count(f) > 0) given.insert(f);
   t.schedule_flags_given = given;
 }

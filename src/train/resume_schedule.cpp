@@ -33,20 +33,35 @@ void resolve(const TrainOptions& o, const char* flag, T& value, T stored,
   if (o.opt_param_scheduler == OptParamScheduler::UseCheckpoint) value = stored;
 }
 
-// The global batch: --micro-batch-size x ranks against the checkpoint's.
+// The global batch against the checkpoint's. --global-batch-size follows the rule of the other
+// settings. Without it the checkpoint's global batch continues: a given --micro-batch-size that
+// divides it over the ranks accumulates the rest (Megatron's rule: the micro-batch is free, the
+// global batch is the schedule's); one that does not is a conflict; a left-out one takes the whole
+// global batch over the ranks (one micro-batch a step).
 void resolve_global_batch(TrainOptions& o, int64_t stored, int64_t world_size,
                           std::vector<std::string>& conflicts) {
-  const int64_t global = o.micro_batch_size * world_size;
-  const bool differs = given(o, "--micro-batch-size") && global != stored;
-  if (differs)
+  if (given(o, "--global-batch-size") && o.global_batch_size > 0) {
+    int64_t global = o.global_batch_size;
+    resolve(o, "--global-batch-size", global, stored, conflicts);
+    o.global_batch_size = global;
+    return;
+  }
+  if (given(o, "--micro-batch-size")) {
+    const int64_t per_pass = o.micro_batch_size * world_size;
+    if (stored % per_pass == 0) {
+      o.global_batch_size = stored;
+      return;
+    }
     conflicts.push_back("--micro-batch-size " + std::to_string(o.micro_batch_size) + " x " +
                         std::to_string(world_size) + " rank(s) (checkpoint global batch " +
                         std::to_string(stored) + ")");
-  if (differs && o.opt_param_scheduler != OptParamScheduler::UseCheckpoint) return;
+    if (o.opt_param_scheduler != OptParamScheduler::UseCheckpoint) return;
+  }
   AMPIPE_CHECK(stored % world_size == 0)
       << "the checkpoint's global batch of " << stored << " sequences does not divide over " << world_size
       << " rank(s); give --micro-batch-size with --override-opt_param-scheduler to change it";
   o.micro_batch_size = stored / world_size;
+  o.global_batch_size = 0;
 }
 
 }  // namespace
@@ -57,7 +72,7 @@ ScheduleSettings schedule_settings(const TrainOptions& o, int64_t world_size) {
   s.lr.decay_iters = o.train_iters;
   s.adamw = o.adamw;
   s.train_iters = o.train_iters;
-  s.global_batch = o.micro_batch_size * world_size;
+  s.global_batch = global_batch(o, world_size);
   return s;
 }
 

@@ -9,8 +9,10 @@
 //     flag that differs is named in a notice).
 //
 // The settings: --lr, --min-lr, --lr-warmup-iters (the decay runs to --train-iters), --weight-decay,
-// --adam-beta1, --adam-beta2, --clip-grad, --train-iters, and the global batch (--micro-batch-size
-// x ranks; a left-out --micro-batch-size is the checkpoint's global batch over this run's ranks).
+// --adam-beta1, --adam-beta2, --clip-grad, --train-iters, and the global batch (--global-batch-size,
+// or --micro-batch-size x ranks): without --global-batch-size the checkpoint's global batch
+// continues, a given --micro-batch-size that divides it over the ranks accumulating the rest, a
+// left-out one taking it whole over this run's ranks.
 // AdamW's eps has no flag and is always the checkpoint's.
 #pragma once
 

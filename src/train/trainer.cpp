@@ -37,6 +37,19 @@ static std::string format_duration(double seconds) {
   return buf;
 }
 
+int64_t global_batch(const TrainOptions& o, int64_t ranks) {
+  return o.global_batch_size > 0 ? o.global_batch_size : o.micro_batch_size * ranks;
+}
+
+int64_t micro_batches_per_step(const TrainOptions& o, int64_t ranks) {
+  const int64_t per_pass = o.micro_batch_size * ranks, global = global_batch(o, ranks);
+  AMPIPE_CHECK(global % per_pass == 0)
+      << "--global-batch-size " << global << " is not a multiple of --micro-batch-size " << o.micro_batch_size
+      << " x " << ranks << " rank(s) = " << per_pass << " (each step runs global / (micro-batch x ranks) "
+      << "micro-batches on every rank)";
+  return global / per_pass;
+}
+
 Device parse_device(const std::string& name) {
   if (name == "cpu") return Device::CPU;
   AMPIPE_CHECK(name == "cuda") << "--device '" << name << "' is not one of: cpu, cuda";
@@ -50,6 +63,8 @@ static void validate(const TrainOptions& o) {
   o.model.validate();
   if (o.device == Device::CUDA) require_cuda("--device cuda");
   AMPIPE_CHECK(o.micro_batch_size >= 1) << "--micro-batch-size must be at least 1, got " << o.micro_batch_size;
+  AMPIPE_CHECK(o.global_batch_size >= 0)
+      << "--global-batch-size must be at least 1 (or left out), got " << o.global_batch_size;
   AMPIPE_CHECK(o.train_iters >= 1) << "--train-iters must be at least 1, got " << o.train_iters;
   AMPIPE_CHECK(o.eval_interval >= 0) << "--eval-interval must be >= 0, got " << o.eval_interval;
   AMPIPE_CHECK(o.eval_iters >= 1) << "--eval-iters must be at least 1, got " << o.eval_iters;
@@ -74,7 +89,7 @@ static std::string describe(const TrainOptions& o) {
   std::ostringstream s;
   for (const auto& [k, v] : o.model.to_metadata()) s << k << "=" << v << "\n";
   for (const std::string& item : o.data_path) s << "data_path=" << item << "\n";
-  s << "micro_batch_size=" << o.micro_batch_size << "\nlr=" << o.lr.lr << "\nmin_lr=" << o.lr.min_lr
+  s << "micro_batch_size=" << o.micro_batch_size << "\nglobal_batch_size=" << o.global_batch_size << "\nlr=" << o.lr.lr << "\nmin_lr=" << o.lr.min_lr
     << "\nwarmup=" << o.lr.warmup_iters << "\nweight_decay=" << o.adamw.weight_decay
     << "\nclip_grad=" << o.adamw.clip_grad << "\ntrain_iters=" << o.train_iters << "\nseed=" << o.seed
     << "\nsplit=" << o.split << "\ntokenizer=" << o.tokenizer_type << ":" << o.tokenizer_model << "\nload=" << o.load << "\nsave=" << o.save
@@ -247,12 +262,16 @@ void log_startup(const Run& r) {
         ", pipeline scope " + o.pipeline_scope + ", gradient reduction " +
         (o.overlap_grad_reduce ? "overlapped with the backward" : "after the backward"));
   for (const std::string& line : r.corpus.summary()) r.log(line);
-  const int64_t R = r.world.size();
+  const int64_t R = r.world.size(), A = micro_batches_per_step(o, R);
   if (R > 1)
     r.log("parallel: " + std::to_string(R) + " ranks, expert-parallel size " +
           std::to_string(r.groups.expert_parallel_size) + " (" +
           std::to_string(o.model.num_experts / r.groups.expert_parallel_size) + " experts per rank), global batch " +
-          std::to_string(o.micro_batch_size * R) + " sequences, transport " + r.world.backend());
+          std::to_string(global_batch(o, R)) + " sequences, transport " + r.world.backend());
+  if (A > 1)
+    r.log("batch: global " + std::to_string(global_batch(o, R)) + " sequences = " + std::to_string(A) +
+          " micro-batches of " + std::to_string(o.micro_batch_size) + " x " + std::to_string(R) +
+          " rank(s), gradients accumulated (--global-batch-size)");
 }
 
 struct Step {
@@ -261,38 +280,61 @@ struct Step {
   double data_seconds = 0;  // building this rank's batch
 };
 
-// One iteration: this rank's part of the global batch, forward, backward, reduction, update.
+// Micro-batch m of this rank in iteration `it`: Megatron's order, so the samples of a step do not
+// depend on how it is split. The global batch [it G, (it + 1) G) is taken B x R at a time, rank r
+// reading the r-th B of each (m-th) piece.
+Batch micro_batch(const Run& r, const std::vector<int64_t>& global, int64_t m) {
+  const int64_t B = r.o.micro_batch_size, N = r.o.model.max_seq_len, R = r.world.size();
+  const int64_t first = (m * R + r.world.rank()) * B;
+  return make_batch(r.corpus.train(), std::vector<int64_t>(global.begin() + first, global.begin() + first + B), N);
+}
+
+// One iteration: this rank's micro-batches of the global batch, each forward then backward with its
+// gradient accumulated (scaled by 1/A, so the step's gradient is that of the mean loss), then one
+// reduction and the update. The loss and the aux loss reported are the means over micro-batches.
 Step train_step(Run& r, int64_t it) {
   const TrainOptions& o = r.o;
-  const int64_t B = o.micro_batch_size, N = o.model.max_seq_len, rank = r.world.rank();
+  const int64_t B = o.micro_batch_size, rank = r.world.rank(), R = r.world.size();
+  const int64_t A = micro_batches_per_step(o, R);
   Step step;
-  const auto data_start = std::chrono::steady_clock::now();
-  const std::vector<int64_t> global = r.corpus.training_ids(it, B * r.world.size());
-  Batch batch = make_batch(r.corpus.train(), std::vector<int64_t>(global.begin() + rank * B, global.begin() + (rank + 1) * B), N);
-  step.data_seconds = std::chrono::duration<double>(std::chrono::steady_clock::now() - data_start).count();
+  const std::vector<int64_t> global = r.corpus.training_ids(it, global_batch(o, R));
   r.model.params().zero_grad();
-  // The batch moves to the model's device once per step (no copy on the CPU).
-  const Tensor tokens = batch.tokens.to(r.model.device()), targets = batch.targets.to(r.model.device());
-  ForwardState state;
-  step.loss = r.model.forward(state, tokens, targets, B);
-  if (inject_nan(static_cast<int>(rank), it + 1)) step.loss.lm_loss = step.loss.total = NAN;
-  if (r.world.size() > 1) {
-    r.world.all_reduce_sum(step.loss.lm_loss);
-    step.loss.lm_loss /= static_cast<double>(r.world.size());
-    step.loss.total = step.loss.lm_loss + o.model.aux_loss_weight * step.loss.aux_loss;
-  }
   step.lr = learning_rate(o.lr, it);
-  if (std::isfinite(step.loss.total)) {
-    if (o.overlap_grad_reduce) {
-      // Each block's bucket is reduced on the executor's comm stream once its backward is done.
-      r.model.backward(state, 1.0, [&r](int64_t layer) { r.buckets.reduce_block(layer); });
+  bool finite = true;
+  for (int64_t m = 0; m < A && finite; ++m) {
+    const auto data_start = std::chrono::steady_clock::now();
+    const Batch batch = micro_batch(r, global, m);
+    step.data_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - data_start).count();
+    // The batch moves to the model's device once per micro-batch (no copy on the CPU).
+    const Tensor tokens = batch.tokens.to(r.model.device()), targets = batch.targets.to(r.model.device());
+    ForwardState state;
+    LossParts loss = r.model.forward(state, tokens, targets, B);
+    if (m == 0 && inject_nan(static_cast<int>(rank), it + 1)) loss.lm_loss = NAN;
+    if (R > 1) {  // every rank decides on the same, reduced value
+      r.world.all_reduce_sum(loss.lm_loss);
+      loss.lm_loss /= static_cast<double>(R);
+    }
+    loss.total = loss.lm_loss + o.model.aux_loss_weight * loss.aux_loss;
+    step.loss.lm_loss += loss.lm_loss / static_cast<double>(A);
+    step.loss.aux_loss += loss.aux_loss / static_cast<double>(A);
+    step.loss.total += loss.total / static_cast<double>(A);
+    finite = std::isfinite(loss.total);
+    if (!finite) break;  // every rank breaks here: the value was reduced
+    const double scale = 1.0 / static_cast<double>(A);
+    if (o.overlap_grad_reduce && m == A - 1) {
+      // Each block's bucket is reduced on the executor's comm stream once its backward is done: in
+      // the last micro-batch, when the block's accumulated gradient is final.
+      r.model.backward(state, scale, [&r](int64_t layer) { r.buckets.reduce_block(layer); });
       r.buckets.reduce_rest();
     } else {
-      r.model.backward(state);
-      r.buckets.reduce_all();
+      r.model.backward(state, scale);
+      if (m == A - 1) r.buckets.reduce_all();
     }
+  }
+  if (finite) {
     step.grad_norm = r.optimizer.step(step.lr);
   } else {
+    step.loss.lm_loss = step.loss.total = NAN;
     AMPIPE_CHECK(!o.abort_on_nan) << "loss became " << step.loss.total << " at iteration " << it + 1
                                   << " (--abort-on-nan); try a lower --lr or --clip-grad";
     r.log("warning: loss is " + std::to_string(step.loss.total) + " at iteration " + std::to_string(it + 1) +
@@ -463,7 +505,7 @@ TrainResult train_loop(Run& r, const Tokenizer* tokenizer) {
     result.iterations = done;
     result.seconds = std::chrono::duration<double>(clock::now() - run_start).count();
     result.tokens_per_sec =
-        result.seconds > 0 ? static_cast<double>((done - r.start) * B * N * R) / result.seconds : 0.0;
+        result.seconds > 0 ? static_cast<double>((done - r.start) * global_batch(o, R) * N) / result.seconds : 0.0;
     if (r.corpus.bytes_per_token() > 0)
       result.final_val_nats_per_byte = result.final_val_loss / r.corpus.bytes_per_token();
     return result;
@@ -477,7 +519,7 @@ TrainResult train_loop(Run& r, const Tokenizer* tokenizer) {
       r.trace.mark_origin();
     }
     const Step step = train_step(r, it);
-    window.tokens += B * N * R;
+    window.tokens += global_batch(o, R) * N;
     window.data_seconds += step.data_seconds;
     result.final_loss = step.loss.lm_loss;
     if (after_step(r, metrics, window, step, it + 1, run_start, tokenizer, result, validation_loss))
@@ -523,6 +565,7 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   if (rank == 0 && !o.trace_file.empty()) prepare_output_file("--trace", o.trace_file);
   resolve_load(o, log);
   resume_schedule(o, R, log);
+  micro_batches_per_step(o, R);  // refuses a global batch that does not divide, before any data is read
   // A finished run restarted (e.g. by a job script): said before any data is read.
   if (const int64_t at = o.load.empty() ? -1 : checkpoint_iteration(o.load); at == o.train_iters) {
     log("nothing to do: the checkpoint is at iteration " + std::to_string(at) + " of " +
@@ -537,7 +580,7 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   TrainingGroups groups = make_training_groups(world, o.expert_parallel_size, o.model.num_experts);
   o.lr.decay_iters = o.train_iters;
   const int64_t N = o.model.max_seq_len, B = o.micro_batch_size;
-  CorpusOptions co{o.data_path, o.split, N, o.seed, o.train_iters * B * R, o.eval_iters * B * R};
+  CorpusOptions co{o.data_path, o.split, N, o.seed, o.train_iters * global_batch(o, R), o.eval_iters * B * R};
   const TrainingCorpus corpus(co, *tokenizer, o.model.vocab_size);
   GptMoe model(o.model, groups.model_parallel(), o.device);
   model.initialize(o.seed);

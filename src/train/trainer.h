@@ -27,6 +27,10 @@ enum class OptParamScheduler { Check, Override, UseCheckpoint };
 struct TrainOptions {
   ModelConfig model;
   int64_t micro_batch_size = 16;
+  // --global-batch-size: sequences per optimizer step over all ranks; each rank runs
+  // global / (micro_batch_size x ranks) micro-batches and accumulates their gradients (Megatron's
+  // rule; refused when it does not divide). 0: micro_batch_size x ranks (one micro-batch a step).
+  int64_t global_batch_size = 0;
   LrSchedule lr{3e-3, 3e-4, 200, 1};  // decay_iters is set from train_iters
   AdamWConfig adamw;
   int64_t train_iters = 3000;
@@ -88,6 +92,11 @@ struct TrainOptions {
 Device parse_device(const std::string& name);
 // "cpu" or "cuda".
 const char* device_flag_name(Device device);
+
+// The global batch of `o` on `ranks` ranks (--global-batch-size, or micro-batch x ranks), and the
+// micro-batches each rank runs per step (throws ampipe::Error naming the flags when it does not divide).
+int64_t global_batch(const TrainOptions& o, int64_t ranks);
+int64_t micro_batches_per_step(const TrainOptions& o, int64_t ranks);
 
 struct TrainResult {
   int64_t iterations = 0;          // total completed (including resumed ones)

@@ -220,11 +220,12 @@ TrainOptions small_options(const std::string& dir, bool mixtral = false) {
   return o;
 }
 
-std::vector<double> losses(const std::string& metrics) {
+// One value per metrics line: the training loss, or another key.
+std::vector<double> losses(const std::string& metrics, const char* key = "loss") {
   std::vector<double> out;
   std::ifstream in(metrics);
   std::string line;
-  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line)["loss"].get<double>());
+  while (std::getline(in, line)) out.push_back(nlohmann::json::parse(line)[key].get<double>());
   return out;
 }
 
@@ -277,6 +278,46 @@ INSTANTIATE_TEST_SUITE_P(Data, DataParallelRanks, ::testing::Bool(),
                          [](const ::testing::TestParamInfo<bool>& param) {
                            return param.param ? std::string("IndexedDataset") : std::string("TextFile");
                          });
+
+// Gradient accumulation (--global-batch-size): R ranks x micro-batch 1 x 2 micro-batches a step
+// read exactly the samples of one rank with micro-batch 2R, and (aux loss coefficient 0: the aux
+// loss is per micro-batch, as in Megatron) train to the same losses and parameters, to rounding.
+// The parallel run reduces gradients overlapped with the last micro-batch's backward.
+TEST(DataParallel, AccumulatedMicroBatchesTrainLikeOneLargerBatch) {
+  const int R = g_world->size();
+  const std::string dir = shared_dir("accumulate");
+  TrainOptions parallel = small_options(dir);
+  parallel.model.aux_loss_weight = 0;
+  parallel.micro_batch_size = 1;
+  parallel.global_batch_size = 2 * R;
+  parallel.overlap_grad_reduce = true;
+  parallel.save = dir + "/parallel";
+  parallel.metrics_file = dir + "/parallel.jsonl";
+  run_training(parallel, [](const std::string&) {}, g_world.get());
+  if (g_world->rank() == 0) {
+    TrainOptions single = small_options(dir);
+    single.model.aux_loss_weight = 0;
+    single.micro_batch_size = 2 * R;
+    single.save = dir + "/single";
+    single.metrics_file = dir + "/single.jsonl";
+    run_training(single, [](const std::string&) {});
+    const std::vector<double> a = losses(parallel.metrics_file), b = losses(single.metrics_file);
+    ASSERT_EQ(a.size(), 12u);
+    ASSERT_EQ(b.size(), 12u);
+    for (size_t i = 0; i < a.size(); ++i) EXPECT_NEAR(a[i], b[i], 2e-5 * (1 + std::abs(b[i]))) << "iteration " << i + 1;
+    // The gradient is the mean loss's (AdamW would hide a scale error in the parameters).
+    const std::vector<double> ga = losses(parallel.metrics_file, "grad_norm"),
+                              gb = losses(single.metrics_file, "grad_norm");
+    for (size_t i = 0; i < ga.size(); ++i) EXPECT_NEAR(ga[i], gb[i], 1e-4 * gb[i]) << "iteration " << i + 1;
+    SafetensorsFile fp = read_safetensors(parallel.save + "/iter_0000012/model.safetensors");
+    SafetensorsFile fs1 = read_safetensors(single.save + "/iter_0000012/model.safetensors");
+    for (const auto& [name, t] : fs1.tensors) {
+      ASSERT_TRUE(fp.tensors.count(name)) << name;
+      expect_close(fp.tensors.at(name), testing::to_double(t), 2e-5, 1e-3, name.c_str());
+    }
+  }
+  g_world->barrier();
+}
 
 TEST(DataParallel, ParallelResumeReproducesTheUninterruptedRun) {
   const std::string dir = shared_dir("resume");

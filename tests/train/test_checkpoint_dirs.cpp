@@ -382,6 +382,30 @@ TEST(ResumeSchedule, LeftOutFlagsTakeTheCheckpointsAndDifferingGivenOnesAreRefus
   apply_checkpoint_schedule(given, stored, 2);
   EXPECT_EQ(given.lr.warmup_iters, 10) << "--use-checkpoint-opt_param-scheduler takes the checkpoint's";
 
+  // The global batch continues; a given micro-batch that divides it accumulates the rest.
+  TrainOptions accumulate;
+  accumulate.load = "ckpt";
+  accumulate.micro_batch_size = 2;
+  accumulate.schedule_flags_given = std::set<std::string>{"--micro-batch-size"};
+  apply_checkpoint_schedule(accumulate, stored, 2);
+  EXPECT_EQ(accumulate.micro_batch_size, 2);
+  EXPECT_EQ(global_batch(accumulate, 2), 8);
+  EXPECT_EQ(micro_batches_per_step(accumulate, 2), 2);
+  accumulate.micro_batch_size = 3;  // 3 x 2 ranks does not divide 8
+  EXPECT_NE(error_of([&] { apply_checkpoint_schedule(accumulate, stored, 2); })
+                .find("--micro-batch-size 3 x 2 rank(s) (checkpoint global batch 8)"),
+            std::string::npos);
+  TrainOptions other_global;
+  other_global.load = "ckpt";
+  other_global.global_batch_size = 16;
+  other_global.schedule_flags_given = std::set<std::string>{"--global-batch-size"};
+  EXPECT_NE(error_of([&] { apply_checkpoint_schedule(other_global, stored, 2); })
+                .find("--global-batch-size 16 (checkpoint 8)"),
+            std::string::npos);
+  other_global.global_batch_size = 8;  // the same: fine
+  apply_checkpoint_schedule(other_global, stored, 2);
+  EXPECT_EQ(global_batch(other_global, 2), 8);
+
   TrainOptions odd;
   odd.load = "ckpt";
   odd.schedule_flags_given = std::set<std::string>{};

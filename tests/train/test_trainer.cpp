@@ -10,11 +10,15 @@
 #include <nlohmann/json.hpp>
 
 #include "core/atomic_file.h"
+#include "model/gpt.h"
 #include "test_util.h"
 #include "train/checkpoint.h"
+#include "train/corpus.h"
 #include "train/data.h"
 #include "train/evaluate.h"
 #include "train/indexed_dataset.h"
+#include "train/optimizer.h"
+#include "train/tokenizer.h"
 #include "train/trainer.h"
 
 namespace ampipe {
@@ -155,6 +159,66 @@ TEST(Resume, Bf16RunResumesExactlyInBf16AndAlsoInFloat32) {
   EXPECT_EQ(f32_resumed.iterations, 8);
   EXPECT_NEAR(f32_resumed.final_loss, uninterrupted.final_loss, 0.05);
   EXPECT_NE(f32_resumed.final_loss, uninterrupted.final_loss) << "the float32 resume ran in bf16";
+}
+
+// --global-batch-size: one rank with micro-batch 2 and global batch 8 takes one AdamW step on the
+// sum of its four micro-batches' gradients, each scaled by 1/4, bit for bit against the same passes
+// run by hand on the samples of the step, in Megatron's order (micro-batch m: samples 2m, 2m + 1).
+TEST(Trainer, AccumulationIsTheSumOfItsMicroBatchPassesBitForBit) {
+  const std::string dir = temp_dir("accumulate");
+  TrainOptions o = tiny_options(write_corpus(dir));
+  o.micro_batch_size = 2;
+  o.global_batch_size = 8;
+  o.train_iters = 1;
+  o.eval_interval = 0;
+  o.save = dir + "/ckpt";
+  run_training(o, quiet);
+
+  const std::string ckpt = checkpoint_to_read(o.save);
+  const ModelConfig c = read_checkpoint_config(ckpt);
+  const int64_t N = c.max_seq_len;
+  const std::unique_ptr<Tokenizer> tokenizer = make_tokenizer("byte", "");
+  const TrainingCorpus corpus(CorpusOptions{o.data_path, o.split, N, o.seed, 8, o.eval_iters * 2}, *tokenizer,
+                              c.vocab_size);
+  const std::vector<int64_t> ids = corpus.training_ids(0, 8);
+  GptMoe model(c);
+  model.initialize(o.seed);
+  AdamW optimizer(model.params(), o.adamw);
+  for (int64_t m = 0; m < 4; ++m) {
+    const Batch batch = make_batch(corpus.train(), {ids[2 * m], ids[2 * m + 1]}, N);
+    ForwardState state;
+    model.forward(state, batch.tokens, batch.targets, 2);
+    model.backward(state, 0.25);
+  }
+  LrSchedule lr = o.lr;
+  lr.decay_iters = 1;
+  optimizer.step(learning_rate(lr, 0));
+
+  GptMoe trained(c);
+  load_model_weights(ckpt, trained);
+  for (const Parameter& p : model.params().all())
+    EXPECT_EQ(p.value.to_vector(), trained.params().get(p.name).value.to_vector()) << p.name;
+  // And not what one micro-batch alone would give.
+  GptMoe one(c);
+  one.initialize(o.seed);
+  AdamW one_opt(one.params(), o.adamw);
+  const Batch first = make_batch(corpus.train(), {ids[0], ids[1]}, N);
+  ForwardState state;
+  one.forward(state, first.tokens, first.targets, 2);
+  one.backward(state);
+  one_opt.step(learning_rate(lr, 0));
+  EXPECT_NE(one.params().all()[0].value.to_vector(), trained.params().all()[0].value.to_vector());
+}
+
+// A global batch that the micro-batches do not divide is refused before any work, naming both.
+TEST(Trainer, GlobalBatchThatDoesNotDivideIsRefused) {
+  const std::string dir = temp_dir("accumulate_bad");
+  TrainOptions o = tiny_options(write_corpus(dir));
+  o.micro_batch_size = 3;
+  o.global_batch_size = 8;
+  EXPECT_NE(testing::error_of([&] { run_training(o, quiet); })
+                .find("--global-batch-size 8 is not a multiple of --micro-batch-size 3 x 1 rank(s) = 3"),
+            std::string::npos);
 }
 
 // Memory under load: after warm-up, resident memory stays flat over 2000 steps (no growth per
