@@ -38,17 +38,87 @@ void GptMoe::initialize(uint64_t seed) {
   params_.refresh_compute();
 }
 
+std::vector<RecomputeGroup> recompute_groups(const std::string& method, int64_t num_layers, int64_t L) {
+  AMPIPE_CHECK(method.empty() || method == "uniform" || method == "block")
+      << "--recompute-method '" << method << "' is not one of: uniform, block";
+  if (method.empty()) return {RecomputeGroup{0, L, false}};
+  AMPIPE_CHECK(num_layers >= 1 && num_layers <= L)
+      << "--recompute-num-layers " << num_layers << " is not in [1, " << L << "] (the model's --num-layers)";
+  std::vector<RecomputeGroup> groups;
+  if (method == "uniform") {
+    for (int64_t b = 0; b < L; b += num_layers) groups.push_back({b, std::min(L, b + num_layers), true});
+  } else {
+    for (int64_t b = 0; b < num_layers; ++b) groups.push_back({b, b + 1, true});
+    if (num_layers < L) groups.push_back({num_layers, L, false});
+  }
+  return groups;
+}
+
+void GptMoe::set_recompute(std::vector<RecomputeGroup> groups) {
+  int64_t next = 0;
+  for (const RecomputeGroup& g : groups) {
+    AMPIPE_CHECK(g.begin == next && g.end > g.begin && g.end <= config_.num_layers)
+        << "recompute groups must tile the " << config_.num_layers << " blocks in order; got [" << g.begin << ", "
+        << g.end << ") after block " << next;
+    next = g.end;
+  }
+  AMPIPE_CHECK(groups.empty() || next == config_.num_layers)
+      << "recompute groups end at block " << next << " of " << config_.num_layers;
+  recompute_ = std::move(groups);
+}
+
+std::vector<RecomputeGroup> GptMoe::groups() const {
+  return recompute_.empty() ? std::vector<RecomputeGroup>{{0, config_.num_layers, false}} : recompute_;
+}
+
 void GptMoe::run_blocks(ForwardState& state, Tensor& x) const {
   const int64_t L = config_.num_layers;
   state.blocks.assign(L, BlockContext{});
   state.routing.assign(L, RoutingStats{});
   for (int64_t l = 0; l < L; ++l) state.routing[l].reset(config_.num_experts);
-  x = executor_->forward_layers(blocks(), state.blocks, x, state.batch, state.seq_len, state.routing);
+  state.group_inputs.clear();
+  for (const RecomputeGroup& g : groups()) {
+    std::vector<BlockContext> ctx(g.end - g.begin);
+    std::vector<RoutingStats> stats(state.routing.begin() + g.begin, state.routing.begin() + g.end);
+    state.group_inputs.push_back(g.recompute ? x : Tensor());
+    x = executor_->forward_layers(blocks(g.begin, g.end), ctx, x, state.batch, state.seq_len, stats);
+    std::copy(stats.begin(), stats.end(), state.routing.begin() + g.begin);
+    if (!g.recompute) std::move(ctx.begin(), ctx.end(), state.blocks.begin() + g.begin);
+    // else: the group's activations go now; backward_blocks runs its forward again
+  }
 }
 
-std::vector<Block> GptMoe::blocks() const {
+Tensor GptMoe::backward_blocks(ForwardState& state, const Tensor& dy, double aux_scale,
+                               const std::function<void(int64_t)>& block_done) const {
+  const std::vector<RecomputeGroup> all = groups();
+  Tensor d = dy;
+  for (size_t i = all.size(); i-- > 0;) {
+    const RecomputeGroup& g = all[i];
+    const std::vector<Block> group = blocks(g.begin, g.end);
+    std::vector<BlockContext> ctx(g.end - g.begin);
+    if (g.recompute) {
+      // The same forward again from the kept input: same kernels on the same values, so the same
+      // routing and activations; its statistics are discarded (the aux loss used the first pass's).
+      std::vector<RoutingStats> scratch(g.end - g.begin);
+      for (RoutingStats& s : scratch) s.reset(config_.num_experts);
+      executor_->forward_layers(group, ctx, state.group_inputs[i], state.batch, state.seq_len, scratch);
+      state.group_inputs[i] = Tensor();
+    } else {
+      std::move(state.blocks.begin() + g.begin, state.blocks.begin() + g.end, ctx.begin());
+    }
+    const std::vector<RoutingStats> stats(state.routing.begin() + g.begin, state.routing.begin() + g.end);
+    std::function<void(int64_t)> hook;
+    if (block_done) hook = [&block_done, offset = g.begin](int64_t l) { block_done(offset + l); };
+    d = executor_->backward_layers(group, ctx, d, stats, aux_scale, hook);
+  }
+  return d;
+}
+
+std::vector<Block> GptMoe::blocks() const { return blocks(0, config_.num_layers); }
+
+std::vector<Block> GptMoe::blocks(int64_t begin, int64_t end) const {
   std::vector<Block> out;
-  for (int64_t l = 0; l < config_.num_layers; ++l) out.push_back(Block{attention_[l], moe_[l]});
+  for (int64_t l = begin; l < end; ++l) out.push_back(Block{attention_[l], moe_[l]});
   return out;
 }
 
@@ -107,7 +177,7 @@ void GptMoe::backward(ForwardState& state, double loss_scale, const std::functio
   Tensor dx = Tensor::empty({T, d}, DType::F32, device);
   final_norm_->backward(dy, state.x_final, state.final_norm, dx);
   const double aux_scale = loss_scale * config_.aux_loss_weight * parallel_.data_size();
-  dx = executor_->backward_layers(blocks(), state.blocks, dx, state.routing, aux_scale, block_done);
+  dx = backward_blocks(state, dx, aux_scale, block_done);
   kernels::embedding_backward(state.tokens, dx, state.seq_len, token_emb_->grad,
                               pos_emb_ ? pos_emb_->grad : Tensor());
   state = ForwardState{};

@@ -24,6 +24,21 @@
 
 namespace ampipe {
 
+// Activation recomputation (Megatron-LM's --recompute-granularity full, --recompute-method,
+// --recompute-num-layers): the blocks run in consecutive groups; a recomputed group keeps only its
+// input through the forward and runs its forward again, through the same executor (the same chunks,
+// the same all-to-alls on the comm stream, the same routing from the same input), just before its
+// backward, discarding the routing statistics of that second forward.
+struct RecomputeGroup {
+  int64_t begin = 0, end = 0;  // blocks [begin, end)
+  bool recompute = false;
+};
+// The groups of a method over L blocks: "" (none): one kept group of every block; "uniform": groups
+// of num_layers blocks (the last may be shorter), each recomputed; "block": the first num_layers
+// blocks recomputed one by one, the rest one kept group. Throws ampipe::Error naming the flag for
+// another method or num_layers outside [1, L].
+std::vector<RecomputeGroup> recompute_groups(const std::string& method, int64_t num_layers, int64_t L);
+
 struct LossParts {
   double lm_loss = 0;   // mean cross-entropy per target token
   double aux_loss = 0;  // sum over layers of the load-balancing loss (unweighted)
@@ -33,8 +48,9 @@ struct LossParts {
 struct ForwardState {
   int64_t batch = 0, seq_len = 0;
   Tensor tokens, targets;
-  std::vector<BlockContext> blocks;
+  std::vector<BlockContext> blocks;  // empty contexts for the blocks of recomputed groups
   std::vector<RoutingStats> routing;
+  std::vector<Tensor> group_inputs;  // per recompute group: its input (recomputed groups only)
   Tensor x_final, y;  // final norm input / output
   NormStats final_norm;
   Tensor logits;  // [T, V]
@@ -60,6 +76,9 @@ class GptMoe {
   // How every block is run (borrowed; default: SequentialBlock). Any executor computes the same
   // function; pipeline/ provides the chunked schedules.
   void set_block_executor(const BlockExecutor* executor) { executor_ = executor ? executor : &sequential_; }
+  // How the blocks are grouped for recomputation (recompute_groups; default: none). Results are the
+  // same bits either way; only what is kept between the passes changes.
+  void set_recompute(std::vector<RecomputeGroup> groups);
   ParameterRegistry& params() { return params_; }
   const ParameterRegistry& params() const { return params_; }
 
@@ -91,9 +110,14 @@ class GptMoe {
   std::unique_ptr<Norm> final_norm_;
   SequentialBlock sequential_;
   const BlockExecutor* executor_ = &sequential_;
+  std::vector<RecomputeGroup> recompute_;  // empty: one kept group
 
   void run_blocks(ForwardState& state, Tensor& x) const;
+  Tensor backward_blocks(ForwardState& state, const Tensor& dy, double aux_scale,
+                         const std::function<void(int64_t)>& block_done) const;
+  std::vector<RecomputeGroup> groups() const;
   std::vector<Block> blocks() const;
+  std::vector<Block> blocks(int64_t begin, int64_t end) const;
   // Sums every layer's routing statistics over the data group (the aux loss is global).
   void reduce_routing_stats(ForwardState& state) const;
 };

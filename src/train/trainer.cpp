@@ -63,6 +63,17 @@ static void validate(const TrainOptions& o) {
   o.model.validate();
   if (o.device == Device::CUDA) require_cuda("--device cuda");
   AMPIPE_CHECK(o.micro_batch_size >= 1) << "--micro-batch-size must be at least 1, got " << o.micro_batch_size;
+  AMPIPE_CHECK(o.recompute_granularity.empty() || o.recompute_granularity == "full")
+      << "--recompute-granularity " << o.recompute_granularity
+      << " is not built yet (full is: every block of --recompute-method recomputed whole)";
+  AMPIPE_CHECK(o.recompute_granularity.empty() || !o.recompute_method.empty())
+      << "--recompute-granularity full needs --recompute-method uniform or block (as in Megatron-LM)";
+  AMPIPE_CHECK(!o.recompute_granularity.empty() || o.recompute_method.empty())
+      << "--recompute-method " << o.recompute_method << " has no effect without --recompute-granularity full";
+  AMPIPE_CHECK(o.recompute_granularity.empty() ||
+               (o.recompute_num_layers >= 1 && o.recompute_num_layers <= o.model.num_layers))
+      << "--recompute-num-layers " << o.recompute_num_layers << " is not in [1, " << o.model.num_layers
+      << "] (the model's --num-layers)";
   AMPIPE_CHECK(o.global_batch_size >= 0)
       << "--global-batch-size must be at least 1 (or left out), got " << o.global_batch_size;
   AMPIPE_CHECK(o.train_iters >= 1) << "--train-iters must be at least 1, got " << o.train_iters;
@@ -97,6 +108,7 @@ static std::string describe(const TrainOptions& o) {
     << "\neval_iters=" << o.eval_iters << "\nexit_interval=" << o.exit_interval
     << "\nschedule=" << o.schedule.describe() << "\nstage_order=" << o.stage_order
     << "\npipeline_scope=" << o.pipeline_scope << "\noverlap_grad_reduce=" << o.overlap_grad_reduce
+    << "\nrecompute=" << o.recompute_granularity << ":" << o.recompute_method << ":" << o.recompute_num_layers
     << "\ndevice=" << device_flag_name(o.device) << "\n";
   return s.str();
 }
@@ -261,6 +273,11 @@ void log_startup(const Run& r) {
   r.log("schedule: " + o.schedule.describe() + (o.schedule.kind == ScheduleKind::Sequential ? "" : " " + o.stage_order) +
         ", pipeline scope " + o.pipeline_scope + ", gradient reduction " +
         (o.overlap_grad_reduce ? "overlapped with the backward" : "after the backward"));
+  if (!o.recompute_granularity.empty())
+    r.log("recompute: " + o.recompute_granularity + ", method " + o.recompute_method + ", " +
+          std::to_string(o.recompute_num_layers) +
+          (o.recompute_method == "uniform" ? " block(s) per recomputed group" : " block(s) recomputed") +
+          " (the forward runs again before the backward; results unchanged)");
   for (const std::string& line : r.corpus.summary()) r.log(line);
   const int64_t R = r.world.size(), A = micro_batches_per_step(o, R);
   if (R > 1)
@@ -590,6 +607,8 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
       make_block_executor(o, groups, world, tracing ? &trace : nullptr, log);
   maybe_inject_task_failure(block_executor.get(), rank);
   model.set_block_executor(block_executor.get());  // null: the sequential block
+  if (!o.recompute_granularity.empty())
+    model.set_recompute(recompute_groups(o.recompute_method, o.recompute_num_layers, o.model.num_layers));
   AdamW optimizer(model.params(), o.adamw, groups.expert_group.get());
   const int64_t start = load_or_resume(o, model, optimizer, log);
   GradientBuckets buckets(model.params(), groups, o.model.num_layers);

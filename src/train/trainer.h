@@ -73,6 +73,11 @@ struct TrainOptions {
   // --overlap-grad-reduce: reduce each block's gradients on the comm stream as soon as its backward
   // is done (train/distributed.h GradientBuckets), instead of all of them after the backward.
   bool overlap_grad_reduce = false;
+  // Activation recomputation (model/gpt.h recompute_groups): --recompute-granularity ("" none, or
+  // "full"), --recompute-method ("uniform" or "block"), --recompute-num-layers.
+  std::string recompute_granularity;
+  std::string recompute_method;
+  int64_t recompute_num_layers = 1;
   // --pipe-degree auto: the planner (plan/autotune.h) picks the schedule (sequential, or `schedule`'s
   // kind), P, chunk policy, MoE side and stage order at start-up, from `hardware` (a profile path or
   // shipped name) or, when empty, a quick calibration of this machine.

@@ -40,8 +40,9 @@ struct ModelRun {
 };
 
 ModelRun run(const ModelConfig& config, const BlockExecutor* executor, int64_t batch, int64_t seq_len,
-            const std::function<void(int64_t)>& block_done = {}) {
+            const std::function<void(int64_t)>& block_done = {}, std::vector<RecomputeGroup> recompute = {}) {
   GptMoe model(config);
+  model.set_recompute(std::move(recompute));
   model.initialize(11);
   uint64_t seed = 70;  // larger weights than the init so routing and attention are far from uniform
   for (Parameter& p : model.params().all())
@@ -243,6 +244,65 @@ TEST_P(Schedules, PipelinedEqualsSequential_Bf16) {
                         " " + stage_order_name(order),
                     tol);
       }
+}
+
+// Activation recomputation: every method, with every kind of executor in both scopes, gives the
+// loss, logits and every gradient of the run that keeps its activations, bit for bit (the second
+// forward repeats the same kernels on the same values, so routing and activations are the same),
+// and the gradient hook still sees each block once, last first.
+TEST_P(Schedules, RecomputationIsBitIdentical) {
+  const auto [top_k, mixtral] = GetParam();
+  ModelConfig config = config_for(top_k, mixtral);
+  config.num_layers = 3;
+  const int64_t N = 37, batch = 2;
+  BlockSchedule ampipe;
+  ampipe.kind = ScheduleKind::AmPipe;
+  ampipe.pipe_degree = 3;
+  BlockSchedule moe_pipe;
+  moe_pipe.kind = ScheduleKind::MoePipe;
+  moe_pipe.pipe_degree = 2;
+  std::vector<std::pair<std::string, std::unique_ptr<StreamedBlock>>> executors;
+  executors.emplace_back("sequential", nullptr);
+  for (PipelineScope scope : {PipelineScope::Block, PipelineScope::Model}) {
+    executors.emplace_back(std::string("ampipe ") + pipeline_scope_name(scope),
+                           std::make_unique<StreamedBlock>(ampipe, StageOrder::Interleaved, nullptr, 0, scope));
+    executors.emplace_back(std::string("moe-pipe ") + pipeline_scope_name(scope),
+                           std::make_unique<StreamedBlock>(moe_pipe, StageOrder::StageMajor, nullptr, 0, scope));
+  }
+  for (const auto& [name, executor] : executors) {
+    const ModelRun reference = run(config, executor.get(), batch, N);
+    for (const auto& [method, n] : std::vector<std::pair<std::string, int64_t>>{
+             {"uniform", 1}, {"uniform", 2}, {"uniform", 3}, {"block", 1}, {"block", 2}}) {
+      const std::string what = name + " --recompute-method " + method + " --recompute-num-layers " + std::to_string(n);
+      std::vector<int64_t> done;
+      const ModelRun r = run(config, executor.get(), batch, N, [&](int64_t l) { done.push_back(l); },
+                             recompute_groups(method, n, config.num_layers));
+      EXPECT_EQ(r.loss.lm_loss, reference.loss.lm_loss) << what;
+      EXPECT_EQ(r.loss.aux_loss, reference.loss.aux_loss) << what;
+      EXPECT_EQ(r.logits, reference.logits) << what;
+      ASSERT_EQ(r.grads.size(), reference.grads.size());
+      for (size_t i = 0; i < r.grads.size(); ++i) EXPECT_EQ(r.grads[i], reference.grads[i]) << what << " gradient " << i;
+      EXPECT_EQ(done, (std::vector<int64_t>{2, 1, 0})) << what;
+    }
+  }
+}
+
+TEST(Recompute, GroupsOfEachMethodAndRefusals) {
+  auto groups = [](const std::string& m, int64_t n, int64_t L) {
+    std::ostringstream s;
+    for (const RecomputeGroup& g : recompute_groups(m, n, L))
+      s << "[" << g.begin << "," << g.end << (g.recompute ? ")r " : ") ");
+    return s.str();
+  };
+  EXPECT_EQ(groups("", 1, 4), "[0,4) ");
+  EXPECT_EQ(groups("uniform", 1, 3), "[0,1)r [1,2)r [2,3)r ");
+  EXPECT_EQ(groups("uniform", 3, 7), "[0,3)r [3,6)r [6,7)r ");
+  EXPECT_EQ(groups("block", 2, 5), "[0,1)r [1,2)r [2,5) ");
+  EXPECT_EQ(groups("block", 3, 3), "[0,1)r [1,2)r [2,3)r ");
+  EXPECT_NE(testing::error_of([&] { recompute_groups("full", 1, 3); }).find("--recompute-method 'full'"),
+            std::string::npos);
+  EXPECT_NE(testing::error_of([&] { recompute_groups("uniform", 4, 3); }).find("--recompute-num-layers 4 is not in [1, 3]"),
+            std::string::npos);
 }
 
 // The gradient hook of block l runs once every gradient of block l is final: what it reads then
