@@ -88,6 +88,25 @@ TEST_F(Cli, BadNumbersAreRefused) {
   expect_refused("train " + tiny() + " --moe-capacity-factor -0.5", "--moe-capacity-factor must be >= 0");
 }
 
+// Recomputation's flags: Megatron's pairing (granularity needs a method), nothing silently ignored,
+// selective named as not built, the layer count checked; a valid combination trains.
+TEST_F(Cli, RecomputeFlagsAreCheckedByName) {
+  expect_refused("train " + tiny() + " --train-iters 1 --recompute-granularity full",
+                 "--recompute-granularity full needs --recompute-method uniform or block");
+  expect_refused("train " + tiny() + " --train-iters 1 --recompute-method uniform",
+                 "--recompute-method uniform has no effect without --recompute-granularity full");
+  expect_refused("train " + tiny() + " --train-iters 1 --recompute-num-layers 1",
+                 "--recompute-num-layers 1 has no effect without --recompute-granularity full");
+  expect_refused("train " + tiny() + " --train-iters 1 --recompute-granularity selective --recompute-method uniform",
+                 "--recompute-granularity selective is not built yet");
+  expect_refused("train " + tiny() + " --train-iters 1 --recompute-granularity full --recompute-method block "
+                 "--recompute-num-layers 2",
+                 "--recompute-num-layers 2 is not in [1, 1]");
+  RunResult r = run("train " + tiny() + " --train-iters 1 --recompute-granularity full --recompute-method uniform");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("recompute: full, method uniform"), std::string::npos) << r.output;
+}
+
 // The chunked schedules' flags with a schedule that has no such chunks would do nothing: refused.
 TEST_F(Cli, ChunkFlagsWithoutChunksAreRefused) {
   expect_refused("train " + tiny() + " --train-iters 1 --moe-pipe-degree 2",

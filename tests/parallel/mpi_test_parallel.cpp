@@ -447,12 +447,14 @@ void PrintTo(const PipeCase& c, std::ostream* out) { *out << pipe_case_name(c); 
 
 
 // One forward and backward on this rank's tokens (collective over the world).
-RankRun run_on_ranks(const ModelConfig& config, const TrainingGroups& groups, const PipeConfig* pipe) {
+RankRun run_on_ranks(const ModelConfig& config, const TrainingGroups& groups, const PipeConfig* pipe,
+                     std::vector<RecomputeGroup> recompute = {}, PipelineScope scope = PipelineScope::Block) {
   GptMoe model(config, groups.model_parallel());
   model.initialize(11);
   set_pipe_parameters(model);
+  model.set_recompute(std::move(recompute));
   std::unique_ptr<StreamedBlock> executor;
-  if (pipe) executor = std::make_unique<StreamedBlock>(schedule_of(*pipe, config), pipe->order);
+  if (pipe) executor = std::make_unique<StreamedBlock>(schedule_of(*pipe, config), pipe->order, nullptr, 0, scope);
   model.set_block_executor(executor.get());
   ForwardState state;
   RankRun r;
@@ -512,6 +514,32 @@ TEST_P(PipelinedOnSeveralRanks, LossAndEveryGradientEqualTheReferenceOnEveryRank
 }
 
 INSTANTIATE_TEST_SUITE_P(Schedules, PipelinedOnSeveralRanks, ::testing::ValuesIn(pipe_cases()), pipe_test_name);
+
+// Recomputation across ranks: the second forward's all-to-alls repeat the first's (same routing from
+// the same input on every rank), so every rank's loss, logits and gradients are bit for bit those of
+// the run that keeps its activations; sequential and ampipe in both scopes, both families.
+TEST(Recompute, OnSeveralRanksIsBitIdentical) {
+  for (bool mixtral : {false, true}) {
+    const ModelConfig config = pipe_model(mixtral, 2, 0.0, 3);
+    const TrainingGroups groups = make_training_groups(*g_world, 0, config.num_experts);
+    const PipeConfig& ampipe = pipe_configs()[3];  // AmPipeP3_StageMajor
+    for (const PipeConfig* pipe : {static_cast<const PipeConfig*>(nullptr), &ampipe})
+      for (PipelineScope scope : {PipelineScope::Block, PipelineScope::Model}) {
+        if (!pipe && scope == PipelineScope::Model) continue;
+        const RankRun keep = run_on_ranks(config, groups, pipe, {}, scope);
+        for (const auto& [method, n] : std::vector<std::pair<std::string, int64_t>>{{"uniform", 1}, {"block", 2}}) {
+          const RankRun again = run_on_ranks(config, groups, pipe, recompute_groups(method, n, 3), scope);
+          SCOPED_TRACE(std::string(mixtral ? "mixtral " : "gpt ") + (pipe ? pipe->name : "sequential") + " " +
+                       pipeline_scope_name(scope) + " scope, " + method + " " + std::to_string(n));
+          EXPECT_EQ(again.loss.lm_loss, keep.loss.lm_loss);
+          EXPECT_EQ(again.loss.aux_loss, keep.loss.aux_loss);
+          EXPECT_EQ(again.logits, keep.logits);
+          EXPECT_EQ(again.grads, keep.grads);
+        }
+      }
+  }
+  expect_no_rank_failed(*g_world);
+}
 
 TEST(DataParallel, MismatchedConfigurationIsRefusedOnEveryRank) {
   const std::string dir = shared_dir("mismatch");
