@@ -18,7 +18,6 @@
 #include "core/error.h"
 #include "core/parallel.h"
 #include "core/trace.h"
-#include "kernels/cpu/gemm_bf16.h"
 #include "kernels/gemm.h"
 #include "pipeline/schedule.h"
 #include "pipeline/task_list.h"
@@ -301,7 +300,7 @@ std::vector<BenchJob> make_jobs(const BenchRun& run, const BenchGrid& g, const s
 std::string gemm_implementation(Device device, bool bf16) {
   if (device == Device::CUDA) return bf16 ? "cublasGemmEx (bf16 inputs, float32 compute)" : "cublasSgemm";
   if (!bf16) return "OpenBLAS sgemm";
-  const std::string impl = kernels::cpu::gemm_bf16_implementation();
+  const std::string impl = kernels::cpu_bf16_gemm_implementation();
   return impl.rfind("openblas", 0) == 0 ? impl + " (no oneDNN bf16 matmul on this CPU)" : "oneDNN " + impl;
 }
 

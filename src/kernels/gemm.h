@@ -7,6 +7,8 @@
 // added to ("accumulated"). Shapes are checked and a mismatch throws ampipe::Error.
 #pragma once
 
+#include <string>
+
 #include "core/tensor.h"
 
 namespace ampipe::kernels {
@@ -20,5 +22,9 @@ void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, 
 
 // Sets the compute thread count for our kernels (core/parallel.h) and for BLAS together.
 void set_kernel_threads(int n);
+
+// What runs a bf16 GEMM on the CPU: oneDNN's implementation name ("brg:avx512_core_bf16", ...), or
+// "openblas_sgemm(widened)" where oneDNN has no bf16 matmul on this CPU (kernels/cpu/gemm_bf16.h).
+std::string cpu_bf16_gemm_implementation();
 
 }  // namespace ampipe::kernels

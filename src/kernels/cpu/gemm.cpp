@@ -37,6 +37,8 @@ void gemm(const Tensor& a, bool transpose_a, const Tensor& b, bool transpose_b, 
 
 namespace ampipe::kernels {
 
+std::string cpu_bf16_gemm_implementation() { return cpu::gemm_bf16_implementation(); }
+
 void set_kernel_threads(int n) {
   set_num_threads(n);
   openblas_set_num_threads(n);
