@@ -9,6 +9,7 @@
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
+#include <iterator>
 #include <nlohmann/json.hpp>
 #include <string>
 #include <vector>
@@ -86,6 +87,31 @@ TEST_F(Cli, BadNumbersAreRefused) {
   expect_refused("train " + tiny() + " --lr -1", "--lr must be positive");
   expect_refused("train " + tiny() + " --threads 0", "--threads must be at least 1");
   expect_refused("train " + tiny() + " --moe-capacity-factor -0.5", "--moe-capacity-factor must be >= 0");
+}
+
+// --bf16 end to end on the command line: a bf16 run's checkpoint exports in bf16 by default (and in
+// float32 when asked), and eval and sample run it in either precision.
+TEST_F(Cli, Bf16TrainExportEvalAndSample) {
+  RunResult r = run("train " + tiny() + " --model-family mixtral --train-iters 2 --bf16 --save " + path("bf16"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("precision: bf16"), std::string::npos) << r.output;
+  r = run("export --load " + path("bf16") + " --save " + path("hf16"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("bf16 tensors"), std::string::npos) << r.output;
+  std::ifstream config(path("hf16") + "/config.json");
+  const std::string json((std::istreambuf_iterator<char>(config)), std::istreambuf_iterator<char>());
+  EXPECT_NE(json.find("\"dtype\": \"bfloat16\""), std::string::npos) << json;
+  r = run("export --load " + path("bf16") + " --save " + path("hf32") + " --dtype float32");
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("float32 tensors"), std::string::npos) << r.output;
+  for (const std::string& how : {std::string(""), std::string(" --bf16")}) {
+    r = run("eval --load " + path("bf16") + " --data-path " + path("corpus.txt") + " --threads 1" + how);
+    EXPECT_EQ(r.status, 0) << how << "\n" << r.output;
+    EXPECT_NE(r.output.find("\"loss\""), std::string::npos) << r.output;
+    r = run("sample --load " + path("hf16") + " --tokens 4 --threads 1" + how);
+    EXPECT_EQ(r.status, 0) << how << "\n" << r.output;
+  }
+  expect_refused("export --load " + path("bf16") + " --save " + path("hf8") + " --dtype fp8", "--dtype");
 }
 
 // Recomputation's flags: Megatron's pairing (granularity needs a method), nothing silently ignored,
