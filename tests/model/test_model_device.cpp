@@ -123,6 +123,36 @@ TEST(ModelDevice, Bf16ForwardBackwardOnTheGpuMatchesTheCpu) {
   check_forward_backward(gpt, 2, 9, &executor, 1e-2);
 }
 
+// Recomputation on the GPU (the kept group inputs and the second forward on the device) changes
+// nothing: the same bits as keeping the activations, sequential and ampipe in model scope.
+TEST(ModelDevice, RecomputationOnTheGpuIsBitIdentical) {
+  if (!ampipe::cuda_unavailable_reason().empty()) GTEST_SKIP() << ampipe::cuda_unavailable_reason();
+  ModelConfig config = tiny_gpt();
+  config.num_layers = 3;
+  BlockSchedule s;
+  s.kind = ScheduleKind::AmPipe;
+  s.pipe_degree = 3;
+  const StreamedBlock ampipe(s, StageOrder::Interleaved, nullptr, 0, PipelineScope::Model, Device::CUDA);
+  for (const BlockExecutor* executor : {static_cast<const BlockExecutor*>(nullptr),
+                                        static_cast<const BlockExecutor*>(&ampipe)}) {
+    std::vector<std::vector<float>> grads[2];
+    double loss[2];
+    for (int recompute = 0; recompute < 2; ++recompute) {
+      GptMoe model(config, {}, Device::CUDA);
+      model.initialize(5);
+      model.set_block_executor(executor);
+      if (recompute) model.set_recompute(recompute_groups("uniform", 1, 3));
+      const Tensor tokens = random_tokens(18, config.vocab_size, 1), targets = random_tokens(18, config.vocab_size, 2);
+      ForwardState state;
+      loss[recompute] = model.forward(state, tokens.to(Device::CUDA), targets.to(Device::CUDA), 2).total;
+      model.backward(state);
+      for (const Parameter& p : model.params().all()) grads[recompute].push_back(p.grad.to_vector());
+    }
+    EXPECT_EQ(loss[1], loss[0]);
+    EXPECT_EQ(grads[1], grads[0]);
+  }
+}
+
 // 20 AdamW steps on each device follow the same losses.
 TEST(ModelDevice, TrainingOnTheGpuFollowsTheCpu) {
   if (!ampipe::cuda_unavailable_reason().empty()) GTEST_SKIP() << ampipe::cuda_unavailable_reason();
