@@ -102,6 +102,10 @@ const char* device_flag_name(Device device);
 // micro-batches each rank runs per step (throws ampipe::Error naming the flags when it does not divide).
 int64_t global_batch(const TrainOptions& o, int64_t ranks);
 int64_t micro_batches_per_step(const TrainOptions& o, int64_t ranks);
+// Throws ampipe::Error naming the first bad option and what is allowed (run_training calls it).
+void validate_train_options(const TrainOptions& o);
+// One "key=value" line per option that every rank of a run must agree on.
+std::string describe_train_options(const TrainOptions& o);
 
 struct TrainResult {
   int64_t iterations = 0;          // total completed (including resumed ones)
