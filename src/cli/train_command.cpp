@@ -210,9 +210,11 @@ void add_parallel_flags(CLI::App& cmd, TrainCommand& c) {
       "as that block's backward is done, overlapping the backward of the blocks below (default: all "
       "gradients after the backward). Results are the same either way");
   cmd.add_option("--recompute-granularity", t.recompute_granularity,
-                 "Activation recomputation: full (the blocks of --recompute-method keep only their input through "
-                 "the forward and run their forward again just before their backward: less memory, more "
-                 "compute, the same results bit for bit). selective is not built yet")
+                 "Activation recomputation, the same results bit for bit: full (the blocks of --recompute-method "
+                 "keep only their input through the forward and run their forward again just before their "
+                 "backward) or selective (every block drops its attention's normed input and its experts' "
+                 "activation output after use and recomputes them in the backward: less memory for a little "
+                 "elementwise work)")
       ->check(CLI::IsMember({"full", "selective"}));
   cmd.add_option("--recompute-method", t.recompute_method,
                  "With --recompute-granularity full: uniform (the blocks in groups of --recompute-num-layers, each "
@@ -289,7 +291,7 @@ void parse_schedule_flags(TrainCommand& c) {
   refuse_unless("--moe-pipe-degree", ampipe, "cuts ampipe's MoE side (give --schedule ampipe)");
   refuse_unless("--stage-order", t.schedule.kind != ScheduleKind::Sequential,
                 "orders the chunks of moe-pipe or ampipe (give one of them)");
-  AMPIPE_CHECK(c.command->count("--recompute-num-layers") == 0 || !t.recompute_granularity.empty())
+  AMPIPE_CHECK(c.command->count("--recompute-num-layers") == 0 || t.recompute_granularity == "full")
       << "--recompute-num-layers " << t.recompute_num_layers << " has no effect without --recompute-granularity full";
   // Only the planner reads a profile, and it runs for a chunked schedule with --pipe-degree auto and
   // no explicit boundaries (train/trainer.h): elsewhere the flag would do nothing (and a bad path

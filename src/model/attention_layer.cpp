@@ -17,6 +17,7 @@ AttentionLayer::AttentionLayer(const ModelConfig& config, ParameterRegistry& par
       head_dim_(config.head_dim()),
       rope_(config.rope()),
       bf16_(config.bf16),
+      selective_(config.selective_recompute),
       rope_theta_(config.rotary_base),
       norm_(config, params, prefix + "ln1") {
   const int64_t d = hidden_;
@@ -110,6 +111,7 @@ size_t AttentionLayer::input_forward(AttentionContext& ctx, int64_t begin, int64
                                  : ctx.qkv.rows(in.first_row, in.first_row + rows);
   for (const Projection& p : input_)
     linear_forward(in.a, p.weight->operand(), p.bias ? p.bias->value : Tensor(), qkv.cols(p.begin, p.end));
+  if (selective_) in.a = Tensor();  // input_backward recomputes it from x and the statistics
   if (rope_) {
     kernels::rope_forward(q_cols(qkv), ctx.batch, heads_, begin, rope_theta_);
     kernels::rope_forward(k_cols(qkv), ctx.batch, kv_heads_, begin, rope_theta_);
@@ -180,6 +182,12 @@ Tensor AttentionLayer::input_backward(AttentionContext& ctx, size_t input_index)
     kernels::rope_backward(k_cols(dqkv), ctx.batch, kv_heads_, in.begin, rope_theta_);
   }
   Tensor da = Tensor::empty({rows, hidden_}, DType::F32, in.x.device());
+  if (!in.a.defined()) {  // selective recompute: norm1(x) again, the same kernel on the same rows
+    NormStats again;
+    Tensor a = Tensor::empty({rows, hidden_}, DType::F32, in.x.device());
+    norm_.forward(in.x, a, again);
+    in.a = bf16_ ? as_dtype(a, DType::BF16) : a;
+  }
   for (size_t i = 0; i < input_.size(); ++i) {
     const Projection& p = input_[i];
     linear_backward(in.a, p.weight->operand(), dqkv.cols(p.begin, p.end), da, p.weight->grad,

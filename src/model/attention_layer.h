@@ -54,7 +54,7 @@ struct AttentionInput {
   Tensor rows;           // as AttentionChunk::rows
   int64_t first_row = 0;
   Tensor x;              // [B*len, d] the input rows (a view when contiguous)
-  Tensor a;              // [B*len, d] norm1(x)
+  Tensor a;              // [B*len, d] norm1(x); dropped after the QKV projection under selective recompute
   NormStats norm;        // norm1's statistics of these rows
 };
 
@@ -99,6 +99,7 @@ class AttentionLayer {
   int64_t hidden_, heads_, kv_heads_, head_dim_;
   bool rope_;
   bool bf16_;  // --bf16: the normed input is kept in bf16, the projections' operand
+  bool selective_;  // --recompute-granularity selective: the normed input is recomputed in backward
   double rope_theta_;
   Norm norm_;
   std::vector<Projection> input_;  // the fused qkv, or q, k and v

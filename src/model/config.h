@@ -42,6 +42,11 @@ struct ModelConfig {
   // the metadata records it ("precision": the dtype the checkpoint was trained in, export's default
   // --dtype), but differences() ignores it, so a checkpoint resumes or loads in either dtype.
   bool bf16 = false;
+  // --recompute-granularity selective: the blocks drop the cheap, large activations after their use
+  // in the forward (the attention's normed input, the experts' activation output) and recompute them
+  // from what they keep, in the backward. A setting of the run: neither in the metadata nor in
+  // differences(); results are the same bits.
+  bool selective_recompute = false;
 
   int64_t head_dim() const { return hidden_size / num_attention_heads; }
   // KV heads g (h % g == 0): query head j uses KV head j / (h / g).

@@ -34,15 +34,14 @@ void validate_train_options(const TrainOptions& o) {
   o.model.validate();
   if (o.device == Device::CUDA) require_cuda("--device cuda");
   AMPIPE_CHECK(o.micro_batch_size >= 1) << "--micro-batch-size must be at least 1, got " << o.micro_batch_size;
-  AMPIPE_CHECK(o.recompute_granularity.empty() || o.recompute_granularity == "full")
-      << "--recompute-granularity " << o.recompute_granularity
-      << " is not built yet (full is: every block of --recompute-method recomputed whole)";
-  AMPIPE_CHECK(o.recompute_granularity.empty() || !o.recompute_method.empty())
+  const bool full = o.recompute_granularity == "full";
+  AMPIPE_CHECK(o.recompute_granularity.empty() || full || o.recompute_granularity == "selective")
+      << "--recompute-granularity '" << o.recompute_granularity << "' is not one of: full, selective";
+  AMPIPE_CHECK(!full || !o.recompute_method.empty())
       << "--recompute-granularity full needs --recompute-method uniform or block (as in Megatron-LM)";
-  AMPIPE_CHECK(!o.recompute_granularity.empty() || o.recompute_method.empty())
+  AMPIPE_CHECK(full || o.recompute_method.empty())
       << "--recompute-method " << o.recompute_method << " has no effect without --recompute-granularity full";
-  AMPIPE_CHECK(o.recompute_granularity.empty() ||
-               (o.recompute_num_layers >= 1 && o.recompute_num_layers <= o.model.num_layers))
+  AMPIPE_CHECK(!full || (o.recompute_num_layers >= 1 && o.recompute_num_layers <= o.model.num_layers))
       << "--recompute-num-layers " << o.recompute_num_layers << " is not in [1, " << o.model.num_layers
       << "] (the model's --num-layers)";
   AMPIPE_CHECK(o.global_batch_size >= 0)

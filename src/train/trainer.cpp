@@ -197,7 +197,10 @@ void log_startup(const Run& r) {
   r.log("schedule: " + o.schedule.describe() + (o.schedule.kind == ScheduleKind::Sequential ? "" : " " + o.stage_order) +
         ", pipeline scope " + o.pipeline_scope + ", gradient reduction " +
         (o.overlap_grad_reduce ? "overlapped with the backward" : "after the backward"));
-  if (!o.recompute_granularity.empty())
+  if (o.recompute_granularity == "selective")
+    r.log("recompute: selective (each block recomputes its attention's normed input and its experts' "
+          "activation output in the backward; results unchanged)");
+  if (o.recompute_granularity == "full")
     r.log("recompute: " + o.recompute_granularity + ", method " + o.recompute_method + ", " +
           std::to_string(o.recompute_num_layers) +
           (o.recompute_method == "uniform" ? " block(s) per recomputed group" : " block(s) recomputed") +
@@ -523,6 +526,7 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   const int64_t N = o.model.max_seq_len, B = o.micro_batch_size;
   CorpusOptions co{o.data_path, o.split, N, o.seed, o.train_iters * global_batch(o, R), o.eval_iters * B * R};
   const TrainingCorpus corpus(co, *tokenizer, o.model.vocab_size);
+  o.model.selective_recompute = o.recompute_granularity == "selective";
   GptMoe model(o.model, groups.model_parallel(), o.device);
   model.initialize(o.seed);
   TraceRecorder trace;
@@ -531,7 +535,7 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
       make_block_executor(o, groups, world, tracing ? &trace : nullptr, log);
   maybe_inject_task_failure(block_executor.get(), rank);
   model.set_block_executor(block_executor.get());  // null: the sequential block
-  if (!o.recompute_granularity.empty())
+  if (o.recompute_granularity == "full")
     model.set_recompute(recompute_groups(o.recompute_method, o.recompute_num_layers, o.model.num_layers));
   AdamW optimizer(model.params(), o.adamw, groups.expert_group.get());
   const int64_t start = load_or_resume(o, model, optimizer, log);

@@ -124,13 +124,18 @@ TEST_F(Cli, RecomputeFlagsAreCheckedByName) {
   expect_refused("train " + tiny() + " --train-iters 1 --recompute-num-layers 1",
                  "--recompute-num-layers 1 has no effect without --recompute-granularity full");
   expect_refused("train " + tiny() + " --train-iters 1 --recompute-granularity selective --recompute-method uniform",
-                 "--recompute-granularity selective is not built yet");
+                 "--recompute-method uniform has no effect without --recompute-granularity full");
+  expect_refused("train " + tiny() + " --train-iters 1 --recompute-granularity selective --recompute-num-layers 1",
+                 "--recompute-num-layers 1 has no effect without --recompute-granularity full");
   expect_refused("train " + tiny() + " --train-iters 1 --recompute-granularity full --recompute-method block "
                  "--recompute-num-layers 2",
                  "--recompute-num-layers 2 is not in [1, 1]");
   RunResult r = run("train " + tiny() + " --train-iters 1 --recompute-granularity full --recompute-method uniform");
   EXPECT_EQ(r.status, 0) << r.output;
   EXPECT_NE(r.output.find("recompute: full, method uniform"), std::string::npos) << r.output;
+  r = run("train " + tiny() + " --train-iters 1 --recompute-granularity selective");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("recompute: selective"), std::string::npos) << r.output;
 }
 
 // The chunked schedules' flags with a schedule that has no such chunks would do nothing: refused.

@@ -284,6 +284,24 @@ TEST_P(Schedules, RecomputationIsBitIdentical) {
       for (size_t i = 0; i < r.grads.size(); ++i) EXPECT_EQ(r.grads[i], reference.grads[i]) << what << " gradient " << i;
       EXPECT_EQ(done, (std::vector<int64_t>{2, 1, 0})) << what;
     }
+    // Selective recomputation (each block recomputes its normed attention input and its experts'
+    // activation output), alone and with full, in float32 and in bf16 (against bf16 keeping).
+    for (bool bf16 : {false, true}) {
+      ModelConfig base = config;
+      base.bf16 = bf16;
+      const ModelRun keep = bf16 ? run(base, executor.get(), batch, N) : reference;
+      ModelConfig selective = base;
+      selective.selective_recompute = true;
+      for (bool with_full : {false, true}) {
+        const std::string what = name + (bf16 ? " bf16" : "") + " selective" + (with_full ? " + full uniform 1" : "");
+        const ModelRun r = run(selective, executor.get(), batch, N, {},
+                               with_full ? recompute_groups("uniform", 1, 3) : std::vector<RecomputeGroup>{});
+        EXPECT_EQ(r.loss.lm_loss, keep.loss.lm_loss) << what;
+        EXPECT_EQ(r.logits, keep.logits) << what;
+        ASSERT_EQ(r.grads.size(), keep.grads.size());
+        for (size_t i = 0; i < r.grads.size(); ++i) EXPECT_EQ(r.grads[i], keep.grads[i]) << what << " gradient " << i;
+      }
+    }
   }
 }
 

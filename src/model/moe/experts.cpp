@@ -11,7 +11,8 @@ Experts::Experts(const ModelConfig& config, ParameterRegistry& params, const std
       hidden_(config.hidden_size),
       ffn_(config.ffn_hidden_size),
       swiglu_(config.swiglu),
-      bf16_(config.bf16) {
+      bf16_(config.bf16),
+      selective_(config.selective_recompute) {
   AMPIPE_CHECK(config.num_experts % parallel.ep_size() == 0)
       << "--moe-num-experts " << config.num_experts << " is not divisible by the expert-parallel size "
       << parallel.ep_size();
@@ -51,6 +52,19 @@ void Experts::backward_map(const Stacked& m, int64_t e, const Tensor& x, const T
                   accumulate_dx);
 }
 
+void Experts::activation(const Tensor& h, const Tensor& h3, Tensor g32, Tensor g) const {
+  if (swiglu_) kernels::swiglu_forward(h, h3, g32);
+  else kernels::gelu_forward(h, g32);
+  if (bf16_) kernels::convert(g32, g);
+}
+
+// Under bf16 the pre-activation rows are rounded to bf16 (what is kept for backward) before the
+// activation reads them, so that forward and a recomputing backward see the same values.
+static void round_in_place(Tensor rows32, Tensor rows16) {
+  kernels::convert(rows32, rows16);
+  kernels::convert(rows16, rows32);
+}
+
 Tensor Experts::forward(ExpertsContext& ctx, const Tensor& u, const std::vector<int64_t>& counts) const {
   AMPIPE_CHECK(static_cast<int64_t>(counts.size()) == experts_)
       << "experts got counts for " << counts.size() << " experts, hold " << experts_;
@@ -59,37 +73,39 @@ Tensor Experts::forward(ExpertsContext& ctx, const Tensor& u, const std::vector<
   const DType operand = bf16_ ? DType::BF16 : DType::F32;
   ctx.u = as_dtype(u, operand);
   const Device device = u.device();
-  ctx.h = Tensor::empty({P, ffn_}, DType::F32, device);
-  if (swiglu_) ctx.h3 = Tensor::empty({P, ffn_}, DType::F32, device);
-  ctx.g = Tensor::empty({P, ffn_}, operand, device);
+  // bf16: h (and h3) are computed in float32 here and kept in bf16 (h16, h316) for backward.
+  Tensor h32 = Tensor::empty({P, ffn_}, DType::F32, device);
+  Tensor h332 = swiglu_ ? Tensor::empty({P, ffn_}, DType::F32, device) : Tensor();
+  Tensor h16 = bf16_ ? Tensor::empty({P, ffn_}, DType::BF16, device) : Tensor();
+  Tensor h316 = bf16_ && swiglu_ ? Tensor::empty({P, ffn_}, DType::BF16, device) : Tensor();
+  Tensor g = Tensor::empty({P, ffn_}, operand, device);
   // bf16: the activation writes float32 rows here, which are rounded into g, the GEMM's operand.
-  Tensor g32 = bf16_ ? Tensor::empty({P, ffn_}, DType::F32, device) : ctx.g;
+  Tensor g32 = bf16_ ? Tensor::empty({P, ffn_}, DType::F32, device) : g;
   Tensor y = Tensor::empty({P, hidden_}, DType::F32, device);
   int64_t row = 0;
   for (int64_t e = 0; e < experts_; ++e) {
     const int64_t n = counts[e];
     if (n == 0) continue;
     AMPIPE_CHECK(row + n <= P) << "expert counts sum past the " << P << " input rows";
-    const Tensor u_e = ctx.u.rows(row, row + n), h = ctx.h.rows(row, row + n), g = g32.rows(row, row + n);
+    const Tensor u_e = ctx.u.rows(row, row + n), h = h32.rows(row, row + n);
+    const Tensor h3 = swiglu_ ? h332.rows(row, row + n) : Tensor();
     forward_map(in_, e, u_e, h);
-    if (swiglu_) {
-      const Tensor h3 = ctx.h3.rows(row, row + n);
-      forward_map(linear_, e, u_e, h3);
-      kernels::swiglu_forward(h, h3, g);
-    } else {
-      kernels::gelu_forward(h, g);
+    if (swiglu_) forward_map(linear_, e, u_e, h3);
+    if (bf16_) {
+      round_in_place(h, h16.rows(row, row + n));
+      if (swiglu_) round_in_place(h3, h316.rows(row, row + n));
     }
-    if (bf16_) kernels::convert(g, ctx.g.rows(row, row + n));
-    forward_map(out_, e, ctx.g.rows(row, row + n), y.rows(row, row + n));
+    activation(h, h3, g32.rows(row, row + n), g.rows(row, row + n));
+    forward_map(out_, e, g.rows(row, row + n), y.rows(row, row + n));
     row += n;
   }
   AMPIPE_CHECK(row == P) << "expert counts sum to " << row << ", input has " << P << " rows";
-  // bf16: what backward needs of the pre-activations is kept in bf16 (as Megatron keeps its
-  // activations); backward widens each expert's rows for the float32 activation kernels.
-  if (bf16_) {
-    ctx.h = as_dtype(ctx.h, DType::BF16);
-    if (swiglu_) ctx.h3 = as_dtype(ctx.h3, DType::BF16);
-  }
+  // Kept for backward: the pre-activations (bf16 under --bf16, as Megatron keeps its activations;
+  // backward widens each expert's rows for the float32 activation kernels) and, unless selective
+  // recompute drops it, g.
+  ctx.h = bf16_ ? h16 : h32;
+  ctx.h3 = bf16_ ? h316 : h332;
+  if (!selective_) ctx.g = g;
   return y;
 }
 
@@ -105,11 +121,20 @@ Tensor Experts::backward(ExpertsContext& ctx, const Tensor& dy) const {
     if (n == 0) continue;
     const Tensor u_e = ctx.u.rows(row, row + n), du_e = du.rows(row, row + n);
     const Tensor h = as_dtype(ctx.h.rows(row, row + n), DType::F32);  // widened when kept in bf16
+    const Tensor h3 = swiglu_ ? as_dtype(ctx.h3.rows(row, row + n), DType::F32) : Tensor();
     Tensor dg_e = dg.rows(row, row + n);
-    backward_map(out_, e, ctx.g.rows(row, row + n), dy.rows(row, row + n), dg_e, false);
+    Tensor g_e;
+    if (ctx.g.defined()) {
+      g_e = ctx.g.rows(row, row + n);
+    } else {  // selective recompute: the activation again, from the kept pre-activations
+      Tensor g32 = Tensor::empty({n, ffn_}, DType::F32, device);
+      g_e = bf16_ ? Tensor::empty({n, ffn_}, DType::BF16, device) : g32;
+      activation(h, h3, g32, g_e);
+    }
+    backward_map(out_, e, g_e, dy.rows(row, row + n), dg_e, false);
     if (swiglu_) {
       // swiglu_backward's outputs may not alias its inputs: the gate's gradient gets its own buffer.
-      const Tensor h3 = as_dtype(ctx.h3.rows(row, row + n), DType::F32), dh3_e = dh3.rows(row, row + n);
+      const Tensor dh3_e = dh3.rows(row, row + n);
       Tensor dh = Tensor::empty({n, ffn_}, DType::F32, device);
       kernels::swiglu_backward(h, h3, dg_e, dh, dh3_e);
       backward_map(in_, e, u_e, dh, du_e, false);

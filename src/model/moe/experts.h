@@ -24,7 +24,8 @@ struct ExpertsContext {
   Tensor u;                     // [P, d] input (bf16 under --bf16: the GEMMs' operand)
   Tensor h;                     // [P, f] pre-activation (SwiGLU: of the gate, through silu); bf16 under --bf16
   Tensor h3;                    // [P, f] SwiGLU only: the up projection; bf16 under --bf16
-  Tensor g;                     // [P, f] gelu(h), or silu(h) * h3 (bf16 under --bf16, as u)
+  Tensor g;                     // [P, f] gelu(h), or silu(h) * h3 (bf16 under --bf16, as u);
+                                // undefined under selective recompute (backward recomputes it)
 };
 
 class Experts {
@@ -49,6 +50,11 @@ class Experts {
   int64_t experts_, hidden_, ffn_;
   bool swiglu_;
   bool bf16_;       // --bf16: u and g are kept in bf16 for the GEMMs and their backward
+  bool selective_;  // --recompute-granularity selective: g is not kept; backward recomputes it from h
+  // g's rows of one expert from its float32 pre-activation rows (h, and h3 under SwiGLU): the
+  // activation into g32, then under bf16 the rounding into g, the GEMM's operand (else g is g32).
+  // Forward and the recomputing backward share it, so both give the same bits.
+  void activation(const Tensor& h, const Tensor& h3, Tensor g32, Tensor g) const;
   Stacked in_;      // fc1, or w1: the branch through the activation
   Stacked linear_;  // SwiGLU only: w3, the linear branch
   Stacked out_;     // fc2, or w2
