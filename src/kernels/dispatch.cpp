@@ -74,6 +74,13 @@ void bias_backward(const Tensor& dy, Tensor dbias) {
 void add_inplace(Tensor y, const Tensor& x) { AMPIPE_DISPATCH(add_inplace, AMPIPE_TENSORS(&y, &x), y, x); }
 void scale_inplace(Tensor x, float s) { AMPIPE_DISPATCH(scale_inplace, AMPIPE_TENSORS(&x), x, s); }
 void convert(const Tensor& src, Tensor dst) { AMPIPE_DISPATCH(convert, AMPIPE_TENSORS(&src, &dst), src, dst); }
+
+Tensor as_dtype(const Tensor& x, DType dtype) {
+  if (x.dtype() == dtype) return x;
+  Tensor out = Tensor::empty(x.shape(), dtype, x.device());
+  convert(x, out);
+  return out;
+}
 void gelu_forward(const Tensor& x, Tensor y) { AMPIPE_DISPATCH(gelu_forward, AMPIPE_TENSORS(&x, &y), x, y); }
 void gelu_backward(const Tensor& x, const Tensor& dy, Tensor dx) {
   AMPIPE_DISPATCH(gelu_backward, AMPIPE_TENSORS(&x, &dy, &dx), x, dy, dx);

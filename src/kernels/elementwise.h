@@ -17,6 +17,9 @@ void scale_inplace(Tensor x, float s);
 // bit the same on every device), bfloat16 -> float32 is exact, the same dtype copies. src and dst
 // [R, C] (or 1-D), the same shape; row-strided views allowed; dst written (may not alias src).
 void convert(const Tensor& src, Tensor dst);
+// x itself when it already has `dtype`, else a new tensor of x's shape on x's device holding x
+// converted as above (convert's shapes: [R, C] or 1-D).
+Tensor as_dtype(const Tensor& x, DType dtype);
 
 // y = gelu_tanh(x) = 0.5 x (1 + tanh(sqrt(2/pi) (x + 0.044715 x^3))). x, y [R, C]; y written.
 void gelu_forward(const Tensor& x, Tensor y);

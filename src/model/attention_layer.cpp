@@ -106,7 +106,7 @@ size_t AttentionLayer::input_forward(AttentionContext& ctx, int64_t begin, int64
   norm_.forward(in.x, in.a, in.norm);
   // bf16: the norm's output is only the projections' operand (its backward reads x and the
   // statistics), so it is kept in bf16 from here: half the bytes saved for backward.
-  if (bf16_) in.a = as_dtype(in.a, DType::BF16);
+  if (bf16_) in.a = kernels::as_dtype(in.a, DType::BF16);
   Tensor qkv = in.rows.defined() ? Tensor::empty({rows, ctx.qkv.dim(1)}, DType::F32, device)
                                  : ctx.qkv.rows(in.first_row, in.first_row + rows);
   for (const Projection& p : input_)
@@ -145,7 +145,7 @@ Tensor AttentionLayer::chunk_forward(AttentionContext& ctx, int64_t begin, int64
   Tensor h = Tensor::empty({rows, d}, DType::F32, device);
   // bf16: the attention output is kept in bf16 (the projection's operand); the attention backward
   // widens it again.
-  if (bf16_) c.o = as_dtype(c.o, DType::BF16);
+  if (bf16_) c.o = kernels::as_dtype(c.o, DType::BF16);
   linear_forward(c.o, out_w_->operand(), out_b_ ? out_b_->value : Tensor(), h);
   kernels::add_inplace(h, chunk_rows_of(ctx.x, c));
   if (chunk_index) *chunk_index = ctx.chunks.size();
@@ -163,7 +163,7 @@ void AttentionLayer::chunk_backward(AttentionContext& ctx, size_t chunk_index, c
   linear_backward(c.o, out_w_->operand(), dh, d_o, out_w_->grad, out_b_ ? out_b_->grad : Tensor());
   Tensor dq = c.rows.defined() ? Tensor::empty({rows, q_width()}, DType::F32, device)
                                : q_cols(ctx.dqkv).rows(c.first_row, c.first_row + rows);
-  kernels::attention_backward(c.q, k_cols(ctx.qkv), v_cols(ctx.qkv), as_dtype(c.o, DType::F32), c.lse, d_o,
+  kernels::attention_backward(c.q, k_cols(ctx.qkv), v_cols(ctx.qkv), kernels::as_dtype(c.o, DType::F32), c.lse, d_o,
                               chunk_shape(ctx, heads_, kv_heads_, c), dq, k_cols(ctx.dqkv), v_cols(ctx.dqkv));
   if (c.rows.defined()) kernels::scatter_rows(dq, c.rows, q_cols(ctx.dqkv));
   c = AttentionChunk{};  // the chunk's activations are no longer needed
@@ -186,7 +186,7 @@ Tensor AttentionLayer::input_backward(AttentionContext& ctx, size_t input_index)
     NormStats again;
     Tensor a = Tensor::empty({rows, hidden_}, DType::F32, in.x.device());
     norm_.forward(in.x, a, again);
-    in.a = bf16_ ? as_dtype(a, DType::BF16) : a;
+    in.a = bf16_ ? kernels::as_dtype(a, DType::BF16) : a;
   }
   for (size_t i = 0; i < input_.size(); ++i) {
     const Projection& p = input_[i];

@@ -6,6 +6,7 @@
 #include <string>
 
 #include "kernels/cross_entropy.h"
+#include "kernels/elementwise.h"
 #include "kernels/embedding.h"
 #include "model/initialize.h"
 #include "model/linear.h"
@@ -146,7 +147,7 @@ LossParts GptMoe::forward(ForwardState& state, const Tensor& tokens, const Tenso
   state.y = Tensor::empty({T, d}, DType::F32, device);
   final_norm_->forward(x, state.y, state.final_norm);
   // bf16: y is only the head's operand (the norm's backward reads x_final), kept in bf16 from here.
-  state.y = as_dtype(state.y, lm_head_->operand().dtype());
+  state.y = kernels::as_dtype(state.y, lm_head_->operand().dtype());
   state.logits = Tensor::empty({T, config_.vocab_size}, DType::F32, device);
   linear_forward(state.y, lm_head_->operand(), Tensor(), state.logits);
 

@@ -8,10 +8,6 @@
 
 namespace ampipe {
 
-// x itself when it already has `dtype`, else a new [rows, cols] tensor of x rounded to `dtype`
-// (round to nearest even for bf16) on x's device.
-Tensor as_dtype(const Tensor& x, DType dtype);
-
 // x [T, in] (float32 or the weight's dtype); weight [out, in] (float32 or bf16); bias [out] float32
 // or undefined; y [T, out] float32, written.
 void linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor y);

@@ -146,13 +146,8 @@ double measure_matrix_flops(Communicator& world, std::vector<int64_t> hidden_siz
   for (size_t i = 0; i < shapes.size(); ++i) {
     const GemmShape& s = shapes[i];
     Tensor a = uniform_tensor({s.m, s.k}, 11 + i), b = uniform_tensor({s.k, s.n}, 101 + i);
-    if (dtype == DType::BF16) {
-      Tensor ab = Tensor::empty(a.shape(), DType::BF16), bb = Tensor::empty(b.shape(), DType::BF16);
-      kernels::convert(a, ab);
-      kernels::convert(b, bb);
-      a = ab;
-      b = bb;
-    }
+    a = kernels::as_dtype(a, dtype);
+    b = kernels::as_dtype(b, dtype);
     const Tensor c = Tensor::empty({s.m, s.n});
     // Quick mode warms up BLAS once (thread pool, buffers); full mode before every shape.
     const int warmup = (!quick || i == 0) ? 1 : 0;

@@ -18,7 +18,7 @@
 #include <sstream>
 
 #include "core/atomic_file.h"
-#include "model/linear.h"
+#include "kernels/elementwise.h"
 #include "train/checkpoint.h"
 #include "train/hf_config.h"
 #include "train/hf_tokenizer.h"
@@ -317,7 +317,7 @@ HfExportResult export_hf_checkpoint(const GptMoe& model, const std::string& out_
       << "export writes float32 or bf16 tensors, not " << dtype_name(dtype);
   std::vector<std::pair<std::string, Tensor>> tensors = hf_tensors(model);
   if (dtype == DType::BF16)
-    for (auto& [name, t] : tensors) t = as_dtype(t.is_contiguous() ? t : t.clone(), DType::BF16);
+    for (auto& [name, t] : tensors) t = kernels::as_dtype(t.is_contiguous() ? t : t.clone(), DType::BF16);
   std::unique_ptr<Tokenizer> byte;
   const Tokenizer* tokenizer = options.tokenizer;
   if (tokenizer == nullptr) {

@@ -10,6 +10,7 @@
 #include <cmath>
 
 #include "grad_check.h"
+#include "kernels/elementwise.h"
 #include "model/gpt.h"
 #include "model/linear.h"
 #include "test_util.h"
@@ -152,7 +153,7 @@ TEST(Bf16Parameters, ForwardSeesValuesWrittenAfterConstruction) {
 TEST(Bf16Linear, RoundsInputsAndAccumulatesInFloat32) {
   const int64_t T = 5, in = 300, out = 7;
   Tensor x = testing::random_tensor({T, in}, 1), w = testing::random_tensor({out, in}, 2);
-  Tensor wb = as_dtype(w, DType::BF16), xb = as_dtype(x, DType::BF16);
+  Tensor wb = kernels::as_dtype(w, DType::BF16), xb = kernels::as_dtype(x, DType::BF16);
   Tensor y = Tensor::empty({T, out});
   linear_forward(x, wb, Tensor(), y);
   // Reference: the rounded operands, multiplied in double.
@@ -168,7 +169,7 @@ TEST(Bf16Linear, RoundsInputsAndAccumulatesInFloat32) {
   testing::expect_close(y, ref, 1e-4, 1e-5, "bf16 linear forward");
   Tensor dy = testing::random_tensor({T, out}, 3), dx = Tensor::empty({T, in}), dw = Tensor::zeros({out, in});
   linear_backward(xb, wb, dy, dx, dw, Tensor());
-  const std::vector<double> dyr = testing::to_double(as_dtype(dy, DType::BF16));
+  const std::vector<double> dyr = testing::to_double(kernels::as_dtype(dy, DType::BF16));
   std::vector<double> dw_ref(out * in, 0.0), dx_ref(T * in, 0.0);
   for (int64_t t = 0; t < T; ++t)
     for (int64_t o = 0; o < out; ++o)

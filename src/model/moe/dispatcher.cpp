@@ -2,7 +2,7 @@
 
 #include <cmath>
 
-#include "model/linear.h"
+#include "kernels/elementwise.h"
 
 namespace ampipe {
 
@@ -68,7 +68,7 @@ void Dispatcher::begin_dispatch(DispatchContext& ctx, const Tensor& m, const Ten
   ctx.gate = gate;
   ctx.in_flight = Tensor::empty({ctx.plan.num_slots(), m.dim(1)}, DType::F32, m.device());
   kernels::permute_forward(m, ctx.plan, ctx.in_flight);
-  ctx.in_flight = as_dtype(ctx.in_flight, wire_);
+  ctx.in_flight = kernels::as_dtype(ctx.in_flight, wire_);
   if (!distributed()) ctx.local_counts = ctx.plan.expert_counts;
 }
 
@@ -115,7 +115,7 @@ void Dispatcher::exchange_dispatch(DispatchContext& ctx) const {
 }
 
 Tensor Dispatcher::finish_dispatch(DispatchContext& ctx) const {
-  Tensor received = as_dtype(ctx.in_flight, DType::F32);
+  Tensor received = kernels::as_dtype(ctx.in_flight, DType::F32);
   ctx.in_flight = Tensor();
   if (!distributed()) return received;
   Tensor expert_input = Tensor::empty({ctx.regroup.numel(), received.dim(1)}, DType::F32, received.device());
@@ -125,12 +125,12 @@ Tensor Dispatcher::finish_dispatch(DispatchContext& ctx) const {
 
 void Dispatcher::begin_combine(DispatchContext& ctx, const Tensor& expert_output) const {
   if (!distributed()) {
-    ctx.in_flight = as_dtype(expert_output, wire_);
+    ctx.in_flight = kernels::as_dtype(expert_output, wire_);
     return;
   }
   ctx.in_flight = Tensor::empty(expert_output.shape(), DType::F32, expert_output.device());
   kernels::scatter_rows(expert_output, ctx.regroup, ctx.in_flight);
-  ctx.in_flight = as_dtype(ctx.in_flight, wire_);
+  ctx.in_flight = kernels::as_dtype(ctx.in_flight, wire_);
 }
 
 void Dispatcher::exchange_combine(DispatchContext& ctx) const {
@@ -138,7 +138,7 @@ void Dispatcher::exchange_combine(DispatchContext& ctx) const {
 }
 
 Tensor Dispatcher::finish_combine(DispatchContext& ctx) const {
-  ctx.expert_output_permuted = as_dtype(ctx.in_flight, DType::F32);
+  ctx.expert_output_permuted = kernels::as_dtype(ctx.in_flight, DType::F32);
   ctx.in_flight = Tensor();
   Tensor out = Tensor::empty({ctx.plan.token_slot.dim(0), ctx.expert_output_permuted.dim(1)}, DType::F32,
                              ctx.expert_output_permuted.device());
@@ -149,7 +149,7 @@ Tensor Dispatcher::finish_combine(DispatchContext& ctx) const {
 void Dispatcher::begin_combine_backward(DispatchContext& ctx, const Tensor& dout, Tensor dgate) const {
   ctx.in_flight = Tensor::empty(ctx.expert_output_permuted.shape(), DType::F32, dout.device());
   kernels::unpermute_backward(dout, ctx.expert_output_permuted, ctx.plan, ctx.gate, ctx.in_flight, dgate);
-  ctx.in_flight = as_dtype(ctx.in_flight, wire_);
+  ctx.in_flight = kernels::as_dtype(ctx.in_flight, wire_);
 }
 
 void Dispatcher::exchange_combine_backward(DispatchContext& ctx) const {
@@ -157,7 +157,7 @@ void Dispatcher::exchange_combine_backward(DispatchContext& ctx) const {
 }
 
 Tensor Dispatcher::finish_combine_backward(DispatchContext& ctx) const {
-  Tensor received = as_dtype(ctx.in_flight, DType::F32);
+  Tensor received = kernels::as_dtype(ctx.in_flight, DType::F32);
   ctx.in_flight = Tensor();
   if (!distributed()) return received;
   Tensor dexpert_output = Tensor::empty({ctx.regroup.numel(), received.dim(1)}, DType::F32, received.device());
@@ -167,12 +167,12 @@ Tensor Dispatcher::finish_combine_backward(DispatchContext& ctx) const {
 
 void Dispatcher::begin_dispatch_backward(DispatchContext& ctx, const Tensor& dexpert_input) const {
   if (!distributed()) {
-    ctx.in_flight = as_dtype(dexpert_input, wire_);
+    ctx.in_flight = kernels::as_dtype(dexpert_input, wire_);
     return;
   }
   ctx.in_flight = Tensor::empty(dexpert_input.shape(), DType::F32, dexpert_input.device());
   kernels::scatter_rows(dexpert_input, ctx.regroup, ctx.in_flight);
-  ctx.in_flight = as_dtype(ctx.in_flight, wire_);
+  ctx.in_flight = kernels::as_dtype(ctx.in_flight, wire_);
 }
 
 void Dispatcher::exchange_dispatch_backward(DispatchContext& ctx) const {
@@ -180,7 +180,7 @@ void Dispatcher::exchange_dispatch_backward(DispatchContext& ctx) const {
 }
 
 Tensor Dispatcher::finish_dispatch_backward(DispatchContext& ctx) const {
-  Tensor dpermuted = as_dtype(ctx.in_flight, DType::F32);
+  Tensor dpermuted = kernels::as_dtype(ctx.in_flight, DType::F32);
   ctx.in_flight = Tensor();
   Tensor dm = Tensor::empty({ctx.plan.token_slot.dim(0), dpermuted.dim(1)}, DType::F32, dpermuted.device());
   kernels::permute_backward(dpermuted, ctx.plan, dm);

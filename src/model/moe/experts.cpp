@@ -71,7 +71,7 @@ Tensor Experts::forward(ExpertsContext& ctx, const Tensor& u, const std::vector<
   const int64_t P = u.dim(0);
   ctx.counts = counts;
   const DType operand = bf16_ ? DType::BF16 : DType::F32;
-  ctx.u = as_dtype(u, operand);
+  ctx.u = kernels::as_dtype(u, operand);
   const Device device = u.device();
   // bf16: h (and h3) are computed in float32 here and kept in bf16 (h16, h316) for backward.
   Tensor h32 = Tensor::empty({P, ffn_}, DType::F32, device);
@@ -120,8 +120,8 @@ Tensor Experts::backward(ExpertsContext& ctx, const Tensor& dy) const {
     const int64_t n = ctx.counts[e];
     if (n == 0) continue;
     const Tensor u_e = ctx.u.rows(row, row + n), du_e = du.rows(row, row + n);
-    const Tensor h = as_dtype(ctx.h.rows(row, row + n), DType::F32);  // widened when kept in bf16
-    const Tensor h3 = swiglu_ ? as_dtype(ctx.h3.rows(row, row + n), DType::F32) : Tensor();
+    const Tensor h = kernels::as_dtype(ctx.h.rows(row, row + n), DType::F32);  // widened when kept in bf16
+    const Tensor h3 = swiglu_ ? kernels::as_dtype(ctx.h3.rows(row, row + n), DType::F32) : Tensor();
     Tensor dg_e = dg.rows(row, row + n);
     Tensor g_e;
     if (ctx.g.defined()) {
