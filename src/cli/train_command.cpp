@@ -209,6 +209,13 @@ void add_parallel_flags(CLI::App& cmd, TrainCommand& c) {
       "Reduce each block's gradients over the data-parallel ranks on the communication stream as soon "
       "as that block's backward is done, overlapping the backward of the blocks below (default: all "
       "gradients after the backward). Results are the same either way");
+  cmd.add_flag(
+      "--use-distributed-optimizer", t.use_distributed_optimizer,
+      "Shard the AdamW moments over the data-parallel ranks (dense parameters over all ranks, expert "
+      "parameters over the ranks holding the same experts), as Megatron's distributed optimizer: "
+      "gradients are reduce-scattered, each rank updates the parameters it owns, the parameters "
+      "are all-gathered. Optimizer memory per rank falls to 1/DP; results equal the plain optimizer's "
+      "up to the summation order of the gradient norm");
   cmd.add_option("--recompute-granularity", t.recompute_granularity,
                  "Activation recomputation, the same results bit for bit: full (the blocks of --recompute-method "
                  "keep only their input through the forward and run their forward again just before their "

@@ -71,4 +71,15 @@ std::string check_root(int root, int size) {
   return s.str();
 }
 
+std::string check_reduce_scatter(const Tensor& send, const Tensor& recv, int size) {
+  std::string error = check_reducible(send, "send");
+  if (error.empty()) error = check_reducible(recv, "recv");
+  if (error.empty()) error = check_same_dtype(send, "send", recv, "recv");
+  if (error.empty() && send.numel() != recv.numel() * size) {
+    error = "send has " + std::to_string(send.numel()) + " elements; it needs group size " +
+            std::to_string(size) + " x recv's " + std::to_string(recv.numel());
+  }
+  return error;
+}
+
 }  // namespace ampipe::comm_detail

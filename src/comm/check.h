@@ -28,6 +28,9 @@ std::string check_counts(const std::vector<int64_t>& counts, const char* name, i
 // The same dtype for two buffers.
 std::string check_same_dtype(const Tensor& a, const char* a_name, const Tensor& b, const char* b_name);
 
+// reduce_scatter_sum's buffers: both reducible, the same dtype, send = size x recv elements.
+std::string check_reduce_scatter(const Tensor& send, const Tensor& recv, int size);
+
 // root in [0, size).
 std::string check_root(int root, int size);
 

@@ -85,6 +85,13 @@ class Communicator {
   // recv (size() * send.numel() elements, same dtype) = every rank's send, rank-major. The same
   // send.numel() on every rank.
   virtual void all_gather(const Tensor& send, Tensor recv) = 0;
+  // Sum, then scatter (the data-parallel gradient reduction of a sharded optimizer): send holds
+  // size() blocks of recv.numel() elements, rank-major; recv on rank i becomes the element-wise sum
+  // over every rank of its send's block i. float32 or int32; send and recv distinct storage, the
+  // same recv.numel() on every rank. Half the traffic of all_reduce_sum over the same send.
+  // The default is correct for any backend (all_reduce_sum on a copy of send, then this rank's
+  // block); the MPI and NCCL backends override it with their own reduce-scatter.
+  virtual void reduce_scatter_sum(const Tensor& send, Tensor recv);
 
   // Returns once every rank of the group has entered it.
   virtual void barrier() = 0;

@@ -53,6 +53,12 @@ void HostStagedCommunicator::all_gather(const Tensor& send, Tensor recv) {
   write_back(recv, host_recv);
 }
 
+void HostStagedCommunicator::reduce_scatter_sum(const Tensor& send, Tensor recv) {
+  Tensor host_recv = host_side(recv, false);
+  inner_.reduce_scatter_sum(host_side(send, true), host_recv);
+  write_back(recv, host_recv);
+}
+
 Communicator& for_device(Communicator& comm, Device device, std::unique_ptr<Communicator>& holder) {
   if (device == Device::CPU || comm.moves_device_buffers()) return comm;
   holder = std::make_unique<HostStagedCommunicator>(comm);

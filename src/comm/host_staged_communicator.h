@@ -45,6 +45,7 @@ class HostStagedCommunicator final : public Communicator {
   void broadcast(Tensor buffer, int root) override;
   void broadcast_bytes(std::string& bytes, int root) override { inner_.broadcast_bytes(bytes, root); }
   void all_gather(const Tensor& send, Tensor recv) override;
+  void reduce_scatter_sum(const Tensor& send, Tensor recv) override;
   void barrier() override { inner_.barrier(); }
   [[noreturn]] void abort(int code, const std::string& message) override;
 

@@ -294,6 +294,30 @@ void MpiCommunicator::all_gather(const Tensor& send, Tensor recv) {
   }
 }
 
+void MpiCommunicator::reduce_scatter_sum(const Tensor& send, Tensor recv) {
+  const Impl& m = *impl_;
+  const char* call = "reduce_scatter_sum";
+  std::string error = comm_detail::check_reduce_scatter(send, recv, m.size);
+  if (error.empty()) error = check_host_buffer(send, "send");
+  if (error.empty()) error = check_host_buffer(recv, "recv");
+  if (error.empty()) error = check_disjoint(send, "send", recv, "recv");
+  m.agree(Signature{Op::kReduceScatterSum, call, static_cast<int64_t>(send.dtype()), recv.numel()}, error);
+  const int64_t n = recv.numel();
+  if (n == 0) return;
+  if (n <= m.limit()) {
+    m.collective(call, "MPI_Ireduce_scatter_block", [&](MPI_Request* r) {
+      return MPI_Ireduce_scatter_block(host_bytes(send), host_bytes(recv), static_cast<int>(n),
+                                       mpi_type(send.dtype()), MPI_SUM, m.comm, r);
+    });
+    return;
+  }
+  // Blocks beyond one call's count: the sum of the whole buffer in pieces, then this rank's block
+  // (the predefined reductions take no strided datatypes).
+  Tensor sum = send.clone();
+  all_reduce_sum(sum);
+  recv.reshape({n}).copy_from(sum.reshape({send.numel()}).rows(m.rank * n, (m.rank + 1) * n));
+}
+
 void MpiCommunicator::barrier() {
   // The agreement allreduce is itself a barrier: no rank's result exists before every rank's input.
   impl_->agree(Signature{Op::kBarrier, "barrier"}, {});

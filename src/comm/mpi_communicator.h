@@ -98,6 +98,7 @@ class MpiCommunicator final : public Communicator {
   void broadcast(Tensor buffer, int root) override;
   void broadcast_bytes(std::string& bytes, int root) override;
   void all_gather(const Tensor& send, Tensor recv) override;
+  void reduce_scatter_sum(const Tensor& send, Tensor recv) override;
 
   void barrier() override;
   [[noreturn]] void abort(int code, const std::string& message) override;

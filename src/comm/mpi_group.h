@@ -43,6 +43,7 @@ enum class Op : uint64_t {
   kBroadcastBytes,
   kAllGather,
   kBarrier,
+  kReduceScatterSum,
   kExternal,  // agree_external: the signature hashes the call's name too
 };
 

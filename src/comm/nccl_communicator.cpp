@@ -78,6 +78,7 @@ class NcclCommunicator final : public Communicator {
   void broadcast(Tensor buffer, int root) override;
   void broadcast_bytes(std::string& bytes, int root) override { host_->broadcast_bytes(bytes, root); }
   void all_gather(const Tensor& send, Tensor recv) override;
+  void reduce_scatter_sum(const Tensor& send, Tensor recv) override;
   void barrier() override { host_->barrier(); }
   [[noreturn]] void abort(int code, const std::string& message) override;
 
@@ -350,6 +351,21 @@ void NcclCommunicator::all_gather(const Tensor& send, Tensor recv) {
   check_enqueue(call, "ncclAllGather",
                 ncclAllGather(device_bytes(send), device_bytes(recv), static_cast<size_t>(send.numel()),
                               nccl_type(send.dtype()), comm_, current_cuda_stream()));
+  finish(call);
+}
+
+void NcclCommunicator::reduce_scatter_sum(const Tensor& send, Tensor recv) {
+  const char* call = "reduce_scatter_sum";
+  bool on_host = false;
+  std::string error = placement({&send, &recv}, &on_host);
+  if (on_host && error.empty()) return host_->reduce_scatter_sum(send, recv);
+  if (error.empty()) error = comm_detail::check_reduce_scatter(send, recv, size());
+  host_->agree_external({call, static_cast<int64_t>(send.dtype()), recv.numel()}, error);
+  ++calls_;
+  if (recv.numel() == 0) return;
+  check_enqueue(call, "ncclReduceScatter",
+                ncclReduceScatter(device_bytes(send), device_bytes(recv), static_cast<size_t>(recv.numel()),
+                                  nccl_type(send.dtype()), ncclSum, comm_, current_cuda_stream()));
   finish(call);
 }
 

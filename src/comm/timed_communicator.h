@@ -92,6 +92,10 @@ class TimedCommunicator final : public Communicator {
     Timer t(*seconds_);
     inner_.all_gather(send, recv);
   }
+  void reduce_scatter_sum(const Tensor& send, Tensor recv) override {
+    Timer t(*seconds_);
+    inner_.reduce_scatter_sum(send, recv);
+  }
   void barrier() override {
     Timer t(*seconds_);
     inner_.barrier();

@@ -1,5 +1,6 @@
 #include "train/distributed.h"
 
+#include <algorithm>
 #include <sstream>
 #include <vector>
 
@@ -41,9 +42,52 @@ void average_gradients(ParameterRegistry& params, const TrainingGroups& groups) 
   }
 }
 
-GradientBuckets::GradientBuckets(ParameterRegistry& params, const TrainingGroups& groups, int64_t num_layers)
-    : groups_(groups), buckets_(static_cast<size_t>(num_layers) + 1) {
+namespace {
+
+// Fills in a space's sizes and this rank's owned segments.
+void lay_out(ShardSpace& space, Communicator* group) {
+  space.group = group;
+  space.total = 0;
+  for (const Parameter* p : space.params) space.total += p->value.numel();
+  const int64_t G = space.group_size();
+  space.shard = (space.total + G - 1) / G;
+  const int64_t first = space.group_rank() * space.shard, last = std::min(first + space.shard, space.total);
+  int64_t at = 0;
+  for (size_t k = 0; k < space.params.size(); ++k) {
+    Parameter* p = space.params[k];
+    const int64_t n = p->value.numel();
+    const int64_t b = std::max(first, at), e = std::min(last, at + n);
+    if (b < e) space.owned.push_back({space.indices[k], p, b - at, e - b, b - first});
+    at += n;
+  }
+}
+
+}  // namespace
+
+void ShardSpace::pack(Tensor out, bool gradients) const {
+  int64_t offset = 0;
+  for (const Parameter* p : params) {
+    const Tensor& src = gradients ? p->grad : p->value;
+    const int64_t n = src.numel();
+    out.rows(offset, offset + n).copy_from(src.reshape({n}));
+    offset += n;
+  }
+}
+
+void ShardSpace::unpack_values(const Tensor& in) const {
+  int64_t offset = 0;
+  for (Parameter* p : params) {
+    const int64_t n = p->value.numel();
+    p->value.reshape({n}).copy_from(in.rows(offset, offset + n));
+    offset += n;
+  }
+}
+
+GradientBuckets::GradientBuckets(ParameterRegistry& params, const TrainingGroups& groups, int64_t num_layers,
+                                 bool sharded)
+    : groups_(groups), sharded_(sharded), buckets_(static_cast<size_t>(num_layers) + 1) {
   AMPIPE_CHECK(num_layers >= 1) << "gradient buckets need at least one block, got " << num_layers;
+  size_t index = 0;
   for (Parameter& p : params.all()) {
     size_t b = buckets_.size() - 1;
     if (p.name.rfind("blocks.", 0) == 0) {
@@ -53,50 +97,88 @@ GradientBuckets::GradientBuckets(ParameterRegistry& params, const TrainingGroups
                                               << num_layers << " blocks";
       b = static_cast<size_t>(l);
     }
-    (p.is_expert ? buckets_[b].expert : buckets_[b].dense).push_back(&p);
+    ShardSpace& space = p.is_expert ? buckets_[b].expert : buckets_[b].dense;
+    space.params.push_back(&p);
+    space.indices.push_back(index++);
   }
+  Communicator* world = groups.world != nullptr && groups.world->size() > 1 ? groups.world : nullptr;
+  Communicator* expert_data = groups.expert_data_group && groups.expert_data_group->size() > 1
+                                  ? groups.expert_data_group.get()
+                                  : nullptr;
+  for (Bucket& bucket : buckets_) {
+    lay_out(bucket.dense, world);
+    lay_out(bucket.expert, expert_data);
+  }
+}
+
+std::vector<ShardSpace*> GradientBuckets::spaces() {
+  std::vector<ShardSpace*> out;
+  for (Bucket& b : buckets_)
+    for (ShardSpace* s : {&b.dense, &b.expert})
+      if (!s->params.empty()) out.push_back(s);
+  return out;
+}
+
+std::vector<const ShardSpace*> GradientBuckets::spaces() const {
+  std::vector<const ShardSpace*> out;
+  for (const Bucket& b : buckets_)
+    for (const ShardSpace* s : {&b.dense, &b.expert})
+      if (!s->params.empty()) out.push_back(s);
+  return out;
 }
 
 namespace {
 
-int64_t total_elements(const std::vector<Parameter*>& params) {
-  int64_t n = 0;
-  for (const Parameter* p : params) n += p->grad.numel();
-  return n;
-}
-
-// Packs the gradients into `buffer`, sums it over `group`, and writes grad = sum * scale back.
-void reduce_packed(const std::vector<Parameter*>& params, Tensor& buffer, Communicator* group, float scale) {
-  if (params.empty()) return;
-  if (group == nullptr || group->size() <= 1) {
-    for (Parameter* p : params) kernels::scale_inplace(p->grad, scale);
+// Packs the gradients into the space's buffer, sums it over its group, and writes grad = sum * scale
+// back.
+void reduce_packed(ShardSpace& space, float scale) {
+  if (space.params.empty()) return;
+  if (space.group == nullptr) {
+    for (Parameter* p : space.params) kernels::scale_inplace(p->grad, scale);
     return;
   }
-  if (!buffer.defined()) buffer = Tensor::empty({total_elements(params)}, DType::F32, params[0]->grad.device());
+  const Device device = space.params[0]->grad.device();
+  if (!space.buffer.defined()) space.buffer = Tensor::empty({space.total}, DType::F32, device);
+  space.pack(space.buffer, /*gradients=*/true);
+  space.group->all_reduce_sum(space.buffer);
+  kernels::scale_inplace(space.buffer, scale);
   int64_t offset = 0;
-  for (Parameter* p : params) {
+  for (Parameter* p : space.params) {
     const int64_t n = p->grad.numel();
-    buffer.rows(offset, offset + n).copy_from(p->grad.reshape({n}));
+    p->grad.reshape({n}).copy_from(space.buffer.rows(offset, offset + n));
     offset += n;
   }
-  group->all_reduce_sum(buffer);
-  kernels::scale_inplace(buffer, scale);
-  offset = 0;
-  for (Parameter* p : params) {
-    const int64_t n = p->grad.numel();
-    p->grad.reshape({n}).copy_from(buffer.rows(offset, offset + n));
-    offset += n;
+}
+
+// The sharded reduction: this rank's owned elements of the sum, times scale, into shard_grad.
+void reduce_scattered(ShardSpace& space, float scale) {
+  if (space.params.empty()) return;
+  const Device device = space.params[0]->grad.device();
+  const int64_t G = space.group_size();
+  if (!space.shard_grad.defined()) space.shard_grad = Tensor::zeros({space.shard}, DType::F32, device);
+  if (space.group == nullptr) {
+    space.pack(space.shard_grad, /*gradients=*/true);
+  } else {
+    if (!space.buffer.defined()) space.buffer = Tensor::zeros({G * space.shard}, DType::F32, device);
+    space.pack(space.buffer, /*gradients=*/true);  // the padding stays zero
+    space.group->reduce_scatter_sum(space.buffer, space.shard_grad);
   }
+  if (scale != 1.0f) kernels::scale_inplace(space.shard_grad, scale);
 }
 
 }  // namespace
 
 void GradientBuckets::reduce(Bucket& bucket) {
-  const int R = groups_.size();
-  if (R <= 1) return;
+  const int R = groups_.world == nullptr ? 1 : groups_.size();
   const float scale = 1.0f / static_cast<float>(R);
-  reduce_packed(bucket.dense, bucket.dense_buffer, groups_.world, scale);
-  reduce_packed(bucket.expert, bucket.expert_buffer, groups_.expert_data_group.get(), scale);
+  if (sharded_) {
+    reduce_scattered(bucket.dense, scale);
+    reduce_scattered(bucket.expert, scale);
+    return;
+  }
+  if (R <= 1) return;
+  reduce_packed(bucket.dense, scale);
+  reduce_packed(bucket.expert, scale);
 }
 
 void GradientBuckets::reduce_block(int64_t layer) {

@@ -46,22 +46,64 @@ void average_gradients(ParameterRegistry& params, const TrainingGroups& groups);
 // result equals average_gradients' up to the summation order of the reduction itself.
 // reduce_block(l) is collective over the world (and the expert-data group): every rank must reduce
 // the same buckets in the same order, which the streamed executor's task lists guarantee.
+//
+// The buckets also define how the model is divided among data-parallel ranks (the distributed
+// optimizer's shards, and who writes what in a sharded checkpoint): each bucket's dense parameters,
+// flattened in registry order, form one ShardSpace over the world, its expert parameters another
+// over the expert-data group. A space of `total` elements is padded to G x shard (G its group's
+// size, shard = ceil(total / G)); rank g of the group owns elements [g shard, (g+1) shard). Every
+// element of the whole model is owned by exactly one rank of the world.
+//
+// Sharded (--use-distributed-optimizer): reduce_* reduce-scatter instead. Each space's packed
+// gradients are summed over its group and scaled by 1/R into `shard_grad`, this rank's owned
+// elements only; the parameters' own `grad` tensors are left unreduced. The optimizer
+// (train/optimizer.h) updates the owned elements and all-gathers the parameters.
+struct ShardSpace {
+  // A run of one parameter's flattened elements [begin, begin + numel) that this rank owns, held at
+  // [offset, offset + numel) of its shard.
+  struct Segment {
+    size_t param_index = 0;  // in the registry
+    Parameter* param = nullptr;
+    int64_t begin = 0, numel = 0, offset = 0;
+  };
+  std::vector<Parameter*> params;  // registry order
+  std::vector<size_t> indices;     // their registry indices
+  Communicator* group = nullptr;   // world (dense) or expert-data group (expert); null = one rank
+  int64_t total = 0, shard = 0;    // elements
+  std::vector<Segment> owned;
+  Tensor buffer;      // packed gradients (group size x shard when sharded), allocated once
+  Tensor shard_grad;  // sharded: this rank's reduced gradient, `shard` elements
+
+  int group_size() const { return group == nullptr ? 1 : group->size(); }
+  int group_rank() const { return group == nullptr ? 0 : group->rank(); }
+  // Packs the parameters' values (or gradients) into `out` (>= total elements; padding untouched).
+  void pack(Tensor out, bool gradients) const;
+  // The reverse: every parameter's value from `in`.
+  void unpack_values(const Tensor& in) const;
+};
+
 class GradientBuckets {
  public:
   // Borrows both; the registry must outlive this and keep its parameters.
-  GradientBuckets(ParameterRegistry& params, const TrainingGroups& groups, int64_t num_layers);
+  GradientBuckets(ParameterRegistry& params, const TrainingGroups& groups, int64_t num_layers,
+                  bool sharded = false);
   void reduce_block(int64_t layer);
   void reduce_rest();
   void reduce_all();  // every block, then the rest
 
   int64_t num_buckets() const { return static_cast<int64_t>(buckets_.size()); }
+  bool sharded() const { return sharded_; }
+  Communicator* world() const { return groups_.world; }
+  // Every space (each bucket's dense, then expert; empty ones left out), in bucket order.
+  std::vector<ShardSpace*> spaces();
+  std::vector<const ShardSpace*> spaces() const;
 
  private:
   struct Bucket {
-    std::vector<Parameter*> dense, expert;
-    Tensor dense_buffer, expert_buffer;  // packed gradients, allocated once
+    ShardSpace dense, expert;
   };
   const TrainingGroups& groups_;
+  bool sharded_;
   std::vector<Bucket> buckets_;  // blocks 0..L-1, then the rest
   void reduce(Bucket& bucket);
 };

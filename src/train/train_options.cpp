@@ -69,14 +69,17 @@ std::string describe_train_options(const TrainOptions& o) {
   std::ostringstream s;
   for (const auto& [k, v] : o.model.to_metadata()) s << k << "=" << v << "\n";
   for (const std::string& item : o.data_path) s << "data_path=" << item << "\n";
-  s << "micro_batch_size=" << o.micro_batch_size << "\nglobal_batch_size=" << o.global_batch_size << "\nlr=" << o.lr.lr << "\nmin_lr=" << o.lr.min_lr
-    << "\nwarmup=" << o.lr.warmup_iters << "\nweight_decay=" << o.adamw.weight_decay
-    << "\nclip_grad=" << o.adamw.clip_grad << "\ntrain_iters=" << o.train_iters << "\nseed=" << o.seed
-    << "\nsplit=" << o.split << "\ntokenizer=" << o.tokenizer_type << ":" << o.tokenizer_model << "\nload=" << o.load << "\nsave=" << o.save
-    << "\nexpert_parallel_size=" << o.expert_parallel_size << "\neval_interval=" << o.eval_interval
-    << "\neval_iters=" << o.eval_iters << "\nexit_interval=" << o.exit_interval
-    << "\nschedule=" << o.schedule.describe() << "\nstage_order=" << o.stage_order
-    << "\npipeline_scope=" << o.pipeline_scope << "\noverlap_grad_reduce=" << o.overlap_grad_reduce
+  s << "micro_batch_size=" << o.micro_batch_size << "\nglobal_batch_size=" << o.global_batch_size
+    << "\nlr=" << o.lr.lr << "\nmin_lr=" << o.lr.min_lr << "\nwarmup=" << o.lr.warmup_iters
+    << "\nweight_decay=" << o.adamw.weight_decay << "\nclip_grad=" << o.adamw.clip_grad
+    << "\ntrain_iters=" << o.train_iters << "\nseed=" << o.seed << "\nsplit=" << o.split
+    << "\ntokenizer=" << o.tokenizer_type << ":" << o.tokenizer_model << "\nload=" << o.load
+    << "\nsave=" << o.save << "\nexpert_parallel_size=" << o.expert_parallel_size
+    << "\neval_interval=" << o.eval_interval << "\neval_iters=" << o.eval_iters
+    << "\nexit_interval=" << o.exit_interval << "\nschedule=" << o.schedule.describe()
+    << "\nstage_order=" << o.stage_order << "\npipeline_scope=" << o.pipeline_scope
+    << "\noverlap_grad_reduce=" << o.overlap_grad_reduce
+    << "\nuse_distributed_optimizer=" << o.use_distributed_optimizer
     << "\nrecompute=" << o.recompute_granularity << ":" << o.recompute_method << ":" << o.recompute_num_layers
     << "\ndevice=" << device_flag_name(o.device) << "\n";
   return s.str();

@@ -176,6 +176,22 @@ int64_t load_or_resume(const TrainOptions& o, GptMoe& model, AdamW& optimizer,
   return progress.iteration;
 }
 
+// What the distributed optimizer keeps on this rank, against the whole model's state.
+std::string optimizer_shards_line(const Run& r) {
+  int64_t held = 0;
+  for (const MomentRange& m : r.optimizer.held_ranges()) held += 2 * m.numel;
+  const int64_t whole = 2 * r.model.params().num_elements();
+  char line[320];
+  std::snprintf(
+      line, sizeof line,
+      "optimizer: distributed (--use-distributed-optimizer): rank %d holds %.2f MiB of AdamW moments, "
+      "%.3f of its %.2f MiB unsharded; gradients reduce-scattered, parameters all-gathered",
+      r.world.rank(), static_cast<double>(held) * 4.0 / (1 << 20),
+      static_cast<double>(held) / static_cast<double>(std::max<int64_t>(whole, 1)),
+      static_cast<double>(whole) * 4.0 / (1 << 20));
+  return line;
+}
+
 void log_startup(const Run& r) {
   const TrainOptions& o = r.o;
   char buf[320];
@@ -197,6 +213,7 @@ void log_startup(const Run& r) {
   r.log("schedule: " + o.schedule.describe() + (o.schedule.kind == ScheduleKind::Sequential ? "" : " " + o.stage_order) +
         ", pipeline scope " + o.pipeline_scope + ", gradient reduction " +
         (o.overlap_grad_reduce ? "overlapped with the backward" : "after the backward"));
+  if (o.use_distributed_optimizer) r.log(optimizer_shards_line(r));
   if (o.recompute_granularity == "selective")
     r.log("recompute: selective (each block recomputes its attention's normed input and its experts' "
           "activation output in the backward; results unchanged)");
@@ -537,9 +554,9 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   model.set_block_executor(block_executor.get());  // null: the sequential block
   if (o.recompute_granularity == "full")
     model.set_recompute(recompute_groups(o.recompute_method, o.recompute_num_layers, o.model.num_layers));
-  AdamW optimizer(model.params(), o.adamw, groups.expert_group.get());
+  GradientBuckets buckets(model.params(), groups, o.model.num_layers, o.use_distributed_optimizer);
+  AdamW optimizer(model.params(), o.adamw, groups.expert_group.get(), &buckets);
   const int64_t start = load_or_resume(o, model, optimizer, log);
-  GradientBuckets buckets(model.params(), groups, o.model.num_layers);
   Run run{o, world, log, groups, model, optimizer, corpus, trace, tracing, start, buckets};
   log_startup(run);
   return train_loop(run, tokenizer.get());

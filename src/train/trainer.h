@@ -73,6 +73,10 @@ struct TrainOptions {
   // --overlap-grad-reduce: reduce each block's gradients on the comm stream as soon as its backward
   // is done (train/distributed.h GradientBuckets), instead of all of them after the backward.
   bool overlap_grad_reduce = false;
+  // --use-distributed-optimizer: the AdamW moments sharded over the data-parallel ranks (dense over
+  // the world, expert over the expert-data group), gradients reduce-scattered, parameters
+  // all-gathered after the update (train/optimizer.h, train/distributed.h ShardSpace).
+  bool use_distributed_optimizer = false;
   // Activation recomputation (model/gpt.h recompute_groups): --recompute-granularity ("" none, or
   // "full"), --recompute-method ("uniform" or "block"), --recompute-num-layers.
   std::string recompute_granularity;

@@ -353,6 +353,56 @@ TEST_F(Mpi, AllGatherIsRankMajor) {
   world().all_gather(Tensor::empty({0}), Tensor::empty({0}));  // nothing to gather is fine
 }
 
+// Rank r's block b holds value(r, b, k): the sum over ranks of block `rank()` is known in closed form.
+TEST_F(Mpi, ReduceScatterSumsEachRanksBlock) {
+  const int64_t n = 5;
+  Tensor send = Tensor::empty({size() * n});
+  for (int b = 0; b < size(); ++b)
+    for (int64_t k = 0; k < n; ++k) send.data<float>()[b * n + k] = static_cast<float>(value(rank(), b, k));
+  Tensor recv = Tensor::zeros({n});
+  world().reduce_scatter_sum(send, recv);
+  int64_t wrong = 0;
+  for (int64_t k = 0; k < n; ++k) {
+    int64_t want = 0;
+    for (int src = 0; src < size(); ++src) want += value(src, rank(), k);
+    wrong += recv.data<float>()[k] != static_cast<float>(want);
+  }
+  EXPECT_EQ(wrong, 0);
+
+  Tensor isend = Tensor::empty({size() * 2}, DType::I32);
+  for (int b = 0; b < size(); ++b) {
+    isend.data<int32_t>()[2 * b] = rank() + b;
+    isend.data<int32_t>()[2 * b + 1] = 1;
+  }
+  Tensor irecv = Tensor::zeros({2}, DType::I32);
+  world().reduce_scatter_sum(isend, irecv);
+  EXPECT_EQ(irecv.data<int32_t>()[0], size() * (size() - 1) / 2 + size() * rank());
+  EXPECT_EQ(irecv.data<int32_t>()[1], size());
+  world().reduce_scatter_sum(Tensor::empty({0}), Tensor::empty({0}));  // nothing to reduce is fine
+}
+
+// A bad size on one rank is refused on every rank before data moves; the communicator stays usable.
+TEST_F(Mpi, ReduceScatterRefusesAMismatchOnEveryRank) {
+  const int64_t n = rank() == size() - 1 ? 3 : 2;  // the last rank disagrees
+  std::string message;
+  try {
+    world().reduce_scatter_sum(Tensor::zeros({size() * n}), Tensor::zeros({n}));
+  } catch (const Error& e) {
+    message = e.what();
+  }
+  EXPECT_NE(message.find("reduce_scatter_sum"), std::string::npos) << message;
+  std::string bad_shape;
+  try {
+    world().reduce_scatter_sum(Tensor::zeros({size() * 2 + 1}), Tensor::zeros({2}));
+  } catch (const Error& e) {
+    bad_shape = e.what();
+  }
+  EXPECT_NE(bad_shape.find("needs group size"), std::string::npos) << bad_shape;
+  Tensor one = Tensor::from({1}, {1.0f});
+  world().all_reduce_sum(one);
+  EXPECT_EQ(one.data<float>()[0], static_cast<float>(size()));
+}
+
 TEST_F(Mpi, SplitIntoEvenAndOddRanks) {
   auto group = world().split(rank() % 2, rank());
   ASSERT_NE(group, nullptr);  // same on every rank
