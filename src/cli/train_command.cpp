@@ -101,6 +101,14 @@ void add_checkpoint_flags(CLI::App& cmd, TrainCommand& c) {
                  "notice, so '--save DIR --load DIR' restarts a job where it left off");
   cmd.add_option("--ckpt-step", t.ckpt_step,
                  "With --load ROOT: resume from ROOT/iter_<N> instead of the latest (Megatron's flag)");
+  cmd.add_option(
+         "--ckpt-format", t.ckpt_format,
+         "How --save writes a checkpoint: gathered (world rank 0 gathers the model and writes "
+         "model.safetensors and optimizer.safetensors) or sharded (every rank writes its own part in "
+         "parallel, shard_RRRRR_of_WWWWW.safetensors, and rank 0 an index, checkpoint_index.json; no rank "
+         "holds the whole model). --load, eval, sample and export read both, in any layout")
+      ->check(CLI::IsMember({"gathered", "sharded"}))
+      ->capture_default_str();
   cmd.add_option("--ckpt-keep", t.ckpt_keep,
                  "Keep the newest K complete iteration directories under --save, deleting older ones after "
                  "each successful save; 0 = keep all (ampipe's own flag; Megatron-LM has no equivalent)")

@@ -6,28 +6,27 @@
 
 #include <algorithm>
 #include <cerrno>
+#include <cmath>
 #include <cstdio>
 #include <cstring>
-#include <cmath>
 #include <filesystem>
+#include <functional>
 #include <set>
 
 #include "core/atomic_file.h"
+#include "train/checkpoint_internal.h"
 #include "train/hf_checkpoint.h"
 #include "train/safetensors.h"
+#include "train/sharded_checkpoint.h"
 
 namespace ampipe {
 
 namespace fs = std::filesystem;
 
-static std::string model_path(const std::string& dir) {
-  return (fs::path(dir) / "model.safetensors").string();
-}
-static std::string optimizer_path(const std::string& dir) {
-  return (fs::path(dir) / "optimizer.safetensors").string();
-}
-
-static std::string files_dir(const std::string& dir);
+using checkpoint_detail::files_dir;
+using checkpoint_detail::model_path;
+using checkpoint_detail::optimizer_path;
+using checkpoint_detail::whole_shape;
 
 // The whole [E, ...] tensor of an expert parameter (gathered over the expert group), else `local`.
 static Tensor gathered(const Parameter& p, const Tensor& local, const TrainingGroups* groups,
@@ -38,18 +37,6 @@ static Tensor gathered(const Parameter& p, const Tensor& local, const TrainingGr
   Tensor out = Tensor::empty(full);
   groups->expert_group->all_gather(local.is_contiguous() ? local : local.clone(), out);
   return out;
-}
-
-// This rank's slice of a whole expert tensor from a file.
-static Tensor local_slice(const Parameter& p, const Tensor& whole) {
-  if (!p.is_expert) return whole;
-  return whole.rows(p.expert_offset, p.expert_offset + p.value.dim(0));
-}
-
-static Shape whole_shape(const Parameter& p, int64_t experts) {
-  Shape s = p.value.shape();
-  if (p.is_expert) s[0] = experts;
-  return s;
 }
 
 std::string checkpoint_tokenizer_path(const std::string& dir) { return (fs::path(dir) / "tokenizer.model").string(); }
@@ -114,6 +101,27 @@ static void add_schedule_metadata(const ScheduleSettings& s, std::map<std::strin
   meta["global_batch_size"] = std::to_string(s.global_batch);
 }
 
+// The optimizer file's metadata (the sharded index holds the same).
+static std::map<std::string, std::string> optimizer_metadata(const AdamW& optimizer,
+                                                             const TrainingProgress& progress) {
+  std::map<std::string, std::string> meta = {{"iteration", std::to_string(progress.iteration)},
+                                             {"optimizer_steps", std::to_string(optimizer.steps_taken())},
+                                             {"seed", std::to_string(progress.seed)},
+                                             {"format", "ampipe-optimizer-v1"}};
+  if (progress.schedule) add_schedule_metadata(*progress.schedule, meta);
+  return meta;
+}
+
+// Refuses to save a tensor holding a non-finite value: the previous checkpoint stays the latest.
+static void check_finite(const std::string& name, const Tensor& t, int64_t iteration) {
+  if (t.dtype() != DType::F32) return;
+  const Tensor c = t.is_contiguous() ? t : t.clone();
+  const float* v = c.data<float>();
+  for (int64_t i = 0; i < c.numel(); ++i)
+    AMPIPE_CHECK(std::isfinite(v[i])) << "refusing to save iteration " << iteration << ": '" << name
+                                      << "' holds a non-finite value (" << v[i] << ") at element " << i;
+}
+
 // Writes the checkpoint files into the existing directory `dir`: optimizer, tokenizer, model last.
 static void write_checkpoint_files(const std::string& dir, const GatheredState& g, const GptMoe& model,
                                    const AdamW& optimizer, const TrainingProgress& progress,
@@ -121,20 +129,8 @@ static void write_checkpoint_files(const std::string& dir, const GatheredState& 
   const std::string iteration = std::to_string(progress.iteration);
   // Nothing is written from a non-finite state: the previous checkpoint stays the latest.
   for (const auto* part : {&g.weights, &g.moments})
-    for (const auto& [name, t] : *part) {
-      if (t.dtype() != DType::F32) continue;
-      const Tensor c = t.is_contiguous() ? t : t.clone();
-      const float* v = c.data<float>();
-      for (int64_t i = 0; i < c.numel(); ++i)
-        AMPIPE_CHECK(std::isfinite(v[i])) << "refusing to save iteration " << iteration << ": '" << name
-                                          << "' holds a non-finite value (" << v[i] << ") at element " << i;
-    }
-  std::map<std::string, std::string> opt_meta = {{"iteration", iteration},
-                                                 {"optimizer_steps", std::to_string(optimizer.steps_taken())},
-                                                 {"seed", std::to_string(progress.seed)},
-                                                 {"format", "ampipe-optimizer-v1"}};
-  if (progress.schedule) add_schedule_metadata(*progress.schedule, opt_meta);
-  write_safetensors(optimizer_path(dir), g.moments, opt_meta);
+    for (const auto& [name, t] : *part) check_finite(name, t, progress.iteration);
+  write_safetensors(optimizer_path(dir), g.moments, optimizer_metadata(optimizer, progress));
   if (tokenizer != nullptr && !tokenizer->serialized_model().empty())
     write_file_atomically(checkpoint_tokenizer_path(dir), tokenizer->serialized_model());
   std::map<std::string, std::string> meta = model.config().to_metadata();
@@ -195,27 +191,34 @@ static std::string iteration_path(const std::string& root, int64_t iteration) {
   return (fs::path(root) / iteration_dir_name(iteration)).string();
 }
 
-// The writer's part of save_iteration_checkpoint; throws on failure after removing its temporary.
-static void write_iteration(const std::string& root, const GatheredState& g, const GptMoe& model,
-                            const AdamW& optimizer, const TrainingProgress& progress, const Tokenizer* tokenizer,
-                            int64_t keep) {
+// Rank 0's first part of an iteration save: ROOT checked and created, the temporary directory
+// ROOT/iter_N.tmp made afresh (leftovers of an interrupted save removed). Returns it.
+static std::string prepare_iteration(const std::string& root, int64_t iteration) {
   std::error_code ec;
   fs::create_directories(root, ec);
   AMPIPE_CHECK(!ec) << "cannot create checkpoint directory '" << root << "': " << ec.message();
-  AMPIPE_CHECK(!is_hf_checkpoint(root) && !fs::exists(model_path(root)))
+  AMPIPE_CHECK(!is_hf_checkpoint(root) && !fs::exists(model_path(root)) && !is_sharded_checkpoint(root))
       << "'" << root << "' holds a " << (is_hf_checkpoint(root) ? "Hugging Face" : "single-directory")
-      << " checkpoint (model.safetensors at its top); save iteration checkpoints to another directory";
-  const std::string name = iteration_dir_name(progress.iteration);
-  const std::string final_dir = iteration_path(root, progress.iteration);
+      << " checkpoint (model files at its top); save iteration checkpoints to another directory";
+  const std::string final_dir = iteration_path(root, iteration);
   const std::string tmp = final_dir + ".tmp";
-  const std::string old = final_dir + ".old.tmp";
   // Leftovers of an interrupted save (never named by the tracker).
-  for (const std::string& stale : {tmp, old})
+  for (const std::string& stale : {tmp, final_dir + ".old.tmp"})
     if (fs::is_directory(stale, ec)) fs::remove_all(stale, ec);
   const bool created = fs::create_directory(tmp, ec) && !ec;
   AMPIPE_CHECK(created) << "cannot create '" << tmp << "': " << (ec ? ec.message() : std::string("something is in the way"));
+  return tmp;
+}
+
+// Rank 0's last part, once every file of the temporary directory is written and fsynced: the
+// directory renamed into place, then the tracker, then the old iterations beyond `keep` deleted.
+// Throws on failure after removing the temporary directory.
+static void commit_iteration(const std::string& root, int64_t iteration, const std::string& tmp,
+                             int64_t keep) {
+  std::error_code ec;
+  const std::string final_dir = iteration_path(root, iteration);
+  const std::string old = final_dir + ".old.tmp";
   try {
-    write_checkpoint_files(tmp, g, model, optimizer, progress, tokenizer);  // each file fsynced
     fsync_directory(tmp);
     if (fs::exists(final_dir, ec)) {  // a re-save of this iteration (after --ckpt-step or a crash)
       fs::rename(final_dir, old, ec);
@@ -230,20 +233,35 @@ static void write_iteration(const std::string& root, const GatheredState& g, con
     throw;
   }
   fs::remove_all(old, ec);
-  write_file_atomically(tracker_path(root), std::to_string(progress.iteration));
+  write_file_atomically(tracker_path(root), std::to_string(iteration));
   if (keep <= 0) return;
   // Keep the newest `keep` complete iteration directories at or below this one.
   std::vector<int64_t> its = iteration_dirs(root);
   std::reverse(its.begin(), its.end());
   int64_t kept = 0;
   for (int64_t n : its) {
-    if (n > progress.iteration) continue;  // a later one from before a rollback: replaced when reached
+    if (n > iteration) continue;  // a later one from before a rollback: replaced when reached
     if (kept < keep && checkpoint_problem(iteration_path(root, n)).empty()) {
       ++kept;
       continue;
     }
     if (kept >= keep) fs::remove_all(iteration_path(root, n), ec);
   }
+}
+
+// The writer's part of a gathered save; throws on failure after removing its temporary.
+static void write_iteration(const std::string& root, const GatheredState& g, const GptMoe& model,
+                            const AdamW& optimizer, const TrainingProgress& progress,
+                            const Tokenizer* tokenizer, int64_t keep) {
+  const std::string tmp = prepare_iteration(root, progress.iteration);
+  try {
+    write_checkpoint_files(tmp, g, model, optimizer, progress, tokenizer);  // each file fsynced
+  } catch (...) {
+    std::error_code ignored;
+    fs::remove_all(tmp, ignored);
+    throw;
+  }
+  commit_iteration(root, progress.iteration, tmp, keep);
 }
 
 std::string SaveDirectoryLock::lock_path(const std::string& root) {
@@ -279,9 +297,95 @@ SaveDirectoryLock::~SaveDirectoryLock() {
   if (fd_ >= 0) ::close(fd_);  // releases the flock
 }
 
+// Every rank's failure message ("" for none) to every rank: the first rank's that failed, named.
+static std::string first_failure(Communicator* world, const std::string& mine) {
+  if (world == nullptr || world->size() <= 1) return mine;
+  int64_t any = mine.empty() ? 0 : 1;
+  world->all_reduce_max(any);
+  if (any == 0) return "";
+  std::string first;
+  for (int r = 0; r < world->size(); ++r) {
+    std::string message = world->rank() == r ? mine : std::string();
+    world->broadcast_bytes(message, r);
+    if (first.empty() && !message.empty()) first = "rank " + std::to_string(r) + ": " + message;
+  }
+  return first;
+}
+
+// This rank's pieces of a sharded save: the elements it owns (AdamW::owned_ranges) of every
+// parameter and of both its moments, named "<tensor>@<begin in the whole tensor>".
+static std::vector<std::pair<std::string, Tensor>> owned_pieces(const GptMoe& model, const AdamW& optimizer,
+                                                                int64_t iteration) {
+  std::vector<std::pair<std::string, Tensor>> pieces;
+  const auto& params = model.params().all();
+  for (const MomentRange& r : optimizer.owned_ranges()) {
+    const Parameter& p = params[r.param_index];
+    const std::string at = "@" + std::to_string(checkpoint_detail::global_offset(p) + r.begin);
+    const Tensor value = p.value.reshape({p.value.numel()}).rows(r.begin, r.begin + r.numel);
+    for (const auto& [name, t] : {std::pair{p.name, value}, std::pair{p.name + ".exp_avg", r.exp_avg},
+                                  std::pair{p.name + ".exp_avg_sq", r.exp_avg_sq}}) {
+      Tensor host = t.to(Device::CPU);
+      check_finite(name, host, iteration);
+      pieces.emplace_back(name + at, host);
+    }
+  }
+  return pieces;
+}
+
+// The sharded save (train/sharded_checkpoint.h): rank 0 prepares the temporary directory, every
+// rank writes its shard, rank 0 writes the index and commits. Collective; every rank learns any
+// rank's failure, and a failed save leaves no temporary directory and the tracker untouched.
+static void save_sharded_iteration(const std::string& root, const GptMoe& model, const AdamW& optimizer,
+                                   const TrainingProgress& progress, const TrainingGroups* groups,
+                                   const Tokenizer* tokenizer, int64_t keep) {
+  Communicator* world = groups != nullptr ? groups->world : nullptr;
+  const int rank = world != nullptr ? world->rank() : 0, R = world != nullptr ? world->size() : 1;
+  const std::string tmp = iteration_path(root, progress.iteration) + ".tmp";
+  auto attempt = [](const std::function<void()>& step) -> std::string {
+    try {
+      step();
+    } catch (const std::exception& e) {
+      return std::string(e.what()).empty() ? "unknown error" : e.what();
+    }
+    return "";
+  };
+  std::string failure = rank == 0 ? attempt([&] { prepare_iteration(root, progress.iteration); }) : "";
+  failure = first_failure(world, failure);
+  if (failure.empty()) {
+    failure = attempt([&] {
+      write_rank_shard(tmp, rank, R, progress.iteration, owned_pieces(model, optimizer, progress.iteration));
+    });
+    failure = first_failure(world, failure);
+    if (rank == 0) {
+      if (failure.empty())
+        failure = attempt([&] {
+          if (tokenizer != nullptr && !tokenizer->serialized_model().empty())
+            write_file_atomically(checkpoint_tokenizer_path(tmp), tokenizer->serialized_model());
+          std::map<std::string, Shape> shapes;
+          for (const Parameter& p : model.params().all())
+            for (const char* suffix : {"", ".exp_avg", ".exp_avg_sq"})
+              shapes[p.name + suffix] = whole_shape(p, model.config().num_experts);
+          std::map<std::string, std::string> meta = model.config().to_metadata();
+          meta["iteration"] = std::to_string(progress.iteration);
+          write_sharded_index(tmp, R, progress.iteration, shapes, meta,
+                              optimizer_metadata(optimizer, progress));
+          commit_iteration(root, progress.iteration, tmp, keep);
+        });
+      std::error_code ignored;
+      if (!failure.empty()) fs::remove_all(tmp, ignored);
+    }
+    if (world != nullptr && R > 1) world->broadcast_bytes(failure, 0);
+  }
+  AMPIPE_CHECK(failure.empty()) << "saving checkpoint " << iteration_dir_name(progress.iteration) << " to '"
+                                << root << "' failed: " << failure
+                                << " (the previous checkpoint is intact and still the latest)";
+}
+
 void save_iteration_checkpoint(const std::string& root, const GptMoe& model, const AdamW& optimizer,
                                const TrainingProgress& progress, const TrainingGroups* groups,
-                               const Tokenizer* tokenizer, int64_t keep) {
+                               const Tokenizer* tokenizer, int64_t keep, CheckpointFormat format) {
+  if (format == CheckpointFormat::Sharded)
+    return save_sharded_iteration(root, model, optimizer, progress, groups, tokenizer, keep);
   const GatheredState g = gather_state(model, optimizer, groups);
   std::string failure;
   if (is_writer(groups)) {
@@ -299,7 +403,27 @@ void save_iteration_checkpoint(const std::string& root, const GptMoe& model, con
                                 << " (the previous checkpoint is intact and still the latest)";
 }
 
+// checkpoint_problem for a sharded directory: its own checks, then the stamp and the tokenizer.
+static std::string sharded_problem(const std::string& dir) {
+  std::map<std::string, std::string> model_meta;
+  int64_t iteration = -1;
+  try {
+    const ShardedCheckpoint checkpoint(dir);
+    model_meta = checkpoint.model_metadata();
+    iteration = checkpoint.iteration();
+  } catch (const std::exception& e) {
+    return e.what();
+  }
+  const int64_t named = parse_iteration_name(fs::path(dir).filename().string());
+  if (named >= 0 && named != iteration) return "its files are stamped iteration " + std::to_string(iteration);
+  const auto tok = model_meta.find("tokenizer");
+  if (tok != model_meta.end() && tok->second != "byte" && !fs::exists(checkpoint_tokenizer_path(dir)))
+    return "tokenizer.model: missing";
+  return "";
+}
+
 std::string checkpoint_problem(const std::string& dir) {
+  if (is_sharded_checkpoint(dir)) return sharded_problem(dir);
   std::map<std::string, std::string> model_meta, opt_meta;
   for (const char* name : {"model.safetensors", "optimizer.safetensors"}) {
     const std::string path = (fs::path(dir) / name).string();
@@ -344,7 +468,9 @@ CheckpointLocation locate_checkpoint(const std::string& dir, int64_t step) {
                         << (parent.empty() ? "." : parent) << "')";
   }
   const bool has_tracker = fs::exists(tracker_path(dir), ec);
-  if (step < 0 && !has_tracker && (fs::exists(model_path(dir), ec) || is_hf_checkpoint(dir))) return {dir, ""};
+  if (step < 0 && !has_tracker &&
+      (fs::exists(model_path(dir), ec) || is_sharded_checkpoint(dir) || is_hf_checkpoint(dir)))
+    return {dir, ""};
   if (step < 0 && !has_tracker) {
     if (!fs::exists(dir, ec)) return {"", "no checkpoint at '" + dir + "' (it does not exist): starting from scratch"};
     std::string notice = "no checkpoint in '" + dir + "' (no " + fs::path(tracker_path(dir)).filename().string() +
@@ -379,148 +505,31 @@ std::string checkpoint_to_read(const std::string& dir, int64_t step) {
   return loc.path;
 }
 
-// An iteration root's latest checkpoint directory (its tracker's iteration, unverified), else `dir`.
-static std::string files_dir(const std::string& dir) {
-  std::error_code ec;
-  if (fs::exists(model_path(dir), ec) || !fs::exists(tracker_path(dir), ec)) return dir;
-  return iteration_path(dir, read_tracker(dir));
+namespace checkpoint_detail {
+
+std::string model_path(const std::string& dir) { return (fs::path(dir) / "model.safetensors").string(); }
+std::string optimizer_path(const std::string& dir) {
+  return (fs::path(dir) / "optimizer.safetensors").string();
 }
 
-ModelConfig read_checkpoint_config(const std::string& root) {
-  const std::string dir = files_dir(root);
-  if (is_hf_checkpoint(dir)) return read_hf_config(dir);
-  const std::string path = model_path(dir);
-  AMPIPE_CHECK(fs::exists(path)) << "no checkpoint at '" << dir << "' (missing " << path << ")";
-  SafetensorsFile file = read_safetensors(path);
-  return ModelConfig::from_metadata(file.metadata);
-}
-
-void load_model_weights(const std::string& root, GptMoe& model) {
-  const std::string dir = files_dir(root);
-  if (is_hf_checkpoint(dir)) return load_hf_weights(dir, model);
-  const std::string path = model_path(dir);
-  AMPIPE_CHECK(fs::exists(path)) << "no checkpoint at '" << dir << "' (missing " << path << ")";
-  SafetensorsFile file = read_safetensors(path);
-  ModelConfig stored = ModelConfig::from_metadata(file.metadata);
-  const std::string diff = stored.differences(model.config());
-  AMPIPE_CHECK(diff.empty()) << "checkpoint '" << dir << "' was saved with a different model config ("
-                             << "checkpoint vs flags: " << diff << ")";
-  std::set<std::string> unused;
-  for (const auto& [name, t] : file.tensors) unused.insert(name);
-  for (Parameter& p : model.params().all()) {
-    auto it = file.tensors.find(p.name);
-    AMPIPE_CHECK(it != file.tensors.end()) << "checkpoint " << path << " lacks tensor '" << p.name << "'";
-    const Shape expected = whole_shape(p, stored.num_experts);
-    AMPIPE_CHECK(it->second.dtype() == DType::F32 && it->second.shape() == expected)
-        << "checkpoint tensor '" << p.name << "' is " << dtype_name(it->second.dtype()) << " "
-        << shape_string(it->second.shape()) << ", the model needs float32 " << shape_string(expected);
-    p.value.copy_from(local_slice(p, it->second));
-    unused.erase(p.name);
-  }
-  AMPIPE_CHECK(unused.empty()) << "checkpoint " << path << " has unexpected tensor '" << *unused.begin()
-                               << "'";
-}
-
-bool has_training_state(const std::string& dir) { return !is_hf_checkpoint(files_dir(dir)); }
-
-int64_t checkpoint_iteration(const std::string& root) {
-  const std::string dir = files_dir(root);
-  if (!has_training_state(dir) || !fs::exists(optimizer_path(dir))) return -1;
-  const std::map<std::string, std::string> meta = read_safetensors_header(optimizer_path(dir)).metadata;
-  const auto it = meta.find("iteration");
-  AMPIPE_CHECK(it != meta.end() && !it->second.empty() && it->second.size() <= 18 &&
-               it->second.find_first_not_of("0123456789") == std::string::npos)
-      << optimizer_path(dir) << " has no iteration stamp";
-  return std::stoll(it->second);
-}
-
-std::optional<ScheduleSettings> read_schedule_settings(const std::string& root) {
-  const std::string dir = files_dir(root);
-  if (!has_training_state(dir) || !fs::exists(optimizer_path(dir))) return std::nullopt;
-  const std::string path = optimizer_path(dir);
-  const std::map<std::string, std::string> meta = read_safetensors_header(path).metadata;
-  if (meta.find("train_iters") == meta.end()) return std::nullopt;  // written before they were recorded
-  auto get = [&](const char* key) -> const std::string& {
-    auto it = meta.find(key);
-    AMPIPE_CHECK(it != meta.end()) << path << " lacks metadata '" << key << "'";
-    return it->second;
-  };
-  auto real = [&](const char* key) {
-    size_t used = 0;
-    double v = 0;
-    try {
-      v = std::stod(get(key), &used);
-    } catch (const std::exception&) {
-      used = 0;
-    }
-    AMPIPE_CHECK(used > 0 && used == get(key).size() && std::isfinite(v))
-        << path << ": metadata '" << key << "' is not a number ('" << get(key) << "')";
-    return v;
-  };
-  auto integer = [&](const char* key) {
-    const double v = real(key);
-    AMPIPE_CHECK(v == std::floor(v) && v >= 0 && v < 9e15)
-        << path << ": metadata '" << key << "' is not a count";
-    return static_cast<int64_t>(v);
-  };
-  ScheduleSettings s;
-  s.lr.lr = real("lr");
-  s.lr.min_lr = real("min_lr");
-  s.lr.warmup_iters = integer("lr_warmup_iters");
-  s.lr.decay_iters = integer("lr_decay_iters");
-  s.adamw.weight_decay = real("weight_decay");
-  s.adamw.beta1 = real("adam_beta1");
-  s.adamw.beta2 = real("adam_beta2");
-  s.adamw.eps = real("adam_eps");
-  s.adamw.clip_grad = real("clip_grad");
-  s.train_iters = integer("train_iters");
-  s.global_batch = integer("global_batch_size");
+Shape whole_shape(const Parameter& p, int64_t experts) {
+  Shape s = p.value.shape();
+  if (p.is_expert) s[0] = experts;
   return s;
 }
 
-TrainingProgress load_training_state(const std::string& root, const GptMoe& model, AdamW& optimizer) {
-  const std::string dir = files_dir(root);
-  AMPIPE_CHECK(has_training_state(dir))
-      << "checkpoint '" << dir << "' is a Hugging Face directory: it holds weights but no training state";
-  SafetensorsFile model_file = read_safetensors(model_path(dir));
-  const std::string path = optimizer_path(dir);
-  AMPIPE_CHECK(fs::exists(path)) << "checkpoint '" << dir << "' has no optimizer state (" << path
-                                 << "); it cannot resume training";
-  SafetensorsFile file = read_safetensors(path);
-  auto get = [&](const SafetensorsFile& f, const std::string& p, const char* key) -> std::string {
-    auto it = f.metadata.find(key);
-    AMPIPE_CHECK(it != f.metadata.end()) << p << " lacks metadata '" << key << "'";
-    return it->second;
-  };
-  const std::string model_iter = get(model_file, model_path(dir), "iteration");
-  const std::string opt_iter = get(file, path, "iteration");
-  AMPIPE_CHECK(model_iter == opt_iter)
-      << "checkpoint '" << dir << "' is inconsistent: model at iteration " << model_iter << ", optimizer at "
-      << opt_iter << " (interrupted save?)";
-  TrainingProgress progress;
-  try {
-    progress.iteration = std::stoll(opt_iter);
-    progress.seed = std::stoull(get(file, path, "seed"));
-    const int64_t steps = std::stoll(get(file, path, "optimizer_steps"));
-    std::vector<std::pair<std::string, Tensor>> tensors;
-    for (const Parameter& p : model.params().all()) {
-      for (const char* suffix : {".exp_avg", ".exp_avg_sq"}) {
-        auto it = file.tensors.find(p.name + suffix);
-        AMPIPE_CHECK(it != file.tensors.end()) << path << " lacks '" << p.name << suffix << "'";
-        const Shape expected = whole_shape(p, model.config().num_experts);
-        AMPIPE_CHECK(it->second.shape() == expected)
-            << path << ": '" << p.name << suffix << "' has shape " << shape_string(it->second.shape())
-            << ", expected " << shape_string(expected);
-        tensors.emplace_back(p.name + suffix, local_slice(p, it->second));
-      }
-    }
-    optimizer.load_state(tensors, steps);
-  } catch (const std::invalid_argument&) {
-    AMPIPE_CHECK(false) << path << " has malformed metadata";
-  } catch (const std::out_of_range&) {
-    AMPIPE_CHECK(false) << path << " has malformed metadata";
-  }
-  return progress;
+int64_t global_offset(const Parameter& p) {
+  if (!p.is_expert || p.value.dim(0) == 0) return 0;
+  return p.expert_offset * (p.value.numel() / p.value.dim(0));
 }
+
+std::string files_dir(const std::string& dir) {
+  std::error_code ec;
+  if (fs::exists(model_path(dir), ec) || is_sharded_checkpoint(dir) || !fs::exists(tracker_path(dir), ec))
+    return dir;
+  return iteration_path(dir, read_tracker(dir));
+}
+
+}  // namespace checkpoint_detail
 
 }  // namespace ampipe

@@ -8,6 +8,9 @@
 // names a complete checkpoint (the previous one or the new one). save_iteration_checkpoint does this;
 // locate_checkpoint resolves ROOT (the tracker's iteration, or --ckpt-step's) and verifies it.
 //
+// --ckpt-format sharded replaces the two files by one shard per rank and an index
+// (train/sharded_checkpoint.h), under the same directory layout and crash rules.
+//
 // The readers also accept a Hugging Face Mixtral directory (train/hf_checkpoint.h): config.json and
 // model.safetensors or its sharded index, without ampipe's metadata. It holds weights only.
 //
@@ -45,6 +48,11 @@ struct TrainingProgress {
   std::optional<ScheduleSettings> schedule;  // recorded with the optimizer state when set
 };
 
+// --ckpt-format: one file pair written by world rank 0 from the gathered state (gathered, the
+// default), or every rank its own shard in parallel plus an index (sharded,
+// train/sharded_checkpoint.h). The readers below take both, whatever the layout that loads them.
+enum class CheckpointFormat { Gathered, Sharded };
+
 // With `groups` (a parallel run) expert tensors are gathered over the expert group, so the file
 // holds all experts, and world rank 0 writes; collective over the world. Any layout can load it.
 // A model on the GPU is copied to the host first: the file is the same on every device.
@@ -59,9 +67,13 @@ void save_checkpoint(const std::string& dir, const GptMoe& model, const AdamW& o
 // directories older than the newest `keep` complete ones (at or below this iteration) are deleted
 // after the tracker is written. On any failure the temporary directory is removed, the tracker and
 // the previous checkpoints are untouched, and an ampipe::Error is thrown on every rank. Collective.
+// With CheckpointFormat::Sharded every rank writes the elements the optimizer's owned_ranges name
+// (each element once over the world: the optimizer must have been given the run's GradientBuckets
+// on more than one rank), and no rank gathers the model.
 void save_iteration_checkpoint(const std::string& root, const GptMoe& model, const AdamW& optimizer,
                                const TrainingProgress& progress, const TrainingGroups* groups = nullptr,
-                               const Tokenizer* tokenizer = nullptr, int64_t keep = 0);
+                               const Tokenizer* tokenizer = nullptr, int64_t keep = 0,
+                               CheckpointFormat format = CheckpointFormat::Gathered);
 
 // One job at a time per --save ROOT: an exclusive lock (flock) on ROOT/.ampipe-save.lock, held from
 // construction (ROOT is created if missing) until destruction or the process's end (a killed job

@@ -422,7 +422,9 @@ bool after_step(Run& r, std::ofstream& metrics, Window& window, const Step& step
   if (!o.save.empty() && (last || exit_now || (o.save_interval > 0 && done % o.save_interval == 0))) {
     try {
       TrainingProgress progress{done, o.seed, schedule_settings(o, r.world.size())};
-      save_iteration_checkpoint(o.save, r.model, r.optimizer, progress, &r.groups, tokenizer, o.ckpt_keep);
+      save_iteration_checkpoint(
+          o.save, r.model, r.optimizer, progress, &r.groups, tokenizer, o.ckpt_keep,
+          o.ckpt_format == "sharded" ? CheckpointFormat::Sharded : CheckpointFormat::Gathered);
       r.log("saved checkpoint " + iteration_dir_name(done) + " to " + o.save);
       saved = true;
     } catch (const Error& e) {

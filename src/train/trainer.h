@@ -77,6 +77,9 @@ struct TrainOptions {
   // the world, expert over the expert-data group), gradients reduce-scattered, parameters
   // all-gathered after the update (train/optimizer.h, train/distributed.h ShardSpace).
   bool use_distributed_optimizer = false;
+  // --ckpt-format: "gathered" (world rank 0 writes model.safetensors and optimizer.safetensors) or
+  // "sharded" (every rank its own shard, train/sharded_checkpoint.h).
+  std::string ckpt_format = "gathered";
   // Activation recomputation (model/gpt.h recompute_groups): --recompute-granularity ("" none, or
   // "full"), --recompute-method ("uniform" or "block"), --recompute-num-layers.
   std::string recompute_granularity;

@@ -1,6 +1,9 @@
-// The distributed optimizer (--use-distributed-optimizer) on several ranks (2 and 4, under mpirun):
-// AdamW with its moments sharded over the data-parallel groups, gradients reduce-scattered and
-// parameters all-gathered, against the plain optimizer over 20 steps of the same model and data.
+// The distributed optimizer (--use-distributed-optimizer) and sharded checkpoints
+// (--ckpt-format sharded) on several ranks (2 and 4, under mpirun).
+//
+// DistributedOptimizer: AdamW with its moments sharded over the data-parallel groups, gradients
+// reduce-scattered and parameters all-gathered, against the plain optimizer over 20 steps of the
+// same model and data.
 //
 // Open MPI's reduce-scatter and all-reduce are free to add the ranks' gradients in different
 // orders, and AdamW turns a last-bit difference of a near-cancelling gradient sum into a full step
@@ -14,19 +17,24 @@
 // The AdamW kernel must not depend on where a run of elements starts (CMakeLists.txt: no contracted
 // FMAs in its scalar tail); before that rule these cases differed by up to 5e-3 on 4 ranks.
 #include <gtest/gtest.h>
+#include <unistd.h>
 
 #include <algorithm>
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
+#include <filesystem>
 #include <string>
 #include <vector>
 
 #include "parallel/mpi_gtest_main.h"
 #include "parallel/pipe_cases.h"
 #include "pipeline/streamed_block.h"
+#include "train/checkpoint.h"
 #include "train/distributed.h"
 #include "train/optimizer.h"
+#include "train/safetensors.h"
+#include "train/sharded_checkpoint.h"
 
 namespace ampipe {
 namespace {
@@ -177,6 +185,163 @@ std::vector<OptCase> cases() {
 }
 
 INSTANTIATE_TEST_SUITE_P(Cases, DistributedOptimizer, ::testing::ValuesIn(cases()), case_name);
+
+// ShardedCheckpoints: the world trains 3 steps with the distributed optimizer (EP = R/2, so
+// expert and dense shards both spread), saves sharded and, as the reference, gathered; then groups
+// of 1, 2 and R ranks load the sharded one in other layouts (EP 1 or their size, with and without
+// the distributed optimizer): every parameter and both moments equal the gathered file's, bit for
+// bit. The world then resumes it in its own layout: 3 more steps equal the uninterrupted run's bit for bit.
+struct Stepper {
+  GptMoe model;
+  GradientBuckets buckets;
+  AdamW optimizer;
+  const TrainingGroups& groups;
+  Stepper(const ModelConfig& config, const TrainingGroups& g, bool distributed)
+      : model(config, g.model_parallel()),
+        buckets(model.params(), g, config.num_layers, distributed),
+        optimizer(model.params(), AdamWConfig{}, g.expert_group.get(), &buckets),
+        groups(g) {
+    model.initialize(11);
+    set_pipe_parameters(model);
+  }
+  void steps(int from, int to) {
+    for (int step = from; step < to; ++step) {
+      ForwardState state;
+      RankRun r;
+      forward_rank_batch(model, 7 + 31 * static_cast<uint64_t>(step), groups.rank(), state, r);
+      model.backward(state);
+      buckets.reduce_all();
+      optimizer.step(1e-2);
+    }
+  }
+};
+
+std::string shared_temp_dir(const std::string& name) {
+  std::string dir = (std::filesystem::path(::testing::TempDir()) /
+                     ("ampipe_sharded_" + name + "_" + std::to_string(::getpid())))
+                        .string();
+  g_world->broadcast_bytes(dir, 0);
+  if (g_world->rank() == 0) {
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+  }
+  g_world->barrier();
+  return dir;
+}
+
+// Counts the elements of this rank's parameters and moments that differ from the gathered file's.
+int64_t differences_from_gathered(const Stepper& s, const std::string& gathered_dir) {
+  const SafetensorsFile weights = read_safetensors(gathered_dir + "/model.safetensors");
+  const SafetensorsFile moments = read_safetensors(gathered_dir + "/optimizer.safetensors");
+  int64_t wrong = 0;
+  auto compare = [&](const Parameter& p, const Tensor& mine, const Tensor& whole) {
+    const Tensor expected =
+        p.is_expert ? whole.rows(p.expert_offset, p.expert_offset + p.value.dim(0)) : whole;
+    const std::vector<float> a = mine.to_vector(), b = expected.clone().to_vector();
+    if (a.size() != b.size()) return static_cast<int64_t>(a.size() + b.size());
+    int64_t n = 0;
+    for (size_t k = 0; k < a.size(); ++k) n += a[k] != b[k];
+    return n;
+  };
+  const auto state = s.optimizer.state_tensors();  // collective when sharded
+  size_t i = 0;
+  for (const Parameter& p : s.model.params().all()) {
+    wrong += compare(p, p.value, weights.tensors.at(p.name));
+    wrong += compare(p, state[2 * i].second, moments.tensors.at(p.name + ".exp_avg"));
+    wrong += compare(p, state[2 * i + 1].second, moments.tensors.at(p.name + ".exp_avg_sq"));
+    ++i;
+  }
+  return wrong;
+}
+
+TEST(ShardedCheckpoints, LoadInAnyLayoutAndResumeBitForBit) {
+  const int R = g_world->size();
+  const std::string dir = shared_temp_dir("layouts");
+  const ModelConfig config = pipe_model(true, 2, 0.0, 2);
+  const TrainingGroups groups = make_training_groups(*g_world, R / 2, config.num_experts);
+  Stepper saver(config, groups, true);
+  saver.steps(0, 3);
+  TrainingProgress progress;
+  progress.iteration = 3;
+  save_iteration_checkpoint(dir + "/sharded", saver.model, saver.optimizer, progress, &groups, nullptr, 0,
+                            CheckpointFormat::Sharded);
+  save_iteration_checkpoint(dir + "/gathered", saver.model, saver.optimizer, progress, &groups);
+  const std::string gathered = dir + "/gathered/iter_0000003";
+  {
+    SCOPED_TRACE("rank " + std::to_string(g_world->rank()));
+    EXPECT_TRUE(is_sharded_checkpoint(dir + "/sharded/iter_0000003"));
+    EXPECT_EQ(checkpoint_problem(dir + "/sharded/iter_0000003"), "");
+    EXPECT_EQ(differences_from_gathered(saver, gathered), 0)
+        << "the saver's own state against the gathered file";
+  }
+  // Other layouts: groups of 1, 2 and R ranks, EP 1 or the group's size, either optimizer.
+  for (int size : {1, 2, R})
+    for (bool distributed : {false, true})
+      for (bool ep_whole : {false, true}) {
+        if (size == R && distributed && ep_whole) continue;  // the saver's own layout when R == 2
+        std::unique_ptr<Communicator> sub = g_world->split(g_world->rank() / size, g_world->rank());
+        const TrainingGroups layout = make_training_groups(*sub, ep_whole ? size : 1, config.num_experts);
+        Stepper loader(config, layout, distributed);
+        load_model_weights(dir + "/sharded", loader.model);
+        const TrainingProgress loaded = load_training_state(dir + "/sharded", loader.model, loader.optimizer);
+        SCOPED_TRACE("rank " + std::to_string(g_world->rank()) + ": loaded on " + std::to_string(size) +
+                     " rank(s), EP " + std::to_string(layout.expert_parallel_size) +
+                     (distributed ? ", distributed optimizer" : ", plain optimizer"));
+        EXPECT_EQ(loaded.iteration, 3);
+        EXPECT_EQ(loader.optimizer.steps_taken(), 3);
+        EXPECT_EQ(differences_from_gathered(loader, gathered), 0);
+      }
+  // The saver's layout resumes bit for bit.
+  Stepper resumed(config, groups, true);
+  load_model_weights(dir + "/sharded", resumed.model);
+  load_training_state(dir + "/sharded", resumed.model, resumed.optimizer);
+  resumed.steps(3, 6);
+  saver.steps(3, 6);
+  int64_t differing = 0;
+  for (size_t i = 0; i < saver.model.params().all().size(); ++i) {
+    const std::vector<float> a = saver.model.params().all()[i].value.to_vector();
+    const std::vector<float> b = resumed.model.params().all()[i].value.to_vector();
+    for (size_t k = 0; k < a.size(); ++k) differing += a[k] != b[k];
+  }
+  EXPECT_EQ(differing, 0) << "rank " << g_world->rank() << ": the resumed run left the uninterrupted one";
+  expect_no_rank_failed(*g_world);
+  g_world->barrier();
+  if (g_world->rank() == 0) std::filesystem::remove_all(dir);
+}
+
+// A missing or truncated shard is refused, naming it; the tracker's checkpoint is then incomplete.
+TEST(ShardedCheckpoints, AMissingOrTruncatedShardIsRefusedNamingIt) {
+  const int R = g_world->size();
+  const std::string dir = shared_temp_dir("damaged");
+  const ModelConfig config = pipe_model(false, 1, 0.0, 2);
+  const TrainingGroups groups = make_training_groups(*g_world, 1, config.num_experts);
+  Stepper saver(config, groups, false);
+  saver.steps(0, 1);
+  TrainingProgress progress;
+  progress.iteration = 1;
+  save_iteration_checkpoint(dir, saver.model, saver.optimizer, progress, &groups, nullptr, 0,
+                            CheckpointFormat::Sharded);
+  if (g_world->rank() == 0) {
+    const std::string it = dir + "/iter_0000001/";
+    const std::string last = shard_file_name(R - 1, R), first = shard_file_name(0, R);
+    std::filesystem::resize_file(it + last, std::filesystem::file_size(it + last) - 4);
+    std::string problem = checkpoint_problem(it);
+    EXPECT_NE(problem.find(last), std::string::npos) << problem;
+    EXPECT_NE(problem.find("truncated"), std::string::npos) << problem;
+    std::filesystem::remove(it + first);
+    problem = checkpoint_problem(it);
+    EXPECT_NE(problem.find(first + " is missing"), std::string::npos) << problem;
+    std::string refused;
+    try {
+      locate_checkpoint(dir);
+    } catch (const Error& e) {
+      refused = e.what();
+    }
+    EXPECT_NE(refused.find("incomplete"), std::string::npos) << refused;
+    std::filesystem::remove_all(dir);
+  }
+  expect_no_rank_failed(*g_world);
+}
 
 }  // namespace
 }  // namespace ampipe

@@ -4,6 +4,9 @@
 # finishes reaches the same final parameters, bit for bit, as an uninterrupted run.
 # Usage: test_checkpoint_kill.sh AMPIPE_BINARY [RANKS [MPIEXEC MPIEXEC_FLAGS...]]
 # With RANKS > 1 the job runs under MPIEXEC -np RANKS. Exits 77 when python3 is missing.
+# AMPIPE_KILL_FLAGS: more train flags for every run (e.g. "--ckpt-format sharded
+# --use-distributed-optimizer"); with sharded checkpoints every tensor (weights and moments) is
+# reassembled from the shards through the index and compared.
 set -uo pipefail
 source "$(dirname "$0")/launcher.sh"
 parse_launcher "$@"
@@ -17,6 +20,8 @@ train=("${launcher[@]}" "$bin" train --num-layers 2 --hidden-size 16 --num-atten
        --seq-length 16 --moe-num-experts 4 --moe-top-k 2 --micro-batch-size 2 --train-iters "$iters"
        --lr-warmup-iters 0 --eval-iters 1 --eval-interval 0 --log-interval 1 --threads 1
        --data-path "$work/corpus.txt" --save-interval 1 --ckpt-keep 2)
+# shellcheck disable=SC2206
+[ -n "${AMPIPE_KILL_FLAGS:-}" ] && train+=(${AMPIPE_KILL_FLAGS})
 
 # The reference: one uninterrupted run.
 "${train[@]}" --save "$work/ref" > "$work/ref.log" 2>&1 || { echo "reference run failed"; cat "$work/ref.log"; exit 1; }
@@ -76,12 +81,24 @@ ref, got, iters = sys.argv[1], sys.argv[2], int(sys.argv[3])
 def tensors(root):
     tracker = open(f"{root}/latest_checkpointed_iteration.txt").read().strip()
     assert tracker == str(iters), (root, tracker)
-    data = open(f"{root}/iter_{iters:07d}/model.safetensors", "rb").read()
-    n = struct.unpack("<Q", data[:8])[0]
-    header = json.loads(data[8:8 + n])
-    header.pop("__metadata__", None)
-    body = data[8 + n:]
-    return {k: (v["dtype"], v["shape"], body[v["data_offsets"][0]:v["data_offsets"][1]]) for k, v in header.items()}
+    it = f"{root}/iter_{iters:07d}"
+    def read(path):
+        data = open(path, "rb").read()
+        n = struct.unpack("<Q", data[:8])[0]
+        header = json.loads(data[8:8 + n])
+        header.pop("__metadata__", None)
+        body = data[8 + n:]
+        return {k: (v["dtype"], v["shape"], body[v["data_offsets"][0]:v["data_offsets"][1]]) for k, v in header.items()}
+    try:
+        index = json.load(open(f"{it}/checkpoint_index.json"))
+    except FileNotFoundError:
+        return read(f"{it}/model.safetensors")
+    shards = [read(f"{it}/{f['name']}") for f in index["files"]]
+    out = {}
+    for name, t in index["tensors"].items():
+        pieces = sorted(t["pieces"], key=lambda p: p["begin"])
+        out[name] = ("F32", t["shape"], b"".join(shards[p["file"]][p["key"]][2] for p in pieces))
+    return out
 a, b = tensors(ref), tensors(got)
 assert a.keys() == b.keys(), sorted(set(a) ^ set(b))
 bad = [k for k in a if a[k] != b[k]]

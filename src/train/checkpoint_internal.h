@@ -1,0 +1,22 @@
+// What train/checkpoint.cpp (writing, locating) and train/checkpoint_load.cpp (reading) share.
+// Internal to the checkpoint files.
+#pragma once
+
+#include <string>
+
+#include "model/parameters.h"
+
+namespace ampipe::checkpoint_detail {
+
+// DIR/model.safetensors, DIR/optimizer.safetensors (the gathered format).
+std::string model_path(const std::string& dir);
+std::string optimizer_path(const std::string& dir);
+// The whole tensor's shape: an expert parameter's over all `experts`.
+Shape whole_shape(const Parameter& p, int64_t experts);
+// Where this rank's local tensor starts in the flattened whole one (its expert slice's first
+// element; 0 for a replicated parameter).
+int64_t global_offset(const Parameter& p);
+// An iteration root's latest checkpoint directory (its tracker's iteration, unverified), else `dir`.
+std::string files_dir(const std::string& dir);
+
+}  // namespace ampipe::checkpoint_detail
