@@ -74,6 +74,12 @@ void ShardSpace::pack(Tensor out, bool gradients) const {
   }
 }
 
+Tensor ShardSpace::gradient(const Segment& seg) const {
+  if (group == nullptr)
+    return seg.param->grad.reshape({seg.param->grad.numel()}).rows(seg.begin, seg.begin + seg.numel);
+  return shard_grad.rows(seg.offset, seg.offset + seg.numel);
+}
+
 void ShardSpace::unpack_values(const Tensor& in) const {
   int64_t offset = 0;
   for (Parameter* p : params) {
@@ -150,20 +156,22 @@ void reduce_packed(ShardSpace& space, float scale) {
   }
 }
 
-// The sharded reduction: this rank's owned elements of the sum, times scale, into shard_grad.
+// The sharded reduction: this rank's owned elements of the sum, times scale, into shard_grad. A
+// space without a group (this rank owns all of it) keeps its gradients where they are, scaled.
 void reduce_scattered(ShardSpace& space, float scale) {
   if (space.params.empty()) return;
+  if (space.group == nullptr) {
+    if (scale != 1.0f)
+      for (Parameter* p : space.params) kernels::scale_inplace(p->grad, scale);
+    return;
+  }
   const Device device = space.params[0]->grad.device();
   const int64_t G = space.group_size();
   if (!space.shard_grad.defined()) space.shard_grad = Tensor::zeros({space.shard}, DType::F32, device);
-  if (space.group == nullptr) {
-    space.pack(space.shard_grad, /*gradients=*/true);
-  } else {
-    if (!space.buffer.defined()) space.buffer = Tensor::zeros({G * space.shard}, DType::F32, device);
-    space.pack(space.buffer, /*gradients=*/true);  // the padding stays zero
-    space.group->reduce_scatter_sum(space.buffer, space.shard_grad);
-  }
-  if (scale != 1.0f) kernels::scale_inplace(space.shard_grad, scale);
+  if (!space.buffer.defined()) space.buffer = Tensor::zeros({G * space.shard}, DType::F32, device);
+  space.pack(space.buffer, /*gradients=*/true);  // the padding stays zero
+  space.group->reduce_scatter_sum(space.buffer, space.shard_grad);
+  kernels::scale_inplace(space.shard_grad, scale);
 }
 
 }  // namespace

@@ -56,7 +56,8 @@ void average_gradients(ParameterRegistry& params, const TrainingGroups& groups);
 //
 // Sharded (--use-distributed-optimizer): reduce_* reduce-scatter instead. Each space's packed
 // gradients are summed over its group and scaled by 1/R into `shard_grad`, this rank's owned
-// elements only; the parameters' own `grad` tensors are left unreduced. The optimizer
+// elements only; the parameters' own `grad` tensors are left unreduced. A space whose group is one
+// rank (expert parameters when EP = the world) keeps its gradients in place, scaled. The optimizer
 // (train/optimizer.h) updates the owned elements and all-gathers the parameters.
 struct ShardSpace {
   // A run of one parameter's flattened elements [begin, begin + numel) that this rank owns, held at
@@ -72,8 +73,11 @@ struct ShardSpace {
   int64_t total = 0, shard = 0;    // elements
   std::vector<Segment> owned;
   Tensor buffer;      // packed gradients (group size x shard when sharded), allocated once
-  Tensor shard_grad;  // sharded: this rank's reduced gradient, `shard` elements
+  Tensor shard_grad;  // sharded, with a group: this rank's reduced gradient, `shard` elements
 
+  // A segment's reduced gradient (sharded): its run of shard_grad, or of the parameter's own grad
+  // when the space has no group.
+  Tensor gradient(const Segment& seg) const;
   int group_size() const { return group == nullptr ? 1 : group->size(); }
   int group_rank() const { return group == nullptr ? 0 : group->rank(); }
   // Packs the parameters' values (or gradients) into `out` (>= total elements; padding untouched).

@@ -73,13 +73,25 @@ double AdamW::step(double lr) {
 double AdamW::sharded_step(double lr) {
   const std::vector<ShardSpace*> spaces = shards_->spaces();
   double sq = 0;
-  for (const ShardSpace* space : spaces) sq += kernels::sum_of_squares(space->shard_grad);
+  for (const ShardSpace* space : spaces) {
+    if (space->group != nullptr) {
+      sq += kernels::sum_of_squares(space->shard_grad);
+    } else {
+      for (const Parameter* p : space->params) sq += kernels::sum_of_squares(p->grad);
+    }
+  }
   Communicator* world = shards_->world();
   if (world != nullptr && world->size() > 1) world->all_reduce_sum(sq);
   const double norm = std::sqrt(sq);
   if (config_.clip_grad > 0 && norm > config_.clip_grad) {
     const float scale = static_cast<float>(config_.clip_grad / (norm + 1e-6));
-    for (ShardSpace* space : spaces) kernels::scale_inplace(space->shard_grad, scale);
+    for (ShardSpace* space : spaces) {
+      if (space->group != nullptr) {
+        kernels::scale_inplace(space->shard_grad, scale);
+      } else {
+        for (Parameter* p : space->params) kernels::scale_inplace(p->grad, scale);
+      }
+    }
   }
   ++step_;
   for (size_t k = 0; k < spaces.size(); ++k) {
@@ -87,22 +99,19 @@ double AdamW::sharded_step(double lr) {
     for (const ShardSpace::Segment& seg : space.owned) {
       const int64_t n = seg.param->value.numel(), end = seg.offset + seg.numel;
       kernels::adamw_update(seg.param->value.reshape({n}).rows(seg.begin, seg.begin + seg.numel),
-                            space.shard_grad.rows(seg.offset, end), exp_avg_[k].rows(seg.offset, end),
+                            space.gradient(seg), exp_avg_[k].rows(seg.offset, end),
                             exp_avg_sq_[k].rows(seg.offset, end), hyper(*seg.param, lr));
     }
     if (space.group == nullptr) continue;  // this rank owns the whole space: updated in place
-    // Every rank's updated elements to every rank of the group. The send buffer's padding and the
-    // gathered buffer's stay zero, which the next reduce-scatter of the buffer relies on.
-    const Device device = space.params[0]->value.device();
-    Tensor mine = Tensor::zeros({space.shard}, DType::F32, device);
+    // Every rank's updated elements to every rank of the group, sent from shard_grad (the gradient
+    // is spent). Its padding, and so the gathered buffer's, stays zero (the reduce-scatter summed
+    // zero padding there), which the next reduce-scatter of the buffer relies on.
     for (const ShardSpace::Segment& seg : space.owned) {
       const int64_t n = seg.param->value.numel();
-      mine.rows(seg.offset, seg.offset + seg.numel)
+      space.shard_grad.rows(seg.offset, seg.offset + seg.numel)
           .copy_from(seg.param->value.reshape({n}).rows(seg.begin, seg.begin + seg.numel));
     }
-    const int64_t G = space.group_size();
-    if (!space.buffer.defined()) space.buffer = Tensor::zeros({G * space.shard}, DType::F32, device);
-    space.group->all_gather(mine, space.buffer);
+    space.group->all_gather(space.shard_grad, space.buffer);
     space.unpack_values(space.buffer);
   }
   return norm;

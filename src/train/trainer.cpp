@@ -422,10 +422,20 @@ bool after_step(Run& r, std::ofstream& metrics, Window& window, const Step& step
   if (!o.save.empty() && (last || exit_now || (o.save_interval > 0 && done % o.save_interval == 0))) {
     try {
       TrainingProgress progress{done, o.seed, schedule_settings(o, r.world.size())};
+      const auto save_start = std::chrono::steady_clock::now();
+      const int64_t resident_before = resident_bytes();
       save_iteration_checkpoint(
           o.save, r.model, r.optimizer, progress, &r.groups, tokenizer, o.ckpt_keep,
           o.ckpt_format == "sharded" ? CheckpointFormat::Sharded : CheckpointFormat::Gathered);
-      r.log("saved checkpoint " + iteration_dir_name(done) + " to " + o.save);
+      // Freed memory stays in the process (core/memory.h), so the resident size after the save
+      // covers its peak: the growth is what the save needed beyond what training already held.
+      char how[160];
+      std::snprintf(how, sizeof how, " (%s, %.2f s; resident %.0f -> %.0f MiB on rank %d)",
+                    o.ckpt_format.c_str(),
+                    std::chrono::duration<double>(std::chrono::steady_clock::now() - save_start).count(),
+                    static_cast<double>(resident_before) / (1 << 20),
+                    static_cast<double>(resident_bytes()) / (1 << 20), r.world.rank());
+      r.log("saved checkpoint " + iteration_dir_name(done) + " to " + o.save + how);
       saved = true;
     } catch (const Error& e) {
       if (o.exit_on_save_failure) throw;  // every rank throws the same error
