@@ -224,6 +224,10 @@ void add_parallel_flags(CLI::App& cmd, TrainCommand& c) {
       "gradients are reduce-scattered, each rank updates the parameters it owns, the parameters "
       "are all-gathered. Optimizer memory per rank falls to 1/DP; results equal the plain optimizer's "
       "up to the summation order of the gradient norm");
+  cmd.add_flag("--overlap-param-gather", t.overlap_param_gather,
+               "With --use-distributed-optimizer and --overlap-grad-reduce: all-gather each block's updated "
+               "parameters on the communication stream during the next forward (block 0's first, block l+1's "
+               "under block l's attention) instead of right after the update. Results are the same");
   cmd.add_option("--recompute-granularity", t.recompute_granularity,
                  "Activation recomputation, the same results bit for bit: full (the blocks of --recompute-method "
                  "keep only their input through the forward and run their forward again just before their "

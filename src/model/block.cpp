@@ -48,12 +48,16 @@ Tensor SequentialBlock::backward(const Block& block, BlockContext& ctx, const Te
 
 Tensor BlockExecutor::forward_layers(const std::vector<Block>& blocks, std::vector<BlockContext>& ctx,
                                      const Tensor& x, int64_t batch, int64_t seq_len,
-                                     std::vector<RoutingStats>& stats) const {
+                                     std::vector<RoutingStats>& stats,
+                                     const std::function<void(int64_t)>& block_needed) const {
   AMPIPE_CHECK(ctx.size() == blocks.size() && stats.size() == blocks.size())
       << "forward_layers: " << blocks.size() << " blocks but " << ctx.size() << " contexts and " << stats.size()
       << " statistics";
   Tensor h = x;
-  for (size_t l = 0; l < blocks.size(); ++l) h = forward(blocks[l], ctx[l], h, batch, seq_len, stats[l]);
+  for (size_t l = 0; l < blocks.size(); ++l) {
+    if (block_needed) block_needed(static_cast<int64_t>(l));
+    h = forward(blocks[l], ctx[l], h, batch, seq_len, stats[l]);
+  }
   return h;
 }
 

@@ -43,8 +43,14 @@ class BlockExecutor {
 
   // A pass over L blocks: x -> the output of blocks[L-1], ctx and stats one per block (sized by
   // the caller). The default runs forward() block by block; an executor may overlap blocks.
-  virtual Tensor forward_layers(const std::vector<Block>& blocks, std::vector<BlockContext>& ctx, const Tensor& x,
-                                int64_t batch, int64_t seq_len, std::vector<RoutingStats>& stats) const;
+  // block_needed (may be empty) is called once per block, first block first, before anything reads
+  // that block's parameters: the hook of the distributed optimizer's overlapped parameter
+  // all-gather. The default calls it on this thread before the block's forward(); a streamed
+  // executor calls it as a task of its communication stream (the same rules as block_done below).
+  virtual Tensor forward_layers(const std::vector<Block>& blocks, std::vector<BlockContext>& ctx,
+                                const Tensor& x, int64_t batch, int64_t seq_len,
+                                std::vector<RoutingStats>& stats,
+                                const std::function<void(int64_t)>& block_needed = {}) const;
   // dy of the last block's output -> dx of the first block's input; releases every ctx.
   // block_done (may be empty) is called once per block, last block first, as soon as every
   // parameter gradient of that block is final: the default calls it on this thread after the

@@ -72,7 +72,8 @@ std::vector<RecomputeGroup> GptMoe::groups() const {
   return recompute_.empty() ? std::vector<RecomputeGroup>{{0, config_.num_layers, false}} : recompute_;
 }
 
-void GptMoe::run_blocks(ForwardState& state, Tensor& x) const {
+void GptMoe::run_blocks(ForwardState& state, Tensor& x,
+                        const std::function<void(int64_t)>& block_needed) const {
   const int64_t L = config_.num_layers;
   state.blocks.assign(L, BlockContext{});
   state.routing.assign(L, RoutingStats{});
@@ -82,7 +83,9 @@ void GptMoe::run_blocks(ForwardState& state, Tensor& x) const {
     std::vector<BlockContext> ctx(g.end - g.begin);
     std::vector<RoutingStats> stats(state.routing.begin() + g.begin, state.routing.begin() + g.end);
     state.group_inputs.push_back(g.recompute ? x : Tensor());
-    x = executor_->forward_layers(blocks(g.begin, g.end), ctx, x, state.batch, state.seq_len, stats);
+    std::function<void(int64_t)> hook;
+    if (block_needed) hook = [&block_needed, offset = g.begin](int64_t l) { block_needed(offset + l); };
+    x = executor_->forward_layers(blocks(g.begin, g.end), ctx, x, state.batch, state.seq_len, stats, hook);
     std::copy(stats.begin(), stats.end(), state.routing.begin() + g.begin);
     if (!g.recompute) std::move(ctx.begin(), ctx.end(), state.blocks.begin() + g.begin);
     // else: the group's activations go now; backward_blocks runs its forward again
@@ -123,7 +126,8 @@ std::vector<Block> GptMoe::blocks(int64_t begin, int64_t end) const {
   return out;
 }
 
-LossParts GptMoe::forward(ForwardState& state, const Tensor& tokens, const Tensor& targets, int64_t batch) const {
+LossParts GptMoe::forward(ForwardState& state, const Tensor& tokens, const Tensor& targets, int64_t batch,
+                          const std::function<void(int64_t)>& block_needed) const {
   AMPIPE_CHECK(batch >= 1 && tokens.numel() % batch == 0)
       << "token count " << tokens.numel() << " is not a multiple of the batch " << batch;
   const int64_t T = tokens.numel();
@@ -141,7 +145,7 @@ LossParts GptMoe::forward(ForwardState& state, const Tensor& tokens, const Tenso
 
   Tensor x = Tensor::empty({T, d}, DType::F32, device);
   kernels::embedding_forward(state.tokens, token_emb_->value, pos_emb_ ? pos_emb_->value : Tensor(), N, x);
-  run_blocks(state, x);
+  run_blocks(state, x, block_needed);
 
   state.x_final = x;
   state.y = Tensor::empty({T, d}, DType::F32, device);

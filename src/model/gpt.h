@@ -87,7 +87,13 @@ class GptMoe {
   // Under --bf16 it first refreshes the parameters' compute copies (model/parameters.h).
   // lm_loss is this rank's mean; the aux loss uses routing statistics summed over the data group
   // (one global load-balancing loss). Collective over the expert and data groups.
-  LossParts forward(ForwardState& state, const Tensor& tokens, const Tensor& targets, int64_t batch) const;
+  // block_needed(l) (optional) is called once per block before anything reads block l's
+  // parameters, possibly on the executor's communication stream (BlockExecutor::forward_layers):
+  // the hook of the distributed optimizer's overlapped parameter all-gather, which also refreshes
+  // that block's bf16 copies. The parameters outside the blocks must be ready before forward().
+  // A recomputed forward (in the backward) does not call it.
+  LossParts forward(ForwardState& state, const Tensor& tokens, const Tensor& targets, int64_t batch,
+                    const std::function<void(int64_t)>& block_needed = {}) const;
   // Accumulates loss_scale * the gradient of (lm_loss + aux_loss_weight * data_size * aux_loss)
   // with respect to this rank's tokens into the gradients, so that the average of the gradients
   // over the data group is the gradient of the global loss (mean of lm_loss + weight * aux).
@@ -112,7 +118,7 @@ class GptMoe {
   const BlockExecutor* executor_ = &sequential_;
   std::vector<RecomputeGroup> recompute_;  // empty: one kept group
 
-  void run_blocks(ForwardState& state, Tensor& x) const;
+  void run_blocks(ForwardState& state, Tensor& x, const std::function<void(int64_t)>& block_needed) const;
   Tensor backward_blocks(ForwardState& state, const Tensor& dy, double aux_scale,
                          const std::function<void(int64_t)>& block_done) const;
   std::vector<RecomputeGroup> groups() const;

@@ -53,9 +53,12 @@ void ParameterRegistry::set_compute_dtype(DType dtype) {
 }
 
 void ParameterRegistry::refresh_compute() const {
-  for (const Parameter& p : params_)
-    if (p.compute.defined())  // both contiguous: converted as one row of every element
-      kernels::convert(p.value.reshape({p.value.numel()}), p.compute.reshape({p.compute.numel()}));
+  for (const Parameter& p : params_) refresh_compute(p);
+}
+
+void ParameterRegistry::refresh_compute(const Parameter& p) const {
+  if (p.compute.defined())  // both contiguous: converted as one row of every element
+    kernels::convert(p.value.reshape({p.value.numel()}), p.compute.reshape({p.compute.numel()}));
 }
 
 }  // namespace ampipe

@@ -66,6 +66,8 @@ class ParameterRegistry {
   // Rewrites every compute copy from its value (round to nearest even). A no-op under F32. Const:
   // the copies are a cache of the values, not state of their own.
   void refresh_compute() const;
+  // The same for one parameter of this registry (a no-op without a compute copy).
+  void refresh_compute(const Parameter& p) const;
 
  private:
   Device device_;

@@ -112,7 +112,8 @@ Tensor StreamedBlock::backward(const Block& block, BlockContext& ctx, const Tens
 
 Tensor StreamedBlock::forward_layers(const std::vector<Block>& blocks, std::vector<BlockContext>& ctx,
                                      const Tensor& x, int64_t batch, int64_t seq_len,
-                                     std::vector<RoutingStats>& stats) const {
+                                     std::vector<RoutingStats>& stats,
+                                     const std::function<void(int64_t)>& block_needed) const {
   const size_t L = blocks.size();
   AMPIPE_CHECK(L >= 1 && ctx.size() == L && stats.size() == L)
       << "forward_layers: " << L << " blocks but " << ctx.size() << " contexts and " << stats.size() << " statistics";
@@ -136,7 +137,7 @@ Tensor StreamedBlock::forward_layers(const std::vector<Block>& blocks, std::vect
     c.attention_input.assign(A, 0);
     blocks[l].attention.prepare_forward(c.attention, in[l], batch, seq_len);
   }
-  const PassShape pass{static_cast<int64_t>(L), scope_, false};
+  const PassShape pass{static_cast<int64_t>(L), scope_, false, static_cast<bool>(block_needed)};
   execute(forward_tasks(p, order_, pass), [&](const StageTask& t) {
     const size_t c = static_cast<size_t>(t.chunk), l = static_cast<size_t>(t.layer);
     const Block& block = blocks[l];
@@ -157,6 +158,9 @@ Tensor StreamedBlock::forward_layers(const std::vector<Block>& blocks, std::vect
       case Stage::Experts: block.moe.run_experts(bc.moe[c]); break;
       case Stage::Combine: block.moe.exchange_combine(bc.moe[c]); break;
       case Stage::Finish: moe_rows[c].write(block.moe.finish_forward(bc.moe[c]), in[l + 1]); break;
+      case Stage::ParamGather:
+        block_needed(static_cast<int64_t>(l));
+        break;
       default: AMPIPE_CHECK(false) << "stage " << stage_name(t.stage) << " in a forward task list";
     }
   }, L > 1);

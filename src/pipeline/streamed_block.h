@@ -42,8 +42,10 @@ class StreamedBlock final : public BlockExecutor {
   Tensor backward(const Block& block, BlockContext& ctx, const Tensor& dy, const RoutingStats& stats,
                   double aux_grad_scale) const override;
 
+  // block_needed runs as a ParamGather task on the comm stream (pipeline/task_list.h).
   Tensor forward_layers(const std::vector<Block>& blocks, std::vector<BlockContext>& ctx, const Tensor& x,
-                        int64_t batch, int64_t seq_len, std::vector<RoutingStats>& stats) const override;
+                        int64_t batch, int64_t seq_len, std::vector<RoutingStats>& stats,
+                        const std::function<void(int64_t)>& block_needed = {}) const override;
   // block_done runs as a GradReduce task on the comm stream (pipeline/task_list.h).
   Tensor backward_layers(const std::vector<Block>& blocks, std::vector<BlockContext>& ctx, const Tensor& dy,
                          const std::vector<RoutingStats>& stats, double aux_grad_scale,

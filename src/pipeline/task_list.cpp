@@ -46,6 +46,8 @@ const char* stage_name(Stage stage) {
     case Stage::QkvChunk: return "ln1+qkv chunk";
     case Stage::QkvChunkBwd: return "qkv+ln1 bwd chunk";
     case Stage::GradReduce: return "grad reduce";
+    case Stage::ParamGather:
+      return "param gather";
   }
   return "?";
 }
@@ -57,6 +59,8 @@ StreamRole stage_stream(Stage stage) {
     case Stage::CombineBwd:
     case Stage::DispatchBwd:
     case Stage::GradReduce: return StreamRole::Comm;
+    case Stage::ParamGather:
+      return StreamRole::Comm;
     default: return StreamRole::Compute;
   }
 }
@@ -141,11 +145,19 @@ void check_pass(const PassShape& pass) {
 class ForwardBuilder {
  public:
   ForwardBuilder(const ChunkPlan& p, StageOrder order, const PassShape& pass)
-      : order_(order), model_(pass.scope == PipelineScope::Model), L_(static_cast<int>(pass.num_layers)),
-        A_(static_cast<int>(p.attention.size()) - 1), M_(static_cast<int>(p.moe.size()) - 1),
-        ready_(moe_ready_after(p)), next_ready_(next_block_ready_after(p)), layers_(L_, Layer(M_)) {}
+      : order_(order),
+        model_(pass.scope == PipelineScope::Model),
+        gather_(pass.gather_params),
+        L_(static_cast<int>(pass.num_layers)),
+        A_(static_cast<int>(p.attention.size()) - 1),
+        M_(static_cast<int>(p.moe.size()) - 1),
+        ready_(moe_ready_after(p)),
+        next_ready_(next_block_ready_after(p)),
+        layers_(L_, Layer(M_)),
+        gathered_(L_, -1) {}
 
   std::vector<StageTask> build() {
+    if (gather_) gathered_[0] = b_.add(Stage::ParamGather, -1, {}, 0);
     for (int l = 0; l < (model_ ? 1 : L_); ++l)
       for (int a = 0; a < A_; ++a) attention(l, a);
     return std::move(b_.tasks);
@@ -158,19 +170,28 @@ class ForwardBuilder {
     int next_experts = 0, next_finish = 0;
   };
   StageOrder order_;
-  bool model_;
+  bool model_, gather_;
   int L_, A_, M_;
   std::vector<std::vector<int>> ready_, next_ready_;
   std::vector<Layer> layers_;
+  std::vector<int> gathered_;  // each block's ParamGather task, once added
   Builder b_;
 
   void attention(int l, int a) {
     Layer& s = layers_[l];
-    if (model_) b_.add(Stage::QkvChunk, a, {}, l);
-    else if (a == 0) b_.add(Stage::AttnBegin, -1, {}, l);
+    // The block's first compute task waits for its parameters.
+    std::vector<int> first;
+    if (gather_ && a == 0) first.push_back(gathered_[l]);
+    if (model_)
+      b_.add(Stage::QkvChunk, a, first, l);
+    else if (a == 0)
+      b_.add(Stage::AttnBegin, -1, first, l);
     b_.add(Stage::AttnChunk, a, {}, l);
     for (int m : ready_[a]) {
       const int routed = b_.add(Stage::Route, m, {}, l);
+      // The next block's parameters travel under this block's attention, before its first dispatch.
+      if (gather_ && l + 1 < L_ && gathered_[l + 1] < 0)
+        gathered_[l + 1] = b_.add(Stage::ParamGather, -1, {}, l + 1);
       s.dispatched[m] = b_.add(Stage::Dispatch, m, {routed}, l);
       if (order_ == StageOrder::Interleaved) {
         if (m >= 1) experts(l, s.next_experts++);
@@ -339,6 +360,7 @@ void check_task_list(const std::vector<StageTask>& tasks, const ChunkPlan& plan,
   if (!backward) {
     stages = {Stage::AttnChunk, Stage::Route, Stage::Dispatch, Stage::Experts, Stage::Combine, Stage::Finish};
     stages.push_back(pass.scope == PipelineScope::Model ? Stage::QkvChunk : Stage::AttnBegin);
+    if (pass.gather_params) stages.push_back(Stage::ParamGather);
   } else {
     stages = {Stage::FinishBwd, Stage::CombineBwd, Stage::ExpertsBwd, Stage::DispatchBwd, Stage::RouteBwd,
               Stage::AttnChunkBwd};
@@ -346,7 +368,10 @@ void check_task_list(const std::vector<StageTask>& tasks, const ChunkPlan& plan,
     if (pass.reduce_gradients) stages.push_back(Stage::GradReduce);
   }
   // Whole-sequence (and whole-block) stages carry chunk -1.
-  auto whole = [](Stage s) { return s == Stage::AttnBegin || s == Stage::AttnFinishBwd || s == Stage::GradReduce; };
+  auto whole = [](Stage s) {
+    return s == Stage::AttnBegin || s == Stage::AttnFinishBwd || s == Stage::GradReduce ||
+           s == Stage::ParamGather;
+  };
   auto chunks_of = [&](Stage s) { return is_attention_stage(s) ? A : M; };
   auto key = [](Stage s, int l, int c) { return (static_cast<int64_t>(s) * 4096 + l) * 65536 + (c + 1); };
   std::map<int64_t, int> where;
@@ -373,6 +398,9 @@ void check_task_list(const std::vector<StageTask>& tasks, const ChunkPlan& plan,
     const StageTask& t = tasks[i];
     const int l = t.layer, c = t.chunk;
     std::vector<int> needs;
+    // Every compute task of a block reads its parameters: gathered first.
+    if (!backward && pass.gather_params && t.stream() == StreamRole::Compute)
+      needs.push_back(at(Stage::ParamGather, l, -1));
     auto attn_range = [&](int a) { return std::pair(plan.attention[a], plan.attention[a + 1]); };
     auto moe_range = [&](int m) { return std::pair(plan.moe[m], plan.moe[m + 1]); };
     // the finishes (forward) of block l-1 that write rows of [b, e)
@@ -434,6 +462,8 @@ void check_task_list(const std::vector<StageTask>& tasks, const ChunkPlan& plan,
         }
         if (!model) needs.push_back(at(Stage::AttnFinishBwd, l, -1));
         break;
+      case Stage::ParamGather:
+        break;  // the optimizer's update, before the pass
     }
     for (int j : needs)
       AMPIPE_CHECK(before[i][j]) << "task " << i << " (" << task_label(t) << ") may run before its input, task " << j

@@ -24,7 +24,10 @@
 //          have run), and block l-1's MoE chunk m starts once every attention chunk of block l
 //          holding positions of m has.
 // The compute stream still takes each block's stages in `order`; the model scope only slots the
-// next block's work in where its inputs exist. With gradient reduction, the backward list holds one
+// next block's work in where its inputs exist. With parameter gathering (--overlap-param-gather),
+// the forward list holds one ParamGather task per block on the comm stream: block 0's first, block
+// l+1's just before block l's first dispatch (so it runs under block l's attention), and block l's
+// first compute task waits for block l's. With gradient reduction, the backward list holds one
 // GradReduce task per block on the comm stream, right after that block's last compute task, which it
 // waits for; it reduces that block's gradients (data-parallel), so the reduction overlaps the lower
 // blocks' backward.
@@ -50,13 +53,13 @@ PipelineScope parse_pipeline_scope(const std::string& name);
 
 enum class Stage {
   // forward
-  AttnBegin,      // LN1 + QKV of the whole sequence (compute)
-  AttnChunk,      // attention chunk: core + projection + residual -> token buffer (compute)
-  Route,          // MoE chunk: LN2, router, permute (compute)
-  Dispatch,       // MoE chunk: all-to-all to the experts (comm)
-  Experts,        // MoE chunk: expert FFNs (compute)
-  Combine,        // MoE chunk: all-to-all back (comm)
-  Finish,         // MoE chunk: unpermute * gate + residual -> block output (compute)
+  AttnBegin,  // LN1 + QKV of the whole sequence (compute)
+  AttnChunk,  // attention chunk: core + projection + residual -> token buffer (compute)
+  Route,      // MoE chunk: LN2, router, permute (compute)
+  Dispatch,   // MoE chunk: all-to-all to the experts (comm)
+  Experts,    // MoE chunk: expert FFNs (compute)
+  Combine,    // MoE chunk: all-to-all back (comm)
+  Finish,     // MoE chunk: unpermute * gate + residual -> block output (compute)
   // backward
   FinishBwd,      // MoE chunk: gradient through unpermute and gate (compute)
   CombineBwd,     // MoE chunk: all-to-all of that gradient to the experts (comm)
@@ -66,10 +69,12 @@ enum class Stage {
   AttnChunkBwd,   // attention chunk: residual, projection, core backward; dK, dV accumulate (compute)
   AttnFinishBwd,  // QKV + LN1 backward of the whole sequence (compute)
   // model scope: the attention side's whole-sequence stages, per attention chunk
-  QkvChunk,       // LN1 + QKV (+ rope) of the chunk's rows (compute, forward)
-  QkvChunkBwd,    // their backward; adds the chunk's rows of the block input gradient (compute)
+  QkvChunk,     // LN1 + QKV (+ rope) of the chunk's rows (compute, forward)
+  QkvChunkBwd,  // their backward; adds the chunk's rows of the block input gradient (compute)
   // gradient reduction overlapped with the backward
-  GradReduce,     // all-reduce of one block's gradients over the data-parallel groups (comm)
+  GradReduce,  // all-reduce of one block's gradients over the data-parallel groups (comm)
+  // the distributed optimizer's parameter all-gather overlapped with the forward
+  ParamGather,  // all-gather of one block's updated parameters (comm)
 };
 const char* stage_name(Stage stage);
 StreamRole stage_stream(Stage stage);
@@ -96,6 +101,7 @@ struct PassShape {
   int64_t num_layers = 1;
   PipelineScope scope = PipelineScope::Block;
   bool reduce_gradients = false;  // backward only: a GradReduce task per block
+  bool gather_params = false;     // forward only: a ParamGather task per block
 };
 
 // The forward and backward task lists of a block cut by `plan`, the compute stream taking stages in

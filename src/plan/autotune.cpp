@@ -70,7 +70,7 @@ std::vector<PlanCandidate> evaluate_candidates(const BlockShape& shape, const Ha
     if (std::find(scopes.begin(), scopes.end(), scope) == scopes.end()) scopes.push_back(scope);
   std::vector<PlanCandidate> out;
   auto price = [&](const BlockSchedule& s, StageOrder order, PipelineScope scope) {
-    const PassShape pass{options.num_layers, scope, options.reduce_gradients};
+    const PassShape pass{options.num_layers, scope, options.reduce_gradients, options.gather_params};
     out.push_back(PlanCandidate{s, order, scope, predict_pass(s, order, shape, hw, pass)});
   };
   auto add = [&](const BlockSchedule& s, StageOrder order) {

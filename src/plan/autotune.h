@@ -40,10 +40,12 @@ struct AutotuneOptions {
   bool balanced_chunks = true;    // also try the balanced attention side
   bool separate_moe_side = true;  // also try MoE sides of P/2, P, 2P chunks
   // The pass every candidate is priced over (PassShape): blocks (>= 1), the scopes to try (not
-  // empty; only block scope when num_layers == 1), and a GradReduce task per block in the backward.
+  // empty; only block scope when num_layers == 1), a GradReduce task per block in the backward,
+  // and a ParamGather task per block in the forward (--overlap-param-gather).
   int64_t num_layers = 1;
   std::vector<PipelineScope> scopes = {PipelineScope::Block, PipelineScope::Model};
   bool reduce_gradients = false;
+  bool gather_params = false;
 
   void validate() const;  // throws ampipe::Error naming the bad option
 };

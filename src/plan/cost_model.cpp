@@ -164,7 +164,8 @@ StageWork stage_work(Stage stage, int64_t begin, int64_t end, const BlockShape& 
       work.gemm_flops = 4 * T * d * w;
       elems = bias * T * w + rope + 6 * T * d + (gathers ? 2 * T * w + 4 * T * d : 0);
       break;
-    case Stage::GradReduce:  // priced by grad_reduce_seconds
+    case Stage::GradReduce:   // priced by grad_reduce_seconds
+    case Stage::ParamGather:  // priced by param_gather_seconds
       break;
     case Stage::Dispatch:
     case Stage::Combine:
@@ -255,9 +256,26 @@ double grad_reduce_seconds(const BlockShape& shape, const HardwareProfile& hw) {
   return seconds;
 }
 
+double param_gather_seconds(const BlockShape& shape, const HardwareProfile& hw) {
+  check_profile(hw);
+  const BlockGradients g = block_gradients(shape.config, shape.ranks);
+  const double s = double(hw.bytes_per_element);
+  double seconds = hw.task_overhead;
+  // A ring all-gather sends (R - 1) / R of the whole off each rank; then one unpacking pass.
+  auto gather = [&](double elements, int64_t ranks) {
+    if (ranks <= 1 || elements <= 0) return 0.0;
+    const double bytes = double(ranks - 1) / double(ranks) * elements * s;
+    return all_to_all_seconds(bytes, 1, ranks, hw) + elementwise_seconds(2 * elements * s, hw);
+  };
+  seconds += gather(g.dense, shape.effective_data_ranks());
+  seconds += gather(g.expert, shape.effective_data_ranks() / shape.ranks);
+  return seconds;
+}
+
 double stage_seconds(const StageTask& task, const ChunkPlan& plan, const BlockShape& shape,
                      const HardwareProfile& hw) {
   if (task.stage == Stage::GradReduce) return grad_reduce_seconds(shape, hw);
+  if (task.stage == Stage::ParamGather) return param_gather_seconds(shape, hw);
   if (task.stage == Stage::AttnBegin || task.stage == Stage::AttnFinishBwd)
     return stage_seconds(task.stage, 0, shape.seq_len, shape, hw);
   const std::vector<int64_t>& bounds = is_attention_stage(task.stage) ? plan.attention : plan.moe;

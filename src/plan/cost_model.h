@@ -76,6 +76,9 @@ BlockGradients block_gradients(const ModelConfig& config, int64_t expert_ranks);
 // data_ranks / ranks (a ring: 2 (n - 1) / n of the bytes leave each rank, on the all-to-all's
 // links), each then scaled; 0 work (the task overhead) on one rank.
 double grad_reduce_seconds(const BlockShape& shape, const HardwareProfile& hw);
+// A ParamGather task (--overlap-param-gather): the block's parameters all-gathered over the same
+// groups (a ring: (n - 1) / n of the bytes leave each rank), then unpacked.
+double param_gather_seconds(const BlockShape& shape, const HardwareProfile& hw);
 
 // Seconds of `memory_bytes` of elementwise passes (the cache blend above).
 double elementwise_seconds(double memory_bytes, const HardwareProfile& hw);

@@ -80,6 +80,19 @@ Tensor ShardSpace::gradient(const Segment& seg) const {
   return shard_grad.rows(seg.offset, seg.offset + seg.numel);
 }
 
+void ShardSpace::stage_values() {
+  for (const Segment& seg : owned) {
+    const int64_t n = seg.param->value.numel();
+    shard_grad.rows(seg.offset, seg.offset + seg.numel)
+        .copy_from(seg.param->value.reshape({n}).rows(seg.begin, seg.begin + seg.numel));
+  }
+}
+
+void ShardSpace::gather_values() {
+  group->all_gather(shard_grad, buffer);
+  unpack_values(buffer);
+}
+
 void ShardSpace::unpack_values(const Tensor& in) const {
   int64_t offset = 0;
   for (Parameter* p : params) {
@@ -91,7 +104,7 @@ void ShardSpace::unpack_values(const Tensor& in) const {
 
 GradientBuckets::GradientBuckets(ParameterRegistry& params, const TrainingGroups& groups, int64_t num_layers,
                                  bool sharded)
-    : groups_(groups), sharded_(sharded), buckets_(static_cast<size_t>(num_layers) + 1) {
+    : params_(params), groups_(groups), sharded_(sharded), buckets_(static_cast<size_t>(num_layers) + 1) {
   AMPIPE_CHECK(num_layers >= 1) << "gradient buckets need at least one block, got " << num_layers;
   size_t index = 0;
   for (Parameter& p : params.all()) {
@@ -198,6 +211,26 @@ void GradientBuckets::reduce_rest() { reduce(buckets_.back()); }
 
 void GradientBuckets::reduce_all() {
   for (Bucket& b : buckets_) reduce(b);
+}
+
+void GradientBuckets::gather(Bucket& bucket) {
+  for (ShardSpace* space : {&bucket.dense, &bucket.expert}) {
+    if (!space->values_pending) continue;
+    space->gather_values();
+    space->values_pending = false;
+    for (const Parameter* p : space->params) params_.refresh_compute(*p);
+  }
+}
+
+void GradientBuckets::gather_block(int64_t layer) {
+  AMPIPE_CHECK(layer >= 0 && layer + 1 < num_buckets()) << "no block " << layer << " to gather";
+  gather(buckets_[static_cast<size_t>(layer)]);
+}
+
+void GradientBuckets::gather_rest() { gather(buckets_.back()); }
+
+void GradientBuckets::gather_all() {
+  for (Bucket& b : buckets_) gather(b);
 }
 
 void check_same_configuration(Communicator& world, const std::string& description) {

@@ -75,9 +75,19 @@ struct ShardSpace {
   Tensor buffer;      // packed gradients (group size x shard when sharded), allocated once
   Tensor shard_grad;  // sharded, with a group: this rank's reduced gradient, `shard` elements
 
+  // Sharded, after an update with deferred gathers (--overlap-param-gather): this rank's updated
+  // elements wait in shard_grad for gather_values().
+  bool values_pending = false;
+
   // A segment's reduced gradient (sharded): its run of shard_grad, or of the parameter's own grad
   // when the space has no group.
   Tensor gradient(const Segment& seg) const;
+  // Sharded, with a group: copies this rank's updated elements into shard_grad (the gradient is
+  // spent); then gather_values() all-gathers every rank's into `buffer` and unpacks them into the
+  // parameters (collective over the group). shard_grad's padding, and so the buffer's, stays zero
+  // (the reduce-scatter summed zero padding there), which the next reduce-scatter relies on.
+  void stage_values();
+  void gather_values();
   int group_size() const { return group == nullptr ? 1 : group->size(); }
   int group_rank() const { return group == nullptr ? 0 : group->rank(); }
   // Packs the parameters' values (or gradients) into `out` (>= total elements; padding untouched).
@@ -95,6 +105,19 @@ class GradientBuckets {
   void reduce_rest();
   void reduce_all();  // every block, then the rest
 
+  // --overlap-param-gather (sharded only): the optimizer leaves its updated elements pending
+  // instead of all-gathering them, and the next forward gathers each block's (gather_block, the
+  // hook of GptMoe::forward) under the previous block's work. gather_block(l), gather_rest() and
+  // gather_all() all-gather whatever of their buckets is pending (collective over the data-parallel
+  // groups, in the same order on every rank; nothing when nothing is pending) and refresh those
+  // parameters' bf16 copies. Anything else that reads the parameters (evaluation, a save, the end of
+  // training) must call gather_all() first.
+  void defer_param_gathers(bool defer) { defer_gathers_ = defer; }
+  bool param_gathers_deferred() const { return defer_gathers_; }
+  void gather_block(int64_t layer);
+  void gather_rest();
+  void gather_all();
+
   int64_t num_buckets() const { return static_cast<int64_t>(buckets_.size()); }
   bool sharded() const { return sharded_; }
   Communicator* world() const { return groups_.world; }
@@ -106,10 +129,13 @@ class GradientBuckets {
   struct Bucket {
     ShardSpace dense, expert;
   };
+  ParameterRegistry& params_;
   const TrainingGroups& groups_;
   bool sharded_;
+  bool defer_gathers_ = false;
   std::vector<Bucket> buckets_;  // blocks 0..L-1, then the rest
   void reduce(Bucket& bucket);
+  void gather(Bucket& bucket);
 };
 
 // Refuses (on every rank, with the differing lines named) a configuration that is not the same on

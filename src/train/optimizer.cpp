@@ -103,16 +103,13 @@ double AdamW::sharded_step(double lr) {
                             exp_avg_sq_[k].rows(seg.offset, end), hyper(*seg.param, lr));
     }
     if (space.group == nullptr) continue;  // this rank owns the whole space: updated in place
-    // Every rank's updated elements to every rank of the group, sent from shard_grad (the gradient
-    // is spent). Its padding, and so the gathered buffer's, stays zero (the reduce-scatter summed
-    // zero padding there), which the next reduce-scatter of the buffer relies on.
-    for (const ShardSpace::Segment& seg : space.owned) {
-      const int64_t n = seg.param->value.numel();
-      space.shard_grad.rows(seg.offset, seg.offset + seg.numel)
-          .copy_from(seg.param->value.reshape({n}).rows(seg.begin, seg.begin + seg.numel));
+    // Every rank's updated elements to every rank of the group: now, or under the next forward.
+    space.stage_values();
+    if (shards_->param_gathers_deferred()) {
+      space.values_pending = true;
+    } else {
+      space.gather_values();
     }
-    space.group->all_gather(space.shard_grad, space.buffer);
-    space.unpack_values(space.buffer);
   }
   return norm;
 }

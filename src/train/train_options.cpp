@@ -61,6 +61,10 @@ void validate_train_options(const TrainOptions& o) {
   AMPIPE_CHECK(o.lr.warmup_iters >= 0) << "--lr-warmup-iters must be >= 0, got " << o.lr.warmup_iters;
   AMPIPE_CHECK(o.adamw.weight_decay >= 0) << "--weight-decay must be >= 0, got " << o.adamw.weight_decay;
   AMPIPE_CHECK(o.adamw.clip_grad >= 0) << "--clip-grad must be >= 0 (0 disables), got " << o.adamw.clip_grad;
+  AMPIPE_CHECK(!o.overlap_param_gather || (o.use_distributed_optimizer && o.overlap_grad_reduce))
+      << "--overlap-param-gather overlaps the distributed optimizer's parameter all-gather with the next "
+         "forward; "
+         "it needs --use-distributed-optimizer and --overlap-grad-reduce (as in Megatron-LM)";
   AMPIPE_CHECK(o.ckpt_format == "gathered" || o.ckpt_format == "sharded")
       << "--ckpt-format '" << o.ckpt_format << "' is not one of: gathered, sharded";
   AMPIPE_CHECK(o.ckpt_format == "gathered" || !o.save.empty())
@@ -83,7 +87,8 @@ std::string describe_train_options(const TrainOptions& o) {
     << "\nexit_interval=" << o.exit_interval << "\nschedule=" << o.schedule.describe()
     << "\nstage_order=" << o.stage_order << "\npipeline_scope=" << o.pipeline_scope
     << "\noverlap_grad_reduce=" << o.overlap_grad_reduce
-    << "\nuse_distributed_optimizer=" << o.use_distributed_optimizer << "\nckpt_format=" << o.ckpt_format
+    << "\nuse_distributed_optimizer=" << o.use_distributed_optimizer
+    << "\noverlap_param_gather=" << o.overlap_param_gather << "\nckpt_format=" << o.ckpt_format
     << "\nrecompute=" << o.recompute_granularity << ":" << o.recompute_method << ":" << o.recompute_num_layers
     << "\ndevice=" << device_flag_name(o.device) << "\n";
   return s.str();

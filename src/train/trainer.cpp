@@ -79,6 +79,7 @@ static std::pair<PlanCandidate, double> plan_block(const TrainOptions& o, int64_
   if (o.schedule.kind == ScheduleKind::MoePipe) ao.schedules = {ScheduleKind::MoePipe};  // ampipe: both
   ao.num_layers = o.model.num_layers;
   ao.reduce_gradients = o.overlap_grad_reduce;
+  ao.gather_params = o.overlap_param_gather;
   if (scope) ao.scopes = {*scope};
   const std::vector<PlanCandidate> candidates = evaluate_candidates(shape, hw, ao);
   double sequential_seconds = 0;
@@ -213,7 +214,11 @@ void log_startup(const Run& r) {
   r.log("schedule: " + o.schedule.describe() + (o.schedule.kind == ScheduleKind::Sequential ? "" : " " + o.stage_order) +
         ", pipeline scope " + o.pipeline_scope + ", gradient reduction " +
         (o.overlap_grad_reduce ? "overlapped with the backward" : "after the backward"));
-  if (o.use_distributed_optimizer) r.log(optimizer_shards_line(r));
+  if (o.use_distributed_optimizer)
+    r.log(optimizer_shards_line(r) +
+          (o.overlap_param_gather ? "; each block's "
+                                    "parameters all-gathered under the next forward (--overlap-param-gather)"
+                                  : ""));
   if (o.recompute_granularity == "selective")
     r.log("recompute: selective (each block recomputes its attention's normed input and its experts' "
           "activation output in the backward; results unchanged)");
@@ -269,7 +274,14 @@ Step train_step(Run& r, int64_t it) {
     // The batch moves to the model's device once per micro-batch (no copy on the CPU).
     const Tensor tokens = batch.tokens.to(r.model.device()), targets = batch.targets.to(r.model.device());
     ForwardState state;
-    LossParts loss = r.model.forward(state, tokens, targets, B);
+    // --overlap-param-gather: the last update's parameters, each block's gathered under the previous
+    // block's work, the rest (embeddings, final norm, head) first.
+    std::function<void(int64_t)> gather;
+    if (m == 0 && r.buckets.param_gathers_deferred()) {
+      r.buckets.gather_rest();
+      gather = [&r](int64_t l) { r.buckets.gather_block(l); };
+    }
+    LossParts loss = r.model.forward(state, tokens, targets, B, gather);
     if (m == 0 && inject_nan(static_cast<int>(rank), it + 1)) loss.lm_loss = NAN;
     if (R > 1) {  // every rank decides on the same, reduced value
       r.world.all_reduce_sum(loss.lm_loss);
@@ -410,6 +422,8 @@ bool after_step(Run& r, std::ofstream& metrics, Window& window, const Step& step
   const TrainOptions& o = r.o;
   const bool last = done == o.train_iters;
   const bool eval_now = last || (o.eval_interval > 0 && done % o.eval_interval == 0);
+  // --overlap-param-gather: the parameters are whole again before anything but a step reads them.
+  if (eval_now) r.buckets.gather_all();
   const double val = eval_now ? validation_loss() : NAN;
   if (eval_now) result.final_val_loss = val;
   if (eval_now || done % o.log_interval == 0) log_progress(r, metrics, window, step, done, val, run_start);
@@ -424,6 +438,7 @@ bool after_step(Run& r, std::ofstream& metrics, Window& window, const Step& step
       TrainingProgress progress{done, o.seed, schedule_settings(o, r.world.size())};
       const auto save_start = std::chrono::steady_clock::now();
       const int64_t resident_before = resident_bytes();
+      r.buckets.gather_all();
       save_iteration_checkpoint(
           o.save, r.model, r.optimizer, progress, &r.groups, tokenizer, o.ckpt_keep,
           o.ckpt_format == "sharded" ? CheckpointFormat::Sharded : CheckpointFormat::Gathered);
@@ -567,6 +582,7 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   if (o.recompute_granularity == "full")
     model.set_recompute(recompute_groups(o.recompute_method, o.recompute_num_layers, o.model.num_layers));
   GradientBuckets buckets(model.params(), groups, o.model.num_layers, o.use_distributed_optimizer);
+  buckets.defer_param_gathers(o.overlap_param_gather);
   AdamW optimizer(model.params(), o.adamw, groups.expert_group.get(), &buckets);
   const int64_t start = load_or_resume(o, model, optimizer, log);
   Run run{o, world, log, groups, model, optimizer, corpus, trace, tracing, start, buckets};

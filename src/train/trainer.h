@@ -77,6 +77,9 @@ struct TrainOptions {
   // the world, expert over the expert-data group), gradients reduce-scattered, parameters
   // all-gathered after the update (train/optimizer.h, train/distributed.h ShardSpace).
   bool use_distributed_optimizer = false;
+  // --overlap-param-gather: the all-gather of the updated parameters deferred to the next forward,
+  // block by block on the comm stream (needs the two flags above, as in Megatron-LM).
+  bool overlap_param_gather = false;
   // --ckpt-format: "gathered" (world rank 0 writes model.safetensors and optimizer.safetensors) or
   // "sharded" (every rank its own shard, train/sharded_checkpoint.h).
   std::string ckpt_format = "gathered";

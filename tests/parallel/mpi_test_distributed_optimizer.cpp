@@ -3,7 +3,8 @@
 //
 // DistributedOptimizer: AdamW with its moments sharded over the data-parallel groups, gradients
 // reduce-scattered and parameters all-gathered, against the plain optimizer over 20 steps of the
-// same model and data.
+// same model and data; with --overlap-param-gather (each block's all-gather deferred to the next
+// forward, on the comm stream of a streamed pass, or inline in the sequential one) too.
 //
 // Open MPI's reduce-scatter and all-reduce are free to add the ranks' gradients in different
 // orders, and AdamW turns a last-bit difference of a near-cancelling gradient sum into a full step
@@ -47,12 +48,14 @@ struct OptCase {
   int64_t ep;    // expert-parallel size: 1 (every expert everywhere) or 0 (the default, the largest)
   bool overlap;  // the reduction per block on the comm stream of a streamed model-scope pass
   double clip;   // 0: no clipping
+  bool gather = false;  // --overlap-param-gather: each block's all-gather in the next forward
 };
 
 std::string case_name(const ::testing::TestParamInfo<OptCase>& info) {
   const OptCase& c = info.param;
   return std::string(c.mixtral ? "Mixtral" : "Gpt") + (c.ep == 1 ? "_Ep1" : "_EpDefault") +
-         (c.overlap ? "_Overlapped" : "_After") + (c.clip > 0 ? "_Clipped" : "_Unclipped");
+         (c.overlap ? "_Overlapped" : "_After") + (c.clip > 0 ? "_Clipped" : "_Unclipped") +
+         (c.gather ? "_GatherInForward" : "");
 }
 
 struct Trained {
@@ -83,6 +86,7 @@ Trained train(const OptCase& c, const ModelConfig& config, const TrainingGroups&
   const StreamedBlock executor(schedule_of(pipe, config), pipe.order, nullptr, 0, PipelineScope::Model);
   if (c.overlap) model.set_block_executor(&executor);
   GradientBuckets buckets(model.params(), groups, config.num_layers, distributed);
+  buckets.defer_param_gathers(distributed && c.gather);
   AdamWConfig adamw;
   adamw.clip_grad = c.clip;
   AdamW optimizer(model.params(), adamw, groups.expert_group.get(), &buckets);
@@ -90,7 +94,13 @@ Trained train(const OptCase& c, const ModelConfig& config, const TrainingGroups&
   for (int step = 0; step < kSteps; ++step) {
     ForwardState state;
     RankRun r;
-    forward_rank_batch(model, 7 + 31 * static_cast<uint64_t>(step), groups.rank(), state, r);
+    if (buckets.param_gathers_deferred()) {
+      buckets.gather_rest();
+      forward_rank_batch(model, 7 + 31 * static_cast<uint64_t>(step), groups.rank(), state, r,
+                         [&](int64_t l) { buckets.gather_block(l); });
+    } else {
+      forward_rank_batch(model, 7 + 31 * static_cast<uint64_t>(step), groups.rank(), state, r);
+    }
     if (c.overlap) {
       model.backward(state, 1.0, [&](int64_t l) {
         make_exactly_summable(model.params(), "blocks." + std::to_string(l) + ".", false);
@@ -105,6 +115,7 @@ Trained train(const OptCase& c, const ModelConfig& config, const TrainingGroups&
     }
     t.norms.push_back(optimizer.step(1e-2));
   }
+  buckets.gather_all();  // the last update's, with --overlap-param-gather
   for (const Parameter& p : model.params().all()) t.values.push_back(p.value.to_vector());
   for (const auto& [name, m] : optimizer.state_tensors()) t.moments.push_back(m.to_vector());
   for (const MomentRange& m : optimizer.held_ranges()) t.held += m.numel;
@@ -181,6 +192,9 @@ std::vector<OptCase> cases() {
     }
   out.push_back({false, 0, true, 0.0});
   out.push_back({true, 1, false, 0.05});
+  out.push_back({false, 1, true, 0.0, true});
+  out.push_back({true, 0, true, 0.05, true});
+  out.push_back({true, 1, false, 0.0, true});
   return out;
 }
 

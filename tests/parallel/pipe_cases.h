@@ -6,6 +6,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <string>
 #include <vector>
 
@@ -113,14 +114,16 @@ inline void set_pipe_parameters(GptMoe& model) {
 // Zeroes the gradients and runs one forward on this rank's own random tokens (stream seed + 1000
 // x rank): kPipeBatch sequences of kPipeSeqLen. Fills r.loss and r.logits; `state` is left for the
 // caller's backward.
-inline void forward_rank_batch(GptMoe& model, uint64_t seed, int rank, ForwardState& state, RankRun& r) {
+// block_needed: GptMoe::forward's hook (the overlapped parameter all-gather).
+inline void forward_rank_batch(GptMoe& model, uint64_t seed, int rank, ForwardState& state, RankRun& r,
+                               const std::function<void(int64_t)>& block_needed = {}) {
   Rng rng(seed + 1000 * static_cast<uint64_t>(rank));
   std::vector<int32_t> tok(kPipeBatch * kPipeSeqLen), tgt(kPipeBatch * kPipeSeqLen);
   for (auto& t : tok) t = static_cast<int32_t>(rng.below(model.config().vocab_size));
   for (auto& t : tgt) t = static_cast<int32_t>(rng.below(model.config().vocab_size));
   model.params().zero_grad();
   r.loss = model.forward(state, Tensor::from_ints({kPipeBatch * kPipeSeqLen}, tok),
-                         Tensor::from_ints({kPipeBatch * kPipeSeqLen}, tgt), kPipeBatch);
+                         Tensor::from_ints({kPipeBatch * kPipeSeqLen}, tgt), kPipeBatch, block_needed);
   r.logits = state.logits.to_vector();
 }
 

@@ -530,14 +530,14 @@ std::vector<ChunkPlan> plans_to_check() {
 }
 
 // Every list the builders make satisfies the dependency rule of task_list.h, in both scopes, with
-// and without gradient reduction, for 1 to 4 blocks.
+// and without gradient reduction and parameter gathering, for 1 to 4 blocks.
 TEST(TaskList, EveryPassListSatisfiesTheDependencyRule) {
   for (const ChunkPlan& plan : plans_to_check())
     for (StageOrder order : {StageOrder::StageMajor, StageOrder::Interleaved})
       for (PipelineScope scope : {PipelineScope::Block, PipelineScope::Model})
         for (int64_t L : {1, 2, 3, 4})
           for (bool reduce : {false, true}) {
-            const PassShape pass{L, scope, reduce};
+            const PassShape pass{L, scope, reduce, reduce};
             SCOPED_TRACE(std::string(pipeline_scope_name(scope)) + " " + stage_order_name(order) + " L=" +
                          std::to_string(L) + " A=" + std::to_string(plan.attention.size() - 1) +
                          " M=" + std::to_string(plan.moe.size() - 1));
@@ -575,7 +575,7 @@ TEST(TaskList, RemovingAnyNeededEdgeBreaksTheDependencyRule) {
     for (StageOrder order : {StageOrder::StageMajor, StageOrder::Interleaved})
       for (PipelineScope scope : {PipelineScope::Block, PipelineScope::Model})
         for (bool backward : {false, true}) {
-          const PassShape pass{3, scope, true};
+          const PassShape pass{3, scope, true, true};
           const std::vector<StageTask> tasks =
               backward ? backward_tasks(plan, order, pass) : forward_tasks(plan, order, pass);
           for (size_t i = 0; i < tasks.size(); ++i)
@@ -636,6 +636,47 @@ TEST(TaskList, ModelScopeInterleavesBlocksAndBlockScopeDoesNot) {
             "ln1+qkv chunk0 | attention0 | route0 | a2a dispatch0<15 | combine1<11 | ln1+qkv chunk1 | attention1 | "
             "route1 | a2a dispatch1<20 | experts0<16 | a2a combine0<22 | experts1<21 | a2a combine1<24 | "
             "combine0<23 | combine1<25");
+}
+
+// --overlap-param-gather: block 0's parameters first, block l+1's just before block l's first
+// dispatch (under block l's attention), each block's first compute task waiting for its own.
+TEST(TaskList, ParameterGathersGoAheadOfTheirBlocks) {
+  const PassShape model{2, PipelineScope::Model, false, true};
+  EXPECT_EQ(
+      describe(forward_tasks(ChunkPlan{{0, 2, 4}, {0, 2, 4}}, StageOrder::StageMajor, model)),
+      "param gather | ln1+qkv chunk0<0 | attention0 | route0 | param gather | a2a dispatch0<3 | ln1+qkv "
+      "chunk1 | "
+      "attention1 | route1 | a2a dispatch1<8 | experts0<5 | a2a combine0<10 | experts1<9 | a2a combine1<12 | "
+      "combine0<11 | ln1+qkv chunk0<4 | attention0 | route0 | a2a dispatch0<17 | combine1<13 | ln1+qkv "
+      "chunk1 | "
+      "attention1 | route1 | a2a dispatch1<22 | experts0<18 | a2a combine0<24 | experts1<23 | a2a "
+      "combine1<26 | "
+      "combine0<25 | combine1<27");
+  const PassShape block{2, PipelineScope::Block, false, true};
+  EXPECT_EQ(
+      describe(forward_tasks(ChunkPlan{{0, 4}, {0, 4}}, StageOrder::StageMajor, block)),
+      "param gather | ln1+qkv<0 | attention0 | route0 | param gather | a2a dispatch0<3 | experts0<5 | "
+      "a2a combine0<6 | combine0<7 | ln1+qkv<4 | attention0 | route0 | a2a dispatch0<11 | experts0<12 | "
+      "a2a combine0<13 | combine0<14");
+  // Block 1's gather moved to the end of the list (and its wait dropped): block 1 may then run
+  // before its parameters arrive, which the rule refuses.
+  const ChunkPlan one{{0, 4}, {0, 4}};
+  std::vector<StageTask> tasks = forward_tasks(one, StageOrder::StageMajor, block), late;
+  int gather = -1;
+  for (size_t i = 0; i < tasks.size(); ++i)
+    if (tasks[i].stage == Stage::ParamGather && tasks[i].layer == 1) gather = static_cast<int>(i);
+  ASSERT_GE(gather, 0);
+  for (size_t i = 0; i < tasks.size(); ++i) {
+    if (static_cast<int>(i) == gather) continue;
+    StageTask t = tasks[i];
+    std::vector<int> waits;
+    for (int w : t.waits)
+      if (w != gather) waits.push_back(w > gather ? w - 1 : w);
+    t.waits = waits;
+    late.push_back(t);
+  }
+  late.push_back(tasks[static_cast<size_t>(gather)]);
+  EXPECT_THROW(check_task_list(late, one, block, false), Error);
 }
 
 TEST(TaskList, BadPassesAndBrokenListsAreRefused) {
