@@ -53,6 +53,7 @@ struct HfTensor {
   std::string ampipe_name;
   int64_t expert = -1;  // >= 0: slice `expert` of an [E, ...] ampipe tensor
   Shape shape;          // the Hugging Face shape
+  int64_t row_begin = -1, row_end = -1;  // >= 0: rows [begin, end) of the ampipe tensor (a fused QKV)
 };
 
 // Every tensor of a Mixtral model in transformers' state-dict order.
@@ -64,10 +65,19 @@ std::vector<HfTensor> hf_layout(const ModelConfig& c) {
   for (int64_t l = 0; l < c.num_layers; ++l) {
     const std::string hf = "model.layers." + std::to_string(l) + ".";
     const std::string am = "blocks." + std::to_string(l) + ".";
-    out.push_back({hf + "self_attn.q_proj.weight", am + "attn.q.weight", -1, {h * hd, d}});
-    out.push_back({hf + "self_attn.k_proj.weight", am + "attn.k.weight", -1, {g * hd, d}});
-    out.push_back({hf + "self_attn.v_proj.weight", am + "attn.v.weight", -1, {g * hd, d}});
-    out.push_back({hf + "self_attn.o_proj.weight", am + "attn.o.weight", -1, {d, h * hd}});
+    if (c.mixtral()) {
+      out.push_back({hf + "self_attn.q_proj.weight", am + "attn.q.weight", -1, {h * hd, d}});
+      out.push_back({hf + "self_attn.k_proj.weight", am + "attn.k.weight", -1, {g * hd, d}});
+      out.push_back({hf + "self_attn.v_proj.weight", am + "attn.v.weight", -1, {g * hd, d}});
+      out.push_back({hf + "self_attn.o_proj.weight", am + "attn.o.weight", -1, {d, h * hd}});
+    } else {  // the GPT family fuses Q, K and V (rows q, then k, then v) and names the output "proj"
+      const int64_t q = h * hd, kv = g * hd;
+      out.push_back({hf + "self_attn.q_proj.weight", am + "attn.qkv.weight", -1, {q, d}, 0, q});
+      out.push_back({hf + "self_attn.k_proj.weight", am + "attn.qkv.weight", -1, {kv, d}, q, q + kv});
+      out.push_back(
+          {hf + "self_attn.v_proj.weight", am + "attn.qkv.weight", -1, {kv, d}, q + kv, q + 2 * kv});
+      out.push_back({hf + "self_attn.o_proj.weight", am + "attn.proj.weight", -1, {d, q}});
+    }
     out.push_back({hf + "block_sparse_moe.gate.weight", am + "moe.router.weight", -1, {c.num_experts, d}});
     for (int64_t e = 0; e < c.num_experts; ++e) {
       const std::string ex = hf + "block_sparse_moe.experts." + std::to_string(e) + ".";
@@ -210,17 +220,19 @@ std::string hf_export_refusal(const ModelConfig& c) {
   if (c.add_bias_linear) parts.push_back("biases (Mixtral: none)");
   if (!c.untie_embeddings_and_output_weights)
     parts.push_back("an LM head tied to the embedding (Mixtral: untied)");
-  if (c.mixtral() && parts.empty()) return "";
+  if (!c.normalize_gates())
+    parts.push_back(
+        "top-1 routing whose gate is the router's probability (Mixtral renormalizes the chosen "
+        "gates, so its top-1 gate is 1: use --moe-router-topk 2 or more, or --model-family mixtral)");
+  if (parts.empty()) return "";  // either family: a 'gpt' one exports with its fused QKV split
   std::ostringstream s;
-  s << "the model is of the '" << c.family
-    << "' family; the Hugging Face Mixtral layout needs --model-family mixtral";
+  s << "the Hugging Face Mixtral layout cannot express this '" << c.family << "' family model; it has ";
+  for (size_t i = 0; i < parts.size(); ++i) s << (i ? ", " : "") << parts[i];
   if (!c.mixtral())
-    s << " (the GPT family also names its attention projections differently and, with top-1, "
-         "does not renormalize the router's gates)";
-  if (!parts.empty()) {
-    s << "; it has ";
-    for (size_t i = 0; i < parts.size(); ++i) s << (i ? ", " : "") << parts[i];
-  }
+    s << " (a 'gpt' family model composed of Mixtral's parts, --normalization RMSNorm "
+         "--position-embedding-type rope --swiglu --disable-bias-linear "
+         "--untie-embeddings-and-output-weights "
+         "with top-k >= 2, exports; or use --model-family mixtral)";
   return s.str();
 }
 
@@ -242,6 +254,7 @@ std::vector<std::pair<std::string, Tensor>> hf_tensors(const GptMoe& model) {
     const Parameter& p = *it->second;
     unused.erase(p.name);
     Tensor v = p.value;
+    if (t.row_begin >= 0) v = v.rows(t.row_begin, t.row_end);
     if (t.expert >= 0) {
       AMPIPE_CHECK(p.is_expert && p.expert_offset == 0 && v.dim(0) == c.num_experts)
           << "export needs a model holding all " << c.num_experts << " experts; '" << p.name
@@ -438,6 +451,7 @@ void load_hf_weights(const std::string& dir, GptMoe& model) {
         << "the model has no parameter '" << t.ampipe_name << "' for " << t.hf_name;
     Parameter& p = *it->second;
     Tensor dst = p.value;
+    if (t.row_begin >= 0) dst = dst.rows(t.row_begin, t.row_end);
     if (t.expert >= 0) {
       AMPIPE_CHECK(p.is_expert) << "parameter '" << p.name << "' is not an expert tensor";
       const int64_t local = t.expert - p.expert_offset;

@@ -3,7 +3,8 @@
 # `ampipe train --model-family mixtral`, exports it (`ampipe export`, sharded), and checks that
 # `ampipe eval` of the checkpoint, `ampipe eval` of the export and tests/scripts/mixtral_reference.py
 # (plain torch in float64, no transformers) agree: the two evals exactly, the reference within 1e-4
-# relative. Also checks that sample and train --load accept the export. If transformers imports,
+# relative; and the same for a 'gpt' family model composed of Mixtral's parts (its fused QKV split on
+# export). Also checks that sample and train --load accept the export. If transformers imports,
 # its MixtralForCausalLM loads the export and must agree too (skipped with a message otherwise).
 # Exits 77 (skipped) when no python3 with torch is found ($PYTHON, python3, /usr/bin/python3).
 # Usage: test_mixtral_reference.sh PATH/TO/ampipe [SCRATCH_DIR]   (about 10-20 s)
@@ -13,7 +14,7 @@ ampipe=${1:?usage: test_mixtral_reference.sh PATH/TO/ampipe [SCRATCH_DIR]}
 [ -x "$ampipe" ] || { echo "FAIL: no executable at $ampipe"; exit 1; }
 if [ -n "${2:-}" ]; then
   work=$2
-  rm -rf "$work/ckpt" "$work/hf" "$work/ckpt2" "$work/from_hf"
+  rm -rf "$work/ckpt" "$work/hf" "$work/ckpt2" "$work/from_hf" "$work/composed" "$work/composed_hf"
   mkdir -p "$work"
 else
   work=$(mktemp -d)
@@ -86,6 +87,22 @@ compare() {  # compare NAME LOSS REFERENCE_NAME REFERENCE_LOSS: within 1e-4 rela
   fi
 }
 compare "reference (mixtral_reference.py, float64)" "$reference_loss" "ampipe eval" "$ampipe_loss"
+
+# A 'gpt' family model composed of Mixtral's parts from Megatron's part flags is a Mixtral model:
+# its export (the fused QKV split into q/k/v_proj) must agree with the reference too.
+composed=(--model-family gpt --normalization RMSNorm --position-embedding-type rope --rotary-base 1000000
+  --swiglu --disable-bias-linear --untie-embeddings-and-output-weights --num-layers 2 --hidden-size 32
+  --num-attention-heads 4 --group-query-attention --num-query-groups 2 --ffn-hidden-size 48 --seq-length 16
+  --moe-num-experts 4 --moe-top-k 2)
+rm -rf "$work/composed" "$work/composed_hf"
+run "$work/train_composed.log" env OMP_NUM_THREADS=2 "$ampipe" train "${composed[@]}" --micro-batch-size 4 \
+  --train-iters 20 --lr 1e-2 --lr-warmup-iters 0 --eval-iters 1 --threads 2 --seed 5 --data-path "$corpus" \
+  --save "$work/composed" || exit 1
+run "$work/export_composed.log" "$ampipe" export --load "$work/composed" --save "$work/composed_hf" || exit 1
+run "$work/eval_composed.log" "$ampipe" eval --load "$work/composed" --data-path "$corpus" --threads 2 || exit 1
+run "$work/reference_composed.log" "$python" "$here/mixtral_reference.py" "$work/composed_hf" "$corpus" || exit 1
+compare "reference of the composed 'gpt' model's export" "$(json_loss "$work/reference_composed.log")" \
+  "ampipe eval of its checkpoint" "$(json_loss "$work/eval_composed.log")"
 
 if run "$work/sample.log" "$ampipe" sample --load "$work/hf" --prompt "In the" --tokens 8 --temperature 0 --threads 2; then
   pass "sample --load of the export: $(head -c 40 "$work/sample.log" | tr '\n' ' ')"

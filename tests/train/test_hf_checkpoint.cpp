@@ -5,7 +5,9 @@
 #include <gtest/gtest.h>
 #include <unistd.h>
 
+#include <algorithm>
 #include <bit>
+#include <cmath>
 #include <cstring>
 #include <filesystem>
 #include <fstream>
@@ -299,14 +301,65 @@ TEST(HfCheckpoint, GptFamilyIsRefusedForExportNamingWhatDiffers) {
   EXPECT_NE(e2.find("LayerNorm"), std::string::npos) << e2;
   EXPECT_FALSE(fs::exists(dir + "/out2"));
 
-  // A GPT model with every Mixtral part is still refused: the family decides names and gates.
+  // A GPT model with every Mixtral part exports with top-k >= 2; with top-1 its gate (the router's
+  // probability, not renormalized to 1 as Mixtral's) is the one part refused.
   c.normalization = "RMSNorm";
   c.position_embedding_type = "rope";
   c.swiglu = true;
   c.add_bias_linear = false;
   c.untie_embeddings_and_output_weights = true;
-  EXPECT_NE(hf_export_refusal(c).find("'gpt' family"), std::string::npos);
+  c.top_k = 1;
+  const std::string top1 = hf_export_refusal(c);
+  EXPECT_NE(top1.find("top-1"), std::string::npos) << top1;
+  EXPECT_EQ(top1.find("LayerNorm"), std::string::npos) << top1;
+  c.top_k = 2;
+  EXPECT_EQ(hf_export_refusal(c), "");
   EXPECT_EQ(hf_export_refusal(tiny_mixtral()), "");
+}
+
+// A model composed from Megatron's part flags in the 'gpt' family (RMSNorm, rope, SwiGLU, GQA, no
+// biases, untied head, top-2) is a Mixtral-architecture model: the export splits its fused QKV
+// projection into q/k/v_proj, and the Mixtral model imported from it computes the same logits (to
+// float32 rounding: one fused GEMM against three) and holds the same values, tensor by tensor.
+TEST(HfCheckpoint, AGptModelComposedOfMixtralPartsExportsAsMixtral) {
+  const std::string dir = temp_dir("composed");
+  ModelConfig c = tiny_mixtral();
+  c.family = "gpt";  // the parts stay Mixtral's
+  c.validate();
+  GptMoe composed(c);
+  randomize(composed, 23);
+  export_hf_checkpoint(composed, dir + "/hf");
+  const ModelConfig read = read_checkpoint_config(dir + "/hf");
+  EXPECT_EQ(read.family, "mixtral");
+  GptMoe mixtral(read);
+  load_model_weights(dir + "/hf", mixtral);
+  const int64_t d = c.hidden_size, q = c.num_attention_heads * c.head_dim(), kv = c.kv_heads() * c.head_dim();
+  for (int64_t l = 0; l < c.num_layers; ++l) {
+    const std::string b = "blocks." + std::to_string(l) + ".";
+    const std::vector<float> qkv = composed.params().get(b + "attn.qkv.weight").value.to_vector();
+    std::vector<float> split;
+    for (const char* part : {"attn.q.weight", "attn.k.weight", "attn.v.weight"}) {
+      const std::vector<float> v = mixtral.params().get(b + part).value.to_vector();
+      split.insert(split.end(), v.begin(), v.end());
+    }
+    EXPECT_EQ(split, qkv) << b << "attn.qkv split into q, k, v";
+    EXPECT_EQ(static_cast<int64_t>(qkv.size()), (q + 2 * kv) * d);
+    EXPECT_EQ(mixtral.params().get(b + "attn.o.weight").value.to_vector(),
+              composed.params().get(b + "attn.proj.weight").value.to_vector());
+  }
+  std::vector<int32_t> ids(2 * c.max_seq_len);
+  for (size_t i = 0; i < ids.size(); ++i) ids[i] = static_cast<int32_t>((7 * i + 3) % c.vocab_size);
+  const Tensor tokens = Tensor::from_ints({static_cast<int64_t>(ids.size())}, ids);
+  const std::vector<float> want = composed.logits(tokens, 2).to_vector(),
+                           got = mixtral.logits(tokens, 2).to_vector();
+  ASSERT_EQ(got.size(), want.size());
+  double worst = 0, scale = 0;
+  for (size_t i = 0; i < got.size(); ++i) {
+    worst = std::max(worst, std::abs(static_cast<double>(got[i]) - want[i]));
+    scale = std::max(scale, std::abs(static_cast<double>(want[i])));
+  }
+  EXPECT_GT(scale, 0.1);
+  EXPECT_LE(worst, 1e-5 * scale) << "logits of the imported Mixtral model against the composed GPT model";
 }
 
 TEST(HfCheckpoint, CheckpointOfTheOtherFamilyIsRefused) {
