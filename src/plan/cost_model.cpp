@@ -240,37 +240,26 @@ BlockGradients block_gradients(const ModelConfig& c, int64_t expert_ranks) {
   return g;
 }
 
-double grad_reduce_seconds(const BlockShape& shape, const HardwareProfile& hw) {
+// A ring collective over a block's data-parallel state: `wire` x (R - 1) / R of each buffer leaves
+// each rank (2 for an all-reduce, 1 for an all-gather), then `passes` elementwise passes over it.
+static double ring_seconds(const BlockShape& shape, const HardwareProfile& hw, double wire, double passes) {
   check_profile(hw);
   const BlockGradients g = block_gradients(shape.config, shape.ranks);
   const double s = double(hw.bytes_per_element);
-  double seconds = hw.task_overhead;
-  // A ring all-reduce sends 2 (R - 1) / R of the buffer off each rank; then one scaling pass.
-  auto reduce = [&](double elements, int64_t ranks) {
+  auto ring = [&](double elements, int64_t ranks) {
     if (ranks <= 1 || elements <= 0) return 0.0;
-    const double bytes = 2 * double(ranks - 1) / double(ranks) * elements * s;
-    return all_to_all_seconds(bytes, 1, ranks, hw) + elementwise_seconds(4 * elements * s, hw);
+    const double bytes = wire * double(ranks - 1) / double(ranks) * elements * s;
+    return all_to_all_seconds(bytes, 1, ranks, hw) + elementwise_seconds(passes * elements * s, hw);
   };
-  seconds += reduce(g.dense, shape.effective_data_ranks());
-  seconds += reduce(g.expert, shape.effective_data_ranks() / shape.ranks);
-  return seconds;
+  return hw.task_overhead + ring(g.dense, shape.effective_data_ranks()) +
+         ring(g.expert, shape.effective_data_ranks() / shape.ranks);
 }
 
-double param_gather_seconds(const BlockShape& shape, const HardwareProfile& hw) {
-  check_profile(hw);
-  const BlockGradients g = block_gradients(shape.config, shape.ranks);
-  const double s = double(hw.bytes_per_element);
-  double seconds = hw.task_overhead;
-  // A ring all-gather sends (R - 1) / R of the whole off each rank; then one unpacking pass.
-  auto gather = [&](double elements, int64_t ranks) {
-    if (ranks <= 1 || elements <= 0) return 0.0;
-    const double bytes = double(ranks - 1) / double(ranks) * elements * s;
-    return all_to_all_seconds(bytes, 1, ranks, hw) + elementwise_seconds(2 * elements * s, hw);
-  };
-  seconds += gather(g.dense, shape.effective_data_ranks());
-  seconds += gather(g.expert, shape.effective_data_ranks() / shape.ranks);
-  return seconds;
-}
+// The all-reduce, then one scaling pass (read and write: 4 element accesses with the packing).
+double grad_reduce_seconds(const BlockShape& shape, const HardwareProfile& hw) { return ring_seconds(shape, hw, 2, 4); }
+
+// The all-gather, then one unpacking pass.
+double param_gather_seconds(const BlockShape& shape, const HardwareProfile& hw) { return ring_seconds(shape, hw, 1, 2); }
 
 double stage_seconds(const StageTask& task, const ChunkPlan& plan, const BlockShape& shape,
                      const HardwareProfile& hw) {
