@@ -72,7 +72,7 @@ run_harness() {  # run_harness NAME
   if [[ -d tests/fuzz/corpus/$name ]]; then cp -R "tests/fuzz/corpus/$name/." "$corpus/"; fi
   local extra=()
   case $name in
-    profile | checkpoint_config | hf_config | safetensors) extra+=("-dict=$root/tests/fuzz/json.dict") ;;
+    profile | checkpoint_config | hf_config | safetensors | sharded_index) extra+=("-dict=$root/tests/fuzz/json.dict") ;;
   esac
   local rc=0
   # libFuzzer stops itself at -max_total_time; the outer timeout only guards against a wedged run.

@@ -7,6 +7,8 @@
 //   indexed_dataset/   IndexedDatasetWriter pairs, packed as the harness reads them: 4-byte
 //                      little-endian .idx length, the .idx, then the .bin
 //   hf_config/         config.json as export_hf_checkpoint writes it (a tiny Mixtral)
+//   sharded_index/     checkpoint_index.json as write_sharded_index writes it for the shard of
+//                      sharded_fixture.h
 // The text seeds (profiles, lists, sizes) are plain files in the repository. Usage:
 // make_fuzz_seeds CORPUS_DIR (built with AMPIPE_FUZZ=ON; scripts/fuzz.sh --seeds runs it). Output is
 // deterministic; existing seeds of the same names are replaced.
@@ -25,6 +27,7 @@
 #include "core/tensor.h"
 #include "model/config.h"
 #include "model/gpt.h"
+#include "sharded_fixture.h"
 #include "train/hf_checkpoint.h"
 #include "train/indexed_dataset.h"
 #include "train/safetensors.h"
@@ -119,6 +122,13 @@ void hf_config_seeds(const fs::path& out, const fs::path& tmp) {
   write_all(out / "tiny_mixtral_config.json", read_all((tmp / "hf" / "config.json").string()));
 }
 
+void sharded_index_seeds(const fs::path& out, const fs::path& tmp) {
+  const fs::path dir = tmp / "sharded";
+  fs::create_directories(dir);
+  fuzz::write_sharded_fixture(dir.string(), /*with_index=*/true);
+  write_all(out / "index.json", read_all(sharded_index_path(dir.string())));
+}
+
 }  // namespace
 
 int main(int argc, char** argv) {
@@ -134,6 +144,7 @@ int main(int argc, char** argv) {
     checkpoint_config_seeds(corpus / "checkpoint_config");
     indexed_dataset_seeds(corpus / "indexed_dataset", tmp);
     hf_config_seeds(corpus / "hf_config", tmp);
+    sharded_index_seeds(corpus / "sharded_index", tmp);
   } catch (const Error& e) {
     std::fprintf(stderr, "make_fuzz_seeds: %s\n", e.what());
     fs::remove_all(tmp);
