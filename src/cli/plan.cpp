@@ -52,6 +52,14 @@ CLI::App* add_plan_command(CLI::App& app, PlanOptions& o) {
   cmd->add_flag("--overlap-grad-reduce", o.overlap_grad_reduce,
                 "Price one gradient all-reduce per block in the backward, overlapped with the blocks below "
                 "it (the dense gradients summed over the R ranks of --ranks, the data-parallel size here)");
+  cmd->add_flag(
+      "--use-distributed-optimizer", o.use_distributed_optimizer,
+      "With --overlap-grad-reduce: price the gradient reduction as the distributed optimizer's "
+      "reduce-scatter (half an all-reduce's bytes); the parameters' all-gather comes after the step "
+      "unless --overlap-param-gather");
+  cmd->add_flag("--overlap-param-gather", o.overlap_param_gather,
+                "With --use-distributed-optimizer: price each block's parameter all-gather as a task of the "
+                "forward's communication stream (train --overlap-param-gather)");
   cmd->add_flag("--bf16", o.bf16,
                 "Price the --bf16 model: its all-to-alls at 2 bytes an element, its GEMMs at the profile's "
                 "matrix_flops_bf16 (at matrix_flops where the profile has none; the header says which)");
@@ -148,6 +156,7 @@ void print_table(const GridShape& s, int64_t B, int64_t R, const PassShape& pass
   std::printf("\n%s, B=%lld, R=%lld ranks", s.describe().c_str(), (long long)B, (long long)R);
   if (pass.num_layers > 1) std::printf(", a pass of %lld blocks", (long long)pass.num_layers);
   if (pass.reduce_gradients) std::printf(", gradients reduced per block");
+  if (pass.gather_params) std::printf(", parameters gathered per block");
   std::printf("\n");
   int width = 46;  // the variant column: as wide as its longest entry
   for (const auto& [key, c] : r.best) width = std::max(width, static_cast<int>(c->describe().size()));
@@ -194,6 +203,7 @@ nlohmann::json json_row(const GridShape& s, int64_t B, int64_t R, const PassShap
           {"swiglu", s.parts.swiglu},
           {"num_layers", pass.num_layers},
           {"overlap_grad_reduce", pass.reduce_gradients},
+          {"overlap_param_gather", pass.gather_params},
           {"bf16", shape_bf16},
           {"sequential_ms", r.seq_ms()},
           {"choice", r.choice.describe()},
@@ -214,6 +224,14 @@ AutotuneOptions autotune_options(const PlanOptions& o) {
   ao.min_chunk_positions = o.min_chunk_positions;
   ao.num_layers = o.num_layers;
   ao.reduce_gradients = o.overlap_grad_reduce;
+  AMPIPE_CHECK(!o.use_distributed_optimizer || o.overlap_grad_reduce)
+      << "--use-distributed-optimizer prices the gradient reduction of --overlap-grad-reduce as a "
+         "reduce-scatter; "
+         "it needs --overlap-grad-reduce";
+  AMPIPE_CHECK(!o.overlap_param_gather || o.use_distributed_optimizer)
+      << "--overlap-param-gather prices the distributed optimizer's all-gather; it needs "
+         "--use-distributed-optimizer";
+  ao.gather_params = o.overlap_param_gather;
   ao.validate();
   return ao;
 }
@@ -256,9 +274,10 @@ int run_plan(const PlanOptions& o, Communicator& world) {
       // data_ranks 0: the dense gradients are all-reduced over the R ranks (GradReduce only).
       ModelConfig config = s.config(0.0);
       config.bf16 = o.bf16;
-      const BlockShape shape{config, o.micro_batch_size, s.N, R};
+      BlockShape shape{config, o.micro_batch_size, s.N, R};
+      shape.sharded_optimizer = o.use_distributed_optimizer;
       const ShapeReport r(evaluate_candidates(shape, hw, ao), ao);
-      const PassShape chosen{ao.num_layers, r.choice.scope, ao.reduce_gradients};
+      const PassShape chosen{ao.num_layers, r.choice.scope, ao.reduce_gradients, ao.gather_params};
       if (o.summary)
         print_summary_line(s, R, r);
       else

@@ -35,6 +35,8 @@ struct PlanOptions {
   int64_t min_chunk_positions = 128;
   int64_t num_layers = 1;            // blocks of the pass priced (L)
   bool overlap_grad_reduce = false;  // a GradReduce task per block in the backward
+  bool use_distributed_optimizer = false;  // GradReduce as a reduce-scatter
+  bool overlap_param_gather = false;       // a ParamGather task per block in the forward
   bool summary = false;
   bool bf16 = false;  // --bf16: price the mixed-precision model (bf16 all-to-alls and GEMMs)
   std::string json_out;

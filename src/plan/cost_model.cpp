@@ -256,7 +256,9 @@ static double ring_seconds(const BlockShape& shape, const HardwareProfile& hw, d
 }
 
 // The all-reduce, then one scaling pass (read and write: 4 element accesses with the packing).
-double grad_reduce_seconds(const BlockShape& shape, const HardwareProfile& hw) { return ring_seconds(shape, hw, 2, 4); }
+double grad_reduce_seconds(const BlockShape& shape, const HardwareProfile& hw) {
+  return ring_seconds(shape, hw, shape.sharded_optimizer ? 1 : 2, 4);
+}
 
 // The all-gather, then one unpacking pass.
 double param_gather_seconds(const BlockShape& shape, const HardwareProfile& hw) { return ring_seconds(shape, hw, 1, 2); }

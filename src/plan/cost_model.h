@@ -37,6 +37,10 @@ struct BlockShape {
   // Ranks that sum the dense gradients (the world; a multiple of R); expert gradients are summed
   // over data_ranks / R of them; 0: R (one expert group). Prices GradReduce only.
   int64_t data_ranks = 0;
+  // --use-distributed-optimizer: GradReduce is a reduce-scatter (half an all-reduce's bytes); the
+  // other half, the parameters' all-gather, is a ParamGather task (--overlap-param-gather) or comes
+  // after the step, outside the pass.
+  bool sharded_optimizer = false;
   // Share of the routed rows that leave the rank; < 0: (R-1)/R, uniform routing.
   double remote_fraction = -1;
 
@@ -74,7 +78,8 @@ struct BlockGradients {
 BlockGradients block_gradients(const ModelConfig& config, int64_t expert_ranks);
 // A GradReduce task: the dense gradients all-reduced over shape.data_ranks and the expert ones over
 // data_ranks / ranks (a ring: 2 (n - 1) / n of the bytes leave each rank, on the all-to-all's
-// links), each then scaled; 0 work (the task overhead) on one rank.
+// links; (n - 1) / n for the reduce-scatter of shape.sharded_optimizer), each then scaled; 0 work
+// (the task overhead) on one rank.
 double grad_reduce_seconds(const BlockShape& shape, const HardwareProfile& hw);
 // A ParamGather task (--overlap-param-gather): the block's parameters all-gathered over the same
 // groups (a ring: (n - 1) / n of the bytes leave each rank), then unpacked.

@@ -74,6 +74,7 @@ static std::pair<PlanCandidate, double> plan_block(const TrainOptions& o, int64_
     hw = calibrate(world, co);
   }
   BlockShape shape{o.model, batch, o.model.max_seq_len, groups.expert_group->size()};
+  shape.sharded_optimizer = o.use_distributed_optimizer;
   shape.data_ranks = groups.size();
   AutotuneOptions ao;
   if (o.schedule.kind == ScheduleKind::MoePipe) ao.schedules = {ScheduleKind::MoePipe};  // ampipe: both

@@ -330,6 +330,31 @@ TEST(SimulatePass, GradReduceAddsExactlyOneReductionPerBlockToTheCommStream) {
     }
 }
 
+// The distributed optimizer: its reduce-scatter sends half an all-reduce's bytes; the all-gather
+// (--overlap-param-gather) adds one ParamGather per block to the forward's comm stream only.
+TEST(SimulatePass, ShardedOptimizerHalvesTheReductionAndGathersInTheForward) {
+  BlockShape shape = shape_for(2048, 256, 1);
+  shape.data_ranks = 4;
+  HardwareProfile hw = cpu_profile(12.5e6);
+  hw.comm_overlap_slowdown = 1;
+  const double all_reduce = grad_reduce_seconds(shape, hw);
+  shape.sharded_optimizer = true;
+  const double reduce_scatter = grad_reduce_seconds(shape, hw);
+  const double gather = param_gather_seconds(shape, hw);
+  EXPECT_LT(reduce_scatter, all_reduce);
+  EXPECT_GT(reduce_scatter, 0.45 * all_reduce);  // the wire half, and the same scaling pass
+  EXPECT_GT(gather, hw.task_overhead);
+  for (PipelineScope scope : {PipelineScope::Block, PipelineScope::Model}) {
+    const PassPrediction without =
+        predict_pass(ampipe_schedule(4), StageOrder::StageMajor, shape, hw, PassShape{4, scope, true, false});
+    const PassPrediction with =
+        predict_pass(ampipe_schedule(4), StageOrder::StageMajor, shape, hw, PassShape{4, scope, true, true});
+    EXPECT_NEAR(with.forward_comm_busy - without.forward_comm_busy, 4 * gather, 1e-9 * gather);
+    EXPECT_DOUBLE_EQ(with.backward_comm_busy, without.backward_comm_busy);
+    EXPECT_GE(with.forward, without.forward - 1e-12);
+  }
+}
+
 TEST(SimulatePass, TracesEveryBlock) {
   const BlockShape shape = shape_for(1024, 256, 1);
   const HardwareProfile hw = cpu_profile(12.5e6);
