@@ -311,11 +311,9 @@ void MpiCommunicator::reduce_scatter_sum(const Tensor& send, Tensor recv) {
     });
     return;
   }
-  // Blocks beyond one call's count: the sum of the whole buffer in pieces, then this rank's block
-  // (the predefined reductions take no strided datatypes).
-  Tensor sum = send.clone();
-  all_reduce_sum(sum);
-  recv.reshape({n}).copy_from(sum.reshape({send.numel()}).rows(m.rank * n, (m.rank + 1) * n));
+  // Blocks beyond one call's count: the contract's default, the sum of the whole buffer (in pieces,
+  // all_reduce_sum) then this rank's block (the predefined reductions take no strided datatypes).
+  Communicator::reduce_scatter_sum(send, recv);
 }
 
 void MpiCommunicator::barrier() {

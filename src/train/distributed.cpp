@@ -90,14 +90,15 @@ void ShardSpace::stage_values() {
 
 void ShardSpace::gather_values() {
   group->all_gather(shard_grad, buffer);
-  unpack_values(buffer);
+  unpack(buffer, /*gradients=*/false);
 }
 
-void ShardSpace::unpack_values(const Tensor& in) const {
+void ShardSpace::unpack(const Tensor& in, bool gradients) const {
   int64_t offset = 0;
   for (Parameter* p : params) {
-    const int64_t n = p->value.numel();
-    p->value.reshape({n}).copy_from(in.rows(offset, offset + n));
+    Tensor& dst = gradients ? p->grad : p->value;
+    const int64_t n = dst.numel();
+    dst.reshape({n}).copy_from(in.rows(offset, offset + n));
     offset += n;
   }
 }
@@ -161,12 +162,7 @@ void reduce_packed(ShardSpace& space, float scale) {
   space.pack(space.buffer, /*gradients=*/true);
   space.group->all_reduce_sum(space.buffer);
   kernels::scale_inplace(space.buffer, scale);
-  int64_t offset = 0;
-  for (Parameter* p : space.params) {
-    const int64_t n = p->grad.numel();
-    p->grad.reshape({n}).copy_from(space.buffer.rows(offset, offset + n));
-    offset += n;
-  }
+  space.unpack(space.buffer, /*gradients=*/true);
 }
 
 // The sharded reduction: this rank's owned elements of the sum, times scale, into shard_grad. A

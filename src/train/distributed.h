@@ -92,8 +92,8 @@ struct ShardSpace {
   int group_rank() const { return group == nullptr ? 0 : group->rank(); }
   // Packs the parameters' values (or gradients) into `out` (>= total elements; padding untouched).
   void pack(Tensor out, bool gradients) const;
-  // The reverse: every parameter's value from `in`.
-  void unpack_values(const Tensor& in) const;
+  // The reverse: every parameter's value (or gradient) from `in`.
+  void unpack(const Tensor& in, bool gradients) const;
 };
 
 class GradientBuckets {

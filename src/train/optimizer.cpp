@@ -73,25 +73,15 @@ double AdamW::step(double lr) {
 double AdamW::sharded_step(double lr) {
   const std::vector<ShardSpace*> spaces = shards_->spaces();
   double sq = 0;
-  for (const ShardSpace* space : spaces) {
-    if (space->group != nullptr) {
-      sq += kernels::sum_of_squares(space->shard_grad);
-    } else {
-      for (const Parameter* p : space->params) sq += kernels::sum_of_squares(p->grad);
-    }
-  }
+  for (const ShardSpace* space : spaces)
+    for (const ShardSpace::Segment& seg : space->owned) sq += kernels::sum_of_squares(space->gradient(seg));
   Communicator* world = shards_->world();
   if (world != nullptr && world->size() > 1) world->all_reduce_sum(sq);
   const double norm = std::sqrt(sq);
   if (config_.clip_grad > 0 && norm > config_.clip_grad) {
     const float scale = static_cast<float>(config_.clip_grad / (norm + 1e-6));
-    for (ShardSpace* space : spaces) {
-      if (space->group != nullptr) {
-        kernels::scale_inplace(space->shard_grad, scale);
-      } else {
-        for (Parameter* p : space->params) kernels::scale_inplace(p->grad, scale);
-      }
-    }
+    for (const ShardSpace* space : spaces)
+      for (const ShardSpace::Segment& seg : space->owned) kernels::scale_inplace(space->gradient(seg), scale);
   }
   ++step_;
   for (size_t k = 0; k < spaces.size(); ++k) {

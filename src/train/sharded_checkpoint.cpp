@@ -57,9 +57,15 @@ bool split_piece_name(const std::string& key, std::string& tensor, int64_t& begi
   return true;
 }
 
+// Elements of a shape; the index is outside input, so a negative dimension or a product past 2^62
+// is refused rather than overflowed.
 int64_t numel_of(const Shape& shape) {
   int64_t n = 1;
-  for (int64_t d : shape) n *= d;
+  for (int64_t d : shape) {
+    AMPIPE_CHECK(d >= 0 && (d == 0 || n <= (int64_t{1} << 62) / d))
+        << "shape " << shape_string(shape) << " has a negative dimension or more than 2^62 elements";
+    n *= d;
+  }
   return n;
 }
 

@@ -512,6 +512,20 @@ TEST_F(Mpi, PiecewisePathsForLargeCounts) {
   }
   EXPECT_EQ(wrong, 0) << "piecewise all_gather";
 
+  // reduce_scatter_sum with blocks past the limit: the sum of the whole buffer, then this rank's block.
+  Tensor blocks = Tensor::empty({7 * size()});
+  for (int dst = 0; dst < size(); ++dst)
+    for (int64_t k = 0; k < 7; ++k) blocks.data<float>()[dst * 7 + k] = static_cast<float>(value(rank(), dst, k));
+  Tensor mine = Tensor::zeros({7});
+  small->reduce_scatter_sum(blocks, mine);
+  int64_t wrong_sums = 0;
+  for (int64_t k = 0; k < 7; ++k) {
+    int64_t want = 0;
+    for (int src = 0; src < size(); ++src) want += value(src, rank(), k);
+    wrong_sums += mine.data<float>()[k] != static_cast<float>(want);
+  }
+  EXPECT_EQ(wrong_sums, 0) << "piecewise reduce_scatter_sum";
+
   // Children inherit the limit.
   auto child = small->split(0, rank());
   exchange_and_check<float>(*child, random_counts(size(), 8, 17), 0, "pieces of 5 in a child");

@@ -28,6 +28,9 @@
 #include <string>
 #include <vector>
 
+#include <nlohmann/json.hpp>
+
+#include "core/atomic_file.h"
 #include "parallel/mpi_gtest_main.h"
 #include "parallel/pipe_cases.h"
 #include "pipeline/streamed_block.h"
@@ -338,6 +341,15 @@ TEST(ShardedCheckpoints, AMissingOrTruncatedShardIsRefusedNamingIt) {
   if (g_world->rank() == 0) {
     const std::string it = dir + "/iter_0000001/";
     const std::string last = shard_file_name(R - 1, R), first = shard_file_name(0, R);
+    // A shape whose element count overflows is refused, not multiplied out.
+    const std::string index = read_file(sharded_index_path(it));
+    nlohmann::json j = nlohmann::json::parse(index);
+    j["tensors"].begin().value()["shape"] = {int64_t{1} << 40, int64_t{1} << 40};
+    write_file_atomically(sharded_index_path(it), j.dump());
+    const std::string huge = checkpoint_problem(it);
+    EXPECT_NE(huge.find("2^62"), std::string::npos) << huge;
+    write_file_atomically(sharded_index_path(it), index);
+    EXPECT_EQ(checkpoint_problem(it), "");
     std::filesystem::resize_file(it + last, std::filesystem::file_size(it + last) - 4);
     std::string problem = checkpoint_problem(it);
     EXPECT_NE(problem.find(last), std::string::npos) << problem;
