@@ -41,8 +41,8 @@ void fill_normal(Tensor& t, uint64_t seed, float scale) {
   for (int64_t i = 0; i < t.numel(); ++i) p[i] = static_cast<float>(rng.normal()) * scale;
 }
 
-// Stages are indexed by their enum value (pipeline/task_list.h: AttnBegin first, ParamGather last).
-constexpr int kNumStages = static_cast<int>(Stage::ParamGather) + 1;
+// Stages are indexed by their enum value (pipeline/task_list.h: AttnBegin first, ExpertsWgrad last).
+constexpr int kNumStages = static_cast<int>(Stage::ExpertsWgrad) + 1;
 
 // Whether text[pos..] is `prefix` followed by one or more digits up to the end or a space; returns
 // the position after the digits, or npos.

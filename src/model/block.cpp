@@ -75,4 +75,11 @@ Tensor BlockExecutor::backward_layers(const std::vector<Block>& blocks, std::vec
   return d;
 }
 
+std::pair<Tensor, Tensor> BlockExecutor::paired_layers(const std::vector<Block>& blocks,
+                                                       PairedBackward backward, PairedForward forward) const {
+  Tensor dx = backward_layers(blocks, backward.ctx, backward.dy, backward.stats, backward.aux_grad_scale, {});
+  Tensor y = forward_layers(blocks, forward.ctx, forward.x, forward.batch, forward.seq_len, forward.stats);
+  return {dx, y};
+}
+
 }  // namespace ampipe

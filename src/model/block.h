@@ -30,6 +30,22 @@ struct BlockContext {
                                           // (model-scope pipeline: norm1 + QKV per chunk)
 };
 
+// The two passes of BlockExecutor::paired_layers: one micro-batch's backward (as backward_layers
+// takes it, without gradient reduction) and the next micro-batch's forward (as forward_layers,
+// without parameter gathering).
+struct PairedBackward {
+  std::vector<BlockContext>& ctx;
+  const Tensor& dy;
+  const std::vector<RoutingStats>& stats;
+  double aux_grad_scale;
+};
+struct PairedForward {
+  std::vector<BlockContext>& ctx;
+  const Tensor& x;
+  int64_t batch, seq_len;
+  std::vector<RoutingStats>& stats;
+};
+
 class BlockExecutor {
  public:
   virtual ~BlockExecutor() = default;
@@ -59,6 +75,12 @@ class BlockExecutor {
   virtual Tensor backward_layers(const std::vector<Block>& blocks, std::vector<BlockContext>& ctx,
                                  const Tensor& dy, const std::vector<RoutingStats>& stats, double aux_grad_scale,
                                  const std::function<void(int64_t)>& block_done) const;
+  // --overlap-moe-expert-parallel-comm: backward_layers(backward) and forward_layers(forward) over the
+  // same blocks, returning {dx of the backward, output of the forward}, with the results of running
+  // them one after the other (which the default does), bit for bit. A streamed executor runs the two
+  // passes' tasks on its streams together (pipeline/paired_tasks.h).
+  virtual std::pair<Tensor, Tensor> paired_layers(const std::vector<Block>& blocks, PairedBackward backward,
+                                                  PairedForward forward) const;
 };
 
 // Blocks standing alone, as the benchmarks and the planner's calibration time them: num_layers

@@ -126,8 +126,8 @@ std::vector<Block> GptMoe::blocks(int64_t begin, int64_t end) const {
   return out;
 }
 
-LossParts GptMoe::forward(ForwardState& state, const Tensor& tokens, const Tensor& targets, int64_t batch,
-                          const std::function<void(int64_t)>& block_needed) const {
+Tensor GptMoe::begin_forward(ForwardState& state, const Tensor& tokens, const Tensor& targets,
+                             int64_t batch) const {
   AMPIPE_CHECK(batch >= 1 && tokens.numel() % batch == 0)
       << "token count " << tokens.numel() << " is not a multiple of the batch " << batch;
   const int64_t T = tokens.numel();
@@ -135,20 +135,21 @@ LossParts GptMoe::forward(ForwardState& state, const Tensor& tokens, const Tenso
   AMPIPE_CHECK(N <= config_.max_seq_len)
       << "sequence length " << N << " exceeds the model's max_seq_len " << config_.max_seq_len;
   AMPIPE_CHECK(targets.numel() == T) << "targets " << targets.numel() << " != tokens " << T;
-  const int64_t d = config_.hidden_size;
   const Device device = params_.device();
-  params_.refresh_compute();  // bf16: the GEMMs' copies of whatever the values are now
   state.batch = batch;
   state.seq_len = N;
   state.tokens = tokens.to(device);
   state.targets = targets.to(device);
-
-  Tensor x = Tensor::empty({T, d}, DType::F32, device);
+  Tensor x = Tensor::empty({T, config_.hidden_size}, DType::F32, device);
   kernels::embedding_forward(state.tokens, token_emb_->value, pos_emb_ ? pos_emb_->value : Tensor(), N, x);
-  run_blocks(state, x, block_needed);
+  return x;
+}
 
+LossParts GptMoe::finish_forward(ForwardState& state, const Tensor& x) const {
+  const int64_t T = state.tokens.numel();
+  const Device device = params_.device();
   state.x_final = x;
-  state.y = Tensor::empty({T, d}, DType::F32, device);
+  state.y = Tensor::empty({T, config_.hidden_size}, DType::F32, device);
   final_norm_->forward(x, state.y, state.final_norm);
   // bf16: y is only the head's operand (the norm's backward reads x_final), kept in bf16 from here.
   state.y = kernels::as_dtype(state.y, lm_head_->operand().dtype());
@@ -170,7 +171,15 @@ LossParts GptMoe::forward(ForwardState& state, const Tensor& tokens, const Tenso
   return parts;
 }
 
-void GptMoe::backward(ForwardState& state, double loss_scale, const std::function<void(int64_t)>& block_done) const {
+LossParts GptMoe::forward(ForwardState& state, const Tensor& tokens, const Tensor& targets, int64_t batch,
+                          const std::function<void(int64_t)>& block_needed) const {
+  params_.refresh_compute();  // bf16: the GEMMs' copies of whatever the values are now
+  Tensor x = begin_forward(state, tokens, targets, batch);
+  run_blocks(state, x, block_needed);
+  return finish_forward(state, x);
+}
+
+Tensor GptMoe::begin_backward(ForwardState& state, double loss_scale) const {
   const int64_t T = state.tokens.numel();
   const int64_t d = config_.hidden_size;
   const Device device = params_.device();
@@ -181,11 +190,48 @@ void GptMoe::backward(ForwardState& state, double loss_scale, const std::functio
   state.logits = Tensor();
   Tensor dx = Tensor::empty({T, d}, DType::F32, device);
   final_norm_->backward(dy, state.x_final, state.final_norm, dx);
-  const double aux_scale = loss_scale * config_.aux_loss_weight * parallel_.data_size();
-  dx = backward_blocks(state, dx, aux_scale, block_done);
+  return dx;
+}
+
+void GptMoe::finish_backward(ForwardState& state, const Tensor& dx) const {
   kernels::embedding_backward(state.tokens, dx, state.seq_len, token_emb_->grad,
                               pos_emb_ ? pos_emb_->grad : Tensor());
   state = ForwardState{};
+}
+
+double GptMoe::aux_scale(double loss_scale) const {
+  return loss_scale * config_.aux_loss_weight * parallel_.data_size();
+}
+
+void GptMoe::backward(ForwardState& state, double loss_scale,
+                      const std::function<void(int64_t)>& block_done) const {
+  Tensor dx = begin_backward(state, loss_scale);
+  dx = backward_blocks(state, dx, aux_scale(loss_scale), block_done);
+  finish_backward(state, dx);
+}
+
+LossParts GptMoe::backward_and_forward(ForwardState& backward_state, double loss_scale,
+                                       ForwardState& forward_state, const Tensor& tokens,
+                                       const Tensor& targets, int64_t batch) const {
+  const std::vector<RecomputeGroup> all = groups();
+  AMPIPE_CHECK(all.size() == 1 && !all[0].recompute)
+      << "paired micro-batches (--overlap-moe-expert-parallel-comm) do not combine with "
+         "--recompute-granularity full";
+  AMPIPE_CHECK(backward_state.blocks.size() == static_cast<size_t>(config_.num_layers))
+      << "backward_and_forward without a forward to take the backward of";
+  params_.refresh_compute();
+  Tensor x = begin_forward(forward_state, tokens, targets, batch);
+  forward_state.blocks.assign(config_.num_layers, BlockContext{});
+  forward_state.routing.assign(config_.num_layers, RoutingStats{});
+  for (RoutingStats& s : forward_state.routing) s.reset(config_.num_experts);
+  forward_state.group_inputs.assign(1, Tensor());
+  Tensor dx = begin_backward(backward_state, loss_scale);
+  auto [d_input, y] = executor_->paired_layers(
+      blocks(), PairedBackward{backward_state.blocks, dx, backward_state.routing, aux_scale(loss_scale)},
+      PairedForward{forward_state.blocks, x, forward_state.batch, forward_state.seq_len,
+                    forward_state.routing});
+  finish_backward(backward_state, d_input);
+  return finish_forward(forward_state, y);
 }
 
 void GptMoe::reduce_routing_stats(ForwardState& state) const {

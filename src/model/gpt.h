@@ -103,6 +103,15 @@ class GptMoe {
   // gradient reduction. The gradients outside the blocks are final when backward() returns.
   void backward(ForwardState& state, double loss_scale = 1.0,
                 const std::function<void(int64_t)>& block_done = {}) const;
+  // --overlap-moe-expert-parallel-comm: backward(backward_state, loss_scale) of one micro-batch and
+  // forward(forward_state, tokens, targets, batch) of the next, in one call: the blocks' two passes
+  // share the executor's streams (BlockExecutor::paired_layers); the head's and embedding's work of
+  // each runs before and after them on this thread. The same results, bit for bit, as the two calls
+  // in that order (gradients accumulate in the same order). No hooks: gradient reduction belongs to
+  // a step's last backward and parameter gathering to its first forward, which run alone. Refused
+  // with recomputed groups (--recompute-granularity full).
+  LossParts backward_and_forward(ForwardState& backward_state, double loss_scale, ForwardState& forward_state,
+                                 const Tensor& tokens, const Tensor& targets, int64_t batch) const;
   // Logits [B*N, V] on the model's device for the given tokens, without keeping activations.
   Tensor logits(const Tensor& tokens, int64_t batch) const;
 
@@ -118,6 +127,15 @@ class GptMoe {
   const BlockExecutor* executor_ = &sequential_;
   std::vector<RecomputeGroup> recompute_;  // empty: one kept group
 
+  // The steps of forward() around the blocks: checks, embedding -> the first block's input; the final
+  // norm, head, loss and routing statistics from the last block's output.
+  Tensor begin_forward(ForwardState& state, const Tensor& tokens, const Tensor& targets, int64_t batch) const;
+  LossParts finish_forward(ForwardState& state, const Tensor& x) const;
+  // The steps of backward() around the blocks: loss, head and final norm -> the last block's output
+  // gradient; the embeddings' gradients from the first block's input gradient (releases the state).
+  Tensor begin_backward(ForwardState& state, double loss_scale) const;
+  void finish_backward(ForwardState& state, const Tensor& dx) const;
+  double aux_scale(double loss_scale) const;  // d(loss)/d(aux loss of a layer) for backward's scale
   void run_blocks(ForwardState& state, Tensor& x, const std::function<void(int64_t)>& block_needed) const;
   Tensor backward_blocks(ForwardState& state, const Tensor& dy, double aux_scale,
                          const std::function<void(int64_t)>& block_done) const;

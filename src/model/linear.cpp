@@ -12,10 +12,21 @@ void linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, T
 
 void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, Tensor dx, Tensor dweight,
                      Tensor dbias, bool accumulate_dx) {
-  const Tensor dy_op = kernels::as_dtype(dy, weight.dtype());
-  kernels::gemm(dy_op, true, kernels::as_dtype(x, weight.dtype()), false, dweight, 1.0f, 1.0f);
+  linear_backward_weight(x, weight, dy, dweight, dbias);
+  linear_backward_input(weight, dy, dx, accumulate_dx);
+}
+
+void linear_backward_input(const Tensor& weight, const Tensor& dy, Tensor dx, bool accumulate_dx) {
+  if (!dx.defined()) return;
+  kernels::gemm(kernels::as_dtype(dy, weight.dtype()), false, weight, false, dx, 1.0f,
+                accumulate_dx ? 1.0f : 0.0f);
+}
+
+void linear_backward_weight(const Tensor& x, const Tensor& weight, const Tensor& dy, Tensor dweight,
+                            Tensor dbias) {
+  kernels::gemm(kernels::as_dtype(dy, weight.dtype()), true, kernels::as_dtype(x, weight.dtype()), false,
+                dweight, 1.0f, 1.0f);
   if (dbias.defined()) kernels::bias_backward(dy, dbias);
-  if (dx.defined()) kernels::gemm(dy_op, false, weight, false, dx, 1.0f, accumulate_dx ? 1.0f : 0.0f);
 }
 
 }  // namespace ampipe

@@ -16,5 +16,11 @@ void linear_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, T
 // written, or added when accumulate_dx (if dx is defined). dy is float32; x and weight as above.
 void linear_backward(const Tensor& x, const Tensor& weight, const Tensor& dy, Tensor dx, Tensor dweight,
                      Tensor dbias, bool accumulate_dx = false);
+// Its two halves (--delay-wgrad-compute): the input gradient dx, and the weight gradients dweight and
+// dbias. The same kernels on the same operands: run both, in either order, and the bits are
+// linear_backward's.
+void linear_backward_input(const Tensor& weight, const Tensor& dy, Tensor dx, bool accumulate_dx = false);
+void linear_backward_weight(const Tensor& x, const Tensor& weight, const Tensor& dy, Tensor dweight,
+                            Tensor dbias);
 
 }  // namespace ampipe

@@ -2,6 +2,7 @@
 
 #include "kernels/elementwise.h"
 #include "kernels/permute.h"
+#include "pipeline/paired_tasks.h"
 
 namespace ampipe {
 
@@ -110,116 +111,250 @@ Tensor StreamedBlock::backward(const Block& block, BlockContext& ctx, const Tens
   return dx;
 }
 
+namespace {
+
+// One forward pass over the blocks as stage tasks: what each forward task does (forward_layers, and
+// the forward half of paired_layers).
+class ForwardRun {
+ public:
+  ForwardRun(const std::vector<Block>& blocks, std::vector<BlockContext>& ctx, const Tensor& x, int64_t batch,
+             int64_t seq_len, std::vector<RoutingStats>& stats, const ChunkPlan& plan,
+             const std::function<void(int64_t)>& block_needed)
+      : blocks_(blocks),
+        ctx_(ctx),
+        stats_(stats),
+        block_needed_(block_needed),
+        p_(plan),
+        seq_len_(seq_len),
+        attn_rows_(rows_of_chunks(plan.attention, batch, seq_len, x.device())),
+        moe_rows_(rows_of_chunks(plan.moe, batch, seq_len, x.device())) {
+    const size_t L = blocks.size(), A = plan.attention.size() - 1, M = plan.moe.size() - 1;
+    AMPIPE_CHECK(L >= 1 && ctx.size() == L && stats.size() == L)
+        << "forward_layers: " << L << " blocks but " << ctx.size() << " contexts and " << stats.size()
+        << " statistics";
+    // in[l]: block l's input (in[0] = x, in[l + 1] written by block l's finishes); h[l]: its token buffer.
+    in_.resize(L + 1);
+    h_.resize(L);
+    in_[0] = x;
+    for (size_t l = 0; l < L; ++l) {
+      in_[l + 1] = Tensor::empty(x.shape(), DType::F32, x.device());
+      h_[l] = Tensor::empty(x.shape(), DType::F32, x.device());
+      BlockContext& c = ctx[l];
+      c = BlockContext{};
+      c.batch = batch;
+      c.seq_len = seq_len;
+      c.moe.assign(M, MoeContext{});
+      c.attention_chunk.assign(A, 0);
+      c.attention_input.assign(A, 0);
+      blocks[l].attention.prepare_forward(c.attention, in_[l], batch, seq_len);
+    }
+  }
+
+  void run(const StageTask& t) {
+    const size_t c = static_cast<size_t>(t.chunk), l = static_cast<size_t>(t.layer);
+    const Block& block = blocks_[l];
+    BlockContext& bc = ctx_[l];
+    switch (t.stage) {
+      case Stage::AttnBegin:
+        bc.attention_input.assign(p_.attention.size() - 1,
+                                  block.attention.input_forward(bc.attention, 0, seq_len_));
+        break;
+      case Stage::QkvChunk:
+        bc.attention_input[c] =
+            block.attention.input_forward(bc.attention, p_.attention[c], p_.attention[c + 1]);
+        break;
+      case Stage::AttnChunk: {
+        Tensor hc = block.attention.chunk_forward(bc.attention, p_.attention[c], p_.attention[c + 1],
+                                                  &bc.attention_chunk[c]);
+        attn_rows_[c].write(hc, h_[l]);
+        break;
+      }
+      case Stage::Route:
+        block.moe.begin_forward(bc.moe[c], moe_rows_[c].read(h_[l]), stats_[l]);
+        break;
+      case Stage::Dispatch: block.moe.exchange_dispatch(bc.moe[c]); break;
+      case Stage::Experts: block.moe.run_experts(bc.moe[c]); break;
+      case Stage::Combine: block.moe.exchange_combine(bc.moe[c]); break;
+      case Stage::Finish:
+        moe_rows_[c].write(block.moe.finish_forward(bc.moe[c]), in_[l + 1]);
+        break;
+      case Stage::ParamGather:
+        block_needed_(static_cast<int64_t>(l));
+        break;
+      default: AMPIPE_CHECK(false) << "stage " << stage_name(t.stage) << " in a forward task list";
+    }
+  }
+  Tensor output() const { return in_.back(); }
+
+ private:
+  const std::vector<Block>& blocks_;
+  std::vector<BlockContext>& ctx_;
+  std::vector<RoutingStats>& stats_;
+  const std::function<void(int64_t)>& block_needed_;
+  const ChunkPlan& p_;
+  int64_t seq_len_;
+  std::vector<Rows> attn_rows_, moe_rows_;
+  std::vector<Tensor> in_, h_;
+};
+
+// One backward pass over the blocks as stage tasks (backward_layers, and the backward half of
+// paired_layers).
+class BackwardRun {
+ public:
+  BackwardRun(const std::vector<Block>& blocks, std::vector<BlockContext>& ctx, const Tensor& dy,
+              const std::vector<RoutingStats>& stats, double aux_grad_scale, const ChunkPlan& plan,
+              bool delay_wgrad, const std::function<void(int64_t)>& block_done)
+      : blocks_(blocks),
+        ctx_(ctx),
+        stats_(stats),
+        aux_grad_scale_(aux_grad_scale),
+        delay_wgrad_(delay_wgrad),
+        block_done_(block_done) {
+    const size_t L = blocks.size();
+    AMPIPE_CHECK(L >= 1 && ctx.size() == L && stats.size() == L)
+        << "backward_layers: " << L << " blocks but " << ctx.size() << " contexts and " << stats.size()
+        << " statistics";
+    for (const BlockContext& c : ctx)
+      AMPIPE_CHECK(c.moe.size() + 1 == plan.moe.size() &&
+                   c.attention_input.size() + 1 == plan.attention.size())
+          << "StreamedBlock::backward_layers without its forward";
+    const int64_t batch = ctx[0].batch, seq_len = ctx[0].seq_len;
+    attn_rows_ = rows_of_chunks(plan.attention, batch, seq_len, dy.device());
+    moe_rows_ = rows_of_chunks(plan.moe, batch, seq_len, dy.device());
+    // d[l]: gradient of block l's token buffer (residual path included), which becomes the gradient
+    // of its input in place once the attention side's backward is added; d[L] = dy.
+    d_.resize(L + 1);
+    d_[L] = dy;
+    for (size_t l = 0; l < L; ++l) d_[l] = Tensor::empty(dy.shape(), DType::F32, dy.device());
+  }
+
+  void run(const StageTask& t) {
+    const size_t c = static_cast<size_t>(t.chunk), l = static_cast<size_t>(t.layer);
+    const Block& block = blocks_[l];
+    BlockContext& bc = ctx_[l];
+    switch (t.stage) {
+      case Stage::FinishBwd:
+        block.moe.begin_backward(bc.moe[c], moe_rows_[c].read(d_[l + 1]));
+        break;
+      case Stage::CombineBwd: block.moe.exchange_combine_backward(bc.moe[c]); break;
+      case Stage::ExpertsBwd:
+        block.moe.run_experts_backward(bc.moe[c], delay_wgrad_);
+        break;
+      case Stage::DispatchBwd: block.moe.exchange_dispatch_backward(bc.moe[c]); break;
+      case Stage::ExpertsWgrad:
+        block.moe.run_experts_wgrad(bc.moe[c]);
+        break;
+      case Stage::RouteBwd:
+        moe_rows_[c].write(block.moe.finish_backward(bc.moe[c], stats_[l], aux_grad_scale_), d_[l]);
+        break;
+      case Stage::AttnChunkBwd:
+        block.attention.chunk_backward(bc.attention, bc.attention_chunk[c], attn_rows_[c].read(d_[l]));
+        break;
+      case Stage::QkvChunkBwd:
+        attn_rows_[c].add(block.attention.input_backward(bc.attention, bc.attention_input[c]), d_[l]);
+        if (c == 0) release(l);
+        break;
+      case Stage::AttnFinishBwd:
+        kernels::add_inplace(d_[l], block.attention.finish_backward(bc.attention));
+        release(l);
+        break;
+      case Stage::GradReduce:
+        block_done_(static_cast<int64_t>(l));
+        break;
+      default: AMPIPE_CHECK(false) << "stage " << stage_name(t.stage) << " in a backward task list";
+    }
+  }
+  // The gradient of the first block's input; every context released.
+  Tensor finish() {
+    for (BlockContext& c : ctx_) c = BlockContext{};
+    return d_[0];
+  }
+
+ private:
+  const std::vector<Block>& blocks_;
+  std::vector<BlockContext>& ctx_;
+  const std::vector<RoutingStats>& stats_;
+  double aux_grad_scale_;
+  bool delay_wgrad_;
+  const std::function<void(int64_t)>& block_done_;
+  std::vector<Rows> attn_rows_, moe_rows_;
+  std::vector<Tensor> d_;
+
+  // The block's last compute task: its activations and its output gradient are no longer needed.
+  void release(size_t l) {
+    ctx_[l] = BlockContext{};
+    if (l + 1 < ctx_.size()) d_[l + 1] = Tensor();
+  }
+};
+
+}  // namespace
+
 Tensor StreamedBlock::forward_layers(const std::vector<Block>& blocks, std::vector<BlockContext>& ctx,
                                      const Tensor& x, int64_t batch, int64_t seq_len,
                                      std::vector<RoutingStats>& stats,
                                      const std::function<void(int64_t)>& block_needed) const {
-  const size_t L = blocks.size();
-  AMPIPE_CHECK(L >= 1 && ctx.size() == L && stats.size() == L)
-      << "forward_layers: " << L << " blocks but " << ctx.size() << " contexts and " << stats.size() << " statistics";
   plan_ = schedule_.plan(seq_len);
-  const ChunkPlan& p = plan_;
-  const size_t A = p.attention.size() - 1, M = p.moe.size() - 1;
-  const std::vector<Rows> attn_rows = rows_of_chunks(p.attention, batch, seq_len, x.device()),
-                          moe_rows = rows_of_chunks(p.moe, batch, seq_len, x.device());
-  // in[l]: block l's input (in[0] = x, in[l + 1] written by block l's finishes); h[l]: its token buffer.
-  std::vector<Tensor> in(L + 1), h(L);
-  in[0] = x;
-  for (size_t l = 0; l < L; ++l) {
-    in[l + 1] = Tensor::empty(x.shape(), DType::F32, x.device());
-    h[l] = Tensor::empty(x.shape(), DType::F32, x.device());
-    BlockContext& c = ctx[l];
-    c = BlockContext{};
-    c.batch = batch;
-    c.seq_len = seq_len;
-    c.moe.assign(M, MoeContext{});
-    c.attention_chunk.assign(A, 0);
-    c.attention_input.assign(A, 0);
-    blocks[l].attention.prepare_forward(c.attention, in[l], batch, seq_len);
-  }
-  const PassShape pass{static_cast<int64_t>(L), scope_, false, static_cast<bool>(block_needed)};
-  execute(forward_tasks(p, order_, pass), [&](const StageTask& t) {
-    const size_t c = static_cast<size_t>(t.chunk), l = static_cast<size_t>(t.layer);
-    const Block& block = blocks[l];
-    BlockContext& bc = ctx[l];
-    switch (t.stage) {
-      case Stage::AttnBegin: bc.attention_input.assign(A, block.attention.input_forward(bc.attention, 0, seq_len)); break;
-      case Stage::QkvChunk:
-        bc.attention_input[c] = block.attention.input_forward(bc.attention, p.attention[c], p.attention[c + 1]);
-        break;
-      case Stage::AttnChunk: {
-        Tensor hc = block.attention.chunk_forward(bc.attention, p.attention[c], p.attention[c + 1],
-                                                  &bc.attention_chunk[c]);
-        attn_rows[c].write(hc, h[l]);
-        break;
-      }
-      case Stage::Route: block.moe.begin_forward(bc.moe[c], moe_rows[c].read(h[l]), stats[l]); break;
-      case Stage::Dispatch: block.moe.exchange_dispatch(bc.moe[c]); break;
-      case Stage::Experts: block.moe.run_experts(bc.moe[c]); break;
-      case Stage::Combine: block.moe.exchange_combine(bc.moe[c]); break;
-      case Stage::Finish: moe_rows[c].write(block.moe.finish_forward(bc.moe[c]), in[l + 1]); break;
-      case Stage::ParamGather:
-        block_needed(static_cast<int64_t>(l));
-        break;
-      default: AMPIPE_CHECK(false) << "stage " << stage_name(t.stage) << " in a forward task list";
-    }
-  }, L > 1);
-  return in[L];
+  ForwardRun run(blocks, ctx, x, batch, seq_len, stats, plan_, block_needed);
+  const PassShape pass = forward_shape(blocks.size(), static_cast<bool>(block_needed));
+  execute(
+      forward_tasks(plan_, order_, pass), [&run](const StageTask& t) { run.run(t); }, blocks.size() > 1);
+  return run.output();
 }
 
 Tensor StreamedBlock::backward_layers(const std::vector<Block>& blocks, std::vector<BlockContext>& ctx,
                                       const Tensor& dy, const std::vector<RoutingStats>& stats,
-                                      double aux_grad_scale, const std::function<void(int64_t)>& block_done) const {
-  const ChunkPlan& p = plan_;
-  const size_t L = blocks.size();
-  AMPIPE_CHECK(L >= 1 && ctx.size() == L && stats.size() == L)
-      << "backward_layers: " << L << " blocks but " << ctx.size() << " contexts and " << stats.size() << " statistics";
-  for (const BlockContext& c : ctx)
-    AMPIPE_CHECK(c.moe.size() + 1 == p.moe.size() && c.attention_input.size() + 1 == p.attention.size())
-        << "StreamedBlock::backward_layers without its forward";
-  const int64_t batch = ctx[0].batch, seq_len = ctx[0].seq_len;
-  const std::vector<Rows> attn_rows = rows_of_chunks(p.attention, batch, seq_len, dy.device()),
-                          moe_rows = rows_of_chunks(p.moe, batch, seq_len, dy.device());
-  // d[l]: gradient of block l's token buffer (residual path included), which becomes the gradient
-  // of its input in place once the attention side's backward is added; d[L] = dy.
-  std::vector<Tensor> d(L + 1);
-  d[L] = dy;
-  for (size_t l = 0; l < L; ++l) d[l] = Tensor::empty(dy.shape(), DType::F32, dy.device());
-  // The block's last compute task: its activations and its output gradient are no longer needed.
-  auto release = [&](size_t l) {
-    ctx[l] = BlockContext{};
-    if (l + 1 < L) d[l + 1] = Tensor();
-  };
-  const PassShape pass{static_cast<int64_t>(L), scope_, static_cast<bool>(block_done)};
-  execute(backward_tasks(p, order_, pass), [&](const StageTask& t) {
-    const size_t c = static_cast<size_t>(t.chunk), l = static_cast<size_t>(t.layer);
-    const Block& block = blocks[l];
-    BlockContext& bc = ctx[l];
-    switch (t.stage) {
-      case Stage::FinishBwd: block.moe.begin_backward(bc.moe[c], moe_rows[c].read(d[l + 1])); break;
-      case Stage::CombineBwd: block.moe.exchange_combine_backward(bc.moe[c]); break;
-      case Stage::ExpertsBwd: block.moe.run_experts_backward(bc.moe[c]); break;
-      case Stage::DispatchBwd: block.moe.exchange_dispatch_backward(bc.moe[c]); break;
-      case Stage::RouteBwd:
-        moe_rows[c].write(block.moe.finish_backward(bc.moe[c], stats[l], aux_grad_scale), d[l]);
-        break;
-      case Stage::AttnChunkBwd:
-        block.attention.chunk_backward(bc.attention, bc.attention_chunk[c], attn_rows[c].read(d[l]));
-        break;
-      case Stage::QkvChunkBwd:
-        attn_rows[c].add(block.attention.input_backward(bc.attention, bc.attention_input[c]), d[l]);
-        if (c == 0) release(l);
-        break;
-      case Stage::AttnFinishBwd:
-        kernels::add_inplace(d[l], block.attention.finish_backward(bc.attention));
-        release(l);
-        break;
-      case Stage::GradReduce: block_done(static_cast<int64_t>(l)); break;
-      default: AMPIPE_CHECK(false) << "stage " << stage_name(t.stage) << " in a backward task list";
-    }
-  }, L > 1);
-  for (BlockContext& c : ctx) c = BlockContext{};
-  return d[0];
+                                      double aux_grad_scale,
+                                      const std::function<void(int64_t)>& block_done) const {
+  BackwardRun run(blocks, ctx, dy, stats, aux_grad_scale, plan_, delay_wgrad_, block_done);
+  const PassShape pass = backward_shape(blocks.size(), static_cast<bool>(block_done));
+  execute(
+      backward_tasks(plan_, order_, pass), [&run](const StageTask& t) { run.run(t); }, blocks.size() > 1);
+  return run.finish();
+}
+
+std::pair<Tensor, Tensor> StreamedBlock::paired_layers(const std::vector<Block>& blocks,
+                                                       PairedBackward backward, PairedForward forward) const {
+  const ChunkPlan backward_plan = plan_;  // of the forward whose backward this is
+  const ChunkPlan forward_plan = schedule_.plan(forward.seq_len);
+  const std::function<void(int64_t)> none;
+  BackwardRun bwd(blocks, backward.ctx, backward.dy, backward.stats, backward.aux_grad_scale, backward_plan,
+                  delay_wgrad_, none);
+  ForwardRun fwd(blocks, forward.ctx, forward.x, forward.batch, forward.seq_len, forward.stats, forward_plan,
+                 none);
+  const std::vector<StageTask> bwd_tasks =
+      backward_tasks(backward_plan, order_, backward_shape(blocks.size(), false));
+  const std::vector<StageTask> fwd_tasks =
+      forward_tasks(forward_plan, order_, forward_shape(blocks.size(), false));
+  std::vector<double> bwd_seconds, fwd_seconds;
+  for (const StageTask& t : bwd_tasks)
+    bwd_seconds.push_back(task_seconds_ ? task_seconds_(t, backward_plan) : 1.0);
+  for (const StageTask& t : fwd_tasks)
+    fwd_seconds.push_back(task_seconds_ ? task_seconds_(t, forward_plan) : 1.0);
+  execute(
+      paired_tasks(bwd_tasks, bwd_seconds, fwd_tasks, fwd_seconds),
+      [&](const StageTask& t) {
+        if (is_backward_stage(t.stage))
+          bwd.run(t);
+        else
+          fwd.run(t);
+      },
+      blocks.size() > 1);
+  plan_ = forward_plan;  // for the forward's backward
+  Tensor dx = bwd.finish();
+  return {dx, fwd.output()};
+}
+
+PassShape StreamedBlock::forward_shape(size_t num_layers, bool gather_params) const {
+  PassShape pass{static_cast<int64_t>(num_layers), scope_};
+  pass.gather_params = gather_params;
+  return pass;
+}
+
+PassShape StreamedBlock::backward_shape(size_t num_layers, bool reduce_gradients) const {
+  PassShape pass{static_cast<int64_t>(num_layers), scope_};
+  pass.reduce_gradients = reduce_gradients;
+  pass.delay_wgrad = delay_wgrad_;
+  return pass;
 }
 
 }  // namespace ampipe

@@ -18,6 +18,8 @@
 // time does; `model` lets the chunks flow through the blocks as a wavefront. The host still waits
 // only at the end of the pass. A block's saved activations are released by its last backward task.
 // Tasks of block l carry " L<l>" in their trace label when the pass has more than one block.
+// paired_layers (--overlap-moe-expert-parallel-comm) runs one micro-batch's backward pass and the
+// next one's forward pass as one merged list (pipeline/paired_tasks.h) on the same two streams.
 #pragma once
 
 #include <memory>
@@ -51,6 +53,21 @@ class StreamedBlock final : public BlockExecutor {
                          const std::vector<RoutingStats>& stats, double aux_grad_scale,
                          const std::function<void(int64_t)>& block_done) const override;
 
+  // Both passes' tasks in one list (pipeline/paired_tasks.h), merged by the seconds of
+  // set_task_seconds; the forward takes its plan from forward.seq_len, the backward the plan of the
+  // forward it belongs to.
+  std::pair<Tensor, Tensor> paired_layers(const std::vector<Block>& blocks, PairedBackward backward,
+                                          PairedForward forward) const override;
+
+  // --delay-wgrad-compute: backward lists carry ExpertsWgrad tasks (pipeline/task_list.h PassShape).
+  void set_delay_wgrad(bool delay) { delay_wgrad_ = delay; }
+  bool delay_wgrad() const { return delay_wgrad_; }
+  // The predicted seconds of a task of a list cut by `plan` (any unit), by which paired_layers merges
+  // its two passes. Every rank must get the same values (the merge fixes the order of the
+  // collectives). Unset: 1 for every task.
+  using TaskSeconds = std::function<double(const StageTask&, const ChunkPlan&)>;
+  void set_task_seconds(TaskSeconds seconds) { task_seconds_ = std::move(seconds); }
+
   const BlockSchedule& schedule() const { return schedule_; }
   StageOrder order() const { return order_; }
   PipelineScope scope() const { return scope_; }
@@ -66,7 +83,12 @@ class StreamedBlock final : public BlockExecutor {
   Device device_;
   std::unique_ptr<Stream> compute_, comm_;
   std::string inject_failure_;
+  bool delay_wgrad_ = false;
+  TaskSeconds task_seconds_;
   mutable ChunkPlan plan_;  // of the latest forward(), for its backward()
+
+  PassShape forward_shape(size_t num_layers, bool gather_params) const;
+  PassShape backward_shape(size_t num_layers, bool reduce_gradients) const;
 
   // Runs `tasks` on the two streams, calling run(task) for each; waits for both streams.
   void execute(const std::vector<StageTask>& tasks, const std::function<void(const StageTask&)>& run,

@@ -48,6 +48,8 @@ const char* stage_name(Stage stage) {
     case Stage::GradReduce: return "grad reduce";
     case Stage::ParamGather:
       return "param gather";
+    case Stage::ExpertsWgrad:
+      return "experts wgrad";
   }
   return "?";
 }
@@ -58,7 +60,7 @@ StreamRole stage_stream(Stage stage) {
     case Stage::Combine:
     case Stage::CombineBwd:
     case Stage::DispatchBwd:
-    case Stage::GradReduce: return StreamRole::Comm;
+    case Stage::GradReduce:
     case Stage::ParamGather:
       return StreamRole::Comm;
     default: return StreamRole::Compute;
@@ -225,9 +227,15 @@ class ForwardBuilder {
 class BackwardBuilder {
  public:
   BackwardBuilder(const ChunkPlan& p, StageOrder order, const PassShape& pass)
-      : order_(order), model_(pass.scope == PipelineScope::Model), reduce_(pass.reduce_gradients),
-        L_(static_cast<int>(pass.num_layers)), M_(static_cast<int>(p.moe.size()) - 1),
-        done_(attention_done_after(p)), lower_ready_(lower_block_ready_after(p)), layers_(L_, Layer(M_)) {}
+      : order_(order),
+        model_(pass.scope == PipelineScope::Model),
+        reduce_(pass.reduce_gradients),
+        delay_(pass.delay_wgrad),
+        L_(static_cast<int>(pass.num_layers)),
+        M_(static_cast<int>(p.moe.size()) - 1),
+        done_(attention_done_after(p)),
+        lower_ready_(lower_block_ready_after(p)),
+        layers_(L_, Layer(M_)) {}
 
   std::vector<StageTask> build() {
     for (int l = L_ - 1; l >= (model_ ? L_ - 1 : 0); --l)
@@ -242,7 +250,7 @@ class BackwardBuilder {
     int begun = 0, next_experts = 0, next_route = 0;
   };
   StageOrder order_;
-  bool model_, reduce_;
+  bool model_, reduce_, delay_;
   int L_, M_;
   std::vector<std::vector<int>> done_, lower_ready_;
   std::vector<Layer> layers_;
@@ -267,6 +275,7 @@ class BackwardBuilder {
     Layer& s = layers_[l];
     const int computed = b_.add(Stage::ExpertsBwd, m, {s.exchanged[m]}, l);
     s.returned[m] = b_.add(Stage::DispatchBwd, m, {computed}, l);
+    if (delay_) b_.add(Stage::ExpertsWgrad, m, {}, l);
   }
   void route(int l, int m) {
     b_.add(Stage::RouteBwd, m, {layers_[l].returned[m]}, l);
@@ -366,6 +375,7 @@ void check_task_list(const std::vector<StageTask>& tasks, const ChunkPlan& plan,
               Stage::AttnChunkBwd};
     stages.push_back(pass.scope == PipelineScope::Model ? Stage::QkvChunkBwd : Stage::AttnFinishBwd);
     if (pass.reduce_gradients) stages.push_back(Stage::GradReduce);
+    if (pass.delay_wgrad) stages.push_back(Stage::ExpertsWgrad);
   }
   // Whole-sequence (and whole-block) stages carry chunk -1.
   auto whole = [](Stage s) {
@@ -439,7 +449,14 @@ void check_task_list(const std::vector<StageTask>& tasks, const ChunkPlan& plan,
       case Stage::CombineBwd: needs.push_back(at(Stage::FinishBwd, l, c)); break;
       case Stage::ExpertsBwd: needs.push_back(at(Stage::CombineBwd, l, c)); break;
       case Stage::DispatchBwd: needs.push_back(at(Stage::ExpertsBwd, l, c)); break;
-      case Stage::RouteBwd: needs.push_back(at(Stage::DispatchBwd, l, c)); break;
+      case Stage::RouteBwd:
+        needs.push_back(at(Stage::DispatchBwd, l, c));
+        // it releases the chunk's context, which the delayed weight gradients read
+        if (pass.delay_wgrad) needs.push_back(at(Stage::ExpertsWgrad, l, c));
+        break;
+      case Stage::ExpertsWgrad:
+        needs.push_back(at(Stage::ExpertsBwd, l, c));
+        break;
       case Stage::AttnChunkBwd:
         for (int m = 0; m < M; ++m)
           if (overlaps(attn_range(c).first, attn_range(c).second, moe_range(m).first, moe_range(m).second))
@@ -455,6 +472,7 @@ void check_task_list(const std::vector<StageTask>& tasks, const ChunkPlan& plan,
         for (int m = 0; m < M; ++m) {
           needs.push_back(at(Stage::ExpertsBwd, l, m));
           needs.push_back(at(Stage::RouteBwd, l, m));
+          if (pass.delay_wgrad) needs.push_back(at(Stage::ExpertsWgrad, l, m));
         }
         for (int a = 0; a < A; ++a) {
           needs.push_back(at(Stage::AttnChunkBwd, l, a));

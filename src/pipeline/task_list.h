@@ -27,9 +27,11 @@
 // next block's work in where its inputs exist. With parameter gathering (--overlap-param-gather),
 // the forward list holds one ParamGather task per block on the comm stream: block 0's first, block
 // l+1's just before block l's first dispatch (so it runs under block l's attention), and block l's
-// first compute task waits for block l's. With gradient reduction, the backward list holds one
-// GradReduce task per block on the comm stream, right after that block's last compute task, which it
-// waits for; it reduces that block's gradients (data-parallel), so the reduction overlaps the lower
+// first compute task waits for block l's. With delayed weight gradients (--delay-wgrad-compute) each
+// MoE chunk's ExpertsWgrad follows its DispatchBwd in the list; the chunk's RouteBwd (which releases
+// the chunk's context) and the block's GradReduce come after it. With gradient reduction, the backward list
+// holds one GradReduce task per block on the comm stream, right after that block's last compute task, which
+// it waits for; it reduces that block's gradients (data-parallel), so the reduction overlaps the lower
 // blocks' backward.
 #pragma once
 
@@ -75,6 +77,8 @@ enum class Stage {
   GradReduce,  // all-reduce of one block's gradients over the data-parallel groups (comm)
   // the distributed optimizer's parameter all-gather overlapped with the forward
   ParamGather,  // all-gather of one block's updated parameters (comm)
+  // --delay-wgrad-compute: the experts' weight gradients of a MoE chunk, split from ExpertsBwd
+  ExpertsWgrad,  // MoE chunk: dW (and db) of every expert GEMM (compute)
 };
 const char* stage_name(Stage stage);
 StreamRole stage_stream(Stage stage);
@@ -102,6 +106,10 @@ struct PassShape {
   PipelineScope scope = PipelineScope::Block;
   bool reduce_gradients = false;  // backward only: a GradReduce task per block
   bool gather_params = false;     // forward only: a ParamGather task per block
+  // backward only (--delay-wgrad-compute): ExpertsBwd computes the input gradients only, and an
+  // ExpertsWgrad task per MoE chunk, right after the chunk's DispatchBwd, the weight gradients, so
+  // the all-to-all leaves before the weight-gradient GEMMs instead of after them.
+  bool delay_wgrad = false;
 };
 
 // The forward and backward task lists of a block cut by `plan`, the compute stream taking stages in

@@ -36,6 +36,8 @@
 //   CombineBwd     1 call; wire as Dispatch
 //   ExpertsBwd     gemm 4m rows d f (dW and dX of every GEMM); bytes bias bwd rows (d + (m - 1) f) +
 //                  activation bwd, + regroup 4 rows d when R > 1
+//   (with delay_wgrad: ExpertsBwd gemm 2m rows d f, activation bwd and regroup; ExpertsWgrad gemm
+//   2m rows d f and bias bwd)
 //   DispatchBwd    1 call; wire as Dispatch
 //   RouteBwd       permute bwd (rows + T) d, softmax + top-k bwd 4TE, router gemm 4TdE,
 //                  norm2 bwd 3Td, residual 3Td, copy into the token-buffer gradient 2Td
@@ -140,8 +142,13 @@ StageWork stage_work(Stage stage, int64_t begin, int64_t end, const BlockShape& 
       elems = (T + 2 * rows) * d + (gathers ? 2 * T * d : 0);
       break;
     case Stage::ExpertsBwd:
-      work.gemm_flops = 4 * m * rows * d * f;
-      elems = bias * rows * (d + (m - 1) * f) + activation_bwd + (distributed ? 4 * rows * d : 0);
+      work.gemm_flops = (shape.delay_wgrad ? 2 : 4) * m * rows * d * f;
+      elems = (shape.delay_wgrad ? 0 : bias * rows * (d + (m - 1) * f)) + activation_bwd +
+              (distributed ? 4 * rows * d : 0);
+      break;
+    case Stage::ExpertsWgrad:
+      work.gemm_flops = 2 * m * rows * d * f;
+      elems = bias * rows * (d + (m - 1) * f);
       break;
     case Stage::RouteBwd:
       work.gemm_flops = 4 * T * d * E;

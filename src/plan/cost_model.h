@@ -41,6 +41,9 @@ struct BlockShape {
   // other half, the parameters' all-gather, is a ParamGather task (--overlap-param-gather) or comes
   // after the step, outside the pass.
   bool sharded_optimizer = false;
+  // --delay-wgrad-compute: ExpertsBwd prices the input gradients only (half its GEMM FLOPs and the
+  // activation backward), ExpertsWgrad the weight gradients (the other half and the bias sums).
+  bool delay_wgrad = false;
   // Share of the routed rows that leave the rank; < 0: (R-1)/R, uniform routing.
   double remote_fraction = -1;
 

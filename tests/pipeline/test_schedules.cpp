@@ -536,8 +536,9 @@ TEST(TaskList, EveryPassListSatisfiesTheDependencyRule) {
     for (StageOrder order : {StageOrder::StageMajor, StageOrder::Interleaved})
       for (PipelineScope scope : {PipelineScope::Block, PipelineScope::Model})
         for (int64_t L : {1, 2, 3, 4})
-          for (bool reduce : {false, true}) {
-            const PassShape pass{L, scope, reduce, reduce};
+          for (int extras = 0; extras < 3; ++extras) {
+            // none; gradient reduction and parameter gathering; and delayed weight gradients too
+            const PassShape pass{L, scope, extras >= 1, extras >= 1, extras == 2};
             SCOPED_TRACE(std::string(pipeline_scope_name(scope)) + " " + stage_order_name(order) + " L=" +
                          std::to_string(L) + " A=" + std::to_string(plan.attention.size() - 1) +
                          " M=" + std::to_string(plan.moe.size() - 1));
@@ -574,8 +575,10 @@ TEST(TaskList, RemovingAnyNeededEdgeBreaksTheDependencyRule) {
   for (const ChunkPlan& plan : plans_to_check())
     for (StageOrder order : {StageOrder::StageMajor, StageOrder::Interleaved})
       for (PipelineScope scope : {PipelineScope::Block, PipelineScope::Model})
-        for (bool backward : {false, true}) {
-          const PassShape pass{3, scope, true, true};
+        for (int backward_kind = 0; backward_kind < 3; ++backward_kind) {
+          // forward; backward; backward with delayed weight gradients (--delay-wgrad-compute)
+          const bool backward = backward_kind > 0;
+          const PassShape pass{3, scope, true, true, backward_kind == 2};
           const std::vector<StageTask> tasks =
               backward ? backward_tasks(plan, order, pass) : forward_tasks(plan, order, pass);
           for (size_t i = 0; i < tasks.size(); ++i)

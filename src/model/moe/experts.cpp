@@ -46,10 +46,25 @@ void Experts::forward_map(const Stacked& m, int64_t e, const Tensor& x, Tensor y
   linear_forward(x, slice(m.weight, false, e), slice(m.bias, false, e), y);
 }
 
-void Experts::backward_map(const Stacked& m, int64_t e, const Tensor& x, const Tensor& dy, Tensor dx,
-                           bool accumulate_dx) {
-  linear_backward(x, slice(m.weight, false, e), dy, dx, slice(m.weight, true, e), slice(m.bias, true, e),
-                  accumulate_dx);
+void Experts::backward_map(int map, int64_t e, const Tensor& x, const Tensor& dy, Tensor dx,
+                           bool accumulate_dx, ExpertsWeightGrads* delayed) const {
+  const Stacked& m = stacked(map);
+  if (delayed == nullptr) {
+    linear_backward(x, slice(m.weight, false, e), dy, dx, slice(m.weight, true, e), slice(m.bias, true, e),
+                    accumulate_dx);
+    return;
+  }
+  linear_backward_input(slice(m.weight, false, e), dy, dx, accumulate_dx);
+  delayed->items.push_back(ExpertsWeightGrads::Item{map, e, x, dy});
+}
+
+void Experts::weight_backward(ExpertsWeightGrads& delayed) const {
+  for (const ExpertsWeightGrads::Item& item : delayed.items) {
+    const Stacked& m = stacked(item.map);
+    linear_backward_weight(item.x, slice(m.weight, false, item.expert), item.dy,
+                           slice(m.weight, true, item.expert), slice(m.bias, true, item.expert));
+  }
+  delayed = ExpertsWeightGrads{};
 }
 
 void Experts::activation(const Tensor& h, const Tensor& h3, Tensor g32, Tensor g) const {
@@ -109,7 +124,7 @@ Tensor Experts::forward(ExpertsContext& ctx, const Tensor& u, const std::vector<
   return y;
 }
 
-Tensor Experts::backward(ExpertsContext& ctx, const Tensor& dy) const {
+Tensor Experts::backward(ExpertsContext& ctx, const Tensor& dy, ExpertsWeightGrads* delayed) const {
   const int64_t P = dy.dim(0);
   const Device device = dy.device();
   Tensor du = Tensor::empty({P, hidden_}, DType::F32, device);
@@ -131,17 +146,17 @@ Tensor Experts::backward(ExpertsContext& ctx, const Tensor& dy) const {
       g_e = bf16_ ? Tensor::empty({n, ffn_}, DType::BF16, device) : g32;
       activation(h, h3, g32, g_e);
     }
-    backward_map(out_, e, g_e, dy.rows(row, row + n), dg_e, false);
+    backward_map(2, e, g_e, dy.rows(row, row + n), dg_e, false, delayed);
     if (swiglu_) {
       // swiglu_backward's outputs may not alias its inputs: the gate's gradient gets its own buffer.
       const Tensor dh3_e = dh3.rows(row, row + n);
       Tensor dh = Tensor::empty({n, ffn_}, DType::F32, device);
       kernels::swiglu_backward(h, h3, dg_e, dh, dh3_e);
-      backward_map(in_, e, u_e, dh, du_e, false);
-      backward_map(linear_, e, u_e, dh3_e, du_e, true);
+      backward_map(0, e, u_e, dh, du_e, false, delayed);
+      backward_map(1, e, u_e, dh3_e, du_e, true, delayed);
     } else {
       kernels::gelu_backward(h, dg_e, dg_e);
-      backward_map(in_, e, u_e, dg_e, du_e, false);
+      backward_map(0, e, u_e, dg_e, du_e, false, delayed);
     }
     row += n;
   }

@@ -28,6 +28,17 @@ struct ExpertsContext {
                                 // undefined under selective recompute (backward recomputes it)
 };
 
+// --delay-wgrad-compute: the weight gradients a backward left for later, one per expert GEMM, in
+// the order backward() accumulates them, each with the operands it reads (which it keeps alive).
+struct ExpertsWeightGrads {
+  struct Item {
+    int map = 0;  // 0: the input map (fc1 / w1), 1: SwiGLU's linear branch (w3), 2: the output map
+    int64_t expert = 0;
+    Tensor x, dy;
+  };
+  std::vector<Item> items;
+};
+
 class Experts {
  public:
   Experts(const ModelConfig& config, ParameterRegistry& params, const std::string& prefix,
@@ -35,8 +46,12 @@ class Experts {
 
   // u [P, d] grouped by expert per counts (sum(counts) == P) -> y [P, d].
   Tensor forward(ExpertsContext& ctx, const Tensor& u, const std::vector<int64_t>& counts) const;
-  // dy [P, d] -> du [P, d]; accumulates the expert parameters' gradients.
-  Tensor backward(ExpertsContext& ctx, const Tensor& dy) const;
+  // dy [P, d] -> du [P, d]; accumulates the expert parameters' gradients, or, with `delayed`, leaves
+  // them there for weight_backward (the input gradients do not read them).
+  Tensor backward(ExpertsContext& ctx, const Tensor& dy, ExpertsWeightGrads* delayed = nullptr) const;
+  // Accumulates the gradients a delayed backward left, in its order, and empties `delayed`: the bits
+  // of the undelayed backward.
+  void weight_backward(ExpertsWeightGrads& delayed) const;
 
   int64_t num_local_experts() const { return experts_; }
 
@@ -62,8 +77,10 @@ class Experts {
   // Expert e's slice of a stacked tensor (undefined stays undefined).
   static Tensor slice(const Parameter* p, bool grad, int64_t e);
   static void forward_map(const Stacked& m, int64_t e, const Tensor& x, Tensor y);
-  static void backward_map(const Stacked& m, int64_t e, const Tensor& x, const Tensor& dy, Tensor dx,
-                           bool accumulate_dx);
+  // dx of one expert's map, and its weight gradients now or (delayed non-null) later.
+  void backward_map(int map, int64_t e, const Tensor& x, const Tensor& dy, Tensor dx, bool accumulate_dx,
+                    ExpertsWeightGrads* delayed) const;
+  const Stacked& stacked(int map) const { return map == 0 ? in_ : map == 1 ? linear_ : out_; }
 };
 
 }  // namespace ampipe

@@ -38,13 +38,14 @@ void MoeLayer::begin_backward(MoeContext& ctx, const Tensor& dy) const {
   dispatcher_.begin_combine_backward(ctx.dispatch, dy, ctx.dgate);
 }
 
-void MoeLayer::run_experts_backward(MoeContext& ctx) const {
+void MoeLayer::run_experts_backward(MoeContext& ctx, bool delay_wgrad) const {
   Tensor dexpert_output = dispatcher_.finish_combine_backward(ctx.dispatch);
-  Tensor dexpert_input = experts_.backward(ctx.experts, dexpert_output);
+  Tensor dexpert_input = experts_.backward(ctx.experts, dexpert_output, delay_wgrad ? &ctx.wgrad : nullptr);
   dispatcher_.begin_dispatch_backward(ctx.dispatch, dexpert_input);
 }
 
 Tensor MoeLayer::finish_backward(MoeContext& ctx, const RoutingStats& stats, double aux_grad_scale) const {
+  AMPIPE_CHECK(ctx.wgrad.items.empty()) << "MoeLayer::finish_backward before run_experts_wgrad";
   Tensor dm = dispatcher_.finish_dispatch_backward(ctx.dispatch);
   router_.backward(ctx.router, ctx.dgate, stats, aux_grad_scale, dm);
   Tensor dx = Tensor::empty(ctx.dy.shape(), DType::F32, ctx.dy.device());

@@ -22,6 +22,7 @@ struct MoeContext {
   RouterContext router;
   DispatchContext dispatch;
   ExpertsContext experts;
+  ExpertsWeightGrads wgrad;  // --delay-wgrad-compute: between run_experts_backward and run_experts_wgrad
 };
 
 class MoeLayer {
@@ -44,7 +45,10 @@ class MoeLayer {
   Tensor finish_forward(MoeContext& ctx) const;
   void begin_backward(MoeContext& ctx, const Tensor& dy) const;
   void exchange_combine_backward(MoeContext& ctx) const { dispatcher_.exchange_combine_backward(ctx.dispatch); }
-  void run_experts_backward(MoeContext& ctx) const;
+  // delay_wgrad (--delay-wgrad-compute): the experts' weight gradients wait in ctx.wgrad for
+  // run_experts_wgrad, which must run before finish_backward (that releases ctx).
+  void run_experts_backward(MoeContext& ctx, bool delay_wgrad = false) const;
+  void run_experts_wgrad(MoeContext& ctx) const { experts_.weight_backward(ctx.wgrad); }
   void exchange_dispatch_backward(MoeContext& ctx) const { dispatcher_.exchange_dispatch_backward(ctx.dispatch); }
   Tensor finish_backward(MoeContext& ctx, const RoutingStats& stats, double aux_grad_scale) const;
 
