@@ -43,6 +43,7 @@ struct BlockShape {
   bool sharded_optimizer = false;
   // --delay-wgrad-compute: ExpertsBwd prices the input gradients only (half its GEMM FLOPs and the
   // activation backward), ExpertsWgrad the weight gradients (the other half and the bias sums).
+  // predict_pass and predict_step set it from their PassShape.
   bool delay_wgrad = false;
   // Share of the routed rows that leave the rank; < 0: (R-1)/R, uniform routing.
   double remote_fraction = -1;

@@ -7,6 +7,7 @@
 
 #include "core/error.h"
 #include "core/trace.h"
+#include "pipeline/paired_tasks.h"
 
 namespace ampipe {
 
@@ -126,12 +127,14 @@ PassPrediction predict_pass(const BlockSchedule& schedule, StageOrder order, con
       << "hardware profile '" << hw.name << "': comm_overlap_slowdown must be >= 1, got "
       << hw.comm_overlap_slowdown;
   const ChunkPlan plan = schedule.plan(shape.seq_len);
+  BlockShape priced = shape;
+  priced.delay_wgrad = pass.delay_wgrad;
   const std::vector<StageTask> fwd = forward_tasks(plan, order, pass),
                                bwd = backward_tasks(plan, order, pass);
   const Simulation f =
-      simulate(fwd, task_seconds(fwd, plan, shape, hw), hw.overlap_slowdown, hw.comm_overlap_slowdown);
+      simulate(fwd, task_seconds(fwd, plan, priced, hw), hw.overlap_slowdown, hw.comm_overlap_slowdown);
   const Simulation b =
-      simulate(bwd, task_seconds(bwd, plan, shape, hw), hw.overlap_slowdown, hw.comm_overlap_slowdown);
+      simulate(bwd, task_seconds(bwd, plan, priced, hw), hw.overlap_slowdown, hw.comm_overlap_slowdown);
   if (trace) {
     trace_simulation(*trace, fwd, f, rank, origin_us);
     trace_simulation(*trace, bwd, b, rank, origin_us + f.makespan * 1e6);
@@ -147,6 +150,50 @@ PassPrediction predict_pass(const BlockSchedule& schedule, StageOrder order, con
   p.compute_busy = f.compute_busy + b.compute_busy;
   p.comm_busy = f.comm_busy + b.comm_busy;
   p.overlap_bound = std::max(f.compute_busy, f.comm_busy) + std::max(b.compute_busy, b.comm_busy);
+  return p;
+}
+
+StepPrediction predict_step(const BlockSchedule& schedule, StageOrder order, const BlockShape& shape,
+                            const HardwareProfile& hw, const PassShape& pass, int64_t micro_batches, bool paired,
+                            TraceRecorder* trace, int rank, double origin_us) {
+  AMPIPE_CHECK(micro_batches >= 1) << "a step needs at least one micro-batch, got " << micro_batches;
+  AMPIPE_CHECK(!paired || micro_batches >= 2)
+      << "pairing micro-batches needs at least two a step, got " << micro_batches;
+  shape.validate();
+  BlockShape priced = shape;
+  priced.delay_wgrad = pass.delay_wgrad;
+  const ChunkPlan plan = schedule.plan(shape.seq_len);
+  PassShape first = pass, middle = pass, last = pass;  // the step's first forward, last backward
+  first.reduce_gradients = middle.reduce_gradients = middle.gather_params = last.gather_params = false;
+  last.reduce_gradients = pass.reduce_gradients;
+  first.gather_params = pass.gather_params;
+  // The lists of the step, in order, each simulated on its own (the host waits between them).
+  std::vector<std::vector<StageTask>> lists;
+  auto seconds = [&](const std::vector<StageTask>& l) { return task_seconds(l, plan, priced, hw); };
+  const int64_t A = micro_batches;
+  lists.push_back(forward_tasks(plan, order, first));
+  for (int64_t m = 0; m + 1 < A; ++m) {
+    const std::vector<StageTask> bwd = backward_tasks(plan, order, middle);
+    const std::vector<StageTask> fwd = forward_tasks(plan, order, middle);
+    if (paired) {
+      lists.push_back(paired_tasks(bwd, seconds(bwd), fwd, seconds(fwd)));
+    } else {
+      lists.push_back(bwd);
+      lists.push_back(fwd);
+    }
+  }
+  lists.push_back(backward_tasks(plan, order, last));
+  StepPrediction p;
+  double origin = origin_us;
+  for (const std::vector<StageTask>& l : lists) {
+    const Simulation sim = simulate(l, seconds(l), hw.overlap_slowdown, hw.comm_overlap_slowdown);
+    if (trace) trace_simulation(*trace, l, sim, rank, origin);
+    origin += sim.makespan * 1e6;
+    p.total += sim.makespan;
+    p.compute_busy += sim.compute_busy;
+    p.comm_busy += sim.comm_busy;
+  }
+  p.step_bound = std::max(p.compute_busy, p.comm_busy);
   return p;
 }
 

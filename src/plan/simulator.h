@@ -64,6 +64,25 @@ PassPrediction predict_pass(const BlockSchedule& schedule, StageOrder order, con
                             const HardwareProfile& hw, const PassShape& pass, TraceRecorder* trace = nullptr,
                             int rank = 0, double origin_us = 0);
 
+// A training step of `micro_batches` (>= 1) micro-batches, each a pass over pass.num_layers blocks
+// as predict_pass prices it, run one after the other (the host waits between lists), or `paired`
+// (--overlap-moe-expert-parallel-comm): the first forward alone, each backward merged with the next
+// forward (pipeline/paired_tasks.h, by the same task_seconds the trainer's executor merges with),
+// the last backward alone. pass.gather_params applies to the step's first forward,
+// pass.reduce_gradients to its last backward, pass.delay_wgrad to every backward (and prices
+// ExpertsBwd without the weight gradients, BlockShape::delay_wgrad). Pairing one micro-batch is
+// refused (there is nothing to pair). With `trace`, the step's predicted timeline.
+struct StepPrediction {
+  double total = 0;                        // seconds of the step
+  double compute_busy = 0, comm_busy = 0;  // simulated busy seconds of each stream over the step
+  // max(compute_busy, comm_busy): the step if every list overlapped its streams with each other and
+  // across the host's waits perfectly; total / step_bound is how far a step is from it.
+  double step_bound = 0;
+};
+StepPrediction predict_step(const BlockSchedule& schedule, StageOrder order, const BlockShape& shape,
+                            const HardwareProfile& hw, const PassShape& pass, int64_t micro_batches, bool paired,
+                            TraceRecorder* trace = nullptr, int rank = 0, double origin_us = 0);
+
 // One block: predict_pass with the default PassShape (one block, block scope, no gradient
 // reduction), its BlockPrediction fields.
 BlockPrediction predict_block(const BlockSchedule& schedule, StageOrder order, const BlockShape& shape,

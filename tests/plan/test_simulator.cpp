@@ -377,5 +377,54 @@ TEST(SimulatePass, TracesEveryBlock) {
   EXPECT_EQ(slices.front().name, "ln1+qkv chunk c0 L0");
 }
 
+// A step of micro-batches: unpaired it is the passes one after the other; paired (a forward
+// bound by the link beside a backward bound by compute) it is shorter and nearer its step bound;
+// delayed weight gradients move the same work into ExpertsWgrad tasks.
+TEST(PredictStep, PairingOverlapsTheForwardsLinkWithTheBackwardsCompute) {
+  const BlockShape shape = shape_for(4096, 512, 1);
+  // 200 Mbit/s shared by two ranks, compute as calibrated here (profiles/cpu-2rank-200mbit.json):
+  // the forward is link-bound, the backward compute-bound.
+  HardwareProfile hw = cpu_profile(25e6 / 2);
+  hw.attention_efficiency = 0.84;
+  hw.attention_backward_efficiency = 0.94;
+  hw.memory_bandwidth = 16.8e9;
+  for (PipelineScope scope : {PipelineScope::Block, PipelineScope::Model}) {
+    const PassShape pass{4, scope};
+    const BlockSchedule s = ampipe_schedule(4);
+    const PassPrediction one = predict_pass(s, StageOrder::StageMajor, shape, hw, pass);
+    const StepPrediction single = predict_step(s, StageOrder::StageMajor, shape, hw, pass, 1, false);
+    EXPECT_NEAR(single.total, one.total, 1e-12);
+    const StepPrediction plain = predict_step(s, StageOrder::StageMajor, shape, hw, pass, 4, false);
+    EXPECT_NEAR(plain.total, 4 * one.total, 1e-9);
+    EXPECT_NEAR(plain.compute_busy, 4 * one.compute_busy, 1e-9);
+    const StepPrediction paired = predict_step(s, StageOrder::StageMajor, shape, hw, pass, 4, true);
+    EXPECT_LT(paired.total, 0.97 * plain.total) << pipeline_scope_name(scope);
+    EXPECT_GE(paired.total, paired.step_bound * (1 - 1e-12));
+    EXPECT_GT(paired.step_bound / paired.total, plain.step_bound / plain.total);
+    // The same work (the overlap slowdown aside): the busy times barely move.
+    EXPECT_NEAR(paired.comm_busy, plain.comm_busy, 0.05 * plain.comm_busy);
+    PassShape delayed = pass;
+    delayed.delay_wgrad = true;
+    const StepPrediction later = predict_step(s, StageOrder::StageMajor, shape, hw, delayed, 4, true);
+    EXPECT_NEAR(later.compute_busy, paired.compute_busy, 0.05 * paired.compute_busy);
+    EXPECT_LE(later.total, paired.total * 1.02);
+  }
+  EXPECT_THROW(predict_step(ampipe_schedule(2), StageOrder::StageMajor, shape, hw, {}, 1, true), Error);
+  EXPECT_THROW(predict_step(ampipe_schedule(2), StageOrder::StageMajor, shape, hw, {}, 0, false), Error);
+}
+
+// Delayed weight gradients split ExpertsBwd's price: the two tasks cost what the one did.
+TEST(CostModel, DelayedWeightGradientsSplitTheExpertsBackward) {
+  BlockShape shape = shape_for(1024, 256, 2);
+  const HardwareProfile hw = cpu_profile(12.5e6);
+  const double whole = stage_seconds(Stage::ExpertsBwd, 0, 512, shape, hw);
+  shape.delay_wgrad = true;
+  const double input = stage_seconds(Stage::ExpertsBwd, 0, 512, shape, hw);
+  const double weight = stage_seconds(Stage::ExpertsWgrad, 0, 512, shape, hw);
+  EXPECT_NEAR(input + weight, whole + hw.task_overhead, 1e-12);
+  EXPECT_GT(weight, 0.3 * whole);
+  EXPECT_GT(input, 0.3 * whole);
+}
+
 }  // namespace
 }  // namespace ampipe
