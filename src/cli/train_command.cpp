@@ -185,10 +185,12 @@ void add_parallel_flags(CLI::App& cmd, TrainCommand& c) {
          "Chunks per block (P) for moe-pipe and ampipe, or auto: the planner picks the schedule (this "
          "one or sequential), P, chunk boundaries and stage order from a cost model of this machine")
       ->capture_default_str();
-  cmd.add_option("--hardware", t.hardware,
-                 "With --pipe-degree auto and --schedule moe-pipe or ampipe (the planner): the hardware profile "
-                 "to plan for (JSON path or a name under profiles/); default: a quick calibration of this "
-                 "machine at start-up. Refused where no plan is made (it would do nothing)");
+  cmd.add_option(
+      "--hardware", t.hardware,
+      "With --pipe-degree auto and --schedule moe-pipe or ampipe (the planner), or with "
+      "--overlap-moe-expert-parallel-comm (the paired step's merge): the hardware profile to plan for "
+      "(JSON path or a name under profiles/); default: a quick calibration of this machine at "
+      "start-up. Refused where nothing reads it");
   cmd.add_option("--chunk-boundaries", c.chunk_boundaries,
                  "Explicit ampipe chunk boundaries as positions, e.g. 0,48,96,128 (overrides --pipe-degree)");
   cmd.add_option("--chunk-policy", c.chunk_policy,
@@ -212,6 +214,11 @@ void add_parallel_flags(CLI::App& cmd, TrainCommand& c) {
          "forward and backward: the pipeline fills once per pass), or auto (the planner's choice with "
          "--pipe-degree auto; otherwise model when there are chunks and more than one layer)")
       ->capture_default_str();
+}
+
+// What overlaps what across the step, and what memory is traded for time: gradient reduction,
+// the distributed optimizer, paired micro-batches, recomputation.
+void add_overlap_flags(CLI::App& cmd, TrainOptions& t) {
   cmd.add_flag(
       "--overlap-grad-reduce", t.overlap_grad_reduce,
       "Reduce each block's gradients over the data-parallel ranks on the communication stream as soon "
@@ -228,6 +235,19 @@ void add_parallel_flags(CLI::App& cmd, TrainCommand& c) {
                "With --use-distributed-optimizer and --overlap-grad-reduce: all-gather each block's updated "
                "parameters on the communication stream during the next forward (block 0's first, block l+1's "
                "under block l's attention) instead of right after the update. Results are the same");
+  cmd.add_flag(
+         "--overlap-moe-expert-parallel-comm{on}", t.overlap_moe_expert_parallel_comm,
+         "Pair micro-batches (needs two or more a step, --global-batch-size): each micro-batch's backward "
+         "runs beside the next one's forward on the same two streams, so one's all-to-alls hide behind "
+         "the other's computation (Megatron-Core's combined 1F1B); the first forward and the last "
+         "backward run alone. Results are the same bits. The merge of the two passes is priced by "
+         "--hardware or a quick calibration at start-up. =auto: the planner pairs where it predicts the "
+         "step more than 2% faster")
+      ->default_str("off");
+  cmd.add_flag("--delay-wgrad-compute", t.delay_wgrad_compute,
+               "With --overlap-moe-expert-parallel-comm: compute the experts' weight gradients of each chunk "
+               "after its dispatch all-to-all has left, instead of before (ZeroBubble's split of the "
+               "backward). Results are the same bits");
   cmd.add_option("--recompute-granularity", t.recompute_granularity,
                  "Activation recomputation, the same results bit for bit: full (the blocks of --recompute-method "
                  "keep only their input through the forward and run their forward again just before their "
@@ -315,10 +335,13 @@ void parse_schedule_flags(TrainCommand& c) {
   // Only the planner reads a profile, and it runs for a chunked schedule with --pipe-degree auto and
   // no explicit boundaries (train/trainer.h): elsewhere the flag would do nothing (and a bad path
   // would go unnoticed), so it is refused, saying what it needs.
-  if (!t.hardware.empty()) {
+  // The paired step's merge reads it too (train/trainer.h).
+  if (!t.hardware.empty() && t.overlap_moe_expert_parallel_comm == "off") {
     AMPIPE_CHECK(c.pipe_degree == "auto")
         << "--hardware " << t.hardware << " is the planner's profile and has no effect with --pipe-degree "
-        << c.pipe_degree << "; give --pipe-degree auto to plan with it, or leave --hardware out";
+        << c.pipe_degree
+        << "; give --pipe-degree auto (or --overlap-moe-expert-parallel-comm) to use it, or leave "
+        << "--hardware out";
     AMPIPE_CHECK(t.schedule.kind != ScheduleKind::Sequential)
         << "--hardware " << t.hardware << " is the planner's profile and has no effect with --schedule "
         << c.schedule << " (the planner chooses P for moe-pipe or ampipe); give --schedule ampipe or "
@@ -356,6 +379,7 @@ CLI::App* add_train_command(CLI::App& app, TrainCommand& c, int default_threads)
   add_device_flags(*cmd, c.device, c.distributed_backend, "the model trains");
   add_precision_flag(*cmd, c.options.model.bf16, "the model trains");
   add_parallel_flags(*cmd, c);
+  add_overlap_flags(*cmd, c.options);
   return cmd;
 }
 

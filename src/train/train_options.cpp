@@ -65,6 +65,17 @@ void validate_train_options(const TrainOptions& o) {
       << "--overlap-param-gather overlaps the distributed optimizer's parameter all-gather with the next "
          "forward; "
          "it needs --use-distributed-optimizer and --overlap-grad-reduce (as in Megatron-LM)";
+  const std::string& pairing = o.overlap_moe_expert_parallel_comm;
+  AMPIPE_CHECK(pairing == "off" || pairing == "on" || pairing == "auto")
+      << "--overlap-moe-expert-parallel-comm '" << pairing
+      << "' is not one of: on (the flag alone), auto, off";
+  AMPIPE_CHECK(!o.delay_wgrad_compute || pairing != "off")
+      << "--delay-wgrad-compute delays the experts' weight gradients of a paired step; it needs "
+         "--overlap-moe-expert-parallel-comm (as in Megatron-LM)";
+  AMPIPE_CHECK(pairing == "off" || !full)
+      << "--overlap-moe-expert-parallel-comm does not combine with --recompute-granularity full (a "
+         "recomputed "
+         "group would run a third pass inside the pair); use selective recomputation or leave one out";
   AMPIPE_CHECK(o.ckpt_format == "gathered" || o.ckpt_format == "sharded")
       << "--ckpt-format '" << o.ckpt_format << "' is not one of: gathered, sharded";
   AMPIPE_CHECK(o.ckpt_format == "gathered" || !o.save.empty())
@@ -89,6 +100,7 @@ std::string describe_train_options(const TrainOptions& o) {
     << "\noverlap_grad_reduce=" << o.overlap_grad_reduce
     << "\nuse_distributed_optimizer=" << o.use_distributed_optimizer
     << "\noverlap_param_gather=" << o.overlap_param_gather << "\nckpt_format=" << o.ckpt_format
+    << "\npairing=" << o.overlap_moe_expert_parallel_comm << "\ndelay_wgrad=" << o.delay_wgrad_compute
     << "\nrecompute=" << o.recompute_granularity << ":" << o.recompute_method << ":" << o.recompute_num_layers
     << "\ndevice=" << device_flag_name(o.device) << "\n";
   return s.str();

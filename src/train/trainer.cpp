@@ -58,24 +58,31 @@ static bool inject_nan(int rank, int64_t iteration) {
   return std::sscanf(spec, "%d:%lld", &nan_rank, &nan_iter) == 2 && nan_rank == rank && nan_iter == iteration;
 }
 
-// --pipe-degree auto: the planner's choice for this model on this machine (every rank gets the same
-// profile, so the same choice).
-// scope: the one --pipeline-scope fixes, or none (the planner picks it too).
-static std::pair<PlanCandidate, double> plan_block(const TrainOptions& o, int64_t batch,
-                                                   const TrainingGroups& groups, Communicator& world,
-                                                   std::optional<PipelineScope> scope) {
-  HardwareProfile hw;
-  if (!o.hardware.empty()) {
-    hw = load_hardware_profile(o.hardware);
-  } else {
-    CalibrateOptions co;
-    co.quick = true;
-    co.hidden_sizes = {o.model.hidden_size};
-    hw = calibrate(world, co);
-  }
-  BlockShape shape{o.model, batch, o.model.max_seq_len, groups.expert_group->size()};
+// The hardware profile of the planner and of the paired step's merge: --hardware, or a quick
+// calibration of this machine (collective: every rank gets the same profile, so the same choices).
+static HardwareProfile run_profile(const TrainOptions& o, Communicator& world) {
+  if (!o.hardware.empty()) return load_hardware_profile(o.hardware);
+  CalibrateOptions co;
+  co.quick = true;
+  co.hidden_sizes = {o.model.hidden_size};
+  return calibrate(world, co);
+}
+
+// One block of the run as the planner sees it.
+static BlockShape run_block_shape(const TrainOptions& o, const TrainingGroups& groups) {
+  BlockShape shape{o.model, o.micro_batch_size, o.model.max_seq_len, groups.expert_group->size()};
   shape.sharded_optimizer = o.use_distributed_optimizer;
   shape.data_ranks = groups.size();
+  shape.delay_wgrad = o.delay_wgrad_compute;
+  return shape;
+}
+
+// --pipe-degree auto: the planner's choice for this model on this machine.
+// scope: the one --pipeline-scope fixes, or none (the planner picks it too).
+static std::pair<PlanCandidate, double> plan_block(const TrainOptions& o, const HardwareProfile& hw,
+                                                   const TrainingGroups& groups,
+                                                   std::optional<PipelineScope> scope) {
+  const BlockShape shape = run_block_shape(o, groups);
   AutotuneOptions ao;
   if (o.schedule.kind == ScheduleKind::MoePipe) ao.schedules = {ScheduleKind::MoePipe};  // ampipe: both
   ao.num_layers = o.model.num_layers;
@@ -87,6 +94,27 @@ static std::pair<PlanCandidate, double> plan_block(const TrainOptions& o, int64_
   for (const PlanCandidate& c : candidates)
     if (c.schedule.kind == ScheduleKind::Sequential) sequential_seconds = c.prediction.total;
   return {choose_plan(candidates, ao.min_gain, ao.near_tie), sequential_seconds};
+}
+
+// --overlap-moe-expert-parallel-comm auto: pair when the planner predicts the paired step more than
+// 2% faster than the unpaired one, for the schedule the run uses. Sets the option to "on" or "off".
+static void choose_pairing(TrainOptions& o, const HardwareProfile& hw, const TrainingGroups& groups,
+                           PipelineScope scope, int64_t micro_batches,
+                           const std::function<void(const std::string&)>& log) {
+  PassShape pass{o.model.num_layers, scope, o.overlap_grad_reduce, o.overlap_param_gather,
+                 o.delay_wgrad_compute};
+  const BlockShape shape = run_block_shape(o, groups);
+  const StageOrder order = parse_stage_order(o.stage_order);
+  const StepPrediction plain = predict_step(o.schedule, order, shape, hw, pass, micro_batches, false);
+  const StepPrediction paired = predict_step(o.schedule, order, shape, hw, pass, micro_batches, true);
+  const bool pair = paired.total < 0.98 * plain.total;
+  o.overlap_moe_expert_parallel_comm = pair ? "on" : "off";
+  char line[320];
+  std::snprintf(line, sizeof line,
+                "planner: micro-batches %s (predicted step %.2f ms paired, %.2f ms unpaired, bound %.2f ms; "
+                "--overlap-moe-expert-parallel-comm auto)",
+                pair ? "paired" : "unpaired", paired.total * 1e3, plain.total * 1e3, plain.step_bound * 1e3);
+  log(line);
 }
 
 namespace {
@@ -128,15 +156,21 @@ PipelineScope default_scope(const TrainOptions& o) {
   return chunked && o.model.num_layers > 1 ? PipelineScope::Model : PipelineScope::Block;
 }
 
-// --pipe-degree auto, balanced weights, and the executor every block runs under (null: sequential).
+// --pipe-degree auto, --overlap-moe-expert-parallel-comm auto, balanced weights, and the executor
+// every block runs under (null: sequential).
 std::unique_ptr<BlockExecutor> make_block_executor(TrainOptions& o, const TrainingGroups& groups,
                                                    TimedCommunicator& world, TraceRecorder* trace,
                                                    const std::function<void(const std::string&)>& log) {
   const int64_t N = o.model.max_seq_len;
   std::optional<PipelineScope> scope;
   if (o.pipeline_scope != "auto") scope = parse_pipeline_scope(o.pipeline_scope);
-  if (o.auto_plan && o.schedule.kind != ScheduleKind::Sequential && o.schedule.chunk_boundaries.empty()) {
-    const auto [choice, sequential_seconds] = plan_block(o, o.micro_batch_size, groups, world, scope);
+  const bool plans =
+      o.auto_plan && o.schedule.kind != ScheduleKind::Sequential && o.schedule.chunk_boundaries.empty();
+  const bool pairing = o.overlap_moe_expert_parallel_comm != "off";
+  std::optional<HardwareProfile> hw;
+  if (plans || pairing) hw = run_profile(o, world);
+  if (plans) {
+    const auto [choice, sequential_seconds] = plan_block(o, *hw, groups, scope);
     o.schedule = choice.schedule;
     o.stage_order = stage_order_name(choice.order);
     if (!scope) scope = choice.scope;
@@ -151,11 +185,24 @@ std::unique_ptr<BlockExecutor> make_block_executor(TrainOptions& o, const Traini
   if (o.schedule.chunk_policy == ChunkPolicy::Balanced && o.schedule.balance_weight == 0)
     o.schedule.balance_weight = balance_weight(o.model, o.schedule.moe_pipe_degree == 0);
   o.schedule.plan(N);  // refuse boundaries that do not fit the sequence before training
-  // A sequential block runs on the streams too when traced, so every schedule shows its stages, and
-  // when the gradient reduction overlaps the backward (on the comm stream).
-  if (trace == nullptr && !o.overlap_grad_reduce && o.schedule.kind == ScheduleKind::Sequential) return nullptr;
-  return std::make_unique<StreamedBlock>(o.schedule, parse_stage_order(o.stage_order), trace, world.rank(), *scope,
-                                         o.device);
+  if (o.overlap_moe_expert_parallel_comm == "auto")
+    choose_pairing(o, *hw, groups, *scope, micro_batches_per_step(o, world.size()), log);
+  // A sequential block runs on the streams too when traced, so every schedule shows its stages, when
+  // the gradient reduction overlaps the backward (on the comm stream), and when micro-batches pair.
+  if (trace == nullptr && !o.overlap_grad_reduce && !pairing && o.schedule.kind == ScheduleKind::Sequential)
+    return nullptr;
+  auto executor = std::make_unique<StreamedBlock>(o.schedule, parse_stage_order(o.stage_order), trace,
+                                                  world.rank(), *scope, o.device);
+  executor->set_delay_wgrad(o.delay_wgrad_compute);
+  if (hw) {
+    // The paired passes merge by the cost model's seconds: the same profile, so the same order, on
+    // every rank.
+    executor->set_task_seconds(
+        [shape = run_block_shape(o, groups), hw = *hw](const StageTask& t, const ChunkPlan& p) {
+          return stage_seconds(t, p, shape, hw);
+        });
+  }
+  return executor;
 }
 
 // Loads --load: a Hugging Face directory's weights (fresh optimizer), or a checkpoint to resume.
@@ -215,6 +262,18 @@ void log_startup(const Run& r) {
   r.log("schedule: " + o.schedule.describe() + (o.schedule.kind == ScheduleKind::Sequential ? "" : " " + o.stage_order) +
         ", pipeline scope " + o.pipeline_scope + ", gradient reduction " +
         (o.overlap_grad_reduce ? "overlapped with the backward" : "after the backward"));
+  if (o.overlap_moe_expert_parallel_comm == "on")
+    r.log(
+        std::string("micro-batches: paired, each backward beside the next micro-batch's forward on the same "
+                    "streams (--overlap-moe-expert-parallel-comm)") +
+        (o.delay_wgrad_compute
+             ? "; experts' weight gradients after their dispatch all-to-all (--delay-wgrad-compute)"
+             : ""));
+  else if (o.delay_wgrad_compute)
+    r.log(
+        "micro-batches: unpaired (the planner's choice); experts' weight gradients after their dispatch "
+        "all-to-all "
+        "(--delay-wgrad-compute)");
   if (o.use_distributed_optimizer)
     r.log(optimizer_shards_line(r) +
           (o.overlap_param_gather ? "; each block's "
@@ -268,13 +327,18 @@ Step train_step(Run& r, int64_t it) {
   r.model.params().zero_grad();
   step.lr = learning_rate(o.lr, it);
   bool finite = true;
+  // --overlap-moe-expert-parallel-comm: micro-batch m's forward runs beside m-1's backward; the
+  // first forward and the last backward run alone. The same arithmetic in the same order either way.
+  const bool paired = o.overlap_moe_expert_parallel_comm == "on";
+  ForwardState states[2];  // micro-batch m's in states[m % 2]
+  const double scale = 1.0 / static_cast<double>(A);
   for (int64_t m = 0; m < A && finite; ++m) {
     const auto data_start = std::chrono::steady_clock::now();
     const Batch batch = micro_batch(r, global, m);
     step.data_seconds += std::chrono::duration<double>(std::chrono::steady_clock::now() - data_start).count();
     // The batch moves to the model's device once per micro-batch (no copy on the CPU).
     const Tensor tokens = batch.tokens.to(r.model.device()), targets = batch.targets.to(r.model.device());
-    ForwardState state;
+    ForwardState& state = states[m % 2];
     // --overlap-param-gather: the last update's parameters, each block's gathered under the previous
     // block's work, the rest (embeddings, final norm, head) first.
     std::function<void(int64_t)> gather;
@@ -282,7 +346,9 @@ Step train_step(Run& r, int64_t it) {
       r.buckets.gather_rest();
       gather = [&r](int64_t l) { r.buckets.gather_block(l); };
     }
-    LossParts loss = r.model.forward(state, tokens, targets, B, gather);
+    LossParts loss = paired && m > 0
+                         ? r.model.backward_and_forward(states[(m - 1) % 2], scale, state, tokens, targets, B)
+                         : r.model.forward(state, tokens, targets, B, gather);
     if (m == 0 && inject_nan(static_cast<int>(rank), it + 1)) loss.lm_loss = NAN;
     if (R > 1) {  // every rank decides on the same, reduced value
       r.world.all_reduce_sum(loss.lm_loss);
@@ -294,7 +360,7 @@ Step train_step(Run& r, int64_t it) {
     step.loss.total += loss.total / static_cast<double>(A);
     finite = std::isfinite(loss.total);
     if (!finite) break;  // every rank breaks here: the value was reduced
-    const double scale = 1.0 / static_cast<double>(A);
+    if (paired && m < A - 1) continue;  // its backward runs beside the next forward
     if (o.overlap_grad_reduce && m == A - 1) {
       // Each block's bucket is reduced on the executor's comm stream once its backward is done: in
       // the last micro-batch, when the block's accumulated gradient is final.
@@ -554,7 +620,13 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   if (rank == 0 && !o.trace_file.empty()) prepare_output_file("--trace", o.trace_file);
   resolve_load(o, log);
   resume_schedule(o, R, log);
-  micro_batches_per_step(o, R);  // refuses a global batch that does not divide, before any data is read
+  // Refuses a global batch that does not divide, and pairing with nothing to pair, before any data is read.
+  const int64_t A = micro_batches_per_step(o, R);
+  AMPIPE_CHECK(o.overlap_moe_expert_parallel_comm == "off" || A >= 2)
+      << "--overlap-moe-expert-parallel-comm pairs one micro-batch's backward with the next one's forward, "
+      << "and each step runs " << A << " micro-batch (global batch " << global_batch(o, R)
+      << " = micro-batch " << o.micro_batch_size << " x " << R
+      << " rank(s)); give --global-batch-size of at least " << 2 * o.micro_batch_size * R;
   // A finished run restarted (e.g. by a job script): said before any data is read.
   if (const int64_t at = o.load.empty() ? -1 : checkpoint_iteration(o.load); at == o.train_iters) {
     log("nothing to do: the checkpoint is at iteration " + std::to_string(at) + " of " +

@@ -80,6 +80,14 @@ struct TrainOptions {
   // --overlap-param-gather: the all-gather of the updated parameters deferred to the next forward,
   // block by block on the comm stream (needs the two flags above, as in Megatron-LM).
   bool overlap_param_gather = false;
+  // --overlap-moe-expert-parallel-comm: "off"; "on" (each micro-batch's backward beside the next
+  // one's forward in one task list, GptMoe::backward_and_forward; needs two or more micro-batches a
+  // step); "auto" (the planner's choice, plan/simulator.h predict_step). The merge of the two passes
+  // is priced by `hardware` or a quick calibration, as --pipe-degree auto is.
+  std::string overlap_moe_expert_parallel_comm = "off";
+  // --delay-wgrad-compute: the experts' weight gradients of each MoE chunk after its dispatch
+  // all-to-all has left (pipeline/task_list.h ExpertsWgrad); needs the flag above (Megatron's rule).
+  bool delay_wgrad_compute = false;
   // --ckpt-format: "gathered" (world rank 0 writes model.safetensors and optimizer.safetensors) or
   // "sharded" (every rank its own shard, train/sharded_checkpoint.h).
   std::string ckpt_format = "gathered";

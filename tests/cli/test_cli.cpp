@@ -168,6 +168,34 @@ TEST_F(Cli, HardwareProfileWithoutThePlannerIsRefused) {
                  "no_such_profile.json");
 }
 
+// --overlap-moe-expert-parallel-comm alone is "on", =auto asks the planner; --hardware is read by
+// the paired step's merge (so accepted with the sequential schedule); the refusals name the flags.
+TEST_F(Cli, PairingFlags) {
+  RunResult r =
+      run("train " + tiny() +
+          " --train-iters 1 --global-batch-size 4 --overlap-moe-expert-parallel-comm --delay-wgrad-compute "
+          "--hardware cpu-2rank-200mbit");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("micro-batches: paired"), std::string::npos) << r.output;
+  r = run("train " + tiny() +
+          " --train-iters 1 --global-batch-size 4 --overlap-moe-expert-parallel-comm=auto "
+          "--schedule ampipe --pipe-degree 2 --hardware cpu-2rank-200mbit");
+  EXPECT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("planner: micro-batches"), std::string::npos) << r.output;
+  expect_refused("train " + tiny() + " --train-iters 1 --delay-wgrad-compute",
+                 "--delay-wgrad-compute delays the experts' weight gradients of a paired step");
+  expect_refused(
+      "train " + tiny() + " --train-iters 1 --overlap-moe-expert-parallel-comm --hardware cpu-2rank-200mbit",
+      "give --global-batch-size of at least 4");
+  expect_refused("train " + tiny() + " --train-iters 1 --overlap-moe-expert-parallel-comm=always",
+                 "--overlap-moe-expert-parallel-comm 'always' is not one of");
+  expect_refused("train " + tiny() +
+                     " --train-iters 1 --global-batch-size 4 --overlap-moe-expert-parallel-comm "
+                     "--hardware " +
+                     path("no_such_profile.json"),
+                 "no_such_profile.json");
+}
+
 TEST_F(Cli, DistributedBackendIsCheckedByName) {
   expect_refused("train " + tiny() + " --distributed-backend gloo", "--distributed-backend");
   expect_refused("bench --distributed-backend nccl --seq-length 16 --hidden-size 16 --num-attention-heads 2",

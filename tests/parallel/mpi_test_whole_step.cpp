@@ -15,6 +15,7 @@
 #include "model/gpt.h"
 #include "parallel/mpi_gtest_main.h"
 #include "parallel/pipe_cases.h"
+#include "pipeline/paired_tasks.h"
 #include "pipeline/streamed_block.h"
 #include "test_util.h"
 #include "train/distributed.h"
@@ -154,7 +155,20 @@ TEST(WholeStepOnSeveralRanks, TheCommTasksAreTheSameSequenceOnEveryRank) {
     const PipeConfig& s = step_schedules()[c.schedule];
     const ChunkPlan plan = schedule_of(s, config).plan(kPipeSeqLen);
     const PassShape pass{c.layers, c.scope, c.overlap};
-    for (const auto& list : {forward_tasks(plan, s.order, pass), backward_tasks(plan, s.order, pass)})
+    // and the paired list of a backward and the next forward (delayed weight gradients), merged by
+    // seconds every rank computes alike
+    PassShape delayed{c.layers, c.scope};
+    delayed.delay_wgrad = true;
+    const std::vector<StageTask> bwd = backward_tasks(plan, s.order, delayed),
+                                 fwd = forward_tasks(plan, s.order, {c.layers, c.scope});
+    auto seconds = [](const std::vector<StageTask>& l) {
+      std::vector<double> out;
+      for (const StageTask& t : l)
+        out.push_back(t.stream() == StreamRole::Comm ? 3.0 + t.chunk : 1.0 + t.layer);
+      return out;
+    };
+    for (const auto& list : {forward_tasks(plan, s.order, pass), backward_tasks(plan, s.order, pass),
+                             paired_tasks(bwd, seconds(bwd), fwd, seconds(fwd))})
       for (const StageTask& t : list)
         if (t.stream() == StreamRole::Comm) {
           mix(static_cast<int64_t>(t.stage));
@@ -174,6 +188,96 @@ TEST(WholeStepOnSeveralRanks, TheCommTasksAreTheSameSequenceOnEveryRank) {
 }
 
 INSTANTIATE_TEST_SUITE_P(Steps, WholeStepOnSeveralRanks, ::testing::ValuesIn(step_cases()), step_test_name);
+
+// A step of three micro-batches with gradient accumulation (scale 1/3) and the data-parallel
+// reduction (overlapped with the last backward, or after it), as the trainer runs it: unpaired, or
+// paired (--overlap-moe-expert-parallel-comm: each backward beside the next forward). Returns every
+// micro-batch's loss and the reduced gradients.
+struct AccumulatedRun {
+  std::vector<LossParts> losses;
+  std::vector<std::vector<float>> grads;
+};
+
+AccumulatedRun run_accumulated(const ModelConfig& config, const TrainingGroups& groups,
+                               const StreamedBlock& executor, bool overlap, bool paired) {
+  GptMoe model(config, groups.model_parallel());
+  model.initialize(11);
+  set_pipe_parameters(model);
+  model.set_block_executor(&executor);
+  GradientBuckets buckets(model.params(), groups, config.num_layers);
+  const int64_t A = 3, T = kPipeBatch * kPipeSeqLen;
+  std::vector<Tensor> tokens, targets;
+  Rng rng(31 + 1000 * static_cast<uint64_t>(groups.rank()));  // every rank its own tokens
+  for (int64_t m = 0; m < A; ++m) {
+    std::vector<int32_t> tok(T), tgt(T);
+    for (auto& t : tok) t = static_cast<int32_t>(rng.below(config.vocab_size));
+    for (auto& t : tgt) t = static_cast<int32_t>(rng.below(config.vocab_size));
+    tokens.push_back(Tensor::from_ints({T}, tok));
+    targets.push_back(Tensor::from_ints({T}, tgt));
+  }
+  model.params().zero_grad();
+  AccumulatedRun r;
+  ForwardState states[A];
+  auto last_backward = [&](ForwardState& state) {
+    if (overlap) {
+      model.backward(state, 1.0 / A, [&](int64_t l) { buckets.reduce_block(l); });
+      buckets.reduce_rest();
+    } else {
+      model.backward(state, 1.0 / A);
+      buckets.reduce_all();
+    }
+  };
+  r.losses.push_back(model.forward(states[0], tokens[0], targets[0], kPipeBatch));
+  for (int64_t m = 1; m < A; ++m) {
+    if (paired) {
+      r.losses.push_back(
+          model.backward_and_forward(states[m - 1], 1.0 / A, states[m], tokens[m], targets[m], kPipeBatch));
+    } else {
+      model.backward(states[m - 1], 1.0 / A);
+      r.losses.push_back(model.forward(states[m], tokens[m], targets[m], kPipeBatch));
+    }
+  }
+  last_backward(states[A - 1]);
+  for (const Parameter& p : model.params().all()) r.grads.push_back(p.grad.to_vector());
+  return r;
+}
+
+// Paired equals unpaired bit for bit on every rank (the same arithmetic per micro-batch, the same
+// accumulation order), with and without delayed weight gradients, every case of the whole step.
+// The merge orders the two passes by cost-model seconds, the same on every rank.
+class PairedStepOnSeveralRanks : public ::testing::TestWithParam<StepCase> {};
+
+TEST_P(PairedStepOnSeveralRanks, BitIdenticalToUnpairedOnEveryRank) {
+  const StepCase c = GetParam();
+  const ModelConfig config = pipe_model(c.mixtral, c.top_k, 0.0, c.layers);
+  const TrainingGroups groups = make_training_groups(*g_world, 0, config.num_experts);
+  const PipeConfig& s = step_schedules()[c.schedule];
+  const StreamedBlock plain(schedule_of(s, config), s.order, nullptr, 0, c.scope);
+  const AccumulatedRun want = run_accumulated(config, groups, plain, c.overlap, false);
+  for (bool delay : {false, true}) {
+    StreamedBlock executor(schedule_of(s, config), s.order, nullptr, 0, c.scope);
+    executor.set_delay_wgrad(delay);
+    executor.set_task_seconds([](const StageTask& t, const ChunkPlan& p) {
+      // a slow link: comm tasks by their rows, compute tasks cheaper
+      const std::vector<int64_t>& b = is_attention_stage(t.stage) ? p.attention : p.moe;
+      const double rows = t.chunk >= 0 ? static_cast<double>(b[t.chunk + 1] - b[t.chunk]) : 16.0;
+      return t.stream() == StreamRole::Comm ? 3 * rows : rows;
+    });
+    const AccumulatedRun got = run_accumulated(config, groups, executor, c.overlap, true);
+    SCOPED_TRACE("rank " + std::to_string(g_world->rank()) + ", " + step_case_name(c) +
+                 (delay ? ", delayed wgrad" : ""));
+    ASSERT_EQ(got.losses.size(), want.losses.size());
+    for (size_t m = 0; m < got.losses.size(); ++m) {
+      EXPECT_EQ(got.losses[m].lm_loss, want.losses[m].lm_loss) << "micro-batch " << m;
+      EXPECT_EQ(got.losses[m].aux_loss, want.losses[m].aux_loss) << "micro-batch " << m;
+    }
+    ASSERT_EQ(got.grads.size(), want.grads.size());
+    for (size_t i = 0; i < got.grads.size(); ++i) EXPECT_EQ(got.grads[i], want.grads[i]) << "gradient " << i;
+  }
+  expect_no_rank_failed(*g_world);
+}
+
+INSTANTIATE_TEST_SUITE_P(Steps, PairedStepOnSeveralRanks, ::testing::ValuesIn(step_cases()), step_test_name);
 
 }  // namespace
 }  // namespace ampipe

@@ -221,6 +221,93 @@ TEST(Trainer, GlobalBatchThatDoesNotDivideIsRefused) {
             std::string::npos);
 }
 
+// --overlap-moe-expert-parallel-comm: the paired trainer (each micro-batch's backward beside the
+// next one's forward) trains bit for bit like the unpaired one: losses, gradient norms and the
+// final parameters, with and without delayed weight gradients and overlapped reduction; "auto"
+// decides with the planner and says so.
+TEST(Trainer, PairedMicroBatchesTrainBitForBitLikeUnpaired) {
+  const std::string dir = temp_dir("paired");
+  TrainOptions o = tiny_options(write_corpus(dir));
+  o.micro_batch_size = 2;
+  o.global_batch_size = 6;
+  o.train_iters = 4;
+  o.eval_interval = 2;
+  o.schedule.kind = ScheduleKind::AmPipe;
+  o.schedule.pipe_degree = 2;
+  o.hardware = "cpu-2rank-200mbit";  // the merge's seconds
+  std::vector<std::string> lines;
+  auto train = [&](const std::string& name, const std::string& pairing, bool delay, bool overlap) {
+    TrainOptions t = o;
+    t.overlap_moe_expert_parallel_comm = pairing;
+    t.delay_wgrad_compute = delay;
+    t.overlap_grad_reduce = overlap;
+    t.save = dir + "/" + name;
+    t.metrics_file = dir + "/" + name + ".jsonl";
+    lines.clear();
+    run_training(t, [&](const std::string& line) { lines.push_back(line); });
+    return t;
+  };
+  const TrainOptions plain = train("plain", "off", false, false);
+  for (const auto& [pairing, delay, overlap] :
+       {std::tuple{"on", false, false}, std::tuple{"on", true, false}, std::tuple{"on", true, true}}) {
+    const std::string name =
+        std::string("paired") + (delay ? "_delayed" : "") + (overlap ? "_overlapped" : "");
+    const TrainOptions paired = train(name, pairing, delay, overlap);
+    bool said = false;
+    for (const std::string& l : lines) said |= l.rfind("micro-batches: paired", 0) == 0;
+    EXPECT_TRUE(said) << name << ": the start-up log does not say the micro-batches are paired";
+    const std::vector<nlohmann::json> a = read_metrics(plain.metrics_file),
+                                      b = read_metrics(paired.metrics_file);
+    ASSERT_EQ(a.size(), b.size());
+    for (size_t i = 0; i < a.size(); ++i) {
+      EXPECT_EQ(a[i]["loss"].get<double>(), b[i]["loss"].get<double>()) << name << " iteration " << i + 1;
+      EXPECT_EQ(a[i]["grad_norm"].get<double>(), b[i]["grad_norm"].get<double>())
+          << name << " iteration " << i + 1;
+    }
+    GptMoe x(read_checkpoint_config(checkpoint_to_read(plain.save))),
+        y(read_checkpoint_config(checkpoint_to_read(paired.save)));
+    load_model_weights(checkpoint_to_read(plain.save), x);
+    load_model_weights(checkpoint_to_read(paired.save), y);
+    for (const Parameter& p : x.params().all())
+      EXPECT_EQ(p.value.to_vector(), y.params().get(p.name).value.to_vector()) << name << " " << p.name;
+  }
+  // auto: the planner decides and says what it predicted.
+  train("auto", "auto", false, false);
+  bool planned = false;
+  for (const std::string& l : lines)
+    planned |= l.find("--overlap-moe-expert-parallel-comm auto") != std::string::npos;
+  EXPECT_TRUE(planned);
+}
+
+// Pairing needs something to pair and does not combine with full recomputation; delayed weight
+// gradients need pairing; each refusal says what is needed.
+TEST(Trainer, PairingFlagsThatCannotWorkAreRefused) {
+  const std::string dir = temp_dir("paired_bad");
+  TrainOptions o = tiny_options(write_corpus(dir));
+  o.overlap_moe_expert_parallel_comm = "on";
+  EXPECT_NE(testing::error_of([&] { run_training(o, quiet); }).find("give --global-batch-size of at least 8"),
+            std::string::npos);
+  o.global_batch_size = 8;
+  o.recompute_granularity = "full";
+  o.recompute_method = "uniform";
+  EXPECT_NE(testing::error_of([&] {
+              run_training(o, quiet);
+            }).find("does not combine with --recompute-granularity full"),
+            std::string::npos);
+  o.recompute_granularity.clear();
+  o.recompute_method.clear();
+  o.overlap_moe_expert_parallel_comm = "sometimes";
+  EXPECT_NE(testing::error_of([&] {
+              run_training(o, quiet);
+            }).find("is not one of: on (the flag alone), auto, off"),
+            std::string::npos);
+  o.overlap_moe_expert_parallel_comm = "off";
+  o.delay_wgrad_compute = true;
+  EXPECT_NE(
+      testing::error_of([&] { run_training(o, quiet); }).find("it needs --overlap-moe-expert-parallel-comm"),
+      std::string::npos);
+}
+
 // Memory under load: after warm-up, resident memory stays flat over 2000 steps (no growth per
 // step: a leak of even one small activation per step would show as tens of MB).
 TEST(Trainer, ResidentMemoryStaysFlatOverTwoThousandSteps) {
