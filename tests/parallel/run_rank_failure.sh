@@ -55,3 +55,19 @@ for task in "experts bwd c1 L0" "grad reduce L1" "ln1+qkv chunk c1 L1"; do
     { echo "FAIL: no message naming rank 1 and the task '$task'"; exit 1; }
 done
 echo "a task failing inside the pipelined step ends the job, named"
+
+# The same inside a paired step (--overlap-moe-expert-parallel-comm, one backward beside the next
+# forward in one list): a backward task that first runs there, on either stream, ends the job named.
+paired=("${pipe[@]}" --global-batch-size 8 --overlap-moe-expert-parallel-comm --delay-wgrad-compute
+  --hardware cpu-2rank-200mbit)
+for task in "experts wgrad c0 L1" "a2a combine bwd c1 L0"; do
+  AMPIPE_INJECT_TASK_FAILURE="1:$task" timeout 60 "${mpiexec[@]}" -x AMPIPE_INJECT_TASK_FAILURE -np 2 "$bin" \
+    "${paired[@]}" > "$dir/paired.log" 2>&1
+  status=$?
+  cat "$dir/paired.log"
+  if [ "$status" -eq 0 ] || [ "$status" -eq 124 ]; then echo "FAIL: a failing '$task' did not end the paired job (status $status)"; exit 1; fi
+  grep -q "micro-batches: paired" "$dir/paired.log" || { echo "FAIL: the job did not pair its micro-batches"; exit 1; }
+  grep -q "rank 1: error: .*task '$task' failed: injected failure" "$dir/paired.log" ||
+    { echo "FAIL: no message naming rank 1 and the task '$task'"; exit 1; }
+done
+echo "a task failing inside a paired step ends the job, named"
