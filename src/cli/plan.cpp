@@ -8,6 +8,7 @@
 #include <filesystem>
 #include <fstream>
 #include <map>
+#include <optional>
 #include <nlohmann/json.hpp>
 #include <sstream>
 #include <tuple>
@@ -60,6 +61,15 @@ CLI::App* add_plan_command(CLI::App& app, PlanOptions& o) {
   cmd->add_flag("--overlap-param-gather", o.overlap_param_gather,
                 "With --use-distributed-optimizer: price each block's parameter all-gather as a task of the "
                 "forward's communication stream (train --overlap-param-gather)");
+  cmd->add_option("--micro-batches", o.micro_batches,
+                  "Also price a training step of this many micro-batches (the pass above each), one after the "
+                  "other and paired (train --overlap-moe-expert-parallel-comm: each backward beside the next "
+                  "forward), with the step bound, and say which train's =auto would take; with --trace, the "
+                  "chosen step's timeline")
+      ->capture_default_str();
+  cmd->add_flag("--delay-wgrad-compute", o.delay_wgrad_compute,
+                "With --micro-batches 2 or more: price the step with the experts' weight gradients split from their "
+                "backward (train --delay-wgrad-compute)");
   cmd->add_flag("--bf16", o.bf16,
                 "Price the --bf16 model: its all-to-alls at 2 bytes an element, its GEMMs at the profile's "
                 "matrix_flops_bf16 (at matrix_flops where the profile has none; the header says which)");
@@ -217,7 +227,44 @@ nlohmann::json json_row(const GridShape& s, int64_t B, int64_t R, const PassShap
           {"schedules", per_schedule}};
 }
 
+// --micro-batches: a step of M micro-batches under the chosen schedule, unpaired and paired.
+struct StepReport {
+  StepPrediction unpaired, paired;
+  bool pair = false;  // what train's --overlap-moe-expert-parallel-comm=auto takes (paired > 2% faster)
+};
+
+StepReport price_step(const PlanOptions& o, const BlockShape& shape, const HardwareProfile& hw, const PassShape& pass,
+                      const PlanCandidate& choice) {
+  StepReport r;
+  r.unpaired = predict_step(choice.schedule, choice.order, shape, hw, pass, o.micro_batches, false);
+  r.paired = predict_step(choice.schedule, choice.order, shape, hw, pass, o.micro_batches, true);
+  r.pair = r.paired.total < 0.98 * r.unpaired.total;
+  return r;
+}
+
+void print_step(const PlanOptions& o, const StepReport& r) {
+  std::printf("  step of %lld micro-batches%s: unpaired %.3f ms (%.2f of its bound), paired %.3f ms (%.2f of its "
+              "bound), %.2fx; bound %.3f ms; pairing: %s\n",
+              (long long)o.micro_batches, o.delay_wgrad_compute ? ", weight gradients delayed" : "",
+              r.unpaired.total * 1e3, r.unpaired.step_bound / r.unpaired.total, r.paired.total * 1e3,
+              r.paired.step_bound / r.paired.total, r.unpaired.total / r.paired.total, r.unpaired.step_bound * 1e3,
+              r.pair ? "paired" : "unpaired");
+}
+
+nlohmann::json step_json(const PlanOptions& o, const StepReport& r) {
+  return {{"micro_batches", o.micro_batches},
+          {"delay_wgrad_compute", o.delay_wgrad_compute},
+          {"step_unpaired_ms", r.unpaired.total * 1e3},
+          {"step_paired_ms", r.paired.total * 1e3},
+          {"step_bound_ms", r.unpaired.step_bound * 1e3},
+          {"paired_step_bound_ms", r.paired.step_bound * 1e3},
+          {"pairing", r.pair ? "paired" : "unpaired"}};
+}
+
 AutotuneOptions autotune_options(const PlanOptions& o) {
+  AMPIPE_CHECK(o.micro_batches >= 1) << "--micro-batches must be at least 1, got " << o.micro_batches;
+  AMPIPE_CHECK(!o.delay_wgrad_compute || o.micro_batches >= 2)
+      << "--delay-wgrad-compute prices the weight gradients of a paired step; it needs --micro-batches 2 or more";
   AutotuneOptions ao;
   ao.pipe_degrees = parse_int_list("--pipe-degree", o.pipe_degrees, 1);
   ao.min_gain = o.min_gain;
@@ -277,18 +324,28 @@ int run_plan(const PlanOptions& o, Communicator& world) {
       BlockShape shape{config, o.micro_batch_size, s.N, R};
       shape.sharded_optimizer = o.use_distributed_optimizer;
       const ShapeReport r(evaluate_candidates(shape, hw, ao), ao);
-      const PassShape chosen{ao.num_layers, r.choice.scope, ao.reduce_gradients, ao.gather_params};
-      if (o.summary)
+      const PassShape chosen{ao.num_layers, r.choice.scope, ao.reduce_gradients, ao.gather_params,
+                             o.delay_wgrad_compute};
+      std::optional<StepReport> step;
+      if (o.micro_batches > 1) step = price_step(o, shape, hw, chosen, r.choice);
+      if (o.summary) {
         print_summary_line(s, R, r);
-      else
+      } else {
         print_table(s, o.micro_batch_size, R, chosen, r);
+        if (step) print_step(o, *step);
+      }
       if (json.is_open()) {
-        json << json_row(s, o.micro_batch_size, R, chosen, hw.name, r, o.bf16).dump() << "\n";
+        nlohmann::json row = json_row(s, o.micro_batch_size, R, chosen, hw.name, r, o.bf16);
+        if (step) row.update(step_json(o, *step));
+        json << row.dump() << "\n";
         AMPIPE_CHECK(json.good()) << "--json-out: writing '" << o.json_out << "' failed";
       }
       if (!o.trace.empty() && !traced) {
         TraceRecorder trace;
-        predict_pass(r.choice.schedule, r.choice.order, shape, hw, chosen, &trace, 0, 0);
+        if (step)
+          predict_step(r.choice.schedule, r.choice.order, shape, hw, chosen, o.micro_batches, step->pair, &trace);
+        else
+          predict_pass(r.choice.schedule, r.choice.order, shape, hw, chosen, &trace, 0, 0);
         write_file_atomically(o.trace, trace.to_json());
         traced = true;
       }

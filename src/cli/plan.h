@@ -37,6 +37,10 @@ struct PlanOptions {
   bool overlap_grad_reduce = false;  // a GradReduce task per block in the backward
   bool use_distributed_optimizer = false;  // GradReduce as a reduce-scatter
   bool overlap_param_gather = false;       // a ParamGather task per block in the forward
+  // --micro-batches M: also price a step of M micro-batches, unpaired and paired
+  // (--overlap-moe-expert-parallel-comm), and say which the trainer's auto would take.
+  int64_t micro_batches = 1;
+  bool delay_wgrad_compute = false;  // ExpertsWgrad tasks in every backward of the step
   bool summary = false;
   bool bf16 = false;  // --bf16: price the mixed-precision model (bf16 all-to-alls and GEMMs)
   std::string json_out;

@@ -140,6 +140,34 @@ TEST_F(Plan, SeveralBlocks_ReportsBothPipelineScopesAndTheChoicesScope) {
   EXPECT_NE(r.output.find("--num-layers"), std::string::npos) << r.output;
 }
 
+// --micro-batches: the step priced unpaired and paired; on the slow link (forward link-bound,
+// backward compute-bound) pairing wins and is chosen, on a free link it is not; the trace holds the
+// paired step's merged lists.
+TEST_F(Plan, MicroBatchesPriceThePairedStep) {
+  const std::string shapes = " --ranks 2 --seq-length 4096 --hidden-size 512 --num-layers 4 --micro-batches 4 ";
+  RunResult r = run("plan --hardware cpu-2rank-200mbit --delay-wgrad-compute" + shapes + "--json-out " +
+                    path("slow.jsonl") + " --trace " + path("paired.json"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_NE(r.output.find("step of 4 micro-batches, weight gradients delayed"), std::string::npos) << r.output;
+  Json j = json_lines(path("slow.jsonl")).at(0);
+  EXPECT_EQ(j["micro_batches"], 4);
+  EXPECT_LT(j["step_paired_ms"].get<double>(), 0.95 * j["step_unpaired_ms"].get<double>()) << j.dump();
+  EXPECT_GE(j["step_paired_ms"].get<double>(), j["paired_step_bound_ms"].get<double>()) << j.dump();
+  EXPECT_EQ(j["pairing"], "paired");
+  std::ifstream trace(path("paired.json"));
+  const Json events = Json::parse(trace);
+  size_t wgrad = 0;
+  for (const Json& e : events.contains("traceEvents") ? events["traceEvents"] : events)
+    wgrad += e.contains("name") && e["name"].get<std::string>().rfind("experts wgrad", 0) == 0;
+  EXPECT_EQ(wgrad, 4u * 4u * 4u) << "4 micro-batches x 4 blocks x 4 MoE chunks of delayed weight gradients";
+  r = run("plan --hardware " + profile("free", 1e12) + shapes + "--json-out " + path("free.jsonl"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  EXPECT_EQ(json_lines(path("free.jsonl")).at(0)["pairing"], "unpaired");
+  r = run("plan --hardware cpu-2rank-200mbit --delay-wgrad-compute --ranks 2 --seq-length 512 --hidden-size 64");
+  EXPECT_NE(r.status, 0);
+  EXPECT_NE(r.output.find("it needs --micro-batches 2 or more"), std::string::npos) << r.output;
+}
+
 TEST_F(Plan, ShippedProfilesAreFoundByName) {
   RunResult r = run("plan --hardware h100-8gpu-400gbit --ranks 8,16 --seq-length 8192 --hidden-size 2048 "
                     "--moe-num-experts 16 --summary");
