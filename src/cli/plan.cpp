@@ -1,15 +1,14 @@
 #include "cli/plan.h"
 
 #include <CLI/CLI.hpp>
-
 #include <cmath>
 #include <cstdio>
 #include <cstdlib>
 #include <filesystem>
 #include <fstream>
 #include <map>
-#include <optional>
 #include <nlohmann/json.hpp>
+#include <optional>
 #include <sstream>
 #include <tuple>
 
@@ -61,15 +60,17 @@ CLI::App* add_plan_command(CLI::App& app, PlanOptions& o) {
   cmd->add_flag("--overlap-param-gather", o.overlap_param_gather,
                 "With --use-distributed-optimizer: price each block's parameter all-gather as a task of the "
                 "forward's communication stream (train --overlap-param-gather)");
-  cmd->add_option("--micro-batches", o.micro_batches,
-                  "Also price a training step of this many micro-batches (the pass above each), one after the "
-                  "other and paired (train --overlap-moe-expert-parallel-comm: each backward beside the next "
-                  "forward), with the step bound, and say which train's =auto would take; with --trace, the "
-                  "chosen step's timeline")
+  cmd->add_option(
+         "--micro-batches", o.micro_batches,
+         "Also price a training step of this many micro-batches (the pass above each), one after the "
+         "other and paired (train --overlap-moe-expert-parallel-comm: each backward beside the next "
+         "forward), with the step bound, and say which train's =auto would take; with --trace, the "
+         "chosen step's timeline")
       ->capture_default_str();
-  cmd->add_flag("--delay-wgrad-compute", o.delay_wgrad_compute,
-                "With --micro-batches 2 or more: price the step with the experts' weight gradients split from their "
-                "backward (train --delay-wgrad-compute)");
+  cmd->add_flag(
+      "--delay-wgrad-compute", o.delay_wgrad_compute,
+      "With --micro-batches 2 or more: price the step with the experts' weight gradients split from their "
+      "backward (train --delay-wgrad-compute)");
   cmd->add_flag("--bf16", o.bf16,
                 "Price the --bf16 model: its all-to-alls at 2 bytes an element, its GEMMs at the profile's "
                 "matrix_flops_bf16 (at matrix_flops where the profile has none; the header says which)");
@@ -233,8 +234,8 @@ struct StepReport {
   bool pair = false;  // what train's --overlap-moe-expert-parallel-comm=auto takes (paired > 2% faster)
 };
 
-StepReport price_step(const PlanOptions& o, const BlockShape& shape, const HardwareProfile& hw, const PassShape& pass,
-                      const PlanCandidate& choice) {
+StepReport price_step(const PlanOptions& o, const BlockShape& shape, const HardwareProfile& hw,
+                      const PassShape& pass, const PlanCandidate& choice) {
   StepReport r;
   r.unpaired = predict_step(choice.schedule, choice.order, shape, hw, pass, o.micro_batches, false);
   r.paired = predict_step(choice.schedule, choice.order, shape, hw, pass, o.micro_batches, true);
@@ -243,12 +244,13 @@ StepReport price_step(const PlanOptions& o, const BlockShape& shape, const Hardw
 }
 
 void print_step(const PlanOptions& o, const StepReport& r) {
-  std::printf("  step of %lld micro-batches%s: unpaired %.3f ms (%.2f of its bound), paired %.3f ms (%.2f of its "
-              "bound), %.2fx; bound %.3f ms; pairing: %s\n",
-              (long long)o.micro_batches, o.delay_wgrad_compute ? ", weight gradients delayed" : "",
-              r.unpaired.total * 1e3, r.unpaired.step_bound / r.unpaired.total, r.paired.total * 1e3,
-              r.paired.step_bound / r.paired.total, r.unpaired.total / r.paired.total, r.unpaired.step_bound * 1e3,
-              r.pair ? "paired" : "unpaired");
+  std::printf(
+      "  step of %lld micro-batches%s: unpaired %.3f ms (%.2f of its bound), paired %.3f ms (%.2f of its "
+      "bound), %.2fx; bound %.3f ms; pairing: %s\n",
+      (long long)o.micro_batches, o.delay_wgrad_compute ? ", weight gradients delayed" : "",
+      r.unpaired.total * 1e3, r.unpaired.step_bound / r.unpaired.total, r.paired.total * 1e3,
+      r.paired.step_bound / r.paired.total, r.unpaired.total / r.paired.total, r.unpaired.step_bound * 1e3,
+      r.pair ? "paired" : "unpaired");
 }
 
 nlohmann::json step_json(const PlanOptions& o, const StepReport& r) {
@@ -264,7 +266,8 @@ nlohmann::json step_json(const PlanOptions& o, const StepReport& r) {
 AutotuneOptions autotune_options(const PlanOptions& o) {
   AMPIPE_CHECK(o.micro_batches >= 1) << "--micro-batches must be at least 1, got " << o.micro_batches;
   AMPIPE_CHECK(!o.delay_wgrad_compute || o.micro_batches >= 2)
-      << "--delay-wgrad-compute prices the weight gradients of a paired step; it needs --micro-batches 2 or more";
+      << "--delay-wgrad-compute prices the weight gradients of a paired step; it needs --micro-batches 2 or "
+         "more";
   AutotuneOptions ao;
   ao.pipe_degrees = parse_int_list("--pipe-degree", o.pipe_degrees, 1);
   ao.min_gain = o.min_gain;
@@ -343,7 +346,8 @@ int run_plan(const PlanOptions& o, Communicator& world) {
       if (!o.trace.empty() && !traced) {
         TraceRecorder trace;
         if (step)
-          predict_step(r.choice.schedule, r.choice.order, shape, hw, chosen, o.micro_batches, step->pair, &trace);
+          predict_step(r.choice.schedule, r.choice.order, shape, hw, chosen, o.micro_batches, step->pair,
+                       &trace);
         else
           predict_pass(r.choice.schedule, r.choice.order, shape, hw, chosen, &trace, 0, 0);
         write_file_atomically(o.trace, trace.to_json());

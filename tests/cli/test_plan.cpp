@@ -144,11 +144,13 @@ TEST_F(Plan, SeveralBlocks_ReportsBothPipelineScopesAndTheChoicesScope) {
 // backward compute-bound) pairing wins and is chosen, on a free link it is not; the trace holds the
 // paired step's merged lists.
 TEST_F(Plan, MicroBatchesPriceThePairedStep) {
-  const std::string shapes = " --ranks 2 --seq-length 4096 --hidden-size 512 --num-layers 4 --micro-batches 4 ";
+  const std::string shapes =
+      " --ranks 2 --seq-length 4096 --hidden-size 512 --num-layers 4 --micro-batches 4 ";
   RunResult r = run("plan --hardware cpu-2rank-200mbit --delay-wgrad-compute" + shapes + "--json-out " +
                     path("slow.jsonl") + " --trace " + path("paired.json"));
   ASSERT_EQ(r.status, 0) << r.output;
-  EXPECT_NE(r.output.find("step of 4 micro-batches, weight gradients delayed"), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("step of 4 micro-batches, weight gradients delayed"), std::string::npos)
+      << r.output;
   Json j = json_lines(path("slow.jsonl")).at(0);
   EXPECT_EQ(j["micro_batches"], 4);
   EXPECT_LT(j["step_paired_ms"].get<double>(), 0.95 * j["step_unpaired_ms"].get<double>()) << j.dump();
@@ -163,7 +165,8 @@ TEST_F(Plan, MicroBatchesPriceThePairedStep) {
   r = run("plan --hardware " + profile("free", 1e12) + shapes + "--json-out " + path("free.jsonl"));
   ASSERT_EQ(r.status, 0) << r.output;
   EXPECT_EQ(json_lines(path("free.jsonl")).at(0)["pairing"], "unpaired");
-  r = run("plan --hardware cpu-2rank-200mbit --delay-wgrad-compute --ranks 2 --seq-length 512 --hidden-size 64");
+  r = run(
+      "plan --hardware cpu-2rank-200mbit --delay-wgrad-compute --ranks 2 --seq-length 512 --hidden-size 64");
   EXPECT_NE(r.status, 0);
   EXPECT_NE(r.output.find("it needs --micro-batches 2 or more"), std::string::npos) << r.output;
 }
