@@ -45,10 +45,12 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
                   "Schedules (list of sequential, moe-pipe, ampipe, auto: the planner's choice of schedule, stage "
                   "order and pipeline scope for each shape and --num-layers)")
       ->capture_default_str();
-  cmd->add_option("--hardware", o.hardware,
-                  "Hardware profile (JSON path, or the name of one under profiles/) for the planner: `auto` and the "
-                  "predicted time of every case; default: with `auto` in --schedule, a quick calibration of this "
-                  "machine at start-up");
+  cmd->add_option(
+      "--hardware", o.hardware,
+      "Hardware profile (JSON path, or the name of one under profiles/) for the planner: `auto`, the "
+      "predicted time of every case and the merge of paired micro-batches; default: with `auto` in "
+      "--schedule or true in --overlap-moe-expert-parallel-comm, a quick calibration of this machine at "
+      "start-up");
   cmd->add_option("--pipe-degree", o.pipe_degrees, "Pipe degrees P for moe-pipe and ampipe (list)")
       ->capture_default_str();
   cmd->add_option("--stage-order", o.stage_orders,
@@ -73,6 +75,22 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
                   "Pipeline scopes (list of block: each block drained before the next, model: chunks flow across "
                   "blocks as a wavefront); default block, and model too where L > 1; a case of one chunk "
                   "(sequential, P = 1) runs in block scope only");
+  cmd->add_option(
+         "--micro-batches", o.micro_batches,
+         "Micro-batches M per timed step: each forward then its backward (F0 B0 F1 B1 ...), gradients "
+         "accumulating")
+      ->capture_default_str();
+  cmd->add_option(
+         "--overlap-moe-expert-parallel-comm", o.overlap_moe_expert_parallel_comm,
+         "Pairing (list of false, true): true runs F0, then B(m) merged with F(m+1) as one task list on the "
+         "two streams, then B(M-1) (needs --micro-batches >= 2); the merge orders the tasks by the cost "
+         "model's seconds with the --hardware profile, else a quick calibration of this machine")
+      ->capture_default_str();
+  cmd->add_option("--delay-wgrad-compute", o.delay_wgrad_compute,
+                  "Delayed expert weight gradients (list of false, true): true splits them from the experts' "
+                  "backward into their own tasks; only in paired cases, so true needs true in "
+                  "--overlap-moe-expert-parallel-comm")
+      ->capture_default_str();
   cmd->add_option("--warmup", o.warmup, "Untimed repeats per case")->capture_default_str();
   cmd->add_option("--repeats", o.repeats, "Timed repeats per case (the median is reported)")->capture_default_str();
   cmd->add_option("--threads", o.threads, "Compute threads per rank")->capture_default_str();
@@ -104,6 +122,8 @@ struct BenchGrid {
   std::vector<ChunkPolicy> policies;
   std::vector<StageOrder> orders;
   std::vector<PipelineScope> scopes;  // empty: the default for each L
+  // The step's (paired, delay_wgrad) settings: unpaired first, delayed only where paired.
+  std::vector<std::pair<bool, bool>> steps;
 };
 
 void check_scalar_flags(const BenchOptions& o) {
@@ -111,6 +131,7 @@ void check_scalar_flags(const BenchOptions& o) {
   AMPIPE_CHECK(o.repeats >= 1) << "--repeats must be at least 1, got " << o.repeats;
   AMPIPE_CHECK(o.warmup >= 0) << "--warmup must be >= 0, got " << o.warmup;
   AMPIPE_CHECK(o.micro_batch_size >= 1) << "--micro-batch-size must be at least 1, got " << o.micro_batch_size;
+  AMPIPE_CHECK(o.micro_batches >= 1) << "--micro-batches must be at least 1, got " << o.micro_batches;
   AMPIPE_CHECK(o.capacity_factor >= 0 && std::isfinite(o.capacity_factor))
       << "--moe-capacity-factor must be >= 0 (0 = dropless), got " << o.capacity_factor;
   AMPIPE_CHECK(!o.predict_only || !o.hardware.empty())
@@ -146,6 +167,34 @@ void parse_schedules(const BenchOptions& o, BenchGrid& g) {
   std::stable_partition(g.kinds.begin(), g.kinds.end(), [](ScheduleKind k) { return k == ScheduleKind::Sequential; });
 }
 
+bool parse_bool_word(const std::string& word) { return word == "true"; }
+
+bool contains(const std::vector<bool>& values, bool value) {
+  return std::find(values.begin(), values.end(), value) != values.end();
+}
+
+// --overlap-moe-expert-parallel-comm x --delay-wgrad-compute, with M: delayed weight gradients only
+// where paired (Megatron's rule), and no flag value that no case would use.
+void parse_step_axes(const BenchOptions& o, BenchGrid& g) {
+  const char* pair_flag = "--overlap-moe-expert-parallel-comm";
+  const std::vector<bool> pairing = parse_names<bool>(pair_flag, o.overlap_moe_expert_parallel_comm,
+                                                      {"false", "true"}, "false, true", parse_bool_word);
+  const std::vector<bool> delays = parse_names<bool>("--delay-wgrad-compute", o.delay_wgrad_compute,
+                                                     {"false", "true"}, "false, true", parse_bool_word);
+  AMPIPE_CHECK(!contains(pairing, true) || o.micro_batches >= 2)
+      << pair_flag << " '" << o.overlap_moe_expert_parallel_comm
+      << "': pairing merges one micro-batch's backward with the next one's forward, so it needs "
+      << "--micro-batches 2 or more, got " << o.micro_batches;
+  AMPIPE_CHECK(!contains(delays, true) || contains(pairing, true))
+      << "--delay-wgrad-compute '" << o.delay_wgrad_compute << "': delayed weight gradients need paired "
+      << "micro-batches (true in " << pair_flag << ", as in Megatron-LM), got " << pair_flag << " '"
+      << o.overlap_moe_expert_parallel_comm << "'";
+  for (bool paired : {false, true})
+    for (bool delay : {false, true})
+      if (contains(pairing, paired) && contains(delays, delay) && (paired || !delay))
+        g.steps.emplace_back(paired, delay);
+}
+
 BenchGrid parse_grid(const BenchOptions& o, int64_t world_size) {
   BenchGrid g;
   g.shapes = expand_grid(o.grid, 2 * world_size, o.capacity_factor);
@@ -155,6 +204,7 @@ BenchGrid parse_grid(const BenchOptions& o, int64_t world_size) {
   g.policies = parse_names<ChunkPolicy>("--chunk-policy", o.chunk_policies, {"equal", "balanced"}, "equal, balanced",
                                         parse_chunk_policy);
   parse_schedules(o, g);
+  parse_step_axes(o, g);
   g.orders = parse_names<StageOrder>("--stage-order", o.stage_orders, {"stage-major", "stage_major", "interleaved"},
                                      "stage-major, interleaved", parse_stage_order);
   if (!o.pipeline_scopes.empty())
@@ -260,11 +310,26 @@ BenchJob make_job(const BenchGrid& g, const std::vector<BenchVariant>& schedules
   return job;
 }
 
-// The profile for `auto` and the predictions: --hardware, else with `auto` a quick calibration.
+// Each variant in each of the grid's step settings (pairing, delayed weight gradients), the
+// settings innermost so that a paired case follows its unpaired twin.
+void cross_step_settings(const BenchGrid& g, BenchJob& job) {
+  std::vector<BenchVariant> crossed;
+  for (BenchVariant v : job.variants)
+    for (const auto& [paired, delay] : g.steps) {
+      v.paired = paired;
+      v.delay_wgrad = delay;
+      crossed.push_back(v);
+    }
+  job.variants = std::move(crossed);
+}
+
+// The profile for `auto`, the predictions and the merge of paired micro-batches: --hardware, else
+// with `auto` or a paired case a quick calibration (the same profile on every rank).
 std::optional<HardwareProfile> planner_profile(const BenchOptions& o, const BenchGrid& g, const std::string& link,
                                                Communicator& world) {
   if (!o.hardware.empty()) return load_hardware_profile(o.hardware);
-  if (!g.with_auto) return std::nullopt;
+  const bool paired = std::any_of(g.steps.begin(), g.steps.end(), [](const auto& s) { return s.first; });
+  if (!g.with_auto && !paired) return std::nullopt;
   CalibrateOptions co;
   co.quick = true;
   co.threads = o.threads;
@@ -291,6 +356,7 @@ std::vector<BenchJob> make_jobs(const BenchRun& run, const BenchGrid& g, const s
         planned = choose_plan(bshape, *run.hw, options);
       }
       jobs.push_back(make_job(g, schedules, s, L, planned, o.capacity_factor));
+      cross_step_settings(g, jobs.back());
     }
   return jobs;
 }
@@ -307,14 +373,18 @@ std::string gemm_implementation(Device device, bool bf16) {
 void print_preamble(const BenchRun& run) {
   const BenchOptions& o = run.options;
   char buf[512];
-  std::snprintf(buf, sizeof buf,
-                "ampipe bench: %d rank(s), %d threads per rank, link %s, B=%lld, %lld warm-up + %lld repeats",
-                run.world.size(), o.threads, run.link.c_str(), static_cast<long long>(o.micro_batch_size),
-                static_cast<long long>(o.warmup), static_cast<long long>(o.repeats));
+  std::snprintf(
+      buf, sizeof buf,
+      "ampipe bench: %d rank(s), %d threads per rank, link %s, B=%lld, M=%lld micro-batch(es) per step, "
+      "%lld warm-up + %lld repeats",
+      run.world.size(), o.threads, run.link.c_str(), static_cast<long long>(o.micro_batch_size),
+      static_cast<long long>(o.micro_batches), static_cast<long long>(o.warmup),
+      static_cast<long long>(o.repeats));
   run.line(std::string(buf) + (run.device == Device::CUDA ? ", device cuda" : ""));
   run.line(std::string("precision: ") + (o.bf16 ? "bf16 (--bf16)" : "float32") + ", GEMMs by " +
            run.gemm_implementation);
   if (run.hw) run.line("planner profile: " + run.hw->name);
+  if (run.show_paired) run.line("paired micro-batches merged by the cost model with profile " + run.hw->name);
   print_bench_table_header(run);
 }
 
@@ -345,10 +415,12 @@ int run_bench(const BenchOptions& o, Communicator& world_in) {
   const BenchGrid grid = parse_grid(o, world.size());
   const std::vector<BenchVariant> schedules = schedule_variants(grid);
   // Collective check that every rank runs the same grid (else the collectives would not match).
-  check_same_configuration(world, "grid=" + std::to_string(grid.shapes.size()) + "x" +
-                                      std::to_string(grid.layers.size()) + "x" + std::to_string(schedules.size()) +
-                                      "\nscopes=" + o.pipeline_scopes + "\nrepeats=" + std::to_string(o.warmup) +
-                                      "+" + std::to_string(o.repeats) + "\nbf16=" + (o.bf16 ? "1" : "0"));
+  check_same_configuration(
+      world, "grid=" + std::to_string(grid.shapes.size()) + "x" + std::to_string(grid.layers.size()) + "x" +
+                 std::to_string(schedules.size()) + "\nscopes=" + o.pipeline_scopes +
+                 "\nrepeats=" + std::to_string(o.warmup) + "+" + std::to_string(o.repeats) +
+                 "\nbf16=" + (o.bf16 ? "1" : "0") + "\nmicro-batches=" + std::to_string(o.micro_batches) +
+                 "\npaired=" + o.overlap_moe_expert_parallel_comm + "\ndelay-wgrad=" + o.delay_wgrad_compute);
   BenchRun run(o, world);
   run.device = device;
   run.gemm_implementation = gemm_implementation(device, o.bf16);
@@ -367,9 +439,14 @@ int run_bench(const BenchOptions& o, Communicator& world_in) {
   for (const BenchJob& job : jobs) {
     run.total_cases += job.variants.size();
     run.show_layers = run.show_layers || job.num_layers != 1;
-    for (const BenchVariant& v : job.variants) scopes[static_cast<int>(v.scope)] = true;
+    for (const BenchVariant& v : job.variants) {
+      scopes[static_cast<int>(v.scope)] = true;
+      run.show_paired = run.show_paired || v.paired;
+      run.show_delay = run.show_delay || v.delay_wgrad;
+    }
   }
   run.show_scope = scopes[0] && scopes[1];
+  run.show_micro_batches = o.micro_batches != 1;
 
   run.trace.declare_track(world.rank(), "case");
   run.trace.declare_track(world.rank(), "compute");

@@ -5,13 +5,16 @@
 // degree P, stage order and pipeline scope runs in the same invocation, so the ratios in one table
 // come from one run. With L > 1 (--num-layers) the step is one task list over the L blocks
 // (pipeline/task_list.h) in block scope (drained between blocks) or model scope (chunks flow
-// across blocks as a wavefront). Per case: the median step time over ranks (the slowest rank of
-// each repeat), the speedup over `sequential` of the same model shape and L, for model scope the
-// speedup over the block-scope case of the same schedule, the overlap bound max(sum of
-// compute-stream stage times, sum of comm-stream stage times) over the whole step from the stage
-// timings of the same repeats, and efficiency = bound / time. Output: a table on stdout (rank 0),
-// one progress line per case on stderr, JSON Lines (--json-out) and a Chrome trace of every case's
-// last repeat (--trace).
+// across blocks as a wavefront). A step is --micro-batches M micro-batches, each forward then its
+// backward, or paired (--overlap-moe-expert-parallel-comm: F0, B(m) merged with F(m+1), B(M-1)),
+// optionally with delayed expert weight gradients (--delay-wgrad-compute, paired cases only).
+// Per case: the median step time over ranks (the slowest rank of each repeat), the speedup over
+// `sequential` of the same model shape, L and pairing, for model scope the speedup over the
+// block-scope case of the same schedule, for a paired case the speedup over its unpaired twin, the
+// step bound max(sum of compute-stream stage times, sum of comm-stream stage times) over the whole
+// step from the stage timings of the same repeats, and efficiency = bound / time. Output: a table
+// on stdout (rank 0), one progress line per case on stderr, JSON Lines (--json-out) and a Chrome
+// trace of every case's last repeat (--trace).
 //
 // `sequential` runs as the ampipe schedule with P = 1 on the two streams: the same math as the
 // sequential block, with its stages on the compute and comm streams so they can be timed. With one
@@ -43,6 +46,10 @@ struct BenchOptions {
   std::string moe_pipe_degrees = "0";    // ampipe MoE-side pipe degrees (0: the attention chunks)
   std::string num_layers = "1";          // blocks per step L (list)
   std::string pipeline_scopes;           // block, model (list); empty: block, and model too where L > 1
+  int64_t micro_batches = 1;             // M micro-batches per timed step
+  // Boolean list axes (false, true): pair B(m) with F(m+1); delay the experts' weight gradients.
+  std::string overlap_moe_expert_parallel_comm = "false";
+  std::string delay_wgrad_compute = "false";
   int64_t warmup = 1;
   int64_t repeats = 5;
   int threads = 1;
@@ -50,7 +57,7 @@ struct BenchOptions {
   std::string distributed_backend;  // --distributed-backend: "" (default), nccl or mpi
   bool bf16 = false;                // --bf16: mixed precision (docs/MODEL.md "Precision")
   std::string link;  // empty: $AMPIPE_LINK, else "unshaped"
-  std::string hardware;  // profile for `auto` and predictions; empty: calibrate when needed
+  std::string hardware;  // profile for `auto`, predictions and paired merges; empty: calibrate when needed
   std::string json_out;
   std::string trace;
   uint64_t seed = 1;

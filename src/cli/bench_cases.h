@@ -30,6 +30,8 @@ struct BenchVariant {
   PipelineScope scope = PipelineScope::Block;  // one chunk (sequential, P = 1): block scope only
   bool planned = false;  // `auto`: the planner's choice (schedule, order, scope) for the shape and L
   std::string label;                           // "ampipe P=2 stage-major", "auto: ampipe P=4 ..."
+  bool paired = false;                         // --overlap-moe-expert-parallel-comm: B(m) merged with F(m+1)
+  bool delay_wgrad = false;                    // --delay-wgrad-compute (paired cases only)
 };
 
 // One model shape with L blocks and the variants timed on it.
@@ -50,6 +52,9 @@ struct BenchRun {
   std::optional<HardwareProfile> hw;     // the planner's profile, if any
   bool show_layers = false;              // an L column: some --num-layers is not 1
   bool show_scope = false;               // a scope column and the ratio over block scope
+  bool show_micro_batches = false;       // an M column: --micro-batches is not 1
+  bool show_paired = false;              // a pairing column and the ratio over the unpaired twin
+  bool show_delay = false;               // a delayed-weight-gradient column
   std::ofstream json;                    // --json-out, open on rank 0 only
   TraceRecorder trace;                   // the last repeat of every case (--trace)
   size_t total_cases = 0, done_cases = 0;

@@ -1,6 +1,7 @@
 // `ampipe bench` as a user meets it: a tiny grid finishes with a table row and a JSON object per
 // case, sequential rows have speedup 1, the trace holds compute and comm slices, a step of several
-// blocks runs in both pipeline scopes, and bad values are refused naming the flag.
+// blocks runs in both pipeline scopes, a step of several micro-batches runs unpaired, paired and
+// with delayed weight gradients, and bad values are refused naming the flag.
 #include <gtest/gtest.h>
 
 #include "cli_util.h"
@@ -258,6 +259,134 @@ TEST_F(Bench, BadValuesAreRefusedNamingTheFlag) {
   expect_refused(tiny() + " --repeats 0", "--repeats");
   expect_refused(tiny() + " --hidden-size 18 --num-attention-heads 4", "--hidden-size 18");
   expect_refused(tiny() + " --predict-only", "--hardware");
+}
+
+TEST_F(Bench, MicroBatchFlagsAreRefusedNamingWhatTheyNeed) {
+  expect_refused(tiny() + " --micro-batches 0", "--micro-batches must be at least 1, got 0");
+  // Pairing needs a next micro-batch.
+  expect_refused(
+      tiny() + " --overlap-moe-expert-parallel-comm true",
+      "--overlap-moe-expert-parallel-comm 'true': pairing merges one micro-batch's backward with the "
+      "next one's forward, so it needs --micro-batches 2 or more, got 1");
+  expect_refused(tiny() + " --overlap-moe-expert-parallel-comm false,true",
+                 "needs --micro-batches 2 or more");
+  // Delayed weight gradients need pairing somewhere in the grid (none would run otherwise).
+  expect_refused(
+      tiny() + " --micro-batches 2 --delay-wgrad-compute true",
+      "--delay-wgrad-compute 'true': delayed weight gradients need paired micro-batches (true in "
+      "--overlap-moe-expert-parallel-comm, as in Megatron-LM), got --overlap-moe-expert-parallel-comm "
+      "'false'");
+  expect_refused(tiny() +
+                     " --micro-batches 2 --overlap-moe-expert-parallel-comm false --delay-wgrad-compute "
+                     "false,true",
+                 "--delay-wgrad-compute 'false,true'");
+  // Only the two words.
+  expect_refused(tiny() + " --micro-batches 2 --overlap-moe-expert-parallel-comm yes",
+                 "--overlap-moe-expert-parallel-comm 'yes': 'yes' is not one of: false, true");
+  expect_refused(
+      tiny() + " --micro-batches 2 --overlap-moe-expert-parallel-comm true --delay-wgrad-compute 1",
+      "--delay-wgrad-compute '1': '1' is not one of: false, true");
+  expect_refused(tiny() + " --micro-batches 2 --overlap-moe-expert-parallel-comm true,",
+                 "--overlap-moe-expert-parallel-comm 'true,'");
+}
+
+// Two micro-batches unpaired, paired, and paired with delayed weight gradients: three cases (delay
+// without pairing is no case), each with its settings, the paired ones with their speedup over the
+// unpaired twin and no per-pass bound, "experts wgrad" only where delayed; the merge is by a
+// profile (a quick calibration here, there being no --hardware), so every case is predicted too.
+TEST_F(Bench, PairedAndDelayedMicroBatchesAreCasesOfTheirOwn) {
+  RunResult r =
+      run("bench --seq-length 16 --hidden-size 16 --num-attention-heads 2 --ffn-hidden-size 32 "
+          "--moe-num-experts 2 --schedule ampipe --pipe-degree 2 --stage-order interleaved "
+          "--micro-batches 2 --overlap-moe-expert-parallel-comm false,true --delay-wgrad-compute "
+          "false,true --repeats 1 --warmup 0 --threads 1 --json-out " +
+          path("m.jsonl") + " --trace " + path("m.json"));
+  ASSERT_EQ(r.status, 0) << r.output;
+  const std::vector<nlohmann::json> rows = read_rows(path("m.jsonl"));
+  ASSERT_EQ(rows.size(), 3u) << r.output;
+  std::set<std::pair<bool, bool>> settings;
+  for (const nlohmann::json& j : rows) {
+    const bool paired = j["overlap_moe_expert_parallel_comm"].get<bool>();
+    const bool delayed = j["delay_wgrad_compute"].get<bool>();
+    settings.insert({paired, delayed});
+    EXPECT_EQ(j["micro_batches"], 2) << j.dump();
+    EXPECT_EQ(j["schedule"], "ampipe") << j.dump();
+    EXPECT_GT(j["time_ms"].get<double>(), 0.0) << j.dump();
+    EXPECT_GT(j["step_bound_ms"].get<double>(), 0.0) << j.dump();
+    EXPECT_EQ(j["step_bound_ms"], j["overlap_bound_ms"]) << j.dump();
+    EXPECT_LE(j["efficiency"].get<double>(), 1.05) << j.dump();
+    EXPECT_NEAR(j["efficiency"].get<double>(), j["step_bound_ms"].get<double>() / j["time_ms"].get<double>(),
+                1e-6)
+        << j.dump();
+    EXPECT_GT(j["predicted_ms"].get<double>(), 0.0) << j.dump();
+    EXPECT_TRUE(j.contains("profile")) << j.dump();
+    const nlohmann::json& stages = j["stage_ms"];
+    EXPECT_EQ(stages.contains("experts wgrad"), delayed) << j.dump();
+    EXPECT_EQ(j["predicted_stage_ms"].contains("experts wgrad"), delayed) << j.dump();
+    if (delayed) {
+      EXPECT_GT(stages["experts wgrad"].get<double>(), 0.0) << j.dump();
+    }
+    EXPECT_GT(stages["experts bwd"].get<double>(), 0.0) << j.dump();
+    if (paired) {
+      EXPECT_GT(j["speedup_vs_unpaired"].get<double>(), 0.0) << j.dump();
+      EXPECT_TRUE(j["pass_overlap_bound_ms"].is_null() && j["pass_efficiency"].is_null()) << j.dump();
+    } else {
+      EXPECT_TRUE(j["speedup_vs_unpaired"].is_null()) << j.dump();
+      // Per pass (four: F0 B0 F1 B1), each overlapped in itself: at least the step's bound.
+      EXPECT_GE(j["pass_overlap_bound_ms"].get<double>(), j["step_bound_ms"].get<double>() * (1 - 1e-9))
+          << j.dump();
+    }
+  }
+  EXPECT_EQ(settings, (std::set<std::pair<bool, bool>>{{false, false}, {true, false}, {true, true}}))
+      << r.output;
+  for (const char* col : {" M ", "paired", "dwgrad", "vs unpaired", "pass eff"})
+    EXPECT_NE(r.output.find(col), std::string::npos) << r.output;
+  EXPECT_NE(r.output.find("paired micro-batches merged by the cost model with profile"), std::string::npos)
+      << r.output;
+  EXPECT_NE(r.output.find("M=2 paired delay-wgrad N=16"), std::string::npos) << "progress line:\n"
+                                                                             << r.output;
+
+  // The trace: the delayed case's weight-gradient tasks, and one case slice per case.
+  std::ifstream in(path("m.json"));
+  ASSERT_TRUE(in.good());
+  const nlohmann::json trace = nlohmann::json::parse(in);
+  int wgrad = 0, case_slices = 0;
+  for (const nlohmann::json& e : trace["traceEvents"]) {
+    if (e.value("ph", "") != "X") continue;
+    const std::string name = e["name"].get<std::string>();
+    wgrad += name.rfind("experts wgrad c", 0) == 0;
+    case_slices += name.find("N=16") != std::string::npos;
+  }
+  EXPECT_EQ(wgrad, 2 * 2) << "2 MoE chunks x 2 micro-batches";
+  EXPECT_EQ(case_slices, 3);
+}
+
+// A step of M micro-batches is priced by predict_step: unpaired, M = 2 is twice M = 1 (the host
+// waits between lists either way), as are the stages' prices; no pairing columns where no case pairs.
+TEST_F(Bench, PredictionsAndStagesAreOfTheWholeStep) {
+  const std::string args =
+      "bench --seq-length 64 --hidden-size 16 --num-attention-heads 2 --ffn-hidden-size 32 "
+      "--moe-num-experts 2 --schedule ampipe --pipe-degree 2 --stage-order stage-major "
+      "--hardware h100-8gpu-400gbit --predict-only --json-out ";
+  RunResult one = run(args + path("one.jsonl"));
+  RunResult two = run(args + path("two.jsonl") + " --micro-batches 2");
+  ASSERT_EQ(one.status, 0) << one.output;
+  ASSERT_EQ(two.status, 0) << two.output;
+  const std::vector<nlohmann::json> a = read_rows(path("one.jsonl")), b = read_rows(path("two.jsonl"));
+  ASSERT_EQ(a.size(), 1u);
+  ASSERT_EQ(b.size(), 1u);
+  EXPECT_EQ(a[0]["micro_batches"], 1);
+  EXPECT_EQ(b[0]["micro_batches"], 2);
+  EXPECT_FALSE(b[0]["overlap_moe_expert_parallel_comm"].get<bool>());
+  EXPECT_NEAR(b[0]["predicted_ms"].get<double>(), 2 * a[0]["predicted_ms"].get<double>(),
+              1e-9 * b[0]["predicted_ms"].get<double>());
+  for (const auto& [name, ms] : a[0]["predicted_stage_ms"].items())
+    EXPECT_NEAR(b[0]["predicted_stage_ms"][name].get<double>(), 2 * ms.get<double>(),
+                1e-9 + 1e-9 * ms.get<double>())
+        << name;
+  EXPECT_EQ(one.output.find(" M "), std::string::npos) << one.output;
+  EXPECT_NE(two.output.find(" M "), std::string::npos) << two.output;
+  EXPECT_EQ(two.output.find("paired"), std::string::npos) << two.output;
 }
 
 TEST_F(Bench, PredictOnlyPricesEveryCaseWithStagesAndTimesNothing) {
