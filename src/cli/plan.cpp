@@ -231,7 +231,7 @@ nlohmann::json json_row(const GridShape& s, int64_t B, int64_t R, const PassShap
 // --micro-batches: a step of M micro-batches under the chosen schedule, unpaired and paired.
 struct StepReport {
   StepPrediction unpaired, paired;
-  bool pair = false;  // what train's --overlap-moe-expert-parallel-comm=auto takes (paired > 2% faster)
+  bool pair = false;  // what train's --overlap-moe-expert-parallel-comm=auto takes (prefer_paired)
 };
 
 StepReport price_step(const PlanOptions& o, const BlockShape& shape, const HardwareProfile& hw,
@@ -239,7 +239,7 @@ StepReport price_step(const PlanOptions& o, const BlockShape& shape, const Hardw
   StepReport r;
   r.unpaired = predict_step(choice.schedule, choice.order, shape, hw, pass, o.micro_batches, false);
   r.paired = predict_step(choice.schedule, choice.order, shape, hw, pass, o.micro_batches, true);
-  r.pair = r.paired.total < 0.98 * r.unpaired.total;
+  r.pair = prefer_paired(r.unpaired, r.paired);
   return r;
 }
 

@@ -241,8 +241,8 @@ void add_overlap_flags(CLI::App& cmd, TrainOptions& t) {
          "runs beside the next one's forward on the same two streams, so one's all-to-alls hide behind "
          "the other's computation (Megatron-Core's combined 1F1B); the first forward and the last "
          "backward run alone. Results are the same bits. The merge of the two passes is priced by "
-         "--hardware or a quick calibration at start-up. =auto: the planner pairs where it predicts the "
-         "step more than 2% faster")
+         "--hardware or a quick calibration at start-up. =auto: the planner pairs unless it predicts the "
+         "paired step slower")
       ->default_str("off");
   cmd.add_flag("--delay-wgrad-compute", t.delay_wgrad_compute,
                "With --overlap-moe-expert-parallel-comm: compute the experts' weight gradients of each chunk "

@@ -197,6 +197,10 @@ StepPrediction predict_step(const BlockSchedule& schedule, StageOrder order, con
   return p;
 }
 
+bool prefer_paired(const StepPrediction& unpaired, const StepPrediction& paired) {
+  return paired.total <= unpaired.total;
+}
+
 BlockPrediction predict_block(const BlockSchedule& schedule, StageOrder order, const BlockShape& shape,
                               const HardwareProfile& hw, TraceRecorder* trace, int rank, double origin_us) {
   return predict_pass(schedule, order, shape, hw, PassShape{}, trace, rank, origin_us);

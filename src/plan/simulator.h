@@ -83,6 +83,11 @@ StepPrediction predict_step(const BlockSchedule& schedule, StageOrder order, con
                             const HardwareProfile& hw, const PassShape& pass, int64_t micro_batches, bool paired,
                             TraceRecorder* trace = nullptr, int rank = 0, double origin_us = 0);
 
+// --overlap-moe-expert-parallel-comm=auto's rule: pair unless the paired step is predicted slower.
+// Ties pair: pairing changes no result, and it has never measured slower on this project's links
+// (docs/RESULTS.md, "Paired micro-batches"); its cost is memory, one micro-batch's activations.
+bool prefer_paired(const StepPrediction& unpaired, const StepPrediction& paired);
+
 // One block: predict_pass with the default PassShape (one block, block scope, no gradient
 // reduction), its BlockPrediction fields.
 BlockPrediction predict_block(const BlockSchedule& schedule, StageOrder order, const BlockShape& shape,

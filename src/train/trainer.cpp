@@ -96,8 +96,8 @@ static std::pair<PlanCandidate, double> plan_block(const TrainOptions& o, const 
   return {choose_plan(candidates, ao.min_gain, ao.near_tie), sequential_seconds};
 }
 
-// --overlap-moe-expert-parallel-comm auto: pair when the planner predicts the paired step more than
-// 2% faster than the unpaired one, for the schedule the run uses. Sets the option to "on" or "off".
+// --overlap-moe-expert-parallel-comm auto: pair unless the planner predicts the paired step slower
+// (prefer_paired), for the schedule the run uses. Sets the option to "on" or "off".
 static void choose_pairing(TrainOptions& o, const HardwareProfile& hw, const TrainingGroups& groups,
                            PipelineScope scope, int64_t micro_batches,
                            const std::function<void(const std::string&)>& log) {
@@ -107,7 +107,7 @@ static void choose_pairing(TrainOptions& o, const HardwareProfile& hw, const Tra
   const StageOrder order = parse_stage_order(o.stage_order);
   const StepPrediction plain = predict_step(o.schedule, order, shape, hw, pass, micro_batches, false);
   const StepPrediction paired = predict_step(o.schedule, order, shape, hw, pass, micro_batches, true);
-  const bool pair = paired.total < 0.98 * plain.total;
+  const bool pair = prefer_paired(plain, paired);
   o.overlap_moe_expert_parallel_comm = pair ? "on" : "off";
   char line[320];
   std::snprintf(line, sizeof line,

@@ -141,8 +141,8 @@ TEST_F(Plan, SeveralBlocks_ReportsBothPipelineScopesAndTheChoicesScope) {
 }
 
 // --micro-batches: the step priced unpaired and paired; on the slow link (forward link-bound,
-// backward compute-bound) pairing wins and is chosen, on a free link it is not; the trace holds the
-// paired step's merged lists.
+// backward compute-bound) pairing wins and is chosen, on a free link the two are level; the trace
+// holds the paired step's merged lists.
 TEST_F(Plan, MicroBatchesPriceThePairedStep) {
   const std::string shapes =
       " --ranks 2 --seq-length 4096 --hidden-size 512 --num-layers 4 --micro-batches 4 ";
@@ -164,7 +164,11 @@ TEST_F(Plan, MicroBatchesPriceThePairedStep) {
   EXPECT_EQ(wgrad, 4u * 4u * 4u) << "4 micro-batches x 4 blocks x 4 MoE chunks of delayed weight gradients";
   r = run("plan --hardware " + profile("free", 1e12) + shapes + "--json-out " + path("free.jsonl"));
   ASSERT_EQ(r.status, 0) << r.output;
-  EXPECT_EQ(json_lines(path("free.jsonl")).at(0)["pairing"], "unpaired");
+  // A free link: nothing to hide, the two steps within 1%; the choice follows the rule (ties pair).
+  j = json_lines(path("free.jsonl")).at(0);
+  const double unpaired = j["step_unpaired_ms"].get<double>(), paired = j["step_paired_ms"].get<double>();
+  EXPECT_NEAR(paired, unpaired, 0.01 * unpaired) << j.dump();
+  EXPECT_EQ(j["pairing"], paired <= unpaired ? "paired" : "unpaired");
   r = run(
       "plan --hardware cpu-2rank-200mbit --delay-wgrad-compute --ranks 2 --seq-length 512 --hidden-size 64");
   EXPECT_NE(r.status, 0);

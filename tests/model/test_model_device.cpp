@@ -153,6 +153,46 @@ TEST(ModelDevice, RecomputationOnTheGpuIsBitIdentical) {
   }
 }
 
+// Paired micro-batches on the GPU (--overlap-moe-expert-parallel-comm: one backward and the next
+// forward as one list on the two GPU streams), with delayed weight gradients: the same bits as the
+// unpaired step on the GPU, three micro-batches with accumulated gradients.
+TEST(ModelDevice, PairedMicroBatchesOnTheGpuAreBitIdentical) {
+  if (!ampipe::cuda_unavailable_reason().empty()) GTEST_SKIP() << ampipe::cuda_unavailable_reason();
+  ModelConfig config = tiny_gpt();
+  config.num_layers = 2;
+  BlockSchedule s;
+  s.kind = ScheduleKind::AmPipe;
+  s.pipe_degree = 3;
+  std::vector<std::vector<float>> grads[2];
+  std::vector<double> losses[2];
+  for (int paired = 0; paired < 2; ++paired) {
+    StreamedBlock executor(s, StageOrder::Interleaved, nullptr, 0, PipelineScope::Model, Device::CUDA);
+    executor.set_delay_wgrad(paired == 1);
+    GptMoe model(config, {}, Device::CUDA);
+    model.initialize(5);
+    model.set_block_executor(&executor);
+    ForwardState states[3];
+    auto tokens = [&](int m, uint64_t salt) {
+      return random_tokens(18, config.vocab_size, 10 * m + salt).to(Device::CUDA);
+    };
+    losses[paired].push_back(model.forward(states[0], tokens(0, 1), tokens(0, 2), 2).total);
+    for (int m = 1; m < 3; ++m) {
+      if (paired) {
+        losses[paired].push_back(
+            model.backward_and_forward(states[m - 1], 1.0 / 3, states[m], tokens(m, 1), tokens(m, 2), 2)
+                .total);
+      } else {
+        model.backward(states[m - 1], 1.0 / 3);
+        losses[paired].push_back(model.forward(states[m], tokens(m, 1), tokens(m, 2), 2).total);
+      }
+    }
+    model.backward(states[2], 1.0 / 3);
+    for (const Parameter& p : model.params().all()) grads[paired].push_back(p.grad.to_vector());
+  }
+  EXPECT_EQ(losses[1], losses[0]);
+  EXPECT_EQ(grads[1], grads[0]);
+}
+
 // 20 AdamW steps on each device follow the same losses.
 TEST(ModelDevice, TrainingOnTheGpuFollowsTheCpu) {
   if (!ampipe::cuda_unavailable_reason().empty()) GTEST_SKIP() << ampipe::cuda_unavailable_reason();
