@@ -9,6 +9,7 @@
 #include "model/gpt.h"
 #include "pipeline/paired_tasks.h"
 #include "pipeline/streamed_block.h"
+#include "pipeline/task_order.h"
 #include "test_util.h"
 
 namespace ampipe {
@@ -40,25 +41,7 @@ std::vector<std::tuple<Stage, int, int>> on_stream(const std::vector<StageTask>&
   return out;
 }
 
-// Whether task j is ordered before task i through stream order and waits.
-bool ordered_before(const std::vector<StageTask>& tasks, size_t i, size_t j) {
-  std::vector<bool> seen(tasks.size(), false);
-  std::vector<size_t> todo{i};
-  while (!todo.empty()) {
-    const size_t k = todo.back();
-    todo.pop_back();
-    if (k == j) return true;
-    if (seen[k]) continue;
-    seen[k] = true;
-    for (int w : tasks[k].waits) todo.push_back(static_cast<size_t>(w));
-    for (size_t p = k; p-- > 0;)
-      if (tasks[p].stream() == tasks[k].stream()) {
-        todo.push_back(p);
-        break;
-      }
-  }
-  return false;
-}
+using ::ampipe::testing::ordered_before;
 
 // Every merge keeps each pass's tasks in their own order on each stream, holds every task once, and
 // satisfies both passes' dependency rules; the two passes really interleave on both streams.

@@ -9,6 +9,7 @@
 #include "core/random.h"
 #include "model/gpt.h"
 #include "pipeline/streamed_block.h"
+#include "pipeline/task_order.h"
 #include "test_util.h"
 
 namespace ampipe {
@@ -547,25 +548,7 @@ TEST(TaskList, EveryPassListSatisfiesTheDependencyRule) {
           }
 }
 
-// Whether task j is ordered before task i through stream order and waits.
-bool ordered_before(const std::vector<StageTask>& tasks, size_t i, size_t j) {
-  std::vector<bool> seen(tasks.size(), false);
-  std::vector<size_t> todo{i};
-  while (!todo.empty()) {
-    const size_t k = todo.back();
-    todo.pop_back();
-    if (k == j) return true;
-    if (seen[k]) continue;
-    seen[k] = true;
-    for (int w : tasks[k].waits) todo.push_back(static_cast<size_t>(w));
-    for (size_t p = k; p-- > 0;)
-      if (tasks[p].stream() == tasks[k].stream()) {
-        todo.push_back(p);
-        break;
-      }
-  }
-  return false;
-}
+using ::ampipe::testing::ordered_before;
 
 // The checker has teeth: removing any one wait of a pass's list is refused unless another path
 // still orders the two tasks (a redundant edge: a later task of the same stream waits for a later
