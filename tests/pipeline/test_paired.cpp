@@ -237,6 +237,9 @@ TEST_P(Paired, BitIdenticalToOneMicroBatchAfterTheOther) {
       for (StageOrder order : {StageOrder::StageMajor, StageOrder::Interleaved}) {
         if (name == "sequential" && (scope == PipelineScope::Model || order == StageOrder::Interleaved))
           continue;
+        // Both orders for equal chunks; one per scope for the others (the suite's time).
+        if (name != "ampipe equal" && (order == StageOrder::Interleaved) != (scope == PipelineScope::Model))
+          continue;
         StreamedBlock plain(schedule, order, nullptr, 0, scope);
         const StepRun reference = step(config, &plain, false);
         const std::string what = name + " " + pipeline_scope_name(scope) + " " + stage_order_name(order);
