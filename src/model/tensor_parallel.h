@@ -1,0 +1,72 @@
+// Megatron-LM's tensor-parallel linear layers: y = x W^T + b (model/linear.h's PyTorch layout,
+// W [out, in]) with W split over the T ranks of a tensor-parallel group. A building block of
+// tensor parallelism, which is not built yet; nothing calls these outside their tests
+// (docs/MODEL.md, "The GPT family").
+//
+// Column-parallel: rank t holds rows [t out/T, (t+1) out/T) of W and of b. Row-parallel: rank t
+// holds columns [t in/T, (t+1) in/T) of W; b is whole on every rank and added once, after the
+// reduction. Paired as in Megatron's MLP, x -> column -> (elementwise) -> row -> y, the column
+// layer's output shard is exactly the row layer's input shard and the pair needs one reduction
+// each way. Shapes, with N tokens (rows) and S = N / T under sequence parallelism:
+//
+//   kind    sequence_parallel  x (input)      weight        bias          y (output)
+//   column  no                 [N, in]        [out/T, in]   [out/T]       [N, out/T]
+//   column  yes                [S, in] rows   [out/T, in]   [out/T]       [N, out/T]
+//   row     no                 [N, in/T]      [out, in/T]   [out] whole   [N, out]
+//   row     yes                [N, in/T]      [out, in/T]   [out] whole   [S, out] rows
+//
+// dx, dy, dweight and dbias have the shapes of x, y, weight and bias. Under sequence parallelism
+// rank t's row slice is rows [t S, (t+1) S) of the full tensor (all_gather's rank-major order).
+//
+// Collectives, in this order, on every rank of the group together (each function is collective;
+// every rank passes the same shapes, its own shards):
+//   column forward:   all_gather of x (sequence parallel only); local x W_t^T + b_t.
+//   column backward:  all_gather of x (sequence parallel only: the forward keeps no copy); local
+//                     dW_t += dy_t^T x, db_t += colsum(dy_t); local dy_t W_t, then all_reduce_sum
+//                     of it into dx (reduce_scatter_sum into dx's rows under sequence parallel).
+//   row forward:      local x_t W_t^T, then all_reduce_sum into y (reduce_scatter_sum into y's rows
+//                     under sequence parallel); then + b.
+//   row backward:     all_gather of dy (sequence parallel only); local dx_t = dy W_t,
+//                     dW_t += dy^T x_t, db += colsum(dy) (replicated: every rank adds the same).
+// The local math is linear_forward / linear_backward_input / linear_backward_weight, so on one
+// rank (SelfCommunicator) each function gives model/linear.h's bits exactly. dweight and dbias
+// accumulate (+=) as there; dx and y are written. bias and dbias may be undefined (no bias).
+//
+// Refused (ampipe::Error, before any collective, naming the numbers): any tensor that is not
+// float32 on the CPU (x, dy: any row stride; y, dx: contiguous, as the collectives write them),
+// shapes that disagree with the table, and under sequence parallelism N not divisible by T. The
+// checks are local: arguments wrong on some ranks only leave the others waiting in the first
+// collective until the communicator's deadline (comm/communicator.h, "No hang"), so pass the same
+// shapes everywhere. The shard helpers refuse out or in not divisible by T.
+#pragma once
+
+#include "comm/communicator.h"
+#include "core/tensor.h"
+
+namespace ampipe {
+
+enum class TensorParallelKind { Column, Row };
+
+// Rank `rank`'s shard (a contiguous copy) of a full float32 CPU weight [out, in] of a `ranks`-way
+// layer of `kind`: rows [rank out/T, ...) for Column, columns [rank in/T, ...) for Row. Refuses
+// out % T (Column) or in % T (Row) != 0, and rank outside [0, ranks).
+Tensor tensor_parallel_weight_shard(const Tensor& weight, TensorParallelKind kind, int rank, int ranks);
+// The bias the rank holds: elements [rank out/T, ...) of a full bias [out] for Column, a copy of
+// the whole bias for Row. Undefined in, undefined out.
+Tensor tensor_parallel_bias_shard(const Tensor& bias, TensorParallelKind kind, int rank, int ranks);
+
+void column_parallel_forward(const Tensor& x, const Tensor& weight_shard, const Tensor& bias_shard,
+                             Communicator& group, bool sequence_parallel, Tensor y_shard);
+// x as the forward's (this rank's rows under sequence parallelism, gathered again here).
+void column_parallel_backward(const Tensor& x, const Tensor& weight_shard, const Tensor& dy_shard,
+                              Communicator& group, bool sequence_parallel, Tensor dx, Tensor dweight_shard,
+                              Tensor dbias_shard);
+
+void row_parallel_forward(const Tensor& x_shard, const Tensor& weight_shard, const Tensor& bias,
+                          Communicator& group, bool sequence_parallel, Tensor y);
+// dy: this rank's rows [S, out] under sequence parallelism, else the whole [N, out].
+void row_parallel_backward(const Tensor& x_shard, const Tensor& weight_shard, const Tensor& dy,
+                           Communicator& group, bool sequence_parallel, Tensor dx_shard, Tensor dweight_shard,
+                           Tensor dbias);
+
+}  // namespace ampipe
