@@ -89,9 +89,7 @@ void configure_step_executor(StreamedBlock& exec, bool paired, bool delay_wgrad,
       << "bench: a paired case merges its passes by the cost model, which needs a profile";
   BlockShape priced = shape;
   priced.delay_wgrad = delay_wgrad;
-  exec.set_task_seconds([priced, profile = *hw](const StageTask& task, const ChunkPlan& plan) {
-    return stage_seconds(task, plan, priced, profile);
-  });
+  exec.set_task_seconds(stage_pricer(priced, *hw));
 }
 
 StepTiming run_step(const StreamedBlock& exec, bool paired, StepInputs& in, Device device) {

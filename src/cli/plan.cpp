@@ -228,22 +228,7 @@ nlohmann::json json_row(const GridShape& s, int64_t B, int64_t R, const PassShap
           {"schedules", per_schedule}};
 }
 
-// --micro-batches: a step of M micro-batches under the chosen schedule, unpaired and paired.
-struct StepReport {
-  StepPrediction unpaired, paired;
-  bool pair = false;  // what train's --overlap-moe-expert-parallel-comm=auto takes (prefer_paired)
-};
-
-StepReport price_step(const PlanOptions& o, const BlockShape& shape, const HardwareProfile& hw,
-                      const PassShape& pass, const PlanCandidate& choice) {
-  StepReport r;
-  r.unpaired = predict_step(choice.schedule, choice.order, shape, hw, pass, o.micro_batches, false);
-  r.paired = predict_step(choice.schedule, choice.order, shape, hw, pass, o.micro_batches, true);
-  r.pair = prefer_paired(r.unpaired, r.paired);
-  return r;
-}
-
-void print_step(const PlanOptions& o, const StepReport& r) {
+void print_step(const PlanOptions& o, const PairingPrediction& r) {
   std::printf(
       "  step of %lld micro-batches%s: unpaired %.3f ms (%.2f of its bound), paired %.3f ms (%.2f of its "
       "bound), %.2fx; bound %.3f ms; pairing: %s\n",
@@ -253,7 +238,7 @@ void print_step(const PlanOptions& o, const StepReport& r) {
       r.pair ? "paired" : "unpaired");
 }
 
-nlohmann::json step_json(const PlanOptions& o, const StepReport& r) {
+nlohmann::json step_json(const PlanOptions& o, const PairingPrediction& r) {
   return {{"micro_batches", o.micro_batches},
           {"delay_wgrad_compute", o.delay_wgrad_compute},
           {"step_unpaired_ms", r.unpaired.total * 1e3},
@@ -329,8 +314,9 @@ int run_plan(const PlanOptions& o, Communicator& world) {
       const ShapeReport r(evaluate_candidates(shape, hw, ao), ao);
       const PassShape chosen{ao.num_layers, r.choice.scope, ao.reduce_gradients, ao.gather_params,
                              o.delay_wgrad_compute};
-      std::optional<StepReport> step;
-      if (o.micro_batches > 1) step = price_step(o, shape, hw, chosen, r.choice);
+      std::optional<PairingPrediction> step;  // --micro-batches: the chosen schedule's step
+      if (o.micro_batches > 1)
+        step = predict_pairing(r.choice.schedule, r.choice.order, shape, hw, chosen, o.micro_batches);
       if (o.summary) {
         print_summary_line(s, R, r);
       } else {

@@ -68,17 +68,20 @@ void GptMoe::set_recompute(std::vector<RecomputeGroup> groups) {
   recompute_ = std::move(groups);
 }
 
+void GptMoe::reset_block_state(ForwardState& state) const {
+  state.blocks.assign(config_.num_layers, BlockContext{});
+  state.routing.assign(config_.num_layers, RoutingStats{});
+  for (RoutingStats& s : state.routing) s.reset(config_.num_experts);
+  state.group_inputs.clear();
+}
+
 std::vector<RecomputeGroup> GptMoe::groups() const {
   return recompute_.empty() ? std::vector<RecomputeGroup>{{0, config_.num_layers, false}} : recompute_;
 }
 
 void GptMoe::run_blocks(ForwardState& state, Tensor& x,
                         const std::function<void(int64_t)>& block_needed) const {
-  const int64_t L = config_.num_layers;
-  state.blocks.assign(L, BlockContext{});
-  state.routing.assign(L, RoutingStats{});
-  for (int64_t l = 0; l < L; ++l) state.routing[l].reset(config_.num_experts);
-  state.group_inputs.clear();
+  reset_block_state(state);
   for (const RecomputeGroup& g : groups()) {
     std::vector<BlockContext> ctx(g.end - g.begin);
     std::vector<RoutingStats> stats(state.routing.begin() + g.begin, state.routing.begin() + g.end);
@@ -221,10 +224,8 @@ LossParts GptMoe::backward_and_forward(ForwardState& backward_state, double loss
       << "backward_and_forward without a forward to take the backward of";
   params_.refresh_compute();
   Tensor x = begin_forward(forward_state, tokens, targets, batch);
-  forward_state.blocks.assign(config_.num_layers, BlockContext{});
-  forward_state.routing.assign(config_.num_layers, RoutingStats{});
-  for (RoutingStats& s : forward_state.routing) s.reset(config_.num_experts);
-  forward_state.group_inputs.assign(1, Tensor());
+  reset_block_state(forward_state);
+  forward_state.group_inputs.assign(1, Tensor());  // the one kept group's (no input kept)
   Tensor dx = begin_backward(backward_state, loss_scale);
   auto [d_input, y] = executor_->paired_layers(
       blocks(), PairedBackward{backward_state.blocks, dx, backward_state.routing, aux_scale(loss_scale)},

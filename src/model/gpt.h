@@ -136,6 +136,8 @@ class GptMoe {
   Tensor begin_backward(ForwardState& state, double loss_scale) const;
   void finish_backward(ForwardState& state, const Tensor& dx) const;
   double aux_scale(double loss_scale) const;  // d(loss)/d(aux loss of a layer) for backward's scale
+  // Empty contexts and zeroed routing statistics for every block; no group inputs.
+  void reset_block_state(ForwardState& state) const;
   void run_blocks(ForwardState& state, Tensor& x, const std::function<void(int64_t)>& block_needed) const;
   Tensor backward_blocks(ForwardState& state, const Tensor& dy, double aux_scale,
                          const std::function<void(int64_t)>& block_done) const;

@@ -2,6 +2,7 @@
 // group's all_gather, all_reduce_sum and reduce_scatter_sum.
 #include "model/tensor_parallel.h"
 
+#include <functional>
 #include <string>
 
 #include "core/error.h"
@@ -51,6 +52,21 @@ Tensor gather_rows(Communicator& group, const Tensor& local) {
   Tensor full = Tensor::empty({local.dim(0) * group.size(), local.dim(1)});
   group.all_gather(send, full);
   return full;
+}
+
+// The sum over the group of each rank's partial [rows, cols], which `partial` writes: into `out`
+// whole (all_reduce_sum), or under sequence parallelism into this rank's rows of it
+// (reduce_scatter_sum; out is [rows / T, cols]).
+void sum_partials(Communicator& group, bool sequence_parallel, int64_t rows, int64_t cols,
+                  const std::function<void(Tensor)>& partial, Tensor out) {
+  if (!sequence_parallel) {
+    partial(out);
+    group.all_reduce_sum(out);
+    return;
+  }
+  Tensor whole = Tensor::empty({rows, cols});
+  partial(whole);
+  group.reduce_scatter_sum(whole, out);
 }
 
 }  // namespace
@@ -116,14 +132,9 @@ void column_parallel_backward(const Tensor& x, const Tensor& weight_shard, const
 
   const Tensor input = sequence_parallel ? gather_rows(group, x) : x;
   linear_backward_weight(input, weight_shard, dy_shard, dweight_shard, dbias_shard);
-  if (!sequence_parallel) {
-    linear_backward_input(weight_shard, dy_shard, dx);
-    group.all_reduce_sum(dx);
-    return;
-  }
-  Tensor partial = Tensor::empty({rows, in});
-  linear_backward_input(weight_shard, dy_shard, partial);
-  group.reduce_scatter_sum(partial, dx);
+  sum_partials(
+      group, sequence_parallel, rows, in,
+      [&](Tensor partial) { linear_backward_input(weight_shard, dy_shard, partial); }, dx);
 }
 
 void row_parallel_forward(const Tensor& x_shard, const Tensor& weight_shard, const Tensor& bias,
@@ -138,14 +149,9 @@ void row_parallel_forward(const Tensor& x_shard, const Tensor& weight_shard, con
   check_bias(kCall, "bias", bias, out);
   check_matrix(kCall, "y", y, sequence_parallel ? rows / ranks : rows, out, true);
 
-  if (!sequence_parallel) {
-    linear_forward(x_shard, weight_shard, Tensor(), y);
-    group.all_reduce_sum(y);
-  } else {
-    Tensor partial = Tensor::empty({rows, out});
-    linear_forward(x_shard, weight_shard, Tensor(), partial);
-    group.reduce_scatter_sum(partial, y);
-  }
+  sum_partials(
+      group, sequence_parallel, rows, out,
+      [&](Tensor partial) { linear_forward(x_shard, weight_shard, Tensor(), partial); }, y);
   if (bias.defined()) kernels::add_bias(y, bias);
 }
 

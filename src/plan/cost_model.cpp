@@ -285,6 +285,13 @@ double stage_seconds(const StageTask& task, const ChunkPlan& plan, const BlockSh
   return stage_seconds(task.stage, bounds[task.chunk], bounds[task.chunk + 1], shape, hw);
 }
 
+std::function<double(const StageTask&, const ChunkPlan&)> stage_pricer(const BlockShape& shape,
+                                                                       const HardwareProfile& hw) {
+  return [shape, hw](const StageTask& task, const ChunkPlan& plan) {
+    return stage_seconds(task, plan, shape, hw);
+  };
+}
+
 std::vector<double> task_seconds(const std::vector<StageTask>& tasks, const ChunkPlan& plan,
                                  const BlockShape& shape, const HardwareProfile& hw) {
   shape.validate();

@@ -20,6 +20,7 @@
 #pragma once
 
 #include <cstdint>
+#include <functional>
 #include <vector>
 
 #include "model/config.h"
@@ -101,6 +102,10 @@ double stage_seconds(Stage stage, int64_t begin, int64_t end, const BlockShape& 
 // The same for a task of a list built from `plan` (its chunk indexes plan.attention or plan.moe).
 double stage_seconds(const StageTask& task, const ChunkPlan& plan, const BlockShape& shape,
                      const HardwareProfile& hw);
+// stage_seconds of a task of a list cut by its plan, as a function (the merge of paired
+// micro-batches, StreamedBlock::set_task_seconds, prices its tasks with it).
+std::function<double(const StageTask&, const ChunkPlan&)> stage_pricer(const BlockShape& shape,
+                                                                       const HardwareProfile& hw);
 // stage_seconds of every task, in list order (the simulator's input).
 std::vector<double> task_seconds(const std::vector<StageTask>& tasks, const ChunkPlan& plan,
                                  const BlockShape& shape, const HardwareProfile& hw);

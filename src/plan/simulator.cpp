@@ -197,8 +197,13 @@ StepPrediction predict_step(const BlockSchedule& schedule, StageOrder order, con
   return p;
 }
 
-bool prefer_paired(const StepPrediction& unpaired, const StepPrediction& paired) {
-  return paired.total <= unpaired.total;
+PairingPrediction predict_pairing(const BlockSchedule& schedule, StageOrder order, const BlockShape& shape,
+                                  const HardwareProfile& hw, const PassShape& pass, int64_t micro_batches) {
+  PairingPrediction p;
+  p.unpaired = predict_step(schedule, order, shape, hw, pass, micro_batches, false);
+  p.paired = predict_step(schedule, order, shape, hw, pass, micro_batches, true);
+  p.pair = p.paired.total <= p.unpaired.total;
+  return p;
 }
 
 BlockPrediction predict_block(const BlockSchedule& schedule, StageOrder order, const BlockShape& shape,

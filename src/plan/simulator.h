@@ -83,10 +83,16 @@ StepPrediction predict_step(const BlockSchedule& schedule, StageOrder order, con
                             const HardwareProfile& hw, const PassShape& pass, int64_t micro_batches, bool paired,
                             TraceRecorder* trace = nullptr, int rank = 0, double origin_us = 0);
 
-// --overlap-moe-expert-parallel-comm=auto's rule: pair unless the paired step is predicted slower.
-// Ties pair: pairing changes no result, and it has never measured slower on this project's links
-// (docs/RESULTS.md, "Paired micro-batches"); its cost is memory, one micro-batch's activations.
-bool prefer_paired(const StepPrediction& unpaired, const StepPrediction& paired);
+// A step of M >= 2 micro-batches predicted both ways, and --overlap-moe-expert-parallel-comm=auto's
+// choice: pair unless the paired step is predicted slower. Ties pair: pairing changes no result, and
+// it has never measured slower on this project's links (docs/RESULTS.md, "Paired micro-batches");
+// its cost is memory, one micro-batch's activations.
+struct PairingPrediction {
+  StepPrediction unpaired, paired;
+  bool pair = false;
+};
+PairingPrediction predict_pairing(const BlockSchedule& schedule, StageOrder order, const BlockShape& shape,
+                                  const HardwareProfile& hw, const PassShape& pass, int64_t micro_batches);
 
 // One block: predict_pass with the default PassShape (one block, block scope, no gradient
 // reduction), its BlockPrediction fields.

@@ -97,7 +97,7 @@ static std::pair<PlanCandidate, double> plan_block(const TrainOptions& o, const 
 }
 
 // --overlap-moe-expert-parallel-comm auto: pair unless the planner predicts the paired step slower
-// (prefer_paired), for the schedule the run uses. Sets the option to "on" or "off".
+// (predict_pairing), for the schedule the run uses. Sets the option to "on" or "off".
 static void choose_pairing(TrainOptions& o, const HardwareProfile& hw, const TrainingGroups& groups,
                            PipelineScope scope, int64_t micro_batches,
                            const std::function<void(const std::string&)>& log) {
@@ -105,15 +105,15 @@ static void choose_pairing(TrainOptions& o, const HardwareProfile& hw, const Tra
                  o.delay_wgrad_compute};
   const BlockShape shape = run_block_shape(o, groups);
   const StageOrder order = parse_stage_order(o.stage_order);
-  const StepPrediction plain = predict_step(o.schedule, order, shape, hw, pass, micro_batches, false);
-  const StepPrediction paired = predict_step(o.schedule, order, shape, hw, pass, micro_batches, true);
-  const bool pair = prefer_paired(plain, paired);
+  const PairingPrediction p = predict_pairing(o.schedule, order, shape, hw, pass, micro_batches);
+  const bool pair = p.pair;
   o.overlap_moe_expert_parallel_comm = pair ? "on" : "off";
   char line[320];
   std::snprintf(line, sizeof line,
                 "planner: micro-batches %s (predicted step %.2f ms paired, %.2f ms unpaired, bound %.2f ms; "
                 "--overlap-moe-expert-parallel-comm auto)",
-                pair ? "paired" : "unpaired", paired.total * 1e3, plain.total * 1e3, plain.step_bound * 1e3);
+                pair ? "paired" : "unpaired", p.paired.total * 1e3, p.unpaired.total * 1e3,
+                p.unpaired.step_bound * 1e3);
   log(line);
 }
 
@@ -197,10 +197,7 @@ std::unique_ptr<BlockExecutor> make_block_executor(TrainOptions& o, const Traini
   if (hw) {
     // The paired passes merge by the cost model's seconds: the same profile, so the same order, on
     // every rank.
-    executor->set_task_seconds(
-        [shape = run_block_shape(o, groups), hw = *hw](const StageTask& t, const ChunkPlan& p) {
-          return stage_seconds(t, p, shape, hw);
-        });
+    executor->set_task_seconds(stage_pricer(run_block_shape(o, groups), *hw));
   }
   return executor;
 }
