@@ -23,8 +23,8 @@ class StandaloneBlock;
 class StreamedBlock;
 class TimedCommunicator;
 
-// Stages are indexed by their enum value (pipeline/task_list.h: AttnBegin first, ExpertsWgrad last).
-constexpr int kNumStages = static_cast<int>(Stage::ExpertsWgrad) + 1;
+// Stages are indexed by their enum value (pipeline/task_list.h: AttnBegin first, TpExpertsReduceBwd last).
+constexpr int kNumStages = static_cast<int>(Stage::TpExpertsReduceBwd) + 1;
 
 // The stage a trace slice of StreamedBlock belongs to, from the label it gives each task: the
 // stage's name, then " c<chunk>" for chunked stages, then " L<block>" in a pass over several blocks

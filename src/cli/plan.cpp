@@ -74,6 +74,24 @@ CLI::App* add_plan_command(CLI::App& app, PlanOptions& o) {
   cmd->add_flag("--bf16", o.bf16,
                 "Price the --bf16 model: its all-to-alls at 2 bytes an element, its GEMMs at the profile's "
                 "matrix_flops_bf16 (at matrix_flops where the profile has none; the header says which)");
+  cmd->add_option(
+         "--tensor-model-parallel-size", o.tensor_model_parallel_size,
+         "Tensor-parallel size T (Megatron-LM): price attention with its heads and query groups split over "
+         "T ranks of one node (T must divide both, and the profile's ranks_per_node), its all-reduces "
+         "on the profile's tensor_link; --ranks stays the expert-parallel (and data-parallel) size, so the "
+         "world is T x R")
+      ->capture_default_str();
+  cmd->add_flag(
+      "--sequence-parallel", o.sequence_parallel,
+      "With --tensor-model-parallel-size > 1: price sequence parallelism (norms, residuals, router and "
+      "the MoE side on 1/T of the rows; all-gather + reduce-scatter instead of all-reduce); ignored "
+      "at T = 1, as Megatron-LM does");
+  cmd->add_option(
+         "--expert-tensor-parallel-size", o.expert_tensor_parallel_size,
+         "Expert tensor-parallel size ETP (Megatron-Core's MoE folding): each expert's FFN split over "
+         "ETP ranks (ETP must divide --ffn-hidden-size; without --sequence-parallel also T), its "
+         "collectives around every MoE chunk's experts")
+      ->capture_default_str();
   cmd->add_flag("--summary", o.summary, "One line per shape (sequential, best moe-pipe, best ampipe, choice)");
   cmd->add_option("--json-out", o.json_out, "Write one JSON object per shape to this file (JSON Lines)");
   cmd->add_option("--trace", o.trace, "Write the predicted timeline of the first shape's choice (Chrome trace)");
@@ -228,6 +246,14 @@ nlohmann::json json_row(const GridShape& s, int64_t B, int64_t R, const PassShap
           {"schedules", per_schedule}};
 }
 
+nlohmann::json tensor_parallel_json(const BlockShape& shape, const PassPrediction& choice) {
+  return {{"tensor_model_parallel_size", shape.tensor_parallel},
+          {"sequence_parallel", shape.sequence_split()},
+          {"expert_tensor_parallel_size", shape.expert_tensor_parallel},
+          {"tp_collectives_ms", choice.tensor_parallel_seconds * 1e3},
+          {"tp_collectives_share", choice.tensor_parallel_seconds / choice.total}};
+}
+
 void print_step(const PlanOptions& o, const PairingPrediction& r) {
   std::printf(
       "  step of %lld micro-batches%s: unpaired %.3f ms (%.2f of its bound), paired %.3f ms (%.2f of its "
@@ -246,6 +272,33 @@ nlohmann::json step_json(const PlanOptions& o, const PairingPrediction& r) {
           {"step_bound_ms", r.unpaired.step_bound * 1e3},
           {"paired_step_bound_ms", r.paired.step_bound * 1e3},
           {"pairing", r.pair ? "paired" : "unpaired"}};
+}
+
+// The planner's shape of one grid shape and expert-parallel size R, its layout checked against the
+// profile (cost_model.h, check_layout).
+BlockShape plan_shape(const PlanOptions& o, const GridShape& s, int64_t R, const HardwareProfile& hw) {
+  AMPIPE_CHECK(s.E % R == 0) << "--moe-num-experts " << s.E << " is not divisible by --ranks " << R;
+  // data_ranks 0: the dense gradients are all-reduced over the R ranks (GradReduce only).
+  ModelConfig config = s.config(0.0);
+  config.bf16 = o.bf16;
+  BlockShape shape{config, o.micro_batch_size, s.N, R};
+  shape.sharded_optimizer = o.use_distributed_optimizer;
+  shape.tensor_parallel = o.tensor_model_parallel_size;
+  shape.sequence_parallel = o.sequence_parallel && o.tensor_model_parallel_size > 1;
+  shape.expert_tensor_parallel = o.expert_tensor_parallel_size;
+  check_layout(shape, hw);
+  return shape;
+}
+
+void print_tensor_parallel(const PlanOptions& o, const HardwareProfile& hw) {
+  if (o.tensor_model_parallel_size == 1 && o.expert_tensor_parallel_size == 1) return;
+  const LinkProfile& link = hw.tensor_parallel_link();
+  std::printf("tensor parallelism: T=%lld%s, ETP=%lld; TP collectives on %s (%.1f GB/s, %.1f us a call)\n",
+              (long long)o.tensor_model_parallel_size,
+              o.sequence_parallel && o.tensor_model_parallel_size > 1 ? ", sequence parallel" : "",
+              (long long)o.expert_tensor_parallel_size,
+              hw.tensor_link.bandwidth > 0 ? "the profile's tensor_link" : "intra_node (no tensor_link)",
+              link.bandwidth / 1e9, link.latency * 1e6);
 }
 
 AutotuneOptions autotune_options(const PlanOptions& o) {
@@ -286,6 +339,8 @@ int run_plan(const PlanOptions& o, Communicator& world) {
   int64_t max_ranks = 1;
   for (int64_t r : ranks) max_ranks = std::max(max_ranks, r);
   const std::vector<GridShape> shapes = expand_grid(o.grid, 2 * max_ranks, 0.0);
+  for (const GridShape& s : shapes)  // every layout refused before any work
+    for (int64_t R : ranks) plan_shape(o, s, R, hw);
   if (world.rank() != 0) return 0;  // the prediction needs no other rank
 
   std::ofstream json;
@@ -299,18 +354,14 @@ int run_plan(const PlanOptions& o, Communicator& world) {
     std::printf("precision: bf16 (all-to-alls at 2 bytes an element; GEMMs at %s)\n",
                 hw.matrix_flops_bf16 > 0 ? "the profile's matrix_flops_bf16"
                                          : "matrix_flops: the profile has no matrix_flops_bf16");
+  print_tensor_parallel(o, hw);
   if (o.summary)
     std::printf("%6s %5s %4s %2s %4s %11s %18s %18s %9s %9s  %s\n", "N", "d", "E", "k", "R", "seq ms",
                 "moe-pipe ms (P)", "ampipe ms (P)", "am/seq", "am/moe", "choice (speedup over sequential)");
   bool traced = false;
   for (const GridShape& s : shapes)
     for (int64_t R : ranks) {
-      AMPIPE_CHECK(s.E % R == 0) << "--moe-num-experts " << s.E << " is not divisible by --ranks " << R;
-      // data_ranks 0: the dense gradients are all-reduced over the R ranks (GradReduce only).
-      ModelConfig config = s.config(0.0);
-      config.bf16 = o.bf16;
-      BlockShape shape{config, o.micro_batch_size, s.N, R};
-      shape.sharded_optimizer = o.use_distributed_optimizer;
+      const BlockShape shape = plan_shape(o, s, R, hw);
       const ShapeReport r(evaluate_candidates(shape, hw, ao), ao);
       const PassShape chosen{ao.num_layers, r.choice.scope, ao.reduce_gradients, ao.gather_params,
                              o.delay_wgrad_compute};
@@ -321,10 +372,16 @@ int run_plan(const PlanOptions& o, Communicator& world) {
         print_summary_line(s, R, r);
       } else {
         print_table(s, o.micro_batch_size, R, chosen, r);
+        if (shape.tensor_parallel > 1 || shape.expert_tensor_parallel > 1)
+          std::printf(
+              "  TP collectives of the choice: %.3f ms of comm-stream work, %.1f%% of its predicted time\n",
+              r.choice.prediction.tensor_parallel_seconds * 1e3,
+              100 * r.choice.prediction.tensor_parallel_seconds / r.choice.prediction.total);
         if (step) print_step(o, *step);
       }
       if (json.is_open()) {
         nlohmann::json row = json_row(s, o.micro_batch_size, R, chosen, hw.name, r, o.bf16);
+        row.update(tensor_parallel_json(shape, r.choice.prediction));
         if (step) row.update(step_json(o, *step));
         json << row.dump() << "\n";
         AMPIPE_CHECK(json.good()) << "--json-out: writing '" << o.json_out << "' failed";

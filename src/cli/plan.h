@@ -6,6 +6,8 @@
 //       (each at its best chunk policy, MoE side and stage order; with more than one block, in
 //       each pipeline scope), the planner's choice and its predicted speedup over sequential and
 //       over the best moe-pipe; --overlap-grad-reduce adds a gradient all-reduce per block;
+//       --tensor-model-parallel-size, --sequence-parallel and --expert-tensor-parallel-size price
+//       tensor parallelism (its collectives' seconds and share of the choice are reported);
 //       --json-out writes one JSON object per shape.
 //   ampipe plan --calibrate --out FILE
 //       measures this machine (run it under mpirun, and under scripts/netem.sh for a shaped
@@ -43,6 +45,12 @@ struct PlanOptions {
   bool delay_wgrad_compute = false;  // ExpertsWgrad tasks in every backward of the step
   bool summary = false;
   bool bf16 = false;  // --bf16: price the mixed-precision model (bf16 all-to-alls and GEMMs)
+  // Tensor parallelism (Megatron-LM's flags; priced only, the model does not run it yet): T, sequence
+  // parallelism (only with T > 1), expert tensor parallelism ETP. Refused before any work where T does
+  // not divide the heads or query groups, ETP the FFN width, or the layout does not fit the profile.
+  int64_t tensor_model_parallel_size = 1;
+  bool sequence_parallel = false;
+  int64_t expert_tensor_parallel_size = 1;
   std::string json_out;
   std::string trace;  // predicted timeline of the choice for the first shape
   // --calibrate

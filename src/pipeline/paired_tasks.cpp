@@ -19,6 +19,10 @@ bool is_backward_stage(Stage stage) {
     case Stage::QkvChunkBwd:
     case Stage::GradReduce:
     case Stage::ExpertsWgrad:
+    case Stage::TpAttnGatherBwd:
+    case Stage::TpAttnReduceBwd:
+    case Stage::TpExpertsGatherBwd:
+    case Stage::TpExpertsReduceBwd:
       return true;
     default:
       return false;

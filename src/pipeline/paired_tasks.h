@@ -16,7 +16,8 @@
 
 namespace ampipe {
 
-// The stages of a backward list (GradReduce and ExpertsWgrad included); the others are forward ones.
+// The stages of a backward list (GradReduce, ExpertsWgrad and the backward TP collectives included);
+// the others are forward ones.
 bool is_backward_stage(Stage stage);
 
 // The tasks of `backward` (one micro-batch) and `forward` (the next) in one list, each task's waits

@@ -73,6 +73,11 @@ void StreamedBlock::execute(const std::vector<StageTask>& tasks, const std::func
   // The GPU streams are non-blocking: they do not wait for work the calling thread enqueued on its
   // own stream (the embedding, the gradients zeroed before a backward), so the host waits for it.
   if (device_ == Device::CUDA) cuda_synchronize();
+  // Tensor parallelism is priced by the planner but not run yet (issue 26): refuse before any task.
+  for (const StageTask& t : tasks)
+    AMPIPE_CHECK(!is_tensor_parallel_stage(t.stage))
+        << "the task list holds a tensor-parallel collective ('" << stage_name(t.stage)
+        << "'), which StreamedBlock cannot run yet: only the planner prices tensor parallelism so far";
   std::vector<Event> done(tasks.size());
   std::vector<bool> waited_on(tasks.size(), false);
   for (const StageTask& t : tasks)

@@ -50,6 +50,22 @@ const char* stage_name(Stage stage) {
       return "param gather";
     case Stage::ExpertsWgrad:
       return "experts wgrad";
+    case Stage::TpAttnGather:
+      return "tp gather";
+    case Stage::TpAttnReduce:
+      return "tp reduce";
+    case Stage::TpAttnGatherBwd:
+      return "tp gather bwd";
+    case Stage::TpAttnReduceBwd:
+      return "tp reduce bwd";
+    case Stage::TpExpertsGather:
+      return "etp gather";
+    case Stage::TpExpertsReduce:
+      return "etp reduce";
+    case Stage::TpExpertsGatherBwd:
+      return "etp gather bwd";
+    case Stage::TpExpertsReduceBwd:
+      return "etp reduce bwd";
   }
   return "?";
 }
@@ -63,13 +79,27 @@ StreamRole stage_stream(Stage stage) {
     case Stage::GradReduce:
     case Stage::ParamGather:
       return StreamRole::Comm;
-    default: return StreamRole::Compute;
+    default:
+      return is_tensor_parallel_stage(stage) ? StreamRole::Comm : StreamRole::Compute;
   }
 }
 
 bool is_attention_stage(Stage stage) {
   return stage == Stage::AttnBegin || stage == Stage::AttnChunk || stage == Stage::AttnChunkBwd ||
-         stage == Stage::AttnFinishBwd || stage == Stage::QkvChunk || stage == Stage::QkvChunkBwd;
+         stage == Stage::AttnFinishBwd || stage == Stage::QkvChunk || stage == Stage::QkvChunkBwd ||
+         stage == Stage::TpAttnGather || stage == Stage::TpAttnReduce || stage == Stage::TpAttnGatherBwd ||
+         stage == Stage::TpAttnReduceBwd;
+}
+
+bool is_tensor_parallel_stage(Stage stage) {
+  return static_cast<int>(stage) >= static_cast<int>(Stage::TpAttnGather) &&
+         static_cast<int>(stage) <= static_cast<int>(Stage::TpExpertsReduceBwd);
+}
+
+bool is_whole_sequence_stage(Stage stage, PipelineScope scope) {
+  if (stage == Stage::TpAttnGather || stage == Stage::TpAttnReduceBwd) return scope == PipelineScope::Block;
+  return stage == Stage::AttnBegin || stage == Stage::AttnFinishBwd || stage == Stage::GradReduce ||
+         stage == Stage::ParamGather;
 }
 
 namespace {
@@ -132,15 +162,35 @@ std::vector<std::vector<int>> lower_block_ready_after(const ChunkPlan& p) {
 
 struct Builder {
   std::vector<StageTask> tasks;
+  int last_compute = -1;  // the latest compute task added
   int add(Stage stage, int chunk, std::vector<int> waits = {}, int layer = 0) {
     tasks.push_back(StageTask{stage, chunk, std::move(waits), layer});
+    if (stage_stream(stage) == StreamRole::Compute) last_compute = static_cast<int>(tasks.size()) - 1;
     return static_cast<int>(tasks.size()) - 1;
   }
 };
 
-void check_pass(const PassShape& pass) {
+// Which tensor-parallel collectives a pass's lists hold (PassShape).
+struct TpLists {
+  explicit TpLists(const PassShape& pass)
+      : attention(pass.tensor_parallel > 1),
+        attention_gathers(attention && pass.sequence_parallel),
+        experts(pass.expert_tensor_parallel > 1),
+        expert_gathers(experts && pass.tensor_parallel > 1 && pass.sequence_parallel) {}
+  bool attention, attention_gathers, experts, expert_gathers;
+};
+
+}  // namespace
+
+void PassShape::validate() const {
+  const PassShape& pass = *this;
   AMPIPE_CHECK(pass.num_layers >= 1) << "a pass needs at least one block, got " << pass.num_layers;
+  AMPIPE_CHECK(pass.tensor_parallel >= 1 && pass.expert_tensor_parallel >= 1)
+      << "the tensor-parallel sizes must be at least 1, got " << pass.tensor_parallel << " and "
+      << pass.expert_tensor_parallel;
 }
+
+namespace {
 
 // The forward list: each block's stages in `order`; in model scope block l+1's attention chunks are
 // slotted in after the finish that completes their rows, in block scope after block l's last task.
@@ -150,12 +200,13 @@ class ForwardBuilder {
       : order_(order),
         model_(pass.scope == PipelineScope::Model),
         gather_(pass.gather_params),
+        tp_(pass),
         L_(static_cast<int>(pass.num_layers)),
         A_(static_cast<int>(p.attention.size()) - 1),
         M_(static_cast<int>(p.moe.size()) - 1),
         ready_(moe_ready_after(p)),
         next_ready_(next_block_ready_after(p)),
-        layers_(L_, Layer(M_)),
+        layers_(L_, Layer(A_, M_)),
         gathered_(L_, -1) {}
 
   std::vector<StageTask> build() {
@@ -167,12 +218,14 @@ class ForwardBuilder {
 
  private:
   struct Layer {
-    explicit Layer(int M) : dispatched(M), combined(M) {}
+    Layer(int A, int M) : reduced(A, -1), dispatched(M), combined(M) {}
+    std::vector<int> reduced;  // each attention chunk's TpAttnReduce
     std::vector<int> dispatched, combined;
     int next_experts = 0, next_finish = 0;
   };
   StageOrder order_;
   bool model_, gather_;
+  TpLists tp_;
   int L_, A_, M_;
   std::vector<std::vector<int>> ready_, next_ready_;
   std::vector<Layer> layers_;
@@ -180,17 +233,38 @@ class ForwardBuilder {
   Builder b_;
 
   void attention(int l, int a) {
-    Layer& s = layers_[l];
     // The block's first compute task waits for its parameters.
     std::vector<int> first;
     if (gather_ && a == 0) first.push_back(gathered_[l]);
+    // Sequence parallelism: the QKV's input rows are gathered first; block l > 0 wrote them in the
+    // latest compute task (its last finish in block scope, the one completing them in model scope).
+    if (tp_.attention_gathers && (model_ || a == 0)) {
+      std::vector<int> input;
+      if (l > 0) input.push_back(b_.last_compute);
+      first.push_back(b_.add(Stage::TpAttnGather, model_ ? a : -1, input, l));
+    }
     if (model_)
       b_.add(Stage::QkvChunk, a, first, l);
     else if (a == 0)
       b_.add(Stage::AttnBegin, -1, first, l);
-    b_.add(Stage::AttnChunk, a, {}, l);
+    const int computed = b_.add(Stage::AttnChunk, a, {}, l);
+    if (!tp_.attention) {
+      route(l, a);
+    } else {
+      // a's reduce travels under a+1's attention: a's MoE chunks are routed after a+1.
+      layers_[l].reduced[a] = b_.add(Stage::TpAttnReduce, a, {computed}, l);
+      if (a >= 1) route(l, a - 1);
+      if (a == A_ - 1) route(l, a);
+    }
+    if (a == A_ - 1) drain(l);
+  }
+  // Routes (and dispatches) the MoE chunks ready once attention chunk a has run.
+  void route(int l, int a) {
+    Layer& s = layers_[l];
     for (int m : ready_[a]) {
-      const int routed = b_.add(Stage::Route, m, {}, l);
+      std::vector<int> input;
+      if (tp_.attention) input.push_back(s.reduced[a]);
+      const int routed = b_.add(Stage::Route, m, input, l);
       // The next block's parameters travel under this block's attention, before its first dispatch.
       if (gather_ && l + 1 < L_ && gathered_[l + 1] < 0)
         gathered_[l + 1] = b_.add(Stage::ParamGather, -1, {}, l + 1);
@@ -200,11 +274,13 @@ class ForwardBuilder {
         if (m >= 2) finish(l, s.next_finish++);
       }
     }
-    if (a == A_ - 1) drain(l);
   }
   void experts(int l, int m) {
     Layer& s = layers_[l];
-    const int computed = b_.add(Stage::Experts, m, {s.dispatched[m]}, l);
+    // Expert TP with sequence parallelism: the received rows are gathered over the group first.
+    const int input = tp_.expert_gathers ? b_.add(Stage::TpExpertsGather, m, {}, l) : s.dispatched[m];
+    const int computed = b_.add(Stage::Experts, m, {input}, l);
+    if (tp_.experts) b_.add(Stage::TpExpertsReduce, m, {computed}, l);
     s.combined[m] = b_.add(Stage::Combine, m, {computed}, l);
   }
   void finish(int l, int m) {
@@ -231,6 +307,7 @@ class BackwardBuilder {
         model_(pass.scope == PipelineScope::Model),
         reduce_(pass.reduce_gradients),
         delay_(pass.delay_wgrad),
+        tp_(pass),
         L_(static_cast<int>(pass.num_layers)),
         M_(static_cast<int>(p.moe.size()) - 1),
         done_(attention_done_after(p)),
@@ -251,10 +328,13 @@ class BackwardBuilder {
   };
   StageOrder order_;
   bool model_, reduce_, delay_;
+  TpLists tp_;
   int L_, M_;
   std::vector<std::vector<int>> done_, lower_ready_;
   std::vector<Layer> layers_;
   Builder b_;
+  // The latest TpAttnReduceBwd: the block below's next FinishBwd reads the gradient it completes.
+  int reduced_input_ = -1;
 
   // The i-th MoE chunk taken is M-1-i: the last chunk of the forward comes back first, so a short
   // last chunk (balanced chunks) shortens both the forward's tail and the backward's head.
@@ -262,7 +342,10 @@ class BackwardBuilder {
 
   void begin(int l, int m) {
     Layer& s = layers_[l];
-    const int begun = b_.add(Stage::FinishBwd, m, {}, l);
+    std::vector<int> input;
+    if (reduced_input_ >= 0) input.push_back(reduced_input_);
+    reduced_input_ = -1;  // later tasks of the compute stream follow this one
+    const int begun = b_.add(Stage::FinishBwd, m, input, l);
     s.exchanged[m] = b_.add(Stage::CombineBwd, m, {begun}, l);
     const int i = s.begun++;
     if (order_ == StageOrder::Interleaved) {
@@ -273,16 +356,22 @@ class BackwardBuilder {
   }
   void experts(int l, int m) {
     Layer& s = layers_[l];
-    const int computed = b_.add(Stage::ExpertsBwd, m, {s.exchanged[m]}, l);
+    const int input = tp_.expert_gathers ? b_.add(Stage::TpExpertsGatherBwd, m, {}, l) : s.exchanged[m];
+    const int computed = b_.add(Stage::ExpertsBwd, m, {input}, l);
+    if (tp_.experts) b_.add(Stage::TpExpertsReduceBwd, m, {computed}, l);
     s.returned[m] = b_.add(Stage::DispatchBwd, m, {computed}, l);
     if (delay_) b_.add(Stage::ExpertsWgrad, m, {}, l);
   }
   void route(int l, int m) {
-    b_.add(Stage::RouteBwd, m, {layers_[l].returned[m]}, l);
+    const int routed = b_.add(Stage::RouteBwd, m, {layers_[l].returned[m]}, l);
     for (int a : done_[m]) {
-      b_.add(Stage::AttnChunkBwd, a, {}, l);
+      // Sequence parallelism: the chunk's output gradient is gathered over the group first.
+      std::vector<int> input;
+      if (tp_.attention_gathers) input.push_back(b_.add(Stage::TpAttnGatherBwd, a, {routed}, l));
+      b_.add(Stage::AttnChunkBwd, a, input, l);
       if (!model_) continue;
       const int last = b_.add(Stage::QkvChunkBwd, a, {}, l);
+      if (tp_.attention) reduced_input_ = b_.add(Stage::TpAttnReduceBwd, a, {last}, l);
       if (a == 0) block_done(l, last);
       if (l > 0)
         for (int lower : lower_ready_[a]) begin(l - 1, lower);
@@ -295,7 +384,10 @@ class BackwardBuilder {
       if (order_ == StageOrder::Interleaved && s.next_experts >= 2) route(l, chunk(s.next_route++));
     }
     while (s.next_route < M_) route(l, chunk(s.next_route++));
-    if (!model_) block_done(l, b_.add(Stage::AttnFinishBwd, -1, {}, l));
+    if (model_) return;
+    const int last = b_.add(Stage::AttnFinishBwd, -1, {}, l);
+    if (tp_.attention) reduced_input_ = b_.add(Stage::TpAttnReduceBwd, -1, {last}, l);
+    block_done(l, last);
   }
   // `last`: the block's last compute task; its gradients are complete after it.
   void block_done(int l, int last) {
@@ -314,179 +406,14 @@ void ChunkPlan::validate() const {
 
 std::vector<StageTask> forward_tasks(const ChunkPlan& plan, StageOrder order, const PassShape& pass) {
   plan.validate();
-  check_pass(pass);
+  pass.validate();
   return ForwardBuilder(plan, order, pass).build();
 }
 
 std::vector<StageTask> backward_tasks(const ChunkPlan& plan, StageOrder order, const PassShape& pass) {
   plan.validate();
-  check_pass(pass);
+  pass.validate();
   return BackwardBuilder(plan, order, pass).build();
-}
-
-namespace {
-
-bool overlaps(int64_t b0, int64_t e0, int64_t b1, int64_t e1) { return b0 < e1 && b1 < e0; }
-
-std::string task_label(const StageTask& t) {
-  return std::string(stage_name(t.stage)) + (t.chunk >= 0 ? " c" + std::to_string(t.chunk) : std::string()) +
-         " of block " + std::to_string(t.layer);
-}
-
-}  // namespace
-
-void check_task_list(const std::vector<StageTask>& tasks, const ChunkPlan& plan, const PassShape& pass,
-                     bool backward) {
-  plan.validate();
-  check_pass(pass);
-  const int L = static_cast<int>(pass.num_layers), A = static_cast<int>(plan.attention.size()) - 1,
-            M = static_cast<int>(plan.moe.size()) - 1;
-  const size_t n = tasks.size();
-  // before[i][j]: task j is ordered before task i (same stream and earlier, or waited for, transitively).
-  std::vector<std::vector<bool>> before(n, std::vector<bool>(n, false));
-  int last_on[2] = {-1, -1};
-  for (size_t i = 0; i < n; ++i) {
-    const StageTask& t = tasks[i];
-    AMPIPE_CHECK(t.layer >= 0 && t.layer < L) << "task " << i << " (" << stage_name(t.stage) << ") names block "
-                                              << t.layer << " of " << L;
-    auto inherit = [&](int j) {
-      before[i][j] = true;
-      for (size_t k = 0; k < n; ++k)
-        if (before[j][k]) before[i][k] = true;
-    };
-    const int s = t.stream() == StreamRole::Compute ? 0 : 1;
-    if (last_on[s] >= 0) inherit(last_on[s]);
-    for (int w : t.waits) {
-      AMPIPE_CHECK(w >= 0 && static_cast<size_t>(w) < i && tasks[w].stream() != t.stream())
-          << "task " << i << " (" << task_label(t) << ") waits for task " << w
-          << ", which is not an earlier task of the other stream";
-      inherit(w);
-    }
-    last_on[s] = static_cast<int>(i);
-  }
-  // Where each (stage, block, chunk) sits; each must appear exactly once.
-  std::vector<Stage> stages;
-  if (!backward) {
-    stages = {Stage::AttnChunk, Stage::Route, Stage::Dispatch, Stage::Experts, Stage::Combine, Stage::Finish};
-    stages.push_back(pass.scope == PipelineScope::Model ? Stage::QkvChunk : Stage::AttnBegin);
-    if (pass.gather_params) stages.push_back(Stage::ParamGather);
-  } else {
-    stages = {Stage::FinishBwd, Stage::CombineBwd, Stage::ExpertsBwd, Stage::DispatchBwd, Stage::RouteBwd,
-              Stage::AttnChunkBwd};
-    stages.push_back(pass.scope == PipelineScope::Model ? Stage::QkvChunkBwd : Stage::AttnFinishBwd);
-    if (pass.reduce_gradients) stages.push_back(Stage::GradReduce);
-    if (pass.delay_wgrad) stages.push_back(Stage::ExpertsWgrad);
-  }
-  // Whole-sequence (and whole-block) stages carry chunk -1.
-  auto whole = [](Stage s) {
-    return s == Stage::AttnBegin || s == Stage::AttnFinishBwd || s == Stage::GradReduce ||
-           s == Stage::ParamGather;
-  };
-  auto chunks_of = [&](Stage s) { return is_attention_stage(s) ? A : M; };
-  auto key = [](Stage s, int l, int c) { return (static_cast<int64_t>(s) * 4096 + l) * 65536 + (c + 1); };
-  std::map<int64_t, int> where;
-  for (size_t i = 0; i < n; ++i) {
-    const StageTask& t = tasks[i];
-    AMPIPE_CHECK(std::find(stages.begin(), stages.end(), t.stage) != stages.end())
-        << "task " << i << " (" << task_label(t) << ") does not belong in a "
-        << (backward ? "backward" : "forward") << " list of " << pipeline_scope_name(pass.scope) << " scope";
-    AMPIPE_CHECK(whole(t.stage) ? t.chunk == -1 : t.chunk >= 0 && t.chunk < chunks_of(t.stage))
-        << "task " << i << " (" << task_label(t) << ") names a chunk outside the plan";
-    AMPIPE_CHECK(where.emplace(key(t.stage, t.layer, t.chunk), static_cast<int>(i)).second)
-        << "task " << i << " (" << task_label(t) << ") appears twice";
-  }
-  for (Stage s : stages)
-    for (int l = 0; l < L; ++l)
-      for (int c = whole(s) ? -1 : 0; c < (whole(s) ? 0 : chunks_of(s)); ++c)
-        AMPIPE_CHECK(where.count(key(s, l, c)))
-            << "the list has no " << stage_name(s) << (c >= 0 ? " c" + std::to_string(c) : std::string())
-            << " of block " << l;
-  auto at = [&](Stage s, int l, int c) { return where.at(key(s, l, c)); };
-  const bool model = pass.scope == PipelineScope::Model;
-  // The inputs of each task (the rule), as tasks that must be ordered before it.
-  for (size_t i = 0; i < n; ++i) {
-    const StageTask& t = tasks[i];
-    const int l = t.layer, c = t.chunk;
-    std::vector<int> needs;
-    // Every compute task of a block reads its parameters: gathered first.
-    if (!backward && pass.gather_params && t.stream() == StreamRole::Compute)
-      needs.push_back(at(Stage::ParamGather, l, -1));
-    auto attn_range = [&](int a) { return std::pair(plan.attention[a], plan.attention[a + 1]); };
-    auto moe_range = [&](int m) { return std::pair(plan.moe[m], plan.moe[m + 1]); };
-    // the finishes (forward) of block l-1 that write rows of [b, e)
-    auto lower_finishes = [&](int64_t b, int64_t e) {
-      if (l == 0) return;
-      for (int m = 0; m < M; ++m)
-        if (overlaps(b, e, plan.moe[m], plan.moe[m + 1])) needs.push_back(at(Stage::Finish, l - 1, m));
-    };
-    switch (t.stage) {
-      case Stage::AttnBegin: lower_finishes(0, plan.moe[M]); break;
-      case Stage::QkvChunk: lower_finishes(attn_range(c).first, attn_range(c).second); break;
-      case Stage::AttnChunk:
-        if (model)
-          for (int a = 0; a <= c; ++a) needs.push_back(at(Stage::QkvChunk, l, a));
-        else
-          needs.push_back(at(Stage::AttnBegin, l, -1));
-        break;
-      case Stage::Route:
-        for (int a = 0; a < A; ++a)
-          if (overlaps(moe_range(c).first, moe_range(c).second, attn_range(a).first, attn_range(a).second))
-            needs.push_back(at(Stage::AttnChunk, l, a));
-        break;
-      case Stage::Dispatch: needs.push_back(at(Stage::Route, l, c)); break;
-      case Stage::Experts: needs.push_back(at(Stage::Dispatch, l, c)); break;
-      case Stage::Combine: needs.push_back(at(Stage::Experts, l, c)); break;
-      case Stage::Finish: needs.push_back(at(Stage::Combine, l, c)); break;
-      case Stage::FinishBwd:
-        if (l + 1 < L) {
-          if (!model) needs.push_back(at(Stage::AttnFinishBwd, l + 1, -1));
-          else
-            for (int a = 0; a < A; ++a)
-              if (overlaps(moe_range(c).first, moe_range(c).second, attn_range(a).first, attn_range(a).second))
-                needs.push_back(at(Stage::QkvChunkBwd, l + 1, a));
-        }
-        break;
-      case Stage::CombineBwd: needs.push_back(at(Stage::FinishBwd, l, c)); break;
-      case Stage::ExpertsBwd: needs.push_back(at(Stage::CombineBwd, l, c)); break;
-      case Stage::DispatchBwd: needs.push_back(at(Stage::ExpertsBwd, l, c)); break;
-      case Stage::RouteBwd:
-        needs.push_back(at(Stage::DispatchBwd, l, c));
-        // it releases the chunk's context, which the delayed weight gradients read
-        if (pass.delay_wgrad) needs.push_back(at(Stage::ExpertsWgrad, l, c));
-        break;
-      case Stage::ExpertsWgrad:
-        needs.push_back(at(Stage::ExpertsBwd, l, c));
-        break;
-      case Stage::AttnChunkBwd:
-        for (int m = 0; m < M; ++m)
-          if (overlaps(attn_range(c).first, attn_range(c).second, moe_range(m).first, moe_range(m).second))
-            needs.push_back(at(Stage::RouteBwd, l, m));
-        break;
-      case Stage::QkvChunkBwd:
-        for (int a = c; a < A; ++a) needs.push_back(at(Stage::AttnChunkBwd, l, a));
-        break;
-      case Stage::AttnFinishBwd:
-        for (int a = 0; a < A; ++a) needs.push_back(at(Stage::AttnChunkBwd, l, a));
-        break;
-      case Stage::GradReduce:
-        for (int m = 0; m < M; ++m) {
-          needs.push_back(at(Stage::ExpertsBwd, l, m));
-          needs.push_back(at(Stage::RouteBwd, l, m));
-          if (pass.delay_wgrad) needs.push_back(at(Stage::ExpertsWgrad, l, m));
-        }
-        for (int a = 0; a < A; ++a) {
-          needs.push_back(at(Stage::AttnChunkBwd, l, a));
-          if (model) needs.push_back(at(Stage::QkvChunkBwd, l, a));
-        }
-        if (!model) needs.push_back(at(Stage::AttnFinishBwd, l, -1));
-        break;
-      case Stage::ParamGather:
-        break;  // the optimizer's update, before the pass
-    }
-    for (int j : needs)
-      AMPIPE_CHECK(before[i][j]) << "task " << i << " (" << task_label(t) << ") may run before its input, task " << j
-                                 << " (" << task_label(tasks[j]) << ")";
-  }
 }
 
 }  // namespace ampipe

@@ -79,10 +79,29 @@ enum class Stage {
   ParamGather,  // all-gather of one block's updated parameters (comm)
   // --delay-wgrad-compute: the experts' weight gradients of a MoE chunk, split from ExpertsBwd
   ExpertsWgrad,  // MoE chunk: dW (and db) of every expert GEMM (compute)
+  // Tensor parallelism (PassShape::tensor_parallel > 1; the executor cannot run these yet): the
+  // collectives of the tensor-parallel group, on the comm stream like the all-to-alls. Attention:
+  TpAttnGather,     // --sequence-parallel: all-gather of the QKV's input rows (before AttnBegin,
+                    // whole sequence, or QkvChunk c) (comm, forward)
+  TpAttnReduce,     // attention chunk: all-reduce (reduce-scatter with --sequence-parallel) of the
+                    // output projection's rows, before the chunk's rows are routed (comm, forward)
+  TpAttnGatherBwd,  // --sequence-parallel: all-gather of an attention chunk's output gradient
+                    // before its AttnChunkBwd (comm, backward)
+  TpAttnReduceBwd,  // all-reduce (reduce-scatter) of the QKV backward's input gradient, after
+                    // AttnFinishBwd (whole sequence) or QkvChunkBwd c (comm, backward)
+  // Expert tensor parallelism (PassShape::expert_tensor_parallel > 1), around a MoE chunk's experts:
+  TpExpertsGather,     // --sequence-parallel: all-gather of the received rows before Experts (comm)
+  TpExpertsReduce,     // all-reduce (reduce-scatter) of the experts' output before Combine (comm)
+  TpExpertsGatherBwd,  // --sequence-parallel: all-gather of the gradient before ExpertsBwd (comm)
+  TpExpertsReduceBwd,  // all-reduce (reduce-scatter) of the input gradient before DispatchBwd (comm)
 };
 const char* stage_name(Stage stage);
 StreamRole stage_stream(Stage stage);
 bool is_attention_stage(Stage stage);  // chunk indexes the attention side (else the MoE side)
+bool is_tensor_parallel_stage(Stage stage);  // TpAttnGather .. TpExpertsReduceBwd
+// Whether a task of `stage` covers the whole sequence (chunk -1) in a list of `scope`: AttnBegin,
+// AttnFinishBwd, GradReduce, ParamGather; TpAttnGather and TpAttnReduceBwd in block scope.
+bool is_whole_sequence_stage(Stage stage, PipelineScope scope);
 
 struct ChunkPlan {
   std::vector<int64_t> attention;  // boundaries of the attention side
@@ -110,6 +129,20 @@ struct PassShape {
   // ExpertsWgrad task per MoE chunk, right after the chunk's DispatchBwd, the weight gradients, so
   // the all-to-all leaves before the weight-gradient GEMMs instead of after them.
   bool delay_wgrad = false;
+  // Tensor parallelism (Megatron-LM's --tensor-model-parallel-size, --sequence-parallel,
+  // --expert-tensor-parallel-size): with tensor_parallel > 1 the lists hold the attention's TP
+  // collectives (TpAttnReduce per attention chunk, TpAttnReduceBwd after each QKV backward; with
+  // sequence_parallel also TpAttnGather before each QKV and TpAttnGatherBwd before each attention
+  // chunk's backward), with expert_tensor_parallel > 1 the experts' (TpExpertsReduce and
+  // TpExpertsReduceBwd per MoE chunk; with sequence_parallel the two gathers). sequence_parallel
+  // counts only with tensor_parallel > 1 (Megatron turns it off at T = 1). Forward, the routes of
+  // the MoE chunks ready after attention chunk a follow attention chunk a+1, so a's TpAttnReduce
+  // travels under a+1's attention. At 1 and 1 the lists are those without tensor parallelism.
+  int64_t tensor_parallel = 1;
+  bool sequence_parallel = false;
+  int64_t expert_tensor_parallel = 1;
+
+  void validate() const;  // at least one block, tensor-parallel sizes >= 1; names the bad value
 };
 
 // The forward and backward task lists of a block cut by `plan`, the compute stream taking stages in

@@ -68,6 +68,30 @@ void BlockShape::validate() const {
   AMPIPE_CHECK(std::isfinite(remote_fraction) && remote_fraction <= 1)
       << "the remote fraction of routed rows must be in [0, 1] (or < 0 for uniform routing), got "
       << remote_fraction;
+  check_tensor_parallel_sizes(config, tensor_parallel, sequence_parallel, expert_tensor_parallel);
+}
+
+void check_tensor_parallel_sizes(const ModelConfig& c, int64_t T, bool sequence_parallel, int64_t ETP) {
+  AMPIPE_CHECK(T >= 1) << "--tensor-model-parallel-size must be at least 1, got " << T;
+  AMPIPE_CHECK(ETP >= 1) << "--expert-tensor-parallel-size must be at least 1, got " << ETP;
+  AMPIPE_CHECK(c.num_attention_heads % T == 0)
+      << "--tensor-model-parallel-size " << T << " does not divide the " << c.num_attention_heads
+      << " attention heads (--num-attention-heads); every rank holds heads / T of them";
+  AMPIPE_CHECK(c.kv_heads() % T == 0)
+      << "--tensor-model-parallel-size " << T << " does not divide the " << c.kv_heads()
+      << " query groups (key/value heads, --num-query-groups); every rank holds "
+         "groups / T of them";
+  AMPIPE_CHECK(c.ffn_hidden_size % ETP == 0)
+      << "--expert-tensor-parallel-size " << ETP << " does not divide the FFN width " << c.ffn_hidden_size
+      << " (--ffn-hidden-size); every rank holds width / ETP columns of each expert";
+  // Without sequence parallelism the ranks of a tensor-parallel group hold the same rows; an
+  // expert-TP group splits the width of those rows only if it lies inside one such group.
+  AMPIPE_CHECK(ETP == 1 || (sequence_parallel && T > 1) || T % ETP == 0)
+      << "--expert-tensor-parallel-size " << ETP << " without --sequence-parallel needs a "
+      << "--tensor-model-parallel-size it divides (the expert-TP group inside a tensor-parallel group, whose "
+         "ranks "
+         "hold the same rows), got "
+      << T;
 }
 
 double BlockShape::effective_remote_fraction() const {
@@ -86,6 +110,135 @@ double link_seconds(const LinkProfile& link, double bytes, int calls) {
 
 }  // namespace
 
+void check_layout(const BlockShape& shape, const HardwareProfile& hw) {
+  shape.validate();
+  check_profile(hw);
+  const int64_t T = shape.tensor_parallel, ETP = shape.expert_tensor_parallel, R = shape.ranks;
+  for (const auto& group : {std::pair<const char*, int64_t>{"--tensor-model-parallel-size", T},
+                            std::pair<const char*, int64_t>{"--expert-tensor-parallel-size", ETP}})
+    AMPIPE_CHECK(hw.ranks_per_node % group.second == 0)
+        << group.first << " " << group.second << " does not fit the nodes of hardware profile '" << hw.name
+        << "' (" << hw.ranks_per_node
+        << " ranks per node): a tensor-parallel group lies inside one node, on its tensor link";
+  const int64_t world = T * shape.effective_data_ranks();
+  AMPIPE_CHECK(world % (ETP * R) == 0)
+      << "the world of " << world << " ranks (--tensor-model-parallel-size " << T << " x "
+      << shape.effective_data_ranks()
+      << " data-parallel ranks) is not a multiple of --expert-tensor-parallel-size " << ETP
+      << " x the expert-parallel size " << R
+      << " (Megatron-Core's folding: attention T x DP, experts ETP x EP x EDP)";
+}
+
+namespace {
+
+// The sizes of one stage task as one rank sees them (notation above).
+struct Dims {
+  double B, d, f, E, k, s, len, T, q, w, bias, rope, m;
+  double tp = 1, rs = 1, etp = 1;  // T, the sequence split (T with --sequence-parallel, else 1), ETP
+  double Tn = 0, rows = 0;         // tokens of the norms, residuals and MoE side; their routed rows
+  double rows_e = 0, f_e = 0;      // rows and width of the experts' GEMMs (after the ETP gather)
+  double wire_element = 0;         // bytes of an element in a collective (bf16: 2)
+  bool gathers = false, distributed = false;
+};
+
+Dims dims_of(const BlockShape& shape, int64_t begin, int64_t end, int64_t bytes_per_element) {
+  const ModelConfig& c = shape.config;
+  Dims x{};
+  x.B = double(shape.batch), x.d = double(c.hidden_size), x.f = double(c.ffn_hidden_size);
+  x.E = double(c.num_experts), x.k = double(c.top_k), x.s = double(bytes_per_element);
+  x.len = double(end - begin), x.T = x.B * x.len;
+  x.q = double(c.num_attention_heads * c.head_dim());
+  x.w = x.q + 2.0 * double(c.kv_heads() * c.head_dim());
+  x.bias = c.add_bias_linear ? 1.0 : 0.0;
+  x.rope = c.rope() ? 2 * x.T * (x.q + (x.w - x.q) / 2) : 0.0;  // q and k columns
+  x.m = c.swiglu ? 3.0 : 2.0;                                   // GEMMs per expert
+  x.tp = double(shape.tensor_parallel);
+  x.rs = shape.sequence_split() ? x.tp : 1.0;
+  x.etp = double(shape.expert_tensor_parallel);
+  x.Tn = x.T / x.rs;
+  x.rows = x.k * x.Tn;
+  x.rows_e = x.rows * (shape.sequence_split() ? x.etp : 1.0);
+  x.f_e = x.f / x.etp;
+  // --bf16: the rows cross the all-to-alls (and the TP collectives) in bf16, two bytes an element.
+  x.wire_element = c.bf16 ? 2.0 : x.s;
+  // Partial chunks of several sequences are gathered / scattered row by row (not a view).
+  x.gathers = shape.batch > 1 && !(begin == 0 && end == shape.seq_len);
+  x.distributed = shape.ranks > 1;
+  return x;
+}
+
+// Attention-side stages: GEMMs, the core, rope and the QKV bias split by heads (/ tp); norms,
+// residuals and copies of rows over the rank's rows (/ rs). Returns elementwise elements.
+double attention_work(Stage stage, const Dims& x, double core, StageWork& work) {
+  const double T = x.T, d = x.d, w = x.w, tp = x.tp, rs = x.rs;
+  const double g = x.gathers ? 1.0 : 0.0;
+  switch (stage) {
+    case Stage::AttnBegin:
+      work.gemm_flops = 2 * T * d * w / tp;
+      return 2 * T * d / rs + (x.bias * 2 * T * w + x.rope) / tp;
+    case Stage::QkvChunk:
+      work.gemm_flops = 2 * T * d * w / tp;
+      return (2 * T * d + g * 2 * T * d) / rs + (x.bias * 2 * T * w + x.rope + g * 2 * T * w) / tp;
+    case Stage::AttnChunk:
+      work.attention_forward_flops = core / tp;
+      work.gemm_flops = 2 * T * d * d / tp;
+      return (x.bias * 2 * T * d + 5 * T * d + g * 2 * T * d) / rs + g * 2 * T * d / tp;
+    case Stage::AttnChunkBwd:
+      work.attention_backward_flops = 2.5 * core / tp;
+      work.gemm_flops = 4 * T * d * d / tp;
+      return (x.bias * T * d + g * 2 * T * d) / rs + g * 2 * T * d / tp;
+    case Stage::AttnFinishBwd:
+      work.gemm_flops = 4 * T * d * w / tp;
+      return (x.bias * T * w + x.rope) / tp + 6 * T * d / rs;
+    case Stage::QkvChunkBwd:
+      work.gemm_flops = 4 * T * d * w / tp;
+      return (x.bias * T * w + x.rope + g * 2 * T * w) / tp + (6 * T * d + g * 4 * T * d) / rs;
+    default:
+      return 0;
+  }
+}
+
+// MoE-side compute stages over the rank's Tn tokens and rows (experts: rows_e at width f_e).
+double moe_work(Stage stage, const Dims& x, bool delay_wgrad, StageWork& work) {
+  const double Tn = x.Tn, d = x.d, E = x.E, rows = x.rows, re = x.rows_e, fe = x.f_e, m = x.m;
+  const double g = x.gathers ? 1.0 : 0.0, regroup = x.distributed ? 4 * rows * d : 0.0;
+  const double activation_fwd = (m == 3 ? 3.0 : 2.0) * re * fe,
+               activation_bwd = (m == 3 ? 5.0 : 3.0) * re * fe;
+  switch (stage) {
+    case Stage::Route:
+      work.gemm_flops = 2 * Tn * d * E;
+      return 2 * Tn * d + 3 * Tn * E + 2 * rows * d + g * 2 * Tn * d;
+    case Stage::Experts:
+      work.gemm_flops = 2 * m * re * d * fe;
+      return x.bias * ((m - 1) * 2 * re * fe + 2 * re * d) + activation_fwd + regroup;
+    case Stage::Finish:
+      return (rows + Tn) * d + 3 * Tn * d + 2 * Tn * d;
+    case Stage::FinishBwd:
+      return (Tn + 2 * rows) * d + g * 2 * Tn * d;
+    case Stage::ExpertsBwd:
+      work.gemm_flops = (delay_wgrad ? 2 : 4) * m * re * d * fe;
+      return (delay_wgrad ? 0 : x.bias * re * (d + (m - 1) * fe)) + activation_bwd + regroup;
+    case Stage::ExpertsWgrad:
+      work.gemm_flops = 2 * m * re * d * fe;
+      return x.bias * re * (d + (m - 1) * fe);
+    case Stage::RouteBwd:
+      work.gemm_flops = 4 * Tn * d * E;
+      return (rows + Tn) * d + 4 * Tn * E + 3 * Tn * d + 3 * Tn * d + 2 * Tn * d;
+    default:
+      return 0;
+  }
+}
+
+// A TP collective: a ring over n ranks of a buffer of `elements` (the gathered or reduced tensor):
+// an all-reduce sends 2 (n - 1) / n of its bytes, an all-gather or reduce-scatter (n - 1) / n.
+void tensor_collective(double elements, double n, bool all_reduce, const Dims& x, StageWork& work) {
+  if (n <= 1) return;
+  work.tensor_wire_bytes = (all_reduce ? 2.0 : 1.0) * (n - 1) / n * elements * x.wire_element;
+  work.tensor_calls = 1;
+}
+
+}  // namespace
+
 StageWork stage_work(Stage stage, int64_t begin, int64_t end, const BlockShape& shape,
                      int64_t bytes_per_element) {
   shape.validate();
@@ -97,80 +250,13 @@ StageWork stage_work(Stage stage, int64_t begin, int64_t end, const BlockShape& 
   AMPIPE_CHECK(0 <= begin && begin < end && end <= shape.seq_len)
       << "stage '" << stage_name(stage) << "': chunk [" << begin << ", " << end << ") is not inside [0, "
       << shape.seq_len << ")";
-  const ModelConfig& c = shape.config;
-  const double B = double(shape.batch), d = double(c.hidden_size), f = double(c.ffn_hidden_size);
-  const double E = double(c.num_experts), k = double(c.top_k), s = double(bytes_per_element);
-  const double len = double(end - begin), T = B * len, rows = k * T;
-  const double q = double(c.num_attention_heads * c.head_dim());
-  const double w = q + 2.0 * double(c.kv_heads() * c.head_dim());
-  const double bias = c.add_bias_linear ? 1.0 : 0.0;
-  const double rope = c.rope() ? 2 * T * (q + (w - q) / 2) : 0.0;  // q and k columns
-  const double m = c.swiglu ? 3.0 : 2.0;  // GEMMs per expert
-  const double activation_fwd = (c.swiglu ? 3.0 : 2.0) * rows * f, activation_bwd = (c.swiglu ? 5.0 : 3.0) * rows * f;
-  // Partial chunks of several sequences are gathered / scattered row by row (not a view).
-  const bool gathers = shape.batch > 1 && !(begin == 0 && end == shape.seq_len);
-  const bool distributed = shape.ranks > 1;
+  const Dims x = dims_of(shape, begin, end, bytes_per_element);
   // sum_{i=b}^{e-1} (i + 1) keys x 4d FLOPs = 2d (e - b)(e + b + 1), per sequence.
-  const double attention_core = B * 2 * d * len * double(end + begin + 1);
-  // --bf16: the rows cross the all-to-alls in bf16 (model/moe/dispatcher.h), two bytes an element.
-  const double wire = rows * d * (c.bf16 ? 2.0 : s) * shape.effective_remote_fraction();
-
+  const double attention_core = x.B * 2 * x.d * x.len * double(end + begin + 1);
+  const bool split = shape.sequence_split();
   StageWork work;
   double elems = 0;  // bytes / s
   switch (stage) {
-    case Stage::AttnBegin:
-      work.gemm_flops = 2 * T * d * w;
-      elems = 2 * T * d + bias * 2 * T * w + rope;
-      break;
-    case Stage::AttnChunk:
-      work.attention_forward_flops = attention_core;
-      work.gemm_flops = 2 * T * d * d;
-      elems = bias * 2 * T * d + 5 * T * d + (gathers ? 4 * T * d : 0);
-      break;
-    case Stage::Route:
-      work.gemm_flops = 2 * T * d * E;
-      elems = 2 * T * d + 3 * T * E + 2 * rows * d + (gathers ? 2 * T * d : 0);
-      break;
-    case Stage::Experts:
-      work.gemm_flops = 2 * m * rows * d * f;
-      elems = bias * ((m - 1) * 2 * rows * f + 2 * rows * d) + activation_fwd + (distributed ? 4 * rows * d : 0);
-      break;
-    case Stage::Finish:
-      elems = (rows + T) * d + 3 * T * d + 2 * T * d;
-      break;
-    case Stage::FinishBwd:
-      elems = (T + 2 * rows) * d + (gathers ? 2 * T * d : 0);
-      break;
-    case Stage::ExpertsBwd:
-      work.gemm_flops = (shape.delay_wgrad ? 2 : 4) * m * rows * d * f;
-      elems = (shape.delay_wgrad ? 0 : bias * rows * (d + (m - 1) * f)) + activation_bwd +
-              (distributed ? 4 * rows * d : 0);
-      break;
-    case Stage::ExpertsWgrad:
-      work.gemm_flops = 2 * m * rows * d * f;
-      elems = bias * rows * (d + (m - 1) * f);
-      break;
-    case Stage::RouteBwd:
-      work.gemm_flops = 4 * T * d * E;
-      elems = (rows + T) * d + 4 * T * E + 3 * T * d + 3 * T * d + 2 * T * d;
-      break;
-    case Stage::AttnChunkBwd:
-      work.attention_backward_flops = 2.5 * attention_core;
-      work.gemm_flops = 4 * T * d * d;
-      elems = bias * T * d + (gathers ? 4 * T * d : 0);
-      break;
-    case Stage::AttnFinishBwd:
-      work.gemm_flops = 4 * T * d * w;
-      elems = bias * T * w + rope + 6 * T * d;
-      break;
-    case Stage::QkvChunk:
-      work.gemm_flops = 2 * T * d * w;
-      elems = 2 * T * d + bias * 2 * T * w + rope + (gathers ? 2 * T * d + 2 * T * w : 0);
-      break;
-    case Stage::QkvChunkBwd:
-      work.gemm_flops = 4 * T * d * w;
-      elems = bias * T * w + rope + 6 * T * d + (gathers ? 2 * T * w + 4 * T * d : 0);
-      break;
     case Stage::GradReduce:   // priced by grad_reduce_seconds
     case Stage::ParamGather:  // priced by param_gather_seconds
       break;
@@ -178,16 +264,36 @@ StageWork stage_work(Stage stage, int64_t begin, int64_t end, const BlockShape& 
     case Stage::Combine:
     case Stage::CombineBwd:
     case Stage::DispatchBwd:
-      if (distributed) {
-        work.wire_bytes = wire;
+      if (x.distributed) {
+        work.wire_bytes = x.rows * x.d * x.wire_element * shape.effective_remote_fraction();
         // exchange_dispatch sends the per-expert counts first, then the rows; the other three
         // exchanges reuse those counts (model/moe/dispatcher.cpp).
         work.collective_calls = stage == Stage::Dispatch ? 2 : 1;
       }
       break;
+    case Stage::TpAttnGather:
+    case Stage::TpAttnGatherBwd:
+      tensor_collective(x.T * x.d, x.tp, false, x, work);
+      break;
+    case Stage::TpAttnReduce:
+    case Stage::TpAttnReduceBwd:
+      tensor_collective(x.T * x.d, x.tp, !split, x, work);
+      break;
+    case Stage::TpExpertsGather:
+    case Stage::TpExpertsGatherBwd:
+      tensor_collective(x.rows_e * x.d, x.etp, false, x, work);
+      break;
+    case Stage::TpExpertsReduce:
+    case Stage::TpExpertsReduceBwd:
+      tensor_collective(x.rows_e * x.d, x.etp, !split, x, work);
+      break;
+    default:
+      elems = is_attention_stage(stage) ? attention_work(stage, x, attention_core, work)
+                                        : moe_work(stage, x, shape.delay_wgrad, work);
   }
-  work.memory_bytes = elems * s;
-  work.bf16_gemms = c.bf16;
+  work.memory_bytes = elems * x.s;
+  work.bf16_gemms = shape.config.bf16;
+  work.expert_stride = shape.expert_tensor_parallel;
   return work;
 }
 
@@ -215,6 +321,14 @@ double elementwise_seconds(double memory_bytes, const HardwareProfile& hw) {
   return memory_bytes * (in_cache / hw.cache_bandwidth + (1 - in_cache) / hw.memory_bandwidth);
 }
 
+double tensor_collective_seconds(double wire_bytes, int calls, const HardwareProfile& hw) {
+  check_profile(hw);
+  if (calls <= 0) return 0;
+  double seconds = link_seconds(hw.tensor_parallel_link(), wire_bytes, calls);
+  if (hw.host_staging_bandwidth > 0) seconds += 2 * wire_bytes / hw.host_staging_bandwidth;
+  return seconds;
+}
+
 double work_seconds(const StageWork& w, int64_t ranks, const HardwareProfile& hw) {
   check_profile(hw);
   double seconds = hw.task_overhead;
@@ -223,7 +337,14 @@ double work_seconds(const StageWork& w, int64_t ranks, const HardwareProfile& hw
   seconds += w.attention_forward_flops / (hw.matrix_flops * hw.attention_efficiency);
   seconds += w.attention_backward_flops / (hw.matrix_flops * hw.attention_backward_efficiency);
   seconds += elementwise_seconds(w.memory_bytes, hw);
-  if (w.collective_calls > 0) seconds += all_to_all_seconds(w.wire_bytes, w.collective_calls, ranks, hw);
+  if (w.collective_calls > 0) {
+    // The expert-parallel peers are expert_stride ranks apart (the ETP ranks of an expert sit
+    // together), so a node holds ranks_per_node / stride of them.
+    HardwareProfile spaced = hw;
+    spaced.ranks_per_node = std::max<int64_t>(1, hw.ranks_per_node / std::max<int64_t>(1, w.expert_stride));
+    seconds += all_to_all_seconds(w.wire_bytes, w.collective_calls, ranks, spaced);
+  }
+  seconds += tensor_collective_seconds(w.tensor_wire_bytes, w.tensor_calls, hw);
   return seconds;
 }
 
@@ -274,7 +395,8 @@ double stage_seconds(const StageTask& task, const ChunkPlan& plan, const BlockSh
                      const HardwareProfile& hw) {
   if (task.stage == Stage::GradReduce) return grad_reduce_seconds(shape, hw);
   if (task.stage == Stage::ParamGather) return param_gather_seconds(shape, hw);
-  if (task.stage == Stage::AttnBegin || task.stage == Stage::AttnFinishBwd)
+  if (task.stage == Stage::AttnBegin || task.stage == Stage::AttnFinishBwd ||
+      (task.chunk < 0 && (task.stage == Stage::TpAttnGather || task.stage == Stage::TpAttnReduceBwd)))
     return stage_seconds(task.stage, 0, shape.seq_len, shape, hw);
   const std::vector<int64_t>& bounds = is_attention_stage(task.stage) ? plan.attention : plan.moe;
   AMPIPE_CHECK(task.chunk >= 0 && static_cast<size_t>(task.chunk) + 1 < bounds.size())

@@ -14,8 +14,22 @@
 //                           half (a smooth blend, so that the planner sees no cliff)
 //   all-to-all              per call latency + the bytes that leave the rank / bandwidth, split into
 //                           intra- and inter-node parts that run at once (the slower one counts)
+//   TP collectives          ring collectives over the T (or ETP) ranks of a tensor-parallel group on
+//                           the profile's tensor link: latency + 2 (n - 1) / n of the buffer's bytes
+//                           for an all-reduce, (n - 1) / n for an all-gather or reduce-scatter
 //   every task              + task_overhead
 // Routing is assumed balanced (dropless): every rank receives as many rows as it sends, k per token.
+// Tensor parallelism (BlockShape::tensor_parallel T, sequence_parallel, expert_tensor_parallel ETP;
+// Megatron-LM's semantics) divides, per rank: attention's QKV and output GEMMs, its core, rope and
+// QKV bias by T (heads split); each expert's FFN GEMMs by ETP (width f / ETP; with sequence
+// parallelism over the ETP group's gathered rows); the norms, residuals, the router and the MoE
+// side's rows (so the all-to-all bytes) by T only with sequence parallelism: without it every rank of
+// a tensor-parallel group holds, routes and sends the same rows. Its collectives are stages of their
+// own (pipeline/task_list.h, TpAttnGather ..): without sequence parallelism an all-reduce of the
+// chunk's [rows, d] (attention: after the output projection, and of the input gradient after the
+// QKV backward; experts: of their output, and of their input gradient), with it an all-gather before
+// and a reduce-scatter after (mirrored in backward). The all-to-all sees the expert-parallel peers
+// ETP ranks apart (ranks_per_node / ETP of them per node).
 // Stateless; bad shapes or profiles are refused with ampipe::Error naming the value.
 #pragma once
 
@@ -48,8 +62,16 @@ struct BlockShape {
   bool delay_wgrad = false;
   // Share of the routed rows that leave the rank; < 0: (R-1)/R, uniform routing.
   double remote_fraction = -1;
+  // Tensor parallelism (above): --tensor-model-parallel-size T (divides the heads and the query
+  // groups), --sequence-parallel (counts only with T > 1), --expert-tensor-parallel-size ETP
+  // (divides the FFN width; without sequence parallelism also T). 1, false, 1: none, priced exactly
+  // as without these fields.
+  int64_t tensor_parallel = 1;
+  bool sequence_parallel = false;
+  int64_t expert_tensor_parallel = 1;
 
   void validate() const;  // throws ampipe::Error naming the bad field
+  bool sequence_split() const { return sequence_parallel && tensor_parallel > 1; }
   double effective_remote_fraction() const;
   int64_t effective_data_ranks() const { return data_ranks > 0 ? data_ranks : ranks; }
 };
@@ -63,7 +85,24 @@ struct StageWork {
   double wire_bytes = 0;                // all-to-all: bytes this rank sends to other ranks
   int collective_calls = 0;             // all-to-all calls (each pays the link latency); 0 when R == 1
   bool bf16_gemms = false;              // --bf16: gemm_flops run at matrix_flops_bf16 where known
+  double tensor_wire_bytes = 0;         // TP collective: bytes this rank sends on the tensor link
+  int tensor_calls = 0;                 // TP collective calls (each pays the tensor link's latency)
+  int64_t expert_stride = 1;            // the all-to-all's peers are this many ranks apart (ETP)
 };
+
+// The tensor-parallel sizes against the model (BlockShape::validate calls it): T divides the heads
+// and the query groups, ETP the FFN width (and T, without sequence parallelism); sizes >= 1. Throws
+// ampipe::Error naming the flag and the numbers.
+void check_tensor_parallel_sizes(const ModelConfig& config, int64_t tensor_parallel, bool sequence_parallel,
+                                 int64_t expert_tensor_parallel);
+// The layout against the world a profile describes: each tensor-parallel group (T, and ETP) inside
+// one node (ranks_per_node a multiple of it: the tensor link is a node's), and the world of T x
+// data ranks a multiple of ETP x R (Megatron-Core's folding of the experts' ETP x EP x EDP into the
+// attention's T x DP). Throws ampipe::Error naming the numbers.
+void check_layout(const BlockShape& shape, const HardwareProfile& hw);
+// Seconds of `calls` TP collectives sending `wire_bytes` per rank on hw.tensor_parallel_link() (plus
+// host staging, as an all-to-all); 0 when calls == 0.
+double tensor_collective_seconds(double wire_bytes, int calls, const HardwareProfile& hw);
 
 // The work of `stage` on positions [begin, end) of each sequence (whole-sequence stages ignore
 // begin/end and use [0, N)).

@@ -25,6 +25,7 @@ const std::vector<std::string> kTopFields = {"name",
                                              "memory_bandwidth",
                                              "intra_node",
                                              "inter_node",
+                                             "tensor_link",
                                              "ranks_per_node",
                                              "bytes_per_element",
                                              "task_overhead",
@@ -178,6 +179,8 @@ void HardwareProfile::validate(const std::string& where) const {
   check_rate(where, "memory_bandwidth", memory_bandwidth);
   check_link(where, "intra_node", intra_node);
   check_link(where, "inter_node", inter_node);
+  // not given: bandwidth 0 and latency 0 (intra_node is used); given: a real link
+  if (tensor_link.bandwidth != 0 || tensor_link.latency != 0) check_link(where, "tensor_link", tensor_link);
   check_count(where, "ranks_per_node", ranks_per_node);
   check_count(where, "bytes_per_element", bytes_per_element);
   check_at_least(where, "task_overhead", task_overhead, 0.0);
@@ -214,6 +217,10 @@ HardwareProfile parse_profile(const std::string& json_text, const std::string& w
   p.memory_bandwidth = get_number(where, "memory_bandwidth", field("memory_bandwidth"));
   p.intra_node = get_link(where, "intra_node", field("intra_node"));
   p.inter_node = get_link(where, "inter_node", field("inter_node"));
+  if (root.contains("tensor_link")) {
+    p.tensor_link = get_link(where, "tensor_link", root["tensor_link"]);
+    check_link(where, "tensor_link", p.tensor_link);  // when written, a real link
+  }
   p.ranks_per_node = get_integer(where, "ranks_per_node", field("ranks_per_node"));
   p.bytes_per_element = get_integer(where, "bytes_per_element", field("bytes_per_element"));
   if (root.contains("task_overhead"))
@@ -261,6 +268,7 @@ std::string profile_to_json(const HardwareProfile& p) {
   j["memory_bandwidth"] = p.memory_bandwidth;
   j["intra_node"] = link(p.intra_node);
   j["inter_node"] = link(p.inter_node);
+  if (p.tensor_link.bandwidth > 0) j["tensor_link"] = link(p.tensor_link);  // absent: intra_node
   j["ranks_per_node"] = p.ranks_per_node;
   j["bytes_per_element"] = p.bytes_per_element;
   j["task_overhead"] = p.task_overhead;

@@ -14,6 +14,10 @@
 //   intra_node             {"bandwidth": bytes/s per rank, "latency": seconds}: all-to-all among
 //                          ranks of one node
 //   inter_node             {"bandwidth": bytes/s per rank, "latency": seconds}: across nodes
+//   tensor_link            {"bandwidth": bytes/s per rank, "latency": seconds} (optional, default:
+//                          intra_node): the link of a tensor-parallel group's collectives (all-reduce,
+//                          all-gather, reduce-scatter; ring bandwidth per rank, one direction), inside
+//                          a node
 //   ranks_per_node         integer >= 1
 //   bytes_per_element      integer >= 1: bytes of an activation element in the elementwise
 //                          stages and of a float32 all-to-all element (4); a --bf16 model's
@@ -59,6 +63,7 @@ struct HardwareProfile {
   double attention_backward_efficiency = 0;
   double memory_bandwidth = 0;
   LinkProfile intra_node, inter_node;
+  LinkProfile tensor_link;  // bandwidth 0: not given, intra_node
   int64_t ranks_per_node = 1;
   int64_t bytes_per_element = 4;
   double task_overhead = 0;
@@ -70,6 +75,9 @@ struct HardwareProfile {
   double host_staging_bandwidth = 0;
 
   void validate(const std::string& where) const;  // throws ampipe::Error naming the bad field
+  const LinkProfile& tensor_parallel_link() const {
+    return tensor_link.bandwidth > 0 ? tensor_link : intra_node;
+  }
 };
 
 // Parses and validates; `where` names the text in messages (a path).

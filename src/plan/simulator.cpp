@@ -117,6 +117,14 @@ void trace_simulation(TraceRecorder& trace, const std::vector<StageTask>& tasks,
   }
 }
 
+PassShape with_tensor_parallel(const PassShape& pass, const BlockShape& shape) {
+  PassShape out = pass;
+  out.tensor_parallel = shape.tensor_parallel;
+  out.sequence_parallel = shape.sequence_parallel;
+  out.expert_tensor_parallel = shape.expert_tensor_parallel;
+  return out;
+}
+
 PassPrediction predict_pass(const BlockSchedule& schedule, StageOrder order, const BlockShape& shape,
                             const HardwareProfile& hw, const PassShape& pass, TraceRecorder* trace, int rank,
                             double origin_us) {
@@ -129,12 +137,13 @@ PassPrediction predict_pass(const BlockSchedule& schedule, StageOrder order, con
   const ChunkPlan plan = schedule.plan(shape.seq_len);
   BlockShape priced = shape;
   priced.delay_wgrad = pass.delay_wgrad;
-  const std::vector<StageTask> fwd = forward_tasks(plan, order, pass),
-                               bwd = backward_tasks(plan, order, pass);
-  const Simulation f =
-      simulate(fwd, task_seconds(fwd, plan, priced, hw), hw.overlap_slowdown, hw.comm_overlap_slowdown);
-  const Simulation b =
-      simulate(bwd, task_seconds(bwd, plan, priced, hw), hw.overlap_slowdown, hw.comm_overlap_slowdown);
+  const PassShape lists = with_tensor_parallel(pass, shape);
+  const std::vector<StageTask> fwd = forward_tasks(plan, order, lists),
+                               bwd = backward_tasks(plan, order, lists);
+  const std::vector<double> fwd_seconds = task_seconds(fwd, plan, priced, hw),
+                            bwd_seconds = task_seconds(bwd, plan, priced, hw);
+  const Simulation f = simulate(fwd, fwd_seconds, hw.overlap_slowdown, hw.comm_overlap_slowdown);
+  const Simulation b = simulate(bwd, bwd_seconds, hw.overlap_slowdown, hw.comm_overlap_slowdown);
   if (trace) {
     trace_simulation(*trace, fwd, f, rank, origin_us);
     trace_simulation(*trace, bwd, b, rank, origin_us + f.makespan * 1e6);
@@ -150,6 +159,10 @@ PassPrediction predict_pass(const BlockSchedule& schedule, StageOrder order, con
   p.compute_busy = f.compute_busy + b.compute_busy;
   p.comm_busy = f.comm_busy + b.comm_busy;
   p.overlap_bound = std::max(f.compute_busy, f.comm_busy) + std::max(b.compute_busy, b.comm_busy);
+  for (size_t i = 0; i < fwd.size(); ++i)
+    if (is_tensor_parallel_stage(fwd[i].stage)) p.tensor_parallel_seconds += fwd_seconds[i];
+  for (size_t i = 0; i < bwd.size(); ++i)
+    if (is_tensor_parallel_stage(bwd[i].stage)) p.tensor_parallel_seconds += bwd_seconds[i];
   return p;
 }
 
@@ -163,7 +176,8 @@ StepPrediction predict_step(const BlockSchedule& schedule, StageOrder order, con
   BlockShape priced = shape;
   priced.delay_wgrad = pass.delay_wgrad;
   const ChunkPlan plan = schedule.plan(shape.seq_len);
-  PassShape first = pass, middle = pass, last = pass;  // the step's first forward, last backward
+  const PassShape tp_pass = with_tensor_parallel(pass, shape);
+  PassShape first = tp_pass, middle = tp_pass, last = tp_pass;  // the step's first forward, last backward
   first.reduce_gradients = middle.reduce_gradients = middle.gather_params = last.gather_params = false;
   last.reduce_gradients = pass.reduce_gradients;
   first.gather_params = pass.gather_params;

@@ -51,11 +51,20 @@ struct PassPrediction : BlockPrediction {
   // overlap_bound <= total always; total / overlap_bound is how far the pass is from hiding the
   // shorter stream behind the longer one.
   double overlap_bound = 0;
+  // Seconds of the tensor-parallel collectives' tasks (pipeline/task_list.h, TpAttnGather ..),
+  // each priced alone, over both lists (0 without tensor parallelism): what TP adds to the comm
+  // stream, hidden or not.
+  double tensor_parallel_seconds = 0;
 };
+
+// `pass` with the tensor-parallel sizes of `shape` (BlockShape::tensor_parallel, ...): the lists
+// predict_pass and predict_step build hold the TP collectives the shape prices.
+PassShape with_tensor_parallel(const PassShape& pass, const BlockShape& shape);
 
 // The predicted forward + backward time of a pass under `schedule` and `order`: the task lists
 // forward_tasks / backward_tasks(schedule.plan(shape.seq_len), order, pass) (every block cut the
-// same; GradReduce tasks when pass.reduce_gradients), priced by task_seconds, simulated with
+// same; GradReduce tasks when pass.reduce_gradients; the TP collectives of the shape's tensor-parallel
+// sizes, whatever pass says of them, with_tensor_parallel), priced by task_seconds, simulated with
 // hw.overlap_slowdown and hw.comm_overlap_slowdown; the backward starts when the forward has ended.
 // If `trace` is given, the predicted timeline is added to it (tracks "compute" and "comm" of
 // `rank`; forward from origin_us, backward after it). Throws ampipe::Error for a bad shape, profile
