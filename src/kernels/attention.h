@@ -16,6 +16,8 @@
 //   out  [B*Nq, h*hd]  written
 //   lse  [B, h, Nq]    written: log-sum-exp of the scaled scores per query row (saved for backward)
 // scale is 1/sqrt(hd).
+// q, k, v, out, dout, dq, dk, dv may be bfloat16 (elementwise.h, "bfloat16 operands": computed in
+// float32, the scores, softmax statistics and every sum in float32); lse is float32.
 #pragma once
 
 #include <cstdint>

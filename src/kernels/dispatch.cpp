@@ -59,6 +59,35 @@ Device device_of(const char* kernel, std::initializer_list<const Tensor*> tensor
 #endif
 #define AMPIPE_TENSORS(...) (std::initializer_list<const Tensor*>{__VA_ARGS__})
 
+// bfloat16 operands of the float32 kernels (elementwise.h, "bfloat16 operands"). A bf16 input is
+// widened (exactly) to a float32 copy; a bf16 output is computed into a float32 stand-in and rounded
+// once into the caller's tensor. The backends see float32 only, so a kernel's accumulation and
+// statistics stay float32 on every device, and its result on bf16 operands is, bit for bit, the
+// float32 kernel's on the widened values, rounded.
+namespace {
+
+bool has_bf16(std::initializer_list<const Tensor*> tensors) {
+  for (const Tensor* t : tensors)
+    if (t->defined() && t->dtype() == DType::BF16) return true;
+  return false;
+}
+
+Tensor widened(const Tensor& t) { return t.defined() ? as_dtype(t, DType::F32) : t; }
+
+// The float32 stand-in of an operand the kernel writes (or, `accumulated`, reads and writes).
+struct Staged {
+  Tensor target, f32;
+  Staged(const Tensor& t, bool accumulated) : target(t), f32(t) {
+    if (t.defined() && t.dtype() == DType::BF16)
+      f32 = accumulated ? as_dtype(t, DType::F32) : Tensor::empty(t.shape(), DType::F32, t.device());
+  }
+  void write_back() const {
+    if (target.defined() && target.dtype() == DType::BF16) convert(f32, target);
+  }
+};
+
+}  // namespace
+
 int64_t DispatchPlan::num_slots() const {
   return std::accumulate(expert_counts.begin(), expert_counts.end(), int64_t{0});
 }
@@ -71,7 +100,14 @@ void add_bias(Tensor y, const Tensor& bias) { AMPIPE_DISPATCH(add_bias, AMPIPE_T
 void bias_backward(const Tensor& dy, Tensor dbias) {
   AMPIPE_DISPATCH(bias_backward, AMPIPE_TENSORS(&dy, &dbias), dy, dbias);
 }
-void add_inplace(Tensor y, const Tensor& x) { AMPIPE_DISPATCH(add_inplace, AMPIPE_TENSORS(&y, &x), y, x); }
+void add_inplace(Tensor y, const Tensor& x) {
+  if (has_bf16({&y, &x})) {
+    const Staged out(y, /*accumulated=*/true);
+    add_inplace(out.f32, widened(x));
+    return out.write_back();
+  }
+  AMPIPE_DISPATCH(add_inplace, AMPIPE_TENSORS(&y, &x), y, x);
+}
 void scale_inplace(Tensor x, float s) { AMPIPE_DISPATCH(scale_inplace, AMPIPE_TENSORS(&x), x, s); }
 void convert(const Tensor& src, Tensor dst) { AMPIPE_DISPATCH(convert, AMPIPE_TENSORS(&src, &dst), src, dst); }
 
@@ -81,14 +117,37 @@ Tensor as_dtype(const Tensor& x, DType dtype) {
   convert(x, out);
   return out;
 }
-void gelu_forward(const Tensor& x, Tensor y) { AMPIPE_DISPATCH(gelu_forward, AMPIPE_TENSORS(&x, &y), x, y); }
+void gelu_forward(const Tensor& x, Tensor y) {
+  if (has_bf16({&x, &y})) {
+    const Staged out(y, false);
+    gelu_forward(widened(x), out.f32);
+    return out.write_back();
+  }
+  AMPIPE_DISPATCH(gelu_forward, AMPIPE_TENSORS(&x, &y), x, y);
+}
 void gelu_backward(const Tensor& x, const Tensor& dy, Tensor dx) {
+  if (has_bf16({&x, &dy, &dx})) {
+    const Staged out(dx, false);
+    gelu_backward(widened(x), widened(dy), out.f32);
+    return out.write_back();
+  }
   AMPIPE_DISPATCH(gelu_backward, AMPIPE_TENSORS(&x, &dy, &dx), x, dy, dx);
 }
 void swiglu_forward(const Tensor& gate, const Tensor& up, Tensor out) {
+  if (has_bf16({&gate, &up, &out})) {
+    const Staged o(out, false);
+    swiglu_forward(widened(gate), widened(up), o.f32);
+    return o.write_back();
+  }
   AMPIPE_DISPATCH(swiglu_forward, AMPIPE_TENSORS(&gate, &up, &out), gate, up, out);
 }
 void swiglu_backward(const Tensor& gate, const Tensor& up, const Tensor& dout, Tensor dgate, Tensor dup) {
+  if (has_bf16({&gate, &up, &dout, &dgate, &dup})) {
+    const Staged dg(dgate, false), du(dup, false);
+    swiglu_backward(widened(gate), widened(up), widened(dout), dg.f32, du.f32);
+    dg.write_back();
+    return du.write_back();
+  }
   AMPIPE_DISPATCH(swiglu_backward, AMPIPE_TENSORS(&gate, &up, &dout, &dgate, &dup), gate, up, dout, dgate, dup);
 }
 void softmax_rows(const Tensor& x, Tensor y) { AMPIPE_DISPATCH(softmax_rows, AMPIPE_TENSORS(&x, &y), x, y); }
@@ -99,19 +158,39 @@ double sum_of_squares(const Tensor& x) { AMPIPE_DISPATCH(sum_of_squares, AMPIPE_
 
 void layernorm_forward(const Tensor& x, const Tensor& weight, const Tensor& bias, Tensor y, Tensor mean,
                        Tensor rstd, float eps) {
+  if (has_bf16({&x, &y})) {
+    const Staged out(y, false);
+    layernorm_forward(widened(x), weight, bias, out.f32, mean, rstd, eps);
+    return out.write_back();
+  }
   AMPIPE_DISPATCH(layernorm_forward, AMPIPE_TENSORS(&x, &weight, &bias, &y, &mean, &rstd), x, weight, bias, y,
                   mean, rstd, eps);
 }
 void layernorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& mean,
                         const Tensor& rstd, Tensor dx, Tensor dweight, Tensor dbias) {
+  if (has_bf16({&dy, &x, &dx})) {
+    const Staged out(dx, false);
+    layernorm_backward(widened(dy), widened(x), weight, mean, rstd, out.f32, dweight, dbias);
+    return out.write_back();
+  }
   AMPIPE_DISPATCH(layernorm_backward, AMPIPE_TENSORS(&dy, &x, &weight, &mean, &rstd, &dx, &dweight, &dbias), dy,
                   x, weight, mean, rstd, dx, dweight, dbias);
 }
 void rmsnorm_forward(const Tensor& x, const Tensor& weight, Tensor y, Tensor rstd, float eps) {
+  if (has_bf16({&x, &y})) {
+    const Staged out(y, false);
+    rmsnorm_forward(widened(x), weight, out.f32, rstd, eps);
+    return out.write_back();
+  }
   AMPIPE_DISPATCH(rmsnorm_forward, AMPIPE_TENSORS(&x, &weight, &y, &rstd), x, weight, y, rstd, eps);
 }
 void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, const Tensor& rstd, Tensor dx,
                       Tensor dweight) {
+  if (has_bf16({&dy, &x, &dx})) {
+    const Staged out(dx, false);
+    rmsnorm_backward(widened(dy), widened(x), weight, rstd, out.f32, dweight);
+    return out.write_back();
+  }
   AMPIPE_DISPATCH(rmsnorm_backward, AMPIPE_TENSORS(&dy, &x, &weight, &rstd, &dx, &dweight), dy, x, weight, rstd,
                   dx, dweight);
 }
@@ -136,9 +215,19 @@ void cross_entropy_backward(const Tensor& logits, const Tensor& targets, float s
 }
 
 void rope_forward(Tensor x, int64_t batch, int64_t num_heads, int64_t pos_begin, double theta) {
+  if (has_bf16({&x})) {
+    const Staged out(x, /*accumulated=*/true);
+    rope_forward(out.f32, batch, num_heads, pos_begin, theta);
+    return out.write_back();
+  }
   AMPIPE_DISPATCH(rope_forward, AMPIPE_TENSORS(&x), x, batch, num_heads, pos_begin, theta);
 }
 void rope_backward(Tensor dx, int64_t batch, int64_t num_heads, int64_t pos_begin, double theta) {
+  if (has_bf16({&dx})) {
+    const Staged out(dx, /*accumulated=*/true);
+    rope_backward(out.f32, batch, num_heads, pos_begin, theta);
+    return out.write_back();
+  }
   AMPIPE_DISPATCH(rope_backward, AMPIPE_TENSORS(&dx), dx, batch, num_heads, pos_begin, theta);
 }
 
@@ -156,18 +245,38 @@ DispatchPlan make_dispatch_plan(const Tensor& expert_index, int num_experts, int
   AMPIPE_DISPATCH(make_dispatch_plan, AMPIPE_TENSORS(&expert_index), expert_index, num_experts, capacity);
 }
 void permute_forward(const Tensor& x, const DispatchPlan& plan, Tensor out) {
+  if (has_bf16({&x, &out})) {
+    const Staged o(out, false);
+    permute_forward(widened(x), plan, o.f32);
+    return o.write_back();
+  }
   AMPIPE_DISPATCH(permute_forward, AMPIPE_TENSORS(&x, &plan.token_slot, &plan.slot_token, &out), x, plan, out);
 }
 void permute_backward(const Tensor& dout, const DispatchPlan& plan, Tensor dx) {
+  if (has_bf16({&dout, &dx})) {
+    const Staged out(dx, false);
+    permute_backward(widened(dout), plan, out.f32);
+    return out.write_back();
+  }
   AMPIPE_DISPATCH(permute_backward, AMPIPE_TENSORS(&dout, &plan.token_slot, &plan.slot_token, &dx), dout, plan,
                   dx);
 }
 void unpermute_forward(const Tensor& y, const DispatchPlan& plan, const Tensor& gate, Tensor out) {
+  if (has_bf16({&y, &out})) {
+    const Staged o(out, false);
+    unpermute_forward(widened(y), plan, gate, o.f32);
+    return o.write_back();
+  }
   AMPIPE_DISPATCH(unpermute_forward, AMPIPE_TENSORS(&y, &plan.token_slot, &plan.slot_token, &gate, &out), y, plan,
                   gate, out);
 }
 void unpermute_backward(const Tensor& dout, const Tensor& y, const DispatchPlan& plan, const Tensor& gate,
                         Tensor dy, Tensor dgate) {
+  if (has_bf16({&dout, &y, &dy})) {
+    const Staged out(dy, false);
+    unpermute_backward(widened(dout), widened(y), plan, gate, out.f32, dgate);
+    return out.write_back();
+  }
   AMPIPE_DISPATCH(unpermute_backward,
                   AMPIPE_TENSORS(&dout, &y, &plan.token_slot, &plan.slot_token, &gate, &dy, &dgate), dout, y,
                   plan, gate, dy, dgate);
@@ -181,10 +290,23 @@ void scatter_rows(const Tensor& src, const Tensor& index, Tensor dst) {
 
 void attention_forward(const Tensor& q, const Tensor& k, const Tensor& v, const AttentionShape& shape, Tensor out,
                        Tensor lse) {
+  if (has_bf16({&q, &k, &v, &out})) {
+    const Staged o(out, false);
+    attention_forward(widened(q), widened(k), widened(v), shape, o.f32, lse);
+    return o.write_back();
+  }
   AMPIPE_DISPATCH(attention_forward, AMPIPE_TENSORS(&q, &k, &v, &out, &lse), q, k, v, shape, out, lse);
 }
 void attention_backward(const Tensor& q, const Tensor& k, const Tensor& v, const Tensor& out, const Tensor& lse,
                         const Tensor& dout, const AttentionShape& shape, Tensor dq, Tensor dk, Tensor dv) {
+  if (has_bf16({&q, &k, &v, &out, &dout, &dq, &dk, &dv})) {
+    const Staged dq32(dq, false), dk32(dk, /*accumulated=*/true), dv32(dv, /*accumulated=*/true);
+    attention_backward(widened(q), widened(k), widened(v), widened(out), lse, widened(dout), shape, dq32.f32,
+                       dk32.f32, dv32.f32);
+    dq32.write_back();
+    dk32.write_back();
+    return dv32.write_back();
+  }
   AMPIPE_DISPATCH(attention_backward, AMPIPE_TENSORS(&q, &k, &v, &out, &lse, &dout, &dq, &dk, &dv), q, k, v, out,
                   lse, dout, shape, dq, dk, dv);
 }

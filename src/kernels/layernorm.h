@@ -1,5 +1,6 @@
 // Normalisation over the last dimension: LayerNorm (with affine weight and bias) and RMSNorm (weight
-// only). Both accept row-strided views (column slices of a wider buffer) for x, y, dy and dx.
+// only). Both accept row-strided views (column slices of a wider buffer) for x, y, dy and dx, and
+// bfloat16 for them (elementwise.h, "bfloat16 operands": statistics and sums in float32/double).
 #pragma once
 
 #include "core/tensor.h"

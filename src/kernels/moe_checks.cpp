@@ -34,6 +34,9 @@ void check_row_move(const Tensor& src, const Tensor& index, const Tensor& dst, c
   AMPIPE_CHECK(src.ndim() == 2 && dst.ndim() == 2 && src.dim(1) == dst.dim(1))
       << op << ": src " << shape_string(src.shape()) << " and dst " << shape_string(dst.shape())
       << " must be 2-D with equal widths";
+  AMPIPE_CHECK(src.dtype() == dst.dtype() && (src.dtype() == DType::F32 || src.dtype() == DType::BF16))
+      << op << ": src and dst must both be float32 or both bfloat16, got " << dtype_name(src.dtype())
+      << " and " << dtype_name(dst.dtype());
   AMPIPE_CHECK(index.dtype() == DType::I32 && index.ndim() == 1)
       << op << ": index must be 1-D int32, got " << dtype_name(index.dtype()) << " "
       << shape_string(index.shape());

@@ -40,7 +40,8 @@ void unpermute_backward(const Tensor& dout, const Tensor& y, const DispatchPlan&
 
 // Row moves by an index (regrouping received tokens by expert and back).
 // gather_rows: dst[i, :] = src[index[i], :]; scatter_rows: dst[index[i], :] = src[i, :] (both
-// written). index [n] int32 with entries in range (checked); rows of width src.dim(1).
+// written). index [n] int32 with entries in range (checked); rows of width src.dim(1); src and dst
+// both float32 or both bfloat16 (bf16 rows are moved bit for bit).
 void gather_rows(const Tensor& src, const Tensor& index, Tensor dst);
 void scatter_rows(const Tensor& src, const Tensor& index, Tensor dst);
 

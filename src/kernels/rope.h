@@ -20,7 +20,8 @@ namespace ampipe::kernels {
 
 // Rotates every head of x in place. x [B*n, heads*hd] (row-strided column-slice views allowed):
 // row b*n + i holds position pos_begin + i of sequence b. hd = x.dim(1) / heads must be even.
-// batch >= 1 must divide x.dim(0); pos_begin >= 0; theta > 0.
+// batch >= 1 must divide x.dim(0); pos_begin >= 0; theta > 0. x may be bfloat16 (elementwise.h,
+// "bfloat16 operands": rotated in float32, rounded once).
 void rope_forward(Tensor x, int64_t batch, int64_t num_heads, int64_t pos_begin, double theta);
 
 // The gradient: rotates dx in place by the opposite angles (the transpose of the forward's rotation).

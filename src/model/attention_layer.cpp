@@ -84,7 +84,8 @@ void AttentionLayer::prepare_forward(AttentionContext& ctx, const Tensor& x, int
   ctx.batch = batch;
   ctx.seq_len = seq_len;
   ctx.x = x;
-  ctx.qkv = Tensor::empty({T, q_width() + 2 * kv_width()}, DType::F32, x.device());
+  // bf16: q, k and v are kept in bf16 (the attention kernel reads them widened, in float32).
+  ctx.qkv = Tensor::empty({T, q_width() + 2 * kv_width()}, bf16_ ? DType::BF16 : DType::F32, x.device());
   ctx.dqkv = Tensor();
   ctx.inputs.clear();
   ctx.chunks.clear();
@@ -102,13 +103,14 @@ size_t AttentionLayer::input_forward(AttentionContext& ctx, int64_t begin, int64
   if (ctx.batch == 1) in.first_row = begin;
   else if (begin != 0 || end != ctx.seq_len) in.rows = chunk_row_index(ctx.batch, ctx.seq_len, begin, end, device);
   in.x = rows_of(ctx.x, in.rows, in.first_row, rows);
-  in.a = Tensor::empty({rows, hidden_}, DType::F32, device);
-  norm_.forward(in.x, in.a, in.norm);
   // bf16: the norm's output is only the projections' operand (its backward reads x and the
-  // statistics), so it is kept in bf16 from here: half the bytes saved for backward.
-  if (bf16_) in.a = kernels::as_dtype(in.a, DType::BF16);
-  Tensor qkv = in.rows.defined() ? Tensor::empty({rows, ctx.qkv.dim(1)}, DType::F32, device)
-                                 : ctx.qkv.rows(in.first_row, in.first_row + rows);
+  // statistics), so the norm writes it in bf16 (rounded once): half the bytes saved for backward.
+  in.a = Tensor::empty({rows, hidden_}, bf16_ ? DType::BF16 : DType::F32, device);
+  norm_.forward(in.x, in.a, in.norm);
+  // The projections and rope run in float32; under bf16 the rows are rounded once into ctx.qkv.
+  const bool staged = in.rows.defined() || bf16_;
+  Tensor qkv = staged ? Tensor::empty({rows, ctx.qkv.dim(1)}, DType::F32, device)
+                      : ctx.qkv.rows(in.first_row, in.first_row + rows);
   for (const Projection& p : input_)
     linear_forward(in.a, p.weight->operand(), p.bias ? p.bias->value : Tensor(), qkv.cols(p.begin, p.end));
   if (selective_) in.a = Tensor();  // input_backward recomputes it from x and the statistics
@@ -116,7 +118,10 @@ size_t AttentionLayer::input_forward(AttentionContext& ctx, int64_t begin, int64
     kernels::rope_forward(q_cols(qkv), ctx.batch, heads_, begin, rope_theta_);
     kernels::rope_forward(k_cols(qkv), ctx.batch, kv_heads_, begin, rope_theta_);
   }
-  if (in.rows.defined()) kernels::scatter_rows(qkv, in.rows, ctx.qkv);
+  if (in.rows.defined())
+    kernels::scatter_rows(kernels::as_dtype(qkv, ctx.qkv.dtype()), in.rows, ctx.qkv);
+  else if (staged)
+    kernels::convert(qkv, ctx.qkv.rows(in.first_row, in.first_row + rows));
   ctx.inputs.push_back(std::move(in));
   return ctx.inputs.size() - 1;
 }
@@ -137,15 +142,13 @@ Tensor AttentionLayer::chunk_forward(AttentionContext& ctx, int64_t begin, int64
   const Device device = ctx.x.device();
   if (ctx.batch == 1) c.first_row = begin;
   else if (begin != 0 || end != ctx.seq_len) c.rows = chunk_row_index(ctx.batch, ctx.seq_len, begin, end, device);
-  c.o = Tensor::empty({rows, q_width()}, DType::F32, device);
+  // bf16: the attention output is kept in bf16 (the projection's operand, rounded once by the kernel).
+  c.o = Tensor::empty({rows, q_width()}, bf16_ ? DType::BF16 : DType::F32, device);
   c.q = chunk_rows_of(q_cols(ctx.qkv), c);
   c.lse = Tensor::empty({ctx.batch, heads_, end - begin}, DType::F32, device);
   kernels::attention_forward(c.q, k_cols(ctx.qkv), v_cols(ctx.qkv), chunk_shape(ctx, heads_, kv_heads_, c), c.o,
                              c.lse);
   Tensor h = Tensor::empty({rows, d}, DType::F32, device);
-  // bf16: the attention output is kept in bf16 (the projection's operand); the attention backward
-  // widens it again.
-  if (bf16_) c.o = kernels::as_dtype(c.o, DType::BF16);
   linear_forward(c.o, out_w_->operand(), out_b_ ? out_b_->value : Tensor(), h);
   kernels::add_inplace(h, chunk_rows_of(ctx.x, c));
   if (chunk_index) *chunk_index = ctx.chunks.size();
@@ -163,7 +166,7 @@ void AttentionLayer::chunk_backward(AttentionContext& ctx, size_t chunk_index, c
   linear_backward(c.o, out_w_->operand(), dh, d_o, out_w_->grad, out_b_ ? out_b_->grad : Tensor());
   Tensor dq = c.rows.defined() ? Tensor::empty({rows, q_width()}, DType::F32, device)
                                : q_cols(ctx.dqkv).rows(c.first_row, c.first_row + rows);
-  kernels::attention_backward(c.q, k_cols(ctx.qkv), v_cols(ctx.qkv), kernels::as_dtype(c.o, DType::F32), c.lse, d_o,
+  kernels::attention_backward(c.q, k_cols(ctx.qkv), v_cols(ctx.qkv), c.o, c.lse, d_o,
                               chunk_shape(ctx, heads_, kv_heads_, c), dq, k_cols(ctx.dqkv), v_cols(ctx.dqkv));
   if (c.rows.defined()) kernels::scatter_rows(dq, c.rows, q_cols(ctx.dqkv));
   c = AttentionChunk{};  // the chunk's activations are no longer needed
@@ -184,9 +187,8 @@ Tensor AttentionLayer::input_backward(AttentionContext& ctx, size_t input_index)
   Tensor da = Tensor::empty({rows, hidden_}, DType::F32, in.x.device());
   if (!in.a.defined()) {  // selective recompute: norm1(x) again, the same kernel on the same rows
     NormStats again;
-    Tensor a = Tensor::empty({rows, hidden_}, DType::F32, in.x.device());
-    norm_.forward(in.x, a, again);
-    in.a = bf16_ ? kernels::as_dtype(a, DType::BF16) : a;
+    in.a = Tensor::empty({rows, hidden_}, bf16_ ? DType::BF16 : DType::F32, in.x.device());
+    norm_.forward(in.x, in.a, again);
   }
   for (size_t i = 0; i < input_.size(); ++i) {
     const Projection& p = input_[i];

@@ -177,28 +177,34 @@ static void check_indices_in_range(const Tensor& index, int64_t index_limit, con
         << op << ": index[" << i << "] = " << ix[i] << " is outside [0, " << index_limit << ")";
 }
 
+// gather: dst[i] = src[index[i]]; scatter: dst[index[i]] = src[i]. Rows of `Element`s (float, or the
+// bits of a bfloat16: a move copies them unchanged).
+template <typename Element>
+void move_rows(const Tensor& src, const Tensor& index, Tensor dst, bool gather) {
+  const int32_t* ix = index.data<int32_t>();
+  const auto* s = reinterpret_cast<const Element*>(src.bytes());
+  auto* d = reinterpret_cast<Element*>(dst.bytes());
+  const int64_t w = src.dim(1), ss = src.stride(0), ds = dst.stride(0);
+  parallel_for(index.numel(), 64, [&](int64_t b, int64_t e) {
+    for (int64_t i = b; i < e; ++i) {
+      const Element* from = s + (gather ? ix[i] : i) * ss;
+      std::copy(from, from + w, d + (gather ? i : ix[i]) * ds);
+    }
+  });
+}
+
 void gather_rows(const Tensor& src, const Tensor& index, Tensor dst) {
   detail::check_gather_rows(src, index, dst);
   check_indices_in_range(index, src.dim(0), "gather_rows");
-  const int32_t* ix = index.data<int32_t>();
-  const float* s = src.data<float>();
-  float* d = dst.data<float>();
-  const int64_t w = src.dim(1), ss = src.stride(0), ds = dst.stride(0);
-  parallel_for(dst.dim(0), 64, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) std::copy(s + ix[i] * ss, s + ix[i] * ss + w, d + i * ds);
-  });
+  if (src.dtype() == DType::BF16) return move_rows<uint16_t>(src, index, dst, /*gather=*/true);
+  move_rows<float>(src, index, dst, /*gather=*/true);
 }
 
 void scatter_rows(const Tensor& src, const Tensor& index, Tensor dst) {
   detail::check_scatter_rows(src, index, dst);
   check_indices_in_range(index, dst.dim(0), "scatter_rows");
-  const int32_t* ix = index.data<int32_t>();
-  const float* s = src.data<float>();
-  float* d = dst.data<float>();
-  const int64_t w = src.dim(1), ss = src.stride(0), ds = dst.stride(0);
-  parallel_for(src.dim(0), 64, [&](int64_t b, int64_t e) {
-    for (int64_t i = b; i < e; ++i) std::copy(s + i * ss, s + i * ss + w, d + ix[i] * ds);
-  });
+  if (src.dtype() == DType::BF16) return move_rows<uint16_t>(src, index, dst, /*gather=*/false);
+  move_rows<float>(src, index, dst, /*gather=*/false);
 }
 
 }  // namespace ampipe::kernels::cpu

@@ -334,7 +334,41 @@ __global__ void unpermute_backward_kernel(const float* __restrict__ dout, int64_
   }
 }
 
+// bfloat16 rows: their 16-bit patterns are copied unchanged, one element per thread.
+template <bool kGather>
+__global__ void move_bf16_rows_kernel(const uint16_t* __restrict__ src, int64_t src_stride,
+                                      const int32_t* __restrict__ index, int64_t n, int64_t index_limit,
+                                      uint16_t* __restrict__ dst, int64_t dst_stride, int64_t width) {
+  for (int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.y; first < n;
+       first += static_cast<int64_t>(gridDim.x) * blockDim.y) {
+    const int64_t i = first + threadIdx.y;
+    if (i >= n) continue;
+    const int64_t other = index[i];
+    if (other < 0 || other >= index_limit) continue;  // as move_rows_kernel
+    const uint16_t* from = src + (kGather ? other : i) * src_stride;
+    uint16_t* to = dst + (kGather ? i : other) * dst_stride;
+    for (int64_t c = threadIdx.x; c < width; c += blockDim.x) to[c] = from[c];
+  }
+}
+
+void move_bf16_rows(const Tensor& src, const Tensor& index, Tensor dst, bool gather) {
+  const auto* s = reinterpret_cast<const uint16_t*>(src.device_bytes());
+  auto* d = reinterpret_cast<uint16_t*>(dst.device_bytes());
+  const int32_t* ix = index.device_data<int32_t>();
+  const int64_t n = index.numel(), width = src.dim(1);
+  if (n == 0 || width == 0) return;
+  const RowLaunch geometry = row_launch(n, width);
+  if (gather) {
+    launch("move_bf16_rows_kernel (gather_rows)", move_bf16_rows_kernel<true>, geometry.grid, geometry.block,
+           0, stream(), s, src.stride(0), ix, n, src.dim(0), d, dst.stride(0), width);
+  } else {
+    launch("move_bf16_rows_kernel (scatter_rows)", move_bf16_rows_kernel<false>, geometry.grid,
+           geometry.block, 0, stream(), s, src.stride(0), ix, n, dst.dim(0), d, dst.stride(0), width);
+  }
+}
+
 void move_rows(const Tensor& src, const Tensor& index, Tensor dst, bool gather) {
+  if (src.dtype() == DType::BF16) return move_bf16_rows(src, index, dst, gather);
   const DeviceRows s = device_rows(src);
   const DeviceRows d = device_rows(dst);
   const int32_t* ix = index.device_data<int32_t>();

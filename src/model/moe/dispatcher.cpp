@@ -138,7 +138,9 @@ void Dispatcher::exchange_combine(DispatchContext& ctx) const {
 }
 
 Tensor Dispatcher::finish_combine(DispatchContext& ctx) const {
-  ctx.expert_output_permuted = kernels::as_dtype(ctx.in_flight, DType::F32);
+  // Kept for the combine's backward (the gates' gradient) as it arrived: bf16 under --bf16, read
+  // widened by the unpermute kernels (the same values as widening it here, half the bytes held).
+  ctx.expert_output_permuted = ctx.in_flight;
   ctx.in_flight = Tensor();
   Tensor out = Tensor::empty({ctx.plan.token_slot.dim(0), ctx.expert_output_permuted.dim(1)}, DType::F32,
                              ctx.expert_output_permuted.device());

@@ -31,7 +31,8 @@ struct DispatchContext {
   std::vector<int64_t> recv_rows;       // [EP] rows received from each rank
   std::vector<int64_t> local_counts;    // [E_local] rows per local expert after regrouping
   Tensor regroup;                       // [P_local] int32: received row of each expert-input row
-  Tensor expert_output_permuted;        // [P, d] combine's result before unpermute (for its backward)
+  Tensor expert_output_permuted;  // [P, d] combine's result before unpermute (for its backward; bf16 under
+                                  // --bf16)
 };
 
 class Dispatcher {
