@@ -8,12 +8,6 @@
 
 namespace ampipe {
 
-int64_t default_expert_parallel_size(int64_t world_size, int64_t num_experts) {
-  for (int64_t ep = world_size; ep >= 1; --ep)
-    if (world_size % ep == 0 && num_experts % ep == 0) return ep;
-  return 1;
-}
-
 TrainingGroups make_training_groups(Communicator& world, int64_t requested_ep, int64_t num_experts) {
   const int64_t R = world.size();
   const int64_t ep = requested_ep > 0 ? requested_ep : default_expert_parallel_size(R, num_experts);
@@ -22,12 +16,40 @@ TrainingGroups make_training_groups(Communicator& world, int64_t requested_ep, i
   AMPIPE_CHECK(num_experts % ep == 0) << "--expert-model-parallel-size " << ep
                                       << " does not divide --moe-num-experts " << num_experts
                                       << "; it must divide both that and the world size " << R;
+  ParallelSizes sizes;
+  sizes.expert = ep;
+  return make_training_groups(world, ParallelLayout(R, sizes));
+}
+
+namespace {
+
+// This rank's communicator along `dim` of `layout` (collective over the world).
+std::unique_ptr<Communicator> split_along(Communicator& world, const ParallelLayout& layout,
+                                          ParallelDim dim) {
+  const ParallelLayout::Place p = layout.place(world.rank(), dim);
+  return world.split(static_cast<int>(p.group), static_cast<int>(p.index));
+}
+
+}  // namespace
+
+TrainingGroups make_training_groups(Communicator& world, const ParallelLayout& layout) {
+  AMPIPE_CHECK(layout.world_size() == world.size())
+      << "the parallel layout was made for " << layout.world_size() << " rank(s), but the world has "
+      << world.size();
   TrainingGroups g;
   g.world = &world;
-  g.expert_parallel_size = static_cast<int>(ep);
-  const int rank = world.rank();
-  g.expert_group = world.split(rank / static_cast<int>(ep), rank);
-  g.expert_data_group = world.split(rank % static_cast<int>(ep), rank);
+  g.layout = layout;
+  g.expert_parallel_size = static_cast<int>(layout.size(ParallelDim::Expert));
+  // The same splits, in the same order, on every rank (the sizes agree): the expert ones always
+  // (as before tensor parallelism), the others only where their axis is larger than one rank.
+  g.expert_group = split_along(world, layout, ParallelDim::Expert);
+  g.expert_data_group = split_along(world, layout, ParallelDim::ExpertData);
+  if (layout.size(ParallelDim::Tensor) > 1) {
+    g.tensor_group = split_along(world, layout, ParallelDim::Tensor);
+    g.data_group = split_along(world, layout, ParallelDim::Data);
+  }
+  if (layout.size(ParallelDim::ExpertTensor) > 1)
+    g.expert_tensor_group = split_along(world, layout, ParallelDim::ExpertTensor);
   return g;
 }
 

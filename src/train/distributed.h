@@ -1,9 +1,11 @@
-// Expert and data parallelism for training (docs/ARCHITECTURE.md, "Parallel layout").
+// Expert, data and tensor parallelism for training (docs/ARCHITECTURE.md, "Parallel layout").
 //
-// World = R ranks, every one training on its own micro-batch (data parallel). Expert parallelism
-// of size EP cuts the world into R/EP expert groups of consecutive ranks {g*EP, ..., g*EP+EP-1};
-// rank i of a group holds experts [i*E/EP, (i+1)*E/EP). Ranks holding the same experts (same
-// position in their expert groups) form an expert-data group of R/EP ranks.
+// The world of R ranks is laid out as train/layout.h says (Megatron-Core's folding): attention's
+// T x DP and the experts' ETP x EP x EDP. With T = ETP = 1 (all the model runs today), every rank
+// trains on its own micro-batch (data parallel), and expert parallelism of size EP cuts the world
+// into R/EP expert groups of consecutive ranks {g*EP, ..., g*EP+EP-1}; rank i of a group holds
+// experts [i*E/EP, (i+1)*E/EP). Ranks holding the same experts (same position in their expert
+// groups) form an expert-data group of R/EP ranks.
 // Gradients: dense ones are summed over the world, expert ones over the expert-data group, and
 // both divided by R, which gives the gradient of the global mean loss (see GptMoe::backward).
 #pragma once
@@ -15,26 +17,40 @@
 #include "comm/communicator.h"
 #include "model/parallel.h"
 #include "model/parameters.h"
+#include "train/layout.h"
 
 namespace ampipe {
 
+// The communicators of one rank, one per axis of its layout. Each is a world.split(group, position)
+// of ParallelLayout::place; an axis of size 1 other than the expert ones has none (nullptr).
 struct TrainingGroups {
   Communicator* world = nullptr;                    // borrowed
+  ParallelLayout layout;                            // what the groups below were made from
   std::unique_ptr<Communicator> expert_group;       // EP ranks that hold all experts together
-  std::unique_ptr<Communicator> expert_data_group;  // ranks that hold the same experts
+  std::unique_ptr<Communicator> expert_data_group;  // ranks that hold the same experts (EDP)
+  std::unique_ptr<Communicator> tensor_group;       // T ranks that split attention; null when T = 1
+  std::unique_ptr<Communicator> data_group;         // DP ranks with the same attention shard; null when T = 1
+  std::unique_ptr<Communicator> expert_tensor_group;  // ETP ranks that split each expert; null when ETP = 1
   int expert_parallel_size = 1;
 
-  ModelParallel model_parallel() const { return ModelParallel{expert_group.get(), world}; }
+  ModelParallel model_parallel() const {
+    ModelParallel p{expert_group.get(), world};
+    p.tensor_group = tensor_group.get();
+    return p;
+  }
+  // The group that sums dense gradients: DP (the world when T = 1).
+  Communicator* data_parallel_group() const { return data_group ? data_group.get() : world; }
   int rank() const { return world->rank(); }
   int size() const { return world->size(); }
 };
 
-// The default EP: the largest divisor of the world size that also divides the expert count.
-int64_t default_expert_parallel_size(int64_t world_size, int64_t num_experts);
-
-// Splits the world (collective). requested_ep 0 = default; otherwise it must divide both the
-// world size and the expert count (refused with a message naming the values).
+// Splits the world (collective) with T = ETP = 1. requested_ep 0 = default
+// (train/layout.h default_expert_parallel_size); otherwise it must divide both the world size and
+// the expert count (refused with a message naming the values).
 TrainingGroups make_training_groups(Communicator& world, int64_t requested_ep, int64_t num_experts);
+// Splits the world into `layout`'s groups (collective; every rank must pass the same layout, made
+// for world.size() ranks, else ampipe::Error naming both sizes).
+TrainingGroups make_training_groups(Communicator& world, const ParallelLayout& layout);
 
 // Averages gradients as described above (collective over the world). No-op on one rank.
 void average_gradients(ParameterRegistry& params, const TrainingGroups& groups);

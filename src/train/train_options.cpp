@@ -30,8 +30,18 @@ Device parse_device(const std::string& name) {
 
 const char* device_flag_name(Device device) { return device == Device::CUDA ? "cuda" : "cpu"; }
 
+ParallelSizes parallel_sizes(const TrainOptions& o) {
+  ParallelSizes s;
+  s.tensor = o.tensor_parallel_size;
+  s.sequence_parallel = o.sequence_parallel;
+  s.expert_tensor = o.expert_tensor_parallel_size;
+  s.expert = o.expert_parallel_size;
+  return s;
+}
+
 void validate_train_options(const TrainOptions& o) {
   o.model.validate();
+  require_runnable_sizes(parallel_sizes(o));
   if (o.device == Device::CUDA) require_cuda("--device cuda");
   AMPIPE_CHECK(o.micro_batch_size >= 1) << "--micro-batch-size must be at least 1, got " << o.micro_batch_size;
   const bool full = o.recompute_granularity == "full";
@@ -94,6 +104,8 @@ std::string describe_train_options(const TrainOptions& o) {
     << "\ntrain_iters=" << o.train_iters << "\nseed=" << o.seed << "\nsplit=" << o.split
     << "\ntokenizer=" << o.tokenizer_type << ":" << o.tokenizer_model << "\nload=" << o.load
     << "\nsave=" << o.save << "\nexpert_parallel_size=" << o.expert_parallel_size
+    << "\ntensor_parallel_size=" << o.tensor_parallel_size << "\nsequence_parallel=" << o.sequence_parallel
+    << "\nexpert_tensor_parallel_size=" << o.expert_tensor_parallel_size
     << "\neval_interval=" << o.eval_interval << "\neval_iters=" << o.eval_iters
     << "\nexit_interval=" << o.exit_interval << "\nschedule=" << o.schedule.describe()
     << "\nstage_order=" << o.stage_order << "\npipeline_scope=" << o.pipeline_scope

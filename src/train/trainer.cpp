@@ -252,6 +252,10 @@ void log_startup(const Run& r) {
                 o.tokenizer_type.c_str());
   r.log(buf);
   if (o.device == Device::CUDA) r.log("device: cuda (parameters, activations and optimizer state on the GPU)");
+  if (r.world.size() > 1) {  // which ranks form each group (train/layout.h)
+    std::istringstream layout(r.groups.layout.describe());
+    for (std::string line; std::getline(layout, line);) r.log(line);
+  }
   if (o.model.bf16)
     r.log(
         "precision: bf16 GEMM operands and all-to-alls, float32 accumulation, main parameters, gradients and "
@@ -635,7 +639,7 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   }
   const std::unique_ptr<Tokenizer> tokenizer = open_tokenizer(o);
   check_same_configuration(world, describe_train_options(o));
-  TrainingGroups groups = make_training_groups(world, o.expert_parallel_size, o.model.num_experts);
+  TrainingGroups groups = make_training_groups(world, make_layout(R, parallel_sizes(o), o.model));
   o.lr.decay_iters = o.train_iters;
   const int64_t N = o.model.max_seq_len, B = o.micro_batch_size;
   CorpusOptions co{o.data_path, o.split, N, o.seed, o.train_iters * global_batch(o, R), o.eval_iters * B * R};

@@ -14,6 +14,7 @@
 #include "core/device.h"
 #include "model/config.h"
 #include "pipeline/schedule.h"
+#include "train/layout.h"
 #include "train/optimizer.h"
 
 namespace ampipe {
@@ -64,6 +65,12 @@ struct TrainOptions {
   int64_t make_vocab_size_divisible_by = 128;
   std::string metrics_file;     // JSON Lines, one object per logged iteration ("" = none)
   int64_t expert_parallel_size = 0;  // EP; 0 = the largest divisor of the world size and E
+  // Tensor parallelism (train/layout.h): --tensor-model-parallel-size T, --sequence-parallel,
+  // --expert-tensor-parallel-size ETP. The model runs T = ETP = 1 only: validate_train_options
+  // refuses more (require_runnable_sizes); sequence_parallel at T = 1 is ignored.
+  int64_t tensor_parallel_size = 1;
+  bool sequence_parallel = false;
+  int64_t expert_tensor_parallel_size = 1;
   BlockSchedule schedule;           // how each block is cut (--schedule, --pipe-degree, --chunk-boundaries)
   std::string stage_order = "stage-major";  // compute-stream order: stage-major or interleaved
   // --pipeline-scope: "block" (each block drains before the next), "model" (chunks flow across the
@@ -122,6 +129,8 @@ int64_t global_batch(const TrainOptions& o, int64_t ranks);
 int64_t micro_batches_per_step(const TrainOptions& o, int64_t ranks);
 // Throws ampipe::Error naming the first bad option and what is allowed (run_training calls it).
 void validate_train_options(const TrainOptions& o);
+// The parallel sizes the options ask for (train/layout.h); expert 0 = the default EP.
+ParallelSizes parallel_sizes(const TrainOptions& o);
 // One "key=value" line per option that every rank of a run must agree on.
 std::string describe_train_options(const TrainOptions& o);
 
