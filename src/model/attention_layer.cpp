@@ -9,37 +9,81 @@
 
 namespace ampipe {
 
+namespace {
+
+// This rank's share of `count` heads (or KV groups) over the tensor group; refuses count % T != 0.
+int64_t local_count(int64_t count, const ModelParallel& parallel, const char* what) {
+  const int ranks = parallel.tp_size();
+  AMPIPE_CHECK(count % ranks == 0) << "tensor-parallel attention: the number of " << what << " (" << count
+                                   << ") must be divisible by the tensor-parallel size "
+                                   << "(--tensor-model-parallel-size) " << ranks << " (remainder "
+                                   << count % ranks << ")";
+  return count / ranks;
+}
+
+}  // namespace
+
 AttentionLayer::AttentionLayer(const ModelConfig& config, ParameterRegistry& params,
-                               const std::string& prefix)
+                               const std::string& prefix, const ModelParallel& parallel)
     : hidden_(config.hidden_size),
-      heads_(config.num_attention_heads),
-      kv_heads_(config.kv_heads()),
+      heads_(local_count(config.num_attention_heads, parallel, "attention heads h")),
+      kv_heads_(local_count(config.kv_heads(), parallel, "query groups g (KV heads)")),
       head_dim_(config.head_dim()),
+      tensor_group_(parallel.tp_size() > 1 ? parallel.tensor_group : nullptr),
+      tp_size_(parallel.tp_size()),
+      tp_rank_(parallel.tp_rank()),
       rope_(config.rope()),
       bf16_(config.bf16),
       selective_(config.selective_recompute),
       rope_theta_(config.rotary_base),
       norm_(config, params, prefix + "ln1") {
+  require_device_communicator(params.device(), tensor_group_);
   const int64_t d = hidden_;
   const bool bias = config.add_bias_linear;
-  auto add_input = [&](const std::string& name, int64_t begin, int64_t end) {
-    Parameter* w = &params.add(prefix + name + ".weight", {end - begin, d}, true);
-    w->matmul = true;
-    Parameter* b = bias ? &params.add(prefix + name + ".bias", {end - begin}, false) : nullptr;
-    input_.push_back({w, b, begin, end});
-  };
+  // This rank's widths, the full ones, and where this rank's heads start in the full q, k and v.
   const int64_t q = q_width(), kv = kv_width();
+  const int64_t full_q = q * tp_size_, full_kv = kv * tp_size_;
+  const int64_t q0 = tp_rank_ * q, kv0 = tp_rank_ * kv;
   if (config.mixtral()) {
-    add_input("attn.q", 0, q);
-    add_input("attn.k", q, q + kv);
-    add_input("attn.v", q + kv, q + 2 * kv);
+    add_input(params, prefix + "attn.q", 0, q, {{0, q0, q}}, full_q, bias);
+    add_input(params, prefix + "attn.k", q, q + kv, {{0, kv0, kv}}, full_kv, bias);
+    add_input(params, prefix + "attn.v", q + kv, q + 2 * kv, {{0, kv0, kv}}, full_kv, bias);
   } else {
-    add_input("attn.qkv", 0, q + 2 * kv);
+    add_input(params, prefix + "attn.qkv", 0, q + 2 * kv,
+              {{0, q0, q}, {q, full_q + kv0, kv}, {q + kv, full_q + full_kv + kv0, kv}}, full_q + 2 * full_kv,
+              bias);
   }
-  const std::string out = config.mixtral() ? "attn.o" : "attn.proj";
-  out_w_ = &params.add(prefix + out + ".weight", {d, q}, true);
+  const std::string out = prefix + (config.mixtral() ? "attn.o" : "attn.proj");
+  out_w_ = &params.add(out + ".weight", {d, q}, true);
   out_w_->matmul = true;
-  if (bias) out_b_ = &params.add(prefix + out + ".bias", {d}, false);
+  if (tensor_group_) shards_.push_back({out_w_->name, {d, full_q}, 1, {{0, q0, q}}});
+  if (bias) out_b_ = &params.add(out + ".bias", {d}, false);  // whole on every rank
+}
+
+// One input projection, columns [begin, end) of this rank's qkv; `pieces` place its rows in the full
+// [full_rows, d] weight (and [full_rows] bias).
+void AttentionLayer::add_input(ParameterRegistry& params, const std::string& name, int64_t begin, int64_t end,
+                               const std::vector<TensorParallelShard::Piece>& pieces, int64_t full_rows,
+                               bool bias) {
+  Parameter* w = &params.add(name + ".weight", {end - begin, hidden_}, true);
+  w->matmul = true;
+  Parameter* b = bias ? &params.add(name + ".bias", {end - begin}, false) : nullptr;
+  input_.push_back({w, b, begin, end});
+  if (!tensor_group_) return;
+  shards_.push_back({w->name, {full_rows, hidden_}, 0, pieces});
+  if (b) shards_.push_back({b->name, {full_rows}, 0, pieces});
+}
+
+void AttentionLayer::project_output(const Tensor& o, Tensor h) const {
+  if (!tensor_group_) {
+    linear_forward(o, out_w_->operand(), out_b_ ? out_b_->value : Tensor(), h);
+    return;
+  }
+  // Row-parallel: this rank's heads' share of the projection, summed over the group (float32, also
+  // under bf16), then the whole bias once.
+  linear_forward(o, out_w_->operand(), Tensor(), h);
+  tensor_group_->all_reduce_sum(h);
+  if (out_b_) kernels::add_bias(h, out_b_->value);
 }
 
 Tensor chunk_row_index(int64_t batch, int64_t seq_len, int64_t begin, int64_t end, Device device) {
@@ -149,7 +193,7 @@ Tensor AttentionLayer::chunk_forward(AttentionContext& ctx, int64_t begin, int64
   kernels::attention_forward(c.q, k_cols(ctx.qkv), v_cols(ctx.qkv), chunk_shape(ctx, heads_, kv_heads_, c), c.o,
                              c.lse);
   Tensor h = Tensor::empty({rows, d}, DType::F32, device);
-  linear_forward(c.o, out_w_->operand(), out_b_ ? out_b_->value : Tensor(), h);
+  project_output(c.o, h);
   kernels::add_inplace(h, chunk_rows_of(ctx.x, c));
   if (chunk_index) *chunk_index = ctx.chunks.size();
   ctx.chunks.push_back(std::move(c));
@@ -195,6 +239,8 @@ Tensor AttentionLayer::input_backward(AttentionContext& ctx, size_t input_index)
     linear_backward(in.a, p.weight->operand(), dqkv.cols(p.begin, p.end), da, p.weight->grad,
                     p.bias ? p.bias->grad : Tensor(), /*accumulate_dx=*/i > 0);
   }
+  // Column-parallel backward: each rank's heads give a partial gradient of norm1's output.
+  if (tensor_group_) tensor_group_->all_reduce_sum(da);
   Tensor dx = Tensor::empty({rows, hidden_}, DType::F32, in.x.device());
   norm_.backward(da, in.x, in.norm, dx);
   in = AttentionInput{};  // release the rows' saved activations

@@ -28,6 +28,25 @@
 // begin_forward = prepare_forward + input_forward(0, N); finish_backward = input_backward of that
 // one input + release. The input chunks must cover [0, N) without overlap.
 // The saved activations live in an AttentionContext owned by the caller.
+//
+// Tensor parallelism (Megatron-LM's, without sequence parallelism; docs/MODEL.md, "Tensor-parallel
+// attention"): with T = parallel.tp_size() > 1, rank t of parallel.tensor_group holds query heads
+// [t h/T, (t+1) h/T) and KV groups [t g/T, (t+1) g/T) (refused, naming the numbers, where T does not
+// divide h or g). The input projections are column-parallel shards: attn.qkv.weight
+// [(h + 2g) hd / T, d] holds this rank's q rows, then its k rows, then its v rows (attn.q/k/v.weight
+// [h hd / T, d], [g hd / T, d] in the Mixtral family; their biases likewise), so qkv and every
+// buffer above are this rank's [.., (h + 2g) hd / T] columns. The output projection is row-parallel:
+// attn.proj/attn.o.weight [d, h hd / T]; its bias whole, added once after the reduction. Norm
+// parameters stay whole, replicated: every rank of the group computes the same norm gradients.
+// Collectives, blocking, over the tensor group, on float32 buffers (also under --bf16):
+//   chunk_forward     all_reduce_sum of the partial projection [B*len, d], before bias and residual;
+//   input_backward    all_reduce_sum of the partial gradient of norm1's output [B*len, d], before the
+//   (finish_backward) norm backward.
+// chunk_backward needs none (row-parallel backward without sequence parallelism is local: every
+// rank holds the whole dh). Every rank of the group must call the stages in the same order with the
+// same chunks. The pipelined executors (pipeline/streamed_block.h) refuse such a layer;
+// SequentialBlock runs it. tensor_parallel_shards() states where each shard lies in the full
+// tensor (model/tensor_parallel.h).
 #pragma once
 
 #include <string>
@@ -35,7 +54,9 @@
 
 #include "model/config.h"
 #include "model/norm.h"
+#include "model/parallel.h"
 #include "model/parameters.h"
+#include "model/tensor_parallel.h"
 
 namespace ampipe {
 
@@ -69,7 +90,18 @@ struct AttentionContext {
 
 class AttentionLayer {
  public:
-  AttentionLayer(const ModelConfig& config, ParameterRegistry& params, const std::string& prefix);
+  // parallel.tensor_group (borrowed; may be null) is the tensor-parallel group; the other groups
+  // are not used here.
+  AttentionLayer(const ModelConfig& config, ParameterRegistry& params, const std::string& prefix,
+                 const ModelParallel& parallel = ModelParallel{});
+
+  // T and this rank's t in the tensor group (1 and 0 without one).
+  int tp_size() const { return tp_size_; }
+  int tp_rank() const { return tp_rank_; }
+  // Where each sharded parameter of this rank lies in the full (T = 1) tensor: the input projections'
+  // weights and biases, and the output projection's weight. Parameters not listed (the norm, the
+  // output bias) are whole. Empty at T = 1.
+  const std::vector<TensorParallelShard>& tensor_parallel_shards() const { return shards_; }
 
   void begin_forward(AttentionContext& ctx, const Tensor& x, int64_t batch, int64_t seq_len) const;
   // x [B*N, d] is kept (a handle): its rows may be written after this call, before their input_forward.
@@ -101,7 +133,10 @@ class AttentionLayer {
     Parameter* bias;  // nullptr without biases
     int64_t begin, end;
   };
-  int64_t hidden_, heads_, kv_heads_, head_dim_;
+  int64_t hidden_, heads_, kv_heads_, head_dim_;  // heads_ and kv_heads_: this rank's (h/T, g/T)
+  Communicator* tensor_group_;                    // null at T = 1
+  int tp_size_, tp_rank_;
+  std::vector<TensorParallelShard> shards_;
   bool rope_;
   bool bf16_;  // --bf16: the normed input is kept in bf16, the projections' operand
   bool selective_;  // --recompute-granularity selective: the normed input is recomputed in backward
@@ -109,6 +144,11 @@ class AttentionLayer {
   Norm norm_;
   std::vector<Projection> input_;  // the fused qkv, or q, k and v
   Parameter *out_w_, *out_b_ = nullptr;
+
+  // h = o @ out_w^T, summed over the tensor group, + out_b.
+  void project_output(const Tensor& o, Tensor h) const;
+  void add_input(ParameterRegistry& params, const std::string& name, int64_t begin, int64_t end,
+                 const std::vector<TensorParallelShard::Piece>& pieces, int64_t full_rows, bool bias);
 
   int64_t q_width() const { return heads_ * head_dim_; }
   int64_t kv_width() const { return kv_heads_ * head_dim_; }

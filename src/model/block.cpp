@@ -17,7 +17,7 @@ StandaloneBlock::StandaloneBlock(const ModelConfig& config, const ModelParallel&
   moe_.reserve(num_layers);
   for (int64_t l = 0; l < num_layers; ++l) {
     const std::string prefix = "blocks." + std::to_string(l) + ".";
-    attention_.emplace_back(config_, params_, prefix);
+    attention_.emplace_back(config_, params_, prefix, parallel);
     moe_.emplace_back(config_, params_, prefix, parallel);
   }
   for (int64_t l = 0; l < num_layers; ++l) blocks_.push_back({attention_[l], moe_[l]});

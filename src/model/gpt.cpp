@@ -24,7 +24,7 @@ GptMoe::GptMoe(const ModelConfig& config, const ModelParallel& parallel, Device 
   moe_.reserve(config_.num_layers);
   for (int64_t l = 0; l < config_.num_layers; ++l) {
     const std::string prefix = "blocks." + std::to_string(l) + ".";
-    attention_.emplace_back(config_, params_, prefix);
+    attention_.emplace_back(config_, params_, prefix, parallel_);
     moe_.emplace_back(config_, params_, prefix, parallel_);
   }
   final_norm_ = std::make_unique<Norm>(config_, params_, "final_ln");

@@ -14,6 +14,7 @@ void require_device_communicator(Device device, const Communicator* comm) {
 void require_device_communicators(Device device, const ModelParallel& parallel) {
   require_device_communicator(device, parallel.expert_group);
   require_device_communicator(device, parallel.data_group);
+  require_device_communicator(device, parallel.tensor_group);
 }
 
 }  // namespace ampipe

@@ -4,7 +4,11 @@
 // group holds experts [i * E/EP, (i+1) * E/EP). Tokens travel to their experts inside this group.
 // data_group: every rank that trains on its own tokens (the world); routing statistics are summed
 // over it so the load-balancing loss is one global loss, the same as one rank seeing all tokens.
-// nullptr for either means "this rank alone". The communicators are borrowed, not owned.
+// tensor_group: the T ranks of a tensor-parallel group (Megatron-LM's --tensor-model-parallel-size),
+// which split each attention half's heads between them: rank t of the group holds query heads
+// [t h/T, (t+1) h/T) and KV groups [t g/T, (t+1) g/T) (model/attention_layer.h, docs/MODEL.md
+// "Tensor-parallel attention"). Every rank of the group sees the same tokens.
+// nullptr for any of them means "this rank alone". The communicators are borrowed, not owned.
 #pragma once
 
 #include "comm/communicator.h"
@@ -15,10 +19,13 @@ namespace ampipe {
 struct ModelParallel {
   Communicator* expert_group = nullptr;
   Communicator* data_group = nullptr;
+  Communicator* tensor_group = nullptr;
 
   int ep_size() const { return expert_group ? expert_group->size() : 1; }
   int ep_rank() const { return expert_group ? expert_group->rank() : 0; }
   int data_size() const { return data_group ? data_group->size() : 1; }
+  int tp_size() const { return tensor_group ? tensor_group->size() : 1; }
+  int tp_rank() const { return tensor_group ? tensor_group->rank() : 0; }
 };
 
 // Refuses Device::CUDA when a communicator of the layout cannot move device buffers (ampipe::Error

@@ -69,7 +69,53 @@ void sum_partials(Communicator& group, bool sequence_parallel, int64_t rows, int
   group.reduce_scatter_sum(whole, out);
 }
 
+// The slice [begin, begin + size) of t along dim (0 or 1), a view.
+Tensor slice(const Tensor& t, int dim, int64_t begin, int64_t size) {
+  return dim == 0 ? t.rows(begin, begin + size) : t.cols(begin, begin + size);
+}
+
+// The shard's shape: full_shape with dim's extent the pieces' total; refuses pieces outside full.
+Shape shard_shape(const TensorParallelShard& shard) {
+  const Shape& full = shard.full_shape;
+  AMPIPE_CHECK(shard.dim >= 0 && shard.dim < static_cast<int>(full.size()) && full.size() <= 2)
+      << "tensor-parallel shard of " << shard.name << ": dim " << shard.dim << " of a tensor "
+      << shape_string(full);
+  int64_t total = 0;
+  for (const TensorParallelShard::Piece& p : shard.pieces) {
+    AMPIPE_CHECK(p.local_begin == total && p.size >= 0 && p.full_begin >= 0 &&
+                 p.full_begin + p.size <= full[shard.dim])
+        << "tensor-parallel shard of " << shard.name << ": piece [" << p.full_begin << ", "
+        << p.full_begin + p.size << ") at " << p.local_begin << " does not fit " << shape_string(full);
+    total += p.size;
+  }
+  Shape shape = full;
+  shape[shard.dim] = total;
+  return shape;
+}
+
 }  // namespace
+
+Tensor take_tensor_parallel_shard(const Tensor& full, const TensorParallelShard& shard) {
+  const Shape shape = shard_shape(shard);
+  AMPIPE_CHECK(full.shape() == shard.full_shape)
+      << "take_tensor_parallel_shard of " << shard.name << ": the full tensor is "
+      << shape_string(full.shape()) << ", not " << shape_string(shard.full_shape);
+  Tensor out = Tensor::empty(shape, full.dtype(), full.device());
+  for (const TensorParallelShard::Piece& p : shard.pieces)
+    slice(out, shard.dim, p.local_begin, p.size).copy_from(slice(full, shard.dim, p.full_begin, p.size));
+  return out;
+}
+
+void place_tensor_parallel_shard(const Tensor& shard_value, const TensorParallelShard& shard, Tensor full) {
+  const Shape shape = shard_shape(shard);
+  AMPIPE_CHECK(full.shape() == shard.full_shape && shard_value.shape() == shape)
+      << "place_tensor_parallel_shard of " << shard.name << ": a shard " << shape_string(shard_value.shape())
+      << " into " << shape_string(full.shape()) << ", expected " << shape_string(shape) << " into "
+      << shape_string(shard.full_shape);
+  for (const TensorParallelShard::Piece& p : shard.pieces)
+    slice(full, shard.dim, p.full_begin, p.size)
+        .copy_from(slice(shard_value, shard.dim, p.local_begin, p.size));
+}
 
 Tensor tensor_parallel_weight_shard(const Tensor& weight, TensorParallelKind kind, int rank, int ranks) {
   constexpr const char* kCall = "tensor_parallel_weight_shard";

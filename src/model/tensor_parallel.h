@@ -40,12 +40,37 @@
 // shapes everywhere. The shard helpers refuse out or in not divisible by T.
 #pragma once
 
+#include <string>
+#include <vector>
+
 #include "comm/communicator.h"
 #include "core/tensor.h"
 
 namespace ampipe {
 
 enum class TensorParallelKind { Column, Row };
+
+// Where a parameter's tensor-parallel shard lies in the full (T = 1) tensor, for whoever moves
+// parameters between layouts (a checkpoint writer, the tests): for each piece, the shard's
+// [local_begin, local_begin + size) along `dim` (0: rows or a bias's elements, 1: columns of a
+// matrix) is the full tensor's [full_begin, full_begin + size) along the same dim; every other
+// dim is whole. A column-parallel shard is one piece of rows, except the GPT family's fused QKV
+// weight and bias, which hold three (this rank's q, k and v rows; model/attention_layer.h); a
+// row-parallel weight is one piece of columns. The pieces cover the shard in order.
+struct TensorParallelShard {
+  struct Piece {
+    int64_t local_begin = 0, full_begin = 0, size = 0;
+  };
+  std::string name;  // the parameter's registry name
+  Shape full_shape;
+  int dim = 0;
+  std::vector<Piece> pieces;
+};
+// The shard (a contiguous copy) of `full` [full_shape]: its pieces, in order.
+Tensor take_tensor_parallel_shard(const Tensor& full, const TensorParallelShard& shard);
+// Writes `shard_value` (the shard's shape) into its pieces of `full` [full_shape]; the rest of
+// `full` is untouched.
+void place_tensor_parallel_shard(const Tensor& shard_value, const TensorParallelShard& shard, Tensor full);
 
 // Rank `rank`'s shard (a contiguous copy) of a full float32 CPU weight [out, in] of a `ranks`-way
 // layer of `kind`: rows [rank out/T, ...) for Column, columns [rank in/T, ...) for Row. Refuses

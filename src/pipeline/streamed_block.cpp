@@ -55,6 +55,17 @@ std::vector<Rows> rows_of_chunks(const std::vector<int64_t>& boundaries, int64_t
   return rows;
 }
 
+// Tensor-parallel attention (model/attention_layer.h) calls its all-reduces inside its stage
+// functions, blocking, which would put collectives on the compute stream outside the comm stream's
+// order: refused before any task until the pipelined schedules issue them as comm-stream tasks.
+void refuse_tensor_parallel(const std::vector<Block>& blocks, const BlockSchedule& schedule) {
+  for (const Block& b : blocks)
+    AMPIPE_CHECK(b.attention.tp_size() <= 1)
+        << "the '" << schedule.describe() << "' schedule cannot run a tensor-parallel block (tensor-parallel "
+        << "size " << b.attention.tp_size() << "): pipelined schedules with --tensor-model-parallel-size > 1 "
+        << "are not built yet; run the block with SequentialBlock";
+}
+
 }  // namespace
 
 StreamedBlock::StreamedBlock(const BlockSchedule& schedule, StageOrder order, TraceRecorder* trace, int rank,
@@ -300,6 +311,7 @@ Tensor StreamedBlock::forward_layers(const std::vector<Block>& blocks, std::vect
                                      const Tensor& x, int64_t batch, int64_t seq_len,
                                      std::vector<RoutingStats>& stats,
                                      const std::function<void(int64_t)>& block_needed) const {
+  refuse_tensor_parallel(blocks, schedule_);
   plan_ = schedule_.plan(seq_len);
   ForwardRun run(blocks, ctx, x, batch, seq_len, stats, plan_, block_needed);
   const PassShape pass = forward_shape(blocks.size(), static_cast<bool>(block_needed));
@@ -321,6 +333,7 @@ Tensor StreamedBlock::backward_layers(const std::vector<Block>& blocks, std::vec
 
 std::pair<Tensor, Tensor> StreamedBlock::paired_layers(const std::vector<Block>& blocks,
                                                        PairedBackward backward, PairedForward forward) const {
+  refuse_tensor_parallel(blocks, schedule_);
   const ChunkPlan backward_plan = plan_;  // of the forward whose backward this is
   const ChunkPlan forward_plan = schedule_.plan(forward.seq_len);
   const std::function<void(int64_t)> none;

@@ -20,6 +20,9 @@
 // Tasks of block l carry " L<l>" in their trace label when the pass has more than one block.
 // paired_layers (--overlap-moe-expert-parallel-comm) runs one micro-batch's backward pass and the
 // next one's forward pass as one merged list (pipeline/paired_tasks.h) on the same two streams.
+// A block with tensor-parallel attention (AttentionLayer::tp_size() > 1, whose all-reduces are
+// blocking calls inside its stages) is refused with ampipe::Error before any task, whatever the
+// schedule: pipelined schedules with --tensor-model-parallel-size > 1 are not built yet.
 #pragma once
 
 #include <memory>
