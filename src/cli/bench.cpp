@@ -13,6 +13,7 @@
 #include "cli/command_util.h"
 #include "cli/grid.h"
 #include "cli/model_flags.h"
+#include "cli/parallel_flags.h"
 #include "comm/communicator.h"
 #include "core/atomic_file.h"
 #include "core/error.h"
@@ -96,6 +97,7 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
   cmd->add_option("--threads", o.threads, "Compute threads per rank")->capture_default_str();
   add_device_flags(*cmd, o.device, o.distributed_backend, "the blocks run");
   add_precision_flag(*cmd, o.bf16, "the blocks run");
+  add_tensor_parallel_flags(*cmd, o.tensor_parallel, "the blocks run");
   cmd->add_option("--link", o.link,
                   "Label of the link rate in the output; default $AMPIPE_LINK (set by scripts/netem.sh), else "
                   "'unshaped'");
@@ -405,6 +407,7 @@ void write_bench_trace(BenchRun& run) {
 }  // namespace
 
 int run_bench(const BenchOptions& o, Communicator& world_in) {
+  check_tensor_parallel_flags(o.tensor_parallel, world_in, "bench");
   check_scalar_flags(o);
   const Device device = parse_device(o.device);
   std::unique_ptr<Communicator> staged;

@@ -25,6 +25,7 @@
 #include <string>
 
 #include "cli/grid.h"
+#include "train/layout.h"
 
 namespace CLI {
 class App;
@@ -56,6 +57,7 @@ struct BenchOptions {
   std::string device = "cpu";  // --device: cpu or cuda (train/trainer.h parse_device)
   std::string distributed_backend;  // --distributed-backend: "" (default), nccl or mpi
   bool bf16 = false;                // --bf16: mixed precision (docs/MODEL.md "Precision")
+  ParallelSizes tensor_parallel;    // cli/parallel_flags.h: T = ETP = 1 only
   std::string link;  // empty: $AMPIPE_LINK, else "unshaped"
   std::string hardware;  // profile for `auto`, predictions and paired merges; empty: calibrate when needed
   std::string json_out;

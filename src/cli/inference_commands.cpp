@@ -6,6 +6,7 @@
 
 #include "cli/command_util.h"
 #include "cli/model_flags.h"
+#include "cli/parallel_flags.h"
 #include "core/device.h"
 #include "core/error.h"
 #include "train/checkpoint.h"
@@ -66,6 +67,7 @@ CLI::App* add_eval_command(CLI::App& app, EvalCommand& e, int default_threads) {
   eval->add_option("--threads", e.threads, "Compute threads")->capture_default_str();
   add_device_flags(*eval, e.device, e.distributed_backend, "the model runs");
   add_precision_flag(*eval, e.bf16, "the model runs");
+  add_tensor_parallel_flags(*eval, e.tensor_parallel, "the model runs");
   return eval;
 }
 
@@ -91,6 +93,7 @@ CLI::App* add_sample_command(CLI::App& app, SampleCommand& s, int default_thread
   sample->add_option("--threads", s.threads, "Compute threads")->capture_default_str();
   add_device_flags(*sample, s.device, s.distributed_backend, "the model runs");
   add_precision_flag(*sample, s.bf16, "the model runs");
+  add_tensor_parallel_flags(*sample, s.tensor_parallel, "the model runs");
   return sample;
 }
 
@@ -147,6 +150,7 @@ nlohmann::json evaluate_indexed(const GptMoe& model, const Tokenizer& tokenizer,
 }  // namespace
 
 int run_eval_command(const EvalCommand& e, Communicator& world_in) {
+  check_tensor_parallel_flags(e.tensor_parallel, world_in, "eval");
   set_threads(e.threads);
   const Device device = parse_device(e.device);
   std::unique_ptr<Communicator> staged;
@@ -174,6 +178,7 @@ int run_eval_command(const EvalCommand& e, Communicator& world_in) {
 }
 
 int run_sample_command(const SampleCommand& s, Communicator& world_in) {
+  check_tensor_parallel_flags(s.tensor_parallel, world_in, "sample");
   set_threads(s.threads);
   const Device device = parse_device(s.device);
   std::unique_ptr<Communicator> staged;

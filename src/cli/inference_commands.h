@@ -6,6 +6,8 @@
 #include <string>
 #include <vector>
 
+#include "train/layout.h"
+
 namespace CLI {
 class App;
 }
@@ -28,6 +30,7 @@ struct EvalCommand {
   std::string device = "cpu";
   std::string distributed_backend;  // --distributed-backend: "" (default), nccl or mpi
   bool bf16 = false;                // --bf16: mixed precision (docs/MODEL.md "Precision")
+  ParallelSizes tensor_parallel;    // cli/parallel_flags.h: T = ETP = 1 only
 };
 
 struct SampleCommand {
@@ -42,6 +45,7 @@ struct SampleCommand {
   std::string device = "cpu";
   std::string distributed_backend;  // --distributed-backend: "" (default), nccl or mpi
   bool bf16 = false;                // --bf16: mixed precision (docs/MODEL.md "Precision")
+  ParallelSizes tensor_parallel;    // cli/parallel_flags.h: T = ETP = 1 only
 };
 
 // Register the subcommands with their flags bound to the structs (which must outlive parsing);

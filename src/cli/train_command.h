@@ -6,6 +6,7 @@
 #include <string>
 
 #include "cli/model_flags.h"
+#include "cli/parallel_flags.h"
 #include "train/trainer.h"
 
 namespace CLI {
@@ -20,6 +21,7 @@ class Communicator;
 struct TrainCommand {
   TrainOptions options;
   FamilyFlags family;
+  ParallelSizes tensor_parallel;  // --tensor-model-parallel-size, --sequence-parallel, ETP (EP is options')
   std::string schedule = "sequential";
   std::string chunk_boundaries;
   std::string chunk_policy = "equal";

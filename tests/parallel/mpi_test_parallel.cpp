@@ -248,9 +248,13 @@ TEST_P(DataParallelRanks, RRanksWithMicroBatchBTrainLikeOneRankWithRTimesB) {
   parallel.micro_batch_size = 2;
   parallel.save = dir + "/parallel";
   parallel.metrics_file = dir + "/parallel.jsonl";
-  TrainResult rp = run_training(parallel, [](const std::string&) {}, g_world.get());
+  std::string log;  // rank 0's start-up lines name the layout (train/layout.h describe)
+  TrainResult rp = run_training(
+      parallel, [&log](const std::string& line) { log += line + "\n"; }, g_world.get());
 
   if (g_world->rank() == 0) {  // the single-rank reference, on rank 0 alone
+    EXPECT_NE(log.find("parallel layout of " + std::to_string(R) + " rank(s)"), std::string::npos) << log;
+    EXPECT_NE(log.find("  ep groups: [0 1"), std::string::npos) << log;
     TrainOptions single = small(dir);
     single.micro_batch_size = 2 * R;
     single.save = dir + "/single";
@@ -538,6 +542,44 @@ TEST(Recompute, OnSeveralRanksIsBitIdentical) {
         }
       }
   }
+  expect_no_rank_failed(*g_world);
+}
+
+// Every group make_training_groups splits off holds the ranks the layout names, in its order: the
+// sum of 2^(world rank) over the group is the layout's set, for every layout of this world.
+TEST(FoldedLayout, EveryGroupHoldsTheRanksTheLayoutNames) {
+  const int64_t R = g_world->size(), rank = g_world->rank();
+  for (int64_t T = 1; T <= R; ++T)
+    for (int64_t ETP = 1; ETP <= R; ++ETP)
+      for (int64_t EP = 1; EP * ETP <= R; ++EP) {
+        if (R % T != 0 || R % (ETP * EP) != 0) continue;
+        const ParallelLayout layout(R, ParallelSizes{T, false, ETP, EP});
+        const TrainingGroups g = make_training_groups(*g_world, layout);
+        SCOPED_TRACE(layout.describe());
+        const std::pair<ParallelDim, Communicator*> groups[] = {
+            {ParallelDim::Tensor, g.tensor_group.get()},
+            {ParallelDim::Data, g.data_parallel_group()},
+            {ParallelDim::ExpertTensor, g.expert_tensor_group.get()},
+            {ParallelDim::Expert, g.expert_group.get()},
+            {ParallelDim::ExpertData, g.expert_data_group.get()}};
+        for (const auto& dim_group : groups) {
+          const ParallelLayout::Place place = layout.place(rank, dim_group.first);
+          Communicator* group = dim_group.second;
+          if (group == nullptr) {  // only an axis of one rank goes without (DP is the world at T = 1)
+            EXPECT_EQ(layout.size(dim_group.first), 1) << parallel_dim_name(dim_group.first);
+            continue;
+          }
+          EXPECT_EQ(group->size(), layout.size(dim_group.first)) << parallel_dim_name(dim_group.first);
+          EXPECT_EQ(group->rank(), place.index) << parallel_dim_name(dim_group.first);
+          int64_t members = int64_t{1} << rank, want = 0;
+          group->all_reduce_sum(members);
+          const std::vector<std::vector<int64_t>> all = layout.groups(dim_group.first);
+          for (int64_t r : all[static_cast<size_t>(place.group)]) want |= int64_t{1} << r;
+          EXPECT_EQ(members, want) << parallel_dim_name(dim_group.first);
+        }
+        EXPECT_EQ(g.model_parallel().tp_size(), T);
+        EXPECT_EQ(g.data_parallel_group()->size(), R / T);
+      }
   expect_no_rank_failed(*g_world);
 }
 

@@ -1,0 +1,42 @@
+#include "cli/parallel_flags.h"
+
+#include <CLI/CLI.hpp>
+#include <cstdio>
+#include <string>
+
+#include "comm/communicator.h"
+
+namespace ampipe {
+
+void add_tensor_parallel_flags(CLI::App& cmd, ParallelSizes& sizes, const char* what) {
+  const std::string runs = what;
+  cmd.add_option(
+         "--tensor-model-parallel-size", sizes.tensor,
+         "Tensor-parallel size T (Megatron-LM): " + runs +
+             " with attention's heads and query groups split over T consecutive ranks, the world "
+             "folded into T x DP (docs/ARCHITECTURE.md, \"Parallel layout\"). Only 1 runs today; more is "
+             "refused before any work (ampipe plan prices it)")
+      ->capture_default_str();
+  cmd.add_flag(
+      "--sequence-parallel", sizes.sequence_parallel,
+      "With --tensor-model-parallel-size > 1 (Megatron-LM): norms, residuals and the router on 1/T of the "
+      "sequence, all-gather and reduce-scatter instead of all-reduce. At T = 1 accepted and ignored, "
+      "with a one-line note (as Megatron-LM)");
+  cmd.add_option(
+         "--expert-tensor-parallel-size", sizes.expert_tensor,
+         "Expert tensor-parallel size ETP (Megatron-Core's MoE parallel folding): each expert's FFN split "
+         "over ETP consecutive ranks, the world folded into ETP x EP x EDP independently of T (default 1; "
+         "Megatron-LM's default is T). Only 1 runs today; more is refused before any work (ampipe plan "
+         "prices it)")
+      ->capture_default_str();
+}
+
+void check_tensor_parallel_flags(const ParallelSizes& sizes, Communicator& world, const char* command) {
+  require_runnable_sizes(sizes);
+  const std::string note = ignored_sequence_parallel_note(sizes);
+  if (note.empty() || world.rank() != 0) return;
+  std::fprintf(stderr, "ampipe %s: %s\n", command, note.c_str());
+  std::fflush(stderr);
+}
+
+}  // namespace ampipe
