@@ -1,7 +1,9 @@
 // Megatron-LM's tensor-parallel linear layers: y = x W^T + b (model/linear.h's PyTorch layout,
-// W [out, in]) with W split over the T ranks of a tensor-parallel group. A building block of
-// tensor parallelism, which is not built yet; nothing calls these outside their tests
-// (docs/MODEL.md, "The GPT family").
+// W [out, in]) with W split over the T ranks of a tensor-parallel group (docs/MODEL.md, "The GPT
+// family"). Nothing calls the linear functions outside their tests yet: the tensor-parallel
+// attention (model/attention_layer.h) lays out its projections this way but calls model/linear.h
+// and the group's all_reduce_sum itself (bf16 operands and GPU buffers, which these refuse); it
+// states its shards with TensorParallelShard below.
 //
 // Column-parallel: rank t holds rows [t out/T, (t+1) out/T) of W and of b. Row-parallel: rank t
 // holds columns [t in/T, (t+1) in/T) of W; b is whole on every rank and added once, after the

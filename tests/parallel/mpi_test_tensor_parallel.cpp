@@ -4,6 +4,8 @@
 // gathered h (the column layer's output), y, dh, dx, dW and db must equal model/linear.h on the
 // full tensors within kTolerance, with and without sequence parallelism and biases, over the world
 // and over groups split from it. Refusals (indivisible sizes) are thrown on every rank.
+// Then the tensor-parallel attention half (model/attention_layer.h) against one rank, both families,
+// whole and in sequence chunks, float32 and bf16; wrong shards failing; its refusals.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -12,9 +14,13 @@
 #include <vector>
 
 #include "grad_check.h"
+#include "kernels/elementwise.h"
+#include "model/attention_layer.h"
+#include "model/block.h"
 #include "model/linear.h"
 #include "model/tensor_parallel.h"
 #include "parallel/mpi_gtest_main.h"
+#include "pipeline/streamed_block.h"
 #include "test_util.h"
 
 namespace ampipe {
@@ -45,15 +51,15 @@ constexpr int64_t kTokens = 24, kModel = 48, kHidden = 64;
 constexpr GradientTolerance kTolerance{1e-3, 2e-4, 1e-4, 0.99999, 1e-4};
 
 // grad_check.h's criterion as a verdict, for the wrong answers that must fail it.
-bool passes(const std::vector<double>& a, const std::vector<double>& n) {
+bool passes(const std::vector<double>& a, const std::vector<double>& n,
+            const GradientTolerance& tol = kTolerance) {
   double dot = 0, aa = 0, nn = 0, diff = 0;
   for (size_t i = 0; i < a.size(); ++i) {
-    if (!gradient_element_ok(a[i], n[i], kTolerance)) return false;
+    if (!gradient_element_ok(a[i], n[i], tol)) return false;
     dot += a[i] * n[i], aa += a[i] * a[i], nn += n[i] * n[i], diff += (a[i] - n[i]) * (a[i] - n[i]);
   }
-  if (std::sqrt(nn) <= kTolerance.floor) return true;
-  return aa > 0 && dot / std::sqrt(aa * nn) > kTolerance.min_cosine &&
-         std::sqrt(diff / nn) < kTolerance.max_relative_l2;
+  if (std::sqrt(nn) <= tol.floor) return true;
+  return aa > 0 && dot / std::sqrt(aa * nn) > tol.min_cosine && std::sqrt(diff / nn) < tol.max_relative_l2;
 }
 
 // The full [rows, T cols] from every rank's column block (written into zeros, summed: exact).
@@ -201,6 +207,325 @@ TEST(TensorParallel, RefusesIndivisibleSizesOnEveryRank) {
             std::string::npos)
       << msg;
   check_pair(group, true, true, 400);
+}
+
+// ---- Tensor-parallel attention (model/attention_layer.h) against one rank ----
+//
+// Every rank draws the same full weights (one seed) into a T = 1 layer, builds a T-way layer from
+// its shards (cut here by hand from docs/MODEL.md's layout, and checked against the layer's own
+// tensor_parallel_shards()), and runs the same x and dy through both: whole-sequence, and as two
+// sequence chunks (begin_forward, chunk_forward x2, chunk_backward x2 last first, finish_backward).
+// The output, dx and every parameter gradient (the shards' placed into the full layout and summed
+// over the group, exact) must match the T = 1 layer's.
+//
+// float32 tolerance: kAttentionTolerance, ten times tighter than kTolerance's worst-case bound. The
+// results differ only in summation order: the output projection adds T partials of h hd / T terms
+// where one rank adds h hd in one GEMM, the input projections' dx likewise over the q, k, v shards,
+// and narrower GEMMs block differently. Every such dot product has K <= 64 terms (d = h hd = 64) of
+// O(1) inputs (|sum a_k b_k| <= ~8), and reassociating it moves the result by about sqrt(K) u 8 =
+// 4e-6 (u = 2^-24; the worst case 2 K u 8 = 6e-5 is above). Measured: at most 1.5e-6 on values up to
+// 8, at 2 and 4 ranks, in every case. atol = 2e-5 (and rtol 2e-5 for the large values) leaves 10x
+// room over what is measured; floor = 1e-4 > 2 atol keeps a zero or negated element failing, and the
+// aggregate demands cosine > 1 - 1e-8 and relative L2 < 1e-5.
+constexpr GradientTolerance kAttentionTolerance{1e-4, 2e-5, 2e-5, 1 - 1e-8, 1e-5};
+// bf16 tolerance: kBf16Tolerance. A float32 difference of an ulp can move a value across a bf16
+// rounding boundary where the layer rounds (q, k, v; the residual output; dy converted for the bf16
+// GEMMs), which changes that element by one bf16 ulp, 2^-8 relative: rtol = 1e-2 covers one such
+// step and its effect downstream; atol 2e-3 and floor 1e-2 (> 2 atol) for small elements; the
+// aggregate (cosine > 1 - 1e-4, relative L2 < 3e-3) stays far from any wrong answer (RejectsWrongShards
+// checks both tolerances). Measured here: no flip (the output bit for bit, gradients within 1e-6);
+// the margin is for GEMM kernels that block differently on other machines.
+constexpr GradientTolerance kBf16Tolerance{1e-2, 2e-3, 1e-2, 0.9999, 3e-3};
+constexpr int64_t kBatch = 2, kSeq = 12;
+
+ModelConfig attention_config(bool mixtral, bool bf16) {
+  ModelConfig c;
+  c.hidden_size = 64;
+  c.num_attention_heads = 8;
+  c.max_seq_len = kSeq;
+  if (mixtral) {
+    c.set_family("mixtral");  // RMSNorm, rope, no biases
+    c.num_query_groups = 4;   // grouped-query attention, the groups split over T <= 4 too
+  }
+  c.bf16 = bf16;
+  return c;
+}
+
+// Random full values: weights N(0, 1/in), biases N(0, 0.1^2), norm gains 1 + N(0, 0.1^2).
+void fill_full(ParameterRegistry& params, uint64_t seed) {
+  for (Parameter& p : params.all()) {
+    const bool norm = p.name.find("ln1") != std::string::npos;
+    const float scale = p.value.ndim() == 2 ? 1.0f / std::sqrt(static_cast<float>(p.value.dim(1))) : 0.1f;
+    Tensor v = random_tensor(p.value.shape(), seed++, scale);
+    if (norm && p.name.find("weight") != std::string::npos)
+      for (int64_t i = 0; i < v.numel(); ++i) v.data<float>()[i] += 1.0f;
+    p.value.copy_from(v);
+  }
+}
+
+// Rank t's shard of a full parameter as docs/MODEL.md states the layout (independently of the layer's
+// own mapping): the fused QKV's q, k and v rows of this rank's heads, attn.q/k/v column shards, the
+// output projection a column block; anything else whole.
+Tensor spec_shard(const std::string& name, const Tensor& full, const ModelConfig& c, int t, int T) {
+  const auto ends = [&](const char* suffix) {
+    const std::string s = suffix;
+    return name.size() >= s.size() && name.compare(name.size() - s.size(), s.size(), s) == 0;
+  };
+  const auto column = [&] {
+    return full.ndim() == 2 ? tensor_parallel_weight_shard(full, TensorParallelKind::Column, t, T)
+                            : tensor_parallel_bias_shard(full, TensorParallelKind::Column, t, T);
+  };
+  if (ends("attn.qkv.weight") || ends("attn.qkv.bias")) {
+    const int64_t q = c.num_attention_heads * c.head_dim(), kv = c.kv_heads() * c.head_dim();
+    const Tensor parts[] = {full.rows(0, q), full.rows(q, q + kv), full.rows(q + kv, q + 2 * kv)};
+    std::vector<Tensor> shards;
+    int64_t rows = 0;
+    for (const Tensor& part : parts) {
+      const Tensor whole = part.clone();
+      shards.push_back(whole.ndim() == 2
+                           ? tensor_parallel_weight_shard(whole, TensorParallelKind::Column, t, T)
+                           : tensor_parallel_bias_shard(whole, TensorParallelKind::Column, t, T));
+      rows += shards.back().dim(0);
+    }
+    Shape shape = full.shape();
+    shape[0] = rows;
+    Tensor out = Tensor::empty(shape);
+    int64_t at = 0;
+    for (const Tensor& part : shards) {
+      out.rows(at, at + part.dim(0)).copy_from(part);
+      at += part.dim(0);
+    }
+    return out;
+  }
+  if (ends("attn.q.weight") || ends("attn.k.weight") || ends("attn.v.weight")) return column();
+  if (ends("attn.proj.weight") || ends("attn.o.weight"))
+    return tensor_parallel_weight_shard(full, TensorParallelKind::Row, t, T);
+  return full.clone();
+}
+
+// One attention layer in its own registry.
+struct Layer {
+  ParameterRegistry params;
+  std::unique_ptr<AttentionLayer> layer;
+  Layer(const ModelConfig& c, const ModelParallel& parallel)
+      : layer(std::make_unique<AttentionLayer>(c, params, "blocks.0.", parallel)) {
+    params.set_compute_dtype(c.bf16 ? DType::BF16 : DType::F32);
+  }
+};
+
+// The shard mapping of `name` in the layer, or nullptr (a whole parameter).
+const TensorParallelShard* shard_of(const AttentionLayer& layer, const std::string& name) {
+  for (const TensorParallelShard& s : layer.tensor_parallel_shards())
+    if (s.name == name) return &s;
+  return nullptr;
+}
+
+// The T-way layer's values: rank `source`'s spec shards of the full layer's values (source = t unless
+// a test wants a wrong shard for the parameters whose name contains `wrong`).
+void load_shards(Layer& tp, const Layer& full, const ModelConfig& c, Communicator& group,
+                 const std::string& wrong = "", int source = -1) {
+  const int T = group.size(), t = group.rank();
+  for (Parameter& p : tp.params.all()) {
+    const Tensor& value = full.params.get(p.name).value;
+    const bool swap = !wrong.empty() && p.name.find(wrong) != std::string::npos;
+    const Tensor shard = spec_shard(p.name, value, c, swap ? source : t, T);
+    p.value.copy_from(shard);
+    const TensorParallelShard* map = shard_of(*tp.layer, p.name);
+    // The layer's own mapping states the same layout (a checkpoint writer relies on it).
+    const Tensor mapped = map ? take_tensor_parallel_shard(value, *map) : value;
+    if (!swap) {
+      EXPECT_EQ(mapped.to_vector(), shard.to_vector()) << p.name << ": tensor_parallel_shards()";
+    }
+  }
+  tp.params.refresh_compute();
+}
+
+// Rows of positions [begin, end) of every sequence of a [B*N, w] buffer, and back.
+Tensor seq_rows(const Tensor& full, int64_t begin, int64_t end) {
+  const int64_t len = end - begin;
+  Tensor out = Tensor::empty({kBatch * len, full.dim(1)}, full.dtype());
+  for (int64_t b = 0; b < kBatch; ++b)
+    out.rows(b * len, (b + 1) * len).copy_from(full.rows(b * kSeq + begin, b * kSeq + end));
+  return out;
+}
+void put_seq_rows(const Tensor& rows, int64_t begin, int64_t end, Tensor full) {
+  const int64_t len = end - begin;
+  for (int64_t b = 0; b < kBatch; ++b)
+    full.rows(b * kSeq + begin, b * kSeq + end).copy_from(rows.rows(b * len, (b + 1) * len));
+}
+
+// y and dx of x and dy through the layer: whole (forward/backward) or in two sequence chunks.
+std::pair<Tensor, Tensor> run_layer(const AttentionLayer& layer, const Tensor& x, const Tensor& dy,
+                                    bool chunked) {
+  AttentionContext ctx;
+  if (!chunked) {
+    const Tensor y = kernels::as_dtype(layer.forward(ctx, x, kBatch, kSeq), DType::F32);
+    return {y, layer.backward(ctx, dy)};
+  }
+  const int64_t mid = kSeq / 2;
+  Tensor y = Tensor::empty({kBatch * kSeq, x.dim(1)});
+  layer.begin_forward(ctx, x, kBatch, kSeq);
+  size_t first = 0, second = 0;
+  put_seq_rows(kernels::as_dtype(layer.chunk_forward(ctx, 0, mid, &first), DType::F32), 0, mid, y);
+  put_seq_rows(kernels::as_dtype(layer.chunk_forward(ctx, mid, kSeq, &second), DType::F32), mid, kSeq, y);
+  layer.chunk_backward(ctx, second, seq_rows(dy, mid, kSeq));
+  layer.chunk_backward(ctx, first, seq_rows(dy, 0, mid));
+  Tensor dx = layer.finish_backward(ctx);
+  kernels::add_inplace(dx, dy);
+  return {y, dx};
+}
+
+// Named results, full layout: "y", "dx", then every parameter's gradient by name.
+using Named = std::vector<std::pair<std::string, Tensor>>;
+
+Named run_full(Layer& full, const Tensor& x, const Tensor& dy, bool chunked) {
+  full.params.zero_grad();
+  const auto [y, dx] = run_layer(*full.layer, x, dy, chunked);
+  Named out{{"y", y}, {"dx", dx}};
+  for (const Parameter& p : full.params.all()) out.emplace_back(p.name, p.grad.clone());
+  return out;
+}
+
+Named run_sharded(Layer& tp, Communicator& group, const Tensor& x, const Tensor& dy, bool chunked) {
+  tp.params.zero_grad();
+  const auto [y, dx] = run_layer(*tp.layer, x, dy, chunked);
+  Named out{{"y", y}, {"dx", dx}};
+  for (const Parameter& p : tp.params.all()) {
+    const TensorParallelShard* map = shard_of(*tp.layer, p.name);
+    if (!map) {  // whole and replicated: the same bits on every rank of the group
+      const Tensor every = gather_rows(group, p.grad.reshape({1, p.grad.numel()}));
+      for (int k = 0; k < group.size(); ++k)
+        EXPECT_EQ(every.rows(k, k + 1).to_vector(), p.grad.to_vector()) << "rank " << k << "'s " << p.name;
+      out.emplace_back(p.name, p.grad.clone());
+      continue;
+    }
+    Tensor whole = Tensor::zeros(map->full_shape);
+    place_tensor_parallel_shard(p.grad, *map, whole);
+    group.all_reduce_sum(whole);  // each element from one rank, zeros elsewhere: exact
+    out.emplace_back(p.name, whole);
+  }
+  return out;
+}
+
+struct AttentionCase {
+  bool mixtral, chunked, bf16;
+};
+
+std::string describe(Communicator& group, const AttentionCase& k) {
+  return std::string(k.mixtral ? "mixtral" : "gpt") + (k.chunked ? ", 2 chunks" : ", whole") +
+         (k.bf16 ? ", bf16" : "") + ", T = " + std::to_string(group.size());
+}
+
+void check_attention(Communicator& group, const AttentionCase& k, uint64_t seed) {
+  SCOPED_TRACE(describe(group, k));
+  const ModelConfig c = attention_config(k.mixtral, k.bf16);
+  Layer full(c, ModelParallel{}), tp(c, ModelParallel{nullptr, nullptr, &group});
+  ASSERT_EQ(tp.layer->tp_size(), group.size());
+  fill_full(full.params, seed);
+  full.params.refresh_compute();
+  load_shards(tp, full, c, group);
+  const Tensor x = random_tensor({kBatch * kSeq, c.hidden_size}, seed + 100);
+  const Tensor dy = random_tensor({kBatch * kSeq, c.hidden_size}, seed + 101, 1.0f / std::sqrt(float{kSeq}));
+  const Named want = run_full(full, x, dy, k.chunked), got = run_sharded(tp, group, x, dy, k.chunked);
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i) {
+    ASSERT_EQ(got[i].first, want[i].first);
+    expect_gradient_matches(to_double(got[i].second), to_double(want[i].second),
+                            k.bf16 ? kBf16Tolerance : kAttentionTolerance, want[i].first);
+  }
+}
+
+TEST(TensorParallelAttention, MatchesOneRankOverTheWorld) {
+  uint64_t seed = 500;
+  for (bool mixtral : {false, true})
+    for (bool chunked : {false, true}) check_attention(*g_world, {mixtral, chunked, false}, seed += 10);
+  check_attention(*g_world, {false, true, true}, seed += 10);  // bf16: fused QKV, biases, chunks
+}
+
+// T = 2 groups split out of 4 ranks (two groups side by side).
+TEST(TensorParallelAttention, MatchesOneRankOnSplitGroups) {
+  if (g_world->size() < 4) GTEST_SKIP() << "needs 4 ranks for two groups of 2";
+  std::unique_ptr<Communicator> group = g_world->split(g_world->rank() / 2, g_world->rank());
+  check_attention(*group, {false, true, false}, 600);
+  check_attention(*group, {true, true, false}, 610);
+}
+
+// The comparison can fail: a layer loaded with the next rank's shard of the input projections (the
+// fused QKV, or attn.q alone in the Mixtral family), or of the output projection, gives an output
+// that fails both tolerances.
+TEST(TensorParallelAttention, RejectsWrongShards) {
+  Communicator& group = *g_world;
+  const int T = group.size(), next = (group.rank() + 1) % T;
+  for (bool mixtral : {false, true}) {
+    const ModelConfig c = attention_config(mixtral, false);
+    Layer full(c, ModelParallel{});
+    fill_full(full.params, 700);
+    full.params.refresh_compute();
+    const Tensor x = random_tensor({kBatch * kSeq, c.hidden_size}, 701);
+    const Tensor dy = random_tensor({kBatch * kSeq, c.hidden_size}, 702, 1.0f / std::sqrt(float{kSeq}));
+    const std::vector<double> want = to_double(run_full(full, x, dy, false)[0].second);
+    for (const char* wrong : {"attn.q", "attn.proj", "attn.o"}) {
+      if (std::string(wrong) == (mixtral ? "attn.proj" : "attn.o")) continue;
+      SCOPED_TRACE(std::string(mixtral ? "mixtral" : "gpt") + ", the next rank's " + wrong);
+      Layer tp(c, ModelParallel{nullptr, nullptr, &group});
+      load_shards(tp, full, c, group, wrong, next);
+      const std::vector<double> got = to_double(run_sharded(tp, group, x, dy, false)[0].second);
+      EXPECT_FALSE(passes(got, want, kAttentionTolerance));
+      EXPECT_FALSE(passes(got, want, kBf16Tolerance));
+    }
+  }
+}
+
+// h or g not divisible by T: refused at construction, naming the numbers (a local check).
+TEST(TensorParallelAttention, RefusesHeadsOrGroupsNotDivisibleByT) {
+  const int T = g_world->size();
+  const ModelParallel parallel{nullptr, nullptr, g_world.get()};
+  ModelConfig heads = attention_config(false, false);
+  heads.num_attention_heads = 3 * T / 2;  // 3 at T = 2, 6 at T = 4
+  heads.hidden_size = 8 * heads.num_attention_heads;
+  ParameterRegistry params;
+  std::string msg = error_of([&] { AttentionLayer(heads, params, "a.", parallel); });
+  std::string want = "the number of attention heads h (" + std::to_string(heads.num_attention_heads) +
+                     ") must be divisible by the tensor-parallel size (--tensor-model-parallel-size) " +
+                     std::to_string(T);
+  EXPECT_NE(msg.find(want), std::string::npos) << msg;
+  ModelConfig groups = attention_config(true, false);
+  groups.num_attention_heads = 2 * T;
+  groups.num_query_groups = T / 2;  // 1 at T = 2, 2 at T = 4
+  ParameterRegistry params2;
+  msg = error_of([&] { AttentionLayer(groups, params2, "b.", parallel); });
+  want = "the number of query groups g (KV heads) (" + std::to_string(T / 2) + ") must be divisible";
+  EXPECT_NE(msg.find(want), std::string::npos) << msg;
+}
+
+// The pipelined executors refuse a tensor-parallel block before any task, naming the schedule; the
+// sequential executor runs it.
+TEST(TensorParallelAttention, StreamedBlockRefusesItSequentialBlockRunsIt) {
+  const ModelConfig c = attention_config(false, false);
+  StandaloneBlock block(c, ModelParallel{nullptr, nullptr, g_world.get()});
+  block.initialize(800);
+  const Tensor x = random_tensor({kBatch * kSeq, c.hidden_size}, 801);
+  for (ScheduleKind kind : {ScheduleKind::Sequential, ScheduleKind::AmPipe}) {
+    BlockSchedule schedule;
+    schedule.kind = kind;
+    schedule.pipe_degree = kind == ScheduleKind::AmPipe ? 2 : 1;
+    StreamedBlock streamed(schedule, StageOrder::Interleaved);
+    BlockContext ctx;
+    RoutingStats stats;
+    const std::string msg = error_of([&] { streamed.forward(block.block(), ctx, x, kBatch, kSeq, stats); });
+    EXPECT_NE(msg.find("the '" + schedule.describe() + "' schedule cannot run a tensor-parallel block"),
+              std::string::npos)
+        << msg;
+    EXPECT_NE(msg.find("pipelined schedules with --tensor-model-parallel-size > 1 are not built yet"),
+              std::string::npos)
+        << msg;
+  }
+  SequentialBlock sequential;
+  BlockContext ctx;
+  RoutingStats stats;
+  const Tensor y = sequential.forward(block.block(), ctx, x, kBatch, kSeq, stats);
+  EXPECT_EQ(y.dim(0), kBatch * kSeq);
+  sequential.backward(block.block(), ctx, random_tensor(y.shape(), 802), stats, 0.0);
 }
 
 }  // namespace
