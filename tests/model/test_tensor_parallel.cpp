@@ -96,6 +96,34 @@ TEST(TensorParallel, ShardsTileTheWeight) {
   EXPECT_FALSE(tensor_parallel_bias_shard(Tensor(), TensorParallelKind::Column, 0, 2).defined());
 }
 
+// TensorParallelShard: take reads the pieces in order (a fused q, k, v shard of rows, a column
+// block), place writes them back where they came from and nothing else.
+TEST(TensorParallel, ShardMappingTakesAndPlacesItsPieces) {
+  const Tensor full = random_tensor({8, 3}, 7);
+  const std::vector<float> fv = full.to_vector();
+  const TensorParallelShard rows{"w", {8, 3}, 0, {{0, 1, 2}, {2, 5, 1}, {3, 7, 1}}};
+  const Tensor shard = take_tensor_parallel_shard(full, rows);
+  ASSERT_EQ(shard.shape(), (Shape{4, 3}));
+  std::vector<float> want(fv.begin() + 3, fv.begin() + 9);
+  want.insert(want.end(), fv.begin() + 15, fv.begin() + 18);
+  want.insert(want.end(), fv.begin() + 21, fv.begin() + 24);
+  EXPECT_EQ(shard.to_vector(), want);
+  Tensor back = Tensor::zeros({8, 3});
+  place_tensor_parallel_shard(shard, rows, back);
+  const std::vector<float> bv = back.to_vector();
+  for (int r = 0; r < 8; ++r)
+    for (int c = 0; c < 3; ++c) {
+      const bool held = r == 1 || r == 2 || r == 5 || r == 7;
+      EXPECT_EQ(bv[r * 3 + c], held ? fv[r * 3 + c] : 0.0f) << r << ", " << c;
+    }
+  const TensorParallelShard cols{"o", {8, 3}, 1, {{0, 2, 1}}};
+  EXPECT_EQ(take_tensor_parallel_shard(full, cols).to_vector(),
+            tensor_parallel_weight_shard(full.cols(0, 3).clone(), TensorParallelKind::Row, 2, 3).to_vector());
+  const TensorParallelShard outside{"x", {8, 3}, 0, {{0, 7, 2}}};
+  const std::string msg = error_of([&] { take_tensor_parallel_shard(full, outside); });
+  EXPECT_NE(msg.find("tensor-parallel shard of x: piece [7, 9)"), std::string::npos) << msg;
+}
+
 TEST(TensorParallel, ShardHelpersRefuseIndivisibleSizes) {
   const Tensor w = random_tensor({6, 4}, 5);
   std::string msg = error_of([&] { tensor_parallel_weight_shard(w, TensorParallelKind::Column, 0, 4); });
