@@ -197,11 +197,6 @@ void rmsnorm_backward(const Tensor& dy, const Tensor& x, const Tensor& weight, c
 
 void embedding_forward(const Tensor& tokens, const Tensor& token_table, const Tensor& position_table,
                        int64_t seq_len, Tensor x) {
-  if (has_bf16({&x})) {
-    const Staged out(x, false);
-    embedding_forward(tokens, token_table, position_table, seq_len, out.f32);
-    return out.write_back();
-  }
   AMPIPE_DISPATCH(embedding_forward, AMPIPE_TENSORS(&tokens, &token_table, &position_table, &x), tokens,
                   token_table, position_table, seq_len, x);
 }

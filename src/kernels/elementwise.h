@@ -1,8 +1,7 @@
 // Row-wise and element-wise kernels on float tensors shaped [rows, cols].
 //
 // bfloat16 operands (--bf16): add_inplace, gelu/swiglu forward and backward here, and the norms
-// (layernorm.h), rope (rope.h), permute/unpermute (permute.h), attention (attention.h) and the
-// embedding's output (embedding.h) also take
+// (layernorm.h), rope (rope.h), permute/unpermute (permute.h) and attention (attention.h) also take
 // bfloat16 tensors for their activation operands (weights, biases, statistics, gates and lse stay
 // float32). They compute in float32: a bf16 input is widened exactly, a bf16 output is rounded once
 // (to nearest even) from the float32 result, an accumulated bf16 operand is widened, updated and

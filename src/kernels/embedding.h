@@ -10,7 +10,7 @@ namespace ampipe::kernels {
 // x[b*N + i, :] = token_table[tokens[b*N + i], :] + position_table[i, :] (written).
 // tokens [B*N] int32 in [0, V) (checked); token_table [V, d]; position_table [S >= N, d], or an
 // undefined tensor for a model without a position table (rotary positions): x = token rows only.
-// x [B*N, d], float32 or bfloat16 (computed in float32, rounded once: elementwise.h).
+// x [B*N, d].
 void embedding_forward(const Tensor& tokens, const Tensor& token_table, const Tensor& position_table,
                        int64_t seq_len, Tensor x);
 

@@ -197,7 +197,7 @@ Tensor AttentionLayer::chunk_forward(AttentionContext& ctx, int64_t begin, int64
   kernels::add_inplace(h, chunk_rows_of(ctx.x, c));
   if (chunk_index) *chunk_index = ctx.chunks.size();
   ctx.chunks.push_back(std::move(c));
-  return kernels::as_dtype(h, activation_dtype());  // bf16: the residual stream, rounded once
+  return h;
 }
 
 void AttentionLayer::chunk_backward(AttentionContext& ctx, size_t chunk_index, const Tensor& dh) const {

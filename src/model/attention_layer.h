@@ -117,11 +117,6 @@ class AttentionLayer {
   // Returns the gradient of x through norm1 and QKV ([T, d], without the residual); releases ctx.
   Tensor finish_backward(AttentionContext& ctx) const;
 
-  // The dtype of the residual stream, which chunk_forward returns: bf16 under --bf16 (rounded once
-  // from the float32 sum; Megatron-LM's default, not its --fp32-residual-connection), else float32.
-  // The input x may be either.
-  DType activation_dtype() const { return bf16_ ? DType::BF16 : DType::F32; }
-
   // Whole-sequence convenience: x + proj(attn(LN1(x))), and its backward (residual included).
   Tensor forward(AttentionContext& ctx, const Tensor& x, int64_t batch, int64_t seq_len) const;
   Tensor backward(AttentionContext& ctx, const Tensor& dy) const;

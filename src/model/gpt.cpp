@@ -143,8 +143,7 @@ Tensor GptMoe::begin_forward(ForwardState& state, const Tensor& tokens, const Te
   state.seq_len = N;
   state.tokens = tokens.to(device);
   state.targets = targets.to(device);
-  // bf16: the residual stream is bf16 from the embedding on (rounded once; the lookup is float32).
-  Tensor x = Tensor::empty({T, config_.hidden_size}, config_.bf16 ? DType::BF16 : DType::F32, device);
+  Tensor x = Tensor::empty({T, config_.hidden_size}, DType::F32, device);
   kernels::embedding_forward(state.tokens, token_emb_->value, pos_emb_ ? pos_emb_->value : Tensor(), N, x);
   return x;
 }
@@ -153,9 +152,10 @@ LossParts GptMoe::finish_forward(ForwardState& state, const Tensor& x) const {
   const int64_t T = state.tokens.numel();
   const Device device = params_.device();
   state.x_final = x;
-  // bf16: y is only the head's operand (the norm's backward reads x_final): the norm writes it in bf16.
-  state.y = Tensor::empty({T, config_.hidden_size}, lm_head_->operand().dtype(), device);
+  state.y = Tensor::empty({T, config_.hidden_size}, DType::F32, device);
   final_norm_->forward(x, state.y, state.final_norm);
+  // bf16: y is only the head's operand (the norm's backward reads x_final), kept in bf16 from here.
+  state.y = kernels::as_dtype(state.y, lm_head_->operand().dtype());
   state.logits = Tensor::empty({T, config_.vocab_size}, DType::F32, device);
   linear_forward(state.y, lm_head_->operand(), Tensor(), state.logits);
 

@@ -24,7 +24,7 @@ struct Rows {
   }
   Tensor read(const Tensor& full) const {
     if (!index.defined()) return full.rows(first, first + count);
-    Tensor out = Tensor::empty({count, full.dim(1)}, full.dtype(), full.device());
+    Tensor out = Tensor::empty({count, full.dim(1)}, DType::F32, full.device());
     kernels::gather_rows(full, index, out);
     return out;
   }
@@ -153,10 +153,8 @@ class ForwardRun {
     h_.resize(L);
     in_[0] = x;
     for (size_t l = 0; l < L; ++l) {
-      // The residual stream in the layers' dtype (bf16 under --bf16); in[0] = x as it came.
-      const DType stream = blocks[l].attention.activation_dtype();
-      in_[l + 1] = Tensor::empty(x.shape(), stream, x.device());
-      h_[l] = Tensor::empty(x.shape(), stream, x.device());
+      in_[l + 1] = Tensor::empty(x.shape(), DType::F32, x.device());
+      h_[l] = Tensor::empty(x.shape(), DType::F32, x.device());
       BlockContext& c = ctx[l];
       c = BlockContext{};
       c.batch = batch;

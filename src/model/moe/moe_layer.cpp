@@ -29,7 +29,7 @@ void MoeLayer::run_experts(MoeContext& ctx) const {
 Tensor MoeLayer::finish_forward(MoeContext& ctx) const {
   Tensor y = dispatcher_.finish_combine(ctx.dispatch);
   kernels::add_inplace(y, ctx.x);
-  return kernels::as_dtype(y, ctx.x.dtype());  // the residual stream's dtype (bf16 under --bf16)
+  return y;
 }
 
 void MoeLayer::begin_backward(MoeContext& ctx, const Tensor& dy) const {
