@@ -228,11 +228,13 @@ bool float4_rows(const float* data, int64_t stride) {
   return stride % 4 == 0 && reinterpret_cast<uintptr_t>(data) % 16 == 0;
 }
 
-// dst[i] = src[index[i]] (gather) or dst[index[i]] = src[i] (scatter), `units` vector units a row.
-template <int V, bool kGather>
-__global__ void move_rows_kernel(const float* __restrict__ src, int64_t src_stride,
+// dst[i] = src[index[i]] (gather) or dst[index[i]] = src[i] (scatter), `units` units of V elements a
+// row: float rows (V = 4 as float4, or 1), or the 16-bit patterns of bfloat16 rows (V = 1), copied
+// unchanged.
+template <typename Element, int V, bool kGather>
+__global__ void move_rows_kernel(const Element* __restrict__ src, int64_t src_stride,
                                  const int32_t* __restrict__ index, int64_t n, int64_t index_limit,
-                                 float* __restrict__ dst, int64_t dst_stride, int64_t units) {
+                                 Element* __restrict__ dst, int64_t dst_stride, int64_t units) {
   for (int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.y; first < n;
        first += static_cast<int64_t>(gridDim.x) * blockDim.y) {
     const int64_t i = first + threadIdx.y;
@@ -241,10 +243,15 @@ __global__ void move_rows_kernel(const float* __restrict__ src, int64_t src_stri
     // The contents of index are not checked on the GPU (see gather_rows): skip a row that would
     // leave the tensor.
     if (other < 0 || other >= index_limit) continue;
-    const float* from = src + (kGather ? other : i) * src_stride;
-    float* to = dst + (kGather ? i : other) * dst_stride;
-    for (int64_t u = threadIdx.x; u < units; u += blockDim.x)
-      store_chunk<V>(to + u * V, load_chunk<V>(from + u * V));
+    const Element* from = src + (kGather ? other : i) * src_stride;
+    Element* to = dst + (kGather ? i : other) * dst_stride;
+    for (int64_t u = threadIdx.x; u < units; u += blockDim.x) {
+      if constexpr (V == 1) {
+        to[u] = from[u];
+      } else {
+        store_chunk<V>(to + u * V, load_chunk<V>(from + u * V));
+      }
+    }
   }
 }
 
@@ -334,69 +341,38 @@ __global__ void unpermute_backward_kernel(const float* __restrict__ dout, int64_
   }
 }
 
-// bfloat16 rows: their 16-bit patterns are copied unchanged, one element per thread.
-template <bool kGather>
-__global__ void move_bf16_rows_kernel(const uint16_t* __restrict__ src, int64_t src_stride,
-                                      const int32_t* __restrict__ index, int64_t n, int64_t index_limit,
-                                      uint16_t* __restrict__ dst, int64_t dst_stride, int64_t width) {
-  for (int64_t first = static_cast<int64_t>(blockIdx.x) * blockDim.y; first < n;
-       first += static_cast<int64_t>(gridDim.x) * blockDim.y) {
-    const int64_t i = first + threadIdx.y;
-    if (i >= n) continue;
-    const int64_t other = index[i];
-    if (other < 0 || other >= index_limit) continue;  // as move_rows_kernel
-    const uint16_t* from = src + (kGather ? other : i) * src_stride;
-    uint16_t* to = dst + (kGather ? i : other) * dst_stride;
-    for (int64_t c = threadIdx.x; c < width; c += blockDim.x) to[c] = from[c];
-  }
-}
-
-void move_bf16_rows(const Tensor& src, const Tensor& index, Tensor dst, bool gather) {
-  const auto* s = reinterpret_cast<const uint16_t*>(src.device_bytes());
-  auto* d = reinterpret_cast<uint16_t*>(dst.device_bytes());
-  const int32_t* ix = index.device_data<int32_t>();
-  const int64_t n = index.numel(), width = src.dim(1);
-  if (n == 0 || width == 0) return;
-  const RowLaunch geometry = row_launch(n, width);
+template <typename Element, int V>
+void launch_move_rows(const Element* src, int64_t src_stride, const int32_t* index, int64_t n,
+                      int64_t index_limit, Element* dst, int64_t dst_stride, int64_t units, bool gather) {
+  const RowLaunch geometry = row_launch(n, units);
   if (gather) {
-    launch("move_bf16_rows_kernel (gather_rows)", move_bf16_rows_kernel<true>, geometry.grid, geometry.block,
-           0, stream(), s, src.stride(0), ix, n, src.dim(0), d, dst.stride(0), width);
+    launch("move_rows_kernel (gather_rows)", move_rows_kernel<Element, V, true>, geometry.grid,
+           geometry.block, 0, stream(), src, src_stride, index, n, index_limit, dst, dst_stride, units);
   } else {
-    launch("move_bf16_rows_kernel (scatter_rows)", move_bf16_rows_kernel<false>, geometry.grid,
-           geometry.block, 0, stream(), s, src.stride(0), ix, n, dst.dim(0), d, dst.stride(0), width);
+    launch("move_rows_kernel (scatter_rows)", move_rows_kernel<Element, V, false>, geometry.grid,
+           geometry.block, 0, stream(), src, src_stride, index, n, index_limit, dst, dst_stride, units);
   }
 }
 
 void move_rows(const Tensor& src, const Tensor& index, Tensor dst, bool gather) {
-  if (src.dtype() == DType::BF16) return move_bf16_rows(src, index, dst, gather);
-  const DeviceRows s = device_rows(src);
-  const DeviceRows d = device_rows(dst);
   const int32_t* ix = index.device_data<int32_t>();
   const int64_t n = index.numel();
   const int64_t width = src.dim(1);
   if (n == 0 || width == 0) return;
   const int64_t index_limit = gather ? src.dim(0) : dst.dim(0);
-  const bool vec = width % 4 == 0 && float4_rows(s.data, s.stride) && float4_rows(d.data, d.stride);
-  const RowLaunch geometry = row_launch(n, vec ? width / 4 : width);
-  if (gather) {
-    if (vec) {
-      launch("move_rows_kernel (gather_rows)", move_rows_kernel<4, true>, geometry.grid, geometry.block, 0, stream(),
-          s.data, s.stride, ix, n, index_limit, d.data, d.stride, width / 4);
-    } else {
-      launch("move_rows_kernel (gather_rows)", move_rows_kernel<1, true>, geometry.grid, geometry.block, 0, stream(),
-          s.data, s.stride, ix, n, index_limit, d.data, d.stride, width);
-    }
-  } else {
-    if (vec) {
-      launch("move_rows_kernel (scatter_rows)", move_rows_kernel<4, false>, geometry.grid, geometry.block, 0, stream(),
-          s.data, s.stride, ix, n, index_limit, d.data, d.stride, width / 4);
-    } else {
-      launch("move_rows_kernel (scatter_rows)", move_rows_kernel<1, false>, geometry.grid, geometry.block, 0, stream(),
-          s.data, s.stride, ix, n, index_limit, d.data, d.stride, width);
-    }
+  if (src.dtype() == DType::BF16) {
+    return launch_move_rows<uint16_t, 1>(reinterpret_cast<const uint16_t*>(src.device_bytes()), src.stride(0),
+                                         ix, n, index_limit, reinterpret_cast<uint16_t*>(dst.device_bytes()),
+                                         dst.stride(0), width, gather);
   }
+  const DeviceRows s = device_rows(src);
+  const DeviceRows d = device_rows(dst);
+  if (width % 4 == 0 && float4_rows(s.data, s.stride) && float4_rows(d.data, d.stride)) {
+    return launch_move_rows<float, 4>(s.data, s.stride, ix, n, index_limit, d.data, d.stride, width / 4,
+                                      gather);
+  }
+  launch_move_rows<float, 1>(s.data, s.stride, ix, n, index_limit, d.data, d.stride, width, gather);
 }
-
 }  // namespace
 
 DispatchPlan make_dispatch_plan(const Tensor& expert_index, int num_experts, int64_t capacity) {
