@@ -8,20 +8,27 @@
 
 namespace ampipe {
 
-void add_tensor_parallel_flags(CLI::App& cmd, ParallelSizes& sizes, const char* what) {
+void add_tensor_parallel_flags(CLI::App& cmd, ParallelSizes& sizes, const char* what,
+                               bool runs_tensor_parallel) {
   const std::string runs = what;
-  cmd.add_option(
-         "--tensor-model-parallel-size", sizes.tensor,
-         "Tensor-parallel size T (Megatron-LM): " + runs +
-             " with attention's heads and query groups split over T consecutive ranks, the world "
-             "folded into T x DP (docs/ARCHITECTURE.md, \"Parallel layout\"). Only 1 runs today; more is "
-             "refused before any work (ampipe plan prices it)")
+  const std::string which =
+      runs_tensor_parallel
+          ? " The embedding and LM head split the vocabulary alike (padded to --make-vocab-size-divisible-by "
+            "x T); CPU, --schedule sequential, gathered checkpoints (loadable at any T)"
+          : " This command runs only 1 today; more is refused before any work (ampipe train runs it, "
+            "ampipe plan prices it)";
+  cmd.add_option("--tensor-model-parallel-size", sizes.tensor,
+                 "Tensor-parallel size T (Megatron-LM): " + runs +
+                     " with attention's heads and query groups split over T consecutive ranks, the world "
+                     "folded into T x DP (docs/ARCHITECTURE.md, \"Parallel layout\")." +
+                     which)
       ->capture_default_str();
   cmd.add_flag(
       "--sequence-parallel", sizes.sequence_parallel,
       "With --tensor-model-parallel-size > 1 (Megatron-LM): norms, residuals and the router on 1/T of the "
-      "sequence, all-gather and reduce-scatter instead of all-reduce. At T = 1 accepted and ignored, "
-      "with a one-line note (as Megatron-LM)");
+      "sequence, all-gather and reduce-scatter instead of all-reduce. Not run yet at T > 1 (refused "
+      "before any work; ampipe plan prices it). At T = 1 accepted and ignored, with a one-line note (as "
+      "Megatron-LM)");
   cmd.add_option(
          "--expert-tensor-parallel-size", sizes.expert_tensor,
          "Expert tensor-parallel size ETP (Megatron-Core's MoE parallel folding): each expert's FFN split "
@@ -31,8 +38,9 @@ void add_tensor_parallel_flags(CLI::App& cmd, ParallelSizes& sizes, const char* 
       ->capture_default_str();
 }
 
-void check_tensor_parallel_flags(const ParallelSizes& sizes, Communicator& world, const char* command) {
-  require_runnable_sizes(sizes);
+void check_tensor_parallel_flags(const ParallelSizes& sizes, Communicator& world, const char* command,
+                                 bool runs_tensor_parallel) {
+  require_runnable_sizes(sizes, runs_tensor_parallel);
   const std::string note = ignored_sequence_parallel_note(sizes);
   if (note.empty() || world.rank() != 0) return;
   std::fprintf(stderr, "ampipe %s: %s\n", command, note.c_str());

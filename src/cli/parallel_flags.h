@@ -1,8 +1,8 @@
 // The tensor-parallel flags (Megatron-LM's names), shared by every subcommand that runs a model
 // (train, eval, sample, bench): --tensor-model-parallel-size, --sequence-parallel,
-// --expert-tensor-parallel-size. They describe the folded layout of train/layout.h; the model runs
-// T = ETP = 1 only for now, so more is refused before any work (`ampipe plan` has the same flags
-// and prices it).
+// --expert-tensor-parallel-size. They describe the folded layout of train/layout.h; `train` runs
+// T > 1 without sequence parallelism, the others T = 1 only, and ETP = 1 everywhere, so more is
+// refused before any work (`ampipe plan` has the same flags and prices it).
 #pragma once
 
 #include <cstdint>
@@ -18,13 +18,17 @@ namespace ampipe {
 class Communicator;
 
 // Registers the three flags on `cmd`, bound to `sizes` (which must outlive parsing); `what` names
-// what runs split in the help text ("the model trains").
-void add_tensor_parallel_flags(CLI::App& cmd, ParallelSizes& sizes, const char* what);
+// what runs split in the help text ("the model trains"); `runs_tensor_parallel`: the command runs
+// T > 1 (the help says with what), else the help says it is refused.
+void add_tensor_parallel_flags(CLI::App& cmd, ParallelSizes& sizes, const char* what,
+                               bool runs_tensor_parallel = false);
 
-// First thing a command does with the flags: refuses T > 1 or ETP > 1 (train/layout.h
-// require_runnable_sizes: ampipe::Error naming the flag and value) and prints, for
+// First thing a command does with the flags: refuses what it cannot run (train/layout.h
+// require_runnable_sizes with `runs_tensor_parallel`: ampipe::Error naming the flag and value) and prints,
+// for
 // --sequence-parallel at T = 1, a one-line note on stderr of world rank 0 ("ampipe COMMAND: note:
 // ..."; stderr, so eval's JSON line stays alone on stdout).
-void check_tensor_parallel_flags(const ParallelSizes& sizes, Communicator& world, const char* command);
+void check_tensor_parallel_flags(const ParallelSizes& sizes, Communicator& world, const char* command,
+                                 bool runs_tensor_parallel = false);
 
 }  // namespace ampipe

@@ -175,7 +175,7 @@ void add_parallel_flags(CLI::App& cmd, TrainCommand& c) {
                  "Ranks that share the experts of each MoE layer (EP; each holds E/EP experts); must divide "
                  "the world size and --moe-num-experts. Default 0: the largest such divisor")
       ->capture_default_str();
-  add_tensor_parallel_flags(cmd, c.tensor_parallel, "the model trains");
+  add_tensor_parallel_flags(cmd, c.tensor_parallel, "the model trains", true);
   cmd.add_option(
          "--schedule", c.schedule,
          "How each transformer block runs: sequential (one piece), moe-pipe (the MoE layer's tokens in "
@@ -385,7 +385,7 @@ CLI::App* add_train_command(CLI::App& app, TrainCommand& c, int default_threads)
 }
 
 int run_train_command(TrainCommand& c, Communicator& world) {
-  check_tensor_parallel_flags(c.tensor_parallel, world, "train");
+  check_tensor_parallel_flags(c.tensor_parallel, world, "train", true);
   c.options.tensor_parallel_size = c.tensor_parallel.tensor;
   c.options.sequence_parallel = c.tensor_parallel.sequence_parallel;
   c.options.expert_tensor_parallel_size = c.tensor_parallel.expert_tensor;

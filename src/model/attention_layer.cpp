@@ -40,38 +40,63 @@ AttentionLayer::AttentionLayer(const ModelConfig& config, ParameterRegistry& par
   require_device_communicator(params.device(), tensor_group_);
   const int64_t d = hidden_;
   const bool bias = config.add_bias_linear;
-  // This rank's widths, the full ones, and where this rank's heads start in the full q, k and v.
-  const int64_t q = q_width(), kv = kv_width();
-  const int64_t full_q = q * tp_size_, full_kv = kv * tp_size_;
-  const int64_t q0 = tp_rank_ * q, kv0 = tp_rank_ * kv;
+  const int64_t q = q_width(), kv = kv_width();  // this rank's widths
   if (config.mixtral()) {
-    add_input(params, prefix + "attn.q", 0, q, {{0, q0, q}}, full_q, bias);
-    add_input(params, prefix + "attn.k", q, q + kv, {{0, kv0, kv}}, full_kv, bias);
-    add_input(params, prefix + "attn.v", q + kv, q + 2 * kv, {{0, kv0, kv}}, full_kv, bias);
+    add_input(params, prefix + "attn.q", 0, q, bias);
+    add_input(params, prefix + "attn.k", q, q + kv, bias);
+    add_input(params, prefix + "attn.v", q + kv, q + 2 * kv, bias);
   } else {
-    add_input(params, prefix + "attn.qkv", 0, q + 2 * kv,
-              {{0, q0, q}, {q, full_q + kv0, kv}, {q + kv, full_q + full_kv + kv0, kv}}, full_q + 2 * full_kv,
-              bias);
+    add_input(params, prefix + "attn.qkv", 0, q + 2 * kv, bias);
   }
   const std::string out = prefix + (config.mixtral() ? "attn.o" : "attn.proj");
   out_w_ = &params.add(out + ".weight", {d, q}, true);
   out_w_->matmul = true;
-  if (tensor_group_) shards_.push_back({out_w_->name, {d, full_q}, 1, {{0, q0, q}}});
   if (bias) out_b_ = &params.add(out + ".bias", {d}, false);  // whole on every rank
+  if (!tensor_group_) return;
+  shards_ = attention_tensor_parallel_shards(config, prefix, tp_rank_, tp_size_);
+  for (const TensorParallelShard& s : shards_) params.get(s.name).tensor_parallel = true;
 }
 
-// One input projection, columns [begin, end) of this rank's qkv; `pieces` place its rows in the full
-// [full_rows, d] weight (and [full_rows] bias).
+// One input projection, columns [begin, end) of this rank's qkv.
 void AttentionLayer::add_input(ParameterRegistry& params, const std::string& name, int64_t begin, int64_t end,
-                               const std::vector<TensorParallelShard::Piece>& pieces, int64_t full_rows,
                                bool bias) {
   Parameter* w = &params.add(name + ".weight", {end - begin, hidden_}, true);
   w->matmul = true;
   Parameter* b = bias ? &params.add(name + ".bias", {end - begin}, false) : nullptr;
   input_.push_back({w, b, begin, end});
-  if (!tensor_group_) return;
-  shards_.push_back({w->name, {full_rows, hidden_}, 0, pieces});
-  if (b) shards_.push_back({b->name, {full_rows}, 0, pieces});
+}
+
+std::vector<TensorParallelShard> attention_tensor_parallel_shards(const ModelConfig& config,
+                                                                  const std::string& prefix, int rank,
+                                                                  int ranks) {
+  AMPIPE_CHECK(ranks >= 1 && rank >= 0 && rank < ranks)
+      << "tensor-parallel rank " << rank << " is not in [0, " << ranks << ")";
+  std::vector<TensorParallelShard> out;
+  if (ranks == 1) return out;
+  const int64_t d = config.hidden_size, hd = config.head_dim();
+  const int64_t full_q = config.num_attention_heads * hd, full_kv = config.kv_heads() * hd;
+  AMPIPE_CHECK(config.num_attention_heads % ranks == 0 && config.kv_heads() % ranks == 0)
+      << "tensor-parallel attention: the attention heads h (" << config.num_attention_heads
+      << ") and query groups g (" << config.kv_heads() << ") must be divisible by the tensor-parallel size "
+      << "(--tensor-model-parallel-size) " << ranks;
+  const int64_t q = full_q / ranks, kv = full_kv / ranks;
+  const int64_t q0 = rank * q, kv0 = rank * kv;
+  auto input = [&](const std::string& name, const std::vector<TensorParallelShard::Piece>& pieces,
+                   int64_t rows) {
+    out.push_back({name + ".weight", {rows, d}, 0, pieces});
+    if (config.add_bias_linear) out.push_back({name + ".bias", {rows}, 0, pieces});
+  };
+  if (config.mixtral()) {
+    input(prefix + "attn.q", {{0, q0, q}}, full_q);
+    input(prefix + "attn.k", {{0, kv0, kv}}, full_kv);
+    input(prefix + "attn.v", {{0, kv0, kv}}, full_kv);
+  } else {
+    input(prefix + "attn.qkv", {{0, q0, q}, {q, full_q + kv0, kv}, {q + kv, full_q + full_kv + kv0, kv}},
+          full_q + 2 * full_kv);
+  }
+  const std::string o = prefix + (config.mixtral() ? "attn.o" : "attn.proj");
+  out.push_back({o + ".weight", {d, full_q}, 1, {{0, q0, q}}});
+  return out;
 }
 
 void AttentionLayer::project_output(const Tensor& o, Tensor h) const {

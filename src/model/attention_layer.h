@@ -142,8 +142,7 @@ class AttentionLayer {
 
   // h = o @ out_w^T, summed over the tensor group, + out_b.
   void project_output(const Tensor& o, Tensor h) const;
-  void add_input(ParameterRegistry& params, const std::string& name, int64_t begin, int64_t end,
-                 const std::vector<TensorParallelShard::Piece>& pieces, int64_t full_rows, bool bias);
+  void add_input(ParameterRegistry& params, const std::string& name, int64_t begin, int64_t end, bool bias);
 
   int64_t q_width() const { return heads_ * head_dim_; }
   int64_t kv_width() const { return kv_heads_ * head_dim_; }
@@ -151,6 +150,14 @@ class AttentionLayer {
   Tensor k_cols(const Tensor& t) const { return t.cols(q_width(), q_width() + kv_width()); }
   Tensor v_cols(const Tensor& t) const { return t.cols(q_width() + kv_width(), q_width() + 2 * kv_width()); }
 };
+
+// Where rank `rank` of a `ranks`-way tensor group holds its shards of the attention parameters of the
+// block named `prefix` (what tensor_parallel_shards() returns on that rank; the parameters'
+// registration order): for a checkpoint writer placing every rank's shards, or an initialiser
+// drawing the full tensor. Empty when ranks == 1. Refuses h or g not divisible by `ranks`.
+std::vector<TensorParallelShard> attention_tensor_parallel_shards(const ModelConfig& config,
+                                                                  const std::string& prefix, int rank,
+                                                                  int ranks);
 
 // Rows of positions [begin, end) of each of `batch` sequences of length seq_len in a sequence-major
 // [batch*seq_len] buffer, as an int32 index (b-major) on `device`.

@@ -10,6 +10,7 @@
 #include "kernels/embedding.h"
 #include "model/initialize.h"
 #include "model/linear.h"
+#include "model/vocab_parallel_embedding.h"
 
 namespace ampipe {
 
@@ -17,8 +18,19 @@ GptMoe::GptMoe(const ModelConfig& config, const ModelParallel& parallel, Device 
     : config_(config), parallel_(parallel), params_(device) {
   config_.validate();
   require_device_communicators(device, parallel_);
-  const int64_t d = config_.hidden_size;
-  token_emb_ = &params_.add("embed.token.weight", {config_.vocab_size, d}, true);
+  const int64_t d = config_.hidden_size, V = config_.vocab_size, T = parallel_.tp_size();
+  if (T > 1) {
+    tensor_group_ = parallel_.tensor_group;
+    AMPIPE_CHECK(device == Device::CPU)
+        << "tensor parallelism (--tensor-model-parallel-size " << T
+        << ") runs on the CPU only for now: its vocabulary-parallel loss is a CPU function";
+    AMPIPE_CHECK(V % T == 0) << "the vocabulary-parallel embedding and LM head split the vocabulary (" << V
+                             << " ids, padded) over the tensor-parallel size (--tensor-model-parallel-size) "
+                             << T << ", which does not divide it (remainder " << V % T
+                             << "); pad it with --make-vocab-size-divisible-by";
+  }
+  vocab_shard_ = V / T;
+  token_emb_ = &params_.add("embed.token.weight", {vocab_shard_, d}, true);
   if (!config_.rope()) pos_emb_ = &params_.add("embed.position.weight", {config_.max_seq_len, d}, true);
   attention_.reserve(config_.num_layers);
   moe_.reserve(config_.num_layers);
@@ -28,14 +40,31 @@ GptMoe::GptMoe(const ModelConfig& config, const ModelParallel& parallel, Device 
     moe_.emplace_back(config_, params_, prefix, parallel_);
   }
   final_norm_ = std::make_unique<Norm>(config_, params_, "final_ln");
-  lm_head_ = config_.untie_embeddings_and_output_weights ? &params_.add("lm_head.weight", {config_.vocab_size, d}, true)
-                                                         : token_emb_;
+  lm_head_ = config_.untie_embeddings_and_output_weights
+                 ? &params_.add("lm_head.weight", {vocab_shard_, d}, true)
+                 : token_emb_;
   lm_head_->matmul = true;  // tied: the token embedding is looked up in float32, multiplied in bf16
+  if (T > 1) token_emb_->tensor_parallel = lm_head_->tensor_parallel = true;
   params_.set_compute_dtype(config_.bf16 ? DType::BF16 : DType::F32);
 }
 
+std::vector<TensorParallelShard> GptMoe::tensor_parallel_shards(int rank) const {
+  const int T = parallel_.tp_size();
+  std::vector<TensorParallelShard> out;
+  if (T == 1) return out;
+  for (int64_t l = 0; l < config_.num_layers; ++l)
+    for (TensorParallelShard& s :
+         attention_tensor_parallel_shards(config_, "blocks." + std::to_string(l) + ".", rank, T))
+      out.push_back(std::move(s));
+  const Shape full{config_.vocab_size, config_.hidden_size};
+  const std::vector<TensorParallelShard::Piece> rows{{0, rank * vocab_shard_, vocab_shard_}};
+  out.push_back({token_emb_->name, full, 0, rows});
+  if (lm_head_ != token_emb_) out.push_back({lm_head_->name, full, 0, rows});
+  return out;
+}
+
 void GptMoe::initialize(uint64_t seed) {
-  initialize_parameters(params_, config_, seed);
+  initialize_parameters(params_, config_, seed, tensor_parallel_shards());
   params_.refresh_compute();
 }
 
@@ -144,7 +173,13 @@ Tensor GptMoe::begin_forward(ForwardState& state, const Tensor& tokens, const Te
   state.tokens = tokens.to(device);
   state.targets = targets.to(device);
   Tensor x = Tensor::empty({T, config_.hidden_size}, DType::F32, device);
-  kernels::embedding_forward(state.tokens, token_emb_->value, pos_emb_ ? pos_emb_->value : Tensor(), N, x);
+  const Tensor positions = pos_emb_ ? pos_emb_->value : Tensor();
+  if (tensor_group_) {
+    vocab_parallel_embedding_forward(state.tokens, token_emb_->value, vocab_begin(), config_.vocab_size,
+                                     positions, N, *tensor_group_, x);
+  } else {
+    kernels::embedding_forward(state.tokens, token_emb_->value, positions, N, x);
+  }
   return x;
 }
 
@@ -156,11 +191,17 @@ LossParts GptMoe::finish_forward(ForwardState& state, const Tensor& x) const {
   final_norm_->forward(x, state.y, state.final_norm);
   // bf16: y is only the head's operand (the norm's backward reads x_final), kept in bf16 from here.
   state.y = kernels::as_dtype(state.y, lm_head_->operand().dtype());
-  state.logits = Tensor::empty({T, config_.vocab_size}, DType::F32, device);
+  state.logits = Tensor::empty({T, vocab_shard_}, DType::F32, device);
   linear_forward(state.y, lm_head_->operand(), Tensor(), state.logits);
 
   Tensor losses = Tensor::empty({T}, DType::F32, device);
-  kernels::cross_entropy_forward(state.logits, state.targets, losses);
+  if (tensor_group_) {
+    vocab_parallel_cross_entropy_forward(state.logits, state.targets, vocab_begin(), config_.vocab_size,
+                                         *tensor_group_, losses, state.vocab);
+  } else {
+    kernels::cross_entropy_forward(state.logits, state.targets, losses);
+  }
+  state.losses = losses;
   LossParts parts;
   double sum = 0;
   // host round trip (GPU): the per-token losses [T] cross to the host for the mean loss (logging).
@@ -187,9 +228,16 @@ Tensor GptMoe::begin_backward(ForwardState& state, double loss_scale) const {
   const int64_t d = config_.hidden_size;
   const Device device = params_.device();
   Tensor dlogits = state.logits;  // reuse the logits buffer for their gradient
-  kernels::cross_entropy_backward(state.logits, state.targets, static_cast<float>(loss_scale / T), dlogits);
+  if (tensor_group_) {
+    vocab_parallel_cross_entropy_backward(state.logits, state.targets, state.vocab,
+                                          static_cast<float>(loss_scale / T), dlogits);
+  } else {
+    kernels::cross_entropy_backward(state.logits, state.targets, static_cast<float>(loss_scale / T), dlogits);
+  }
   Tensor dy = Tensor::empty({T, d}, DType::F32, device);
   linear_backward(state.y, lm_head_->operand(), dlogits, dy, lm_head_->grad, Tensor());
+  // This rank's vocabulary's share of the head's input gradient, summed over the group.
+  if (tensor_group_) tensor_group_->all_reduce_sum(dy);
   state.logits = Tensor();
   Tensor dx = Tensor::empty({T, d}, DType::F32, device);
   final_norm_->backward(dy, state.x_final, state.final_norm, dx);
@@ -197,8 +245,13 @@ Tensor GptMoe::begin_backward(ForwardState& state, double loss_scale) const {
 }
 
 void GptMoe::finish_backward(ForwardState& state, const Tensor& dx) const {
-  kernels::embedding_backward(state.tokens, dx, state.seq_len, token_emb_->grad,
-                              pos_emb_ ? pos_emb_->grad : Tensor());
+  if (tensor_group_) {
+    vocab_parallel_embedding_backward(state.tokens, dx, state.seq_len, vocab_begin(), token_emb_->grad,
+                                      pos_emb_ ? pos_emb_->grad : Tensor());
+  } else {
+    kernels::embedding_backward(state.tokens, dx, state.seq_len, token_emb_->grad,
+                                pos_emb_ ? pos_emb_->grad : Tensor());
+  }
   state = ForwardState{};
 }
 
@@ -268,7 +321,15 @@ Tensor GptMoe::logits(const Tensor& tokens, int64_t batch) const {
   ForwardState state;
   Tensor targets = Tensor::zeros({tokens.numel()}, DType::I32, params_.device());
   forward(state, tokens, targets, batch);
-  return state.logits;
+  if (!tensor_group_) return state.logits;
+  // Every rank's [rows, V/T] columns, rank-major, into whole rows.
+  const int64_t rows = state.logits.dim(0), T = parallel_.tp_size();
+  Tensor parts = Tensor::empty({T * rows, vocab_shard_});
+  tensor_group_->all_gather(state.logits, parts);
+  Tensor full = Tensor::empty({rows, config_.vocab_size});
+  for (int64_t t = 0; t < T; ++t)
+    full.cols(t * vocab_shard_, (t + 1) * vocab_shard_).copy_from(parts.rows(t * rows, (t + 1) * rows));
+  return full;
 }
 
 }  // namespace ampipe

@@ -8,6 +8,17 @@
 //
 // The model lives on one device (its parameters, and every activation and gradient of its passes);
 // the communicators of a ModelParallel are host-only, so a model on the GPU runs on one rank.
+//
+// Tensor parallelism (T = parallel.tp_size() > 1; Megatron-LM's, without sequence parallelism):
+// each block's attention is split as model/attention_layer.h says; the token embedding, and the LM
+// head (tied or untied), hold rows [t V/T, (t+1) V/T) of the vocabulary on rank t
+// (model/vocab_parallel_embedding.h, and model/vocab_parallel.h's loss), so no rank holds the
+// whole table or a whole row of logits. V must be divisible by T (the trainer pads the vocabulary
+// to a multiple of --make-vocab-size-divisible-by x T, as Megatron-LM does). Everything else (the
+// norms, the position table, the MoE layers) is whole on every rank of the group, which computes
+// it alike on the same tokens. Collectives over the tensor group, besides the attention's: the
+// embedding's all-reduce (forward), the loss's small all-gathers (forward) and the head's input
+// gradient all-reduce (backward). CPU only (the vocabulary-parallel loss is a CPU function).
 #pragma once
 
 #include <functional>
@@ -21,6 +32,7 @@
 #include "model/norm.h"
 #include "model/parallel.h"
 #include "model/parameters.h"
+#include "model/vocab_parallel.h"
 
 namespace ampipe {
 
@@ -53,7 +65,9 @@ struct ForwardState {
   std::vector<Tensor> group_inputs;  // per recompute group: its input (recomputed groups only)
   Tensor x_final, y;  // final norm input / output
   NormStats final_norm;
-  Tensor logits;  // [T, V]
+  Tensor logits;             // [T, V], or this rank's [T, V/T] under tensor parallelism
+  Tensor losses;             // [T] float32 per-token cross-entropy (the same on every rank of a tensor group)
+  VocabParallelStats vocab;  // tensor parallelism: the vocabulary-parallel loss's row statistics
 };
 
 class GptMoe {
@@ -112,12 +126,26 @@ class GptMoe {
   // with recomputed groups (--recompute-granularity full).
   LossParts backward_and_forward(ForwardState& backward_state, double loss_scale, ForwardState& forward_state,
                                  const Tensor& tokens, const Tensor& targets, int64_t batch) const;
-  // Logits [B*N, V] on the model's device for the given tokens, without keeping activations.
+  // Logits [B*N, V] on the model's device for the given tokens, without keeping activations
+  // (under tensor parallelism gathered over the group: collective, every rank gets them whole).
   Tensor logits(const Tensor& tokens, int64_t batch) const;
+
+  // Tensor parallelism: where each of rank `rank`'s sharded parameters lies in the full (T = 1)
+  // tensor (model/tensor_parallel.h), in registration order: every block's attention shards
+  // (attention_tensor_parallel_shards), then the token embedding's rows and, untied, the LM head's.
+  // Empty at T = 1. tensor_parallel_shards() is this rank's.
+  std::vector<TensorParallelShard> tensor_parallel_shards(int rank) const;
+  std::vector<TensorParallelShard> tensor_parallel_shards() const {
+    return tensor_parallel_shards(parallel_.tp_rank());
+  }
+  Communicator* tensor_group() const { return tensor_group_; }
 
  private:
   ModelConfig config_;
   ModelParallel parallel_;
+  Communicator* tensor_group_ = nullptr;  // T > 1 only: the vocabulary-parallel embedding and head
+  int64_t vocab_shard_ = 0;               // V / T, the rows of the vocabulary this rank holds
+  int64_t vocab_begin() const { return parallel_.tp_rank() * vocab_shard_; }
   ParameterRegistry params_;
   Parameter *token_emb_, *pos_emb_ = nullptr, *lm_head_;  // lm_head_ == token_emb_ when tied
   std::vector<AttentionLayer> attention_;

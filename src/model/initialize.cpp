@@ -1,5 +1,6 @@
 #include "model/initialize.h"
 
+#include <algorithm>
 #include <cmath>
 #include <string>
 
@@ -20,7 +21,8 @@ bool ends_with(const std::string& s, const std::string& suffix) {
 
 }  // namespace
 
-void initialize_parameters(ParameterRegistry& params, const ModelConfig& config, uint64_t seed) {
+void initialize_parameters(ParameterRegistry& params, const ModelConfig& config, uint64_t seed,
+                           const std::vector<TensorParallelShard>& shards) {
   const double std_default = 0.02;
   const double std_residual = 0.02 / std::sqrt(2.0 * static_cast<double>(config.num_layers));
   for (Parameter& p : params.all()) {
@@ -38,16 +40,23 @@ void initialize_parameters(ParameterRegistry& params, const ModelConfig& config,
     const double std = residual ? std_residual : std_default;
     // Expert tensors [E_local, ...] draw one stream per expert slice, by global expert index.
     const int64_t parts = p.is_expert ? p.value.dim(0) : 1;
-    const int64_t part_size = p.value.numel() / parts;
+    // A tensor-parallel shard: the whole tensor is drawn, then this rank's shard kept.
+    const auto shard = std::find_if(shards.begin(), shards.end(),
+                                    [&p](const TensorParallelShard& s) { return s.name == p.name; });
+    const Shape shape = shard != shards.end() ? shard->full_shape : p.value.shape();
+    int64_t numel = 1;
+    for (int64_t n : shape) numel *= n;
+    const int64_t part_size = numel / parts;
     // Drawn on the host (the same values whatever the device), then copied to the parameter's device.
-    const bool on_host = p.value.device() == Device::CPU;
-    Tensor host = on_host ? p.value : Tensor::empty(p.value.shape());
+    const bool on_host = p.value.device() == Device::CPU && shard == shards.end();
+    Tensor host = on_host ? p.value : Tensor::empty(shape);
     float* v = host.data<float>();
     for (int64_t part = 0; part < parts; ++part) {
       Rng rng(stream_seed(seed, p.name, part + p.expert_offset));
       for (int64_t i = 0; i < part_size; ++i)
         v[part * part_size + i] = static_cast<float>(rng.normal() * std);
     }
+    if (shard != shards.end()) host = take_tensor_parallel_shard(host, *shard);
     if (!on_host) p.value.copy_from(host);
   }
 }

@@ -13,9 +13,14 @@
 
 #include "model/config.h"
 #include "model/parameters.h"
+#include "model/tensor_parallel.h"
 
 namespace ampipe {
 
-void initialize_parameters(ParameterRegistry& params, const ModelConfig& config, uint64_t seed);
+// `shards` (tensor parallelism): the registry's sharded parameters (GptMoe::tensor_parallel_shards);
+// each is drawn whole, as at T = 1, and this rank's shard taken, so a model initialises to the same
+// weights whatever its tensor-parallel size.
+void initialize_parameters(ParameterRegistry& params, const ModelConfig& config, uint64_t seed,
+                           const std::vector<TensorParallelShard>& shards = {});
 
 }  // namespace ampipe

@@ -33,6 +33,9 @@ struct Parameter {
   int64_t expert_offset = 0;
   // Set by the layer that registers it: a GEMM operand, which gets a compute copy under bf16.
   bool matmul = false;
+  // Set by the layer that registers it: a tensor-parallel shard (model/tensor_parallel.h), which
+  // differs between the ranks of the tensor group; the others are whole and the same on each rank.
+  bool tensor_parallel = false;
   Tensor compute;  // the compute copy (compute dtype), undefined under float32 or when !matmul
 
   // What the GEMMs read: the compute copy where there is one, else the value.

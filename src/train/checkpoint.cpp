@@ -63,17 +63,43 @@ struct GatheredState {
   std::vector<std::pair<std::string, Tensor>> weights, moments;
 };
 
+// Tensor parallelism: the full (T = 1) tensor of a sharded parameter, every rank's shard gathered
+// over the tensor group and placed where its rank's pieces say (`shards`[r]: rank r's); else `t`.
+static Tensor tensor_parallel_whole(const Parameter& p, const Tensor& t, Communicator* tensor_group,
+                                    const std::vector<std::vector<TensorParallelShard>>& shards) {
+  if (!p.tensor_parallel || tensor_group == nullptr) return t;
+  const int T = tensor_group->size();
+  const int64_t n = t.numel();
+  Tensor parts = Tensor::empty({T * n});
+  tensor_group->all_gather((t.is_contiguous() ? t : t.clone()).reshape({n}), parts);
+  Tensor whole;
+  for (int r = 0; r < T; ++r) {
+    const TensorParallelShard* shard = checkpoint_detail::find_shard(shards[r], p.name);
+    AMPIPE_CHECK(shard != nullptr) << "tensor-parallel parameter '" << p.name << "' has no shard on rank "
+                                   << r;
+    if (!whole.defined()) whole = Tensor::empty(shard->full_shape);
+    place_tensor_parallel_shard(parts.rows(r * n, (r + 1) * n).reshape(t.shape()), *shard, whole);
+  }
+  return whole;
+}
+
 static GatheredState gather_state(const GptMoe& model, const AdamW& optimizer, const TrainingGroups* groups) {
   const int64_t E = model.config().num_experts;
   GatheredState g;
   const auto state = optimizer.state_tensors();  // two per parameter, in parameter order
+  Communicator* tensor_group = model.tensor_group();
+  std::vector<std::vector<TensorParallelShard>> shards;  // every rank's, under tensor parallelism
+  for (int r = 0; tensor_group != nullptr && r < tensor_group->size(); ++r)
+    shards.push_back(model.tensor_parallel_shards(r));
+  auto whole = [&](const Parameter& p, const Tensor& local) {
+    return tensor_parallel_whole(p, gathered(p, local.to(Device::CPU), groups, E), tensor_group, shards);
+  };
   size_t i = 0;
   // A model on the GPU saves the same float32 file: every tensor is copied to the host first.
   for (const Parameter& p : model.params().all()) {
-    g.weights.emplace_back(p.name, gathered(p, p.value.to(Device::CPU), groups, E));
-    g.moments.emplace_back(state[2 * i].first, gathered(p, state[2 * i].second.to(Device::CPU), groups, E));
-    g.moments.emplace_back(state[2 * i + 1].first,
-                           gathered(p, state[2 * i + 1].second.to(Device::CPU), groups, E));
+    g.weights.emplace_back(p.name, whole(p, p.value));
+    g.moments.emplace_back(state[2 * i].first, whole(p, state[2 * i].second));
+    g.moments.emplace_back(state[2 * i + 1].first, whole(p, state[2 * i + 1].second));
     ++i;
   }
   return g;
@@ -384,6 +410,9 @@ static void save_sharded_iteration(const std::string& root, const GptMoe& model,
 void save_iteration_checkpoint(const std::string& root, const GptMoe& model, const AdamW& optimizer,
                                const TrainingProgress& progress, const TrainingGroups* groups,
                                const Tokenizer* tokenizer, int64_t keep, CheckpointFormat format) {
+  AMPIPE_CHECK(format != CheckpointFormat::Sharded || model.tensor_group() == nullptr)
+      << "the sharded checkpoint format does not hold tensor-parallel shards yet; save the gathered format "
+         "(it is the same whatever --tensor-model-parallel-size)";
   if (format == CheckpointFormat::Sharded)
     return save_sharded_iteration(root, model, optimizer, progress, groups, tokenizer, keep);
   const GatheredState g = gather_state(model, optimizer, groups);
@@ -512,10 +541,26 @@ std::string optimizer_path(const std::string& dir) {
   return (fs::path(dir) / "optimizer.safetensors").string();
 }
 
-Shape whole_shape(const Parameter& p, int64_t experts) {
+const TensorParallelShard* find_shard(const std::vector<TensorParallelShard>& shards,
+                                      const std::string& name) {
+  for (const TensorParallelShard& s : shards)
+    if (s.name == name) return &s;
+  return nullptr;
+}
+
+Shape whole_shape(const Parameter& p, int64_t experts, const std::vector<TensorParallelShard>& shards) {
+  if (const TensorParallelShard* shard = p.tensor_parallel ? find_shard(shards, p.name) : nullptr)
+    return shard->full_shape;
   Shape s = p.value.shape();
   if (p.is_expert) s[0] = experts;
   return s;
+}
+
+Tensor local_part(const Parameter& p, const Tensor& whole, const std::vector<TensorParallelShard>& shards) {
+  if (const TensorParallelShard* shard = p.tensor_parallel ? find_shard(shards, p.name) : nullptr)
+    return take_tensor_parallel_shard(whole, *shard);
+  if (!p.is_expert) return whole;
+  return whole.rows(p.expert_offset, p.expert_offset + p.value.dim(0));
 }
 
 int64_t global_offset(const Parameter& p) {

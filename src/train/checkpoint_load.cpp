@@ -15,14 +15,25 @@ namespace ampipe {
 namespace fs = std::filesystem;
 using checkpoint_detail::files_dir;
 using checkpoint_detail::global_offset;
+using checkpoint_detail::local_part;
 using checkpoint_detail::model_path;
 using checkpoint_detail::optimizer_path;
 using checkpoint_detail::whole_shape;
 
-// This rank's slice of a whole expert tensor from a file.
-static Tensor local_slice(const Parameter& p, const Tensor& whole) {
-  if (!p.is_expert) return whole;
-  return whole.rows(p.expert_offset, p.expert_offset + p.value.dim(0));
+// Reads this rank's part of the whole tensor `name` of a sharded checkpoint into `out` (p's
+// shape): its expert slice, or (tensor parallelism) the whole tensor read and its shard taken.
+static void read_local(const ShardedCheckpoint& ckpt, const std::string& name, const Parameter& p,
+                       const std::vector<TensorParallelShard>& shards, Tensor out) {
+  if (const TensorParallelShard* shard =
+          p.tensor_parallel ? checkpoint_detail::find_shard(shards, p.name) : nullptr) {
+    int64_t n = 1;
+    for (int64_t s : shard->full_shape) n *= s;
+    Tensor whole = Tensor::empty({n});
+    ckpt.read(name, 0, whole);
+    out.copy_from(take_tensor_parallel_shard(whole.reshape(shard->full_shape), *shard).reshape(out.shape()));
+    return;
+  }
+  ckpt.read(name, global_offset(p), out);
 }
 
 // The model's config against a checkpoint's (refused when they differ), then every parameter's
@@ -35,13 +46,14 @@ static void load_sharded_weights(const ShardedCheckpoint& ckpt, GptMoe& model) {
   std::set<std::string> unused;
   for (const std::string& name : ckpt.tensor_names())
     if (!name.ends_with(".exp_avg") && !name.ends_with(".exp_avg_sq")) unused.insert(name);
+  const std::vector<TensorParallelShard> shards = model.tensor_parallel_shards();
   for (Parameter& p : model.params().all()) {
-    const Shape expected = whole_shape(p, stored.num_experts);
+    const Shape expected = whole_shape(p, stored.num_experts, shards);
     AMPIPE_CHECK(ckpt.shape(p.name) == expected)
         << "checkpoint tensor '" << p.name << "' is " << shape_string(ckpt.shape(p.name))
         << ", the model needs " << shape_string(expected);
     Tensor host = Tensor::empty({p.value.numel()});
-    ckpt.read(p.name, global_offset(p), host);
+    read_local(ckpt, p.name, p, shards, host);
     p.value.copy_from(host.reshape(p.value.shape()));
     unused.erase(p.name);
   }
@@ -66,22 +78,31 @@ static TrainingProgress load_sharded_training_state(const ShardedCheckpoint& ckp
     progress.seed = std::stoull(metadata_value(meta, path, "seed"));
     const int64_t steps = std::stoll(metadata_value(meta, path, "optimizer_steps"));
     const auto& params = model.params().all();
+    const std::vector<TensorParallelShard> shards = model.tensor_parallel_shards();
     for (const Parameter& p : params)
       for (const char* suffix : {".exp_avg", ".exp_avg_sq"}) {
-        const Shape expected = whole_shape(p, model.config().num_experts);
+        const Shape expected = whole_shape(p, model.config().num_experts, shards);
         AMPIPE_CHECK(ckpt.shape(p.name + suffix) == expected)
             << path << ": '" << p.name << suffix << "' has shape "
             << shape_string(ckpt.shape(p.name + suffix)) << ", expected " << shape_string(expected);
       }
     // Names are "<param>.exp_avg(_sq)": the parameter's own offset in the whole tensor applies.
-    std::map<std::string, int64_t> offsets;
+    std::map<std::string, const Parameter*> owner;
     for (const Parameter& p : params) {
-      offsets[p.name + ".exp_avg"] = global_offset(p);
-      offsets[p.name + ".exp_avg_sq"] = global_offset(p);
+      owner[p.name + ".exp_avg"] = &p;
+      owner[p.name + ".exp_avg_sq"] = &p;
     }
-    optimizer.load_state([&](const std::string& name, int64_t begin,
-                             Tensor out) { ckpt.read(name, offsets.at(name) + begin, out); },
-                         steps);
+    optimizer.load_state(
+        [&](const std::string& name, int64_t begin, Tensor out) {
+          const Parameter& p = *owner.at(name);
+          if (!p.tensor_parallel) return ckpt.read(name, global_offset(p) + begin, out);
+          // A shard's moments (the optimizer is not sharded under tensor parallelism): the whole
+          // local tensor, then the range asked for.
+          Tensor local = Tensor::empty(p.value.shape());
+          read_local(ckpt, name, p, shards, local);
+          out.copy_from(local.reshape({local.numel()}).rows(begin, begin + out.numel()));
+        },
+        steps);
   } catch (const std::invalid_argument&) {
     AMPIPE_CHECK(false) << path << " has malformed metadata";
   } catch (const std::out_of_range&) {
@@ -112,14 +133,15 @@ void load_model_weights(const std::string& root, GptMoe& model) {
                              << "checkpoint vs flags: " << diff << ")";
   std::set<std::string> unused;
   for (const auto& [name, t] : file.tensors) unused.insert(name);
+  const std::vector<TensorParallelShard> shards = model.tensor_parallel_shards();
   for (Parameter& p : model.params().all()) {
     auto it = file.tensors.find(p.name);
     AMPIPE_CHECK(it != file.tensors.end()) << "checkpoint " << path << " lacks tensor '" << p.name << "'";
-    const Shape expected = whole_shape(p, stored.num_experts);
+    const Shape expected = whole_shape(p, stored.num_experts, shards);
     AMPIPE_CHECK(it->second.dtype() == DType::F32 && it->second.shape() == expected)
         << "checkpoint tensor '" << p.name << "' is " << dtype_name(it->second.dtype()) << " "
         << shape_string(it->second.shape()) << ", the model needs float32 " << shape_string(expected);
-    p.value.copy_from(local_slice(p, it->second));
+    p.value.copy_from(local_part(p, it->second, shards));
     unused.erase(p.name);
   }
   AMPIPE_CHECK(unused.empty()) << "checkpoint " << path << " has unexpected tensor '" << *unused.begin()
@@ -218,15 +240,16 @@ TrainingProgress load_training_state(const std::string& root, const GptMoe& mode
     progress.seed = std::stoull(get(file, path, "seed"));
     const int64_t steps = std::stoll(get(file, path, "optimizer_steps"));
     std::vector<std::pair<std::string, Tensor>> tensors;
+    const std::vector<TensorParallelShard> shards = model.tensor_parallel_shards();
     for (const Parameter& p : model.params().all()) {
       for (const char* suffix : {".exp_avg", ".exp_avg_sq"}) {
         auto it = file.tensors.find(p.name + suffix);
         AMPIPE_CHECK(it != file.tensors.end()) << path << " lacks '" << p.name << suffix << "'";
-        const Shape expected = whole_shape(p, model.config().num_experts);
+        const Shape expected = whole_shape(p, model.config().num_experts, shards);
         AMPIPE_CHECK(it->second.shape() == expected)
             << path << ": '" << p.name << suffix << "' has shape " << shape_string(it->second.shape())
             << ", expected " << shape_string(expected);
-        tensors.emplace_back(p.name + suffix, local_slice(p, it->second));
+        tensors.emplace_back(p.name + suffix, local_part(p, it->second, shards));
       }
     }
     optimizer.load_state(tensors, steps);

@@ -56,11 +56,13 @@ TrainingGroups make_training_groups(Communicator& world, const ParallelLayout& l
 void average_gradients(ParameterRegistry& params, const TrainingGroups& groups) {
   const int R = groups.size();
   if (R <= 1) return;
-  const float scale = 1.0f / static_cast<float>(R);
+  Communicator* dense = groups.data_parallel_group();
+  const float dense_scale = 1.0f / static_cast<float>(dense->size()),
+              expert_scale = 1.0f / static_cast<float>(R);
   for (Parameter& p : params.all()) {
-    Communicator* group = p.is_expert ? groups.expert_data_group.get() : groups.world;
+    Communicator* group = p.is_expert ? groups.expert_data_group.get() : dense;
     if (group->size() > 1) group->all_reduce_sum(p.grad);
-    kernels::scale_inplace(p.grad, scale);
+    kernels::scale_inplace(p.grad, p.is_expert ? expert_scale : dense_scale);
   }
 }
 
@@ -129,6 +131,9 @@ GradientBuckets::GradientBuckets(ParameterRegistry& params, const TrainingGroups
                                  bool sharded)
     : params_(params), groups_(groups), sharded_(sharded), buckets_(static_cast<size_t>(num_layers) + 1) {
   AMPIPE_CHECK(num_layers >= 1) << "gradient buckets need at least one block, got " << num_layers;
+  AMPIPE_CHECK(!sharded || groups.tensor_group == nullptr)
+      << "--use-distributed-optimizer does not combine with --tensor-model-parallel-size "
+      << groups.tensor_group->size() << " yet (its shards assume every rank holds whole parameters)";
   size_t index = 0;
   for (Parameter& p : params.all()) {
     size_t b = buckets_.size() - 1;
@@ -143,12 +148,14 @@ GradientBuckets::GradientBuckets(ParameterRegistry& params, const TrainingGroups
     space.params.push_back(&p);
     space.indices.push_back(index++);
   }
-  Communicator* world = groups.world != nullptr && groups.world->size() > 1 ? groups.world : nullptr;
+  Communicator* dense = groups.world != nullptr && groups.data_parallel_group()->size() > 1
+                            ? groups.data_parallel_group()
+                            : nullptr;
   Communicator* expert_data = groups.expert_data_group && groups.expert_data_group->size() > 1
                                   ? groups.expert_data_group.get()
                                   : nullptr;
   for (Bucket& bucket : buckets_) {
-    lay_out(bucket.dense, world);
+    lay_out(bucket.dense, dense);
     lay_out(bucket.expert, expert_data);
   }
 }
@@ -209,15 +216,16 @@ void reduce_scattered(ShardSpace& space, float scale) {
 
 void GradientBuckets::reduce(Bucket& bucket) {
   const int R = groups_.world == nullptr ? 1 : groups_.size();
-  const float scale = 1.0f / static_cast<float>(R);
+  const int DP = groups_.world == nullptr ? 1 : groups_.data_parallel_group()->size();
+  const float dense_scale = 1.0f / static_cast<float>(DP), expert_scale = 1.0f / static_cast<float>(R);
   if (sharded_) {
-    reduce_scattered(bucket.dense, scale);
-    reduce_scattered(bucket.expert, scale);
+    reduce_scattered(bucket.dense, dense_scale);
+    reduce_scattered(bucket.expert, expert_scale);
     return;
   }
   if (R <= 1) return;
-  reduce_packed(bucket.dense, scale);
-  reduce_packed(bucket.expert, scale);
+  reduce_packed(bucket.dense, dense_scale);
+  reduce_packed(bucket.expert, expert_scale);
 }
 
 void GradientBuckets::reduce_block(int64_t layer) {

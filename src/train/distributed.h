@@ -6,8 +6,12 @@
 // into R/EP expert groups of consecutive ranks {g*EP, ..., g*EP+EP-1}; rank i of a group holds
 // experts [i*E/EP, (i+1)*E/EP). Ranks holding the same experts (same position in their expert
 // groups) form an expert-data group of R/EP ranks.
-// Gradients: dense ones are summed over the world, expert ones over the expert-data group, and
-// both divided by R, which gives the gradient of the global mean loss (see GptMoe::backward).
+// Gradients: dense ones are summed over the data-parallel group (the world when T = 1) and divided
+// by its size DP; expert ones are summed over the expert-data group and divided by R. Both give the
+// gradient of the global mean loss (see GptMoe::backward): under tensor parallelism the T ranks of a
+// group hold the same tokens, so a dense gradient is already the same on each (or, for a shard,
+// its own part), while each expert has received all T copies of its tokens (T x the gradient,
+// hence 1/R = 1/(T DP)).
 #pragma once
 
 #include <cstdint>
@@ -33,8 +37,10 @@ struct TrainingGroups {
   std::unique_ptr<Communicator> expert_tensor_group;  // ETP ranks that split each expert; null when ETP = 1
   int expert_parallel_size = 1;
 
+  // The model's groups: routing statistics are summed over the data-parallel group (the ranks of a
+  // tensor group see the same tokens, so each token counts once).
   ModelParallel model_parallel() const {
-    ModelParallel p{expert_group.get(), world};
+    ModelParallel p{expert_group.get(), data_parallel_group()};
     p.tensor_group = tensor_group.get();
     return p;
   }
@@ -52,14 +58,16 @@ TrainingGroups make_training_groups(Communicator& world, int64_t requested_ep, i
 // for world.size() ranks, else ampipe::Error naming both sizes).
 TrainingGroups make_training_groups(Communicator& world, const ParallelLayout& layout);
 
-// Averages gradients as described above (collective over the world). No-op on one rank.
+// Averages gradients as described above (collective over the data-parallel and expert-data
+// groups). No-op on one rank.
 void average_gradients(ParameterRegistry& params, const TrainingGroups& groups);
 
 // The same average in buckets, so that it can overlap the backward (--overlap-grad-reduce): one
 // bucket per block (the parameters named "blocks.<l>."), one for the rest (embeddings, final norm,
-// head). A bucket's dense gradients are packed into one buffer and all-reduced over the world in
-// one call, its expert gradients over the expert-data group in another, then scaled by 1/R; the
-// result equals average_gradients' up to the summation order of the reduction itself.
+// head). A bucket's dense gradients are packed into one buffer and all-reduced over the
+// data-parallel group in one call (scaled by 1/DP), its expert gradients over the expert-data group
+// in another (scaled by 1/R); the result equals average_gradients' up to the summation order of the
+// reduction itself.
 // reduce_block(l) is collective over the world (and the expert-data group): every rank must reduce
 // the same buckets in the same order, which the streamed executor's task lists guarantee.
 //
@@ -114,7 +122,8 @@ struct ShardSpace {
 
 class GradientBuckets {
  public:
-  // Borrows both; the registry must outlive this and keep its parameters.
+  // Borrows both; the registry must outlive this and keep its parameters. `sharded` with a tensor
+  // group is refused (the distributed optimizer's spaces assume T = 1).
   GradientBuckets(ParameterRegistry& params, const TrainingGroups& groups, int64_t num_layers,
                   bool sharded = false);
   void reduce_block(int64_t layer);

@@ -39,8 +39,7 @@ EvalResult evaluate_windows(const GptMoe& model, const WindowSource& source, con
     const Tensor targets = b.targets.to(model.device());
     ForwardState state;
     model.forward(state, b.tokens.to(model.device()), targets, b.batch);
-    Tensor losses = Tensor::empty({b.batch * seq_len}, DType::F32, model.device());
-    kernels::cross_entropy_forward(state.logits, targets, losses);
+    const Tensor& losses = state.losses;  // the forward's per-token cross-entropy
     // host round trip (GPU): the per-token losses [B*N] cross to the host, where the counted
     // windows' losses are summed.
     const Tensor host_losses = losses.to(Device::CPU);

@@ -18,7 +18,8 @@ struct EvalResult {
 // Mean LM loss over windows of seq_len + 1 tokens of `data` starting at `offsets`, `batch` windows
 // per forward pass (the last pass may be smaller). With a world of R ranks (collective), rank r
 // evaluates windows r, r + R, ...; every rank runs the same number of forward passes (padding with
-// uncounted windows) and the result is the global mean over all windows.
+// uncounted windows) and the result is the global mean over all windows. Under tensor parallelism
+// `world` is the data-parallel group: the ranks of a tensor group evaluate the same windows.
 EvalResult evaluate_windows(const GptMoe& model, const std::vector<int32_t>& data,
                             const std::vector<int64_t>& offsets, int64_t seq_len, int64_t batch,
                             Communicator* world = nullptr);

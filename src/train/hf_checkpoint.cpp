@@ -445,12 +445,16 @@ void load_hf_weights(const std::string& dir, GptMoe& model) {
   std::map<std::string, Parameter*> by_name;
   for (Parameter& p : model.params().all()) by_name[p.name] = &p;
   std::set<std::string> filled;
+  // Tensor parallelism: a sharded parameter's whole (T = 1) tensor is filled, then its shard taken.
+  const std::vector<TensorParallelShard> shards = model.tensor_parallel_shards();
+  std::map<std::string, Tensor> whole;
+  for (const TensorParallelShard& s : shards) whole[s.name] = Tensor::empty(s.full_shape);
   for (const HfTensor& t : layout) {
     auto it = by_name.find(t.ampipe_name);
     AMPIPE_CHECK(it != by_name.end())
         << "the model has no parameter '" << t.ampipe_name << "' for " << t.hf_name;
     Parameter& p = *it->second;
-    Tensor dst = p.value;
+    Tensor dst = whole.count(p.name) ? whole.at(p.name) : p.value;
     if (t.row_begin >= 0) dst = dst.rows(t.row_begin, t.row_end);
     if (t.expert >= 0) {
       AMPIPE_CHECK(p.is_expert) << "parameter '" << p.name << "' is not an expert tensor";
@@ -465,6 +469,8 @@ void load_hf_weights(const std::string& dir, GptMoe& model) {
     dst.copy_from(src);
     filled.insert(p.name);
   }
+  for (const TensorParallelShard& s : shards)
+    model.params().get(s.name).value.copy_from(take_tensor_parallel_shard(whole.at(s.name), s));
   for (const Parameter& p : model.params().all())
     AMPIPE_CHECK(filled.count(p.name))
         << "the model's parameter '" << p.name << "' has no counterpart in the Hugging Face Mixtral layout";

@@ -137,17 +137,29 @@ namespace {
 // `flag` `value` (with `also`, the other flags that go with it) refused unless 1.
 void refuse_unless_one(const char* flag, int64_t value, const std::string& also) {
   AMPIPE_CHECK(value >= 1) << flag << " must be at least 1, got " << value;
-  AMPIPE_CHECK(value == 1)
-      << flag << " " << value << also
-      << ": the model does not run tensor parallelism yet (only 1, the default); `ampipe plan " << flag << " "
-      << value << also << "` prices it (docs/USAGE.md, \"Tensor parallelism\")";
+  AMPIPE_CHECK(value == 1) << flag << " " << value << also
+                           << ": this command does not run it yet (only 1, the default; `ampipe train` runs "
+                              "--tensor-model-parallel-size without --sequence-parallel); `ampipe plan "
+                           << flag << " " << value << also
+                           << "` prices it (docs/USAGE.md, \"Tensor parallelism\")";
 }
 
 }  // namespace
 
-void require_runnable_sizes(const ParallelSizes& sizes) {
-  refuse_unless_one("--tensor-model-parallel-size", sizes.tensor,
-                    sizes.sequence_parallel ? " --sequence-parallel" : "");
+void require_runnable_sizes(const ParallelSizes& sizes, bool runs_tensor_parallel) {
+  if (runs_tensor_parallel) {
+    AMPIPE_CHECK(sizes.tensor >= 1) << "--tensor-model-parallel-size must be at least 1, got "
+                                    << sizes.tensor;
+    AMPIPE_CHECK(sizes.tensor == 1 || !sizes.sequence_parallel)
+        << "--tensor-model-parallel-size " << sizes.tensor
+        << " --sequence-parallel: the model runs tensor parallelism without sequence parallelism only so "
+           "far; "
+           "leave out --sequence-parallel (`ampipe plan --tensor-model-parallel-size "
+        << sizes.tensor << " --sequence-parallel` prices it)";
+  } else {
+    refuse_unless_one("--tensor-model-parallel-size", sizes.tensor,
+                      sizes.sequence_parallel ? " --sequence-parallel" : "");
+  }
   refuse_unless_one("--expert-tensor-parallel-size", sizes.expert_tensor, "");
 }
 

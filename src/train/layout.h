@@ -84,10 +84,12 @@ void check_layout_fits_model(const ParallelLayout& layout, const ModelConfig& co
 // the world and then the model. Throws ampipe::Error as the two checks above.
 ParallelLayout make_layout(int64_t world_size, ParallelSizes sizes, const ModelConfig& config);
 
-// Refuses what the model cannot run yet: T > 1 or ETP > 1 (ampipe::Error naming the flag and its
-// value, saying that `ampipe plan` prices it). Every model-running command calls it before any
-// work. --sequence-parallel at T = 1 passes (Megatron-LM ignores it there too).
-void require_runnable_sizes(const ParallelSizes& sizes);
+// Refuses what a command cannot run yet (ampipe::Error naming the flag and its value, saying that
+// `ampipe plan` prices it): ETP > 1 always; --sequence-parallel at T > 1 always; T > 1 unless
+// `runs_tensor_parallel` (train: the model's tensor parallelism without sequence parallelism).
+// Every model-running command calls it before any work. --sequence-parallel at T = 1 passes
+// (Megatron-LM ignores it there too).
+void require_runnable_sizes(const ParallelSizes& sizes, bool runs_tensor_parallel = false);
 // The one-line note a command prints when --sequence-parallel is given at T = 1 ("" otherwise).
 std::string ignored_sequence_parallel_note(const ParallelSizes& sizes);
 

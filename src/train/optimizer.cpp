@@ -49,12 +49,20 @@ kernels::AdamWStep AdamW::hyper(const Parameter& p, double lr) const {
   return hp;
 }
 
+void AdamW::set_tensor_group(Communicator* tensor_group) {
+  AMPIPE_CHECK(tensor_group == nullptr || tensor_group->size() == 1 || !sharded())
+      << "the sharded optimizer (--use-distributed-optimizer) does not combine with tensor parallelism yet";
+  tensor_group_ = tensor_group != nullptr && tensor_group->size() > 1 ? tensor_group : nullptr;
+}
+
 double AdamW::step(double lr) {
   if (sharded()) return sharded_step(lr);
-  double dense_sq = 0, expert_sq = 0;
-  for (const Parameter& p : params_.all()) (p.is_expert ? expert_sq : dense_sq) += kernels::sum_of_squares(p.grad);
+  double dense_sq = 0, expert_sq = 0, shard_sq = 0;
+  for (const Parameter& p : params_.all())
+    (p.is_expert ? expert_sq : p.tensor_parallel ? shard_sq : dense_sq) += kernels::sum_of_squares(p.grad);
   if (expert_group_ != nullptr && expert_group_->size() > 1) expert_group_->all_reduce_sum(expert_sq);
-  const double norm = std::sqrt(dense_sq + expert_sq);
+  if (tensor_group_ != nullptr) tensor_group_->all_reduce_sum(shard_sq);
+  const double norm = std::sqrt(dense_sq + shard_sq + expert_sq);
   if (config_.clip_grad > 0 && norm > config_.clip_grad) {
     const float scale = static_cast<float>(config_.clip_grad / (norm + 1e-6));
     for (Parameter& p : params_.all()) kernels::scale_inplace(p.grad, scale);

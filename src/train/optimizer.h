@@ -54,10 +54,14 @@ class AdamW {
   // to the order in which the gradient norm is summed.
   AdamW(ParameterRegistry& params, const AdamWConfig& config, Communicator* expert_group = nullptr,
         GradientBuckets* shards = nullptr);
+  // Tensor parallelism (borrowed; nullptr or one rank = none): the group whose ranks hold different
+  // shards of the parameters marked tensor_parallel, so the clipping norm sums their squares over
+  // it (the whole parameters, the same on every rank of the group, count once). Not with shards.
+  void set_tensor_group(Communicator* tensor_group);
 
-  // Clips gradients by the global norm over the whole model (collective over the expert group, or
-  // the world when sharded), then updates every parameter (sharded: then all-gathers them,
-  // collective). Returns the norm before clipping.
+  // Clips gradients by the global norm over the whole model (collective over the expert group and
+  // the tensor group, or the world when sharded), then updates every parameter (sharded: then all-gathers
+  // them, collective). Returns the norm before clipping.
   double step(double lr);
   int64_t steps_taken() const { return step_; }
   bool sharded() const;
@@ -86,6 +90,7 @@ class AdamW {
   ParameterRegistry& params_;
   AdamWConfig config_;
   Communicator* expert_group_;
+  Communicator* tensor_group_ = nullptr;
   GradientBuckets* shards_;
   std::vector<Tensor> exp_avg_, exp_avg_sq_;  // per parameter, or per shard space when sharded
   int64_t step_ = 0;

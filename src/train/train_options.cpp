@@ -21,6 +21,14 @@ int64_t micro_batches_per_step(const TrainOptions& o, int64_t ranks) {
   return global / per_pass;
 }
 
+int64_t data_parallel_size(const TrainOptions& o, int64_t world_size) {
+  const int64_t T = o.tensor_parallel_size;
+  AMPIPE_CHECK(T >= 1 && world_size % T == 0)
+      << "--tensor-model-parallel-size " << T << " does not divide the " << world_size
+      << " rank(s); the world is T x DP ranks";
+  return world_size / T;
+}
+
 Device parse_device(const std::string& name) {
   if (name == "cpu") return Device::CPU;
   AMPIPE_CHECK(name == "cuda") << "--device '" << name << "' is not one of: cpu, cuda";
@@ -39,10 +47,28 @@ ParallelSizes parallel_sizes(const TrainOptions& o) {
   return s;
 }
 
+// What tensor parallelism does not combine with yet, refused before any work, naming the flag.
+static void check_tensor_parallel_options(const TrainOptions& o) {
+  const std::string tp = "--tensor-model-parallel-size " + std::to_string(o.tensor_parallel_size);
+  AMPIPE_CHECK(o.schedule.kind == ScheduleKind::Sequential)
+      << tp << " runs with --schedule sequential only so far (the pipelined executors do not yet run the "
+      << "tensor-parallel collectives as comm-stream tasks); got --schedule " << o.schedule.describe();
+  AMPIPE_CHECK(o.device == Device::CPU)
+      << tp
+      << " runs on the CPU only so far (the vocabulary-parallel loss is a CPU function); got --device cuda";
+  AMPIPE_CHECK(!o.use_distributed_optimizer)
+      << tp << " does not combine with --use-distributed-optimizer yet (its shards assume whole parameters)";
+  AMPIPE_CHECK(o.ckpt_format == "gathered")
+      << tp
+      << " saves the gathered checkpoint format only so far (it loads at any tensor-parallel size); got "
+      << "--ckpt-format " << o.ckpt_format;
+}
+
 void validate_train_options(const TrainOptions& o) {
   o.model.validate();
-  require_runnable_sizes(parallel_sizes(o));
+  require_runnable_sizes(parallel_sizes(o), /*runs_tensor_parallel=*/true);
   if (o.device == Device::CUDA) require_cuda("--device cuda");
+  if (o.tensor_parallel_size > 1) check_tensor_parallel_options(o);
   AMPIPE_CHECK(o.micro_batch_size >= 1) << "--micro-batch-size must be at least 1, got " << o.micro_batch_size;
   const bool full = o.recompute_granularity == "full";
   AMPIPE_CHECK(o.recompute_granularity.empty() || full || o.recompute_granularity == "selective")

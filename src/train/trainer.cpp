@@ -144,7 +144,9 @@ std::unique_ptr<Tokenizer> open_tokenizer(TrainOptions& o) {
   o.tokenizer_type = tokenizer->type();
   AMPIPE_CHECK(o.make_vocab_size_divisible_by >= 1)
       << "--make-vocab-size-divisible-by must be at least 1, got " << o.make_vocab_size_divisible_by;
-  o.model.vocab_size = padded_vocab_size(tokenizer->vocab_size(), o.make_vocab_size_divisible_by);
+  // Megatron-LM's padding: a multiple of the divisor times T, so each rank's vocabulary shard is whole.
+  o.model.vocab_size =
+      padded_vocab_size(tokenizer->vocab_size(), o.make_vocab_size_divisible_by * o.tensor_parallel_size);
   o.model.tokenizer = tokenizer->identity();
   return tokenizer;
 }
@@ -186,7 +188,8 @@ std::unique_ptr<BlockExecutor> make_block_executor(TrainOptions& o, const Traini
     o.schedule.balance_weight = balance_weight(o.model, o.schedule.moe_pipe_degree == 0);
   o.schedule.plan(N);  // refuse boundaries that do not fit the sequence before training
   if (o.overlap_moe_expert_parallel_comm == "auto")
-    choose_pairing(o, *hw, groups, *scope, micro_batches_per_step(o, world.size()), log);
+    choose_pairing(o, *hw, groups, *scope, micro_batches_per_step(o, groups.data_parallel_group()->size()),
+                   log);
   // A sequential block runs on the streams too when traced, so every schedule shows its stages, when
   // the gradient reduction overlaps the backward (on the comm stream), and when micro-batches pair.
   if (trace == nullptr && !o.overlap_grad_reduce && !pairing && o.schedule.kind == ScheduleKind::Sequential)
@@ -289,16 +292,21 @@ void log_startup(const Run& r) {
           (o.recompute_method == "uniform" ? " block(s) per recomputed group" : " block(s) recomputed") +
           " (the forward runs again before the backward; results unchanged)");
   for (const std::string& line : r.corpus.summary()) r.log(line);
-  const int64_t R = r.world.size(), A = micro_batches_per_step(o, R);
+  const int64_t R = r.world.size(), D = r.groups.data_parallel_group()->size(),
+                A = micro_batches_per_step(o, D);
   if (R > 1)
-    r.log("parallel: " + std::to_string(R) + " ranks, expert-parallel size " +
-          std::to_string(r.groups.expert_parallel_size) + " (" +
-          std::to_string(o.model.num_experts / r.groups.expert_parallel_size) + " experts per rank), global batch " +
-          std::to_string(global_batch(o, R)) + " sequences, transport " + r.world.backend());
+    r.log("parallel: " + std::to_string(R) + " ranks, " +
+          (R != D ? "tensor-parallel size " + std::to_string(R / D) + " (data-parallel " + std::to_string(D) +
+                        "), "
+                  : std::string()) +
+          "expert-parallel size " + std::to_string(r.groups.expert_parallel_size) + " (" +
+          std::to_string(o.model.num_experts / r.groups.expert_parallel_size) +
+          " experts per rank), global batch " + std::to_string(global_batch(o, D)) +
+          " sequences, transport " + r.world.backend());
   if (A > 1)
-    r.log("batch: global " + std::to_string(global_batch(o, R)) + " sequences = " + std::to_string(A) +
-          " micro-batches of " + std::to_string(o.micro_batch_size) + " x " + std::to_string(R) +
-          " rank(s), gradients accumulated (--global-batch-size)");
+    r.log("batch: global " + std::to_string(global_batch(o, D)) + " sequences = " + std::to_string(A) +
+          " micro-batches of " + std::to_string(o.micro_batch_size) + " x " + std::to_string(D) +
+          " data-parallel rank(s), gradients accumulated (--global-batch-size)");
 }
 
 struct Step {
@@ -308,11 +316,12 @@ struct Step {
 };
 
 // Micro-batch m of this rank in iteration `it`: Megatron's order, so the samples of a step do not
-// depend on how it is split. The global batch [it G, (it + 1) G) is taken B x R at a time, rank r
-// reading the r-th B of each (m-th) piece.
+// depend on how it is split. The global batch [it G, (it + 1) G) is taken B x DP at a time,
+// data-parallel rank d reading the d-th B of each (m-th) piece (every rank of a tensor group the same).
 Batch micro_batch(const Run& r, const std::vector<int64_t>& global, int64_t m) {
-  const int64_t B = r.o.micro_batch_size, N = r.o.model.max_seq_len, R = r.world.size();
-  const int64_t first = (m * R + r.world.rank()) * B;
+  const Communicator& data = *r.groups.data_parallel_group();
+  const int64_t B = r.o.micro_batch_size, N = r.o.model.max_seq_len, D = data.size();
+  const int64_t first = (m * D + data.rank()) * B;
   return make_batch(r.corpus.train(), std::vector<int64_t>(global.begin() + first, global.begin() + first + B), N);
 }
 
@@ -322,9 +331,9 @@ Batch micro_batch(const Run& r, const std::vector<int64_t>& global, int64_t m) {
 Step train_step(Run& r, int64_t it) {
   const TrainOptions& o = r.o;
   const int64_t B = o.micro_batch_size, rank = r.world.rank(), R = r.world.size();
-  const int64_t A = micro_batches_per_step(o, R);
+  const int64_t D = r.groups.data_parallel_group()->size(), A = micro_batches_per_step(o, D);
   Step step;
-  const std::vector<int64_t> global = r.corpus.training_ids(it, global_batch(o, R));
+  const std::vector<int64_t> global = r.corpus.training_ids(it, global_batch(o, D));
   r.model.params().zero_grad();
   step.lr = learning_rate(o.lr, it);
   bool finite = true;
@@ -503,7 +512,7 @@ bool after_step(Run& r, std::ofstream& metrics, Window& window, const Step& step
   bool saved = false;
   if (!o.save.empty() && (last || exit_now || (o.save_interval > 0 && done % o.save_interval == 0))) {
     try {
-      TrainingProgress progress{done, o.seed, schedule_settings(o, r.world.size())};
+      TrainingProgress progress{done, o.seed, schedule_settings(o, r.groups.data_parallel_group()->size())};
       const auto save_start = std::chrono::steady_clock::now();
       const int64_t resident_before = resident_bytes();
       r.buckets.gather_all();
@@ -543,15 +552,16 @@ bool after_step(Run& r, std::ofstream& metrics, Window& window, const Step& step
 TrainResult train_loop(Run& r, const Tokenizer* tokenizer) {
   const TrainOptions& o = r.o;
   const int rank = r.world.rank();
-  const int64_t N = o.model.max_seq_len, B = o.micro_batch_size, R = r.world.size();
+  const int64_t N = o.model.max_seq_len, B = o.micro_batch_size, D = r.groups.data_parallel_group()->size();
   std::ofstream metrics;
   if (!o.metrics_file.empty() && rank == 0) {
     metrics.open(o.metrics_file, r.start > 0 ? std::ios::app : std::ios::trunc);
     AMPIPE_CHECK(metrics.good()) << "cannot open --metrics-file '" << o.metrics_file << "' for writing";
   }
-  const std::vector<int64_t> val_ids = r.corpus.validation_ids(o.eval_iters * B * R);
-  auto validation_loss = [&]() {
-    return evaluate_windows(r.model, r.corpus.validation(), val_ids, N, B, &r.world).loss;
+  const std::vector<int64_t> val_ids = r.corpus.validation_ids(o.eval_iters * B * D);
+  auto validation_loss = [&]() {  // each tensor group evaluates its data-parallel rank's windows
+    return evaluate_windows(r.model, r.corpus.validation(), val_ids, N, B, r.groups.data_parallel_group())
+        .loss;
   };
   using clock = std::chrono::steady_clock;
   const auto run_start = clock::now();
@@ -561,7 +571,8 @@ TrainResult train_loop(Run& r, const Tokenizer* tokenizer) {
     result.iterations = done;
     result.seconds = std::chrono::duration<double>(clock::now() - run_start).count();
     result.tokens_per_sec =
-        result.seconds > 0 ? static_cast<double>((done - r.start) * global_batch(o, R) * N) / result.seconds : 0.0;
+        result.seconds > 0 ? static_cast<double>((done - r.start) * global_batch(o, D) * N) / result.seconds
+                           : 0.0;
     if (r.corpus.bytes_per_token() > 0)
       result.final_val_nats_per_byte = result.final_val_loss / r.corpus.bytes_per_token();
     return result;
@@ -575,7 +586,7 @@ TrainResult train_loop(Run& r, const Tokenizer* tokenizer) {
       r.trace.mark_origin();
     }
     const Step step = train_step(r, it);
-    window.tokens += global_batch(o, R) * N;
+    window.tokens += global_batch(o, D) * N;
     window.data_seconds += step.data_seconds;
     result.final_loss = step.loss.lm_loss;
     if (after_step(r, metrics, window, step, it + 1, run_start, tokenizer, result, validation_loss))
@@ -620,14 +631,15 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   if (rank == 0 && !o.metrics_file.empty()) prepare_output_file("--metrics-file", o.metrics_file);
   if (rank == 0 && !o.trace_file.empty()) prepare_output_file("--trace", o.trace_file);
   resolve_load(o, log);
-  resume_schedule(o, R, log);
+  const int64_t D = data_parallel_size(o, R);  // the ranks of a tensor group share each micro-batch
+  resume_schedule(o, D, log);
   // Refuses a global batch that does not divide, and pairing with nothing to pair, before any data is read.
-  const int64_t A = micro_batches_per_step(o, R);
+  const int64_t A = micro_batches_per_step(o, D);
   AMPIPE_CHECK(o.overlap_moe_expert_parallel_comm == "off" || A >= 2)
       << "--overlap-moe-expert-parallel-comm pairs one micro-batch's backward with the next one's forward, "
-      << "and each step runs " << A << " micro-batch (global batch " << global_batch(o, R)
-      << " = micro-batch " << o.micro_batch_size << " x " << R
-      << " rank(s)); give --global-batch-size of at least " << 2 * o.micro_batch_size * R;
+      << "and each step runs " << A << " micro-batch (global batch " << global_batch(o, D)
+      << " = micro-batch " << o.micro_batch_size << " x " << D
+      << " data-parallel rank(s)); give --global-batch-size of at least " << 2 * o.micro_batch_size * D;
   // A finished run restarted (e.g. by a job script): said before any data is read.
   if (const int64_t at = o.load.empty() ? -1 : checkpoint_iteration(o.load); at == o.train_iters) {
     log("nothing to do: the checkpoint is at iteration " + std::to_string(at) + " of " +
@@ -642,7 +654,7 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   TrainingGroups groups = make_training_groups(world, make_layout(R, parallel_sizes(o), o.model));
   o.lr.decay_iters = o.train_iters;
   const int64_t N = o.model.max_seq_len, B = o.micro_batch_size;
-  CorpusOptions co{o.data_path, o.split, N, o.seed, o.train_iters * global_batch(o, R), o.eval_iters * B * R};
+  CorpusOptions co{o.data_path, o.split, N, o.seed, o.train_iters * global_batch(o, D), o.eval_iters * B * D};
   const TrainingCorpus corpus(co, *tokenizer, o.model.vocab_size);
   o.model.selective_recompute = o.recompute_granularity == "selective";
   GptMoe model(o.model, groups.model_parallel(), o.device);
@@ -658,6 +670,7 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   GradientBuckets buckets(model.params(), groups, o.model.num_layers, o.use_distributed_optimizer);
   buckets.defer_param_gathers(o.overlap_param_gather);
   AdamW optimizer(model.params(), o.adamw, groups.expert_group.get(), &buckets);
+  optimizer.set_tensor_group(groups.tensor_group.get());
   const int64_t start = load_or_resume(o, model, optimizer, log);
   Run run{o, world, log, groups, model, optimizer, corpus, trace, tracing, start, buckets};
   log_startup(run);

@@ -66,8 +66,9 @@ struct TrainOptions {
   std::string metrics_file;     // JSON Lines, one object per logged iteration ("" = none)
   int64_t expert_parallel_size = 0;  // EP; 0 = the largest divisor of the world size and E
   // Tensor parallelism (train/layout.h): --tensor-model-parallel-size T, --sequence-parallel,
-  // --expert-tensor-parallel-size ETP. The model runs T = ETP = 1 only: validate_train_options
-  // refuses more (require_runnable_sizes); sequence_parallel at T = 1 is ignored.
+  // --expert-tensor-parallel-size ETP. The model runs T > 1 without sequence parallelism, on the
+  // CPU, --schedule sequential, gathered checkpoints, no distributed optimizer, and ETP = 1:
+  // validate_train_options refuses the rest; sequence_parallel at T = 1 is ignored.
   int64_t tensor_parallel_size = 1;
   bool sequence_parallel = false;
   int64_t expert_tensor_parallel_size = 1;
@@ -125,8 +126,12 @@ const char* device_flag_name(Device device);
 
 // The global batch of `o` on `ranks` ranks (--global-batch-size, or micro-batch x ranks), and the
 // micro-batches each rank runs per step (throws ampipe::Error naming the flags when it does not divide).
+// `ranks` is the data-parallel size DP (data_parallel_size): the ranks of a tensor group share one
+// micro-batch, as in Megatron-LM.
 int64_t global_batch(const TrainOptions& o, int64_t ranks);
 int64_t micro_batches_per_step(const TrainOptions& o, int64_t ranks);
+// DP = world_size / --tensor-model-parallel-size (refused, naming both, when it does not divide).
+int64_t data_parallel_size(const TrainOptions& o, int64_t world_size);
 // Throws ampipe::Error naming the first bad option and what is allowed (run_training calls it).
 void validate_train_options(const TrainOptions& o);
 // The parallel sizes the options ask for (train/layout.h); expert 0 = the default EP.

@@ -1,6 +1,8 @@
 // The tensor-parallel flags on the command line (cli/parallel_flags.h): every model-running command
-// takes them, explains them in --help, refuses T > 1 and ETP > 1 before any work naming the value,
-// and accepts --sequence-parallel at T = 1 with a one-line note.
+// takes them and explains them in --help; eval, sample and bench refuse T > 1, every command ETP > 1
+// and --sequence-parallel at T > 1, before any work naming the value; train runs T > 1 (on one
+// rank, T = 2 does not divide the world and is refused by the layout) and accepts
+// --sequence-parallel at T = 1 with a one-line note.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -33,22 +35,29 @@ TEST(CliTensorParallel, HelpOfEveryModelCommandExplainsTheThreeFlags) {
   for (const char* command : {"train", "eval", "sample", "bench"}) {
     const RunResult r = run_ampipe(std::string(command) + " --help");
     ASSERT_EQ(r.status, 0) << command;
+    const bool train = std::string(command) == "train";
     for (const char* part :
          {"--tensor-model-parallel-size INT=1", "--sequence-parallel", "At T = 1 accepted and ignored",
-          "--expert-tensor-parallel-size INT=1", "Only 1 runs today"})
+          "--expert-tensor-parallel-size INT=1", "Only 1 runs today",
+          train ? "The embedding and LM head split the vocabulary" : "This command runs only 1 today"})
       EXPECT_NE(r.output.find(part), std::string::npos) << command << ": " << part;
   }
 }
 
-TEST(CliTensorParallel, MoreThanOneRankOfTensorParallelismIsRefusedBeforeAnyWork) {
+TEST(CliTensorParallel, WhatACommandDoesNotRunIsRefusedBeforeAnyWork) {
   for (const char* command : kCommands) {
     const std::string c = command;
-    expect_refused(c + " --tensor-model-parallel-size 2",
-                   "--tensor-model-parallel-size 2: the model does not run tensor parallelism yet");
+    if (c.rfind("train", 0) == 0) {
+      expect_refused(c + " --tensor-model-parallel-size 2",
+                     "--tensor-model-parallel-size 2 does not divide the 1 rank(s)");
+    } else {
+      expect_refused(c + " --tensor-model-parallel-size 2",
+                     "--tensor-model-parallel-size 2: this command does not run it yet");
+    }
     expect_refused(c + " --tensor-model-parallel-size 4 --sequence-parallel",
                    "`ampipe plan --tensor-model-parallel-size 4 --sequence-parallel` prices it");
     expect_refused(c + " --expert-tensor-parallel-size 2",
-                   "--expert-tensor-parallel-size 2: the model does not run tensor parallelism yet");
+                   "--expert-tensor-parallel-size 2: this command does not run it yet");
     expect_refused(c + " --tensor-model-parallel-size 0",
                    "--tensor-model-parallel-size must be at least 1, got 0");
   }

@@ -173,7 +173,7 @@ TEST(ParallelLayout, DefaultExpertParallelSizeLeavesRoomForETP) {
   EXPECT_EQ(make_layout(8, s, c).size(ParallelDim::Expert), 4);
 }
 
-TEST(ParallelLayout, TensorParallelIsRefusedUntilTheModelRunsIt) {
+TEST(ParallelLayout, WhatACommandDoesNotRunIsRefused) {
   ParallelSizes s;
   EXPECT_NO_THROW(require_runnable_sizes(s));
   s.sequence_parallel = true;  // at T = 1: ignored, with a note
@@ -182,10 +182,18 @@ TEST(ParallelLayout, TensorParallelIsRefusedUntilTheModelRunsIt) {
   s.tensor = 2;
   EXPECT_EQ(ignored_sequence_parallel_note(s), "");
   const std::string t = error_of([&] { require_runnable_sizes(s); });
-  EXPECT_NE(t.find("--tensor-model-parallel-size 2 --sequence-parallel: the model does not run tensor "
-                   "parallelism yet"),
+  EXPECT_NE(t.find("--tensor-model-parallel-size 2 --sequence-parallel: this command does not run it yet"),
             std::string::npos)
       << t;
+  // train runs T > 1, but not with --sequence-parallel yet.
+  const std::string sp = error_of([&] { require_runnable_sizes(s, /*runs_tensor_parallel=*/true); });
+  EXPECT_NE(sp.find("--tensor-model-parallel-size 2 --sequence-parallel: the model runs tensor parallelism "
+                    "without sequence parallelism only so far"),
+            std::string::npos)
+      << sp;
+  s.sequence_parallel = false;
+  EXPECT_NO_THROW(require_runnable_sizes(s, true));
+  s.sequence_parallel = true;
   EXPECT_NE(t.find("`ampipe plan --tensor-model-parallel-size 2 --sequence-parallel` prices it"),
             std::string::npos)
       << t;
@@ -193,8 +201,9 @@ TEST(ParallelLayout, TensorParallelIsRefusedUntilTheModelRunsIt) {
   s.expert_tensor = 4;
   EXPECT_NE(error_of([&] {
               require_runnable_sizes(s);
-            }).find("--expert-tensor-parallel-size 4: the model does not run tensor parallelism yet"),
+            }).find("--expert-tensor-parallel-size 4: this command does not run it yet"),
             std::string::npos);
+  EXPECT_THROW(require_runnable_sizes(s, true), Error);
 }
 
 }  // namespace

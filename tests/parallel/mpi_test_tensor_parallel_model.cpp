@@ -1,0 +1,330 @@
+// The whole model under tensor parallelism (model/gpt.h, train/trainer.h) on 2 and 4 ranks, under
+// mpirun, against one rank:
+//   - GptMoe split over tensor groups of T ranks (T = 2, and T = 4 on 4 ranks), both families, GQA
+//     with its query groups split: the initial weights are the one-rank model's shards bit for bit;
+//     the loss, the logits (gathered) and every gradient (shards placed into the full tensors) equal
+//     the one-rank model's within grad_check.h's rule;
+//   - `train` with T > 1 follows T = 1 for 20 steps (losses, validation loss, final checkpoint), and
+//     a run saved at T = 2 resumes at T = 1 (and the other way round) like the uninterrupted run:
+//     checkpoints are layout-independent;
+//   - what T > 1 does not run yet is refused before any work, naming the flag.
+#include <gtest/gtest.h>
+
+#include <cmath>
+#include <filesystem>
+#include <fstream>
+#include <memory>
+#include <nlohmann/json.hpp>
+#include <string>
+#include <vector>
+
+#include "grad_check.h"
+#include "model/gpt.h"
+#include "parallel/mpi_gtest_main.h"
+#include "test_util.h"
+#include "train/safetensors.h"
+#include "train/trainer.h"
+
+namespace ampipe {
+namespace {
+
+std::unique_ptr<Communicator> g_world;
+
+using ::ampipe::testing::error_of;
+using ::ampipe::testing::expect_gradient_matches;
+using ::ampipe::testing::GradientTolerance;
+using ::ampipe::testing::to_double;
+
+// The sharded model differs from the whole one only in float32 summation order (the row-parallel
+// projection's and the head's input-gradient reductions add T partial GEMMs; the vocabulary-parallel
+// loss sums exponentials by shard in double and uses std::exp, model/vocab_parallel.h). Gradients
+// are O(1e-2) here: grad_check.h's rule with a floor of 1e-5 (atol < floor / 2) and rtol 1e-3 is
+// thousands of times the ~1e-7 relative rounding, and still fails a zeroed, halved or negated
+// gradient.
+constexpr GradientTolerance kTolerance{1e-5, 4e-6, 1e-3, 0.99999, 1e-3};
+
+struct ModelCase {
+  const char* name;
+  bool mixtral;
+  int64_t groups;  // query groups (KV heads); the model has 4 heads
+  int T;           // tensor-parallel size; 0 = the world size
+};
+
+ModelConfig model_config(const ModelCase& c) {
+  ModelConfig m;
+  if (c.mixtral) m.set_family("mixtral");
+  m.vocab_size = 64;
+  m.max_seq_len = 12;
+  m.hidden_size = 32;
+  m.num_attention_heads = 4;
+  m.num_query_groups = c.groups;
+  m.num_layers = 2;
+  m.num_experts = 4;
+  m.ffn_hidden_size = 24;
+  m.top_k = 2;
+  return m;
+}
+
+// The full tensor of a parameter from every rank's shard (zeros elsewhere, summed over the group:
+// exact), or the parameter itself when it is whole.
+Tensor whole(const GptMoe& model, const Parameter& p, const Tensor& local) {
+  if (!p.tensor_parallel) return local;
+  for (const TensorParallelShard& s : model.tensor_parallel_shards()) {
+    if (s.name != p.name) continue;
+    Tensor full = Tensor::zeros(s.full_shape);
+    place_tensor_parallel_shard(local, s, full);
+    model.tensor_group()->all_reduce_sum(full);
+    return full;
+  }
+  ADD_FAILURE() << p.name << " is marked tensor-parallel but has no shard";
+  return local;
+}
+
+class TensorParallelModel : public ::testing::TestWithParam<ModelCase> {};
+
+TEST_P(TensorParallelModel, LossLogitsAndEveryGradientEqualOneRank) {
+  const ModelCase c = GetParam();
+  const int W = g_world->size(), rank = g_world->rank();
+  const int T = c.T == 0 ? W : c.T;
+  if (W % T != 0) GTEST_SKIP() << "T = " << T << " does not divide " << W << " ranks";
+  std::unique_ptr<Communicator> tp = g_world->split(rank / T, rank % T);
+  ModelParallel parallel;
+  parallel.tensor_group = tp.get();
+  const ModelConfig config = model_config(c);
+  GptMoe sharded(config, parallel);
+  GptMoe reference(config);  // this rank alone, every parameter whole
+  sharded.initialize(5);
+  reference.initialize(5);
+  EXPECT_EQ(sharded.tensor_parallel_shards().size(),
+            static_cast<size_t>(config.num_layers * (c.mixtral ? 4 : 3) + (c.mixtral ? 2 : 1)))
+      << "shards: every block's input and output projections (GPT: weight and bias of the fused QKV), "
+         "the embedding and, untied, the head";
+
+  // Every tensor group sees its own tokens (the group index seeds them); all its ranks the same.
+  const int64_t B = 2, N = config.max_seq_len;
+  std::vector<int32_t> ids(B * N), next(B * N);
+  for (int64_t i = 0; i < B * N; ++i) {
+    ids[i] = static_cast<int32_t>((i * 7 + 3 * (rank / T)) % config.vocab_size);
+    next[i] = static_cast<int32_t>((i * 11 + 5 + rank / T) % config.vocab_size);
+  }
+  // Ids at both ends of every rank's vocabulary shard (the embedding's and the loss's borders).
+  const int64_t shard = config.vocab_size / T;
+  for (int t = 0; t < T; ++t) {
+    ids[2 * t] = static_cast<int32_t>(t * shard);
+    next[2 * t + 1] = static_cast<int32_t>((t + 1) * shard - 1);
+  }
+  const Tensor tokens = Tensor::from_ints({B * N}, ids), targets = Tensor::from_ints({B * N}, next);
+
+  for (Parameter& p : sharded.params().all())
+    EXPECT_EQ(whole(sharded, p, p.value).to_vector(), reference.params().get(p.name).value.to_vector())
+        << p.name << ": the initial weights are not the one-rank model's";
+
+  ForwardState s, r;
+  const LossParts ls = sharded.forward(s, tokens, targets, B);
+  const LossParts lr = reference.forward(r, tokens, targets, B);
+  EXPECT_NEAR(ls.lm_loss, lr.lm_loss, 2e-6 * (1 + std::abs(lr.lm_loss)));
+  EXPECT_NEAR(ls.aux_loss, lr.aux_loss, 1e-6 * (1 + std::abs(lr.aux_loss)));
+  EXPECT_EQ(s.logits.dim(1), shard) << "a rank holds only its vocabulary's logits";
+  sharded.backward(s);
+  reference.backward(r);
+  for (Parameter& p : sharded.params().all()) {
+    const Tensor full = whole(sharded, p, p.grad);
+    expect_gradient_matches(to_double(full), to_double(reference.params().get(p.name).grad), kTolerance,
+                            p.name + " (rank " + std::to_string(rank) + ", T = " + std::to_string(T) + ")");
+  }
+  // The gathered logits (model.logits, collective) against the whole model's.
+  const std::vector<double> gathered = to_double(sharded.logits(tokens, B));
+  const std::vector<double> expected = to_double(reference.logits(tokens, B));
+  ASSERT_EQ(gathered.size(), expected.size());
+  double worst = 0;
+  for (size_t i = 0; i < gathered.size(); ++i)
+    worst = std::max(worst, std::abs(gathered[i] - expected[i]) / (1e-3 + std::abs(expected[i])));
+  EXPECT_LT(worst, 1e-4) << "the gathered logits differ from the one-rank model's";
+}
+
+INSTANTIATE_TEST_SUITE_P(
+    Families, TensorParallelModel,
+    ::testing::Values(ModelCase{"GptT2", false, 0, 2}, ModelCase{"GptWorld", false, 0, 0},
+                      ModelCase{"MixtralGqaT2", true, 2, 2}, ModelCase{"MixtralT4", true, 4, 4}),
+    [](const ::testing::TestParamInfo<ModelCase>& p) { return std::string(p.param.name); });
+
+std::string shared_dir(const std::string& name) {
+  std::string dir =
+      (std::filesystem::path(::testing::TempDir()) / ("ampipe_tp_" + name + "_" + std::to_string(::getpid())))
+          .string();
+  g_world->broadcast_bytes(dir, 0);
+  if (g_world->rank() == 0) {
+    std::filesystem::remove_all(dir);
+    std::filesystem::create_directories(dir);
+    std::string text;
+    for (int i = 0; i < 200; ++i)
+      text += "And the LORD spake unto Moses, saying, Speak unto the children of Israel. ";
+    std::ofstream(dir + "/corpus.txt") << text;
+  }
+  g_world->barrier();
+  return dir;
+}
+
+TrainOptions small_options(const std::string& dir, bool mixtral) {
+  TrainOptions o;
+  if (mixtral) {
+    o.model.set_family("mixtral");
+    o.model.num_query_groups = 2;
+  }
+  o.model.max_seq_len = 16;
+  o.model.hidden_size = 16;
+  o.model.num_attention_heads = 4;
+  o.model.num_layers = 2;
+  o.model.num_experts = 4;
+  o.model.ffn_hidden_size = 24;
+  o.model.top_k = 2;
+  o.micro_batch_size = 1;
+  o.global_batch_size = 4;
+  // The load-balancing loss is per micro-batch (as in Megatron), and T = 2 runs twice as many
+  // micro-batches a step as T = 1: without it the step's gradient is the same whatever the split.
+  o.model.aux_loss_weight = 0;
+  o.lr = LrSchedule{3e-3, 3e-4, 2, 1};
+  o.train_iters = 20;
+  o.eval_interval = 10;
+  o.eval_iters = 2;
+  o.log_interval = 1;
+  o.data_path = {dir + "/corpus.txt"};
+  return o;
+}
+
+std::vector<double> metric(const std::string& path, const char* key) {
+  std::vector<double> out;
+  std::ifstream in(path);
+  for (std::string line; std::getline(in, line);)
+    out.push_back(nlohmann::json::parse(line)[key].get<double>());
+  return out;
+}
+
+TrainResult train(TrainOptions o, const std::string& log_name = "") {
+  std::string log;
+  TrainResult r = run_training(
+      o, [&log](const std::string& line) { log += line + "\n"; }, g_world.get());
+  if (!log_name.empty() && g_world->rank() == 0) std::ofstream(log_name) << log;
+  return r;
+}
+
+class TensorParallelTraining : public ::testing::TestWithParam<bool> {};
+
+// T = 2 over the world (DP = W / 2) against T = 1 (DP = W), the same global batch of 4 sequences: the
+// same samples each step, so the same losses and weights to rounding. Validation reads eval_iters x
+// B x DP windows, so T = 2 takes twice the eval_iters to read the same ones. Then the layout changes
+// through checkpoints: T = 2's iteration-10 checkpoint resumed at T = 1, and T = 1's at T = 2, each
+// ending like the uninterrupted run.
+TEST_P(TensorParallelTraining, FollowsTensorParallelSizeOneAndResumesAcrossLayouts) {
+  const bool mixtral = GetParam();
+  const std::string dir = shared_dir(mixtral ? "train_mixtral" : "train_gpt");
+  TrainOptions one = small_options(dir, mixtral);
+  one.save = dir + "/t1";
+  one.save_interval = 10;
+  one.metrics_file = dir + "/t1.jsonl";
+  const TrainResult r1 = train(one);
+  TrainOptions two = one;
+  two.tensor_parallel_size = 2;
+  two.eval_iters = 2 * one.eval_iters;
+  two.save = dir + "/t2";
+  two.metrics_file = dir + "/t2.jsonl";
+  const TrainResult r2 = train(two, dir + "/t2.log");
+  EXPECT_NEAR(r2.final_val_loss, r1.final_val_loss, 1e-4 * (1 + std::abs(r1.final_val_loss)));
+
+  TrainOptions t2_then_t1 = one;  // T = 2's checkpoint at iteration 10, resumed at T = 1
+  t2_then_t1.save = dir + "/t2_t1";
+  t2_then_t1.metrics_file = dir + "/t2_t1.jsonl";
+  t2_then_t1.load = dir + "/t2/iter_0000010";
+  const TrainResult r21 = train(t2_then_t1);
+  TrainOptions t1_then_t2 = two;  // and T = 1's resumed at T = 2
+  t1_then_t2.save = dir + "/t1_t2";
+  t1_then_t2.metrics_file = dir + "/t1_t2.jsonl";
+  t1_then_t2.load = dir + "/t1/iter_0000010";
+  const TrainResult r12 = train(t1_then_t2);
+  EXPECT_EQ(r21.iterations, 20);
+  EXPECT_EQ(r12.iterations, 20);
+
+  if (g_world->rank() == 0) {
+    std::ifstream log_file(dir + "/t2.log");
+    const std::string log((std::istreambuf_iterator<char>(log_file)), std::istreambuf_iterator<char>());
+    EXPECT_NE(log.find("tensor-parallel size 2"), std::string::npos) << log;
+    EXPECT_NE(log.find("  tp groups: [0 1]"), std::string::npos) << log;
+    const std::vector<double> a = metric(one.metrics_file, "loss"), b = metric(two.metrics_file, "loss");
+    ASSERT_EQ(a.size(), 20u);
+    ASSERT_EQ(b.size(), 20u);
+    for (size_t i = 0; i < a.size(); ++i)
+      EXPECT_NEAR(b[i], a[i], 1e-4 * (1 + std::abs(a[i]))) << "iteration " << i + 1;
+    // The gradient norm before clipping: AdamW would hide a wrongly scaled gradient from the losses,
+    // not from this (the shards' squares summed over the tensor group, the whole parameters once).
+    const std::vector<double> na = metric(one.metrics_file, "grad_norm"),
+                              nb = metric(two.metrics_file, "grad_norm");
+    ASSERT_EQ(nb.size(), na.size());
+    for (size_t i = 0; i < na.size(); ++i)
+      EXPECT_NEAR(nb[i], na[i], 1e-4 * na[i]) << "grad_norm, iteration " << i + 1;
+    for (const std::string& resumed : {t2_then_t1.metrics_file, t1_then_t2.metrics_file}) {
+      const std::vector<double> c = metric(resumed, "loss");
+      ASSERT_EQ(c.size(), 10u) << resumed;
+      for (size_t i = 0; i < c.size(); ++i)
+        EXPECT_NEAR(c[i], a[10 + i], 1e-4 * (1 + std::abs(a[10 + i]))) << resumed << " iteration " << 11 + i;
+    }
+    // Gathered checkpoints: every tensor whole, whatever T, and the same weights to rounding.
+    const SafetensorsFile f1 = read_safetensors(one.save + "/iter_0000020/model.safetensors");
+    for (const std::string& other : {two.save, t2_then_t1.save, t1_then_t2.save}) {
+      const SafetensorsFile f = read_safetensors(other + "/iter_0000020/model.safetensors");
+      ASSERT_EQ(f.tensors.size(), f1.tensors.size()) << other;
+      for (const auto& [name, t] : f1.tensors) {
+        ASSERT_TRUE(f.tensors.count(name)) << other << ": " << name;
+        ASSERT_EQ(f.tensors.at(name).shape(), t.shape()) << other << ": " << name;
+        testing::expect_close(f.tensors.at(name), to_double(t), 5e-5, 1e-3, (other + ": " + name).c_str());
+      }
+    }
+  }
+  g_world->barrier();
+}
+
+INSTANTIATE_TEST_SUITE_P(Families, TensorParallelTraining, ::testing::Bool(),
+                         [](const ::testing::TestParamInfo<bool>& p) {
+                           return p.param ? std::string("Mixtral") : std::string("Gpt");
+                         });
+
+// Refused before any work, on every rank, naming the flag: what T > 1 does not combine with yet,
+// and a T that does not divide the heads.
+TEST(TensorParallelTraining, WhatItDoesNotRunYetIsRefusedNamingTheFlag) {
+  const std::string dir = shared_dir("refusals");
+  TrainOptions o = small_options(dir, false);
+  o.tensor_parallel_size = 2;
+  TrainOptions pipelined = o;
+  pipelined.schedule.kind = ScheduleKind::AmPipe;
+  pipelined.schedule.pipe_degree = 2;
+  EXPECT_NE(error_of([&] {
+              train(pipelined);
+            }).find("--tensor-model-parallel-size 2 runs with --schedule sequential only"),
+            std::string::npos);
+  TrainOptions distributed = o;
+  distributed.use_distributed_optimizer = true;
+  EXPECT_NE(error_of([&] { train(distributed); }).find("does not combine with --use-distributed-optimizer"),
+            std::string::npos);
+  TrainOptions sequence = o;
+  sequence.sequence_parallel = true;
+  EXPECT_NE(error_of([&] { train(sequence); })
+                .find("--sequence-parallel: the model runs tensor parallelism "
+                      "without sequence parallelism only so far"),
+            std::string::npos);
+  if (g_world->size() >= 2) {
+    TrainOptions heads = o;
+    heads.tensor_parallel_size = g_world->size() == 4 ? 4 : 2;
+    heads.model.num_attention_heads = heads.tensor_parallel_size == 4 ? 2 : 1;
+    const std::string e = error_of([&] { train(heads); });
+    EXPECT_NE(e.find("--tensor-model-parallel-size " + std::to_string(heads.tensor_parallel_size)),
+              std::string::npos)
+        << e;
+    EXPECT_NE(e.find("heads"), std::string::npos) << e;
+  }
+}
+
+}  // namespace
+}  // namespace ampipe
+
+int main(int argc, char** argv) {
+  return ampipe::testing::run_mpi_tests(argc, argv, ampipe::g_world, "mpi_test_tensor_parallel_model");
+}
