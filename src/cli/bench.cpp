@@ -97,13 +97,17 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
   cmd->add_option("--threads", o.threads, "Compute threads per rank")->capture_default_str();
   add_device_flags(*cmd, o.device, o.distributed_backend, "the blocks run");
   add_precision_flag(*cmd, o.bf16, "the blocks run");
-  add_tensor_parallel_flags(*cmd, o.tensor_parallel, "the blocks run");
+  add_tensor_parallel_flags(*cmd, o.tensor_parallel, "the blocks run",
+                            "Consecutive groups of T ranks read the same tokens; every schedule runs the "
+                            "attention's all-reduces as comm-stream tasks (their time is in comm_ms)");
   cmd->add_option("--link", o.link,
                   "Label of the link rate in the output; default $AMPIPE_LINK (set by scripts/netem.sh), else "
                   "'unshaped'");
   cmd->add_option("--json-out", o.json_out, "Write one JSON object per case to this file (JSON Lines; truncated)");
   cmd->add_option("--trace", o.trace, "Write a Chrome trace of every case's last repeat to this file");
-  cmd->add_option("--seed", o.seed, "Seed of the parameters and inputs (rank r uses its own tokens)")
+  cmd->add_option("--seed", o.seed,
+                  "Seed of the parameters and inputs (each data-parallel rank its own tokens; the ranks of a "
+                  "tensor-parallel group the same)")
       ->check(unsigned_integer())
       ->capture_default_str();
   cmd->add_flag("--predict-only", o.predict_only,
@@ -407,7 +411,7 @@ void write_bench_trace(BenchRun& run) {
 }  // namespace
 
 int run_bench(const BenchOptions& o, Communicator& world_in) {
-  check_tensor_parallel_flags(o.tensor_parallel, world_in, "bench");
+  check_tensor_parallel_flags(o.tensor_parallel, world_in, "bench", /*runs_tensor_parallel=*/true);
   check_scalar_flags(o);
   const Device device = parse_device(o.device);
   std::unique_ptr<Communicator> staged;

@@ -111,6 +111,7 @@ std::vector<Case> make_cases(const BenchRun& run, const BenchJob& job, const Blo
     k.stage_ms.assign(kNumStages, {});
     PassShape pass{job.num_layers, v.scope, false};
     pass.delay_wgrad = v.delay_wgrad;  // backward lists only
+    pass.tensor_parallel = bshape.tensor_parallel;  // the attention's all-reduces as comm tasks
     const std::vector<StageTask> lists[2] = {forward_tasks(k.plan, v.order, pass),
                                              backward_tasks(k.plan, v.order, pass)};
     k.in_lists.assign(kNumStages, false);
@@ -452,19 +453,25 @@ void run_bench_job(BenchRun& run, const BenchJob& job) {
   const GridShape& s = job.shape;
   ModelConfig c = s.config(o.capacity_factor);
   c.bf16 = o.bf16;
-  TrainingGroups groups = make_training_groups(world, 0, s.E);
+  // The folded layout (train/layout.h): with --tensor-model-parallel-size T the blocks' attention is
+  // split over T consecutive ranks, which read the same tokens; EP its default.
+  ParallelSizes sizes = o.tensor_parallel;
+  sizes.expert = 0;
+  TrainingGroups groups = make_training_groups(world, make_layout(world.size(), sizes, c));
   TimedCommunicator expert_group(*groups.expert_group);
   ModelParallel parallel{&expert_group, nullptr};
+  parallel.tensor_group = groups.tensor_group.get();
   StandaloneBlock blocks(c, parallel, job.num_layers, run.device);
   blocks.initialize(o.seed);
   const int64_t B = o.micro_batch_size;
-  const uint64_t rank_seed = o.seed + static_cast<uint64_t>(world.rank());
+  const uint64_t rank_seed = o.seed + static_cast<uint64_t>(groups.data_parallel_group()->rank());
   Tensor x = Tensor::empty({B * s.N, s.d}), dy = Tensor::empty({B * s.N, s.d});
   fill_normal(x, mix_seed(rank_seed, 1), 1.0f);
   fill_normal(dy, mix_seed(rank_seed, 2), 1e-3f);
   // Drawn on the host, then moved; every micro-batch reads the same x and dy.
   StepInputs in{blocks, x.to(run.device), dy.to(run.device), B, s.N, s.E, o.micro_batches, expert_group};
-  const BlockShape bshape{c, B, s.N, groups.expert_group->size()};
+  BlockShape bshape{c, B, s.N, groups.expert_group->size()};
+  bshape.tensor_parallel = sizes.tensor;
 
   std::vector<Case> cases = make_cases(run, job, bshape);
   time_cases(run, in, cases);

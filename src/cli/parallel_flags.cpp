@@ -9,14 +9,13 @@
 namespace ampipe {
 
 void add_tensor_parallel_flags(CLI::App& cmd, ParallelSizes& sizes, const char* what,
-                               bool runs_tensor_parallel) {
+                               const char* how_it_runs) {
   const std::string runs = what;
   const std::string which =
-      runs_tensor_parallel
-          ? " The embedding and LM head split the vocabulary alike (padded to --make-vocab-size-divisible-by "
-            "x T); CPU, --schedule sequential, gathered checkpoints (loadable at any T)"
-          : " This command runs only 1 today; more is refused before any work (ampipe train runs it, "
-            "ampipe plan prices it)";
+      how_it_runs != nullptr
+          ? std::string(" ") + how_it_runs
+          : " This command runs only 1 today; more is refused before any work (ampipe train and bench run "
+            "it, ampipe plan prices it)";
   cmd.add_option("--tensor-model-parallel-size", sizes.tensor,
                  "Tensor-parallel size T (Megatron-LM): " + runs +
                      " with attention's heads and query groups split over T consecutive ranks, the world "

@@ -18,10 +18,10 @@ namespace ampipe {
 class Communicator;
 
 // Registers the three flags on `cmd`, bound to `sizes` (which must outlive parsing); `what` names
-// what runs split in the help text ("the model trains"); `runs_tensor_parallel`: the command runs
-// T > 1 (the help says with what), else the help says it is refused.
+// what runs split in the help text ("the model trains"); `how_it_runs`: for a command that runs
+// T > 1, a sentence of help saying how (else the help says T > 1 is refused).
 void add_tensor_parallel_flags(CLI::App& cmd, ParallelSizes& sizes, const char* what,
-                               bool runs_tensor_parallel = false);
+                               const char* how_it_runs = nullptr);
 
 // First thing a command does with the flags: refuses what it cannot run (train/layout.h
 // require_runnable_sizes with `runs_tensor_parallel`: ampipe::Error naming the flag and value) and prints,

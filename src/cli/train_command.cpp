@@ -175,7 +175,12 @@ void add_parallel_flags(CLI::App& cmd, TrainCommand& c) {
                  "Ranks that share the experts of each MoE layer (EP; each holds E/EP experts); must divide "
                  "the world size and --moe-num-experts. Default 0: the largest such divisor")
       ->capture_default_str();
-  add_tensor_parallel_flags(cmd, c.tensor_parallel, "the model trains", true);
+  add_tensor_parallel_flags(
+      cmd, c.tensor_parallel, "the model trains",
+      "The embedding and LM head split the vocabulary alike (padded to "
+      "--make-vocab-size-divisible-by x T); the ranks of a group share each micro-batch "
+      "(global batch = micro-batch x DP x micro-batches). CPU, every schedule, gathered "
+      "checkpoints (loadable at any T); not with --use-distributed-optimizer");
   cmd.add_option(
          "--schedule", c.schedule,
          "How each transformer block runs: sequential (one piece), moe-pipe (the MoE layer's tokens in "

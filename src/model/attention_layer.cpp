@@ -99,18 +99,6 @@ std::vector<TensorParallelShard> attention_tensor_parallel_shards(const ModelCon
   return out;
 }
 
-void AttentionLayer::project_output(const Tensor& o, Tensor h) const {
-  if (!tensor_group_) {
-    linear_forward(o, out_w_->operand(), out_b_ ? out_b_->value : Tensor(), h);
-    return;
-  }
-  // Row-parallel: this rank's heads' share of the projection, summed over the group (float32, also
-  // under bf16), then the whole bias once.
-  linear_forward(o, out_w_->operand(), Tensor(), h);
-  tensor_group_->all_reduce_sum(h);
-  if (out_b_) kernels::add_bias(h, out_b_->value);
-}
-
 Tensor chunk_row_index(int64_t batch, int64_t seq_len, int64_t begin, int64_t end, Device device) {
   Tensor rows = Tensor::empty({batch * (end - begin)}, DType::I32);
   int32_t* r = rows.data<int32_t>();
@@ -201,6 +189,15 @@ void AttentionLayer::begin_forward(AttentionContext& ctx, const Tensor& x, int64
 }
 
 Tensor AttentionLayer::chunk_forward(AttentionContext& ctx, int64_t begin, int64_t end, size_t* chunk_index) const {
+  size_t index = 0;
+  Tensor h = chunk_forward_local(ctx, begin, end, &index);
+  if (tensor_group_) h = chunk_forward_reduce(ctx, index, h);
+  if (chunk_index) *chunk_index = index;
+  return h;
+}
+
+Tensor AttentionLayer::chunk_forward_local(AttentionContext& ctx, int64_t begin, int64_t end,
+                                           size_t* chunk_index) const {
   AMPIPE_CHECK(0 <= begin && begin < end && end <= ctx.seq_len)
       << "attention chunk [" << begin << ", " << end << ") is not inside the sequence [0, " << ctx.seq_len << ")";
   const int64_t d = hidden_;
@@ -218,11 +215,27 @@ Tensor AttentionLayer::chunk_forward(AttentionContext& ctx, int64_t begin, int64
   kernels::attention_forward(c.q, k_cols(ctx.qkv), v_cols(ctx.qkv), chunk_shape(ctx, heads_, kv_heads_, c), c.o,
                              c.lse);
   Tensor h = Tensor::empty({rows, d}, DType::F32, device);
-  project_output(c.o, h);
-  kernels::add_inplace(h, chunk_rows_of(ctx.x, c));
+  if (tensor_group_) {
+    // Row-parallel: this rank's heads' share of the projection; chunk_forward_reduce sums it.
+    linear_forward(c.o, out_w_->operand(), Tensor(), h);
+  } else {
+    linear_forward(c.o, out_w_->operand(), out_b_ ? out_b_->value : Tensor(), h);
+    kernels::add_inplace(h, chunk_rows_of(ctx.x, c));
+  }
   if (chunk_index) *chunk_index = ctx.chunks.size();
   ctx.chunks.push_back(std::move(c));
   return h;
+}
+
+Tensor AttentionLayer::chunk_forward_reduce(AttentionContext& ctx, size_t chunk_index, Tensor partial) const {
+  AMPIPE_CHECK(tensor_group_) << "chunk_forward_reduce without a tensor-parallel group";
+  AMPIPE_CHECK(chunk_index < ctx.chunks.size()) << "no attention chunk " << chunk_index;
+  // The partial projections summed over the group (float32, also under bf16), then the whole bias
+  // once and the residual.
+  tensor_group_->all_reduce_sum(partial);
+  if (out_b_) kernels::add_bias(partial, out_b_->value);
+  kernels::add_inplace(partial, chunk_rows_of(ctx.x, ctx.chunks[chunk_index]));
+  return partial;
 }
 
 void AttentionLayer::chunk_backward(AttentionContext& ctx, size_t chunk_index, const Tensor& dh) const {
@@ -242,6 +255,10 @@ void AttentionLayer::chunk_backward(AttentionContext& ctx, size_t chunk_index, c
 }
 
 Tensor AttentionLayer::input_backward(AttentionContext& ctx, size_t input_index) const {
+  return input_backward_reduce(ctx, input_index, input_backward_local(ctx, input_index));
+}
+
+Tensor AttentionLayer::input_backward_local(AttentionContext& ctx, size_t input_index) const {
   AMPIPE_CHECK(input_index < ctx.inputs.size() && ctx.inputs[input_index].x.defined())
       << "no attention input " << input_index << " to run backward";
   AMPIPE_CHECK(ctx.dqkv.defined()) << "attention input backward before any chunk's backward";
@@ -264,9 +281,17 @@ Tensor AttentionLayer::input_backward(AttentionContext& ctx, size_t input_index)
     linear_backward(in.a, p.weight->operand(), dqkv.cols(p.begin, p.end), da, p.weight->grad,
                     p.bias ? p.bias->grad : Tensor(), /*accumulate_dx=*/i > 0);
   }
+  in.a = Tensor();  // the projections' operand is spent
+  return da;
+}
+
+Tensor AttentionLayer::input_backward_reduce(AttentionContext& ctx, size_t input_index, Tensor da) const {
+  AMPIPE_CHECK(input_index < ctx.inputs.size() && ctx.inputs[input_index].x.defined())
+      << "no attention input " << input_index << " to finish the backward of";
+  AttentionInput& in = ctx.inputs[input_index];
   // Column-parallel backward: each rank's heads give a partial gradient of norm1's output.
   if (tensor_group_) tensor_group_->all_reduce_sum(da);
-  Tensor dx = Tensor::empty({rows, hidden_}, DType::F32, in.x.device());
+  Tensor dx = Tensor::empty({in.x.dim(0), hidden_}, DType::F32, in.x.device());
   norm_.backward(da, in.x, in.norm, dx);
   in = AttentionInput{};  // release the rows' saved activations
   return dx;

@@ -44,9 +44,10 @@
 //   (finish_backward) norm backward.
 // chunk_backward needs none (row-parallel backward without sequence parallelism is local: every
 // rank holds the whole dh). Every rank of the group must call the stages in the same order with the
-// same chunks. The pipelined executors (pipeline/streamed_block.h) refuse such a layer;
-// SequentialBlock runs it. tensor_parallel_shards() states where each shard lies in the full
-// tensor (model/tensor_parallel.h).
+// same chunks. SequentialBlock runs the stages as they are; the pipelined executors
+// (pipeline/streamed_block.h) split chunk_forward and input_backward in two around the collective
+// (below), so the all-reduces run on their communication stream. tensor_parallel_shards() states where each
+// shard lies in the full tensor (model/tensor_parallel.h).
 #pragma once
 
 #include <string>
@@ -112,6 +113,19 @@ class AttentionLayer {
   Tensor input_backward(AttentionContext& ctx, size_t input_index) const;
   // Returns h = x + proj(attn) for the chunk's rows [B*(end-begin), d]; returns the chunk's index.
   Tensor chunk_forward(AttentionContext& ctx, int64_t begin, int64_t end, size_t* chunk_index = nullptr) const;
+  // Tensor parallelism in two steps, so that a pipelined executor can run the group's collective as
+  // a task of its communication stream (pipeline/streamed_block.h): chunk_forward =
+  // chunk_forward_local, which returns this rank's partial projection [B*len, d] (without bias or
+  // residual; at T = 1 the whole h), then chunk_forward_reduce (T > 1 only), which all-reduces it in
+  // place over the tensor group, adds the bias and the chunk's residual rows and returns h. No
+  // collective in chunk_forward_local.
+  Tensor chunk_forward_local(AttentionContext& ctx, int64_t begin, int64_t end, size_t* chunk_index) const;
+  Tensor chunk_forward_reduce(AttentionContext& ctx, size_t chunk_index, Tensor partial) const;
+  // Likewise input_backward = input_backward_local (the projections' backward: this rank's partial
+  // gradient of norm1's output, no collective), then input_backward_reduce (its all-reduce over the
+  // group at T > 1, then norm1's backward; returns the rows' dx and frees them).
+  Tensor input_backward_local(AttentionContext& ctx, size_t input_index) const;
+  Tensor input_backward_reduce(AttentionContext& ctx, size_t input_index, Tensor da) const;
   // dh [B*len, d]: gradient of the chunk's h (the caller adds dh to the residual gradient itself).
   void chunk_backward(AttentionContext& ctx, size_t chunk_index, const Tensor& dh) const;
   // Returns the gradient of x through norm1 and QKV ([T, d], without the residual); releases ctx.
@@ -140,8 +154,6 @@ class AttentionLayer {
   std::vector<Projection> input_;  // the fused qkv, or q, k and v
   Parameter *out_w_, *out_b_ = nullptr;
 
-  // h = o @ out_w^T, summed over the tensor group, + out_b.
-  void project_output(const Tensor& o, Tensor h) const;
   void add_input(ParameterRegistry& params, const std::string& name, int64_t begin, int64_t end, bool bias);
 
   int64_t q_width() const { return heads_ * head_dim_; }

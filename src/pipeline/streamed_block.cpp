@@ -55,15 +55,13 @@ std::vector<Rows> rows_of_chunks(const std::vector<int64_t>& boundaries, int64_t
   return rows;
 }
 
-// Tensor-parallel attention (model/attention_layer.h) calls its all-reduces inside its stage
-// functions, blocking, which would put collectives on the compute stream outside the comm stream's
-// order: refused before any task until the pipelined schedules issue them as comm-stream tasks.
-void refuse_tensor_parallel(const std::vector<Block>& blocks, const BlockSchedule& schedule) {
+// The tensor-parallel size of the blocks (every block alike; refused otherwise).
+int64_t tensor_parallel_size(const std::vector<Block>& blocks) {
+  const int T = blocks.empty() ? 1 : blocks[0].attention.tp_size();
   for (const Block& b : blocks)
-    AMPIPE_CHECK(b.attention.tp_size() <= 1)
-        << "the '" << schedule.describe() << "' schedule cannot run a tensor-parallel block (tensor-parallel "
-        << "size " << b.attention.tp_size() << "): pipelined schedules with --tensor-model-parallel-size > 1 "
-        << "are not built yet; run the block with SequentialBlock";
+    AMPIPE_CHECK(b.attention.tp_size() == T)
+        << "blocks of tensor-parallel sizes " << T << " and " << b.attention.tp_size() << " in one pass";
+  return T;
 }
 
 }  // namespace
@@ -84,11 +82,14 @@ void StreamedBlock::execute(const std::vector<StageTask>& tasks, const std::func
   // The GPU streams are non-blocking: they do not wait for work the calling thread enqueued on its
   // own stream (the embedding, the gradients zeroed before a backward), so the host waits for it.
   if (device_ == Device::CUDA) cuda_synchronize();
-  // Tensor parallelism is priced by the planner but not run yet (issue 26): refuse before any task.
+  // Sequence parallelism and expert tensor parallelism are priced by the planner but not run yet
+  // (issue 26): refuse before any task. The attention's all-reduces (TpAttnReduce, TpAttnReduceBwd) run.
   for (const StageTask& t : tasks)
-    AMPIPE_CHECK(!is_tensor_parallel_stage(t.stage))
+    AMPIPE_CHECK(!is_tensor_parallel_stage(t.stage) || t.stage == Stage::TpAttnReduce ||
+                 t.stage == Stage::TpAttnReduceBwd)
         << "the task list holds a tensor-parallel collective ('" << stage_name(t.stage)
-        << "'), which StreamedBlock cannot run yet: only the planner prices tensor parallelism so far";
+        << "'), which StreamedBlock cannot run yet: only the planner prices sequence and expert tensor "
+           "parallelism so far";
   std::vector<Event> done(tasks.size());
   std::vector<bool> waited_on(tasks.size(), false);
   for (const StageTask& t : tasks)
@@ -141,6 +142,7 @@ class ForwardRun {
         stats_(stats),
         block_needed_(block_needed),
         p_(plan),
+        partial_(blocks.size(), std::vector<Tensor>(plan.attention.size() - 1)),
         seq_len_(seq_len),
         attn_rows_(rows_of_chunks(plan.attention, batch, seq_len, x.device())),
         moe_rows_(rows_of_chunks(plan.moe, batch, seq_len, x.device())) {
@@ -180,11 +182,20 @@ class ForwardRun {
             block.attention.input_forward(bc.attention, p_.attention[c], p_.attention[c + 1]);
         break;
       case Stage::AttnChunk: {
-        Tensor hc = block.attention.chunk_forward(bc.attention, p_.attention[c], p_.attention[c + 1],
-                                                  &bc.attention_chunk[c]);
-        attn_rows_[c].write(hc, h_[l]);
+        Tensor hc = block.attention.chunk_forward_local(bc.attention, p_.attention[c], p_.attention[c + 1],
+                                                        &bc.attention_chunk[c]);
+        if (block.attention.tp_size() > 1)
+          partial_[l][c] = hc;  // summed over the group by the chunk's TpAttnReduce
+        else
+          attn_rows_[c].write(hc, h_[l]);
         break;
       }
+      case Stage::TpAttnReduce:  // comm stream: the all-reduce, then bias and residual
+        attn_rows_[c].write(block.attention.chunk_forward_reduce(bc.attention, bc.attention_chunk[c],
+                                                                 std::move(partial_[l][c])),
+                            h_[l]);
+        partial_[l][c] = Tensor();
+        break;
       case Stage::Route:
         block.moe.begin_forward(bc.moe[c], moe_rows_[c].read(h_[l]), stats_[l]);
         break;
@@ -208,6 +219,7 @@ class ForwardRun {
   std::vector<RoutingStats>& stats_;
   const std::function<void(int64_t)>& block_needed_;
   const ChunkPlan& p_;
+  std::vector<std::vector<Tensor>> partial_;  // [block][attention chunk]: projections awaiting TpAttnReduce
   int64_t seq_len_;
   std::vector<Rows> attn_rows_, moe_rows_;
   std::vector<Tensor> in_, h_;
@@ -237,6 +249,7 @@ class BackwardRun {
     const int64_t batch = ctx[0].batch, seq_len = ctx[0].seq_len;
     attn_rows_ = rows_of_chunks(plan.attention, batch, seq_len, dy.device());
     moe_rows_ = rows_of_chunks(plan.moe, batch, seq_len, dy.device());
+    partial_.assign(L, std::vector<Tensor>(plan.attention.size()));
     // d[l]: gradient of block l's token buffer (residual path included), which becomes the gradient
     // of its input in place once the attention side's backward is added; d[L] = dy.
     d_.resize(L + 1);
@@ -267,13 +280,35 @@ class BackwardRun {
         block.attention.chunk_backward(bc.attention, bc.attention_chunk[c], attn_rows_[c].read(d_[l]));
         break;
       case Stage::QkvChunkBwd:
+        if (block.attention.tp_size() > 1) {  // the chunk's TpAttnReduceBwd finishes it
+          partial_[l][c + 1] = block.attention.input_backward_local(bc.attention, bc.attention_input[c]);
+          break;
+        }
         attn_rows_[c].add(block.attention.input_backward(bc.attention, bc.attention_input[c]), d_[l]);
         if (c == 0) release(l);
         break;
       case Stage::AttnFinishBwd:
+        if (block.attention.tp_size() > 1) {  // the block's TpAttnReduceBwd finishes it
+          partial_[l][0] = block.attention.input_backward_local(bc.attention, 0);
+          break;
+        }
         kernels::add_inplace(d_[l], block.attention.finish_backward(bc.attention));
         release(l);
         break;
+      case Stage::TpAttnReduceBwd: {  // comm stream: the all-reduce, norm1's backward, the input gradient
+        Tensor da = std::move(partial_[l][static_cast<size_t>(t.chunk + 1)]);
+        partial_[l][static_cast<size_t>(t.chunk + 1)] = Tensor();
+        if (t.chunk < 0) {
+          kernels::add_inplace(d_[l], block.attention.input_backward_reduce(bc.attention, 0, std::move(da)));
+          release(l);
+        } else {
+          attn_rows_[c].add(
+              block.attention.input_backward_reduce(bc.attention, bc.attention_input[c], std::move(da)),
+              d_[l]);
+          if (c == 0) release(l);
+        }
+        break;
+      }
       case Stage::GradReduce:
         block_done_(static_cast<int64_t>(l));
         break;
@@ -295,6 +330,10 @@ class BackwardRun {
   const std::function<void(int64_t)>& block_done_;
   std::vector<Rows> attn_rows_, moe_rows_;
   std::vector<Tensor> d_;
+  // Tensor parallelism: each QKV backward's partial input gradient, [block][attention chunk + 1]
+  // (slot 0: the whole sequence's), until its TpAttnReduceBwd. Sized before any task: the compute
+  // stream writes a slot, the comm stream takes it after waiting for that task.
+  std::vector<std::vector<Tensor>> partial_;
 
   // The block's last compute task: its activations and its output gradient are no longer needed.
   void release(size_t l) {
@@ -309,10 +348,9 @@ Tensor StreamedBlock::forward_layers(const std::vector<Block>& blocks, std::vect
                                      const Tensor& x, int64_t batch, int64_t seq_len,
                                      std::vector<RoutingStats>& stats,
                                      const std::function<void(int64_t)>& block_needed) const {
-  refuse_tensor_parallel(blocks, schedule_);
   plan_ = schedule_.plan(seq_len);
   ForwardRun run(blocks, ctx, x, batch, seq_len, stats, plan_, block_needed);
-  const PassShape pass = forward_shape(blocks.size(), static_cast<bool>(block_needed));
+  const PassShape pass = forward_shape(blocks, static_cast<bool>(block_needed));
   execute(
       forward_tasks(plan_, order_, pass), [&run](const StageTask& t) { run.run(t); }, blocks.size() > 1);
   return run.output();
@@ -323,7 +361,7 @@ Tensor StreamedBlock::backward_layers(const std::vector<Block>& blocks, std::vec
                                       double aux_grad_scale,
                                       const std::function<void(int64_t)>& block_done) const {
   BackwardRun run(blocks, ctx, dy, stats, aux_grad_scale, plan_, delay_wgrad_, block_done);
-  const PassShape pass = backward_shape(blocks.size(), static_cast<bool>(block_done));
+  const PassShape pass = backward_shape(blocks, static_cast<bool>(block_done));
   execute(
       backward_tasks(plan_, order_, pass), [&run](const StageTask& t) { run.run(t); }, blocks.size() > 1);
   return run.finish();
@@ -331,7 +369,6 @@ Tensor StreamedBlock::backward_layers(const std::vector<Block>& blocks, std::vec
 
 std::pair<Tensor, Tensor> StreamedBlock::paired_layers(const std::vector<Block>& blocks,
                                                        PairedBackward backward, PairedForward forward) const {
-  refuse_tensor_parallel(blocks, schedule_);
   const ChunkPlan backward_plan = plan_;  // of the forward whose backward this is
   const ChunkPlan forward_plan = schedule_.plan(forward.seq_len);
   const std::function<void(int64_t)> none;
@@ -340,9 +377,8 @@ std::pair<Tensor, Tensor> StreamedBlock::paired_layers(const std::vector<Block>&
   ForwardRun fwd(blocks, forward.ctx, forward.x, forward.batch, forward.seq_len, forward.stats, forward_plan,
                  none);
   const std::vector<StageTask> bwd_tasks =
-      backward_tasks(backward_plan, order_, backward_shape(blocks.size(), false));
-  const std::vector<StageTask> fwd_tasks =
-      forward_tasks(forward_plan, order_, forward_shape(blocks.size(), false));
+      backward_tasks(backward_plan, order_, backward_shape(blocks, false));
+  const std::vector<StageTask> fwd_tasks = forward_tasks(forward_plan, order_, forward_shape(blocks, false));
   std::vector<double> bwd_seconds, fwd_seconds;
   for (const StageTask& t : bwd_tasks)
     bwd_seconds.push_back(task_seconds_ ? task_seconds_(t, backward_plan) : 1.0);
@@ -362,16 +398,18 @@ std::pair<Tensor, Tensor> StreamedBlock::paired_layers(const std::vector<Block>&
   return {dx, fwd.output()};
 }
 
-PassShape StreamedBlock::forward_shape(size_t num_layers, bool gather_params) const {
-  PassShape pass{static_cast<int64_t>(num_layers), scope_};
+PassShape StreamedBlock::forward_shape(const std::vector<Block>& blocks, bool gather_params) const {
+  PassShape pass{static_cast<int64_t>(blocks.size()), scope_};
   pass.gather_params = gather_params;
+  pass.tensor_parallel = tensor_parallel_size(blocks);
   return pass;
 }
 
-PassShape StreamedBlock::backward_shape(size_t num_layers, bool reduce_gradients) const {
-  PassShape pass{static_cast<int64_t>(num_layers), scope_};
+PassShape StreamedBlock::backward_shape(const std::vector<Block>& blocks, bool reduce_gradients) const {
+  PassShape pass{static_cast<int64_t>(blocks.size()), scope_};
   pass.reduce_gradients = reduce_gradients;
   pass.delay_wgrad = delay_wgrad_;
+  pass.tensor_parallel = tensor_parallel_size(blocks);
   return pass;
 }
 

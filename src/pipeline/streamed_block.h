@@ -90,8 +90,9 @@ class StreamedBlock final : public BlockExecutor {
   TaskSeconds task_seconds_;
   mutable ChunkPlan plan_;  // of the latest forward(), for its backward()
 
-  PassShape forward_shape(size_t num_layers, bool gather_params) const;
-  PassShape backward_shape(size_t num_layers, bool reduce_gradients) const;
+  // The pass over `blocks`, with their tensor-parallel size (the attention's all-reduces as tasks).
+  PassShape forward_shape(const std::vector<Block>& blocks, bool gather_params) const;
+  PassShape backward_shape(const std::vector<Block>& blocks, bool reduce_gradients) const;
 
   // Runs `tasks` on the two streams, calling run(task) for each; waits for both streams.
   void execute(const std::vector<StageTask>& tasks, const std::function<void(const StageTask&)>& run,

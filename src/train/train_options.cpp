@@ -50,9 +50,6 @@ ParallelSizes parallel_sizes(const TrainOptions& o) {
 // What tensor parallelism does not combine with yet, refused before any work, naming the flag.
 static void check_tensor_parallel_options(const TrainOptions& o) {
   const std::string tp = "--tensor-model-parallel-size " + std::to_string(o.tensor_parallel_size);
-  AMPIPE_CHECK(o.schedule.kind == ScheduleKind::Sequential)
-      << tp << " runs with --schedule sequential only so far (the pipelined executors do not yet run the "
-      << "tensor-parallel collectives as comm-stream tasks); got --schedule " << o.schedule.describe();
   AMPIPE_CHECK(o.device == Device::CPU)
       << tp
       << " runs on the CPU only so far (the vocabulary-parallel loss is a CPU function); got --device cuda";

@@ -72,7 +72,8 @@ static HardwareProfile run_profile(const TrainOptions& o, Communicator& world) {
 static BlockShape run_block_shape(const TrainOptions& o, const TrainingGroups& groups) {
   BlockShape shape{o.model, o.micro_batch_size, o.model.max_seq_len, groups.expert_group->size()};
   shape.sharded_optimizer = o.use_distributed_optimizer;
-  shape.data_ranks = groups.size();
+  shape.data_ranks = groups.data_parallel_group()->size();
+  shape.tensor_parallel = o.tensor_parallel_size;  // the attention's all-reduces priced as comm tasks
   shape.delay_wgrad = o.delay_wgrad_compute;
   return shape;
 }

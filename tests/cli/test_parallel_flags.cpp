@@ -35,11 +35,13 @@ TEST(CliTensorParallel, HelpOfEveryModelCommandExplainsTheThreeFlags) {
   for (const char* command : {"train", "eval", "sample", "bench"}) {
     const RunResult r = run_ampipe(std::string(command) + " --help");
     ASSERT_EQ(r.status, 0) << command;
-    const bool train = std::string(command) == "train";
+    const std::string cmd = command;
     for (const char* part :
          {"--tensor-model-parallel-size INT=1", "--sequence-parallel", "At T = 1 accepted and ignored",
           "--expert-tensor-parallel-size INT=1", "Only 1 runs today",
-          train ? "The embedding and LM head split the vocabulary" : "This command runs only 1 today"})
+          cmd == "train"   ? "The embedding and LM head split the vocabulary"
+          : cmd == "bench" ? "the attention's all-reduces as comm-stream tasks"
+                           : "This command runs only 1 today"})
       EXPECT_NE(r.output.find(part), std::string::npos) << command << ": " << part;
   }
 }
@@ -50,6 +52,8 @@ TEST(CliTensorParallel, WhatACommandDoesNotRunIsRefusedBeforeAnyWork) {
     if (c.rfind("train", 0) == 0) {
       expect_refused(c + " --tensor-model-parallel-size 2",
                      "--tensor-model-parallel-size 2 does not divide the 1 rank(s)");
+    } else if (c.rfind("bench", 0) == 0) {
+      expect_refused(c + " --tensor-model-parallel-size 2", "--tensor-model-parallel-size 2 does not divide");
     } else {
       expect_refused(c + " --tensor-model-parallel-size 2",
                      "--tensor-model-parallel-size 2: this command does not run it yet");

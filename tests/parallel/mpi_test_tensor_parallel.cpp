@@ -5,7 +5,8 @@
 // full tensors within kTolerance, with and without sequence parallelism and biases, over the world
 // and over groups split from it. Refusals (indivisible sizes) are thrown on every rank.
 // Then the tensor-parallel attention half (model/attention_layer.h) against one rank, both families,
-// whole and in sequence chunks, float32 and bf16; wrong shards failing; its refusals.
+// whole and in sequence chunks, float32 and bf16; wrong shards failing; its refusals; two such
+// blocks under the pipelined executors (the all-reduces as comm-stream tasks) against SequentialBlock.
 #include <gtest/gtest.h>
 
 #include <cmath>
@@ -498,34 +499,55 @@ TEST(TensorParallelAttention, RefusesHeadsOrGroupsNotDivisibleByT) {
   EXPECT_NE(msg.find(want), std::string::npos) << msg;
 }
 
-// The pipelined executors refuse a tensor-parallel block before any task, naming the schedule; the
-// sequential executor runs it.
-TEST(TensorParallelAttention, StreamedBlockRefusesItSequentialBlockRunsIt) {
-  const ModelConfig c = attention_config(false, false);
-  StandaloneBlock block(c, ModelParallel{nullptr, nullptr, g_world.get()});
-  block.initialize(800);
-  const Tensor x = random_tensor({kBatch * kSeq, c.hidden_size}, 801);
-  for (ScheduleKind kind : {ScheduleKind::Sequential, ScheduleKind::AmPipe}) {
-    BlockSchedule schedule;
-    schedule.kind = kind;
-    schedule.pipe_degree = kind == ScheduleKind::AmPipe ? 2 : 1;
-    StreamedBlock streamed(schedule, StageOrder::Interleaved);
-    BlockContext ctx;
-    RoutingStats stats;
-    const std::string msg = error_of([&] { streamed.forward(block.block(), ctx, x, kBatch, kSeq, stats); });
-    EXPECT_NE(msg.find("the '" + schedule.describe() + "' schedule cannot run a tensor-parallel block"),
-              std::string::npos)
-        << msg;
-    EXPECT_NE(msg.find("pipelined schedules with --tensor-model-parallel-size > 1 are not built yet"),
-              std::string::npos)
-        << msg;
+// A pass over two tensor-parallel blocks (both families, B = 2 sequences) run by the pipelined
+// executors, whose attention all-reduces are comm-stream tasks (TpAttnReduce after each attention
+// chunk, TpAttnReduceBwd after each QKV backward), against SequentialBlock running the same blocks:
+// the output, the input gradient and every parameter gradient (this rank's shards), within the
+// attention tolerance (the chunks' GEMMs sum in another order), for AMPipe and moe-pipe in block
+// and model scope and both stage orders. The executors run the same collectives in one list order
+// on every rank, so a mismatch would hang or fail on the first.
+TEST(TensorParallelAttention, PipelinedSchedulesRunItLikeSequentialBlock) {
+  struct Run {
+    ScheduleKind kind;
+    PipelineScope scope;
+    StageOrder order;
+  };
+  for (bool mixtral : {false, true}) {
+    const ModelConfig c = attention_config(mixtral, false);
+    StandaloneBlock blocks(c, ModelParallel{nullptr, nullptr, g_world.get()}, 2);
+    blocks.initialize(800);
+    const Tensor x = random_tensor({kBatch * kSeq, c.hidden_size}, 801);
+    const Tensor dy = random_tensor({kBatch * kSeq, c.hidden_size}, 802, 1.0f / std::sqrt(float{kSeq}));
+    auto pass = [&](const BlockExecutor& executor) {
+      blocks.params().zero_grad();
+      std::vector<BlockContext> ctx(2);
+      std::vector<RoutingStats> stats(2);
+      for (RoutingStats& s : stats) s.reset(c.num_experts);
+      Named out;
+      out.emplace_back("y", executor.forward_layers(blocks.blocks(), ctx, x, kBatch, kSeq, stats));
+      out.emplace_back("dx", executor.backward_layers(blocks.blocks(), ctx, dy, stats, 0.01, {}));
+      for (const Parameter& p : blocks.params().all()) out.emplace_back(p.name, p.grad.clone());
+      return out;
+    };
+    const Named want = pass(SequentialBlock{});
+    for (const Run& r : {Run{ScheduleKind::AmPipe, PipelineScope::Block, StageOrder::Interleaved},
+                         Run{ScheduleKind::AmPipe, PipelineScope::Model, StageOrder::StageMajor},
+                         Run{ScheduleKind::AmPipe, PipelineScope::Model, StageOrder::Interleaved},
+                         Run{ScheduleKind::MoePipe, PipelineScope::Block, StageOrder::StageMajor},
+                         Run{ScheduleKind::Sequential, PipelineScope::Block, StageOrder::StageMajor}}) {
+      BlockSchedule schedule;
+      schedule.kind = r.kind;
+      schedule.pipe_degree = r.kind == ScheduleKind::Sequential ? 1 : 3;
+      SCOPED_TRACE(std::string(mixtral ? "mixtral, " : "gpt, ") + schedule.describe() + ", " +
+                   pipeline_scope_name(r.scope) + " scope, " + stage_order_name(r.order));
+      const StreamedBlock streamed(schedule, r.order, nullptr, g_world->rank(), r.scope);
+      const Named got = pass(streamed);
+      ASSERT_EQ(got.size(), want.size());
+      for (size_t i = 0; i < want.size(); ++i)
+        expect_gradient_matches(to_double(got[i].second), to_double(want[i].second), kAttentionTolerance,
+                                want[i].first);
+    }
   }
-  SequentialBlock sequential;
-  BlockContext ctx;
-  RoutingStats stats;
-  const Tensor y = sequential.forward(block.block(), ctx, x, kBatch, kSeq, stats);
-  EXPECT_EQ(y.dim(0), kBatch * kSeq);
-  sequential.backward(block.block(), ctx, random_tensor(y.shape(), 802), stats, 0.0);
 }
 
 }  // namespace
