@@ -387,6 +387,10 @@ void print_preamble(const BenchRun& run) {
       static_cast<long long>(o.micro_batches), static_cast<long long>(o.warmup),
       static_cast<long long>(o.repeats));
   run.line(std::string(buf) + (run.device == Device::CUDA ? ", device cuda" : ""));
+  if (o.tensor_parallel.tensor > 1)
+    run.line("tensor-parallel size " + std::to_string(o.tensor_parallel.tensor) +
+             " (--tensor-model-parallel-size): " +
+             "the attention's all-reduces are comm-stream tasks, in comm and the bound");
   run.line(std::string("precision: ") + (o.bf16 ? "bf16 (--bf16)" : "float32") + ", GEMMs by " +
            run.gemm_implementation);
   if (run.hw) run.line("planner profile: " + run.hw->name);

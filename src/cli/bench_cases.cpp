@@ -362,6 +362,7 @@ nlohmann::json json_case(const BenchRun& run, const BenchJob& job, const Case& k
           {"batch", o.micro_batch_size},
           {"capacity_factor", o.capacity_factor},
           {"ranks", run.world.size()},
+          {"tensor_model_parallel_size", o.tensor_parallel.tensor},
           {"threads", o.threads},
           {"device", run.device == Device::CUDA ? "cuda" : "cpu"},
           {"link", run.link},

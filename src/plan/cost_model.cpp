@@ -61,10 +61,14 @@ void BlockShape::validate() const {
   AMPIPE_CHECK(config.num_experts % ranks == 0)
       << "--moe-num-experts " << config.num_experts << " is not divisible by --ranks " << ranks
       << "; every rank holds E / R experts";
-  AMPIPE_CHECK(data_ranks == 0 || (data_ranks >= 1 && data_ranks % ranks == 0))
-      << "the data-parallel size (ranks sharing the dense gradients) must be a multiple of the expert-parallel "
-         "size "
-      << ranks << " (or 0: the same), got " << data_ranks;
+  // The world T x DP folds into ETP x EP x EDP (Megatron-Core's folding): at T = ETP = 1, DP is a
+  // multiple of EP.
+  AMPIPE_CHECK(data_ranks == 0 ||
+               (data_ranks >= 1 && (tensor_parallel * data_ranks) % (expert_tensor_parallel * ranks) == 0))
+      << "the data-parallel size (ranks sharing the dense gradients) x the tensor-parallel size "
+      << tensor_parallel << " must be a multiple of the expert-tensor-parallel size "
+      << expert_tensor_parallel << " x the expert-parallel size " << ranks << " (or 0: the same), got "
+      << data_ranks;
   AMPIPE_CHECK(std::isfinite(remote_fraction) && remote_fraction <= 1)
       << "the remote fraction of routed rows must be in [0, 1] (or < 0 for uniform routing), got "
       << remote_fraction;
@@ -379,8 +383,10 @@ static double ring_seconds(const BlockShape& shape, const HardwareProfile& hw, d
     const double bytes = wire * double(ranks - 1) / double(ranks) * elements * s;
     return all_to_all_seconds(bytes, 1, ranks, hw) + elementwise_seconds(passes * elements * s, hw);
   };
-  return hw.task_overhead + ring(g.dense, shape.effective_data_ranks()) +
-         ring(g.expert, shape.effective_data_ranks() / shape.ranks);
+  // Experts over EDP = T x DP / (ETP x EP) ranks (the ranks holding the same experts).
+  const int64_t expert_data =
+      shape.tensor_parallel * shape.effective_data_ranks() / (shape.expert_tensor_parallel * shape.ranks);
+  return hw.task_overhead + ring(g.dense, shape.effective_data_ranks()) + ring(g.expert, expert_data);
 }
 
 // The all-reduce, then one scaling pass (read and write: 4 element accesses with the packing).

@@ -16,7 +16,8 @@ int64_t micro_batches_per_step(const TrainOptions& o, int64_t ranks) {
   const int64_t per_pass = o.micro_batch_size * ranks, global = global_batch(o, ranks);
   AMPIPE_CHECK(global % per_pass == 0)
       << "--global-batch-size " << global << " is not a multiple of --micro-batch-size " << o.micro_batch_size
-      << " x " << ranks << " rank(s) = " << per_pass << " (each step runs global / (micro-batch x ranks) "
+      << " x " << ranks << " data-parallel rank(s) = " << per_pass
+      << " (each step runs global / (micro-batch x DP) "
       << "micro-batches on every rank)";
   return global / per_pass;
 }

@@ -146,8 +146,14 @@ std::unique_ptr<Tokenizer> open_tokenizer(TrainOptions& o) {
   AMPIPE_CHECK(o.make_vocab_size_divisible_by >= 1)
       << "--make-vocab-size-divisible-by must be at least 1, got " << o.make_vocab_size_divisible_by;
   // Megatron-LM's padding: a multiple of the divisor times T, so each rank's vocabulary shard is whole.
-  o.model.vocab_size =
-      padded_vocab_size(tokenizer->vocab_size(), o.make_vocab_size_divisible_by * o.tensor_parallel_size);
+  const int64_t T = o.tensor_parallel_size;
+  o.model.vocab_size = padded_vocab_size(tokenizer->vocab_size(), o.make_vocab_size_divisible_by * T);
+  // Resuming: the checkpoint's padded vocabulary wherever T splits it, so a checkpoint resumes at any
+  // tensor-parallel size (T = 4's 512 byte ids at T = 1, T = 1's 256 at T = 4).
+  if (!o.load.empty()) {
+    const int64_t stored = read_checkpoint_config(o.load).vocab_size;
+    if (stored >= tokenizer->vocab_size() && stored % T == 0) o.model.vocab_size = stored;
+  }
   o.model.tokenizer = tokenizer->identity();
   return tokenizer;
 }

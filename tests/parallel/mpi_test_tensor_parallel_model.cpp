@@ -303,6 +303,35 @@ INSTANTIATE_TEST_SUITE_P(Families, TensorParallelTraining, ::testing::Bool(),
                            return p.param ? std::string("Mixtral") : std::string("Gpt");
                          });
 
+// The vocabulary is padded to a multiple of the divisor x T (256 byte ids: 256 at T = 1 and 2, 512
+// at T = 4), and a resumed run keeps the checkpoint's padding wherever T splits it: T = 4's checkpoint
+// resumes at T = 1 and T = 1's at T = 4, the start-up log naming the checkpoint's vocabulary.
+TEST(TensorParallelTraining, ResumesAcrossTheVocabularyPaddingOfAnotherT) {
+  if (g_world->size() != 4) GTEST_SKIP() << "needs 4 ranks for T = 4";
+  const std::string dir = shared_dir("padding");
+  TrainOptions four = small_options(dir, false);
+  four.tensor_parallel_size = 4;
+  four.train_iters = 6;  // one schedule of 6 iterations, run in three pieces
+  four.save = dir + "/t4";
+  four.exit_interval = 2;
+  train(four);
+  TrainOptions one = small_options(dir, false);
+  one.train_iters = 6;
+  one.exit_interval = 4;
+  one.load = dir + "/t4";
+  one.save = dir + "/t4_t1";
+  EXPECT_EQ(train(one).iterations, 4);
+  TrainOptions back = four;  // T = 1's checkpoint (512 ids, from T = 4) at T = 4 again
+  back.exit_interval = 0;
+  back.load = dir + "/t4_t1";
+  back.save = dir + "/t4_t1_t4";
+  EXPECT_EQ(train(back).iterations, 6);
+  if (g_world->rank() == 0) {
+    const SafetensorsFile f = read_safetensors(back.save + "/iter_0000006/model.safetensors");
+    EXPECT_EQ(f.tensors.at("embed.token.weight").shape(), (Shape{512, 16}));
+  }
+}
+
 // Refused before any work, on every rank, naming the flag: what T > 1 does not combine with yet,
 // and a T that does not divide the heads.
 TEST(TensorParallelTraining, WhatItDoesNotRunYetIsRefusedNamingTheFlag) {

@@ -217,7 +217,8 @@ TEST(Trainer, GlobalBatchThatDoesNotDivideIsRefused) {
   o.micro_batch_size = 3;
   o.global_batch_size = 8;
   EXPECT_NE(testing::error_of([&] { run_training(o, quiet); })
-                .find("--global-batch-size 8 is not a multiple of --micro-batch-size 3 x 1 rank(s) = 3"),
+                .find("--global-batch-size 8 is not a multiple of --micro-batch-size 3 x 1 data-parallel "
+                      "rank(s) = 3"),
             std::string::npos);
 }
 
