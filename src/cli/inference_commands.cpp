@@ -67,7 +67,10 @@ CLI::App* add_eval_command(CLI::App& app, EvalCommand& e, int default_threads) {
   eval->add_option("--threads", e.threads, "Compute threads")->capture_default_str();
   add_device_flags(*eval, e.device, e.distributed_backend, "the model runs");
   add_precision_flag(*eval, e.bf16, "the model runs");
-  add_tensor_parallel_flags(*eval, e.tensor_parallel, "the model runs");
+  add_tensor_parallel_flags(
+      *eval, e.tensor_parallel, "the model runs",
+      "A checkpoint saved at any T loads (its vocabulary must divide by T); the windows "
+      "are split over the DP = ranks / T data-parallel ranks. CPU");
   return eval;
 }
 
@@ -93,7 +96,9 @@ CLI::App* add_sample_command(CLI::App& app, SampleCommand& s, int default_thread
   sample->add_option("--threads", s.threads, "Compute threads")->capture_default_str();
   add_device_flags(*sample, s.device, s.distributed_backend, "the model runs");
   add_precision_flag(*sample, s.bf16, "the model runs");
-  add_tensor_parallel_flags(*sample, s.tensor_parallel, "the model runs");
+  add_tensor_parallel_flags(*sample, s.tensor_parallel, "the model runs",
+                            "A checkpoint saved at any T loads (its vocabulary must divide by T); every rank "
+                            "generates the same text, each step's logits gathered over the group. CPU");
   return sample;
 }
 
@@ -149,8 +154,15 @@ nlohmann::json evaluate_indexed(const GptMoe& model, const Tokenizer& tokenizer,
 
 }  // namespace
 
+// The folded layout of `sizes` over the world (EP its default), for a model of `config`; throws
+// ampipe::Error naming the numbers where it does not fit (train/layout.h make_layout).
+static TrainingGroups inference_groups(Communicator& world, ParallelSizes sizes, const ModelConfig& config) {
+  sizes.expert = 0;
+  return make_training_groups(world, make_layout(world.size(), sizes, config));
+}
+
 int run_eval_command(const EvalCommand& e, Communicator& world_in) {
-  check_tensor_parallel_flags(e.tensor_parallel, world_in, "eval");
+  check_tensor_parallel_flags(e.tensor_parallel, world_in, "eval", /*runs_tensor_parallel=*/true);
   set_threads(e.threads);
   const Device device = parse_device(e.device);
   std::unique_ptr<Communicator> staged;
@@ -166,19 +178,21 @@ int run_eval_command(const EvalCommand& e, Communicator& world_in) {
   const int64_t N = e.seq_length > 0 ? e.seq_length : config.max_seq_len;
   AMPIPE_CHECK(N <= config.max_seq_len)
       << "--seq-length " << N << " exceeds the checkpoint's max_seq_len " << config.max_seq_len;
-  TrainingGroups groups = make_training_groups(world, 0, config.num_experts);
+  TrainingGroups groups = inference_groups(world, e.tensor_parallel, config);
   GptMoe model(config, groups.model_parallel(), device);
   load_model_weights(load, model);
   const std::unique_ptr<Tokenizer> tokenizer = checkpoint_tokenizer(load, config, e.tokenizer_model);
+  // The windows are split over the data-parallel ranks; a tensor group evaluates its rank's together.
+  Communicator& data = *groups.data_parallel_group();
   const nlohmann::json j =
-      indexed ? evaluate_indexed(model, *tokenizer, e, blend, N, world)
-              : evaluate_text(model, *tokenizer, blend[0].prefix, N, e.micro_batch_size, world);
+      indexed ? evaluate_indexed(model, *tokenizer, e, blend, N, data)
+              : evaluate_text(model, *tokenizer, blend[0].prefix, N, e.micro_batch_size, data);
   print_line(world, j.dump());
   return 0;
 }
 
 int run_sample_command(const SampleCommand& s, Communicator& world_in) {
-  check_tensor_parallel_flags(s.tensor_parallel, world_in, "sample");
+  check_tensor_parallel_flags(s.tensor_parallel, world_in, "sample", /*runs_tensor_parallel=*/true);
   set_threads(s.threads);
   const Device device = parse_device(s.device);
   std::unique_ptr<Communicator> staged;
@@ -186,10 +200,11 @@ int run_sample_command(const SampleCommand& s, Communicator& world_in) {
   AMPIPE_CHECK(!s.load.empty()) << "sample needs --load DIR (a checkpoint written by train --save)";
   AMPIPE_CHECK(s.tokens >= 0) << "--tokens must be >= 0, got " << s.tokens;
   const std::string load = checkpoint_to_read(s.load, s.ckpt_step);
-  // Every rank generates the same text (the same seed), so their expert all-to-alls match.
+  // Every rank generates the same text (the same seed), so their expert all-to-alls match; under
+  // tensor parallelism each step's logits are gathered over the group (GptMoe::logits).
   ModelConfig config = read_checkpoint_config(load);
   config.bf16 = s.bf16;
-  TrainingGroups groups = make_training_groups(world, 0, config.num_experts);
+  TrainingGroups groups = inference_groups(world, s.tensor_parallel, config);
   GptMoe model(config, groups.model_parallel(), device);
   load_model_weights(load, model);
   const std::unique_ptr<Tokenizer> tokenizer = checkpoint_tokenizer(load, config, s.tokenizer_model);

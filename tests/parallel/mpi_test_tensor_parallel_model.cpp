@@ -8,6 +8,7 @@
 //     checkpoint; sequential, and AMPipe in model scope with its all-reduces on the comm stream), and
 //     a run saved at T = 2 resumes at T = 1 (and the other way round) like the uninterrupted run:
 //     checkpoints are layout-independent;
+//   - `eval` and `sample` load that checkpoint at T = 2 and T = 1 (the same loss);
 //   - what T > 1 does not run yet is refused before any work, naming the flag.
 #include <gtest/gtest.h>
 
@@ -19,6 +20,7 @@
 #include <string>
 #include <vector>
 
+#include "cli/inference_commands.h"
 #include "grad_check.h"
 #include "model/gpt.h"
 #include "parallel/mpi_gtest_main.h"
@@ -255,6 +257,37 @@ TEST_P(TensorParallelTraining, FollowsTensorParallelSizeOneAndResumesAcrossLayou
   const TrainResult r12 = train(t1_then_t2);
   EXPECT_EQ(r21.iterations, 20);
   EXPECT_EQ(r12.iterations, 20);
+
+  // eval and sample of T = 2's checkpoint at T = 2 (the windows split over DP = W / 2, each step's
+  // logits gathered) and at T = 1: the same loss; sample prints the prompt and its continuation.
+  auto eval_loss = [&](int T) {
+    EvalCommand e;
+    e.load = two.save;
+    e.data_path = {dir + "/corpus.txt"};
+    e.micro_batch_size = 2;
+    e.tensor_parallel.tensor = T;
+    ::testing::internal::CaptureStdout();
+    run_eval_command(e, *g_world);
+    const std::string out = ::testing::internal::GetCapturedStdout();
+    double loss = 0;
+    if (g_world->rank() == 0) loss = nlohmann::json::parse(out)["loss"].get<double>();
+    g_world->all_reduce_sum(loss);
+    return loss;
+  };
+  const double eval2 = eval_loss(2), eval1 = eval_loss(1);
+  EXPECT_GT(eval1, 0);
+  EXPECT_NEAR(eval2, eval1, 1e-6 * eval1);
+  SampleCommand sample;
+  sample.load = two.save;
+  sample.prompt = "And the LORD";
+  sample.tokens = 8;
+  sample.tensor_parallel.tensor = 2;
+  ::testing::internal::CaptureStdout();
+  run_sample_command(sample, *g_world);
+  const std::string text = ::testing::internal::GetCapturedStdout();
+  if (g_world->rank() == 0) {
+    EXPECT_EQ(text.rfind("And the LORD", 0), 0u) << text;
+  }
 
   if (g_world->rank() == 0) {
     std::ifstream log_file(dir + "/t2.log");
