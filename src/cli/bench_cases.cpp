@@ -112,6 +112,7 @@ std::vector<Case> make_cases(const BenchRun& run, const BenchJob& job, const Blo
     PassShape pass{job.num_layers, v.scope, false};
     pass.delay_wgrad = v.delay_wgrad;  // backward lists only
     pass.tensor_parallel = bshape.tensor_parallel;  // the attention's all-reduces as comm tasks
+    pass.expert_tensor_parallel = bshape.expert_tensor_parallel;  // and the experts' (ETP)
     const std::vector<StageTask> lists[2] = {forward_tasks(k.plan, v.order, pass),
                                              backward_tasks(k.plan, v.order, pass)};
     k.in_lists.assign(kNumStages, false);
@@ -363,6 +364,7 @@ nlohmann::json json_case(const BenchRun& run, const BenchJob& job, const Case& k
           {"capacity_factor", o.capacity_factor},
           {"ranks", run.world.size()},
           {"tensor_model_parallel_size", o.tensor_parallel.tensor},
+          {"expert_tensor_parallel_size", o.tensor_parallel.expert_tensor},
           {"threads", o.threads},
           {"device", run.device == Device::CUDA ? "cuda" : "cpu"},
           {"link", run.link},
@@ -462,6 +464,7 @@ void run_bench_job(BenchRun& run, const BenchJob& job) {
   TimedCommunicator expert_group(*groups.expert_group);
   ModelParallel parallel{&expert_group, nullptr};
   parallel.tensor_group = groups.tensor_group.get();
+  parallel.expert_tensor_group = groups.expert_tensor_group.get();
   StandaloneBlock blocks(c, parallel, job.num_layers, run.device);
   blocks.initialize(o.seed);
   const int64_t B = o.micro_batch_size;
@@ -473,6 +476,7 @@ void run_bench_job(BenchRun& run, const BenchJob& job) {
   StepInputs in{blocks, x.to(run.device), dy.to(run.device), B, s.N, s.E, o.micro_batches, expert_group};
   BlockShape bshape{c, B, s.N, groups.expert_group->size()};
   bshape.tensor_parallel = sizes.tensor;
+  bshape.expert_tensor_parallel = sizes.expert_tensor;
 
   std::vector<Case> cases = make_cases(run, job, bshape);
   time_cases(run, in, cases);

@@ -32,8 +32,9 @@ void add_tensor_parallel_flags(CLI::App& cmd, ParallelSizes& sizes, const char* 
          "--expert-tensor-parallel-size", sizes.expert_tensor,
          "Expert tensor-parallel size ETP (Megatron-Core's MoE parallel folding): each expert's FFN split "
          "over ETP consecutive ranks, the world folded into ETP x EP x EDP independently of T (default 1; "
-         "Megatron-LM's default is T). Only 1 runs today; more is refused before any work (ampipe plan "
-         "prices it)")
+         "Megatron-LM's default is T). Without --sequence-parallel ETP must divide T (the group lies inside "
+         "a "
+         "tensor group); the experts' all-reduces run as comm-stream tasks like the attention's")
       ->capture_default_str();
 }
 

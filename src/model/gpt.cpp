@@ -63,8 +63,22 @@ std::vector<TensorParallelShard> GptMoe::tensor_parallel_shards(int rank) const 
   return out;
 }
 
+std::vector<TensorParallelShard> GptMoe::expert_tensor_parallel_shards(int rank) const {
+  std::vector<TensorParallelShard> out;
+  for (const MoeLayer& m : moe_)
+    for (TensorParallelShard& s : m.experts().expert_tensor_parallel_shards(rank))
+      out.push_back(std::move(s));
+  return out;
+}
+
+std::vector<TensorParallelShard> GptMoe::all_parallel_shards() const {
+  std::vector<TensorParallelShard> out = tensor_parallel_shards();
+  for (TensorParallelShard& s : expert_tensor_parallel_shards()) out.push_back(std::move(s));
+  return out;
+}
+
 void GptMoe::initialize(uint64_t seed) {
-  initialize_parameters(params_, config_, seed, tensor_parallel_shards());
+  initialize_parameters(params_, config_, seed, all_parallel_shards());
   params_.refresh_compute();
 }
 

@@ -139,6 +139,17 @@ class GptMoe {
     return tensor_parallel_shards(parallel_.tp_rank());
   }
   Communicator* tensor_group() const { return tensor_group_; }
+  // Expert tensor parallelism: rank `rank`'s shards of every block's experts (model/moe/experts.h),
+  // within the local experts' full-width tensors. Empty at ETP = 1.
+  std::vector<TensorParallelShard> expert_tensor_parallel_shards(int rank) const;
+  std::vector<TensorParallelShard> expert_tensor_parallel_shards() const {
+    return expert_tensor_parallel_shards(parallel_.etp_rank());
+  }
+  Communicator* expert_tensor_group() const {
+    return parallel_.etp_size() > 1 ? parallel_.expert_tensor_group : nullptr;
+  }
+  // Every sharded parameter of this rank: the two lists above.
+  std::vector<TensorParallelShard> all_parallel_shards() const;
 
  private:
   ModelConfig config_;

@@ -8,6 +8,10 @@
 // which split each attention half's heads between them: rank t of the group holds query heads
 // [t h/T, (t+1) h/T) and KV groups [t g/T, (t+1) g/T) (model/attention_layer.h, docs/MODEL.md
 // "Tensor-parallel attention"). Every rank of the group sees the same tokens.
+// expert_tensor_group: the ETP ranks of an expert-tensor-parallel group (Megatron-Core's
+// --expert-tensor-parallel-size), which split each expert's FFN width f between them: rank e of the
+// group holds columns [e f/ETP, (e+1) f/ETP) of the hidden layer (model/moe/experts.h). Without
+// sequence parallelism ETP divides T, so the group lies inside a tensor group and sees the same tokens.
 // nullptr for any of them means "this rank alone". The communicators are borrowed, not owned.
 #pragma once
 
@@ -20,12 +24,15 @@ struct ModelParallel {
   Communicator* expert_group = nullptr;
   Communicator* data_group = nullptr;
   Communicator* tensor_group = nullptr;
+  Communicator* expert_tensor_group = nullptr;
 
   int ep_size() const { return expert_group ? expert_group->size() : 1; }
   int ep_rank() const { return expert_group ? expert_group->rank() : 0; }
   int data_size() const { return data_group ? data_group->size() : 1; }
   int tp_size() const { return tensor_group ? tensor_group->size() : 1; }
   int tp_rank() const { return tensor_group ? tensor_group->rank() : 0; }
+  int etp_size() const { return expert_tensor_group ? expert_tensor_group->size() : 1; }
+  int etp_rank() const { return expert_tensor_group ? expert_tensor_group->rank() : 0; }
 };
 
 // Refuses Device::CUDA when a communicator of the layout cannot move device buffers (ampipe::Error

@@ -69,15 +69,20 @@ void sum_partials(Communicator& group, bool sequence_parallel, int64_t rows, int
   group.reduce_scatter_sum(whole, out);
 }
 
-// The slice [begin, begin + size) of t along dim (0 or 1), a view.
+// The slice [begin, begin + size) of t along dim, a view: rows or columns of a matrix; of a
+// contiguous 3-D tensor (the expert tensors [E, out, in]), columns of it seen as [outer, rest].
 Tensor slice(const Tensor& t, int dim, int64_t begin, int64_t size) {
-  return dim == 0 ? t.rows(begin, begin + size) : t.cols(begin, begin + size);
+  if (t.ndim() <= 2) return dim == 0 ? t.rows(begin, begin + size) : t.cols(begin, begin + size);
+  int64_t outer = 1, inner = 1;
+  for (int i = 0; i < dim; ++i) outer *= t.dim(i);
+  for (int i = dim + 1; i < t.ndim(); ++i) inner *= t.dim(i);
+  return t.reshape({outer, t.numel() / outer}).cols(begin * inner, (begin + size) * inner);
 }
 
 // The shard's shape: full_shape with dim's extent the pieces' total; refuses pieces outside full.
 Shape shard_shape(const TensorParallelShard& shard) {
   const Shape& full = shard.full_shape;
-  AMPIPE_CHECK(shard.dim >= 0 && shard.dim < static_cast<int>(full.size()) && full.size() <= 2)
+  AMPIPE_CHECK(shard.dim >= 0 && shard.dim < static_cast<int>(full.size()) && full.size() <= 3)
       << "tensor-parallel shard of " << shard.name << ": dim " << shard.dim << " of a tensor "
       << shape_string(full);
   int64_t total = 0;

@@ -55,10 +55,12 @@ enum class TensorParallelKind { Column, Row };
 // Where a parameter's tensor-parallel shard lies in the full (T = 1) tensor, for whoever moves
 // parameters between layouts (a checkpoint writer, the tests): for each piece, the shard's
 // [local_begin, local_begin + size) along `dim` (0: rows or a bias's elements, 1: columns of a
-// matrix) is the full tensor's [full_begin, full_begin + size) along the same dim; every other
-// dim is whole. A column-parallel shard is one piece of rows, except the GPT family's fused QKV
-// weight and bias, which hold three (this rank's q, k and v rows; model/attention_layer.h); a
-// row-parallel weight is one piece of columns. The pieces cover the shard in order.
+// matrix; of a 3-D expert tensor [E_local, out, in], 1 or 2) is the full tensor's [full_begin,
+// full_begin + size) along the same dim; every other dim is whole. An expert tensor's full shape is
+// its local experts' at the full FFN width (expert tensor parallelism, model/moe/experts.h). A
+// column-parallel shard is one piece of rows, except the GPT family's fused QKV weight and bias, which hold
+// three (this rank's q, k and v rows; model/attention_layer.h); a row-parallel weight is one piece of
+// columns. The pieces cover the shard in order.
 struct TensorParallelShard {
   struct Piece {
     int64_t local_begin = 0, full_begin = 0, size = 0;

@@ -64,6 +64,16 @@ int64_t tensor_parallel_size(const std::vector<Block>& blocks) {
   return T;
 }
 
+// Likewise the experts' tensor-parallel size.
+int64_t expert_tensor_parallel_size(const std::vector<Block>& blocks) {
+  const int ETP = blocks.empty() ? 1 : blocks[0].moe.experts().etp_size();
+  for (const Block& b : blocks)
+    AMPIPE_CHECK(b.moe.experts().etp_size() == ETP)
+        << "blocks of expert-tensor-parallel sizes " << ETP << " and " << b.moe.experts().etp_size()
+        << " in one pass";
+  return ETP;
+}
+
 }  // namespace
 
 StreamedBlock::StreamedBlock(const BlockSchedule& schedule, StageOrder order, TraceRecorder* trace, int rank,
@@ -82,14 +92,13 @@ void StreamedBlock::execute(const std::vector<StageTask>& tasks, const std::func
   // The GPU streams are non-blocking: they do not wait for work the calling thread enqueued on its
   // own stream (the embedding, the gradients zeroed before a backward), so the host waits for it.
   if (device_ == Device::CUDA) cuda_synchronize();
-  // Sequence parallelism and expert tensor parallelism are priced by the planner but not run yet
-  // (issue 26): refuse before any task. The attention's all-reduces (TpAttnReduce, TpAttnReduceBwd) run.
+  // Sequence parallelism's gathers are priced by the planner but not run yet (issue 26): refused
+  // before any task. The all-reduces of attention and of the experts run.
   for (const StageTask& t : tasks)
-    AMPIPE_CHECK(!is_tensor_parallel_stage(t.stage) || t.stage == Stage::TpAttnReduce ||
-                 t.stage == Stage::TpAttnReduceBwd)
-        << "the task list holds a tensor-parallel collective ('" << stage_name(t.stage)
-        << "'), which StreamedBlock cannot run yet: only the planner prices sequence and expert tensor "
-           "parallelism so far";
+    AMPIPE_CHECK(t.stage != Stage::TpAttnGather && t.stage != Stage::TpAttnGatherBwd &&
+                 t.stage != Stage::TpExpertsGather && t.stage != Stage::TpExpertsGatherBwd)
+        << "the task list holds a sequence-parallel gather ('" << stage_name(t.stage)
+        << "'), which StreamedBlock cannot run yet: only the planner prices sequence parallelism so far";
   std::vector<Event> done(tasks.size());
   std::vector<bool> waited_on(tasks.size(), false);
   for (const StageTask& t : tasks)
@@ -201,6 +210,9 @@ class ForwardRun {
         break;
       case Stage::Dispatch: block.moe.exchange_dispatch(bc.moe[c]); break;
       case Stage::Experts: block.moe.run_experts(bc.moe[c]); break;
+      case Stage::TpExpertsReduce:
+        block.moe.reduce_experts(bc.moe[c]);
+        break;  // comm stream
       case Stage::Combine: block.moe.exchange_combine(bc.moe[c]); break;
       case Stage::Finish:
         moe_rows_[c].write(block.moe.finish_forward(bc.moe[c]), in_[l + 1]);
@@ -269,6 +281,9 @@ class BackwardRun {
       case Stage::ExpertsBwd:
         block.moe.run_experts_backward(bc.moe[c], delay_wgrad_);
         break;
+      case Stage::TpExpertsReduceBwd:
+        block.moe.reduce_experts_backward(bc.moe[c]);
+        break;  // comm stream
       case Stage::DispatchBwd: block.moe.exchange_dispatch_backward(bc.moe[c]); break;
       case Stage::ExpertsWgrad:
         block.moe.run_experts_wgrad(bc.moe[c]);
@@ -402,6 +417,7 @@ PassShape StreamedBlock::forward_shape(const std::vector<Block>& blocks, bool ga
   PassShape pass{static_cast<int64_t>(blocks.size()), scope_};
   pass.gather_params = gather_params;
   pass.tensor_parallel = tensor_parallel_size(blocks);
+  pass.expert_tensor_parallel = expert_tensor_parallel_size(blocks);
   return pass;
 }
 
@@ -410,6 +426,7 @@ PassShape StreamedBlock::backward_shape(const std::vector<Block>& blocks, bool r
   pass.reduce_gradients = reduce_gradients;
   pass.delay_wgrad = delay_wgrad_;
   pass.tensor_parallel = tensor_parallel_size(blocks);
+  pass.expert_tensor_parallel = expert_tensor_parallel_size(blocks);
   return pass;
 }
 

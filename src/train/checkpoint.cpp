@@ -87,12 +87,22 @@ static GatheredState gather_state(const GptMoe& model, const AdamW& optimizer, c
   const int64_t E = model.config().num_experts;
   GatheredState g;
   const auto state = optimizer.state_tensors();  // two per parameter, in parameter order
+  // Every rank's shards, under tensor parallelism (attention, embedding, head) and expert tensor
+  // parallelism (the experts' FFN width).
   Communicator* tensor_group = model.tensor_group();
-  std::vector<std::vector<TensorParallelShard>> shards;  // every rank's, under tensor parallelism
+  Communicator* expert_tensor_group = model.expert_tensor_group();
+  std::vector<std::vector<TensorParallelShard>> shards, expert_shards;
   for (int r = 0; tensor_group != nullptr && r < tensor_group->size(); ++r)
     shards.push_back(model.tensor_parallel_shards(r));
+  for (int r = 0; expert_tensor_group != nullptr && r < expert_tensor_group->size(); ++r)
+    expert_shards.push_back(model.expert_tensor_parallel_shards(r));
+  // An expert tensor's local experts at full width first (over the ETP group), then every expert
+  // (over the EP group).
   auto whole = [&](const Parameter& p, const Tensor& local) {
-    return tensor_parallel_whole(p, gathered(p, local.to(Device::CPU), groups, E), tensor_group, shards);
+    const Tensor host = local.to(Device::CPU);
+    if (p.is_expert)
+      return gathered(p, tensor_parallel_whole(p, host, expert_tensor_group, expert_shards), groups, E);
+    return tensor_parallel_whole(p, host, tensor_group, shards);
   };
   size_t i = 0;
   // A model on the GPU saves the same float32 file: every tensor is copied to the host first.
@@ -549,18 +559,17 @@ const TensorParallelShard* find_shard(const std::vector<TensorParallelShard>& sh
 }
 
 Shape whole_shape(const Parameter& p, int64_t experts, const std::vector<TensorParallelShard>& shards) {
-  if (const TensorParallelShard* shard = p.tensor_parallel ? find_shard(shards, p.name) : nullptr)
-    return shard->full_shape;
-  Shape s = p.value.shape();
+  const TensorParallelShard* shard = p.tensor_parallel ? find_shard(shards, p.name) : nullptr;
+  Shape s = shard != nullptr ? shard->full_shape : p.value.shape();
   if (p.is_expert) s[0] = experts;
   return s;
 }
 
 Tensor local_part(const Parameter& p, const Tensor& whole, const std::vector<TensorParallelShard>& shards) {
+  const Tensor local = p.is_expert ? whole.rows(p.expert_offset, p.expert_offset + p.value.dim(0)) : whole;
   if (const TensorParallelShard* shard = p.tensor_parallel ? find_shard(shards, p.name) : nullptr)
-    return take_tensor_parallel_shard(whole, *shard);
-  if (!p.is_expert) return whole;
-  return whole.rows(p.expert_offset, p.expert_offset + p.value.dim(0));
+    return take_tensor_parallel_shard(local.is_contiguous() ? local : local.clone(), *shard);
+  return local;
 }
 
 int64_t global_offset(const Parameter& p) {

@@ -13,10 +13,10 @@ namespace ampipe::checkpoint_detail {
 std::string model_path(const std::string& dir);
 std::string optimizer_path(const std::string& dir);
 // The whole tensor's shape: an expert parameter's over all `experts`, a tensor-parallel shard's
-// full (T = 1) shape (its entry in `shards`, GptMoe::tensor_parallel_shards()).
+// full (T = 1, ETP = 1) shape (its entry in `shards`, GptMoe::all_parallel_shards()).
 Shape whole_shape(const Parameter& p, int64_t experts, const std::vector<TensorParallelShard>& shards = {});
 // This rank's part of a whole tensor (whole_shape's): an expert parameter's slice of experts (a view),
-// a tensor-parallel parameter's shard (a copy), else the tensor itself.
+// then a tensor-parallel parameter's shard of it (a copy), else the tensor itself.
 Tensor local_part(const Parameter& p, const Tensor& whole,
                   const std::vector<TensorParallelShard>& shards = {});
 // The shard named `name` in `shards`, or nullptr.

@@ -46,7 +46,7 @@ static void load_sharded_weights(const ShardedCheckpoint& ckpt, GptMoe& model) {
   std::set<std::string> unused;
   for (const std::string& name : ckpt.tensor_names())
     if (!name.ends_with(".exp_avg") && !name.ends_with(".exp_avg_sq")) unused.insert(name);
-  const std::vector<TensorParallelShard> shards = model.tensor_parallel_shards();
+  const std::vector<TensorParallelShard> shards = model.all_parallel_shards();
   for (Parameter& p : model.params().all()) {
     const Shape expected = whole_shape(p, stored.num_experts, shards);
     AMPIPE_CHECK(ckpt.shape(p.name) == expected)
@@ -78,7 +78,7 @@ static TrainingProgress load_sharded_training_state(const ShardedCheckpoint& ckp
     progress.seed = std::stoull(metadata_value(meta, path, "seed"));
     const int64_t steps = std::stoll(metadata_value(meta, path, "optimizer_steps"));
     const auto& params = model.params().all();
-    const std::vector<TensorParallelShard> shards = model.tensor_parallel_shards();
+    const std::vector<TensorParallelShard> shards = model.all_parallel_shards();
     for (const Parameter& p : params)
       for (const char* suffix : {".exp_avg", ".exp_avg_sq"}) {
         const Shape expected = whole_shape(p, model.config().num_experts, shards);
@@ -133,7 +133,7 @@ void load_model_weights(const std::string& root, GptMoe& model) {
                              << "checkpoint vs flags: " << diff << ")";
   std::set<std::string> unused;
   for (const auto& [name, t] : file.tensors) unused.insert(name);
-  const std::vector<TensorParallelShard> shards = model.tensor_parallel_shards();
+  const std::vector<TensorParallelShard> shards = model.all_parallel_shards();
   for (Parameter& p : model.params().all()) {
     auto it = file.tensors.find(p.name);
     AMPIPE_CHECK(it != file.tensors.end()) << "checkpoint " << path << " lacks tensor '" << p.name << "'";
@@ -240,7 +240,7 @@ TrainingProgress load_training_state(const std::string& root, const GptMoe& mode
     progress.seed = std::stoull(get(file, path, "seed"));
     const int64_t steps = std::stoll(get(file, path, "optimizer_steps"));
     std::vector<std::pair<std::string, Tensor>> tensors;
-    const std::vector<TensorParallelShard> shards = model.tensor_parallel_shards();
+    const std::vector<TensorParallelShard> shards = model.all_parallel_shards();
     for (const Parameter& p : model.params().all()) {
       for (const char* suffix : {".exp_avg", ".exp_avg_sq"}) {
         auto it = file.tensors.find(p.name + suffix);

@@ -217,7 +217,9 @@ void reduce_scattered(ShardSpace& space, float scale) {
 void GradientBuckets::reduce(Bucket& bucket) {
   const int R = groups_.world == nullptr ? 1 : groups_.size();
   const int DP = groups_.world == nullptr ? 1 : groups_.data_parallel_group()->size();
-  const float dense_scale = 1.0f / static_cast<float>(DP), expert_scale = 1.0f / static_cast<float>(R);
+  const float dense_scale = 1.0f / static_cast<float>(DP);
+  const float expert_scale =
+      static_cast<float>(groups_.layout.size(ParallelDim::ExpertTensor)) / static_cast<float>(R);
   if (sharded_) {
     reduce_scattered(bucket.dense, dense_scale);
     reduce_scattered(bucket.expert, expert_scale);

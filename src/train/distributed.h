@@ -7,11 +7,13 @@
 // experts [i*E/EP, (i+1)*E/EP). Ranks holding the same experts (same position in their expert
 // groups) form an expert-data group of R/EP ranks.
 // Gradients: dense ones are summed over the data-parallel group (the world when T = 1) and divided
-// by its size DP; expert ones are summed over the expert-data group and divided by R. Both give the
+// by its size DP; expert ones are summed over the expert-data group and scaled by ETP / R. Both give the
 // gradient of the global mean loss (see GptMoe::backward): under tensor parallelism the T ranks of a
 // group hold the same tokens, so a dense gradient is already the same on each (or, for a shard,
 // its own part), while each expert has received all T copies of its tokens (T x the gradient,
-// hence 1/R = 1/(T DP)).
+// hence 1/R = 1/(T DP)). Under expert tensor parallelism each shard receives T / ETP copies (one
+// from each rank of the tensor group that holds that shard), so expert gradients are scaled by
+// ETP / R.
 #pragma once
 
 #include <cstdint>
@@ -42,6 +44,7 @@ struct TrainingGroups {
   ModelParallel model_parallel() const {
     ModelParallel p{expert_group.get(), data_parallel_group()};
     p.tensor_group = tensor_group.get();
+    p.expert_tensor_group = expert_tensor_group.get();
     return p;
   }
   // The group that sums dense gradients: DP (the world when T = 1).

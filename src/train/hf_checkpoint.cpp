@@ -446,7 +446,7 @@ void load_hf_weights(const std::string& dir, GptMoe& model) {
   for (Parameter& p : model.params().all()) by_name[p.name] = &p;
   std::set<std::string> filled;
   // Tensor parallelism: a sharded parameter's whole (T = 1) tensor is filled, then its shard taken.
-  const std::vector<TensorParallelShard> shards = model.tensor_parallel_shards();
+  const std::vector<TensorParallelShard> shards = model.all_parallel_shards();
   std::map<std::string, Tensor> whole;
   for (const TensorParallelShard& s : shards) whole[s.name] = Tensor::empty(s.full_shape);
   for (const HfTensor& t : layout) {
@@ -454,13 +454,14 @@ void load_hf_weights(const std::string& dir, GptMoe& model) {
     AMPIPE_CHECK(it != by_name.end())
         << "the model has no parameter '" << t.ampipe_name << "' for " << t.hf_name;
     Parameter& p = *it->second;
-    Tensor dst = whole.count(p.name) ? whole.at(p.name) : p.value;
+    const Tensor base = whole.count(p.name) ? whole.at(p.name) : p.value;
+    Tensor dst = base;
     if (t.row_begin >= 0) dst = dst.rows(t.row_begin, t.row_end);
     if (t.expert >= 0) {
       AMPIPE_CHECK(p.is_expert) << "parameter '" << p.name << "' is not an expert tensor";
       const int64_t local = t.expert - p.expert_offset;
       if (local < 0 || local >= p.value.dim(0)) continue;  // another rank's expert
-      dst = p.value.rows(local, local + 1).reshape(t.shape);
+      dst = base.rows(local, local + 1).reshape(t.shape);
     }
     const Tensor src = read_safetensors_tensor_f32(files.headers[files.where.at(t.hf_name)], t.hf_name);
     AMPIPE_CHECK(dst.shape() == src.shape())

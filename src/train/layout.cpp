@@ -156,10 +156,12 @@ void require_runnable_sizes(const ParallelSizes& sizes, bool runs_tensor_paralle
            "far; "
            "leave out --sequence-parallel (`ampipe plan --tensor-model-parallel-size "
         << sizes.tensor << " --sequence-parallel` prices it)";
-  } else {
-    refuse_unless_one("--tensor-model-parallel-size", sizes.tensor,
-                      sizes.sequence_parallel ? " --sequence-parallel" : "");
+    AMPIPE_CHECK(sizes.expert_tensor >= 1)
+        << "--expert-tensor-parallel-size must be at least 1, got " << sizes.expert_tensor;
+    return;
   }
+  refuse_unless_one("--tensor-model-parallel-size", sizes.tensor,
+                    sizes.sequence_parallel ? " --sequence-parallel" : "");
   refuse_unless_one("--expert-tensor-parallel-size", sizes.expert_tensor, "");
 }
 

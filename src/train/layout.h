@@ -85,8 +85,9 @@ void check_layout_fits_model(const ParallelLayout& layout, const ModelConfig& co
 ParallelLayout make_layout(int64_t world_size, ParallelSizes sizes, const ModelConfig& config);
 
 // Refuses what a command cannot run yet (ampipe::Error naming the flag and its value, saying that
-// `ampipe plan` prices it): ETP > 1 always; --sequence-parallel at T > 1 always; T > 1 unless
-// `runs_tensor_parallel` (train: the model's tensor parallelism without sequence parallelism).
+// `ampipe plan` prices it): --sequence-parallel at T > 1 always; T > 1 and ETP > 1 unless
+// `runs_tensor_parallel` (the model's tensor and expert tensor parallelism without sequence
+// parallelism; the layout's checks then hold ETP to dividing T).
 // Every model-running command calls it before any work. --sequence-parallel at T = 1 passes
 // (Megatron-LM ignores it there too).
 void require_runnable_sizes(const ParallelSizes& sizes, bool runs_tensor_parallel = false);

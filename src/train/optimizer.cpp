@@ -55,11 +55,26 @@ void AdamW::set_tensor_group(Communicator* tensor_group) {
   tensor_group_ = tensor_group != nullptr && tensor_group->size() > 1 ? tensor_group : nullptr;
 }
 
+void AdamW::set_expert_tensor_group(Communicator* expert_tensor_group) {
+  AMPIPE_CHECK(expert_tensor_group == nullptr || expert_tensor_group->size() == 1 || !sharded())
+      << "the sharded optimizer (--use-distributed-optimizer) does not combine with expert tensor "
+         "parallelism yet";
+  expert_tensor_group_ =
+      expert_tensor_group != nullptr && expert_tensor_group->size() > 1 ? expert_tensor_group : nullptr;
+}
+
 double AdamW::step(double lr) {
   if (sharded()) return sharded_step(lr);
-  double dense_sq = 0, expert_sq = 0, shard_sq = 0;
-  for (const Parameter& p : params_.all())
-    (p.is_expert ? expert_sq : p.tensor_parallel ? shard_sq : dense_sq) += kernels::sum_of_squares(p.grad);
+  double dense_sq = 0, expert_sq = 0, shard_sq = 0, expert_shard_sq = 0;
+  for (const Parameter& p : params_.all()) {
+    const double sq = kernels::sum_of_squares(p.grad);
+    if (p.is_expert)
+      (p.tensor_parallel ? expert_shard_sq : expert_sq) += sq;
+    else
+      (p.tensor_parallel ? shard_sq : dense_sq) += sq;
+  }
+  if (expert_tensor_group_ != nullptr) expert_tensor_group_->all_reduce_sum(expert_shard_sq);
+  expert_sq += expert_shard_sq;
   if (expert_group_ != nullptr && expert_group_->size() > 1) expert_group_->all_reduce_sum(expert_sq);
   if (tensor_group_ != nullptr) tensor_group_->all_reduce_sum(shard_sq);
   const double norm = std::sqrt(dense_sq + shard_sq + expert_sq);

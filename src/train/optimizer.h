@@ -58,6 +58,10 @@ class AdamW {
   // shards of the parameters marked tensor_parallel, so the clipping norm sums their squares over
   // it (the whole parameters, the same on every rank of the group, count once). Not with shards.
   void set_tensor_group(Communicator* tensor_group);
+  // Expert tensor parallelism (likewise): the group whose ranks hold different shards of the expert
+  // parameters marked tensor_parallel; their squares are summed over it, then with every expert's
+  // over the expert group.
+  void set_expert_tensor_group(Communicator* expert_tensor_group);
 
   // Clips gradients by the global norm over the whole model (collective over the expert group and
   // the tensor group, or the world when sharded), then updates every parameter (sharded: then all-gathers
@@ -91,6 +95,7 @@ class AdamW {
   AdamWConfig config_;
   Communicator* expert_group_;
   Communicator* tensor_group_ = nullptr;
+  Communicator* expert_tensor_group_ = nullptr;
   GradientBuckets* shards_;
   std::vector<Tensor> exp_avg_, exp_avg_sq_;  // per parameter, or per shard space when sharded
   int64_t step_ = 0;

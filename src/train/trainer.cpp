@@ -74,6 +74,7 @@ static BlockShape run_block_shape(const TrainOptions& o, const TrainingGroups& g
   shape.sharded_optimizer = o.use_distributed_optimizer;
   shape.data_ranks = groups.data_parallel_group()->size();
   shape.tensor_parallel = o.tensor_parallel_size;  // the attention's all-reduces priced as comm tasks
+  shape.expert_tensor_parallel = o.expert_tensor_parallel_size;  // and the experts' (ETP)
   shape.delay_wgrad = o.delay_wgrad_compute;
   return shape;
 }
@@ -678,6 +679,7 @@ TrainResult run_training(TrainOptions o, const std::function<void(const std::str
   buckets.defer_param_gathers(o.overlap_param_gather);
   AdamW optimizer(model.params(), o.adamw, groups.expert_group.get(), &buckets);
   optimizer.set_tensor_group(groups.tensor_group.get());
+  optimizer.set_expert_tensor_group(groups.expert_tensor_group.get());
   const int64_t start = load_or_resume(o, model, optimizer, log);
   Run run{o, world, log, groups, model, optimizer, corpus, trace, tracing, start, buckets};
   log_startup(run);

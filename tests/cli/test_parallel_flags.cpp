@@ -38,7 +38,7 @@ TEST(CliTensorParallel, HelpOfEveryModelCommandExplainsTheThreeFlags) {
     const std::string cmd = command;
     for (const char* part :
          {"--tensor-model-parallel-size INT=1", "--sequence-parallel", "At T = 1 accepted and ignored",
-          "--expert-tensor-parallel-size INT=1", "Only 1 runs today",
+          "--expert-tensor-parallel-size INT=1", "ETP must divide T",
           cmd == "train"   ? "The embedding and LM head split the vocabulary"
           : cmd == "bench" ? "the attention's all-reduces as comm-stream tasks"
                            : "A checkpoint saved at any T loads"})
@@ -57,8 +57,8 @@ TEST(CliTensorParallel, WhatACommandDoesNotRunIsRefusedBeforeAnyWork) {
     }  // eval and sample read the checkpoint first (missing here), then refuse the layout
     expect_refused(c + " --tensor-model-parallel-size 4 --sequence-parallel",
                    "`ampipe plan --tensor-model-parallel-size 4 --sequence-parallel` prices it");
-    expect_refused(c + " --expert-tensor-parallel-size 2",
-                   "--expert-tensor-parallel-size 2: this command does not run it yet");
+    if (c.rfind("train", 0) == 0 || c.rfind("bench", 0) == 0)  // the layout: ETP x EP does not divide 1 rank
+      expect_refused(c + " --expert-tensor-parallel-size 2", "--expert-tensor-parallel-size 2");
     expect_refused(c + " --tensor-model-parallel-size 0",
                    "--tensor-model-parallel-size must be at least 1, got 0");
   }

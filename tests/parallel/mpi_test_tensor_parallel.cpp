@@ -499,9 +499,10 @@ TEST(TensorParallelAttention, RefusesHeadsOrGroupsNotDivisibleByT) {
   EXPECT_NE(msg.find(want), std::string::npos) << msg;
 }
 
-// A pass over two tensor-parallel blocks (both families, B = 2 sequences) run by the pipelined
-// executors, whose attention all-reduces are comm-stream tasks (TpAttnReduce after each attention
-// chunk, TpAttnReduceBwd after each QKV backward), against SequentialBlock running the same blocks:
+// A pass over two tensor-parallel blocks (both families, and GPT with its experts split over the group
+// too, B = 2 sequences) run by the pipelined executors, whose attention all-reduces are comm-stream
+// tasks (TpAttnReduce after each attention chunk, TpAttnReduceBwd after each QKV backward; with ETP,
+// TpExpertsReduce and TpExpertsReduceBwd around each MoE chunk's experts), against SequentialBlock:
 // the output, the input gradient and every parameter gradient (this rank's shards), within the
 // attention tolerance (the chunks' GEMMs sum in another order), for AMPipe and moe-pipe in block
 // and model scope and both stage orders. The executors run the same collectives in one list order
@@ -512,9 +513,12 @@ TEST(TensorParallelAttention, PipelinedSchedulesRunItLikeSequentialBlock) {
     PipelineScope scope;
     StageOrder order;
   };
-  for (bool mixtral : {false, true}) {
+  for (int k = 0; k < 3; ++k) {
+    const bool mixtral = k == 1, etp = k == 2;  // the third: GPT with the experts split too (ETP = T)
     const ModelConfig c = attention_config(mixtral, false);
-    StandaloneBlock blocks(c, ModelParallel{nullptr, nullptr, g_world.get()}, 2);
+    ModelParallel parallel{nullptr, nullptr, g_world.get()};
+    if (etp) parallel.expert_tensor_group = g_world.get();
+    StandaloneBlock blocks(c, parallel, 2);
     blocks.initialize(800);
     const Tensor x = random_tensor({kBatch * kSeq, c.hidden_size}, 801);
     const Tensor dy = random_tensor({kBatch * kSeq, c.hidden_size}, 802, 1.0f / std::sqrt(float{kSeq}));
@@ -538,8 +542,11 @@ TEST(TensorParallelAttention, PipelinedSchedulesRunItLikeSequentialBlock) {
       BlockSchedule schedule;
       schedule.kind = r.kind;
       schedule.pipe_degree = r.kind == ScheduleKind::Sequential ? 1 : 3;
-      SCOPED_TRACE(std::string(mixtral ? "mixtral, " : "gpt, ") + schedule.describe() + ", " +
-                   pipeline_scope_name(r.scope) + " scope, " + stage_order_name(r.order));
+      SCOPED_TRACE(std::string(mixtral ? "mixtral, "
+                               : etp   ? "gpt with ETP = T, "
+                                       : "gpt, ") +
+                   schedule.describe() + ", " + pipeline_scope_name(r.scope) + " scope, " +
+                   stage_order_name(r.order));
       const StreamedBlock streamed(schedule, r.order, nullptr, g_world->rank(), r.scope);
       const Named got = pass(streamed);
       ASSERT_EQ(got.size(), want.size());

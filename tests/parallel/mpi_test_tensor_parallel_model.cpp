@@ -1,7 +1,8 @@
 // The whole model under tensor parallelism (model/gpt.h, train/trainer.h) on 2 and 4 ranks, under
 // mpirun, against one rank:
 //   - GptMoe split over tensor groups of T ranks (T = 2, and T = 4 on 4 ranks), both families, GQA
-//     with its query groups split: the initial weights are the one-rank model's shards bit for bit;
+//     with its query groups split, with and without the experts split over the same group (ETP = T):
+//     the initial weights are the one-rank model's shards bit for bit;
 //     the loss, the logits (gathered) and every gradient (shards placed into the full tensors) equal
 //     the one-rank model's within grad_check.h's rule;
 //   - `train` with T > 1 follows T = 1 for 20 steps (losses, gradient norms, validation loss, final
@@ -51,6 +52,7 @@ struct ModelCase {
   bool mixtral;
   int64_t groups;  // query groups (KV heads); the model has 4 heads
   int T;           // tensor-parallel size; 0 = the world size
+  bool etp = false;  // expert tensor parallelism over the same group (ETP = T)
 };
 
 ModelConfig model_config(const ModelCase& c) {
@@ -72,11 +74,13 @@ ModelConfig model_config(const ModelCase& c) {
 // exact), or the parameter itself when it is whole.
 Tensor whole(const GptMoe& model, const Parameter& p, const Tensor& local) {
   if (!p.tensor_parallel) return local;
-  for (const TensorParallelShard& s : model.tensor_parallel_shards()) {
+  const bool expert = p.is_expert;
+  for (const TensorParallelShard& s :
+       expert ? model.expert_tensor_parallel_shards() : model.tensor_parallel_shards()) {
     if (s.name != p.name) continue;
     Tensor full = Tensor::zeros(s.full_shape);
     place_tensor_parallel_shard(local, s, full);
-    model.tensor_group()->all_reduce_sum(full);
+    (expert ? model.expert_tensor_group() : model.tensor_group())->all_reduce_sum(full);
     return full;
   }
   ADD_FAILURE() << p.name << " is marked tensor-parallel but has no shard";
@@ -93,6 +97,7 @@ TEST_P(TensorParallelModel, LossLogitsAndEveryGradientEqualOneRank) {
   std::unique_ptr<Communicator> tp = g_world->split(rank / T, rank % T);
   ModelParallel parallel;
   parallel.tensor_group = tp.get();
+  if (c.etp) parallel.expert_tensor_group = tp.get();
   const ModelConfig config = model_config(c);
   GptMoe sharded(config, parallel);
   GptMoe reference(config);  // this rank alone, every parameter whole
@@ -102,6 +107,9 @@ TEST_P(TensorParallelModel, LossLogitsAndEveryGradientEqualOneRank) {
             static_cast<size_t>(config.num_layers * (c.mixtral ? 4 : 3) + (c.mixtral ? 2 : 1)))
       << "shards: every block's input and output projections (GPT: weight and bias of the fused QKV), "
          "the embedding and, untied, the head";
+  EXPECT_EQ(sharded.expert_tensor_parallel_shards().size(),
+            c.etp ? static_cast<size_t>(config.num_layers * 3) : 0u)
+      << "expert shards: fc1 weight and bias and fc2 weight (GPT), w1, w3 and w2 (Mixtral)";
 
   // Every tensor group sees its own tokens (the group index seeds them); all its ranks the same.
   const int64_t B = 2, N = config.max_seq_len;
@@ -148,7 +156,10 @@ TEST_P(TensorParallelModel, LossLogitsAndEveryGradientEqualOneRank) {
 INSTANTIATE_TEST_SUITE_P(
     Families, TensorParallelModel,
     ::testing::Values(ModelCase{"GptT2", false, 0, 2}, ModelCase{"GptWorld", false, 0, 0},
-                      ModelCase{"MixtralGqaT2", true, 2, 2}, ModelCase{"MixtralT4", true, 4, 4}),
+                      ModelCase{"MixtralGqaT2", true, 2, 2}, ModelCase{"MixtralT4", true, 4, 4},
+                      ModelCase{"GptT2Etp2", false, 0, 2, true},
+                      ModelCase{"MixtralGqaT2Etp2", true, 2, 2, true},
+                      ModelCase{"GptWorldEtpWorld", false, 0, 0, true}),
     [](const ::testing::TestParamInfo<ModelCase>& p) { return std::string(p.param.name); });
 
 std::string shared_dir(const std::string& name) {
@@ -232,14 +243,16 @@ TEST_P(TensorParallelTraining, FollowsTensorParallelSizeOneAndResumesAcrossLayou
   two.save = dir + "/t2";
   two.metrics_file = dir + "/t2.jsonl";
   const TrainResult r2 = train(two, dir + "/t2.log");
-  // AMPipe at T = 2 (3 chunks, the chunks flowing across the two blocks, gradients reduced on the
-  // comm stream): the attention's all-reduces are comm-stream tasks; the same function.
+  // AMPipe at T = 2 with the experts split too (ETP = 2; 3 chunks, the chunks flowing across the
+  // two blocks, gradients reduced on the comm stream): the attention's and the experts' all-reduces
+  // are comm-stream tasks; the same function.
   TrainOptions pipelined = two;
+  pipelined.expert_tensor_parallel_size = 2;
   pipelined.schedule.kind = ScheduleKind::AmPipe;
   pipelined.schedule.pipe_degree = 3;
   pipelined.pipeline_scope = "model";
   pipelined.overlap_grad_reduce = true;
-  pipelined.save = "";
+  pipelined.save = dir + "/t2_etp2";
   pipelined.save_interval = 0;
   pipelined.metrics_file = dir + "/t2_ampipe.jsonl";
   train(pipelined);
@@ -250,7 +263,8 @@ TEST_P(TensorParallelTraining, FollowsTensorParallelSizeOneAndResumesAcrossLayou
   t2_then_t1.metrics_file = dir + "/t2_t1.jsonl";
   t2_then_t1.load = dir + "/t2/iter_0000010";
   const TrainResult r21 = train(t2_then_t1);
-  TrainOptions t1_then_t2 = two;  // and T = 1's resumed at T = 2
+  TrainOptions t1_then_t2 = two;  // and T = 1's resumed at T = 2, the experts split too (ETP = 2)
+  t1_then_t2.expert_tensor_parallel_size = 2;
   t1_then_t2.save = dir + "/t1_t2";
   t1_then_t2.metrics_file = dir + "/t1_t2.jsonl";
   t1_then_t2.load = dir + "/t1/iter_0000010";
@@ -301,8 +315,12 @@ TEST_P(TensorParallelTraining, FollowsTensorParallelSizeOneAndResumesAcrossLayou
       EXPECT_NEAR(b[i], a[i], 1e-4 * (1 + std::abs(a[i]))) << "iteration " << i + 1;
     const std::vector<double> p = metric(pipelined.metrics_file, "loss");
     ASSERT_EQ(p.size(), 20u);
-    for (size_t i = 0; i < p.size(); ++i)
-      EXPECT_NEAR(p[i], a[i], 1e-4 * (1 + std::abs(a[i]))) << "ampipe at T = 2, iteration " << i + 1;
+    const std::vector<double> pn = metric(pipelined.metrics_file, "grad_norm"),
+                              an = metric(one.metrics_file, "grad_norm");
+    for (size_t i = 0; i < p.size(); ++i) {
+      EXPECT_NEAR(p[i], a[i], 1e-4 * (1 + std::abs(a[i]))) << "ampipe at T = ETP = 2, iteration " << i + 1;
+      EXPECT_NEAR(pn[i], an[i], 1e-4 * an[i]) << "ampipe at T = ETP = 2, grad_norm, iteration " << i + 1;
+    }
     // The gradient norm before clipping: AdamW would hide a wrongly scaled gradient from the losses,
     // not from this (the shards' squares summed over the tensor group, the whole parameters once).
     const std::vector<double> na = metric(one.metrics_file, "grad_norm"),
@@ -318,7 +336,7 @@ TEST_P(TensorParallelTraining, FollowsTensorParallelSizeOneAndResumesAcrossLayou
     }
     // Gathered checkpoints: every tensor whole, whatever T, and the same weights to rounding.
     const SafetensorsFile f1 = read_safetensors(one.save + "/iter_0000020/model.safetensors");
-    for (const std::string& other : {two.save, t2_then_t1.save, t1_then_t2.save}) {
+    for (const std::string& other : {two.save, t2_then_t1.save, t1_then_t2.save, pipelined.save}) {
       const SafetensorsFile f = read_safetensors(other + "/iter_0000020/model.safetensors");
       ASSERT_EQ(f.tensors.size(), f1.tensors.size()) << other;
       for (const auto& [name, t] : f1.tensors) {
@@ -381,6 +399,13 @@ TEST(TensorParallelTraining, WhatItDoesNotRunYetIsRefusedNamingTheFlag) {
                 .find("--sequence-parallel: the model runs tensor parallelism "
                       "without sequence parallelism only so far"),
             std::string::npos);
+  TrainOptions etp_over_t = o;  // without --sequence-parallel ETP must divide T
+  etp_over_t.expert_tensor_parallel_size = 4;
+  etp_over_t.model.ffn_hidden_size = 24;
+  if (g_world->size() == 4) {
+    const std::string e = error_of([&] { train(etp_over_t); });
+    EXPECT_NE(e.find("--expert-tensor-parallel-size 4"), std::string::npos) << e;
+  }
   if (g_world->size() >= 2) {
     TrainOptions heads = o;
     heads.tensor_parallel_size = g_world->size() == 4 ? 4 : 2;

@@ -203,7 +203,12 @@ TEST(ParallelLayout, WhatACommandDoesNotRunIsRefused) {
               require_runnable_sizes(s);
             }).find("--expert-tensor-parallel-size 4: this command does not run it yet"),
             std::string::npos);
-  EXPECT_THROW(require_runnable_sizes(s, true), Error);
+  EXPECT_NO_THROW(require_runnable_sizes(s, true));  // the model runs ETP (the layout checks it against T)
+  s.expert_tensor = 0;
+  EXPECT_NE(error_of([&] {
+              require_runnable_sizes(s, true);
+            }).find("--expert-tensor-parallel-size must be at least 1, got 0"),
+            std::string::npos);
 }
 
 }  // namespace

@@ -9,13 +9,20 @@ Experts::Experts(const ModelConfig& config, ParameterRegistry& params, const std
                  const ModelParallel& parallel)
     : experts_(config.num_experts / parallel.ep_size()),
       hidden_(config.hidden_size),
-      ffn_(config.ffn_hidden_size),
+      ffn_(config.ffn_hidden_size / parallel.etp_size()),
+      etp_group_(parallel.etp_size() > 1 ? parallel.expert_tensor_group : nullptr),
+      etp_size_(parallel.etp_size()),
+      prefix_(prefix),
       swiglu_(config.swiglu),
       bf16_(config.bf16),
       selective_(config.selective_recompute) {
   AMPIPE_CHECK(config.num_experts % parallel.ep_size() == 0)
       << "--moe-num-experts " << config.num_experts << " is not divisible by the expert-parallel size "
       << parallel.ep_size();
+  AMPIPE_CHECK(config.ffn_hidden_size % parallel.etp_size() == 0)
+      << "--expert-tensor-parallel-size " << parallel.etp_size() << " does not divide the FFN width "
+      << config.ffn_hidden_size << " (--ffn-hidden-size)";
+  require_device_communicator(params.device(), etp_group_);
   const int64_t offset = parallel.ep_rank() * experts_;
   auto add = [&](const std::string& name, int64_t out, int64_t in) {
     Stacked m;
@@ -33,6 +40,27 @@ Experts::Experts(const ModelConfig& config, ParameterRegistry& params, const std
     in_ = add("fc1", ffn_, hidden_);
     out_ = add("fc2", hidden_, ffn_);
   }
+  if (!etp_group_) return;
+  for (const TensorParallelShard& sh : expert_tensor_parallel_shards(parallel.etp_rank()))
+    params.get(sh.name).tensor_parallel = true;
+}
+
+std::vector<TensorParallelShard> Experts::expert_tensor_parallel_shards(int rank) const {
+  std::vector<TensorParallelShard> out;
+  if (etp_size_ == 1) return out;
+  AMPIPE_CHECK(rank >= 0 && rank < etp_size_)
+      << "expert-tensor-parallel rank " << rank << " is not in [0, " << etp_size_ << ")";
+  const int64_t f = ffn_ * etp_size_;
+  const std::vector<TensorParallelShard::Piece> piece{{0, rank * ffn_, ffn_}};
+  // The input maps: rows of the hidden layer (dim 1 of [E_local, f, d], of the bias [E_local, f]).
+  for (const Stacked* m : {&in_, &linear_}) {
+    if (!m->weight) continue;
+    out.push_back({m->weight->name, {experts_, f, hidden_}, 1, piece});
+    if (m->bias) out.push_back({m->bias->name, {experts_, f}, 1, piece});
+  }
+  // The output map: its columns (dim 2 of [E_local, d, f]); its bias is whole.
+  out.push_back({out_.weight->name, {experts_, hidden_, f}, 2, piece});
+  return out;
 }
 
 Tensor Experts::slice(const Parameter* p, bool grad, int64_t e) {
@@ -81,6 +109,30 @@ static void round_in_place(Tensor rows32, Tensor rows16) {
 }
 
 Tensor Experts::forward(ExpertsContext& ctx, const Tensor& u, const std::vector<int64_t>& counts) const {
+  return forward_reduce(ctx, forward_local(ctx, u, counts));
+}
+
+Tensor Experts::forward_reduce(const ExpertsContext& ctx, Tensor partial) const {
+  if (!etp_group_) return partial;
+  // The shards' partial outputs summed over the group (float32), then each expert's output bias once.
+  etp_group_->all_reduce_sum(partial);
+  if (!out_.bias) return partial;
+  int64_t row = 0;
+  for (int64_t e = 0; e < experts_; ++e) {
+    const int64_t n = ctx.counts[e];
+    if (n > 0) kernels::add_bias(partial.rows(row, row + n), slice(out_.bias, false, e));
+    row += n;
+  }
+  return partial;
+}
+
+Tensor Experts::backward_reduce(Tensor partial) const {
+  if (etp_group_) etp_group_->all_reduce_sum(partial);  // each shard's part of the input gradient
+  return partial;
+}
+
+Tensor Experts::forward_local(ExpertsContext& ctx, const Tensor& u,
+                              const std::vector<int64_t>& counts) const {
   AMPIPE_CHECK(static_cast<int64_t>(counts.size()) == experts_)
       << "experts got counts for " << counts.size() << " experts, hold " << experts_;
   const int64_t P = u.dim(0);
@@ -111,7 +163,10 @@ Tensor Experts::forward(ExpertsContext& ctx, const Tensor& u, const std::vector<
       if (swiglu_) round_in_place(h3, h316.rows(row, row + n));
     }
     activation(h, h3, g32.rows(row, row + n), g.rows(row, row + n));
-    forward_map(out_, e, g.rows(row, row + n), y.rows(row, row + n));
+    if (etp_group_)  // row-parallel: the bias after the group's reduction (forward_reduce)
+      linear_forward(g.rows(row, row + n), slice(out_.weight, false, e), Tensor(), y.rows(row, row + n));
+    else
+      forward_map(out_, e, g.rows(row, row + n), y.rows(row, row + n));
     row += n;
   }
   AMPIPE_CHECK(row == P) << "expert counts sum to " << row << ", input has " << P << " rows";
@@ -125,6 +180,10 @@ Tensor Experts::forward(ExpertsContext& ctx, const Tensor& u, const std::vector<
 }
 
 Tensor Experts::backward(ExpertsContext& ctx, const Tensor& dy, ExpertsWeightGrads* delayed) const {
+  return backward_reduce(backward_local(ctx, dy, delayed));
+}
+
+Tensor Experts::backward_local(ExpertsContext& ctx, const Tensor& dy, ExpertsWeightGrads* delayed) const {
   const int64_t P = dy.dim(0);
   const Device device = dy.device();
   Tensor du = Tensor::empty({P, hidden_}, DType::F32, device);

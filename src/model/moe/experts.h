@@ -6,8 +6,20 @@
 //           moe.w1.weight, moe.w3.weight [E_local, f, d], moe.w2.weight [E_local, d, f]
 // Biases ([E_local, f] or [E_local, d], named .bias beside each weight) exist only with
 // ModelConfig::add_bias_linear. Parameters are registered under `prefix` as expert tensors (see
-// Parameter::is_expert); a checkpoint holds the gathered [E, ...] tensors. Input rows arrive grouped by expert (the dispatcher's output): rows of expert
-// e are the counts[e] rows after those of experts 0..e-1. An expert with no rows costs nothing.
+// Parameter::is_expert); a checkpoint holds the gathered [E, ...] tensors. Input rows arrive grouped by
+// expert (the dispatcher's output): rows of expert e are the counts[e] rows after those of experts 0..e-1. An
+// expert with no rows costs nothing.
+//
+// Expert tensor parallelism (ETP = parallel.etp_size() > 1, Megatron-Core's
+// --expert-tensor-parallel-size): rank r of parallel.expert_tensor_group holds columns
+// [r f/ETP, (r+1) f/ETP) of every local expert's hidden layer: fc1 / w1 / w3 and their biases
+// [E_local, f/ETP, ...] (column-parallel, SwiGLU's two input maps alike), fc2 / w2 [E_local, d,
+// f/ETP] (row-parallel); the output bias whole, added once after the reduction. Every rank of the
+// group receives the same rows (it lies inside a tensor group). forward = forward_local (this rank's
+// partial output) + forward_reduce (all_reduce_sum over the group, then the output bias);
+// backward = backward_local (the weight gradients of this rank's shards and the partial input
+// gradient) + backward_reduce (its all_reduce_sum). expert_tensor_parallel_shards() states where
+// each shard lies in the local experts' full-width tensors (model/tensor_parallel.h).
 #pragma once
 
 #include <string>
@@ -16,6 +28,7 @@
 #include "model/config.h"
 #include "model/parallel.h"
 #include "model/parameters.h"
+#include "model/tensor_parallel.h"
 
 namespace ampipe {
 
@@ -46,6 +59,15 @@ class Experts {
 
   // u [P, d] grouped by expert per counts (sum(counts) == P) -> y [P, d].
   Tensor forward(ExpertsContext& ctx, const Tensor& u, const std::vector<int64_t>& counts) const;
+  // ETP > 1 in two steps around the group's collective (a pipelined executor runs the second on its
+  // communication stream); at ETP = 1 forward_local is forward and the reduces return their input.
+  Tensor forward_local(ExpertsContext& ctx, const Tensor& u, const std::vector<int64_t>& counts) const;
+  Tensor forward_reduce(const ExpertsContext& ctx, Tensor partial) const;
+  Tensor backward_local(ExpertsContext& ctx, const Tensor& dy, ExpertsWeightGrads* delayed = nullptr) const;
+  Tensor backward_reduce(Tensor partial) const;
+  int etp_size() const { return etp_size_; }
+  // Rank `rank`'s shards of a `ranks`-way group (empty at 1), registration order.
+  std::vector<TensorParallelShard> expert_tensor_parallel_shards(int rank) const;
   // dy [P, d] -> du [P, d]; accumulates the expert parameters' gradients, or, with `delayed`, leaves
   // them there for weight_backward (the input gradients do not read them).
   Tensor backward(ExpertsContext& ctx, const Tensor& dy, ExpertsWeightGrads* delayed = nullptr) const;
@@ -62,7 +84,10 @@ class Experts {
     Parameter* weight = nullptr;
     Parameter* bias = nullptr;
   };
-  int64_t experts_, hidden_, ffn_;
+  int64_t experts_, hidden_, ffn_;  // ffn_: this rank's width, f / ETP
+  Communicator* etp_group_;         // null at ETP = 1
+  int etp_size_;
+  std::string prefix_;
   bool swiglu_;
   bool bf16_;       // --bf16: u and g are kept in bf16 for the GEMMs and their backward
   bool selective_;  // --recompute-granularity selective: g is not kept; backward recomputes it from h

@@ -22,8 +22,26 @@ void MoeLayer::begin_forward(MoeContext& ctx, const Tensor& x, RoutingStats& sta
 void MoeLayer::run_experts(MoeContext& ctx) const {
   Tensor expert_input = dispatcher_.finish_dispatch(ctx.dispatch);
   Tensor expert_output =
-      experts_.forward(ctx.experts, expert_input, dispatcher_.local_expert_counts(ctx.dispatch));
+      experts_.forward_local(ctx.experts, expert_input, dispatcher_.local_expert_counts(ctx.dispatch));
+  if (experts_.etp_size() > 1) {
+    ctx.expert_partial = expert_output;  // reduce_experts sums it over the group
+    return;
+  }
   dispatcher_.begin_combine(ctx.dispatch, expert_output);
+}
+
+void MoeLayer::reduce_experts(MoeContext& ctx) const {
+  if (experts_.etp_size() == 1) return;
+  Tensor expert_output = experts_.forward_reduce(ctx.experts, std::move(ctx.expert_partial));
+  ctx.expert_partial = Tensor();
+  dispatcher_.begin_combine(ctx.dispatch, expert_output);
+}
+
+void MoeLayer::reduce_experts_backward(MoeContext& ctx) const {
+  if (experts_.etp_size() == 1) return;
+  Tensor dexpert_input = experts_.backward_reduce(std::move(ctx.expert_partial));
+  ctx.expert_partial = Tensor();
+  dispatcher_.begin_dispatch_backward(ctx.dispatch, dexpert_input);
 }
 
 Tensor MoeLayer::finish_forward(MoeContext& ctx) const {
@@ -40,7 +58,12 @@ void MoeLayer::begin_backward(MoeContext& ctx, const Tensor& dy) const {
 
 void MoeLayer::run_experts_backward(MoeContext& ctx, bool delay_wgrad) const {
   Tensor dexpert_output = dispatcher_.finish_combine_backward(ctx.dispatch);
-  Tensor dexpert_input = experts_.backward(ctx.experts, dexpert_output, delay_wgrad ? &ctx.wgrad : nullptr);
+  Tensor dexpert_input =
+      experts_.backward_local(ctx.experts, dexpert_output, delay_wgrad ? &ctx.wgrad : nullptr);
+  if (experts_.etp_size() > 1) {
+    ctx.expert_partial = dexpert_input;  // reduce_experts_backward sums it over the group
+    return;
+  }
   dispatcher_.begin_dispatch_backward(ctx.dispatch, dexpert_input);
 }
 
@@ -59,6 +82,7 @@ Tensor MoeLayer::forward(MoeContext& ctx, const Tensor& x, RoutingStats& stats) 
   begin_forward(ctx, x, stats);
   exchange_dispatch(ctx);
   run_experts(ctx);
+  reduce_experts(ctx);
   exchange_combine(ctx);
   return finish_forward(ctx);
 }
@@ -68,6 +92,7 @@ Tensor MoeLayer::backward(MoeContext& ctx, const Tensor& dy, const RoutingStats&
   begin_backward(ctx, dy);
   exchange_combine_backward(ctx);
   run_experts_backward(ctx);
+  reduce_experts_backward(ctx);
   exchange_dispatch_backward(ctx);
   return finish_backward(ctx, stats, aux_grad_scale);
 }

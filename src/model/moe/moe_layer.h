@@ -23,6 +23,7 @@ struct MoeContext {
   DispatchContext dispatch;
   ExpertsContext experts;
   ExpertsWeightGrads wgrad;  // --delay-wgrad-compute: between run_experts_backward and run_experts_wgrad
+  Tensor expert_partial;     // ETP > 1: the experts' partial output (input gradient) awaiting its reduce
 };
 
 class MoeLayer {
@@ -40,7 +41,13 @@ class MoeLayer {
   // exchange, finish (compute). Run in this order they equal forward() / backward().
   void begin_forward(MoeContext& ctx, const Tensor& x, RoutingStats& stats) const;
   void exchange_dispatch(MoeContext& ctx) const { dispatcher_.exchange_dispatch(ctx.dispatch); }
+  // Under expert tensor parallelism (ETP > 1, model/moe/experts.h) run_experts leaves the experts'
+  // partial output in ctx and reduce_experts (the group's all-reduce, the output bias, the combine's
+  // packing) follows it before exchange_combine; likewise run_experts_backward and
+  // reduce_experts_backward before exchange_dispatch_backward. At ETP = 1 the reduces do nothing.
   void run_experts(MoeContext& ctx) const;
+  void reduce_experts(MoeContext& ctx) const;
+  void reduce_experts_backward(MoeContext& ctx) const;
   void exchange_combine(MoeContext& ctx) const { dispatcher_.exchange_combine(ctx.dispatch); }
   Tensor finish_forward(MoeContext& ctx) const;
   void begin_backward(MoeContext& ctx, const Tensor& dy) const;
