@@ -191,7 +191,7 @@ void AttentionLayer::begin_forward(AttentionContext& ctx, const Tensor& x, int64
 Tensor AttentionLayer::chunk_forward(AttentionContext& ctx, int64_t begin, int64_t end, size_t* chunk_index) const {
   size_t index = 0;
   Tensor h = chunk_forward_local(ctx, begin, end, &index);
-  if (tensor_group_) h = chunk_forward_reduce(ctx, index, h);
+  if (tensor_group_) h = chunk_forward_reduce(h, chunk_rows_of(ctx.x, ctx.chunks[index]));
   if (chunk_index) *chunk_index = index;
   return h;
 }
@@ -227,14 +227,16 @@ Tensor AttentionLayer::chunk_forward_local(AttentionContext& ctx, int64_t begin,
   return h;
 }
 
-Tensor AttentionLayer::chunk_forward_reduce(AttentionContext& ctx, size_t chunk_index, Tensor partial) const {
+Tensor AttentionLayer::chunk_forward_reduce(Tensor partial, const Tensor& residual) const {
   AMPIPE_CHECK(tensor_group_) << "chunk_forward_reduce without a tensor-parallel group";
-  AMPIPE_CHECK(chunk_index < ctx.chunks.size()) << "no attention chunk " << chunk_index;
+  AMPIPE_CHECK(residual.shape() == partial.shape())
+      << "chunk_forward_reduce: residual rows " << shape_string(residual.shape())
+      << " for a partial projection " << shape_string(partial.shape());
   // The partial projections summed over the group (float32, also under bf16), then the whole bias
   // once and the residual.
   tensor_group_->all_reduce_sum(partial);
   if (out_b_) kernels::add_bias(partial, out_b_->value);
-  kernels::add_inplace(partial, chunk_rows_of(ctx.x, ctx.chunks[chunk_index]));
+  kernels::add_inplace(partial, residual);
   return partial;
 }
 

@@ -117,13 +117,15 @@ class AttentionLayer {
   // a task of its communication stream (pipeline/streamed_block.h): chunk_forward =
   // chunk_forward_local, which returns this rank's partial projection [B*len, d] (without bias or
   // residual; at T = 1 the whole h), then chunk_forward_reduce (T > 1 only), which all-reduces it in
-  // place over the tensor group, adds the bias and the chunk's residual rows and returns h. No
-  // collective in chunk_forward_local.
+  // place over the tensor group, adds the bias and `residual` (the chunk's rows of the block input
+  // x, [B*len, d]) and returns h. No collective in chunk_forward_local; chunk_forward_reduce reads
+  // no context, so it may run while another thread runs the next chunk's chunk_forward_local.
   Tensor chunk_forward_local(AttentionContext& ctx, int64_t begin, int64_t end, size_t* chunk_index) const;
-  Tensor chunk_forward_reduce(AttentionContext& ctx, size_t chunk_index, Tensor partial) const;
+  Tensor chunk_forward_reduce(Tensor partial, const Tensor& residual) const;
   // Likewise input_backward = input_backward_local (the projections' backward: this rank's partial
   // gradient of norm1's output, no collective), then input_backward_reduce (its all-reduce over the
-  // group at T > 1, then norm1's backward; returns the rows' dx and frees them).
+  // group at T > 1, then norm1's backward; returns the rows' dx and frees them). input_backward_reduce
+  // touches only its own input's entry of ctx.inputs (which the backward never resizes).
   Tensor input_backward_local(AttentionContext& ctx, size_t input_index) const;
   Tensor input_backward_reduce(AttentionContext& ctx, size_t input_index, Tensor da) const;
   // dh [B*len, d]: gradient of the chunk's h (the caller adds dh to the residual gradient itself).

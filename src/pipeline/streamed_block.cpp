@@ -200,9 +200,11 @@ class ForwardRun {
         break;
       }
       case Stage::TpAttnReduce:  // comm stream: the all-reduce, then bias and residual
-        attn_rows_[c].write(block.attention.chunk_forward_reduce(bc.attention, bc.attention_chunk[c],
-                                                                 std::move(partial_[l][c])),
-                            h_[l]);
+        // The chunk's residual rows are read here, not from the context, whose chunk list the
+        // compute stream may be growing meanwhile (the next chunk's chunk_forward_local).
+        attn_rows_[c].write(
+            block.attention.chunk_forward_reduce(std::move(partial_[l][c]), attn_rows_[c].read(in_[l])),
+            h_[l]);
         partial_[l][c] = Tensor();
         break;
       case Stage::Route:
