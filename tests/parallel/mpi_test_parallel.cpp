@@ -20,6 +20,7 @@
 #include "model/gpt.h"
 #include "model/moe/moe_layer.h"
 #include "parallel/mpi_gtest_main.h"
+#include "parallel/mpi_train_fixture.h"
 #include "parallel/pipe_cases.h"
 #include "pipeline/streamed_block.h"
 #include "test_util.h"
@@ -175,49 +176,19 @@ TEST(ExpertParallel, Bf16AllToAllsCarryHalfTheBytesOfFloat32) {
 }
 
 std::string shared_dir(const std::string& name) {
-  // Rank 0 chooses the directory; every rank uses it.
-  std::string dir = (std::filesystem::path(::testing::TempDir()) /
-                     ("ampipe_parallel_" + name + "_" + std::to_string(::getpid())))
-                        .string();
-  g_world->broadcast_bytes(dir, 0);
-  if (g_world->rank() == 0) {
-    std::filesystem::remove_all(dir);
-    std::filesystem::create_directories(dir);
-    std::string text;
-    for (int i = 0; i < 200; ++i) text += "And the LORD spake unto Moses, saying, Speak unto the children of Israel. ";
-    std::ofstream(dir + "/corpus.txt") << text;
-    // The same text as an indexed dataset: one document per sentence, byte tokens.
+  // The same text as an indexed dataset too: one document per sentence, byte tokens.
+  return shared_corpus_dir(*g_world, "ampipe_parallel_", name, [](const std::string& dir) {
     IndexedDatasetWriter writer(dir + "/corpus_text_document", IndexedDType::U16);
     for (int i = 0; i < 400; ++i) {
       const std::string sentence = i % 2 ? "Speak unto the children of Israel. " : "And the LORD spake unto Moses. ";
       writer.add_document(byte_encode(sentence + std::to_string(i)));
     }
     writer.finalize();
-  }
-  g_world->barrier();
-  return dir;
+  });
 }
 
 TrainOptions small_options(const std::string& dir, bool mixtral = false) {
-  TrainOptions o;
-  if (mixtral) {
-    o.model.set_family("mixtral");
-    o.model.num_query_groups = 1;
-  }
-  o.model.max_seq_len = 16;
-  o.model.hidden_size = 16;
-  o.model.num_attention_heads = 2;
-  o.model.num_layers = 2;
-  o.model.num_experts = 4;
-  o.model.ffn_hidden_size = 24;
-  o.model.top_k = 2;
-  o.lr = LrSchedule{3e-3, 3e-4, 2, 1};
-  o.train_iters = 12;
-  o.eval_interval = 6;
-  o.eval_iters = 1;
-  o.log_interval = 1;
-  o.data_path = {dir + "/corpus.txt"};
-  return o;
+  return small_train_options(dir, mixtral, /*heads=*/2, /*query_groups=*/1);
 }
 
 // One value per metrics line: the training loss, or another key.

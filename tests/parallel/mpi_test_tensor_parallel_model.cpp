@@ -25,6 +25,7 @@
 #include "grad_check.h"
 #include "model/gpt.h"
 #include "parallel/mpi_gtest_main.h"
+#include "parallel/mpi_train_fixture.h"
 #include "test_util.h"
 #include "train/safetensors.h"
 #include "train/trainer.h"
@@ -37,6 +38,8 @@ std::unique_ptr<Communicator> g_world;
 using ::ampipe::testing::error_of;
 using ::ampipe::testing::expect_gradient_matches;
 using ::ampipe::testing::GradientTolerance;
+using ::ampipe::testing::shared_corpus_dir;
+using ::ampipe::testing::small_train_options;
 using ::ampipe::testing::to_double;
 
 // The sharded model differs from the whole one only in float32 summation order (the row-parallel
@@ -162,47 +165,19 @@ INSTANTIATE_TEST_SUITE_P(
                       ModelCase{"GptWorldEtpWorld", false, 0, 0, true}),
     [](const ::testing::TestParamInfo<ModelCase>& p) { return std::string(p.param.name); });
 
-std::string shared_dir(const std::string& name) {
-  std::string dir =
-      (std::filesystem::path(::testing::TempDir()) / ("ampipe_tp_" + name + "_" + std::to_string(::getpid())))
-          .string();
-  g_world->broadcast_bytes(dir, 0);
-  if (g_world->rank() == 0) {
-    std::filesystem::remove_all(dir);
-    std::filesystem::create_directories(dir);
-    std::string text;
-    for (int i = 0; i < 200; ++i)
-      text += "And the LORD spake unto Moses, saying, Speak unto the children of Israel. ";
-    std::ofstream(dir + "/corpus.txt") << text;
-  }
-  g_world->barrier();
-  return dir;
-}
+std::string shared_dir(const std::string& name) { return shared_corpus_dir(*g_world, "ampipe_tp_", name); }
 
+// 4 heads (Mixtral: 2 query groups), so T = 2 and 4 divide them.
 TrainOptions small_options(const std::string& dir, bool mixtral) {
-  TrainOptions o;
-  if (mixtral) {
-    o.model.set_family("mixtral");
-    o.model.num_query_groups = 2;
-  }
-  o.model.max_seq_len = 16;
-  o.model.hidden_size = 16;
-  o.model.num_attention_heads = 4;
-  o.model.num_layers = 2;
-  o.model.num_experts = 4;
-  o.model.ffn_hidden_size = 24;
-  o.model.top_k = 2;
+  TrainOptions o = small_train_options(dir, mixtral, /*heads=*/4, /*query_groups=*/2);
   o.micro_batch_size = 1;
   o.global_batch_size = 4;
   // The load-balancing loss is per micro-batch (as in Megatron), and T = 2 runs twice as many
   // micro-batches a step as T = 1: without it the step's gradient is the same whatever the split.
   o.model.aux_loss_weight = 0;
-  o.lr = LrSchedule{3e-3, 3e-4, 2, 1};
   o.train_iters = 20;
   o.eval_interval = 10;
   o.eval_iters = 2;
-  o.log_interval = 1;
-  o.data_path = {dir + "/corpus.txt"};
   return o;
 }
 
