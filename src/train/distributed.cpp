@@ -131,9 +131,6 @@ GradientBuckets::GradientBuckets(ParameterRegistry& params, const TrainingGroups
                                  bool sharded)
     : params_(params), groups_(groups), sharded_(sharded), buckets_(static_cast<size_t>(num_layers) + 1) {
   AMPIPE_CHECK(num_layers >= 1) << "gradient buckets need at least one block, got " << num_layers;
-  AMPIPE_CHECK(!sharded || groups.tensor_group == nullptr)
-      << "--use-distributed-optimizer does not combine with --tensor-model-parallel-size "
-      << groups.tensor_group->size() << " yet (its shards assume every rank holds whole parameters)";
   size_t index = 0;
   for (Parameter& p : params.all()) {
     size_t b = buckets_.size() - 1;

@@ -71,15 +71,17 @@ void average_gradients(ParameterRegistry& params, const TrainingGroups& groups);
 // data-parallel group in one call (scaled by 1/DP), its expert gradients over the expert-data group
 // in another (scaled by 1/R); the result equals average_gradients' up to the summation order of the
 // reduction itself.
-// reduce_block(l) is collective over the world (and the expert-data group): every rank must reduce
+// reduce_block(l) is collective over the data-parallel and expert-data groups: every rank must reduce
 // the same buckets in the same order, which the streamed executor's task lists guarantee.
 //
 // The buckets also define how the model is divided among data-parallel ranks (the distributed
 // optimizer's shards, and who writes what in a sharded checkpoint): each bucket's dense parameters,
-// flattened in registry order, form one ShardSpace over the world, its expert parameters another
-// over the expert-data group. A space of `total` elements is padded to G x shard (G its group's
-// size, shard = ceil(total / G)); rank g of the group owns elements [g shard, (g+1) shard). Every
-// element of the whole model is owned by exactly one rank of the world.
+// flattened in registry order, form one ShardSpace over the data-parallel group (the world at
+// T = 1), its expert parameters another over the expert-data group. A space of `total` elements is
+// padded to G x shard (G its group's size, shard = ceil(total / G)); rank g of the group owns
+// elements [g shard, (g+1) shard). At T = ETP = 1 every element of the whole model is owned by
+// exactly one rank of the world; under tensor parallelism a whole parameter has one owner per copy
+// (T of them, ETP for the experts' output bias), a shard one.
 //
 // Sharded (--use-distributed-optimizer): reduce_* reduce-scatter instead. Each space's packed
 // gradients are summed over its group and scaled by 1/R into `shard_grad`, this rank's owned
@@ -125,8 +127,9 @@ struct ShardSpace {
 
 class GradientBuckets {
  public:
-  // Borrows both; the registry must outlive this and keep its parameters. `sharded` with a tensor
-  // group is refused (the distributed optimizer's spaces assume T = 1).
+  // Borrows both; the registry must outlive this and keep its parameters. Under tensor parallelism
+  // each rank's dense spaces are its own (its shards, its copy of the whole parameters), sharded over
+  // its data-parallel group.
   GradientBuckets(ParameterRegistry& params, const TrainingGroups& groups, int64_t num_layers,
                   bool sharded = false);
   void reduce_block(int64_t layer);

@@ -50,15 +50,10 @@ kernels::AdamWStep AdamW::hyper(const Parameter& p, double lr) const {
 }
 
 void AdamW::set_tensor_group(Communicator* tensor_group) {
-  AMPIPE_CHECK(tensor_group == nullptr || tensor_group->size() == 1 || !sharded())
-      << "the sharded optimizer (--use-distributed-optimizer) does not combine with tensor parallelism yet";
   tensor_group_ = tensor_group != nullptr && tensor_group->size() > 1 ? tensor_group : nullptr;
 }
 
 void AdamW::set_expert_tensor_group(Communicator* expert_tensor_group) {
-  AMPIPE_CHECK(expert_tensor_group == nullptr || expert_tensor_group->size() == 1 || !sharded())
-      << "the sharded optimizer (--use-distributed-optimizer) does not combine with expert tensor "
-         "parallelism yet";
   expert_tensor_group_ =
       expert_tensor_group != nullptr && expert_tensor_group->size() > 1 ? expert_tensor_group : nullptr;
 }
@@ -91,13 +86,21 @@ double AdamW::step(double lr) {
   return norm;
 }
 
-// Every element of the model is owned by one rank of the world, so the owned shards' squares
-// summed over the world count each gradient element once.
+// Every element of a data-parallel space is owned by one rank of its group, so the owned shards'
+// squares summed over the world count each gradient element once per copy of it in the world: a
+// whole dense parameter has one copy per rank of a tensor group (T), a whole expert parameter (the
+// output bias) one per rank of an expert-tensor group (ETP), a shard one. Each is weighted by
+// 1 / copies, so every element of the model counts once.
 double AdamW::sharded_step(double lr) {
   const std::vector<ShardSpace*> spaces = shards_->spaces();
+  const double T = tensor_group_ ? tensor_group_->size() : 1,
+               ETP = expert_tensor_group_ ? expert_tensor_group_->size() : 1;
   double sq = 0;
   for (const ShardSpace* space : spaces)
-    for (const ShardSpace::Segment& seg : space->owned) sq += kernels::sum_of_squares(space->gradient(seg));
+    for (const ShardSpace::Segment& seg : space->owned) {
+      const double copies = seg.param->tensor_parallel ? 1.0 : seg.param->is_expert ? ETP : T;
+      sq += kernels::sum_of_squares(space->gradient(seg)) / copies;
+    }
   Communicator* world = shards_->world();
   if (world != nullptr && world->size() > 1) world->all_reduce_sum(sq);
   const double norm = std::sqrt(sq);

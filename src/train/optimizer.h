@@ -56,7 +56,8 @@ class AdamW {
         GradientBuckets* shards = nullptr);
   // Tensor parallelism (borrowed; nullptr or one rank = none): the group whose ranks hold different
   // shards of the parameters marked tensor_parallel, so the clipping norm sums their squares over
-  // it (the whole parameters, the same on every rank of the group, count once). Not with shards.
+  // it (the whole parameters, the same on every rank of the group, count once; sharded, each owned
+  // element of a whole parameter is weighted by 1 / T).
   void set_tensor_group(Communicator* tensor_group);
   // Expert tensor parallelism (likewise): the group whose ranks hold different shards of the expert
   // parameters marked tensor_parallel; their squares are summed over it, then with every expert's
