@@ -46,9 +46,14 @@ if [[ $which == all || $which == asan ]]; then
   # ("Tracer caught signal 11", "LeakSanitizer has encountered a fatal error") at the exit of rank 0
   # of mpi_test_parallel at 4 ranks, even with no test selected; a failure of LSan, not a leak
   # report. Seen on 2026-12-07, not understood yet; the same program's leaks are checked at 2 ranks.
+  # Left out for time: scripts_checkpoint_kill_mpi and scripts_checkpoint_kill_sharded_mpi (2 ranks
+  # killed with kill -9 at random moments, then resumed, over and over: 141 s and 131 s under ASan,
+  # the two slowest tests by 3x). They run in the Release suite; under ASan the checkpoint code they
+  # drive runs in test_checkpoint_dirs, scripts_checkpoint_kill (one rank, killed the same way) and
+  # the multi-rank save and resume tests of tests/parallel.
   phase tests-asan env LD_PRELOAD="$root/build-asan/libno_dlclose.so" \
     bash -c "cd build-asan && ctest --output-on-failure -j$jobs --timeout 900 \
-      -E '^(Memory\.FreedActivationsAreReusedWithoutFreshPageFaults|Trainer\.ResidentMemoryStaysFlatOverTwoThousandSteps|parallel_mpi_np4)\$'"
+      -E '^(Memory\.FreedActivationsAreReusedWithoutFreshPageFaults|Trainer\.ResidentMemoryStaysFlatOverTwoThousandSteps|parallel_mpi_np4|scripts_checkpoint_kill_mpi|scripts_checkpoint_kill_sharded_mpi)\$'"
   phase tests-asan-np4 env LD_PRELOAD="$root/build-asan/libno_dlclose.so" \
     ASAN_OPTIONS=detect_leaks=0:abort_on_error=1:verify_asan_link_order=0 \
     bash -c "cd build-asan && ctest --output-on-failure --timeout 900 -R '^parallel_mpi_np4\$'"
