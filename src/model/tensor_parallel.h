@@ -1,9 +1,10 @@
 // Megatron-LM's tensor-parallel linear layers: y = x W^T + b (model/linear.h's PyTorch layout,
 // W [out, in]) with W split over the T ranks of a tensor-parallel group (docs/MODEL.md, "The GPT
-// family"). Nothing calls the linear functions outside their tests yet: the tensor-parallel
-// attention (model/attention_layer.h) lays out its projections this way but calls model/linear.h
-// and the group's all_reduce_sum itself (bf16 operands and GPU buffers, which these refuse); it
-// states its shards with TensorParallelShard below.
+// family"). Nothing calls the linear functions outside their tests: the tensor-parallel attention
+// (model/attention_layer.h) and experts (model/moe/experts.h) lay out their projections this way but
+// call model/linear.h and the group's all_reduce_sum themselves (bf16 operands, GPU buffers and the
+// split around the collective that the pipelined executors need); they state their shards with
+// TensorParallelShard below, which checkpoints and initialisation use.
 //
 // Column-parallel: rank t holds rows [t out/T, (t+1) out/T) of W and of b. Row-parallel: rank t
 // holds columns [t in/T, (t+1) in/T) of W; b is whole on every rank and added once, after the

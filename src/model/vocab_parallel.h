@@ -1,7 +1,7 @@
 // The softmax cross-entropy of an LM head whose vocabulary is split over the ranks of a
 // tensor-parallel group (Megatron-LM's vocab_parallel_cross_entropy): no rank holds a full row of
-// logits. A building block of tensor parallelism, which is not built yet; nothing calls it outside
-// its tests (docs/MODEL.md, "The GPT family").
+// logits. GptMoe's loss under tensor parallelism (model/gpt.h; docs/MODEL.md, "Vocabulary-parallel
+// embedding and LM head").
 //
 // Layout: rank r of the group (size R) holds the logits of vocabulary ids [begin_r, begin_r + Vs_r).
 // The shards tile [0, V) in rank order: begin_0 = 0, begin_{r+1} = begin_r + Vs_r, the sizes sum to
