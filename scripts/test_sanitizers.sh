@@ -62,12 +62,14 @@ fi
 
 if [[ $which == all || $which == tsan ]]; then
   # Only the executables these tests live in: the stream (core), the pipeline schedules (and paired
-  # micro-batches: two passes' tasks on the same two streams) and the
+  # micro-batches: two passes' tasks on the same two streams), tensor parallelism with the ranks as
+  # threads (test_thread_ranks: the all-reduces as comm-stream tasks, the ranks' collectives in
+  # shared memory TSan can see) and the
   # single-process communicator; with the GPU emulator (EMULATE), the GPU streams, the emulator's own
   # streams, events and fibers, its NCCL (sockets between ranks run as threads and as processes),
   # and the model's GPU pipeline (the ampipe schedule on two GPU streams;
   # the other ModelDevice tests add minutes under TSan and no stream they do not share).
-  AMPIPE_CUDA_MODE=EMULATE phase build-tsan configure_build build-tsan thread test_stream test_schedules test_paired \
+  AMPIPE_CUDA_MODE=EMULATE phase build-tsan configure_build build-tsan thread test_stream test_schedules test_paired test_thread_ranks \
     test_self_communicator test_cuda_stream test_gpu_emulator test_gpu_emulator_nccl test_model_device
   # OMP_NUM_THREADS=1 (set by CMake on these tests for a thread build): libgomp is not instrumented.
   # Multi-rank MPI tests (comm_mpi_*) are not run under TSan: Open MPI's progress and event threads
@@ -75,5 +77,5 @@ if [[ $which == all || $which == tsan ]]; then
   # cannot see the synchronisation of; they run under ASan above.
   export TSAN_OPTIONS=halt_on_error=1:second_deadlock_stack=1
   phase tests-tsan bash -c "cd build-tsan && ctest --output-on-failure -j$jobs --timeout 900 \
-    -R '^((StreamTest|Stream|TopKAndFamily/Schedules|TopKAndFamily/Paired|Paired|PairedTasks|StreamedBlock|TaskList|Schedule|SelfCommunicator|SelfCommunicatorDeathTest|WorldCommunicator|CudaStream|GpuEmulator|GpuEmulatorNccl)\.|ModelDevice\.AmpipeScheduleOnTheGpuMatchesTheCpu)'"
+    -R '^((StreamTest|Stream|TopKAndFamily/Schedules|TopKAndFamily/Paired|Paired|PairedTasks|StreamedBlock|TaskList|Schedule|ThreadRanks|SelfCommunicator|SelfCommunicatorDeathTest|WorldCommunicator|CudaStream|GpuEmulator|GpuEmulatorNccl)\.|ModelDevice\.AmpipeScheduleOnTheGpuMatchesTheCpu)'"
 fi
