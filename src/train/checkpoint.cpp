@@ -348,21 +348,79 @@ static std::string first_failure(Communicator* world, const std::string& mine) {
   return first;
 }
 
+static int64_t whole_numel(const Shape& shape) {
+  int64_t n = 1;
+  for (int64_t d : shape) n *= d;
+  return n;
+}
+
+// A run of a tensor-parallel shard's flattened elements that is contiguous in the full tensor:
+// local elements [local, local + size) are the full (flattened) tensor's [full, full + size).
+struct ShardRun {
+  int64_t local = 0, full = 0, size = 0;
+};
+
+// Splits the shard's local elements [begin, begin + count) into such runs (model/tensor_parallel.h:
+// along `dim` the shard's pieces sit at their full_begin, every other dim whole).
+static std::vector<ShardRun> shard_runs(const TensorParallelShard& s, int64_t begin, int64_t count) {
+  int64_t inner = 1, local_dim = 0;
+  for (size_t i = static_cast<size_t>(s.dim) + 1; i < s.full_shape.size(); ++i) inner *= s.full_shape[i];
+  for (const TensorParallelShard::Piece& p : s.pieces) local_dim += p.size;
+  const int64_t full_dim = s.full_shape[static_cast<size_t>(s.dim)];
+  std::vector<ShardRun> runs;
+  for (int64_t i = begin, end = begin + count; i < end;) {
+    const int64_t outer = i / (local_dim * inner), rem = i % (local_dim * inner);
+    const int64_t k = rem / inner, in = rem % inner;
+    const TensorParallelShard::Piece* piece = nullptr;
+    for (const TensorParallelShard::Piece& p : s.pieces)
+      if (k >= p.local_begin && k < p.local_begin + p.size) piece = &p;
+    AMPIPE_CHECK(piece != nullptr) << "shard of " << s.name << ": element " << i << " lies in no piece";
+    const int64_t size = std::min(end - i, (piece->local_begin + piece->size - k) * inner - in);
+    runs.push_back({i, (outer * full_dim + piece->full_begin + (k - piece->local_begin)) * inner + in, size});
+    i += size;
+  }
+  return runs;
+}
+
 // This rank's pieces of a sharded save: the elements it owns (AdamW::owned_ranges) of every
-// parameter and of both its moments, named "<tensor>@<begin in the whole tensor>".
+// parameter and of both its moments, named "<tensor>@<begin in the whole tensor>". Under tensor
+// parallelism a shard's owned elements are written at their places in the whole tensor (one piece
+// per contiguous run), and a whole parameter, of which every rank of the (expert) tensor group holds
+// a copy, only by that group's first rank: each element of the whole model once.
 static std::vector<std::pair<std::string, Tensor>> owned_pieces(const GptMoe& model, const AdamW& optimizer,
                                                                 int64_t iteration) {
   std::vector<std::pair<std::string, Tensor>> pieces;
   const auto& params = model.params().all();
+  const std::vector<TensorParallelShard> shards = model.all_parallel_shards();
+  const bool first_of_tensor = model.tensor_group() == nullptr || model.tensor_group()->rank() == 0;
+  const bool first_of_expert_tensor =
+      model.expert_tensor_group() == nullptr || model.expert_tensor_group()->rank() == 0;
   for (const MomentRange& r : optimizer.owned_ranges()) {
     const Parameter& p = params[r.param_index];
-    const std::string at = "@" + std::to_string(checkpoint_detail::global_offset(p) + r.begin);
-    const Tensor value = p.value.reshape({p.value.numel()}).rows(r.begin, r.begin + r.numel);
-    for (const auto& [name, t] : {std::pair{p.name, value}, std::pair{p.name + ".exp_avg", r.exp_avg},
-                                  std::pair{p.name + ".exp_avg_sq", r.exp_avg_sq}}) {
-      Tensor host = t.to(Device::CPU);
-      check_finite(name, host, iteration);
-      pieces.emplace_back(name + at, host);
+    const TensorParallelShard* shard =
+        p.tensor_parallel ? checkpoint_detail::find_shard(shards, p.name) : nullptr;
+    if (shard == nullptr && !(p.is_expert ? first_of_expert_tensor : first_of_tensor)) continue;  // a copy
+    std::vector<ShardRun> runs{{r.begin, checkpoint_detail::global_offset(p) + r.begin, r.numel}};
+    if (shard != nullptr) {
+      runs = shard_runs(*shard, r.begin, r.numel);
+      // An expert shard's full tensor is this rank's experts at full width: offset by the experts before.
+      const int64_t before =
+          p.is_expert ? p.expert_offset * (whole_numel(shard->full_shape) / shard->full_shape[0]) : 0;
+      for (ShardRun& run : runs) run.full += before;
+    }
+    const Tensor value = p.value.reshape({p.value.numel()});
+    for (const ShardRun& run : runs) {
+      std::string at = "@";  // (appended: GCC 12's -Wrestrict misfires on "@" + std::string here)
+      at += std::to_string(run.full);
+      const int64_t from = run.local - r.begin;  // within the owned range (the moments' views)
+      for (const auto& [name, t] :
+           {std::pair{p.name, value.rows(run.local, run.local + run.size)},
+            std::pair{p.name + ".exp_avg", r.exp_avg.rows(from, from + run.size)},
+            std::pair{p.name + ".exp_avg_sq", r.exp_avg_sq.rows(from, from + run.size)}}) {
+        Tensor host = t.to(Device::CPU);
+        check_finite(name, host, iteration);
+        pieces.emplace_back(name + at, host);
+      }
     }
   }
   return pieces;
@@ -400,7 +458,8 @@ static void save_sharded_iteration(const std::string& root, const GptMoe& model,
           std::map<std::string, Shape> shapes;
           for (const Parameter& p : model.params().all())
             for (const char* suffix : {"", ".exp_avg", ".exp_avg_sq"})
-              shapes[p.name + suffix] = whole_shape(p, model.config().num_experts);
+              shapes[p.name + suffix] =
+                  whole_shape(p, model.config().num_experts, model.all_parallel_shards());
           std::map<std::string, std::string> meta = model.config().to_metadata();
           meta["iteration"] = std::to_string(progress.iteration);
           write_sharded_index(tmp, R, progress.iteration, shapes, meta,
@@ -420,9 +479,6 @@ static void save_sharded_iteration(const std::string& root, const GptMoe& model,
 void save_iteration_checkpoint(const std::string& root, const GptMoe& model, const AdamW& optimizer,
                                const TrainingProgress& progress, const TrainingGroups* groups,
                                const Tokenizer* tokenizer, int64_t keep, CheckpointFormat format) {
-  AMPIPE_CHECK(format != CheckpointFormat::Sharded || model.tensor_group() == nullptr)
-      << "the sharded checkpoint format does not hold tensor-parallel shards yet; save the gathered format "
-         "(it is the same whatever --tensor-model-parallel-size)";
   if (format == CheckpointFormat::Sharded)
     return save_sharded_iteration(root, model, optimizer, progress, groups, tokenizer, keep);
   const GatheredState g = gather_state(model, optimizer, groups);

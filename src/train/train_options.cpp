@@ -54,10 +54,6 @@ static void check_tensor_parallel_options(const TrainOptions& o) {
   AMPIPE_CHECK(o.device == Device::CPU)
       << tp
       << " runs on the CPU only so far (the vocabulary-parallel loss is a CPU function); got --device cuda";
-  AMPIPE_CHECK(o.ckpt_format == "gathered")
-      << tp
-      << " saves the gathered checkpoint format only so far (it loads at any tensor-parallel size); got "
-      << "--ckpt-format " << o.ckpt_format;
 }
 
 void validate_train_options(const TrainOptions& o) {
