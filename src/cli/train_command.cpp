@@ -179,8 +179,8 @@ void add_parallel_flags(CLI::App& cmd, TrainCommand& c) {
       cmd, c.tensor_parallel, "the model trains",
       "The embedding and LM head split the vocabulary alike (padded to "
       "--make-vocab-size-divisible-by x T); the ranks of a group share each micro-batch "
-      "(global batch = micro-batch x DP x micro-batches). CPU, every schedule, gathered "
-      "checkpoints (loadable at any T)");
+      "(global batch = micro-batch x DP x micro-batches). CPU, every schedule, either checkpoint format "
+      "(loadable at any T)");
   cmd.add_option(
          "--schedule", c.schedule,
          "How each transformer block runs: sequential (one piece), moe-pipe (the MoE layer's tokens in "
