@@ -197,6 +197,23 @@ TrainResult train(TrainOptions o, const std::string& log_name = "") {
   return r;
 }
 
+// `ampipe eval` of checkpoint `load` on dir/corpus.txt at tensor-parallel size T (every rank runs it;
+// rank 0's printed loss, to every rank).
+double eval_loss(const std::string& dir, const std::string& load, int T) {
+  EvalCommand e;
+  e.load = load;
+  e.data_path = {dir + "/corpus.txt"};
+  e.micro_batch_size = 2;
+  e.tensor_parallel.tensor = T;
+  ::testing::internal::CaptureStdout();
+  run_eval_command(e, *g_world);
+  const std::string out = ::testing::internal::GetCapturedStdout();
+  double loss = 0;
+  if (g_world->rank() == 0) loss = nlohmann::json::parse(out)["loss"].get<double>();
+  g_world->all_reduce_sum(loss);
+  return loss;
+}
+
 class TensorParallelTraining : public ::testing::TestWithParam<bool> {};
 
 // T = 2 over the world (DP = W / 2) against T = 1 (DP = W), the same global batch of 4 sequences: the
@@ -249,21 +266,7 @@ TEST_P(TensorParallelTraining, FollowsTensorParallelSizeOneAndResumesAcrossLayou
 
   // eval and sample of T = 2's checkpoint at T = 2 (the windows split over DP = W / 2, each step's
   // logits gathered) and at T = 1: the same loss; sample prints the prompt and its continuation.
-  auto eval_loss = [&](int T) {
-    EvalCommand e;
-    e.load = two.save;
-    e.data_path = {dir + "/corpus.txt"};
-    e.micro_batch_size = 2;
-    e.tensor_parallel.tensor = T;
-    ::testing::internal::CaptureStdout();
-    run_eval_command(e, *g_world);
-    const std::string out = ::testing::internal::GetCapturedStdout();
-    double loss = 0;
-    if (g_world->rank() == 0) loss = nlohmann::json::parse(out)["loss"].get<double>();
-    g_world->all_reduce_sum(loss);
-    return loss;
-  };
-  const double eval2 = eval_loss(2), eval1 = eval_loss(1);
+  const double eval2 = eval_loss(dir, two.save, 2), eval1 = eval_loss(dir, two.save, 1);
   EXPECT_GT(eval1, 0);
   EXPECT_NEAR(eval2, eval1, 1e-6 * eval1);
   SampleCommand sample;
@@ -366,20 +369,7 @@ TEST(TensorParallelTraining, DistributedOptimizerFollowsThePlainOne) {
   resumed.load = sharded.save + "/iter_0000006";
   resumed.metrics_file = dir + "/resumed.jsonl";
   train(resumed);
-  auto eval_loss = [&](const std::string& load) {
-    EvalCommand e;
-    e.load = load;
-    e.data_path = {dir + "/corpus.txt"};
-    e.micro_batch_size = 2;
-    ::testing::internal::CaptureStdout();
-    run_eval_command(e, *g_world);
-    const std::string out = ::testing::internal::GetCapturedStdout();
-    double loss = 0;
-    if (g_world->rank() == 0) loss = nlohmann::json::parse(out)["loss"].get<double>();
-    g_world->all_reduce_sum(loss);
-    return loss;
-  };
-  const double sharded_eval = eval_loss(sharded.save), plain_eval = eval_loss(plain.save);
+  const double sharded_eval = eval_loss(dir, sharded.save, 1), plain_eval = eval_loss(dir, plain.save, 1);
   EXPECT_NEAR(sharded_eval, plain_eval, 1e-5 * plain_eval);
   if (g_world->rank() == 0) {
     for (const char* key : {"loss", "grad_norm"}) {
