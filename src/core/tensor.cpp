@@ -103,9 +103,11 @@ int64_t Tensor::dim(int i) const {
   return shape_[i];
 }
 
-int64_t Tensor::numel() const {
-  return std::accumulate(shape_.begin(), shape_.end(), int64_t{1}, std::multiplies<int64_t>());
+int64_t shape_numel(const Shape& shape) {
+  return std::accumulate(shape.begin(), shape.end(), int64_t{1}, std::multiplies<int64_t>());
 }
+
+int64_t Tensor::numel() const { return shape_numel(shape_); }
 
 int64_t Tensor::stride(int i) const {
   AMPIPE_CHECK(i >= 0 && i < ndim()) << "dimension " << i << " out of range for shape "

@@ -34,6 +34,8 @@ size_t dtype_size(DType dtype);
 
 using Shape = std::vector<int64_t>;
 std::string shape_string(const Shape& shape);
+// The number of elements of a tensor of `shape` (1 for a scalar's empty shape).
+int64_t shape_numel(const Shape& shape);
 
 class Tensor {
  public:

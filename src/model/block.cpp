@@ -8,7 +8,7 @@ namespace ampipe {
 
 StandaloneBlock::StandaloneBlock(const ModelConfig& config, const ModelParallel& parallel, int64_t num_layers,
                                  Device device)
-    : config_(config), params_(device), etp_rank_(parallel.etp_rank()) {
+    : config_(config), params_(device) {
   AMPIPE_CHECK(num_layers >= 1) << "a standalone block needs num_layers >= 1, got " << num_layers;
   require_device_communicators(device, parallel);
   config_.num_layers = num_layers;
@@ -27,15 +27,10 @@ StandaloneBlock::StandaloneBlock(const ModelConfig& config, const ModelParallel&
 void StandaloneBlock::initialize(uint64_t seed) {
   // The tensor-parallel shards drawn whole and taken, as GptMoe::initialize: the T = 1 weights.
   std::vector<TensorParallelShard> shards;
-  for (int64_t l = 0; l < config_.num_layers; ++l) {
-    const AttentionLayer& a = attention_[l];
-    for (TensorParallelShard& s : attention_tensor_parallel_shards(
-             config_, "blocks." + std::to_string(l) + ".", a.tp_rank(), a.tp_size()))
-      shards.push_back(std::move(s));
-  }
-  for (const MoeLayer& m : moe_)
-    for (TensorParallelShard& s : m.experts().expert_tensor_parallel_shards(etp_rank_))
-      shards.push_back(std::move(s));
+  for (const Block& b : blocks_)
+    for (const std::vector<TensorParallelShard>& layer :
+         {b.attention.tensor_parallel_shards(), b.moe.experts().expert_tensor_parallel_shards()})
+      shards.insert(shards.end(), layer.begin(), layer.end());
   initialize_parameters(params_, config_, seed, shards);
   params_.refresh_compute();
 }

@@ -108,7 +108,6 @@ class StandaloneBlock {
  private:
   ModelConfig config_;
   ParameterRegistry params_;
-  int etp_rank_ = 0;
   std::vector<AttentionLayer> attention_;
   std::vector<MoeLayer> moe_;
   std::vector<Block> blocks_;

@@ -44,9 +44,7 @@ void initialize_parameters(ParameterRegistry& params, const ModelConfig& config,
     const auto shard = std::find_if(shards.begin(), shards.end(),
                                     [&p](const TensorParallelShard& s) { return s.name == p.name; });
     const Shape shape = shard != shards.end() ? shard->full_shape : p.value.shape();
-    int64_t numel = 1;
-    for (int64_t n : shape) numel *= n;
-    const int64_t part_size = numel / parts;
+    const int64_t part_size = shape_numel(shape) / parts;
     // Drawn on the host (the same values whatever the device), then copied to the parameter's device.
     const bool on_host = p.value.device() == Device::CPU && shard == shards.end();
     Tensor host = on_host ? p.value : Tensor::empty(shape);

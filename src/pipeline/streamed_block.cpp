@@ -55,23 +55,21 @@ std::vector<Rows> rows_of_chunks(const std::vector<int64_t>& boundaries, int64_t
   return rows;
 }
 
-// The tensor-parallel size of the blocks (every block alike; refused otherwise).
-int64_t tensor_parallel_size(const std::vector<Block>& blocks) {
-  const int T = blocks.empty() ? 1 : blocks[0].attention.tp_size();
+// A size every block of a pass must share (its tensor-parallel size, its experts'), refused otherwise.
+int64_t common_size(const std::vector<Block>& blocks, int (*size_of)(const Block&), const char* what) {
+  const int size = blocks.empty() ? 1 : size_of(blocks[0]);
   for (const Block& b : blocks)
-    AMPIPE_CHECK(b.attention.tp_size() == T)
-        << "blocks of tensor-parallel sizes " << T << " and " << b.attention.tp_size() << " in one pass";
-  return T;
+    AMPIPE_CHECK(size_of(b) == size) << "blocks of " << what << " sizes " << size << " and " << size_of(b)
+                                     << " in one pass";
+  return size;
 }
-
-// Likewise the experts' tensor-parallel size.
+int64_t tensor_parallel_size(const std::vector<Block>& blocks) {
+  return common_size(
+      blocks, [](const Block& b) { return b.attention.tp_size(); }, "tensor-parallel");
+}
 int64_t expert_tensor_parallel_size(const std::vector<Block>& blocks) {
-  const int ETP = blocks.empty() ? 1 : blocks[0].moe.experts().etp_size();
-  for (const Block& b : blocks)
-    AMPIPE_CHECK(b.moe.experts().etp_size() == ETP)
-        << "blocks of expert-tensor-parallel sizes " << ETP << " and " << b.moe.experts().etp_size()
-        << " in one pass";
-  return ETP;
+  return common_size(
+      blocks, [](const Block& b) { return b.moe.experts().etp_size(); }, "expert-tensor-parallel");
 }
 
 }  // namespace

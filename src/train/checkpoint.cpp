@@ -348,12 +348,6 @@ static std::string first_failure(Communicator* world, const std::string& mine) {
   return first;
 }
 
-static int64_t whole_numel(const Shape& shape) {
-  int64_t n = 1;
-  for (int64_t d : shape) n *= d;
-  return n;
-}
-
 // A run of a tensor-parallel shard's flattened elements that is contiguous in the full tensor:
 // local elements [local, local + size) are the full (flattened) tensor's [full, full + size).
 struct ShardRun {
@@ -405,7 +399,7 @@ static std::vector<std::pair<std::string, Tensor>> owned_pieces(const GptMoe& mo
       runs = shard_runs(*shard, r.begin, r.numel);
       // An expert shard's full tensor is this rank's experts at full width: offset by the experts before.
       const int64_t before =
-          p.is_expert ? p.expert_offset * (whole_numel(shard->full_shape) / shard->full_shape[0]) : 0;
+          p.is_expert ? p.expert_offset * (shape_numel(shard->full_shape) / shard->full_shape[0]) : 0;
       for (ShardRun& run : runs) run.full += before;
     }
     const Tensor value = p.value.reshape({p.value.numel()});

@@ -26,8 +26,7 @@ static void read_local(const ShardedCheckpoint& ckpt, const std::string& name, c
                        const std::vector<TensorParallelShard>& shards, Tensor out) {
   if (const TensorParallelShard* shard =
           p.tensor_parallel ? checkpoint_detail::find_shard(shards, p.name) : nullptr) {
-    int64_t n = 1;
-    for (int64_t s : shard->full_shape) n *= s;
+    const int64_t n = shape_numel(shard->full_shape);
     Tensor whole = Tensor::empty({n});
     ckpt.read(name, 0, whole);
     out.copy_from(take_tensor_parallel_shard(whole.reshape(shard->full_shape), *shard).reshape(out.shape()));

@@ -56,13 +56,10 @@ TrainingGroups make_training_groups(Communicator& world, const ParallelLayout& l
 void average_gradients(ParameterRegistry& params, const TrainingGroups& groups) {
   const int R = groups.size();
   if (R <= 1) return;
-  Communicator* dense = groups.data_parallel_group();
-  const float dense_scale = 1.0f / static_cast<float>(dense->size()),
-              expert_scale = 1.0f / static_cast<float>(R);
   for (Parameter& p : params.all()) {
-    Communicator* group = p.is_expert ? groups.expert_data_group.get() : dense;
+    Communicator* group = p.is_expert ? groups.expert_data_group.get() : groups.data_parallel_group();
     if (group->size() > 1) group->all_reduce_sum(p.grad);
-    kernels::scale_inplace(p.grad, p.is_expert ? expert_scale : dense_scale);
+    kernels::scale_inplace(p.grad, groups.gradient_scale(p.is_expert));
   }
 }
 
@@ -213,10 +210,8 @@ void reduce_scattered(ShardSpace& space, float scale) {
 
 void GradientBuckets::reduce(Bucket& bucket) {
   const int R = groups_.world == nullptr ? 1 : groups_.size();
-  const int DP = groups_.world == nullptr ? 1 : groups_.data_parallel_group()->size();
-  const float dense_scale = 1.0f / static_cast<float>(DP);
-  const float expert_scale =
-      static_cast<float>(groups_.layout.size(ParallelDim::ExpertTensor)) / static_cast<float>(R);
+  const float dense_scale = groups_.world == nullptr ? 1.0f : groups_.gradient_scale(false);
+  const float expert_scale = groups_.world == nullptr ? 1.0f : groups_.gradient_scale(true);
   if (sharded_) {
     reduce_scattered(bucket.dense, dense_scale);
     reduce_scattered(bucket.expert, expert_scale);

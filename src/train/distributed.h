@@ -49,6 +49,12 @@ struct TrainingGroups {
   }
   // The group that sums dense gradients: DP (the world when T = 1).
   Communicator* data_parallel_group() const { return data_group ? data_group.get() : world; }
+  // What a summed gradient is scaled by (above): 1 / DP for a dense parameter, ETP / R for an expert
+  // parameter. The one rule of average_gradients and GradientBuckets.
+  float gradient_scale(bool expert) const {
+    return expert ? static_cast<float>(layout.size(ParallelDim::ExpertTensor)) / static_cast<float>(size())
+                  : 1.0f / static_cast<float>(data_parallel_group()->size());
+  }
   int rank() const { return world->rank(); }
   int size() const { return world->size(); }
 };

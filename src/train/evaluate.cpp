@@ -4,7 +4,6 @@
 #include <cmath>
 
 #include "core/random.h"
-#include "kernels/cross_entropy.h"
 #include "train/data.h"
 
 namespace ampipe {

@@ -12,7 +12,7 @@ Experts::Experts(const ModelConfig& config, ParameterRegistry& params, const std
       ffn_(config.ffn_hidden_size / parallel.etp_size()),
       etp_group_(parallel.etp_size() > 1 ? parallel.expert_tensor_group : nullptr),
       etp_size_(parallel.etp_size()),
-      prefix_(prefix),
+      etp_rank_(parallel.etp_rank()),
       swiglu_(config.swiglu),
       bf16_(config.bf16),
       selective_(config.selective_recompute) {
@@ -41,7 +41,7 @@ Experts::Experts(const ModelConfig& config, ParameterRegistry& params, const std
     out_ = add("fc2", hidden_, ffn_);
   }
   if (!etp_group_) return;
-  for (const TensorParallelShard& sh : expert_tensor_parallel_shards(parallel.etp_rank()))
+  for (const TensorParallelShard& sh : expert_tensor_parallel_shards())
     params.get(sh.name).tensor_parallel = true;
 }
 

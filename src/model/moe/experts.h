@@ -66,8 +66,12 @@ class Experts {
   Tensor backward_local(ExpertsContext& ctx, const Tensor& dy, ExpertsWeightGrads* delayed = nullptr) const;
   Tensor backward_reduce(Tensor partial) const;
   int etp_size() const { return etp_size_; }
-  // Rank `rank`'s shards of a `ranks`-way group (empty at 1), registration order.
+  // Rank `rank`'s shards of a `ranks`-way group (empty at 1), registration order; without an
+  // argument, this rank's.
   std::vector<TensorParallelShard> expert_tensor_parallel_shards(int rank) const;
+  std::vector<TensorParallelShard> expert_tensor_parallel_shards() const {
+    return expert_tensor_parallel_shards(etp_rank_);
+  }
   // dy [P, d] -> du [P, d]; accumulates the expert parameters' gradients, or, with `delayed`, leaves
   // them there for weight_backward (the input gradients do not read them).
   Tensor backward(ExpertsContext& ctx, const Tensor& dy, ExpertsWeightGrads* delayed = nullptr) const;
@@ -87,7 +91,7 @@ class Experts {
   int64_t experts_, hidden_, ffn_;  // ffn_: this rank's width, f / ETP
   Communicator* etp_group_;         // null at ETP = 1
   int etp_size_;
-  std::string prefix_;
+  int etp_rank_;
   bool swiglu_;
   bool bf16_;       // --bf16: u and g are kept in bf16 for the GEMMs and their backward
   bool selective_;  // --recompute-granularity selective: g is not kept; backward recomputes it from h
