@@ -98,8 +98,9 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
   add_device_flags(*cmd, o.device, o.distributed_backend, "the blocks run");
   add_precision_flag(*cmd, o.bf16, "the blocks run");
   add_tensor_parallel_flags(*cmd, o.tensor_parallel, "the blocks run",
-                            "Consecutive groups of T ranks read the same tokens; every schedule runs the "
-                            "attention's all-reduces as comm-stream tasks (their time is in comm_ms)");
+                            "Consecutive groups of T ranks read the same tokens (each its 1/T of them with "
+                            "--sequence-parallel); every schedule runs the attention's collectives as "
+                            "comm-stream tasks (their time is in comm_ms)");
   cmd->add_option("--link", o.link,
                   "Label of the link rate in the output; default $AMPIPE_LINK (set by scripts/netem.sh), else "
                   "'unshaped'");

@@ -112,6 +112,7 @@ std::vector<Case> make_cases(const BenchRun& run, const BenchJob& job, const Blo
     PassShape pass{job.num_layers, v.scope, false};
     pass.delay_wgrad = v.delay_wgrad;  // backward lists only
     pass.tensor_parallel = bshape.tensor_parallel;  // the attention's all-reduces as comm tasks
+    pass.sequence_parallel = bshape.sequence_parallel;            // gathers and reduce-scatters instead
     pass.expert_tensor_parallel = bshape.expert_tensor_parallel;  // and the experts' (ETP)
     const std::vector<StageTask> lists[2] = {forward_tasks(k.plan, v.order, pass),
                                              backward_tasks(k.plan, v.order, pass)};
@@ -364,6 +365,7 @@ nlohmann::json json_case(const BenchRun& run, const BenchJob& job, const Case& k
           {"capacity_factor", o.capacity_factor},
           {"ranks", run.world.size()},
           {"tensor_model_parallel_size", o.tensor_parallel.tensor},
+          {"sequence_parallel", o.tensor_parallel.sequence_parallel && o.tensor_parallel.tensor > 1},
           {"expert_tensor_parallel_size", o.tensor_parallel.expert_tensor},
           {"threads", o.threads},
           {"device", run.device == Device::CUDA ? "cuda" : "cpu"},
@@ -465,17 +467,24 @@ void run_bench_job(BenchRun& run, const BenchJob& job) {
   ModelParallel parallel{&expert_group, nullptr};
   parallel.tensor_group = groups.tensor_group.get();
   parallel.expert_tensor_group = groups.expert_tensor_group.get();
+  parallel.sequence_parallel = groups.sequence_parallel();
   StandaloneBlock blocks(c, parallel, job.num_layers, run.device);
   blocks.initialize(o.seed);
   const int64_t B = o.micro_batch_size;
   const uint64_t rank_seed = o.seed + static_cast<uint64_t>(groups.data_parallel_group()->rank());
-  Tensor x = Tensor::empty({B * s.N, s.d}), dy = Tensor::empty({B * s.N, s.d});
+  // Sequence parallel: each rank's rows of the residual stream, N / T positions per sequence.
+  AMPIPE_CHECK(!parallel.sp() || s.N % sizes.tensor == 0)
+      << "--sequence-parallel: --seq-length " << s.N << " is not divisible by --tensor-model-parallel-size "
+      << sizes.tensor;
+  const int64_t local_N = parallel.sp() ? s.N / sizes.tensor : s.N;
+  Tensor x = Tensor::empty({B * local_N, s.d}), dy = Tensor::empty({B * local_N, s.d});
   fill_normal(x, mix_seed(rank_seed, 1), 1.0f);
   fill_normal(dy, mix_seed(rank_seed, 2), 1e-3f);
   // Drawn on the host, then moved; every micro-batch reads the same x and dy.
-  StepInputs in{blocks, x.to(run.device), dy.to(run.device), B, s.N, s.E, o.micro_batches, expert_group};
+  StepInputs in{blocks, x.to(run.device), dy.to(run.device), B, local_N, s.E, o.micro_batches, expert_group};
   BlockShape bshape{c, B, s.N, groups.expert_group->size()};
   bshape.tensor_parallel = sizes.tensor;
+  bshape.sequence_parallel = parallel.sp();
   bshape.expert_tensor_parallel = sizes.expert_tensor;
 
   std::vector<Case> cases = make_cases(run, job, bshape);

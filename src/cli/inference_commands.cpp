@@ -1,6 +1,7 @@
 #include "cli/inference_commands.h"
 
 #include <CLI/CLI.hpp>
+#include <cstdio>
 #include <memory>
 #include <nlohmann/json.hpp>
 
@@ -98,7 +99,8 @@ CLI::App* add_sample_command(CLI::App& app, SampleCommand& s, int default_thread
   add_precision_flag(*sample, s.bf16, "the model runs");
   add_tensor_parallel_flags(*sample, s.tensor_parallel, "the model runs",
                             "A checkpoint saved at any T loads (its vocabulary must divide by T); every rank "
-                            "generates the same text, each step's logits gathered over the group. CPU");
+                            "generates the same text, each step's logits gathered over the group. CPU. "
+                            "--sequence-parallel is noted and left out (prompts of any length)");
   return sample;
 }
 
@@ -205,7 +207,17 @@ int run_sample_command(const SampleCommand& s, Communicator& world_in) {
   ModelConfig config = read_checkpoint_config(load);
   config.bf16 = s.bf16;
   TrainingGroups groups = inference_groups(world, s.tensor_parallel, config);
-  GptMoe model(config, groups.model_parallel(), device);
+  // Generation runs prompts of any length, one position more each step: without sequence
+  // parallelism, which needs lengths divisible by T. The weights and the logits are the same.
+  ModelParallel parallel = groups.model_parallel();
+  if (parallel.sp()) {
+    if (world.rank() == 0)
+      std::fprintf(stderr,
+                   "ampipe sample: note: runs without --sequence-parallel (the prompt grows one position per "
+                   "step); the tensor-parallel layout and the results are the same\n");
+    parallel.sequence_parallel = false;
+  }
+  GptMoe model(config, parallel, device);
   load_model_weights(load, model);
   const std::unique_ptr<Tokenizer> tokenizer = checkpoint_tokenizer(load, config, s.tokenizer_model);
   std::vector<int32_t> context = tokenizer->encode(s.prompt);

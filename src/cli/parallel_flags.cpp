@@ -24,10 +24,11 @@ void add_tensor_parallel_flags(CLI::App& cmd, ParallelSizes& sizes, const char* 
       ->capture_default_str();
   cmd.add_flag(
       "--sequence-parallel", sizes.sequence_parallel,
-      "With --tensor-model-parallel-size > 1 (Megatron-LM): norms, residuals and the router on 1/T of the "
-      "sequence, all-gather and reduce-scatter instead of all-reduce. Not run yet at T > 1 (refused "
-      "before any work; ampipe plan prices it). At T = 1 accepted and ignored, with a one-line note (as "
-      "Megatron-LM)");
+      "With --tensor-model-parallel-size > 1 (Megatron-LM): the residual stream, norms, router and MoE "
+      "layers on 1/T of each sequence's positions per rank (--seq-length divisible by T), all-gather and "
+      "reduce-scatter around attention and the LM head instead of all-reduce; each rank routes its own "
+      "tokens (docs/MODEL.md, \"Sequence parallelism\"). Runs with --expert-tensor-parallel-size 1 only "
+      "(ampipe plan prices more). At T = 1 accepted and ignored, with a one-line note (as Megatron-LM)");
   cmd.add_option(
          "--expert-tensor-parallel-size", sizes.expert_tensor,
          "Expert tensor-parallel size ETP (Megatron-Core's MoE parallel folding): each expert's FFN split "

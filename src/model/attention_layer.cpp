@@ -6,6 +6,7 @@
 #include "kernels/permute.h"
 #include "kernels/rope.h"
 #include "model/linear.h"
+#include "model/sequence_parallel.h"
 
 namespace ampipe {
 
@@ -32,6 +33,7 @@ AttentionLayer::AttentionLayer(const ModelConfig& config, ParameterRegistry& par
       tensor_group_(parallel.tp_size() > 1 ? parallel.tensor_group : nullptr),
       tp_size_(parallel.tp_size()),
       tp_rank_(parallel.tp_rank()),
+      sp_(parallel.sp()),
       rope_(config.rope()),
       bf16_(config.bf16),
       selective_(config.selective_recompute),
@@ -53,6 +55,7 @@ AttentionLayer::AttentionLayer(const ModelConfig& config, ParameterRegistry& par
   out_w_->matmul = true;
   if (bias) out_b_ = &params.add(out + ".bias", {d}, false);  // whole on every rank
   if (!tensor_group_) return;
+  if (sp_) norm_.mark_sequence_parallel();  // norm1 runs on whole rows, but its backward on partial sums
   shards_ = attention_tensor_parallel_shards(config, prefix, tp_rank_, tp_size_);
   for (const TensorParallelShard& s : shards_) params.get(s.name).tensor_parallel = true;
 }
@@ -135,12 +138,19 @@ static kernels::AttentionShape chunk_shape(const AttentionContext& ctx, int64_t 
 
 void AttentionLayer::prepare_forward(AttentionContext& ctx, const Tensor& x, int64_t batch, int64_t seq_len) const {
   const int64_t d = hidden_;
-  const int64_t T = x.dim(0);
-  AMPIPE_CHECK(T == batch * seq_len && x.dim(1) == d)
-      << "attention input " << shape_string(x.shape()) << " is not [" << batch << "*" << seq_len << ", " << d << "]";
+  AMPIPE_CHECK(x.dim(0) == batch * seq_len && x.dim(1) == d)
+      << "attention input " << shape_string(x.shape()) << " is not [" << batch << "*" << seq_len << ", " << d
+      << "]";
   ctx.batch = batch;
   ctx.seq_len = seq_len;
   ctx.x = x;
+  ctx.local = Tensor();
+  if (sp_) {  // x is this rank's rows; the whole rows are gathered into ctx.x by input_gather
+    ctx.local = x;
+    ctx.seq_len = seq_len * tp_size_;
+    ctx.x = Tensor::empty({batch * ctx.seq_len, d}, DType::F32, x.device());
+  }
+  const int64_t T = ctx.x.dim(0);
   // bf16: q, k and v are kept in bf16 (the attention kernel reads them widened, in float32).
   ctx.qkv = Tensor::empty({T, q_width() + 2 * kv_width()}, bf16_ ? DType::BF16 : DType::F32, x.device());
   ctx.dqkv = Tensor();
@@ -148,7 +158,37 @@ void AttentionLayer::prepare_forward(AttentionContext& ctx, const Tensor& x, int
   ctx.chunks.clear();
 }
 
+Tensor AttentionLayer::local_rows(const AttentionContext& ctx, int64_t begin, int64_t end) const {
+  const int64_t n = ctx.seq_len / tp_size_;  // the local sequence
+  AMPIPE_CHECK(0 <= begin && begin < end && end <= n)
+      << "local rows [" << begin << ", " << end << ") are not inside the local sequence [0, " << n << ")";
+  if (ctx.batch == 1) return ctx.local.rows(begin, end);
+  if (begin == 0 && end == n) return ctx.local;
+  return rows_of(ctx.local, chunk_row_index(ctx.batch, n, begin, end, ctx.local.device()), 0,
+                 ctx.batch * (end - begin));
+}
+
+void AttentionLayer::input_gather(AttentionContext& ctx, int64_t begin, int64_t end) const {
+  if (!sp_) return;
+  const Tensor whole = sequence_gather(*tensor_group_, local_rows(ctx, begin, end));
+  const int64_t T = tp_size_;
+  if (ctx.batch == 1) {
+    ctx.x.rows(T * begin, T * end).copy_from(whole);
+  } else {
+    kernels::scatter_rows(whole, chunk_row_index(ctx.batch, ctx.seq_len, T * begin, T * end, ctx.x.device()),
+                          ctx.x);
+  }
+}
+
+Tensor AttentionLayer::sequence_gather_rows(const Tensor& local) const {
+  return sp_ ? sequence_gather(*tensor_group_, local) : local;
+}
+
 size_t AttentionLayer::input_forward(AttentionContext& ctx, int64_t begin, int64_t end) const {
+  if (sp_) {  // local positions -> the whole sequence's
+    begin *= tp_size_;
+    end *= tp_size_;
+  }
   AMPIPE_CHECK(0 <= begin && begin < end && end <= ctx.seq_len)
       << "attention input rows [" << begin << ", " << end << ") are not inside the sequence [0, " << ctx.seq_len
       << ")";
@@ -185,19 +225,25 @@ size_t AttentionLayer::input_forward(AttentionContext& ctx, int64_t begin, int64
 
 void AttentionLayer::begin_forward(AttentionContext& ctx, const Tensor& x, int64_t batch, int64_t seq_len) const {
   prepare_forward(ctx, x, batch, seq_len);
+  input_gather(ctx, 0, seq_len);
   input_forward(ctx, 0, seq_len);
 }
 
 Tensor AttentionLayer::chunk_forward(AttentionContext& ctx, int64_t begin, int64_t end, size_t* chunk_index) const {
   size_t index = 0;
   Tensor h = chunk_forward_local(ctx, begin, end, &index);
-  if (tensor_group_) h = chunk_forward_reduce(h, chunk_rows_of(ctx.x, ctx.chunks[index]));
+  if (tensor_group_)
+    h = chunk_forward_reduce(h, sp_ ? local_rows(ctx, begin, end) : chunk_rows_of(ctx.x, ctx.chunks[index]));
   if (chunk_index) *chunk_index = index;
   return h;
 }
 
 Tensor AttentionLayer::chunk_forward_local(AttentionContext& ctx, int64_t begin, int64_t end,
                                            size_t* chunk_index) const {
+  if (sp_) {  // local positions -> the whole sequence's
+    begin *= tp_size_;
+    end *= tp_size_;
+  }
   AMPIPE_CHECK(0 <= begin && begin < end && end <= ctx.seq_len)
       << "attention chunk [" << begin << ", " << end << ") is not inside the sequence [0, " << ctx.seq_len << ")";
   const int64_t d = hidden_;
@@ -229,12 +275,19 @@ Tensor AttentionLayer::chunk_forward_local(AttentionContext& ctx, int64_t begin,
 
 Tensor AttentionLayer::chunk_forward_reduce(Tensor partial, const Tensor& residual) const {
   AMPIPE_CHECK(tensor_group_) << "chunk_forward_reduce without a tensor-parallel group";
-  AMPIPE_CHECK(residual.shape() == partial.shape())
+  AMPIPE_CHECK(residual.dim(0) * (sp_ ? tp_size_ : 1) == partial.dim(0) && residual.dim(1) == partial.dim(1))
       << "chunk_forward_reduce: residual rows " << shape_string(residual.shape())
-      << " for a partial projection " << shape_string(partial.shape());
-  // The partial projections summed over the group (float32, also under bf16), then the whole bias
-  // once and the residual.
-  tensor_group_->all_reduce_sum(partial);
+      << " for a partial projection " << shape_string(partial.shape())
+      << (sp_ ? " (sequence parallel: the residual holds 1/T of the rows)" : "");
+  // The partial projections summed over the group (float32, also under bf16): whole, or this
+  // rank's rows of the sum under sequence parallelism; then the whole bias once and the residual.
+  if (sp_) {
+    Tensor mine = Tensor::empty(residual.shape(), DType::F32, residual.device());
+    sequence_reduce_scatter(*tensor_group_, partial, mine);
+    partial = mine;
+  } else {
+    tensor_group_->all_reduce_sum(partial);
+  }
   if (out_b_) kernels::add_bias(partial, out_b_->value);
   kernels::add_inplace(partial, residual);
   return partial;
@@ -284,13 +337,25 @@ Tensor AttentionLayer::input_backward_local(AttentionContext& ctx, size_t input_
                     p.bias ? p.bias->grad : Tensor(), /*accumulate_dx=*/i > 0);
   }
   in.a = Tensor();  // the projections' operand is spent
-  return da;
+  if (!sp_) return da;
+  // Sequence parallel: norm1's backward is linear in its output gradient, so it runs on this rank's
+  // partial sum; input_backward_reduce reduce-scatters the partial dx (the norm's parameter
+  // gradients are partial too, summed over the group with the other sequence-parallel ones).
+  Tensor dx = Tensor::empty({rows, hidden_}, DType::F32, in.x.device());
+  norm_.backward(da, in.x, in.norm, dx);
+  return dx;
 }
 
 Tensor AttentionLayer::input_backward_reduce(AttentionContext& ctx, size_t input_index, Tensor da) const {
   AMPIPE_CHECK(input_index < ctx.inputs.size() && ctx.inputs[input_index].x.defined())
       << "no attention input " << input_index << " to finish the backward of";
   AttentionInput& in = ctx.inputs[input_index];
+  if (sp_) {  // da is the partial dx of the whole rows: this rank's rows of its sum
+    Tensor dx = Tensor::empty({in.x.dim(0) / tp_size_, hidden_}, DType::F32, in.x.device());
+    sequence_reduce_scatter(*tensor_group_, da, dx);
+    in = AttentionInput{};
+    return dx;
+  }
   // Column-parallel backward: each rank's heads give a partial gradient of norm1's output.
   if (tensor_group_) tensor_group_->all_reduce_sum(da);
   Tensor dx = Tensor::empty({in.x.dim(0), hidden_}, DType::F32, in.x.device());
@@ -314,7 +379,7 @@ Tensor AttentionLayer::forward(AttentionContext& ctx, const Tensor& x, int64_t b
 }
 
 Tensor AttentionLayer::backward(AttentionContext& ctx, const Tensor& dy) const {
-  chunk_backward(ctx, 0, dy);
+  chunk_backward(ctx, 0, sequence_gather_rows(dy));
   Tensor dx = finish_backward(ctx);
   kernels::add_inplace(dx, dy);
   return dx;

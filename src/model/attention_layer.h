@@ -29,7 +29,7 @@
 // one input + release. The input chunks must cover [0, N) without overlap.
 // The saved activations live in an AttentionContext owned by the caller.
 //
-// Tensor parallelism (Megatron-LM's, without sequence parallelism; docs/MODEL.md, "Tensor-parallel
+// Tensor parallelism (Megatron-LM's; docs/MODEL.md, "Tensor-parallel
 // attention"): with T = parallel.tp_size() > 1, rank t of parallel.tensor_group holds query heads
 // [t h/T, (t+1) h/T) and KV groups [t g/T, (t+1) g/T) (refused, naming the numbers, where T does not
 // divide h or g). The input projections are column-parallel shards: attn.qkv.weight
@@ -48,6 +48,24 @@
 // (pipeline/streamed_block.h) split chunk_forward and input_backward in two around the collective
 // (below), so the all-reduces run on their communication stream. tensor_parallel_shards() states where each
 // shard lies in the full tensor (model/tensor_parallel.h).
+//
+// Sequence parallelism (parallel.sp(); docs/MODEL.md, "Sequence parallelism"): the block's input and
+// output are this rank's rows of the residual stream (model/sequence_parallel.h: [B*N/T, d], local
+// positions). Every position argument above is then a local one (b, e), standing for the whole
+// sequence's [T b, T e), and the layer's own buffers (ctx.x gathered, qkv, the chunks) are the whole
+// sequence's. The collectives become:
+//   input_gather          an all-gather of the input rows of local [b, e) into ctx.x, before their
+//                         input_forward (begin_forward runs it; a pipelined executor runs it as a
+//                         task of its communication stream); input_forward then runs norm1 on the
+//                         whole rows (each rank alike) and this rank's QKV columns;
+//   chunk_forward_reduce  a reduce-scatter of the partial projection: this rank's rows, then bias
+//                         and the residual (its local rows);
+//   chunk_backward        takes the gradient of the chunk's whole rows: the caller gathers its local
+//                         rows first (sequence_gather_rows, an all-gather);
+//   input_backward_local  also runs norm1's backward, on this rank's partial sum (it is linear);
+//   input_backward_reduce a reduce-scatter of that partial dx: this rank's rows.
+// norm1's parameter gradients are then partial (Parameter::sequence_parallel): the trainer sums them
+// over the tensor group.
 #pragma once
 
 #include <string>
@@ -81,8 +99,10 @@ struct AttentionInput {
 };
 
 struct AttentionContext {
-  int64_t batch = 0, seq_len = 0;
-  Tensor x;                   // [T, d] block input (residual stream)
+  int64_t batch = 0,
+          seq_len = 0;  // seq_len: the whole sequence's (T x the local one under sequence parallelism)
+  Tensor x;             // [T, d] block input (residual stream); the gathered whole rows under SP
+  Tensor local;         // sequence parallelism: this rank's rows of the input [T / tp, d]
   std::vector<AttentionInput> inputs;
   Tensor qkv;                 // [T, (h + 2g) hd], q and k rotated when rope
   Tensor dqkv;                // [T, (h + 2g) hd] gradient, accumulated by chunk_backward
@@ -99,6 +119,7 @@ class AttentionLayer {
   // T and this rank's t in the tensor group (1 and 0 without one).
   int tp_size() const { return tp_size_; }
   int tp_rank() const { return tp_rank_; }
+  bool sequence_parallel() const { return sp_; }
   // Where each sharded parameter of this rank lies in the full (T = 1) tensor: the input projections'
   // weights and biases, and the output projection's weight. Parameters not listed (the norm, the
   // output bias) are whole. Empty at T = 1.
@@ -107,6 +128,14 @@ class AttentionLayer {
   void begin_forward(AttentionContext& ctx, const Tensor& x, int64_t batch, int64_t seq_len) const;
   // x [B*N, d] is kept (a handle): its rows may be written after this call, before their input_forward.
   void prepare_forward(AttentionContext& ctx, const Tensor& x, int64_t batch, int64_t seq_len) const;
+  // Sequence parallelism: gathers the input rows of local positions [begin, end) over the tensor
+  // group into ctx.x (collective; nothing without sequence parallelism). Every rank calls it before
+  // input_forward of those positions, once their local rows of x exist. Reads ctx.local, writes
+  // those rows of ctx.x only, so it may run while another thread runs input_forward of other rows.
+  void input_gather(AttentionContext& ctx, int64_t begin, int64_t end) const;
+  // Sequence parallelism: the whole rows [T R, d] of every rank's local rows [R, d] (an all-gather
+  // over the tensor group, model/sequence_parallel.h); `local` itself without it.
+  Tensor sequence_gather_rows(const Tensor& local) const;
   // Returns the input's index (for input_backward).
   size_t input_forward(AttentionContext& ctx, int64_t begin, int64_t end) const;
   // Returns d(norm1 + QKV)/dx of the input's rows [B*len, d] (without the residual); frees them.
@@ -128,7 +157,8 @@ class AttentionLayer {
   // touches only its own input's entry of ctx.inputs (which the backward never resizes).
   Tensor input_backward_local(AttentionContext& ctx, size_t input_index) const;
   Tensor input_backward_reduce(AttentionContext& ctx, size_t input_index, Tensor da) const;
-  // dh [B*len, d]: gradient of the chunk's h (the caller adds dh to the residual gradient itself).
+  // dh [B*len, d]: gradient of the chunk's h (the caller adds dh to the residual gradient itself);
+  // under sequence parallelism the chunk's whole rows (sequence_gather_rows of the local ones).
   void chunk_backward(AttentionContext& ctx, size_t chunk_index, const Tensor& dh) const;
   // Returns the gradient of x through norm1 and QKV ([T, d], without the residual); releases ctx.
   Tensor finish_backward(AttentionContext& ctx) const;
@@ -147,6 +177,7 @@ class AttentionLayer {
   int64_t hidden_, heads_, kv_heads_, head_dim_;  // heads_ and kv_heads_: this rank's (h/T, g/T)
   Communicator* tensor_group_;                    // null at T = 1
   int tp_size_, tp_rank_;
+  bool sp_;  // sequence parallelism
   std::vector<TensorParallelShard> shards_;
   bool rope_;
   bool bf16_;  // --bf16: the normed input is kept in bf16, the projections' operand
@@ -156,6 +187,8 @@ class AttentionLayer {
   std::vector<Projection> input_;  // the fused qkv, or q, k and v
   Parameter *out_w_, *out_b_ = nullptr;
 
+  // Rows of local positions [begin, end) of ctx.local (a view when contiguous).
+  Tensor local_rows(const AttentionContext& ctx, int64_t begin, int64_t end) const;
   void add_input(ParameterRegistry& params, const std::string& name, int64_t begin, int64_t end, bool bias);
 
   int64_t q_width() const { return heads_ * head_dim_; }

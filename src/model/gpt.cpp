@@ -10,6 +10,7 @@
 #include "kernels/embedding.h"
 #include "model/initialize.h"
 #include "model/linear.h"
+#include "model/sequence_parallel.h"
 #include "model/vocab_parallel_embedding.h"
 
 namespace ampipe {
@@ -45,6 +46,7 @@ GptMoe::GptMoe(const ModelConfig& config, const ModelParallel& parallel, Device 
                  : token_emb_;
   lm_head_->matmul = true;  // tied: the token embedding is looked up in float32, multiplied in bf16
   if (T > 1) token_emb_->tensor_parallel = lm_head_->tensor_parallel = true;
+  if (parallel_.sp()) final_norm_->mark_sequence_parallel();
   params_.set_compute_dtype(config_.bf16 ? DType::BF16 : DType::F32);
 }
 
@@ -131,7 +133,8 @@ void GptMoe::run_blocks(ForwardState& state, Tensor& x,
     state.group_inputs.push_back(g.recompute ? x : Tensor());
     std::function<void(int64_t)> hook;
     if (block_needed) hook = [&block_needed, offset = g.begin](int64_t l) { block_needed(offset + l); };
-    x = executor_->forward_layers(blocks(g.begin, g.end), ctx, x, state.batch, state.seq_len, stats, hook);
+    x = executor_->forward_layers(blocks(g.begin, g.end), ctx, x, state.batch, block_seq_len(state), stats,
+                                  hook);
     std::copy(stats.begin(), stats.end(), state.routing.begin() + g.begin);
     if (!g.recompute) std::move(ctx.begin(), ctx.end(), state.blocks.begin() + g.begin);
     // else: the group's activations go now; backward_blocks runs its forward again
@@ -151,7 +154,8 @@ Tensor GptMoe::backward_blocks(ForwardState& state, const Tensor& dy, double aux
       // routing and activations; its statistics are discarded (the aux loss used the first pass's).
       std::vector<RoutingStats> scratch(g.end - g.begin);
       for (RoutingStats& s : scratch) s.reset(config_.num_experts);
-      executor_->forward_layers(group, ctx, state.group_inputs[i], state.batch, state.seq_len, scratch);
+      executor_->forward_layers(group, ctx, state.group_inputs[i], state.batch, block_seq_len(state),
+                                scratch);
       state.group_inputs[i] = Tensor();
     } else {
       std::move(state.blocks.begin() + g.begin, state.blocks.begin() + g.end, ctx.begin());
@@ -181,16 +185,22 @@ Tensor GptMoe::begin_forward(ForwardState& state, const Tensor& tokens, const Te
   AMPIPE_CHECK(N <= config_.max_seq_len)
       << "sequence length " << N << " exceeds the model's max_seq_len " << config_.max_seq_len;
   AMPIPE_CHECK(targets.numel() == T) << "targets " << targets.numel() << " != tokens " << T;
+  AMPIPE_CHECK(!parallel_.sp() || N % parallel_.tp_size() == 0)
+      << "sequence parallelism (--sequence-parallel) splits each sequence's " << N
+      << " positions over the tensor-parallel size " << parallel_.tp_size()
+      << ", which does not divide them; use a --seq-length divisible by " << parallel_.tp_size();
   const Device device = params_.device();
   state.batch = batch;
   state.seq_len = N;
   state.tokens = tokens.to(device);
   state.targets = targets.to(device);
-  Tensor x = Tensor::empty({T, config_.hidden_size}, DType::F32, device);
+  // Under sequence parallelism the blocks' buffers hold this rank's rows (model/sequence_parallel.h).
+  Tensor x = Tensor::empty({T / (parallel_.sp() ? parallel_.tp_size() : 1), config_.hidden_size}, DType::F32,
+                           device);
   const Tensor positions = pos_emb_ ? pos_emb_->value : Tensor();
   if (tensor_group_) {
     vocab_parallel_embedding_forward(state.tokens, token_emb_->value, vocab_begin(), config_.vocab_size,
-                                     positions, N, *tensor_group_, x);
+                                     positions, N, *tensor_group_, x, parallel_.sp());
   } else {
     kernels::embedding_forward(state.tokens, token_emb_->value, positions, N, x);
   }
@@ -201,8 +211,9 @@ LossParts GptMoe::finish_forward(ForwardState& state, const Tensor& x) const {
   const int64_t T = state.tokens.numel();
   const Device device = params_.device();
   state.x_final = x;
-  state.y = Tensor::empty({T, config_.hidden_size}, DType::F32, device);
+  state.y = Tensor::empty(x.shape(), DType::F32, device);
   final_norm_->forward(x, state.y, state.final_norm);
+  if (parallel_.sp()) state.y = sequence_gather(*tensor_group_, state.y);  // the head takes whole rows
   // bf16: y is only the head's operand (the norm's backward reads x_final), kept in bf16 from here.
   state.y = kernels::as_dtype(state.y, lm_head_->operand().dtype());
   state.logits = Tensor::empty({T, vocab_shard_}, DType::F32, device);
@@ -250,15 +261,24 @@ Tensor GptMoe::begin_backward(ForwardState& state, double loss_scale) const {
   }
   Tensor dy = Tensor::empty({T, d}, DType::F32, device);
   linear_backward(state.y, lm_head_->operand(), dlogits, dy, lm_head_->grad, Tensor());
-  // This rank's vocabulary's share of the head's input gradient, summed over the group.
-  if (tensor_group_) tensor_group_->all_reduce_sum(dy);
+  // This rank's vocabulary's share of the head's input gradient, summed over the group (this rank's
+  // rows of the sum under sequence parallelism).
+  if (parallel_.sp()) {
+    Tensor mine = Tensor::empty(state.x_final.shape(), DType::F32, device);
+    sequence_reduce_scatter(*tensor_group_, dy, mine);
+    dy = mine;
+  } else if (tensor_group_) {
+    tensor_group_->all_reduce_sum(dy);
+  }
   state.logits = Tensor();
-  Tensor dx = Tensor::empty({T, d}, DType::F32, device);
+  Tensor dx = Tensor::empty(state.x_final.shape(), DType::F32, device);
   final_norm_->backward(dy, state.x_final, state.final_norm, dx);
   return dx;
 }
 
-void GptMoe::finish_backward(ForwardState& state, const Tensor& dx) const {
+void GptMoe::finish_backward(ForwardState& state, const Tensor& local_dx) const {
+  // Sequence parallel: the embeddings' gradients from the whole rows, the same on every rank.
+  const Tensor dx = parallel_.sp() ? sequence_gather(*tensor_group_, local_dx) : local_dx;
   if (tensor_group_) {
     vocab_parallel_embedding_backward(state.tokens, dx, state.seq_len, vocab_begin(), token_emb_->grad,
                                       pos_emb_ ? pos_emb_->grad : Tensor());
@@ -296,14 +316,18 @@ LossParts GptMoe::backward_and_forward(ForwardState& backward_state, double loss
   Tensor dx = begin_backward(backward_state, loss_scale);
   auto [d_input, y] = executor_->paired_layers(
       blocks(), PairedBackward{backward_state.blocks, dx, backward_state.routing, aux_scale(loss_scale)},
-      PairedForward{forward_state.blocks, x, forward_state.batch, forward_state.seq_len,
+      PairedForward{forward_state.blocks, x, forward_state.batch, block_seq_len(forward_state),
                     forward_state.routing});
   finish_backward(backward_state, d_input);
   return finish_forward(forward_state, y);
 }
 
+int64_t GptMoe::block_seq_len(const ForwardState& state) const {
+  return parallel_.sp() ? state.seq_len / parallel_.tp_size() : state.seq_len;
+}
+
 void GptMoe::reduce_routing_stats(ForwardState& state) const {
-  if (parallel_.data_size() <= 1) return;
+  if (parallel_.data_size() <= 1 && !parallel_.sp()) return;
   // One host buffer for every layer (the statistics are host values): counts and token totals
   // exactly (int32), probability sums float32.
   const int64_t L = config_.num_layers, E = config_.num_experts;
@@ -319,8 +343,14 @@ void GptMoe::reduce_routing_stats(ForwardState& state) const {
     }
     c[l * (E + 1) + E] = static_cast<int32_t>(s.tokens);
   }
-  parallel_.data_group->all_reduce_sum(counts);
-  parallel_.data_group->all_reduce_sum(probs);
+  if (parallel_.data_size() > 1) {
+    parallel_.data_group->all_reduce_sum(counts);
+    parallel_.data_group->all_reduce_sum(probs);
+  }
+  if (parallel_.sp()) {  // each rank of a tensor group routed its own rows
+    tensor_group_->all_reduce_sum(counts);
+    tensor_group_->all_reduce_sum(probs);
+  }
   for (int64_t l = 0; l < L; ++l) {
     RoutingStats& s = state.routing[l];
     for (int64_t e = 0; e < E; ++e) {

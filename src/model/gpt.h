@@ -9,7 +9,7 @@
 // The model lives on one device (its parameters, and every activation and gradient of its passes);
 // the communicators of a ModelParallel are host-only, so a model on the GPU runs on one rank.
 //
-// Tensor parallelism (T = parallel.tp_size() > 1; Megatron-LM's, without sequence parallelism):
+// Tensor parallelism (T = parallel.tp_size() > 1; Megatron-LM's):
 // each block's attention is split as model/attention_layer.h says; the token embedding, and the LM
 // head (tied or untied), hold rows [t V/T, (t+1) V/T) of the vocabulary on rank t
 // (model/vocab_parallel_embedding.h, and model/vocab_parallel.h's loss), so no rank holds the
@@ -19,6 +19,12 @@
 // it alike on the same tokens. Collectives over the tensor group, besides the attention's: the
 // embedding's all-reduce (forward), the loss's small all-gathers (forward) and the head's input
 // gradient all-reduce (backward). CPU only (the vocabulary-parallel loss is a CPU function).
+// Sequence parallelism (parallel.sp(), N divisible by T): the blocks, the final norm and the
+// routing run on this rank's rows (model/sequence_parallel.h); the embedding reduce-scatters instead
+// of all-reducing, the head gathers the final norm's output (whole rows: the loss and the logits are
+// as above) and reduce-scatters its input gradient, the embeddings' backward gathers the first
+// block's input gradient. The routing statistics are summed over the tensor group too; the norms'
+// and routers' gradients are partial (Parameter::sequence_parallel; the trainer sums them).
 #pragma once
 
 #include <functional>
@@ -183,7 +189,10 @@ class GptMoe {
   std::vector<RecomputeGroup> groups() const;
   std::vector<Block> blocks() const;
   std::vector<Block> blocks(int64_t begin, int64_t end) const;
-  // Sums every layer's routing statistics over the data group (the aux loss is global).
+  // The sequence length the blocks run: N, or this rank's N / T under sequence parallelism.
+  int64_t block_seq_len(const ForwardState& state) const;
+  // Sums every layer's routing statistics over the data group (the aux loss is global), and under
+  // sequence parallelism over the tensor group.
   void reduce_routing_stats(ForwardState& state) const;
 };
 

@@ -26,6 +26,12 @@ class Norm {
   void forward(const Tensor& x, Tensor y, NormStats& stats) const;
   // dx [T, d] written; the gain's (and bias') gradients accumulated.
   void backward(const Tensor& dy, const Tensor& x, const NormStats& stats, Tensor dx) const;
+  // Sequence parallelism: its parameters' gradients are partial on each rank of the tensor group
+  // (model/parameters.h, Parameter::sequence_parallel).
+  void mark_sequence_parallel() const {
+    weight_->sequence_parallel = true;
+    if (bias_) bias_->sequence_parallel = true;
+  }
 
  private:
   bool rms_;

@@ -12,6 +12,10 @@
 // --expert-tensor-parallel-size), which split each expert's FFN width f between them: rank e of the
 // group holds columns [e f/ETP, (e+1) f/ETP) of the hidden layer (model/moe/experts.h). Without
 // sequence parallelism ETP divides T, so the group lies inside a tensor group and sees the same tokens.
+// sequence_parallel (Megatron-LM's --sequence-parallel; counts only with a tensor group of T > 1):
+// the tensor group splits the residual stream, the norms, the router and the MoE layers by rows
+// (model/sequence_parallel.h), each rank routing its own 1/T of the tokens; the attention and the
+// LM head gather the rows they need. Without it every rank of a tensor group sees the same tokens.
 // nullptr for any of them means "this rank alone". The communicators are borrowed, not owned.
 #pragma once
 
@@ -25,6 +29,7 @@ struct ModelParallel {
   Communicator* data_group = nullptr;
   Communicator* tensor_group = nullptr;
   Communicator* expert_tensor_group = nullptr;
+  bool sequence_parallel = false;
 
   int ep_size() const { return expert_group ? expert_group->size() : 1; }
   int ep_rank() const { return expert_group ? expert_group->rank() : 0; }
@@ -32,6 +37,7 @@ struct ModelParallel {
   int tp_size() const { return tensor_group ? tensor_group->size() : 1; }
   int tp_rank() const { return tensor_group ? tensor_group->rank() : 0; }
   int etp_size() const { return expert_tensor_group ? expert_tensor_group->size() : 1; }
+  bool sp() const { return sequence_parallel && tp_size() > 1; }  // the rows are split over the group
   int etp_rank() const { return expert_tensor_group ? expert_tensor_group->rank() : 0; }
 };
 

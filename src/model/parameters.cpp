@@ -8,7 +8,7 @@ Parameter& ParameterRegistry::add(const std::string& name, const Shape& shape, b
   AMPIPE_CHECK(!contains(name)) << "parameter '" << name << "' registered twice";
   index_[name] = params_.size();
   Tensor value = Tensor::zeros(shape, DType::F32, device_), grad = Tensor::zeros(shape, DType::F32, device_);
-  params_.push_back(Parameter{name, value, grad, weight_decay, false, 0, false, false, Tensor()});
+  params_.push_back(Parameter{name, value, grad, weight_decay, false, 0, false, false, false, Tensor()});
   return params_.back();
 }
 

@@ -36,6 +36,11 @@ struct Parameter {
   // Set by the layer that registers it: a tensor-parallel shard (model/tensor_parallel.h), which
   // differs between the ranks of the tensor group; the others are whole and the same on each rank.
   bool tensor_parallel = false;
+  // Set by the layer that registers it, under sequence parallelism (model/parallel.h): a whole
+  // parameter whose gradient each rank of the tensor group computes from its own rows only (the
+  // norms, the router), so the gradients are summed over the tensor group before the data-parallel
+  // reduction (Megatron-LM's sequence_parallel attribute).
+  bool sequence_parallel = false;
   Tensor compute;  // the compute copy (compute dtype), undefined under float32 or when !matmul
 
   // What the GEMMs read: the compute copy where there is one, else the value.

@@ -4,6 +4,7 @@
 #include <cstring>
 
 #include "core/error.h"
+#include "model/sequence_parallel.h"
 
 namespace ampipe {
 namespace {
@@ -31,13 +32,15 @@ const int32_t* check_tokens(const Tensor& tokens, int64_t rows, int64_t vocab_si
 
 void vocab_parallel_embedding_forward(const Tensor& tokens, const Tensor& table_shard, int64_t shard_begin,
                                       int64_t vocab_size, const Tensor& position_table, int64_t seq_len,
-                                      Communicator& group, Tensor x) {
+                                      Communicator& group, Tensor x, bool sequence_parallel) {
   const char* op = "vocab_parallel_embedding_forward";
   check_float(table_shard, "the table shard", op);
   check_float(x, "x", op);
-  AMPIPE_CHECK(x.is_contiguous() && x.dim(1) == table_shard.dim(1))
-      << op << ": x must be contiguous [rows, " << table_shard.dim(1) << "]";
-  const int64_t rows = x.dim(0), d = x.dim(1), shard = table_shard.dim(0);
+  const int64_t T = sequence_parallel ? group.size() : 1;
+  AMPIPE_CHECK(x.is_contiguous() && x.dim(1) == table_shard.dim(1) && x.dim(0) * T == tokens.numel())
+      << op << ": x must be contiguous [" << tokens.numel() / T << ", " << table_shard.dim(1) << "]"
+      << (sequence_parallel ? " (this rank's rows under sequence parallelism)" : "");
+  const int64_t rows = tokens.numel(), d = x.dim(1), shard = table_shard.dim(0);
   AMPIPE_CHECK(shard_begin >= 0 && shard_begin + shard <= vocab_size)
       << op << ": the shard [" << shard_begin << ", " << shard_begin + shard
       << ") is outside the vocabulary [0, " << vocab_size << ")";
@@ -49,7 +52,8 @@ void vocab_parallel_embedding_forward(const Tensor& tokens, const Tensor& table_
         << op << ": the position table must be [>= " << seq_len << ", " << d << "]";
   }
   const int32_t* ids = check_tokens(tokens, rows, vocab_size, op);
-  float* xp = x.data<float>();
+  const Tensor whole = sequence_parallel ? Tensor::empty({rows, d}) : x;  // this rank's part of every row
+  float* xp = whole.data<float>();
   const float* tab = table_shard.data<float>();
   const int64_t ts = table_shard.stride(0);
   for (int64_t r = 0; r < rows; ++r) {
@@ -61,12 +65,18 @@ void vocab_parallel_embedding_forward(const Tensor& tokens, const Tensor& table_
       std::fill(out, out + d, 0.0f);
     }
   }
-  group.all_reduce_sum(x);
+  if (sequence_parallel) {
+    sequence_reduce_scatter(group, whole, x);  // this rank's rows of the sum
+  } else {
+    group.all_reduce_sum(x);
+  }
   if (!position_table.defined()) return;
   const float* pos = position_table.data<float>();
   const int64_t ps = position_table.stride(0);
-  for (int64_t r = 0; r < rows; ++r) {
-    const float* b = pos + (r % seq_len) * ps;
+  xp = x.data<float>();
+  const int64_t rank = sequence_parallel ? group.rank() : 0;
+  for (int64_t r = 0; r < x.dim(0); ++r) {
+    const float* b = pos + ((r * T + rank) % seq_len) * ps;  // the whole row r T + rank's position
     float* out = xp + r * d;
     for (int64_t j = 0; j < d; ++j) out[j] += b[j];
   }

@@ -8,6 +8,9 @@
 //           seq_len] when a position table is given (replicated, added once after the reduction).
 //           Exactly one rank holds each id, so the sum is that rank's row exactly: the result is
 //           kernels::embedding_forward's bits on the whole table.
+//           With sequence_parallel, x is this rank's rows of that sum ([rows / T, d],
+//           model/sequence_parallel.h): a reduce-scatter instead of the all-reduce, then the
+//           positions of those rows.
 // backward: dtable_shard[id - begin] += dx[r] for every row r whose id this rank holds, in row order
 //           (the order kernels::embedding_backward accumulates in, so the same bits), and
 //           dposition_table[i] += the sum over sequences of dx rows at position i (every rank the
@@ -27,7 +30,7 @@ namespace ampipe {
 
 void vocab_parallel_embedding_forward(const Tensor& tokens, const Tensor& table_shard, int64_t shard_begin,
                                       int64_t vocab_size, const Tensor& position_table, int64_t seq_len,
-                                      Communicator& group, Tensor x);
+                                      Communicator& group, Tensor x, bool sequence_parallel = false);
 
 void vocab_parallel_embedding_backward(const Tensor& tokens, const Tensor& dx, int64_t seq_len,
                                        int64_t shard_begin, Tensor dtable_shard, Tensor dposition_table);

@@ -72,6 +72,12 @@ int64_t expert_tensor_parallel_size(const std::vector<Block>& blocks) {
       blocks, [](const Block& b) { return b.moe.experts().etp_size(); }, "expert-tensor-parallel");
 }
 
+bool sequence_parallel(const std::vector<Block>& blocks) {
+  return common_size(
+             blocks, [](const Block& b) { return b.attention.sequence_parallel() ? 1 : 0; },
+             "sequence-parallel (1: on, 0: off)") == 1;
+}
+
 }  // namespace
 
 StreamedBlock::StreamedBlock(const BlockSchedule& schedule, StageOrder order, TraceRecorder* trace, int rank,
@@ -90,13 +96,13 @@ void StreamedBlock::execute(const std::vector<StageTask>& tasks, const std::func
   // The GPU streams are non-blocking: they do not wait for work the calling thread enqueued on its
   // own stream (the embedding, the gradients zeroed before a backward), so the host waits for it.
   if (device_ == Device::CUDA) cuda_synchronize();
-  // Sequence parallelism's gathers are priced by the planner but not run yet (issue 26): refused
-  // before any task. The all-reduces of attention and of the experts run.
+  // The experts' sequence-parallel gathers (--expert-tensor-parallel-size > 1 with
+  // --sequence-parallel) are priced by the planner but not run: refused before any task.
   for (const StageTask& t : tasks)
-    AMPIPE_CHECK(t.stage != Stage::TpAttnGather && t.stage != Stage::TpAttnGatherBwd &&
-                 t.stage != Stage::TpExpertsGather && t.stage != Stage::TpExpertsGatherBwd)
-        << "the task list holds a sequence-parallel gather ('" << stage_name(t.stage)
-        << "'), which StreamedBlock cannot run yet: only the planner prices sequence parallelism so far";
+    AMPIPE_CHECK(t.stage != Stage::TpExpertsGather && t.stage != Stage::TpExpertsGatherBwd)
+        << "the task list holds an expert-tensor-parallel gather ('" << stage_name(t.stage)
+        << "'), which StreamedBlock cannot run yet: only the planner prices expert tensor parallelism "
+           "with sequence parallelism so far";
   std::vector<Event> done(tasks.size());
   std::vector<bool> waited_on(tasks.size(), false);
   for (const StageTask& t : tasks)
@@ -180,6 +186,12 @@ class ForwardRun {
     const Block& block = blocks_[l];
     BlockContext& bc = ctx_[l];
     switch (t.stage) {
+      case Stage::TpAttnGather:  // comm stream, sequence parallel: the input rows of the QKV's chunk
+        if (t.chunk < 0)
+          block.attention.input_gather(bc.attention, 0, seq_len_);
+        else
+          block.attention.input_gather(bc.attention, p_.attention[c], p_.attention[c + 1]);
+        break;
       case Stage::AttnBegin:
         bc.attention_input.assign(p_.attention.size() - 1,
                                   block.attention.input_forward(bc.attention, 0, seq_len_));
@@ -262,6 +274,7 @@ class BackwardRun {
     attn_rows_ = rows_of_chunks(plan.attention, batch, seq_len, dy.device());
     moe_rows_ = rows_of_chunks(plan.moe, batch, seq_len, dy.device());
     partial_.assign(L, std::vector<Tensor>(plan.attention.size()));
+    gathered_.assign(L, std::vector<Tensor>(plan.attention.size() - 1));
     // d[l]: gradient of block l's token buffer (residual path included), which becomes the gradient
     // of its input in place once the attention side's backward is added; d[L] = dy.
     d_.resize(L + 1);
@@ -291,8 +304,16 @@ class BackwardRun {
       case Stage::RouteBwd:
         moe_rows_[c].write(block.moe.finish_backward(bc.moe[c], stats_[l], aux_grad_scale_), d_[l]);
         break;
+      case Stage::TpAttnGatherBwd:  // comm stream, sequence parallel: the chunk's whole rows of dh
+        gathered_[l][c] = block.attention.sequence_gather_rows(attn_rows_[c].read(d_[l]));
+        break;
       case Stage::AttnChunkBwd:
-        block.attention.chunk_backward(bc.attention, bc.attention_chunk[c], attn_rows_[c].read(d_[l]));
+        if (block.attention.sequence_parallel()) {
+          block.attention.chunk_backward(bc.attention, bc.attention_chunk[c], gathered_[l][c]);
+          gathered_[l][c] = Tensor();
+        } else {
+          block.attention.chunk_backward(bc.attention, bc.attention_chunk[c], attn_rows_[c].read(d_[l]));
+        }
         break;
       case Stage::QkvChunkBwd:
         if (block.attention.tp_size() > 1) {  // the chunk's TpAttnReduceBwd finishes it
@@ -349,6 +370,9 @@ class BackwardRun {
   // (slot 0: the whole sequence's), until its TpAttnReduceBwd. Sized before any task: the compute
   // stream writes a slot, the comm stream takes it after waiting for that task.
   std::vector<std::vector<Tensor>> partial_;
+  // Sequence parallelism: each attention chunk's gathered dh, [block][attention chunk], from its
+  // TpAttnGatherBwd (comm stream) to its AttnChunkBwd (compute stream, which waits for it).
+  std::vector<std::vector<Tensor>> gathered_;
 
   // The block's last compute task: its activations and its output gradient are no longer needed.
   void release(size_t l) {
@@ -417,6 +441,7 @@ PassShape StreamedBlock::forward_shape(const std::vector<Block>& blocks, bool ga
   PassShape pass{static_cast<int64_t>(blocks.size()), scope_};
   pass.gather_params = gather_params;
   pass.tensor_parallel = tensor_parallel_size(blocks);
+  pass.sequence_parallel = sequence_parallel(blocks);
   pass.expert_tensor_parallel = expert_tensor_parallel_size(blocks);
   return pass;
 }
@@ -426,6 +451,7 @@ PassShape StreamedBlock::backward_shape(const std::vector<Block>& blocks, bool r
   pass.reduce_gradients = reduce_gradients;
   pass.delay_wgrad = delay_wgrad_;
   pass.tensor_parallel = tensor_parallel_size(blocks);
+  pass.sequence_parallel = sequence_parallel(blocks);
   pass.expert_tensor_parallel = expert_tensor_parallel_size(blocks);
   return pass;
 }

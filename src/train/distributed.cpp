@@ -53,9 +53,36 @@ TrainingGroups make_training_groups(Communicator& world, const ParallelLayout& l
   return g;
 }
 
+void sum_sequence_parallel_gradients(const std::vector<Parameter*>& params, const TrainingGroups& groups) {
+  if (!groups.sequence_parallel()) return;
+  int64_t total = 0;
+  for (const Parameter* p : params)
+    if (p->sequence_parallel) total += p->grad.numel();
+  if (total == 0) return;
+  Tensor packed = Tensor::empty({total}, DType::F32, params[0]->grad.device());
+  int64_t at = 0;
+  for (const Parameter* p : params) {
+    if (!p->sequence_parallel) continue;
+    const int64_t n = p->grad.numel();
+    packed.rows(at, at + n).copy_from(p->grad.reshape({n}));
+    at += n;
+  }
+  groups.tensor_group->all_reduce_sum(packed);
+  at = 0;
+  for (Parameter* p : params) {
+    if (!p->sequence_parallel) continue;
+    const int64_t n = p->grad.numel();
+    p->grad.reshape({n}).copy_from(packed.rows(at, at + n));
+    at += n;
+  }
+}
+
 void average_gradients(ParameterRegistry& params, const TrainingGroups& groups) {
   const int R = groups.size();
   if (R <= 1) return;
+  std::vector<Parameter*> all;
+  for (Parameter& p : params.all()) all.push_back(&p);
+  sum_sequence_parallel_gradients(all, groups);
   for (Parameter& p : params.all()) {
     Communicator* group = p.is_expert ? groups.expert_data_group.get() : groups.data_parallel_group();
     if (group->size() > 1) group->all_reduce_sum(p.grad);
@@ -210,6 +237,7 @@ void reduce_scattered(ShardSpace& space, float scale) {
 
 void GradientBuckets::reduce(Bucket& bucket) {
   const int R = groups_.world == nullptr ? 1 : groups_.size();
+  if (groups_.world != nullptr) sum_sequence_parallel_gradients(bucket.dense.params, groups_);
   const float dense_scale = groups_.world == nullptr ? 1.0f : groups_.gradient_scale(false);
   const float expert_scale = groups_.world == nullptr ? 1.0f : groups_.gradient_scale(true);
   if (sharded_) {

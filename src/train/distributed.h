@@ -13,12 +13,16 @@
 // its own part), while each expert has received all T copies of its tokens (T x the gradient,
 // hence 1/R = 1/(T DP)). Under expert tensor parallelism each shard receives T / ETP copies (one
 // from each rank of the tensor group that holds that shard), so expert gradients are scaled by
-// ETP / R.
+// ETP / R. Under sequence parallelism (layout.sizes().sequence_parallel with T > 1) the ranks of a
+// tensor group route different rows, so each expert receives each token once and expert gradients
+// are scaled by 1 / DP like dense ones; the gradients of the parameters marked sequence_parallel
+// (norms, routers: each rank's from its own rows) are first summed over the tensor group.
 #pragma once
 
 #include <cstdint>
 #include <memory>
 #include <string>
+#include <vector>
 
 #include "comm/communicator.h"
 #include "model/parallel.h"
@@ -45,15 +49,22 @@ struct TrainingGroups {
     ModelParallel p{expert_group.get(), data_parallel_group()};
     p.tensor_group = tensor_group.get();
     p.expert_tensor_group = expert_tensor_group.get();
+    p.sequence_parallel = sequence_parallel();
     return p;
+  }
+  // --sequence-parallel with T > 1.
+  bool sequence_parallel() const {
+    return layout.sizes().sequence_parallel && layout.size(ParallelDim::Tensor) > 1;
   }
   // The group that sums dense gradients: DP (the world when T = 1).
   Communicator* data_parallel_group() const { return data_group ? data_group.get() : world; }
   // What a summed gradient is scaled by (above): 1 / DP for a dense parameter, ETP / R for an expert
-  // parameter. The one rule of average_gradients and GradientBuckets.
+  // parameter (1 / DP under sequence parallelism). The one rule of average_gradients and
+  // GradientBuckets.
   float gradient_scale(bool expert) const {
-    return expert ? static_cast<float>(layout.size(ParallelDim::ExpertTensor)) / static_cast<float>(size())
-                  : 1.0f / static_cast<float>(data_parallel_group()->size());
+    return expert && !sequence_parallel()
+               ? static_cast<float>(layout.size(ParallelDim::ExpertTensor)) / static_cast<float>(size())
+               : 1.0f / static_cast<float>(data_parallel_group()->size());
   }
   int rank() const { return world->rank(); }
   int size() const { return world->size(); }
@@ -67,18 +78,23 @@ TrainingGroups make_training_groups(Communicator& world, int64_t requested_ep, i
 // for world.size() ranks, else ampipe::Error naming both sizes).
 TrainingGroups make_training_groups(Communicator& world, const ParallelLayout& layout);
 
-// Averages gradients as described above (collective over the data-parallel and expert-data
-// groups). No-op on one rank.
+// Sums the gradients of the parameters marked sequence_parallel over the tensor group, packed in one
+// all-reduce (collective over it; nothing without sequence parallelism or such parameters).
+void sum_sequence_parallel_gradients(const std::vector<Parameter*>& params, const TrainingGroups& groups);
+
+// Averages gradients as described above (collective over the tensor (sequence parallelism),
+// data-parallel and expert-data groups). No-op on one rank.
 void average_gradients(ParameterRegistry& params, const TrainingGroups& groups);
 
 // The same average in buckets, so that it can overlap the backward (--overlap-grad-reduce): one
 // bucket per block (the parameters named "blocks.<l>."), one for the rest (embeddings, final norm,
-// head). A bucket's dense gradients are packed into one buffer and all-reduced over the
-// data-parallel group in one call (scaled by 1/DP), its expert gradients over the expert-data group
-// in another (scaled by 1/R); the result equals average_gradients' up to the summation order of the
-// reduction itself.
-// reduce_block(l) is collective over the data-parallel and expert-data groups: every rank must reduce
-// the same buckets in the same order, which the streamed executor's task lists guarantee.
+// head). Under sequence parallelism a bucket's sequence_parallel gradients are first summed over
+// the tensor group (sum_sequence_parallel_gradients). A bucket's dense gradients are packed into one buffer
+// and all-reduced over the data-parallel group in one call (scaled by 1/DP), its expert gradients over the
+// expert-data group in another (scaled by 1/R); the result equals average_gradients' up to the summation
+// order of the reduction itself. reduce_block(l) is collective over the data-parallel and expert-data groups:
+// every rank must reduce the same buckets in the same order, which the streamed executor's task lists
+// guarantee.
 //
 // The buckets also define how the model is divided among data-parallel ranks (the distributed
 // optimizer's shards, and who writes what in a sharded checkpoint): each bucket's dense parameters,

@@ -54,6 +54,10 @@ static void check_tensor_parallel_options(const TrainOptions& o) {
   AMPIPE_CHECK(o.device == Device::CPU)
       << tp
       << " runs on the CPU only so far (the vocabulary-parallel loss is a CPU function); got --device cuda";
+  AMPIPE_CHECK(!o.sequence_parallel || o.model.max_seq_len % o.tensor_parallel_size == 0)
+      << tp << " --sequence-parallel splits each sequence's positions over the " << o.tensor_parallel_size
+      << " ranks of a tensor group: --seq-length " << o.model.max_seq_len << " is not divisible by "
+      << o.tensor_parallel_size;
 }
 
 void validate_train_options(const TrainOptions& o) {

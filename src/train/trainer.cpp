@@ -74,6 +74,7 @@ static BlockShape run_block_shape(const TrainOptions& o, const TrainingGroups& g
   shape.sharded_optimizer = o.use_distributed_optimizer;
   shape.data_ranks = groups.data_parallel_group()->size();
   shape.tensor_parallel = o.tensor_parallel_size;  // the attention's all-reduces priced as comm tasks
+  shape.sequence_parallel = groups.sequence_parallel();          // gathers and reduce-scatters instead
   shape.expert_tensor_parallel = o.expert_tensor_parallel_size;  // and the experts' (ETP)
   shape.delay_wgrad = o.delay_wgrad_compute;
   return shape;

@@ -19,6 +19,7 @@
 #include "model/attention_layer.h"
 #include "model/block.h"
 #include "model/linear.h"
+#include "model/sequence_parallel.h"
 #include "model/tensor_parallel.h"
 #include "parallel/mpi_gtest_main.h"
 #include "pipeline/streamed_block.h"
@@ -238,6 +239,7 @@ constexpr GradientTolerance kAttentionTolerance{1e-4, 2e-5, 2e-5, 1 - 1e-8, 1e-5
 // the margin is for GEMM kernels that block differently on other machines.
 constexpr GradientTolerance kBf16Tolerance{1e-2, 2e-3, 1e-2, 0.9999, 3e-3};
 constexpr int64_t kBatch = 2, kSeq = 12;
+const SequentialBlock kSequential;
 
 ModelConfig attention_config(bool mixtral, bool bf16) {
   ModelConfig c;
@@ -553,6 +555,87 @@ TEST(TensorParallelAttention, PipelinedSchedulesRunItLikeSequentialBlock) {
       for (size_t i = 0; i < want.size(); ++i)
         expect_gradient_matches(to_double(got[i].second), to_double(want[i].second), kAttentionTolerance,
                                 want[i].first);
+    }
+  }
+}
+
+// Sequence parallelism (model/sequence_parallel.h): the same two blocks with each rank holding its
+// strided 1/T of the rows, under SequentialBlock and every pipelined schedule (the gathers and
+// reduce-scatters as comm-stream tasks: TpAttnGather, TpAttnReduce, TpAttnGatherBwd,
+// TpAttnReduceBwd), against the whole rows under SequentialBlock without it: this rank's rows of the
+// output and input gradient, and every gradient once the partial ones are summed over the group as
+// the trainer does (the norms' and the router's, marked sequence_parallel, and the experts', which
+// each rank now feeds with its own tokens only).
+TEST(SequenceParallel, BlocksOnEachRanksRowsEqualTheWholeRows) {
+  struct Run {
+    ScheduleKind kind;
+    PipelineScope scope;
+    StageOrder order;
+  };
+  const int T = g_world->size(), rank = g_world->rank();
+  const int64_t local_seq = kSeq / T;
+  for (const bool mixtral : {false, true}) {
+    const ModelConfig c = attention_config(mixtral, false);
+    ModelParallel whole_rows{nullptr, nullptr, g_world.get()};
+    ModelParallel split_rows = whole_rows;
+    split_rows.sequence_parallel = true;
+    StandaloneBlock reference(c, whole_rows, 2), blocks(c, split_rows, 2);
+    reference.initialize(810);
+    blocks.initialize(810);
+    const Tensor x = random_tensor({kBatch * kSeq, c.hidden_size}, 811);
+    const Tensor dy = random_tensor({kBatch * kSeq, c.hidden_size}, 812, 1.0f / std::sqrt(float{kSeq}));
+    auto pass = [&](StandaloneBlock& b, const BlockExecutor& executor, const Tensor& in, const Tensor& grad,
+                    int64_t seq) {
+      b.params().zero_grad();
+      std::vector<BlockContext> ctx(2);
+      std::vector<RoutingStats> stats(2);
+      for (RoutingStats& s : stats) s.reset(c.num_experts);
+      Named out;
+      out.emplace_back("y", executor.forward_layers(b.blocks(), ctx, in, kBatch, seq, stats));
+      // The aux loss reads statistics over all tokens: the whole rows' here, the group's sum there.
+      if (&b == &blocks)
+        for (RoutingStats& s : stats) {
+          for (int64_t e = 0; e < c.num_experts; ++e) {
+            g_world->all_reduce_sum(s.routed_counts[e]);
+            g_world->all_reduce_sum(s.prob_sums[e]);
+          }
+          g_world->all_reduce_sum(s.tokens);
+        }
+      out.emplace_back("dx", executor.backward_layers(b.blocks(), ctx, grad, stats, 0.01, {}));
+      for (Parameter& p : b.params().all()) {
+        if (&b == &blocks && (p.sequence_parallel || p.is_expert)) g_world->all_reduce_sum(p.grad);
+        out.emplace_back(p.name, p.grad.clone());
+      }
+      return out;
+    };
+    Named want = pass(reference, SequentialBlock{}, x, dy, kSeq);
+    want[0].second = sequence_slice(want[0].second, rank, T);  // this rank's rows of y and dx
+    want[1].second = sequence_slice(want[1].second, rank, T);
+    const Tensor local_x = sequence_slice(x, rank, T), local_dy = sequence_slice(dy, rank, T);
+    int marked = 0;
+    for (const Parameter& p : blocks.params().all()) marked += p.sequence_parallel ? 1 : 0;
+    EXPECT_EQ(marked, mixtral ? 2 * 3 : 2 * 5)
+        << "ln1, ln2 (weight and bias in GPT) and the router, per block";
+    for (const Run& r : {Run{ScheduleKind::Sequential, PipelineScope::Block, StageOrder::StageMajor},
+                         Run{ScheduleKind::AmPipe, PipelineScope::Block, StageOrder::Interleaved},
+                         Run{ScheduleKind::AmPipe, PipelineScope::Model, StageOrder::StageMajor},
+                         Run{ScheduleKind::AmPipe, PipelineScope::Model, StageOrder::Interleaved},
+                         Run{ScheduleKind::MoePipe, PipelineScope::Block, StageOrder::StageMajor}}) {
+      BlockSchedule schedule;
+      schedule.kind = r.kind;
+      schedule.pipe_degree = r.kind == ScheduleKind::Sequential ? 1 : 3;
+      SCOPED_TRACE(std::string(mixtral ? "mixtral, " : "gpt, ") + schedule.describe() + ", " +
+                   pipeline_scope_name(r.scope) + " scope, " + stage_order_name(r.order));
+      const StreamedBlock streamed(schedule, r.order, nullptr, g_world->rank(), r.scope);
+      for (const BlockExecutor* executor :
+           {static_cast<const BlockExecutor*>(&streamed), static_cast<const BlockExecutor*>(&kSequential)}) {
+        if (executor == &kSequential && r.kind != ScheduleKind::Sequential) continue;
+        const Named got = pass(blocks, *executor, local_x, local_dy, local_seq);
+        ASSERT_EQ(got.size(), want.size());
+        for (size_t i = 0; i < want.size(); ++i)
+          expect_gradient_matches(to_double(got[i].second), to_double(want[i].second), kAttentionTolerance,
+                                  want[i].first + (executor == &kSequential ? " (SequentialBlock)" : ""));
+      }
     }
   }
 }

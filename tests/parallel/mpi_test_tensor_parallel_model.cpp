@@ -10,6 +10,9 @@
 //     a run saved at T = 2 resumes at T = 1 (and the other way round) like the uninterrupted run:
 //     checkpoints are layout-independent;
 //   - `eval` and `sample` load that checkpoint at T = 2 and T = 1 (the same loss);
+//   - with --sequence-parallel (each rank of a tensor group holding and routing 1/T of the rows) the
+//     same, model and training (sequential, and AMPipe in model scope with the gathers and
+//     reduce-scatters on the comm stream, overlapped gradient reduction);
 //   - what T > 1 does not run yet is refused before any work, naming the flag.
 #include <gtest/gtest.h>
 
@@ -56,6 +59,7 @@ struct ModelCase {
   int64_t groups;  // query groups (KV heads); the model has 4 heads
   int T;           // tensor-parallel size; 0 = the world size
   bool etp = false;  // expert tensor parallelism over the same group (ETP = T)
+  bool sp = false;   // sequence parallelism (each rank of the group routes its own 1/T of the rows)
 };
 
 ModelConfig model_config(const ModelCase& c) {
@@ -101,6 +105,7 @@ TEST_P(TensorParallelModel, LossLogitsAndEveryGradientEqualOneRank) {
   ModelParallel parallel;
   parallel.tensor_group = tp.get();
   if (c.etp) parallel.expert_tensor_group = tp.get();
+  parallel.sequence_parallel = c.sp;
   const ModelConfig config = model_config(c);
   GptMoe sharded(config, parallel);
   GptMoe reference(config);  // this rank alone, every parameter whole
@@ -141,6 +146,16 @@ TEST_P(TensorParallelModel, LossLogitsAndEveryGradientEqualOneRank) {
   EXPECT_EQ(s.logits.dim(1), shard) << "a rank holds only its vocabulary's logits";
   sharded.backward(s);
   reference.backward(r);
+  // Sequence parallel: the norms' and routers' gradients, and the experts' (each rank fed them its own
+  // tokens), are partial: summed over the group, as the trainer does.
+  int marked = 0;
+  for (Parameter& p : sharded.params().all()) {
+    marked += p.sequence_parallel ? 1 : 0;
+    if (c.sp && (p.sequence_parallel || p.is_expert)) tp->all_reduce_sum(p.grad);
+  }
+  EXPECT_EQ(marked,
+            c.sp ? static_cast<int>(config.num_layers * (c.mixtral ? 3 : 5) + (c.mixtral ? 1 : 2)) : 0)
+      << "marked sequence_parallel: ln1, ln2 and the router per block, and the final norm";
   for (Parameter& p : sharded.params().all()) {
     const Tensor full = whole(sharded, p, p.grad);
     expect_gradient_matches(to_double(full), to_double(reference.params().get(p.name).grad), kTolerance,
@@ -162,7 +177,10 @@ INSTANTIATE_TEST_SUITE_P(
                       ModelCase{"MixtralGqaT2", true, 2, 2}, ModelCase{"MixtralT4", true, 4, 4},
                       ModelCase{"GptT2Etp2", false, 0, 2, true},
                       ModelCase{"MixtralGqaT2Etp2", true, 2, 2, true},
-                      ModelCase{"GptWorldEtpWorld", false, 0, 0, true}),
+                      ModelCase{"GptWorldEtpWorld", false, 0, 0, true},
+                      ModelCase{"GptT2Sp", false, 0, 2, false, true},
+                      ModelCase{"MixtralGqaT2Sp", true, 2, 2, false, true},
+                      ModelCase{"MixtralWorldSp", true, 4, 0, false, true}),
     [](const ::testing::TestParamInfo<ModelCase>& p) { return std::string(p.param.name); });
 
 std::string shared_dir(const std::string& name) { return shared_corpus_dir(*g_world, "ampipe_tp_", name); }
@@ -248,6 +266,27 @@ TEST_P(TensorParallelTraining, FollowsTensorParallelSizeOneAndResumesAcrossLayou
   pipelined.save_interval = 0;
   pipelined.metrics_file = dir + "/t2_ampipe.jsonl";
   train(pipelined);
+  // Sequence parallelism at T = 2: each rank of the group holds and routes its own half of every
+  // sequence's positions. Sequential, and AMPipe in model scope with the gathers and reduce-scatters
+  // on the comm stream, gradients reduced there too (the norms' and routers' summed over the group
+  // first) by the distributed optimizer, its parameter gathers overlapped.
+  TrainOptions sequence = two;
+  sequence.sequence_parallel = true;
+  sequence.save = dir + "/t2_sp";
+  sequence.save_interval = 0;
+  sequence.metrics_file = dir + "/t2_sp.jsonl";
+  const TrainResult rsp = train(sequence);
+  TrainOptions sequence_pipelined = sequence;
+  sequence_pipelined.schedule.kind = ScheduleKind::AmPipe;
+  sequence_pipelined.schedule.pipe_degree = 2;
+  sequence_pipelined.pipeline_scope = "model";
+  sequence_pipelined.overlap_grad_reduce = true;
+  sequence_pipelined.use_distributed_optimizer = true;
+  sequence_pipelined.overlap_param_gather = true;
+  sequence_pipelined.save = dir + "/t2_sp_ampipe";
+  sequence_pipelined.metrics_file = dir + "/t2_sp_ampipe.jsonl";
+  train(sequence_pipelined);
+  EXPECT_NEAR(rsp.final_val_loss, r1.final_val_loss, 1e-4 * (1 + std::abs(r1.final_val_loss)));
   EXPECT_NEAR(r2.final_val_loss, r1.final_val_loss, 1e-4 * (1 + std::abs(r1.final_val_loss)));
 
   TrainOptions t2_then_t1 = one;  // T = 2's checkpoint at iteration 10, resumed at T = 1
@@ -291,13 +330,16 @@ TEST_P(TensorParallelTraining, FollowsTensorParallelSizeOneAndResumesAcrossLayou
     ASSERT_EQ(b.size(), 20u);
     for (size_t i = 0; i < a.size(); ++i)
       EXPECT_NEAR(b[i], a[i], 1e-4 * (1 + std::abs(a[i]))) << "iteration " << i + 1;
-    const std::vector<double> p = metric(pipelined.metrics_file, "loss");
-    ASSERT_EQ(p.size(), 20u);
-    const std::vector<double> pn = metric(pipelined.metrics_file, "grad_norm"),
-                              an = metric(one.metrics_file, "grad_norm");
-    for (size_t i = 0; i < p.size(); ++i) {
-      EXPECT_NEAR(p[i], a[i], 1e-4 * (1 + std::abs(a[i]))) << "ampipe at T = ETP = 2, iteration " << i + 1;
-      EXPECT_NEAR(pn[i], an[i], 1e-4 * an[i]) << "ampipe at T = ETP = 2, grad_norm, iteration " << i + 1;
+    const std::vector<double> an = metric(one.metrics_file, "grad_norm");
+    for (const TrainOptions* run : {&pipelined, &sequence, &sequence_pipelined}) {
+      const std::vector<double> p = metric(run->metrics_file, "loss"),
+                                pn = metric(run->metrics_file, "grad_norm");
+      ASSERT_EQ(p.size(), 20u) << run->metrics_file;
+      ASSERT_EQ(pn.size(), 20u) << run->metrics_file;
+      for (size_t i = 0; i < p.size(); ++i) {
+        EXPECT_NEAR(p[i], a[i], 1e-4 * (1 + std::abs(a[i]))) << run->metrics_file << ", iteration " << i + 1;
+        EXPECT_NEAR(pn[i], an[i], 1e-4 * an[i]) << run->metrics_file << ", grad_norm, iteration " << i + 1;
+      }
     }
     // The gradient norm before clipping: AdamW would hide a wrongly scaled gradient from the losses,
     // not from this (the shards' squares summed over the tensor group, the whole parameters once).
@@ -314,7 +356,8 @@ TEST_P(TensorParallelTraining, FollowsTensorParallelSizeOneAndResumesAcrossLayou
     }
     // Gathered checkpoints: every tensor whole, whatever T, and the same weights to rounding.
     const SafetensorsFile f1 = read_safetensors(one.save + "/iter_0000020/model.safetensors");
-    for (const std::string& other : {two.save, t2_then_t1.save, t1_then_t2.save, pipelined.save}) {
+    for (const std::string& other : {two.save, t2_then_t1.save, t1_then_t2.save, pipelined.save,
+                                     sequence.save, sequence_pipelined.save}) {
       const SafetensorsFile f = read_safetensors(other + "/iter_0000020/model.safetensors");
       ASSERT_EQ(f.tensors.size(), f1.tensors.size()) << other;
       for (const auto& [name, t] : f1.tensors) {
@@ -423,12 +466,16 @@ TEST(TensorParallelTraining, WhatItDoesNotRunYetIsRefusedNamingTheFlag) {
   const std::string dir = shared_dir("refusals");
   TrainOptions o = small_options(dir, false);
   o.tensor_parallel_size = 2;
-  TrainOptions sequence = o;
+  TrainOptions sequence = o;  // the experts do not gather their group's tokens yet
   sequence.sequence_parallel = true;
-  EXPECT_NE(error_of([&] { train(sequence); })
-                .find("--sequence-parallel: the model runs tensor parallelism "
-                      "without sequence parallelism only so far"),
-            std::string::npos);
+  sequence.expert_tensor_parallel_size = 2;
+  std::string msg = error_of([&] { train(sequence); });
+  EXPECT_NE(msg.find("--sequence-parallel with --expert-tensor-parallel-size 2"), std::string::npos) << msg;
+  TrainOptions odd = o;  // positions split over the group
+  odd.sequence_parallel = true;
+  odd.model.max_seq_len = 15;
+  msg = error_of([&] { train(odd); });
+  EXPECT_NE(msg.find("--seq-length 15 is not divisible by 2"), std::string::npos) << msg;
   TrainOptions etp_over_t = o;  // without --sequence-parallel ETP must divide T
   etp_over_t.expert_tensor_parallel_size = 4;
   etp_over_t.model.ffn_hidden_size = 24;

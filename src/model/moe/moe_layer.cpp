@@ -9,7 +9,15 @@ MoeLayer::MoeLayer(const ModelConfig& config, ParameterRegistry& params, const s
     : norm_(config, params, prefix + "ln2"),
       router_(config, params, prefix),
       dispatcher_(config, parallel),
-      experts_(config, params, prefix, parallel) {}
+      experts_(config, params, prefix, parallel) {
+  AMPIPE_CHECK(!parallel.sp() || parallel.etp_size() == 1)
+      << "--sequence-parallel with --expert-tensor-parallel-size " << parallel.etp_size()
+      << " is not supported yet (the experts would gather the tokens of their group); use "
+         "--expert-tensor-parallel-size 1 with --sequence-parallel";
+  if (!parallel.sp()) return;
+  norm_.mark_sequence_parallel();
+  router_.mark_sequence_parallel();
+}
 
 void MoeLayer::begin_forward(MoeContext& ctx, const Tensor& x, RoutingStats& stats) const {
   ctx.x = x;
