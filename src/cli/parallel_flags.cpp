@@ -27,8 +27,8 @@ void add_tensor_parallel_flags(CLI::App& cmd, ParallelSizes& sizes, const char* 
       "With --tensor-model-parallel-size > 1 (Megatron-LM): the residual stream, norms, router and MoE "
       "layers on 1/T of each sequence's positions per rank (--seq-length divisible by T), all-gather and "
       "reduce-scatter around attention and the LM head instead of all-reduce; each rank routes its own "
-      "tokens (docs/MODEL.md, \"Sequence parallelism\"). Runs with --expert-tensor-parallel-size 1 only "
-      "(ampipe plan prices more). At T = 1 accepted and ignored, with a one-line note (as Megatron-LM)");
+      "tokens (docs/MODEL.md, \"Sequence parallelism\"); with --expert-tensor-parallel-size > 1 the experts "
+      "gather their group's rows. At T = 1 accepted and ignored, with a one-line note (as Megatron-LM)");
   cmd.add_option(
          "--expert-tensor-parallel-size", sizes.expert_tensor,
          "Expert tensor-parallel size ETP (Megatron-Core's MoE parallel folding): each expert's FFN split "

@@ -96,13 +96,6 @@ void StreamedBlock::execute(const std::vector<StageTask>& tasks, const std::func
   // The GPU streams are non-blocking: they do not wait for work the calling thread enqueued on its
   // own stream (the embedding, the gradients zeroed before a backward), so the host waits for it.
   if (device_ == Device::CUDA) cuda_synchronize();
-  // The experts' sequence-parallel gathers (--expert-tensor-parallel-size > 1 with
-  // --sequence-parallel) are priced by the planner but not run: refused before any task.
-  for (const StageTask& t : tasks)
-    AMPIPE_CHECK(t.stage != Stage::TpExpertsGather && t.stage != Stage::TpExpertsGatherBwd)
-        << "the task list holds an expert-tensor-parallel gather ('" << stage_name(t.stage)
-        << "'), which StreamedBlock cannot run yet: only the planner prices expert tensor parallelism "
-           "with sequence parallelism so far";
   std::vector<Event> done(tasks.size());
   std::vector<bool> waited_on(tasks.size(), false);
   for (const StageTask& t : tasks)
@@ -221,6 +214,9 @@ class ForwardRun {
         block.moe.begin_forward(bc.moe[c], moe_rows_[c].read(h_[l]), stats_[l]);
         break;
       case Stage::Dispatch: block.moe.exchange_dispatch(bc.moe[c]); break;
+      case Stage::TpExpertsGather:
+        block.moe.gather_experts(bc.moe[c]);
+        break;  // comm stream
       case Stage::Experts: block.moe.run_experts(bc.moe[c]); break;
       case Stage::TpExpertsReduce:
         block.moe.reduce_experts(bc.moe[c]);
@@ -291,6 +287,9 @@ class BackwardRun {
         block.moe.begin_backward(bc.moe[c], moe_rows_[c].read(d_[l + 1]));
         break;
       case Stage::CombineBwd: block.moe.exchange_combine_backward(bc.moe[c]); break;
+      case Stage::TpExpertsGatherBwd:
+        block.moe.gather_experts_backward(bc.moe[c]);
+        break;  // comm stream
       case Stage::ExpertsBwd:
         block.moe.run_experts_backward(bc.moe[c], delay_wgrad_);
         break;

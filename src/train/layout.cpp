@@ -152,10 +152,7 @@ void require_runnable_sizes(const ParallelSizes& sizes, bool runs_tensor_paralle
                                     << sizes.tensor;
     AMPIPE_CHECK(sizes.expert_tensor >= 1)
         << "--expert-tensor-parallel-size must be at least 1, got " << sizes.expert_tensor;
-    AMPIPE_CHECK(sizes.tensor == 1 || !sizes.sequence_parallel || sizes.expert_tensor == 1)
-        << "--sequence-parallel with --expert-tensor-parallel-size " << sizes.expert_tensor
-        << ": the experts do not gather their group's tokens yet, so sequence parallelism runs with "
-           "--expert-tensor-parallel-size 1 only (`ampipe plan` prices the combination)";
+
     return;
   }
   refuse_unless_one("--tensor-model-parallel-size", sizes.tensor,

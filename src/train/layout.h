@@ -87,8 +87,7 @@ ParallelLayout make_layout(int64_t world_size, ParallelSizes sizes, const ModelC
 // Refuses what a command cannot run yet (ampipe::Error naming the flag and its value, saying that
 // `ampipe plan` prices it): T > 1 and ETP > 1 unless `runs_tensor_parallel` (the model's tensor,
 // sequence and expert tensor parallelism; the layout's checks then hold ETP to dividing T without
-// sequence parallelism); with it, --sequence-parallel at T > 1 with ETP > 1 (the experts do not
-// gather their group's tokens yet).
+// sequence parallelism).
 // Every model-running command calls it before any work. --sequence-parallel at T = 1 passes
 // (Megatron-LM ignores it there too).
 void require_runnable_sizes(const ParallelSizes& sizes, bool runs_tensor_parallel = false);

@@ -565,7 +565,8 @@ TEST(TensorParallelAttention, PipelinedSchedulesRunItLikeSequentialBlock) {
 // TpAttnReduceBwd), against the whole rows under SequentialBlock without it: this rank's rows of the
 // output and input gradient, and every gradient once the partial ones are summed over the group as
 // the trainer does (the norms' and the router's, marked sequence_parallel, and the experts', which
-// each rank now feeds with its own tokens only).
+// each rank now feeds with its own tokens only). With the experts split over the group too (ETP = T)
+// the experts gather the group's rows (TpExpertsGather, TpExpertsGatherBwd) and reduce-scatter.
 TEST(SequenceParallel, BlocksOnEachRanksRowsEqualTheWholeRows) {
   struct Run {
     ScheduleKind kind;
@@ -574,9 +575,11 @@ TEST(SequenceParallel, BlocksOnEachRanksRowsEqualTheWholeRows) {
   };
   const int T = g_world->size(), rank = g_world->rank();
   const int64_t local_seq = kSeq / T;
-  for (const bool mixtral : {false, true}) {
+  for (int k = 0; k < 3; ++k) {
+    const bool mixtral = k == 1, etp = k == 2;  // the third: GPT with the experts split too (ETP = T)
     const ModelConfig c = attention_config(mixtral, false);
     ModelParallel whole_rows{nullptr, nullptr, g_world.get()};
+    if (etp) whole_rows.expert_tensor_group = g_world.get();
     ModelParallel split_rows = whole_rows;
     split_rows.sequence_parallel = true;
     StandaloneBlock reference(c, whole_rows, 2), blocks(c, split_rows, 2);
@@ -603,7 +606,7 @@ TEST(SequenceParallel, BlocksOnEachRanksRowsEqualTheWholeRows) {
         }
       out.emplace_back("dx", executor.backward_layers(b.blocks(), ctx, grad, stats, 0.01, {}));
       for (Parameter& p : b.params().all()) {
-        if (&b == &blocks && (p.sequence_parallel || p.is_expert)) g_world->all_reduce_sum(p.grad);
+        if (&b == &blocks && (p.sequence_parallel || (p.is_expert && !etp))) g_world->all_reduce_sum(p.grad);
         out.emplace_back(p.name, p.grad.clone());
       }
       return out;
@@ -624,8 +627,11 @@ TEST(SequenceParallel, BlocksOnEachRanksRowsEqualTheWholeRows) {
       BlockSchedule schedule;
       schedule.kind = r.kind;
       schedule.pipe_degree = r.kind == ScheduleKind::Sequential ? 1 : 3;
-      SCOPED_TRACE(std::string(mixtral ? "mixtral, " : "gpt, ") + schedule.describe() + ", " +
-                   pipeline_scope_name(r.scope) + " scope, " + stage_order_name(r.order));
+      SCOPED_TRACE(std::string(mixtral ? "mixtral, "
+                               : etp   ? "gpt with ETP = T, "
+                                       : "gpt, ") +
+                   schedule.describe() + ", " + pipeline_scope_name(r.scope) + " scope, " +
+                   stage_order_name(r.order));
       const StreamedBlock streamed(schedule, r.order, nullptr, g_world->rank(), r.scope);
       for (const BlockExecutor* executor :
            {static_cast<const BlockExecutor*>(&streamed), static_cast<const BlockExecutor*>(&kSequential)}) {

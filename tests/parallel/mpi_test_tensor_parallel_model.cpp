@@ -12,7 +12,8 @@
 //   - `eval` and `sample` load that checkpoint at T = 2 and T = 1 (the same loss);
 //   - with --sequence-parallel (each rank of a tensor group holding and routing 1/T of the rows) the
 //     same, model and training (sequential, and AMPipe in model scope with the gathers and
-//     reduce-scatters on the comm stream, overlapped gradient reduction);
+//     reduce-scatters on the comm stream, overlapped gradient reduction, the experts split too and
+//     gathering their group's rows);
 //   - what T > 1 does not run yet is refused before any work, naming the flag.
 #include <gtest/gtest.h>
 
@@ -146,12 +147,13 @@ TEST_P(TensorParallelModel, LossLogitsAndEveryGradientEqualOneRank) {
   EXPECT_EQ(s.logits.dim(1), shard) << "a rank holds only its vocabulary's logits";
   sharded.backward(s);
   reference.backward(r);
-  // Sequence parallel: the norms' and routers' gradients, and the experts' (each rank fed them its own
-  // tokens), are partial: summed over the group, as the trainer does.
+  // Sequence parallel: the norms' and routers' gradients are partial, and so are the experts' where
+  // the group's ranks hold the same experts (each fed them its own tokens; split over the group
+  // instead, each shard saw the group's tokens, gathered): summed over the group, as the trainer does.
   int marked = 0;
   for (Parameter& p : sharded.params().all()) {
     marked += p.sequence_parallel ? 1 : 0;
-    if (c.sp && (p.sequence_parallel || p.is_expert)) tp->all_reduce_sum(p.grad);
+    if (c.sp && (p.sequence_parallel || (p.is_expert && !c.etp))) tp->all_reduce_sum(p.grad);
   }
   EXPECT_EQ(marked,
             c.sp ? static_cast<int>(config.num_layers * (c.mixtral ? 3 : 5) + (c.mixtral ? 1 : 2)) : 0)
@@ -180,7 +182,9 @@ INSTANTIATE_TEST_SUITE_P(
                       ModelCase{"GptWorldEtpWorld", false, 0, 0, true},
                       ModelCase{"GptT2Sp", false, 0, 2, false, true},
                       ModelCase{"MixtralGqaT2Sp", true, 2, 2, false, true},
-                      ModelCase{"MixtralWorldSp", true, 4, 0, false, true}),
+                      ModelCase{"MixtralWorldSp", true, 4, 0, false, true},
+                      ModelCase{"GptT2SpEtp2", false, 0, 2, true, true},
+                      ModelCase{"MixtralWorldSpEtpWorld", true, 4, 0, true, true}),
     [](const ::testing::TestParamInfo<ModelCase>& p) { return std::string(p.param.name); });
 
 std::string shared_dir(const std::string& name) { return shared_corpus_dir(*g_world, "ampipe_tp_", name); }
@@ -276,7 +280,8 @@ TEST_P(TensorParallelTraining, FollowsTensorParallelSizeOneAndResumesAcrossLayou
   sequence.save_interval = 0;
   sequence.metrics_file = dir + "/t2_sp.jsonl";
   const TrainResult rsp = train(sequence);
-  TrainOptions sequence_pipelined = sequence;
+  TrainOptions sequence_pipelined = sequence;  // the experts split too: they gather the group's rows
+  sequence_pipelined.expert_tensor_parallel_size = 2;
   sequence_pipelined.schedule.kind = ScheduleKind::AmPipe;
   sequence_pipelined.schedule.pipe_degree = 2;
   sequence_pipelined.pipeline_scope = "model";
@@ -466,15 +471,10 @@ TEST(TensorParallelTraining, WhatItDoesNotRunYetIsRefusedNamingTheFlag) {
   const std::string dir = shared_dir("refusals");
   TrainOptions o = small_options(dir, false);
   o.tensor_parallel_size = 2;
-  TrainOptions sequence = o;  // the experts do not gather their group's tokens yet
-  sequence.sequence_parallel = true;
-  sequence.expert_tensor_parallel_size = 2;
-  std::string msg = error_of([&] { train(sequence); });
-  EXPECT_NE(msg.find("--sequence-parallel with --expert-tensor-parallel-size 2"), std::string::npos) << msg;
   TrainOptions odd = o;  // positions split over the group
   odd.sequence_parallel = true;
   odd.model.max_seq_len = 15;
-  msg = error_of([&] { train(odd); });
+  const std::string msg = error_of([&] { train(odd); });
   EXPECT_NE(msg.find("--seq-length 15 is not divisible by 2"), std::string::npos) << msg;
   TrainOptions etp_over_t = o;  // without --sequence-parallel ETP must divide T
   etp_over_t.expert_tensor_parallel_size = 4;

@@ -116,14 +116,18 @@ Tensor Experts::forward_reduce(const ExpertsContext& ctx, Tensor partial) const 
   if (!etp_group_) return partial;
   // The shards' partial outputs summed over the group (float32), then each expert's output bias once.
   etp_group_->all_reduce_sum(partial);
-  if (!out_.bias) return partial;
+  add_output_bias(partial, ctx.counts);
+  return partial;
+}
+
+void Experts::add_output_bias(Tensor y, const std::vector<int64_t>& counts) const {
+  if (!out_.bias) return;
   int64_t row = 0;
   for (int64_t e = 0; e < experts_; ++e) {
-    const int64_t n = ctx.counts[e];
-    if (n > 0) kernels::add_bias(partial.rows(row, row + n), slice(out_.bias, false, e));
+    const int64_t n = counts[e];
+    if (n > 0) kernels::add_bias(y.rows(row, row + n), slice(out_.bias, false, e));
     row += n;
   }
-  return partial;
 }
 
 Tensor Experts::backward_reduce(Tensor partial) const {

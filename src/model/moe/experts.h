@@ -14,12 +14,13 @@
 // --expert-tensor-parallel-size): rank r of parallel.expert_tensor_group holds columns
 // [r f/ETP, (r+1) f/ETP) of every local expert's hidden layer: fc1 / w1 / w3 and their biases
 // [E_local, f/ETP, ...] (column-parallel, SwiGLU's two input maps alike), fc2 / w2 [E_local, d,
-// f/ETP] (row-parallel); the output bias whole, added once after the reduction. Every rank of the
-// group receives the same rows (it lies inside a tensor group). forward = forward_local (this rank's
-// partial output) + forward_reduce (all_reduce_sum over the group, then the output bias);
-// backward = backward_local (the weight gradients of this rank's shards and the partial input
-// gradient) + backward_reduce (its all_reduce_sum). expert_tensor_parallel_shards() states where
-// each shard lies in the local experts' full-width tensors (model/tensor_parallel.h).
+// f/ETP] (row-parallel); the output bias whole, added once after the reduction. Without sequence
+// parallelism every rank of the group receives the same rows (it lies inside a tensor group); with
+// it the MoE layer gathers the group's rows first (model/moe/expert_gather.h). forward = forward_local (this
+// rank's partial output) + forward_reduce (all_reduce_sum over the group, then the output bias); backward =
+// backward_local (the weight gradients of this rank's shards and the partial input gradient) +
+// backward_reduce (its all_reduce_sum). expert_tensor_parallel_shards() states where each shard lies in the
+// local experts' full-width tensors (model/tensor_parallel.h).
 #pragma once
 
 #include <string>
@@ -65,6 +66,9 @@ class Experts {
   Tensor forward_reduce(const ExpertsContext& ctx, Tensor partial) const;
   Tensor backward_local(ExpertsContext& ctx, const Tensor& dy, ExpertsWeightGrads* delayed = nullptr) const;
   Tensor backward_reduce(Tensor partial) const;
+  // Adds each expert's output bias to its rows of y (grouped per counts); nothing without biases.
+  // forward_reduce's second step, for a caller that reduces otherwise (model/moe/expert_gather.h).
+  void add_output_bias(Tensor y, const std::vector<int64_t>& counts) const;
   int etp_size() const { return etp_size_; }
   // Rank `rank`'s shards of a `ranks`-way group (empty at 1), registration order; without an
   // argument, this rank's.

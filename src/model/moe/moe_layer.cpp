@@ -10,11 +10,8 @@ MoeLayer::MoeLayer(const ModelConfig& config, ParameterRegistry& params, const s
       router_(config, params, prefix),
       dispatcher_(config, parallel),
       experts_(config, params, prefix, parallel) {
-  AMPIPE_CHECK(!parallel.sp() || parallel.etp_size() == 1)
-      << "--sequence-parallel with --expert-tensor-parallel-size " << parallel.etp_size()
-      << " is not supported yet (the experts would gather the tokens of their group); use "
-         "--expert-tensor-parallel-size 1 with --sequence-parallel";
   if (!parallel.sp()) return;
+  if (parallel.etp_size() > 1) gather_group_ = parallel.expert_tensor_group;
   norm_.mark_sequence_parallel();
   router_.mark_sequence_parallel();
 }
@@ -27,7 +24,19 @@ void MoeLayer::begin_forward(MoeContext& ctx, const Tensor& x, RoutingStats& sta
   dispatcher_.begin_dispatch(ctx.dispatch, m, ctx.router.expert_index, ctx.router.gate);
 }
 
+void MoeLayer::gather_experts(MoeContext& ctx) const {
+  if (!gather_group_) return;
+  const Tensor own = dispatcher_.finish_dispatch(ctx.dispatch);
+  ctx.gather = plan_expert_gather(*gather_group_, dispatcher_.local_expert_counts(ctx.dispatch));
+  ctx.gathered = gather_expert_rows(*gather_group_, ctx.gather, own);
+}
+
 void MoeLayer::run_experts(MoeContext& ctx) const {
+  if (gather_group_) {  // the group's rows, gathered by gather_experts
+    ctx.expert_partial = experts_.forward_local(ctx.experts, ctx.gathered, ctx.gather.expert_totals());
+    ctx.gathered = Tensor();
+    return;
+  }
   Tensor expert_input = dispatcher_.finish_dispatch(ctx.dispatch);
   Tensor expert_output =
       experts_.forward_local(ctx.experts, expert_input, dispatcher_.local_expert_counts(ctx.dispatch));
@@ -40,13 +49,32 @@ void MoeLayer::run_experts(MoeContext& ctx) const {
 
 void MoeLayer::reduce_experts(MoeContext& ctx) const {
   if (experts_.etp_size() == 1) return;
+  if (gather_group_) {  // this rank's rows of the group's sum, then their output bias
+    Tensor own = reduce_scatter_expert_rows(*gather_group_, ctx.gather, ctx.expert_partial);
+    ctx.expert_partial = Tensor();
+    experts_.add_output_bias(own, dispatcher_.local_expert_counts(ctx.dispatch));
+    dispatcher_.begin_combine(ctx.dispatch, own);
+    return;
+  }
   Tensor expert_output = experts_.forward_reduce(ctx.experts, std::move(ctx.expert_partial));
   ctx.expert_partial = Tensor();
   dispatcher_.begin_combine(ctx.dispatch, expert_output);
 }
 
+void MoeLayer::gather_experts_backward(MoeContext& ctx) const {
+  if (!gather_group_) return;
+  ctx.gathered =
+      gather_expert_rows(*gather_group_, ctx.gather, dispatcher_.finish_combine_backward(ctx.dispatch));
+}
+
 void MoeLayer::reduce_experts_backward(MoeContext& ctx) const {
   if (experts_.etp_size() == 1) return;
+  if (gather_group_) {
+    Tensor own = reduce_scatter_expert_rows(*gather_group_, ctx.gather, ctx.expert_partial);
+    ctx.expert_partial = Tensor();
+    dispatcher_.begin_dispatch_backward(ctx.dispatch, own);
+    return;
+  }
   Tensor dexpert_input = experts_.backward_reduce(std::move(ctx.expert_partial));
   ctx.expert_partial = Tensor();
   dispatcher_.begin_dispatch_backward(ctx.dispatch, dexpert_input);
@@ -65,7 +93,13 @@ void MoeLayer::begin_backward(MoeContext& ctx, const Tensor& dy) const {
 }
 
 void MoeLayer::run_experts_backward(MoeContext& ctx, bool delay_wgrad) const {
-  Tensor dexpert_output = dispatcher_.finish_combine_backward(ctx.dispatch);
+  Tensor dexpert_output;
+  if (gather_group_) {
+    dexpert_output = ctx.gathered;  // the group's output gradient, gathered by gather_experts_backward
+    ctx.gathered = Tensor();
+  } else {
+    dexpert_output = dispatcher_.finish_combine_backward(ctx.dispatch);
+  }
   Tensor dexpert_input =
       experts_.backward_local(ctx.experts, dexpert_output, delay_wgrad ? &ctx.wgrad : nullptr);
   if (experts_.etp_size() > 1) {
@@ -89,6 +123,7 @@ Tensor MoeLayer::finish_backward(MoeContext& ctx, const RoutingStats& stats, dou
 Tensor MoeLayer::forward(MoeContext& ctx, const Tensor& x, RoutingStats& stats) const {
   begin_forward(ctx, x, stats);
   exchange_dispatch(ctx);
+  gather_experts(ctx);
   run_experts(ctx);
   reduce_experts(ctx);
   exchange_combine(ctx);
@@ -99,6 +134,7 @@ Tensor MoeLayer::backward(MoeContext& ctx, const Tensor& dy, const RoutingStats&
                           double aux_grad_scale) const {
   begin_backward(ctx, dy);
   exchange_combine_backward(ctx);
+  gather_experts_backward(ctx);
   run_experts_backward(ctx);
   reduce_experts_backward(ctx);
   exchange_dispatch_backward(ctx);

@@ -8,6 +8,7 @@
 #include <string>
 
 #include "model/moe/dispatcher.h"
+#include "model/moe/expert_gather.h"
 #include "model/moe/experts.h"
 #include "model/moe/router.h"
 #include "model/norm.h"
@@ -24,6 +25,10 @@ struct MoeContext {
   ExpertsContext experts;
   ExpertsWeightGrads wgrad;  // --delay-wgrad-compute: between run_experts_backward and run_experts_wgrad
   Tensor expert_partial;     // ETP > 1: the experts' partial output (input gradient) awaiting its reduce
+  // ETP > 1 with sequence parallelism (model/moe/expert_gather.h): every rank's counts, and the
+  // group's gathered rows (the experts' input, then their output gradient) awaiting the experts.
+  ExpertGather gather;
+  Tensor gathered;
 };
 
 class MoeLayer {
@@ -45,8 +50,16 @@ class MoeLayer {
   // partial output in ctx and reduce_experts (the group's all-reduce, the output bias, the combine's
   // packing) follows it before exchange_combine; likewise run_experts_backward and
   // reduce_experts_backward before exchange_dispatch_backward. At ETP = 1 the reduces do nothing.
+  // With sequence parallelism the ranks of an expert-tensor group hold different rows:
+  // gather_experts (the group's rows, expert-major, model/moe/expert_gather.h) runs between
+  // exchange_dispatch and run_experts, and reduce_experts reduce-scatters instead of all-reducing;
+  // likewise gather_experts_backward between exchange_combine_backward and run_experts_backward.
+  // Without it (or at ETP = 1) the gathers do nothing. Every collective here is over the
+  // expert-tensor group and reads or writes this chunk's ctx only (a communication-stream task).
+  void gather_experts(MoeContext& ctx) const;
   void run_experts(MoeContext& ctx) const;
   void reduce_experts(MoeContext& ctx) const;
+  void gather_experts_backward(MoeContext& ctx) const;
   void reduce_experts_backward(MoeContext& ctx) const;
   void exchange_combine(MoeContext& ctx) const { dispatcher_.exchange_combine(ctx.dispatch); }
   Tensor finish_forward(MoeContext& ctx) const;
@@ -68,6 +81,7 @@ class MoeLayer {
   Router router_;
   Dispatcher dispatcher_;
   Experts experts_;
+  Communicator* gather_group_ = nullptr;  // ETP > 1 with sequence parallelism: the expert-tensor group
 };
 
 }  // namespace ampipe
