@@ -78,6 +78,22 @@ bool sequence_parallel(const std::vector<Block>& blocks) {
              "sequence-parallel (1: on, 0: off)") == 1;
 }
 
+// The chunks of a pass over seq_len positions (this rank's N / T under sequence parallelism): equal
+// and balanced chunks are cut at that length; explicit --chunk-boundaries are whole-sequence
+// positions, so under sequence parallelism each must be a multiple of T and is divided by it.
+ChunkPlan pass_plan(const BlockSchedule& schedule, const std::vector<Block>& blocks, int64_t seq_len) {
+  if (schedule.chunk_boundaries.empty() || !sequence_parallel(blocks)) return schedule.plan(seq_len);
+  const int64_t T = tensor_parallel_size(blocks);
+  BlockSchedule local = schedule;
+  for (int64_t& b : local.chunk_boundaries) {
+    AMPIPE_CHECK(b % T == 0) << "--chunk-boundaries " << b
+                             << " is not a multiple of the tensor-parallel size " << T
+                             << ": under --sequence-parallel every chunk is split evenly over the group";
+    b /= T;
+  }
+  return local.plan(seq_len);
+}
+
 }  // namespace
 
 StreamedBlock::StreamedBlock(const BlockSchedule& schedule, StageOrder order, TraceRecorder* trace, int rank,
@@ -386,7 +402,7 @@ Tensor StreamedBlock::forward_layers(const std::vector<Block>& blocks, std::vect
                                      const Tensor& x, int64_t batch, int64_t seq_len,
                                      std::vector<RoutingStats>& stats,
                                      const std::function<void(int64_t)>& block_needed) const {
-  plan_ = schedule_.plan(seq_len);
+  plan_ = pass_plan(schedule_, blocks, seq_len);
   ForwardRun run(blocks, ctx, x, batch, seq_len, stats, plan_, block_needed);
   const PassShape pass = forward_shape(blocks, static_cast<bool>(block_needed));
   execute(
@@ -408,7 +424,7 @@ Tensor StreamedBlock::backward_layers(const std::vector<Block>& blocks, std::vec
 std::pair<Tensor, Tensor> StreamedBlock::paired_layers(const std::vector<Block>& blocks,
                                                        PairedBackward backward, PairedForward forward) const {
   const ChunkPlan backward_plan = plan_;  // of the forward whose backward this is
-  const ChunkPlan forward_plan = schedule_.plan(forward.seq_len);
+  const ChunkPlan forward_plan = pass_plan(schedule_, blocks, forward.seq_len);
   const std::function<void(int64_t)> none;
   BackwardRun bwd(blocks, backward.ctx, backward.dy, backward.stats, backward.aux_grad_scale, backward_plan,
                   delay_wgrad_, none);

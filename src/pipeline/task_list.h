@@ -79,8 +79,8 @@ enum class Stage {
   ParamGather,  // all-gather of one block's updated parameters (comm)
   // --delay-wgrad-compute: the experts' weight gradients of a MoE chunk, split from ExpertsBwd
   ExpertsWgrad,  // MoE chunk: dW (and db) of every expert GEMM (compute)
-  // Tensor parallelism (PassShape::tensor_parallel > 1; the executor cannot run these yet): the
-  // collectives of the tensor-parallel group, on the comm stream like the all-to-alls. Attention:
+  // Tensor parallelism (PassShape::tensor_parallel > 1): the collectives of the tensor-parallel
+  // group, on the comm stream like the all-to-alls (pipeline/streamed_block.h runs them). Attention:
   TpAttnGather,     // --sequence-parallel: all-gather of the QKV's input rows (before AttnBegin,
                     // whole sequence, or QkvChunk c) (comm, forward)
   TpAttnReduce,     // attention chunk: all-reduce (reduce-scatter with --sequence-parallel) of the

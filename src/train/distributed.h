@@ -1,7 +1,7 @@
 // Expert, data and tensor parallelism for training (docs/ARCHITECTURE.md, "Parallel layout").
 //
 // The world of R ranks is laid out as train/layout.h says (Megatron-Core's folding): attention's
-// T x DP and the experts' ETP x EP x EDP. With T = ETP = 1 (all the model runs today), every rank
+// T x DP and the experts' ETP x EP x EDP. With T = ETP = 1, every rank
 // trains on its own micro-batch (data parallel), and expert parallelism of size EP cuts the world
 // into R/EP expert groups of consecutive ranks {g*EP, ..., g*EP+EP-1}; rank i of a group holds
 // experts [i*E/EP, (i+1)*E/EP). Ranks holding the same experts (same position in their expert
@@ -91,10 +91,10 @@ void average_gradients(ParameterRegistry& params, const TrainingGroups& groups);
 // head). Under sequence parallelism a bucket's sequence_parallel gradients are first summed over
 // the tensor group (sum_sequence_parallel_gradients). A bucket's dense gradients are packed into one buffer
 // and all-reduced over the data-parallel group in one call (scaled by 1/DP), its expert gradients over the
-// expert-data group in another (scaled by 1/R); the result equals average_gradients' up to the summation
-// order of the reduction itself. reduce_block(l) is collective over the data-parallel and expert-data groups:
-// every rank must reduce the same buckets in the same order, which the streamed executor's task lists
-// guarantee.
+// expert-data group in another (scaled by gradient_scale(true)); the result equals average_gradients' up to
+// the summation order of the reduction itself. reduce_block(l) is collective over the data-parallel and
+// expert-data groups: every rank must reduce the same buckets in the same order, which the streamed
+// executor's task lists guarantee.
 //
 // The buckets also define how the model is divided among data-parallel ranks (the distributed
 // optimizer's shards, and who writes what in a sharded checkpoint): each bucket's dense parameters,
@@ -106,7 +106,7 @@ void average_gradients(ParameterRegistry& params, const TrainingGroups& groups);
 // (T of them, ETP for the experts' output bias), a shard one.
 //
 // Sharded (--use-distributed-optimizer): reduce_* reduce-scatter instead. Each space's packed
-// gradients are summed over its group and scaled by 1/R into `shard_grad`, this rank's owned
+// gradients are summed over its group and scaled by gradient_scale() into `shard_grad`, this rank's owned
 // elements only; the parameters' own `grad` tensors are left unreduced. A space whose group is one
 // rank (expert parameters when EP = the world) keeps its gradients in place, scaled. The optimizer
 // (train/optimizer.h) updates the owned elements and all-gathers the parameters.

@@ -137,11 +137,11 @@ namespace {
 // `flag` `value` (with `also`, the other flags that go with it) refused unless 1.
 void refuse_unless_one(const char* flag, int64_t value, const std::string& also) {
   AMPIPE_CHECK(value >= 1) << flag << " must be at least 1, got " << value;
-  AMPIPE_CHECK(value == 1) << flag << " " << value << also
-                           << ": this command does not run it yet (only 1, the default; `ampipe train` runs "
-                              "--tensor-model-parallel-size without --sequence-parallel); `ampipe plan "
-                           << flag << " " << value << also
-                           << "` prices it (docs/USAGE.md, \"Tensor parallelism\")";
+  AMPIPE_CHECK(value == 1)
+      << flag << " " << value << also
+      << ": this command does not run it yet (only 1, the default; `ampipe train`, `eval`, `sample` "
+         "and `bench` run it); `ampipe plan "
+      << flag << " " << value << also << "` prices it (docs/USAGE.md, \"Tensor parallelism\")";
 }
 
 }  // namespace

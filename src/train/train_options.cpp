@@ -58,6 +58,13 @@ static void check_tensor_parallel_options(const TrainOptions& o) {
       << tp << " --sequence-parallel splits each sequence's positions over the " << o.tensor_parallel_size
       << " ranks of a tensor group: --seq-length " << o.model.max_seq_len << " is not divisible by "
       << o.tensor_parallel_size;
+  if (o.sequence_parallel) {
+    for (int64_t b : o.schedule.chunk_boundaries) {
+      AMPIPE_CHECK(b % o.tensor_parallel_size == 0)
+          << tp << " --sequence-parallel splits every chunk over the group: --chunk-boundaries " << b
+          << " is not a multiple of " << o.tensor_parallel_size;
+    }
+  }
 }
 
 void validate_train_options(const TrainOptions& o) {

@@ -1,8 +1,8 @@
 // The tensor-parallel flags on the command line (cli/parallel_flags.h): every model-running command
-// takes them and explains them in --help; every command refuses ETP > 1 and --sequence-parallel at
-// T > 1 before any work, naming the value; all run T > 1 (on one rank, T = 2 does not divide the
-// world and is refused by the layout: train and bench here, eval and sample after reading their
-// checkpoint) and accept --sequence-parallel at T = 1 with a one-line note.
+// takes them and explains them in --help; all run T > 1, ETP > 1 and --sequence-parallel (on one
+// rank, T = 2 does not divide the world and is refused by the layout: train and bench here, eval and
+// sample after reading their checkpoint; train refuses a --seq-length that T does not divide under
+// --sequence-parallel before that) and accept --sequence-parallel at T = 1 with a one-line note.
 #include <gtest/gtest.h>
 #include <unistd.h>
 
@@ -40,7 +40,7 @@ TEST(CliTensorParallel, HelpOfEveryModelCommandExplainsTheThreeFlags) {
          {"--tensor-model-parallel-size INT=1", "--sequence-parallel", "At T = 1 accepted and ignored",
           "--expert-tensor-parallel-size INT=1", "ETP must divide T",
           cmd == "train"   ? "The embedding and LM head split the vocabulary"
-          : cmd == "bench" ? "the attention's all-reduces as comm-stream tasks"
+          : cmd == "bench" ? "the attention's collectives as comm-stream tasks"
                            : "A checkpoint saved at any T loads"})
       EXPECT_NE(r.output.find(part), std::string::npos) << command << ": " << part;
   }
@@ -55,8 +55,10 @@ TEST(CliTensorParallel, WhatACommandDoesNotRunIsRefusedBeforeAnyWork) {
     } else if (c.rfind("bench", 0) == 0) {
       expect_refused(c + " --tensor-model-parallel-size 2", "--tensor-model-parallel-size 2 does not divide");
     }  // eval and sample read the checkpoint first (missing here), then refuse the layout
-    expect_refused(c + " --tensor-model-parallel-size 4 --sequence-parallel",
-                   "`ampipe plan --tensor-model-parallel-size 4 --sequence-parallel` prices it");
+    if (c.rfind("train", 0) == 0)  // before the layout: the positions split over the group
+      expect_refused(c + " --tensor-model-parallel-size 2 --sequence-parallel --seq-length 15",
+                     "--tensor-model-parallel-size 2 --sequence-parallel splits each sequence's positions "
+                     "over the 2 ranks of a tensor group: --seq-length 15 is not divisible by 2");
     if (c.rfind("train", 0) == 0 || c.rfind("bench", 0) == 0)  // the layout: ETP x EP does not divide 1 rank
       expect_refused(c + " --expert-tensor-parallel-size 2", "--expert-tensor-parallel-size 2");
     expect_refused(c + " --tensor-model-parallel-size 0",

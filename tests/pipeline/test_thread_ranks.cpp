@@ -91,7 +91,9 @@ TEST(ThreadRanks, TensorParallelBlocksOnTwoStreamsEqualSequential) {
 
 // The whole model at T = ETP = 2 on two thread ranks (vocabulary-parallel embedding and loss, the
 // blocks under AMPipe on each rank's streams) against the model on one rank: the loss and the
-// gradients of the parameters every rank holds whole.
+// gradients of the parameters every rank holds whole. Then with sequence parallelism (each rank
+// its strided half of the rows: the attention's gathers and reduce-scatters and the experts' gathers
+// as comm-stream tasks), the partial gradients summed over the group as the trainer does.
 TEST(ThreadRanks, TensorParallelModelUnderAmPipeEqualsOneRank) {
   const ModelConfig c = config();
   const int64_t B = 2, N = c.max_seq_len;
@@ -106,28 +108,33 @@ TEST(ThreadRanks, TensorParallelModelUnderAmPipeEqualsOneRank) {
   ForwardState r;
   const double want = reference.forward(r, tokens, targets, B).lm_loss;
   reference.backward(r);
-  run_thread_ranks(2, [&](Communicator& world) {
-    ModelParallel parallel;
-    parallel.tensor_group = &world;
-    parallel.expert_tensor_group = &world;
-    GptMoe model(c, parallel);
-    model.initialize(9);
-    BlockSchedule schedule;
-    schedule.kind = ScheduleKind::AmPipe;
-    schedule.pipe_degree = 3;
-    const StreamedBlock streamed(schedule, StageOrder::Interleaved, nullptr, world.rank(),
-                                 PipelineScope::Model);
-    model.set_block_executor(&streamed);
-    ForwardState s;
-    const double got = model.forward(s, tokens, targets, B).lm_loss;
-    model.backward(s);
-    EXPECT_NEAR(got, want, 2e-6 * (1 + std::abs(want))) << "thread rank " << world.rank();
-    for (const Parameter& p : model.params().all()) {
-      if (p.tensor_parallel) continue;  // shards: checked against one rank in the MPI tests
-      expect_gradient_matches(to_double(p.grad), to_double(reference.params().get(p.name).grad), kTolerance,
-                              p.name + " (thread rank " + std::to_string(world.rank()) + ")");
-    }
-  });
+  for (const bool sequence_parallel : {false, true})
+    run_thread_ranks(2, [&](Communicator& world) {
+      ModelParallel parallel;
+      parallel.tensor_group = &world;
+      parallel.expert_tensor_group = &world;
+      parallel.sequence_parallel = sequence_parallel;
+      GptMoe model(c, parallel);
+      model.initialize(9);
+      BlockSchedule schedule;
+      schedule.kind = ScheduleKind::AmPipe;
+      schedule.pipe_degree = 3;
+      const StreamedBlock streamed(schedule, StageOrder::Interleaved, nullptr, world.rank(),
+                                   PipelineScope::Model);
+      model.set_block_executor(&streamed);
+      ForwardState s;
+      const double got = model.forward(s, tokens, targets, B).lm_loss;
+      model.backward(s);
+      const std::string where = std::string(sequence_parallel ? "sequence parallel, " : "") + "thread rank " +
+                                std::to_string(world.rank());
+      EXPECT_NEAR(got, want, 2e-6 * (1 + std::abs(want))) << where;
+      for (Parameter& p : model.params().all()) {
+        if (p.sequence_parallel) world.all_reduce_sum(p.grad);
+        if (p.tensor_parallel) continue;  // shards: checked against one rank in the MPI tests
+        expect_gradient_matches(to_double(p.grad), to_double(reference.params().get(p.name).grad), kTolerance,
+                                p.name + " (" + where + ")");
+      }
+    });
 }
 
 }  // namespace

@@ -185,12 +185,11 @@ TEST(ParallelLayout, WhatACommandDoesNotRunIsRefused) {
   EXPECT_NE(t.find("--tensor-model-parallel-size 2 --sequence-parallel: this command does not run it yet"),
             std::string::npos)
       << t;
-  // train runs T > 1, but not with --sequence-parallel yet.
-  const std::string sp = error_of([&] { require_runnable_sizes(s, /*runs_tensor_parallel=*/true); });
-  EXPECT_NE(sp.find("--tensor-model-parallel-size 2 --sequence-parallel: the model runs tensor parallelism "
-                    "without sequence parallelism only so far"),
-            std::string::npos)
-      << sp;
+  // The model-running commands run T > 1 with --sequence-parallel, and with ETP > 1 too.
+  EXPECT_NO_THROW(require_runnable_sizes(s, /*runs_tensor_parallel=*/true));
+  s.expert_tensor = 2;
+  EXPECT_NO_THROW(require_runnable_sizes(s, /*runs_tensor_parallel=*/true));
+  s.expert_tensor = 1;
   s.sequence_parallel = false;
   EXPECT_NO_THROW(require_runnable_sizes(s, true));
   s.sequence_parallel = true;
