@@ -10,6 +10,7 @@
 #include <gtest/gtest.h>
 
 #include <cmath>
+#include <functional>
 #include <memory>
 #include <string>
 #include <vector>
@@ -501,6 +502,37 @@ TEST(TensorParallelAttention, RefusesHeadsOrGroupsNotDivisibleByT) {
   EXPECT_NE(msg.find(want), std::string::npos) << msg;
 }
 
+// Every pipelined schedule the executors run, each as a StreamedBlock on this rank: AMPipe in block
+// scope and in model scope (both stage orders), moe-pipe, and sequential on the streams; `check`
+// runs under a trace naming the case.
+void for_each_pipelined_schedule(const std::string& what, const std::function<void(const BlockExecutor&)>& check) {
+  struct Run {
+    ScheduleKind kind;
+    PipelineScope scope;
+    StageOrder order;
+  };
+  for (const Run& r : {Run{ScheduleKind::AmPipe, PipelineScope::Block, StageOrder::Interleaved},
+                       Run{ScheduleKind::AmPipe, PipelineScope::Model, StageOrder::StageMajor},
+                       Run{ScheduleKind::AmPipe, PipelineScope::Model, StageOrder::Interleaved},
+                       Run{ScheduleKind::MoePipe, PipelineScope::Block, StageOrder::StageMajor},
+                       Run{ScheduleKind::Sequential, PipelineScope::Block, StageOrder::StageMajor}}) {
+    BlockSchedule schedule;
+    schedule.kind = r.kind;
+    schedule.pipe_degree = r.kind == ScheduleKind::Sequential ? 1 : 3;
+    SCOPED_TRACE(what + ", " + schedule.describe() + ", " + pipeline_scope_name(r.scope) + " scope, " +
+                 stage_order_name(r.order));
+    check(StreamedBlock(schedule, r.order, nullptr, g_world->rank(), r.scope));
+  }
+}
+
+// Every named tensor of `got` against `want`'s, within the attention tolerance.
+void expect_all_match(const Named& got, const Named& want, const std::string& suffix) {
+  ASSERT_EQ(got.size(), want.size());
+  for (size_t i = 0; i < want.size(); ++i)
+    expect_gradient_matches(to_double(got[i].second), to_double(want[i].second), kAttentionTolerance,
+                            want[i].first + suffix);
+}
+
 // A pass over two tensor-parallel blocks (both families, and GPT with its experts split over the group
 // too, B = 2 sequences) run by the pipelined executors, whose attention all-reduces are comm-stream
 // tasks (TpAttnReduce after each attention chunk, TpAttnReduceBwd after each QKV backward; with ETP,
@@ -510,11 +542,6 @@ TEST(TensorParallelAttention, RefusesHeadsOrGroupsNotDivisibleByT) {
 // and model scope and both stage orders. The executors run the same collectives in one list order
 // on every rank, so a mismatch would hang or fail on the first.
 TEST(TensorParallelAttention, PipelinedSchedulesRunItLikeSequentialBlock) {
-  struct Run {
-    ScheduleKind kind;
-    PipelineScope scope;
-    StageOrder order;
-  };
   for (int k = 0; k < 3; ++k) {
     const bool mixtral = k == 1, etp = k == 2;  // the third: GPT with the experts split too (ETP = T)
     const ModelConfig c = attention_config(mixtral, false);
@@ -536,26 +563,8 @@ TEST(TensorParallelAttention, PipelinedSchedulesRunItLikeSequentialBlock) {
       return out;
     };
     const Named want = pass(SequentialBlock{});
-    for (const Run& r : {Run{ScheduleKind::AmPipe, PipelineScope::Block, StageOrder::Interleaved},
-                         Run{ScheduleKind::AmPipe, PipelineScope::Model, StageOrder::StageMajor},
-                         Run{ScheduleKind::AmPipe, PipelineScope::Model, StageOrder::Interleaved},
-                         Run{ScheduleKind::MoePipe, PipelineScope::Block, StageOrder::StageMajor},
-                         Run{ScheduleKind::Sequential, PipelineScope::Block, StageOrder::StageMajor}}) {
-      BlockSchedule schedule;
-      schedule.kind = r.kind;
-      schedule.pipe_degree = r.kind == ScheduleKind::Sequential ? 1 : 3;
-      SCOPED_TRACE(std::string(mixtral ? "mixtral, "
-                               : etp   ? "gpt with ETP = T, "
-                                       : "gpt, ") +
-                   schedule.describe() + ", " + pipeline_scope_name(r.scope) + " scope, " +
-                   stage_order_name(r.order));
-      const StreamedBlock streamed(schedule, r.order, nullptr, g_world->rank(), r.scope);
-      const Named got = pass(streamed);
-      ASSERT_EQ(got.size(), want.size());
-      for (size_t i = 0; i < want.size(); ++i)
-        expect_gradient_matches(to_double(got[i].second), to_double(want[i].second), kAttentionTolerance,
-                                want[i].first);
-    }
+    for_each_pipelined_schedule(mixtral ? "mixtral" : etp ? "gpt with ETP = T" : "gpt",
+                                [&](const BlockExecutor& streamed) { expect_all_match(pass(streamed), want, ""); });
   }
 }
 
@@ -568,11 +577,6 @@ TEST(TensorParallelAttention, PipelinedSchedulesRunItLikeSequentialBlock) {
 // each rank now feeds with its own tokens only). With the experts split over the group too (ETP = T)
 // the experts gather the group's rows (TpExpertsGather, TpExpertsGatherBwd) and reduce-scatter.
 TEST(SequenceParallel, BlocksOnEachRanksRowsEqualTheWholeRows) {
-  struct Run {
-    ScheduleKind kind;
-    PipelineScope scope;
-    StageOrder order;
-  };
   const int T = g_world->size(), rank = g_world->rank();
   const int64_t local_seq = kSeq / T;
   for (int k = 0; k < 3; ++k) {
@@ -619,30 +623,11 @@ TEST(SequenceParallel, BlocksOnEachRanksRowsEqualTheWholeRows) {
     for (const Parameter& p : blocks.params().all()) marked += p.sequence_parallel ? 1 : 0;
     EXPECT_EQ(marked, mixtral ? 2 * 3 : 2 * 5)
         << "ln1, ln2 (weight and bias in GPT) and the router, per block";
-    for (const Run& r : {Run{ScheduleKind::Sequential, PipelineScope::Block, StageOrder::StageMajor},
-                         Run{ScheduleKind::AmPipe, PipelineScope::Block, StageOrder::Interleaved},
-                         Run{ScheduleKind::AmPipe, PipelineScope::Model, StageOrder::StageMajor},
-                         Run{ScheduleKind::AmPipe, PipelineScope::Model, StageOrder::Interleaved},
-                         Run{ScheduleKind::MoePipe, PipelineScope::Block, StageOrder::StageMajor}}) {
-      BlockSchedule schedule;
-      schedule.kind = r.kind;
-      schedule.pipe_degree = r.kind == ScheduleKind::Sequential ? 1 : 3;
-      SCOPED_TRACE(std::string(mixtral ? "mixtral, "
-                               : etp   ? "gpt with ETP = T, "
-                                       : "gpt, ") +
-                   schedule.describe() + ", " + pipeline_scope_name(r.scope) + " scope, " +
-                   stage_order_name(r.order));
-      const StreamedBlock streamed(schedule, r.order, nullptr, g_world->rank(), r.scope);
-      for (const BlockExecutor* executor :
-           {static_cast<const BlockExecutor*>(&streamed), static_cast<const BlockExecutor*>(&kSequential)}) {
-        if (executor == &kSequential && r.kind != ScheduleKind::Sequential) continue;
-        const Named got = pass(blocks, *executor, local_x, local_dy, local_seq);
-        ASSERT_EQ(got.size(), want.size());
-        for (size_t i = 0; i < want.size(); ++i)
-          expect_gradient_matches(to_double(got[i].second), to_double(want[i].second), kAttentionTolerance,
-                                  want[i].first + (executor == &kSequential ? " (SequentialBlock)" : ""));
-      }
-    }
+    expect_all_match(pass(blocks, kSequential, local_x, local_dy, local_seq), want, " (SequentialBlock)");
+    for_each_pipelined_schedule(mixtral ? "mixtral" : etp ? "gpt with ETP = T" : "gpt",
+                                [&](const BlockExecutor& streamed) {
+                                  expect_all_match(pass(blocks, streamed, local_x, local_dy, local_seq), want, "");
+                                });
   }
 }
 
