@@ -525,6 +525,22 @@ void for_each_pipelined_schedule(const std::string& what, const std::function<vo
   }
 }
 
+// One forward and backward pass over the two blocks: the output, the input gradient and every
+// parameter gradient, by name. `between` (optional) sees the routing statistics between the passes.
+Named block_pass(StandaloneBlock& blocks, const BlockExecutor& executor, const Tensor& x, const Tensor& dy,
+                 int64_t seq, const std::function<void(std::vector<RoutingStats>&)>& between = {}) {
+  blocks.params().zero_grad();
+  std::vector<BlockContext> ctx(2);
+  std::vector<RoutingStats> stats(2);
+  for (RoutingStats& s : stats) s.reset(blocks.blocks()[0].moe.router().num_experts());
+  Named out;
+  out.emplace_back("y", executor.forward_layers(blocks.blocks(), ctx, x, kBatch, seq, stats));
+  if (between) between(stats);
+  out.emplace_back("dx", executor.backward_layers(blocks.blocks(), ctx, dy, stats, 0.01, {}));
+  for (const Parameter& p : blocks.params().all()) out.emplace_back(p.name, p.grad.clone());
+  return out;
+}
+
 // Every named tensor of `got` against `want`'s, within the attention tolerance.
 void expect_all_match(const Named& got, const Named& want, const std::string& suffix) {
   ASSERT_EQ(got.size(), want.size());
@@ -551,17 +567,7 @@ TEST(TensorParallelAttention, PipelinedSchedulesRunItLikeSequentialBlock) {
     blocks.initialize(800);
     const Tensor x = random_tensor({kBatch * kSeq, c.hidden_size}, 801);
     const Tensor dy = random_tensor({kBatch * kSeq, c.hidden_size}, 802, 1.0f / std::sqrt(float{kSeq}));
-    auto pass = [&](const BlockExecutor& executor) {
-      blocks.params().zero_grad();
-      std::vector<BlockContext> ctx(2);
-      std::vector<RoutingStats> stats(2);
-      for (RoutingStats& s : stats) s.reset(c.num_experts);
-      Named out;
-      out.emplace_back("y", executor.forward_layers(blocks.blocks(), ctx, x, kBatch, kSeq, stats));
-      out.emplace_back("dx", executor.backward_layers(blocks.blocks(), ctx, dy, stats, 0.01, {}));
-      for (const Parameter& p : blocks.params().all()) out.emplace_back(p.name, p.grad.clone());
-      return out;
-    };
+    auto pass = [&](const BlockExecutor& executor) { return block_pass(blocks, executor, x, dy, kSeq); };
     const Named want = pass(SequentialBlock{});
     for_each_pipelined_schedule(mixtral ? "mixtral" : etp ? "gpt with ETP = T" : "gpt",
                                 [&](const BlockExecutor& streamed) { expect_all_match(pass(streamed), want, ""); });
@@ -593,25 +599,22 @@ TEST(SequenceParallel, BlocksOnEachRanksRowsEqualTheWholeRows) {
     const Tensor dy = random_tensor({kBatch * kSeq, c.hidden_size}, 812, 1.0f / std::sqrt(float{kSeq}));
     auto pass = [&](StandaloneBlock& b, const BlockExecutor& executor, const Tensor& in, const Tensor& grad,
                     int64_t seq) {
-      b.params().zero_grad();
-      std::vector<BlockContext> ctx(2);
-      std::vector<RoutingStats> stats(2);
-      for (RoutingStats& s : stats) s.reset(c.num_experts);
-      Named out;
-      out.emplace_back("y", executor.forward_layers(b.blocks(), ctx, in, kBatch, seq, stats));
-      // The aux loss reads statistics over all tokens: the whole rows' here, the group's sum there.
-      if (&b == &blocks)
+      if (&b != &blocks) return block_pass(b, executor, in, grad, seq);
+      // The aux loss reads statistics over all tokens: the whole rows' there, the group's sum here.
+      Named out = block_pass(b, executor, in, grad, seq, [](std::vector<RoutingStats>& stats) {
         for (RoutingStats& s : stats) {
-          for (int64_t e = 0; e < c.num_experts; ++e) {
+          for (size_t e = 0; e < s.routed_counts.size(); ++e) {
             g_world->all_reduce_sum(s.routed_counts[e]);
             g_world->all_reduce_sum(s.prob_sums[e]);
           }
           g_world->all_reduce_sum(s.tokens);
         }
-      out.emplace_back("dx", executor.backward_layers(b.blocks(), ctx, grad, stats, 0.01, {}));
-      for (Parameter& p : b.params().all()) {
-        if (&b == &blocks && (p.sequence_parallel || (p.is_expert && !etp))) g_world->all_reduce_sum(p.grad);
-        out.emplace_back(p.name, p.grad.clone());
+      });
+      // The partial gradients summed over the group, as the trainer does.
+      size_t i = 2;
+      for (const Parameter& p : b.params().all()) {
+        if (p.sequence_parallel || (p.is_expert && !etp)) g_world->all_reduce_sum(out[i].second);
+        ++i;
       }
       return out;
     };
