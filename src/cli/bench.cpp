@@ -101,6 +101,10 @@ CLI::App* add_bench_command(CLI::App& app, BenchOptions& o) {
                             "Consecutive groups of T ranks read the same tokens (each its 1/T of them with "
                             "--sequence-parallel); every schedule runs the attention's collectives as "
                             "comm-stream tasks (their time is in comm_ms)");
+  cmd->add_option("--expert-model-parallel-size", o.expert_parallel,
+                  "Ranks that share the experts of each MoE layer (EP; each holds E/EP experts; Megatron-LM); "
+                  "must divide the world size / ETP and --moe-num-experts. Default 0: the largest such divisor")
+      ->capture_default_str();
   cmd->add_option("--link", o.link,
                   "Label of the link rate in the output; default $AMPIPE_LINK (set by scripts/netem.sh), else "
                   "'unshaped'");

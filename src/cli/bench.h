@@ -57,7 +57,8 @@ struct BenchOptions {
   std::string device = "cpu";  // --device: cpu or cuda (train/trainer.h parse_device)
   std::string distributed_backend;  // --distributed-backend: "" (default), nccl or mpi
   bool bf16 = false;                // --bf16: mixed precision (docs/MODEL.md "Precision")
-  ParallelSizes tensor_parallel;    // cli/parallel_flags.h: T > 1 without --sequence-parallel, ETP = 1
+  ParallelSizes tensor_parallel;    // cli/parallel_flags.h: T, --sequence-parallel, ETP
+  int64_t expert_parallel = 0;      // --expert-model-parallel-size EP; 0: make_layout's default
   std::string link;  // empty: $AMPIPE_LINK, else "unshaped"
   std::string hardware;  // profile for `auto`, predictions and paired merges; empty: calibrate when needed
   std::string json_out;

@@ -364,6 +364,7 @@ nlohmann::json json_case(const BenchRun& run, const BenchJob& job, const Case& k
           {"batch", o.micro_batch_size},
           {"capacity_factor", o.capacity_factor},
           {"ranks", run.world.size()},
+          {"expert_model_parallel_size", run.expert_parallel},
           {"tensor_model_parallel_size", o.tensor_parallel.tensor},
           {"sequence_parallel", o.tensor_parallel.sequence_parallel && o.tensor_parallel.tensor > 1},
           {"expert_tensor_parallel_size", o.tensor_parallel.expert_tensor},
@@ -459,10 +460,13 @@ void run_bench_job(BenchRun& run, const BenchJob& job) {
   ModelConfig c = s.config(o.capacity_factor);
   c.bf16 = o.bf16;
   // The folded layout (train/layout.h): with --tensor-model-parallel-size T the blocks' attention is
-  // split over T consecutive ranks, which read the same tokens; EP its default.
+  // split over T consecutive ranks, which read the same tokens; EP as asked, or its default.
   ParallelSizes sizes = o.tensor_parallel;
-  sizes.expert = 0;
+  AMPIPE_CHECK(o.expert_parallel >= 0)
+      << "--expert-model-parallel-size must be at least 1 (or 0, the default), got " << o.expert_parallel;
+  sizes.expert = o.expert_parallel;
   TrainingGroups groups = make_training_groups(world, make_layout(world.size(), sizes, c));
+  run.expert_parallel = groups.expert_group->size();
   TimedCommunicator expert_group(*groups.expert_group);
   ModelParallel parallel{&expert_group, nullptr};
   parallel.tensor_group = groups.tensor_group.get();

@@ -58,6 +58,7 @@ struct BenchRun {
   std::ofstream json;                    // --json-out, open on rank 0 only
   TraceRecorder trace;                   // the last repeat of every case (--trace)
   size_t total_cases = 0, done_cases = 0;
+  int64_t expert_parallel = 1;           // the current job's expert-parallel size (its layout's EP)
 
   void line(const std::string& text) const;  // rank 0: a line on stdout
 };

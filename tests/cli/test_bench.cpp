@@ -72,6 +72,7 @@ TEST_F(Bench, TinyGridWritesATableAndOneJsonObjectPerCase) {
     EXPECT_EQ(j["num_experts"], 2);
     EXPECT_EQ(j["top_k"], 1);
     EXPECT_EQ(j["ranks"], 1);
+    EXPECT_EQ(j["expert_model_parallel_size"], 1);
     EXPECT_EQ(j["link"], "testlink");
     EXPECT_TRUE(j["seq_length"] == 16 || j["seq_length"] == 32) << j.dump();
     EXPECT_GT(j["time_ms"].get<double>(), 0.0) << j.dump();
