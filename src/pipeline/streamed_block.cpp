@@ -94,6 +94,16 @@ ChunkPlan pass_plan(const BlockSchedule& schedule, const std::vector<Block>& blo
   return local.plan(seq_len);
 }
 
+// The plan of the whole sequence that a pass's plan stands for: itself, or under sequence
+// parallelism its local boundaries times T (each local chunk [a, c) is whole positions [Ta, Tc)).
+ChunkPlan whole_sequence_plan(ChunkPlan plan, const std::vector<Block>& blocks) {
+  if (!sequence_parallel(blocks)) return plan;
+  const int64_t T = tensor_parallel_size(blocks);
+  for (std::vector<int64_t>* side : {&plan.attention, &plan.moe})
+    for (int64_t& b : *side) b *= T;
+  return plan;
+}
+
 }  // namespace
 
 StreamedBlock::StreamedBlock(const BlockSchedule& schedule, StageOrder order, TraceRecorder* trace, int rank,
@@ -433,11 +443,14 @@ std::pair<Tensor, Tensor> StreamedBlock::paired_layers(const std::vector<Block>&
   const std::vector<StageTask> bwd_tasks =
       backward_tasks(backward_plan, order_, backward_shape(blocks, false));
   const std::vector<StageTask> fwd_tasks = forward_tasks(forward_plan, order_, forward_shape(blocks, false));
+  // The pricer reads whole-sequence plans (sequence parallelism: the local boundaries times T).
+  const ChunkPlan priced_backward = whole_sequence_plan(backward_plan, blocks),
+                  priced_forward = whole_sequence_plan(forward_plan, blocks);
   std::vector<double> bwd_seconds, fwd_seconds;
   for (const StageTask& t : bwd_tasks)
-    bwd_seconds.push_back(task_seconds_ ? task_seconds_(t, backward_plan) : 1.0);
+    bwd_seconds.push_back(task_seconds_ ? task_seconds_(t, priced_backward) : 1.0);
   for (const StageTask& t : fwd_tasks)
-    fwd_seconds.push_back(task_seconds_ ? task_seconds_(t, forward_plan) : 1.0);
+    fwd_seconds.push_back(task_seconds_ ? task_seconds_(t, priced_forward) : 1.0);
   execute(
       paired_tasks(bwd_tasks, bwd_seconds, fwd_tasks, fwd_seconds),
       [&](const StageTask& t) {

@@ -66,7 +66,8 @@ class StreamedBlock final : public BlockExecutor {
   void set_delay_wgrad(bool delay) { delay_wgrad_ = delay; }
   bool delay_wgrad() const { return delay_wgrad_; }
   // The predicted seconds of a task of a list cut by `plan` (any unit), by which paired_layers merges
-  // its two passes. Every rank must get the same values (the merge fixes the order of the
+  // its two passes. `plan` is of the whole sequence (under sequence parallelism the pass's local
+  // boundaries times T, as the planner's BlockShape prices them). Every rank must get the same values (the merge fixes the order of the
   // collectives). Unset: 1 for every task.
   using TaskSeconds = std::function<double(const StageTask&, const ChunkPlan&)>;
   void set_task_seconds(TaskSeconds seconds) { task_seconds_ = std::move(seconds); }

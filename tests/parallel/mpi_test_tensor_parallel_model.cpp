@@ -275,7 +275,7 @@ TEST_P(TensorParallelTraining, FollowsTensorParallelSizeOneAndResumesAcrossLayou
   // Sequence parallelism at T = 2: each rank of the group holds and routes its own half of every
   // sequence's positions. Sequential, and AMPipe in model scope with the gathers and reduce-scatters
   // on the comm stream, gradients reduced there too (the norms' and routers' summed over the group
-  // first) by the distributed optimizer, its parameter gathers overlapped.
+  // first) by the distributed optimizer, its parameter gathers overlapped, micro-batches paired.
   TrainOptions sequence = two;
   sequence.sequence_parallel = true;
   sequence.save = dir + "/t2_sp";
@@ -286,6 +286,11 @@ TEST_P(TensorParallelTraining, FollowsTensorParallelSizeOneAndResumesAcrossLayou
   // ranks over all of them (ETP = 4, which T = 2 does not hold: only sequence parallelism allows it).
   TrainOptions sequence_pipelined = sequence;
   sequence_pipelined.expert_tensor_parallel_size = g_world->size() == 4 ? 4 : 2;
+  // Paired micro-batches (each backward beside the next forward, merged by the cost model's seconds
+  // of the whole-sequence plan) with the experts' weight gradients delayed.
+  sequence_pipelined.overlap_moe_expert_parallel_comm = "on";
+  sequence_pipelined.delay_wgrad_compute = true;
+  sequence_pipelined.hardware = "cpu-2rank-200mbit";
   sequence_pipelined.schedule.kind = ScheduleKind::AmPipe;
   sequence_pipelined.schedule.pipe_degree = 2;
   sequence_pipelined.pipeline_scope = "model";
