@@ -28,7 +28,7 @@ class Norm {
   void backward(const Tensor& dy, const Tensor& x, const NormStats& stats, Tensor dx) const;
   // Sequence parallelism: its parameters' gradients are partial on each rank of the tensor group
   // (model/parameters.h, Parameter::sequence_parallel).
-  void mark_sequence_parallel() const {
+  void mark_sequence_parallel() {
     weight_->sequence_parallel = true;
     if (bias_) bias_->sequence_parallel = true;
   }

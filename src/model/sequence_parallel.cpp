@@ -72,19 +72,15 @@ void sequence_reduce_scatter(Communicator& group, const Tensor& whole, Tensor lo
 Tensor sequence_slice(const Tensor& whole, int rank, int ranks) {
   AMPIPE_CHECK(ranks >= 1 && rank >= 0 && rank < ranks && whole.defined() && whole.ndim() >= 1 &&
                whole.dim(0) % ranks == 0 && whole.device() == Device::CPU)
-      << "sequence_slice: rank " << rank << " of " << ranks
-      << " of a CPU tensor whose rows the ranks divide, got "
+      << "sequence_slice: rank " << rank << " of " << ranks << " of a CPU tensor whose rows the ranks divide, got "
       << (whole.defined() ? shape_string(whole.shape()) : std::string("an undefined tensor"));
   const Tensor in = whole.is_contiguous() ? whole : whole.clone();
+  Tensor blocked = Tensor::empty(in.shape(), in.dtype());
+  permute_rows(in, blocked, ranks, /*interleave=*/false);  // rank-major: this rank's rows are one block
+  const int64_t R = in.dim(0) / ranks;
   Shape shape = in.shape();
-  const int64_t R = shape[0] / ranks;
   shape[0] = R;
-  Tensor out = Tensor::empty(shape, in.dtype());
-  const size_t bytes = static_cast<size_t>(in.numel() / in.dim(0)) * dtype_size(in.dtype());
-  const char* src = bytes_of(in);
-  char* dst = bytes_of(out);
-  for (int64_t q = 0; q < R; ++q) std::memcpy(dst + q * bytes, src + (q * ranks + rank) * bytes, bytes);
-  return out;
+  return blocked.reshape({in.dim(0), in.numel() / in.dim(0)}).rows(rank * R, (rank + 1) * R).clone().reshape(shape);
 }
 
 }  // namespace ampipe

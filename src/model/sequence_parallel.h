@@ -29,8 +29,8 @@ namespace ampipe {
 Tensor sequence_gather(Communicator& group, const Tensor& local);
 void sequence_reduce_scatter(Communicator& group, const Tensor& whole, Tensor local);
 
-// Rank `rank` of `ranks`'s local rows of a whole [T R, ...] buffer (a copy): whole row q * T + rank
-// is local row q. For tests, and for the token ids a rank's rows hold.
+// Rank `rank` of `ranks`'s local rows of a whole [T R, ...] float32 or int32 CPU buffer (a copy):
+// whole row q * T + rank is local row q. For tests that compare a rank's rows with whole ones.
 Tensor sequence_slice(const Tensor& whole, int rank, int ranks);
 
 }  // namespace ampipe

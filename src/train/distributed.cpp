@@ -55,26 +55,17 @@ TrainingGroups make_training_groups(Communicator& world, const ParallelLayout& l
 
 void sum_sequence_parallel_gradients(const std::vector<Parameter*>& params, const TrainingGroups& groups) {
   if (!groups.sequence_parallel()) return;
-  int64_t total = 0;
-  for (const Parameter* p : params)
-    if (p->sequence_parallel) total += p->grad.numel();
-  if (total == 0) return;
-  Tensor packed = Tensor::empty({total}, DType::F32, params[0]->grad.device());
-  int64_t at = 0;
-  for (const Parameter* p : params) {
-    if (!p->sequence_parallel) continue;
-    const int64_t n = p->grad.numel();
-    packed.rows(at, at + n).copy_from(p->grad.reshape({n}));
-    at += n;
-  }
+  ShardSpace marked;  // the marked gradients, packed as a space packs its own
+  for (Parameter* p : params)
+    if (p->sequence_parallel) {
+      marked.params.push_back(p);
+      marked.total += p->grad.numel();
+    }
+  if (marked.total == 0) return;
+  Tensor packed = Tensor::empty({marked.total}, DType::F32, marked.params[0]->grad.device());
+  marked.pack(packed, /*gradients=*/true);
   groups.tensor_group->all_reduce_sum(packed);
-  at = 0;
-  for (Parameter* p : params) {
-    if (!p->sequence_parallel) continue;
-    const int64_t n = p->grad.numel();
-    p->grad.reshape({n}).copy_from(packed.rows(at, at + n));
-    at += n;
-  }
+  marked.unpack(packed, /*gradients=*/true);
 }
 
 void average_gradients(ParameterRegistry& params, const TrainingGroups& groups) {

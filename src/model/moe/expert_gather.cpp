@@ -37,6 +37,12 @@ std::vector<int64_t> ExpertGather::expert_totals() const {
   return totals;
 }
 
+int64_t ExpertGather::total_rows() const {
+  int64_t n = 0;
+  for (int64_t c : counts) n += c;
+  return n;
+}
+
 int64_t ExpertGather::own_rows() const {
   int64_t n = 0;
   for (int64_t e = 0; e < experts; ++e) n += counts[rank * experts + e];
@@ -68,41 +74,30 @@ ExpertGather plan_expert_gather(Communicator& group, const std::vector<int64_t>&
 }
 
 Tensor gather_expert_rows(Communicator& group, const ExpertGather& plan, const Tensor& own) {
-  const char* call = "gather_expert_rows";
-  check_rows(own, plan.own_rows(), call, "this rank's rows");
+  check_rows(own, plan.own_rows(), "gather_expert_rows", "this rank's rows");
   const int64_t d = own.dim(1);
-  Tensor send = Tensor::zeros({std::max<int64_t>(plan.padded, 1), d});
+  Tensor send = Tensor::zeros({plan.padded, d});
   if (own.dim(0) > 0) send.rows(0, own.dim(0)).copy_from(own);
-  Tensor blocked = Tensor::empty({plan.ranks * send.dim(0), d});
+  Tensor blocked = Tensor::empty({plan.ranks * plan.padded, d});
   group.all_gather(send, blocked);
-  int64_t total = 0;
-  for (int64_t n : plan.counts) total += n;
-  Tensor whole = Tensor::empty({total, d});
-  const int64_t stride = send.dim(0);
-  ExpertGather strided = plan;
-  strided.padded = stride;
-  for_each_run(strided, [&](int64_t blocked_row, int64_t whole_row, int64_t n) {
+  Tensor whole = Tensor::empty({plan.total_rows(), d});
+  for_each_run(plan, [&](int64_t blocked_row, int64_t whole_row, int64_t n) {
     whole.rows(whole_row, whole_row + n).copy_from(blocked.rows(blocked_row, blocked_row + n));
   });
   return whole;
 }
 
 Tensor reduce_scatter_expert_rows(Communicator& group, const ExpertGather& plan, const Tensor& whole) {
-  const char* call = "reduce_scatter_expert_rows";
-  int64_t total = 0;
-  for (int64_t n : plan.counts) total += n;
-  check_rows(whole, total, call, "the group's rows");
-  const int64_t d = whole.dim(1), stride = std::max<int64_t>(plan.padded, 1);
-  Tensor blocked = Tensor::zeros({plan.ranks * stride, d});
-  ExpertGather strided = plan;
-  strided.padded = stride;
-  for_each_run(strided, [&](int64_t blocked_row, int64_t whole_row, int64_t n) {
+  check_rows(whole, plan.total_rows(), "reduce_scatter_expert_rows", "the group's rows");
+  const int64_t d = whole.dim(1);
+  Tensor blocked = Tensor::zeros({plan.ranks * plan.padded, d});
+  for_each_run(plan, [&](int64_t blocked_row, int64_t whole_row, int64_t n) {
     blocked.rows(blocked_row, blocked_row + n).copy_from(whole.rows(whole_row, whole_row + n));
   });
-  Tensor mine = Tensor::empty({stride, d});
+  Tensor mine = Tensor::empty({plan.padded, d});
   group.reduce_scatter_sum(blocked, mine);
   const int64_t own = plan.own_rows();
-  return own == stride ? mine : mine.rows(0, own).clone();
+  return own == plan.padded ? mine : mine.rows(0, own).clone();
 }
 
 }  // namespace ampipe

@@ -23,10 +23,11 @@ struct ExpertGather {
   int ranks = 1, rank = 0;
   int64_t experts = 0;          // local experts
   std::vector<int64_t> counts;  // [ranks * experts]: rows of expert e from rank r at r * experts + e
-  int64_t padded = 0;           // the largest row count of a rank
+  int64_t padded = 1;           // rows of each rank's padded block: its largest row count, at least 1
   // Rows per expert over the group (what the experts' shards run on), and this rank's own total.
   std::vector<int64_t> expert_totals() const;
   int64_t own_rows() const;
+  int64_t total_rows() const;  // over the group
 };
 
 // Every rank's counts per local expert (collective over the group).

@@ -33,7 +33,7 @@ class Router {
   Router(const ModelConfig& config, ParameterRegistry& params, const std::string& prefix);
   // Sequence parallelism: each rank routes its own rows, so the weight's gradient is partial
   // (model/parameters.h, Parameter::sequence_parallel).
-  void mark_sequence_parallel() const { weight_->sequence_parallel = true; }
+  void mark_sequence_parallel() { weight_->sequence_parallel = true; }
 
   // Routes m [T, d]: fills ctx and adds this call's tokens to stats.
   void forward(RouterContext& ctx, const Tensor& m, RoutingStats& stats) const;
